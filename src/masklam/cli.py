@@ -1,0 +1,63 @@
+"""The `masklam` command: a table of sub-commands, each a module with `main(argv) -> int | None`.
+
+Sub-command modules are imported only when called, so `masklam --help` stays fast. Each module parses
+its own arguments (tyro on a config dataclass whose field docstrings become `--help`).
+Errors the user can fix (`MasklamError`) print one line, `masklam: error: ...`, and exit 2.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order of a user's journey.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("masklam.quickstart", "the whole pipeline on one task, small enough for a CPU"),
+    "demo": ("masklam.envs.demo", "render distracted frames and their agent masks to a PNG"),
+    "expert": ("masklam.experts.train", "train or evaluate a state-based expert (train | eval)"),
+    "collect": ("masklam.data.collect", "run an expert in the distracted environment, write HDF5"),
+    "info": ("masklam.data.info", "summarise a dataset file"),
+    "masks": ("masklam.masks.sam2", "add SAM 2 agent masks to a dataset (GPU job)"),
+    "pretrain": ("masklam.train.pretrain", "train a latent action model: lapo | masklam | laom | laom-sup"),
+    "probe": ("masklam.train.probe", "held-out linear probe latent -> true action of a checkpoint"),
+    "bc": ("masklam.downstream.bc", "behaviour cloning: latent BC, or BC on true / IDM actions"),
+    "decode": ("masklam.downstream.decode", "train an action decoder latent -> action on N labeled trajectories"),
+    "evaluate": ("masklam.downstream.evaluate", "online returns of a policy, in- and out-of-distribution"),
+    "experiment": ("masklam.downstream.experiment", "a cached, resumable sweep writing results.csv"),
+    "report": ("masklam.downstream.report", "the papers' figures and an HTML report from a run directory"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: masklam COMMAND [ARGS]  (masklam COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch `masklam COMMAND ...` to the command's module."""
+    from masklam.errors import MasklamError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from masklam import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"masklam: error: unknown command {name!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        code = module.main(rest)
+    except MasklamError as e:
+        print(f"masklam: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("masklam: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return int(code or 0)
