@@ -1,0 +1,294 @@
+"""`masklam report RUN_DIR`: the papers' figures and one HTML page from a sweep's `results.csv`.
+
+Figures (matplotlib, Agg), per task and averaged over tasks, seeds as error bands (mean +- std):
+normalised return vs number of labels, normalised return vs latent dim, probe NMSE vs latent dim,
+in-distribution vs out-of-distribution. Any `recon.png` under the run directory (FDM
+reconstruction grids) and example frames with masks (when `experiment.json` records a dataset)
+are shown too. Everything lands in `RUN_DIR/report/`: `report.html` with relative links to PNGs.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from masklam.errors import MasklamError
+
+COLUMNS = ["method", "task", "latent_dim", "labels", "seed", "split", "probe_nmse", "return", "normalized_return"]
+AVERAGE = "average"
+
+
+@dataclass
+class Row:
+    """One line of results.csv (numbers parsed; `probe_nmse` is None for methods without latents)."""
+
+    method: str
+    task: str
+    latent_dim: int
+    labels: int
+    seed: int
+    split: str
+    probe_nmse: float | None
+    ret: float
+    normalized_return: float
+
+
+def _num(value: str, kind: type, name: str, path: Path, line: int) -> float | int | None:
+    if value.strip() == "":
+        return None
+    try:
+        return kind(float(value)) if kind is int else kind(value)
+    except ValueError:
+        raise MasklamError(f"{path}:{line}: column {name!r} is not a number: {value!r}") from None
+
+
+def read_results(path: str | Path) -> list[Row]:
+    """Parse results.csv into rows; a missing file or column raises MasklamError."""
+    path = Path(path)
+    if not path.is_file():
+        raise MasklamError(f"no such file: {path}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise MasklamError(f"{path}: missing columns {missing}")
+        rows = []
+        for line, r in enumerate(reader, start=2):
+            vals = {c: _num(r[c], int, c, path, line) for c in ("latent_dim", "labels", "seed")}
+            floats = {c: _num(r[c], float, c, path, line) for c in ("probe_nmse", "return", "normalized_return")}
+            rows.append(Row(r["method"], r["task"], int(vals["latent_dim"] or 0), int(vals["labels"] or 0),
+                            int(vals["seed"] or 0), r["split"], floats["probe_nmse"],
+                            float("nan") if floats["return"] is None else floats["return"],
+                            float("nan") if floats["normalized_return"] is None else floats["normalized_return"]))
+    if not rows:
+        raise MasklamError(f"{path}: no result rows")
+    return rows
+
+
+def seed_curves(rows: list[Row], x: str, y: str, task: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per method: (xs, mean, std) of `y` over seeds at each `x` for one task or the task average.
+
+    For the average, each seed's values are first averaged over tasks, then mean/std over seeds.
+    Rows with a missing y are skipped.
+    """
+    cell: dict[str, dict[float, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        val = getattr(r, y)
+        if val is None or (isinstance(val, float) and math.isnan(val)):
+            continue
+        if task != AVERAGE and r.task != task:
+            continue
+        cell[r.method][getattr(r, x)][r.seed].append(val)
+    curves = {}
+    for method, by_x in cell.items():
+        xs = np.array(sorted(by_x), dtype=float)
+        per_seed = [[float(np.mean(v)) for v in by_x[xv].values()] for xv in sorted(by_x)]
+        curves[method] = (xs, np.array([np.mean(s) for s in per_seed]), np.array([np.std(s) for s in per_seed]))
+    return curves
+
+
+def _plot_curves(ax, curves, logx: bool) -> None:  # noqa: ANN001 (matplotlib axes)
+    for method, (xs, mean, std) in sorted(curves.items()):
+        if len(xs) == 1:  # a method without this axis (e.g. full-data BC): a horizontal reference
+            ax.axhline(mean[0], ls="--", lw=1, label=method, color=None)
+            continue
+        (line,) = ax.plot(xs, mean, marker="o", label=method)
+        ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+    if logx:
+        ax.set_xscale("log", base=2)
+
+
+def _figure_grid(rows: list[Row], x: str, y: str, where: dict, title: str, path: Path, logx: bool = True) -> bool:
+    """One panel per task plus the average; returns False when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if all(where[k](getattr(r, k)) for k in where)]
+    tasks = sorted({r.task for r in sel})
+    if not sel:
+        return False
+    panels = tasks + ([AVERAGE] if len(tasks) > 1 else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], panels):
+        _plot_curves(ax, seed_curves(sel, x, y, task), logx)
+        ax.set_title(task)
+        ax.set_xlabel(x.replace("_", " "))
+        ax.set_ylabel(y.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def _id_vs_ood(rows: list[Row], path: Path) -> bool:
+    """Grouped bars: mean +- std (over seeds, task-averaged) normalised return per method, ID vs OOD."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({r.method for r in rows})
+    if not any(r.split == "ood" for r in rows):
+        return False
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(methods)), 3.4))
+    for j, split in enumerate(("id", "ood")):
+        stats = [_pooled(rows, m, split) for m in methods]
+        ax.bar(np.arange(len(methods)) + 0.4 * j, [s[0] for s in stats], 0.4, yerr=[s[1] for s in stats],
+               label=split, capsize=3)
+    ax.set_xticks(np.arange(len(methods)) + 0.2, methods, rotation=30, fontsize=8)
+    ax.set_ylabel("normalized return")
+    ax.legend()
+    ax.set_title("in-distribution vs OOD (all tasks, dims, labels)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def _pooled(rows: list[Row], method: str, split: str) -> tuple[float, float]:
+    """Mean and std over seeds of a method's normalised return, averaged within each seed."""
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.method == method and r.split == split and not math.isnan(r.normalized_return):
+            by_seed[r.seed].append(r.normalized_return)
+    if not by_seed:
+        return float("nan"), 0.0
+    vals = [float(np.mean(v)) for v in by_seed.values()]
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def summary_table(rows: list[Row]) -> list[list[str]]:
+    """Rows of (method, task, dim, labels, split, n seeds, probe NMSE, return, normalised return) as mean +- std."""
+    groups: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[(r.method, r.task, r.latent_dim, r.labels, r.split)].append(r)
+    out = []
+    for key in sorted(groups):
+        g = groups[key]
+
+        def ms(vals: list[float | None]) -> str:
+            v = [x for x in vals if x is not None and not math.isnan(x)]
+            return "" if not v else f"{np.mean(v):.3f} ± {np.std(v):.3f}"
+
+        out.append([*map(str, key), str(len(g)), ms([r.probe_nmse for r in g]), ms([r.ret for r in g]),
+                    ms([r.normalized_return for r in g])])
+    return out
+
+
+def _example_frames(run_dir: Path, out: Path) -> bool:
+    """Frames with their agent masks from the dataset recorded in experiment.json (if any, if readable)."""
+    meta = run_dir / "experiment.json"
+    if not meta.is_file():
+        return False
+    paths = json.loads(meta.read_text()).get("datasets", {})
+    first = next((p for ps in paths.values() for p in (ps if isinstance(ps, list) else [ps])), None)
+    if first is None or not Path(first).is_file():
+        return False
+    import h5py
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with h5py.File(first, "r") as f:
+        g = f["0"]
+        if "masks" not in g:
+            return False
+        idx = np.linspace(0, g["obs"].shape[0] - 1, 6).astype(int)
+        obs, masks = g["obs"][list(idx)], g["masks"][list(idx)]
+    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 3.4))
+    for j in range(len(idx)):
+        axes[0, j].imshow(obs[j])
+        axes[1, j].imshow(obs[j] * masks[j][..., None])
+        axes[0, j].set_title(f"t={idx[j]}", fontsize=8)
+        for a in axes[:, j]:
+            a.axis("off")
+    fig.suptitle(f"frames and agent masks: {Path(first).name}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report/report.html plus its PNG figures; returns the HTML path."""
+    run_dir = Path(run_dir)
+    rows = read_results(run_dir / "results.csv")
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    dims = sorted({r.latent_dim for r in rows if r.latent_dim > 0})
+    labels = sorted({r.labels for r in rows if r.method != "bc-full"})
+    max_dim, max_labels = (dims[-1] if dims else 0), (labels[-1] if labels else 0)
+    figs: list[tuple[str, str]] = []
+
+    def add(name: str, caption: str, ok: bool) -> None:
+        if ok:
+            figs.append((name, caption))
+
+    for split in ("id", "ood"):
+        add(f"return_vs_labels_{split}.png", f"normalised return vs labeled trajectories ({split}, latent dim {max_dim})",
+            _figure_grid(rows, "labels", "normalized_return",
+                         {"split": lambda s, sp=split: s == sp, "latent_dim": lambda d: d in (0, max_dim),
+                          "method": lambda m: m != "bc-full"},
+                         f"normalised return vs labels ({split})", out / f"return_vs_labels_{split}.png"))
+        add(f"return_vs_dim_{split}.png", f"normalised return vs latent dim ({split}, {max_labels} labels)",
+            _figure_grid(rows, "latent_dim", "normalized_return",
+                         {"split": lambda s, sp=split: s == sp, "labels": lambda n: n == max_labels,
+                          "latent_dim": lambda d: d > 0},
+                         f"normalised return vs latent dim ({split})", out / f"return_vs_dim_{split}.png"))
+    add("probe_vs_dim.png", "linear probe NMSE (held out) vs latent dim",
+        _figure_grid(rows, "latent_dim", "probe_nmse", {"split": lambda s: s == "id", "latent_dim": lambda d: d > 0},
+                     "probe NMSE vs latent dim", out / "probe_vs_dim.png"))
+    add("id_vs_ood.png", "in-distribution vs out-of-distribution normalised return", _id_vs_ood(rows, out / "id_vs_ood.png"))
+    add("frames.png", "example frames (top) and agent masks (bottom)", _example_frames(run_dir, out / "frames.png"))
+    recons = sorted(p for p in run_dir.rglob("recon.png") if out not in p.parents)
+    parts = [f"<h1>masklam report: {html.escape(str(run_dir))}</h1>", f"<p>{len(rows)} result rows.</p>"]
+    for name, caption in figs:
+        parts.append(f'<figure><img src="{name}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+    if recons:
+        parts.append("<h2>FDM reconstructions</h2>")
+        for p in recons:
+            rel = Path("..") / p.relative_to(run_dir)
+            parts.append(f'<figure><img src="{html.escape(rel.as_posix())}" style="max-width:100%">'
+                         f"<figcaption>{html.escape(str(p.parent.relative_to(run_dir)))}</figcaption></figure>")
+    head = ["method", "task", "latent dim", "labels", "split", "seeds", "probe NMSE", "return", "normalised return"]
+    parts.append("<h2>Results (mean ± std over seeds)</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
+    for r in summary_table(rows):
+        parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+    parts.append("</table>")
+    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>masklam report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    (out / "report.html").write_text(page)
+    return out / "report.html"
+
+
+@dataclass
+class ReportConfig:
+    """Render the figures and report.html of a sweep's run directory."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """run directory holding results.csv (as written by `masklam experiment`)"""
+
+    def __post_init__(self) -> None:
+        if not self.run_dir.is_dir():
+            raise MasklamError(f"no such run directory: {self.run_dir}")
+
+
+def main(argv: list[str]) -> int:
+    """`masklam report RUN_DIR`."""
+    cfg = tyro.cli(ReportConfig, args=argv)
+    path = render_report(cfg.run_dir)
+    print(f"wrote {path}")
+    return 0
