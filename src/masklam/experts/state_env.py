@@ -1,0 +1,58 @@
+"""A render-free Gymnasium view of a dm_control task on its proprioceptive state, for training experts.
+
+Experts are trained without distractors on the state (as both papers do); the state is
+`masklam.envs.state.flatten_state`, the same vector the distracted environment reports in
+`info["state"]`, so an expert runs unchanged inside it.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from masklam.envs.state import flatten_state, state_dim
+from masklam.errors import MasklamError
+
+
+def load_suite_task(task: str, seed: int | None):
+    """Load dm_control suite `domain-task` with a seeded task random state; unknown -> MasklamError."""
+    from dm_control import suite
+
+    domain, sep, name = task.partition("-")
+    if not sep or (domain, name) not in suite.ALL_TASKS:
+        known = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS[:8])
+        raise MasklamError(f"unknown task {task!r}: expected a dm_control suite 'domain-task' such as {known}, ...")
+    return suite.load(domain, name, task_kwargs={"random": seed})
+
+
+class StateEnv(gym.Env):
+    """dm_control task -> Gymnasium, observation = flattened state, actions in [-1, 1], action repeat."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: str, action_repeat: int = 1):
+        if action_repeat < 1:
+            raise MasklamError(f"action_repeat must be >= 1, got {action_repeat}")
+        self.task, self.action_repeat = task, action_repeat
+        self._env = load_suite_task(task, seed=None)
+        spec = self._env.action_spec()
+        self._low, self._high = spec.minimum.astype(np.float32), spec.maximum.astype(np.float32)
+        dim = state_dim(self._env.observation_spec())
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
+
+    def reset(self, *, seed: int | None = None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:  # re-seed the task's own random state: initial poses follow the seed
+            self._env.task._random = np.random.RandomState(seed)
+        return flatten_state(self._env.reset().observation), {}
+
+    def step(self, action):
+        a = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        a = self._low + (a + 1.0) * 0.5 * (self._high - self._low)
+        reward = 0.0
+        for _ in range(self.action_repeat):
+            ts = self._env.step(a)
+            reward += ts.reward or 0.0
+            if ts.last():
+                break
+        return flatten_state(ts.observation), float(reward), False, bool(ts.last()), {}
