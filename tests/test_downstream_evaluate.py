@@ -1,0 +1,107 @@
+"""evaluate.py: deterministic per seed, independent of the number of workers, frame stacks, normalisation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from masklam.downstream.evaluate import EnvSpec, env_spec, episode_seed, evaluate, normalized_return
+from masklam.errors import MasklamError
+
+
+class FakeEnv:
+    """A tiny seeded env: state x in R; obs encodes x in its pixels; reward = -|a - x|; fixed length."""
+
+    def __init__(self, length: int = 7, img: int = 4) -> None:
+        self.length, self.img = length, img
+
+    def _obs(self) -> np.ndarray:
+        return np.full((self.img, self.img, 3), int(self.x * 10 + 100) % 256, dtype=np.uint8)
+
+    def reset(self, seed: int):  # noqa: ANN201
+        self.rng = np.random.default_rng(seed)
+        self.x, self.t = float(self.rng.integers(0, 10)), 0
+        return self._obs(), {}
+
+    def step(self, a):  # noqa: ANN001, ANN201
+        reward = -abs(float(a[0]) - self.x)
+        self.x = float(self.rng.integers(0, 10))
+        self.t += 1
+        return self._obs(), reward, False, self.t >= self.length, {}
+
+    def close(self) -> None:
+        pass
+
+
+def make_fake(task: str, length: int = 7) -> FakeEnv:
+    if task != "fake-task":
+        raise MasklamError(f"unknown task {task!r}")
+    return FakeEnv(length)
+
+
+FACTORY = "test_downstream_evaluate:make_fake"
+
+
+class ReadPixels:
+    """Reads x back from the newest frame: optimal on FakeEnv; records batch sizes and stacks seen."""
+
+    def __init__(self, frame_stack: int = 1) -> None:
+        self.frame_stack, self.batches, self.first_stack = frame_stack, [], None
+
+    def select_action(self, obs: np.ndarray) -> np.ndarray:
+        assert obs.ndim == 5 and obs.shape[1] == self.frame_stack and obs.dtype == np.uint8
+        self.batches.append(obs.shape[0])
+        if self.first_stack is None:
+            self.first_stack = obs[0].copy()
+        return ((obs[:, -1, 0, 0, :1].astype(np.float32) - 100) / 10)  # (B, 1)
+
+
+class Noisy(ReadPixels):
+    def select_action(self, obs: np.ndarray) -> np.ndarray:
+        return super().select_action(obs) + 0.5 * np.sin(obs[:, -1, 0, 0, :1].astype(np.float32))
+
+
+def test_optimal_policy_gets_zero_return_and_batches() -> None:
+    pol = ReadPixels()
+    res = evaluate(pol, EnvSpec("fake-task", {"length": 5}, FACTORY), episodes=3, workers=0, progress=False)
+    assert res.returns == [0.0, 0.0, 0.0]
+    assert set(pol.batches) == {1} and len(pol.batches) == 15
+
+
+def test_deterministic_and_independent_of_workers() -> None:
+    spec = EnvSpec("fake-task", {"length": 6}, FACTORY)
+    a = evaluate(Noisy(), spec, episodes=5, seed=3, workers=0, progress=False)
+    b = evaluate(Noisy(), spec, episodes=5, seed=3, workers=0, progress=False)
+    pol = Noisy()
+    c = evaluate(pol, spec, episodes=5, seed=3, workers=2, progress=False)
+    d = evaluate(Noisy(), spec, episodes=5, seed=4, workers=0, progress=False)
+    assert a.returns == b.returns
+    np.testing.assert_allclose(c.returns, a.returns, rtol=1e-6)
+    assert a.returns != d.returns and min(a.returns) < 0
+    assert max(pol.batches) == 2  # one forward for both workers' envs
+    assert a.mean == pytest.approx(np.mean(a.returns)) and a.std == pytest.approx(np.std(a.returns))
+
+
+def test_frame_stack_repeats_first_frame() -> None:
+    pol = ReadPixels(frame_stack=3)
+    evaluate(pol, EnvSpec("fake-task", {"length": 2}, FACTORY), episodes=1, progress=False)
+    assert (pol.first_stack == pol.first_stack[:1]).all()
+
+
+def test_normalisation() -> None:
+    assert normalized_return(400.0, 800.0) == 0.5
+    assert normalized_return(400.0, None) is None
+    with pytest.raises(MasklamError):
+        normalized_return(1.0, 0.0)
+    spec = EnvSpec("fake-task", {"length": 4}, FACTORY)
+    res = evaluate(Noisy(), spec, episodes=2, normalizer=-2.0, progress=False)
+    assert res.normalized == pytest.approx(res.mean / -2.0)
+
+
+def test_seeds_and_errors() -> None:
+    assert episode_seed(0, 1) == episode_seed(0, 1) != episode_seed(0, 2) != episode_seed(1, 1)
+    with pytest.raises(MasklamError, match="unknown task"):
+        evaluate(ReadPixels(), EnvSpec("nope", {}, FACTORY), episodes=1, workers=1, progress=False)
+    spec = env_spec({"task": "cheetah-run", "distractors": "laom", "img_size": 64}, "ood", max_episode_steps=10)
+    assert spec.kwargs == {"distractors": "laom", "img_size": 64, "video_split": "eval", "max_episode_steps": 10}
+    with pytest.raises(MasklamError, match="split"):
+        env_spec({"task": "x"}, "test")
