@@ -1,0 +1,331 @@
+"""Latent action models: one base (IDM, probes, save/load) and the two ways to predict the future.
+
+- `PixelLAM` ("lapo", "masklam"): IDM = ResNet on (o_t, o_{t+k}) -> linear -> latent; FDM = ResNet on
+  o_t, joined with the latent, transposed-conv decoder -> o_{t+1}; pixel MSE. MaskLAM is the same
+  model with the per-pixel error weighted by the (dilated) agent mask of o_{t+1}, background weight
+  `mask_lambda`, normalised by the weighted area. LAPO passes weight 1 through the same function,
+  so `mask_lambda = 1` reproduces LAPO's loss bit for bit.
+- `LatentSpaceLAM` ("laom", "laom-sup"): one shared ResNet encoder; IDM and FDM are residual MLPs;
+  the FDM predicts the embedding of o_{t+1} from the *detached* embedding of o_t and the latent,
+  against an EMA target encoder (or a stop-grad of the online encoder); augmentations during
+  training; "laom-sup" adds a linear head latent -> true action on a labeled batch.
+
+Every model: `forward(batch) -> (loss, info)` where batch holds `obs_t, obs_t1, obs_tk (B,F,H,W,3) uint8`
+(or float (B,3F,H,W)), optional `mask_t1 (B,H,W)`, `action_t (B,A)`, `state_t (B,S)`, and for
+"laom-sup" `labeled` (a dict with `obs_t, obs_tk, action_t`). Online probes (linear maps on detached
+latents / embeddings) are trained through the same loss and never affect the LAM.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from masklam.errors import MasklamError
+from masklam.models.encoder import ConvDecoder, ImpalaEncoder, frames_to_tensor
+from masklam.models.fsq import FSQ
+from masklam.models.heads import ResidualMLP
+
+METHODS = ("lapo", "masklam", "laom", "laom-sup")
+Batch = dict[str, Any]
+
+
+@dataclass
+class LAMConfig:
+    """Architecture and loss of a latent action model (stored in config.json under "model")."""
+
+    method: str
+    action_dim: int
+    state_dim: int
+    img_hw: int = 64
+    frame_stack: int = 1
+    latent_dim: int = 128
+    encoder_scale: int = 1
+    num_res_blocks: int = 2
+    head_dim: int = 1024
+    head_blocks: int = 2
+    fsq_levels: tuple[int, ...] = ()
+    mask_lambda: float = 0.0
+    mask_dilation: int = 0
+    target: str = "ema"
+    target_tau: float = 0.001
+    aug: bool = False
+    sup_coef: float = 0.01
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise MasklamError(f"unknown method {self.method!r}; one of {', '.join(METHODS)}")
+        if not 0.0 <= self.mask_lambda <= 1.0:
+            raise MasklamError(f"mask_lambda must be in [0, 1], got {self.mask_lambda}")
+        if self.target not in ("ema", "stopgrad"):
+            raise MasklamError(f"target must be 'ema' or 'stopgrad', got {self.target!r}")
+        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-sample sum of w * (pred - target)^2 over (C, H, W) / (C * sum of w), averaged over the batch.
+
+    pred, target: (B, C, H, W); weight: (B, H, W). A sample whose weights sum to 0 contributes 0
+    (the denominator is clamped at 1), so an empty mask gives a finite loss.
+    """
+    c = pred.shape[1]
+    num = (weight[:, None] * (pred - target).square()).sum(dim=(1, 2, 3))  # (B,)
+    den = (weight.sum(dim=(1, 2)) * c).clamp_min(1.0)  # (B,)
+    return (num / den).mean()
+
+
+def mask_weights(mask: torch.Tensor, background: float, dilation: int = 0) -> torch.Tensor:
+    """(B, H, W) bool agent mask -> (B, H, W) float weights mask + background * (1 - mask)."""
+    m = mask.float()
+    if dilation > 0:
+        m = F.max_pool2d(m[:, None], 2 * dilation + 1, stride=1, padding=dilation)[:, 0]
+    return m + background * (1.0 - m)
+
+
+class LatentActionModel(nn.Module):
+    """Base: frame conversion, online probes, target update hook, save/load."""
+
+    def __init__(self, cfg: LAMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.quantizer = FSQ(cfg.latent_dim, cfg.fsq_levels) if cfg.fsq_levels else None
+        self.action_probe = nn.Linear(cfg.latent_dim, cfg.action_dim)
+
+    @property
+    def frame_stack(self) -> int:
+        return self.cfg.frame_stack
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def frames(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 (B, F, H, W, 3) or float (B, 3F, H, W) -> float (B, 3F, H, W) on the model's device."""
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point():
+            return x.to(self.device)
+        return frames_to_tensor(x, self.device)
+
+    def _quantize(self, z: torch.Tensor) -> torch.Tensor:
+        return self.quantizer(z) if self.quantizer is not None else z
+
+    # --- what a method defines -------------------------------------------------------------
+    def latent_from_tensors(self, x_t: torch.Tensor, x_tk: torch.Tensor) -> torch.Tensor:
+        """(B, 3F, H, W) x2 -> (B, latent_dim)."""
+        raise NotImplementedError
+
+    def embed_tensor(self, x_t: torch.Tensor) -> torch.Tensor:
+        """(B, 3F, H, W) -> (B, embed_dim) observation embedding (probed for the state)."""
+        raise NotImplementedError
+
+    def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+        """-> (loss, info, latent (B, D), embedding of o_t (B, E))."""
+        raise NotImplementedError
+
+    # --- shared -----------------------------------------------------------------------------
+    def latent(self, obs_t: torch.Tensor | np.ndarray, obs_tk: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Latent action for (o_t, o_{t+k}) frame stacks -> (B, latent_dim)."""
+        return self.latent_from_tensors(self.frames(obs_t), self.frames(obs_tk))
+
+    def embed(self, obs_t: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Observation embedding of a frame stack -> (B, embed_dim)."""
+        return self.embed_tensor(self.frames(obs_t))
+
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """LAM loss plus the online probes' losses (on detached inputs) -> (total loss, info)."""
+        loss, info, z, emb = self.lam_loss(batch, generator)
+        info["train/loss"] = loss.detach()
+        total = loss
+        if "action_t" in batch:
+            a = torch.as_tensor(batch["action_t"], device=z.device).float()
+            probe_a = F.mse_loss(self.action_probe(z.detach().float()), a)
+            info["probe/action_mse"] = probe_a.detach()
+            total = total + probe_a
+        if "state_t" in batch:
+            s = torch.as_tensor(batch["state_t"], device=z.device).float()
+            probe_s = F.mse_loss(self.state_probe(emb.detach().float()), s)
+            info["probe/state_mse"] = probe_s.detach()
+            total = total + probe_s
+        return total, info
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """Called after each optimiser step (EMA target for LAOM; nothing for the others)."""
+
+    def save_pretrained(self, out_dir: str | Path, extra_config: dict | None = None) -> None:
+        """Write `model.safetensors` and `config.json` (`extra_config` keys plus "model")."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = out / "model.safetensors.tmp"
+        save_file(state, str(tmp))
+        tmp.replace(out / "model.safetensors")
+        config = dict(extra_config or {})
+        config["model"] = asdict(self.cfg)
+        tmp = out / "config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+        tmp.replace(out / "config.json")
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "LatentActionModel":
+        """Load a model written by `save_pretrained` (any method)."""
+        from safetensors.torch import load_file
+
+        d = Path(run_dir)
+        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+            raise MasklamError(f"not a checkpoint directory (needs config.json and model.safetensors): {d}")
+        try:
+            raw = json.loads((d / "config.json").read_text())["model"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise MasklamError(f"bad config.json in {d}: {e}") from None
+        known = {f.name for f in fields(LAMConfig)}
+        model = build_lam(LAMConfig(**{k: v for k, v in raw.items() if k in known}))
+        try:
+            model.load_state_dict(load_file(str(d / "model.safetensors")))
+        except Exception as e:  # safetensors header errors, missing or mis-shaped keys
+            raise MasklamError(f"cannot load {d / 'model.safetensors'}: {str(e).splitlines()[0]}") from None
+        return model.to(device).eval()
+
+
+class PixelLAM(LatentActionModel):
+    """LAPO and MaskLAM: IDM + pixel FDM with a transposed-conv decoder."""
+
+    def __init__(self, cfg: LAMConfig) -> None:
+        super().__init__(cfg)
+        c = 3 * cfg.frame_stack
+        self.idm_encoder = ImpalaEncoder(2 * c, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
+        self.idm_head = nn.Linear(self.idm_encoder.flat_dim, cfg.latent_dim)
+        self.fdm_encoder = ImpalaEncoder(c, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
+        ch, hw = self.fdm_encoder.out_channels, self.fdm_encoder.out_hw
+        self.latent_to_map = nn.Linear(cfg.latent_dim, ch * hw * hw)
+        self.decoder = ConvDecoder(2 * ch, 3, cfg.encoder_scale, cfg.num_res_blocks)
+        self.state_probe = nn.Linear(self.fdm_encoder.flat_dim, cfg.state_dim)
+
+    def latent_from_tensors(self, x_t: torch.Tensor, x_tk: torch.Tensor) -> torch.Tensor:
+        h = self.idm_encoder.flat(torch.cat([x_t, x_tk], dim=1))  # (B, flat)
+        return self._quantize(self.idm_head(h))
+
+    def embed_tensor(self, x_t: torch.Tensor) -> torch.Tensor:
+        return self.fdm_encoder.flat(x_t)
+
+    def predict_from_tensors(self, x_t: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FDM: (B, 3F, H, W), (B, D) -> (predicted o_{t+1} (B, 3, H, W), flat embedding of o_t)."""
+        fmap = self.fdm_encoder(x_t)  # (B, C, h, w)
+        zmap = self.latent_to_map(z).view_as(fmap)
+        return self.decoder(torch.cat([fmap, zmap], dim=1)), fmap.flatten(1)
+
+    def predict_next(self, obs_t: torch.Tensor | np.ndarray, obs_tk: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Frame stacks -> the FDM's prediction of o_{t+1}, (B, 3, H, W) float."""
+        x_t = self.frames(obs_t)
+        return self.predict_from_tensors(x_t, self.latent_from_tensors(x_t, self.frames(obs_tk)))[0]
+
+    def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+        x_t, x_tk = self.frames(batch["obs_t"]), self.frames(batch["obs_tk"])
+        target = self.frames(batch["obs_t1"])[:, -3:]  # (B, 3, H, W): the newest frame, o_{t+1}
+        z = self.latent_from_tensors(x_t, x_tk)
+        pred, emb = self.predict_from_tensors(x_t, z)
+        pred = pred.float()
+        b, _, h, w = target.shape
+        if self.cfg.method == "masklam":
+            if "mask_t1" not in batch:
+                raise MasklamError("masklam needs the agent mask of o_{t+1} (batch key 'mask_t1')")
+            mask = torch.as_tensor(batch["mask_t1"], device=target.device)
+            weight = mask_weights(mask, self.cfg.mask_lambda, self.cfg.mask_dilation)
+        else:
+            weight = torch.ones(b, h, w, device=target.device)
+        loss = weighted_mse(pred, target, weight)
+        info = {"train/recon_mse": F.mse_loss(pred.detach(), target)}
+        if self.cfg.method == "masklam":
+            info["train/mask_frac"] = (weight == 1).float().mean()
+        return loss, info, z, emb
+
+
+class LatentSpaceLAM(LatentActionModel):
+    """LAOM (and LAOM+supervision): latent-space FDM against an EMA or stop-grad target."""
+
+    def __init__(self, cfg: LAMConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = ImpalaEncoder(3 * cfg.frame_stack, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
+        e = self.encoder.flat_dim
+        self.idm = ResidualMLP(2 * e, cfg.latent_dim, cfg.head_dim, cfg.head_blocks)
+        self.fdm = ResidualMLP(e + cfg.latent_dim, e, cfg.head_dim, cfg.head_blocks)
+        self.target_encoder: ImpalaEncoder | None = None
+        if cfg.target == "ema":
+            self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.action_head = nn.Linear(cfg.latent_dim, cfg.action_dim) if cfg.method == "laom-sup" else None
+        self.state_probe = nn.Linear(e, cfg.state_dim)
+
+    def _idm(self, e_t: torch.Tensor, e_tk: torch.Tensor) -> torch.Tensor:
+        return self._quantize(self.idm(torch.cat([e_t, e_tk], dim=-1)))
+
+    def latent_from_tensors(self, x_t: torch.Tensor, x_tk: torch.Tensor) -> torch.Tensor:
+        e = self.encoder.flat(torch.cat([x_t, x_tk], dim=0))  # both frames in one pass: (2B, E)
+        e_t, e_tk = e.chunk(2, dim=0)
+        return self._idm(e_t, e_tk)
+
+    def embed_tensor(self, x_t: torch.Tensor) -> torch.Tensor:
+        return self.encoder.flat(x_t)
+
+    def _maybe_augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if not (self.training and self.cfg.aug):
+            return x
+        from masklam.train.augment import augment
+
+        return augment(x, generator)
+
+    def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+        x_t = self._maybe_augment(self.frames(batch["obs_t"]), generator)
+        x_tk = self._maybe_augment(self.frames(batch["obs_tk"]), generator)
+        x_t1 = self._maybe_augment(self.frames(batch["obs_t1"]), generator)
+        e = self.encoder.flat(torch.cat([x_t, x_tk], dim=0))
+        e_t, e_tk = e.chunk(2, dim=0)  # (B, E) each
+        z = self._idm(e_t, e_tk)  # (B, D)
+        pred = self.fdm(torch.cat([e_t.detach(), z], dim=-1)).float()  # (B, E)
+        with torch.no_grad():
+            target_enc = self.target_encoder if self.target_encoder is not None else self.encoder
+            target = target_enc.flat(x_t1).float()  # (B, E)
+        loss = F.mse_loss(pred, target)
+        info: dict[str, torch.Tensor] = {"train/fdm_loss": loss.detach()}
+        if self.action_head is not None:
+            if "labeled" not in batch:
+                raise MasklamError("laom-sup needs a labeled batch (batch key 'labeled'); set --labeled N > 0")
+            lab = batch["labeled"]
+            z_lab = self.latent_from_tensors(self._maybe_augment(self.frames(lab["obs_t"]), generator),
+                                             self._maybe_augment(self.frames(lab["obs_tk"]), generator))
+            a_lab = torch.as_tensor(lab["action_t"], device=z_lab.device).float()
+            sup = F.mse_loss(self.action_head(z_lab).float(), a_lab)
+            info["train/sup_loss"] = sup.detach()
+            loss = loss + self.cfg.sup_coef * sup
+        return loss, info, z, e_t
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """EMA: target <- (1 - tau) * target + tau * online (one fused call over all tensors)."""
+        if self.target_encoder is None:
+            return
+        tgt = list(self.target_encoder.parameters())
+        src = [p.detach() for p in self.encoder.parameters()]
+        torch._foreach_lerp_(tgt, src, self.cfg.target_tau)
+
+
+def build_lam(cfg: LAMConfig) -> LatentActionModel:
+    """The model class for `cfg.method`."""
+    return PixelLAM(cfg) if cfg.method in ("lapo", "masklam") else LatentSpaceLAM(cfg)
+
+
+def load_lam(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentActionModel:
+    """Load a pretrained latent action model from a run directory (eval mode)."""
+    return LatentActionModel.from_pretrained(run_dir, device)
