@@ -1,0 +1,8 @@
+"""Datasets: collection (`masklam collect`), the HDF5 layout, and fast trajectory windows for training."""
+from masklam.data.dataset import TrajectoryData, WindowSampler, labeled_subset, load_dataset, split_trajectories
+from masklam.data.hdf5 import FORMAT_VERSION, FileLayout, Trajectory, read_layout, read_trajectory, write_trajectory
+
+__all__ = [
+    "FORMAT_VERSION", "FileLayout", "Trajectory", "TrajectoryData", "WindowSampler", "labeled_subset",
+    "load_dataset", "read_layout", "read_trajectory", "split_trajectories", "write_trajectory",
+]

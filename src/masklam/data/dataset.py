@@ -1,0 +1,276 @@
+"""Reading datasets for training: all shards as one flat array, trajectory splits, vectorised windows.
+
+Every frame of every selected trajectory lies in one contiguous array (``obs (N,H,W,3) uint8``); trajectory
+``i`` occupies rows ``traj_starts[i] : traj_starts[i] + traj_lengths[i]``. A :class:`WindowSampler` keeps
+the flat indices of every valid window start and draws a batch with one fancy-indexing gather per key,
+never a Python loop per sample; a window ``t, t+1, ..., t+max_offset`` never crosses a trajectory end.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from masklam.data.hdf5 import MASK_KEYS, FileLayout, open_file, read_layout
+from masklam.errors import MasklamError
+
+PathsLike = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+@dataclass
+class TrajectoryData:
+    """Frames of many trajectories concatenated; per-trajectory offsets say where each one lies."""
+
+    obs: np.ndarray  # (N, H, W, 3) uint8
+    actions: np.ndarray  # (N, A) float32
+    states: np.ndarray  # (N, S) float32
+    rewards: np.ndarray | None  # (N,) float32, None when a file has no rewards (LAOM's files)
+    masks: np.ndarray | None  # (N, H, W) bool, None unless requested and present in every file
+    traj_starts: np.ndarray  # (n,) int64 first flat row of each trajectory
+    traj_lengths: np.ndarray  # (n,) int64
+    traj_returns: np.ndarray  # (n,) float64 (nan where unknown)
+    sources: list[tuple[str, str]]  # (file, group name) of each trajectory
+    meta: dict[str, Any]  # attrs of the first file, plus "files"
+    mask_key: str | None = None
+    files_without_masks: list[str] = field(default_factory=list)
+
+    @property
+    def num_trajectories(self) -> int:
+        return len(self.traj_starts)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.obs.shape[0])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.states.shape[1])
+
+    @property
+    def img_hw(self) -> tuple[int, int]:
+        return int(self.obs.shape[1]), int(self.obs.shape[2])
+
+    def require_masks(self) -> np.ndarray:
+        """The masks, or a MasklamError naming the file without them (for methods that need masks)."""
+        if self.masks is not None:
+            return self.masks
+        if self.mask_key is None:
+            raise MasklamError("masks were not loaded: call load_dataset(..., mask_key='masks')")
+        raise MasklamError(f"{self.files_without_masks[0]} has no {self.mask_key!r} (agent masks); "
+                           "this method needs them: collect with `masklam collect` or add them with `masklam masks`")
+
+    def trajectory(self, i: int) -> dict[str, np.ndarray]:
+        """Views of trajectory ``i``'s frames: obs, actions, states (and rewards, masks when loaded)."""
+        rows = slice(int(self.traj_starts[i]), int(self.traj_starts[i] + self.traj_lengths[i]))
+        out = {"obs": self.obs[rows], "actions": self.actions[rows], "states": self.states[rows]}
+        if self.rewards is not None:
+            out["rewards"] = self.rewards[rows]
+        if self.masks is not None:
+            out["masks"] = self.masks[rows]
+        return out
+
+
+def _expand(paths: PathsLike) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            shards = sorted(path.glob("*.h5"))
+            if not shards:
+                raise MasklamError(f"no .h5 files in directory {path}")
+            files += shards
+        else:
+            files.append(path)
+    if not files:
+        raise MasklamError("no dataset files given")
+    return files
+
+
+def _check_shards_agree(layouts: list[FileLayout]) -> None:
+    first = layouts[0]
+    for lay in layouts[1:]:
+        for what in ("img_hw", "state_dim", "action_dim"):
+            if getattr(lay, what) != getattr(first, what):
+                raise MasklamError(f"{lay.path} has {what} {getattr(lay, what)}, {first.path} has {getattr(first, what)}")
+        for key in ("domain_name", "task_name"):
+            if key in lay.attrs and key in first.attrs and lay.attrs[key] != first.attrs[key]:
+                raise MasklamError(f"{lay.path} has {key} {lay.attrs[key]!r}, {first.path} has {first.attrs[key]!r}")
+
+
+def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequence[int] | None = None,
+                 progress: bool = True) -> TrajectoryData:
+    """Read every trajectory of one or more files (shards, or directories of them) into one TrajectoryData.
+
+    ``mask_key`` ("masks" or "sam2_masks") loads agent masks when every file has them; otherwise
+    ``masks`` is None and :meth:`TrajectoryData.require_masks` names the file lacking them.
+    ``traj_ids`` selects trajectories by global index (files in order, then groups "0", "1", ...).
+    """
+    if mask_key is not None and mask_key not in MASK_KEYS:
+        raise MasklamError(f"unknown mask_key {mask_key!r}; one of {', '.join(MASK_KEYS)} or None")
+    layouts = [read_layout(p) for p in _expand(paths)]
+    _check_shards_agree(layouts)
+    catalogue = [(li, name, int(length)) for li, lay in enumerate(layouts) for name, length in zip(lay.names, lay.lengths)]
+    returns_all = np.concatenate([lay.returns for lay in layouts])
+    ids = np.arange(len(catalogue)) if traj_ids is None else _check_ids(traj_ids, len(catalogue))
+    chosen = [catalogue[i] for i in ids]
+    used = sorted({li for li, _, _ in chosen})
+    lacking = [str(layouts[li].path) for li in used if mask_key is not None and not layouts[li].has(mask_key)]
+    load_masks = mask_key is not None and not lacking
+    load_rewards = all(layouts[li].has("rewards") for li in used)
+
+    lengths = np.asarray([length for _, _, length in chosen], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    n, (h, w) = int(lengths.sum()), layouts[0].img_hw
+    arrays: dict[str, np.ndarray] = {
+        "obs": np.empty((n, h, w, 3), np.uint8),
+        "actions": np.empty((n, layouts[0].action_dim), np.float32),
+        "states": np.empty((n, layouts[0].state_dim), np.float32),
+    }
+    if load_rewards:
+        arrays["rewards"] = np.empty((n,), np.float32)
+    if load_masks:
+        arrays[mask_key] = np.empty((n, h, w), bool)
+
+    bar = tqdm(total=n, unit="frame", desc="loading", disable=not progress or n < 10_000, leave=False)
+    for li in used:
+        with open_file(layouts[li].path) as f:
+            for row, (fi, name, length) in zip(starts, chosen):
+                if fi == li:
+                    _read_group(layouts[li].path, f, name, arrays, int(row), length)
+                    bar.update(length)
+    bar.close()
+
+    meta = dict(layouts[0].attrs)
+    meta["files"] = [str(lay.path) for lay in layouts]
+    return TrajectoryData(
+        obs=arrays["obs"], actions=arrays["actions"], states=arrays["states"], rewards=arrays.get("rewards"),
+        masks=arrays.get(mask_key) if load_masks else None, traj_starts=starts, traj_lengths=lengths,
+        traj_returns=returns_all[ids], sources=[(str(layouts[li].path), name) for li, name, _ in chosen],
+        meta=meta, mask_key=mask_key, files_without_masks=lacking)
+
+
+def _check_ids(traj_ids: Sequence[int], total: int) -> np.ndarray:
+    ids = np.asarray(traj_ids, np.int64).reshape(-1)
+    if ids.size == 0:
+        raise MasklamError("traj_ids is empty")
+    if ids.min() < 0 or ids.max() >= total:
+        raise MasklamError(f"traj_ids must lie in 0..{total - 1}, got {int(ids.min())}..{int(ids.max())}")
+    if len(np.unique(ids)) != len(ids):
+        raise MasklamError("traj_ids has duplicates")
+    return ids
+
+
+def _read_group(path: Path, f: h5py.File, name: str, arrays: dict[str, np.ndarray], row: int, length: int) -> None:
+    group = f[name]
+    for key, out in arrays.items():
+        try:
+            group[key].read_direct(out, dest_sel=np.s_[row:row + length])
+        except (OSError, RuntimeError, ValueError, TypeError) as e:
+            raise MasklamError(f"{path}: cannot read trajectory {name}/{key} ({str(e).splitlines()[0]})") from None
+
+
+def split_trajectories(n: int, heldout: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split trajectory ids ``0..n-1`` into (train, held-out), both sorted; at least one of each when heldout > 0."""
+    if n < 1:
+        raise MasklamError(f"need at least one trajectory to split, got {n}")
+    if not 0.0 <= heldout < 1.0:
+        raise MasklamError(f"heldout must be a fraction in [0, 1), got {heldout}")
+    n_held = 0 if heldout == 0 else min(n - 1, max(1, round(heldout * n)))
+    if heldout > 0 and n_held == 0:
+        raise MasklamError(f"cannot hold out trajectories from a dataset of {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_held:]).astype(np.int64), np.sort(perm[:n_held]).astype(np.int64)
+
+
+def labeled_subset(train_ids: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
+    """The ``n`` labeled trajectories: the first n of one seeded permutation of ``train_ids`` (so nested in n)."""
+    train_ids = np.asarray(train_ids, np.int64)
+    if not 1 <= n <= len(train_ids):
+        raise MasklamError(f"labeled trajectories must be in 1..{len(train_ids)} (training trajectories), got {n}")
+    perm = np.random.default_rng(seed).permutation(len(train_ids))
+    return np.sort(train_ids[perm[:n]])
+
+
+class WindowSampler:
+    """Batches of frame-stacked windows ``(o_t, o_{t+1}, o_{t+k})`` from chosen trajectories.
+
+    A start ``t`` is valid when ``t + max_offset <= T - 1`` inside its trajectory; frame stacks ending at a
+    frame ``f`` hold ``f-F+1 .. f``, repeating the trajectory's first frame before its start.
+    """
+
+    def __init__(self, data: TrajectoryData, traj_ids: Sequence[int] | None = None, frame_stack: int = 1,
+                 max_offset: int = 1, need_masks: bool = False) -> None:
+        if frame_stack < 1:
+            raise MasklamError(f"frame_stack must be >= 1, got {frame_stack}")
+        if max_offset < 1:
+            raise MasklamError(f"max_offset must be >= 1, got {max_offset}")
+        self.data = data
+        self.traj_ids = (np.arange(data.num_trajectories, dtype=np.int64) if traj_ids is None
+                         else _check_ids(traj_ids, data.num_trajectories))
+        self.frame_stack = frame_stack
+        self.max_offset = max_offset
+        self.masks = data.require_masks() if need_masks else None
+        self._starts, self._first = self._valid(max_offset)
+        if len(self._starts) == 0:
+            longest = int(data.traj_lengths[self.traj_ids].max())
+            raise MasklamError(f"no windows: max_offset {max_offset} needs trajectories longer than {max_offset} "
+                               f"frames, the longest has {longest}")
+
+    @property
+    def num_windows(self) -> int:
+        """How many valid window starts there are."""
+        return len(self._starts)
+
+    def _valid(self, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        """Flat rows t with t + offset inside their trajectory, and the first row of that trajectory."""
+        starts = self.data.traj_starts[self.traj_ids]
+        counts = np.maximum(self.data.traj_lengths[self.traj_ids] - offset, 0)  # starts per trajectory
+        first = np.repeat(starts, counts)  # (W,)
+        within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        return first + within, first
+
+    def _stack(self, end: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """(B,) flat frame rows -> (B, F, H, W, 3) uint8 stacks ending there, clamped at trajectory starts."""
+        rows = end[:, None] + np.arange(1 - self.frame_stack, 1)[None, :]  # (B, F)
+        return self.data.obs[np.maximum(rows, first[:, None])]
+
+    def _gather(self, t: np.ndarray, first: np.ndarray, k: np.ndarray) -> dict[str, np.ndarray]:
+        batch = {
+            "obs_t": self._stack(t, first),
+            "obs_t1": self._stack(t + 1, first),
+            "obs_tk": self._stack(t + k, first),
+            "k": k,
+            "action_t": self.data.actions[t],  # (B, A)
+            "state_t": self.data.states[t],  # (B, S)
+            "index": t,  # (B,) flat frame rows, for relabelling
+        }
+        if self.masks is not None:
+            batch["mask_t"] = self.masks[t]  # (B, H, W) bool
+            batch["mask_t1"] = self.masks[t + 1]
+            batch["mask_tk"] = self.masks[t + k]
+        return batch
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A batch of windows drawn uniformly over valid starts, ``k`` uniform in ``1..max_offset``."""
+        pick = rng.integers(0, len(self._starts), size=batch_size)
+        k = rng.integers(1, self.max_offset + 1, size=batch_size, dtype=np.int64)
+        return self._gather(self._starts[pick], self._first[pick], k)
+
+    def all_windows(self, batch_size: int, k: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        """Every start ``t`` with ``t + k`` inside its trajectory, once, in order, in batches."""
+        if k < 1:
+            raise MasklamError(f"k must be >= 1, got {k}")
+        starts, first = self._valid(k)
+        for lo in range(0, len(starts), batch_size):
+            t, f = starts[lo:lo + batch_size], first[lo:lo + batch_size]
+            yield self._gather(t, f, np.full(len(t), k, np.int64))

@@ -1,0 +1,245 @@
+"""The dataset file: LAOM's HDF5 layout plus ours, writing one trajectory, validating a whole file.
+
+Layout (readers accept LAOM's published files, which have only ``obs``, ``states``, ``actions``):
+
+- file attrs: ``domain_name, task_name, img_hw, split`` (LAOM) and ours ``distractors, seed, version,
+  action_repeat, policy, steps, shadows, reflections, dataset_return``;
+- one group per trajectory named ``"0", "1", ...`` holding per-frame arrays with a leading ``T`` axis:
+  ``obs (T,H,W,3) uint8``, ``states (T,S) float32``, ``actions (T,A) float32``, ``rewards (T,) float32``,
+  ``masks (T,H,W) bool``, optional ``sam2_masks (T,H,W) bool``, and the distractor metadata
+  (``video_id (T,)``, ``video_frame (T,)``, ``camera (T,3)``, ``color (T,3)``); attrs ``traj_return``,
+  ``seed`` (the episode seed), ``length``.
+
+Images and masks are chunked one frame per chunk, so a reader touching frame ``t`` decompresses only it;
+every chunk has a checksum, so a corrupted byte is an error on reading, never silently wrong data.
+Every error a user can cause (missing, truncated or garbage file, inconsistent shapes) becomes a one-line
+:class:`MasklamError` naming the file and, where it applies, the trajectory.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from masklam.errors import MasklamError
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("obs", "states", "actions")
+MASK_KEYS = ("masks", "sam2_masks")
+IMAGE_KEYS = ("obs",) + MASK_KEYS
+COMPRESSIONS = ("lzf", "gzip", "none")
+
+
+@dataclass
+class Trajectory:
+    """One episode in memory, as a collector produces it and :func:`write_trajectory` stores it."""
+
+    obs: np.ndarray  # (T, H, W, 3) uint8
+    states: np.ndarray  # (T, S) float32
+    actions: np.ndarray  # (T, A) float32, executed (inside the action bounds)
+    rewards: np.ndarray  # (T,) float32
+    masks: np.ndarray | None = None  # (T, H, W) bool
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-frame distractor metadata, (T, ...)
+    seed: int = 0
+
+    @property
+    def length(self) -> int:
+        return int(self.obs.shape[0])
+
+    @property
+    def traj_return(self) -> float:
+        return float(np.sum(self.rewards, dtype=np.float64))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """All per-frame arrays by their dataset name."""
+        out = {"obs": self.obs, "states": self.states, "actions": self.actions, "rewards": self.rewards}
+        if self.masks is not None:
+            out["masks"] = self.masks
+        for key, value in self.extras.items():
+            if key in out or key in MASK_KEYS:
+                raise MasklamError(f"distractor metadata key {key!r} clashes with a dataset name")
+            out[key] = value
+        return out
+
+
+def open_file(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+    """Open an HDF5 file, turning a missing, truncated or garbage file into a one-line MasklamError."""
+    path = Path(path)
+    if mode == "r" and not path.is_file():
+        raise MasklamError(f"no such file: {path}")
+    try:
+        return h5py.File(path, mode)
+    except OSError as e:
+        raise MasklamError(f"{path} is not a readable HDF5 file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def plain(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()] if value.ndim else plain(value.item())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_attrs(obj: h5py.File | h5py.Group) -> dict[str, Any]:
+    """All attributes of a file or group as plain Python values."""
+    return {key: plain(obj.attrs[key]) for key in obj.attrs}
+
+
+def trajectory_names(f: h5py.File) -> list[str]:
+    """Names of the trajectory groups ("0", "1", ...), in numeric order; other entries are ignored."""
+    names = [name for name in f.keys() if name.isdigit() and f.get(name, getclass=True) is h5py.Group]
+    return sorted(names, key=int)
+
+
+def write_trajectory(parent: h5py.Group, name: str, traj: Trajectory, compression: str = "lzf") -> h5py.Group:
+    """Write one trajectory as group ``parent[name]``: images chunked per frame and compressed."""
+    if compression not in COMPRESSIONS:
+        raise MasklamError(f"unknown compression {compression!r}; one of {', '.join(COMPRESSIONS)}")
+    arrays = traj.arrays()
+    length = traj.length
+    for key, value in arrays.items():
+        if value.shape[:1] != (length,):
+            raise MasklamError(f"trajectory {name}: {key} has {value.shape[:1]} frames, obs has {length}")
+    group = parent.create_group(name)
+    comp = None if compression == "none" else compression
+    for key, value in arrays.items():
+        value = np.ascontiguousarray(value)
+        # per-frame chunks for images; every chunk carries a Fletcher-32 checksum, so corruption is caught on read
+        chunks = (1,) + value.shape[1:] if key in IMAGE_KEYS else value.shape
+        group.create_dataset(key, data=value, chunks=chunks, compression=comp if key in IMAGE_KEYS else None,
+                             fletcher32=True)
+    group.attrs["traj_return"] = traj.traj_return
+    group.attrs["seed"] = int(traj.seed)
+    group.attrs["length"] = length
+    return group
+
+
+def read_trajectory(group: h5py.Group) -> Trajectory:
+    """Read one of our trajectory groups back into memory (the inverse of :func:`write_trajectory`)."""
+    base = {"obs", "states", "actions", "rewards", "masks"}
+    data = {key: group[key][()] for key in group.keys()}
+    rewards = data.get("rewards", np.zeros(len(data["obs"]), np.float32))
+    extras = {key: value for key, value in data.items() if key not in base and key not in MASK_KEYS}
+    return Trajectory(data["obs"], data["states"], data["actions"], rewards, data.get("masks"), extras,
+                      int(group.attrs.get("seed", 0)))
+
+
+@dataclass
+class FileLayout:
+    """What a dataset file holds, after checking that its trajectories agree with each other."""
+
+    path: Path
+    attrs: dict[str, Any]
+    names: list[str]  # trajectory group names, numeric order
+    lengths: np.ndarray  # (n,) int64 frames per trajectory
+    returns: np.ndarray  # (n,) float64 episode returns (nan where the file does not say)
+    img_hw: tuple[int, int]
+    state_dim: int
+    action_dim: int
+    keys: list[str]  # datasets present in every trajectory
+    partial_keys: list[str]  # datasets present in some trajectories only
+
+    @property
+    def num_trajectories(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.lengths.sum())
+
+    def has(self, key: str) -> bool:
+        return key in self.keys
+
+
+def read_layout(path: str | os.PathLike) -> FileLayout:
+    """Open ``path`` and check every trajectory's shapes and dtypes; MasklamError naming the first problem."""
+    path = Path(path)
+    with open_file(path) as f:
+        try:
+            return _layout(path, f)
+        except (OSError, RuntimeError, KeyError) as e:
+            raise MasklamError(f"{path} is corrupted ({_first_line(e)})") from None
+
+
+def _layout(path: Path, f: h5py.File) -> FileLayout:
+    attrs = read_attrs(f)
+    names = trajectory_names(f)
+    if not names:
+        raise MasklamError(f"{path} holds no trajectories (no groups named 0, 1, ...)")
+    lengths, returns, key_sets = [], [], []
+    dims: dict[str, tuple] = {}
+    for name in names:
+        group = f[name]
+        missing = [key for key in REQUIRED_KEYS if key not in group]
+        if missing:
+            raise MasklamError(f"{path}: trajectory {name} lacks {', '.join(missing)}")
+        length = group["obs"].shape[0]
+        for key in group.keys():
+            ds = group[key]
+            if not isinstance(ds, h5py.Dataset):
+                continue
+            if ds.shape[:1] != (length,):
+                raise MasklamError(
+                    f"{path}: trajectory {name}: {key} has shape {ds.shape}, expected {length} frames like obs")
+            expected = (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype))
+            if key in dims and dims[key] != expected:
+                raise MasklamError(
+                    f"{path}: trajectory {name}: {key} has shape {ds.shape}, other trajectories (T, "
+                    f"{', '.join(map(str, dims[key][0]))}) {dims[key][1]}")
+            dims.setdefault(key, expected)
+        _check_image_shapes(path, name, group, dims)
+        lengths.append(length)
+        returns.append(_traj_return(group))
+        key_sets.append({key for key in group.keys() if isinstance(group[key], h5py.Dataset)})
+    keys = sorted(set.intersection(*key_sets))
+    partial = sorted(set.union(*key_sets) - set(keys))
+    h, w = dims["obs"][0][:2]
+    return FileLayout(path, attrs, names, np.asarray(lengths, np.int64), np.asarray(returns, np.float64),
+                      (int(h), int(w)), int(dims["states"][0][0]), int(dims["actions"][0][0]), keys, partial)
+
+
+def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) -> None:
+    obs_tail, obs_dtype = dims["obs"]
+    if len(obs_tail) != 3 or obs_tail[2] != 3 or obs_dtype != "uint8":
+        raise MasklamError(f"{path}: trajectory {name}: obs must be (T,H,W,3) uint8, got (T,{obs_tail}) {obs_dtype}")
+    for key in ("states", "actions"):
+        tail, _ = dims[key]
+        if len(tail) != 1:
+            raise MasklamError(f"{path}: trajectory {name}: {key} must be (T,D), got (T,{tail})")
+    for key in MASK_KEYS:
+        if key in group:
+            tail, dtype = dims[key]
+            if tail != obs_tail[:2] or dtype != "bool":
+                raise MasklamError(
+                    f"{path}: trajectory {name}: {key} must be (T,{obs_tail[0]},{obs_tail[1]}) bool, "
+                    f"got (T,{tail}) {dtype}")
+
+
+def _traj_return(group: h5py.Group) -> float:
+    if "traj_return" in group.attrs:
+        return float(plain(group.attrs["traj_return"]))
+    if "rewards" in group:
+        return float(np.sum(group["rewards"][()], dtype=np.float64))
+    return float("nan")
+
+
+def check_attrs(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> None:
+    """MasklamError if a file's attrs disagree with the expected ones (the arguments of a resumed run)."""
+    for key, value in expected.items():
+        if key in found and plain(found[key]) != value:
+            raise MasklamError(
+                f"{path} was written with {key}={plain(found[key])!r}, not {value!r}; "
+                "use the same arguments to resume, or another --out")

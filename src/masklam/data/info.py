@@ -1,0 +1,79 @@
+"""`masklam info FILE...`: what a dataset file holds, in a few lines."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tyro
+
+from masklam.data.hdf5 import MASK_KEYS, read_layout
+
+
+@dataclass
+class InfoConfig:
+    """Summarise dataset files (ours or LAOM's): trajectories, steps, returns, keys, image size, size on disk."""
+
+    files: tyro.conf.Positional[list[Path]]
+    """One or more HDF5 dataset files."""
+
+
+def summarize(path: str | Path) -> dict[str, Any]:
+    """The summary of one file as a dict (the numbers `masklam info` prints)."""
+    lay = read_layout(path)
+    returns = lay.returns[np.isfinite(lay.returns)]
+    return {
+        "file": str(lay.path),
+        "task": f"{lay.attrs.get('domain_name', '?')}-{lay.attrs.get('task_name', '?')}",
+        "trajectories": lay.num_trajectories,
+        "steps": lay.num_frames,
+        "length_min": int(lay.lengths.min()),
+        "length_max": int(lay.lengths.max()),
+        "return_mean": float(returns.mean()) if len(returns) else float("nan"),
+        "return_std": float(returns.std()) if len(returns) else float("nan"),
+        "img_hw": lay.img_hw,
+        "state_dim": lay.state_dim,
+        "action_dim": lay.action_dim,
+        "keys": lay.keys,
+        "partial_keys": lay.partial_keys,
+        "masks": [key for key in MASK_KEYS if lay.has(key)],
+        "bytes": Path(path).stat().st_size,
+        "attrs": lay.attrs,
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """Human-readable lines for one summary."""
+    lengths = str(s["length_min"]) if s["length_min"] == s["length_max"] else f"{s['length_min']}..{s['length_max']}"
+    attrs = ", ".join(f"{k}={v}" for k, v in sorted(s["attrs"].items()))
+    lines = [
+        f"{s['file']}",
+        f"  task          {s['task']}",
+        f"  trajectories  {s['trajectories']}  ({lengths} steps each, {s['steps']} steps in all)",
+        f"  return        {s['return_mean']:.1f} +- {s['return_std']:.1f} (mean +- std over trajectories)",
+        f"  image         {s['img_hw'][0]}x{s['img_hw'][1]} RGB; state dim {s['state_dim']}, action dim {s['action_dim']}",
+        f"  masks         {', '.join(s['masks']) if s['masks'] else 'none (methods that need masks cannot use this file)'}",
+        f"  keys          {', '.join(s['keys'])}",
+    ]
+    if s["partial_keys"]:
+        lines.append(f"  in some only  {', '.join(s['partial_keys'])}")
+    lines += [f"  size on disk  {_size(s['bytes'])}", f"  attrs         {attrs}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    cfg = tyro.cli(InfoConfig, args=argv)
+    for i, path in enumerate(cfg.files):
+        if i:
+            print()
+        print(format_summary(summarize(path)))
+    return 0
