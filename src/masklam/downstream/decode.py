@@ -1,0 +1,167 @@
+"""`masklam decode`: the action decoder latent -> action, trained on N labeled trajectories only.
+
+As in LAOM appendix E: the latent BC policy is frozen; the decoder's input is the latent the policy
+predicts from o_t, its target the true a_t of labeled transitions. The decoder is a 2-layer MLP with
+256 hidden units (ReLU). The policy's predictions over the labeled frames are computed once and
+cached, so the 2500 decoder updates touch only small vectors. At evaluation
+action = decoder(policy(o_t)), clipped to [-1, 1] (`LatentAgent`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tyro
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from masklam.downstream.bc import ImagePolicy
+from masklam.errors import MasklamError
+
+
+class ActionDecoder(nn.Module):
+    """(B, latent_dim) -> (B, action_dim): Linear -> ReLU -> Linear."""
+
+    def __init__(self, latent_dim: int, action_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.dims = {"latent_dim": latent_dim, "action_dim": action_dim, "hidden": hidden}
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, action_dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write model.safetensors and config.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps(self.dims))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> "ActionDecoder":
+        """Read a directory written by save_pretrained."""
+        directory = Path(directory)
+        if not (directory / "model.safetensors").is_file() or not (directory / "config.json").is_file():
+            raise MasklamError(f"not a decoder directory (needs model.safetensors and config.json): {directory}")
+        model = cls(**json.loads((directory / "config.json").read_text()))
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        return model.to(device).eval()
+
+
+class LatentAgent:
+    """A frozen latent policy followed by its action decoder: the thing evaluated online."""
+
+    def __init__(self, policy: ImagePolicy, decoder: ActionDecoder) -> None:
+        if decoder.dims["latent_dim"] != policy.cfg.out_dim:
+            raise MasklamError(f"decoder expects latent dim {decoder.dims['latent_dim']}, "
+                               f"policy predicts {policy.cfg.out_dim}")
+        self.policy, self.decoder = policy.eval(), decoder.eval()
+        self.frame_stack, self.env_meta = policy.frame_stack, policy.env_meta
+
+    @torch.no_grad()
+    def select_action(self, obs: np.ndarray) -> np.ndarray:
+        """(B, F, H, W, 3) uint8 -> (B, A) float32 in [-1, 1]."""
+        z = self.policy.predict(obs)  # (B, D)
+        return self.decoder(z.to(next(self.decoder.parameters()).device)).clamp(-1, 1).float().cpu().numpy()
+
+
+def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, steps: int = 2500, batch_size: int = 512,
+                lr: float = 3e-4, hidden: int = 256, seed: int = 0, progress: bool = False) -> tuple[ActionDecoder, float]:
+    """Fit an ActionDecoder on (N, D) latents -> (N, A) actions with Adam; returns it and its last batch MSE."""
+    if latents.ndim != 2 or actions.ndim != 2 or len(latents) != len(actions) or len(latents) == 0:
+        raise MasklamError(f"decoder data must be (N, D) and (N, A) with N > 0, got {tuple(latents.shape)} "
+                           f"and {tuple(actions.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # initial weights from seed, global generator untouched
+        torch.manual_seed(seed)
+        decoder = ActionDecoder(latents.shape[1], actions.shape[1], hidden).to(latents.device)
+    opt = torch.optim.Adam(decoder.parameters(), lr=lr)
+    loss = torch.zeros(())
+    for _ in tqdm(range(steps), desc="decoder", unit="step", disable=not progress):
+        idx = torch.randint(0, len(latents), (min(batch_size, len(latents)),), generator=gen).to(latents.device)
+        loss = nn.functional.mse_loss(decoder(latents[idx]), actions[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return decoder.eval(), float(loss.item())
+
+
+@torch.no_grad()
+def policy_latents(policy: ImagePolicy, data: Any, traj_ids: np.ndarray, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen policy's predicted latents (N, D) and the true actions (N, A) of every transition of traj_ids."""
+    from masklam.data import WindowSampler
+
+    sampler = WindowSampler(data, traj_ids, frame_stack=policy.frame_stack, max_offset=1)
+    zs, acts = [], []
+    for b in sampler.all_windows(batch_size, k=1):
+        zs.append(policy.predict(b["obs_t"]).float().cpu())
+        acts.append(torch.from_numpy(np.asarray(b["action_t"], np.float32)))
+    if not zs:
+        raise MasklamError("no labeled transitions to train the decoder on")
+    return torch.cat(zs), torch.cat(acts)
+
+
+@dataclass
+class DecodeConfig:
+    """Train an action decoder latent -> action on N labeled trajectories with the latent policy frozen."""
+
+    policy: Path
+    """latent BC policy directory (written by `masklam bc --target latent`)"""
+    data: tuple[Path, ...]
+    """HDF5 dataset file(s): the same data the policy was trained on"""
+    out: Path
+    """output directory (model.safetensors, config.json, metrics.json)"""
+    labels: int = 8
+    """number of labeled trajectories (nested subsets: the first N of one permutation)"""
+    steps: int = 2500
+    batch_size: int = 512
+    lr: float = 3e-4
+    hidden: int = 256
+    heldout: float = 0.1
+    """fraction of trajectories held out (must match the policy's split; held-out MSE reported)"""
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.labels < 1 or self.steps < 1 or self.batch_size < 1 or self.hidden < 1 or self.lr <= 0:
+            raise MasklamError("labels, steps, batch_size, hidden must be >= 1 and lr > 0")
+        if not self.data:
+            raise MasklamError("no dataset given (--data)")
+
+
+def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
+    """Fit and save the decoder; returns metrics (train MSE, held-out MSE of decoder(policy(o_t)) vs a_t)."""
+    from masklam.data import labeled_subset, load_dataset, split_trajectories
+
+    policy = ImagePolicy.from_pretrained(cfg.policy, cfg.device)
+    if policy.cfg.target != "latent":
+        raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
+    data = load_dataset(list(cfg.data))
+    train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.seed)
+    ids = labeled_subset(train_ids, cfg.labels, seed=cfg.seed)
+    z, a = policy_latents(policy, data, ids, cfg.batch_size)
+    decoder, mse = fit_decoder(z.to(cfg.device), a.to(cfg.device), cfg.steps, cfg.batch_size, cfg.lr, cfg.hidden,
+                               cfg.seed, progress)
+    metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z)}
+    if len(heldout_ids):
+        zh, ah = policy_latents(policy, data, heldout_ids[:8], cfg.batch_size)
+        with torch.no_grad():
+            pred = decoder(zh.to(cfg.device)).clamp(-1, 1).cpu()
+        metrics["decode/heldout_mse"] = float(nn.functional.mse_loss(pred, ah))
+        metrics["decode/heldout_nmse"] = metrics["decode/heldout_mse"] / max(float(ah.var(0).mean()), 1e-8)
+    decoder.save_pretrained(cfg.out)
+    (Path(cfg.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    """`masklam decode --policy DIR --data FILE --out DIR --labels N`."""
+    cfg = tyro.cli(DecodeConfig, args=argv)
+    print(json.dumps(train_decoder(cfg)))
+    return 0

@@ -1,0 +1,157 @@
+"""bc.py and decode.py on a tiny synthetic dataset: learning, targets, save/load, resume, decoder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from masklam.data import Trajectory, write_trajectory
+from masklam.downstream import bc as bc_mod
+from masklam.downstream.bc import BCConfig, ImagePolicy, load_policy, make_target_fn, train_bc
+from masklam.downstream.decode import DecodeConfig, LatentAgent, fit_decoder, train_decoder
+from masklam.errors import MasklamError
+
+torch.set_num_threads(1)
+
+
+def write_toy(path: Path, n_traj: int = 6, length: int = 20, hw: int = 16, seed: int = 0) -> Path:
+    """Frames of uniform brightness b_t (channel 0); a_t = ((b_{t+1} - b_t) / 175, 2 b_t / 255 - 1).
+
+    Action 0 is an inverse-dynamics quantity, action 1 is readable from o_t alone.
+    """
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"domain_name": "toy", "task_name": "bright", "img_hw": [hw, hw], "distractors": "none",
+                        "action_repeat": 1})
+        for i in range(n_traj):
+            b = rng.uniform(40, 215, size=length + 1)
+            obs = np.zeros((length, hw, hw, 3), np.uint8)
+            obs[..., 0] = b[:length, None, None].astype(np.uint8)
+            obs[..., 1] = rng.integers(0, 30, size=(length, hw, hw))
+            b_int = obs[:, 0, 0, 0].astype(np.float32)
+            nxt = np.append(b_int[1:], b[length]).astype(np.float32)
+            actions = np.stack([(nxt - b_int) / 175, 2 * b_int / 255 - 1], axis=1).astype(np.float32)
+            traj = Trajectory(obs, rng.normal(size=(length, 3)).astype(np.float32), actions,
+                              np.zeros(length, np.float32), obs[..., 0] > 100)
+            write_trajectory(f, str(i), traj)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy(tmp_path_factory.mktemp("toy") / "toy.h5")
+
+
+def _cfg(toy: Path, out: Path, **kw) -> BCConfig:
+    base = dict(data=(toy,), out=out, target="action", frame_stack=1, batch_size=32, lr=1e-3, steps=30,
+                heldout=0.2, hidden=32)
+    base.update(kw)
+    return BCConfig(**base)
+
+
+def test_fit_decoder_learns_known_map() -> None:
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(8, 2, generator=g)
+    z = torch.randn(2000, 8, generator=g)
+    a = torch.tanh(z @ W / 2)
+    dec, _ = fit_decoder(z[:1500], a[:1500], steps=800, batch_size=256, lr=3e-3, seed=1)
+    with torch.no_grad():
+        mse = float(((dec(z[1500:]) - a[1500:]) ** 2).mean())
+    assert mse < 0.03 * float(a.var(0).mean())
+    dec2, _ = fit_decoder(z[:1500], a[:1500], steps=50, batch_size=256, lr=3e-3, seed=1)
+    dec3, _ = fit_decoder(z[:1500], a[:1500], steps=50, batch_size=256, lr=3e-3, seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(dec2.parameters(), dec3.parameters()))
+    with pytest.raises(MasklamError):
+        fit_decoder(z[:0], a[:0])
+
+
+def test_bc_learns_readable_action_and_roundtrips(toy: Path, tmp_path: Path) -> None:
+    m = train_bc(_cfg(toy, tmp_path / "bc", steps=150), progress=False)
+    # constant predictor: MSE ~ 0.16 per dim; action 1 is a function of o_t, so BC must beat it clearly
+    assert m["eval/heldout_mse"] < 0.12 and m["train/steps"] == 150
+    pol = ImagePolicy.from_pretrained(tmp_path / "bc")
+    assert pol.env_meta["task"] == "toy-bright" and pol.env_meta["img_size"] == 16
+    obs = np.random.default_rng(0).integers(0, 255, (5, 1, 16, 16, 3), dtype=np.uint8)
+    act = pol.select_action(obs)
+    assert act.shape == (5, 2) and np.abs(act).max() <= 1
+    np.testing.assert_array_equal(load_policy(tmp_path / "bc").select_action(obs), act)
+
+
+def test_bc_resume_matches_uninterrupted(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train_bc(_cfg(toy, tmp_path / "full", steps=12, save_every=4), progress=False)
+    from masklam.data import WindowSampler
+
+    orig, calls = WindowSampler.sample, {"n": 0}
+
+    def flaky(self, batch_size, rng):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return orig(self, batch_size, rng)
+
+    monkeypatch.setattr(WindowSampler, "sample", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_bc(_cfg(toy, tmp_path / "cut", steps=12, save_every=4), progress=False)
+    monkeypatch.setattr(WindowSampler, "sample", orig)
+    assert torch.load(tmp_path / "cut" / "train_state.pt", weights_only=False)["step"] == 4
+    train_bc(_cfg(toy, tmp_path / "cut", steps=12, save_every=4), progress=False)
+    a, b = ImagePolicy.from_pretrained(tmp_path / "full"), ImagePolicy.from_pretrained(tmp_path / "cut")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with pytest.raises(MasklamError, match="different config"):
+        train_bc(_cfg(toy, tmp_path / "cut", steps=13), progress=False)
+
+
+def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
+    from masklam.models import LAMConfig, build_lam
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        lam = build_lam(LAMConfig(method="lapo", action_dim=2, state_dim=3, img_hw=16, latent_dim=4))
+    lam.save_pretrained(tmp_path / "lam")
+    cfg = _cfg(toy, tmp_path / "pol", target="latent", lam=tmp_path / "lam", steps=5)
+    fn, dim, frames = make_target_fn(cfg, 16)
+    from masklam.data import WindowSampler, load_dataset
+
+    b = WindowSampler(load_dataset([toy]), [0], frame_stack=1).sample(4, np.random.default_rng(0))
+    with torch.no_grad():
+        expect = lam.eval().latent(b["obs_t"], b["obs_t1"])
+    assert dim == 4 and frames == 1 and torch.allclose(fn(b), expect)
+    train_bc(cfg, progress=False)
+    with pytest.raises(MasklamError, match="decoder"):
+        load_policy(tmp_path / "pol")
+    m = train_decoder(DecodeConfig(policy=tmp_path / "pol", data=(toy,), out=tmp_path / "dec", labels=2, steps=20,
+                                   heldout=0.2), progress=False)
+    assert m["decode/labeled_transitions"] == 2 * 19 and np.isfinite(m["decode/heldout_mse"])
+    agent = load_policy(tmp_path / "pol", tmp_path / "dec")
+    assert isinstance(agent, LatentAgent) and agent.frame_stack == 1
+    act = agent.select_action(b["obs_t"])
+    assert act.shape == (4, 2) and np.abs(act).max() <= 1
+
+
+def test_idm_relabels(toy: Path, tmp_path: Path) -> None:
+    train_bc(_cfg(toy, tmp_path / "idm", pair_input=True, labels=2, steps=5), progress=False)
+    idm = ImagePolicy.from_pretrained(tmp_path / "idm")
+    assert idm.cfg.pair_input and idm.cfg.out_dim == 2
+    with pytest.raises(MasklamError):
+        idm.select_action(np.zeros((1, 1, 16, 16, 3), np.uint8))
+    cfg = _cfg(toy, tmp_path / "bc_idm", target="idm", idm=tmp_path / "idm", steps=5)
+    fn, dim, _ = make_target_fn(cfg, 16)
+    b = {"obs_t": np.zeros((2, 1, 16, 16, 3), np.uint8), "obs_t1": np.full((2, 1, 16, 16, 3), 200, np.uint8)}
+    with torch.no_grad():
+        assert torch.allclose(fn(b), idm.predict(b["obs_t"], b["obs_t1"]).clamp(-1, 1))
+    train_bc(cfg, progress=False)
+    assert ImagePolicy.from_pretrained(tmp_path / "bc_idm").cfg.target == "action"
+
+
+def test_bad_config(toy: Path, tmp_path: Path) -> None:
+    with pytest.raises(MasklamError, match="--lam"):
+        BCConfig(data=(toy,), out=tmp_path, target="latent")
+    with pytest.raises(MasklamError, match="labeled"):
+        train_bc(_cfg(toy, tmp_path / "x", labels=50), progress=False)
+    with pytest.raises(MasklamError, match="not a policy"):
+        ImagePolicy.from_pretrained(tmp_path)
+    assert bc_mod.main(["--data", str(toy), "--out", str(tmp_path / "cli"), "--target", "action", "--steps", "2",
+                        "--frame-stack", "1", "--batch-size", "8"]) == 0
