@@ -147,6 +147,9 @@ class BCConfig:
     heldout: float = 0.1
     """fraction of trajectories held out (never trained on; held-out MSE reported)"""
     seed: int = 0
+    """seed of initialisation and batches"""
+    split_seed: int = 0
+    """seed of the train/held-out split and the labeled subset (the same as the LAM's)"""
     device: str = "cpu"
     save_every: int = 500
     """updates between resumable checkpoints"""
@@ -240,9 +243,9 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
 
     data = load_dataset(list(cfg.data))
-    train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.seed)
+    train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     if cfg.labels is not None:
-        train_ids = labeled_subset(train_ids, cfg.labels, seed=cfg.seed)
+        train_ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
     img_hw = int(data.obs.shape[1])
     target_fn, out_dim, target_frames = make_target_fn(cfg, img_hw)
     out_dim = data.action_dim if out_dim < 0 else out_dim

@@ -126,6 +126,9 @@ class DecodeConfig:
     heldout: float = 0.1
     """fraction of trajectories held out (must match the policy's split; held-out MSE reported)"""
     seed: int = 0
+    """seed of the decoder's initialisation and batches"""
+    split_seed: int = 0
+    """seed of the train/held-out split and the labeled subset (the same as the LAM's and the policy's)"""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -143,8 +146,8 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     if policy.cfg.target != "latent":
         raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
     data = load_dataset(list(cfg.data))
-    train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.seed)
-    ids = labeled_subset(train_ids, cfg.labels, seed=cfg.seed)
+    train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
+    ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
     z, a = policy_latents(policy, data, ids, cfg.batch_size)
     decoder, mse = fit_decoder(z.to(cfg.device), a.to(cfg.device), cfg.steps, cfg.batch_size, cfg.lr, cfg.hidden,
                                cfg.seed, progress)

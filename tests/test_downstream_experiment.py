@@ -1,0 +1,159 @@
+"""experiment.py: the stage cache, config parsing, normalisation, and a tiny end-to-end sweep."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from masklam.downstream import experiment as ex
+from masklam.downstream.report import COLUMNS
+from masklam.errors import MasklamError
+from test_downstream_policy import write_toy
+
+torch.set_num_threads(1)
+
+
+class ToyEnv:
+    """Brightness world matching write_toy's frames: reward = 1 - |a_1 - (2 b / 255 - 1)|."""
+
+    def __init__(self, img_size: int, max_episode_steps: int) -> None:
+        self.hw, self.length = img_size, max_episode_steps
+
+    def _obs(self) -> np.ndarray:
+        o = np.zeros((self.hw, self.hw, 3), np.uint8)
+        o[..., 0] = int(self.b)
+        return o
+
+    def reset(self, seed: int):  # noqa: ANN201
+        self.rng, self.t = np.random.default_rng(seed), 0
+        self.b = self.rng.uniform(40, 215)
+        return self._obs(), {}
+
+    def step(self, a):  # noqa: ANN001, ANN201
+        r = 1 - abs(float(a[1]) - (2 * int(self.b) / 255 - 1))
+        self.b, self.t = self.rng.uniform(40, 215), self.t + 1
+        return self._obs(), r, False, self.t >= self.length, {}
+
+    def close(self) -> None:
+        pass
+
+
+def make_toy(task: str, img_size: int = 16, max_episode_steps: int = 4, video_split: str = "train", **_) -> ToyEnv:
+    assert task == "toy-bright" and video_split in ("train", "eval")
+    return ToyEnv(img_size, max_episode_steps)
+
+
+def test_stage_cache_reuses_and_reruns(tmp_path: Path) -> None:
+    calls: list[Path] = []
+
+    def fn(d: Path) -> dict:
+        calls.append(d)
+        return {"value": len(calls)}
+
+    d1, r1 = ex.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
+    d2, r2 = ex.run_stage(tmp_path, "bc", {"data": ["a.h5"], "lr": 1e-3}, fn, log=lambda s: None)
+    assert (d1, r1) == (d2, r2) == (d1, {"value": 1}) and len(calls) == 1
+    d3, r3 = ex.run_stage(tmp_path, "bc", {"lr": 2e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
+    assert d3 != d1 and r3 == {"value": 2}
+    # a done.json whose hash does not match (e.g. a stage dir copied by hand) is not trusted
+    (d1 / "done.json").write_text(json.dumps({"hash": "other", "result": {}}))
+    assert ex.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)[1] == {"value": 3}
+    # an interrupted stage (no done.json) runs again in the same directory
+    def boom(d: Path) -> dict:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_stage(tmp_path, "decode", {"x": 1}, boom, log=lambda s: None)
+    d4, _ = ex.run_stage(tmp_path, "decode", {"x": 1}, fn, log=lambda s: None)
+    assert d4 == calls[-1] and (d4 / "stage.json").is_file()
+
+
+def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:
+    raw = [{"method": "bc-full", "task": "t", "split": "id", "variant": "train", "return": r, "seed": s}
+           for s, r in ((0, 100.0), (1, 300.0))]
+    raw += [{"method": "lapo", "task": "t", "split": "id", "variant": "train", "return": 50.0, "seed": 0},
+            {"method": "lapo", "task": "t", "split": "ood", "variant": "train", "return": 50.0, "seed": 0},
+            {"method": "lapo-clean", "task": "t", "split": "id", "variant": "clean", "return": 50.0, "seed": 0},
+            {"method": "bc-full-clean", "task": "t", "split": "id", "variant": "clean", "return": 25.0, "seed": 0}]
+    rows = ex.normalize(raw)
+    assert [r["normalized_return"] for r in rows[:3]] == [0.5, 1.5, 0.25]
+    assert np.isnan(rows[3]["normalized_return"])  # no OOD normaliser measured
+    assert rows[4]["normalized_return"] == 2.0 and "variant" not in rows[0]
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(MasklamError, match="no such file"):
+        ex.load_config(tmp_path / "none.toml")
+    (tmp_path / "a.toml").write_text('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\nbogus = 1\n')
+    with pytest.raises(MasklamError, match="unknown key 'bogus'"):
+        ex.load_config(tmp_path / "a.toml")
+    (tmp_path / "b.toml").write_text('out = "x"\ntasks = ["t"]\nmethods = ["vqvae"]\n[data.t]\ntrain = ["a.h5"]\n')
+    with pytest.raises(MasklamError, match="unknown method"):
+        ex.load_config(tmp_path / "b.toml")
+    (tmp_path / "c.toml").write_text('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n')
+    with pytest.raises(MasklamError, match="no data for task"):
+        ex.load_config(tmp_path / "c.toml")
+    (tmp_path / "d.toml").write_text('out = "x"\ntasks = ["t"\n')
+    with pytest.raises(MasklamError, match="cannot parse"):
+        ex.load_config(tmp_path / "d.toml")
+    assert ex._argv({"episodes": 4, "shadows": False, "policy": "random", "x": None}) == [
+        "--episodes", "4", "--no-shadows", "--policy", "random"]
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        return list(reader)
+
+
+def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    toy = write_toy(tmp_path / "toy.h5", n_traj=5, length=16)
+    clean = write_toy(tmp_path / "clean.h5", n_traj=5, length=16, seed=1)
+    conf = {
+        "out": str(tmp_path / "run"), "tasks": ["toy-bright"],
+        "methods": ["lapo", "masklam", "laom-sup", "lapo-clean", "bc", "idm"],
+        "latent_dims": [4], "labels": [1, 2], "seeds": [0],
+        "data": {"toy-bright": {"train": [str(toy)], "clean": [str(clean)]}},
+        "pretrain": {"steps": 2, "batch_size": 8, "head_dim": 16, "heldout": 0.2, "log_every": 1,
+                     "recon_samples": 2},
+        "bc": {"steps": 2, "batch_size": 8, "frame_stack": 1, "hidden": 16, "heldout": 0.2},
+        "decode": {"steps": 5, "batch_size": 8, "heldout": 0.2},
+        "eval": {"episodes": 2, "workers": 0},
+        "env": {"factory": "test_downstream_experiment:make_toy", "max_episode_steps": 3},
+        "progress": False,
+    }
+    (tmp_path / "sweep.json").write_text(json.dumps(conf))
+    assert ex.main([str(tmp_path / "sweep.json")]) == 0
+    rows = _read(tmp_path / "run" / "results.csv")
+    key = {(r["method"], r["labels"], r["split"]): r for r in rows}
+    # LAM methods x 2 budgets x 2 splits (lapo-clean: id only) + bc, idm x 2 x 2 + bc-full x 2 + bc-full-clean
+    assert len(rows) == 3 * 2 * 2 + 2 + 2 * 2 * 2 + 2 + 1
+    assert key[("bc-full", "4", "id")]["latent_dim"] == "0" and key[("bc-full", "4", "id")]["probe_nmse"] == ""
+    assert key[("bc", "1", "ood")]["probe_nmse"] == "" and key[("idm", "2", "id")]["probe_nmse"] == ""
+    assert float(key[("lapo", "2", "id")]["probe_nmse"]) > 0 and key[("lapo", "2", "id")]["latent_dim"] == "4"
+    assert ("lapo-clean", "1", "ood") not in key
+    for r in rows:
+        ref = key[("bc-full-clean" if r["method"] in ("lapo-clean", "bc-full-clean") else "bc-full",
+                   "4", r["split"])]
+        assert float(r["normalized_return"]) == pytest.approx(float(r["return"]) / float(ref["return"]))
+    assert all(-3 <= float(r["return"]) <= 3 for r in rows)  # 3 steps, reward in [-1, 1]
+    stages = tmp_path / "run" / "stages"
+    # a LAM per method/dim/seed, shared across budgets, except laom-sup (one per budget): 1 + 1 + 2 + 1
+    assert len(list((stages / "pretrain").iterdir())) == 5
+    assert (tmp_path / "run" / "report" / "report.html").is_file()
+    capsys.readouterr()
+    # a second run reuses every stage and reproduces the rows
+    assert ex.main([str(tmp_path / "sweep.json"), "--no-report"]) == 0
+    assert "running" not in capsys.readouterr().out
+    assert _read(tmp_path / "run" / "results.csv") == rows
+    # changing the decoder config re-runs decoders and their evaluations only
+    conf["decode"]["steps"] = 6
+    rows2 = ex.run_experiment(ex.ExperimentConfig(**conf), render=False)
+    out = capsys.readouterr().out
+    assert out.count("[decode") == 8 and "[pretrain" not in out and "[bc " not in out
+    assert len(rows2) == len(rows)
