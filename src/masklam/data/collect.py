@@ -1,0 +1,358 @@
+"""`masklam collect`: run a policy in the distracted environment and write one HDF5 dataset file.
+
+Trajectory ``i`` depends on ``(seed, i)`` only, so the data are identical whatever the number of workers
+and whatever an interrupted run already wrote. Crash safety without trusting HDF5 to survive a kill:
+
+1. each finished trajectory ``i`` is written by its worker to ``OUT.parts/00000i.h5`` under a temporary
+   name and renamed into place (an atomic rename: a part file is complete or absent);
+2. when every trajectory exists, the parts (and the trajectories of an existing ``OUT``, when extending
+   it) are copied into ``OUT.tmp``, which is flushed, fsync'ed and renamed onto ``OUT``.
+
+So ``OUT`` is never half-written; a re-run with the same arguments checks them against
+``OUT.parts/config.json`` (or ``OUT``'s attrs), keeps every finished trajectory and collects only the rest.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import h5py
+import numpy as np
+import tyro
+from tqdm.auto import tqdm
+
+from masklam.data.hdf5 import (FORMAT_VERSION, Trajectory, check_attrs, open_file, plain, read_layout,
+                               trajectory_names, write_trajectory)
+from masklam.errors import MasklamError
+
+Policy = Callable[[np.ndarray], np.ndarray]  # (S,) float32 state -> (A,) action
+
+
+@dataclass
+class CollectConfig:
+    """Run an expert (or smooth random actions) in the distracted environment and write an HDF5 dataset."""
+
+    task: str
+    """dm_control task as domain-task, e.g. cheetah-run."""
+    out: Path
+    """Output HDF5 file; re-running the same command resumes an interrupted collection."""
+    distractors: str = "laom"
+    """Distractor preset: none, laom or masklam."""
+    episodes: int = 10
+    """Number of trajectories in the file (a larger number extends an existing file)."""
+    steps: int = 1000
+    """Frames per trajectory."""
+    seed: int = 0
+    """Trajectory i's episode seed derives from (seed, i) only."""
+    workers: int = 1
+    """Parallel processes, each rendering whole trajectories."""
+    video_split: Literal["train", "eval"] = "train"
+    """Background videos: train, or the held-out eval videos (recorded as the file's split)."""
+    policy: Literal["expert", "random"] = "expert"
+    """expert: the task's shipped expert; random: smooth seeded random actions (held for --hold frames)."""
+    expert_path: Path | None = None
+    """An expert .safetensors file instead of the shipped one."""
+    action_repeat: int | None = None
+    """Physics steps per frame; default: the expert's (1 for the random policy)."""
+    hold: int = 3
+    """Random policy: frames each random action is held."""
+    img_size: int = 64
+    """Frame height and width in pixels."""
+    shadows: bool = True
+    """Render shadows (off renders faster but looks different)."""
+    reflections: bool = True
+    """Render floor reflections (off renders faster but looks different)."""
+    compression: Literal["lzf", "gzip", "none"] = "lzf"
+    """Compression of frames and masks (chunked per frame)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "steps", "workers", "hold", "img_size"):
+            if getattr(self, name) < 1:
+                raise MasklamError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 2:
+            raise MasklamError(f"--steps must be >= 2 (a window needs two frames), got {self.steps}")
+        if self.seed < 0:
+            raise MasklamError(f"--seed must be >= 0, got {self.seed}")
+        if self.action_repeat is not None and self.action_repeat < 1:
+            raise MasklamError(f"--action-repeat must be >= 1, got {self.action_repeat}")
+        if "-" not in self.task:
+            raise MasklamError(f"--task must be domain-task (e.g. cheetah-run), got {self.task!r}")
+        if self.out.suffix != ".h5":
+            raise MasklamError(f"--out must end in .h5, got {self.out}")
+
+
+@dataclass
+class CollectResult:
+    """What one `collect` call did."""
+
+    path: Path
+    collected: list[int] = field(default_factory=list)  # trajectory ids rendered by this call
+    reused: int = 0  # trajectories kept from an earlier, interrupted or shorter, run
+    frames_per_s: float = float("nan")  # rendered frames / wall time of the rendering phase
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The environment seed of trajectory ``index``: a function of (seed, index) only."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class SmoothRandomPolicy:
+    """Seeded random actions, uniform in [-1, 1], each held for ``hold`` frames."""
+
+    def __init__(self, action_dim: int, rng: np.random.Generator, hold: int = 3) -> None:
+        self.action_dim, self.rng, self.hold = action_dim, rng, hold
+        self._t, self._a = 0, np.zeros(action_dim, np.float32)
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        if self._t % self.hold == 0:
+            self._a = self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+        self._t += 1
+        return self._a
+
+
+def file_attrs(cfg: CollectConfig, action_repeat: int) -> dict[str, Any]:
+    """The file attrs a collection writes (and a resumed one must match): LAOM's keys plus ours."""
+    domain, task = cfg.task.split("-", 1)
+    return {
+        "domain_name": domain, "task_name": task, "img_hw": cfg.img_size, "split": cfg.video_split,
+        "distractors": cfg.distractors, "seed": cfg.seed, "version": FORMAT_VERSION,
+        "action_repeat": action_repeat, "policy": cfg.policy, "steps": cfg.steps, "hold": cfg.hold,
+        "shadows": cfg.shadows, "reflections": cfg.reflections,
+        "expert": str(cfg.expert_path) if cfg.expert_path else ("shipped" if cfg.policy == "expert" else "none"),
+    }
+
+
+def _resolve_action_repeat(cfg: CollectConfig) -> int:
+    """The action repeat to use; loads the expert once to fail early (one line) when there is none."""
+    if cfg.policy == "random":
+        return cfg.action_repeat or 1
+    expert = _load_expert(cfg)
+    return cfg.action_repeat or int(getattr(expert, "action_repeat", 1))
+
+
+def _load_expert(cfg: CollectConfig) -> Policy:
+    from masklam import experts
+
+    try:
+        return experts.load(cfg.task, cfg.expert_path) if cfg.expert_path else experts.load(cfg.task)
+    except MasklamError as e:
+        raise MasklamError(f"cannot load an expert for {cfg.task}: {e} (or use --policy random)") from None
+
+
+# -- one trajectory (runs in a worker process, or in this one when --workers 1) ------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(cfg: CollectConfig, action_repeat: int, counter: Any = None) -> None:
+    """Build the environment and policy once per process."""
+    import torch
+
+    torch.set_num_threads(1)  # W workers share the cores; the expert is a tiny MLP
+    from masklam.envs import make
+
+    env = make(cfg.task, distractors=cfg.distractors, video_split=cfg.video_split, img_size=cfg.img_size,
+               action_repeat=action_repeat, shadows=cfg.shadows, reflections=cfg.reflections,
+               max_episode_steps=cfg.steps)
+    expert = _load_expert(cfg) if cfg.policy == "expert" else None
+    _WORKER.update(cfg=cfg, env=env, expert=expert, attrs=file_attrs(cfg, action_repeat), counter=counter)
+
+
+def _tick(n: int) -> None:
+    counter = _WORKER.get("counter")
+    if counter is None:
+        return
+    if callable(counter):
+        counter(n)
+    else:
+        with counter.get_lock():
+            counter.value += n
+
+
+def run_episode(env: Any, policy: Policy, seed: int, steps: int, tick: Callable[[int], None] = lambda n: None) -> Trajectory:
+    """Roll out ``steps`` frames from ``env.reset(seed)``: obs[t] is seen, then actions[t] is executed."""
+    obs, info = env.reset(seed=seed)
+    h, w, _ = obs.shape
+    lo, hi = env.action_space.low, env.action_space.high
+    traj = Trajectory(obs=np.empty((steps, h, w, 3), np.uint8),
+                      states=np.empty((steps, len(info["state"])), np.float32),
+                      actions=np.empty((steps,) + env.action_space.shape, np.float32),
+                      rewards=np.empty((steps,), np.float32), masks=np.empty((steps, h, w), bool), seed=seed)
+    for key, value in info["distractor"].items():
+        value = np.asarray(value)
+        dtype = np.int32 if np.issubdtype(value.dtype, np.integer) else np.float32
+        traj.extras[key] = np.empty((steps,) + value.shape, dtype)
+    for t in range(steps):
+        traj.obs[t], traj.masks[t], traj.states[t] = obs, info["mask"], info["state"]
+        for key, value in info["distractor"].items():
+            traj.extras[key][t] = value
+        action = np.clip(np.asarray(policy(traj.states[t]), np.float32), lo, hi)  # what is executed
+        obs, reward, terminated, truncated, info = env.step(action)
+        traj.actions[t], traj.rewards[t] = action, reward
+        if (terminated or truncated) and t < steps - 1:
+            raise MasklamError(f"episode of {env.unwrapped.task} ended after {t + 1} steps, before --steps {steps}")
+        if t % 25 == 24 or t == steps - 1:
+            tick(t % 25 + 1)
+    return traj
+
+
+def _collect_one(index: int) -> tuple[int, float]:
+    """Render trajectory ``index`` and save it as an atomic part file; returns (index, return)."""
+    cfg: CollectConfig = _WORKER["cfg"]
+    seed = episode_seed(cfg.seed, index)
+    if cfg.policy == "expert":
+        policy = _WORKER["expert"]
+    else:
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, 1]))
+        policy = SmoothRandomPolicy(_WORKER["env"].action_space.shape[0], rng, cfg.hold)
+    traj = run_episode(_WORKER["env"], policy, seed, cfg.steps, _tick)
+    final = part_path(cfg.out, index)
+    tmp = final.with_name(f"{final.stem}.tmp{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update(_WORKER["attrs"])
+        write_trajectory(f, str(index), traj, cfg.compression)
+    _fsync(tmp)
+    os.replace(tmp, final)
+    return index, traj.traj_return
+
+
+# -- the parent: what is missing, workers, progress, assembly ---------------------------------------------
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def part_path(out: Path, index: int) -> Path:
+    return parts_dir(out) / f"{index:06d}.h5"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prepare_parts(cfg: CollectConfig, attrs: dict[str, Any]) -> set[int]:
+    """Create or check OUT.parts; delete temporaries of killed writers; return the finished indices."""
+    folder = parts_dir(cfg.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "config.json"
+    if config.is_file():
+        check_attrs(folder, json.loads(config.read_text()), attrs)
+    else:
+        config.write_text(json.dumps(attrs, indent=1) + "\n")
+    for stale in folder.glob("*.tmp*"):
+        stale.unlink()
+    return {int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()}
+
+
+def _existing(cfg: CollectConfig, attrs: dict[str, Any]) -> int:
+    """How many trajectories an existing OUT holds (0 if none), after checking its attrs match."""
+    if not cfg.out.exists():
+        return 0
+    layout = read_layout(cfg.out)
+    check_attrs(cfg.out, layout.attrs, attrs)
+    if layout.names != [str(i) for i in range(layout.num_trajectories)]:
+        raise MasklamError(f"{cfg.out} has trajectories that are not numbered 0..n-1; cannot extend it")
+    return layout.num_trajectories
+
+
+def _render(cfg: CollectConfig, action_repeat: int, todo: list[int], done_frames: int) -> float:
+    """Render the trajectories ``todo`` (in-process or over a spawn pool); returns frames/s."""
+    total = (len(todo) * cfg.steps) + done_frames
+    bar = tqdm(total=total, initial=done_frames, unit="frame", desc=f"collect {cfg.task}", disable=not cfg.progress,
+               smoothing=0.1, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        if cfg.workers == 1 or len(todo) == 1:
+            _init_worker(cfg, action_repeat, bar.update)
+            for index in todo:
+                _collect_one(index)
+        else:
+            ctx = mp.get_context("spawn")  # EGL contexts do not survive fork
+            counter = ctx.Value("q", 0)
+            with ctx.Pool(min(cfg.workers, len(todo)), _init_worker, (cfg, action_repeat, counter)) as pool:
+                pending = pool.imap_unordered(_collect_one, todo)
+                finished = 0
+                while finished < len(todo):
+                    try:
+                        pending.next(timeout=0.25)
+                        finished += 1
+                    except mp.TimeoutError:
+                        pass
+                    bar.update(done_frames + counter.value - bar.n)
+                bar.update(done_frames + counter.value - bar.n)
+    except KeyboardInterrupt:
+        saved = len(list(parts_dir(cfg.out).glob("[0-9]*.h5")))
+        print(f"\ninterrupted: {saved} finished trajectories are kept in {parts_dir(cfg.out)}", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+        _WORKER.clear()
+    return len(todo) * cfg.steps / max(time.perf_counter() - start, 1e-9)
+
+
+def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
+    """Copy OUT's trajectories 0..have-1 and the parts have..episodes-1 into OUT.tmp; rename it onto OUT."""
+    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
+    returns = []
+    with h5py.File(tmp, "w") as dst:
+        dst.attrs.update(attrs)
+        if have:
+            with open_file(cfg.out) as src:
+                for name in trajectory_names(src)[:have]:
+                    src.copy(src[name], dst, name=name)
+                    returns.append(float(plain(src[name].attrs["traj_return"])))
+        for index in range(have, cfg.episodes):
+            part = part_path(cfg.out, index)
+            with open_file(part) as src:
+                if str(index) not in src:
+                    raise MasklamError(f"{part} lacks trajectory {index}; delete it and run again")
+                src.copy(src[str(index)], dst, name=str(index))
+                returns.append(float(plain(src[str(index)].attrs["traj_return"])))
+        dst.attrs["dataset_return"] = float(np.mean(returns))
+    _fsync(tmp)
+    os.replace(tmp, cfg.out)
+
+
+def collect(cfg: CollectConfig) -> CollectResult:
+    """Write ``cfg.out`` with ``cfg.episodes`` trajectories, resuming whatever an earlier run finished."""
+    action_repeat = _resolve_action_repeat(cfg)
+    attrs = file_attrs(cfg, action_repeat)
+    result = CollectResult(cfg.out)
+    have = _existing(cfg, attrs)
+    if have >= cfg.episodes:
+        if parts_dir(cfg.out).exists():
+            shutil.rmtree(parts_dir(cfg.out))  # left over by a run killed after its final rename
+        result.reused = have
+        return result
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    finished = _prepare_parts(cfg, attrs)
+    todo = [i for i in range(have, cfg.episodes) if i not in finished]
+    result.reused = cfg.episodes - len(todo)
+    if todo:
+        result.frames_per_s = _render(cfg, action_repeat, todo, (cfg.episodes - have - len(todo)) * cfg.steps)
+    result.collected = todo
+    _assemble(cfg, attrs, have)
+    shutil.rmtree(parts_dir(cfg.out))
+    return result
+
+
+def main(argv: list[str]) -> int:
+    cfg = tyro.cli(CollectConfig, args=argv)
+    result = collect(cfg)
+    lay = read_layout(result.path)
+    returns = lay.returns
+    speed = f", {result.frames_per_s:.0f} frames/s" if result.collected else ""
+    print(f"{result.path}: {lay.num_trajectories} trajectories x {cfg.steps} steps (collected {len(result.collected)}, "
+          f"kept {result.reused}{speed}); return {returns.mean():.1f} +- {returns.std():.1f}")
+    return 0
