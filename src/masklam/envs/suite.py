@@ -150,6 +150,8 @@ class DistractingControlEnv(gym.Env):
         spec = self._dm.action_spec()
         self._act_lo = np.broadcast_to(np.asarray(spec.minimum, np.float64), spec.shape).copy()
         self._act_hi = np.broadcast_to(np.asarray(spec.maximum, np.float64), spec.shape).copy()
+        finite = np.all(np.isfinite(self._act_lo)) and np.all(np.isfinite(self._act_hi))
+        self._rescale = bool(finite and not (np.all(self._act_lo == -1) and np.all(self._act_hi == 1)))
         self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
         self.observation_space = gym.spaces.Box(0, 255, (img_size, img_size, 3), np.uint8)
         self.state_dim = int(sum(int(np.prod(s.shape)) for s in self._dm.observation_spec().values()))
@@ -182,7 +184,8 @@ class DistractingControlEnv(gym.Env):
         if self._rng is None:
             raise MasklamError("step() called before reset()")
         a = np.clip(np.asarray(action, np.float64).reshape(self.action_space.shape), -1.0, 1.0)
-        a = self._act_lo + (a + 1.0) * 0.5 * (self._act_hi - self._act_lo) if np.all(np.isfinite(self._act_lo + self._act_hi)) else a
+        if self._rescale:  # the task's bounds are not [-1, 1]: map [-1, 1] onto them
+            a = self._act_lo + (a + 1.0) * 0.5 * (self._act_hi - self._act_lo)
         reward = 0.0
         t0 = time.perf_counter()
         for _ in range(self.action_repeat):

@@ -9,7 +9,8 @@ Procedural videos are numpy only and deterministic per id: every random choice o
 `np.random.SeedSequence([_ENTROPY, split_code, i])`, so train and eval videos share no seed. A video is a
 moving, textured scene (smooth multi-scale noise in a random palette, drifting and swaying) with several
 moving, rotating, textured objects (ellipses and rounded boxes with their own noise or stripes) on top.
-Frames are generated on first use and cached.
+Frames are generated (or read) on first use and cached for the most recent `_KEEP_VIDEOS` videos only,
+so memory stays small (an episode bounces over one video's ~100 frames, each reused ~10 times).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ NUM_EVAL_VIDEOS = 30
 SPLITS = ("train", "eval")
 _ENTROPY = 0x6D61736B6C616D  # "masklam": the root of every procedural video's seed
 _SPLIT_CODE = {"train": 0, "eval": 1}
+_KEEP_VIDEOS = 2
 
 # The DAVIS-2017 validation videos (the standard split), used when the dataset's own
 # ImageSets/2017/val.txt is not there; every other video in JPEGImages/480p is a training video.
@@ -40,12 +42,26 @@ class VideoSource:
 
     size: int
     ids: list[int]
+    _cache: dict[int, dict[int, np.ndarray]]
 
     def num_frames(self, video_id: int) -> int:
         raise NotImplementedError
 
     def frame(self, video_id: int, t: int) -> np.ndarray:
-        """Frame `t` of video `video_id`: (size, size, 3) uint8."""
+        """Frame `t` of video `video_id`: (size, size, 3) uint8 (cached for the latest videos)."""
+        if video_id not in self.ids:
+            raise MasklamError(f"video id {video_id} is not in this split (ids {self.ids[0]}..{self.ids[-1]})")
+        if not 0 <= t < self.num_frames(video_id):
+            raise MasklamError(f"frame {t} out of range for video {video_id} ({self.num_frames(video_id)} frames)")
+        frames = self._cache.pop(video_id, {})
+        self._cache[video_id] = frames  # most recent last
+        while len(self._cache) > _KEEP_VIDEOS:
+            self._cache.pop(next(iter(self._cache)))
+        if t not in frames:
+            frames[t] = self._load(video_id, t)
+        return frames[t]
+
+    def _load(self, video_id: int, t: int) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -104,7 +120,7 @@ class ProceduralVideos(VideoSource):
         self.split, self.size, self._frame_range = split, size, num_frames
         self.ids = split_ids(split)
         self._specs: dict[int, dict] = {}
-        self._cache: dict[int, dict[int, np.ndarray]] = {}
+        self._cache = {}
 
     def seed_of(self, video_id: int) -> np.random.SeedSequence:
         """The seed sequence that determines video `video_id`."""
@@ -131,6 +147,8 @@ class ProceduralVideos(VideoSource):
                 objects=objects,
                 length=int(rng.integers(self._frame_range[0], self._frame_range[1] + 1)),
             )
+            while len(self._specs) > 4 * _KEEP_VIDEOS:  # ~0.8 MB each; regenerating one costs ~20 ms
+                self._specs.pop(next(iter(self._specs)))
         return self._specs[video_id]
 
     def _make_object(self, rng: np.random.Generator) -> _Object:
@@ -158,14 +176,9 @@ class ProceduralVideos(VideoSource):
     def num_frames(self, video_id: int) -> int:
         return int(self._spec(video_id)["length"])
 
-    def frame(self, video_id: int, t: int) -> np.ndarray:
-        cache = self._cache.setdefault(video_id, {})
-        if t not in cache:
-            cache[t] = self._render(self._spec(video_id), t)
-        return cache[t]
-
-    def _render(self, spec: dict, t: int) -> np.ndarray:
+    def _load(self, video_id: int, t: int) -> np.ndarray:
         s = self.size
+        spec = self._spec(video_id)
         n = spec["scene"].shape[0]
         off = spec["drift"] * t + spec["sway"] * np.sin(spec["sway_freq"] * t)
         rows = (np.arange(s) + int(round(off[0]))) % n
@@ -237,7 +250,7 @@ class DavisVideos(VideoSource):
         self.ids = [i for i, n in enumerate(names) if n in wanted]
         if not self.ids:
             raise MasklamError(f"no DAVIS {split} videos in {img_dir}")
-        self._cache: dict[tuple[int, int], np.ndarray] = {}
+        self._cache = {}
 
     def name(self, video_id: int) -> str:
         """The DAVIS folder name of a video id."""
@@ -246,19 +259,16 @@ class DavisVideos(VideoSource):
     def num_frames(self, video_id: int) -> int:
         return len(self._files[self._names[video_id]])
 
-    def frame(self, video_id: int, t: int) -> np.ndarray:
-        key = (video_id, t)
-        if key not in self._cache:
-            from PIL import Image
+    def _load(self, video_id: int, t: int) -> np.ndarray:
+        from PIL import Image
 
-            path = self._files[self._names[video_id]][t]
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-                    self._cache[key] = np.asarray(im, dtype=np.uint8)
-            except OSError as e:
-                raise MasklamError(f"cannot read DAVIS frame {path}: {e}") from None
-        return self._cache[key]
+        path = self._files[self._names[video_id]][t]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+        except OSError as e:
+            raise MasklamError(f"cannot read DAVIS frame {path}: {e}") from None
 
 
 def load_videos(split: str = "train", size: int = 128, path: str | Path | None = None) -> VideoSource:
