@@ -100,8 +100,6 @@ def test_config_errors(tmp_path: Path) -> None:
     (tmp_path / "d.toml").write_text('out = "x"\ntasks = ["t"\n')
     with pytest.raises(MasklamError, match="cannot parse"):
         ex.load_config(tmp_path / "d.toml")
-    assert ex._argv({"episodes": 4, "shadows": False, "policy": "random", "x": None}) == [
-        "--episodes", "4", "--no-shadows", "--policy", "random"]
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -157,3 +155,21 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     assert out.count("[decode") == 8 and "[pretrain" not in out and "[bc " not in out
     assert len(rows2) == len(rows)
+
+
+@pytest.mark.slow
+def test_real_env_end_to_end(tmp_path: Path) -> None:
+    """Collect with the real distracted env (random policy), LAPO + BC stages, evaluate in worker processes."""
+    conf = ex.ExperimentConfig(
+        out=tmp_path / "run", tasks=["cheetah-run"], methods=["lapo", "bc"], latent_dims=[8], labels=[2],
+        data={"cheetah-run": {"collect": {"episodes": 4, "steps": 12, "policy": "random", "img_size": 32,
+                                          "shadows": False, "reflections": False}}},
+        pretrain={"steps": 2, "batch_size": 8, "head_dim": 16, "heldout": 0.25, "recon_samples": 2},
+        bc={"steps": 2, "batch_size": 8, "frame_stack": 1, "hidden": 16, "heldout": 0.25},
+        decode={"steps": 5, "batch_size": 8, "heldout": 0.25},
+        eval={"episodes": 2, "workers": 2}, env={"max_episode_steps": 5}, progress=False)
+    rows = ex.run_experiment(conf)
+    assert {(r["method"], r["split"]) for r in rows} == {(m, s) for m in ("bc-full", "lapo", "bc") for s in ("id", "ood")}
+    assert all(np.isfinite(r["return"]) for r in rows)
+    assert (tmp_path / "run" / "report" / "frames.png").is_file()  # the collected file has masks
+    assert list((tmp_path / "run" / "stages" / "pretrain").glob("*/recon.png"))

@@ -156,10 +156,10 @@ def evaluate(policy: Policy, spec: EnvSpec, episodes: int, seed: int = 0, worker
     stacks: list[np.ndarray | None] = [None] * n_slots  # (F, H, W, 3) per slot
     next_ep, done_eps = 0, 0
     bar = tqdm(total=episodes, desc=desc, unit="ep", disable=not progress)
-    t0 = time.perf_counter()
     try:
         for c in conns:
             _recv(c)  # "ready" (or the worker's start-up error)
+        t0 = time.perf_counter()  # episodes/s measures stepping, not process start-up
 
         def launch(slot: int) -> None:
             nonlocal next_ep

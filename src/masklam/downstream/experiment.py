@@ -135,29 +135,13 @@ def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path]
 
 
 # --- the stages ----------------------------------------------------------------------------------------
-def _argv(options: dict[str, Any]) -> list[str]:
-    """{"episodes": 4, "shadows": False} -> ["--episodes", "4", "--no-shadows"] (tyro's flag style)."""
-    out: list[str] = []
-    for k, v in options.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            out.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif isinstance(v, (list, tuple)):
-            out += [flag, *map(str, v)]
-        elif v is not None:
-            out += [flag, str(v)]
-    return out
-
-
-def collect_stage(root: Path, task: str, options: dict[str, Any]) -> list[str]:
-    """Collect a dataset with `masklam collect` (cached); -> the file paths."""
+def collect_stage(root: Path, task: str, options: dict[str, Any], progress: bool = True) -> list[str]:
+    """Collect a dataset with `masklam collect`'s CollectConfig options (cached); -> the file paths."""
     def fn(d: Path) -> dict[str, Any]:
-        from masklam.data import collect
+        from masklam.data.collect import CollectConfig, collect
 
         out = d / "data.h5"
-        code = collect.main(["--task", task, "--out", str(out), *_argv(options)])
-        if code:
-            raise MasklamError(f"collection for {task} failed (exit {code})")
+        collect(CollectConfig(**{"progress": progress, **options, "task": task, "out": out}))
         return {"paths": [str(out)]}
 
     return run_stage(root, "collect", {"task": task, **options}, fn)[1]["paths"]
@@ -239,7 +223,7 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
                     raise MasklamError(f"no such file: {missing[0]}")
                 out[task][variant] = [str(p) for p in paths]
             elif coll in spec:
-                out[task][variant] = collect_stage(cfg.out, task, spec[coll])
+                out[task][variant] = collect_stage(cfg.out, task, spec[coll], cfg.progress)
     return out
 
 
