@@ -253,3 +253,23 @@ def test_presets_and_gymnasium_registration():
     env.close()
     for task in TASKS:
         assert f"masklam/{task}-v0" in gymnasium.registry
+
+
+def test_demo_writes_png(tmp_path):
+    from masklam.envs import demo
+
+    out = tmp_path / "d.png"
+    argv = ["--out", str(out), "--tasks", "cheetah-run", "--presets", "none", "laom", "--steps", "0", "2",
+            "--img-size", "16"]
+    assert demo.main(argv) == 0
+    import matplotlib.image
+
+    img = matplotlib.image.imread(out)
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 100
+    with pytest.raises(MasklamError, match=".png"):
+        demo.DemoConfig(out=tmp_path / "d.jpg")
+    with pytest.raises(SystemExit) as exc:  # tyro reports the same validation error and exits 2
+        demo.main(["--out", str(tmp_path / "d.jpg")])
+    assert exc.value.code == 2
+    overlaid = demo.overlay(np.zeros((4, 4, 3), np.uint8), np.eye(4, dtype=bool))
+    assert overlaid[0, 0, 0] > 100 and overlaid[0, 1].sum() == 0
