@@ -70,6 +70,14 @@ def test_stage_cache_reuses_and_reruns(tmp_path: Path) -> None:
         ex.run_stage(tmp_path, "decode", {"x": 1}, boom, log=lambda s: None)
     d4, _ = ex.run_stage(tmp_path, "decode", {"x": 1}, fn, log=lambda s: None)
     assert d4 == calls[-1] and (d4 / "stage.json").is_file()
+    # rewriting a data file (same path) invalidates the stages built on it
+    (tmp_path / "d.h5").write_bytes(b"12")
+    n = len(calls)
+    ex.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    ex.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    (tmp_path / "d.h5").write_bytes(b"123")
+    ex.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    assert len(calls) == n + 2
 
 
 def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:

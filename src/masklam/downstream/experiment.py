@@ -105,9 +105,19 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
 
 
 # --- the cache ---------------------------------------------------------------------------------------
+def _fingerprint(paths: Any) -> list[Any]:
+    """(path, size, mtime) of each data file, so a rewritten dataset invalidates the stages built on it."""
+    out = []
+    for p in paths if isinstance(paths, (list, tuple)) else [paths]:
+        st = Path(p).stat() if Path(p).is_file() else None
+        out.append([str(p), st.st_size if st else None, st.st_mtime_ns if st else None])
+    return out
+
+
 def stage_key(kind: str, config: dict[str, Any]) -> str:
-    """Hash of a stage's kind and resolved config (inputs included as their directories)."""
-    blob = json.dumps({"kind": kind, "config": config}, sort_keys=True, default=str)
+    """Hash of a stage's kind, resolved config (inputs included as their directories) and data files."""
+    files = _fingerprint(config["data"]) if "data" in config else None
+    blob = json.dumps({"kind": kind, "config": config, "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -242,6 +252,9 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
     (root / "experiment.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "datasets": {
         t: d["train"] for t, d in datasets.items()}}, indent=1, default=str))
     raw: list[dict[str, Any]] = []  # rows before normalisation, with "variant"
+    # BC and decoders use the LAM's train/held-out split and labeled subsets unless told otherwise
+    split = {k: cfg.pretrain[k] for k in ("heldout", "split_seed") if k in cfg.pretrain}
+    bc_opts, dec_opts = {**split, **cfg.bc}, {**split, **cfg.decode}
     opts = cfg.eval
 
     def evaluate_all(method: str, task: str, dim: int, labels: int, seed: int, probe: float | None,
@@ -256,7 +269,7 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
             variants = ["train"] + (["clean"] if "lapo-clean" in cfg.methods else [])
             for variant in variants:  # the normalisers: BC on all data with true actions
                 data = datasets[task][variant]
-                conf = {**cfg.bc, "data": data, "target": "action", "seed": seed}
+                conf = {**bc_opts, "data": data, "target": "action", "seed": seed}
                 policy = bc_stage(root, "bc", conf, dev, prog)
                 n_all = _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
                 evaluate_all("bc-full" if variant == "train" else "bc-full-clean", task, 0, n_all, seed, None,
@@ -273,23 +286,23 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
                                 lam_dir, lam_res = pretrain_stage(root, lam_method, data, dim, seed,
                                                                   n if method == "laom-sup" else 0, cfg.pretrain,
                                                                   dev, prog)
-                                policy = bc_stage(root, "bc", {**cfg.bc, "data": data, "target": "latent",
+                                policy = bc_stage(root, "bc", {**bc_opts, "data": data, "target": "latent",
                                                                "lam": str(lam_dir), "seed": seed}, dev, prog)
                                 shared = (lam_res, policy)
                             lam_res, policy = shared
-                            dec = decode_stage(root, {**cfg.decode, "policy": str(policy), "data": data,
+                            dec = decode_stage(root, {**dec_opts, "policy": str(policy), "data": data,
                                                       "labels": n, "seed": seed}, dev, prog)
                             evaluate_all(method, task, dim, n, seed, lam_res.get("probe_nmse"), policy, dec, variant)
                 elif method == "bc":
                     for n in cfg.labels:
-                        policy = bc_stage(root, "bc", {**cfg.bc, "data": data, "target": "action", "labels": n,
+                        policy = bc_stage(root, "bc", {**bc_opts, "data": data, "target": "action", "labels": n,
                                                        "seed": seed}, dev, prog)
                         evaluate_all("bc", task, 0, n, seed, None, policy, None, variant)
                 elif method == "idm":
                     for n in cfg.labels:
-                        idm = bc_stage(root, "idm", {**cfg.bc, **cfg.idm, "data": data, "target": "action",
+                        idm = bc_stage(root, "idm", {**bc_opts, **cfg.idm, "data": data, "target": "action",
                                                      "pair_input": True, "labels": n, "seed": seed}, dev, prog)
-                        policy = bc_stage(root, "bc", {**cfg.bc, "data": data, "target": "idm", "idm": str(idm),
+                        policy = bc_stage(root, "bc", {**bc_opts, "data": data, "target": "idm", "idm": str(idm),
                                                        "seed": seed}, dev, prog)
                         evaluate_all("idm", task, 0, n, seed, None, policy, None, variant)
     rows = normalize(raw)
