@@ -12,7 +12,23 @@ except laom-sup, which trains one per budget. Methods:
 - `bc-full` (always): BC on all data with true actions, the normaliser (`bc-full-clean` for lapo-clean).
 
 Writes `OUT/results.csv` (`method, task, latent_dim, labels, seed, split, probe_nmse, return,
-normalized_return`) and `OUT/experiment.json`, then renders the report.
+normalized_return`) and `OUT/experiment.json`, then renders the report. A config, e.g. `sweep.toml`:
+
+    out = "runs/sweep"
+    tasks = ["cheetah-run"]
+    methods = ["lapo", "masklam", "bc", "idm"]
+    latent_dims = [64, 128]
+    labels = [2, 8, 32]
+    seeds = [0, 1, 2]
+    [data.cheetah-run]
+    collect = { episodes = 40, steps = 250, policy = "random", action_repeat = 4 }
+    [pretrain]              # PretrainConfig fields
+    preset = "cpu-small"
+    [bc]                    # BCConfig fields
+    steps = 2000
+    [eval]
+    episodes = 25
+    workers = 2
 """
 from __future__ import annotations
 
