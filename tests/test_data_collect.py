@@ -36,6 +36,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("collect") / "d.h5"
     result = collect(cfg(out))
     assert result.collected == [0, 1] and result.reused == 0
+    assert 1 < result.frames_per_s < 1000  # a steady rate, not a division by a vanishing span
     return out
 
 
@@ -91,7 +92,8 @@ def test_same_seed_same_data_different_seed_different(collected: Path, tmp_path:
 
 @pytest.mark.slow
 def test_two_workers_write_the_same_data_as_one(collected: Path, tmp_path: Path) -> None:
-    collect(cfg(tmp_path / "w2.h5", workers=2))
+    result = collect(cfg(tmp_path / "w2.h5", workers=2))
+    assert result.collected == [0, 1] and 1 < result.frames_per_s < 2000
     ref, two = arrays(collected), arrays(tmp_path / "w2.h5")
     assert ref.keys() == two.keys()
     for key in ref:
@@ -142,10 +144,14 @@ def test_resume_with_other_arguments_is_refused(collected: Path, tmp_path: Path)
     out.write_bytes(collected.read_bytes())
     with pytest.raises(MasklamError, match="distractors='laom', not 'none'"):
         collect(cfg(out, distractors="none", episodes=3))
-    parts_dir(tmp_path / "p.h5").mkdir()
-    (parts_dir(tmp_path / "p.h5") / "config.json").write_text('{"seed": 7}')
+    parts = parts_dir(tmp_path / "p.h5")
+    parts.mkdir()
+    (parts / "config.json").write_text('{"seed": 7}')
+    (parts / "000000.h5").write_bytes(b"a finished trajectory of the seed-7 run")
     with pytest.raises(MasklamError, match="seed=7, not 0"):
         collect(cfg(tmp_path / "p.h5"))
+    (parts / "000000.h5").unlink()  # with no trajectory to keep, an old config is no obstacle
+    assert collect(cfg(tmp_path / "p.h5", episodes=1, steps=3)).collected == [0]
 
 
 def test_bad_arguments_fail_in_one_line(tmp_path: Path) -> None:
@@ -158,3 +164,21 @@ def test_bad_arguments_fail_in_one_line(tmp_path: Path) -> None:
     assert collect_main(["--task", "cheetah-run", "--out", str(tmp_path / "y.h5"), "--episodes", "1", "--steps", "3",
                          "--policy", "random", "--img-size", "16", "--no-shadows", "--no-progress"]) == 0
     assert read_layout(tmp_path / "y.h5").num_frames == 3
+
+
+def test_unknown_task_fails_before_touching_files_and_workers_report_init_errors(tmp_path: Path) -> None:
+    from masklam.data import collect as collect_module
+
+    out = tmp_path / "u.h5"
+    with pytest.raises(MasklamError, match="unknown task 'cheetah-fly'"):
+        collect(cfg(out, task="cheetah-fly"))
+    with pytest.raises(MasklamError, match="distractor|preset"):
+        collect(cfg(out, distractors="heavy"))
+    assert not out.exists() and not parts_dir(out).exists()
+    # a worker whose environment cannot be built reports that on its first task (a pool would respawn it forever)
+    collect_module._init_worker(cfg(out, task="cheetah-fly"), 1)
+    try:
+        with pytest.raises(MasklamError, match="unknown task"):
+            collect_module._collect_one(0)
+    finally:
+        collect_module._WORKER.clear()

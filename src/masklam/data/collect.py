@@ -97,7 +97,7 @@ class CollectResult:
     path: Path
     collected: list[int] = field(default_factory=list)  # trajectory ids rendered by this call
     reused: int = 0  # trajectories kept from an earlier, interrupted or shorter, run
-    frames_per_s: float = float("nan")  # rendered frames / wall time of the rendering phase
+    frames_per_s: float = float("nan")  # steady rendering rate, start-up (imports, env build) excluded
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -125,7 +125,8 @@ def file_attrs(cfg: CollectConfig, action_repeat: int) -> dict[str, Any]:
     return {
         "domain_name": domain, "task_name": task, "img_hw": cfg.img_size, "split": cfg.video_split,
         "distractors": cfg.distractors, "seed": cfg.seed, "version": FORMAT_VERSION,
-        "action_repeat": action_repeat, "policy": cfg.policy, "steps": cfg.steps, "hold": cfg.hold,
+        "action_repeat": action_repeat, "policy": cfg.policy, "steps": cfg.steps,
+        "hold": cfg.hold if cfg.policy == "random" else 0,
         "shadows": cfg.shadows, "reflections": cfg.reflections,
         "expert": str(cfg.expert_path) if cfg.expert_path else ("shipped" if cfg.policy == "expert" else "none"),
     }
@@ -159,11 +160,14 @@ def _init_worker(cfg: CollectConfig, action_repeat: int, counter: Any = None) ->
     torch.set_num_threads(1)  # W workers share the cores; the expert is a tiny MLP
     from masklam.envs import make
 
-    env = make(cfg.task, distractors=cfg.distractors, video_split=cfg.video_split, img_size=cfg.img_size,
-               action_repeat=action_repeat, shadows=cfg.shadows, reflections=cfg.reflections,
-               max_episode_steps=cfg.steps)
-    expert = _load_expert(cfg) if cfg.policy == "expert" else None
-    _WORKER.update(cfg=cfg, env=env, expert=expert, attrs=file_attrs(cfg, action_repeat), counter=counter)
+    _WORKER.update(cfg=cfg, attrs=file_attrs(cfg, action_repeat), counter=counter)
+    try:
+        _WORKER["env"] = make(cfg.task, distractors=cfg.distractors, video_split=cfg.video_split,
+                              img_size=cfg.img_size, action_repeat=action_repeat, shadows=cfg.shadows,
+                              reflections=cfg.reflections, max_episode_steps=cfg.steps)
+        _WORKER["expert"] = _load_expert(cfg) if cfg.policy == "expert" else None
+    except Exception as e:  # a pool would respawn a worker whose initializer raises, forever: defer it
+        _WORKER["error"] = e
 
 
 def _tick(n: int) -> None:
@@ -206,6 +210,8 @@ def run_episode(env: Any, policy: Policy, seed: int, steps: int, tick: Callable[
 
 def _collect_one(index: int) -> tuple[int, float]:
     """Render trajectory ``index`` and save it as an atomic part file; returns (index, return)."""
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     cfg: CollectConfig = _WORKER["cfg"]
     seed = episode_seed(cfg.seed, index)
     if cfg.policy == "expert":
@@ -245,14 +251,15 @@ def _prepare_parts(cfg: CollectConfig, attrs: dict[str, Any]) -> set[int]:
     """Create or check OUT.parts; delete temporaries of killed writers; return the finished indices."""
     folder = parts_dir(cfg.out)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.tmp*"):
+        stale.unlink()
+    finished = {int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()}
     config = folder / "config.json"
-    if config.is_file():
+    if finished and config.is_file():  # the arguments matter only once there are trajectories to keep
         check_attrs(folder, json.loads(config.read_text()), attrs)
     else:
         config.write_text(json.dumps(attrs, indent=1) + "\n")
-    for stale in folder.glob("*.tmp*"):
-        stale.unlink()
-    return {int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()}
+    return finished
 
 
 def _existing(cfg: CollectConfig, attrs: dict[str, Any]) -> int:
@@ -271,10 +278,10 @@ def _render(cfg: CollectConfig, action_repeat: int, todo: list[int], done_frames
     total = (len(todo) * cfg.steps) + done_frames
     bar = tqdm(total=total, initial=done_frames, unit="frame", desc=f"collect {cfg.task}", disable=not cfg.progress,
                smoothing=0.1, dynamic_ncols=True)
-    start = time.perf_counter()
+    clock = _SteadyClock(bar)
     try:
         if cfg.workers == 1 or len(todo) == 1:
-            _init_worker(cfg, action_repeat, bar.update)
+            _init_worker(cfg, action_repeat, clock.update)
             for index in todo:
                 _collect_one(index)
         else:
@@ -289,8 +296,8 @@ def _render(cfg: CollectConfig, action_repeat: int, todo: list[int], done_frames
                         finished += 1
                     except mp.TimeoutError:
                         pass
-                    bar.update(done_frames + counter.value - bar.n)
-                bar.update(done_frames + counter.value - bar.n)
+                    clock.update(counter.value - clock.frames)
+                clock.update(counter.value - clock.frames)
     except KeyboardInterrupt:
         saved = len(list(parts_dir(cfg.out).glob("[0-9]*.h5")))
         print(f"\ninterrupted: {saved} finished trajectories are kept in {parts_dir(cfg.out)}", file=sys.stderr)
@@ -298,7 +305,30 @@ def _render(cfg: CollectConfig, action_repeat: int, todo: list[int], done_frames
     finally:
         bar.close()
         _WORKER.clear()
-    return len(todo) * cfg.steps / max(time.perf_counter() - start, 1e-9)
+    return clock.rate()
+
+
+class _SteadyClock:
+    """Feeds the progress bar and measures frames/s from the first rendered frames on (no start-up time)."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar, self.frames = bar, 0
+        self.t0: float | None = None
+        self.t1, self.n0 = 0.0, 0
+
+    def update(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.bar.update(n)
+        self.frames += n
+        self.t1 = time.perf_counter()
+        if self.t0 is None:
+            self.t0, self.n0 = self.t1, self.frames
+
+    def rate(self) -> float:
+        """Frames/s after the first report (nan when everything arrived at once)."""
+        span = self.t1 - (self.t0 or self.t1)
+        return (self.frames - self.n0) / span if span > 0 else float("nan")
 
 
 def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
@@ -326,6 +356,10 @@ def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
 
 def collect(cfg: CollectConfig) -> CollectResult:
     """Write ``cfg.out`` with ``cfg.episodes`` trajectories, resuming whatever an earlier run finished."""
+    from masklam.envs import make_config, parse_task
+
+    parse_task(cfg.task)  # unknown task or preset: one line, before any file is touched
+    make_config(cfg.distractors)
     action_repeat = _resolve_action_repeat(cfg)
     attrs = file_attrs(cfg, action_repeat)
     result = CollectResult(cfg.out)
