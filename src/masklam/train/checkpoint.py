@@ -1,0 +1,69 @@
+"""Run-directory checkpoints: `model.safetensors` + `config.json` (for `from_pretrained`) and
+`train_state.pt` (model, optimiser and step, for resuming). Every file is written to a temporary
+name and renamed, so an interruption never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from masklam.errors import MasklamError
+from masklam.models.lam import LatentActionModel
+
+TRAIN_STATE = "train_state.pt"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON file; MasklamError if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MasklamError(f"no such file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MasklamError(f"{path} is not valid JSON ({e})") from None
+
+
+def save_checkpoint(run_dir: Path, model: LatentActionModel, optimizer: torch.optim.Optimizer, step: int,
+                    config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Write train_state.pt (resume) and model.safetensors + config.json (from_pretrained) at `step`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "extra": extra or {}}
+    tmp = run_dir / (TRAIN_STATE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(run_dir / TRAIN_STATE)
+    model.save_pretrained(run_dir, {**config, "step": step})
+
+
+def load_train_state(run_dir: Path, device: torch.device) -> dict[str, Any] | None:
+    """The saved training state, or None when the run directory has none."""
+    path = run_dir / TRAIN_STATE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise MasklamError(f"cannot read {path} ({str(e).splitlines()[0]}); delete it to start over") from None
+
+
+def check_resumable(run_dir: Path, new_config: dict[str, Any], allowed_changes: frozenset[str]) -> None:
+    """MasklamError if `run_dir` holds a run whose config differs from `new_config` (other than allowed fields)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    old = read_json(path)
+    for key, value in new_config.items():
+        if key in allowed_changes or key not in old:
+            continue
+        if json.loads(json.dumps(value, default=str)) != old[key]:
+            raise MasklamError(f"{run_dir} holds a run with {key}={old[key]!r}, not {value!r}; "
+                               "use the same arguments to resume, or another --out")

@@ -1,0 +1,208 @@
+"""The held-out linear probe latent -> true action, the same protocol for every method.
+
+Protocol: latents z = lam.latent(o_t, o_{t+1}) (k = 1, no augmentation) for every window of the
+training trajectories -> closed-form ridge regression z -> a_t (with bias); report on the held-out
+trajectories the **normalised probe MSE** = sum of squared errors / sum of squared deviations of the
+true actions from their held-out mean, i.e. the MSE divided by the mean per-dimension variance of
+the held-out actions (1.0 = no better than predicting the mean action).
+
+The fit streams sufficient statistics (X'X, X'y in float64), so it never holds all latents at once.
+`masklam probe RUN_DIR [--data FILE]` re-runs it on a checkpoint and updates RUN_DIR/metrics.json.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Iterable
+
+import numpy as np
+import torch
+import tyro
+
+from masklam.errors import MasklamError
+
+
+class RidgeProbe:
+    """Streaming ridge regression x (N, D) -> y (N, A) with an unpenalised bias."""
+
+    def __init__(self, dim: int, out_dim: int, device: torch.device | str = "cpu") -> None:
+        self.n = 0
+        self.sxx = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.sx = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sxy = torch.zeros(dim, out_dim, dtype=torch.float64, device=device)
+        self.sy = torch.zeros(out_dim, dtype=torch.float64, device=device)
+        self.syy = torch.zeros(out_dim, dtype=torch.float64, device=device)
+        self.weight: torch.Tensor | None = None  # (D, A)
+        self.bias: torch.Tensor | None = None  # (A,)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Accumulate a batch: x (B, D), y (B, A)."""
+        x = x.to(self.sxx.device, torch.float64)
+        y = y.to(self.sxx.device, torch.float64)
+        self.n += x.shape[0]
+        self.sxx += x.T @ x
+        self.sx += x.sum(0)
+        self.sxy += x.T @ y
+        self.sy += y.sum(0)
+        self.syy += y.square().sum(0)
+
+    def fit(self, ridge: float = 1e-3) -> "RidgeProbe":
+        """Solve (Cov + ridge * mean variance * I) W = Cov(x, y); ridge is relative to the latents' scale."""
+        if self.n < 2:
+            raise MasklamError(f"the probe needs at least 2 training windows, got {self.n}")
+        mx, my = self.sx / self.n, self.sy / self.n
+        cov = self.sxx / self.n - torch.outer(mx, mx)
+        cxy = self.sxy / self.n - torch.outer(mx, my)
+        d = cov.shape[0]
+        lam = ridge * max(float(torch.trace(cov)) / d, 1e-12)
+        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+        self.weight = torch.linalg.solve(cov + lam * eye, cxy)
+        self.bias = my - mx @ self.weight
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, A) float64."""
+        if self.weight is None:
+            raise RuntimeError("fit() first")
+        return x.to(self.weight.device, torch.float64) @ self.weight + self.bias
+
+    def train_nmse(self) -> float:
+        """Normalised MSE on the accumulated (training) data, from the sufficient statistics alone."""
+        w = torch.cat([self.weight, self.bias[None]], 0)  # (D+1, A)
+        s = torch.cat([torch.cat([self.sxx, self.sx[:, None]], 1),
+                       torch.cat([self.sx[None], torch.tensor([[float(self.n)]], dtype=torch.float64,
+                                                              device=self.sx.device)], 1)], 0)  # (D+1, D+1)
+        b = torch.cat([self.sxy, self.sy[None]], 0)  # (D+1, A)
+        sse = self.syy.sum() - 2 * (w * b).sum() + (w * (s @ w)).sum()
+        sst = (self.syy - self.sy.square() / self.n).sum()
+        return float(sse.clamp_min(0) / sst.clamp_min(1e-12))
+
+
+def normalised_mse(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> float:
+    """sum (pred - y)^2 / sum (y - mean(y))^2 over all rows and action dimensions."""
+    pred, target = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
+    sst = (target - target.mean(0)).square().sum()
+    return float((pred - target).square().sum() / sst.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def latents_and_actions(lam: torch.nn.Module, windows: Iterable[dict[str, np.ndarray]]) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (latent (B, D) float32, true action (B, A)) for batches of k = 1 windows, in eval mode."""
+    was_training = lam.training
+    lam.eval()
+    try:
+        for batch in windows:
+            z = lam.latent(batch["obs_t"], batch["obs_t1"]).float()
+            yield z, torch.from_numpy(batch["action_t"]).to(z.device)
+    finally:
+        lam.train(was_training)
+
+
+def probe_lam(lam: torch.nn.Module, data, train_ids: np.ndarray, heldout_ids: np.ndarray, ridge: float = 1e-3,
+              batch_size: int = 256, max_train_trajs: int | None = None, progress: bool = False) -> dict[str, float]:
+    """Fit the ridge probe on training trajectories, report normalised MSE on train and held-out ones."""
+    from tqdm.auto import tqdm
+
+    from masklam.data import WindowSampler
+
+    if max_train_trajs is not None:
+        train_ids = np.asarray(train_ids)[:max_train_trajs]
+    fs = lam.frame_stack
+    train = WindowSampler(data, train_ids, frame_stack=fs, max_offset=1)
+    held = WindowSampler(data, heldout_ids, frame_stack=fs, max_offset=1)
+    probe = RidgeProbe(lam.latent_dim, data.action_dim, lam.device)
+    n_batches = -(-train.num_windows // batch_size) + -(-held.num_windows // batch_size)
+    bar = tqdm(total=n_batches, desc="probe", unit="batch", disable=not progress, leave=False)
+    for z, a in latents_and_actions(lam, train.all_windows(batch_size, k=1)):
+        probe.add(z, a)
+        bar.update()
+    probe.fit(ridge)
+    sse = torch.zeros((), dtype=torch.float64, device=lam.device)
+    ys: list[torch.Tensor] = []
+    for z, a in latents_and_actions(lam, held.all_windows(batch_size, k=1)):
+        a = a.double()
+        sse += (probe.predict(z) - a).square().sum()
+        ys.append(a)
+        bar.update()
+    bar.close()
+    y = torch.cat(ys)
+    sst = (y - y.mean(0)).square().sum()
+    return {"probe_nmse": float(sse / sst.clamp_min(1e-12)), "probe_nmse_train": probe.train_nmse(),
+            "probe_n_train": int(probe.n), "probe_n_heldout": int(y.shape[0])}
+
+
+@dataclass
+class ProbeConfig:
+    """Held-out linear probe latent -> true action of a pretrained latent action model."""
+
+    ckpt: Annotated[Path, tyro.conf.Positional]
+    """run directory written by `masklam pretrain` (config.json + model.safetensors)"""
+    data: tuple[Path, ...] = ()
+    """dataset file(s) (default: the run's training data)"""
+    heldout: float | None = None
+    """held-out fraction (default: the run's)"""
+    split_seed: int | None = None
+    """split seed (default: the run's)"""
+    ridge: float = 1e-3
+    """ridge strength relative to the mean latent variance"""
+    batch_size: int = 256
+    """windows per encoding batch"""
+    max_train_trajs: int | None = None
+    """fit on at most this many training trajectories"""
+    device: str = "auto"
+    """auto, cpu, cuda, ..."""
+    write: bool = True
+    """update CKPT/metrics.json with the result"""
+
+    def __post_init__(self) -> None:
+        if self.ridge < 0:
+            raise MasklamError(f"ridge must be >= 0, got {self.ridge}")
+        if self.batch_size < 1:
+            raise MasklamError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.heldout is not None and not 0.0 < self.heldout < 1.0:
+            raise MasklamError(f"heldout must be in (0, 1), got {self.heldout}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MasklamError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MasklamError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+def run_probe(cfg: ProbeConfig) -> dict[str, float]:
+    """Load the checkpoint and data, probe, optionally merge into metrics.json; returns the metrics."""
+    from masklam.data import load_dataset, split_trajectories
+    from masklam.models.lam import load_lam
+    from masklam.train.checkpoint import read_json, write_json
+
+    run_cfg = read_json(cfg.ckpt / "config.json")
+    device = resolve_device(cfg.device)
+    lam = load_lam(cfg.ckpt, device)
+    paths = list(cfg.data) or run_cfg.get("data")
+    if not paths:
+        raise MasklamError(f"{cfg.ckpt}/config.json names no data; pass --data FILE")
+    data = load_dataset(paths)
+    heldout = cfg.heldout if cfg.heldout is not None else run_cfg.get("heldout", 0.1)
+    seed = cfg.split_seed if cfg.split_seed is not None else run_cfg.get("split_seed", 0)
+    train_ids, held_ids = split_trajectories(data.num_trajectories, heldout, seed)
+    metrics = probe_lam(lam, data, train_ids, held_ids, cfg.ridge, cfg.batch_size, cfg.max_train_trajs, progress=True)
+    if cfg.write:
+        path = cfg.ckpt / "metrics.json"
+        old = read_json(path) if path.is_file() else {}
+        write_json(path, {**old, **metrics})
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    """`masklam probe RUN_DIR [--data FILE]`."""
+    metrics = run_probe(tyro.cli(ProbeConfig, args=argv))
+    print(f"probe_nmse (held-out) {metrics['probe_nmse']:.4f}  train {metrics['probe_nmse_train']:.4f}  "
+          f"({metrics['probe_n_train']} train / {metrics['probe_n_heldout']} held-out windows)")
+    return 0
