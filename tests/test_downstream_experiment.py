@@ -151,7 +151,7 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stages = tmp_path / "run" / "stages"
     # a LAM per method/dim/seed, shared across budgets, except laom-sup (one per budget): 1 + 1 + 2 + 1
     assert len(list((stages / "pretrain").iterdir())) == 5
-    assert (tmp_path / "run" / "report" / "report.html").is_file()
+    assert (tmp_path / "run" / "report.html").is_file()
     capsys.readouterr()
     # a second run reuses every stage and reproduces the rows
     assert ex.main([str(tmp_path / "sweep.json"), "--no-report"]) == 0

@@ -4,7 +4,7 @@ Figures (matplotlib, Agg), per task and averaged over tasks, seeds as error band
 normalised return vs number of labels, normalised return vs latent dim, probe NMSE vs latent dim,
 in-distribution vs out-of-distribution. Any `recon.png` under the run directory (FDM
 reconstruction grids) and example frames with masks (when `experiment.json` records a dataset)
-are shown too. Everything lands in `RUN_DIR/report/`: `report.html` with relative links to PNGs.
+are shown too. `RUN_DIR/report.html` links to the PNG figures in `RUN_DIR/report/`.
 """
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def _example_frames(run_dir: Path, out: Path) -> bool:
 
 
 def render_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report/report.html plus its PNG figures; returns the HTML path."""
+    """Write RUN_DIR/report.html and its PNG figures (in RUN_DIR/report/); returns the HTML path."""
     run_dir = Path(run_dir)
     rows = read_results(run_dir / "results.csv")
     out = run_dir / "report"
@@ -256,11 +256,11 @@ def render_report(run_dir: str | Path) -> Path:
     recons = sorted(p for p in run_dir.rglob("recon.png") if out not in p.parents)
     parts = [f"<h1>masklam report: {html.escape(str(run_dir))}</h1>", f"<p>{len(rows)} result rows.</p>"]
     for name, caption in figs:
-        parts.append(f'<figure><img src="{name}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+        parts.append(f'<figure><img src="report/{name}"><figcaption>{html.escape(caption)}</figcaption></figure>')
     if recons:
         parts.append("<h2>FDM reconstructions</h2>")
         for p in recons:
-            rel = Path("..") / p.relative_to(run_dir)
+            rel = p.relative_to(run_dir)
             parts.append(f'<figure><img src="{html.escape(rel.as_posix())}" style="max-width:100%">'
                          f"<figcaption>{html.escape(str(p.parent.relative_to(run_dir)))}</figcaption></figure>")
     head = ["method", "task", "latent dim", "labels", "split", "seeds", "probe NMSE", "return", "normalised return"]
@@ -270,8 +270,8 @@ def render_report(run_dir: str | Path) -> Path:
     parts.append("</table>")
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>masklam report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
-    (out / "report.html").write_text(page)
-    return out / "report.html"
+    (run_dir / "report.html").write_text(page)
+    return run_dir / "report.html"
 
 
 @dataclass
