@@ -1,0 +1,67 @@
+"""The closed-form ridge probe and its normalised MSE."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from masklam.errors import MasklamError
+from masklam.train.probe import RidgeProbe, normalised_mse
+from masklam.train.schedule import lr_factor
+
+
+def test_probe_recovers_a_known_linear_map_from_synthetic_latents():
+    g = torch.Generator().manual_seed(0)
+    w_true, b_true = torch.randn(16, 3, generator=g), torch.randn(3, generator=g)
+    x = torch.randn(2000, 16, generator=g) * 3 + 1
+    y = x @ w_true + b_true
+    probe = RidgeProbe(16, 3)
+    for chunk in range(0, 2000, 300):  # streamed in batches
+        probe.add(x[chunk:chunk + 300], y[chunk:chunk + 300])
+    probe.fit(ridge=1e-8)
+    assert torch.allclose(probe.weight.float(), w_true, atol=1e-4)
+    assert torch.allclose(probe.bias.float(), b_true, atol=1e-4)
+    x_new = torch.randn(500, 16, generator=g)
+    assert normalised_mse(probe.predict(x_new), x_new @ w_true + b_true) < 1e-8
+
+
+def test_train_nmse_from_statistics_matches_direct_computation():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(size=(400, 8)))
+    y = x[:, :2] * 0.5 + torch.from_numpy(rng.normal(size=(400, 2)))  # noisy: nmse well inside (0, 1)
+    probe = RidgeProbe(8, 2)
+    probe.add(x, y)
+    probe.fit(1e-3)
+    direct = normalised_mse(probe.predict(x), y)
+    assert 0.3 < direct < 0.95
+    assert probe.train_nmse() == pytest.approx(direct, rel=1e-6)
+
+
+def test_normalised_mse_is_one_for_the_mean_and_zero_for_truth():
+    y = torch.randn(100, 4)
+    assert normalised_mse(y.mean(0).expand_as(y), y) == pytest.approx(1.0)
+    assert normalised_mse(y, y) == 0.0
+    assert normalised_mse(2 * y, y) > 1.0
+
+
+def test_uninformative_latents_give_nmse_near_one_on_heldout():
+    g = torch.Generator().manual_seed(2)
+    probe = RidgeProbe(4, 2)
+    probe.add(torch.randn(3000, 4, generator=g), torch.randn(3000, 2, generator=g))
+    probe.fit()
+    assert normalised_mse(probe.predict(torch.randn(3000, 4, generator=g)), torch.randn(3000, 2, generator=g)) == \
+        pytest.approx(1.0, abs=0.02)
+
+
+def test_probe_needs_data():
+    with pytest.raises(MasklamError):
+        RidgeProbe(3, 1).fit()
+
+
+def test_lr_schedule_warmup_and_decay():
+    assert lr_factor(0, 100, 0.1, "linear") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 0.1, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 0.1, "linear") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 0.1, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 0.0, "constant") == 1.0
+    assert lr_factor(99, 100, 0.0, "linear") < 0.02
