@@ -314,7 +314,8 @@ class _SteadyClock:
     def __init__(self, bar: tqdm) -> None:
         self.bar, self.frames = bar, 0
         self.t0: float | None = None
-        self.t1, self.n0 = 0.0, 0
+        self.start = self.t1 = time.perf_counter()
+        self.n0 = 0
 
     def update(self, n: int) -> None:
         if n <= 0:
@@ -326,9 +327,11 @@ class _SteadyClock:
             self.t0, self.n0 = self.t1, self.frames
 
     def rate(self) -> float:
-        """Frames/s after the first report (nan when everything arrived at once)."""
+        """Frames/s after the first report; when all arrived at once, frames/s including start-up."""
         span = self.t1 - (self.t0 or self.t1)
-        return (self.frames - self.n0) / span if span > 0 else float("nan")
+        if span > 0 and self.frames > self.n0:
+            return (self.frames - self.n0) / span
+        return self.frames / max(self.t1 - self.start, 1e-9)
 
 
 def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
