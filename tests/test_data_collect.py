@@ -182,3 +182,18 @@ def test_unknown_task_fails_before_touching_files_and_workers_report_init_errors
             collect_module._collect_one(0)
     finally:
         collect_module._WORKER.clear()
+
+
+def test_noisy_expert_actions_are_seeded_clipped_and_noisy():
+    from masklam.data.collect import NoisyPolicy
+
+    base = lambda s: np.full(4, 0.9, np.float32)  # noqa: E731
+    a = NoisyPolicy(base, np.random.default_rng(5), 0.3)
+    b = NoisyPolicy(base, np.random.default_rng(5), 0.3)
+    xs = np.stack([a(np.zeros(3)) for _ in range(2000)])
+    ys = np.stack([b(np.zeros(3)) for _ in range(2000)])
+    assert np.array_equal(xs, ys)
+    assert xs.dtype == np.float32 and xs.max() <= 1.0 and xs.min() >= -1.0
+    assert (xs == 1.0).mean() > 0.3  # 0.9 + N(0, 0.3) is clipped at 1 about 37% of the time
+    below = xs[xs < 1.0]
+    assert 0.2 < np.std(xs) < 0.3 and below.mean() < 0.9

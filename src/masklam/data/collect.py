@@ -63,6 +63,9 @@ class CollectConfig:
     """Physics steps per frame; default: the expert's (1 for the random policy)."""
     hold: int = 3
     """Random policy: frames each random action is held."""
+    action_noise: float = 0.0
+    """Expert policy: std of Gaussian noise added to its actions (seeded per trajectory, then clipped to
+    [-1, 1]); the executed, noisy actions are stored. 0 = the pure expert."""
     img_size: int = 64
     """Frame height and width in pixels."""
     shadows: bool = True
@@ -75,6 +78,8 @@ class CollectConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.action_noise <= 2.0:
+            raise MasklamError(f"--action-noise must be in [0, 2], got {self.action_noise}")
         for name in ("episodes", "steps", "workers", "hold", "img_size"):
             if getattr(self, name) < 1:
                 raise MasklamError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -119,6 +124,17 @@ class SmoothRandomPolicy:
         return self._a
 
 
+class NoisyPolicy:
+    """A policy's actions plus seeded Gaussian noise of std ``sigma``, clipped to [-1, 1]."""
+
+    def __init__(self, policy: Policy, rng: np.random.Generator, sigma: float) -> None:
+        self.policy, self.rng, self.sigma = policy, rng, sigma
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        a = np.asarray(self.policy(state), np.float32)
+        return np.clip(a + self.sigma * self.rng.standard_normal(a.shape), -1.0, 1.0).astype(np.float32)
+
+
 def file_attrs(cfg: CollectConfig, action_repeat: int) -> dict[str, Any]:
     """The file attrs a collection writes (and a resumed one must match): LAOM's keys plus ours."""
     domain, task = cfg.task.split("-", 1)
@@ -127,6 +143,7 @@ def file_attrs(cfg: CollectConfig, action_repeat: int) -> dict[str, Any]:
         "distractors": cfg.distractors, "seed": cfg.seed, "version": FORMAT_VERSION,
         "action_repeat": action_repeat, "policy": cfg.policy, "steps": cfg.steps,
         "hold": cfg.hold if cfg.policy == "random" else 0,
+        "action_noise": cfg.action_noise if cfg.policy == "expert" else 0.0,
         "shadows": cfg.shadows, "reflections": cfg.reflections,
         "expert": str(cfg.expert_path) if cfg.expert_path else ("shipped" if cfg.policy == "expert" else "none"),
     }
@@ -214,10 +231,12 @@ def _collect_one(index: int) -> tuple[int, float]:
         raise _WORKER["error"]
     cfg: CollectConfig = _WORKER["cfg"]
     seed = episode_seed(cfg.seed, index)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, 1]))
     if cfg.policy == "expert":
         policy = _WORKER["expert"]
+        if cfg.action_noise > 0:
+            policy = NoisyPolicy(policy, rng, cfg.action_noise)
     else:
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, 1]))
         policy = SmoothRandomPolicy(_WORKER["env"].action_space.shape[0], rng, cfg.hold)
     traj = run_episode(_WORKER["env"], policy, seed, cfg.steps, _tick)
     final = part_path(cfg.out, index)
