@@ -1,0 +1,92 @@
+"""Training throughput (samples/s) of each latent action model, on synthetic batches.
+
+Runs the real model forward + backward + Adam step + EMA update on random uint8 frame batches of the
+preset's shape (no data loading), after a few warm-up steps, and prints a table.
+`cpu-small` runs anywhere; `paper` needs a GPU (bf16 autocast, channels_last), like the papers.
+
+    python benchmarks/pretrain_throughput.py --preset cpu-small --threads 2
+    python benchmarks/pretrain_throughput.py --preset paper --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from masklam.models import build_lam
+from masklam.train.config import PretrainConfig
+
+
+def make_batch(cfg: PretrainConfig, action_dim: int, state_dim: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    shape = (cfg.batch_size, cfg.frame_stack, 64, 64, 3)
+    frames = lambda b=cfg.batch_size: torch.randint(0, 256, (b,) + shape[1:], generator=g, dtype=torch.uint8).to(device)  # noqa: E731
+    batch = dict(obs_t=frames(), obs_t1=frames(), obs_tk=frames(),
+                 mask_t1=(torch.rand(cfg.batch_size, 64, 64, generator=g) < 0.1).to(device),
+                 action_t=torch.randn(cfg.batch_size, action_dim, generator=g).to(device),
+                 state_t=torch.randn(cfg.batch_size, state_dim, generator=g).to(device))
+    if cfg.method == "laom-sup":
+        lb = cfg.labeled_batch_size
+        batch["labeled"] = dict(obs_t=frames(lb), obs_tk=frames(lb), action_t=torch.randn(lb, action_dim).to(device))
+    return batch
+
+
+def measure(method: str, preset: str, device: torch.device, steps: int, warmup: int, compile_: bool) -> tuple[float, int]:
+    cfg = PretrainConfig(method=method, data=("none.h5",), out="none", preset=preset,
+                         labeled=1 if method == "laom-sup" else 0)
+    torch.manual_seed(0)
+    model = build_lam(cfg.lam_config(6, 17, 64)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile_ else model
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    batch = make_batch(cfg, 6, 17, device)
+    gen = torch.Generator().manual_seed(0)
+    bf16 = device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = forward(batch, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.update_target()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return steps * cfg.batch_size / dt, sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["cpu-small", "paper"], default="cpu-small")
+    parser.add_argument("--methods", nargs="+", default=["lapo", "masklam", "laom", "laom-sup"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
+    print(f"preset {args.preset}, device {name}, {args.steps} timed steps after {args.warmup} warm-up")
+    print(f"| method | params (M) | batch | samples/s |\n|---|---|---|---|")
+    for method in args.methods:
+        rate, params = measure(method, args.preset, device, args.steps, args.warmup, args.compile)
+        bs = PretrainConfig(method=method, data=("x",), out="x", preset=args.preset,
+                            labeled=1 if method == "laom-sup" else 0).batch_size
+        print(f"| {method} | {params / 1e6:.1f} | {bs} | {rate:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
