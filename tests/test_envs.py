@@ -255,7 +255,7 @@ def test_presets_and_gymnasium_registration():
         assert f"masklam/{task}-v0" in gymnasium.registry
 
 
-def test_demo_writes_png(tmp_path):
+def test_demo_writes_png(tmp_path, capsys):
     from masklam.envs import demo
 
     out = tmp_path / "d.png"
@@ -268,8 +268,10 @@ def test_demo_writes_png(tmp_path):
     assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 100
     with pytest.raises(MasklamError, match=".png"):
         demo.DemoConfig(out=tmp_path / "d.jpg")
-    with pytest.raises(SystemExit) as exc:  # tyro reports the same validation error and exits 2
-        demo.main(["--out", str(tmp_path / "d.jpg")])
-    assert exc.value.code == 2
+    from masklam.cli import main as cli_main
+
+    assert cli_main(["demo", "--out", str(tmp_path / "d.jpg")]) == 2  # the same error, one line, exit 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("masklam: error:") and ".png" in err and "\n" not in err
     overlaid = demo.overlay(np.zeros((4, 4, 3), np.uint8), np.eye(4, dtype=bool))
     assert overlaid[0, 0, 0] > 100 and overlaid[0, 1].sum() == 0

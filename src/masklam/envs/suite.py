@@ -40,6 +40,24 @@ def parse_task(task: str) -> tuple[str, str]:
     return domain, name
 
 
+def load_dm(task: str, seed: int | None = 0):
+    """The dm_control suite environment of 'domain-task', its task random state seeded with `seed`.
+
+    dm_control's own XML uses an attribute MuJoCo deprecates (`settotalmass`): that absl warning,
+    which says nothing a user can act on, is silenced while loading.
+    """
+    from absl import logging as absl_logging
+    from dm_control import suite
+
+    domain, name = parse_task(task)
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        return suite.load(domain, name, task_kwargs={"random": seed})
+    finally:
+        absl_logging.set_verbosity(level)
+
+
 @contextlib.contextmanager
 def _skybox_size(size: int | None) -> Iterator[None]:
     """Temporarily compile models with a size x 6*size skybox (dm_control's shared skybox asset)."""
@@ -86,8 +104,6 @@ class DistractingControlEnv(gym.Env):
         max_episode_steps: int | None = None,
         render_mode: str | None = "rgb_array",
     ):
-        from dm_control import suite
-
         domain, name = parse_task(task)
         if not isinstance(img_size, int) or not 8 <= img_size <= 480:
             raise MasklamError(f"img_size={img_size!r} must be an integer in 8..480")
@@ -100,7 +116,7 @@ class DistractingControlEnv(gym.Env):
         cfg = distractors
 
         with _skybox_size(cfg.background_size if cfg.background else None):
-            self._dm = suite.load(domain, name, task_kwargs={"random": 0})
+            self._dm = load_dm(task, seed=0)
         step_limit = getattr(self._dm, "_step_limit", 1000)
         self._dm._step_limit = float("inf")  # we truncate ourselves (dm_control would auto-reset)
         base_len = int(step_limit // action_repeat) if np.isfinite(step_limit) else 1000 // action_repeat

@@ -10,18 +10,8 @@ import gymnasium as gym
 import numpy as np
 
 from masklam.envs.state import flatten_state, state_dim
+from masklam.envs.suite import load_dm
 from masklam.errors import MasklamError
-
-
-def load_suite_task(task: str, seed: int | None):
-    """Load dm_control suite `domain-task` with a seeded task random state; unknown -> MasklamError."""
-    from dm_control import suite
-
-    domain, sep, name = task.partition("-")
-    if not sep or (domain, name) not in suite.ALL_TASKS:
-        known = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS[:8])
-        raise MasklamError(f"unknown task {task!r}: expected a dm_control suite 'domain-task' such as {known}, ...")
-    return suite.load(domain, name, task_kwargs={"random": seed})
 
 
 class StateEnv(gym.Env):
@@ -33,7 +23,7 @@ class StateEnv(gym.Env):
         if action_repeat < 1:
             raise MasklamError(f"action_repeat must be >= 1, got {action_repeat}")
         self.task, self.action_repeat = task, action_repeat
-        self._env = load_suite_task(task, seed=None)
+        self._env = load_dm(task, seed=None)
         spec = self._env.action_spec()
         self._low, self._high = spec.minimum.astype(np.float32), spec.maximum.astype(np.float32)
         dim = state_dim(self._env.observation_spec())

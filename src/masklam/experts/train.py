@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from masklam.errors import MasklamError
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
-from masklam.experts.state_env import StateEnv, load_suite_task
+from masklam.envs.suite import parse_task
+from masklam.experts.state_env import StateEnv
 
 
 @dataclasses.dataclass
@@ -53,7 +54,7 @@ class ExpertConfig:
     """torch threads."""
 
     def __post_init__(self):
-        load_suite_task(self.task, seed=0)  # unknown task -> one-line error
+        parse_task(self.task)  # unknown task -> one-line error
         for name in ("steps", "action_repeat", "episodes", "eval_every", "threads"):
             if getattr(self, name) < 1:
                 raise MasklamError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
