@@ -270,6 +270,7 @@ def test_demo_writes_png(tmp_path, capsys):
         demo.DemoConfig(out=tmp_path / "d.jpg")
     from masklam.cli import main as cli_main
 
+    capsys.readouterr()
     assert cli_main(["demo", "--out", str(tmp_path / "d.jpg")]) == 2  # the same error, one line, exit 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("masklam: error:") and ".png" in err and "\n" not in err
