@@ -31,7 +31,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
-                               "wandb_project", "probe_batch_size", "progress"})
+                               "wandb_project", "probe_batch_size", "progress", "threads"})
 
 
 @dataclass
@@ -121,6 +121,8 @@ class PretrainConfig:
     """held-out frames in recon.png (lapo, masklam; 0 = none)"""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
+    threads: int | None = None
+    """CPU threads for torch (None: torch's default; 1 is often fastest on a busy machine)"""
     compile: bool = False
     """torch.compile the model"""
     bf16: bool = True
@@ -185,6 +187,8 @@ class PretrainConfig:
             raise MasklamError(f"--labeled is only used by laom-sup, not {self.method}")
         if self.labeled < 0 or self.sup_coef < 0 or self.weight_decay < 0 or self.recon_samples < 0:
             raise MasklamError("labeled, sup_coef, weight_decay and recon_samples must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise MasklamError(f"threads must be >= 1, got {self.threads}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
 

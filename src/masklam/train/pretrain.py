@@ -134,6 +134,8 @@ def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
 
     # --- setup ----------------------------------------------------------------------------------
     device = resolve_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     is_masklam = cfg.method == "masklam"
     data = load_dataset(cfg.data, mask_key=cfg.mask_key if is_masklam else None, progress=cfg.progress)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
