@@ -4,6 +4,10 @@ config -> data (split, samplers) -> model and optimiser (resumed from train_stat
 -> loop (batch from (seed, step), step, EMA, log, checkpoint) -> save -> reconstructions -> probe
 -> metrics.json. The batch of step s depends only on (seed, s), so a resumed run sees the same
 batches and ends with the same weights as an uninterrupted one.
+
+Under `torchrun --nproc_per_node N` the same loop trains one model data-parallel: --batch-size stays
+the global batch, rank r draws batch_size / N windows from rng (seed, s, r), DistributedDataParallel
+averages the gradients, and only rank 0 logs and writes files (see masklam.train.distributed).
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from masklam.errors import MasklamError
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, load_train_state, read_json, save_checkpoint, write_json
 from masklam.train.config import RESUMABLE_CHANGES, PretrainConfig
+from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
-from masklam.train.probe import probe_lam, resolve_device
+from masklam.train.probe import probe_lam
 from masklam.train.schedule import lr_factor
 
 
@@ -39,17 +44,20 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 class StepBatches:
-    """The batch of step s, drawn from rng (seed, s); the next one is prepared in a background thread."""
+    """The batch of step s, drawn from rng (seed, s) (rng (seed, s, rank) for one of several ranks);
+    the next one is prepared in a background thread. Sizes are per rank."""
 
-    def __init__(self, sampler, batch_size: int, seed: int, labeled=None, labeled_batch_size: int = 0) -> None:
+    def __init__(self, sampler, batch_size: int, seed: int, labeled=None, labeled_batch_size: int = 0,
+                 ctx: DistContext = DistContext()) -> None:
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
         self.labeled, self.labeled_batch_size = labeled, labeled_batch_size
+        self.rank_key = [ctx.rank] if ctx.enabled else []  # a single process keeps the key (seed, s)
         self.pool = ThreadPoolExecutor(1)
         self.pending: dict[int, Any] = {}
 
     def draw(self, step: int) -> tuple[dict[str, Any], int]:
-        """(numpy batch, augmentation seed) for `step`, a pure function of (seed, step)."""
-        rng = np.random.default_rng([self.seed, step])
+        """(numpy batch, augmentation seed) for `step`, a pure function of (seed, step[, rank])."""
+        rng = np.random.default_rng([self.seed, step, *self.rank_key])
         batch = self.sampler.sample(self.batch_size, rng)
         if self.labeled is not None:
             batch["labeled"] = self.labeled.sample(self.labeled_batch_size, rng)
@@ -125,19 +133,43 @@ def _build_model(cfg: PretrainConfig, data, device: torch.device) -> LatentActio
     return model
 
 
+def per_rank_sizes(cfg: PretrainConfig, ctx: DistContext) -> tuple[int, int]:
+    """(windows, labeled windows) per step of one rank: the global sizes split evenly over the ranks."""
+    sizes = {"batch_size": int(cfg.batch_size), "labeled_batch_size": int(cfg.labeled_batch_size or 0)}
+    if cfg.method != "laom-sup":
+        sizes["labeled_batch_size"] = 0
+    for name, size in sizes.items():
+        if size % ctx.world_size:
+            raise MasklamError(f"--{name.replace('_', '-')} {size} is the global batch and must divide evenly "
+                               f"over {ctx.world_size} processes")
+    return sizes["batch_size"] // ctx.world_size, sizes["labeled_batch_size"] // ctx.world_size
+
+
 def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
     """Train (or resume) the run in `cfg.out`; returns the final metrics (also in metrics.json).
 
+    Under torchrun every rank runs this; with WORLD_SIZE unset or 1 it is a plain single-process run.
     `until` stops after that many steps with a checkpoint, as an interruption would (for tests).
     """
-    from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
-
-    # --- setup ----------------------------------------------------------------------------------
-    device = resolve_device(cfg.device)
+    ctx = DistContext.from_env()
+    device = ctx.device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    ctx.setup(device)
+    try:
+        return _pretrain(cfg, until, ctx, device)
+    finally:
+        ctx.teardown()
+
+
+def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: torch.device) -> dict[str, Any]:
+    from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
+
+    # --- setup (every rank; only rank 0 writes) --------------------------------------------------
+    main_rank = ctx.is_main
+    batch_size, labeled_batch_size = per_rank_sizes(cfg, ctx)
     is_masklam = cfg.method == "masklam"
-    data = load_dataset(cfg.data, mask_key=cfg.mask_key if is_masklam else None, progress=cfg.progress)
+    data = load_dataset(cfg.data, mask_key=cfg.mask_key if is_masklam else None, progress=cfg.progress and main_rank)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=is_masklam)
     labeled = None
@@ -150,7 +182,10 @@ def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
     check_resumable(out, config, RESUMABLE_CHANGES)
     config = {**config, "total_steps": total, "num_train_windows": sampler.num_windows,
               "train_trajectories": train_ids.tolist(), "heldout_trajectories": held_ids.tolist()}
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.enabled:
+        config["world_size"] = ctx.world_size
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
 
     model = _build_model(cfg, data, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -160,17 +195,21 @@ def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
-        tqdm.write(f"resuming {out} from step {start}/{total}")
+        if main_rank:
+            tqdm.write(f"resuming {out} from step {start}/{total}")
     if start >= total and (out / "metrics.json").is_file() and "probe_nmse" in read_json(out / "metrics.json"):
-        tqdm.write(f"{out} is already complete ({total} steps); metrics.json kept")
+        if main_rank:
+            tqdm.write(f"{out} is already complete ({total} steps); metrics.json kept")
         return read_json(out / "metrics.json")
-    write_json(out / "config.json", {**config, "model": read_json(out / "config.json")["model"]}
-               if (out / "config.json").is_file() else config)
+    if main_rank:
+        write_json(out / "config.json", {**config, "model": read_json(out / "config.json")["model"]}
+                   if (out / "config.json").is_file() else config)
 
-    forward = torch.compile(model) if cfg.compile else model
+    forward = wrap_ddp(model, ctx, device)  # DDP averages the gradients over the ranks
+    forward = torch.compile(forward) if cfg.compile else forward
     use_bf16 = cfg.bf16 and device.type == "cuda"
-    batches = StepBatches(sampler, cfg.batch_size, cfg.seed, labeled, cfg.labeled_batch_size or 0)
-    logger = RunLogger(out, total, start, config, cfg.tensorboard, cfg.wandb, cfg.wandb_project)
+    batches = StepBatches(sampler, batch_size, cfg.seed, labeled, labeled_batch_size, ctx)
+    logger = RunLogger(out, total, start, config, cfg.tensorboard, cfg.wandb, cfg.wandb_project) if main_rank else None
     averager = MetricAverager()
     last = {} if state is None else dict(state.get("extra", {}).get("last_metrics", {}))
     rates: list[float] = []
@@ -179,10 +218,12 @@ def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
 
     # --- loop -----------------------------------------------------------------------------------
     def checkpoint(step: int) -> None:
-        save_checkpoint(out, model, optimizer, step, config, {"last_metrics": last})
+        if main_rank:
+            save_checkpoint(out, model, optimizer, step, config, {"last_metrics": last})
 
     model.train()
-    bar = tqdm(total=total, initial=start, desc=f"pretrain {cfg.method}", unit="step", disable=not cfg.progress)
+    bar = tqdm(total=total, initial=start, desc=f"pretrain {cfg.method}", unit="step",
+               disable=not (cfg.progress and main_rank))
     step = start
     try:
         with StopFlag() as flag:
@@ -199,49 +240,54 @@ def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
                 if cfg.grad_clip is not None:
                     info["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
-                model.update_target()
+                model.update_target()  # the same EMA on every rank: the weights are the same
                 info["total"] = loss.detach()
                 averager.add(info)
                 step += 1
                 bar.update()
-                boundary = step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == stop_at or flag.stop
+                stop = ctx.any(flag.stop)  # Ctrl-C on any rank stops every rank after the same step
+                boundary = step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == stop_at or stop
                 if boundary:
-                    means = averager.means()
+                    means = ctx.mean(averager.means())  # averaged over ranks: a NaN on one rank stops all
                     if not np.isfinite(means.get("total", 0.0)):
                         raise MasklamError(
                             f"loss became non-finite ({means['total']}) before step {step}; stopped. The last good "
                             f"checkpoint in {out} is kept; try a lower --lr or --grad-clip")
                     means.pop("total", None)
-                    if means:
+                    if means and logger is not None:
                         last = logger.log(step, means, cfg.batch_size)
                         rates.append(last["train/samples_per_s"])
-                if step % cfg.ckpt_every == 0 or step == stop_at or flag.stop:
+                if step % cfg.ckpt_every == 0 or step == stop_at or stop:
                     checkpoint(step)
-                if flag.stop:
+                if stop:
                     raise KeyboardInterrupt
     finally:
         bar.close()
         batches.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     if step < total:
+        ctx.barrier()  # the checkpoint is on disk before any rank returns
         return {"step": step, "total_steps": total, "complete": False}
 
-    # --- after training: reconstructions, probe, metrics ----------------------------------------
-    model.eval()
-    if isinstance(model, PixelLAM) and cfg.recon_samples > 0:
-        held = WindowSampler(data, held_ids, cfg.frame_stack, 1, need_masks=is_masklam)
-        save_reconstructions(model, held, out / "recon.png", cfg.recon_samples, cfg.seed)
-    probe = probe_lam(model, data, train_ids, held_ids, cfg.probe_ridge, cfg.probe_batch_size,
-                      cfg.probe_max_trajs, progress=cfg.progress)
-    metrics: dict[str, Any] = {"method": cfg.method, "steps": total, "complete": True, **probe,
-                               **{k: v for k, v in last.items()}}
-    if rates:
-        metrics["train/samples_per_s"] = float(np.median(rates))
-    metrics["wall_s_last_session"] = time.perf_counter() - t0
-    write_json(out / "metrics.json", metrics)
-    tqdm.write(f"{cfg.method}: probe_nmse (held-out) {probe['probe_nmse']:.4f}  train {probe['probe_nmse_train']:.4f}  "
-               f"-> {out / 'metrics.json'}")
-    return metrics
+    # --- after training (rank 0): reconstructions, probe, metrics --------------------------------
+    if main_rank:
+        model.eval()
+        if isinstance(model, PixelLAM) and cfg.recon_samples > 0:
+            held = WindowSampler(data, held_ids, cfg.frame_stack, 1, need_masks=is_masklam)
+            save_reconstructions(model, held, out / "recon.png", cfg.recon_samples, cfg.seed)
+        probe = probe_lam(model, data, train_ids, held_ids, cfg.probe_ridge, cfg.probe_batch_size,
+                          cfg.probe_max_trajs, progress=cfg.progress)
+        metrics: dict[str, Any] = {"method": cfg.method, "steps": total, "complete": True, **probe,
+                                   **{k: v for k, v in last.items()}}
+        if rates:
+            metrics["train/samples_per_s"] = float(np.median(rates))
+        metrics["wall_s_last_session"] = time.perf_counter() - t0
+        write_json(out / "metrics.json", metrics)
+        tqdm.write(f"{cfg.method}: probe_nmse (held-out) {probe['probe_nmse']:.4f}  "
+                   f"train {probe['probe_nmse_train']:.4f}  -> {out / 'metrics.json'}")
+    ctx.barrier()  # every rank ends together, after metrics.json is written
+    return metrics if main_rank else read_json(out / "metrics.json")
 
 
 def main(argv: list[str]) -> int:
