@@ -16,10 +16,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import masklam.train
 from masklam.errors import MasklamError
 from masklam.train import PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
-from masklam.train.pretrain import StepBatches, _build_model, per_rank_sizes, to_device
+
+_lazy_pretrain = masklam.train.pretrain
+from masklam.train.pretrain import StepBatches, _build_model, per_rank_sizes, to_device  # noqa: E402
+
+# Importing the submodule rebinds the package attribute `masklam.train.pretrain` (a lazy function) to the
+# module; restore it so `from masklam.train import pretrain` in test files collected later still works.
+masklam.train.pretrain = _lazy_pretrain
 from masklam.train.schedule import lr_factor
 from test_train_pretrain import write_synthetic_dataset
 
@@ -30,20 +37,33 @@ SMALL = ["--batch-size", "8", "--latent-dim", "16", "--head-dim", "32", "--head-
 
 # Run by torchrun in the resume test: pretrain(cfg, until), then every rank saves the weights it holds.
 LAUNCHER = '''
-import sys
+import os, sys
 import torch, tyro
 import masklam.train.pretrain as P
+from masklam.errors import MasklamError
+from masklam.models.lam import PixelLAM
 from masklam.train.config import PretrainConfig
 
-held = {}
+held, rank = {}, int(os.environ["RANK"])
 real_wrap = P.wrap_ddp
 def wrap(model, ctx, device):
-    held["model"], held["rank"] = model, ctx.rank
+    held["model"] = model
     return real_wrap(model, ctx, device)
 P.wrap_ddp = wrap
+if os.environ.get("POISON_RANK") == str(rank):  # this rank's loss turns NaN from its 3rd step on
+    real_loss, calls = PixelLAM.lam_loss, [0]
+    def poisoned(self, batch, generator):
+        calls[0] += 1
+        loss, info, z, e = real_loss(self, batch, generator)
+        return (loss * float("nan") if calls[0] >= 3 else loss), info, z, e
+    PixelLAM.lam_loss = poisoned
 cfg = tyro.cli(PretrainConfig, args=sys.argv[2:])
-P.pretrain(cfg, until=int(sys.argv[1]) or None)
-torch.save(held["model"].state_dict(), cfg.out / f"rank{held['rank']}.pt")
+try:
+    P.pretrain(cfg, until=int(sys.argv[1]) or None)
+except MasklamError as e:
+    (cfg.out / f"error{rank}.txt").write_text(str(e))
+    sys.exit(2)
+torch.save(held["model"].state_dict(), cfg.out / f"rank{rank}.pt")
 '''
 
 
@@ -52,11 +72,11 @@ def tiny_h5(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "tiny.h5")
 
 
-def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], cwd: Path, **env_vars: str) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node 2 ARGS` with this interpreter; output captured."""
     script = Path(sys.executable).parent / "torchrun"
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent), **env_vars}
     return subprocess.run([*launcher, "--standalone", "--nproc_per_node", "2", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -227,3 +247,17 @@ def test_torchrun_resume_every_rank_loads_the_state(tiny_h5, tmp_path):
     ref = reference_weights(cfg, 2, range(4))
     assert_same_weights(r0, ref)
     assert_same_weights(load_file(str(run / "model.safetensors")), ref)
+
+
+@pytest.mark.slow
+def test_torchrun_nan_on_one_rank_stops_both(tiny_h5, tmp_path):
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    run = tmp_path / "run"
+    args = ["--method", "lapo", "--data", str(tiny_h5), "--out", str(run), "--steps", "6", "--no-tensorboard",
+            *SMALL, "--log-every", "1"]
+    proc = torchrun(["launch.py", "0", *args], tmp_path, POISON_RANK="1")
+    assert proc.returncode != 0
+    for rank in (0, 1):  # both ranks stopped with the one-line error (rank 0 never saw a NaN itself)
+        assert "non-finite" in (run / f"error{rank}.txt").read_text()
+    assert torch.load(run / "train_state.pt", weights_only=False)["step"] == 2  # the last good checkpoint
+    assert not (run / "metrics.json").exists()
