@@ -16,17 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import masklam.train
 from masklam.errors import MasklamError
 from masklam.train import PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 
-_lazy_pretrain = masklam.train.pretrain
-from masklam.train.pretrain import StepBatches, _build_model, per_rank_sizes, to_device  # noqa: E402
-
-# Importing the submodule rebinds the package attribute `masklam.train.pretrain` (a lazy function) to the
-# module; restore it so `from masklam.train import pretrain` in test files collected later still works.
-masklam.train.pretrain = _lazy_pretrain
+from masklam.train.pretrain import StepBatches, _build_model, per_rank_sizes, to_device
 from masklam.train.schedule import lr_factor
 from test_train_pretrain import write_synthetic_dataset
 

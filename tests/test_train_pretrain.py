@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from masklam.errors import MasklamError
-from masklam.train import PretrainConfig, pretrain
+from masklam.train import PretrainConfig
+from masklam.train.pretrain import pretrain
 
 torch.set_num_threads(1)
 

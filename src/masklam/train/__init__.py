@@ -1,11 +1,8 @@
-"""Training latent action models: config, loop, probes, checkpoints, logging, augmentations."""
+"""Training latent action models: config, loop, probes, checkpoints, logging, augmentations.
+
+The loop itself is `masklam.train.pretrain.pretrain(cfg)` (the submodule of the same name as the
+`masklam pretrain` command; the package does not re-export it, so the name always means the module).
+"""
 from masklam.train.config import PRESETS, PretrainConfig
 
-__all__ = ["PRESETS", "PretrainConfig", "pretrain"]
-
-
-def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict:
-    """Train a latent action model (see masklam.train.pretrain.pretrain)."""
-    from masklam.train.pretrain import pretrain as _pretrain
-
-    return _pretrain(cfg, until)
+__all__ = ["PRESETS", "PretrainConfig"]
