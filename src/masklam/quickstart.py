@@ -27,14 +27,18 @@ from masklam.errors import MasklamError
 
 # What a preset fixes; everything not here takes the stage's own defaults. `methods` beyond the core
 # three (lapo, masklam, lapo-clean) are the ones that fit the preset's time budget.
+# Frame stack 3 for every LAM (LAOM's value; MaskLAM's paper uses 1): expert actions change every frame,
+# so from (o_t, o_{t+1}) alone the agent's velocity and its action are confounded; with o_{t-2..t} the
+# IDM sees the velocity. Measured here (cheetah-run, 40 x 250 frames, 1500 steps): distractor-free LAPO's
+# held-out probe NMSE 0.53 with frame stack 3, while with frame stack 1 even MaskLAM stayed at 0.86.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         methods=["lapo", "masklam", "lapo-clean"],
         latent_dims=[128],
         labels=[2, 8],
         collect=dict(episodes=40, steps=250, seed=0, workers=2, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", steps=1500, batch_size=64, lr=3e-4, encoder_scale=1),
-        bc=dict(steps=800, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=1),
+        pretrain=dict(preset="cpu-small", steps=1500, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
+        bc=dict(steps=800, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
         idm=dict(steps=800, batch_size=64, lr=3e-4),
         decode=dict(steps=1000, batch_size=256),
         eval=dict(episodes=4, workers=2),
@@ -44,8 +48,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         latent_dims=[1024],
         labels=[2, 8, 32],
         collect=dict(episodes=400, steps=250, seed=0, workers=14, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", steps=6000, batch_size=256, lr=3e-4, encoder_scale=4, head_dim=1024),
-        bc=dict(steps=4000, batch_size=256, lr=3e-4, encoder_scale=4, frame_stack=1),
+        pretrain=dict(preset="cpu-small", steps=6000, batch_size=256, lr=3e-4, encoder_scale=4, head_dim=1024,
+                      frame_stack=3),
+        bc=dict(steps=4000, batch_size=256, lr=3e-4, encoder_scale=4, frame_stack=3),
         idm=dict(steps=3000, batch_size=256, lr=3e-4, encoder_scale=4),
         decode=dict(steps=2500, batch_size=512),
         eval=dict(episodes=25, workers=14),
