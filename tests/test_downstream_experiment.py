@@ -181,3 +181,14 @@ def test_real_env_end_to_end(tmp_path: Path) -> None:
     assert all(np.isfinite(r["return"]) for r in rows)
     assert (tmp_path / "run" / "report" / "frames.png").is_file()  # the collected file has masks
     assert list((tmp_path / "run" / "stages" / "pretrain").glob("*/recon.png"))
+
+
+def test_collect_stage_key_follows_the_expert_weights(tmp_path: Path) -> None:
+    from masklam.downstream.experiment import expert_digest
+
+    f = tmp_path / "e.safetensors"
+    f.write_bytes(b"one")
+    first = expert_digest("cheetah-run", str(f))
+    f.write_bytes(b"two")
+    assert first and expert_digest("cheetah-run", str(f)) != first
+    assert expert_digest("cheetah-run", str(tmp_path / "missing.safetensors")) is None

@@ -170,7 +170,18 @@ def collect_stage(root: Path, task: str, options: dict[str, Any], progress: bool
         collect(CollectConfig(**{"progress": progress, **options, "task": task, "out": out}))
         return {"paths": [str(out)]}
 
-    return run_stage(root, "collect", {"task": task, **options}, fn)[1]["paths"]
+    key = {"task": task, **options}
+    if options.get("policy", "expert") == "expert":  # a retrained expert means new data
+        key["expert_sha256"] = expert_digest(task, options.get("expert_path"))
+    return run_stage(root, "collect", key, fn)[1]["paths"]
+
+
+def expert_digest(task: str, path: str | None = None) -> str | None:
+    """sha256 of the expert's weights (the shipped one for `task`, or `path`); None if there is none."""
+    from masklam.experts.policy import SHIPPED_DIR
+
+    f = Path(path).with_suffix(".safetensors") if path else SHIPPED_DIR / f"{task}.safetensors"
+    return hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.is_file() else None
 
 
 def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int, labeled: int,
