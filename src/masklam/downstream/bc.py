@@ -242,7 +242,7 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     """Train (or resume) the configured policy; writes cfg.out/{model.safetensors,config.json,metrics.json}."""
     from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
 
-    data = load_dataset(list(cfg.data))
+    data = load_dataset(list(cfg.data), progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     if cfg.labels is not None:
         train_ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)

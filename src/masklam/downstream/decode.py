@@ -145,7 +145,7 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     policy = ImagePolicy.from_pretrained(cfg.policy, cfg.device)
     if policy.cfg.target != "latent":
         raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
-    data = load_dataset(list(cfg.data))
+    data = load_dataset(list(cfg.data), progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
     z, a = policy_latents(policy, data, ids, cfg.batch_size)
