@@ -1,5 +1,6 @@
 """The quickstart's code path at toy size: every stage runs, the table and report come out, a rerun reuses all."""
 import csv
+import math
 
 import pytest
 
@@ -16,6 +17,10 @@ def test_gap_closed_and_table_arithmetic():
     table = format_table(s)
     assert "1.50x lower" in table and "75% in probe NMSE" in table and "75% in normalised return" in table
     assert table.index("lapo-clean") < table.index("masklam")
+    # an upper bound below LAPO leaves no gap to close: not a percentage
+    s["lapo-clean"]["normalized_id"] = 0.1
+    assert math.isnan(gap_closed(s, "normalized_id", False))
+    assert "n/a (the upper bound is not above LAPO) in normalised return" in format_table(s)
 
 
 @pytest.mark.slow

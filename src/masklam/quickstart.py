@@ -140,10 +140,10 @@ def gap_closed(summary: dict[str, dict[str, float]], key: str, lower_is_better: 
         lapo, mask, clean = (summary[m][key] for m in ("lapo", "masklam", "lapo-clean"))
     except KeyError:
         return math.nan
-    gap = lapo - clean
-    if gap == 0 or math.isnan(gap):
+    gap = (lapo - clean) if lower_is_better else (clean - lapo)
+    if not gap > 0:  # no gap to close: the upper bound is not better than LAPO (or a value is missing)
         return math.nan
-    return (lapo - mask) / gap if lower_is_better else (mask - lapo) / (clean - lapo)
+    return ((lapo - mask) if lower_is_better else (mask - lapo)) / gap
 
 
 def format_table(summary: dict[str, dict[str, float]]) -> str:
@@ -163,9 +163,12 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     if "probe_nmse" in lapo and "probe_nmse" in mask and mask["probe_nmse"] > 0:
         lines.append("")
         lines.append(f"MaskLAM vs LAPO, held-out probe NMSE: {lapo['probe_nmse'] / mask['probe_nmse']:.2f}x lower")
+        def pct(x: float) -> str:
+            return "n/a (the upper bound is not above LAPO)" if math.isnan(x) else f"{100 * x:.0f}%"
+
         lines.append(f"gap to the distractor-free upper bound closed by MaskLAM: "
-                     f"{f(100 * gap_closed(summary, 'probe_nmse', True), 0)}% in probe NMSE, "
-                     f"{f(100 * gap_closed(summary, 'normalized_id', False), 0)}% in normalised return (ID)")
+                     f"{pct(gap_closed(summary, 'probe_nmse', True))} in probe NMSE, "
+                     f"{pct(gap_closed(summary, 'normalized_id', False))} in normalised return (ID)")
     return "\n".join(lines)
 
 
