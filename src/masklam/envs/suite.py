@@ -58,6 +58,25 @@ def load_dm(task: str, seed: int | None = 0):
         absl_logging.set_verbosity(level)
 
 
+class ActionScaler:
+    """Agent actions in [-1, 1] -> the task's action bounds (clipped first; identity for [-1, 1] or unbounded).
+
+    The one mapping used by the distracted environment and by the experts' state environment, so an
+    expert acts identically in both.
+    """
+
+    def __init__(self, spec) -> None:
+        self.shape = spec.shape
+        self.lo = np.broadcast_to(np.asarray(spec.minimum, np.float64), spec.shape).copy()
+        self.hi = np.broadcast_to(np.asarray(spec.maximum, np.float64), spec.shape).copy()
+        finite = np.all(np.isfinite(self.lo)) and np.all(np.isfinite(self.hi))
+        self.rescale = bool(finite and not (np.all(self.lo == -1) and np.all(self.hi == 1)))
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        a = np.clip(np.asarray(action, np.float64).reshape(self.shape), -1.0, 1.0)
+        return self.lo + (a + 1.0) * 0.5 * (self.hi - self.lo) if self.rescale else a
+
+
 @contextlib.contextmanager
 def _skybox_size(size: int | None) -> Iterator[None]:
     """Temporarily compile models with a size x 6*size skybox (dm_control's shared skybox asset)."""
@@ -164,10 +183,7 @@ class DistractingControlEnv(gym.Env):
         self._renderer = SceneRenderer(m, img_size, img_size, self.agent_geoms, shadows, reflections)
 
         spec = self._dm.action_spec()
-        self._act_lo = np.broadcast_to(np.asarray(spec.minimum, np.float64), spec.shape).copy()
-        self._act_hi = np.broadcast_to(np.asarray(spec.maximum, np.float64), spec.shape).copy()
-        finite = np.all(np.isfinite(self._act_lo)) and np.all(np.isfinite(self._act_hi))
-        self._rescale = bool(finite and not (np.all(self._act_lo == -1) and np.all(self._act_hi == 1)))
+        self._to_task_action = ActionScaler(spec)
         self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
         self.observation_space = gym.spaces.Box(0, 255, (img_size, img_size, 3), np.uint8)
         self.state_dim = int(sum(int(np.prod(s.shape)) for s in self._dm.observation_spec().values()))
@@ -199,9 +215,7 @@ class DistractingControlEnv(gym.Env):
         """Apply `action` for action_repeat physics steps; reward is their sum."""
         if self._rng is None:
             raise MasklamError("step() called before reset()")
-        a = np.clip(np.asarray(action, np.float64).reshape(self.action_space.shape), -1.0, 1.0)
-        if self._rescale:  # the task's bounds are not [-1, 1]: map [-1, 1] onto them
-            a = self._act_lo + (a + 1.0) * 0.5 * (self._act_hi - self._act_lo)
+        a = self._to_task_action(action)
         reward = 0.0
         t0 = time.perf_counter()
         for _ in range(self.action_repeat):

@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from masklam.envs.state import flatten_state, state_dim
-from masklam.envs.suite import load_dm
+from masklam.envs.suite import ActionScaler, load_dm
 from masklam.errors import MasklamError
 
 
@@ -25,7 +25,7 @@ class StateEnv(gym.Env):
         self.task, self.action_repeat = task, action_repeat
         self._env = load_dm(task, seed=None)
         spec = self._env.action_spec()
-        self._low, self._high = spec.minimum.astype(np.float32), spec.maximum.astype(np.float32)
+        self._to_task_action = ActionScaler(spec)
         dim = state_dim(self._env.observation_spec())
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
@@ -37,8 +37,7 @@ class StateEnv(gym.Env):
         return flatten_state(self._env.reset().observation), {}
 
     def step(self, action):
-        a = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
-        a = self._low + (a + 1.0) * 0.5 * (self._high - self._low)
+        a = self._to_task_action(action)
         reward = 0.0
         for _ in range(self.action_repeat):
             ts = self._env.step(a)
