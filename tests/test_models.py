@@ -160,6 +160,20 @@ def test_masklam_dilation_grows_weighted_area():
         make_model("masklam")({k: v for k, v in batch.items() if k != "mask_t1"})
 
 
+def test_masklam_union_weights_where_the_agent_was():
+    """mask_union weights M_t | M_{t+1}: the pixels the agent left count, so painting it there costs."""
+    batch = make_batch(b=1, mask_frac=0.0)
+    batch["mask_t1"][0, 10, 10] = True
+    batch["mask_t"] = torch.zeros_like(batch["mask_t1"])
+    batch["mask_t"][0, 20, 20:22] = True
+    _, plain = make_model("masklam")(batch)
+    _, union = make_model("masklam", mask_union=True)(batch)
+    assert plain["train/mask_frac"].item() == pytest.approx(1 / HW**2)
+    assert union["train/mask_frac"].item() == pytest.approx(3 / HW**2)
+    with pytest.raises(MasklamError, match="mask_t"):
+        make_model("masklam", mask_union=True)({k: v for k, v in batch.items() if k != "mask_t"})
+
+
 def test_ema_target_moves_by_tau():
     model = make_model("laom", target_tau=0.01)
     with torch.no_grad():

@@ -54,6 +54,7 @@ class LAMConfig:
     fsq_levels: tuple[int, ...] = ()
     mask_lambda: float = 0.0
     mask_dilation: int = 0
+    mask_union: bool = False
     target: str = "ema"
     target_tau: float = 0.001
     aug: bool = False
@@ -242,7 +243,11 @@ class PixelLAM(LatentActionModel):
         if self.cfg.method == "masklam":
             if "mask_t1" not in batch:
                 raise MasklamError("masklam needs the agent mask of o_{t+1} (batch key 'mask_t1')")
-            mask = torch.as_tensor(batch["mask_t1"], device=target.device)
+            mask = torch.as_tensor(batch["mask_t1"], device=target.device)  # (B, H, W) bool
+            if self.cfg.mask_union:  # also where the agent was in o_t: painting it there no longer scores
+                if "mask_t" not in batch:
+                    raise MasklamError("mask_union needs the agent mask of o_t (batch key 'mask_t')")
+                mask = mask | torch.as_tensor(batch["mask_t"], device=target.device)
             weight = mask_weights(mask, self.cfg.mask_lambda, self.cfg.mask_dilation)
         else:
             weight = torch.ones(b, h, w, device=target.device)
