@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from masklam.errors import MasklamError
 from masklam.models import LAMConfig, build_lam, frames_to_tensor, load_lam, weighted_mse
@@ -160,18 +161,21 @@ def test_masklam_dilation_grows_weighted_area():
         make_model("masklam")({k: v for k, v in batch.items() if k != "mask_t1"})
 
 
-def test_masklam_union_weights_where_the_agent_was():
-    """mask_union weights M_t | M_{t+1}: the pixels the agent left count, so painting it there costs."""
-    batch = make_batch(b=1, mask_frac=0.0)
-    batch["mask_t1"][0, 10, 10] = True
-    batch["mask_t"] = torch.zeros_like(batch["mask_t1"])
-    batch["mask_t"][0, 20, 20:22] = True
-    _, plain = make_model("masklam")(batch)
-    _, union = make_model("masklam", mask_union=True)(batch)
-    assert plain["train/mask_frac"].item() == pytest.approx(1 / HW**2)
-    assert union["train/mask_frac"].item() == pytest.approx(3 / HW**2)
-    with pytest.raises(MasklamError, match="mask_t"):
-        make_model("masklam", mask_union=True)({k: v for k, v in batch.items() if k != "mask_t"})
+def test_masklam_mask_target_reconstructs_the_masked_frame_everywhere():
+    """mask_target: the loss is the MSE to M*o_{t+1} over all pixels, so painting the agent off it costs."""
+    model = make_model("masklam", seed=5, mask_target=True)
+    batch = make_batch(b=2)
+    loss = model(batch)[1]["train/loss"]
+    with torch.no_grad():
+        x_t = model.frames(batch["obs_t"])
+        pred = model.predict_from_tensors(x_t, model.latent_from_tensors(x_t, model.frames(batch["obs_tk"])))[0].float()
+        target = model.frames(batch["obs_t1"])[:, -3:] * batch["mask_t1"][:, None].float()
+    assert loss.item() == pytest.approx(F.mse_loss(pred, target).item(), rel=1e-5)
+    # the background of o_{t+1} is still ignored: only the agent's pixels enter the target
+    other = dict(batch)
+    bg = ~batch["mask_t1"][:, None, :, :, None].expand_as(batch["obs_t1"])
+    other["obs_t1"] = torch.where(bg, torch.zeros_like(batch["obs_t1"]) + 77, batch["obs_t1"])
+    assert torch.equal(model(other)[1]["train/loss"], loss)
 
 
 def test_ema_target_moves_by_tau():

@@ -101,7 +101,7 @@ def train(cfg: ExpertConfig) -> dict:
     metrics_path = run / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() and ckpt.exists() else {"evals": [], "best_return": -1e9}
     if ckpt.exists():
-        model = SAC.load(ckpt, env=env, device="cpu")
+        model = SAC.load(ckpt, env=env, device="cpu", batch_size=cfg.batch_size)
         if buffer.exists():
             model.load_replay_buffer(buffer)
         print(f"resuming {cfg.task} from step {model.num_timesteps}")

@@ -54,7 +54,7 @@ class LAMConfig:
     fsq_levels: tuple[int, ...] = ()
     mask_lambda: float = 0.0
     mask_dilation: int = 0
-    mask_union: bool = False
+    mask_target: bool = False
     target: str = "ema"
     target_tau: float = 0.001
     aug: bool = False
@@ -244,17 +244,15 @@ class PixelLAM(LatentActionModel):
             if "mask_t1" not in batch:
                 raise MasklamError("masklam needs the agent mask of o_{t+1} (batch key 'mask_t1')")
             mask = torch.as_tensor(batch["mask_t1"], device=target.device)  # (B, H, W) bool
-            if self.cfg.mask_union:  # also where the agent was in o_t: painting it there no longer scores
-                if "mask_t" not in batch:
-                    raise MasklamError("mask_union needs the agent mask of o_t (batch key 'mask_t')")
-                mask = mask | torch.as_tensor(batch["mask_t"], device=target.device)
             weight = mask_weights(mask, self.cfg.mask_lambda, self.cfg.mask_dilation)
+            if self.cfg.mask_target:  # reconstruct weight * o_{t+1} (background black) over every pixel
+                target, weight = target * weight[:, None], torch.ones_like(weight)
         else:
             weight = torch.ones(b, h, w, device=target.device)
         loss = weighted_mse(pred, target, weight)
         info = {"train/recon_mse": F.mse_loss(pred.detach(), target)}
         if self.cfg.method == "masklam":
-            info["train/mask_frac"] = (weight == 1).float().mean()
+            info["train/mask_frac"] = (mask_weights(mask, 0.0, self.cfg.mask_dilation) == 1).float().mean()
         return loss, info, z, emb
 
 

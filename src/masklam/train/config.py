@@ -85,8 +85,8 @@ class PretrainConfig:
     """MaskLAM background weight in [0, 1]; 1 is exactly LAPO"""
     mask_dilation: int = 0
     """MaskLAM: dilate the agent mask by this many pixels"""
-    mask_union: bool = False
-    """MaskLAM: weight the agent pixels of o_t as well as of o_{t+1} (M_t | M_{t+1})"""
+    mask_target: bool = False
+    """MaskLAM: instead of weighting the error, reconstruct the masked frame M*o_{t+1} (background black) at every pixel"""
     mask_key: Literal["masks", "sam2_masks"] = "masks"
     """MaskLAM: which masks of the file (simulator masks or SAM 2 masks)"""
 
@@ -207,7 +207,7 @@ class PretrainConfig:
             frame_stack=self.frame_stack, latent_dim=self.latent_dim, encoder_scale=self.encoder_scale,
             num_res_blocks=self.num_res_blocks, head_dim=self.head_dim, head_blocks=self.head_blocks,
             fsq_levels=self.fsq_levels, mask_lambda=self.mask_lambda, mask_dilation=self.mask_dilation,
-            mask_union=self.mask_union, target=self.target, target_tau=self.target_tau, aug=bool(self.aug), sup_coef=self.sup_coef)
+            mask_target=self.mask_target, target=self.target, target_tau=self.target_tau, aug=bool(self.aug), sup_coef=self.sup_coef)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (paths as strings)."""
