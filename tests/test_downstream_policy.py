@@ -131,6 +131,39 @@ def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
     assert act.shape == (4, 2) and np.abs(act).max() <= 1
 
 
+def test_latent_bc_standardises_targets(toy: Path, tmp_path: Path) -> None:
+    """Latent BC regresses (z - mean) / std: a LAM with 100x smaller latents gives the same policy."""
+    from masklam.downstream.bc import latent_stats
+    from masklam.data import WindowSampler, load_dataset
+
+    sampler = WindowSampler(load_dataset([toy]), None, frame_stack=1)
+    fn = lambda b: torch.from_numpy(np.asarray(b["action_t"], np.float32)) * 3.0 + 1.0  # noqa: E731
+    mean, std = latent_stats(fn, sampler, np.random.default_rng(0), windows=512, batch_size=128)
+    z = fn(sampler.sample(4096, np.random.default_rng(1)))
+    assert torch.allclose(mean, z.mean(0), atol=0.15) and torch.allclose(std, z.std(0), rtol=0.1)
+
+    from masklam.models import LAMConfig, build_lam
+
+    policies = {}
+    for name, scale in (("big", 1.0), ("tiny", 0.01)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            lam = build_lam(LAMConfig(method="lapo", action_dim=2, state_dim=3, img_hw=16, latent_dim=4))
+        with torch.no_grad():  # scale the IDM's output layer: latents `scale` times as large
+            lam.idm_head.weight.mul_(scale)
+            lam.idm_head.bias.mul_(scale)
+        lam.save_pretrained(tmp_path / f"lam_{name}")
+        train_bc(_cfg(toy, tmp_path / name, target="latent", lam=tmp_path / f"lam_{name}", steps=5), progress=False)
+        policies[name] = ImagePolicy.from_pretrained(tmp_path / name)
+    big, tiny = policies["big"], policies["tiny"]
+    assert len(big.cfg.target_mean) == 4 and len(big.cfg.target_std) == 4
+    assert np.allclose(np.asarray(tiny.cfg.target_std) * 100, big.cfg.target_std, rtol=1e-3)
+    assert all(torch.allclose(p, q, atol=1e-4) for p, q in zip(big.parameters(), tiny.parameters()))
+    train_bc(_cfg(toy, tmp_path / "raw", target="latent", lam=tmp_path / "lam_big", steps=5, standardize=False),
+             progress=False)
+    assert ImagePolicy.from_pretrained(tmp_path / "raw").cfg.target_mean is None
+
+
 def test_idm_relabels(toy: Path, tmp_path: Path) -> None:
     train_bc(_cfg(toy, tmp_path / "idm", pair_input=True, labels=2, steps=5), progress=False)
     idm = ImagePolicy.from_pretrained(tmp_path / "idm")

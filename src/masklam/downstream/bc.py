@@ -1,7 +1,8 @@
 """`masklam bc`: one policy network, one training loop, every regression target of the pipeline.
 
 `ImagePolicy` = IMPALA encoder + 2-layer MLP head, regressing from a frame stack a target vector:
-- `target="latent"`: the frozen LAM's latent for (o_t, o_{t+1}) (latent BC, full unlabeled data);
+- `target="latent"`: the frozen LAM's latent for (o_t, o_{t+1}), standardised per dimension (latent BC, full
+  unlabeled data);
 - `target="action"`: the true action (BC on N labeled trajectories, or on all of them: the normaliser);
 - `target="idm"`: the action an IDM infers for (o_t, o_{t+1}) (the IDM baseline's BC on relabels).
 With `pair_input=True` the network sees (o_t, o_{t+1}) and is itself the IDM (target "action" on N
@@ -44,6 +45,9 @@ class PolicyConfig:
     target: str = "action"
     env_meta: dict[str, Any] = field(default_factory=dict)
     """task and env kwargs of the training data, for evaluation"""
+    target_mean: list[float] | None = None
+    """latent BC with standardised targets: the outputs are (z - target_mean) / target_std"""
+    target_std: list[float] | None = None
 
 
 class ImagePolicy(nn.Module):
@@ -155,6 +159,10 @@ class BCConfig:
     """updates between resumable checkpoints"""
     env_overrides: dict[str, Any] = field(default_factory=dict)
     """extra env kwargs recorded for evaluation (e.g. factory, max_episode_steps)"""
+    standardize: bool = True
+    """latent BC: regress the latent standardised per dimension (mean/std over training windows), so a LAM
+    whose latents are tiny (a clean LAPO's are ~0.01) is learned as well as one whose latents are large;
+    the decoder reads the same units"""
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -231,6 +239,14 @@ def make_target_fn(cfg: BCConfig, img_hw: int) -> tuple[Callable[[dict[str, np.n
     return action, -1, 1
 
 
+@torch.no_grad()
+def latent_stats(target_fn: Callable[[dict[str, np.ndarray]], torch.Tensor], sampler: Any, rng: np.random.Generator,
+                 windows: int = 2048, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std (floored at 1e-6) of the target over `windows` random training windows."""
+    z = torch.cat([target_fn(sampler.sample(batch_size, rng)) for _ in range(max(1, windows // batch_size))])  # (N, D)
+    return z.mean(0), z.std(0).clamp_min(1e-6)
+
+
 def _batch(b: dict[str, np.ndarray], target: torch.Tensor, fs: int, pair: bool) -> dict[str, torch.Tensor]:
     out = {"obs": torch.from_numpy(b["obs_t"][:, -fs:]), "target": target}
     if pair:
@@ -251,9 +267,14 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     out_dim = data.action_dim if out_dim < 0 else out_dim
     frames = max(cfg.frame_stack, target_frames)
     sampler = WindowSampler(data, train_ids, frame_stack=frames, max_offset=1)
+    mean = std = None
+    if cfg.target == "latent" and cfg.standardize:
+        raw_fn, (mean, std) = target_fn, latent_stats(target_fn, sampler, np.random.default_rng([cfg.seed, 2]))
+        target_fn = lambda b: (raw_fn(b) - mean) / std  # noqa: E731  (B, D) standardised
     pcfg = PolicyConfig(out_dim, data.action_dim, cfg.frame_stack, img_hw, cfg.encoder_scale, cfg.num_res_blocks,
                         cfg.hidden, cfg.pair_input, "action" if cfg.target == "idm" else cfg.target,
-                        env_meta_of(dict(data.meta), cfg.env_overrides))
+                        env_meta_of(dict(data.meta), cfg.env_overrides),
+                        None if mean is None else mean.tolist(), None if std is None else std.tolist())
     with torch.random.fork_rng(devices=[]):  # initial weights from cfg.seed, global generator untouched
         torch.manual_seed(cfg.seed)
         model = ImagePolicy(pcfg).to(cfg.device)
