@@ -80,6 +80,15 @@ def test_stage_cache_reuses_and_reruns(tmp_path: Path) -> None:
     assert len(calls) == n + 2
 
 
+def test_stage_version_bump_invalidates_only_that_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = {"lr": 1e-3}
+    bc, decode = ex.stage_key("bc", conf), ex.stage_key("decode", conf)
+    monkeypatch.setitem(ex.STAGE_VERSIONS, "bc", ex.STAGE_VERSIONS.get("bc", 1) + 1)
+    assert ex.stage_key("bc", conf) != bc and ex.stage_key("decode", conf) == decode
+    monkeypatch.setitem(ex.STAGE_VERSIONS, "decode", 1)  # version 1 is the unversioned key
+    assert ex.stage_key("decode", conf) == decode
+
+
 def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:
     raw = [{"method": "bc-full", "task": "t", "split": "id", "variant": "train", "return": r, "seed": s}
            for s, r in ((0, 100.0), (1, 300.0))]

@@ -130,10 +130,18 @@ def _fingerprint(paths: Any) -> list[Any]:
     return out
 
 
+# Bump a kind's version when its code changes what it computes for the same config, so cached results of
+# the old code are not reused. Version 1 is left out of the hash: stages that never changed keep their caches.
+STAGE_VERSIONS = {"bc": 2}  # bc 2: latent targets standardised per dimension
+
+
 def stage_key(kind: str, config: dict[str, Any]) -> str:
-    """Hash of a stage's kind, resolved config (inputs included as their directories) and data files."""
+    """Hash of a stage's kind (and code version), config (inputs included as their directories) and data files."""
     files = _fingerprint(config["data"]) if "data" in config else None
-    blob = json.dumps({"kind": kind, "config": config, "files": files}, sort_keys=True, default=str)
+    key = {"kind": kind, "config": config, "files": files}
+    if STAGE_VERSIONS.get(kind, 1) > 1:
+        key["version"] = STAGE_VERSIONS[kind]
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
