@@ -44,9 +44,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         collect=dict(episodes=40, steps=250, seed=0, workers=2, action_noise=0.3, shadows=False, reflections=False),
         pretrain=dict(preset="cpu-small", steps=1000, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3,
                       mask_target=True),
-        bc=dict(steps=300, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
-        idm=dict(steps=300, batch_size=64, lr=3e-4),
-        decode=dict(steps=500, batch_size=256),
+        bc=dict(steps=250, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
+        idm=dict(steps=250, batch_size=64, lr=3e-4),
+        decode=dict(steps=300, batch_size=256),
         eval=dict(episodes=4, workers=2),
     ),
     "gpu": dict(
