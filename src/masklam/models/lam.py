@@ -240,19 +240,19 @@ class PixelLAM(LatentActionModel):
         pred, emb = self.predict_from_tensors(x_t, z)
         pred = pred.float()
         b, _, h, w = target.shape
+        info: dict[str, torch.Tensor] = {}
         if self.cfg.method == "masklam":
             if "mask_t1" not in batch:
                 raise MasklamError("masklam needs the agent mask of o_{t+1} (batch key 'mask_t1')")
             mask = torch.as_tensor(batch["mask_t1"], device=target.device)  # (B, H, W) bool
             weight = mask_weights(mask, self.cfg.mask_lambda, self.cfg.mask_dilation)
+            info["train/mask_frac"] = (weight == 1).float().mean()
             if self.cfg.mask_target:  # reconstruct weight * o_{t+1} (background black) over every pixel
                 target, weight = target * weight[:, None], torch.ones_like(weight)
         else:
             weight = torch.ones(b, h, w, device=target.device)
         loss = weighted_mse(pred, target, weight)
-        info = {"train/recon_mse": F.mse_loss(pred.detach(), target)}
-        if self.cfg.method == "masklam":
-            info["train/mask_frac"] = (mask_weights(mask, 0.0, self.cfg.mask_dilation) == 1).float().mean()
+        info["train/recon_mse"] = F.mse_loss(pred.detach(), target)
         return loss, info, z, emb
 
 

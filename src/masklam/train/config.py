@@ -207,7 +207,8 @@ class PretrainConfig:
             frame_stack=self.frame_stack, latent_dim=self.latent_dim, encoder_scale=self.encoder_scale,
             num_res_blocks=self.num_res_blocks, head_dim=self.head_dim, head_blocks=self.head_blocks,
             fsq_levels=self.fsq_levels, mask_lambda=self.mask_lambda, mask_dilation=self.mask_dilation,
-            mask_target=self.mask_target, target=self.target, target_tau=self.target_tau, aug=bool(self.aug), sup_coef=self.sup_coef)
+            mask_target=self.mask_target, target=self.target, target_tau=self.target_tau, aug=bool(self.aug),
+            sup_coef=self.sup_coef)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (paths as strings)."""
