@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from masklam.errors import MasklamError
 from masklam.models.encoder import ImpalaEncoder, frames_to_tensor
+from masklam.train.precision import autocast
 
 
 @dataclass
@@ -163,6 +164,8 @@ class BCConfig:
     """latent BC: regress the latent standardised per dimension (mean/std over training windows), so a LAM
     whose latents are tiny (a clean LAPO's are ~0.01) is learned as well as one whose latents are large;
     the decoder reads the same units"""
+    bf16: bool = True
+    """bf16 autocast of the policy's training where native: CUDA, or a CPU with AVX-512 BF16 / AMX"""
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -297,7 +300,9 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     loss = torch.zeros(())
     while step < steps:
         b = sampler.sample(cfg.batch_size, rng)
-        loss, _ = model(_batch(b, target_fn(b), cfg.frame_stack, cfg.pair_input))
+        target = target_fn(b)  # fp32, as the decoder will read it
+        with autocast(cfg.device, cfg.bf16):
+            loss, _ = model(_batch(b, target, cfg.frame_stack, cfg.pair_input))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -28,6 +28,7 @@ from masklam.train.checkpoint import check_resumable, load_train_state, read_jso
 from masklam.train.config import RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
+from masklam.train.precision import autocast, bf16_active
 from masklam.train.probe import probe_lam
 from masklam.train.schedule import lr_factor
 
@@ -207,7 +208,7 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
 
     forward = wrap_ddp(model, ctx, device)  # DDP averages the gradients over the ranks
     forward = torch.compile(forward) if cfg.compile else forward
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    use_bf16 = bf16_active(device, cfg.bf16)
     batches = StepBatches(sampler, batch_size, cfg.seed, labeled, labeled_batch_size, ctx)
     logger = RunLogger(out, total, start, config, cfg.tensorboard, cfg.wandb, cfg.wandb_project) if main_rank else None
     averager = MetricAverager()
@@ -233,7 +234,7 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
                 generator = torch.Generator().manual_seed(aug_seed)
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup_frac, cfg.schedule)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with autocast(device, use_bf16):
                     loss, info = forward(batch, generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -278,7 +279,8 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
             save_reconstructions(model, held, out / "recon.png", cfg.recon_samples, cfg.seed)
         probe = probe_lam(model, data, train_ids, held_ids, cfg.probe_ridge, cfg.probe_batch_size,
                           cfg.probe_max_trajs, progress=cfg.progress)
-        metrics: dict[str, Any] = {"method": cfg.method, "steps": total, "complete": True, **probe,
+        metrics: dict[str, Any] = {"method": cfg.method, "steps": total, "complete": True,
+                                   "precision": "bf16" if use_bf16 else "fp32", **probe,
                                    **{k: v for k, v in last.items()}}
         if rates:
             metrics["train/samples_per_s"] = float(np.median(rates))
