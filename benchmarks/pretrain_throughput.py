@@ -3,8 +3,10 @@
 Runs the real model forward + backward + Adam step + EMA update on random uint8 frame batches of the
 preset's shape (no data loading), after a few warm-up steps, and prints a table.
 `cpu-small` runs anywhere; `paper` needs a GPU (bf16 autocast, channels_last), like the papers.
+Each method is timed in fp32 and, where the device computes bf16 natively (CUDA, or a CPU with AVX-512
+BF16 / AMX: `masklam.train.precision`), with bf16 autocast, the default of `masklam pretrain`.
 
-    python benchmarks/pretrain_throughput.py --preset cpu-small --threads 2
+    python benchmarks/pretrain_throughput.py --preset cpu-small --threads 2 --frame-stack 3
     python benchmarks/pretrain_throughput.py --preset paper --device cuda
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from masklam.models import build_lam
 from masklam.train.config import PretrainConfig
+from masklam.train.precision import autocast, bf16_active
 
 
 def make_batch(cfg: PretrainConfig, action_dim: int, state_dim: int, device: torch.device) -> dict:
@@ -32,8 +35,9 @@ def make_batch(cfg: PretrainConfig, action_dim: int, state_dim: int, device: tor
     return batch
 
 
-def measure(method: str, preset: str, device: torch.device, steps: int, warmup: int, compile_: bool) -> tuple[float, int]:
-    cfg = PretrainConfig(method=method, data=("none.h5",), out="none", preset=preset,
+def measure(method: str, preset: str, device: torch.device, steps: int, warmup: int, compile_: bool, bf16: bool,
+            frame_stack: int | None) -> tuple[float, int]:
+    cfg = PretrainConfig(method=method, data=("none.h5",), out="none", preset=preset, frame_stack=frame_stack,
                          labeled=1 if method == "laom-sup" else 0)
     torch.manual_seed(0)
     model = build_lam(cfg.lam_config(6, 17, 64)).to(device)
@@ -43,10 +47,9 @@ def measure(method: str, preset: str, device: torch.device, steps: int, warmup: 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batch = make_batch(cfg, 6, 17, device)
     gen = torch.Generator().manual_seed(0)
-    bf16 = device.type == "cuda"
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, bf16):
             loss, _ = forward(batch, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,17 +78,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--frame-stack", type=int, default=None, help="default: the method's (3 in the quickstart)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
     print(f"preset {args.preset}, device {name}, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"| method | params (M) | batch | samples/s |\n|---|---|---|---|")
+    native = bf16_active(device)
+    print(f"| method | params (M) | batch | samples/s fp32 | samples/s bf16 autocast |\n|---|---|---|---|---|")
     for method in args.methods:
-        rate, params = measure(method, args.preset, device, args.steps, args.warmup, args.compile)
+        rates = []
+        for bf16 in (False, True) if native else (False,):
+            rate, params = measure(method, args.preset, device, args.steps, args.warmup, args.compile, bf16,
+                                   args.frame_stack)
+            rates.append(rate)
+        bf = f"{rates[1]:.0f} ({rates[1] / rates[0]:.2f}x)" if native else "- (not native here)"
         bs = PretrainConfig(method=method, data=("x",), out="x", preset=args.preset,
                             labeled=1 if method == "laom-sup" else 0).batch_size
-        print(f"| {method} | {params / 1e6:.1f} | {bs} | {rate:.0f} |", flush=True)
+        print(f"| {method} | {params / 1e6:.1f} | {bs} | {rates[0]:.0f} | {bf} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from masklam.errors import MasklamError
 from masklam.train import PretrainConfig
+from masklam.train.precision import bf16_active
 from masklam.train.pretrain import pretrain
 
 torch.set_num_threads(1)
@@ -90,6 +91,7 @@ def test_pretrain_writes_run_directory(method, tiny_h5, tmp_path):
     run = tmp_path / method
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["probe_nmse"] == pytest.approx(metrics["probe_nmse"]) and np.isfinite(saved["probe_nmse"])
+    assert saved["precision"] == ("bf16" if bf16_active("cpu") else "fp32")  # the default: bf16 where native
     assert saved["probe_n_heldout"] == 23  # one held-out trajectory of 24 frames: 23 windows with k = 1
     assert "train/loss" in saved and "probe/action_mse" in saved
     config = json.loads((run / "config.json").read_text())
