@@ -156,6 +156,11 @@ def gap_closed(summary: dict[str, dict[str, float]], key: str, lower_is_better: 
     return ((lapo - mask) if lower_is_better else (mask - lapo)) / gap
 
 
+def format_gap(x: float) -> str:
+    """A `gap_closed` share as a percentage, or why there is none."""
+    return "n/a (the upper bound is not above LAPO)" if math.isnan(x) else f"{100 * x:.0f}%"
+
+
 def format_table(summary: dict[str, dict[str, float]]) -> str:
     """The results table the quickstart prints (means over seeds and label budgets)."""
     def f(x: float | None, nd: int = 3) -> str:
@@ -173,12 +178,9 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     if "probe_nmse" in lapo and "probe_nmse" in mask and mask["probe_nmse"] > 0:
         lines.append("")
         lines.append(f"MaskLAM vs LAPO, held-out probe NMSE: {lapo['probe_nmse'] / mask['probe_nmse']:.2f}x lower")
-        def pct(x: float) -> str:
-            return "n/a (the upper bound is not above LAPO)" if math.isnan(x) else f"{100 * x:.0f}%"
-
         lines.append(f"gap to the distractor-free upper bound closed by MaskLAM: "
-                     f"{pct(gap_closed(summary, 'probe_nmse', True))} in probe NMSE, "
-                     f"{pct(gap_closed(summary, 'normalized_id', False))} in normalised return (ID)")
+                     f"{format_gap(gap_closed(summary, 'probe_nmse', True))} in probe NMSE, "
+                     f"{format_gap(gap_closed(summary, 'normalized_id', False))} in normalised return (ID)")
     return "\n".join(lines)
 
 
