@@ -28,7 +28,8 @@ torch.set_num_threads(1)
 
 # fp32 (--no-bf16): the runs are compared to 1e-6, which bf16 autocast (native on some CPUs) would exceed
 SMALL = ["--no-bf16", "--batch-size", "8", "--latent-dim", "16", "--head-dim", "32", "--head-blocks", "1",
-         "--log-every", "2", "--ckpt-every", "2", "--threads", "1", "--no-progress", "--recon-samples", "4", "--probe-batch-size", "64"]
+         "--log-every", "2", "--ckpt-every", "2", "--threads", "1", "--no-progress", "--recon-samples", "4",
+         "--probe-batch-size", "64"]
 
 # Run by torchrun in the resume test: pretrain(cfg, until), then every rank saves the weights it holds.
 LAUNCHER = '''

@@ -157,9 +157,13 @@ def gap_closed(summary: dict[str, dict[str, float]], key: str, lower_is_better: 
     return ((lapo - mask) if lower_is_better else (mask - lapo)) / gap
 
 
-def format_gap(x: float) -> str:
-    """A `gap_closed` share as a percentage, or why there is none."""
-    return "n/a (the upper bound is not above LAPO)" if math.isnan(x) else f"{100 * x:.0f}%"
+def format_gaps(summary: dict[str, dict[str, float]]) -> str:
+    """MaskLAM's `gap_closed` in probe NMSE and in normalised return (ID), as percentages or why there is none."""
+    def pct(x: float) -> str:
+        return "n/a (the upper bound is not above LAPO)" if math.isnan(x) else f"{100 * x:.0f}%"
+
+    return (f"{pct(gap_closed(summary, 'probe_nmse', True))} in probe NMSE, "
+            f"{pct(gap_closed(summary, 'normalized_id', False))} in normalised return (ID)")
 
 
 def format_table(summary: dict[str, dict[str, float]]) -> str:
@@ -179,9 +183,7 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     if "probe_nmse" in lapo and "probe_nmse" in mask and mask["probe_nmse"] > 0:
         lines.append("")
         lines.append(f"MaskLAM vs LAPO, held-out probe NMSE: {lapo['probe_nmse'] / mask['probe_nmse']:.2f}x lower")
-        lines.append(f"gap to the distractor-free upper bound closed by MaskLAM: "
-                     f"{format_gap(gap_closed(summary, 'probe_nmse', True))} in probe NMSE, "
-                     f"{format_gap(gap_closed(summary, 'normalized_id', False))} in normalised return (ID)")
+        lines.append(f"gap to the distractor-free upper bound closed by MaskLAM: {format_gaps(summary)}")
     return "\n".join(lines)
 
 
