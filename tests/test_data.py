@@ -135,7 +135,12 @@ def test_windows_never_cross_trajectory_ends(tmp_path: Path) -> None:
         assert (last[:, 0] == traj).all() and (last[:, 1] == t + offset).all()
         prev = b[key][:, -2, 0, 0]
         assert (prev[:, 0] == traj).all() and (prev[:, 1] == np.maximum(t + offset - 1, 0)).all()
-    np.testing.assert_array_equal(b["mask_t1"], data.masks[b["index"] + 1])
+    np.testing.assert_array_equal(b["mask_t1"][:, -1], data.masks[b["index"] + 1])
+    # the masks mirror the frame stacks: every frame of obs_t / obs_tk has its own mask
+    start = data.traj_starts[traj]
+    np.testing.assert_array_equal(b["mask_t"][:, -2], data.masks[np.maximum(b["index"] - 1, start)])
+    np.testing.assert_array_equal(b["mask_tk"][:, -1], data.masks[b["index"] + b["k"]])
+    assert b["mask_t"].shape == b["obs_t"].shape[:-1]
     np.testing.assert_array_equal(b["action_t"], data.actions[b["index"]])
     assert (t == 0).any() and (b["obs_t"][t == 0, 0] == b["obs_t"][t == 0, 1]).all()  # first frame repeated
     # the reference sampler's off-by-one: the last start of a trajectory must still leave t+K inside it

@@ -141,7 +141,9 @@ def test_masklam_loss_is_mask_normalised_and_finite_on_empty_masks():
     pred, target = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
     w = torch.zeros(2, 4, 4)
     w[0, :2, :2] = 1.0  # sample 0: 4 agent pixels, error 1 each -> 1.0; sample 1: empty -> 0
-    assert weighted_mse(pred, target, w).item() == pytest.approx(0.5)
+    assert weighted_mse(pred, target, w, "sample").item() == pytest.approx(0.5)  # mean of 1.0 and 0
+    assert weighted_mse(pred, target, w, "batch").item() == pytest.approx(1.0)  # 12 / 12 over the batch
+    assert weighted_mse(pred, target, torch.zeros(2, 4, 4), "batch").item() == 0.0  # empty masks: finite
     model = make_model("masklam", mask_lambda=0.0)
     batch = make_batch(mask_frac=0.0)
     assert not batch["mask_t1"].any()

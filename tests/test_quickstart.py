@@ -4,23 +4,36 @@ import math
 
 import pytest
 
-from masklam.downstream.report import COLUMNS
-from masklam.quickstart import QuickstartConfig, format_table, gap_closed, run
+from masklam.downstream.experiment import RESULT_COLUMNS
+from masklam.quickstart import QuickstartConfig, format_table, gap_closed, run, summarize
 
 
 def test_gap_closed_and_table_arithmetic():
-    s = {"lapo": {"probe_nmse": 0.9, "normalized_id": 0.2, "probe_nmse_std": 0.0},
-         "masklam": {"probe_nmse": 0.6, "normalized_id": 0.5, "probe_nmse_std": 0.0},
-         "lapo-clean": {"probe_nmse": 0.5, "normalized_id": 0.6, "probe_nmse_std": 0.0}}
+    s = {"lapo": {"probe_nmse": 0.9, "return_id": 20.0, "recipe": "paper"},
+         "masklam": {"probe_nmse": 0.6, "return_id": 50.0, "return_id_sem": 4.0, "recipe": "paper"},
+         "lapo-clean": {"probe_nmse": 0.5, "return_id": 60.0, "recipe": "paper"}}
     assert gap_closed(s, "probe_nmse", True) == pytest.approx(0.75)
-    assert gap_closed(s, "normalized_id", False) == pytest.approx(0.75)
+    assert gap_closed(s, "return_id", False) == pytest.approx(0.75)
     table = format_table(s)
-    assert "1.50x lower" in table and "75% in probe NMSE" in table and "75% in normalised return" in table
+    assert "1.50x lower" in table and "75% in probe NMSE" in table and "75% in return (ID, raw)" in table
     assert table.index("lapo-clean") < table.index("masklam")
+    assert "50 ± 4" in table and table.count("paper") >= 3  # standard errors and recipes are printed
     # an upper bound below LAPO leaves no gap to close: not a percentage
-    s["lapo-clean"]["normalized_id"] = 0.1
-    assert math.isnan(gap_closed(s, "normalized_id", False))
-    assert "n/a (the upper bound is not above LAPO) in normalised return" in format_table(s)
+    s["lapo-clean"]["return_id"] = 10.0
+    assert math.isnan(gap_closed(s, "return_id", False))
+    assert "n/a (the upper bound is not above LAPO) in return" in format_table(s)
+
+
+def test_summarize_means_and_standard_errors_over_seeds():
+    rows = [dict(method="lapo", seed=seed, split="id", probe_nmse=p, recipe="paper", normalized_return=r / 100,
+                 expert_fraction=r / 700, **{"return": r, "return_sem": 1.0})
+            for seed, p, r in ((0, 0.9, 10.0), (1, 0.8, 20.0), (2, 0.7, 30.0))]
+    s = summarize(rows)["lapo"]
+    assert s["probe_nmse"] == pytest.approx(0.8) and s["return_id"] == pytest.approx(20.0)
+    assert s["return_id_sem"] == pytest.approx(10.0 / 3**0.5)  # std over seeds (ddof 1) / sqrt(3)
+    assert s["probe_nmse_sem"] == pytest.approx(0.1 / 3**0.5) and s["recipe"] == "paper"
+    one = summarize(rows[:1] * 4)["lapo"]  # one seed: the episodes' standard errors, pooled over rows
+    assert one["return_id_sem"] == pytest.approx(0.5)
 
 
 @pytest.mark.slow
@@ -29,7 +42,9 @@ def test_toy_quickstart_end_to_end(tmp_path, capsys):
     res = run(QuickstartConfig(preset="toy", out=out, progress=False))
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows and list(rows[0]) == COLUMNS
+    assert rows and list(rows[0]) == RESULT_COLUMNS
+    assert all(float(r["return_sem"]) >= 0 and r["recipe"] for r in rows)
+    assert {r["recipe"] for r in rows if r["method"] == "masklam"} == {res["recipe_label"]["masklam"]}
     got = {(r["method"], r["split"]) for r in rows}
     for method in ("lapo", "masklam"):
         assert {(method, "id"), (method, "ood")} <= got

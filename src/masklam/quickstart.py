@@ -46,8 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         latent_dims=[16],
         labels=[4, 16],
         collect=dict(episodes=80, steps=125, seed=0, workers=2, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", steps=1000, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3,
-                      mask_target=True),
+        pretrain=dict(preset="cpu-small", steps=1000, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
         bc=dict(steps=250, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
         idm=dict(steps=250, batch_size=64, lr=3e-4),
         decode=dict(steps=300, batch_size=256),
@@ -59,7 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         labels=[4, 16, 64],
         collect=dict(episodes=800, steps=125, seed=0, workers=14, action_noise=0.3, shadows=False, reflections=False),
         pretrain=dict(preset="cpu-small", steps=6000, batch_size=256, lr=3e-4, encoder_scale=4, head_dim=1024,
-                      frame_stack=3, mask_target=True),
+                      frame_stack=3),
         bc=dict(steps=4000, batch_size=256, lr=3e-4, encoder_scale=4, frame_stack=3),
         idm=dict(steps=3000, batch_size=256, lr=3e-4, encoder_scale=4),
         decode=dict(steps=2500, batch_size=512),
@@ -72,13 +71,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         labels=[1, 2],
         collect=dict(episodes=4, steps=24, seed=0, workers=1, action_noise=0.3, shadows=False, reflections=False),
         pretrain=dict(preset="cpu-small", steps=6, batch_size=8, head_dim=32, log_every=3, ckpt_every=3,
-                      recon_samples=2, heldout=0.25, mask_target=True),
+                      recon_samples=2, heldout=0.25),
         bc=dict(steps=4, batch_size=8, frame_stack=1, hidden=32, heldout=0.25),
         idm=dict(steps=4, batch_size=8, hidden=32),
         decode=dict(steps=20, batch_size=16, hidden=32, heldout=0.25),
         eval=dict(episodes=2, workers=0),
         env=dict(max_episode_steps=12),
     ),
+}
+
+
+# How the LAMs learn (PretrainConfig fields on top of the preset's), by name. `paper` is MaskLAM's authors'
+# code for every pixel LAM (masklam.train.config.RECIPES); `mask-target` is our variant of the paper's text
+# (MaskLAM reconstructs M*o_{t+1} at every pixel; LAPO as the preset has it); `paper+mask-target` is ours on
+# top of the authors' recipe. Measured against each other in docs/quickstart-science.md.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(recipe="paper"),
+    "paper+mask-target": dict(recipe="paper", mask_target=True),
+    "mask-target": dict(mask_target=True),
 }
 
 
@@ -93,6 +103,10 @@ class QuickstartConfig:
     """dm_control task with a shipped expert."""
     distractors: str = "laom"
     """distractor preset of the distracted dataset and of evaluation."""
+    recipe: Literal["paper", "paper+mask-target", "mask-target"] = "paper"
+    """how the LAMs learn: paper (MaskLAM's authors' code: frame stack 3, k in 1..9, mask input channel,
+    per-batch mask normalisation), paper+mask-target (ours on top: MaskLAM reconstructs M*o_{t+1}),
+    mask-target (ours on the papers' text)."""
     seeds: tuple[int, ...] = (0,)
     """training seeds (the data are collected once, with the preset's collection seed)."""
     out: Path = Path("runs/quickstart")
@@ -122,31 +136,56 @@ def experiment_config(cfg: QuickstartConfig):
         out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),
         labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
         data={cfg.task: {"collect": collect, "collect_clean": {**collect, "distractors": "none"}}},
-        pretrain=dict(p["pretrain"]), bc=dict(p["bc"]), idm=dict(p["idm"]), decode=dict(p["decode"]),
+        pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc=dict(p["bc"]), idm=dict(p["idm"]), decode=dict(p["decode"]),
         eval=dict(p["eval"]), env=dict(p.get("env", {})), device=device, progress=cfg.progress)
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per method, means over seeds (and label budgets): probe NMSE, ID/OOD return and normalised return."""
-    out: dict[str, dict[str, list[float]]] = {}
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: probe NMSE, raw / normalised / expert-fraction return per split, each a mean over seeds
+    (and label budgets) with its standard error, and the recipe.
+
+    Standard errors: over seeds (of each seed's mean) when there are 2 or more, else pooled from the
+    episodes' standard errors (`return_sem` of each row)."""
+    per: dict[str, dict[str, dict[int, list[float]]]] = {}
+    sems: dict[str, dict[str, list[float]]] = {}
+    recipes: dict[str, str] = {}
     for r in rows:
-        m = out.setdefault(r["method"], {})
-        if r["probe_nmse"] not in (None, "") and r["split"] == "id":
-            m.setdefault(f"probe_nmse/seed{r['seed']}", []).append(float(r["probe_nmse"]))
-        m.setdefault(f"return_{r['split']}", []).append(float(r["return"]))
-        m.setdefault(f"normalized_{r['split']}", []).append(float(r["normalized_return"]))
-    summary: dict[str, dict[str, float]] = {}
-    for method, vals in out.items():
-        s = {k: float(np.mean(v)) for k, v in vals.items()}
-        probes = [v for k, v in s.items() if k.startswith("probe_nmse/")]
-        if probes:
-            s["probe_nmse"], s["probe_nmse_std"] = float(np.mean(probes)), float(np.std(probes))
-        summary[method] = s
+        m, seed, split = r["method"], int(r["seed"]), r["split"]
+        recipes.setdefault(m, str(r.get("recipe", "-")))
+        vals = per.setdefault(m, {})
+        if r["probe_nmse"] not in (None, "") and split == "id":
+            vals.setdefault("probe_nmse", {}).setdefault(seed, []).append(float(r["probe_nmse"]))
+        for key, col in ((f"return_{split}", "return"), (f"normalized_{split}", "normalized_return"),
+                         (f"expert_{split}", "expert_fraction")):
+            if r.get(col) not in (None, ""):
+                vals.setdefault(key, {}).setdefault(seed, []).append(float(r[col]))
+        if r.get("return_sem") not in (None, ""):
+            sems.setdefault(m, {}).setdefault(split, []).append(float(r["return_sem"]))
+    summary: dict[str, dict[str, Any]] = {}
+    for m, vals in per.items():
+        s: dict[str, Any] = {"recipe": recipes[m]}
+        for key, by_seed in vals.items():
+            means = np.array([np.mean(v) for v in by_seed.values()])
+            s[key] = float(means.mean())
+            s[f"{key}_seeds"] = means.tolist()
+            if len(means) > 1:
+                s[f"{key}_sem"] = float(means.std(ddof=1) / np.sqrt(len(means)))
+            elif key.startswith("return_"):
+                e = np.asarray(sems.get(m, {}).get(key.removeprefix("return_"), []))
+                s[f"{key}_sem"] = float(np.sqrt(np.square(e).sum()) / len(e)) if len(e) else math.nan
+        if "return_id_sem" in s and "normalized_id" in s and s.get("return_id"):
+            for split in ("id", "ood"):  # the same relative error for the scaled figures of one seed
+                for key in (f"normalized_{split}", f"expert_{split}"):
+                    if key in s and f"{key}_sem" not in s and s.get(f"return_{split}"):
+                        s[f"{key}_sem"] = abs(s[key]) * s.get(f"return_{split}_sem", math.nan) / abs(s[f"return_{split}"])
+        summary[m] = s
     return summary
 
 
-def gap_closed(summary: dict[str, dict[str, float]], key: str, lower_is_better: bool) -> float:
-    """(LAPO - MaskLAM) / (LAPO - LAPO distractor-free) in `key`: the share of the distractors' damage undone."""
+def gap_closed(summary: dict[str, dict[str, Any]], key: str, lower_is_better: bool) -> float:
+    """(LAPO - MaskLAM) / (LAPO - LAPO distractor-free) in `key`: the share of the distractors' damage undone.
+
+    For returns use the raw `return_id`: the three methods are then on one scale (their normalisers differ)."""
     try:
         lapo, mask, clean = (summary[m][key] for m in ("lapo", "masklam", "lapo-clean"))
     except KeyError:
@@ -157,51 +196,59 @@ def gap_closed(summary: dict[str, dict[str, float]], key: str, lower_is_better: 
     return ((lapo - mask) if lower_is_better else (mask - lapo)) / gap
 
 
-def format_gaps(summary: dict[str, dict[str, float]]) -> str:
-    """MaskLAM's `gap_closed` in probe NMSE and in normalised return (ID), as percentages or why there is none."""
+def format_gaps(summary: dict[str, dict[str, Any]]) -> str:
+    """MaskLAM's `gap_closed` in probe NMSE and in raw return (ID), as percentages or why there is none."""
     def pct(x: float) -> str:
         return "n/a (the upper bound is not above LAPO)" if math.isnan(x) else f"{100 * x:.0f}%"
 
     return (f"{pct(gap_closed(summary, 'probe_nmse', True))} in probe NMSE, "
-            f"{pct(gap_closed(summary, 'normalized_id', False))} in normalised return (ID)")
+            f"{pct(gap_closed(summary, 'return_id', False))} in return (ID, raw)")
 
 
-def format_table(summary: dict[str, dict[str, float]]) -> str:
-    """The results table the quickstart prints (means over seeds and label budgets)."""
-    def f(x: float | None, nd: int = 3) -> str:
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The results table the quickstart prints: means over seeds and label budgets ± standard errors."""
+    def f(s: dict[str, Any], key: str, nd: int) -> str:
+        x, e = s.get(key), s.get(f"{key}_sem")
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "-"
+        return f"{x:.{nd}f}" if e is None or math.isnan(e) else f"{x:.{nd}f} ± {e:.{nd}f}"
 
-    head = f"{'method':<14}{'probe NMSE':>16}{'return ID':>11}{'norm ID':>9}{'return OOD':>12}{'norm OOD':>10}"
+    head = (f"{'method':<14}{'recipe':<22}{'probe NMSE':>15}{'return ID':>13}{'of expert':>13}{'norm ID':>13}"
+            f"{'return OOD':>13}{'norm OOD':>13}")
     lines = [head, "-" * len(head)]
     order = ["lapo-clean", "lapo", "masklam", "laom", "laom-sup", "bc", "idm", "bc-full", "bc-full-clean"]
     for m in sorted(summary, key=lambda k: order.index(k) if k in order else len(order)):
         s = summary[m]
-        probe = f"{f(s.get('probe_nmse'))} ± {f(s.get('probe_nmse_std'), 2)}" if "probe_nmse" in s else "-"
-        lines.append(f"{m:<14}{probe:>16}{f(s.get('return_id'), 0):>11}{f(s.get('normalized_id'), 2):>9}"
-                     f"{f(s.get('return_ood'), 0):>12}{f(s.get('normalized_ood'), 2):>10}")
+        lines.append(f"{m:<14}{s.get('recipe', '-'):<22}{f(s, 'probe_nmse', 3):>15}{f(s, 'return_id', 0):>13}"
+                     f"{f(s, 'expert_id', 2):>13}{f(s, 'normalized_id', 2):>13}{f(s, 'return_ood', 0):>13}"
+                     f"{f(s, 'normalized_ood', 2):>13}")
     lapo, mask = summary.get("lapo", {}), summary.get("masklam", {})
     if "probe_nmse" in lapo and "probe_nmse" in mask and mask["probe_nmse"] > 0:
         lines.append("")
         lines.append(f"MaskLAM vs LAPO, held-out probe NMSE: {lapo['probe_nmse'] / mask['probe_nmse']:.2f}x lower")
         lines.append(f"gap to the distractor-free upper bound closed by MaskLAM: {format_gaps(summary)}")
+    lines.append("norm = return / full-data BC's on the same data and videos (bc-full ID and OOD, bc-full-clean for "
+                 "lapo-clean); of expert = return / the shipped expert's; ± = standard error")
     return "\n".join(lines)
 
 
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run (or resume) the quickstart; returns {'rows', 'summary', 'table', 'seconds'}."""
-    from masklam.downstream.experiment import run_experiment
+    from masklam.downstream.experiment import recipe_label, run_experiment
 
     t0 = time.time()
     exp = experiment_config(cfg)
-    print(f"quickstart ({cfg.preset}): {cfg.task}, distractors {cfg.distractors}, methods {', '.join(exp.methods)}, "
+    print(f"quickstart ({cfg.preset}, recipe {cfg.recipe}): {cfg.task}, distractors {cfg.distractors}, "
+          f"methods {', '.join(exp.methods)}, "
           f"seeds {list(cfg.seeds)}, label budgets {exp.labels} -> {cfg.out}")
     rows = run_experiment(exp, render=True)
     summary = summarize(rows)
     table = format_table(summary)
     seconds = time.time() - t0
-    result = {"preset": cfg.preset, "seconds": seconds, "summary": summary,
+    result = {"preset": cfg.preset, "recipe": cfg.recipe, "seconds": seconds, "summary": summary,
+              "recipe_label": {m: recipe_label(m, exp.pretrain) for m in exp.methods},
               "gap_closed_probe": gap_closed(summary, "probe_nmse", True),
-              "gap_closed_return_id": gap_closed(summary, "normalized_id", False)}
+              "gap_closed_return_id": gap_closed(summary, "return_id", False)}
     (cfg.out / "quickstart.json").write_text(json.dumps(result, indent=1) + "\n")
     (cfg.out / "table.txt").write_text(table + "\n")
     print("\n" + table)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from masklam.data.hdf5 import (FORMAT_VERSION, Trajectory, check_attrs, open_file, plain, read_layout,
                                trajectory_names, write_trajectory)
 from masklam.errors import MasklamError
+from masklam.seeding import stream_rng, stream_seed
 
 Policy = Callable[[np.ndarray], np.ndarray]  # (S,) float32 state -> (A,) action
 
@@ -106,8 +107,8 @@ class CollectResult:
 
 
 def episode_seed(seed: int, index: int) -> int:
-    """The environment seed of trajectory ``index``: a function of (seed, index) only."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    """The environment seed of trajectory ``index``: the `collect` stream of (seed, index) (masklam.seeding)."""
+    return stream_seed("collect", seed, index)
 
 
 class SmoothRandomPolicy:
@@ -231,7 +232,7 @@ def _collect_one(index: int) -> tuple[int, float]:
         raise _WORKER["error"]
     cfg: CollectConfig = _WORKER["cfg"]
     seed = episode_seed(cfg.seed, index)
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, 1]))
+    rng = stream_rng("action_noise", cfg.seed, index)
     if cfg.policy == "expert":
         policy = _WORKER["expert"]
         if cfg.action_noise > 0:

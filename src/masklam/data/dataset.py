@@ -239,10 +239,14 @@ class WindowSampler:
         within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         return first + within, first
 
-    def _stack(self, end: np.ndarray, first: np.ndarray) -> np.ndarray:
-        """(B,) flat frame rows -> (B, F, H, W, 3) uint8 stacks ending there, clamped at trajectory starts."""
+    def _rows(self, end: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """(B,) flat frame rows -> (B, F) rows of the stacks ending there, clamped at trajectory starts."""
         rows = end[:, None] + np.arange(1 - self.frame_stack, 1)[None, :]  # (B, F)
-        return self.data.obs[np.maximum(rows, first[:, None])]
+        return np.maximum(rows, first[:, None])
+
+    def _stack(self, end: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """(B,) flat frame rows -> (B, F, H, W, 3) uint8 stacks ending there."""
+        return self.data.obs[self._rows(end, first)]
 
     def _gather(self, t: np.ndarray, first: np.ndarray, k: np.ndarray) -> dict[str, np.ndarray]:
         batch = {
@@ -254,10 +258,10 @@ class WindowSampler:
             "state_t": self.data.states[t],  # (B, S)
             "index": t,  # (B,) flat frame rows, for relabelling
         }
-        if self.masks is not None:
-            batch["mask_t"] = self.masks[t]  # (B, H, W) bool
-            batch["mask_t1"] = self.masks[t + 1]
-            batch["mask_tk"] = self.masks[t + k]
+        if self.masks is not None:  # the agent masks of every frame of each stack: (B, F, H, W) bool
+            batch["mask_t"] = self.masks[self._rows(t, first)]
+            batch["mask_t1"] = self.masks[self._rows(t + 1, first)]
+            batch["mask_tk"] = self.masks[self._rows(t + k, first)]
         return batch
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -198,6 +198,18 @@ def env_meta_of(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     return env
 
 
+def lam_mask_key(lam_dir: str | Path | None) -> str | None:
+    """The dataset key of the agent masks a LAM reads as input (None when it takes none): labelling with a
+    mask-channel LAM needs the same masks it was trained with."""
+    if lam_dir is None:
+        return None
+    try:
+        cfg = json.loads((Path(lam_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MasklamError(f"cannot read {Path(lam_dir) / 'config.json'}: {e}") from None
+    return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
+
+
 def lam_frame_stack(lam: nn.Module) -> int:
     """The frame stack a LAM was trained with (attribute or config field; 1 if it records none)."""
     for obj in (lam, getattr(lam, "cfg", None), getattr(lam, "config", None)):
@@ -218,14 +230,10 @@ def make_target_fn(cfg: BCConfig, img_hw: int) -> tuple[Callable[[dict[str, np.n
         f = lam_frame_stack(lam)
 
         @torch.no_grad()
-        def latent(b: dict[str, np.ndarray]) -> torch.Tensor:
-            z = lam.latent(torch.from_numpy(b["obs_t"][:, -f:]).to(cfg.device),
-                           torch.from_numpy(b["obs_t1"][:, -f:]).to(cfg.device))  # (B, D)
-            return z.float()
+        def latent(b: dict[str, np.ndarray]) -> torch.Tensor:  # the LAM's k = 1 label (with masks if it takes them)
+            return lam.label({k: b[k][:, -f:] for k in ("obs_t", "obs_t1", "mask_t", "mask_t1") if k in b}).float()
 
-        probe = {"obs_t": np.zeros((1, f, img_hw, img_hw, 3), np.uint8)}
-        probe["obs_t1"] = probe["obs_t"]
-        return latent, int(latent(probe).shape[-1]), f
+        return latent, lam.latent_dim, f
     if cfg.target == "idm":
         idm = ImagePolicy.from_pretrained(cfg.idm, cfg.device)
         f = idm.frame_stack
@@ -261,7 +269,8 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     """Train (or resume) the configured policy; writes cfg.out/{model.safetensors,config.json,metrics.json}."""
     from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
 
-    data = load_dataset(list(cfg.data), progress=progress)
+    mask_key = lam_mask_key(cfg.lam) if cfg.target == "latent" else None
+    data = load_dataset(list(cfg.data), mask_key=mask_key, progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     if cfg.labels is not None:
         train_ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
@@ -269,7 +278,7 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     target_fn, out_dim, target_frames = make_target_fn(cfg, img_hw)
     out_dim = data.action_dim if out_dim < 0 else out_dim
     frames = max(cfg.frame_stack, target_frames)
-    sampler = WindowSampler(data, train_ids, frame_stack=frames, max_offset=1)
+    sampler = WindowSampler(data, train_ids, frame_stack=frames, max_offset=1, need_masks=mask_key is not None)
     mean = std = None
     if cfg.target == "latent" and cfg.standardize:
         raw_fn, (mean, std) = target_fn, latent_stats(target_fn, sampler, np.random.default_rng([cfg.seed, 2]))
@@ -317,7 +326,7 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     model.eval()
     metrics = {"train/mse": float(loss.item()), "train/steps": step}
     if len(heldout_ids):
-        metrics["eval/heldout_mse"] = heldout_mse(model, data, heldout_ids, target_fn, frames, cfg)
+        metrics["eval/heldout_mse"] = heldout_mse(model, data, heldout_ids, target_fn, frames, cfg, mask_key is not None)
     model.save_pretrained(cfg.out)
     (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -325,18 +334,18 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
 
 @torch.no_grad()
 def heldout_mse(model: ImagePolicy, data: Any, ids: np.ndarray, target_fn: Callable, frames: int,
-                cfg: BCConfig, max_batches: int = 8) -> float:
-    """Mean squared error of the model's prediction vs its target on held-out trajectories."""
+                cfg: BCConfig, need_masks: bool = False) -> float:
+    """Mean squared error of the model's prediction vs its target over every window of the held-out trajectories."""
     from masklam.data import WindowSampler
 
-    sampler = WindowSampler(data, ids, frame_stack=frames, max_offset=1)
-    errs = []
-    for i, b in enumerate(sampler.all_windows(cfg.batch_size, k=1)):
-        if i >= max_batches:
-            break
+    sampler = WindowSampler(data, ids, frame_stack=frames, max_offset=1, need_masks=need_masks)
+    sse, n = 0.0, 0
+    for b in sampler.all_windows(cfg.batch_size, k=1):
         batch = _batch(b, target_fn(b), cfg.frame_stack, cfg.pair_input)
-        errs.append(float(model(batch)[0]))
-    return float(np.mean(errs)) if errs else float("nan")
+        pred = model.predict(batch["obs"], batch.get("obs_next")).float()
+        sse += float((pred - batch["target"].to(pred.device)).square().sum())
+        n += pred.numel()
+    return sse / n if n else float("nan")
 
 
 def load_policy(policy_dir: str | Path, decoder_dir: str | Path | None = None, device: str = "cpu") -> Any:

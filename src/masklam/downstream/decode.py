@@ -153,7 +153,7 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
                                cfg.seed, progress)
     metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z)}
     if len(heldout_ids):
-        zh, ah = policy_latents(policy, data, heldout_ids[:8], cfg.batch_size)
+        zh, ah = policy_latents(policy, data, heldout_ids, cfg.batch_size)  # every held-out transition
         with torch.no_grad():
             pred = decoder(zh.to(cfg.device)).clamp(-1, 1).cpu()
         metrics["decode/heldout_mse"] = float(nn.functional.mse_loss(pred, ah))

@@ -2,7 +2,8 @@
 
 Each of W worker processes owns one environment; the parent gathers every worker's observation,
 keeps the frame stacks, runs the policy once on the whole batch and sends each worker its action.
-Episode i is reset with a seed derived from (seed, i) only, so returns do not depend on W.
+Episode i is reset with a seed derived from (seed, i) only, so returns do not depend on W, and drawn from
+the `eval` seed stream, so no evaluation episode replays a collected trajectory (masklam.seeding).
 W = 0 runs one environment in this process with batch-1 inference (the reference protocol).
 In-distribution = the training video split; out-of-distribution = `video_split="eval"`.
 """
@@ -22,6 +23,7 @@ import tyro
 from tqdm import tqdm
 
 from masklam.errors import MasklamError
+from masklam.seeding import stream_seed
 
 
 class Policy(Protocol):
@@ -64,8 +66,9 @@ class EvalResult:
 
 
 def episode_seed(seed: int, episode: int) -> int:
-    """The reset seed of episode `episode` of an evaluation seeded with `seed`."""
-    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+    """The reset seed of episode `episode` of an evaluation seeded with `seed`: the `eval` stream
+    (masklam.seeding), never the seed of a collected trajectory, whatever the two seeds."""
+    return stream_seed("eval", seed, episode)
 
 
 def normalized_return(mean_return: float, normalizer: float | None) -> float | None:
@@ -229,8 +232,10 @@ class EvaluateConfig:
     """evaluation seed; episode i is reset with a seed derived from (seed, i)"""
     splits: tuple[str, ...] = ("id", "ood")
     """'id' = training distractor videos, 'ood' = the evaluation video split"""
-    normalizer: float | None = None
-    """full-data BC return for the normalised return (same protocol and distractors)"""
+    normalizer_id: float | None = None
+    """full-data BC return on the training videos, the normaliser of the 'id' split"""
+    normalizer_ood: float | None = None
+    """the same BC policy's return on the held-out videos, the normaliser of the 'ood' split"""
     max_episode_steps: int | None = None
     """shorter episodes (tests, smoke runs); default: the task's length"""
     out: Path | None = None
@@ -268,11 +273,14 @@ def main(argv: list[str]) -> int:
     results = {}
     for split in cfg.splits:
         spec = env_spec(policy.env_meta, split, cfg.task, cfg.max_episode_steps)
-        res = evaluate(policy, spec, cfg.episodes, cfg.seed, cfg.workers, cfg.normalizer, desc=f"eval {split}")
+        normalizer = cfg.normalizer_id if split == "id" else cfg.normalizer_ood
+        res = evaluate(policy, spec, cfg.episodes, cfg.seed, cfg.workers, normalizer, desc=f"eval {split}")
         results[split] = res.as_dict()
         norm = "" if res.normalized is None else f", normalised {res.normalized:.3f}"
-        print(f"{split}: return {res.mean:.1f} ± {res.std:.1f} over {cfg.episodes} episodes{norm}")
+        sem = res.std * np.sqrt(cfg.episodes / max(cfg.episodes - 1, 1)) / np.sqrt(cfg.episodes)
+        print(f"{split}: return {res.mean:.1f} ± {sem:.1f} (standard error) over {cfg.episodes} episodes{norm}")
     out = cfg.out or ((cfg.decoder or cfg.policy) / "eval.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
     return 0

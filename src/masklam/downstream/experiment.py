@@ -12,7 +12,11 @@ except laom-sup, which trains one per budget. Methods:
 - `bc-full` (always): BC on all data with true actions, the normaliser (`bc-full-clean` for lapo-clean).
 
 Writes `OUT/results.csv` (`method, task, latent_dim, labels, seed, split, probe_nmse, return,
-normalized_return`) and `OUT/experiment.json`, then renders the report. A config, e.g. `sweep.toml`:
+normalized_return, recipe, return_sem, expert_fraction`) and `OUT/experiment.json`, then renders the
+report. `normalized_return` divides by full-data BC on the same data and split (bc-full on the training
+videos for `id`, the same policy on the held-out videos for `ood`, bc-full-clean for lapo-clean);
+`return_sem` is the standard error over the row's episodes; `expert_fraction` is the return over the
+shipped expert's measured return. A config, e.g. `sweep.toml`:
 
     out = "runs/sweep"
     tasks = ["cheetah-run"]
@@ -46,6 +50,10 @@ import tyro
 
 from masklam.downstream.report import COLUMNS
 from masklam.errors import MasklamError
+
+RESULT_COLUMNS = COLUMNS + ["recipe", "return_sem", "expert_fraction"]
+"""results.csv: the columns the report needs, then the recipe of the row's LAM ('-' without one), the
+standard error of the return over the row's episodes, and the return as a fraction of the expert's."""
 
 LAM_METHODS = ("lapo", "masklam", "laom", "laom-sup", "lapo-clean")
 METHODS = LAM_METHODS + ("bc", "idm")
@@ -132,8 +140,10 @@ def _fingerprint(paths: Any) -> list[Any]:
 
 # Bump a kind's version when its code changes what it computes for the same config, so cached results of
 # the old code are not reused. Version 1 is left out of the hash: stages that never changed keep their caches.
-# bc 2: latent targets standardised per dimension; bc 3, pretrain 2: bf16 autocast on CPUs with native bf16
-STAGE_VERSIONS = {"bc": 3, "pretrain": 2}
+# bc 2: latent targets standardised per dimension; bc 3, pretrain 2: bf16 autocast on CPUs with native bf16;
+# pretrain 3: the probe's ridge chosen by cross-validation; evaluate 2: episodes from the `eval` seed stream;
+# bc 4, decode 2: held-out errors over every held-out window
+STAGE_VERSIONS = {"bc": 4, "pretrain": 3, "evaluate": 2, "decode": 2}
 
 
 def stage_key(kind: str, config: dict[str, Any]) -> str:
@@ -298,7 +308,9 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
         for split in (cfg.splits if variant == "train" else ["id"]):
             res = eval_stage(root, policy, decoder, split, cfg.env, opts, prog)
             raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
-                        "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant})
+                        "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
+                        "recipe": recipe_label(method, cfg.pretrain), "return_sem": sem(res["returns"]),
+                        "expert_fraction": res["mean"] / expert_return(task)})
 
     for task in cfg.tasks:
         for seed in cfg.seeds:
@@ -350,6 +362,32 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
     return rows
 
 
+def recipe_label(method: str, pretrain: dict[str, Any]) -> str:
+    """How a row's LAM was trained, for results.csv: the recipe, plus our variants' options ('-' without a LAM)."""
+    if method not in LAM_METHODS:
+        return "-"
+    label = str(pretrain.get("recipe", "default"))
+    if method == "masklam" and pretrain.get("mask_target"):
+        label += "+mask-target"
+    if pretrain.get("mask_channel") is not None and method in ("lapo", "lapo-clean", "masklam"):
+        label += "+mask-channel" if pretrain["mask_channel"] else "-mask-channel"
+    return label
+
+
+def sem(values: list[float]) -> float:
+    """Standard error of the mean (sample std / sqrt n); 0 for a single value."""
+    v = np.asarray(values, np.float64)
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def expert_return(task: str) -> float:
+    """The shipped expert's measured mean return for `task` (nan when there is none)."""
+    from masklam.experts.policy import SHIPPED_DIR
+
+    f = SHIPPED_DIR / f"{task}.json"
+    return float(json.loads(f.read_text()).get("mean_return_10", np.nan)) if f.is_file() else float("nan")
+
+
 def normalize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add normalized_return: return / mean full-data BC return (over seeds) of the same task, split, data."""
     ref: dict[tuple, list[float]] = {}
@@ -366,13 +404,13 @@ def normalize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    """results.csv with the fixed columns; empty cells for missing probe NMSE."""
+    """results.csv with the fixed columns (RESULT_COLUMNS); empty cells for missing values."""
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         w.writeheader()
         for r in rows:
-            w.writerow({c: ("" if r[c] is None else r[c]) for c in COLUMNS})
+            w.writerow({c: ("" if r.get(c) is None else r[c]) for c in RESULT_COLUMNS})
     tmp.replace(path)
 
 

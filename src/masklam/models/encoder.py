@@ -16,15 +16,16 @@ BASE_CHANNELS: tuple[int, int, int] = (16, 32, 32)
 
 
 def frames_to_tensor(x: torch.Tensor | np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
-    """(B, F, H, W, 3) uint8 frame stacks -> (B, 3F, H, W) float32 in [0, 1] (channels_last memory).
+    """(B, F, H, W, C) uint8 frame stacks, C = 3 (RGB) or 4 (RGB + agent mask) -> (B, CF, H, W) float32 in
+    [0, 1] (channels_last memory).
 
-    Channel order is frame-major: channel f*3 + c is colour c of frame f (the oldest frame first).
+    Channel order is frame-major: channel f*C + c is channel c of frame f (the oldest frame first).
     The uint8 tensor is moved to `device` before conversion (4x less traffic than float).
     """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
-    if x.dim() != 5 or x.shape[-1] != 3:
-        raise MasklamError(f"frames must be (B, F, H, W, 3), got shape {tuple(x.shape)}")
+    if x.dim() != 5 or x.shape[-1] not in (3, 4):
+        raise MasklamError(f"frames must be (B, F, H, W, 3) (or 4 with a mask channel), got shape {tuple(x.shape)}")
     if device is not None:
         x = x.to(device, non_blocking=True)
     b, f, h, w, c = x.shape
@@ -32,6 +33,16 @@ def frames_to_tensor(x: torch.Tensor | np.ndarray, device: torch.device | str | 
     if x.dtype == torch.uint8:
         return x.float().div_(255.0)
     return x.float()
+
+
+def append_mask_channel(frames: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(B, F, H, W, 3) uint8 frames and (B, F, H, W) bool agent masks -> (B, F, H, W, 4) uint8, the mask as a
+    4th channel of every frame (255 on the agent, 0 elsewhere), as MaskLAM's authors feed their models."""
+    frames, masks = torch.as_tensor(frames), torch.as_tensor(masks)
+    if masks.shape != frames.shape[:-1]:
+        raise MasklamError(f"masks {tuple(masks.shape)} do not match frames {tuple(frames.shape)}")
+    m = masks.to(device=frames.device, dtype=torch.uint8).mul_(255)[..., None]  # (B, F, H, W, 1)
+    return torch.cat([frames, m], dim=-1)
 
 
 class ResidualBlock(nn.Module):

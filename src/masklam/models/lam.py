@@ -3,15 +3,18 @@
 - `PixelLAM` ("lapo", "masklam"): IDM = ResNet on (o_t, o_{t+k}) -> linear -> latent; FDM = ResNet on
   o_t, joined with the latent, transposed-conv decoder -> o_{t+1}; pixel MSE. MaskLAM is the same
   model with the per-pixel error weighted by the (dilated) agent mask of o_{t+1}, background weight
-  `mask_lambda`, normalised by the weighted area. LAPO passes weight 1 through the same function,
-  so `mask_lambda = 1` reproduces LAPO's loss bit for bit.
+  `mask_lambda`, normalised by the weighted area (once per batch, as the authors' code; or per sample).
+  LAPO passes weight 1 through the same function, so `mask_lambda = 1` reproduces LAPO's loss bit for
+  bit. With `mask_channel` (the authors' default for MaskLAM; an ablation for LAPO) the agent mask is
+  a 4th input channel of every frame the IDM and the FDM see, so labelling latents needs masks too.
 - `LatentSpaceLAM` ("laom", "laom-sup"): one shared ResNet encoder; IDM and FDM are residual MLPs;
   the FDM predicts the embedding of o_{t+1} from the *detached* embedding of o_t and the latent,
   against an EMA target encoder (or a stop-grad of the online encoder); augmentations during
   training; "laom-sup" adds a linear head latent -> true action on a labeled batch.
 
 Every model: `forward(batch) -> (loss, info)` where batch holds `obs_t, obs_t1, obs_tk (B,F,H,W,3) uint8`
-(or float (B,3F,H,W)), optional `mask_t1 (B,H,W)`, `action_t (B,A)`, `state_t (B,S)`, and for
+(or float (B,3F,H,W)), optional masks `mask_t, mask_t1, mask_tk (B,F,H,W) bool` (the stacks' agent masks;
+MaskLAM's loss reads the newest of mask_t1), `action_t (B,A)`, `state_t (B,S)`, and for
 "laom-sup" `labeled` (a dict with `obs_t, obs_tk, action_t`). Online probes (linear maps on detached
 latents / embeddings) are trained through the same loss and never affect the LAM.
 """
@@ -29,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from masklam.errors import MasklamError
-from masklam.models.encoder import ConvDecoder, ImpalaEncoder, frames_to_tensor
+from masklam.models.encoder import ConvDecoder, ImpalaEncoder, append_mask_channel, frames_to_tensor
 from masklam.models.fsq import FSQ
 from masklam.models.heads import ResidualMLP
 
@@ -55,6 +58,8 @@ class LAMConfig:
     mask_lambda: float = 0.0
     mask_dilation: int = 0
     mask_target: bool = False
+    mask_channel: bool = False
+    mask_norm: str = "batch"
     target: str = "ema"
     target_tau: float = 0.001
     aug: bool = False
@@ -66,21 +71,30 @@ class LAMConfig:
             raise MasklamError(f"unknown method {self.method!r}; one of {', '.join(METHODS)}")
         if not 0.0 <= self.mask_lambda <= 1.0:
             raise MasklamError(f"mask_lambda must be in [0, 1], got {self.mask_lambda}")
+        if self.mask_norm not in ("batch", "sample"):
+            raise MasklamError(f"mask_norm must be 'batch' or 'sample', got {self.mask_norm!r}")
+        if self.mask_channel and self.method not in ("lapo", "masklam"):
+            raise MasklamError(f"the mask input channel is for pixel LAMs (lapo, masklam), not {self.method}")
         if self.target not in ("ema", "stopgrad"):
             raise MasklamError(f"target must be 'ema' or 'stopgrad', got {self.target!r}")
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
 
 
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-sample sum of w * (pred - target)^2 over (C, H, W) / (C * sum of w), averaged over the batch.
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, norm: str = "batch") -> torch.Tensor:
+    """Sum of w * (pred - target)^2 over (C, H, W) / (C * sum of w), normalised once per batch or per sample.
 
-    pred, target: (B, C, H, W); weight: (B, H, W). A sample whose weights sum to 0 contributes 0
-    (the denominator is clamped at 1), so an empty mask gives a finite loss.
+    pred, target: (B, C, H, W); weight: (B, H, W). norm "batch" (MaskLAM's authors): the whole batch's
+    weighted error over the whole batch's weight, so a sample counts in proportion to its mask's area;
+    "sample": each sample's own ratio, then the mean, so a small mask counts as much as a large one.
+    The denominators are clamped at 1, so an empty mask gives a finite loss (a sample with an empty mask
+    contributes 0).
     """
     c = pred.shape[1]
     num = (weight[:, None] * (pred - target).square()).sum(dim=(1, 2, 3))  # (B,)
-    den = (weight.sum(dim=(1, 2)) * c).clamp_min(1.0)  # (B,)
-    return (num / den).mean()
+    den = weight.sum(dim=(1, 2)) * c  # (B,)
+    if norm == "batch":
+        return num.sum() / den.sum().clamp_min(1.0)
+    return (num / den.clamp_min(1.0)).mean()
 
 
 def mask_weights(mask: torch.Tensor, background: float, dilation: int = 0) -> torch.Tensor:
@@ -112,11 +126,27 @@ class LatentActionModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def needs_masks(self) -> bool:
+        """True when the model's inputs carry the agent mask as a channel (labelling needs masks then)."""
+        return bool(self.cfg.mask_channel)
+
     def frames(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 (B, F, H, W, 3) or float (B, 3F, H, W) -> float (B, 3F, H, W) on the model's device."""
         if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point():
             return x.to(self.device)
         return frames_to_tensor(x, self.device)
+
+    def inputs(self, x: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """A frame stack as the IDM/FDM see it: (B, F, H, W, 3) uint8 [+ (B, F, H, W) bool masks]
+        -> (B, CF, H, W) float, C = 4 with the mask channel, else 3."""
+        if not self.cfg.mask_channel:
+            return self.frames(x)
+        if mask is None:
+            raise MasklamError("this LAM takes the agent mask as an input channel (mask_channel): its latents "
+                               "need the agent masks of both frame stacks")
+        x = torch.as_tensor(x).to(self.device)
+        return frames_to_tensor(append_mask_channel(x, torch.as_tensor(mask).to(self.device)), self.device)
 
     def _quantize(self, z: torch.Tensor) -> torch.Tensor:
         return self.quantizer(z) if self.quantizer is not None else z
@@ -135,9 +165,16 @@ class LatentActionModel(nn.Module):
         raise NotImplementedError
 
     # --- shared -----------------------------------------------------------------------------
-    def latent(self, obs_t: torch.Tensor | np.ndarray, obs_tk: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Latent action for (o_t, o_{t+k}) frame stacks -> (B, latent_dim)."""
-        return self.latent_from_tensors(self.frames(obs_t), self.frames(obs_tk))
+    def latent(self, obs_t: torch.Tensor | np.ndarray, obs_tk: torch.Tensor | np.ndarray,
+               mask_t: torch.Tensor | np.ndarray | None = None, mask_tk: torch.Tensor | np.ndarray | None = None,
+               ) -> torch.Tensor:
+        """Latent action for (o_t, o_{t+k}) frame stacks (and their masks, with the mask channel) -> (B, latent_dim)."""
+        return self.latent_from_tensors(self.inputs(obs_t, mask_t), self.inputs(obs_tk, mask_tk))
+
+    def label(self, windows: Batch) -> torch.Tensor:
+        """The latent action of each window's one-step transition (o_t, o_{t+1}), k = 1 whatever the
+        training offsets: what probes and latent BC regress. windows: a WindowSampler batch -> (B, D)."""
+        return self.latent(windows["obs_t"], windows["obs_t1"], windows.get("mask_t"), windows.get("mask_t1"))
 
     def embed(self, obs_t: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Observation embedding of a frame stack -> (B, embed_dim)."""
@@ -206,7 +243,7 @@ class PixelLAM(LatentActionModel):
 
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__(cfg)
-        c = 3 * cfg.frame_stack
+        c = (4 if cfg.mask_channel else 3) * cfg.frame_stack  # input channels of one frame stack
         self.idm_encoder = ImpalaEncoder(2 * c, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
         self.idm_head = nn.Linear(self.idm_encoder.flat_dim, cfg.latent_dim)
         self.fdm_encoder = ImpalaEncoder(c, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
@@ -228,13 +265,16 @@ class PixelLAM(LatentActionModel):
         zmap = self.latent_to_map(z).view_as(fmap)
         return self.decoder(torch.cat([fmap, zmap], dim=1)), fmap.flatten(1)
 
-    def predict_next(self, obs_t: torch.Tensor | np.ndarray, obs_tk: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Frame stacks -> the FDM's prediction of o_{t+1}, (B, 3, H, W) float."""
-        x_t = self.frames(obs_t)
-        return self.predict_from_tensors(x_t, self.latent_from_tensors(x_t, self.frames(obs_tk)))[0]
+    def predict_next(self, obs_t: torch.Tensor | np.ndarray, obs_tk: torch.Tensor | np.ndarray,
+                     mask_t: torch.Tensor | np.ndarray | None = None,
+                     mask_tk: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """Frame stacks (and masks) -> the FDM's prediction of o_{t+1}, (B, 3, H, W) float."""
+        x_t = self.inputs(obs_t, mask_t)
+        return self.predict_from_tensors(x_t, self.latent_from_tensors(x_t, self.inputs(obs_tk, mask_tk)))[0]
 
     def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
-        x_t, x_tk = self.frames(batch["obs_t"]), self.frames(batch["obs_tk"])
+        x_t = self.inputs(batch["obs_t"], batch.get("mask_t"))
+        x_tk = self.inputs(batch["obs_tk"], batch.get("mask_tk"))
         target = self.frames(batch["obs_t1"])[:, -3:]  # (B, 3, H, W): the newest frame, o_{t+1}
         z = self.latent_from_tensors(x_t, x_tk)
         pred, emb = self.predict_from_tensors(x_t, z)
@@ -244,14 +284,18 @@ class PixelLAM(LatentActionModel):
         if self.cfg.method == "masklam":
             if "mask_t1" not in batch:
                 raise MasklamError("masklam needs the agent mask of o_{t+1} (batch key 'mask_t1')")
-            mask = torch.as_tensor(batch["mask_t1"], device=target.device)  # (B, H, W) bool
+            mask = torch.as_tensor(batch["mask_t1"], device=target.device)  # (B, F, H, W) or (B, H, W) bool
+            mask = mask[:, -1] if mask.dim() == 4 else mask  # (B, H, W): the mask of o_{t+1}
             weight = mask_weights(mask, self.cfg.mask_lambda, self.cfg.mask_dilation)
             info["train/mask_frac"] = (weight == 1).float().mean()
             if self.cfg.mask_target:  # reconstruct weight * o_{t+1} (background black) over every pixel
                 target, weight = target * weight[:, None], torch.ones_like(weight)
         else:
             weight = torch.ones(b, h, w, device=target.device)
-        loss = weighted_mse(pred, target, weight)
+        # With uniform weights (LAPO, mask_target) both normalisations are the same number; the per-sample
+        # form keeps those losses bit-identical to earlier versions.
+        uniform = self.cfg.method != "masklam" or self.cfg.mask_target
+        loss = weighted_mse(pred, target, weight, "sample" if uniform else self.cfg.mask_norm)
         info["train/recon_mse"] = F.mse_loss(pred.detach(), target)
         return loss, info, z, emb
 

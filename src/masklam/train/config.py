@@ -1,8 +1,10 @@
 """PretrainConfig: every knob of `masklam pretrain`, with presets and per-method defaults.
 
-Fields left at None are filled in `__post_init__`, first from the method's defaults (frame stack,
-window offset, augmentation, target), then from the preset (`cpu-small`: learns in minutes on two
-CPU cores; `paper`: the papers' hyper-parameters). Any field given on the command line wins.
+Fields left at None are filled in `__post_init__`, first from the recipe (`paper`: what MaskLAM's
+authors' code sets for lapo and masklam), then from the method's defaults (frame stack, window offset,
+augmentation, target), then from the preset (`cpu-small`: learns in minutes on two CPU cores; `paper`:
+the papers' hyper-parameters). Any field given on the command line wins. A recipe fixes how a method
+learns (inputs, offsets, loss, optimiser); a preset fixes its scale (steps, batch, widths, latent size).
 """
 from __future__ import annotations
 
@@ -29,7 +31,23 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "laom": dict(frame_stack=3, max_offset=10, aug=True, target="ema"),
     "laom-sup": dict(frame_stack=3, max_offset=10, aug=True, target="stopgrad"),
 }
+# MaskLAM's authors' training code (../shared/reference/facts.md, section 9): LAPO and MaskLAM alike see
+# frame stacks of 3 with the IDM's future stack at t+k, k uniform in 1..9 (the FDM always predicts o_{t+1});
+# AdamW with a cosine schedule; MaskLAM appends the agent mask as a 4th input channel of every frame and
+# normalises its masked error once per batch. AdamW's decay is not stated there: 0.01 is torch's default,
+# which a plain `AdamW(params, lr)` uses. LAOM's recipe is its own paper's (the method defaults).
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "paper": {
+        "lapo": dict(frame_stack=3, max_offset=9, optimizer="adamw", weight_decay=0.01, schedule="cosine",
+                     mask_channel=False),
+        "masklam": dict(frame_stack=3, max_offset=9, optimizer="adamw", weight_decay=0.01, schedule="cosine",
+                        mask_channel=True, mask_norm="batch"),
+    },
+}
 # Fields that may change between an interrupted run and its resumption.
+# Values of the fields no preset, method or recipe sets.
+FALLBACKS: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, mask_channel=False, mask_norm="batch")
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
                                "wandb_project", "probe_batch_size", "progress", "threads"})
 
@@ -46,6 +64,10 @@ class PretrainConfig:
     """run directory; an interrupted run in it resumes"""
     preset: Literal["cpu-small", "paper"] = "cpu-small"
     """defaults for the fields left unset: cpu-small (minutes on 2 CPU cores) or paper (the papers' values)"""
+    recipe: Literal["default", "paper"] = "default"
+    """how lapo/masklam learn: default (the papers' text: frame stack 1, k = 1, Adam) or paper (MaskLAM's
+    authors' code: frame stack 3, k in 1..9, AdamW + cosine, mask input channel and per-batch mask
+    normalisation for masklam); fields given explicitly win"""
 
     steps: int | None = None
     """optimisation steps (default: preset; paper derives them from --epochs)"""
@@ -54,9 +76,11 @@ class PretrainConfig:
     batch_size: int | None = None
     """windows per step"""
     lr: float | None = None
-    """Adam learning rate"""
-    weight_decay: float = 0.0
-    """Adam weight decay"""
+    """learning rate"""
+    optimizer: Literal["adam", "adamw"] | None = None
+    """adam (default) or adamw (decoupled weight decay; the paper recipe)"""
+    weight_decay: float | None = None
+    """weight decay (default 0; 0.01 with the paper recipe)"""
     warmup_frac: float | None = None
     """fraction of the steps with a linear learning-rate warm-up"""
     schedule: Literal["constant", "linear", "cosine"] | None = None
@@ -87,6 +111,11 @@ class PretrainConfig:
     """MaskLAM: dilate the agent mask by this many pixels"""
     mask_target: bool = False
     """MaskLAM: instead of weighting the error, reconstruct the masked frame M*o_{t+1} (background black) at every pixel"""
+    mask_channel: bool | None = None
+    """append the agent mask as a 4th input channel of every frame the IDM and FDM see (on for masklam in the
+    paper recipe; for lapo an ablation); latents are then labelled with masks too"""
+    mask_norm: Literal["batch", "sample"] | None = None
+    """MaskLAM's masked error divided by the mask area once per batch (default, the authors' code) or per sample"""
     mask_key: Literal["masks", "sam2_masks"] = "masks"
     """MaskLAM: which masks of the file (simulator masks or SAM 2 masks)"""
 
@@ -113,8 +142,9 @@ class PretrainConfig:
     """steps between console/TensorBoard lines"""
     ckpt_every: int = 500
     """steps between checkpoints (train_state.pt)"""
-    probe_ridge: float = 1e-3
-    """ridge strength of the final probe, relative to the mean latent variance"""
+    probe_ridge: float | None = None
+    """ridge strength of the final probe, relative to the mean latent variance (None: chosen by 5-fold
+    cross-validation over the training trajectories)"""
     probe_batch_size: int = 256
     """windows per batch when encoding latents for the final probe"""
     probe_max_trajs: int | None = None
@@ -148,7 +178,10 @@ class PretrainConfig:
             raise MasklamError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
         if self.method not in METHOD_DEFAULTS:
             raise MasklamError(f"unknown method {self.method!r}; one of {', '.join(METHOD_DEFAULTS)}")
-        defaults = {**PRESETS[self.preset], **METHOD_DEFAULTS[self.method]}
+        if self.recipe not in RECIPES:
+            raise MasklamError(f"unknown recipe {self.recipe!r}; one of {', '.join(RECIPES)}")
+        defaults = {**PRESETS[self.preset], **METHOD_DEFAULTS[self.method], **FALLBACKS,
+                    **RECIPES[self.recipe].get(self.method, {})}
         explicit_steps = self.steps is not None
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -183,6 +216,8 @@ class PretrainConfig:
             raise MasklamError(f"heldout must be in [0, 1), got {self.heldout}")
         if self.heldout == 0.0:
             raise MasklamError("heldout must be > 0: the probe is reported on held-out trajectories")
+        if self.mask_channel and self.method not in ("lapo", "masklam"):
+            raise MasklamError(f"--mask-channel is for pixel LAMs (lapo, masklam), not {self.method}")
         if self.method == "laom-sup" and self.labeled < 1:
             raise MasklamError("laom-sup needs labeled trajectories: pass --labeled N (N >= 1)")
         if self.method != "laom-sup" and self.labeled:
@@ -207,7 +242,8 @@ class PretrainConfig:
             frame_stack=self.frame_stack, latent_dim=self.latent_dim, encoder_scale=self.encoder_scale,
             num_res_blocks=self.num_res_blocks, head_dim=self.head_dim, head_blocks=self.head_blocks,
             fsq_levels=self.fsq_levels, mask_lambda=self.mask_lambda, mask_dilation=self.mask_dilation,
-            mask_target=self.mask_target, target=self.target, target_tau=self.target_tau, aug=bool(self.aug),
+            mask_target=self.mask_target, mask_channel=bool(self.mask_channel), mask_norm=self.mask_norm,
+            target=self.target, target_tau=self.target_tau, aug=bool(self.aug),
             sup_coef=self.sup_coef)
 
     def to_dict(self) -> dict[str, Any]:

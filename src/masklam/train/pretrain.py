@@ -106,12 +106,13 @@ def save_reconstructions(model: PixelLAM, sampler, path: Path, n: int, seed: int
 
     batch = sampler.sample(n, np.random.default_rng([seed, 2**31]))
     model.eval()
-    pred = model.predict_next(batch["obs_t"], batch["obs_t1"]).float().clamp(0, 1)  # (n, 3, H, W)
+    pred = model.predict_next(batch["obs_t"], batch["obs_t1"], batch.get("mask_t"),
+                              batch.get("mask_t1")).float().clamp(0, 1)  # (n, 3, H, W)
     model.train()
     rows = [batch["obs_t"][:, -1], batch["obs_t1"][:, -1],
             (pred.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)]
     if "mask_t1" in batch:
-        rows.append(np.repeat(batch["mask_t1"][..., None], 3, axis=-1).astype(np.uint8) * 255)
+        rows.append(np.repeat(batch["mask_t1"][:, -1, ..., None], 3, axis=-1).astype(np.uint8) * 255)
     h, w = rows[0].shape[1:3]
     grid = np.full((len(rows) * (h + 2), n * (w + 2), 3), 255, np.uint8)
     for r, images in enumerate(rows):
@@ -169,10 +170,10 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
     # --- setup (every rank; only rank 0 writes) --------------------------------------------------
     main_rank = ctx.is_main
     batch_size, labeled_batch_size = per_rank_sizes(cfg, ctx)
-    is_masklam = cfg.method == "masklam"
-    data = load_dataset(cfg.data, mask_key=cfg.mask_key if is_masklam else None, progress=cfg.progress and main_rank)
+    uses_masks = cfg.method == "masklam" or bool(cfg.mask_channel)  # in the loss, or as an input channel
+    data = load_dataset(cfg.data, mask_key=cfg.mask_key if uses_masks else None, progress=cfg.progress and main_rank)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
-    sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=is_masklam)
+    sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
     labeled = None
     if cfg.method == "laom-sup":
         labeled = WindowSampler(data, labeled_subset(train_ids, cfg.labeled, cfg.split_seed),
@@ -189,7 +190,8 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
         out.mkdir(parents=True, exist_ok=True)
 
     model = _build_model(cfg, data, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optim_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optim_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_train_state(out, device)
     start = 0
     if state is not None:
@@ -275,7 +277,7 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
     if main_rank:
         model.eval()
         if isinstance(model, PixelLAM) and cfg.recon_samples > 0:
-            held = WindowSampler(data, held_ids, cfg.frame_stack, 1, need_masks=is_masklam)
+            held = WindowSampler(data, held_ids, cfg.frame_stack, 1, need_masks=uses_masks)
             save_reconstructions(model, held, out / "recon.png", cfg.recon_samples, cfg.seed)
         probe = probe_lam(model, data, train_ids, held_ids, cfg.probe_ridge, cfg.probe_batch_size,
                           cfg.probe_max_trajs, progress=cfg.progress)

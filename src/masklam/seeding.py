@@ -1,0 +1,36 @@
+"""Named seed streams: one user seed, independent random streams for each use of it.
+
+Every random draw of masklam derives from a user seed through a `numpy.random.SeedSequence` whose
+entropy is `[seed, index, STREAMS[stream]]`, so two uses of the same seed (collecting trajectory i,
+evaluating episode i) never share a stream: a collected trajectory and an evaluation episode can share
+no start state, background video offset, camera walk or colour walk.
+
+The `collect` stream has tag 0, and SeedSequence([seed, index, 0]) equals SeedSequence([seed, index]),
+the seeding collection has always used: datasets stay byte-identical across this change.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+STREAMS: dict[str, int] = {
+    "collect": 0,  # the environment reset seed of collected trajectory `index`
+    "action_noise": 1,  # the expert's Gaussian action noise in collected trajectory `index`
+    "eval": 2,  # the environment reset seed of evaluation episode `index`
+}
+
+
+def seed_sequence(stream: str, seed: int, index: int) -> np.random.SeedSequence:
+    """The SeedSequence of item `index` of `stream` under the user seed `seed`."""
+    if stream not in STREAMS:
+        raise KeyError(f"unknown seed stream {stream!r}; one of {', '.join(STREAMS)}")
+    return np.random.SeedSequence([int(seed), int(index), STREAMS[stream]])
+
+
+def stream_seed(stream: str, seed: int, index: int) -> int:
+    """A 32-bit integer seed (for `env.reset(seed=...)`) of item `index` of `stream`."""
+    return int(seed_sequence(stream, seed, index).generate_state(1)[0])
+
+
+def stream_rng(stream: str, seed: int, index: int) -> np.random.Generator:
+    """A numpy Generator for item `index` of `stream`."""
+    return np.random.default_rng(seed_sequence(stream, seed, index))
