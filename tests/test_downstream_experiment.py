@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from masklam.downstream import experiment as ex
-from masklam.downstream.report import COLUMNS
+from masklam.downstream.experiment import RESULT_COLUMNS as COLUMNS
 from masklam.errors import MasklamError
 from test_downstream_policy import write_toy
 
@@ -82,11 +82,12 @@ def test_stage_cache_reuses_and_reruns(tmp_path: Path) -> None:
 
 def test_stage_version_bump_invalidates_only_that_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = {"lr": 1e-3}
-    bc, decode = ex.stage_key("bc", conf), ex.stage_key("decode", conf)
+    assert "collect" not in ex.STAGE_VERSIONS  # collection never changed: its caches stay valid
+    bc, collect = ex.stage_key("bc", conf), ex.stage_key("collect", conf)
     monkeypatch.setitem(ex.STAGE_VERSIONS, "bc", ex.STAGE_VERSIONS.get("bc", 1) + 1)
-    assert ex.stage_key("bc", conf) != bc and ex.stage_key("decode", conf) == decode
-    monkeypatch.setitem(ex.STAGE_VERSIONS, "decode", 1)  # version 1 is the unversioned key
-    assert ex.stage_key("decode", conf) == decode
+    assert ex.stage_key("bc", conf) != bc and ex.stage_key("collect", conf) == collect
+    monkeypatch.setitem(ex.STAGE_VERSIONS, "collect", 1)  # version 1 is the unversioned key
+    assert ex.stage_key("collect", conf) == collect
 
 
 def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:

@@ -55,6 +55,7 @@ RESULT_COLUMNS = COLUMNS + ["recipe", "return_sem", "expert_fraction"]
 """results.csv: the columns the report needs, then the recipe of the row's LAM ('-' without one), the
 standard error of the return over the row's episodes, and the return as a fraction of the expert's."""
 
+MASKLAM_LOSS_OPTIONS = ("mask_target", "mask_lambda", "mask_dilation", "mask_norm")
 LAM_METHODS = ("lapo", "masklam", "laom", "laom-sup", "lapo-clean")
 METHODS = LAM_METHODS + ("bc", "idm")
 
@@ -205,7 +206,12 @@ def expert_digest(task: str, path: str | None = None) -> str | None:
 
 def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int, labeled: int,
                    overrides: dict[str, Any], device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
-    """Train a LAM with `masklam.train.pretrain` (cached); result: its probe NMSE."""
+    """Train a LAM with `masklam.train.pretrain` (cached); result: its probe NMSE.
+
+    MaskLAM's loss options are dropped for other methods, which ignore them: one LAPO serves every recipe
+    that differs only in MaskLAM's loss."""
+    if method != "masklam":
+        overrides = {k: v for k, v in overrides.items() if k not in MASKLAM_LOSS_OPTIONS}
     conf = {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labeled": labeled}
 
     def fn(d: Path) -> dict[str, Any]:
