@@ -253,3 +253,28 @@ def test_lam_latent_bc_and_decoder_recover_actions_end_to_end(tmp_path):
     with torch.no_grad():
         nmse = float((const(torch.zeros(200, 8)) - a).square().mean() / a.var(0).mean())
     assert nmse > 0.9
+
+
+def test_decoder_inputs_read_what_they_say(tmp_path):
+    """input 'hidden' reads the frozen policy's last hidden layer, 'latent+hidden' both; a 3-layer decoder has
+    three linear layers; an agent refuses a decoder built for another input width."""
+    from masklam.downstream.bc import ImagePolicy, PolicyConfig
+    from masklam.downstream.decode import ActionDecoder, LatentAgent, feature_dim, policy_features
+
+    torch.manual_seed(0)
+    policy = ImagePolicy(PolicyConfig(out_dim=6, action_dim=2, frame_stack=1, img_hw=HW, hidden=16,
+                                      target="latent")).eval()
+    obs = torch.randint(0, 256, (5, 1, HW, HW, 3), dtype=torch.uint8)
+    z, h = policy_features(policy, obs, "latent"), policy_features(policy, obs, "hidden")
+    assert torch.allclose(z, policy.predict(obs)) and h.shape == (5, 16) and (h >= 0).all()  # after the ReLU
+    assert torch.equal(policy_features(policy, obs, "latent+hidden"), torch.cat([z, h], 1))
+    assert [feature_dim(policy, i) for i in ("latent", "hidden", "latent+hidden")] == [6, 16, 22]
+    dec = ActionDecoder(22, 2, hidden=8, layers=3, input="latent+hidden")
+    assert sum(isinstance(m, torch.nn.Linear) for m in dec.net) == 3
+    dec.save_pretrained(tmp_path / "dec")
+    agent = LatentAgent(policy, ActionDecoder.from_pretrained(tmp_path / "dec"))
+    with torch.no_grad():
+        expect = dec(torch.cat([z, h], 1)).clamp(-1, 1).numpy()
+    np.testing.assert_allclose(agent.select_action(obs.numpy()), expect, atol=1e-6)
+    with pytest.raises(MasklamError, match="width"):
+        LatentAgent(policy, ActionDecoder(6, 2, input="hidden"))
