@@ -23,7 +23,7 @@ from masklam.downstream.decode import ActionDecoder, DecodeConfig, LatentAgent, 
 from masklam.downstream.evaluate import env_spec, episode_seed
 
 
-def open_loop(agent: LatentAgent, data, ids: np.ndarray) -> dict[str, float]:
+def open_loop(agent: LatentAgent | ImagePolicy, data, ids: np.ndarray) -> dict[str, float]:
     """NMSE of decoded vs recorded actions at t < 3 and t >= 3, and the decoded / recorded std ratio."""
     sampler = WindowSampler(data, ids, frame_stack=agent.frame_stack, max_offset=1)
     preds, acts, ts = [], [], []
@@ -41,7 +41,7 @@ def open_loop(agent: LatentAgent, data, ids: np.ndarray) -> dict[str, float]:
     return out
 
 
-def online(agent: LatentAgent, meta: dict, episodes: int) -> dict[str, float]:
+def online(agent: LatentAgent | ImagePolicy, meta: dict, episodes: int) -> dict[str, float]:
     """Return ± standard error over `episodes` new ID episodes and the mean per-dimension std of the actions."""
     env = env_spec(meta, "id").build()
     rets, stds, first = [], [], []
@@ -81,6 +81,16 @@ def main() -> int:
     _, held = split_trajectories(data.num_trajectories, 0.1, 0)
     meta = env_meta_of(dict(data.meta), {})
     rows = []
+    for steps in args.bc_steps:  # the normaliser: BC on true actions, same updates
+        pol = args.out / f"bcfull-{steps}"
+        if not (pol / "model.safetensors").is_file():
+            train_bc(BCConfig(data=(args.data,), out=pol, target="action", steps=steps, batch_size=64, lr=3e-4,
+                              frame_stack=3), progress=False)
+        policy = ImagePolicy.from_pretrained(pol)
+        row = {"policy frame stack": 3, "bc updates": steps, "decoder": "bc on true actions",
+               **open_loop(policy, data, held), **online(policy, meta, args.episodes)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     for fs in args.frame_stacks:
         for steps in args.bc_steps:
             pol = args.out / f"bc-fs{fs}-{steps}"
