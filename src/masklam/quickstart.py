@@ -48,9 +48,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         collect=dict(episodes=80, steps=125, seed=0, workers=2, action_noise=0.3, shadows=False, reflections=False),
         pretrain=dict(preset="cpu-small", steps=1000, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
         bc=dict(steps=250, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
+        bc_full=dict(steps=1000),
         idm=dict(steps=250, batch_size=64, lr=3e-4),
-        decode=dict(steps=300, batch_size=256),
-        eval=dict(episodes=4, workers=2),
+        decode=dict(steps=2500, batch_size=256, layers=3),
+        eval=dict(episodes=6, workers=2),
     ),
     "gpu": dict(
         methods=["lapo", "masklam", "lapo-clean", "laom", "laom-sup", "bc", "idm"],
@@ -61,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       frame_stack=3),
         bc=dict(steps=4000, batch_size=256, lr=3e-4, encoder_scale=4, frame_stack=3),
         idm=dict(steps=3000, batch_size=256, lr=3e-4, encoder_scale=4),
-        decode=dict(steps=2500, batch_size=512),
+        decode=dict(steps=2500, batch_size=512, layers=3),
         eval=dict(episodes=25, workers=14),
     ),
     # the same code path at a size the test suite affords
@@ -74,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       recon_samples=2, heldout=0.25),
         bc=dict(steps=4, batch_size=8, frame_stack=1, hidden=32, heldout=0.25),
         idm=dict(steps=4, batch_size=8, hidden=32),
-        decode=dict(steps=20, batch_size=16, hidden=32, heldout=0.25),
+        decode=dict(steps=20, batch_size=16, hidden=32, heldout=0.25, layers=3),
         eval=dict(episodes=2, workers=0),
         env=dict(max_episode_steps=12),
     ),
@@ -136,7 +137,8 @@ def experiment_config(cfg: QuickstartConfig):
         out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),
         labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
         data={cfg.task: {"collect": collect, "collect_clean": {**collect, "distractors": "none"}}},
-        pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc=dict(p["bc"]), idm=dict(p["idm"]), decode=dict(p["decode"]),
+        pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc=dict(p["bc"]), bc_full=dict(p.get("bc_full", {})),
+        idm=dict(p["idm"]), decode=dict(p["decode"]),
         eval=dict(p["eval"]), env=dict(p.get("env", {})), device=device, progress=cfg.progress)
 
 

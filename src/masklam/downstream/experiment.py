@@ -78,6 +78,8 @@ class ExperimentConfig:
     """PretrainConfig fields shared by every LAM (method, data, out, seed, latent_dim, labeled are set here)"""
     bc: dict[str, Any] = field(default_factory=dict)
     """BCConfig fields of every BC stage (latent BC, BC baselines, BC on IDM relabels)"""
+    bc_full: dict[str, Any] = field(default_factory=dict)
+    """BCConfig fields of the full-data BC normalisers (bc-full, bc-full-clean), on top of `bc`"""
     idm: dict[str, Any] = field(default_factory=dict)
     """BCConfig fields of the IDM baseline's inverse dynamics model"""
     decode: dict[str, Any] = field(default_factory=dict)
@@ -323,7 +325,7 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
             variants = ["train"] + (["clean"] if "lapo-clean" in cfg.methods else [])
             for variant in variants:  # the normalisers: BC on all data with true actions
                 data = datasets[task][variant]
-                conf = {**bc_opts, "data": data, "target": "action", "seed": seed}
+                conf = {**bc_opts, **cfg.bc_full, "data": data, "target": "action", "seed": seed}
                 policy = bc_stage(root, "bc", conf, dev, prog)
                 n_all = _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
                 evaluate_all("bc-full" if variant == "train" else "bc-full-clean", task, 0, n_all, seed, None,
