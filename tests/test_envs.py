@@ -243,7 +243,8 @@ def test_clear_errors(tmp_path):
 
 
 def test_presets_and_gymnasium_registration():
-    assert set(PRESETS) == {"none", "laom", "masklam"}
+    assert set(PRESETS) == {"none", "laom", "masklam", "composite"}
+    assert PRESETS["composite"].composite and not PRESETS["masklam"].composite
     assert PRESETS["laom"].camera_scale == 0.1 and PRESETS["laom"].color_scale == 0.1
     assert PRESETS["masklam"].camera_scale == 0 and PRESETS["masklam"].background
     env = gymnasium.make("masklam/cheetah-run-v0", distractors="masklam", img_size=32)
