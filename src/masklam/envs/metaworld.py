@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -116,6 +117,7 @@ def _env_class(env_name: str, skybox: int | None) -> type:
 
 def load_metaworld(task: str, skybox: int | None = None):  # noqa: ANN201 (a Meta-World SawyerXYZEnv)
     """Meta-World's env for 'mw-<name>': fixed for MuJoCo 3.17, goal observable, seeded by `env.seed(k)`."""
+    metaworld_modules()  # not installed: the one-line error, whatever is cached
     env = _env_class(parse_task(task), skybox)()
     env._partially_observable = False  # the goal is in the state (the scripted experts need it)
     env._freeze_rand_vec = False  # a new layout every reset ...
@@ -287,5 +289,7 @@ class ScriptedExpert:
         self._policy = metaworld_modules()["policies"][parse_task(task)]()
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
-        a = self._policy.get_action(np.asarray(state, np.float64))
+        with warnings.catch_warnings():  # "Constant(s) may be too high": the clip below is what is meant
+            warnings.simplefilter("ignore", UserWarning)
+            a = self._policy.get_action(np.asarray(state, np.float64))
         return np.clip(np.asarray(a, np.float32), -1.0, 1.0)
