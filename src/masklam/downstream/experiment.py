@@ -12,7 +12,7 @@ except laom-sup, which trains one per budget. Methods:
 - `bc-full` (always): BC on all data with true actions, the normaliser (`bc-full-clean` for lapo-clean).
 
 Writes `OUT/results.csv` (`method, task, latent_dim, labels, seed, split, probe_nmse, return,
-normalized_return`) and `OUT/experiment.json`, then renders the report. A config, e.g. `sweep.toml`:
+normalized_return, success` - the success rate, empty unless the env reports success, as Meta-World does) and `OUT/experiment.json`, then renders the report. A config, e.g. `sweep.toml`:
 
     out = "runs/sweep"
     tasks = ["cheetah-run"]
@@ -238,7 +238,7 @@ def decode_stage(root: Path, conf: dict[str, Any], device: str, progress: bool) 
 
 def eval_stage(root: Path, policy: Path, decoder: Path | None, split: str, env: dict[str, Any],
                opts: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Online evaluation of a policy (+ decoder) on one split (cached); -> {mean, std, returns}."""
+    """Online evaluation of a policy (+ decoder) on one split (cached); -> {mean, std, returns, success_rate}."""
     conf = {"policy": str(policy), "decoder": str(decoder) if decoder else None, "split": split, "env": env,
             "episodes": 25, "workers": 2, "seed": 0, **opts}
 
@@ -298,7 +298,8 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
         for split in (cfg.splits if variant == "train" else ["id"]):
             res = eval_stage(root, policy, decoder, split, cfg.env, opts, prog)
             raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
-                        "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant})
+                        "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
+                        "success": res.get("success_rate")})
 
     for task in cfg.tasks:
         for seed in cfg.seeds:
