@@ -73,7 +73,8 @@ class CollectConfig:
     reflections: bool = True
     """Render floor reflections (off renders faster but looks different)."""
     multisample: bool = True
-    """Render with 4x multisampling (off renders faster; Meta-World with all three off: ~20x faster)."""
+    """Render with the model's multisampling (off renders faster; Meta-World's RGB pass with shadows,
+    reflections and multisampling off: ~10x faster)."""
     compression: Literal["lzf", "gzip", "none"] = "lzf"
     """Compression of frames and masks (chunked per frame)."""
     progress: bool = True

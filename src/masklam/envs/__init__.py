@@ -64,8 +64,8 @@ def make(
 
     video_split: "train" (60 procedural / DAVIS train videos) or "eval" (30 held-out videos);
     background_path: a DAVIS-2017 root (JPEGImages/480p/<video>/*.jpg) instead of procedural videos;
-    shadows/reflections/multisample: renderer flags (all off is ~5x (control suite) to ~20x (Meta-World)
-    faster to render, but looks different);
+    shadows/reflections/multisample: renderer flags (all off renders ~3-5x faster in the control suite and
+    ~10x faster in Meta-World's scene, but looks different);
     Meta-World only: camera_id may be a camera name (default "corner"), `mask="moving"` masks only the
     robot's moving parts, `terminate_on_success=True` ends an episode on success.
     """
