@@ -56,7 +56,8 @@ class CollectConfig:
     video_split: Literal["train", "eval"] = "train"
     """Background videos: train, or the held-out eval videos (recorded as the file's split)."""
     policy: Literal["expert", "random"] = "expert"
-    """expert: the task's shipped expert (Meta-World: its scripted policy); random: smooth seeded random actions (held for --hold frames)."""
+    """expert: the task's shipped expert (Meta-World: its scripted policy); random: smooth seeded random actions
+    (held for --hold frames)."""
     expert_path: Path | None = None
     """An expert .safetensors file instead of the shipped one."""
     action_repeat: int | None = None
@@ -148,7 +149,8 @@ def file_attrs(cfg: CollectConfig, action_repeat: int) -> dict[str, Any]:
         "hold": cfg.hold if cfg.policy == "random" else 0,
         "action_noise": cfg.action_noise if cfg.policy == "expert" else 0.0,
         "shadows": cfg.shadows, "reflections": cfg.reflections, "multisample": cfg.multisample,
-        "expert": str(cfg.expert_path) if cfg.expert_path else (_expert_kind(cfg.task) if cfg.policy == "expert" else "none"),
+        "expert": (str(cfg.expert_path) if cfg.expert_path
+                   else _expert_kind(cfg.task) if cfg.policy == "expert" else "none"),
     }
 
 

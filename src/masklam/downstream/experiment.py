@@ -12,7 +12,8 @@ except laom-sup, which trains one per budget. Methods:
 - `bc-full` (always): BC on all data with true actions, the normaliser (`bc-full-clean` for lapo-clean).
 
 Writes `OUT/results.csv` (`method, task, latent_dim, labels, seed, split, probe_nmse, return,
-normalized_return, success` - the success rate, empty unless the env reports success, as Meta-World does) and `OUT/experiment.json`, then renders the report. A config, e.g. `sweep.toml`:
+normalized_return, success` - the success rate, empty unless the env reports success, as Meta-World does)
+and `OUT/experiment.json`, then renders the report. A config, e.g. `sweep.toml`:
 
     out = "runs/sweep"
     tasks = ["cheetah-run"]

@@ -230,10 +230,7 @@ class DistractingMetaWorldEnv(DistractedScene):
     # -- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode; the task layout (object and goal positions) and the distractors derive from `seed`."""
-        super().reset(seed=seed)
-        episode = np.random.SeedSequence(int(self.np_random.integers(2**63)))
-        task_seed, distractor_seed = episode.spawn(2)
-        self._rng = np.random.default_rng(distractor_seed)
+        task_seed = self._seed_episode(seed)
         t0 = time.perf_counter()
         self._mw.seed(int(task_seed.generate_state(1)[0]))
         state, _ = self._mw.reset()

@@ -105,6 +105,14 @@ class DistractedScene(gym.Env):
         self._shown: tuple[int, int] | None = None
         self._last_obs: np.ndarray | None = None
 
+    def _seed_episode(self, seed: int | None) -> np.random.SeedSequence:
+        """Seed the episode from `seed`: the distractors' generator (`self._rng`), and the task's seed (returned)."""
+        gym.Env.reset(self, seed=seed)
+        episode = np.random.SeedSequence(int(self.np_random.integers(2**63)))
+        task_seed, distractor_seed = episode.spawn(2)
+        self._rng = np.random.default_rng(distractor_seed)
+        return task_seed
+
     def _reset_distractors(self, rng: np.random.Generator) -> None:
         if self._videos is not None:
             self._player.reset(rng, self._videos.num_frames)

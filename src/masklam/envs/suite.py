@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 
 from masklam.envs.distractors import DistractorConfig
@@ -165,11 +164,8 @@ class DistractingControlEnv(DistractedScene):
     # -- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode; every random choice (initial state, video, walks) derives from `seed`."""
-        super().reset(seed=seed)
-        episode = np.random.SeedSequence(int(self.np_random.integers(2**63)))
-        task_seed, distractor_seed = episode.spawn(2)
+        task_seed = self._seed_episode(seed)
         self._dm.task._random = np.random.RandomState(task_seed.generate_state(4))
-        self._rng = np.random.default_rng(distractor_seed)
         t0 = time.perf_counter()
         time_step = self._dm.reset()
         self.profile["physics"] += time.perf_counter() - t0
