@@ -125,6 +125,20 @@ def test_colour_change_only_touches_agent():
     assert not diff[~grow(m1)].any()  # beyond the 1-px antialiased edge nothing changes
 
 
+def test_composite_paints_the_video_over_the_sky_only():
+    kw = dict(img_size=32, shadows=False, reflections=False)
+    plain, comp = make("cheetah-run", distractors="none", **kw), make("cheetah-run", distractors="composite", **kw)
+    f1, m1, s1, *_ = rollout(plain, seed=1, steps=2)
+    f2, m2, s2, i2, _ = rollout(comp, seed=1, steps=2)
+    sky = plain._renderer.geom_ids() < 0
+    plain.close(), comp.close()
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(s1, s2)
+    diff = np.any(f1[-1] != f2[-1], axis=-1)
+    assert sky.any() and diff[sky].mean() > 0.9 and not diff[~sky].any()
+    assert i2[-1]["video_frame"] == 2
+
+
 def test_mask_nonempty_through_an_episode():
     env = make("hopper-hop", distractors="laom", max_episode_steps=60)
     _, masks, *_ = rollout(env, seed=0, steps=59)
