@@ -11,8 +11,8 @@ from masklam.errors import MasklamError
 class FakeEnv:
     """A tiny seeded env: state x in R; obs encodes x in its pixels; reward = -|a - x|; fixed length."""
 
-    def __init__(self, length: int = 7, img: int = 4) -> None:
-        self.length, self.img = length, img
+    def __init__(self, length: int = 7, img: int = 4, success: bool = False) -> None:
+        self.length, self.img, self.success = length, img, success
 
     def _obs(self) -> np.ndarray:
         return np.full((self.img, self.img, 3), int(self.x * 10 + 100) % 256, dtype=np.uint8)
@@ -26,16 +26,17 @@ class FakeEnv:
         reward = -abs(float(a[0]) - self.x)
         self.x = float(self.rng.integers(0, 10))
         self.t += 1
-        return self._obs(), reward, False, self.t >= self.length, {}
+        info = {"success": reward > -0.1 and self.t == 2} if self.success else {}  # Meta-World-like flag
+        return self._obs(), reward, False, self.t >= self.length, info
 
     def close(self) -> None:
         pass
 
 
-def make_fake(task: str, length: int = 7) -> FakeEnv:
+def make_fake(task: str, length: int = 7, success: bool = False) -> FakeEnv:
     if task != "fake-task":
         raise MasklamError(f"unknown task {task!r}")
-    return FakeEnv(length)
+    return FakeEnv(length, success=success)
 
 
 FACTORY = "test_downstream_evaluate:make_fake"
@@ -79,6 +80,17 @@ def test_deterministic_and_independent_of_workers() -> None:
     assert a.returns != d.returns and min(a.returns) < 0
     assert max(pol.batches) == 2  # one forward for both workers' envs
     assert a.mean == pytest.approx(np.mean(a.returns)) and a.std == pytest.approx(np.std(a.returns))
+
+
+def test_success_rate_where_the_env_reports_success() -> None:
+    spec = EnvSpec("fake-task", {"length": 4, "success": True}, FACTORY)
+    good = evaluate(ReadPixels(), spec, episodes=3, workers=0, progress=False)
+    assert good.successes == [True, True, True] and good.success_rate == 1.0  # success at any step counts
+    bad = evaluate(Noisy(), spec, episodes=4, workers=2, progress=False)
+    assert bad.successes == evaluate(Noisy(), spec, episodes=4, workers=0, progress=False).successes
+    assert bad.as_dict()["success_rate"] == pytest.approx(np.mean(bad.successes))
+    plain = evaluate(ReadPixels(), EnvSpec("fake-task", {"length": 3}, FACTORY), episodes=2, progress=False)
+    assert plain.successes is None and plain.success_rate is None and plain.as_dict()["success_rate"] is None
 
 
 def test_frame_stack_repeats_first_frame() -> None:

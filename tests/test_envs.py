@@ -125,6 +125,20 @@ def test_colour_change_only_touches_agent():
     assert not diff[~grow(m1)].any()  # beyond the 1-px antialiased edge nothing changes
 
 
+def test_composite_paints_the_video_over_the_sky_only():
+    kw = dict(img_size=32, shadows=False, reflections=False)
+    plain, comp = make("cheetah-run", distractors="none", **kw), make("cheetah-run", distractors="composite", **kw)
+    f1, m1, s1, *_ = rollout(plain, seed=1, steps=2)
+    f2, m2, s2, i2, _ = rollout(comp, seed=1, steps=2)
+    sky = plain._renderer.geom_ids() < 0
+    plain.close(), comp.close()
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(s1, s2)
+    diff = np.any(f1[-1] != f2[-1], axis=-1)
+    assert sky.any() and diff[sky].mean() > 0.9 and not diff[~sky].any()
+    assert i2[-1]["video_frame"] == 2
+
+
 def test_mask_nonempty_through_an_episode():
     env = make("hopper-hop", distractors="laom", max_episode_steps=60)
     _, masks, *_ = rollout(env, seed=0, steps=59)
@@ -243,7 +257,8 @@ def test_clear_errors(tmp_path):
 
 
 def test_presets_and_gymnasium_registration():
-    assert set(PRESETS) == {"none", "laom", "masklam"}
+    assert set(PRESETS) == {"none", "laom", "masklam", "composite"}
+    assert PRESETS["composite"].composite and not PRESETS["masklam"].composite
     assert PRESETS["laom"].camera_scale == 0.1 and PRESETS["laom"].color_scale == 0.1
     assert PRESETS["masklam"].camera_scale == 0 and PRESETS["masklam"].background
     env = gymnasium.make("masklam/cheetah-run-v0", distractors="masklam", img_size=32)

@@ -81,6 +81,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+MW_EVAL_STEPS = 200
+"""Evaluation episode length on Meta-World: the scripted experts succeed within ~50-105 steps (README)."""
+
 
 # How the LAMs learn (PretrainConfig fields on top of the preset's), by name. `paper` is MaskLAM's authors'
 # code for every pixel LAM (masklam.train.config.RECIPES); `mask-target` is our variant of the paper's text
@@ -101,7 +104,8 @@ class QuickstartConfig:
     """cpu: under 20 minutes on 2 cores (16.7 measured, bf16 autocast); gpu: one H100 in about 20 minutes;
     toy: seconds, for tests."""
     task: str = "cheetah-run"
-    """dm_control task with a shipped expert."""
+    """dm_control task with a shipped expert, or a Meta-World task (mw-push, ...: its scripted expert; collected
+    without multisampling too, evaluated on 200-step episodes)."""
     distractors: str = "laom"
     """distractor preset of the distracted dataset and of evaluation."""
     recipe: Literal["mask-target", "paper", "paper+mask-target"] = "mask-target"
@@ -126,8 +130,14 @@ def experiment_config(cfg: QuickstartConfig):
     """The ExperimentConfig the quickstart runs."""
     from masklam.downstream.experiment import ExperimentConfig
 
+    from masklam.envs import suite_of
+
     p = PRESETS[cfg.preset]
     collect = {**p["collect"], "distractors": cfg.distractors, "policy": "expert"}
+    env = dict(p.get("env", {}))
+    if suite_of(cfg.task) == "metaworld":
+        collect["multisample"] = False  # Meta-World's scene: ~2x faster to render (README, Distracting Meta-World)
+        env.setdefault("max_episode_steps", MW_EVAL_STEPS)
     device = cfg.device
     if device == "auto":
         import torch
@@ -138,8 +148,8 @@ def experiment_config(cfg: QuickstartConfig):
         labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
         data={cfg.task: {"collect": collect, "collect_clean": {**collect, "distractors": "none"}}},
         pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc=dict(p["bc"]), bc_full=dict(p.get("bc_full", {})),
-        idm=dict(p["idm"]), decode=dict(p["decode"]),
-        eval=dict(p["eval"]), env=dict(p.get("env", {})), device=device, progress=cfg.progress)
+        idm=dict(p["idm"]), decode=dict(p["decode"]), eval=dict(p["eval"]), env=env, device=device,
+        progress=cfg.progress)
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -158,7 +168,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if r["probe_nmse"] not in (None, "") and split == "id":
             vals.setdefault("probe_nmse", {}).setdefault(seed, []).append(float(r["probe_nmse"]))
         for key, col in ((f"return_{split}", "return"), (f"normalized_{split}", "normalized_return"),
-                         (f"expert_{split}", "expert_fraction")):
+                         (f"expert_{split}", "expert_fraction"), (f"success_{split}", "success")):
             if r.get(col) not in (None, ""):
                 vals.setdefault(key, {}).setdefault(seed, []).append(float(r[col]))
         if r.get("return_sem") not in (None, ""):
@@ -224,6 +234,11 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
         lines.append(f"{m:<14}{s.get('recipe', '-'):<22}{f(s, 'probe_nmse', 3):>15}{f(s, 'return_id', 0):>13}"
                      f"{f(s, 'expert_id', 2):>13}{f(s, 'normalized_id', 2):>13}{f(s, 'return_ood', 0):>13}"
                      f"{f(s, 'normalized_ood', 2):>13}")
+    won = [m for m in summary if "success_id" in summary[m] or "success_ood" in summary[m]]
+    if won:
+        lines.append("")
+        lines.append("success rate ID / OOD: " + ", ".join(
+            f"{m} {f(summary[m], 'success_id', 2)} / {f(summary[m], 'success_ood', 2)}" for m in won))
     lapo, mask = summary.get("lapo", {}), summary.get("masklam", {})
     if "probe_nmse" in lapo and "probe_nmse" in mask and mask["probe_nmse"] > 0:
         lines.append("")

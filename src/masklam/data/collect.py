@@ -41,7 +41,7 @@ class CollectConfig:
     """Run an expert (or smooth random actions) in the distracted environment and write an HDF5 dataset."""
 
     task: str
-    """dm_control task as domain-task, e.g. cheetah-run."""
+    """dm_control task as domain-task, e.g. cheetah-run; or a Meta-World task, e.g. mw-push."""
     out: Path
     """Output HDF5 file; re-running the same command resumes an interrupted collection."""
     distractors: str = "laom"
@@ -57,7 +57,8 @@ class CollectConfig:
     video_split: Literal["train", "eval"] = "train"
     """Background videos: train, or the held-out eval videos (recorded as the file's split)."""
     policy: Literal["expert", "random"] = "expert"
-    """expert: the task's shipped expert; random: smooth seeded random actions (held for --hold frames)."""
+    """expert: the task's shipped expert (Meta-World: its scripted policy); random: smooth seeded random actions
+    (held for --hold frames)."""
     expert_path: Path | None = None
     """An expert .safetensors file instead of the shipped one."""
     action_repeat: int | None = None
@@ -73,6 +74,9 @@ class CollectConfig:
     """Render shadows (off renders faster but looks different)."""
     reflections: bool = True
     """Render floor reflections (off renders faster but looks different)."""
+    multisample: bool = True
+    """Render with the model's multisampling (off renders faster; Meta-World's RGB pass with shadows,
+    reflections and multisampling off: ~10x faster)."""
     compression: Literal["lzf", "gzip", "none"] = "lzf"
     """Compression of frames and masks (chunked per frame)."""
     progress: bool = True
@@ -145,9 +149,16 @@ def file_attrs(cfg: CollectConfig, action_repeat: int) -> dict[str, Any]:
         "action_repeat": action_repeat, "policy": cfg.policy, "steps": cfg.steps,
         "hold": cfg.hold if cfg.policy == "random" else 0,
         "action_noise": cfg.action_noise if cfg.policy == "expert" else 0.0,
-        "shadows": cfg.shadows, "reflections": cfg.reflections,
-        "expert": str(cfg.expert_path) if cfg.expert_path else ("shipped" if cfg.policy == "expert" else "none"),
+        "shadows": cfg.shadows, "reflections": cfg.reflections, "multisample": cfg.multisample,
+        "expert": (str(cfg.expert_path) if cfg.expert_path
+                   else _expert_kind(cfg.task) if cfg.policy == "expert" else "none"),
     }
+
+
+def _expert_kind(task: str) -> str:
+    from masklam.envs import suite_of
+
+    return "scripted" if suite_of(task) == "metaworld" else "shipped"
 
 
 def _resolve_action_repeat(cfg: CollectConfig) -> int:
@@ -182,7 +193,7 @@ def _init_worker(cfg: CollectConfig, action_repeat: int, counter: Any = None) ->
     try:
         _WORKER["env"] = make(cfg.task, distractors=cfg.distractors, video_split=cfg.video_split,
                               img_size=cfg.img_size, action_repeat=action_repeat, shadows=cfg.shadows,
-                              reflections=cfg.reflections, max_episode_steps=cfg.steps)
+                              reflections=cfg.reflections, multisample=cfg.multisample, max_episode_steps=cfg.steps)
         _WORKER["expert"] = _load_expert(cfg) if cfg.policy == "expert" else None
     except Exception as e:  # a pool would respawn a worker whose initializer raises, forever: defer it
         _WORKER["error"] = e
@@ -200,7 +211,11 @@ def _tick(n: int) -> None:
 
 
 def run_episode(env: Any, policy: Policy, seed: int, steps: int, tick: Callable[[int], None] = lambda n: None) -> Trajectory:
-    """Roll out ``steps`` frames from ``env.reset(seed)``: obs[t] is seen, then actions[t] is executed."""
+    """Roll out ``steps`` frames from ``env.reset(seed)``: obs[t] is seen, then actions[t] is executed.
+
+    Where the env reports ``info["success"]`` (Meta-World), ``extras["success"][t]`` is its flag after
+    actions[t] (aligned with rewards[t]).
+    """
     obs, info = env.reset(seed=seed)
     h, w, _ = obs.shape
     lo, hi = env.action_space.low, env.action_space.high
@@ -212,6 +227,8 @@ def run_episode(env: Any, policy: Policy, seed: int, steps: int, tick: Callable[
         value = np.asarray(value)
         dtype = np.int32 if np.issubdtype(value.dtype, np.integer) else np.float32
         traj.extras[key] = np.empty((steps,) + value.shape, dtype)
+    if "success" in info:
+        traj.extras["success"] = np.zeros(steps, bool)
     for t in range(steps):
         traj.obs[t], traj.masks[t], traj.states[t] = obs, info["mask"], info["state"]
         for key, value in info["distractor"].items():
@@ -219,6 +236,8 @@ def run_episode(env: Any, policy: Policy, seed: int, steps: int, tick: Callable[
         action = np.clip(np.asarray(policy(traj.states[t]), np.float32), lo, hi)  # what is executed
         obs, reward, terminated, truncated, info = env.step(action)
         traj.actions[t], traj.rewards[t] = action, reward
+        if "success" in traj.extras:
+            traj.extras["success"][t] = info["success"]
         if (terminated or truncated) and t < steps - 1:
             raise MasklamError(f"episode of {env.unwrapped.task} ended after {t + 1} steps, before --steps {steps}")
         if t % 25 == 24 or t == steps - 1:

@@ -188,7 +188,8 @@ def env_meta_of(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     """Env kwargs that reproduce a dataset's environment (from its HDF5 attrs) for evaluation."""
     env: dict[str, Any] = {"task": f"{meta.get('domain_name')}-{meta.get('task_name')}"}
     for key, name in (("distractors", "distractors"), ("action_repeat", "action_repeat"),
-                      ("shadows", "shadows"), ("reflections", "reflections")):
+                      ("shadows", "shadows"), ("reflections", "reflections"),
+                      ("multisample", "multisample")):
         if key in meta:
             env[name] = meta[key]
     if "img_hw" in meta:

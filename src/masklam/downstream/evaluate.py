@@ -52,17 +52,24 @@ class EnvSpec:
 
 @dataclass
 class EvalResult:
-    """Per-episode returns (in episode order) and their summary."""
+    """Per-episode returns (in episode order) and their summary; success where the env reports it."""
 
     returns: list[float]
     mean: float
     std: float
     normalized: float | None
     episodes_per_s: float
+    successes: list[bool] | None = None
+    """per episode: info["success"] was true at some step (None: the env reports no success)"""
+
+    @property
+    def success_rate(self) -> float | None:
+        return None if self.successes is None else float(np.mean(self.successes))
 
     def as_dict(self) -> dict[str, Any]:
         return {"returns": self.returns, "mean": self.mean, "std": self.std,
-                "normalized": self.normalized, "episodes_per_s": self.episodes_per_s}
+                "normalized": self.normalized, "episodes_per_s": self.episodes_per_s,
+                "successes": self.successes, "success_rate": self.success_rate}
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -80,8 +87,15 @@ def normalized_return(mean_return: float, normalizer: float | None) -> float | N
     return float(mean_return / normalizer)
 
 
+def _step(env, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool | None]:  # noqa: ANN001
+    """(obs, reward, done, success): success is info["success"], None where the env does not report it."""
+    obs, reward, terminated, truncated, info = env.step(action)
+    success = info.get("success") if isinstance(info, dict) else None
+    return obs, float(reward), bool(terminated or truncated), None if success is None else bool(success)
+
+
 def _worker(spec: EnvSpec, conn) -> None:  # noqa: ANN001 (multiprocessing connection)
-    """Worker loop: ("reset", seed) -> obs; ("step", action) -> (obs, reward, done); ("close",)."""
+    """Worker loop: ("reset", seed) -> obs; ("step", action) -> (obs, reward, done, success); ("close",)."""
     try:
         env = spec.build()
     except BaseException as e:  # report the failure to the parent as one line
@@ -94,8 +108,7 @@ def _worker(spec: EnvSpec, conn) -> None:  # noqa: ANN001 (multiprocessing conne
             obs, _ = env.reset(seed=msg[1])
             conn.send(("obs", obs))
         elif msg[0] == "step":
-            obs, reward, terminated, truncated, _ = env.step(msg[1])
-            conn.send(("step", (obs, float(reward), bool(terminated or truncated))))
+            conn.send(("step", _step(env, msg[1])))
         else:
             env.close()
             conn.close()
@@ -113,8 +126,7 @@ class _LocalEnv:
         if msg[0] == "reset":
             self._reply = ("obs", self.env.reset(seed=msg[1])[0])
         elif msg[0] == "step":
-            obs, reward, terminated, truncated, _ = self.env.step(msg[1])
-            self._reply = ("step", (obs, float(reward), bool(terminated or truncated)))
+            self._reply = ("step", _step(self.env, msg[1]))
         else:
             self.env.close()
 
@@ -155,6 +167,8 @@ def evaluate(policy: Policy, spec: EnvSpec, episodes: int, seed: int = 0, worker
     conns, procs = _start(spec, min(workers, episodes))
     n_slots, F = len(conns), max(1, int(policy.frame_stack))
     returns = np.zeros(episodes, dtype=np.float64)
+    success = np.zeros(episodes, dtype=bool)
+    reports_success = False
     slot_ep = [-1] * n_slots  # episode each slot is playing, -1 = idle
     stacks: list[np.ndarray | None] = [None] * n_slots  # (F, H, W, 3) per slot
     next_ep, done_eps = 0, 0
@@ -186,8 +200,11 @@ def evaluate(policy: Policy, spec: EnvSpec, episodes: int, seed: int = 0, worker
             for i, s in enumerate(active):
                 conns[s].send(("step", actions[i]))
             for s in active:
-                obs, reward, done = _recv(conns[s])[1]
+                obs, reward, done, ok = _recv(conns[s])[1]
                 returns[slot_ep[s]] += reward
+                if ok is not None:
+                    reports_success = True
+                    success[slot_ep[s]] |= ok
                 if done:
                     done_eps += 1
                     bar.update(1)
@@ -211,12 +228,12 @@ def evaluate(policy: Policy, spec: EnvSpec, episodes: int, seed: int = 0, worker
     elapsed = time.perf_counter() - t0
     mean = float(returns.mean())
     return EvalResult(returns.tolist(), mean, float(returns.std()), normalized_return(mean, normalizer),
-                      episodes / max(elapsed, 1e-9))
+                      episodes / max(elapsed, 1e-9), success.tolist() if reports_success else None)
 
 
 @dataclass
 class EvaluateConfig:
-    """Online returns of a trained policy (with its action decoder for latent policies)."""
+    """Online returns (and Meta-World's success rate) of a trained policy (with its decoder for latent policies)."""
 
     policy: Path
     """directory of a policy written by `masklam bc` (save_pretrained)"""
@@ -277,8 +294,9 @@ def main(argv: list[str]) -> int:
         res = evaluate(policy, spec, cfg.episodes, cfg.seed, cfg.workers, normalizer, desc=f"eval {split}")
         results[split] = res.as_dict()
         norm = "" if res.normalized is None else f", normalised {res.normalized:.3f}"
+        won = "" if res.success_rate is None else f", success {res.success_rate:.0%}"
         sem = res.std * np.sqrt(cfg.episodes / max(cfg.episodes - 1, 1)) / np.sqrt(cfg.episodes)
-        print(f"{split}: return {res.mean:.1f} ± {sem:.1f} (standard error) over {cfg.episodes} episodes{norm}")
+        print(f"{split}: return {res.mean:.1f} ± {sem:.1f} (standard error) over {cfg.episodes} episodes{norm}{won}")
     out = cfg.out or ((cfg.decoder or cfg.policy) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

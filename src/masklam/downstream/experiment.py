@@ -12,11 +12,12 @@ except laom-sup, which trains one per budget. Methods:
 - `bc-full` (always): BC on all data with true actions, the normaliser (`bc-full-clean` for lapo-clean).
 
 Writes `OUT/results.csv` (`method, task, latent_dim, labels, seed, split, probe_nmse, return,
-normalized_return, recipe, return_sem, expert_fraction`) and `OUT/experiment.json`, then renders the
-report. `normalized_return` divides by full-data BC on the same data and split (bc-full on the training
-videos for `id`, the same policy on the held-out videos for `ood`, bc-full-clean for lapo-clean);
-`return_sem` is the standard error over the row's episodes; `expert_fraction` is the return over the
-shipped expert's measured return. A config, e.g. `sweep.toml`:
+normalized_return, success, recipe, return_sem, expert_fraction`) and `OUT/experiment.json`, then renders
+the report. `normalized_return` divides by full-data BC on the same data and split (bc-full on the training
+videos for `id`, the same policy on the held-out videos for `ood`, bc-full-clean for lapo-clean); `success`
+is the success rate, empty unless the env reports success, as Meta-World does; `return_sem` is the standard
+error over the row's episodes; `expert_fraction` is the return over the shipped expert's measured return.
+A config, e.g. `sweep.toml`:
 
     out = "runs/sweep"
     tasks = ["cheetah-run"]
@@ -256,7 +257,7 @@ def decode_stage(root: Path, conf: dict[str, Any], device: str, progress: bool) 
 
 def eval_stage(root: Path, policy: Path, decoder: Path | None, split: str, env: dict[str, Any],
                opts: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Online evaluation of a policy (+ decoder) on one split (cached); -> {mean, std, returns}."""
+    """Online evaluation of a policy (+ decoder) on one split (cached); -> {mean, std, returns, success_rate}."""
     conf = {"policy": str(policy), "decoder": str(decoder) if decoder else None, "split": split, "env": env,
             "episodes": 25, "workers": 2, "seed": 0, **opts}
 
@@ -317,8 +318,8 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
             res = eval_stage(root, policy, decoder, split, cfg.env, opts, prog)
             raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
                         "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
-                        "recipe": recipe_label(method, cfg.pretrain), "return_sem": sem(res["returns"]),
-                        "expert_fraction": res["mean"] / expert_return(task)})
+                        "success": res.get("success_rate"), "recipe": recipe_label(method, cfg.pretrain),
+                        "return_sem": sem(res["returns"]), "expert_fraction": res["mean"] / expert_return(task)})
 
     for task in cfg.tasks:
         for seed in cfg.seeds:

@@ -21,7 +21,10 @@ import tyro
 
 from masklam.errors import MasklamError
 
-COLUMNS = ["method", "task", "latent_dim", "labels", "seed", "split", "probe_nmse", "return", "normalized_return"]
+COLUMNS = ["method", "task", "latent_dim", "labels", "seed", "split", "probe_nmse", "return", "normalized_return",
+           "success"]
+OPTIONAL_COLUMNS = ("success",)
+"""Columns a results.csv may lack (written since Meta-World; empty where the env reports no success)."""
 AVERAGE = "average"
 
 
@@ -38,6 +41,8 @@ class Row:
     probe_nmse: float | None
     ret: float
     normalized_return: float
+    success: float | None = None
+    """success rate (Meta-World), None where the env reports none"""
 
 
 def _num(value: str, kind: type, name: str, path: Path, line: int) -> float | int | None:
@@ -56,7 +61,7 @@ def read_results(path: str | Path) -> list[Row]:
         raise MasklamError(f"no such file: {path}")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL_COLUMNS]
         if missing:
             raise MasklamError(f"{path}: missing columns {missing}")
         rows = []
@@ -66,7 +71,8 @@ def read_results(path: str | Path) -> list[Row]:
             rows.append(Row(r["method"], r["task"], int(vals["latent_dim"] or 0), int(vals["labels"] or 0),
                             int(vals["seed"] or 0), r["split"], floats["probe_nmse"],
                             float("nan") if floats["return"] is None else floats["return"],
-                            float("nan") if floats["normalized_return"] is None else floats["normalized_return"]))
+                            float("nan") if floats["normalized_return"] is None else floats["normalized_return"],
+                            _num(r.get("success") or "", float, "success", path, line)))
     if not rows:
         raise MasklamError(f"{path}: no result rows")
     return rows

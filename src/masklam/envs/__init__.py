@@ -1,21 +1,49 @@
-"""The Distracting Control Suite on current MuJoCo, as Gymnasium environments.
+"""The Distracting Control Suite and Distracting Meta-World on current MuJoCo, as Gymnasium environments.
 
-`make("cheetah-run", distractors="laom")` -> a `DistractingControlEnv`; the tasks are also registered
-with Gymnasium as "masklam/<domain>-<task>-v0" (every dm_control suite task), e.g.
-`gymnasium.make("masklam/cheetah-run-v0", distractors="masklam")`.
+`make("cheetah-run", distractors="laom")` -> a `DistractingControlEnv`; `make("mw-push", ...)` -> a
+`DistractingMetaWorldEnv` (Meta-World is an optional dependency, imported only then). `SUITES` records
+the suite of every task of the papers (`suite_of` tells any task's). The control-suite tasks are also
+registered with Gymnasium as "masklam/<domain>-<task>-v0" (every dm_control suite task), e.g.
+`gymnasium.make("masklam/cheetah-run-v0", distractors="masklam")`, and the MT10 tasks as
+"masklam/mw-<task>-v0".
 """
 from __future__ import annotations
 
 import gymnasium as gym
 
+from masklam.envs import metaworld as _mw
 from masklam.envs.distractors import PRESETS, DistractorConfig, make_config
+from masklam.envs.metaworld import DistractingMetaWorldEnv
+from masklam.envs.scene import DistractedScene
 from masklam.envs.state import flatten_state
-from masklam.envs.suite import DistractingControlEnv, parse_task
+from masklam.envs.suite import DistractingControlEnv
+from masklam.envs.suite import parse_task as _parse_dmc_task
 
 TASKS: tuple[str, ...] = ("cheetah-run", "walker-run", "hopper-hop", "humanoid-walk")
-"""The tasks of the papers; any dm_control suite 'domain-task' works as well."""
+"""The control-suite tasks of the papers; any dm_control suite 'domain-task' works as well."""
+MW_TASKS: tuple[str, ...] = tuple(_mw.PREFIX + t for t in _mw.MT10)
+"""The Meta-World MT10 tasks ('mw-push', ...)."""
+SUITES: dict[str, str] = {**{t: "dmc" for t in TASKS}, **{t: "metaworld" for t in MW_TASKS}}
+"""The registry: each task of the papers -> its suite ("dmc" or "metaworld")."""
 
-__all__ = ["TASKS", "PRESETS", "DistractorConfig", "DistractingControlEnv", "make", "flatten_state", "parse_task"]
+__all__ = ["TASKS", "MW_TASKS", "SUITES", "PRESETS", "DistractorConfig", "DistractedScene", "DistractingControlEnv",
+           "DistractingMetaWorldEnv", "make", "flatten_state", "parse_task", "suite_of"]
+
+
+def suite_of(task: str) -> str:
+    """"metaworld" for 'mw-*' tasks, "dmc" otherwise (whether or not the task exists)."""
+    return "metaworld" if _mw.is_metaworld_task(task) else "dmc"
+
+
+def parse_task(task: str) -> tuple[str, str]:
+    """'cheetah-run' -> ('cheetah', 'run'), 'mw-pick-place' -> ('mw', 'pick-place'); unknown -> MasklamError.
+
+    Meta-World tasks are checked by name only (Meta-World need not be installed).
+    """
+    if suite_of(task) == "metaworld":
+        _mw.parse_task(task)
+        return "mw", task[len(_mw.PREFIX):]
+    return _parse_dmc_task(task)
 
 
 def make(
@@ -28,20 +56,31 @@ def make(
     shadows: bool = True,
     reflections: bool = True,
     max_episode_steps: int | None = None,
-    camera_id: int | None = None,
+    camera_id: int | str | None = None,
+    multisample: bool = True,
     **overrides: object,
-) -> DistractingControlEnv:
-    """A distracted dm_control task; `overrides` set `DistractorConfig` fields of the preset.
+) -> DistractedScene:
+    """A distracted dm_control or Meta-World ('mw-*') task; `overrides` set `DistractorConfig` fields of the preset.
 
     video_split: "train" (60 procedural / DAVIS train videos) or "eval" (30 held-out videos);
     background_path: a DAVIS-2017 root (JPEGImages/480p/<video>/*.jpg) instead of procedural videos;
-    shadows/reflections: renderer flags (both off is ~5x faster to render but looks different).
+    shadows/reflections/multisample: renderer flags (all off renders ~3-5x faster in the control suite and
+    ~10x faster in Meta-World's scene, but looks different);
+    Meta-World only: camera_id may be a camera name (default "corner"), `mask="moving"` masks only the
+    robot's moving parts, `terminate_on_success=True` ends an episode on success.
     """
     if video_split not in ("train", "eval"):
         raise MasklamError(f"unknown video_split {video_split!r}; one of: train, eval")
     render_mode = overrides.pop("render_mode", "rgb_array")
+    extra = {}
+    if suite_of(task) == "metaworld":
+        _mw.parse_task(task)  # a bad name fails before Meta-World is imported
+        extra = {k: overrides.pop(k) for k in ("mask", "terminate_on_success") if k in overrides}
+        cls = _mw.DistractingMetaWorldEnv
+    else:
+        cls = DistractingControlEnv
     cfg = make_config(distractors, **overrides)
-    return DistractingControlEnv(
+    return cls(
         task,
         cfg,
         video_split=video_split,
@@ -53,6 +92,8 @@ def make(
         camera_id=camera_id,
         max_episode_steps=max_episode_steps,
         render_mode=render_mode,
+        multisample=multisample,
+        **extra,
     )
 
 
@@ -63,6 +104,9 @@ def _register_all() -> None:
         env_id = f"masklam/{domain}-{name}-v0"
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point="masklam.envs:make", kwargs={"task": f"{domain}-{name}"})
+    for task in MW_TASKS:
+        if f"masklam/{task}-v0" not in gym.registry:
+            gym.register(id=f"masklam/{task}-v0", entry_point="masklam.envs:make", kwargs={"task": task})
 
 
 from masklam.errors import MasklamError  # noqa: E402

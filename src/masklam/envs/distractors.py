@@ -2,6 +2,7 @@
 
 - background: a video on the skybox texture, one frame per environment step, playing forward and
   bouncing back at its ends (or one fixed frame when not dynamic); every episode starts at frame 0;
+- composite (instead of the skybox): the video frame replaces the background pixels of the rendered image;
 - ground plane alpha: the floor material's alpha (see-through floor shows the video);
 - camera shake: a bounded random walk of the camera's horizontal/vertical angle around the tracked
   point, its roll, and its zoom (field of view);
@@ -32,6 +33,9 @@ class DistractorConfig:
     """play the video (one frame per step, bouncing at its ends); False shows one random frame"""
     num_videos: int | None = None
     """use only the first n videos of the split (None: all of them)"""
+    composite: bool = False
+    """show the video by replacing background pixels (sky, floor, walls) in image space after rendering, not
+    on the skybox (MaskLAM's Distracting Meta-World); the frames are drawn at the image size"""
     background_size: int = 128
     """resolution (pixels) of one skybox face; the video frames are drawn at this size"""
     ground_plane_alpha: float | None = None
@@ -94,6 +98,7 @@ PRESETS: dict[str, DistractorConfig] = {
     "none": DistractorConfig(background=False),
     "laom": DistractorConfig(background=True, dynamic_background=True, camera_scale=0.1, color_scale=0.1),
     "masklam": DistractorConfig(background=True, dynamic_background=True),
+    "composite": DistractorConfig(background=True, dynamic_background=True, composite=True),
 }
 
 

@@ -54,6 +54,7 @@ class SceneRenderer:
         self._rect = mujoco.MjrRect(0, 0, width, height)
         self._is_agent = np.zeros(model.ngeom, bool)
         self._is_agent[agent_geoms] = True
+        self._is_agent_or_none = np.concatenate([[False], self._is_agent])  # indexed by geom id + 1
         self._rgb = np.empty((height, width, 3), np.uint8)
         self._seg = np.empty((height, width, 3), np.uint8)
         flags = self._scene.flags
@@ -81,6 +82,14 @@ class SceneRenderer:
 
     def agent_mask(self) -> np.ndarray:
         """Segmentation pass of the current scene: (H, W) bool, True on the agent's geoms."""
+        return self.is_agent(self.geom_ids())
+
+    def is_agent(self, geom_ids: np.ndarray) -> np.ndarray:
+        """(H, W) geom ids (-1: none) -> (H, W) bool, True on the agent's geoms."""
+        return self._is_agent_or_none[geom_ids + 1]
+
+    def geom_ids(self) -> np.ndarray:
+        """Segmentation pass of the current scene: (H, W) int model geom id per pixel, -1 where no geom."""
         self._gl.make_current()
         flags = self._scene.flags
         saved = flags.copy()
@@ -94,10 +103,10 @@ class SceneRenderer:
         seg = self._seg.astype(np.int32)
         segid = seg[..., 0] + (seg[..., 1] << 8) + (seg[..., 2] << 16)  # scene segid + 1; 0 = background
         n = self._scene.ngeom
-        lut = np.zeros(n + 1, bool)
+        lut = np.full(n + 1, -1, np.int64)
         for g in self._scene.geoms[:n]:
             if g.segid >= 0 and g.objtype == mujoco.mjtObj.mjOBJ_GEOM and 0 <= g.objid < self._is_agent.size:
-                lut[g.segid + 1] = self._is_agent[g.objid]
+                lut[g.segid + 1] = g.objid
         return lut[np.minimum(segid, n)][::-1].copy()
 
     def close(self) -> None:

@@ -16,13 +16,11 @@ import time
 from collections.abc import Iterator
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 
-from masklam.envs.distractors import BackgroundPlayer, CameraShake, ColorShift, DistractorConfig, write_skybox
-from masklam.envs.render import SceneRenderer
+from masklam.envs.distractors import DistractorConfig
+from masklam.envs.scene import DistractedScene, check_common, set_floor_alpha
 from masklam.envs.state import flatten_state
-from masklam.envs.videos import load_videos
 from masklam.errors import MasklamError
 
 _ASSET_LOCK = threading.Lock()
@@ -104,10 +102,10 @@ def default_camera(domain: str) -> int:
     return 2 if domain == "quadruped" else 0
 
 
-class DistractingControlEnv(gym.Env):
+class DistractingControlEnv(DistractedScene):
     """A dm_control task rendered at (img_size, img_size) with distractors and exact agent masks."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+    suite = "dmc"
 
     def __init__(
         self,
@@ -122,19 +120,15 @@ class DistractingControlEnv(gym.Env):
         camera_id: int | None = None,
         max_episode_steps: int | None = None,
         render_mode: str | None = "rgb_array",
+        multisample: bool = True,
     ):
         domain, name = parse_task(task)
-        if not isinstance(img_size, int) or not 8 <= img_size <= 480:
-            raise MasklamError(f"img_size={img_size!r} must be an integer in 8..480")
-        if not isinstance(action_repeat, int) or action_repeat < 1:
-            raise MasklamError(f"action_repeat={action_repeat!r} must be a positive integer")
-        if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
-            raise MasklamError(f"max_episode_steps={max_episode_steps!r} must be a positive integer")
-        self.task, self.config, self.video_split = task, distractors, video_split
-        self.action_repeat, self.img_size, self.render_mode = action_repeat, img_size, render_mode
+        check_common(img_size, action_repeat, max_episode_steps)
+        self.task, self.video_split = task, video_split
+        self.action_repeat, self.render_mode = action_repeat, render_mode
         cfg = distractors
 
-        with _skybox_size(cfg.background_size if cfg.background else None):
+        with _skybox_size(cfg.background_size if cfg.background and not cfg.composite else None):
             self._dm = load_dm(task, seed=0)
         step_limit = getattr(self._dm, "_step_limit", 1000)
         self._dm._step_limit = float("inf")  # we truncate ourselves (dm_control would auto-reset)
@@ -142,72 +136,40 @@ class DistractingControlEnv(gym.Env):
         self.max_episode_steps = max_episode_steps or max(base_len, 1)
 
         physics = self._dm.physics
-        self._model, self._data = physics.model.ptr, physics.data.ptr
-        m = self._model
-        self.camera_id = default_camera(domain) if camera_id is None else camera_id
-        if not isinstance(self.camera_id, int) or not 0 <= self.camera_id < m.ncam:
+        m = physics.model.ptr
+        camera = default_camera(domain) if camera_id is None else camera_id
+        if not isinstance(camera, int) or not 0 <= camera < m.ncam:
             raise MasklamError(f"camera_id={camera_id!r} out of range: task {task} has cameras 0..{m.ncam - 1}")
-        self._base_fovy = float(m.cam_fovy[self.camera_id])
-
-        # The agent: every geom on a body that moves (welded to something other than the world).
-        self.agent_geoms = np.flatnonzero(m.body_weldid[m.geom_bodyid] != 0)
-        rgba = m.geom_rgba[self.agent_geoms].copy()
-        mat = m.geom_matid[self.agent_geoms]
-        use_mat = (mat >= 0) & np.all(np.isclose(rgba, [0.5, 0.5, 0.5, 1.0]), axis=1)
-        rgba[use_mat] = m.mat_rgba[mat[use_mat]]
-        self._agent_rgba = rgba  # (G, 4) colour each agent geom is drawn with
+        if not multisample:
+            m.vis.quality.offsamples = 0
 
         alpha = cfg.ground_plane_alpha
         if alpha is None and cfg.background:
             alpha = 0.3 if domain.startswith("humanoid") else 1.0
         if alpha is not None:
-            floors = np.flatnonzero((m.geom_bodyid == 0) & (m.geom_type == mujoco.mjtGeom.mjGEOM_PLANE))
-            for g in floors:
-                if m.geom_matid[g] >= 0:
-                    m.mat_rgba[m.geom_matid[g], 3] = alpha
-                else:
-                    m.geom_rgba[g, 3] = alpha
-
-        self._sky = -1
-        self._videos = None
-        if cfg.background:
-            skies = np.flatnonzero(m.tex_type == mujoco.mjtTexture.mjTEXTURE_SKYBOX)
-            if skies.size == 0:
-                raise MasklamError(f"task {task} has no skybox texture to show a background video on")
-            self._sky = int(skies[0])
-            self._videos = load_videos(video_split, int(m.tex_width[self._sky]), background_path)
-            ids = self._videos.ids[: cfg.num_videos] if cfg.num_videos else self._videos.ids
-            self._player = BackgroundPlayer(list(ids), cfg.dynamic_background)
-        self._shake = CameraShake(cfg)
-        self._color = ColorShift(cfg)
-        self._renderer = SceneRenderer(m, img_size, img_size, self.agent_geoms, shadows, reflections)
+            set_floor_alpha(m, alpha)
+        # The agent: every geom on a body that moves (welded to something other than the world).
+        agent = np.flatnonzero(m.body_weldid[m.geom_bodyid] != 0)
+        self._init_scene(m, physics.data.ptr, cfg, video_split, background_path, img_size, camera, agent,
+                         shadows, reflections)
 
         spec = self._dm.action_spec()
         self._to_task_action = ActionScaler(spec)
         self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
         self.observation_space = gym.spaces.Box(0, 255, (img_size, img_size, 3), np.uint8)
         self.state_dim = int(sum(int(np.prod(s.shape)) for s in self._dm.observation_spec().values()))
-        self.profile = dict(physics=0.0, texture=0.0, scene=0.0, rgb=0.0, segmentation=0.0)
-        self._shown: tuple[int, int] | None = None
         self._rng: np.random.Generator | None = None
         self._t = 0
-        self._last_obs: np.ndarray | None = None
 
     # -- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode; every random choice (initial state, video, walks) derives from `seed`."""
-        super().reset(seed=seed)
-        episode = np.random.SeedSequence(int(self.np_random.integers(2**63)))
-        task_seed, distractor_seed = episode.spawn(2)
+        task_seed = self._seed_episode(seed)
         self._dm.task._random = np.random.RandomState(task_seed.generate_state(4))
-        self._rng = np.random.default_rng(distractor_seed)
         t0 = time.perf_counter()
         time_step = self._dm.reset()
         self.profile["physics"] += time.perf_counter() - t0
-        if self._videos is not None:
-            self._player.reset(self._rng, self._videos.num_frames)
-        self._shake.reset(self._rng)
-        self._color.reset(self._rng)
+        self._reset_distractors(self._rng)
         self._t = 0
         return self._observe(time_step.observation)
 
@@ -222,57 +184,13 @@ class DistractingControlEnv(gym.Env):
             time_step = self._dm.step(a)
             reward += float(time_step.reward or 0.0)
         self.profile["physics"] += time.perf_counter() - t0
-        if self._videos is not None:
-            self._player.step()
-        self._shake.step(self._rng)
-        self._color.step(self._rng)
+        self._step_distractors(self._rng)
         self._t += 1
         obs, info = self._observe(time_step.observation)
         return obs, reward, False, self._t >= self.max_episode_steps, info
 
-    def render(self) -> np.ndarray | None:
-        """The last observation (H, W, 3) uint8."""
-        return self._last_obs
-
-    def close(self) -> None:
-        self._renderer.close()
-
     # -- internals -----------------------------------------------------------------------------
     def _observe(self, observation: dict) -> tuple[np.ndarray, dict]:
-        m, d = self._model, self._data
-        t0 = time.perf_counter()
-        video = (-1, -1)
-        if self._videos is not None:
-            video = (self._player.video_id, self._player.frame)
-            if video != self._shown:
-                write_skybox(m, self._sky, self._videos.frame(*video))
-                self._renderer.upload_texture(self._sky)
-                self._shown = video
-        if self._color.max_delta > 0:
-            self._color.apply(m, self.agent_geoms, self._agent_rgba)
-        self._shake.apply(m, d, self.camera_id, self._base_fovy)
-        t1 = time.perf_counter()
-        self._renderer.update(d, self.camera_id)
-        t2 = time.perf_counter()
-        obs = self._renderer.rgb()  # (H, W, 3) uint8
-        t3 = time.perf_counter()
-        mask = self._renderer.agent_mask()  # (H, W) bool
-        t4 = time.perf_counter()
-        p = self.profile
-        p["texture"] += t1 - t0
-        p["scene"] += t2 - t1
-        p["rgb"] += t3 - t2
-        p["segmentation"] += t4 - t3
-        self._last_obs = obs
-        info = {
-            "mask": mask,
-            "state": flatten_state(observation),
-            "distractor": {
-                "video_id": int(video[0]),
-                "video_frame": int(video[1]),
-                "camera": self._shake.state[:3].copy(),
-                "zoom": float(self._shake.state[3]),
-                "color": self._color.state.copy(),
-            },
-        }
+        obs, mask, video = self._draw()
+        info = {"mask": mask, "state": flatten_state(observation), "distractor": self._distractor_info(video)}
         return obs, info

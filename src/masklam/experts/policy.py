@@ -56,7 +56,14 @@ def available() -> list[str]:
 
 
 def load(task: str, path: str | Path | None = None) -> ExpertPolicy:
-    """The expert for `task` (shipped with the package), or the one at `path` (a .safetensors file)."""
+    """The expert for `task` (shipped with the package), or the one at `path` (a .safetensors file).
+
+    Meta-World tasks ('mw-*') have Meta-World's scripted policy (`ScriptedExpert`), no file.
+    """
+    from masklam.envs.metaworld import ScriptedExpert, is_metaworld_task
+
+    if is_metaworld_task(task) and path is None:
+        return ScriptedExpert(task)
     stem = Path(path).with_suffix("") if path else SHIPPED_DIR / task
     if not stem.with_suffix(".safetensors").is_file():
         where = f"at {stem.with_suffix('.safetensors')}" if path else f"shipped (shipped: {', '.join(available()) or 'none'})"
