@@ -87,8 +87,8 @@ class PretrainConfig:
     """MaskLAM: dilate the agent mask by this many pixels"""
     mask_target: bool = False
     """MaskLAM: instead of weighting the error, reconstruct the masked frame M*o_{t+1} (background black) at every pixel"""
-    mask_key: Literal["masks", "sam2_masks"] = "masks"
-    """MaskLAM: which masks of the file (simulator masks or SAM 2 masks)"""
+    mask_key: Literal["masks", "sam2_masks", "masks_mobilesam", "masks_student"] = "masks"
+    """MaskLAM: which masks of the file (simulator, SAM 2, MobileSAM or its student; `masklam masks`)"""
 
     target: Literal["ema", "stopgrad"] | None = None
     """LAOM target encoder: EMA (default for laom) or stop-grad of the online encoder (default for laom-sup)"""
