@@ -350,3 +350,20 @@ def test_option_errors_are_one_line(args, message, capsys):
     assert cli_main(["masks", "--data", "d.h5"] + args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_robustness_benchmark_builds_degraded_copies(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mask_robustness", Path(__file__).parents[1] / "benchmarks" /
+                                                  "mask_robustness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = write_file(tmp_path / "d.h5", lengths=(4, 4))
+    assert bench.condition_file(path, "sim", tmp_path / "out") == (path, "masks")
+    copy, key = bench.condition_file(path, "dilate1", tmp_path / "out")
+    assert key == "masks" and copy != path
+    iou, p10, digest = bench.mask_stats(copy, key, path)
+    assert iou == pytest.approx(196 / 252) and p10 == pytest.approx(196 / 252)
+    assert bench.mask_stats(path, "masks", path)[:2] == (1.0, 1.0) and bench.mask_stats(path, "masks", path)[2] != digest
+    assert len(set(bench.DEFAULT_CONDITIONS)) >= 6
