@@ -18,6 +18,7 @@ from masklam.errors import MasklamError
 from masklam.masks import degrade, distill, mobilesam, weights
 from masklam.masks import sam2 as cmd
 from masklam.masks.sam2 import default_box, frame_ious, mask_iou
+from maskfiles import write_mask_file
 
 
 # --- weights: fetch, cache, hash ----------------------------------------------------------------------------
@@ -268,20 +269,9 @@ def test_missing_frames_and_named_conditions():
 
 # --- the command ------------------------------------------------------------------------------------------
 
-def write_file(path: Path, lengths=(6, 5), domain: str = "cheetah") -> Path:
+def write_file(path: Path, lengths=(6, 5)) -> Path:
     """Moving red squares (the 'agent', also the simulator mask) on noise, 64x64."""
-    with h5py.File(path, "w") as f:
-        f.attrs["domain_name"] = domain
-        f.attrs["task_name"] = "run"
-        f.attrs["img_hw"] = [64, 64]
-        for i, length in enumerate(lengths):
-            g = f.create_group(str(i))
-            obs, truth = moving_square(length, step=1, seed=i)
-            g.create_dataset("obs", data=obs)
-            g.create_dataset("states", data=np.zeros((length, 5), np.float32))
-            g.create_dataset("actions", data=np.zeros((length, 2), np.float32))
-            g.create_dataset("masks", data=truth)
-    return path
+    return write_mask_file(path, [moving_square(length, step=1, seed=i) for i, length in enumerate(lengths)])
 
 
 @pytest.fixture
