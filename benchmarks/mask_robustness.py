@@ -74,6 +74,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="pretrain steps (default: the quickstart cpu preset's)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per training (default: torch's)")
     ap.add_argument("--out", type=Path, default=Path("runs/mask_robustness"))
     args = ap.parse_args()
 
@@ -84,6 +85,8 @@ def main() -> int:
     overrides = dict(preset["pretrain"])
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.threads is not None:
+        overrides["threads"] = args.threads
     dim = int(preset["latent_dims"][0])
     data = args.data.resolve()
     with h5py.File(data, "r") as f:

@@ -74,7 +74,7 @@ class MasksConfig:
     student_steps: int = 1500
     """Training steps of the student (batch 32)."""
     evaluate: bool = False
-    """Only print the IoU of --key (default masks_mobilesam) against the simulator masks, per task and trajectory."""
+    """Only print the IoU of --key (default: the --segmenter's key) vs the simulator masks, per task and trajectory."""
 
     def __post_init__(self) -> None:
         if self.key is None:
