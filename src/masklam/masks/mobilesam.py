@@ -167,11 +167,13 @@ class TinyViT(nn.Module):
     def __init__(self, dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), heads=(2, 4, 5, 10), windows=(7, 7, 14, 7)):
         super().__init__()
         self.patch_embed = nn.Module()
-        self.patch_embed.seq = nn.Sequential(ConvBN(3, dims[0] // 2, 3, 2, 1), nn.GELU(), ConvBN(dims[0] // 2, dims[0], 3, 2, 1))
+        self.patch_embed.seq = nn.Sequential(ConvBN(3, dims[0] // 2, 3, 2, 1), nn.GELU(),
+                                             ConvBN(dims[0] // 2, dims[0], 3, 2, 1))
         res = [IMG_SIZE // 4, IMG_SIZE // 8, IMG_SIZE // 16, IMG_SIZE // 16]  # 256, 128, 64, 64
         layers = [Stage([MBConv(dims[0]) for _ in range(depths[0])], PatchMerging((res[0],) * 2, dims[0], dims[1], 2))]
         for i in range(1, 4):
-            down = None if i == 3 else PatchMerging((res[i],) * 2, dims[i], dims[i + 1], 2 if res[i + 1] < res[i] else 1)
+            stride = 2 if i < 3 and res[i + 1] < res[i] else 1
+            down = None if i == 3 else PatchMerging((res[i],) * 2, dims[i], dims[i + 1], stride)
             blocks = [TinyViTBlock(dims[i], (res[i],) * 2, heads[i], windows[i]) for _ in range(depths[i])]
             layers.append(Stage(blocks, down))
         self.layers = nn.ModuleList(layers)
@@ -390,7 +392,8 @@ def load_mobilesam(path: str | Path, device: torch.device | str = "cpu", check_h
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise MasklamError(f"cannot read MobileSAM checkpoint {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise MasklamError(f"cannot read MobileSAM checkpoint {path}: {first}") from None
     state = {k: v for k, v in state.items() if not k.startswith(UNUSED_PREFIXES)}
     model = MobileSAM()
     missing, unexpected = model.load_state_dict(state, strict=False)

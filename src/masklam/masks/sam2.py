@@ -236,7 +236,8 @@ def plan(path: Path, key: str, box: tuple[float, ...] | None) -> Plan:
 def stored_ious(path: Path, key: str) -> dict[str, float]:
     """{group: IoU vs simulator masks} for every group holding ``key`` and its stored IoU."""
     with open_file(path) as f:
-        return {name: float(f[name].attrs[f"{key}_iou"]) for name in trajectory_names(f) if f"{key}_iou" in f[name].attrs}
+        return {name: float(f[name].attrs[f"{key}_iou"])
+                for name in trajectory_names(f) if f"{key}_iou" in f[name].attrs}
 
 
 def add_masks(path: Path, weights: Path | None, box: tuple[float, float, float, float] | None = None,
@@ -313,7 +314,8 @@ def evaluate(path: Path, key: str) -> dict[str, dict[str, float]]:
             per_task.setdefault(task, []).append(ious)
     if not rows:
         raise MasklamError(f"{path} has no trajectory with both {key!r} and the simulator's 'masks'")
-    print(f"{key} vs simulator masks, per trajectory:\n| trajectory | mean IoU | p10 | min | frames |\n|---|---|---|---|---|")
+    print(f"{key} vs simulator masks, per trajectory:\n"
+          "| trajectory | mean IoU | p10 | min | frames |\n|---|---|---|---|---|")
     for name, st in rows.items():
         print(f"| {name} | {st['mean']:.3f} | {st['p10']:.3f} | {st['min']:.3f} | {st['frames']} |")
     print("per task:\n| task | mean IoU | p10 | min | frames |\n|---|---|---|---|---|")

@@ -109,7 +109,8 @@ def predict(net: StudentNet, frames: np.ndarray, batch: int = 256) -> np.ndarray
     """(N, H, W, 3) uint8 -> (N, H, W) bool masks."""
     out = np.zeros(frames.shape[:3], bool)
     for start in range(0, len(frames), batch):
-        out[start:start + batch] = (net(torch.from_numpy(np.ascontiguousarray(frames[start:start + batch]))) > 0).numpy()
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch]))
+        out[start:start + batch] = (net(chunk) > 0).numpy()
     return out
 
 
