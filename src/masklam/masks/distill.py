@@ -80,7 +80,7 @@ def _training_set(path: Path, labels: Path, names: list[str]) -> tuple[np.ndarra
 
 def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, label_trajs: int | None = None,
                       box: tuple[float, ...] | None = None, device: str = "auto", batch: int = 8,
-                      key: str = "masks_mobilesam", steps: int = 1500, seed: int = 0) -> dict[str, float]:
+                      key: str = "masks_mobilesam", steps: int = 500, seed: int = 0) -> dict[str, float]:
     """Label a subset with MobileSAM, train the student, mask every frame; returns {group: IoU vs simulator masks}."""
     from masklam.masks.student import load_student, num_params, predict, save_student, train_student
 

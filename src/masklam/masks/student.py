@@ -71,7 +71,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target) + (1 - dice)
 
 
-def train_student(frames: np.ndarray, masks: np.ndarray, steps: int = 1500, batch: int = 32, lr: float = 2e-3,
+def train_student(frames: np.ndarray, masks: np.ndarray, steps: int = 500, batch: int = 32, lr: float = 2e-3,
                   seed: int = 0, shift: int = 4, widths: Sequence[int] = DEFAULT_WIDTHS,
                   progress: Callable[[int, float], object] | None = None) -> StudentNet:
     """Fit :class:`StudentNet` to ``frames`` (N, H, W, 3) uint8 and ``masks`` (N, H, W) bool; returns it in eval mode.
