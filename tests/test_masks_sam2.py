@@ -13,6 +13,7 @@ import torch
 from masklam.errors import MasklamError
 from masklam.masks import sam2 as cmd
 from masklam.masks.sam2 import TASK_BOXES, add_masks, default_box, mask_iou, parts_dir
+from maskfiles import write_mask_file
 
 transformers = pytest.importorskip("transformers")
 from masklam.masks import segmenter  # noqa: E402  (needs transformers)
@@ -70,19 +71,8 @@ def video(num_frames: int, seed: int, hw: tuple[int, int] = (64, 64)) -> np.ndar
 
 
 def write_file(path: Path, lengths=(3, 4), with_masks: bool = True, domain: str = "cheetah") -> Path:
-    with h5py.File(path, "w") as f:
-        f.attrs["domain_name"] = domain
-        f.attrs["task_name"] = "run"
-        f.attrs["img_hw"] = [64, 64]
-        for i, length in enumerate(lengths):
-            g = f.create_group(str(i))
-            obs = video(length, seed=i)
-            g.create_dataset("obs", data=obs)
-            g.create_dataset("states", data=np.zeros((length, 5), np.float32))
-            g.create_dataset("actions", data=np.zeros((length, 2), np.float32))
-            if with_masks:
-                g.create_dataset("masks", data=obs[..., 0] > 200)
-    return path
+    videos = [video(length, seed=i) for i, length in enumerate(lengths)]
+    return write_mask_file(path, [(obs, obs[..., 0] > 200 if with_masks else None) for obs in videos], domain)
 
 
 # --- the maths we do instead of the processors -------------------------------------------------------------

@@ -111,8 +111,9 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
                  progress: bool = True) -> TrajectoryData:
     """Read every trajectory of one or more files (shards, or directories of them) into one TrajectoryData.
 
-    ``mask_key`` ("masks" or "sam2_masks") loads agent masks when every file has them; otherwise
-    ``masks`` is None and :meth:`TrajectoryData.require_masks` names the file lacking them.
+    ``mask_key`` (one of MASK_KEYS: "masks", "sam2_masks", "masks_mobilesam", "masks_student") loads agent
+    masks when every file has them; otherwise ``masks`` is None and :meth:`TrajectoryData.require_masks`
+    names the file lacking them.
     ``traj_ids`` selects trajectories by global index (files in order, then groups "0", "1", ...).
     """
     if mask_key is not None and mask_key not in MASK_KEYS:

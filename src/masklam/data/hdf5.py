@@ -6,9 +6,10 @@ Layout (readers accept LAOM's published files, which have only ``obs``, ``states
   action_repeat, policy, steps, shadows, reflections, multisample, dataset_return``;
 - one group per trajectory named ``"0", "1", ...`` holding per-frame arrays with a leading ``T`` axis:
   ``obs (T,H,W,3) uint8``, ``states (T,S) float32``, ``actions (T,A) float32``, ``rewards (T,) float32``,
-  ``masks (T,H,W) bool``, optional ``sam2_masks (T,H,W) bool``, and the distractor metadata
-  (``video_id (T,)``, ``video_frame (T,)``, ``camera (T,3)``, ``color (T,3)``), on Meta-World ``success (T,)
-  bool`` (the env's flag after ``actions[t]``); attrs ``traj_return``, ``seed`` (the episode seed), ``length``.
+  ``masks (T,H,W) bool``, optional ``sam2_masks``, ``masks_mobilesam``, ``masks_student`` (T,H,W) bool
+  (`masklam masks`), and the distractor metadata (``video_id (T,)``, ``video_frame (T,)``, ``camera (T,3)``,
+  ``color (T,3)``), on Meta-World ``success (T,) bool`` (the env's flag after ``actions[t]``); attrs
+  ``traj_return``, ``seed`` (the episode seed), ``length``.
 
 Images and masks are chunked one frame per chunk, so a reader touching frame ``t`` decompresses only it;
 every chunk has a checksum, so a corrupted byte is an error on reading, never silently wrong data.
@@ -29,7 +30,7 @@ from masklam.errors import MasklamError
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("obs", "states", "actions")
-MASK_KEYS = ("masks", "sam2_masks")
+MASK_KEYS = ("masks", "sam2_masks", "masks_mobilesam", "masks_student")
 IMAGE_KEYS = ("obs",) + MASK_KEYS
 COMPRESSIONS = ("lzf", "gzip", "none")
 

@@ -116,8 +116,8 @@ class PretrainConfig:
     paper recipe; for lapo an ablation); latents are then labelled with masks too"""
     mask_norm: Literal["batch", "sample"] | None = None
     """MaskLAM's masked error divided by the mask area once per batch (default, the authors' code) or per sample"""
-    mask_key: Literal["masks", "sam2_masks"] = "masks"
-    """MaskLAM: which masks of the file (simulator masks or SAM 2 masks)"""
+    mask_key: Literal["masks", "sam2_masks", "masks_mobilesam", "masks_student"] = "masks"
+    """MaskLAM: which masks of the file (simulator, SAM 2, MobileSAM or its student; `masklam masks`)"""
 
     target: Literal["ema", "stopgrad"] | None = None
     """LAOM target encoder: EMA (default for laom) or stop-grad of the online encoder (default for laom-sup)"""

