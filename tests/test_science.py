@@ -56,6 +56,19 @@ def test_mask_channel_latent_reads_the_masks_and_refuses_to_run_without_them():
         on.latent(b["obs_t"], b["obs_t1"])
 
 
+def test_mask_channel_is_the_fourth_channel_of_each_frame():
+    """inputs(): channel 4f + c is colour c of frame f, channel 4f + 3 its mask (frame-major, as frames_to_tensor)."""
+    model, b = lam(frame_stack=3, mask_channel=True), batch(seed=7)
+    x = model.inputs(b["obs_t"], b["mask_t"])  # (B, 12, H, W)
+    assert x.shape == (4, 12, HW, HW)
+    for f in range(3):
+        assert torch.equal(x[:, 4 * f + 3], b["mask_t"][:, f].float())
+        assert torch.equal(x[:, 4 * f:4 * f + 3], b["obs_t"][:, f].permute(0, 3, 1, 2).float() / 255)
+    masks = b["mask_t"].to(torch.uint8)
+    model.inputs(b["obs_t"], masks)
+    assert masks.max() == 1  # the caller's masks are not scaled in place
+
+
 def test_masklam_loss_ignores_the_background_of_the_target_with_the_paper_recipe():
     """Paper recipe (mask channel, weighted loss, per-batch normalisation): pixels of o_{t+1} off the agent's
     mask do not enter the loss; pixels on it do."""
@@ -85,7 +98,7 @@ def test_paper_recipe_sets_what_the_authors_code_sets(tmp_path):
 
     m, lp = cfg("masklam"), cfg("lapo")
     for c in (m, lp):
-        assert (c.frame_stack, c.max_offset, c.optimizer, c.schedule) == (3, 9, "adamw", "cosine")
+        assert (c.frame_stack, c.max_offset, c.optimizer, c.schedule, c.weight_decay) == (3, 9, "adamw", "cosine", 0.01)
     assert m.mask_channel and m.mask_norm == "batch" and not m.mask_target and m.mask_lambda == 0.0
     assert not lp.mask_channel
     assert m.lam_config(2, 3, 64).mask_channel and not lp.lam_config(2, 3, 64).mask_channel
@@ -134,6 +147,9 @@ def test_evaluation_never_replays_a_collected_episode():
         assert not collected & evaluated
     # collection keeps its historical seeds (SeedSequence([seed, i])): datasets stay byte-identical
     assert collect_seed(3, 7) == int(np.random.SeedSequence([3, 7]).generate_state(1)[0])
+    # a seed of 2**32 or more would take two entropy words and shift the stream tag: refused
+    with pytest.raises(MasklamError, match="2\\*\\*32"):
+        eval_seed(3 * 2**32 + 7, 2)
 
 
 def test_evaluation_and_collection_first_frames_differ_for_the_same_user_seed():

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from masklam.errors import MasklamError
+
 STREAMS: dict[str, int] = {
     "collect": 0,  # the environment reset seed of collected trajectory `index`
     "action_noise": 1,  # the expert's Gaussian action noise in collected trajectory `index`
@@ -23,6 +25,9 @@ def seed_sequence(stream: str, seed: int, index: int) -> np.random.SeedSequence:
     """The SeedSequence of item `index` of `stream` under the user seed `seed`."""
     if stream not in STREAMS:
         raise KeyError(f"unknown seed stream {stream!r}; one of {', '.join(STREAMS)}")
+    if not (0 <= int(seed) < 2**32 and 0 <= int(index) < 2**32):
+        # a larger number takes two words of entropy and would shift the stream tag into another stream's place
+        raise MasklamError(f"seeds and indices must lie in 0..2**32-1, got seed {seed}, index {index}")
     return np.random.SeedSequence([int(seed), int(index), STREAMS[stream]])
 
 

@@ -215,6 +215,8 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
     that differs only in MaskLAM's loss."""
     if method != "masklam":
         overrides = {k: v for k, v in overrides.items() if k not in MASKLAM_LOSS_OPTIONS}
+    if not recipe_applies(method, overrides.get("recipe", "default")):  # e.g. LAOM: its own paper's recipe
+        overrides = {k: v for k, v in overrides.items() if k != "recipe"}
     conf = {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labeled": labeled}
 
     def fn(d: Path) -> dict[str, Any]:
@@ -376,11 +378,20 @@ def recipe_label(method: str, pretrain: dict[str, Any]) -> str:
     if method not in LAM_METHODS:
         return "-"
     label = str(pretrain.get("recipe", "default"))
+    if not recipe_applies(method, label):
+        label = "default"
     if method == "masklam" and pretrain.get("mask_target"):
         label += "+mask-target"
     if pretrain.get("mask_channel") is not None and method in ("lapo", "lapo-clean", "masklam"):
         label += "+mask-channel" if pretrain["mask_channel"] else "-mask-channel"
     return label
+
+
+def recipe_applies(method: str, recipe: str) -> bool:
+    """Whether a pretraining recipe changes anything for `method` (lapo-clean is LAPO)."""
+    from masklam.train.config import RECIPES
+
+    return bool(RECIPES.get(recipe, {}).get("lapo" if method == "lapo-clean" else method))
 
 
 def sem(values: list[float]) -> float:

@@ -41,7 +41,7 @@ def append_mask_channel(frames: torch.Tensor | np.ndarray, masks: torch.Tensor |
     frames, masks = torch.as_tensor(frames), torch.as_tensor(masks)
     if masks.shape != frames.shape[:-1]:
         raise MasklamError(f"masks {tuple(masks.shape)} do not match frames {tuple(frames.shape)}")
-    m = masks.to(device=frames.device, dtype=torch.uint8).mul_(255)[..., None]  # (B, F, H, W, 1)
+    m = masks.to(device=frames.device, dtype=torch.uint8).mul(255)[..., None]  # (B, F, H, W, 1), a new tensor
     return torch.cat([frames, m], dim=-1)
 
 

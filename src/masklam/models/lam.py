@@ -93,7 +93,14 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     num = (weight[:, None] * (pred - target).square()).sum(dim=(1, 2, 3))  # (B,)
     den = weight.sum(dim=(1, 2)) * c  # (B,)
     if norm == "batch":
-        return num.sum() / den.sum().clamp_min(1.0)
+        total = den.sum().detach()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # data-parallel: normalise by the global batch's area, so that DDP's mean of the ranks' losses is
+            # sum(num) / sum(den) over the global batch, whatever the number of processes
+            world = torch.distributed.get_world_size()
+            torch.distributed.all_reduce(total)
+            return num.sum() * world / total.clamp_min(1.0)
+        return num.sum() / total.clamp_min(1.0)
     return (num / den.clamp_min(1.0)).mean()
 
 
@@ -176,9 +183,9 @@ class LatentActionModel(nn.Module):
         training offsets: what probes and latent BC regress. windows: a WindowSampler batch -> (B, D)."""
         return self.latent(windows["obs_t"], windows["obs_t1"], windows.get("mask_t"), windows.get("mask_t1"))
 
-    def embed(self, obs_t: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Observation embedding of a frame stack -> (B, embed_dim)."""
-        return self.embed_tensor(self.frames(obs_t))
+    def embed(self, obs_t: torch.Tensor | np.ndarray, mask_t: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """Observation embedding of a frame stack (and its masks, with the mask channel) -> (B, embed_dim)."""
+        return self.embed_tensor(self.inputs(obs_t, mask_t))
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """LAM loss plus the online probes' losses (on detached inputs) -> (total loss, info)."""

@@ -49,7 +49,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 # Values of the fields no preset, method or recipe sets.
 FALLBACKS: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, mask_channel=False, mask_norm="batch")
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
-                               "wandb_project", "probe_batch_size", "progress", "threads"})
+                               "wandb_project", "probe_batch_size", "progress", "threads",
+                               # the probe runs after training: changing it never invalidates the weights
+                               "probe_ridge", "probe_max_trajs"})
 
 
 @dataclass

@@ -176,6 +176,8 @@ def probe_lam(lam: torch.nn.Module, data, train_ids: np.ndarray, heldout_ids: np
                 parts[i].add(z[sel], a[sel])
         bar.update()
     scores: dict[float, float] = {}
+    if ridge is None and len(train_ids) < 2:
+        ridge = 1e-3  # one training trajectory: nothing to cross-validate over; the former fixed strength
     if ridge is None:
         ridge, scores = cross_validate_ridge(parts)
     probe = RidgeProbe(lam.latent_dim, data.action_dim, lam.device).merge(parts).fit(ridge)
