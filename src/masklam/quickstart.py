@@ -31,8 +31,9 @@ from masklam.errors import MasklamError
 # so from (o_t, o_{t+1}) alone the agent's velocity and its action are confounded; with o_{t-2..t} the
 # IDM sees the velocity. Measured here (cheetah-run, 40 x 250 frames, 1500 steps): distractor-free LAPO's
 # held-out probe NMSE 0.53 with frame stack 3, while with frame stack 1 even MaskLAM stayed at 0.86.
-# MaskLAM reconstructs the masked frame M*o_{t+1} at every pixel (`mask_target`; background black) rather
-# than weighting the error by M (the paper's loss): at this scale the weighted loss is met by painting the
+# The default recipe `mask-target`: MaskLAM reconstructs the masked frame M*o_{t+1} at every pixel (background
+# black) rather than weighting the error by M (the paper's loss; the authors' full recipe, 1.17x over 3 seeds
+# against 1.57x for this one, is `--recipe paper`): at this scale the weighted loss is met by painting the
 # single-coloured cheetah's colour everywhere, which needs no latent (probe NMSE 0.86 after 1000 and 3000
 # steps, vs LAPO 0.89). `mask_target` only affects MaskLAM; LAPO ignores the mask options. Latent 16: a
 # narrow latent makes LAPO choose between the background and the agent (docs/quickstart-science.md).
@@ -40,6 +41,8 @@ from masklam.errors import MasklamError
 # starts): MaskLAM's IDM otherwise fits its training trajectories (probe NMSE train 0.63 vs held-out 0.77 at
 # seed 1; with 80 x 125, 0.60 vs 0.66), and the held-out probe gets 8 trajectories instead of 4. Label
 # budgets count trajectories, so 4 and 16 short ones hold the frames that 2 and 8 long ones did.
+# Decoders: MaskLAM's 3-layer head trained 2500 updates (LAOM's count); with 300 the distractor-free latent
+# policy stood still online (return 3; trained: 136-225). The BC normalisers get 1000 updates (250: 73).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         methods=["lapo", "masklam", "lapo-clean"],
