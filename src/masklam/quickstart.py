@@ -188,11 +188,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             elif key.startswith("return_"):
                 e = np.asarray(sems.get(m, {}).get(key.removeprefix("return_"), []))
                 s[f"{key}_sem"] = float(np.sqrt(np.square(e).sum()) / len(e)) if len(e) else math.nan
-        if "return_id_sem" in s and "normalized_id" in s and s.get("return_id"):
-            for split in ("id", "ood"):  # the same relative error for the scaled figures of one seed
-                for key in (f"normalized_{split}", f"expert_{split}"):
-                    if key in s and f"{key}_sem" not in s and s.get(f"return_{split}"):
-                        s[f"{key}_sem"] = abs(s[key]) * s.get(f"return_{split}_sem", math.nan) / abs(s[f"return_{split}"])
+        for split in ("id", "ood"):  # one seed: the scaled figures carry the return's relative error
+            ret, err = s.get(f"return_{split}"), s.get(f"return_{split}_sem")
+            for key in (f"normalized_{split}", f"expert_{split}"):
+                if key in s and f"{key}_sem" not in s and ret and err is not None:
+                    s[f"{key}_sem"] = abs(s[key]) * err / abs(ret)
         summary[m] = s
     return summary
 
@@ -248,7 +248,8 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
         lines.append(f"MaskLAM vs LAPO, held-out probe NMSE: {lapo['probe_nmse'] / mask['probe_nmse']:.2f}x lower")
         lines.append(f"gap to the distractor-free upper bound closed by MaskLAM: {format_gaps(summary)}")
     lines.append("norm = return / full-data BC's on the same data and videos (bc-full ID and OOD, bc-full-clean for "
-                 "lapo-clean); of expert = return / the shipped expert's; ± = standard error")
+                 "lapo-clean); of expert = return / the shipped expert's; ± = standard error over seeds "
+                 "(with one seed: over the episodes)")
     return "\n".join(lines)
 
 
