@@ -104,7 +104,7 @@ class QuickstartConfig:
     """Run the quickstart: MaskLAM vs LAPO (and the distractor-free upper bound) end to end."""
 
     preset: Literal["cpu", "gpu", "toy"] = "cpu"
-    """cpu: under 20 minutes on 2 cores (16.7 measured, bf16 autocast); gpu: one H100 in about 20 minutes;
+    """cpu: under 20 minutes on 2 cores (16.3 measured, bf16 autocast); gpu: one H100 in about 20 minutes;
     toy: seconds, for tests."""
     task: str = "cheetah-run"
     """dm_control task with a shipped expert, or a Meta-World task (mw-push, ...: its scripted expert; collected
