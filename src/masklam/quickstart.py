@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
+from masklam.downstream.evaluate import standard_error
 from masklam.errors import MasklamError
 
 # What a preset fixes; everything not here takes the stage's own defaults. `methods` beyond the core
@@ -184,7 +185,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             s[key] = float(means.mean())
             s[f"{key}_seeds"] = means.tolist()
             if len(means) > 1:
-                s[f"{key}_sem"] = float(means.std(ddof=1) / np.sqrt(len(means)))
+                s[f"{key}_sem"] = standard_error(means)
             elif key.startswith("return_"):
                 e = np.asarray(sems.get(m, {}).get(key.removeprefix("return_"), []))
                 s[f"{key}_sem"] = float(np.sqrt(np.square(e).sum()) / len(e)) if len(e) else math.nan

@@ -72,6 +72,12 @@ class EvalResult:
                 "successes": self.successes, "success_rate": self.success_rate}
 
 
+def standard_error(values: list[float] | np.ndarray) -> float:
+    """Standard error of the mean (sample std / sqrt n); 0 for a single value."""
+    v = np.asarray(values, np.float64)
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
 def episode_seed(seed: int, episode: int) -> int:
     """The reset seed of episode `episode` of an evaluation seeded with `seed`: the `eval` stream
     (masklam.seeding), never the seed of a collected trajectory, whatever the two seeds."""
@@ -295,8 +301,7 @@ def main(argv: list[str]) -> int:
         results[split] = res.as_dict()
         norm = "" if res.normalized is None else f", normalised {res.normalized:.3f}"
         won = "" if res.success_rate is None else f", success {res.success_rate:.0%}"
-        sem = res.std * np.sqrt(cfg.episodes / max(cfg.episodes - 1, 1)) / np.sqrt(cfg.episodes)
-        print(f"{split}: return {res.mean:.1f} ± {sem:.1f} (standard error) over {cfg.episodes} episodes{norm}{won}")
+        print(f"{split}: return {res.mean:.1f} ± {standard_error(res.returns):.1f} (standard error) over {cfg.episodes} episodes{norm}{won}")
     out = cfg.out or ((cfg.decoder or cfg.policy) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -49,6 +49,7 @@ from typing import Any, Callable
 import numpy as np
 import tyro
 
+from masklam.downstream.evaluate import standard_error
 from masklam.downstream.report import COLUMNS
 from masklam.errors import MasklamError
 
@@ -321,7 +322,7 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
             raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
                         "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
                         "success": res.get("success_rate"), "recipe": recipe_label(method, cfg.pretrain),
-                        "return_sem": sem(res["returns"]), "expert_fraction": res["mean"] / expert_return(task)})
+                        "return_sem": standard_error(res["returns"]), "expert_fraction": res["mean"] / expert_return(task)})
 
     for task in cfg.tasks:
         for seed in cfg.seeds:
@@ -392,12 +393,6 @@ def recipe_applies(method: str, recipe: str) -> bool:
     from masklam.train.config import RECIPES
 
     return bool(RECIPES.get(recipe, {}).get("lapo" if method == "lapo-clean" else method))
-
-
-def sem(values: list[float]) -> float:
-    """Standard error of the mean (sample std / sqrt n); 0 for a single value."""
-    v = np.asarray(values, np.float64)
-    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 def expert_return(task: str) -> float:
