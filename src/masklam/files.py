@@ -1,0 +1,43 @@
+"""Crash-safe files: every write goes to a temporary name and is renamed into place, so an
+interrupted run never leaves a half-written JSON, checkpoint or dataset part behind; every read of a
+missing or corrupt file is one line naming the file (MasklamError).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from masklam.errors import MasklamError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write; on success rename it to `path`, on error remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
+    """Atomically write `obj` as indented JSON (non-JSON values as str)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, default=str))
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Read a JSON file; one-line MasklamError if it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MasklamError(f"no such {what}: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MasklamError(f"{path} is not valid JSON ({e})") from None
