@@ -29,7 +29,7 @@ def main() -> None:
 
     from transformers import Sam2VideoConfig, Sam2VideoModel
 
-    from masklam.masks.sam2 import resolve_device
+    from masklam.devices import resolve_device
     from masklam.masks.segmenter import segment_video
 
     device = resolve_device(args.device)

@@ -18,8 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from masklam.data.hdf5 import open_file
+from masklam.devices import resolve_device
 from masklam.errors import MasklamError
-from masklam.masks.sam2 import _merge_parts, _write_part, frame_ious, mask_iou, plan, resolve_device, stored_ious
+from masklam.masks.sam2 import _merge_parts, _write_part, frame_ious, mask_iou, plan, stored_ious
 
 
 def labels_dir(path: Path, key: str) -> Path:

@@ -30,6 +30,7 @@ import tyro
 from tqdm import tqdm
 
 from masklam.data.hdf5 import open_file, read_layout, trajectory_names
+from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 
 # Default box per domain, as fractions (x0, y0, x1, y1) of the frame: the union of the agent's bounding box at
@@ -102,19 +103,6 @@ class MasksConfig:
         if self.student_steps < 1:
             raise MasklamError(f"--student-steps must be >= 1, got {self.student_steps}")
         resolve_device(self.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; MasklamError for an unknown or unavailable device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise MasklamError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MasklamError(f"device {name!r} requested but this torch has no usable CUDA; use --device cpu")
-    return device
 
 
 def default_box(domain: str, frame_hw: tuple[int, int]) -> tuple[float, float, float, float]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import tyro
 
+from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 
 
@@ -218,7 +219,7 @@ class ProbeConfig:
     max_train_trajs: int | None = None
     """fit on at most this many training trajectories"""
     device: str = "auto"
-    """auto, cpu, cuda, ..."""
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     write: bool = True
     """update CKPT/metrics.json with the result"""
 
@@ -229,19 +230,6 @@ class ProbeConfig:
             raise MasklamError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.heldout is not None and not 0.0 < self.heldout < 1.0:
             raise MasklamError(f"heldout must be in (0, 1), got {self.heldout}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MasklamError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MasklamError(f"device {name!r} asked for, but no CUDA GPU is available")
-    return device
 
 
 def run_probe(cfg: ProbeConfig) -> dict[str, float]:
