@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from masklam.errors import MasklamError
-from masklam.train.probe import RidgeProbe, normalised_mse
+from masklam.metrics import normalised_mse
+from masklam.train.probe import RidgeProbe
 from masklam.train.schedule import lr_factor
 
 
