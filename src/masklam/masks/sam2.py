@@ -17,7 +17,6 @@ attribute ``<key>_iou`` and printed; ``--evaluate`` prints the IoU of any mask k
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,10 @@ from typing import Literal
 
 import h5py
 import numpy as np
-import torch
 import tyro
 from tqdm import tqdm
 
-from masklam.data.hdf5 import open_file, read_layout, trajectory_names
+from masklam.data.hdf5 import open_file, read_layout, trajectory_names, write_atomically
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 
@@ -146,22 +144,18 @@ def parts_dir(path: Path, key: str) -> Path:
 
 def _write_part(parts: Path, name: str, masks: np.ndarray, iou: float | None, extra: dict | None = None) -> None:
     """Store one trajectory's masks (T, H, W) bool (and ``extra`` arrays) as ``parts/<name>.h5``, atomically."""
-    tmp = parts / f"{name}.h5.tmp"
-    with h5py.File(tmp, "w") as f:
+    with write_atomically(parts / f"{name}.h5") as f:
         chunks = (1,) + masks.shape[1:] if len(masks) else None
         f.create_dataset("masks", data=masks, chunks=chunks, compression="lzf" if chunks else None)
         for k, v in (extra or {}).items():
             f.create_dataset(k, data=v)
         if iou is not None:
             f.attrs["iou"] = iou
-    os.replace(tmp, parts / f"{name}.h5")
 
 
 def _merge_parts(path: Path, parts: Path, key: str, box: tuple[float, ...], weights: Path) -> None:
     """Copy ``path``, add every part's masks to the copy, then rename it over ``path``: never a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.copyfile(path, tmp)
-    with h5py.File(tmp, "r+") as f:
+    with write_atomically(path, start_from=path) as f:
         for part in tqdm(sorted(parts.glob("*.h5")), desc="merging", unit="traj", leave=False):
             group = f[part.stem]
             with h5py.File(part, "r") as src:
@@ -174,9 +168,6 @@ def _merge_parts(path: Path, parts: Path, key: str, box: tuple[float, ...], weig
                     group.attrs[f"{key}_iou"] = float(src.attrs["iou"])
         f.attrs[f"{key}_box"] = np.asarray(box, np.float64)
         f.attrs[f"{key}_weights"] = str(weights)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     shutil.rmtree(parts)
 
 

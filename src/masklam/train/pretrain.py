@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from masklam.errors import MasklamError
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
-from masklam.train.checkpoint import check_resumable, load_train_state, read_json, save_checkpoint, write_json
+from masklam.files import read_json, write_json
+from masklam.train.checkpoint import check_resumable, load_train_state, save_checkpoint
 from masklam.train.config import RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger

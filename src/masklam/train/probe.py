@@ -25,6 +25,7 @@ import tyro
 
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
+from masklam.files import read_json, write_json
 from masklam.metrics import nmse_from_sums
 
 
@@ -229,7 +230,6 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     """Load the checkpoint and data, probe, optionally merge into metrics.json; returns the metrics."""
     from masklam.data import load_dataset, split_trajectories
     from masklam.models.lam import load_lam
-    from masklam.train.checkpoint import read_json, write_json
 
     run_cfg = read_json(cfg.ckpt / "config.json")
     device = resolve_device(cfg.device)
