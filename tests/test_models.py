@@ -12,7 +12,7 @@ from masklam.errors import MasklamError
 from masklam.models import LAMConfig, build_lam, frames_to_tensor, load_lam, weighted_mse
 from masklam.models.encoder import ConvDecoder, ImpalaEncoder
 from masklam.models.fsq import FSQ
-from masklam.train.augment import augment
+from masklam.models.augment import augment
 
 torch.set_num_threads(1)
 HW, A, S = 32, 2, 5
