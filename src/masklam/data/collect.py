@@ -18,7 +18,7 @@ import multiprocessing as mp
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -106,11 +106,6 @@ class CollectResult:
     collected: list[int] = field(default_factory=list)  # trajectory ids rendered by this call
     reused: int = 0  # trajectories kept from an earlier, interrupted or shorter, run
     frames_per_s: float = float("nan")  # steady rendering rate, start-up (imports, env build) excluded
-
-
-def episode_seed(seed: int, index: int) -> int:
-    """The environment seed of trajectory ``index``: the `collect` stream of (seed, index) (masklam.seeding)."""
-    return stream_seed("collect", seed, index)
 
 
 class SmoothRandomPolicy:
@@ -248,7 +243,7 @@ def _collect_one(index: int) -> tuple[int, float]:
     if "error" in _WORKER:
         raise _WORKER["error"]
     cfg: CollectConfig = _WORKER["cfg"]
-    seed = episode_seed(cfg.seed, index)
+    seed = stream_seed("collect", cfg.seed, index)
     rng = stream_rng("action_noise", cfg.seed, index)
     if cfg.policy == "expert":
         policy = _WORKER["expert"]
