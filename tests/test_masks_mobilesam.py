@@ -16,8 +16,9 @@ import torch
 from masklam.cli import main as cli_main
 from masklam.errors import MasklamError
 from masklam.masks import degrade, distill, mobilesam, weights
-from masklam.masks import sam2 as cmd
-from masklam.masks.sam2 import default_box, frame_ious, mask_iou
+from masklam.masks import command as cmd
+from masklam.masks.iou import frame_ious, mask_iou
+from masklam.masks.store import default_box
 from maskfiles import write_mask_file
 
 
