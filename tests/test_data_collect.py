@@ -37,7 +37,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("collect") / "d.h5"
     result = collect(cfg(out))
     assert result.collected == [0, 1] and result.reused == 0
-    assert 1 < result.frames_per_s < 1000  # a steady rate, not a division by a vanishing span
+    assert np.isfinite(result.frames_per_s) and result.frames_per_s > 0  # a rate was measured (speed: benchmarks/)
     return out
 
 
@@ -94,7 +94,7 @@ def test_same_seed_same_data_different_seed_different(collected: Path, tmp_path:
 @pytest.mark.slow
 def test_two_workers_write_the_same_data_as_one(collected: Path, tmp_path: Path) -> None:
     result = collect(cfg(tmp_path / "w2.h5", workers=2))
-    assert result.collected == [0, 1] and 1 < result.frames_per_s < 2000
+    assert result.collected == [0, 1] and np.isfinite(result.frames_per_s)
     ref, two = arrays(collected), arrays(tmp_path / "w2.h5")
     assert ref.keys() == two.keys()
     for key in ref:

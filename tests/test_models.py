@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from masklam.errors import MasklamError
 from masklam.models import LAMConfig, build_lam, frames_to_tensor, load_lam, weighted_mse
+from masklam.models.augment import augment
 from masklam.models.encoder import ConvDecoder, ImpalaEncoder
 from masklam.models.fsq import FSQ
-from masklam.models.augment import augment
 
 torch.set_num_threads(1)
 HW, A, S = 32, 2, 5
@@ -197,7 +197,21 @@ def test_ema_target_moves_by_tau():
 def test_laom_target_gets_no_gradient_and_fdm_input_is_detached():
     model = make_model("laom", aug=False)
     batch = make_batch()
+    fdm_inputs = []
+    model.fdm.register_forward_pre_hook(lambda module, args: fdm_inputs.append(args[0]))
     loss, _ = model.lam_loss(batch, None)[:2]
+    (x,) = fdm_inputs  # (B, E + D): [embedding of o_t, latent]
+    e = model.encoder.flat_dim
+    params = list(model.encoder.parameters())
+
+    def encoder_grads(part: torch.Tensor) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(part, params, torch.ones_like(part), retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    # no gradient reaches the encoder through the FDM's embedding input (it is detached) ...
+    assert all(not g.any() for g in encoder_grads(x[:, :e]))
+    # ... while the latent input does carry one (the encoder learns through the IDM)
+    assert any(g.any() for g in encoder_grads(x[:, e:]))
     loss.backward()
     assert all(p.grad is None for p in model.target_encoder.parameters())
     assert model.encoder.net[0].weight.grad is not None  # learns through the IDM path
