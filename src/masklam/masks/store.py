@@ -40,6 +40,7 @@ def default_box(domain: str, frame_hw: tuple[int, int]) -> tuple[float, float, f
     fx0, fy0, fx1, fy1 = TASK_BOXES.get(domain, CENTRE_BOX)
     return (fx0 * width, fy0 * height, fx1 * width, fy1 * height)
 
+
 def _check_box(path: Path, box: tuple[float, ...], frame_hw: tuple[int, int]) -> None:
     height, width = frame_hw
     x0, y0, x1, y1 = box
