@@ -257,6 +257,22 @@ def test_save_and_from_pretrained_roundtrip(tmp_path):
         load_lam(tmp_path)
 
 
+def test_a_checkpoint_written_before_the_pretrained_contract_still_loads(tmp_path):
+    """config.json's layout is unchanged: run keys beside "model"; old files' extra keys (such as the removed
+    LAMConfig.extra) are ignored."""
+    import json
+
+    model = make_model("lapo").eval()
+    model.save_pretrained(tmp_path, {"method": "lapo", "step": 3})
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["step"] == 3 and config["model"]["method"] == "lapo"
+    config["model"]["extra"] = {}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    batch = make_batch()
+    loaded = load_lam(tmp_path)
+    assert torch.equal(model.latent(batch["obs_t"], batch["obs_tk"]), loaded.latent(batch["obs_t"], batch["obs_tk"]))
+
+
 def square_frames(positions: list[tuple[int, int]]) -> torch.Tensor:
     """(B, 1, HW, HW, 3) uint8: a grey square on black at each (y, x)."""
     x = torch.zeros(len(positions), 1, HW, HW, 3, dtype=torch.uint8)
