@@ -27,7 +27,7 @@ import numpy as np
 
 from masklam.data.hdf5 import trajectory_names
 from masklam.masks.degrade import CONDITIONS, degrade
-from masklam.masks.sam2 import frame_ious
+from masklam.masks.iou import frame_ious
 
 # condition -> the file's mask key it reads (degraded conditions read their own copy's "masks")
 KEYED = {"sim": "masks", "mobilesam": "masks_mobilesam", "student": "masks_student", "sam2": "sam2_masks"}

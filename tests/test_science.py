@@ -138,8 +138,11 @@ def test_pretrain_probe_and_latent_bc_run_with_a_mask_channel_lam(tmp_path):
 
 # --- seed streams -------------------------------------------------------------------------------------------
 def test_evaluation_never_replays_a_collected_episode():
-    from masklam.data.collect import episode_seed as collect_seed
-    from masklam.downstream.evaluate import episode_seed as eval_seed
+    from functools import partial
+
+    from masklam.seeding import stream_seed
+
+    collect_seed, eval_seed = partial(stream_seed, "collect"), partial(stream_seed, "eval")
 
     for seed in range(4):
         collected = {collect_seed(seed, i) for i in range(200)}
@@ -153,8 +156,11 @@ def test_evaluation_never_replays_a_collected_episode():
 
 
 def test_evaluation_and_collection_first_frames_differ_for_the_same_user_seed():
-    from masklam.data.collect import episode_seed as collect_seed
-    from masklam.downstream.evaluate import episode_seed as eval_seed
+    from functools import partial
+
+    from masklam.seeding import stream_seed
+
+    collect_seed, eval_seed = partial(stream_seed, "collect"), partial(stream_seed, "eval")
     from masklam.envs import make
 
     env = make("cheetah-run", distractors="laom", shadows=False, reflections=False)

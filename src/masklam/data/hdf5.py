@@ -13,20 +13,26 @@ Layout (readers accept LAOM's published files, which have only ``obs``, ``states
 
 Images and masks are chunked one frame per chunk, so a reader touching frame ``t`` decompresses only it;
 every chunk has a checksum, so a corrupted byte is an error on reading, never silently wrong data.
+Files are never written in place (HDF5 does not survive a kill mid-write): `write_atomically` builds a
+file under a temporary name, syncs it to disk and renames it into place. Resumable writers (`masklam collect`,
+`masklam masks`) keep each finished item as such a part file and merge them the same way at the end.
 Every error a user can cause (missing, truncated or garbage file, inconsistent shapes) becomes a one-line
 :class:`MasklamError` naming the file and, where it applies, the trajectory.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
 from masklam.errors import MasklamError
+from masklam.files import atomic_path
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("obs", "states", "actions")
@@ -76,6 +82,29 @@ def open_file(path: str | os.PathLike, mode: str = "r") -> h5py.File:
         return h5py.File(path, mode)
     except OSError as e:
         raise MasklamError(f"{path} is not a readable HDF5 file ({_first_line(e)})") from None
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a written file to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def write_atomically(path: str | os.PathLike, start_from: str | os.PathLike | None = None) -> Iterator[h5py.File]:
+    """An HDF5 file to fill that replaces ``path`` only once complete: written as ``<path>.tmp`` (a copy of
+    ``start_from``, opened r+, or a new file), synced, then renamed; on an error the temporary is removed.
+
+    Part files (one finished item each) and the merge of parts into a dataset both go through here."""
+    with atomic_path(path) as tmp:
+        if start_from is not None:
+            shutil.copyfile(start_from, tmp)
+        with h5py.File(tmp, "r+" if start_from is not None else "w") as f:
+            yield f
+        fsync(tmp)
 
 
 def _first_line(e: BaseException) -> str:
