@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import tyro
 
 from masklam.downstream.evaluate import standard_error
+from masklam.args import parse
 from masklam.errors import MasklamError
 
 # What a preset fixes; everything not here takes the stage's own defaults. `methods` beyond the core
@@ -279,5 +279,5 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    run(tyro.cli(QuickstartConfig, args=argv))
+    run(parse(QuickstartConfig, argv))
     return 0

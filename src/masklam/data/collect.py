@@ -25,9 +25,9 @@ from typing import Any, Callable, Literal
 
 import h5py
 import numpy as np
-import tyro
 from tqdm.auto import tqdm
 
+from masklam.args import parse
 from masklam.data.hdf5 import (FORMAT_VERSION, Trajectory, check_attrs, open_file, plain, read_layout,
                                trajectory_names, write_trajectory)
 from masklam.errors import MasklamError
@@ -424,7 +424,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
 
 
 def main(argv: list[str]) -> int:
-    cfg = tyro.cli(CollectConfig, args=argv)
+    cfg = parse(CollectConfig, argv)
     result = collect(cfg)
     lay = read_layout(result.path)
     returns = lay.returns

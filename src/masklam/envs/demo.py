@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from masklam.args import parse
 from masklam.errors import MasklamError
 
 
@@ -73,10 +74,9 @@ def render_row(task: str, preset: str, cfg: DemoConfig) -> list[np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     """Render the grid and write it to cfg.out."""
-    import tyro
     from tqdm import tqdm
 
-    cfg = tyro.cli(DemoConfig, args=argv)
+    cfg = parse(DemoConfig, list(argv or []))
     import matplotlib
 
     matplotlib.use("Agg")
