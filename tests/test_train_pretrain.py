@@ -198,3 +198,45 @@ def test_masklam_learns_the_action_better_than_chance(tmp_path):
                                  lr=1e-3, log_every=50, ckpt_every=150))
     assert metrics["probe_nmse"] < 0.8
     assert metrics["train/loss"] < 0.01  # the masked reconstruction of the agent is nearly perfect
+
+
+def test_one_precedence_explicit_recipe_method_preset(tmp_path):
+    from masklam.train.config import resolve_fields
+
+    # a source that sets one of updates/epochs clears the other; later sources win
+    assert resolve_fields({"updates": 5}, [{"epochs": 10.0, "lr": 1.0}, {"lr": 2.0}]) == \
+        {"epochs": None, "lr": 2.0, "updates": 5}
+
+    def cfg(method: str = "masklam", **kw) -> PretrainConfig:
+        return PretrainConfig(method=method, data=(tmp_path / "x.h5",), out=tmp_path, **kw)
+
+    assert cfg(preset="paper", updates=7).epochs is None and cfg(preset="paper", updates=7).total_updates(10**6) == 7
+    assert cfg(epochs=2.0).updates is None and cfg(epochs=2.0).total_updates(640) == 20  # cpu-small's updates cleared
+    with pytest.raises(MasklamError, match="not both"):
+        cfg(updates=3, epochs=1.0)
+    assert cfg(recipe="paper", preset="paper").frame_stack == 3  # recipe > method default (1)
+    assert cfg(recipe="paper", frame_stack=2).frame_stack == 2  # explicit > recipe
+    h100 = cfg("laom", preset="h100")
+    assert (h100.updates, h100.batch_size, h100.encoder_scale, h100.head_dim) == (6000, 256, 4, 1024)
+
+
+@pytest.mark.parametrize("method, option, value, who", [
+    ("lapo", "aug", True, "LAOM"), ("lapo", "head_dim", 64, "LAOM"), ("masklam", "target", "stopgrad", "LAOM"),
+    ("laom", "labels", 3, "laom-sup"), ("laom", "mask_lambda", 0.5, "masklam"), ("lapo", "mask_target", True, "masklam"),
+    ("laom-sup", "recon_samples", 2, "pixel LAMs"),
+])
+def test_options_of_other_methods_are_one_line_errors(method, option, value, who, tmp_path):
+    kw = dict(labels=2) if method == "laom-sup" else {}
+    with pytest.raises(MasklamError, match=f"--{option.replace('_', '-')} is only for {who}.*not {method}"):
+        PretrainConfig(method=method, data=(tmp_path / "x.h5",), out=tmp_path, **{option: value}, **kw)
+    # the value the field has anyway is no error (a sweep may pass labels=0 to every method)
+    PretrainConfig(method="lapo", data=(tmp_path / "x.h5",), out=tmp_path, labels=0, target="ema")
+
+
+def test_options_for_keeps_what_a_method_uses():
+    from masklam.train.config import options_for
+
+    shared = dict(updates=5, head_dim=64, mask_target=True, recon_samples=2)
+    assert options_for("lapo", shared) == dict(updates=5, recon_samples=2)
+    assert options_for("masklam", shared) == dict(updates=5, mask_target=True, recon_samples=2)
+    assert options_for("laom", shared) == dict(updates=5, head_dim=64)

@@ -31,13 +31,13 @@ from masklam.train.config import RECIPES as PRETRAIN_RECIPES
 # three (lapo, masklam, lapo-clean) are the ones that fit the preset's time budget.
 # Frame stack 3 for every LAM (LAOM's value; MaskLAM's paper uses 1): expert actions change every frame,
 # so from (o_t, o_{t+1}) alone the agent's velocity and its action are confounded; with o_{t-2..t} the
-# IDM sees the velocity. Measured here (cheetah-run, 40 x 250 frames, 1500 steps): distractor-free LAPO's
+# IDM sees the velocity. Measured here (cheetah-run, 40 x 250 frames, 1500 updates): distractor-free LAPO's
 # held-out probe NMSE 0.53 with frame stack 3, while with frame stack 1 even MaskLAM stayed at 0.86.
 # The default recipe `mask-target`: MaskLAM reconstructs the masked frame M*o_{t+1} at every pixel (background
 # black) rather than weighting the error by M (the paper's loss; the authors' full recipe, 1.17x over 3 seeds
 # against 1.57x for this one, is `--recipe paper`): at this scale the weighted loss is met by painting the
 # single-coloured cheetah's colour everywhere, which needs no latent (probe NMSE 0.86 after 1000 and 3000
-# steps, vs LAPO 0.89). `mask_target` only affects MaskLAM; LAPO ignores the mask options. Latent 16: a
+# updates, vs LAPO 0.89). `mask_target` only affects MaskLAM; LAPO ignores the mask options. Latent 16: a
 # narrow latent makes LAPO choose between the background and the agent (docs/quickstart-science.md).
 # Many short trajectories (80 x 125 frames rather than 40 x 250: the same frames, twice the backgrounds and
 # starts): MaskLAM's IDM otherwise fits its training trajectories (probe NMSE train 0.63 vs held-out 0.77 at
