@@ -49,7 +49,7 @@ class CollectConfig:
     episodes: int = 10
     """Number of trajectories in the file (a larger number extends an existing file)."""
     steps: int = 1000
-    """Frames per trajectory."""
+    """Environment steps (frames) per trajectory."""
     seed: int = 0
     """Trajectory i's episode seed derives from (seed, i) only."""
     workers: int = 1
@@ -62,7 +62,7 @@ class CollectConfig:
     expert_path: Path | None = None
     """An expert .safetensors file instead of the shipped one."""
     action_repeat: int | None = None
-    """Physics steps per frame; default: the expert's (1 for the random policy)."""
+    """Physics substeps per environment step (frame); default: the expert's (1 for the random policy)."""
     hold: int = 3
     """Random policy: frames each random action is held."""
     action_noise: float = 0.0
@@ -105,9 +105,13 @@ class CollectResult:
     """What one `collect` call did."""
 
     path: Path
-    collected: list[int] = field(default_factory=list)  # trajectory ids rendered by this call
-    reused: int = 0  # trajectories kept from an earlier, interrupted or shorter, run
-    frames_per_s: float = float("nan")  # steady rendering rate, start-up (imports, env build) excluded
+    """the dataset file"""
+    collected: list[int] = field(default_factory=list)
+    """trajectory ids rendered by this call"""
+    reused: int = 0
+    """trajectories kept from an earlier, interrupted or shorter, run"""
+    frames_per_s: float = float("nan")
+    """steady rendering rate, start-up (imports, env build) excluded"""
 
 
 def episode_seed(seed: int, index: int) -> int:

@@ -26,18 +26,30 @@ PathsLike = str | os.PathLike | Sequence[str | os.PathLike]
 class TrajectoryData:
     """Frames of many trajectories concatenated; per-trajectory offsets say where each one lies."""
 
-    obs: np.ndarray  # (N, H, W, 3) uint8
-    actions: np.ndarray  # (N, A) float32
-    states: np.ndarray  # (N, S) float32
-    rewards: np.ndarray | None  # (N,) float32, None when a file has no rewards (LAOM's files)
-    masks: np.ndarray | None  # (N, H, W) bool, None unless requested and present in every file
-    traj_starts: np.ndarray  # (n,) int64 first flat row of each trajectory
-    traj_lengths: np.ndarray  # (n,) int64
-    traj_returns: np.ndarray  # (n,) float64 (nan where unknown)
-    sources: list[tuple[str, str]]  # (file, group name) of each trajectory
-    meta: dict[str, Any]  # attrs of the first file, plus "files"
+    obs: np.ndarray
+    """(N, H, W, 3) uint8"""
+    actions: np.ndarray
+    """(N, A) float32"""
+    states: np.ndarray
+    """(N, S) float32"""
+    rewards: np.ndarray | None
+    """(N,) float32, None when a file has no rewards (LAOM's files)"""
+    masks: np.ndarray | None
+    """(N, H, W) bool, None unless requested and present in every file"""
+    traj_starts: np.ndarray
+    """(n,) int64 first flat row of each trajectory"""
+    traj_lengths: np.ndarray
+    """(n,) int64"""
+    traj_returns: np.ndarray
+    """(n,) float64 (nan where unknown)"""
+    sources: list[tuple[str, str]]
+    """(file, group name) of each trajectory"""
+    meta: dict[str, Any]
+    """attrs of the first file, plus `files`"""
     mask_key: str | None = None
+    """the mask dataset requested (None: masks not requested)"""
     files_without_masks: list[str] = field(default_factory=list)
+    """files lacking `mask_key` (then `masks` is None)"""
 
     @property
     def num_trajectories(self) -> int:

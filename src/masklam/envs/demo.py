@@ -25,7 +25,7 @@ class DemoConfig:
     presets: tuple[str, ...] = ("none", "laom", "masklam")
     """distractor presets, one row each per task"""
     steps: tuple[int, ...] = (0, 30, 60)
-    """the steps whose frames are shown (random smooth actions in between)"""
+    """the environment steps whose frames are shown (random smooth actions in between)"""
     seed: int = 0
     """seed of every episode (and of the actions)"""
     img_size: int = 64
