@@ -123,7 +123,7 @@ class QuickstartConfig:
     out: Path = Path("runs/quickstart")
     """run directory: results.csv, report.html, and every stage under stages/."""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda."""
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
     """progress bars."""
 
@@ -136,6 +136,7 @@ def experiment_config(cfg: QuickstartConfig):
     """The ExperimentConfig the quickstart runs."""
     from masklam.downstream.experiment import ExperimentConfig
 
+    from masklam.devices import resolve_device
     from masklam.envs import suite_of
 
     p = PRESETS[cfg.preset]
@@ -144,11 +145,7 @@ def experiment_config(cfg: QuickstartConfig):
     if suite_of(cfg.task) == "metaworld":
         collect["multisample"] = False  # Meta-World's scene: ~2x faster to render (README, Distracting Meta-World)
         env.setdefault("max_episode_steps", MW_EVAL_STEPS)
-    device = cfg.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(cfg.device))
     return ExperimentConfig(
         out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),
         labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
