@@ -261,7 +261,7 @@ def test_lam_latent_bc_and_decoder_recover_actions_end_to_end(tmp_path):
     from masklam.train.pretrain import pretrain
 
     data = write_policy_dataset(tmp_path / "d.h5")
-    lam_metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", steps=200, batch_size=32, latent_dim=8,
+    lam_metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", updates=200, batch_size=32, latent_dim=8,
                                      lr=1e-3, log_every=100, ckpt_every=200, recon_samples=0, heldout=0.2, bf16=False))
     assert lam_metrics["probe_nmse"] < 0.8  # measured 0.67
     train_bc(BCConfig(data=(data,), out=tmp_path / "bc", lam=tmp_path / "lam", steps=400, batch_size=32, lr=1e-3,

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
-import tyro
 from tqdm.auto import tqdm
 
+from masklam.args import parse
 from masklam.data.hdf5 import (FORMAT_VERSION, Trajectory, check_attrs, open_file, plain, read_layout,
                                trajectory_names, write_atomically, write_trajectory)
 from masklam.errors import MasklamError
@@ -47,7 +47,7 @@ class CollectConfig:
     episodes: int = 10
     """Number of trajectories in the file (a larger number extends an existing file)."""
     steps: int = 1000
-    """Frames per trajectory."""
+    """Environment steps (frames) per trajectory."""
     seed: int = 0
     """Trajectory i's episode seed derives from (seed, i) only."""
     workers: int = 1
@@ -60,7 +60,7 @@ class CollectConfig:
     expert_path: Path | None = None
     """An expert .safetensors file instead of the shipped one."""
     action_repeat: int | None = None
-    """Physics steps per frame; default: the expert's (1 for the random policy)."""
+    """Physics substeps per environment step (frame); default: the expert's (1 for the random policy)."""
     hold: int = 3
     """Random policy: frames each random action is held."""
     action_noise: float = 0.0
@@ -103,9 +103,13 @@ class CollectResult:
     """What one `collect` call did."""
 
     path: Path
-    collected: list[int] = field(default_factory=list)  # trajectory ids rendered by this call
-    reused: int = 0  # trajectories kept from an earlier, interrupted or shorter, run
-    frames_per_s: float = float("nan")  # steady rendering rate, start-up (imports, env build) excluded
+    """the dataset file"""
+    collected: list[int] = field(default_factory=list)
+    """trajectory ids rendered by this call"""
+    reused: int = 0
+    """trajectories kept from an earlier, interrupted or shorter, run"""
+    frames_per_s: float = float("nan")
+    """steady rendering rate, start-up (imports, env build) excluded"""
 
 
 class SmoothRandomPolicy:
@@ -402,7 +406,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
 
 
 def main(argv: list[str]) -> int:
-    cfg = tyro.cli(CollectConfig, args=argv)
+    cfg = parse(CollectConfig, argv)
     result = collect(cfg)
     lay = read_layout(result.path)
     returns = lay.returns

@@ -217,6 +217,8 @@ def _layout(path: Path, f: h5py.File) -> FileLayout:
         if missing:
             raise MasklamError(f"{path}: trajectory {name} lacks {', '.join(missing)}")
         length = group["obs"].shape[0]
+        if length < 1:
+            raise MasklamError(f"{path}: trajectory {name} is empty (0 frames)")
         for key in group.keys():
             ds = group[key]
             if not isinstance(ds, h5py.Dataset):
@@ -227,7 +229,7 @@ def _layout(path: Path, f: h5py.File) -> FileLayout:
             expected = (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype))
             if key in dims and dims[key] != expected:
                 raise MasklamError(
-                    f"{path}: trajectory {name}: {key} has shape {ds.shape}, other trajectories (T, "
+                    f"{path}: trajectory {name}: {key} has shape {ds.shape} {ds.dtype}, other trajectories (T, "
                     f"{', '.join(map(str, dims[key][0]))}) {dims[key][1]}")
             dims.setdefault(key, expected)
         _check_image_shapes(path, name, group, dims)
@@ -246,9 +248,10 @@ def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) ->
     if len(obs_tail) != 3 or obs_tail[2] != 3 or obs_dtype != "uint8":
         raise MasklamError(f"{path}: trajectory {name}: obs must be (T,H,W,3) uint8, got (T,{obs_tail}) {obs_dtype}")
     for key in ("states", "actions"):
-        tail, _ = dims[key]
-        if len(tail) != 1:
-            raise MasklamError(f"{path}: trajectory {name}: {key} must be (T,D), got (T,{tail})")
+        tail, dtype = dims[key]
+        if len(tail) != 1 or tail[0] < 1 or not np.issubdtype(np.dtype(dtype), np.number):
+            raise MasklamError(f"{path}: trajectory {name}: {key} must be (T,D) numbers with D >= 1, "
+                               f"got (T,{','.join(map(str, tail))}) {dtype}")
     for key in MASK_KEYS:
         if key in group:
             tail, dtype = dims[key]

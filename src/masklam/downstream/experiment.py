@@ -212,13 +212,14 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
                    overrides: dict[str, Any], device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
     """Train a LAM with `masklam.train.pretrain` (cached); result: its probe NMSE.
 
-    MaskLAM's loss options are dropped for other methods, which ignore them: one LAPO serves every recipe
+    Options of other methods are dropped (masklam.train.config.options_for): one LAPO serves every recipe
     that differs only in MaskLAM's loss."""
-    if method != "masklam":
-        overrides = {k: v for k, v in overrides.items() if k not in MASKLAM_LOSS_OPTIONS}
+    from masklam.train.config import options_for
+
+    overrides = options_for(method, overrides)
     if not recipe_applies(method, overrides.get("recipe", "default")):  # e.g. LAOM: its own paper's recipe
         overrides = {k: v for k, v in overrides.items() if k != "recipe"}
-    conf = {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labeled": labeled}
+    conf = {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labels": labeled}
 
     def fn(d: Path) -> dict[str, Any]:
         from masklam.train.config import PretrainConfig

@@ -139,14 +139,14 @@ def _build_model(cfg: PretrainConfig, data, device: torch.device) -> LatentActio
 
 def per_rank_sizes(cfg: PretrainConfig, ctx: DistContext) -> tuple[int, int]:
     """(windows, labeled windows) per step of one rank: the global sizes split evenly over the ranks."""
-    sizes = {"batch_size": int(cfg.batch_size), "labeled_batch_size": int(cfg.labeled_batch_size or 0)}
+    sizes = {"batch_size": int(cfg.batch_size), "labels_batch_size": int(cfg.labels_batch_size or 0)}
     if cfg.method != "laom-sup":
-        sizes["labeled_batch_size"] = 0
+        sizes["labels_batch_size"] = 0
     for name, size in sizes.items():
         if size % ctx.world_size:
             raise MasklamError(f"--{name.replace('_', '-')} {size} is the global batch and must divide evenly "
                                f"over {ctx.world_size} processes")
-    return sizes["batch_size"] // ctx.world_size, sizes["labeled_batch_size"] // ctx.world_size
+    return sizes["batch_size"] // ctx.world_size, sizes["labels_batch_size"] // ctx.world_size
 
 
 def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
@@ -202,9 +202,9 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
     labeled = None
     if cfg.method == "laom-sup":
-        labeled = WindowSampler(data, labeled_subset(train_ids, cfg.labeled, cfg.split_seed),
+        labeled = WindowSampler(data, labeled_subset(train_ids, cfg.labels, cfg.split_seed),
                                 cfg.frame_stack, cfg.max_offset)
-    total = cfg.total_steps(sampler.num_windows)
+    total = cfg.total_updates(sampler.num_windows)
     config = cfg.to_dict()
     check_resumable(cfg.out, config, RESUMABLE_CHANGES)
     config = {**config, "total_steps": total, "num_train_windows": sampler.num_windows,
