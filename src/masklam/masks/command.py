@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tyro
 from tqdm import tqdm
 
+from masklam.args import parse
 from masklam.data.hdf5 import open_file
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
@@ -149,7 +149,7 @@ def _segment_all(path: Path, parts: Path, todo: list[str], lengths: dict[str, in
 def main(argv: list[str]) -> int:
     """`masklam masks --data F.h5 [--segmenter sam2|mobilesam] [--weights W] [--box x0 y0 x1 y1] [--key K]
     [--frames-per-traj N --student] [--evaluate]`."""
-    cfg = tyro.cli(MasksConfig, args=argv)
+    cfg = parse(MasksConfig, argv)
     if cfg.evaluate:
         evaluate(cfg.data, cfg.key)
         return 0

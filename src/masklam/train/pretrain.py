@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
+from masklam.args import parse
 from masklam.errors import MasklamError
-from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.files import read_json, write_json
+from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, load_train_state, save_checkpoint
 from masklam.train.config import RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
@@ -366,5 +366,5 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
 
 def main(argv: list[str]) -> int:
     """`masklam pretrain --method M --data F.h5 --out DIR [--preset cpu-small|paper] [...]`."""
-    pretrain(tyro.cli(PretrainConfig, args=argv))
+    pretrain(parse(PretrainConfig, argv))
     return 0

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import tyro
 
+from masklam.args import parse
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 from masklam.files import read_json, write_json
@@ -251,7 +252,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     """`masklam probe RUN_DIR [--data FILE]`."""
-    metrics = run_probe(tyro.cli(ProbeConfig, args=argv))
+    metrics = run_probe(parse(ProbeConfig, argv))
     print(f"probe_nmse (held-out) {metrics['probe_nmse']:.4f}  train {metrics['probe_nmse_train']:.4f}  "
           f"({metrics['probe_n_train']} train / {metrics['probe_n_heldout']} held-out windows)")
     return 0
