@@ -289,7 +289,7 @@ def env_spec(env_meta: dict[str, Any], split: str, task: str | None = None,
 
 def main(argv: list[str]) -> int:
     """`masklam evaluate --policy DIR [--decoder DIR]`."""
-    from masklam.downstream.bc import load_policy
+    from masklam.downstream.agent import load_policy
 
     cfg = tyro.cli(EvaluateConfig, args=argv)
     policy = load_policy(cfg.policy, cfg.decoder)

@@ -265,7 +265,7 @@ def eval_stage(root: Path, policy: Path, decoder: Path | None, split: str, env: 
             "episodes": 25, "workers": 2, "seed": 0, **opts}
 
     def fn(d: Path) -> dict[str, Any]:
-        from masklam.downstream.bc import load_policy
+        from masklam.downstream.agent import load_policy
         from masklam.downstream.evaluate import env_spec, evaluate
 
         agent = load_policy(policy, decoder)
