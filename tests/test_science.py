@@ -139,7 +139,10 @@ def test_pretrain_probe_and_latent_bc_run_with_a_mask_channel_lam(tmp_path):
 # --- seed streams -------------------------------------------------------------------------------------------
 def test_evaluation_never_replays_a_collected_episode():
     from masklam.data.collect import episode_seed as collect_seed
-    from masklam.downstream.evaluate import episode_seed as eval_seed
+    from masklam.seeding import stream_seed
+
+    def eval_seed(seed: int, episode: int) -> int:  # the reset seed of evaluation episode `episode`
+        return stream_seed("eval", seed, episode)
 
     for seed in range(4):
         collected = {collect_seed(seed, i) for i in range(200)}
@@ -154,7 +157,10 @@ def test_evaluation_never_replays_a_collected_episode():
 
 def test_evaluation_and_collection_first_frames_differ_for_the_same_user_seed():
     from masklam.data.collect import episode_seed as collect_seed
-    from masklam.downstream.evaluate import episode_seed as eval_seed
+    from masklam.seeding import stream_seed
+
+    def eval_seed(seed: int, episode: int) -> int:  # the reset seed of evaluation episode `episode`
+        return stream_seed("eval", seed, episode)
     from masklam.envs import make
 
     env = make("cheetah-run", distractors="laom", shadows=False, reflections=False)

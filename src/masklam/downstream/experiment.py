@@ -49,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 import tyro
 
-from masklam.downstream.evaluate import standard_error
+from masklam.metrics import standard_error
 from masklam.downstream.report import COLUMNS
 from masklam.errors import MasklamError
 
