@@ -209,18 +209,33 @@ def test_latent_bc_standardises_targets(toy: Path, tmp_path: Path) -> None:
 
 
 def test_idm_relabels(toy: Path, tmp_path: Path) -> None:
+    """BC on IDM relabels regresses the IDM's clipped output: an IDM that always says (2, -0.3) relabels every
+    window (1, -0.3), and the policy trained on the relabels learns that action, not the true ones."""
     train_bc(_cfg(toy, tmp_path / "idm", pair_input=True, labels=2, updates=5), progress=False)
     idm = ImagePolicy.from_pretrained(tmp_path / "idm")
     assert idm.cfg.pair_input and idm.cfg.out_dim == 2
     with pytest.raises(MasklamError):
         idm.select_action(np.zeros((1, 1, 16, 16, 3), np.uint8))
-    cfg = _cfg(toy, tmp_path / "bc_idm", target="idm", idm=tmp_path / "idm", updates=5)
+    with torch.no_grad():  # a constant IDM: its relabels are known without running any of the code under test
+        idm.head[-1].weight.zero_()
+        idm.head[-1].bias.copy_(torch.tensor([2.0, -0.3]))
+    idm.save_pretrained(tmp_path / "const_idm")
+    cfg = _cfg(toy, tmp_path / "bc_idm", target="idm", idm=tmp_path / "const_idm", updates=150, lr=3e-3)
     fn, dim, _ = make_target_fn(cfg.target, "cpu", idm=cfg.idm)
-    b = {"obs_t": np.zeros((2, 1, 16, 16, 3), np.uint8), "obs_t1": np.full((2, 1, 16, 16, 3), 200, np.uint8)}
-    with torch.no_grad():
-        assert torch.allclose(fn(b), idm.predict(b["obs_t"], b["obs_t1"]).clamp(-1, 1))
-    train_bc(cfg, progress=False)
-    assert ImagePolicy.from_pretrained(tmp_path / "bc_idm").cfg.target == "action"
+    rng = np.random.default_rng(0)
+    b = {"obs_t": rng.integers(0, 255, (3, 1, 16, 16, 3), dtype=np.uint8),
+         "obs_t1": rng.integers(0, 255, (3, 1, 16, 16, 3), dtype=np.uint8)}
+    assert dim == 2 and torch.allclose(fn(b), torch.tensor([[1.0, -0.3]] * 3))  # clipped to [-1, 1]
+    m = train_bc(cfg, progress=False)
+    assert m["bc/heldout_mse"] < 0.01  # measured against the relabels
+    pol = ImagePolicy.from_pretrained(tmp_path / "bc_idm")
+    assert pol.cfg.target == "action" and not pol.cfg.pair_input
+    from masklam.data import WindowSampler, load_dataset
+
+    frames = WindowSampler(load_dataset([toy]), None, frame_stack=1).sample(16, np.random.default_rng(1))["obs_t"]
+    np.testing.assert_allclose(pol.select_action(frames), [[1.0, -0.3]] * 16, atol=0.1)
+    with pytest.raises(MasklamError, match="not an inverse dynamics model"):
+        make_target_fn("idm", "cpu", idm=tmp_path / "bc_idm")
 
 
 def test_bad_config(toy: Path, tmp_path: Path) -> None:
