@@ -27,7 +27,7 @@ import numpy as np
 
 from masklam.data.hdf5 import trajectory_names
 from masklam.masks.degrade import CONDITIONS, degrade
-from masklam.masks.sam2 import frame_ious
+from masklam.masks.iou import frame_ious
 
 # condition -> the file's mask key it reads (degraded conditions read their own copy's "masks")
 KEYED = {"sim": "masks", "mobilesam": "masks_mobilesam", "student": "masks_student", "sam2": "sam2_masks"}
@@ -72,7 +72,7 @@ def main() -> int:
     ap.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS,
                     choices=list(KEYED) + list(CONDITIONS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="pretrain steps (default: the quickstart cpu preset's)")
+    ap.add_argument("--updates", type=int, default=None, help="pretrain updates (default: the quickstart cpu preset's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per training (default: torch's)")
     ap.add_argument("--out", type=Path, default=Path("runs/mask_robustness"))
@@ -83,8 +83,8 @@ def main() -> int:
 
     preset = PRESETS["cpu"]
     overrides = dict(preset["pretrain"])
-    if args.steps is not None:
-        overrides["steps"] = args.steps
+    if args.updates is not None:
+        overrides["updates"] = args.updates
     if args.threads is not None:
         overrides["threads"] = args.threads
     dim = int(preset["latent_dims"][0])

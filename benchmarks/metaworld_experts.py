@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import tyro
 
-from masklam.data.collect import NoisyPolicy, episode_seed
+from masklam.data.collect import NoisyPolicy
 from masklam.envs import MW_TASKS, make
 from masklam.experts import load
+from masklam.seeding import stream_seed
 
 
 @dataclass
@@ -41,7 +42,7 @@ def success_rate(b: Bench, task: str) -> tuple[list[bool], list[int]]:
     for i in range(b.episodes):
         rng = np.random.default_rng(np.random.SeedSequence([b.seed, i, 1]))
         policy = NoisyPolicy(expert, rng, b.noise) if b.noise > 0 else expert
-        _, info = env.reset(seed=episode_seed(b.seed, i))
+        _, info = env.reset(seed=stream_seed("collect", b.seed, i))
         won, t = False, 0
         for t in range(1, b.max_steps + 1):
             _, _, _, truncated, info = env.step(policy(info["state"]))

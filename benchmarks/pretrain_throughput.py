@@ -30,7 +30,7 @@ def make_batch(cfg: PretrainConfig, action_dim: int, state_dim: int, device: tor
                  action_t=torch.randn(cfg.batch_size, action_dim, generator=g).to(device),
                  state_t=torch.randn(cfg.batch_size, state_dim, generator=g).to(device))
     if cfg.method == "laom-sup":
-        lb = cfg.labeled_batch_size
+        lb = cfg.labels_batch_size
         batch["labeled"] = dict(obs_t=frames(lb), obs_tk=frames(lb), action_t=torch.randn(lb, action_dim).to(device))
     return batch
 
@@ -38,7 +38,7 @@ def make_batch(cfg: PretrainConfig, action_dim: int, state_dim: int, device: tor
 def measure(method: str, preset: str, device: torch.device, steps: int, warmup: int, compile_: bool, bf16: bool,
             frame_stack: int | None) -> tuple[float, int]:
     cfg = PretrainConfig(method=method, data=("none.h5",), out="none", preset=preset, frame_stack=frame_stack,
-                         labeled=1 if method == "laom-sup" else 0)
+                         labels=1 if method == "laom-sup" else 0)
     torch.manual_seed(0)
     model = build_lam(cfg.lam_config(6, 17, 64)).to(device)
     if device.type == "cuda":
@@ -94,7 +94,7 @@ def main() -> None:
             rates.append(rate)
         bf = f"{rates[1]:.0f} ({rates[1] / rates[0]:.2f}x)" if native else "- (not native here)"
         bs = PretrainConfig(method=method, data=("x",), out="x", preset=args.preset,
-                            labeled=1 if method == "laom-sup" else 0).batch_size
+                            labels=1 if method == "laom-sup" else 0).batch_size
         print(f"| {method} | {params / 1e6:.1f} | {bs} | {rates[0]:.0f} | {bf} |", flush=True)
 
 

@@ -29,8 +29,8 @@ def main() -> None:
 
     from transformers import Sam2VideoConfig, Sam2VideoModel
 
-    from masklam.masks.sam2 import resolve_device
-    from masklam.masks.segmenter import segment_video
+    from masklam.devices import resolve_device
+    from masklam.masks.sam2 import segment_video
 
     device = resolve_device(args.device)
     with torch.random.fork_rng():  # seeded random init without touching the global RNG state

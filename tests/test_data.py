@@ -272,3 +272,58 @@ def test_info_summarises_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "trajectories  2" in out and "4.0 +- 1.0" in out and "masks         masks" in out
     write_laom(tmp_path / "laom.h5", [6])
     assert "none (methods that need masks" in format_summary(summarize(tmp_path / "laom.h5"))
+
+
+@pytest.mark.parametrize("key, value", [("actions", np.nan), ("states", np.inf), ("actions", -np.inf),
+                                        ("rewards", np.nan)])
+def test_nan_or_inf_fails_on_loading_naming_file_trajectory_and_key(tmp_path: Path, key, value) -> None:
+    path = tmp_path / "nan.h5"
+    write_ours(path, [5, 6])
+    with h5py.File(path, "a") as f:
+        data = f[f"1/{key}"][()]
+        data[3, ...] = value if data.ndim == 1 else data[3]
+        if data.ndim > 1:
+            data[3, 1] = value
+        del f[f"1/{key}"]
+        f[f"1/{key}"] = data
+    with pytest.raises(MasklamError, match=rf"nan.h5: trajectory 1: {key} holds -?(nan|inf) at frame 3") as e:
+        load_dataset(path, progress=False)
+    assert "\n" not in str(e.value)
+    assert load_dataset(path, traj_ids=[0], progress=False).num_trajectories == 1  # the clean one still loads
+
+
+def test_empty_trajectories_and_bad_masks_fail_on_loading(tmp_path: Path) -> None:
+    def broken(name: str, edit) -> Path:
+        path = tmp_path / name
+        write_ours(path, [5, 5])
+        with h5py.File(path, "a") as f:
+            edit(f)
+        return path
+
+    def empty_traj(f):
+        for key in list(f["1"].keys()):
+            value = f[f"1/{key}"][()]
+            del f[f"1/{key}"]
+            f[f"1/{key}"] = value[:0]
+
+    def no_action_dims(f):
+        for g in ("0", "1"):
+            del f[f"{g}/actions"]
+            f[f"{g}/actions"] = np.zeros((5, 0), np.float32)
+
+    def uint8_masks(f):
+        value = f["1/masks"][()]
+        del f["1/masks"]
+        f["1/masks"] = value.astype(np.uint8)
+
+    def string_actions(f):
+        for g in ("0", "1"):
+            del f[f"{g}/actions"]
+            f[f"{g}/actions"] = np.full((5, A), b"x", "S1")
+
+    for name, edit, pattern in [("a.h5", empty_traj, "a.h5: trajectory 1 is empty"),
+                                ("b.h5", no_action_dims, "b.h5: trajectory 0: actions must be"),
+                                ("c.h5", uint8_masks, r"c.h5: trajectory 1: masks has shape \(5, 8, 8\) uint8, other .* bool"),
+                                ("d.h5", string_actions, "d.h5: trajectory 0: actions must be")]:
+        with pytest.raises(MasklamError, match=pattern):
+            load_dataset(broken(name, edit), mask_key="masks", progress=False)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from masklam.data import load_dataset, read_layout
-from masklam.data.collect import CollectConfig, collect, episode_seed, main as collect_main, parts_dir
+from masklam.data.collect import CollectConfig, collect, main as collect_main, parts_dir
 from masklam.errors import MasklamError
+from masklam.seeding import stream_seed
 
 SIZE = 32
 
@@ -36,7 +37,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("collect") / "d.h5"
     result = collect(cfg(out))
     assert result.collected == [0, 1] and result.reused == 0
-    assert 1 < result.frames_per_s < 1000  # a steady rate, not a division by a vanishing span
+    assert np.isfinite(result.frames_per_s) and result.frames_per_s > 0  # a rate was measured (speed: benchmarks/)
     return out
 
 
@@ -55,7 +56,7 @@ def test_collected_file_has_laom_layout_plus_ours(collected: Path) -> None:
         assert g["actions"].shape == (12, 6) and g["actions"].dtype == np.float32
         assert g["rewards"].shape == (12,) and g["rewards"].dtype == np.float32
         assert g["camera"].shape == (12, 3) and g["color"].shape == (12, 3) and g["video_id"].shape == (12,)
-        assert g.attrs["seed"] == episode_seed(0, 1)
+        assert g.attrs["seed"] == stream_seed("collect", 0, 1)
         assert g.attrs["traj_return"] == pytest.approx(float(g["rewards"][()].sum(dtype=np.float64)))
         actions, masks = g["actions"][()], g["masks"][()]
         assert attrs["dataset_return"] == pytest.approx(np.mean([f[n].attrs["traj_return"] for n in "01"]))
@@ -70,7 +71,7 @@ def test_frames_states_and_actions_are_aligned(collected: Path) -> None:
 
     data = load_dataset(collected, mask_key="masks").trajectory(0)
     env = make("cheetah-run", distractors="laom", img_size=SIZE, shadows=False, reflections=False, max_episode_steps=12)
-    obs, info = env.reset(seed=episode_seed(0, 0))
+    obs, info = env.reset(seed=stream_seed("collect", 0, 0))
     for t in range(12):
         np.testing.assert_array_equal(data["obs"][t], obs)
         np.testing.assert_array_equal(data["masks"][t], info["mask"])
@@ -93,7 +94,7 @@ def test_same_seed_same_data_different_seed_different(collected: Path, tmp_path:
 @pytest.mark.slow
 def test_two_workers_write_the_same_data_as_one(collected: Path, tmp_path: Path) -> None:
     result = collect(cfg(tmp_path / "w2.h5", workers=2))
-    assert result.collected == [0, 1] and 1 < result.frames_per_s < 2000
+    assert result.collected == [0, 1] and np.isfinite(result.frames_per_s)
     ref, two = arrays(collected), arrays(tmp_path / "w2.h5")
     assert ref.keys() == two.keys()
     for key in ref:
@@ -133,7 +134,7 @@ def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path: Path) 
     lay = read_layout(out)
     assert lay.names == [str(i) for i in range(8)] and (lay.lengths == 30).all()
     with h5py.File(out) as f:
-        assert [f[str(i)].attrs["seed"] for i in range(8)] == [episode_seed(3, i) for i in range(8)]
+        assert [f[str(i)].attrs["seed"] for i in range(8)] == [stream_seed("collect", 3, i) for i in range(8)]
         firsts = np.stack([f[str(i)]["obs"][0] for i in range(8)])
     assert len({frame.tobytes() for frame in firsts}) == 8  # no trajectory twice
     assert not parts_dir(out).exists()  # parts were reused (not re-rendered above), then cleaned up

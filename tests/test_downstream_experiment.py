@@ -186,7 +186,7 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         "methods": ["lapo", "masklam", "laom-sup", "lapo-clean", "bc", "idm"],
         "latent_dims": [4], "labels": [1, 2], "seeds": [0],
         "data": {"toy-bright": {"train": [str(toy)], "clean": [str(clean)]}},
-        "pretrain": {"steps": 2, "batch_size": 8, "head_dim": 16, "heldout": 0.2, "log_every": 1,
+        "pretrain": {"updates": 2, "batch_size": 8, "head_dim": 16, "heldout": 0.2, "log_every": 1,
                      "recon_samples": 2},
         "bc": {"updates": 2, "batch_size": 8, "frame_stack": 1, "hidden": 16, "heldout": 0.2},
         "decode": {"updates": 5, "batch_size": 8, "heldout": 0.2},
@@ -241,7 +241,7 @@ def test_real_env_end_to_end(tmp_path: Path) -> None:
         out=tmp_path / "run", tasks=["cheetah-run"], methods=["lapo", "bc"], latent_dims=[8], labels=[2],
         data={"cheetah-run": {"collect": {"episodes": 4, "steps": 12, "policy": "random", "img_size": 32,
                                           "shadows": False, "reflections": False}}},
-        pretrain={"steps": 2, "batch_size": 8, "head_dim": 16, "heldout": 0.25, "recon_samples": 2},
+        pretrain={"updates": 2, "batch_size": 8, "head_dim": 16, "heldout": 0.25, "recon_samples": 2},
         bc={"updates": 2, "batch_size": 8, "frame_stack": 1, "hidden": 16, "heldout": 0.25},
         decode={"updates": 5, "batch_size": 8, "heldout": 0.25},
         eval={"episodes": 2, "workers": 2}, env={"max_episode_steps": 5}, progress=False)

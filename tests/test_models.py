@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from masklam.errors import MasklamError
 from masklam.models import LAMConfig, build_lam, frames_to_tensor, load_lam, weighted_mse
+from masklam.models.augment import augment
 from masklam.models.encoder import ConvDecoder, ImpalaEncoder
 from masklam.models.fsq import FSQ
-from masklam.train.augment import augment
 
 torch.set_num_threads(1)
 HW, A, S = 32, 2, 5
@@ -197,7 +197,21 @@ def test_ema_target_moves_by_tau():
 def test_laom_target_gets_no_gradient_and_fdm_input_is_detached():
     model = make_model("laom", aug=False)
     batch = make_batch()
+    fdm_inputs = []
+    model.fdm.register_forward_pre_hook(lambda module, args: fdm_inputs.append(args[0]))
     loss, _ = model.lam_loss(batch, None)[:2]
+    (x,) = fdm_inputs  # (B, E + D): [embedding of o_t, latent]
+    e = model.encoder.flat_dim
+    params = list(model.encoder.parameters())
+
+    def encoder_grads(part: torch.Tensor) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(part, params, torch.ones_like(part), retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    # no gradient reaches the encoder through the FDM's embedding input (it is detached) ...
+    assert all(not g.any() for g in encoder_grads(x[:, :e]))
+    # ... while the latent input does carry one (the encoder learns through the IDM)
+    assert any(g.any() for g in encoder_grads(x[:, e:]))
     loss.backward()
     assert all(p.grad is None for p in model.target_encoder.parameters())
     assert model.encoder.net[0].weight.grad is not None  # learns through the IDM path
@@ -241,6 +255,22 @@ def test_save_and_from_pretrained_roundtrip(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(MasklamError):
         load_lam(tmp_path)
+
+
+def test_a_checkpoint_written_before_the_pretrained_contract_still_loads(tmp_path):
+    """config.json's layout is unchanged: run keys beside "model"; old files' extra keys (such as the removed
+    LAMConfig.extra) are ignored."""
+    import json
+
+    model = make_model("lapo").eval()
+    model.save_pretrained(tmp_path, {"method": "lapo", "step": 3})
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["step"] == 3 and config["model"]["method"] == "lapo"
+    config["model"]["extra"] = {}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    batch = make_batch()
+    loaded = load_lam(tmp_path)
+    assert torch.equal(model.latent(batch["obs_t"], batch["obs_tk"]), loaded.latent(batch["obs_t"], batch["obs_tk"]))
 
 
 def square_frames(positions: list[tuple[int, int]]) -> torch.Tensor:

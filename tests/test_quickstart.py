@@ -57,3 +57,39 @@ def test_toy_quickstart_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     run(QuickstartConfig(preset="toy", out=out, progress=False))  # everything cached
     assert "running" not in capsys.readouterr().out
+
+
+# The resolved PretrainConfig of the cpu quickstart's LAMs, as main resolved it before presets were unified
+# (commit 63d68d6; only the names changed since: steps -> updates, labeled -> labels, labeled_batch_size ->
+# labels_batch_size). Any change here changes the quickstart's numbers.
+CPU_PRETRAIN = dict(
+    preset="cpu-small", recipe="default", updates=1000, epochs=None, batch_size=64, lr=0.0003, optimizer="adam",
+    weight_decay=0.0, warmup_frac=0.02, schedule="constant", grad_clip=None, encoder_scale=1, num_res_blocks=2,
+    latent_dim=16, head_dim=256, head_blocks=2, fsq_levels=[], frame_stack=3, max_offset=1, mask_lambda=0.0,
+    mask_dilation=0, mask_target=False, mask_channel=False, mask_norm="batch", mask_key="masks", target="ema",
+    target_tau=0.001, aug=False, labels=0, labels_batch_size=32, sup_coef=0.01, heldout=0.1, split_seed=0, seed=0,
+    log_every=100, ckpt_every=500, probe_ridge=None, probe_batch_size=256, probe_max_trajs=None, recon_samples=8,
+    device="cpu", threads=None, compile=False, bf16=True, tensorboard=False, wandb=False, wandb_project="masklam",
+    progress=False)
+
+
+def resolved_pretrain_config(method: str, tmp_path, monkeypatch) -> dict:
+    """The PretrainConfig the cpu quickstart's pretrain stage of `method` builds (nothing is trained)."""
+    import masklam.downstream.experiment as ex
+    import masklam.train.pretrain as tp
+    from masklam.quickstart import experiment_config
+
+    seen = {}
+    monkeypatch.setattr(tp, "pretrain", lambda cfg: seen.setdefault("cfg", cfg) and {"probe_nmse": 0.5})
+    monkeypatch.setattr(ex, "run_stage", lambda root, kind, conf, fn: (root, fn(root)))
+    exp = experiment_config(QuickstartConfig(preset="cpu", device="cpu", out=tmp_path, progress=False))
+    ex.pretrain_stage(tmp_path, method, ["d.h5"], exp.latent_dims[0], 0, 0, exp.pretrain, exp.device, False)
+    return seen["cfg"].to_dict()
+
+
+@pytest.mark.parametrize("method", ["lapo", "masklam"])
+def test_cpu_quickstart_resolves_the_pinned_pretrain_config(method, tmp_path, monkeypatch):
+    got = resolved_pretrain_config(method, tmp_path, monkeypatch)
+    expected = {**CPU_PRETRAIN, "method": method, "data": ["d.h5"], "out": str(tmp_path),
+                "mask_target": method == "masklam"}
+    assert got == expected

@@ -138,11 +138,11 @@ def test_pretrain_probe_and_latent_bc_run_with_a_mask_channel_lam(tmp_path):
 
 # --- seed streams -------------------------------------------------------------------------------------------
 def test_evaluation_never_replays_a_collected_episode():
-    from masklam.data.collect import episode_seed as collect_seed
+    from functools import partial
+
     from masklam.seeding import stream_seed
 
-    def eval_seed(seed: int, episode: int) -> int:  # the reset seed of evaluation episode `episode`
-        return stream_seed("eval", seed, episode)
+    collect_seed, eval_seed = partial(stream_seed, "collect"), partial(stream_seed, "eval")
 
     for seed in range(4):
         collected = {collect_seed(seed, i) for i in range(200)}
@@ -156,11 +156,11 @@ def test_evaluation_never_replays_a_collected_episode():
 
 
 def test_evaluation_and_collection_first_frames_differ_for_the_same_user_seed():
-    from masklam.data.collect import episode_seed as collect_seed
+    from functools import partial
+
     from masklam.seeding import stream_seed
 
-    def eval_seed(seed: int, episode: int) -> int:  # the reset seed of evaluation episode `episode`
-        return stream_seed("eval", seed, episode)
+    collect_seed, eval_seed = partial(stream_seed, "collect"), partial(stream_seed, "eval")
     from masklam.envs import make
 
     env = make("cheetah-run", distractors="laom", shadows=False, reflections=False)
@@ -262,7 +262,7 @@ def test_lam_latent_bc_and_decoder_recover_actions_end_to_end(tmp_path):
     from masklam.train.pretrain import pretrain
 
     data = write_policy_dataset(tmp_path / "d.h5")
-    lam_metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", steps=200, batch_size=32, latent_dim=8,
+    lam_metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", updates=200, batch_size=32, latent_dim=8,
                                      lr=1e-3, log_every=100, ckpt_every=200, recon_samples=0, heldout=0.2, bf16=False))
     assert lam_metrics["probe_nmse"] < 0.8  # measured 0.67
     train_bc(BCConfig(data=(data,), out=tmp_path / "bc", lam=tmp_path / "lam", updates=400, batch_size=32, lr=1e-3,

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import masklam
 from masklam.errors import MasklamError
 from masklam.train import PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
@@ -27,9 +28,8 @@ from test_train_pretrain import write_synthetic_dataset
 torch.set_num_threads(1)
 
 # fp32 (--no-bf16): the runs are compared to 1e-6, which bf16 autocast (native on some CPUs) would exceed
-SMALL = ["--no-bf16", "--batch-size", "8", "--latent-dim", "16", "--head-dim", "32", "--head-blocks", "1",
-         "--log-every", "2", "--ckpt-every", "2", "--threads", "1", "--no-progress", "--recon-samples", "4",
-         "--probe-batch-size", "64"]
+SMALL = ["--no-bf16", "--batch-size", "8", "--latent-dim", "16", "--log-every", "2", "--ckpt-every", "2",
+         "--threads", "1", "--no-progress", "--probe-batch-size", "64"]
 
 # Run by torchrun in the resume test: pretrain(cfg, until), then every rank saves the weights it holds.
 LAUNCHER = '''
@@ -72,7 +72,9 @@ def torchrun(args: list[str], cwd: Path, **env_vars: str) -> subprocess.Complete
     """`torchrun --standalone --nproc_per_node 2 ARGS` with this interpreter; output captured."""
     script = Path(sys.executable).parent / "torchrun"
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent), **env_vars}
+    src = Path(masklam.__file__).parents[1]  # the children import the masklam this test imports
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(src)]),
+           **env_vars}
     return subprocess.run([*launcher, "--standalone", "--nproc_per_node", "2", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -86,7 +88,7 @@ def reference_weights(cfg: PretrainConfig, world_size: int, steps: range) -> dic
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=cfg.method == "masklam")
     labeled = None
     if cfg.method == "laom-sup":
-        labeled = WindowSampler(data, labeled_subset(train_ids, cfg.labeled, cfg.split_seed),
+        labeled = WindowSampler(data, labeled_subset(train_ids, cfg.labels, cfg.split_seed),
                                 cfg.frame_stack, cfg.max_offset)
     ranks = [DistContext(rank=r, local_rank=r, world_size=world_size) for r in range(world_size)]
     sizes = per_rank_sizes(cfg, ranks[0])
@@ -152,16 +154,16 @@ def test_context_rejects_bad_env(env, match):
 
 def test_global_batch_is_split_over_ranks(tiny_h5, tmp_path):
     two = DistContext(rank=1, local_rank=1, world_size=2)
-    cfg = PretrainConfig(method="laom-sup", data=(tiny_h5,), out=tmp_path, batch_size=8, labeled=2,
-                         labeled_batch_size=4)
+    cfg = PretrainConfig(method="laom-sup", data=(tiny_h5,), out=tmp_path, batch_size=8, labels=2,
+                         labels_batch_size=4)
     assert per_rank_sizes(cfg, two) == (4, 2) and per_rank_sizes(cfg, DistContext()) == (8, 4)
     lapo = PretrainConfig(method="lapo", data=(tiny_h5,), out=tmp_path, batch_size=8)
     assert per_rank_sizes(lapo, DistContext(world_size=4)) == (2, 0)  # labeled batch unused by lapo
     with pytest.raises(MasklamError, match="batch-size 9"):
         per_rank_sizes(PretrainConfig(method="lapo", data=(tiny_h5,), out=tmp_path, batch_size=9), two)
-    with pytest.raises(MasklamError, match="labeled-batch-size 5"):
+    with pytest.raises(MasklamError, match="labels-batch-size 5"):
         per_rank_sizes(PretrainConfig(method="laom-sup", data=(tiny_h5,), out=tmp_path, batch_size=8,
-                                      labeled=2, labeled_batch_size=5), two)
+                                      labels=2, labels_batch_size=5), two)
 
 
 def test_rank_batches_single_process_key_unchanged(tiny_h5):
@@ -183,9 +185,11 @@ def test_every_trainable_parameter_gets_a_gradient(method, tiny_h5, tmp_path):
     """Why DDP runs with find_unused_parameters=False for every method (and with fsq / ema targets)."""
     from masklam.data import WindowSampler, load_dataset
 
-    extra = dict(labeled=2, labeled_batch_size=4) if method == "laom-sup" else {}
-    cfg = PretrainConfig(method=method, data=(tiny_h5,), out=tmp_path, batch_size=4, latent_dim=8, head_dim=16,
-                         head_blocks=1, fsq_levels=(5, 5) if method == "lapo" else (), target="ema", **extra)
+    extra = dict(labels=2, labels_batch_size=4) if method == "laom-sup" else {}
+    if method.startswith("laom"):
+        extra.update(head_dim=16, head_blocks=1, target="ema")
+    cfg = PretrainConfig(method=method, data=(tiny_h5,), out=tmp_path, batch_size=4, latent_dim=8,
+                         fsq_levels=(5, 5) if method == "lapo" else (), **extra)
     data = load_dataset([tiny_h5], mask_key="masks" if method == "masklam" else None)
     sampler = WindowSampler(data, np.arange(6), cfg.frame_stack, cfg.max_offset, need_masks=method == "masklam")
     labeled = sampler if method == "laom-sup" else None
@@ -204,7 +208,7 @@ def test_every_trainable_parameter_gets_a_gradient(method, tiny_h5, tmp_path):
 def test_torchrun_two_processes_equal_the_mean_gradient_run(method, tiny_h5, tmp_path):
     run = tmp_path / "run"
     args = ["-m", "masklam", "pretrain", "--method", method, "--data", str(tiny_h5), "--out", str(run),
-            "--steps", "3", *SMALL]
+            "--updates", "3", "--recon-samples", "4", *SMALL]
     if method == "lapo":
         args.append("--no-tensorboard")
     proc = torchrun(args, tmp_path)
@@ -218,8 +222,8 @@ def test_torchrun_two_processes_equal_the_mean_gradient_run(method, tiny_h5, tmp
     assert text.count("probe_nmse (held-out)") == 1 and text.count("step 2/3") == 1
     assert (run / "recon.png").is_file() and not list(run.glob("*.tmp"))
     assert len(list((run / "tb").glob("events.*"))) == (1 if method == "masklam" else 0)
-    cfg = PretrainConfig(method=method, data=(tiny_h5,), out=run, steps=3, batch_size=8, latent_dim=16,
-                         head_dim=32, head_blocks=1)
+    cfg = PretrainConfig(method=method, data=(tiny_h5,), out=run, updates=3, batch_size=8, latent_dim=16,
+                         **(dict(head_dim=32, head_blocks=1) if method.startswith("laom") else {}))
     assert_same_weights(load_file(str(run / "model.safetensors")), reference_weights(cfg, 2, range(3)))
 
 
@@ -228,8 +232,9 @@ def test_torchrun_resume_every_rank_loads_the_state(tiny_h5, tmp_path):
     """laom-sup with an EMA target and augmentations, interrupted after 2 of 4 steps and resumed."""
     (tmp_path / "launch.py").write_text(LAUNCHER)
     run = tmp_path / "run"
-    args = ["--method", "laom-sup", "--data", str(tiny_h5), "--out", str(run), "--steps", "4", "--labeled", "2",
-            "--labeled-batch-size", "4", "--target", "ema", "--no-tensorboard", *SMALL]
+    args = ["--method", "laom-sup", "--data", str(tiny_h5), "--out", str(run), "--updates", "4", "--labels", "2",
+            "--labels-batch-size", "4", "--target", "ema", "--head-dim", "32", "--head-blocks", "1", "--no-tensorboard",
+            *SMALL]
     first = torchrun(["launch.py", "2", *args], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert torch.load(run / "train_state.pt", weights_only=False)["step"] == 2 and not (run / "metrics.json").exists()
@@ -238,8 +243,8 @@ def test_torchrun_resume_every_rank_loads_the_state(tiny_h5, tmp_path):
     assert (second.stdout + second.stderr).count("resuming") == 1
     r0, r1 = torch.load(run / "rank0.pt"), torch.load(run / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # rank 1 resumed the optimiser too, or it would drift
-    cfg = PretrainConfig(method="laom-sup", data=(tiny_h5,), out=run, steps=4, batch_size=8, latent_dim=16,
-                         head_dim=32, head_blocks=1, labeled=2, labeled_batch_size=4, target="ema")
+    cfg = PretrainConfig(method="laom-sup", data=(tiny_h5,), out=run, updates=4, batch_size=8, latent_dim=16,
+                         head_dim=32, head_blocks=1, labels=2, labels_batch_size=4, target="ema")
     ref = reference_weights(cfg, 2, range(4))
     assert_same_weights(r0, ref)
     assert_same_weights(load_file(str(run / "model.safetensors")), ref)
@@ -249,7 +254,7 @@ def test_torchrun_resume_every_rank_loads_the_state(tiny_h5, tmp_path):
 def test_torchrun_nan_on_one_rank_stops_both(tiny_h5, tmp_path):
     (tmp_path / "launch.py").write_text(LAUNCHER)
     run = tmp_path / "run"
-    args = ["--method", "lapo", "--data", str(tiny_h5), "--out", str(run), "--steps", "6", "--no-tensorboard",
+    args = ["--method", "lapo", "--data", str(tiny_h5), "--out", str(run), "--updates", "6", "--no-tensorboard",
             *SMALL, "--log-every", "1"]
     proc = torchrun(["launch.py", "0", *args], tmp_path, POISON_RANK="1")
     assert proc.returncode != 0

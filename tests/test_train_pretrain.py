@@ -72,12 +72,16 @@ def tiny_h5(tmp_path_factory) -> Path:
 
 
 def small_cfg(method: str, data: Path, out: Path, **kw) -> PretrainConfig:
-    base = dict(steps=4, batch_size=8, latent_dim=16, head_dim=32, head_blocks=1, log_every=2, ckpt_every=2,
-                tensorboard=False, progress=False, recon_samples=4, probe_batch_size=64)
+    base = dict(updates=4, batch_size=8, latent_dim=16, log_every=2, ckpt_every=2, tensorboard=False,
+                progress=False, probe_batch_size=64)
+    if method in ("lapo", "masklam"):
+        base.update(recon_samples=4)
+    else:
+        base.update(head_dim=32, head_blocks=1)
     base.update(kw)
     if method == "laom-sup":
-        base.setdefault("labeled", 2)
-        base.setdefault("labeled_batch_size", 4)
+        base.setdefault("labels", 2)
+        base.setdefault("labels_batch_size", 4)
     return PretrainConfig(method=method, data=(data,), out=out, **base)
 
 
@@ -105,9 +109,9 @@ def test_pretrain_writes_run_directory(method, tiny_h5, tmp_path):
 
 
 def test_resume_matches_uninterrupted_run(tiny_h5, tmp_path):
-    straight = small_cfg("laom", tiny_h5, tmp_path / "a", steps=6, ckpt_every=3, recon_samples=0)
+    straight = small_cfg("laom", tiny_h5, tmp_path / "a", updates=6, ckpt_every=3)
     pretrain(straight)
-    resumed = small_cfg("laom", tiny_h5, tmp_path / "b", steps=6, ckpt_every=3, recon_samples=0)
+    resumed = small_cfg("laom", tiny_h5, tmp_path / "b", updates=6, ckpt_every=3)
     partial = pretrain(resumed, until=3)
     assert partial["complete"] is False and not (tmp_path / "b" / "metrics.json").exists()
     assert torch.load(tmp_path / "b" / "train_state.pt", weights_only=False)["step"] == 3
@@ -120,9 +124,9 @@ def test_resume_matches_uninterrupted_run(tiny_h5, tmp_path):
 
 
 def test_resume_refuses_a_different_config(tiny_h5, tmp_path):
-    pretrain(small_cfg("lapo", tiny_h5, tmp_path, steps=2), until=1)
+    pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2), until=1)
     with pytest.raises(MasklamError, match="lr"):
-        pretrain(small_cfg("lapo", tiny_h5, tmp_path, steps=2, lr=1e-2))
+        pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2, lr=1e-2))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_h5, tmp_path, monkeypatch):
@@ -138,15 +142,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_h5, tmp_path, monkey
 
     monkeypatch.setattr(PixelLAM, "lam_loss", poisoned)
     with pytest.raises(MasklamError, match="non-finite"):
-        pretrain(small_cfg("lapo", tiny_h5, tmp_path, steps=6, log_every=1, ckpt_every=2))
+        pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=6, log_every=1, ckpt_every=2))
     state = torch.load(tmp_path / "train_state.pt", weights_only=False)
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in weights(tmp_path).values())
 
 
 def test_bad_inputs_are_one_line_errors(tiny_h5, tmp_path):
-    with pytest.raises(MasklamError, match="labeled"):
-        small_cfg("laom-sup", tiny_h5, tmp_path, labeled=0)
+    with pytest.raises(MasklamError, match="--labels"):
+        small_cfg("laom-sup", tiny_h5, tmp_path, labels=0)
     with pytest.raises(MasklamError, match="mask_lambda"):
         small_cfg("masklam", tiny_h5, tmp_path, mask_lambda=2.0)
     with pytest.raises(MasklamError):
@@ -162,11 +166,11 @@ def test_bad_inputs_are_one_line_errors(tiny_h5, tmp_path):
 
 def test_presets_and_method_defaults(tmp_path):
     small = PretrainConfig(method="laom", data=(tmp_path / "x.h5",), out=tmp_path)
-    assert (small.steps, small.batch_size, small.frame_stack, small.max_offset, small.aug) == (1500, 64, 3, 10, True)
+    assert (small.updates, small.batch_size, small.frame_stack, small.max_offset, small.aug) == (1500, 64, 3, 10, True)
     paper = PretrainConfig(method="masklam", data=(tmp_path / "x.h5",), out=tmp_path, preset="paper", latent_dim=64)
     assert (paper.batch_size, paper.lr, paper.encoder_scale, paper.frame_stack, paper.latent_dim) == (512, 1e-4, 6, 1, 64)
-    assert paper.steps is None and paper.total_steps(5120) == 100  # 10 epochs of 5120 windows at 512
-    sup = PretrainConfig(method="laom-sup", data=(tmp_path / "x.h5",), out=tmp_path, labeled=4)
+    assert paper.updates is None and paper.total_updates(5120) == 100  # 10 epochs of 5120 windows at 512
+    sup = PretrainConfig(method="laom-sup", data=(tmp_path / "x.h5",), out=tmp_path, labels=4)
     assert sup.target == "stopgrad"
 
 
@@ -174,7 +178,7 @@ def test_cli_pretrain_then_probe(tiny_h5, tmp_path, capsys):
     from masklam.cli import main
 
     run = tmp_path / "cli"
-    code = main(["pretrain", "--method", "masklam", "--data", str(tiny_h5), "--out", str(run), "--steps", "2",
+    code = main(["pretrain", "--method", "masklam", "--data", str(tiny_h5), "--out", str(run), "--updates", "2",
                  "--batch-size", "8", "--latent-dim", "8", "--no-tensorboard", "--no-progress", "--log-every", "1"])
     assert code == 0
     first = json.loads((run / "metrics.json").read_text())["probe_nmse"]
@@ -190,7 +194,49 @@ def test_cli_pretrain_then_probe(tiny_h5, tmp_path, capsys):
 def test_masklam_learns_the_action_better_than_chance(tmp_path):
     """150 steps on the synthetic task: the held-out probe clearly beats predicting the mean (measured ~0.62)."""
     data = write_synthetic_dataset(tmp_path / "d.h5", n_traj=10, length=40)
-    metrics = pretrain(small_cfg("masklam", data, tmp_path / "r", steps=150, batch_size=16, latent_dim=32,
+    metrics = pretrain(small_cfg("masklam", data, tmp_path / "r", updates=150, batch_size=16, latent_dim=32,
                                  lr=1e-3, log_every=50, ckpt_every=150))
     assert metrics["probe_nmse"] < 0.8
     assert metrics["train/loss"] < 0.01  # the masked reconstruction of the agent is nearly perfect
+
+
+def test_one_precedence_explicit_recipe_method_preset(tmp_path):
+    from masklam.train.config import resolve_fields
+
+    # a source that sets one of updates/epochs clears the other; later sources win
+    assert resolve_fields({"updates": 5}, [{"epochs": 10.0, "lr": 1.0}, {"lr": 2.0}]) == \
+        {"epochs": None, "lr": 2.0, "updates": 5}
+
+    def cfg(method: str = "masklam", **kw) -> PretrainConfig:
+        return PretrainConfig(method=method, data=(tmp_path / "x.h5",), out=tmp_path, **kw)
+
+    assert cfg(preset="paper", updates=7).epochs is None and cfg(preset="paper", updates=7).total_updates(10**6) == 7
+    assert cfg(epochs=2.0).updates is None and cfg(epochs=2.0).total_updates(640) == 20  # cpu-small's updates cleared
+    with pytest.raises(MasklamError, match="not both"):
+        cfg(updates=3, epochs=1.0)
+    assert cfg(recipe="paper", preset="paper").frame_stack == 3  # recipe > method default (1)
+    assert cfg(recipe="paper", frame_stack=2).frame_stack == 2  # explicit > recipe
+    h100 = cfg("laom", preset="h100")
+    assert (h100.updates, h100.batch_size, h100.encoder_scale, h100.head_dim) == (6000, 256, 4, 1024)
+
+
+@pytest.mark.parametrize("method, option, value, who", [
+    ("lapo", "aug", True, "LAOM"), ("lapo", "head_dim", 64, "LAOM"), ("masklam", "target", "stopgrad", "LAOM"),
+    ("laom", "labels", 3, "laom-sup"), ("laom", "mask_lambda", 0.5, "masklam"), ("lapo", "mask_target", True, "masklam"),
+    ("laom-sup", "recon_samples", 2, "pixel LAMs"),
+])
+def test_options_of_other_methods_are_one_line_errors(method, option, value, who, tmp_path):
+    kw = dict(labels=2) if method == "laom-sup" else {}
+    with pytest.raises(MasklamError, match=f"--{option.replace('_', '-')} is only for {who}.*not {method}"):
+        PretrainConfig(method=method, data=(tmp_path / "x.h5",), out=tmp_path, **{option: value}, **kw)
+    # the value the field has anyway is no error (a sweep may pass labels=0 to every method)
+    PretrainConfig(method="lapo", data=(tmp_path / "x.h5",), out=tmp_path, labels=0, target="ema")
+
+
+def test_options_for_keeps_what_a_method_uses():
+    from masklam.train.config import options_for
+
+    shared = dict(updates=5, head_dim=64, mask_target=True, recon_samples=2)
+    assert options_for("lapo", shared) == dict(updates=5, recon_samples=2)
+    assert options_for("masklam", shared) == dict(updates=5, mask_target=True, recon_samples=2)
+    assert options_for("laom", shared) == dict(updates=5, head_dim=64)

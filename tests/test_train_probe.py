@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from masklam.errors import MasklamError
-from masklam.train.probe import RidgeProbe, normalised_mse
+from masklam.metrics import normalised_mse
+from masklam.train.probe import RidgeProbe, probe_lam
 from masklam.train.schedule import lr_factor
 
 
@@ -65,3 +66,58 @@ def test_lr_schedule_warmup_and_decay():
     assert lr_factor(55, 100, 0.1, "cosine") == pytest.approx(0.5)
     assert lr_factor(99, 100, 0.0, "constant") == 1.0
     assert lr_factor(99, 100, 0.0, "linear") < 0.02
+
+
+# --- probe_lam: the trajectory split and the held-out normalisation ----------------------------------------
+class SyntheticLAM(torch.nn.Module):
+    """A stand-in LAM: latent = the true action (`informative`) or seeded noise; records the rows it labels."""
+
+    frame_stack, needs_masks = 1, False
+
+    def __init__(self, informative: bool, latent_dim: int = 2) -> None:
+        super().__init__()
+        self.informative, self.latent_dim = informative, latent_dim
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.rows: list[np.ndarray] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.w.device
+
+    def label(self, windows: dict) -> torch.Tensor:
+        self.rows.append(np.asarray(windows["index"]))
+        if self.informative:
+            return torch.as_tensor(windows["action_t"]).float()
+        g = torch.Generator().manual_seed(int(windows["index"][0]))
+        return torch.randn(len(windows["index"]), self.latent_dim, generator=g)
+
+
+@pytest.fixture(scope="module")
+def probe_data(tmp_path_factory):
+    from test_train_pretrain import write_synthetic_dataset
+
+    from masklam.data import load_dataset
+
+    return load_dataset(write_synthetic_dataset(tmp_path_factory.mktemp("probe") / "d.h5", n_traj=6, length=40))
+
+
+def test_probe_lam_scores_a_latent_equal_to_the_action_near_zero(probe_data):
+    metrics = probe_lam(SyntheticLAM(True), probe_data, np.arange(4), np.array([4, 5]), batch_size=16)
+    assert metrics["probe_nmse"] < 1e-6 and metrics["probe_nmse_train"] < 1e-6
+
+
+def test_probe_lam_scores_a_noise_latent_at_about_one_or_worse(probe_data):
+    metrics = probe_lam(SyntheticLAM(False, latent_dim=4), probe_data, np.arange(4), np.array([4, 5]), batch_size=16)
+    assert metrics["probe_nmse"] > 0.9
+
+
+def test_probe_lam_fits_on_training_trajectories_and_scores_on_held_out_ones(probe_data):
+    train, held = np.array([0, 2, 3, 5]), np.array([1, 4])
+    lam = SyntheticLAM(True)
+    metrics = probe_lam(lam, probe_data, train, held, batch_size=16)
+    rows = np.concatenate(lam.rows)  # the training pass first, then the held-out one
+    n_train, n_held = metrics["probe_n_train"], metrics["probe_n_heldout"]
+    assert len(rows) == n_train + n_held
+    traj = np.searchsorted(probe_data.traj_starts, rows, side="right") - 1
+    assert set(traj[:n_train]) == set(train) and set(traj[n_train:]) == set(held)
+    assert n_held == sum(int(probe_data.traj_lengths[i]) - 1 for i in held)  # every k = 1 window, once

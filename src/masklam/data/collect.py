@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import h5py
 import numpy as np
-import tyro
 from tqdm.auto import tqdm
 
+from masklam.args import parse
 from masklam.data.hdf5 import (FORMAT_VERSION, Trajectory, check_attrs, open_file, plain, read_layout,
-                               trajectory_names, write_trajectory)
+                               trajectory_names, write_atomically, write_trajectory)
 from masklam.errors import MasklamError
 from masklam.seeding import stream_rng, stream_seed
 
@@ -49,7 +47,7 @@ class CollectConfig:
     episodes: int = 10
     """Number of trajectories in the file (a larger number extends an existing file)."""
     steps: int = 1000
-    """Frames per trajectory."""
+    """Environment steps (frames) per trajectory."""
     seed: int = 0
     """Trajectory i's episode seed derives from (seed, i) only."""
     workers: int = 1
@@ -62,7 +60,7 @@ class CollectConfig:
     expert_path: Path | None = None
     """An expert .safetensors file instead of the shipped one."""
     action_repeat: int | None = None
-    """Physics steps per frame; default: the expert's (1 for the random policy)."""
+    """Physics substeps per environment step (frame); default: the expert's (1 for the random policy)."""
     hold: int = 3
     """Random policy: frames each random action is held."""
     action_noise: float = 0.0
@@ -105,14 +103,13 @@ class CollectResult:
     """What one `collect` call did."""
 
     path: Path
-    collected: list[int] = field(default_factory=list)  # trajectory ids rendered by this call
-    reused: int = 0  # trajectories kept from an earlier, interrupted or shorter, run
-    frames_per_s: float = float("nan")  # steady rendering rate, start-up (imports, env build) excluded
-
-
-def episode_seed(seed: int, index: int) -> int:
-    """The environment seed of trajectory ``index``: the `collect` stream of (seed, index) (masklam.seeding)."""
-    return stream_seed("collect", seed, index)
+    """the dataset file"""
+    collected: list[int] = field(default_factory=list)
+    """trajectory ids rendered by this call"""
+    reused: int = 0
+    """trajectories kept from an earlier, interrupted or shorter, run"""
+    frames_per_s: float = float("nan")
+    """steady rendering rate, start-up (imports, env build) excluded"""
 
 
 class SmoothRandomPolicy:
@@ -250,7 +247,7 @@ def _collect_one(index: int) -> tuple[int, float]:
     if "error" in _WORKER:
         raise _WORKER["error"]
     cfg: CollectConfig = _WORKER["cfg"]
-    seed = episode_seed(cfg.seed, index)
+    seed = stream_seed("collect", cfg.seed, index)
     rng = stream_rng("action_noise", cfg.seed, index)
     if cfg.policy == "expert":
         policy = _WORKER["expert"]
@@ -259,13 +256,9 @@ def _collect_one(index: int) -> tuple[int, float]:
     else:
         policy = SmoothRandomPolicy(_WORKER["env"].action_space.shape[0], rng, cfg.hold)
     traj = run_episode(_WORKER["env"], policy, seed, cfg.steps, _tick)
-    final = part_path(cfg.out, index)
-    tmp = final.with_name(f"{final.stem}.tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    with write_atomically(part_path(cfg.out, index)) as f:
         f.attrs.update(_WORKER["attrs"])
         write_trajectory(f, str(index), traj, cfg.compression)
-    _fsync(tmp)
-    os.replace(tmp, final)
     return index, traj.traj_return
 
 
@@ -276,14 +269,6 @@ def parts_dir(out: Path) -> Path:
 
 def part_path(out: Path, index: int) -> Path:
     return parts_dir(out) / f"{index:06d}.h5"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _prepare_parts(cfg: CollectConfig, attrs: dict[str, Any]) -> set[int]:
@@ -375,9 +360,8 @@ class _SteadyClock:
 
 def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
     """Copy OUT's trajectories 0..have-1 and the parts have..episodes-1 into OUT.tmp; rename it onto OUT."""
-    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
     returns = []
-    with h5py.File(tmp, "w") as dst:
+    with write_atomically(cfg.out) as dst:
         dst.attrs.update(attrs)
         if have:
             with open_file(cfg.out) as src:
@@ -392,8 +376,6 @@ def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
                 src.copy(src[str(index)], dst, name=str(index))
                 returns.append(float(plain(src[str(index)].attrs["traj_return"])))
         dst.attrs["dataset_return"] = float(np.mean(returns))
-    _fsync(tmp)
-    os.replace(tmp, cfg.out)
 
 
 def collect(cfg: CollectConfig) -> CollectResult:
@@ -424,7 +406,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
 
 
 def main(argv: list[str]) -> int:
-    cfg = tyro.cli(CollectConfig, args=argv)
+    cfg = parse(CollectConfig, argv)
     result = collect(cfg)
     lay = read_layout(result.path)
     returns = lay.returns

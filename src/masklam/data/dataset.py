@@ -26,18 +26,30 @@ PathsLike = str | os.PathLike | Sequence[str | os.PathLike]
 class TrajectoryData:
     """Frames of many trajectories concatenated; per-trajectory offsets say where each one lies."""
 
-    obs: np.ndarray  # (N, H, W, 3) uint8
-    actions: np.ndarray  # (N, A) float32
-    states: np.ndarray  # (N, S) float32
-    rewards: np.ndarray | None  # (N,) float32, None when a file has no rewards (LAOM's files)
-    masks: np.ndarray | None  # (N, H, W) bool, None unless requested and present in every file
-    traj_starts: np.ndarray  # (n,) int64 first flat row of each trajectory
-    traj_lengths: np.ndarray  # (n,) int64
-    traj_returns: np.ndarray  # (n,) float64 (nan where unknown)
-    sources: list[tuple[str, str]]  # (file, group name) of each trajectory
-    meta: dict[str, Any]  # attrs of the first file, plus "files"
+    obs: np.ndarray
+    """(N, H, W, 3) uint8"""
+    actions: np.ndarray
+    """(N, A) float32"""
+    states: np.ndarray
+    """(N, S) float32"""
+    rewards: np.ndarray | None
+    """(N,) float32, None when a file has no rewards (LAOM's files)"""
+    masks: np.ndarray | None
+    """(N, H, W) bool, None unless requested and present in every file"""
+    traj_starts: np.ndarray
+    """(n,) int64 first flat row of each trajectory"""
+    traj_lengths: np.ndarray
+    """(n,) int64"""
+    traj_returns: np.ndarray
+    """(n,) float64 (nan where unknown)"""
+    sources: list[tuple[str, str]]
+    """(file, group name) of each trajectory"""
+    meta: dict[str, Any]
+    """attrs of the first file, plus `files`"""
     mask_key: str | None = None
+    """the mask dataset requested (None: masks not requested)"""
     files_without_masks: list[str] = field(default_factory=list)
+    """files lacking `mask_key` (then `masks` is None)"""
 
     @property
     def num_trajectories(self) -> int:
@@ -171,6 +183,11 @@ def _check_ids(traj_ids: Sequence[int], total: int) -> np.ndarray:
     return ids
 
 
+FINITE_KEYS = ("actions", "states", "rewards")
+"""Float arrays checked on loading: a NaN or inf there would surface only as a NaN loss during training
+(frames and masks are uint8 / bool, so they cannot hold one)."""
+
+
 def _read_group(path: Path, f: h5py.File, name: str, arrays: dict[str, np.ndarray], row: int, length: int) -> None:
     group = f[name]
     for key, out in arrays.items():
@@ -178,6 +195,18 @@ def _read_group(path: Path, f: h5py.File, name: str, arrays: dict[str, np.ndarra
             group[key].read_direct(out, dest_sel=np.s_[row:row + length])
         except (OSError, RuntimeError, ValueError, TypeError) as e:
             raise MasklamError(f"{path}: cannot read trajectory {name}/{key} ({str(e).splitlines()[0]})") from None
+        if key in FINITE_KEYS:
+            _check_finite(path, name, key, out[row:row + length])
+
+
+def _check_finite(path: Path, name: str, key: str, values: np.ndarray) -> None:
+    """A one-line MasklamError naming the file, trajectory, key and first frame holding a NaN or inf."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        frame = int(np.argwhere(~finite)[0][0])
+        bad = values.reshape(len(values), -1)[frame][~finite.reshape(len(values), -1)[frame]][0]
+        raise MasklamError(f"{path}: trajectory {name}: {key} holds {bad} at frame {frame} (NaN or inf); "
+                           "fix or drop that trajectory")
 
 
 def split_trajectories(n: int, heldout: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

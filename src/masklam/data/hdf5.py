@@ -13,20 +13,26 @@ Layout (readers accept LAOM's published files, which have only ``obs``, ``states
 
 Images and masks are chunked one frame per chunk, so a reader touching frame ``t`` decompresses only it;
 every chunk has a checksum, so a corrupted byte is an error on reading, never silently wrong data.
+Files are never written in place (HDF5 does not survive a kill mid-write): `write_atomically` builds a
+file under a temporary name, syncs it to disk and renames it into place. Resumable writers (`masklam collect`,
+`masklam masks`) keep each finished item as such a part file and merge them the same way at the end.
 Every error a user can cause (missing, truncated or garbage file, inconsistent shapes) becomes a one-line
 :class:`MasklamError` naming the file and, where it applies, the trajectory.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
 from masklam.errors import MasklamError
+from masklam.files import atomic_path
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("obs", "states", "actions")
@@ -76,6 +82,29 @@ def open_file(path: str | os.PathLike, mode: str = "r") -> h5py.File:
         return h5py.File(path, mode)
     except OSError as e:
         raise MasklamError(f"{path} is not a readable HDF5 file ({_first_line(e)})") from None
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a written file to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def write_atomically(path: str | os.PathLike, start_from: str | os.PathLike | None = None) -> Iterator[h5py.File]:
+    """An HDF5 file to fill that replaces ``path`` only once complete: written as ``<path>.tmp`` (a copy of
+    ``start_from``, opened r+, or a new file), synced, then renamed; on an error the temporary is removed.
+
+    Part files (one finished item each) and the merge of parts into a dataset both go through here."""
+    with atomic_path(path) as tmp:
+        if start_from is not None:
+            shutil.copyfile(start_from, tmp)
+        with h5py.File(tmp, "r+" if start_from is not None else "w") as f:
+            yield f
+        fsync(tmp)
 
 
 def _first_line(e: BaseException) -> str:
@@ -188,6 +217,8 @@ def _layout(path: Path, f: h5py.File) -> FileLayout:
         if missing:
             raise MasklamError(f"{path}: trajectory {name} lacks {', '.join(missing)}")
         length = group["obs"].shape[0]
+        if length < 1:
+            raise MasklamError(f"{path}: trajectory {name} is empty (0 frames)")
         for key in group.keys():
             ds = group[key]
             if not isinstance(ds, h5py.Dataset):
@@ -198,7 +229,7 @@ def _layout(path: Path, f: h5py.File) -> FileLayout:
             expected = (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype))
             if key in dims and dims[key] != expected:
                 raise MasklamError(
-                    f"{path}: trajectory {name}: {key} has shape {ds.shape}, other trajectories (T, "
+                    f"{path}: trajectory {name}: {key} has shape {ds.shape} {ds.dtype}, other trajectories (T, "
                     f"{', '.join(map(str, dims[key][0]))}) {dims[key][1]}")
             dims.setdefault(key, expected)
         _check_image_shapes(path, name, group, dims)
@@ -217,9 +248,10 @@ def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) ->
     if len(obs_tail) != 3 or obs_tail[2] != 3 or obs_dtype != "uint8":
         raise MasklamError(f"{path}: trajectory {name}: obs must be (T,H,W,3) uint8, got (T,{obs_tail}) {obs_dtype}")
     for key in ("states", "actions"):
-        tail, _ = dims[key]
-        if len(tail) != 1:
-            raise MasklamError(f"{path}: trajectory {name}: {key} must be (T,D), got (T,{tail})")
+        tail, dtype = dims[key]
+        if len(tail) != 1 or tail[0] < 1 or not np.issubdtype(np.dtype(dtype), np.number):
+            raise MasklamError(f"{path}: trajectory {name}: {key} must be (T,D) numbers with D >= 1, "
+                               f"got (T,{','.join(map(str, tail))}) {dtype}")
     for key in MASK_KEYS:
         if key in group:
             tail, dtype = dims[key]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import tyro
 
+from masklam.args import parse
 from masklam.data.hdf5 import MASK_KEYS, read_layout
 
 
@@ -71,7 +72,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    cfg = tyro.cli(InfoConfig, args=argv)
+    cfg = parse(InfoConfig, argv)
     for i, path in enumerate(cfg.files):
         if i:
             print()

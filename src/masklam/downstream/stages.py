@@ -16,8 +16,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-MASKLAM_LOSS_OPTIONS = ("mask_target", "mask_lambda", "mask_dilation", "mask_norm")
-"""PretrainConfig fields only MaskLAM's loss reads (dropped from other methods' stage configs)"""
 LAM_METHODS = ("lapo", "masklam", "laom", "laom-sup", "lapo-clean")
 """methods with a latent action model: LAM -> latent BC -> decoder"""
 METHODS = LAM_METHODS + ("bc", "idm")
@@ -143,13 +141,14 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
                    overrides: dict[str, Any], device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
     """Train a LAM with `masklam.train.pretrain` (cached); result: its probe NMSE.
 
-    MaskLAM's loss options are dropped for other methods, which ignore them: one LAPO serves every recipe
+    Options of other methods are dropped (masklam.train.config.options_for): one LAPO serves every recipe
     that differs only in MaskLAM's loss."""
-    if method != "masklam":
-        overrides = {k: v for k, v in overrides.items() if k not in MASKLAM_LOSS_OPTIONS}
+    from masklam.train.config import options_for
+
+    overrides = options_for(method, overrides)
     if not recipe_applies(method, overrides.get("recipe", "default")):  # e.g. LAOM: its own paper's recipe
         overrides = {k: v for k, v in overrides.items() if k != "recipe"}
-    conf = {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labeled": labeled}
+    conf = {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labels": labeled}
 
     def fn(d: Path) -> dict[str, Any]:
         from masklam.train.config import PretrainConfig

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from masklam.args import parse
 from masklam.errors import MasklamError
 
 
@@ -24,7 +25,7 @@ class DemoConfig:
     presets: tuple[str, ...] = ("none", "laom", "masklam")
     """distractor presets, one row each per task"""
     steps: tuple[int, ...] = (0, 30, 60)
-    """the steps whose frames are shown (random smooth actions in between)"""
+    """the environment steps whose frames are shown (random smooth actions in between)"""
     seed: int = 0
     """seed of every episode (and of the actions)"""
     img_size: int = 64
@@ -73,10 +74,9 @@ def render_row(task: str, preset: str, cfg: DemoConfig) -> list[np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     """Render the grid and write it to cfg.out."""
-    import tyro
     from tqdm import tqdm
 
-    cfg = tyro.cli(DemoConfig, args=argv)
+    cfg = parse(DemoConfig, list(argv or []))
     import matplotlib
 
     matplotlib.use("Agg")

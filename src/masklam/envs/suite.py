@@ -102,6 +102,11 @@ def default_camera(domain: str) -> int:
     return 2 if domain == "quadruped" else 0
 
 
+def moving_geoms(m) -> np.ndarray:
+    """The agent's geoms: every geom on a body that moves (welded to something other than the world)."""
+    return np.flatnonzero(m.body_weldid[m.geom_bodyid] != 0)
+
+
 class DistractingControlEnv(DistractedScene):
     """A dm_control task rendered at (img_size, img_size) with distractors and exact agent masks."""
 
@@ -122,44 +127,49 @@ class DistractingControlEnv(DistractedScene):
         render_mode: str | None = "rgb_array",
         multisample: bool = True,
     ):
-        domain, name = parse_task(task)
+        domain, _ = parse_task(task)
         check_common(img_size, action_repeat, max_episode_steps)
         self.task, self.video_split = task, video_split
         self.action_repeat, self.render_mode = action_repeat, render_mode
-        cfg = distractors
+        self._load_task(distractors, max_episode_steps)
+        m = self._dm.physics.model.ptr
+        camera = self._prepare_model(m, domain, distractors, camera_id, multisample)
+        self._init_scene(m, self._dm.physics.data.ptr, distractors, video_split, background_path, img_size, camera,
+                         moving_geoms(m), shadows, reflections)
+        self._init_spaces(img_size)
+        self._rng: np.random.Generator | None = None
+        self._t = 0
 
+    def _load_task(self, cfg: DistractorConfig, max_episode_steps: int | None) -> None:
+        """Load the dm_control task (with a skybox sized for the background) and set the episode length."""
         with _skybox_size(cfg.background_size if cfg.background and not cfg.composite else None):
-            self._dm = load_dm(task, seed=0)
+            self._dm = load_dm(self.task, seed=0)
         step_limit = getattr(self._dm, "_step_limit", 1000)
         self._dm._step_limit = float("inf")  # we truncate ourselves (dm_control would auto-reset)
-        base_len = int(step_limit // action_repeat) if np.isfinite(step_limit) else 1000 // action_repeat
+        base_len = int(step_limit // self.action_repeat) if np.isfinite(step_limit) else 1000 // self.action_repeat
         self.max_episode_steps = max_episode_steps or max(base_len, 1)
 
-        physics = self._dm.physics
-        m = physics.model.ptr
+    def _prepare_model(self, m, domain: str, cfg: DistractorConfig, camera_id: int | None, multisample: bool) -> int:
+        """Check the camera, set multisampling and the floor's transparency on the MuJoCo model; the camera id."""
         camera = default_camera(domain) if camera_id is None else camera_id
         if not isinstance(camera, int) or not 0 <= camera < m.ncam:
-            raise MasklamError(f"camera_id={camera_id!r} out of range: task {task} has cameras 0..{m.ncam - 1}")
+            raise MasklamError(f"camera_id={camera_id!r} out of range: task {self.task} has cameras 0..{m.ncam - 1}")
         if not multisample:
             m.vis.quality.offsamples = 0
-
         alpha = cfg.ground_plane_alpha
         if alpha is None and cfg.background:
             alpha = 0.3 if domain.startswith("humanoid") else 1.0
         if alpha is not None:
             set_floor_alpha(m, alpha)
-        # The agent: every geom on a body that moves (welded to something other than the world).
-        agent = np.flatnonzero(m.body_weldid[m.geom_bodyid] != 0)
-        self._init_scene(m, physics.data.ptr, cfg, video_split, background_path, img_size, camera, agent,
-                         shadows, reflections)
+        return camera
 
+    def _init_spaces(self, img_size: int) -> None:
+        """Action space [-1, 1]^A (scaled to the task's bounds), image observations, the state size."""
         spec = self._dm.action_spec()
         self._to_task_action = ActionScaler(spec)
         self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
         self.observation_space = gym.spaces.Box(0, 255, (img_size, img_size, 3), np.uint8)
         self.state_dim = int(sum(int(np.prod(s.shape)) for s in self._dm.observation_spec().values()))
-        self._rng: np.random.Generator | None = None
-        self._t = 0
 
     # -- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:

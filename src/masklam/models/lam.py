@@ -21,8 +21,7 @@ latents / embeddings) are trained through the same loss and never affect the LAM
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from masklam.errors import MasklamError
+from masklam.models.augment import augment
 from masklam.models.encoder import ConvDecoder, ImpalaEncoder, append_mask_channel, frames_to_tensor
 from masklam.models.fsq import FSQ
 from masklam.models.heads import ResidualMLP
+from masklam.models.pretrained import Pretrained
 
 METHODS = ("lapo", "masklam", "laom", "laom-sup")
 Batch = dict[str, Any]
@@ -64,7 +65,6 @@ class LAMConfig:
     target_tau: float = 0.001
     aug: bool = False
     sup_coef: float = 0.01
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -112,8 +112,12 @@ def mask_weights(mask: torch.Tensor, background: float, dilation: int = 0) -> to
     return m + background * (1.0 - m)
 
 
-class LatentActionModel(nn.Module):
-    """Base: frame conversion, online probes, target update hook, save/load."""
+class LatentActionModel(Pretrained, nn.Module):
+    """Base: frame conversion, online probes, target update hook, save/load (`Pretrained`: config.json
+    holds the run's config with the architecture under "model")."""
+
+    kind = "latent action model"
+    config_key = "model"
 
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__()
@@ -208,41 +212,15 @@ class LatentActionModel(nn.Module):
     def update_target(self) -> None:
         """Called after each optimiser step (EMA target for LAOM; nothing for the others)."""
 
-    def save_pretrained(self, out_dir: str | Path, extra_config: dict | None = None) -> None:
-        """Write `model.safetensors` and `config.json` (`extra_config` keys plus "model")."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = out / "model.safetensors.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(out / "model.safetensors")
-        config = dict(extra_config or {})
-        config["model"] = asdict(self.cfg)
-        tmp = out / "config.json.tmp"
-        tmp.write_text(json.dumps(config, indent=2, default=str))
-        tmp.replace(out / "config.json")
+    def pretrained_config(self) -> dict[str, Any]:
+        """The architecture and loss (config.json's "model" entry)."""
+        return asdict(self.cfg)
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "LatentActionModel":
-        """Load a model written by `save_pretrained` (any method)."""
-        from safetensors.torch import load_file
-
-        d = Path(run_dir)
-        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-            raise MasklamError(f"not a checkpoint directory (needs config.json and model.safetensors): {d}")
-        try:
-            raw = json.loads((d / "config.json").read_text())["model"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise MasklamError(f"bad config.json in {d}: {e}") from None
+    def from_config(cls, config: dict[str, Any]) -> "LatentActionModel":
+        """A fresh model of any method for a "model" entry (unknown keys of older files are ignored)."""
         known = {f.name for f in fields(LAMConfig)}
-        model = build_lam(LAMConfig(**{k: v for k, v in raw.items() if k in known}))
-        try:
-            model.load_state_dict(load_file(str(d / "model.safetensors")))
-        except Exception as e:  # safetensors header errors, missing or mis-shaped keys
-            raise MasklamError(f"cannot load {d / 'model.safetensors'}: {str(e).splitlines()[0]}") from None
-        return model.to(device).eval()
+        return build_lam(LAMConfig(**{k: v for k, v in config.items() if k in known}))
 
 
 class PixelLAM(LatentActionModel):
@@ -336,8 +314,6 @@ class LatentSpaceLAM(LatentActionModel):
     def _maybe_augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if not (self.training and self.cfg.aug):
             return x
-        from masklam.train.augment import augment
-
         return augment(x, generator)
 
     def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:

@@ -11,26 +11,10 @@ from typing import Any
 import torch
 
 from masklam.errors import MasklamError
+from masklam.files import atomic_path, read_json
 from masklam.models.lam import LatentActionModel
 
 TRAIN_STATE = "train_state.pt"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically write `obj` as indented JSON."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON file; MasklamError if it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MasklamError(f"no such file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MasklamError(f"{path} is not valid JSON ({e})") from None
 
 
 def save_checkpoint(run_dir: Path, model: LatentActionModel, optimizer: torch.optim.Optimizer, step: int,
@@ -38,9 +22,8 @@ def save_checkpoint(run_dir: Path, model: LatentActionModel, optimizer: torch.op
     """Write train_state.pt (resume) and model.safetensors + config.json (from_pretrained) at `step`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "extra": extra or {}}
-    tmp = run_dir / (TRAIN_STATE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(run_dir / TRAIN_STATE)
+    with atomic_path(run_dir / TRAIN_STATE) as tmp:
+        torch.save(state, tmp)
     model.save_pretrained(run_dir, {**config, "step": step})
 
 

@@ -1,10 +1,20 @@
-"""PretrainConfig: every knob of `masklam pretrain`, with presets and per-method defaults.
+"""PretrainConfig: every knob of `masklam pretrain`, and the one way its unset fields get their values.
 
-Fields left at None are filled in `__post_init__`, first from the recipe (`paper`: what MaskLAM's
-authors' code sets for lapo and masklam), then from the method's defaults (frame stack, window offset,
-augmentation, target), then from the preset (`cpu-small`: learns in minutes on two CPU cores; `paper`:
-the papers' hyper-parameters). Any field given on the command line wins. A recipe fixes how a method
-learns (inputs, offsets, loss, optimiser); a preset fixes its scale (steps, batch, widths, latent size).
+A field left unset (None) takes its value from the highest-precedence source that sets it (`resolve_fields`):
+
+    given explicitly (command line, constructor) > recipe > method defaults > preset > FIELD_DEFAULTS
+
+- a preset (PRESETS, `--preset`) fixes the scale: run length, batch, widths, latent size. `cpu-small` learns in
+  minutes on two CPU cores, `h100` is sized for one H100, `paper` holds the papers' hyper-parameters;
+- the method's defaults (METHOD_DEFAULTS) are its own paper's choices: frame stack, window offset, LAOM's
+  augmentation and target;
+- a recipe (RECIPES, `--recipe`) fixes how lapo/masklam learn: `paper` is what MaskLAM's authors' code sets;
+- FIELD_DEFAULTS: values that no source sets.
+
+The run length is one choice made by one source: a source that sets `updates` or `epochs` clears the other,
+so `--updates` overrides the paper preset's epochs and `--epochs` the cpu-small preset's updates.
+Options that only some methods use (METHOD_OPTIONS) are a one-line error when given for another method (unless
+the value given is the one the field has anyway), instead of being silently ignored.
 """
 from __future__ import annotations
 
@@ -12,7 +22,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 from masklam.errors import MasklamError
 from masklam.models.lam import LAMConfig
@@ -20,10 +30,14 @@ from masklam.models.lam import LAMConfig
 Method = Literal["lapo", "masklam", "laom", "laom-sup"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-small": dict(steps=1500, epochs=None, batch_size=64, lr=3e-4, encoder_scale=1, latent_dim=128,
-                      head_dim=256, head_blocks=2, warmup_frac=0.02, schedule="constant", labeled_batch_size=32),
-    "paper": dict(steps=None, epochs=10.0, batch_size=512, lr=1e-4, encoder_scale=6, latent_dim=8192,
-                  head_dim=1024, head_blocks=2, warmup_frac=0.3, schedule="linear", labeled_batch_size=128),
+    "cpu-small": dict(updates=1500, batch_size=64, lr=3e-4, encoder_scale=1, latent_dim=128, head_dim=256,
+                      head_blocks=2, warmup_frac=0.02, schedule="constant", labels_batch_size=32),
+    # the quickstart's gpu preset: cpu-small's optimiser at 4x the batch, 4x the encoder width and LAOM's head
+    # width of 1024, for 6000 updates (about 20 minutes of the whole quickstart on one H100)
+    "h100": dict(updates=6000, batch_size=256, lr=3e-4, encoder_scale=4, latent_dim=128, head_dim=1024,
+                 head_blocks=2, warmup_frac=0.02, schedule="constant", labels_batch_size=32),
+    "paper": dict(epochs=10.0, batch_size=512, lr=1e-4, encoder_scale=6, latent_dim=8192,
+                  head_dim=1024, head_blocks=2, warmup_frac=0.3, schedule="linear", labels_batch_size=128),
 }
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lapo": dict(frame_stack=1, max_offset=1, aug=False, target="ema"),
@@ -45,13 +59,47 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                         mask_channel=True, mask_norm="batch"),
     },
 }
+FIELD_DEFAULTS: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, mask_channel=False, mask_norm="batch")
+"""Values of the fields that no preset, method or recipe sets."""
+RUN_LENGTH = ("updates", "epochs")
+"""Two ways to give the run length: a source that sets one of them clears the other."""
+
+PIXEL = ("lapo", "masklam")
+LAOM = ("laom", "laom-sup")
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mask_lambda": ("masklam",), "mask_dilation": ("masklam",), "mask_target": ("masklam",),
+    "mask_norm": ("masklam",), "mask_channel": PIXEL, "mask_key": PIXEL, "recon_samples": PIXEL,
+    "head_dim": LAOM, "head_blocks": LAOM, "target": LAOM, "target_tau": LAOM, "aug": LAOM,
+    "labels": ("laom-sup",), "labels_batch_size": ("laom-sup",), "sup_coef": ("laom-sup",),
+}
+"""The fields only some methods use, and those methods."""
+_METHOD_GROUPS = {PIXEL: "pixel LAMs (lapo, masklam)", LAOM: "LAOM (laom, laom-sup)"}
+
 # Fields that may change between an interrupted run and its resumption.
-# Values of the fields no preset, method or recipe sets.
-FALLBACKS: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, mask_channel=False, mask_norm="batch")
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
                                "wandb_project", "probe_batch_size", "progress", "threads",
                                # the probe runs after training: changing it never invalidates the weights
                                "probe_ridge", "probe_max_trajs"})
+
+
+def options_for(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `fields` (shared by several methods, e.g. a sweep's [pretrain]) that `method` uses."""
+    return {k: v for k, v in fields.items() if method in METHOD_OPTIONS.get(k, (method,))}
+
+
+def resolve_fields(explicit: Mapping[str, Any], sources: Sequence[Mapping[str, Any]],
+                   exclusive: Sequence[Sequence[str]] = (RUN_LENGTH,)) -> dict[str, Any]:
+    """Field values from `sources` (lowest precedence first) with `explicit` on top; a source that sets a
+    field of an `exclusive` group sets that group's other fields to None (unless it sets them too)."""
+    out: dict[str, Any] = {}
+    for source in [*sources, explicit]:
+        source = dict(source)
+        for group in exclusive:
+            if any(name in source for name in group):
+                for name in group:
+                    source.setdefault(name, None)
+        out.update(source)
+    return out
 
 
 @dataclass
@@ -64,86 +112,91 @@ class PretrainConfig:
     """dataset file(s) or directories of shards (HDF5, masklam/LAOM layout)"""
     out: Path
     """run directory; an interrupted run in it resumes"""
-    preset: Literal["cpu-small", "paper"] = "cpu-small"
-    """defaults for the fields left unset: cpu-small (minutes on 2 CPU cores) or paper (the papers' values)"""
+    preset: Literal["cpu-small", "h100", "paper"] = "cpu-small"
+    """the scale of unset fields: cpu-small (minutes on 2 CPU cores), h100 (one H100), paper (the papers'
+    values); explicit values, the recipe and the method's defaults win over it"""
     recipe: Literal["default", "paper"] = "default"
     """how lapo/masklam learn: default (the papers' text: frame stack 1, k = 1, Adam) or paper (MaskLAM's
     authors' code: frame stack 3, k in 1..9, AdamW + cosine, mask input channel and per-batch mask
-    normalisation for masklam); fields given explicitly win"""
+    normalisation for masklam); explicit values win over it"""
 
-    steps: int | None = None
-    """optimisation steps (default: preset; paper derives them from --epochs)"""
+    updates: int | None = None
+    """optimiser updates (default: the preset's; the paper preset derives them from --epochs)"""
     epochs: float | None = None
-    """passes over the training windows, used when --steps is not set"""
+    """run length as passes over the training windows instead of --updates (default: the preset's)"""
     batch_size: int | None = None
-    """windows per step"""
+    """windows per update (default: the preset's)"""
     lr: float | None = None
-    """learning rate"""
+    """learning rate (default: the preset's)"""
     optimizer: Literal["adam", "adamw"] | None = None
     """adam (default) or adamw (decoupled weight decay; the paper recipe)"""
     weight_decay: float | None = None
     """weight decay (default 0; 0.01 with the paper recipe)"""
     warmup_frac: float | None = None
-    """fraction of the steps with a linear learning-rate warm-up"""
+    """fraction of the updates with a linear learning-rate warm-up (default: the preset's)"""
     schedule: Literal["constant", "linear", "cosine"] | None = None
-    """learning-rate decay after the warm-up"""
+    """learning-rate decay after the warm-up (default: the preset's; cosine with the paper recipe)"""
     grad_clip: float | None = None
     """clip the gradient norm to this value (None: no clipping)"""
 
     encoder_scale: int | None = None
-    """IMPALA ResNet channel multiplier: channels (16, 32, 32) x scale"""
+    """IMPALA ResNet channel multiplier: channels (16, 32, 32) x scale (default: the preset's)"""
     num_res_blocks: int = 2
     """residual blocks per ResNet stage"""
     latent_dim: int | None = None
-    """latent action size"""
+    """latent action size (default: the preset's)"""
     head_dim: int | None = None
-    """width of LAOM's residual MLP heads"""
+    """laom, laom-sup: width of the residual MLP heads (IDM, FDM) (default: the preset's)"""
     head_blocks: int | None = None
-    """blocks per LAOM residual MLP head"""
+    """laom, laom-sup: blocks per residual MLP head (default: the preset's)"""
     fsq_levels: tuple[int, ...] = ()
     """quantise the latent with FSQ at these levels, e.g. 8 5 5 5 (ablation; empty = off)"""
     frame_stack: int | None = None
-    """frames per observation (default 1 for lapo/masklam, 3 for laom)"""
+    """frames per observation (default 1 for lapo/masklam, 3 for laom and with the paper recipe)"""
     max_offset: int | None = None
-    """IDM sees o_{t+k}, k uniform in 1..max_offset (default 1 for lapo/masklam, 10 for laom)"""
+    """IDM sees o_{t+k}, k uniform in 1..max_offset (default 1 for lapo/masklam, 10 for laom, 9 with the paper
+    recipe)"""
 
     mask_lambda: float = 0.0
-    """MaskLAM background weight in [0, 1]; 1 is exactly LAPO"""
+    """masklam: background weight of the loss in [0, 1]; 1 is exactly LAPO"""
     mask_dilation: int = 0
-    """MaskLAM: dilate the agent mask by this many pixels"""
+    """masklam: dilate the agent mask by this many pixels"""
     mask_target: bool = False
-    """MaskLAM: instead of weighting the error, reconstruct the masked frame M*o_{t+1} (background black) at every pixel"""
+    """masklam: instead of weighting the error, reconstruct the masked frame M*o_{t+1} (background black) at
+    every pixel"""
     mask_channel: bool | None = None
-    """append the agent mask as a 4th input channel of every frame the IDM and FDM see (on for masklam in the
-    paper recipe; for lapo an ablation); latents are then labelled with masks too"""
+    """lapo, masklam: append the agent mask as a 4th input channel of every frame the IDM and FDM see (on for
+    masklam in the paper recipe; for lapo an ablation); latents are then labelled with masks too"""
     mask_norm: Literal["batch", "sample"] | None = None
-    """MaskLAM's masked error divided by the mask area once per batch (default, the authors' code) or per sample"""
+    """masklam: divide the masked error by the mask area once per batch (default, the authors' code) or per
+    sample"""
     mask_key: Literal["masks", "sam2_masks", "masks_mobilesam", "masks_student"] = "masks"
-    """MaskLAM: which masks of the file (simulator, SAM 2, MobileSAM or its student; `masklam masks`)"""
+    """lapo, masklam: which masks of the file (simulator, SAM 2, MobileSAM or its student; `masklam masks`)"""
 
     target: Literal["ema", "stopgrad"] | None = None
-    """LAOM target encoder: EMA (default for laom) or stop-grad of the online encoder (default for laom-sup)"""
+    """laom, laom-sup: target encoder, EMA (default for laom) or stop-grad of the online encoder (default for
+    laom-sup)"""
     target_tau: float = 0.001
-    """EMA rate of LAOM's target encoder"""
+    """laom, laom-sup: EMA rate of the target encoder"""
     aug: bool | None = None
-    """random shift/rotation/perspective during training (default on for laom, off for lapo/masklam)"""
-    labeled: int = 0
-    """laom-sup: number of labeled training trajectories for the supervised action head"""
-    labeled_batch_size: int | None = None
-    """laom-sup: labeled windows per step"""
+    """laom, laom-sup: random shift/rotation/perspective during training (default on)"""
+    labels: int = 0
+    """laom-sup: number of labelled training trajectories for the supervised action head"""
+    labels_batch_size: int | None = None
+    """laom-sup: labelled windows per update (default: the preset's)"""
     sup_coef: float = 0.01
     """laom-sup: weight of the supervised action loss"""
 
     heldout: float = 0.1
     """fraction of trajectories held out (probe evaluation, reconstructions)"""
     split_seed: int = 0
-    """seed of the train/held-out split and of the labeled subset"""
+    """seed of the train/held-out split and of the labelled subset"""
     seed: int = 0
     """seed of initialisation, batches and augmentations"""
     log_every: int = 100
-    """steps between console/TensorBoard lines"""
+    """updates between console/TensorBoard lines"""
     ckpt_every: int = 500
-    """steps between checkpoints (train_state.pt)"""
+    """updates between checkpoints (train_state.pt)"""
     probe_ridge: float | None = None
     """ridge strength of the final probe, relative to the mean latent variance (None: chosen by 5-fold
     cross-validation over the training trajectories)"""
@@ -152,7 +205,7 @@ class PretrainConfig:
     probe_max_trajs: int | None = None
     """fit the final probe on at most this many training trajectories (None: all)"""
     recon_samples: int = 8
-    """held-out frames in recon.png (lapo, masklam; 0 = none)"""
+    """lapo, masklam: held-out frames in recon.png (0 = none)"""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
     threads: int | None = None
@@ -176,32 +229,46 @@ class PretrainConfig:
         self.data = tuple(Path(p) for p in self.data)
         self.out = Path(self.out)
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
-        if self.preset not in PRESETS:
-            raise MasklamError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
-        if self.method not in METHOD_DEFAULTS:
-            raise MasklamError(f"unknown method {self.method!r}; one of {', '.join(METHOD_DEFAULTS)}")
-        if self.recipe not in RECIPES:
-            raise MasklamError(f"unknown recipe {self.recipe!r}; one of {', '.join(RECIPES)}")
-        defaults = {**PRESETS[self.preset], **METHOD_DEFAULTS[self.method], **FALLBACKS,
-                    **RECIPES[self.recipe].get(self.method, {})}
-        explicit_steps = self.steps is not None
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        if explicit_steps or self.epochs is None:
-            self.epochs = None
+        for name, table in (("preset", PRESETS), ("method", METHOD_DEFAULTS), ("recipe", RECIPES)):
+            if getattr(self, name) not in table:
+                raise MasklamError(f"unknown {name} {getattr(self, name)!r}; one of {', '.join(table)}")
+        if self.updates is not None and self.epochs is not None:
+            raise MasklamError("give the run length as --updates or as --epochs, not both")
+        sources = self.sources()
+        explicit = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                    if f.default is None and getattr(self, f.name) is not None}
+        baseline = resolve_fields({}, sources)
+        for name, value in resolve_fields(explicit, sources).items():
+            setattr(self, name, value)
+        self._check_method_options(baseline)
         self._validate()
+
+    def sources(self) -> list[dict[str, Any]]:
+        """The sources of unset fields, lowest precedence first: field defaults, preset, method, recipe."""
+        return [FIELD_DEFAULTS, PRESETS[self.preset], METHOD_DEFAULTS[self.method],
+                RECIPES[self.recipe].get(self.method, {})]
+
+    def _check_method_options(self, baseline: dict[str, Any]) -> None:
+        """A one-line error for an option of another method given a value that would silently be ignored."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, methods in METHOD_OPTIONS.items():
+            if self.method in methods:
+                continue
+            value = getattr(self, name)
+            if value != baseline.get(name, defaults[name]):
+                who = _METHOD_GROUPS.get(methods, ", ".join(methods))
+                raise MasklamError(f"--{name.replace('_', '-')} is only for {who}, not {self.method}")
 
     def _validate(self) -> None:
         if not self.data:
             raise MasklamError("--data needs at least one file")
         positive = ["batch_size", "encoder_scale", "latent_dim", "head_dim", "head_blocks", "frame_stack",
-                    "max_offset", "num_res_blocks", "log_every", "ckpt_every", "probe_batch_size", "labeled_batch_size"]
+                    "max_offset", "num_res_blocks", "log_every", "ckpt_every", "probe_batch_size", "labels_batch_size"]
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise MasklamError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise MasklamError(f"steps must be >= 1, got {self.steps}")
+        if self.updates is not None and self.updates < 1:
+            raise MasklamError(f"updates must be >= 1, got {self.updates}")
         if self.epochs is not None and self.epochs <= 0:
             raise MasklamError(f"epochs must be > 0, got {self.epochs}")
         if not self.lr > 0:
@@ -218,23 +285,19 @@ class PretrainConfig:
             raise MasklamError(f"heldout must be in [0, 1), got {self.heldout}")
         if self.heldout == 0.0:
             raise MasklamError("heldout must be > 0: the probe is reported on held-out trajectories")
-        if self.mask_channel and self.method not in ("lapo", "masklam"):
-            raise MasklamError(f"--mask-channel is for pixel LAMs (lapo, masklam), not {self.method}")
-        if self.method == "laom-sup" and self.labeled < 1:
-            raise MasklamError("laom-sup needs labeled trajectories: pass --labeled N (N >= 1)")
-        if self.method != "laom-sup" and self.labeled:
-            raise MasklamError(f"--labeled is only used by laom-sup, not {self.method}")
-        if self.labeled < 0 or self.sup_coef < 0 or self.weight_decay < 0 or self.recon_samples < 0:
-            raise MasklamError("labeled, sup_coef, weight_decay and recon_samples must be >= 0")
+        if self.method == "laom-sup" and self.labels < 1:
+            raise MasklamError("laom-sup needs labelled trajectories: pass --labels N (N >= 1)")
+        if self.labels < 0 or self.sup_coef < 0 or self.weight_decay < 0 or self.recon_samples < 0:
+            raise MasklamError("labels, sup_coef, weight_decay and recon_samples must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise MasklamError(f"threads must be >= 1, got {self.threads}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
 
-    def total_steps(self, num_windows: int) -> int:
-        """Steps of the run: --steps, or ceil(epochs * training windows / batch size)."""
-        if self.steps is not None:
-            return int(self.steps)
+    def total_updates(self, num_windows: int) -> int:
+        """Optimiser updates of the run: --updates, or ceil(epochs * training windows / batch size)."""
+        if self.updates is not None:
+            return int(self.updates)
         return max(1, math.ceil(float(self.epochs) * num_windows / self.batch_size))
 
     def lam_config(self, action_dim: int, state_dim: int, img_hw: int) -> LAMConfig:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 
 # Long enough for rank 0's final probe over a paper-sized dataset while the others wait at the barrier.
@@ -66,21 +67,17 @@ class DistContext:
         return self.rank == 0
 
     def device(self, name: str) -> torch.device:
-        """The device of this rank for `--device name`: 'auto'/'cuda' -> cuda:LOCAL_RANK (or cpu for
-        'auto' without a GPU); 'cpu' -> cpu; an explicit 'cuda:i' is refused when there are several ranks."""
+        """The device of this rank for `--device name` (see `masklam.devices.resolve_device`): 'auto'/'cuda'
+        -> cuda:LOCAL_RANK (or cpu for 'auto' without a GPU); 'cpu' -> cpu; an explicit 'cuda:i' is refused
+        when there are several ranks."""
         if not self.enabled:
-            from masklam.train.probe import resolve_device
-
             return resolve_device(name)
-        if name == "cpu":
-            return torch.device("cpu")
-        if name == "auto" and not torch.cuda.is_available():
-            return torch.device("cpu")
-        if name not in ("auto", "cuda"):
+        if str(name).startswith("cuda:"):
             raise MasklamError(f"--device {name} names one device, but {self.world_size} processes share it; "
                                "use --device cuda (rank r takes cuda:LOCAL_RANK) or --device cpu")
-        if not torch.cuda.is_available():
-            raise MasklamError("--device cuda asked for, but no CUDA GPU is available")
+        device = resolve_device(name)
+        if device.type == "cpu":
+            return device
         if self.local_rank >= torch.cuda.device_count():
             raise MasklamError(f"LOCAL_RANK {self.local_rank} but only {torch.cuda.device_count()} GPU(s) "
                                "on this node; lower --nproc_per_node")

@@ -14,17 +14,19 @@ from __future__ import annotations
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import tyro
 from tqdm.auto import tqdm
 
+from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.files import read_json, write_json
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
-from masklam.train.checkpoint import check_resumable, load_train_state, read_json, save_checkpoint, write_json
+from masklam.train.checkpoint import check_resumable, load_train_state, save_checkpoint
 from masklam.train.config import RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
@@ -137,14 +139,14 @@ def _build_model(cfg: PretrainConfig, data, device: torch.device) -> LatentActio
 
 def per_rank_sizes(cfg: PretrainConfig, ctx: DistContext) -> tuple[int, int]:
     """(windows, labeled windows) per step of one rank: the global sizes split evenly over the ranks."""
-    sizes = {"batch_size": int(cfg.batch_size), "labeled_batch_size": int(cfg.labeled_batch_size or 0)}
+    sizes = {"batch_size": int(cfg.batch_size), "labels_batch_size": int(cfg.labels_batch_size or 0)}
     if cfg.method != "laom-sup":
-        sizes["labeled_batch_size"] = 0
+        sizes["labels_batch_size"] = 0
     for name, size in sizes.items():
         if size % ctx.world_size:
             raise MasklamError(f"--{name.replace('_', '-')} {size} is the global batch and must divide evenly "
                                f"over {ctx.world_size} processes")
-    return sizes["batch_size"] // ctx.world_size, sizes["labeled_batch_size"] // ctx.world_size
+    return sizes["batch_size"] // ctx.world_size, sizes["labels_batch_size"] // ctx.world_size
 
 
 def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
@@ -164,104 +166,148 @@ def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
         ctx.teardown()
 
 
-def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: torch.device) -> dict[str, Any]:
+@dataclass
+class Run:
+    """Everything one training session works with, built by `_setup` (on every rank; only rank 0 writes)."""
+
+    cfg: PretrainConfig
+    ctx: DistContext
+    device: torch.device
+    data: Any
+    train_ids: np.ndarray
+    held_ids: np.ndarray
+    sampler: Any
+    labeled: Any
+    uses_masks: bool
+    total: int
+    config: dict[str, Any]
+    model: LatentActionModel
+    optimizer: torch.optim.Optimizer
+    state: dict[str, Any] | None
+    start: int
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.out
+
+
+def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
+    """Data, split and samplers; the run's config (checked against a run to resume); model and optimiser,
+    restored from train_state.pt when there is one."""
     from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
 
-    # --- setup (every rank; only rank 0 writes) --------------------------------------------------
-    main_rank = ctx.is_main
-    batch_size, labeled_batch_size = per_rank_sizes(cfg, ctx)
     uses_masks = cfg.method == "masklam" or bool(cfg.mask_channel)  # in the loss, or as an input channel
-    data = load_dataset(cfg.data, mask_key=cfg.mask_key if uses_masks else None, progress=cfg.progress and main_rank)
+    data = load_dataset(cfg.data, mask_key=cfg.mask_key if uses_masks else None, progress=cfg.progress and ctx.is_main)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
     labeled = None
     if cfg.method == "laom-sup":
-        labeled = WindowSampler(data, labeled_subset(train_ids, cfg.labeled, cfg.split_seed),
+        labeled = WindowSampler(data, labeled_subset(train_ids, cfg.labels, cfg.split_seed),
                                 cfg.frame_stack, cfg.max_offset)
-    total = cfg.total_steps(sampler.num_windows)
-    out = cfg.out
+    total = cfg.total_updates(sampler.num_windows)
     config = cfg.to_dict()
-    check_resumable(out, config, RESUMABLE_CHANGES)
+    check_resumable(cfg.out, config, RESUMABLE_CHANGES)
     config = {**config, "total_steps": total, "num_train_windows": sampler.num_windows,
               "train_trajectories": train_ids.tolist(), "heldout_trajectories": held_ids.tolist()}
     if ctx.enabled:
         config["world_size"] = ctx.world_size
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
 
     model = _build_model(cfg, data, device)
     optim_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = optim_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = load_train_state(out, device)
+    state = load_train_state(cfg.out, device)
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
-        if main_rank:
-            tqdm.write(f"resuming {out} from step {start}/{total}")
-    if start >= total and (out / "metrics.json").is_file() and "probe_nmse" in read_json(out / "metrics.json"):
-        if main_rank:
-            tqdm.write(f"{out} is already complete ({total} steps); metrics.json kept")
-        return read_json(out / "metrics.json")
-    if main_rank:
-        write_json(out / "config.json", {**config, "model": read_json(out / "config.json")["model"]}
-                   if (out / "config.json").is_file() else config)
+        if ctx.is_main:
+            tqdm.write(f"resuming {cfg.out} from step {start}/{total}")
+    return Run(cfg, ctx, device, data, train_ids, held_ids, sampler, labeled, uses_masks, total, config, model,
+               optimizer, state, start)
 
-    forward = wrap_ddp(model, ctx, device)  # DDP averages the gradients over the ranks
+
+def _already_complete(run: Run) -> bool:
+    """True when the run has trained all its steps and written its probe metrics."""
+    path = run.out / "metrics.json"
+    return run.start >= run.total and path.is_file() and "probe_nmse" in read_json(path)
+
+
+def _write_config(run: Run) -> None:
+    """config.json before training (rank 0), keeping the "model" entry a checkpoint already wrote."""
+    path = run.out / "config.json"
+    write_json(path, {**run.config, "model": read_json(path)["model"]} if path.is_file() else run.config)
+
+
+def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator, step: int,
+                use_bf16: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser update at `step`: learning rate, forward, backward, (clip), step, EMA target."""
+    cfg, model, optimizer = run.cfg, run.model, run.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * lr_factor(step, run.total, cfg.warmup_frac, cfg.schedule)
+    with autocast(run.device, use_bf16):
+        loss, info = forward(batch, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip is not None:
+        info["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    model.update_target()  # the same EMA on every rank: the weights are the same
+    return loss, info
+
+
+def _log(run: Run, step: int, averager: MetricAverager, logger: RunLogger | None) -> dict[str, float] | None:
+    """Average the metrics since the last log over steps and ranks; stop on a non-finite loss; log (rank 0).
+    Returns the logged line (None when nothing was logged)."""
+    means = run.ctx.mean(averager.means())  # averaged over ranks: a NaN on one rank stops all
+    if not np.isfinite(means.get("total", 0.0)):
+        raise MasklamError(
+            f"loss became non-finite ({means['total']}) before step {step}; stopped. The last good "
+            f"checkpoint in {run.out} is kept; try a lower --lr or --grad-clip")
+    means.pop("total", None)
+    if means and logger is not None:
+        return logger.log(step, means, run.cfg.batch_size)
+    return None
+
+
+def _loop(run: Run, stop_at: int, batch_sizes: tuple[int, int], use_bf16: bool
+          ) -> tuple[int, dict[str, float], list[float]]:
+    """Train from `run.start` to `stop_at` (or Ctrl-C), logging and checkpointing on their boundaries.
+
+    Returns (the step reached, the last logged metrics, the samples/s of every log line)."""
+    cfg, ctx, model = run.cfg, run.ctx, run.model
+    forward = wrap_ddp(model, ctx, run.device)  # DDP averages the gradients over the ranks
     forward = torch.compile(forward) if cfg.compile else forward
-    use_bf16 = bf16_active(device, cfg.bf16)
-    batches = StepBatches(sampler, batch_size, cfg.seed, labeled, labeled_batch_size, ctx)
-    logger = RunLogger(out, total, start, config, cfg.tensorboard, cfg.wandb, cfg.wandb_project) if main_rank else None
+    batches = StepBatches(run.sampler, batch_sizes[0], cfg.seed, run.labeled, batch_sizes[1], ctx)
+    logger = (RunLogger(run.out, run.total, run.start, run.config, cfg.tensorboard, cfg.wandb, cfg.wandb_project)
+              if ctx.is_main else None)
     averager = MetricAverager()
-    last = {} if state is None else dict(state.get("extra", {}).get("last_metrics", {}))
+    last = {} if run.state is None else dict(run.state.get("extra", {}).get("last_metrics", {}))
     rates: list[float] = []
-    stop_at = total if until is None else min(total, until)
-    t0 = time.perf_counter()
-
-    # --- loop -----------------------------------------------------------------------------------
-    def checkpoint(step: int) -> None:
-        if main_rank:
-            save_checkpoint(out, model, optimizer, step, config, {"last_metrics": last})
-
     model.train()
-    bar = tqdm(total=total, initial=start, desc=f"pretrain {cfg.method}", unit="step",
-               disable=not (cfg.progress and main_rank))
-    step = start
+    bar = tqdm(total=run.total, initial=run.start, desc=f"pretrain {cfg.method}", unit="step",
+               disable=not (cfg.progress and ctx.is_main))
+    step = run.start
     try:
         with StopFlag() as flag:
             while step < stop_at:
                 np_batch, aug_seed = batches.get(step, step + 1 if step + 1 < stop_at else None)
-                batch = to_device(np_batch, device)
                 generator = torch.Generator().manual_seed(aug_seed)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup_frac, cfg.schedule)
-                with autocast(device, use_bf16):
-                    loss, info = forward(batch, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    info["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                model.update_target()  # the same EMA on every rank: the weights are the same
+                loss, info = _train_step(run, forward, to_device(np_batch, run.device), generator, step, use_bf16)
                 info["total"] = loss.detach()
                 averager.add(info)
                 step += 1
                 bar.update()
                 stop = ctx.any(flag.stop)  # Ctrl-C on any rank stops every rank after the same step
-                boundary = step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == stop_at or stop
-                if boundary:
-                    means = ctx.mean(averager.means())  # averaged over ranks: a NaN on one rank stops all
-                    if not np.isfinite(means.get("total", 0.0)):
-                        raise MasklamError(
-                            f"loss became non-finite ({means['total']}) before step {step}; stopped. The last good "
-                            f"checkpoint in {out} is kept; try a lower --lr or --grad-clip")
-                    means.pop("total", None)
-                    if means and logger is not None:
-                        last = logger.log(step, means, cfg.batch_size)
+                if step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == stop_at or stop:
+                    logged = _log(run, step, averager, logger)
+                    if logged is not None:
+                        last = logged
                         rates.append(last["train/samples_per_s"])
-                if step % cfg.ckpt_every == 0 or step == stop_at or stop:
-                    checkpoint(step)
+                if (step % cfg.ckpt_every == 0 or step == stop_at or stop) and ctx.is_main:
+                    save_checkpoint(run.out, model, run.optimizer, step, run.config, {"last_metrics": last})
                 if stop:
                     raise KeyboardInterrupt
     finally:
@@ -269,32 +315,56 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
         batches.close()
         if logger is not None:
             logger.close()
-    if step < total:
-        ctx.barrier()  # the checkpoint is on disk before any rank returns
-        return {"step": step, "total_steps": total, "complete": False}
+    return step, last, rates
 
-    # --- after training (rank 0): reconstructions, probe, metrics --------------------------------
-    if main_rank:
-        model.eval()
-        if isinstance(model, PixelLAM) and cfg.recon_samples > 0:
-            held = WindowSampler(data, held_ids, cfg.frame_stack, 1, need_masks=uses_masks)
-            save_reconstructions(model, held, out / "recon.png", cfg.recon_samples, cfg.seed)
-        probe = probe_lam(model, data, train_ids, held_ids, cfg.probe_ridge, cfg.probe_batch_size,
-                          cfg.probe_max_trajs, progress=cfg.progress)
-        metrics: dict[str, Any] = {"method": cfg.method, "steps": total, "complete": True,
-                                   "precision": "bf16" if use_bf16 else "fp32", **probe,
-                                   **{k: v for k, v in last.items()}}
-        if rates:
-            metrics["train/samples_per_s"] = float(np.median(rates))
-        metrics["wall_s_last_session"] = time.perf_counter() - t0
-        write_json(out / "metrics.json", metrics)
-        tqdm.write(f"{cfg.method}: probe_nmse (held-out) {probe['probe_nmse']:.4f}  "
-                   f"train {probe['probe_nmse_train']:.4f}  -> {out / 'metrics.json'}")
+
+def _finish(run: Run, last: dict[str, float], rates: list[float], use_bf16: bool, t0: float) -> dict[str, Any]:
+    """After training (rank 0): reconstructions, the held-out probe, metrics.json."""
+    from masklam.data import WindowSampler
+
+    cfg, model = run.cfg, run.model
+    model.eval()
+    if isinstance(model, PixelLAM) and cfg.recon_samples > 0:
+        held = WindowSampler(run.data, run.held_ids, cfg.frame_stack, 1, need_masks=run.uses_masks)
+        save_reconstructions(model, held, run.out / "recon.png", cfg.recon_samples, cfg.seed)
+    probe = probe_lam(model, run.data, run.train_ids, run.held_ids, cfg.probe_ridge, cfg.probe_batch_size,
+                      cfg.probe_max_trajs, progress=cfg.progress)
+    metrics: dict[str, Any] = {"method": cfg.method, "steps": run.total, "complete": True,
+                               "precision": "bf16" if use_bf16 else "fp32", **probe,
+                               **{k: v for k, v in last.items()}}
+    if rates:
+        metrics["train/samples_per_s"] = float(np.median(rates))
+    metrics["wall_s_last_session"] = time.perf_counter() - t0
+    write_json(run.out / "metrics.json", metrics)
+    tqdm.write(f"{cfg.method}: probe_nmse (held-out) {probe['probe_nmse']:.4f}  "
+               f"train {probe['probe_nmse_train']:.4f}  -> {run.out / 'metrics.json'}")
+    return metrics
+
+
+def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: torch.device) -> dict[str, Any]:
+    """setup -> (already complete: its metrics) -> config.json -> loop -> (interrupted: where it stopped)
+    -> reconstructions, probe, metrics.json."""
+    batch_sizes = per_rank_sizes(cfg, ctx)
+    run = _setup(cfg, ctx, device)
+    if _already_complete(run):
+        if ctx.is_main:
+            tqdm.write(f"{run.out} is already complete ({run.total} steps); metrics.json kept")
+        return read_json(run.out / "metrics.json")
+    if ctx.is_main:
+        _write_config(run)
+    use_bf16 = bf16_active(device, cfg.bf16)
+    stop_at = run.total if until is None else min(run.total, until)
+    t0 = time.perf_counter()
+    step, last, rates = _loop(run, stop_at, batch_sizes, use_bf16)
+    if step < run.total:
+        ctx.barrier()  # the checkpoint is on disk before any rank returns
+        return {"step": step, "total_steps": run.total, "complete": False}
+    metrics = _finish(run, last, rates, use_bf16, t0) if ctx.is_main else None
     ctx.barrier()  # every rank ends together, after metrics.json is written
-    return metrics if main_rank else read_json(out / "metrics.json")
+    return metrics if metrics is not None else read_json(run.out / "metrics.json")
 
 
 def main(argv: list[str]) -> int:
     """`masklam pretrain --method M --data F.h5 --out DIR [--preset cpu-small|paper] [...]`."""
-    pretrain(tyro.cli(PretrainConfig, args=argv))
+    pretrain(parse(PretrainConfig, argv))
     return 0

@@ -23,7 +23,11 @@ import numpy as np
 import torch
 import tyro
 
+from masklam.args import parse
+from masklam.devices import resolve_device
 from masklam.errors import MasklamError
+from masklam.files import read_json, write_json
+from masklam.metrics import nmse_from_sums
 
 
 class RidgeProbe:
@@ -80,8 +84,7 @@ class RidgeProbe:
 
     def train_nmse(self) -> float:
         """Normalised MSE on the accumulated (training) data, from the sufficient statistics alone."""
-        sse, sst = self.errors(self)
-        return float(sse / max(sst, 1e-12))
+        return nmse_from_sums(*self.errors(self))
 
     def errors(self, fitted: "RidgeProbe") -> tuple[float, float]:
         """(sum of squared errors of `fitted`'s map, sum of squares about the mean) on this probe's data."""
@@ -118,16 +121,9 @@ def cross_validate_ridge(folds: list[RidgeProbe], grid: Iterable[float] = RIDGE_
         for i, held in enumerate(folds):
             e, t = held.errors(rest[i].fit(ridge))
             sse, sst = sse + e, sst + t
-        scores[float(ridge)] = sse / max(sst, 1e-12)
+        scores[float(ridge)] = nmse_from_sums(sse, sst)
     best = min(scores, key=lambda r: (scores[r], -r))  # ties: the stronger ridge
     return best, scores
-
-
-def normalised_mse(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> float:
-    """sum (pred - y)^2 / sum (y - mean(y))^2 over all rows and action dimensions."""
-    pred, target = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
-    sst = (target - target.mean(0)).square().sum()
-    return float((pred - target).square().sum() / sst.clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -181,7 +177,7 @@ def probe_lam(lam: torch.nn.Module, data, train_ids: np.ndarray, heldout_ids: np
     if ridge is None:
         ridge, scores = cross_validate_ridge(parts)
     probe = RidgeProbe(lam.latent_dim, data.action_dim, lam.device).merge(parts).fit(ridge)
-    sse = torch.zeros((), dtype=torch.float64, device=lam.device)
+    sse = torch.zeros((), dtype=torch.float64, device=lam.device)  # streamed: the latents never all in memory
     ys: list[torch.Tensor] = []
     for z, a, _ in latents_and_actions(lam, held.all_windows(batch_size, k=1)):
         a = a.double()
@@ -190,8 +186,8 @@ def probe_lam(lam: torch.nn.Module, data, train_ids: np.ndarray, heldout_ids: np
         bar.update()
     bar.close()
     y = torch.cat(ys)
-    sst = (y - y.mean(0)).square().sum()
-    out = {"probe_nmse": float(sse / sst.clamp_min(1e-12)), "probe_nmse_train": probe.train_nmse(),
+    sst = (y - y.mean(0)).square().sum()  # about the held-out mean
+    out = {"probe_nmse": nmse_from_sums(sse, sst), "probe_nmse_train": probe.train_nmse(),
            "probe_n_train": int(probe.n), "probe_n_heldout": int(y.shape[0]), "probe_ridge": float(ridge)}
     if scores:
         out["probe_nmse_cv"] = scores[ridge]
@@ -218,7 +214,7 @@ class ProbeConfig:
     max_train_trajs: int | None = None
     """fit on at most this many training trajectories"""
     device: str = "auto"
-    """auto, cpu, cuda, ..."""
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     write: bool = True
     """update CKPT/metrics.json with the result"""
 
@@ -231,24 +227,10 @@ class ProbeConfig:
             raise MasklamError(f"heldout must be in (0, 1), got {self.heldout}")
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MasklamError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MasklamError(f"device {name!r} asked for, but no CUDA GPU is available")
-    return device
-
-
 def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     """Load the checkpoint and data, probe, optionally merge into metrics.json; returns the metrics."""
     from masklam.data import load_dataset, split_trajectories
     from masklam.models.lam import load_lam
-    from masklam.train.checkpoint import read_json, write_json
 
     run_cfg = read_json(cfg.ckpt / "config.json")
     device = resolve_device(cfg.device)
@@ -270,7 +252,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     """`masklam probe RUN_DIR [--data FILE]`."""
-    metrics = run_probe(tyro.cli(ProbeConfig, args=argv))
+    metrics = run_probe(parse(ProbeConfig, argv))
     print(f"probe_nmse (held-out) {metrics['probe_nmse']:.4f}  train {metrics['probe_nmse_train']:.4f}  "
           f"({metrics['probe_n_train']} train / {metrics['probe_n_heldout']} held-out windows)")
     return 0

@@ -1,0 +1,122 @@
+"""Command-line parsing for every `masklam` command: `parse(ConfigClass, argv)`.
+
+One mechanism for all commands: tyro builds the parser from the config dataclass (its field docstrings are
+the `--help` text, which stays tyro's full help), and every input tyro rejects (an invalid choice, an unknown
+or misspelt option, a missing required option, a value of the wrong type) becomes a `MasklamError` with one
+line naming the option, e.g. ``--method: invalid choice 'nope'; one of: lapo, masklam, laom, laom-sup``.
+`masklam.cli` prints it as ``masklam: error: ...`` and exits 2, as for any other bad input.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import io
+import re
+import sys
+from contextvars import ContextVar
+from typing import Any, Iterator, TypeVar
+
+from masklam.errors import MasklamError
+
+T = TypeVar("T")
+
+PROG: ContextVar[str] = ContextVar("masklam_prog", default="masklam")
+"""The command being parsed, as usage lines show it (`masklam.cli` sets e.g. "masklam pretrain")."""
+
+
+class UsageError(MasklamError):
+    """The command line does not parse (a MasklamError: one line, exit 2)."""
+
+
+def parse(config_cls: type[T], argv: list[str]) -> T:
+    """`config_cls` from the command line `argv` (tyro); a rejected command line raises UsageError (one line)."""
+    import tyro
+
+    prog = PROG.get()
+    hooks = getattr(getattr(tyro, "_errors", None), "on_parse_error", None)
+    if hooks is None:  # an older tyro without the parse-error hook: condense its error box instead
+        return _parse_condensed(config_cls, argv, prog)
+    with hooks(lambda event: _raise_for(event, config_cls)):
+        return tyro.cli(config_cls, args=argv, prog=prog)
+
+
+def _flag(argument: Any) -> str:
+    """An argument's flag as the user types it (`--updates`), or its metavar when positional."""
+    lowered = argument.lowered
+    flags = [f for f in (lowered.name_or_flags or ()) if f.startswith("--")]
+    return flags[0] if flags else str(lowered.metavar or argument.display_name())
+
+
+def known_flags(config_cls: type) -> list[str]:
+    """The `--flags` of a (flat) config dataclass, including the `--no-` forms of booleans."""
+    flags = []
+    for f in dataclasses.fields(config_cls) if dataclasses.is_dataclass(config_cls) else ():
+        name = "--" + f.name.replace("_", "-")
+        flags.append(name)
+        if f.type in (bool, "bool"):
+            flags.append("--no-" + f.name.replace("_", "-"))
+    return flags
+
+
+def _unknown_message(tokens: list[str], config_cls: type) -> str:
+    flags = [t for t in tokens if t.startswith("-")] or tokens
+    token = flags[0].split("=", 1)[0]
+    close = difflib.get_close_matches(token, known_flags(config_cls), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; see --help"
+    return f"unrecognized option {token}{hint}" if token.startswith("-") else f"unexpected argument {token!r}{hint}"
+
+
+def _raise_for(event: Any, config_cls: type) -> None:
+    """tyro's parse-error hook: raise a one-line UsageError for every kind of rejected input."""
+    from tyro import _errors as e
+
+    if isinstance(event, e.InvalidChoice):
+        raise UsageError(f"{_flag(event.argument)}: invalid choice {event.value!r}; one of: "
+                         f"{', '.join(map(str, event.choices))}")
+    if isinstance(event, e.UnrecognizedArgs):
+        raise UsageError(_unknown_message(list(event.tokens), config_cls))
+    if isinstance(event, e.MissingArgs):
+        missing = [_flag(a.arg) for a in event.missing_arguments]
+        raise UsageError(f"missing required option{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if isinstance(event, e.InstantiationFailure):
+        message = " ".join(str(event.message).split("\n\n")[0].split())
+        where = f"{_flag(event.argument)}: " if event.argument is not None else ""
+        raise UsageError(f"{where}invalid value: {message}")
+    if isinstance(event, e.BadValue):
+        got = f" {event.offending_value!r}" if event.offending_value is not None else ""
+        raise UsageError(f"{_flag(event.argument)}: bad or missing value{got}")
+    if isinstance(event, e.MutexConflict):
+        raise UsageError(f"{event.first_token} and {event.second_token} cannot be used together")
+    raise UsageError(f"cannot parse the command line ({type(event).__name__}); see {event.prog} --help")
+
+
+_BOX = re.compile(r"[│╭╮╰╯─┃━]")
+
+
+@contextlib.contextmanager
+def _stderr_to(buffer: io.StringIO) -> Iterator[None]:
+    previous, sys.stderr = sys.stderr, buffer
+    try:
+        yield
+    finally:
+        sys.stderr = previous
+
+
+def _parse_condensed(config_cls: type[T], argv: list[str], prog: str) -> T:
+    """Fallback for a tyro without parse-error hooks: capture its error box and keep its first statement."""
+    import tyro
+
+    buffer = io.StringIO()
+    try:
+        with _stderr_to(buffer):
+            result = tyro.cli(config_cls, args=argv, prog=prog)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            raise
+        lines = [_BOX.sub("", line).strip() for line in buffer.getvalue().splitlines()]
+        body = [line for line in lines if line]
+        text = " ".join(body[1:3] if len(body) > 1 else body) or "cannot parse the command line"
+        raise UsageError(" ".join(text.split())) from None
+    sys.stderr.write(buffer.getvalue())  # warnings of a successful parse
+    return result

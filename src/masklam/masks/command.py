@@ -1,0 +1,169 @@
+"""`masklam masks`: add agent masks to every trajectory of a dataset file, in place and resumable; `--evaluate`.
+
+MaskLAM's masks are zero-shot: a segmenter prompted with one fixed box on the first frame of each trajectory
+(the agent starts at a known place in the frame) and followed through the video. Two segmenters:
+``--segmenter sam2`` (SAM 2.1 hiera-tiny video model, local weights, a GPU job) and ``--segmenter mobilesam``
+(MobileSAM, weights from `masklam weights fetch mobilesam`; an image model, so each next frame is prompted
+with the box of the previous frame's mask). On a CPU, ``--frames-per-traj N --student`` labels only N frames
+per trajectory with MobileSAM and masks every frame with a small U-Net trained on them (`distill`).
+Each trajectory group gets a ``(T, H, W) bool`` dataset (``sam2_masks`` / ``masks_mobilesam`` by default;
+the simulator's ``masks`` are never overwritten), written resumably through part files (`masklam.masks.store`).
+Where the file has the simulator's ``masks``, the mean per-frame IoU against them is stored as the group
+attribute ``<key>_iou`` and printed; ``--evaluate`` prints the IoU of any mask key per task and trajectory
+(`masklam.masks.iou`). The SAM 2 model itself is `masklam.masks.sam2`, MobileSAM `masklam.masks.mobilesam`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from masklam.args import parse
+from masklam.data.hdf5 import open_file
+from masklam.devices import resolve_device
+from masklam.errors import MasklamError
+from masklam.masks.iou import evaluate, mask_iou
+from masklam.masks.store import merge_parts, plan, stored_ious, write_part
+
+RESERVED_KEYS = ("obs", "states", "actions", "rewards", "masks")
+DEFAULT_KEYS = {"sam2": "sam2_masks", "mobilesam": "masks_mobilesam"}
+
+
+@dataclass
+class MasksConfig:
+    """Add agent masks to a dataset file (in place; rerun to resume), or --evaluate masks it has."""
+
+    data: Path
+    """HDF5 dataset file (from `masklam collect`); a dataset is added to each trajectory group."""
+    segmenter: Literal["sam2", "mobilesam"] = "sam2"
+    """sam2 (video model, local --weights, GPU job) or mobilesam (image model tracked by boxes; CPU-able)."""
+    weights: Path | None = None
+    """sam2: a HF-format directory or .safetensors file (required); mobilesam: the checkpoint (default: the one
+    `masklam weights fetch mobilesam` cached)."""
+    box: tuple[float, float, float, float] | None = None
+    """Box prompt on frame 0, x0 y0 x1 y1 in pixels of the HxW frame (default: sized for the file's domain)."""
+    device: str = "auto"
+    """Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    batch: int = 8
+    """Frames per image-encoder batch."""
+    key: str | None = None
+    """Name of the (T,H,W) bool dataset to write (or to --evaluate); default sam2_masks / masks_mobilesam."""
+    frames_per_traj: int | None = None
+    """mobilesam --student: label only N evenly spaced frames per trajectory with MobileSAM."""
+    label_trajs: int | None = None
+    """mobilesam --student: label only this many trajectories (evenly spread over the file; default all)."""
+    student: bool = False
+    """Train a small 64x64 U-Net on the MobileSAM labels and mask every frame with it (needs --frames-per-traj)."""
+    student_steps: int = 500
+    """Training steps of the student (batch 32; 500 reached mean IoU 0.84 on cheetah-run, docs/results.md)."""
+    evaluate: bool = False
+    """Only print the IoU of --key (default: the --segmenter's key) vs the simulator masks, per task and trajectory."""
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            self.key = DEFAULT_KEYS[self.segmenter]
+        if self.batch < 1:
+            raise MasklamError(f"--batch must be >= 1, got {self.batch}")
+        if self.evaluate:
+            return
+        if not self.key or "/" in self.key or self.key in RESERVED_KEYS or self.key.endswith(".partial"):
+            raise MasklamError(f"--key {self.key!r} is not allowed (reserved, empty, or contains '/')")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (0 <= x0 < x1 and 0 <= y0 < y1):
+                raise MasklamError(f"--box must be x0 y0 x1 y1 with 0 <= x0 < x1 and 0 <= y0 < y1, got {self.box}")
+        if self.segmenter == "sam2" and self.weights is None:
+            raise MasklamError("--segmenter sam2 needs --weights (a local SAM 2 directory or .safetensors file)")
+        if self.segmenter == "sam2" and (self.student or self.frames_per_traj is not None):
+            raise MasklamError("--student and --frames-per-traj go with --segmenter mobilesam")
+        if self.frames_per_traj is not None and (self.frames_per_traj < 1 or not self.student):
+            raise MasklamError(f"--frames-per-traj must be >= 1 and comes with --student (got {self.frames_per_traj})")
+        if self.student and self.frames_per_traj is None:
+            raise MasklamError("--student needs --frames-per-traj N (MobileSAM frames per trajectory to learn from)")
+        if self.label_trajs is not None and (self.label_trajs < 1 or not self.student):
+            raise MasklamError(f"--label-trajs must be >= 1 and comes with --student (got {self.label_trajs})")
+        if self.student_steps < 1:
+            raise MasklamError(f"--student-steps must be >= 1, got {self.student_steps}")
+        resolve_device(self.device)
+
+def add_masks(path: Path, weights: Path | None, box: tuple[float, float, float, float] | None = None,
+              device: str = "auto", batch: int = 8, key: str = "sam2_masks",
+              segmenter: str = "sam2") -> dict[str, float]:
+    """Add ``key`` masks to every trajectory of ``path`` lacking them; returns {group: IoU vs simulator masks}
+    for every group that has both (including groups done by an earlier run).
+
+    Each finished trajectory is first stored in ``<path>.<key>.parts/`` (so a killed run loses at most the
+    trajectory in progress); at the end a copy of ``path`` receives all of them and replaces ``path``.
+    ``segmenter``: "sam2" (``weights`` required) or "mobilesam" (``weights`` default: the fetched checkpoint).
+    """
+    path = Path(path)
+    p = plan(path, key, box)
+    if p.missing:
+        if segmenter == "mobilesam" and weights is None:
+            from masklam.masks.weights import checkpoint_path
+
+            weights = checkpoint_path("mobilesam")
+        todo = p.todo()
+        if todo:
+            _segment_all(path, p.parts, todo, p.lengths, weights, p.box, device, batch, len(p.names), segmenter)
+        merge_parts(path, p.parts, key, p.box, weights)
+    return stored_ious(path, key)
+
+
+def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
+    """A function (video (T,H,W,3) uint8, box, progress) -> (T,H,W) bool masks, with its model loaded."""
+    dev = resolve_device(device)
+    if segmenter == "mobilesam":
+        from masklam.masks.mobilesam import load_mobilesam, track
+
+        model = load_mobilesam(weights, dev)
+        return lambda video, box, progress: track(model, video, box, batch=batch, progress=progress), dev
+    import masklam.masks.sam2 as sam2_model
+
+    model = sam2_model.load_model(weights, dev)
+    return lambda video, box, progress: sam2_model.segment_video(model, video, box, batch=batch,
+                                                                 progress=progress) > 0, dev
+
+
+def _segment_all(path: Path, parts: Path, todo: list[str], lengths: dict[str, int], weights: Path,
+                 box: tuple[float, ...], device: str, batch: int, num_trajectories: int,
+                 segmenter: str = "sam2") -> None:
+    """The segmenter's pass: one part file per trajectory in ``todo``, with a frames/s progress bar."""
+    segment, dev = video_segmenter(segmenter, weights, device, batch)
+    total = sum(lengths[name] for name in todo)
+    print(f"{path}: {len(todo)} of {num_trajectories} trajectories to mask ({total} frames) with {segmenter} on "
+          f"{dev}, box {tuple(round(v, 1) for v in box)}")
+    with open_file(path) as f, tqdm(total=total, unit="frame", desc=f"{segmenter} masks", dynamic_ncols=True) as bar:
+        for name in todo:
+            group = f[name]
+            masks = segment(group["obs"][()], box, bar.update)  # (T, H, W) bool
+            iou = mask_iou(masks, group["masks"][()]) if "masks" in group else None
+            write_part(parts, name, masks, iou)
+            if iou is not None:
+                bar.set_postfix(iou=f"{iou:.3f}")
+                tqdm.write(f"trajectory {name}: IoU vs simulator masks {iou:.3f}")
+
+def main(argv: list[str]) -> int:
+    """`masklam masks --data F.h5 [--segmenter sam2|mobilesam] [--weights W] [--box x0 y0 x1 y1] [--key K]
+    [--frames-per-traj N --student] [--evaluate]`."""
+    cfg = parse(MasksConfig, argv)
+    if cfg.evaluate:
+        evaluate(cfg.data, cfg.key)
+        return 0
+    if cfg.student:
+        from masklam.masks.distill import add_student_masks
+
+        ious = add_student_masks(cfg.data, cfg.weights, cfg.frames_per_traj, cfg.label_trajs, cfg.box,
+                                 cfg.device, cfg.batch, cfg.key, cfg.student_steps)
+    else:
+        ious = add_masks(cfg.data, cfg.weights, cfg.box, cfg.device, cfg.batch, cfg.key, cfg.segmenter)
+    if ious:
+        values = np.array(list(ious.values()))
+        print(f"{cfg.key} IoU vs simulator masks over {len(values)} trajectories: mean {values.mean():.3f}, "
+              f"min {values.min():.3f}, max {values.max():.3f}")
+    else:
+        print(f"{cfg.data} has no simulator masks: no IoU to report")
+    return 0
