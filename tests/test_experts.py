@@ -108,8 +108,10 @@ def test_expert_cli_has_a_config_per_subcommand(tmp_path):
 
     with pytest.raises(MasklamError, match="usage"):
         tr.main([])
-    with pytest.raises(SystemExit):  # eval has no --steps, train no --episodes
+    with pytest.raises(MasklamError, match="steps"):  # eval has no --steps, train no --episodes
         tr.main(["eval", "--steps", "3"])
+    with pytest.raises(MasklamError, match="episodes"):
+        tr.main(["train", "--episodes", "3"])
     with pytest.raises(MasklamError, match="must be >= 1"):
         tr.ExpertTrainConfig(steps=0)
     assert tr.ship_dir(tr.ExpertTrainConfig()) is None

@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
 from masklam.devices import resolve_device
 from masklam.downstream.policy import ImagePolicy, PolicyConfig
 from masklam.downstream.targets import (TargetFn, env_meta_of, lam_mask_key, latent_stats, make_target_fn,
                                         standardized)
+from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import atomic_path, write_json
 from masklam.train.checkpoint import TRAIN_STATE, check_resumable, load_train_state
@@ -234,7 +234,7 @@ def heldout_mse(model: ImagePolicy, data: Any, ids: np.ndarray, target_fn: Targe
 
 def main(argv: list[str]) -> int:
     """`masklam bc --data FILE --out DIR [--target latent|action|idm] ...`."""
-    cfg = tyro.cli(BCConfig, args=argv)
+    cfg = parse(BCConfig, argv)
     metrics = train_bc(cfg)
     print(json.dumps(metrics))
     return 0

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import tyro
 from torch import nn
 
 from masklam.devices import resolve_device
 from masklam.downstream.decoder import DecoderInput, fit_decoder, policy_latents
 from masklam.downstream.policy import ImagePolicy
+from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
 
@@ -92,6 +92,6 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     """`masklam decode --policy DIR --data FILE --out DIR --labels N`."""
-    cfg = tyro.cli(DecodeConfig, args=argv)
+    cfg = parse(DecodeConfig, argv)
     print(json.dumps(train_decoder(cfg)))
     return 0

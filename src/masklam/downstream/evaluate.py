@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tyro
 
 from masklam.envs.rollout import EnvSpec, Policy, rollout
+from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
 from masklam.metrics import standard_error
@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
     from masklam.devices import resolve_device
     from masklam.downstream.agent import load_policy
 
-    cfg = tyro.cli(EvaluateConfig, args=argv)
+    cfg = parse(EvaluateConfig, argv)
     policy = load_policy(cfg.policy, cfg.decoder, resolve_device(cfg.device))
     results = evaluate_splits(policy, policy.env_meta, cfg)
     write_json(cfg.out, {split: res.as_dict() for split, res in results.items()}, indent=1)

@@ -45,6 +45,7 @@ from masklam.devices import resolve_device
 from masklam.downstream.results import normalize, write_results
 from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, bc_stage, collect_stage, decode_stage,
                                        eval_stage, expert_return, pretrain_stage, recipe_label)
+from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
 from masklam.metrics import standard_error
@@ -323,7 +324,7 @@ class ExperimentArgs:
 
 def main(argv: list[str]) -> int:
     """`masklam experiment CONFIG`."""
-    args = tyro.cli(ExperimentArgs, args=argv)
+    args = parse(ExperimentArgs, argv)
     cfg = load_config(args.config, out=args.out, device=args.device)
     rows = run_experiment(cfg, render=not args.no_report)
     print(f"{len(rows)} result rows in {cfg.out / 'results.csv'}")

@@ -18,6 +18,7 @@ import numpy as np
 import tyro
 
 from masklam.downstream.results import Row, SeedStats, over_seeds, read_results
+from masklam.args import parse
 from masklam.errors import MasklamError
 
 AVERAGE = "average"
@@ -229,7 +230,7 @@ class ReportConfig:
 
 def main(argv: list[str]) -> int:
     """`masklam report RUN_DIR`."""
-    cfg = tyro.cli(ReportConfig, args=argv)
+    cfg = parse(ReportConfig, argv)
     path = render_report(cfg.run_dir)
     print(f"wrote {path}")
     return 0

@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
 from masklam.envs.rollout import EnvSpec, rollout
 from masklam.envs.suite import parse_task
+from masklam.args import PROG, parse
 from masklam.errors import MasklamError
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
 from masklam.experts.state_env import StateEnv
@@ -257,11 +257,17 @@ def main(argv: list[str]) -> int:
     """`masklam expert train ...` or `masklam expert eval ...`."""
     if not argv or argv[0] not in ("train", "eval"):
         if argv and argv[0] in ("-h", "--help"):
-            print("usage: masklam expert {train,eval} [OPTIONS]  (masklam expert train --help for its options)")
-            return 0
+            print("usage: masklam expert {train,eval} [OPTIONS]\n\n  train  SAC on the state, no distractors "
+                  "(masklam expert train --help)\n  eval   an expert's mean return (masklam expert eval --help)")
+            raise SystemExit(0)  # as every command's --help
         raise MasklamError("usage: masklam expert {train,eval} [OPTIONS]")
-    if argv[0] == "train":
-        train(tyro.cli(ExpertTrainConfig, args=argv[1:], prog="masklam expert train"))
+    token = PROG.set(f"{PROG.get()} {argv[0]}")  # usage lines read `masklam expert train ...`
+    try:
+        cfg = parse(ExpertTrainConfig if argv[0] == "train" else ExpertEvalConfig, argv[1:])
+    finally:
+        PROG.reset(token)
+    if isinstance(cfg, ExpertTrainConfig):
+        train(cfg)
     else:
-        evaluate(tyro.cli(ExpertEvalConfig, args=argv[1:], prog="masklam expert eval"))
+        evaluate(cfg)
     return 0
