@@ -1,11 +1,19 @@
-"""evaluate.py: deterministic per seed, independent of the number of workers, frame stacks, normalisation."""
+"""evaluate.py and envs/rollout.py: deterministic per seed, independent of the number of workers, frame stacks,
+normalisation, the CLI."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from masklam.downstream.evaluate import EnvSpec, env_spec, episode_seed, evaluate, normalized_return
+import json
+from pathlib import Path
+
+from masklam.downstream.evaluate import env_spec, evaluate, normalized_return
+from masklam.envs.rollout import EnvSpec
 from masklam.errors import MasklamError
+from masklam.seeding import stream_seed
+
+RESETS: list[int] = []
 
 
 class FakeEnv:
@@ -18,6 +26,7 @@ class FakeEnv:
         return np.full((self.img, self.img, 3), int(self.x * 10 + 100) % 256, dtype=np.uint8)
 
     def reset(self, seed: int):  # noqa: ANN201
+        RESETS.append(seed)
         self.rng = np.random.default_rng(seed)
         self.x, self.t = float(self.rng.integers(0, 10)), 0
         return self._obs(), {}
@@ -33,10 +42,10 @@ class FakeEnv:
         pass
 
 
-def make_fake(task: str, length: int = 7, success: bool = False) -> FakeEnv:
+def make_fake(task: str, length: int = 7, success: bool = False, img: int = 4) -> FakeEnv:
     if task != "fake-task":
         raise MasklamError(f"unknown task {task!r}")
-    return FakeEnv(length, success=success)
+    return FakeEnv(length, img, success=success)
 
 
 FACTORY = "test_downstream_evaluate:make_fake"
@@ -110,10 +119,34 @@ def test_normalisation() -> None:
 
 
 def test_seeds_and_errors() -> None:
-    assert episode_seed(0, 1) == episode_seed(0, 1) != episode_seed(0, 2) != episode_seed(1, 1)
+    RESETS.clear()
+    evaluate(ReadPixels(), EnvSpec("fake-task", {"length": 2}, FACTORY), episodes=3, seed=5, progress=False)
+    assert RESETS == [stream_seed("eval", 5, i) for i in range(3)]  # episode i: the eval stream's seed (5, i)
     with pytest.raises(MasklamError, match="unknown task"):
         evaluate(ReadPixels(), EnvSpec("nope", {}, FACTORY), episodes=1, workers=1, progress=False)
     spec = env_spec({"task": "cheetah-run", "distractors": "laom", "img_size": 64}, "ood", max_episode_steps=10)
     assert spec.kwargs == {"distractors": "laom", "img_size": 64, "video_split": "eval", "max_episode_steps": 10}
     with pytest.raises(MasklamError, match="split"):
         env_spec({"task": "x"}, "test")
+
+
+def test_cli_writes_eval_json_where_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from masklam.downstream import evaluate as ev
+    from masklam.downstream.policy import ImagePolicy, PolicyConfig
+
+    torch.manual_seed(0)
+    meta = {"task": "fake-task", "factory": FACTORY, "length": 2}
+    ImagePolicy(PolicyConfig(out_dim=1, action_dim=1, frame_stack=1, img_hw=8, hidden=8, env_meta=meta)
+                ).save_pretrained(tmp_path / "pol")
+    # make_fake takes no video_split: drop it
+    monkeypatch.setattr(ev, "env_spec", lambda m, split, task=None, n=None: EnvSpec("fake-task", {"length": 2, "img": 8}, FACTORY))
+    out = tmp_path / "new" / "dir" / "e.json"
+    assert ev.main(["--policy", str(tmp_path / "pol"), "--episodes", "2", "--workers", "0", "--out", str(out),
+                    "--device", "auto"]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) == {"id", "ood"} and len(res["id"]["returns"]) == 2
+    monkeypatch.chdir(tmp_path)
+    assert ev.main(["--policy", str(tmp_path / "pol"), "--episodes", "1", "--workers", "0", "--splits", "id"]) == 0
+    assert (tmp_path / "eval.json").is_file() and not (tmp_path / "pol" / "eval.json").exists()

@@ -1,4 +1,5 @@
-"""experiment.py: the stage cache, config parsing, normalisation, and a tiny end-to-end sweep."""
+"""experiment.py, stages.py, results.py: the stage cache, config parsing and validation, normalisation, and a
+tiny end-to-end sweep."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from masklam.downstream import experiment as ex
-from masklam.downstream.experiment import RESULT_COLUMNS as COLUMNS
+from masklam.downstream import results, stages
+from masklam.downstream.results import RESULT_COLUMNS as COLUMNS
 from masklam.errors import MasklamError
 from test_downstream_policy import write_toy
 
@@ -54,40 +56,40 @@ def test_stage_cache_reuses_and_reruns(tmp_path: Path) -> None:
         calls.append(d)
         return {"value": len(calls)}
 
-    d1, r1 = ex.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
-    d2, r2 = ex.run_stage(tmp_path, "bc", {"data": ["a.h5"], "lr": 1e-3}, fn, log=lambda s: None)
+    d1, r1 = stages.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
+    d2, r2 = stages.run_stage(tmp_path, "bc", {"data": ["a.h5"], "lr": 1e-3}, fn, log=lambda s: None)
     assert (d1, r1) == (d2, r2) == (d1, {"value": 1}) and len(calls) == 1
-    d3, r3 = ex.run_stage(tmp_path, "bc", {"lr": 2e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
+    d3, r3 = stages.run_stage(tmp_path, "bc", {"lr": 2e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
     assert d3 != d1 and r3 == {"value": 2}
     # a done.json whose hash does not match (e.g. a stage dir copied by hand) is not trusted
     (d1 / "done.json").write_text(json.dumps({"hash": "other", "result": {}}))
-    assert ex.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)[1] == {"value": 3}
+    assert stages.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)[1] == {"value": 3}
     # an interrupted stage (no done.json) runs again in the same directory
     def boom(d: Path) -> dict:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ex.run_stage(tmp_path, "decode", {"x": 1}, boom, log=lambda s: None)
-    d4, _ = ex.run_stage(tmp_path, "decode", {"x": 1}, fn, log=lambda s: None)
+        stages.run_stage(tmp_path, "decode", {"x": 1}, boom, log=lambda s: None)
+    d4, _ = stages.run_stage(tmp_path, "decode", {"x": 1}, fn, log=lambda s: None)
     assert d4 == calls[-1] and (d4 / "stage.json").is_file()
     # rewriting a data file (same path) invalidates the stages built on it
     (tmp_path / "d.h5").write_bytes(b"12")
     n = len(calls)
-    ex.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
-    ex.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    stages.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    stages.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
     (tmp_path / "d.h5").write_bytes(b"123")
-    ex.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    stages.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
     assert len(calls) == n + 2
 
 
 def test_stage_version_bump_invalidates_only_that_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = {"lr": 1e-3}
-    assert "collect" not in ex.STAGE_VERSIONS  # collection never changed: its caches stay valid
-    bc, collect = ex.stage_key("bc", conf), ex.stage_key("collect", conf)
-    monkeypatch.setitem(ex.STAGE_VERSIONS, "bc", ex.STAGE_VERSIONS.get("bc", 1) + 1)
-    assert ex.stage_key("bc", conf) != bc and ex.stage_key("collect", conf) == collect
-    monkeypatch.setitem(ex.STAGE_VERSIONS, "collect", 1)  # version 1 is the unversioned key
-    assert ex.stage_key("collect", conf) == collect
+    assert "collect" not in stages.STAGE_VERSIONS  # collection never changed: its caches stay valid
+    bc, collect = stages.stage_key("bc", conf), stages.stage_key("collect", conf)
+    monkeypatch.setitem(stages.STAGE_VERSIONS, "bc", stages.STAGE_VERSIONS.get("bc", 1) + 1)
+    assert stages.stage_key("bc", conf) != bc and stages.stage_key("collect", conf) == collect
+    monkeypatch.setitem(stages.STAGE_VERSIONS, "collect", 1)  # version 1 is the unversioned key
+    assert stages.stage_key("collect", conf) == collect
 
 
 def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:
@@ -97,7 +99,7 @@ def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:
             {"method": "lapo", "task": "t", "split": "ood", "variant": "train", "return": 50.0, "seed": 0},
             {"method": "lapo-clean", "task": "t", "split": "id", "variant": "clean", "return": 50.0, "seed": 0},
             {"method": "bc-full-clean", "task": "t", "split": "id", "variant": "clean", "return": 25.0, "seed": 0}]
-    rows = ex.normalize(raw)
+    rows = results.normalize(raw)
     assert [r["normalized_return"] for r in rows[:3]] == [0.5, 1.5, 0.25]
     assert np.isnan(rows[3]["normalized_return"])  # no OOD normaliser measured
     assert rows[4]["normalized_return"] == 2.0 and "variant" not in rows[0]
@@ -120,11 +122,60 @@ def test_config_errors(tmp_path: Path) -> None:
         ex.load_config(tmp_path / "d.toml")
 
 
+BASE = 'out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n'
+
+
+@pytest.mark.parametrize("table, key", [
+    ("", "lable = [2]"),  # top level
+    ("[pretrain]", "stpes = 3"), ("[bc]", "batchsize = 8"), ("[bc_full]", "steps = 8"), ("[idm]", "lr_ = 1.0"),
+    ("[decode]", "layer = 3"), ("[eval]", "episode = 3"), ("[env]", "max_steps = 5"),
+    ("[data.t.collect]", "episodez = 3"), ("[data.t]", "colect = {}"),
+])
+def test_a_typo_in_any_table_fails_at_load_naming_the_key(tmp_path: Path, table: str, key: str) -> None:
+    import time
+
+    data = '[data.t]\ntrain = ["a.h5"]\n'
+    if table.startswith("[data.t"):
+        data = ""
+    text = BASE + (key + "\n" if not table else "") + data + (f"{table}\n{key}\n" if table else "")
+    (tmp_path / "s.toml").write_text(text)
+    t0 = time.perf_counter()
+    with pytest.raises(MasklamError, match=repr(key.split(" ")[0])) as e:
+        ex.load_config(tmp_path / "s.toml")
+    assert time.perf_counter() - t0 < 5 and "\n" not in str(e.value)
+    # the same tables without the typo load
+    (tmp_path / "ok.toml").write_text(BASE + '[data.t]\ntrain = ["a.h5"]\n[data.t.collect]\nepisodes = 3\n'
+                                      "[pretrain]\nheldout = 0.2\n[bc]\nupdates = 2\n[bc_full]\nupdates = 3\n"
+                                      "[idm]\nlr = 0.1\n[decode]\nlayers = 3\n[eval]\nepisodes = 2\n"
+                                      "[env]\nmax_episode_steps = 5\n")
+    ex.load_config(tmp_path / "ok.toml")
+
+
 def _read(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == COLUMNS
         return list(reader)
+
+
+def _bc_conf(policy_dir: str) -> dict:
+    return json.loads((Path(policy_dir) / "stage.json").read_text())["config"]
+
+
+def _independent_return(policy_dir: Path, episodes: int) -> float:
+    """Mean return of an action policy in ToyEnv (3 steps) over eval-stream episodes 0.., without the rollout code."""
+    from masklam.downstream.policy import ImagePolicy
+    from masklam.seeding import stream_seed
+
+    pol, total = ImagePolicy.from_pretrained(policy_dir), 0.0
+    for i in range(episodes):
+        env = ToyEnv(16, 3)
+        obs, _ = env.reset(stream_seed("eval", 0, i))
+        done = False
+        while not done:
+            obs, r, term, trunc, _ = env.step(pol.select_action(obs[None, None])[0])
+            total, done = total + r, term or trunc
+    return total / episodes
 
 
 def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -137,8 +188,8 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         "data": {"toy-bright": {"train": [str(toy)], "clean": [str(clean)]}},
         "pretrain": {"updates": 2, "batch_size": 8, "head_dim": 16, "heldout": 0.2, "log_every": 1,
                      "recon_samples": 2},
-        "bc": {"steps": 2, "batch_size": 8, "frame_stack": 1, "hidden": 16, "heldout": 0.2},
-        "decode": {"steps": 5, "batch_size": 8, "heldout": 0.2},
+        "bc": {"updates": 2, "batch_size": 8, "frame_stack": 1, "hidden": 16, "heldout": 0.2},
+        "decode": {"updates": 5, "batch_size": 8, "heldout": 0.2},
         "eval": {"episodes": 2, "workers": 0},
         "env": {"factory": "test_downstream_experiment:make_toy", "max_episode_steps": 3},
         "progress": False,
@@ -157,7 +208,15 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         ref = key[("bc-full-clean" if r["method"] in ("lapo-clean", "bc-full-clean") else "bc-full",
                    "4", r["split"])]
         assert float(r["normalized_return"]) == pytest.approx(float(r["return"]) / float(ref["return"]))
-    assert all(-3 <= float(r["return"]) <= 3 for r in rows)  # 3 steps, reward in [-1, 1]
+    # each row's return is its policy's, measured here by an independent loop over the eval stream's episodes
+    for (method, labels) in (("bc-full", "4"), ("bc", "2")):
+        row = key[(method, labels, "id")]
+        ev = [json.loads(p.read_text())["config"] for p in (tmp_path / "run" / "stages" / "evaluate").glob("*/stage.json")]
+        policy_dirs = {c["policy"] for c in ev if c["split"] == "id" and c["decoder"] is None}
+        pol_dir = next(d for d in policy_dirs if _bc_conf(d).get("labels") == (None if method == "bc-full" else 2)
+                       and _bc_conf(d)["target"] == "action" and _bc_conf(d)["data"] == [str(toy)])
+        assert float(row["return"]) == pytest.approx(_independent_return(Path(pol_dir), episodes=2), abs=1e-9)
+        assert float(row["return_sem"]) > 0 and row["expert_fraction"] == "nan"  # no expert for the toy task
     stages = tmp_path / "run" / "stages"
     # a LAM per method/dim/seed, shared across budgets, except laom-sup (one per budget): 1 + 1 + 2 + 1
     assert len(list((stages / "pretrain").iterdir())) == 5
@@ -168,7 +227,7 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "running" not in capsys.readouterr().out
     assert _read(tmp_path / "run" / "results.csv") == rows
     # changing the decoder config re-runs decoders and their evaluations only
-    conf["decode"]["steps"] = 6
+    conf["decode"]["updates"] = 6
     rows2 = ex.run_experiment(ex.ExperimentConfig(**conf), render=False)
     out = capsys.readouterr().out
     assert out.count("[decode") == 8 and "[pretrain" not in out and "[bc " not in out
@@ -183,8 +242,8 @@ def test_real_env_end_to_end(tmp_path: Path) -> None:
         data={"cheetah-run": {"collect": {"episodes": 4, "steps": 12, "policy": "random", "img_size": 32,
                                           "shadows": False, "reflections": False}}},
         pretrain={"updates": 2, "batch_size": 8, "head_dim": 16, "heldout": 0.25, "recon_samples": 2},
-        bc={"steps": 2, "batch_size": 8, "frame_stack": 1, "hidden": 16, "heldout": 0.25},
-        decode={"steps": 5, "batch_size": 8, "heldout": 0.25},
+        bc={"updates": 2, "batch_size": 8, "frame_stack": 1, "hidden": 16, "heldout": 0.25},
+        decode={"updates": 5, "batch_size": 8, "heldout": 0.25},
         eval={"episodes": 2, "workers": 2}, env={"max_episode_steps": 5}, progress=False)
     rows = ex.run_experiment(conf)
     assert {(r["method"], r["split"]) for r in rows} == {(m, s) for m in ("bc-full", "lapo", "bc") for s in ("id", "ood")}
@@ -194,7 +253,7 @@ def test_real_env_end_to_end(tmp_path: Path) -> None:
 
 
 def test_collect_stage_key_follows_the_expert_weights(tmp_path: Path) -> None:
-    from masklam.downstream.experiment import expert_digest
+    from masklam.downstream.stages import expert_digest
 
     f = tmp_path / "e.safetensors"
     f.write_bytes(b"one")

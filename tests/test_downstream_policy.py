@@ -10,8 +10,12 @@ import torch
 
 from masklam.data import Trajectory, write_trajectory
 from masklam.downstream import bc as bc_mod
-from masklam.downstream.bc import BCConfig, ImagePolicy, load_policy, make_target_fn, train_bc
-from masklam.downstream.decode import DecodeConfig, LatentAgent, fit_decoder, train_decoder
+from masklam.downstream.agent import LatentAgent, load_policy
+from masklam.downstream.bc import BCConfig, train_bc
+from masklam.downstream.decode import DecodeConfig, train_decoder
+from masklam.downstream.decoder import ActionDecoder, fit_decoder
+from masklam.downstream.policy import ImagePolicy
+from masklam.downstream.targets import make_target_fn
 from masklam.errors import MasklamError
 
 torch.set_num_threads(1)
@@ -46,7 +50,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(toy: Path, out: Path, **kw) -> BCConfig:
-    base = dict(data=(toy,), out=out, target="action", frame_stack=1, batch_size=32, lr=1e-3, steps=30,
+    base = dict(data=(toy,), out=out, target="action", frame_stack=1, batch_size=32, lr=1e-3, updates=30,
                 heldout=0.2, hidden=32)
     base.update(kw)
     return BCConfig(**base)
@@ -57,21 +61,21 @@ def test_fit_decoder_learns_known_map() -> None:
     W = torch.randn(8, 2, generator=g)
     z = torch.randn(2000, 8, generator=g)
     a = torch.tanh(z @ W / 2)
-    dec, _ = fit_decoder(z[:1500], a[:1500], steps=800, batch_size=256, lr=3e-3, seed=1)
+    dec, _ = fit_decoder(z[:1500], a[:1500], updates=800, batch_size=256, lr=3e-3, seed=1)
     with torch.no_grad():
         mse = float(((dec(z[1500:]) - a[1500:]) ** 2).mean())
     assert mse < 0.03 * float(a.var(0).mean())
-    dec2, _ = fit_decoder(z[:1500], a[:1500], steps=50, batch_size=256, lr=3e-3, seed=1)
-    dec3, _ = fit_decoder(z[:1500], a[:1500], steps=50, batch_size=256, lr=3e-3, seed=1)
+    dec2, _ = fit_decoder(z[:1500], a[:1500], updates=50, batch_size=256, lr=3e-3, seed=1)
+    dec3, _ = fit_decoder(z[:1500], a[:1500], updates=50, batch_size=256, lr=3e-3, seed=1)
     assert all(torch.equal(p, q) for p, q in zip(dec2.parameters(), dec3.parameters()))
     with pytest.raises(MasklamError):
         fit_decoder(z[:0], a[:0])
 
 
 def test_bc_learns_readable_action_and_roundtrips(toy: Path, tmp_path: Path) -> None:
-    m = train_bc(_cfg(toy, tmp_path / "bc", steps=150), progress=False)
+    m = train_bc(_cfg(toy, tmp_path / "bc", updates=150), progress=False)
     # constant predictor: MSE ~ 0.16 per dim; action 1 is a function of o_t, so BC must beat it clearly
-    assert m["eval/heldout_mse"] < 0.12 and m["train/steps"] == 150
+    assert m["bc/heldout_mse"] < 0.12 and m["bc/updates"] == 150
     pol = ImagePolicy.from_pretrained(tmp_path / "bc")
     assert pol.env_meta["task"] == "toy-bright" and pol.env_meta["img_size"] == 16
     obs = np.random.default_rng(0).integers(0, 255, (5, 1, 16, 16, 3), dtype=np.uint8)
@@ -81,7 +85,7 @@ def test_bc_learns_readable_action_and_roundtrips(toy: Path, tmp_path: Path) -> 
 
 
 def test_bc_resume_matches_uninterrupted(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    train_bc(_cfg(toy, tmp_path / "full", steps=12, save_every=4), progress=False)
+    train_bc(_cfg(toy, tmp_path / "full", updates=12, save_every=4), progress=False)
     from masklam.data import WindowSampler
 
     orig, calls = WindowSampler.sample, {"n": 0}
@@ -94,14 +98,53 @@ def test_bc_resume_matches_uninterrupted(toy: Path, tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(WindowSampler, "sample", flaky)
     with pytest.raises(KeyboardInterrupt):
-        train_bc(_cfg(toy, tmp_path / "cut", steps=12, save_every=4), progress=False)
+        train_bc(_cfg(toy, tmp_path / "cut", updates=12, save_every=4), progress=False)
     monkeypatch.setattr(WindowSampler, "sample", orig)
-    assert torch.load(tmp_path / "cut" / "train_state.pt", weights_only=False)["step"] == 4
-    train_bc(_cfg(toy, tmp_path / "cut", steps=12, save_every=4), progress=False)
+    assert torch.load(tmp_path / "cut" / "resume" / "train_state.pt", weights_only=False)["step"] == 4
+    train_bc(_cfg(toy, tmp_path / "cut", updates=12, save_every=4), progress=False)
     a, b = ImagePolicy.from_pretrained(tmp_path / "full"), ImagePolicy.from_pretrained(tmp_path / "cut")
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    with pytest.raises(MasklamError, match="different config"):
-        train_bc(_cfg(toy, tmp_path / "cut", steps=13), progress=False)
+    with pytest.raises(MasklamError, match="updates=12"):
+        train_bc(_cfg(toy, tmp_path / "cut", updates=13), progress=False)
+    # where it runs and how often it checkpoints may change; a resume directory without its config resumes
+    train_bc(_cfg(toy, tmp_path / "cut", updates=12, save_every=3, device="cpu"), progress=False)
+    (tmp_path / "cut" / "resume" / "config.json").unlink()
+    train_bc(_cfg(toy, tmp_path / "cut", updates=12), progress=False)
+    b = ImagePolicy.from_pretrained(tmp_path / "cut")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_corrupt_or_mismatched_policy_and_decoder_are_one_line_errors(toy: Path, tmp_path: Path) -> None:
+    import json
+
+    train_bc(_cfg(toy, tmp_path / "bc", updates=2), progress=False)
+    cfg = json.loads((tmp_path / "bc" / "config.json").read_text())
+    # a config.json of an older version (with the dropped target_mean / target_std) still loads
+    (tmp_path / "bc" / "config.json").write_text(json.dumps({**cfg, "target_mean": None, "target_std": None}))
+    ImagePolicy.from_pretrained(tmp_path / "bc")
+    (tmp_path / "bc" / "config.json").write_text(json.dumps({**cfg, "hidden": 64}))  # wrong architecture
+    with pytest.raises(MasklamError, match="cannot load the policy") as e:
+        ImagePolicy.from_pretrained(tmp_path / "bc")
+    assert "\n" not in str(e.value)
+    (tmp_path / "bc" / "config.json").write_text(json.dumps({"hidden": 64}))  # not a policy config
+    with pytest.raises(MasklamError, match="bad config.json"):
+        ImagePolicy.from_pretrained(tmp_path / "bc")
+    (tmp_path / "bc" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "bc" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(MasklamError, match="cannot load the policy") as e:
+        load_policy(tmp_path / "bc")
+    assert "\n" not in str(e.value)
+    ActionDecoder(4, 2, hidden=8).save_pretrained(tmp_path / "dec")
+    (tmp_path / "dec" / "config.json").write_text(json.dumps({"latent_dim": 4, "action_dim": 2, "hidden": 8,
+                                                              "layers": 2, "input": "latent", "bogus": 1}))
+    with pytest.raises(MasklamError, match="bad config.json"):
+        ActionDecoder.from_pretrained(tmp_path / "dec")
+    (tmp_path / "dec" / "config.json").write_text(json.dumps({"latent_dim": 4, "action_dim": 3, "hidden": 8}))
+    with pytest.raises(MasklamError, match="cannot load the decoder"):
+        ActionDecoder.from_pretrained(tmp_path / "dec")
+    (tmp_path / "dec" / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(MasklamError, match="decoder"):
+        ActionDecoder.from_pretrained(tmp_path / "dec")
 
 
 def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
@@ -111,8 +154,8 @@ def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
         torch.manual_seed(0)
         lam = build_lam(LAMConfig(method="lapo", action_dim=2, state_dim=3, img_hw=16, latent_dim=4))
     lam.save_pretrained(tmp_path / "lam")
-    cfg = _cfg(toy, tmp_path / "pol", target="latent", lam=tmp_path / "lam", steps=5)
-    fn, dim, frames = make_target_fn(cfg, 16)
+    cfg = _cfg(toy, tmp_path / "pol", target="latent", lam=tmp_path / "lam", updates=5)
+    fn, dim, frames = make_target_fn(cfg.target, "cpu", lam=cfg.lam)
     from masklam.data import WindowSampler, load_dataset
 
     b = WindowSampler(load_dataset([toy]), [0], frame_stack=1).sample(4, np.random.default_rng(0))
@@ -122,7 +165,7 @@ def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
     train_bc(cfg, progress=False)
     with pytest.raises(MasklamError, match="decoder"):
         load_policy(tmp_path / "pol")
-    m = train_decoder(DecodeConfig(policy=tmp_path / "pol", data=(toy,), out=tmp_path / "dec", labels=2, steps=20,
+    m = train_decoder(DecodeConfig(policy=tmp_path / "pol", data=(toy,), out=tmp_path / "dec", labels=2, updates=20,
                                    heldout=0.2), progress=False)
     assert m["decode/labeled_transitions"] == 2 * 19 and np.isfinite(m["decode/heldout_mse"])
     agent = load_policy(tmp_path / "pol", tmp_path / "dec")
@@ -133,7 +176,7 @@ def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
 
 def test_latent_bc_standardises_targets(toy: Path, tmp_path: Path) -> None:
     """Latent BC regresses (z - mean) / std: a LAM with 100x smaller latents gives the same policy."""
-    from masklam.downstream.bc import latent_stats
+    from masklam.downstream.targets import latent_stats
     from masklam.data import WindowSampler, load_dataset
 
     sampler = WindowSampler(load_dataset([toy]), None, frame_stack=1)
@@ -154,31 +197,45 @@ def test_latent_bc_standardises_targets(toy: Path, tmp_path: Path) -> None:
             lam.idm_head.bias.mul_(scale)
         lam.save_pretrained(tmp_path / f"lam_{name}")
         # fp32: the two runs must match to rounding, which bf16 autocast (where native) would exceed
-        train_bc(_cfg(toy, tmp_path / name, target="latent", lam=tmp_path / f"lam_{name}", steps=5, bf16=False),
+        train_bc(_cfg(toy, tmp_path / name, target="latent", lam=tmp_path / f"lam_{name}", updates=5, bf16=False),
                  progress=False)
         policies[name] = ImagePolicy.from_pretrained(tmp_path / name)
     big, tiny = policies["big"], policies["tiny"]
-    assert len(big.cfg.target_mean) == 4 and len(big.cfg.target_std) == 4
-    assert np.allclose(np.asarray(tiny.cfg.target_std) * 100, big.cfg.target_std, rtol=1e-3)
     assert all(torch.allclose(p, q, atol=1e-4) for p, q in zip(big.parameters(), tiny.parameters()))
-    train_bc(_cfg(toy, tmp_path / "raw", target="latent", lam=tmp_path / "lam_big", steps=5, standardize=False),
-             progress=False)
-    assert ImagePolicy.from_pretrained(tmp_path / "raw").cfg.target_mean is None
+    train_bc(_cfg(toy, tmp_path / "raw", target="latent", lam=tmp_path / "lam_tiny", updates=5, standardize=False,
+                  bf16=False), progress=False)
+    raw = ImagePolicy.from_pretrained(tmp_path / "raw")  # without standardisation the tiny LAM's policy differs
+    assert not all(torch.allclose(p, q, atol=1e-4) for p, q in zip(big.parameters(), raw.parameters()))
 
 
 def test_idm_relabels(toy: Path, tmp_path: Path) -> None:
-    train_bc(_cfg(toy, tmp_path / "idm", pair_input=True, labels=2, steps=5), progress=False)
+    """BC on IDM relabels regresses the IDM's clipped output: an IDM that always says (2, -0.3) relabels every
+    window (1, -0.3), and the policy trained on the relabels learns that action, not the true ones."""
+    train_bc(_cfg(toy, tmp_path / "idm", pair_input=True, labels=2, updates=5), progress=False)
     idm = ImagePolicy.from_pretrained(tmp_path / "idm")
     assert idm.cfg.pair_input and idm.cfg.out_dim == 2
     with pytest.raises(MasklamError):
         idm.select_action(np.zeros((1, 1, 16, 16, 3), np.uint8))
-    cfg = _cfg(toy, tmp_path / "bc_idm", target="idm", idm=tmp_path / "idm", steps=5)
-    fn, dim, _ = make_target_fn(cfg, 16)
-    b = {"obs_t": np.zeros((2, 1, 16, 16, 3), np.uint8), "obs_t1": np.full((2, 1, 16, 16, 3), 200, np.uint8)}
-    with torch.no_grad():
-        assert torch.allclose(fn(b), idm.predict(b["obs_t"], b["obs_t1"]).clamp(-1, 1))
-    train_bc(cfg, progress=False)
-    assert ImagePolicy.from_pretrained(tmp_path / "bc_idm").cfg.target == "action"
+    with torch.no_grad():  # a constant IDM: its relabels are known without running any of the code under test
+        idm.head[-1].weight.zero_()
+        idm.head[-1].bias.copy_(torch.tensor([2.0, -0.3]))
+    idm.save_pretrained(tmp_path / "const_idm")
+    cfg = _cfg(toy, tmp_path / "bc_idm", target="idm", idm=tmp_path / "const_idm", updates=150, lr=3e-3)
+    fn, dim, _ = make_target_fn(cfg.target, "cpu", idm=cfg.idm)
+    rng = np.random.default_rng(0)
+    b = {"obs_t": rng.integers(0, 255, (3, 1, 16, 16, 3), dtype=np.uint8),
+         "obs_t1": rng.integers(0, 255, (3, 1, 16, 16, 3), dtype=np.uint8)}
+    assert dim == 2 and torch.allclose(fn(b), torch.tensor([[1.0, -0.3]] * 3))  # clipped to [-1, 1]
+    m = train_bc(cfg, progress=False)
+    assert m["bc/heldout_mse"] < 0.01  # measured against the relabels
+    pol = ImagePolicy.from_pretrained(tmp_path / "bc_idm")
+    assert pol.cfg.target == "action" and not pol.cfg.pair_input
+    from masklam.data import WindowSampler, load_dataset
+
+    frames = WindowSampler(load_dataset([toy]), None, frame_stack=1).sample(16, np.random.default_rng(1))["obs_t"]
+    np.testing.assert_allclose(pol.select_action(frames), [[1.0, -0.3]] * 16, atol=0.1)
+    with pytest.raises(MasklamError, match="not an inverse dynamics model"):
+        make_target_fn("idm", "cpu", idm=tmp_path / "bc_idm")
 
 
 def test_bad_config(toy: Path, tmp_path: Path) -> None:
@@ -188,5 +245,5 @@ def test_bad_config(toy: Path, tmp_path: Path) -> None:
         train_bc(_cfg(toy, tmp_path / "x", labels=50), progress=False)
     with pytest.raises(MasklamError, match="not a policy"):
         ImagePolicy.from_pretrained(tmp_path)
-    assert bc_mod.main(["--data", str(toy), "--out", str(tmp_path / "cli"), "--target", "action", "--steps", "2",
+    assert bc_mod.main(["--data", str(toy), "--out", str(tmp_path / "cli"), "--target", "action", "--updates", "2",
                         "--frame-stack", "1", "--batch-size", "8"]) == 0

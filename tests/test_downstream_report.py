@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from masklam.downstream import report
+from masklam.downstream import report, results
 from masklam.errors import MasklamError
 
 
@@ -15,7 +15,7 @@ def _write_results(path: Path) -> None:
     rng = np.random.default_rng(0)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(report.COLUMNS)
+        w.writerow(results.REQUIRED_COLUMNS)
         for task in ("cheetah-run", "walker-run"):
             for seed in (0, 1):
                 for split in ("id", "ood"):
@@ -31,7 +31,7 @@ def _write_results(path: Path) -> None:
 
 
 def test_seed_curves_average_over_tasks_then_seeds() -> None:
-    R = report.Row
+    R = results.Row
     rows = [R("m", "a", 8, 2, 0, "id", None, 0, 1.0), R("m", "b", 8, 2, 0, "id", None, 0, 3.0),
             R("m", "a", 8, 2, 1, "id", None, 0, 5.0), R("m", "b", 8, 2, 1, "id", None, 0, 7.0)]
     xs, mean, std = report.seed_curves(rows, "labels", "normalized_return", report.AVERAGE)["m"]
@@ -63,10 +63,19 @@ def test_report_renders(tmp_path: Path) -> None:
 
 def test_report_bad_input(tmp_path: Path) -> None:
     with pytest.raises(MasklamError, match="no such file"):
-        report.read_results(tmp_path / "results.csv")
+        results.read_results(tmp_path / "results.csv")
     (tmp_path / "results.csv").write_text("method,task\nx,y\n")
     with pytest.raises(MasklamError, match="missing columns"):
-        report.read_results(tmp_path / "results.csv")
-    (tmp_path / "results.csv").write_text(",".join(report.COLUMNS) + "\nlapo,t,8,2,0,id,abc,1,1\n")
+        results.read_results(tmp_path / "results.csv")
+    (tmp_path / "results.csv").write_text(",".join(results.REQUIRED_COLUMNS) + "\nlapo,t,8,2,0,id,abc,1,1\n")
     with pytest.raises(MasklamError, match="probe_nmse"):
-        report.read_results(tmp_path / "results.csv")
+        results.read_results(tmp_path / "results.csv")
+
+
+def test_over_seeds_is_the_one_aggregation() -> None:
+    st = results.over_seeds([(0, 1.0), (0, 3.0), (1, 6.0), (1, None), (2, float("nan"))])
+    # seed 0 averages to 2, seed 1 is 6 (missing values skipped): mean 4, std 2, SE = sample std / sqrt 2 = 2
+    assert st.per_seed == {0: 2.0, 1: 6.0} and st.n == 2
+    assert (st.mean, st.std) == (4.0, 2.0) and st.sem == pytest.approx(2.0)
+    empty = results.over_seeds([(0, None)])
+    assert np.isnan(empty.mean) and empty.n == 0

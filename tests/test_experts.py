@@ -84,3 +84,35 @@ def test_shipped_experts_reach_the_floor(task):
     ret = evaluate_policy(pol, task, pol.action_repeat, episodes=1)
     zero = evaluate_policy(lambda s: np.zeros(pol.action_dim, np.float32), task, pol.action_repeat, episodes=1)
     assert ret[0] >= FLOOR[task] and ret[0] > zero[0] + 50, (ret, zero)
+
+
+def test_expert_evaluation_uses_the_eval_stream_and_the_rollout_loop():
+    from masklam.seeding import stream_seed
+
+    zero = lambda s: np.zeros(6, np.float32)  # noqa: E731
+    a = evaluate_policy(zero, "cheetah-run", 8, episodes=2, seed=3)
+    env = StateEnv("cheetah-run", action_repeat=8)
+    by_hand = []
+    for i in range(2):  # an independent loop over the same seeds
+        env.reset(seed=stream_seed("eval", 3, i))
+        ret, done = 0.0, False
+        while not done:
+            _, r, term, trunc, _ = env.step(np.zeros(6, np.float32))
+            ret, done = ret + r, term or trunc
+        by_hand.append(ret)
+    np.testing.assert_allclose(a, by_hand)
+
+
+def test_expert_cli_has_a_config_per_subcommand(tmp_path):
+    from masklam.experts import train as tr
+
+    with pytest.raises(MasklamError, match="usage"):
+        tr.main([])
+    with pytest.raises(MasklamError, match="steps"):  # eval has no --steps, train no --episodes
+        tr.main(["eval", "--steps", "3"])
+    with pytest.raises(MasklamError, match="episodes"):
+        tr.main(["train", "--episodes", "3"])
+    with pytest.raises(MasklamError, match="must be >= 1"):
+        tr.ExpertTrainConfig(steps=0)
+    assert tr.ship_dir(tr.ExpertTrainConfig()) is None
+    assert tr.ship_dir(tr.ExpertTrainConfig(ship=True, ship_to=tmp_path)) == tmp_path

@@ -131,9 +131,9 @@ def test_pretrain_probe_and_latent_bc_run_with_a_mask_channel_lam(tmp_path):
     data = write_synthetic_dataset(tmp_path / "d.h5", n_traj=6, length=24)
     metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", recipe="paper", max_offset=4))
     assert np.isfinite(metrics["probe_nmse"]) and metrics["probe_ridge"] > 0
-    m = train_bc(BCConfig(data=(data,), out=tmp_path / "bc", lam=tmp_path / "lam", steps=3, batch_size=8,
+    m = train_bc(BCConfig(data=(data,), out=tmp_path / "bc", lam=tmp_path / "lam", updates=3, batch_size=8,
                           frame_stack=3, heldout=0.2), progress=False)
-    assert np.isfinite(m["eval/heldout_mse"])
+    assert np.isfinite(m["bc/heldout_mse"])
 
 
 # --- seed streams -------------------------------------------------------------------------------------------
@@ -257,21 +257,22 @@ def test_lam_latent_bc_and_decoder_recover_actions_end_to_end(tmp_path):
     from test_train_pretrain import small_cfg
 
     from masklam.downstream.bc import BCConfig, train_bc
-    from masklam.downstream.decode import DecodeConfig, fit_decoder, train_decoder
+    from masklam.downstream.decode import DecodeConfig, train_decoder
+    from masklam.downstream.decoder import fit_decoder
     from masklam.train.pretrain import pretrain
 
     data = write_policy_dataset(tmp_path / "d.h5")
     lam_metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", updates=200, batch_size=32, latent_dim=8,
                                      lr=1e-3, log_every=100, ckpt_every=200, recon_samples=0, heldout=0.2, bf16=False))
     assert lam_metrics["probe_nmse"] < 0.8  # measured 0.67
-    train_bc(BCConfig(data=(data,), out=tmp_path / "bc", lam=tmp_path / "lam", steps=400, batch_size=32, lr=1e-3,
+    train_bc(BCConfig(data=(data,), out=tmp_path / "bc", lam=tmp_path / "lam", updates=400, batch_size=32, lr=1e-3,
                       frame_stack=1, hidden=64, heldout=0.2, bf16=False), progress=False)
     dec = train_decoder(DecodeConfig(policy=tmp_path / "bc", data=(data,), out=tmp_path / "dec", labels=3,
-                                     steps=600, batch_size=64, lr=3e-3, heldout=0.2), progress=False)
+                                     updates=600, batch_size=64, lr=3e-3, heldout=0.2), progress=False)
     assert dec["decode/heldout_nmse"] < 0.6  # measured 0.43
     # the control: the same decoder fit on a constant input cannot beat the mean
     a = torch.rand(200, 2) * 2 - 1
-    const, _ = fit_decoder(torch.zeros(200, 8), a, steps=300, batch_size=64, lr=3e-3)
+    const, _ = fit_decoder(torch.zeros(200, 8), a, updates=300, batch_size=64, lr=3e-3)
     with torch.no_grad():
         nmse = float((const(torch.zeros(200, 8)) - a).square().mean() / a.var(0).mean())
     assert nmse > 0.9
@@ -280,8 +281,9 @@ def test_lam_latent_bc_and_decoder_recover_actions_end_to_end(tmp_path):
 def test_decoder_inputs_read_what_they_say(tmp_path):
     """input 'hidden' reads the frozen policy's last hidden layer, 'latent+hidden' both; a 3-layer decoder has
     three linear layers; an agent refuses a decoder built for another input width."""
-    from masklam.downstream.bc import ImagePolicy, PolicyConfig
-    from masklam.downstream.decode import ActionDecoder, LatentAgent, feature_dim, policy_features
+    from masklam.downstream.agent import LatentAgent
+    from masklam.downstream.decoder import ActionDecoder, feature_dim, policy_features
+    from masklam.downstream.policy import ImagePolicy, PolicyConfig
 
     torch.manual_seed(0)
     policy = ImagePolicy(PolicyConfig(out_dim=6, action_dim=2, frame_stack=1, img_hw=HW, hidden=16,

@@ -1,23 +1,17 @@
 """`masklam experiment CONFIG`: methods x latent dims x label budgets x seeds x tasks, every stage cached.
 
-A stage (collect, pretrain, bc, decode, evaluate) lives in `OUT/stages/<kind>/<key>/`, where the key
-hashes the stage's resolved config, which includes its inputs' directories (so their keys). A stage is
-skipped when its `done.json` holds the same hash, and runs (or resumes: stages resume from their own
-checkpoints) otherwise. A LAM is trained once per method/dim/seed and shared across label budgets,
-except laom-sup, which trains one per budget. Methods:
+Stages (collect, pretrain, bc, decode, evaluate; masklam.downstream.stages) are cached under
+`OUT/stages/`. A LAM is trained once per method/dim/seed and shared across label budgets, except
+laom-sup, which trains one per budget. Methods:
 
 - `lapo`, `masklam`, `laom`, `laom-sup`: LAM -> latent BC on all data -> decoder on N labeled trajectories;
 - `lapo-clean`: the same with LAPO on distractor-free data, evaluated without distractors (upper bound);
 - `bc`: BC on the N labeled trajectories; `idm`: IDM on N labeled, relabel all data, BC on the relabels;
 - `bc-full` (always): BC on all data with true actions, the normaliser (`bc-full-clean` for lapo-clean).
 
-Writes `OUT/results.csv` (`method, task, latent_dim, labels, seed, split, probe_nmse, return,
-normalized_return, success, recipe, return_sem, expert_fraction`) and `OUT/experiment.json`, then renders
-the report. `normalized_return` divides by full-data BC on the same data and split (bc-full on the training
-videos for `id`, the same policy on the held-out videos for `ood`, bc-full-clean for lapo-clean); `success`
-is the success rate, empty unless the env reports success, as Meta-World does; `return_sem` is the standard
-error over the row's episodes; `expert_fraction` is the return over the shipped expert's measured return.
-A config, e.g. `sweep.toml`:
+Writes `OUT/results.csv` (schema and normalisation: masklam.downstream.results) and `OUT/experiment.json`,
+then renders the report. Every table of the config is checked against its stage's config fields when the
+config is loaded, so a typo fails at once, before any stage runs. A config, e.g. `sweep.toml`:
 
     out = "runs/sweep"
     tasks = ["cheetah-run"]
@@ -30,36 +24,34 @@ A config, e.g. `sweep.toml`:
     [pretrain]              # PretrainConfig fields
     preset = "cpu-small"
     [bc]                    # BCConfig fields
-    steps = 2000
-    [eval]
+    updates = 2000
+    [eval]                  # EvalOptions fields
     episodes = 25
     workers = 2
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
+import inspect
 import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import tyro
 
-from masklam.downstream.evaluate import standard_error
-from masklam.downstream.report import COLUMNS
+from masklam.devices import resolve_device
+from masklam.downstream.results import normalize, write_results
+from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, bc_stage, collect_stage, decode_stage,
+                                       eval_stage, expert_return, pretrain_stage, recipe_label)
+from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.files import write_json
+from masklam.metrics import standard_error
 
-RESULT_COLUMNS = COLUMNS + ["recipe", "return_sem", "expert_fraction"]
-"""results.csv: the columns the report needs, then the recipe of the row's LAM ('-' without one), the
-standard error of the return over the row's episodes, and the return as a fraction of the expert's."""
-
-MASKLAM_LOSS_OPTIONS = ("mask_target", "mask_lambda", "mask_dilation", "mask_norm")
-LAM_METHODS = ("lapo", "masklam", "laom", "laom-sup", "lapo-clean")
-METHODS = LAM_METHODS + ("bc", "idm")
+DATA_KEYS = ("train", "clean", "collect", "collect_clean")
+"""keys of a task's [data.TASK] table"""
 
 
 @dataclass
@@ -67,15 +59,22 @@ class ExperimentConfig:
     """A sweep (read from a TOML or JSON file; keys are these fields)."""
 
     out: Path
+    """run directory: results.csv, report.html, experiment.json and every stage under stages/"""
     tasks: list[str]
+    """tasks of the sweep (each needs a [data.TASK] table)"""
     methods: list[str]
+    """methods to compare: lapo, masklam, laom, laom-sup, lapo-clean, bc, idm (bc-full always runs)"""
     latent_dims: list[int] = field(default_factory=lambda: [128])
+    """LAM latent sizes"""
     labels: list[int] = field(default_factory=lambda: [2, 8, 32, 128])
+    """label budgets: labeled trajectories for decoders, BC and IDMs"""
     seeds: list[int] = field(default_factory=lambda: [0])
+    """training seeds"""
     splits: list[str] = field(default_factory=lambda: ["id", "ood"])
+    """evaluation splits: id (training videos), ood (held-out videos)"""
     data: dict[str, dict[str, Any]] = field(default_factory=dict)
     """per task: `train` (paths, distracted data) / `clean` (paths, distractor-free), or `collect` /
-    `collect_clean` (option dicts for `masklam collect`)"""
+    `collect_clean` (CollectConfig fields for `masklam collect`)"""
     pretrain: dict[str, Any] = field(default_factory=dict)
     """PretrainConfig fields shared by every LAM (method, data, out, seed, latent_dim, labeled are set here)"""
     bc: dict[str, Any] = field(default_factory=dict)
@@ -87,14 +86,17 @@ class ExperimentConfig:
     decode: dict[str, Any] = field(default_factory=dict)
     """DecodeConfig fields of the action decoders"""
     eval: dict[str, Any] = field(default_factory=dict)
-    """episodes (25), workers (2), seed (0)"""
+    """EvalOptions fields: episodes (25), workers (2), seed (0)"""
     env: dict[str, Any] = field(default_factory=dict)
-    """extra env kwargs for evaluation (e.g. max_episode_steps; factory for tests)"""
-    device: str = "cpu"
+    """extra env kwargs for evaluation (`masklam.envs.make` arguments, e.g. max_episode_steps; factory for tests)"""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
+    """progress bars"""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        check_tables(self)  # a typo first: it may be why a table seems to be missing
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise MasklamError(f"unknown method {bad[0]!r}; one of {', '.join(METHODS)}")
@@ -113,6 +115,52 @@ class ExperimentConfig:
                 raise MasklamError(f"lapo-clean needs distractor-free data: data.{task}.clean or .collect_clean")
 
 
+# --- validation of the stage tables ------------------------------------------------------------------
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _env_names() -> set[str]:
+    """Keys an [env] table may hold: `masklam.envs.make`'s arguments and the distractor parameters."""
+    from masklam.envs import make
+    from masklam.envs.distractors import DistractorConfig
+
+    params = inspect.signature(make).parameters
+    named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and n != "task"}
+    return named | _field_names(DistractorConfig) | {"factory", "mask", "terminate_on_success", "render_mode"}
+
+
+def _check_keys(table: str, given: Any, known: set[str]) -> None:
+    if not isinstance(given, dict):
+        raise MasklamError(f"[{table}] must be a table, got {type(given).__name__}")
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise MasklamError(f"unknown key {unknown[0]!r} in [{table}]; known: {', '.join(sorted(known))}")
+
+
+def check_tables(cfg: ExperimentConfig) -> None:
+    """One-line MasklamError naming the first key of a stage table that its stage's config does not have."""
+    from masklam.data.collect import CollectConfig
+    from masklam.downstream.bc import BCConfig
+    from masklam.downstream.decode import DecodeConfig
+    from masklam.train.config import PretrainConfig
+
+    bc = _field_names(BCConfig)
+    for table, given, known in (("pretrain", cfg.pretrain, _field_names(PretrainConfig)), ("bc", cfg.bc, bc),
+                                ("bc_full", cfg.bc_full, bc), ("idm", cfg.idm, bc),
+                                ("decode", cfg.decode, _field_names(DecodeConfig)),
+                                ("eval", cfg.eval, _field_names(EvalOptions))):
+        _check_keys(table, given, known)
+    if "factory" not in cfg.env:  # a test's own factory takes its own arguments
+        _check_keys("env", cfg.env, _env_names())
+    collect = _field_names(CollectConfig)
+    for task, spec in cfg.data.items():
+        _check_keys(f"data.{task}", spec, set(DATA_KEYS))
+        for key in ("collect", "collect_clean"):
+            if key in spec:
+                _check_keys(f"data.{task}.{key}", spec[key], collect)
+
+
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Read an ExperimentConfig from a .toml or .json file (relative paths are relative to the working directory)."""
     path = Path(path)
@@ -123,159 +171,17 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MasklamError(f"cannot parse {path}: {e}") from None
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    names = _field_names(ExperimentConfig)
     unknown = sorted(set(raw) - names)
     if unknown:
         raise MasklamError(f"{path}: unknown key {unknown[0]!r}; known: {', '.join(sorted(names))}")
     for key in ("out", "tasks", "methods"):
         if key not in raw:
             raise MasklamError(f"{path}: missing key {key!r}")
-    return ExperimentConfig(**raw)
-
-
-# --- the cache ---------------------------------------------------------------------------------------
-def _fingerprint(paths: Any) -> list[Any]:
-    """(path, size, mtime) of each data file, so a rewritten dataset invalidates the stages built on it."""
-    out = []
-    for p in paths if isinstance(paths, (list, tuple)) else [paths]:
-        st = Path(p).stat() if Path(p).is_file() else None
-        out.append([str(p), st.st_size if st else None, st.st_mtime_ns if st else None])
-    return out
-
-
-# Bump a kind's version when its code changes what it computes for the same config, so cached results of
-# the old code are not reused. Version 1 is left out of the hash: stages that never changed keep their caches.
-# bc 2: latent targets standardised per dimension; bc 3, pretrain 2: bf16 autocast on CPUs with native bf16;
-# pretrain 3: the probe's ridge chosen by cross-validation; evaluate 2: episodes from the `eval` seed stream;
-# bc 4, decode 2: held-out errors over every held-out window
-STAGE_VERSIONS = {"bc": 4, "pretrain": 3, "evaluate": 2, "decode": 2}
-
-
-def stage_key(kind: str, config: dict[str, Any]) -> str:
-    """Hash of a stage's kind (and code version), config (inputs included as their directories) and data files."""
-    files = _fingerprint(config["data"]) if "data" in config else None
-    key = {"kind": kind, "config": config, "files": files}
-    if STAGE_VERSIONS.get(kind, 1) > 1:
-        key["version"] = STAGE_VERSIONS[kind]
-    blob = json.dumps(key, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
-              log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
-    """Run `fn(stage_dir) -> result` unless `stage_dir/done.json` records this config's hash; -> (dir, result)."""
-    key = stage_key(kind, config)
-    d = root / "stages" / kind / key
-    done = d / "done.json"
-    if done.is_file():
-        try:
-            rec = json.loads(done.read_text())
-        except json.JSONDecodeError:
-            rec = {}
-        if rec.get("hash") == key:
-            return d, rec["result"]
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config}, indent=1, default=str))
-    log(f"[{kind} {key}] running")
-    result = fn(d)
-    tmp = d / "done.json.tmp"
-    tmp.write_text(json.dumps({"hash": key, "result": result}, indent=1, default=str))
-    tmp.replace(done)
-    return d, result
-
-
-# --- the stages ----------------------------------------------------------------------------------------
-def collect_stage(root: Path, task: str, options: dict[str, Any], progress: bool = True) -> list[str]:
-    """Collect a dataset with `masklam collect`'s CollectConfig options (cached); -> the file paths."""
-    def fn(d: Path) -> dict[str, Any]:
-        from masklam.data.collect import CollectConfig, collect
-
-        out = d / "data.h5"
-        collect(CollectConfig(**{"progress": progress, **options, "task": task, "out": out}))
-        return {"paths": [str(out)]}
-
-    key = {"task": task, **options}
-    if options.get("policy", "expert") == "expert":  # a retrained expert means new data
-        key["expert_sha256"] = expert_digest(task, options.get("expert_path"))
-    return run_stage(root, "collect", key, fn)[1]["paths"]
-
-
-def expert_digest(task: str, path: str | None = None) -> str | None:
-    """sha256 of the expert's weights (the shipped one for `task`, or `path`); None if there is none."""
-    from masklam.experts.policy import SHIPPED_DIR
-
-    f = Path(path).with_suffix(".safetensors") if path else SHIPPED_DIR / f"{task}.safetensors"
-    return hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.is_file() else None
-
-
-def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int, labeled: int,
-                   overrides: dict[str, Any], device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
-    """Train a LAM with `masklam.train.pretrain` (cached); result: its probe NMSE.
-
-    Options of other methods are dropped (masklam.train.config.options_for): one LAPO serves every recipe
-    that differs only in MaskLAM's loss."""
-    from masklam.train.config import options_for
-
-    overrides = options_for(method, overrides)
-    if not recipe_applies(method, overrides.get("recipe", "default")):  # e.g. LAOM: its own paper's recipe
-        overrides = {k: v for k, v in overrides.items() if k != "recipe"}
-    conf = {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labels": labeled}
-
-    def fn(d: Path) -> dict[str, Any]:
-        from masklam.train.config import PretrainConfig
-        from masklam.train.pretrain import pretrain
-
-        cfg = PretrainConfig(**{"device": device, "progress": progress, "tensorboard": False, **conf, "out": d})
-        return {"probe_nmse": probe_nmse(pretrain(cfg))}
-
-    return run_stage(root, "pretrain", conf, fn)
-
-
-def probe_nmse(metrics: dict[str, Any]) -> float | None:
-    """The held-out normalised probe MSE latent -> action from pretrain metrics (None if absent)."""
-    for key in ("probe_nmse", "probe/action_nmse"):
-        if key in metrics and metrics[key] is not None:
-            return float(metrics[key])
-    return None
-
-
-def bc_stage(root: Path, kind: str, conf: dict[str, Any], device: str, progress: bool) -> Path:
-    """Train an ImagePolicy (BCConfig fields in conf) as a cached stage; -> its directory."""
-    def fn(d: Path) -> dict[str, Any]:
-        from masklam.downstream.bc import BCConfig, train_bc
-
-        return train_bc(BCConfig(**{"device": device, **conf, "out": d}), progress=progress)
-
-    return run_stage(root, kind, conf, fn)[0]
-
-
-def decode_stage(root: Path, conf: dict[str, Any], device: str, progress: bool) -> Path:
-    """Train an action decoder (DecodeConfig fields in conf) as a cached stage; -> its directory."""
-    def fn(d: Path) -> dict[str, Any]:
-        from masklam.downstream.decode import DecodeConfig, train_decoder
-
-        return train_decoder(DecodeConfig(**{"device": device, **conf, "out": d}), progress=progress)
-
-    return run_stage(root, "decode", conf, fn)[0]
-
-
-def eval_stage(root: Path, policy: Path, decoder: Path | None, split: str, env: dict[str, Any],
-               opts: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Online evaluation of a policy (+ decoder) on one split (cached); -> {mean, std, returns, success_rate}."""
-    conf = {"policy": str(policy), "decoder": str(decoder) if decoder else None, "split": split, "env": env,
-            "episodes": 25, "workers": 2, "seed": 0, **opts}
-
-    def fn(d: Path) -> dict[str, Any]:
-        from masklam.downstream.bc import load_policy
-        from masklam.downstream.evaluate import env_spec, evaluate
-
-        agent = load_policy(policy, decoder)
-        meta = {**agent.env_meta, **env}
-        res = evaluate(agent, env_spec(meta, split), conf["episodes"], conf["seed"], conf["workers"],
-                       progress=progress, desc=f"eval {meta.get('task')} {split}")
-        return res.as_dict()
-
-    return run_stage(root, "evaluate", conf, fn)[1]
+    try:
+        return ExperimentConfig(**raw)
+    except MasklamError as e:
+        raise MasklamError(f"{path}: {e}") from None
 
 
 # --- the sweep -----------------------------------------------------------------------------------------
@@ -303,131 +209,103 @@ def _num_train_trajectories(paths: list[str], heldout: float) -> int:
     return len(split_trajectories(n, heldout)[0])
 
 
+class _Sweep:
+    """The stages of one sweep and the raw result rows (before normalisation) they produce."""
+
+    def __init__(self, cfg: ExperimentConfig, datasets: dict[str, dict[str, list[str]]]) -> None:
+        self.cfg, self.datasets, self.raw = cfg, datasets, []
+        self.root, self.dev, self.prog = cfg.out, str(resolve_device(cfg.device)), cfg.progress
+        # BC and decoders use the LAM's train/held-out split and labeled subsets unless told otherwise
+        split = {k: cfg.pretrain[k] for k in ("heldout", "split_seed") if k in cfg.pretrain}
+        self.bc_opts, self.dec_opts = {**split, **cfg.bc}, {**split, **cfg.decode}
+
+    def evaluate_all(self, method: str, task: str, dim: int, labels: int, seed: int, probe: float | None,
+                     policy: Path, decoder: Path | None, variant: str) -> None:
+        """Evaluate a policy on every split of its data variant; one raw row per split."""
+        for split in (self.cfg.splits if variant == "train" else ["id"]):
+            res = eval_stage(self.root, policy, decoder, split, self.cfg.env, self.cfg.eval, self.prog)
+            self.raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
+                             "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
+                             "success": res.get("success_rate"), "recipe": recipe_label(method, self.cfg.pretrain),
+                             "return_sem": standard_error(res["returns"]),
+                             "expert_fraction": res["mean"] / expert_return(task)})
+
+    def bc(self, kind: str, conf: dict[str, Any]) -> Path:
+        return bc_stage(self.root, kind, conf, self.dev, self.prog)
+
+    def normalisers(self, task: str, seed: int) -> None:
+        """BC on all data with true actions (bc-full; bc-full-clean on the clean data for lapo-clean)."""
+        for variant in ["train"] + (["clean"] if "lapo-clean" in self.cfg.methods else []):
+            data = self.datasets[task][variant]
+            conf = {**self.bc_opts, **self.cfg.bc_full, "data": data, "target": "action", "seed": seed}
+            policy = self.bc("bc", conf)
+            n_all = _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
+            self.evaluate_all("bc-full" if variant == "train" else "bc-full-clean", task, 0, n_all, seed, None,
+                              policy, None, variant)
+
+    def lam_method(self, method: str, task: str, seed: int) -> None:
+        """LAM -> latent BC (shared across label budgets, except laom-sup's) -> a decoder per budget."""
+        variant = "clean" if method == "lapo-clean" else "train"
+        data, lam_method = self.datasets[task][variant], "lapo" if method == "lapo-clean" else method
+        for dim in self.cfg.latent_dims:
+            shared = None
+            for n in self.cfg.labels:
+                if shared is None or method == "laom-sup":
+                    lam_dir, lam_res = pretrain_stage(self.root, lam_method, data, dim, seed,
+                                                      n if method == "laom-sup" else 0, self.cfg.pretrain,
+                                                      self.dev, self.prog)
+                    policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "latent", "lam": str(lam_dir),
+                                            "seed": seed})
+                    shared = (lam_res, policy)
+                lam_res, policy = shared
+                dec = decode_stage(self.root, {**self.dec_opts, "policy": str(policy), "data": data, "labels": n,
+                                               "seed": seed}, self.dev, self.prog)
+                self.evaluate_all(method, task, dim, n, seed, lam_res.get("probe_nmse"), policy, dec, variant)
+
+    def bc_method(self, task: str, seed: int) -> None:
+        """BC on each label budget's labeled trajectories."""
+        data = self.datasets[task]["train"]
+        for n in self.cfg.labels:
+            policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "action", "labels": n, "seed": seed})
+            self.evaluate_all("bc", task, 0, n, seed, None, policy, None, "train")
+
+    def idm_method(self, task: str, seed: int) -> None:
+        """An IDM on each budget's labeled trajectories, then BC on its relabels of all data."""
+        data = self.datasets[task]["train"]
+        for n in self.cfg.labels:
+            idm = self.bc("idm", {**self.bc_opts, **self.cfg.idm, "data": data, "target": "action",
+                                  "pair_input": True, "labels": n, "seed": seed})
+            policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "idm", "idm": str(idm), "seed": seed})
+            self.evaluate_all("idm", task, 0, n, seed, None, policy, None, "train")
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every task, seed and method; -> the raw rows."""
+        for task in self.cfg.tasks:
+            for seed in self.cfg.seeds:
+                self.normalisers(task, seed)
+                for method in self.cfg.methods:
+                    if method in LAM_METHODS:
+                        self.lam_method(method, task, seed)
+                    elif method == "bc":
+                        self.bc_method(task, seed)
+                    elif method == "idm":
+                        self.idm_method(task, seed)
+        return self.raw
+
+
 def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts."""
-    root, dev, prog = cfg.out, cfg.device, cfg.progress
-    root.mkdir(parents=True, exist_ok=True)
+    cfg.out.mkdir(parents=True, exist_ok=True)
     datasets = _datasets(cfg)
-    (root / "experiment.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "datasets": {
-        t: d["train"] for t, d in datasets.items()}}, indent=1, default=str))
-    raw: list[dict[str, Any]] = []  # rows before normalisation, with "variant"
-    # BC and decoders use the LAM's train/held-out split and labeled subsets unless told otherwise
-    split = {k: cfg.pretrain[k] for k in ("heldout", "split_seed") if k in cfg.pretrain}
-    bc_opts, dec_opts = {**split, **cfg.bc}, {**split, **cfg.decode}
-    opts = cfg.eval
-
-    def evaluate_all(method: str, task: str, dim: int, labels: int, seed: int, probe: float | None,
-                     policy: Path, decoder: Path | None, variant: str) -> None:
-        for split in (cfg.splits if variant == "train" else ["id"]):
-            res = eval_stage(root, policy, decoder, split, cfg.env, opts, prog)
-            raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
-                        "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
-                        "success": res.get("success_rate"), "recipe": recipe_label(method, cfg.pretrain),
-                        "return_sem": standard_error(res["returns"]), "expert_fraction": res["mean"] / expert_return(task)})
-
-    for task in cfg.tasks:
-        for seed in cfg.seeds:
-            variants = ["train"] + (["clean"] if "lapo-clean" in cfg.methods else [])
-            for variant in variants:  # the normalisers: BC on all data with true actions
-                data = datasets[task][variant]
-                conf = {**bc_opts, **cfg.bc_full, "data": data, "target": "action", "seed": seed}
-                policy = bc_stage(root, "bc", conf, dev, prog)
-                n_all = _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
-                evaluate_all("bc-full" if variant == "train" else "bc-full-clean", task, 0, n_all, seed, None,
-                             policy, None, variant)
-            for method in cfg.methods:
-                variant = "clean" if method == "lapo-clean" else "train"
-                data = datasets[task][variant]
-                if method in LAM_METHODS:
-                    lam_method = "lapo" if method == "lapo-clean" else method
-                    for dim in cfg.latent_dims:
-                        shared = None
-                        for n in cfg.labels:
-                            if shared is None or method == "laom-sup":
-                                lam_dir, lam_res = pretrain_stage(root, lam_method, data, dim, seed,
-                                                                  n if method == "laom-sup" else 0, cfg.pretrain,
-                                                                  dev, prog)
-                                policy = bc_stage(root, "bc", {**bc_opts, "data": data, "target": "latent",
-                                                               "lam": str(lam_dir), "seed": seed}, dev, prog)
-                                shared = (lam_res, policy)
-                            lam_res, policy = shared
-                            dec = decode_stage(root, {**dec_opts, "policy": str(policy), "data": data,
-                                                      "labels": n, "seed": seed}, dev, prog)
-                            evaluate_all(method, task, dim, n, seed, lam_res.get("probe_nmse"), policy, dec, variant)
-                elif method == "bc":
-                    for n in cfg.labels:
-                        policy = bc_stage(root, "bc", {**bc_opts, "data": data, "target": "action", "labels": n,
-                                                       "seed": seed}, dev, prog)
-                        evaluate_all("bc", task, 0, n, seed, None, policy, None, variant)
-                elif method == "idm":
-                    for n in cfg.labels:
-                        idm = bc_stage(root, "idm", {**bc_opts, **cfg.idm, "data": data, "target": "action",
-                                                     "pair_input": True, "labels": n, "seed": seed}, dev, prog)
-                        policy = bc_stage(root, "bc", {**bc_opts, "data": data, "target": "idm", "idm": str(idm),
-                                                       "seed": seed}, dev, prog)
-                        evaluate_all("idm", task, 0, n, seed, None, policy, None, variant)
-    rows = normalize(raw)
-    write_results(root / "results.csv", rows)
+    write_json(cfg.out / "experiment.json", {"config": dataclasses.asdict(cfg),
+                                             "datasets": {t: d["train"] for t, d in datasets.items()}}, indent=1)
+    rows = normalize(_Sweep(cfg, datasets).run())
+    write_results(cfg.out / "results.csv", rows)
     if render:
         from masklam.downstream.report import render_report
 
-        print(f"wrote {root / 'results.csv'} and {render_report(root)}")
+        print(f"wrote {cfg.out / 'results.csv'} and {render_report(cfg.out)}")
     return rows
-
-
-def recipe_label(method: str, pretrain: dict[str, Any]) -> str:
-    """How a row's LAM was trained, for results.csv: the recipe, plus our variants' options ('-' without a LAM)."""
-    if method not in LAM_METHODS:
-        return "-"
-    label = str(pretrain.get("recipe", "default"))
-    if not recipe_applies(method, label):
-        label = "default"
-    if method == "masklam" and pretrain.get("mask_target"):
-        label += "+mask-target"
-    if pretrain.get("mask_channel") is not None and method in ("lapo", "lapo-clean", "masklam"):
-        label += "+mask-channel" if pretrain["mask_channel"] else "-mask-channel"
-    return label
-
-
-def recipe_applies(method: str, recipe: str) -> bool:
-    """Whether a pretraining recipe changes anything for `method` (lapo-clean is LAPO)."""
-    from masklam.train.config import RECIPES
-
-    return bool(RECIPES.get(recipe, {}).get("lapo" if method == "lapo-clean" else method))
-
-
-def expert_return(task: str) -> float:
-    """The shipped expert's measured mean return for `task` (nan when there is none)."""
-    from masklam.experts.policy import SHIPPED_DIR
-
-    f = SHIPPED_DIR / f"{task}.json"
-    return float(json.loads(f.read_text()).get("mean_return_10", np.nan)) if f.is_file() else float("nan")
-
-
-def normalize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add normalized_return: return / mean full-data BC return (over seeds) of the same task, split, data."""
-    ref: dict[tuple, list[float]] = {}
-    for r in raw:
-        if r["method"] in ("bc-full", "bc-full-clean"):
-            ref.setdefault((r["task"], r["split"], r["variant"]), []).append(r["return"])
-    rows = []
-    for r in raw:
-        base = ref.get((r["task"], r["split"], r["variant"]))
-        denom = float(np.mean(base)) if base else float("nan")
-        norm = r["return"] / denom if base and denom != 0 else float("nan")
-        rows.append({**{k: v for k, v in r.items() if k != "variant"}, "normalized_return": norm})
-    return rows
-
-
-def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    """results.csv with the fixed columns (RESULT_COLUMNS); empty cells for missing values."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: ("" if r.get(c) is None else r[c]) for c in RESULT_COLUMNS})
-    tmp.replace(path)
 
 
 @dataclass
@@ -439,14 +317,14 @@ class ExperimentArgs:
     out: Path | None = None
     """run directory (overrides the file's `out`)"""
     device: str | None = None
-    """cpu, cuda, ... (overrides the file's `device`)"""
+    """auto, cpu, cuda, cuda:N (overrides the file's `device`, whose default is auto)"""
     no_report: bool = False
     """skip rendering report.html"""
 
 
 def main(argv: list[str]) -> int:
     """`masklam experiment CONFIG`."""
-    args = tyro.cli(ExperimentArgs, args=argv)
+    args = parse(ExperimentArgs, argv)
     cfg = load_config(args.config, out=args.out, device=args.device)
     rows = run_experiment(cfg, render=not args.no_report)
     print(f"{len(rows)} result rows in {cfg.out / 'results.csv'}")

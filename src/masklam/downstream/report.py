@@ -8,10 +8,8 @@ are shown too. `RUN_DIR/report.html` links to the PNG figures in `RUN_DIR/report
 """
 from __future__ import annotations
 
-import csv
 import html
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,84 +17,30 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from masklam.downstream.results import Row, SeedStats, over_seeds, read_results
+from masklam.args import parse
 from masklam.errors import MasklamError
 
-COLUMNS = ["method", "task", "latent_dim", "labels", "seed", "split", "probe_nmse", "return", "normalized_return",
-           "success"]
-OPTIONAL_COLUMNS = ("success",)
-"""Columns a results.csv may lack (written since Meta-World; empty where the env reports no success)."""
 AVERAGE = "average"
-
-
-@dataclass
-class Row:
-    """One line of results.csv (numbers parsed; `probe_nmse` is None for methods without latents)."""
-
-    method: str
-    task: str
-    latent_dim: int
-    labels: int
-    seed: int
-    split: str
-    probe_nmse: float | None
-    ret: float
-    normalized_return: float
-    success: float | None = None
-    """success rate (Meta-World), None where the env reports none"""
-
-
-def _num(value: str, kind: type, name: str, path: Path, line: int) -> float | int | None:
-    if value.strip() == "":
-        return None
-    try:
-        return kind(float(value)) if kind is int else kind(value)
-    except ValueError:
-        raise MasklamError(f"{path}:{line}: column {name!r} is not a number: {value!r}") from None
-
-
-def read_results(path: str | Path) -> list[Row]:
-    """Parse results.csv into rows; a missing file or column raises MasklamError."""
-    path = Path(path)
-    if not path.is_file():
-        raise MasklamError(f"no such file: {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL_COLUMNS]
-        if missing:
-            raise MasklamError(f"{path}: missing columns {missing}")
-        rows = []
-        for line, r in enumerate(reader, start=2):
-            vals = {c: _num(r[c], int, c, path, line) for c in ("latent_dim", "labels", "seed")}
-            floats = {c: _num(r[c], float, c, path, line) for c in ("probe_nmse", "return", "normalized_return")}
-            rows.append(Row(r["method"], r["task"], int(vals["latent_dim"] or 0), int(vals["labels"] or 0),
-                            int(vals["seed"] or 0), r["split"], floats["probe_nmse"],
-                            float("nan") if floats["return"] is None else floats["return"],
-                            float("nan") if floats["normalized_return"] is None else floats["normalized_return"],
-                            _num(r.get("success") or "", float, "success", path, line)))
-    if not rows:
-        raise MasklamError(f"{path}: no result rows")
-    return rows
 
 
 def seed_curves(rows: list[Row], x: str, y: str, task: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per method: (xs, mean, std) of `y` over seeds at each `x` for one task or the task average.
 
-    For the average, each seed's values are first averaged over tasks, then mean/std over seeds.
-    Rows with a missing y are skipped.
+    For the average, each seed's values are first averaged over tasks, then mean/std over seeds
+    (`over_seeds`). Rows with a missing y are skipped.
     """
-    cell: dict[str, dict[float, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    cell: dict[str, dict[float, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        val = getattr(r, y)
-        if val is None or (isinstance(val, float) and math.isnan(val)):
-            continue
-        if task != AVERAGE and r.task != task:
-            continue
-        cell[r.method][getattr(r, x)][r.seed].append(val)
+        if task == AVERAGE or r.task == task:
+            cell[r.method][getattr(r, x)].append((r.seed, getattr(r, y)))
     curves = {}
     for method, by_x in cell.items():
-        xs = np.array(sorted(by_x), dtype=float)
-        per_seed = [[float(np.mean(v)) for v in by_x[xv].values()] for xv in sorted(by_x)]
-        curves[method] = (xs, np.array([np.mean(s) for s in per_seed]), np.array([np.std(s) for s in per_seed]))
+        stats = {xv: over_seeds(pairs) for xv, pairs in by_x.items()}
+        xs = sorted(xv for xv, st in stats.items() if st.n)
+        if xs:
+            curves[method] = (np.array(xs, dtype=float), np.array([stats[xv].mean for xv in xs]),
+                              np.array([stats[xv].std for xv in xs]))
     return curves
 
 
@@ -165,14 +109,8 @@ def _id_vs_ood(rows: list[Row], path: Path) -> bool:
 
 def _pooled(rows: list[Row], method: str, split: str) -> tuple[float, float]:
     """Mean and std over seeds of a method's normalised return, averaged within each seed."""
-    by_seed: dict[int, list[float]] = defaultdict(list)
-    for r in rows:
-        if r.method == method and r.split == split and not math.isnan(r.normalized_return):
-            by_seed[r.seed].append(r.normalized_return)
-    if not by_seed:
-        return float("nan"), 0.0
-    vals = [float(np.mean(v)) for v in by_seed.values()]
-    return float(np.mean(vals)), float(np.std(vals))
+    st = over_seeds((r.seed, r.normalized_return) for r in rows if r.method == method and r.split == split)
+    return st.mean, st.std
 
 
 def summary_table(rows: list[Row]) -> list[list[str]]:
@@ -180,16 +118,14 @@ def summary_table(rows: list[Row]) -> list[list[str]]:
     groups: dict[tuple, list[Row]] = defaultdict(list)
     for r in rows:
         groups[(r.method, r.task, r.latent_dim, r.labels, r.split)].append(r)
+    def ms(st: SeedStats) -> str:
+        return "" if not st.n else f"{st.mean:.3f} ± {st.std:.3f}"
+
     out = []
     for key in sorted(groups):
         g = groups[key]
-
-        def ms(vals: list[float | None]) -> str:
-            v = [x for x in vals if x is not None and not math.isnan(x)]
-            return "" if not v else f"{np.mean(v):.3f} ± {np.std(v):.3f}"
-
-        out.append([*map(str, key), str(len(g)), ms([r.probe_nmse for r in g]), ms([r.ret for r in g]),
-                    ms([r.normalized_return for r in g])])
+        out.append([*map(str, key), str(len(g)), *(ms(over_seeds((r.seed, getattr(r, y)) for r in g))
+                                                   for y in ("probe_nmse", "ret", "normalized_return"))])
     return out
 
 
@@ -294,7 +230,7 @@ class ReportConfig:
 
 def main(argv: list[str]) -> int:
     """`masklam report RUN_DIR`."""
-    cfg = tyro.cli(ReportConfig, args=argv)
+    cfg = parse(ReportConfig, argv)
     path = render_report(cfg.run_dir)
     print(f"wrote {path}")
     return 0

@@ -4,7 +4,9 @@
     masklam expert eval --task cheetah-run --episodes 10
 
 Training writes `runs/experts/<task>/` (SB3 checkpoint + replay buffer for resume, the best actor
-so far by periodic evaluation, `metrics.json`); `--ship` copies the best actor into the package.
+so far by periodic evaluation, `metrics.json`); `--ship` copies the best actor into the source tree's
+`src/masklam/experts/` (only from a source checkout), `--ship-to DIR` into DIR. Evaluation episodes
+are played by the one rollout loop (masklam.envs.rollout), reset from the `eval` seed stream.
 """
 from __future__ import annotations
 
@@ -13,70 +15,105 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
+from masklam.envs.rollout import EnvSpec, rollout
+from masklam.envs.suite import parse_task
+from masklam.args import PROG, parse
 from masklam.errors import MasklamError
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
-from masklam.envs.suite import parse_task
 from masklam.experts.state_env import StateEnv
+
+SELECTION_EPISODES = 5
+"""episodes of each periodic evaluation during training (the best actor is kept)"""
+SELECTION_FIRST_EPISODE = 10_000
+"""periodic evaluations at update n play eval-stream episodes 10_000 + n ..: never the final evaluation's"""
+FINAL_EPISODES = 10
+"""episodes of the final evaluation recorded with the actor (`mean_return_10`)"""
 
 
 @dataclasses.dataclass
-class ExpertConfig:
-    """Train (or evaluate) a state-based expert."""
+class ExpertTrainConfig:
+    """Train a state-based expert: SAC on the proprioceptive state without distractors."""
 
-    mode: tyro.conf.Positional[Literal["train", "eval"]]
-    """train: SAC on the state without distractors; eval: mean return of an expert over episodes."""
     task: str = "cheetah-run"
     """dm_control suite task, domain-task."""
     steps: int = 150_000
-    """Environment steps (agent decisions) to train for."""
+    """environment steps (agent decisions) to train for; SAC makes one update per step after 5000."""
     action_repeat: int = 4
-    """Physics steps per action; the expert's datasets use the same value."""
+    """physics steps per action; the expert's datasets use the same value."""
     seed: int = 0
-    """Seeds SAC and the training environment."""
-    episodes: int = 10
-    """eval: episodes to average (seeds 1000..1000+episodes-1)."""
+    """seeds SAC and the training environment."""
     eval_every: int = 10_000
-    """train: evaluate the current actor every this many steps (5 episodes), keep the best."""
+    """evaluate the current actor every this many steps (5 episodes), keep the best."""
     out: Path = Path("runs/experts")
-    """train: run directory root; the run goes to OUT/TASK."""
+    """run directory root; the run goes to OUT/TASK."""
     ship: bool = False
-    """train: copy the best actor into the package (masklam/experts/TASK.safetensors)."""
-    path: Path | None = None
-    """eval: a .safetensors expert to evaluate instead of the shipped one."""
+    """copy the best actor into the source tree's src/masklam/experts/ (error unless installed from a checkout)."""
+    ship_to: Path | None = None
+    """copy the best actor to SHIP_TO/TASK.safetensors and .json instead."""
     batch_size: int = 256
-    """train: SAC minibatch size (one gradient step per environment step); 128 halves the CPU cost."""
+    """SAC minibatch size (one gradient step per environment step); 128 halves the CPU cost."""
     threads: int = 1
     """torch threads."""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         parse_task(self.task)  # unknown task -> one-line error
-        for name in ("steps", "action_repeat", "episodes", "eval_every", "batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise MasklamError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        _positive(self, ("steps", "action_repeat", "eval_every", "batch_size", "threads"))
 
 
-def evaluate_policy(policy, task: str, action_repeat: int, episodes: int, seed0: int = 1000) -> np.ndarray:
-    """Returns of `policy` (state -> action) over `episodes` seeded episodes, shape (episodes,)."""
-    env = StateEnv(task, action_repeat)
-    returns = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed0 + ep)
-        done, ret = False, 0.0
-        while not done:
-            obs, r, term, trunc, _ = env.step(policy(obs))
-            ret, done = ret + r, term or trunc
-        returns.append(ret)
-    return np.asarray(returns)
+@dataclasses.dataclass
+class ExpertEvalConfig:
+    """Evaluate a state-based expert: its mean return over seeded episodes."""
+
+    task: str = "cheetah-run"
+    """dm_control suite task, domain-task."""
+    episodes: int = FINAL_EPISODES
+    """episodes to average (episodes 0.. of the `eval` seed stream)."""
+    seed: int = 0
+    """evaluation seed."""
+    path: Path | None = None
+    """a .safetensors expert to evaluate instead of the shipped one."""
+    threads: int = 1
+    """torch threads."""
+
+    def __post_init__(self) -> None:
+        parse_task(self.task)
+        _positive(self, ("episodes", "threads"))
 
 
-def actor_weights(model) -> dict[str, torch.Tensor]:
+def _positive(cfg: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise MasklamError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+
+
+class _StatePolicy:
+    """A state -> action callable as a rollout policy (frame stack 1: the newest state)."""
+
+    frame_stack = 1
+
+    def __init__(self, policy: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.policy = policy
+
+    def select_action(self, obs: np.ndarray) -> np.ndarray:
+        """(B, 1, S) states -> (B, A) actions."""
+        return np.asarray(self.policy(obs[:, -1]), np.float32).reshape(len(obs), -1)
+
+
+def evaluate_policy(policy: Callable[[np.ndarray], np.ndarray], task: str, action_repeat: int, episodes: int,
+                    seed: int = 0, first_episode: int = 0) -> np.ndarray:
+    """Returns of `policy` (state -> action) over `episodes` episodes of the `eval` seed stream, (episodes,)."""
+    spec = EnvSpec(task, {"action_repeat": action_repeat}, "masklam.experts.state_env:StateEnv")
+    return rollout(_StatePolicy(policy), spec, episodes, seed, workers=0, first_episode=first_episode,
+                   progress=False).returns
+
+
+def actor_weights(model: Any) -> dict[str, torch.Tensor]:
     """The deterministic part of an SB3 SAC actor as plain tensors (hidden.i.*, mu.*)."""
     linears = [m for m in model.policy.actor.latent_pi if isinstance(m, torch.nn.Linear)]
     w = {}
@@ -86,54 +123,80 @@ def actor_weights(model) -> dict[str, torch.Tensor]:
     return w
 
 
-def train(cfg: ExpertConfig) -> dict:
-    """Train SAC, resuming from OUT/TASK/sac.zip when present; returns the metrics written."""
-    from stable_baselines3 import SAC
+def ship_dir(cfg: ExpertTrainConfig) -> Path | None:
+    """Where `--ship` / `--ship-to` copy the best actor: SHIP_TO, the source tree's experts/, or None."""
+    if cfg.ship_to is not None:
+        return cfg.ship_to
+    if not cfg.ship:
+        return None
+    if SHIPPED_DIR.parent.parent.name != "src" or not (SHIPPED_DIR.parents[2] / "pyproject.toml").is_file():
+        raise MasklamError(f"--ship writes into a source checkout's src/masklam/experts, but masklam runs from "
+                           f"{SHIPPED_DIR}; use --ship-to DIR")
+    return SHIPPED_DIR
+
+
+class _Run:
+    """The files of a training run in OUT/TASK: SAC checkpoint, replay buffer, metrics, best actor."""
+
+    def __init__(self, cfg: ExpertTrainConfig) -> None:
+        self.cfg, self.dir = cfg, cfg.out / cfg.task
+        self.ckpt, self.buffer, self.metrics_path = self.dir / "sac.zip", self.dir / "replay.pkl", self.dir / "metrics.json"
+        resumed = self.metrics_path.exists() and self.ckpt.exists()
+        self.metrics = json.loads(self.metrics_path.read_text()) if resumed else {"evals": [], "best_return": -1e9}
+
+    def model(self, env: StateEnv) -> Any:
+        """SAC resumed from the checkpoint, or a fresh one."""
+        from stable_baselines3 import SAC
+
+        cfg = self.cfg
+        if self.ckpt.exists():
+            model = SAC.load(self.ckpt, env=env, device="cpu", batch_size=cfg.batch_size)
+            if self.buffer.exists():
+                model.load_replay_buffer(self.buffer)
+            print(f"resuming {cfg.task} from step {model.num_timesteps}")
+            return model
+        # The buffer holds the whole run (never more than 1M), so resume files stay as small as the data.
+        return SAC("MlpPolicy", env, seed=cfg.seed, device="cpu", learning_starts=5000, verbose=0,
+                   batch_size=cfg.batch_size, buffer_size=min(cfg.steps, 1_000_000),
+                   policy_kwargs={"net_arch": [256, 256]})
+
+    def save(self, model: Any) -> None:
+        """Checkpoint, replay buffer and metrics (to resume)."""
+        model.save(self.ckpt)
+        model.save_replay_buffer(self.buffer)
+        self.metrics_path.write_text(json.dumps(self.metrics, indent=2) + "\n")
+
+    def select(self, model: Any, n: int) -> float:
+        """Evaluate the current actor at step n; keep it as best.safetensors when it beats the best so far."""
+        cfg, w = self.cfg, actor_weights(model)
+        pol = ExpertPolicy(w, {"task": cfg.task, "action_repeat": cfg.action_repeat})
+        rets = evaluate_policy(pol, cfg.task, cfg.action_repeat, SELECTION_EPISODES, cfg.seed,
+                               SELECTION_FIRST_EPISODE + n)
+        self.metrics["evals"].append({"step": n, "mean": float(rets.mean()), "std": float(rets.std())})
+        if rets.mean() > self.metrics["best_return"]:
+            self.metrics["best_return"], self.metrics["best_step"] = float(rets.mean()), n
+            save_expert(self.dir / "best", w, {"task": cfg.task, "action_repeat": cfg.action_repeat,
+                                               "algorithm": "SAC (stable-baselines3)", "step": n})
+        return float(rets.mean())
+
+
+def _learn(run: _Run, model: Any) -> None:
+    """SAC until cfg.steps, evaluating every eval_every steps; saves on interrupt."""
     from stable_baselines3.common.callbacks import BaseCallback
 
-    torch.set_num_threads(cfg.threads)
-    run = cfg.out / cfg.task
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
-    env = StateEnv(cfg.task, cfg.action_repeat)
-    env.reset(seed=cfg.seed)
-    ckpt, buffer = run / "sac.zip", run / "replay.pkl"
-    metrics_path = run / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() and ckpt.exists() else {"evals": [], "best_return": -1e9}
-    if ckpt.exists():
-        model = SAC.load(ckpt, env=env, device="cpu", batch_size=cfg.batch_size)
-        if buffer.exists():
-            model.load_replay_buffer(buffer)
-        print(f"resuming {cfg.task} from step {model.num_timesteps}")
-    else:
-        # The buffer holds the whole run (never more than 1M), so resume files stay as small as the data.
-        model = SAC("MlpPolicy", env, seed=cfg.seed, device="cpu", learning_starts=5000, verbose=0,
-                    batch_size=cfg.batch_size, buffer_size=min(cfg.steps, 1_000_000),
-                    policy_kwargs={"net_arch": [256, 256]})
-
-    def save_state():
-        model.save(ckpt)
-        model.save_replay_buffer(buffer)
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    cfg = run.cfg
 
     class Progress(BaseCallback):
-        def _on_training_start(self):
+        def _on_training_start(self) -> None:
             self.bar = tqdm(total=cfg.steps, initial=self.model.num_timesteps, desc=f"expert {cfg.task}", unit="step")
 
         def _on_step(self) -> bool:
             self.bar.update(1)
             n = self.model.num_timesteps
             if n % cfg.eval_every == 0:
-                w = actor_weights(self.model)
-                pol = ExpertPolicy(w, {"task": cfg.task, "action_repeat": cfg.action_repeat})
-                rets = evaluate_policy(pol, cfg.task, cfg.action_repeat, 5, seed0=10_000 + n)
-                metrics["evals"].append({"step": n, "mean": float(rets.mean()), "std": float(rets.std())})
-                self.bar.set_postfix(ret=f"{rets.mean():.0f}", best=f"{max(metrics['best_return'], rets.mean()):.0f}")
-                if rets.mean() > metrics["best_return"]:
-                    metrics["best_return"], metrics["best_step"] = float(rets.mean()), n
-                    save_expert(run / "best", w, {"task": cfg.task, "action_repeat": cfg.action_repeat,
-                                                  "algorithm": "SAC (stable-baselines3)", "step": n})
-                save_state()
+                ret = run.select(self.model, n)
+                self.bar.set_postfix(ret=f"{ret:.0f}", best=f"{run.metrics['best_return']:.0f}")
+                run.save(self.model)
             return True
 
     remaining = cfg.steps - model.num_timesteps
@@ -141,33 +204,70 @@ def train(cfg: ExpertConfig) -> dict:
         try:
             model.learn(remaining, callback=Progress(), reset_num_timesteps=False)
         except KeyboardInterrupt:
-            save_state()
+            run.save(model)
             raise
-    save_state()
-    best = load(cfg.task, run / "best.safetensors")
-    rets = evaluate_policy(best, cfg.task, cfg.action_repeat, 10)
-    metrics.update(final_mean_return=float(rets.mean()), final_std_return=float(rets.std()), steps=cfg.steps)
+    run.save(model)
+
+
+def _finish(run: _Run) -> None:
+    """Evaluate the best actor over FINAL_EPISODES episodes and record the result beside it."""
+    cfg = run.cfg
+    best = load(cfg.task, run.dir / "best.safetensors")
+    rets = evaluate_policy(best, cfg.task, cfg.action_repeat, FINAL_EPISODES)
+    run.metrics.update(final_mean_return=float(rets.mean()), final_std_return=float(rets.std()), steps=cfg.steps)
     best.meta.update(mean_return_10=float(rets.mean()), std_return_10=float(rets.std()), train_steps=cfg.steps,
-                     eval_command=f"masklam expert eval --task {cfg.task} --episodes 10")
-    (run / "best.json").write_text(json.dumps(best.meta, indent=2) + "\n")
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"{cfg.task}: best actor (step {metrics.get('best_step')}) returns {rets.mean():.1f} ± {rets.std():.1f} over 10 episodes")
-    if cfg.ship:
+                     eval_command=f"masklam expert eval --task {cfg.task} --episodes {FINAL_EPISODES}")
+    (run.dir / "best.json").write_text(json.dumps(best.meta, indent=2) + "\n")
+    run.metrics_path.write_text(json.dumps(run.metrics, indent=2) + "\n")
+    print(f"{cfg.task}: best actor (step {run.metrics.get('best_step')}) returns {rets.mean():.1f} ± {rets.std():.1f} "
+          f"over {FINAL_EPISODES} episodes")
+
+
+def train(cfg: ExpertTrainConfig) -> dict:
+    """Train SAC, resuming from OUT/TASK/sac.zip when present; returns the metrics written."""
+    ship_to = ship_dir(cfg)  # a bad --ship fails before training, not after
+    torch.set_num_threads(cfg.threads)
+    run = _Run(cfg)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    (run.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+    env = StateEnv(cfg.task, cfg.action_repeat)
+    env.reset(seed=cfg.seed)
+    _learn(run, run.model(env))
+    _finish(run)
+    if ship_to is not None:
+        ship_to.mkdir(parents=True, exist_ok=True)
         for suffix in (".safetensors", ".json"):
-            shutil.copy(run / f"best{suffix}", SHIPPED_DIR / f"{cfg.task}{suffix}")
-        print(f"shipped to {SHIPPED_DIR / cfg.task}.safetensors")
-    return metrics
+            shutil.copy(run.dir / f"best{suffix}", ship_to / f"{cfg.task}{suffix}")
+        print(f"shipped to {ship_to / cfg.task}.safetensors")
+    return run.metrics
 
 
-def main(argv: list[str]) -> int:
-    cfg = tyro.cli(ExpertConfig, args=argv)
-    if cfg.mode == "train":
-        train(cfg)
-        return 0
+def evaluate(cfg: ExpertEvalConfig) -> np.ndarray:
+    """Mean return of the shipped (or given) expert; prints it; returns the per-episode returns."""
     torch.set_num_threads(cfg.threads)
     policy = load(cfg.task, cfg.path)
     t0 = time.time()
-    rets = evaluate_policy(policy, cfg.task, policy.action_repeat, cfg.episodes)
+    rets = evaluate_policy(policy, cfg.task, policy.action_repeat, cfg.episodes, cfg.seed)
     print(f"{cfg.task} (action repeat {policy.action_repeat}): return {rets.mean():.1f} ± {rets.std():.1f} "
           f"over {cfg.episodes} episodes [{', '.join(f'{r:.0f}' for r in rets)}] in {time.time() - t0:.0f}s")
+    return rets
+
+
+def main(argv: list[str]) -> int:
+    """`masklam expert train ...` or `masklam expert eval ...`."""
+    if not argv or argv[0] not in ("train", "eval"):
+        if argv and argv[0] in ("-h", "--help"):
+            print("usage: masklam expert {train,eval} [OPTIONS]\n\n  train  SAC on the state, no distractors "
+                  "(masklam expert train --help)\n  eval   an expert's mean return (masklam expert eval --help)")
+            raise SystemExit(0)  # as every command's --help
+        raise MasklamError("usage: masklam expert {train,eval} [OPTIONS]")
+    token = PROG.set(f"{PROG.get()} {argv[0]}")  # usage lines read `masklam expert train ...`
+    try:
+        cfg = parse(ExpertTrainConfig if argv[0] == "train" else ExpertEvalConfig, argv[1:])
+    finally:
+        PROG.reset(token)
+    if isinstance(cfg, ExpertTrainConfig):
+        train(cfg)
+    else:
+        evaluate(cfg)
     return 0

@@ -1,0 +1,117 @@
+"""The action decoder latent -> action and what it reads from a frozen latent policy.
+
+As in LAOM appendix E: the decoder is an MLP (2 layers with 256 hidden units, ReLU; `layers=3` is the
+MaskLAM paper's head) from what the frozen latent policy computes for o_t to the true a_t.
+`input` names what it reads (`policy_features`): the predicted latent (the papers'), the policy's last
+hidden layer (its representation of o_t), or both (a decoder that also knows the state, so a latent
+that is ambiguous on its own can still decode to the right action). Saved with the `Pretrained`
+contract: config.json is the dims dict (latent_dim, action_dim, hidden, layers, input).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from masklam.downstream.policy import ImagePolicy
+from masklam.errors import MasklamError
+from masklam.models.encoder import frames_to_tensor
+from masklam.models.pretrained import Pretrained
+
+DecoderInput = Literal["latent", "hidden", "latent+hidden"]
+DECODER_INPUTS = ("latent", "hidden", "latent+hidden")
+
+
+class ActionDecoder(Pretrained, nn.Module):
+    """(B, in_dim) -> (B, action_dim): `layers` linear layers with ReLU between (2: LAOM's, 3: MaskLAM's).
+
+    `input` names what the decoder reads from the frozen policy (see `policy_features`)."""
+
+    kind = "decoder"
+    config_key = None
+
+    def __init__(self, latent_dim: int, action_dim: int, hidden: int = 256, layers: int = 2,
+                 input: str = "latent") -> None:
+        super().__init__()
+        if layers < 2:
+            raise MasklamError(f"decoder layers must be >= 2, got {layers}")
+        if input not in DECODER_INPUTS:
+            raise MasklamError(f"decoder input must be latent, hidden or latent+hidden, got {input!r}")
+        self.dims = {"latent_dim": latent_dim, "action_dim": action_dim, "hidden": hidden, "layers": layers,
+                     "input": input}
+        sizes = [latent_dim] + [hidden] * (layers - 1)
+        mods: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            mods += [nn.Linear(a, b), nn.ReLU()]
+        self.net = nn.Sequential(*mods, nn.Linear(sizes[-1], action_dim))
+
+    def pretrained_config(self) -> dict[str, Any]:
+        """config.json: the dims dict."""
+        return dict(self.dims)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ActionDecoder":
+        """A fresh decoder for a dims dict (a bad value is a one-line MasklamError)."""
+        return cls(**config)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) -> (B, action_dim), unclipped."""
+        return self.net(z)
+
+
+@torch.no_grad()
+def policy_features(policy: ImagePolicy, obs: np.ndarray | torch.Tensor, input: str = "latent") -> torch.Tensor:
+    """What a decoder reads from the frozen policy for (B, F, H, W, 3) frames: its predicted latent (B, D), its
+    last hidden layer (B, hidden), or both concatenated."""
+    h = policy.head[:-1](policy.encoder.flat(frames_to_tensor(obs, policy.device)))  # (B, hidden), after ReLU
+    z = policy.head[-1](h)  # (B, D)
+    parts = {"latent": [z], "hidden": [h], "latent+hidden": [z, h]}[input]
+    return torch.cat(parts, dim=1).float()
+
+
+def feature_dim(policy: ImagePolicy, input: str) -> int:
+    """Width of `policy_features(policy, ., input)`."""
+    return {"latent": policy.cfg.out_dim, "hidden": policy.cfg.hidden,
+            "latent+hidden": policy.cfg.out_dim + policy.cfg.hidden}[input]
+
+
+def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 2500, batch_size: int = 512,
+                lr: float = 3e-4, hidden: int = 256, seed: int = 0, progress: bool = False, layers: int = 2,
+                input: str = "latent") -> tuple[ActionDecoder, float]:
+    """Fit an ActionDecoder on (N, D) latents -> (N, A) actions with Adam; returns it and its last batch MSE."""
+    if latents.ndim != 2 or actions.ndim != 2 or len(latents) != len(actions) or len(latents) == 0:
+        raise MasklamError(f"decoder data must be (N, D) and (N, A) with N > 0, got {tuple(latents.shape)} "
+                           f"and {tuple(actions.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # initial weights from seed, global generator untouched
+        torch.manual_seed(seed)
+        decoder = ActionDecoder(latents.shape[1], actions.shape[1], hidden, layers, input).to(latents.device)
+    opt = torch.optim.Adam(decoder.parameters(), lr=lr)
+    loss = torch.zeros(())
+    for _ in tqdm(range(updates), desc="decoder", unit="update", disable=not progress):
+        idx = torch.randint(0, len(latents), (min(batch_size, len(latents)),), generator=gen).to(latents.device)
+        loss = nn.functional.mse_loss(decoder(latents[idx]), actions[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return decoder.eval(), float(loss.item())
+
+
+@torch.no_grad()
+def policy_latents(policy: ImagePolicy, data: Any, traj_ids: np.ndarray, batch_size: int = 512,
+                   input: str = "latent") -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen policy's features (`policy_features`: (N, D) predicted latents by default) and the true actions
+    (N, A) of every transition of traj_ids."""
+    from masklam.data import WindowSampler
+
+    sampler = WindowSampler(data, traj_ids, frame_stack=policy.frame_stack, max_offset=1)
+    zs, acts = [], []
+    for b in sampler.all_windows(batch_size, k=1):
+        zs.append(policy_features(policy, b["obs_t"], input).cpu())
+        acts.append(torch.from_numpy(np.asarray(b["action_t"], np.float32)))
+    if not zs:
+        raise MasklamError("no labeled transitions to train the decoder on")
+    return torch.cat(zs), torch.cat(acts)

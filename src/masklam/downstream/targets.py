@@ -1,0 +1,127 @@
+"""What behaviour cloning regresses: target factories batch -> (B, D) tensor, computed on the fly.
+
+- `latent_target`: the frozen LAM's k = 1 latent for (o_t, o_{t+1}) (latent BC; standardised per
+  dimension with `latent_stats` + `standardized`);
+- `action_target`: the true action a_t (BC on labels, full-data BC, IDM training);
+- `idm_target`: the action an IDM (an `ImagePolicy` with pair_input) infers for (o_t, o_{t+1}).
+Targets come from the batch, so no relabelled copy of the data exists. Also here: the env kwargs a
+policy records for evaluation (`env_meta_of`) and what a LAM needs as input (`lam_mask_key`,
+`lam_frame_stack`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from masklam.downstream.policy import ImagePolicy
+from masklam.errors import MasklamError
+
+Batch = dict[str, np.ndarray]
+TargetFn = Callable[[Batch], torch.Tensor]
+"""batch of windows (obs_t, obs_t1, action_t, [mask_t, mask_t1]) -> (B, D) float32 target"""
+
+
+def env_meta_of(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Env kwargs that reproduce a dataset's environment (from its HDF5 attrs) for evaluation."""
+    env: dict[str, Any] = {"task": f"{meta.get('domain_name')}-{meta.get('task_name')}"}
+    for key in ("distractors", "action_repeat", "shadows", "reflections", "multisample"):
+        if key in meta:
+            env[key] = meta[key]
+    if "img_hw" in meta:
+        hw = meta["img_hw"]
+        env["img_size"] = int(hw[0] if isinstance(hw, (list, tuple, np.ndarray)) else hw)
+    env.update(overrides)
+    return env
+
+
+def lam_mask_key(lam_dir: str | Path | None) -> str | None:
+    """The dataset key of the agent masks a LAM reads as input (None when it takes none): labelling with a
+    mask-channel LAM needs the same masks it was trained with."""
+    if lam_dir is None:
+        return None
+    try:
+        cfg = json.loads((Path(lam_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MasklamError(f"cannot read {Path(lam_dir) / 'config.json'}: {e}") from None
+    return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
+
+
+def lam_frame_stack(lam: nn.Module) -> int:
+    """The frame stack a LAM was trained with (its attribute or its cfg's; 1 if it records none)."""
+    for obj in (lam, getattr(lam, "cfg", None)):
+        fs = getattr(obj, "frame_stack", None) if obj is not None else None
+        if isinstance(fs, int):
+            return fs
+    return 1
+
+
+def latent_target(lam_dir: str | Path, device: torch.device | str) -> tuple[TargetFn, int, int]:
+    """(the frozen LAM's k = 1 latent for a batch, latent dim, frames the LAM reads)."""
+    from masklam.models import load_lam
+
+    lam = load_lam(lam_dir).to(device).eval()
+    for p in lam.parameters():
+        p.requires_grad_(False)
+    f = lam_frame_stack(lam)
+
+    @torch.no_grad()
+    def latent(b: Batch) -> torch.Tensor:  # with the masks if the LAM takes them
+        return lam.label({k: b[k][:, -f:] for k in ("obs_t", "obs_t1", "mask_t", "mask_t1") if k in b}).float()
+
+    return latent, lam.latent_dim, f
+
+
+def idm_target(idm_dir: str | Path, device: torch.device | str) -> tuple[TargetFn, int, int]:
+    """(an IDM's relabel clipped to [-1, 1] for a batch, action dim, frames the IDM reads)."""
+    idm = ImagePolicy.from_pretrained(idm_dir, device)
+    if not idm.cfg.pair_input:
+        raise MasklamError(f"{idm_dir} is not an inverse dynamics model (trained without --pair-input)")
+    f = idm.frame_stack
+
+    @torch.no_grad()
+    def relabel(b: Batch) -> torch.Tensor:
+        return idm.predict(b["obs_t"][:, -f:], b["obs_t1"][:, -f:]).clamp(-1, 1).float()  # (B, A)
+
+    return relabel, idm.cfg.out_dim, f
+
+
+def action_target(device: torch.device | str) -> tuple[TargetFn, int, int]:
+    """(the true action a_t of a batch, -1: the dataset's action dim, 1 frame)."""
+    def action(b: Batch) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(b["action_t"], np.float32)).to(device)  # (B, A)
+
+    return action, -1, 1
+
+
+def make_target_fn(target: str, device: torch.device | str, lam: str | Path | None = None,
+                   idm: str | Path | None = None) -> tuple[TargetFn, int, int]:
+    """(batch -> (B, D) target on `device`, D (-1: the action dim), frames the target needs) for `target`."""
+    if target == "latent":
+        if lam is None:
+            raise MasklamError("target latent needs --lam DIR")
+        return latent_target(lam, device)
+    if target == "idm":
+        if idm is None:
+            raise MasklamError("target idm needs --idm DIR")
+        return idm_target(idm, device)
+    if target == "action":
+        return action_target(device)
+    raise MasklamError(f"unknown target {target!r}; one of latent, action, idm")
+
+
+@torch.no_grad()
+def latent_stats(target_fn: TargetFn, sampler: Any, rng: np.random.Generator,
+                 windows: int = 2048, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std (floored at 1e-6) of the target over `windows` random training windows."""
+    z = torch.cat([target_fn(sampler.sample(batch_size, rng)) for _ in range(max(1, windows // batch_size))])  # (N, D)
+    return z.mean(0), z.std(0).clamp_min(1e-6)
+
+
+def standardized(target_fn: TargetFn, mean: torch.Tensor, std: torch.Tensor) -> TargetFn:
+    """The target in standard units: (target - mean) / std per dimension."""
+    return lambda b: (target_fn(b) - mean) / std
