@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from masklam.downstream.bc import ImagePolicy, PolicyConfig
+from masklam.downstream.policy import ImagePolicy, PolicyConfig
 from masklam.downstream.evaluate import EnvSpec, evaluate
 
 

@@ -18,9 +18,14 @@ import numpy as np
 import torch
 
 from masklam.data import WindowSampler, load_dataset, split_trajectories
-from masklam.downstream.bc import BCConfig, ImagePolicy, env_meta_of, train_bc
-from masklam.downstream.decode import ActionDecoder, DecodeConfig, LatentAgent, train_decoder
-from masklam.downstream.evaluate import env_spec, episode_seed
+from masklam.downstream.agent import LatentAgent
+from masklam.downstream.bc import BCConfig, train_bc
+from masklam.downstream.decode import DecodeConfig, train_decoder
+from masklam.downstream.decoder import ActionDecoder
+from masklam.downstream.evaluate import env_spec
+from masklam.downstream.policy import ImagePolicy
+from masklam.downstream.targets import env_meta_of
+from masklam.seeding import stream_seed
 
 
 def open_loop(agent: LatentAgent | ImagePolicy, data, ids: np.ndarray) -> dict[str, float]:
@@ -47,7 +52,7 @@ def online(agent: LatentAgent | ImagePolicy, meta: dict, episodes: int) -> dict[
     rets, stds, first = [], [], []
     try:
         for i in range(episodes):
-            obs, _ = env.reset(seed=episode_seed(0, i))
+            obs, _ = env.reset(seed=stream_seed("eval", 0, i))
             stack = np.repeat(obs[None], agent.frame_stack, axis=0)
             done, ret, actions = False, 0.0, []
             while not done:
@@ -84,7 +89,7 @@ def main() -> int:
     for steps in args.bc_steps:  # the normaliser: BC on true actions, same updates
         pol = args.out / f"bcfull-{steps}"
         if not (pol / "model.safetensors").is_file():
-            train_bc(BCConfig(data=(args.data,), out=pol, target="action", steps=steps, batch_size=64, lr=3e-4,
+            train_bc(BCConfig(data=(args.data,), out=pol, target="action", updates=steps, batch_size=64, lr=3e-4,
                               frame_stack=3), progress=False)
         policy = ImagePolicy.from_pretrained(pol)
         row = {"policy frame stack": 3, "bc updates": steps, "decoder": "bc on true actions",
@@ -95,13 +100,13 @@ def main() -> int:
         for steps in args.bc_steps:
             pol = args.out / f"bc-fs{fs}-{steps}"
             if not (pol / "model.safetensors").is_file():
-                train_bc(BCConfig(data=(args.data,), out=pol, lam=args.lam, steps=steps, batch_size=64, lr=3e-4,
+                train_bc(BCConfig(data=(args.data,), out=pol, lam=args.lam, updates=steps, batch_size=64, lr=3e-4,
                                   frame_stack=fs), progress=False)
             for spec in args.decoders:
                 layers, inp = spec.split(":")
                 dec = args.out / f"dec-fs{fs}-{steps}-{layers}-{inp}"
                 if not (dec / "model.safetensors").is_file():
-                    train_decoder(DecodeConfig(policy=pol, data=(args.data,), out=dec, labels=args.labels, steps=300,
+                    train_decoder(DecodeConfig(policy=pol, data=(args.data,), out=dec, labels=args.labels, updates=300,
                                                batch_size=256, layers=int(layers), input=inp), progress=False)
                 agent = LatentAgent(ImagePolicy.from_pretrained(pol), ActionDecoder.from_pretrained(dec))
                 row = {"policy frame stack": fs, "bc updates": steps, "decoder": spec,

@@ -23,7 +23,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "masklam"
 RANKS: dict[str, int] = {
-    "": 0, "errors": 0, "seeding": 0, "devices": 0, "metrics": 0, "files": 0,
+    "": 0, "errors": 0, "seeding": 0, "devices": 0, "metrics": 0, "files": 0, "args": 0,
     "envs": 1, "models": 1,
     "experts": 2,
     "data": 3,

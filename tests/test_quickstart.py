@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from masklam.downstream.experiment import RESULT_COLUMNS
+from masklam.downstream.results import RESULT_COLUMNS
 from masklam.quickstart import QuickstartConfig, format_table, gap_closed, run, summarize
 
 
@@ -75,7 +75,7 @@ CPU_PRETRAIN = dict(
 
 def resolved_pretrain_config(method: str, tmp_path, monkeypatch) -> dict:
     """The PretrainConfig the cpu quickstart's pretrain stage of `method` builds (nothing is trained)."""
-    import masklam.downstream.experiment as ex
+    import masklam.downstream.stages as ex
     import masklam.train.pretrain as tp
     from masklam.quickstart import experiment_config
 

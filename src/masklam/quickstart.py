@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from masklam.downstream.evaluate import standard_error
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.train.config import RECIPES as PRETRAIN_RECIPES
@@ -157,11 +156,13 @@ def experiment_config(cfg: QuickstartConfig):
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per method: probe NMSE, raw / normalised / expert-fraction return per split, each a mean over seeds
-    (and label budgets) with its standard error, and the recipe.
+    (and label budgets) with its standard error (masklam.downstream.results.over_seeds), and the recipe.
 
-    Standard errors: over seeds (of each seed's mean) when there are 2 or more, else pooled from the
-    episodes' standard errors (`return_sem` of each row)."""
-    per: dict[str, dict[str, dict[int, list[float]]]] = {}
+    Standard errors: over seeds when there are 2 or more, else pooled from the episodes' standard errors
+    (`return_sem` of each row), and carried to the scaled returns by the return's relative error."""
+    from masklam.downstream.results import over_seeds
+
+    per: dict[str, dict[str, list[tuple[int, float]]]] = {}
     sems: dict[str, dict[str, list[float]]] = {}
     recipes: dict[str, str] = {}
     for r in rows:
@@ -169,22 +170,22 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         recipes.setdefault(m, str(r.get("recipe", "-")))
         vals = per.setdefault(m, {})
         if r["probe_nmse"] not in (None, "") and split == "id":
-            vals.setdefault("probe_nmse", {}).setdefault(seed, []).append(float(r["probe_nmse"]))
+            vals.setdefault("probe_nmse", []).append((seed, float(r["probe_nmse"])))
         for key, col in ((f"return_{split}", "return"), (f"normalized_{split}", "normalized_return"),
                          (f"expert_{split}", "expert_fraction"), (f"success_{split}", "success")):
             if r.get(col) not in (None, ""):
-                vals.setdefault(key, {}).setdefault(seed, []).append(float(r[col]))
+                vals.setdefault(key, []).append((seed, float(r[col])))
         if r.get("return_sem") not in (None, ""):
             sems.setdefault(m, {}).setdefault(split, []).append(float(r["return_sem"]))
     summary: dict[str, dict[str, Any]] = {}
     for m, vals in per.items():
         s: dict[str, Any] = {"recipe": recipes[m]}
-        for key, by_seed in vals.items():
-            means = np.array([np.mean(v) for v in by_seed.values()])
-            s[key] = float(means.mean())
-            s[f"{key}_seeds"] = means.tolist()
-            if len(means) > 1:
-                s[f"{key}_sem"] = standard_error(means)
+        for key, pairs in vals.items():
+            stats = over_seeds(pairs)
+            s[key] = stats.mean
+            s[f"{key}_seeds"] = list(stats.per_seed.values())
+            if stats.n > 1:
+                s[f"{key}_sem"] = stats.sem
             elif key.startswith("return_"):
                 e = np.asarray(sems.get(m, {}).get(key.removeprefix("return_"), []))
                 s[f"{key}_sem"] = float(np.sqrt(np.square(e).sum()) / len(e)) if len(e) else math.nan
