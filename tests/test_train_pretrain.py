@@ -123,6 +123,19 @@ def test_resume_matches_uninterrupted_run(tiny_h5, tmp_path):
     assert again["probe_nmse"] == json.loads((tmp_path / "b" / "metrics.json").read_text())["probe_nmse"]
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tiny_h5, tmp_path):
+    """Killed after config.json was written, before any checkpoint: no "model" entry yet, no train_state.pt."""
+    cfg = small_cfg("lapo", tiny_h5, tmp_path, updates=4, ckpt_every=2)
+    pretrain(cfg, until=2)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("model")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "train_state.pt").unlink()
+    result = pretrain(cfg)
+    assert result["complete"] is not False and "probe_nmse" in json.loads((tmp_path / "metrics.json").read_text())
+    assert "model" in json.loads((tmp_path / "config.json").read_text())
+
+
 def test_resume_refuses_a_different_config(tiny_h5, tmp_path):
     pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2), until=1)
     with pytest.raises(MasklamError, match="lr"):

@@ -238,7 +238,8 @@ def _already_complete(run: Run) -> bool:
 def _write_config(run: Run) -> None:
     """config.json before training (rank 0), keeping the "model" entry a checkpoint already wrote."""
     path = run.out / "config.json"
-    write_json(path, {**run.config, "model": read_json(path)["model"]} if path.is_file() else run.config)
+    model = read_json(path).get("model") if path.is_file() else None  # none before the first checkpoint
+    write_json(path, {**run.config, "model": model} if model is not None else run.config)
 
 
 def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator, step: int,
