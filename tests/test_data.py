@@ -272,6 +272,8 @@ def test_info_summarises_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "trajectories  2" in out and "4.0 +- 1.0" in out and "masks         masks" in out
     write_laom(tmp_path / "laom.h5", [6])
     assert "none (methods that need masks" in format_summary(summarize(tmp_path / "laom.h5"))
+    with pytest.raises(MasklamError, match="give one or more dataset files"):
+        info_main([])
 
 
 @pytest.mark.parametrize("key, value", [("actions", np.nan), ("states", np.inf), ("actions", -np.inf),

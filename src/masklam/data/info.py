@@ -10,6 +10,7 @@ import tyro
 
 from masklam.args import parse
 from masklam.data.hdf5 import MASK_KEYS, read_layout
+from masklam.errors import MasklamError
 
 
 @dataclass
@@ -73,6 +74,8 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     cfg = parse(InfoConfig, argv)
+    if not cfg.files:
+        raise MasklamError("give one or more dataset files: masklam info FILE...")
     for i, path in enumerate(cfg.files):
         if i:
             print()
