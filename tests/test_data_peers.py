@@ -86,6 +86,11 @@ def test_masklam_parquet_file_yields_episodes_frames_actions_and_either_mask(tmp
     assert data.masks is None and data.num_frames == 4 and np.array_equal(data.obs, eps[2]["observation_distracted"])
     with pytest.raises(MasklamError, match="has no 'masks_student'"):
         data.require_masks()
+    from masklam.data.info import summarize
+
+    info = summarize(path)  # `masklam info tiny.parquet`
+    assert (info["trajectories"], info["steps"], info["img_hw"], info["masks"]) == (3, 12, (H, H), ["masks", "sam2_masks"])
+    assert info["bytes"] == path.stat().st_size and info["attrs"]["format"] == "masklam-parquet"
 
 
 def test_shards_of_a_directory_form_one_table_and_nested_list_images_read_too(tmp_path: Path) -> None:

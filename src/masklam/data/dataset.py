@@ -123,8 +123,10 @@ def _check_shards_agree(layouts: list[FileLayout]) -> None:
                 raise MasklamError(f"{lay.path} has {key} {lay.attrs[key]!r}, {first.path} has {first.attrs[key]!r}")
 
 
-def _layout(path: Path, observations: str | None) -> FileLayout:
-    """The layout of one data source: our HDF5 (LAOM's files included), or MaskLAM's parquet data (by content)."""
+def data_layout(path: str | os.PathLike, observations: str | None = None) -> FileLayout:
+    """The checked layout of one data source: our HDF5 (LAOM's files included), or MaskLAM's parquet data (a file
+    or a directory of shards), told apart by content."""
+    path = Path(path)
     if is_parquet(path):
         return parquet_layout(path, observations or "distracted")
     if observations == "clean":
@@ -153,7 +155,7 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     """
     if mask_key is not None and mask_key not in MASK_KEYS:
         raise MasklamError(f"unknown mask_key {mask_key!r}; one of {', '.join(MASK_KEYS)} or None")
-    layouts = [_layout(p, observations) for p in _expand(paths)]
+    layouts = [data_layout(p, observations) for p in _expand(paths)]
     _check_shards_agree(layouts)
     catalogue = [(li, name, int(length)) for li, lay in enumerate(layouts) for name, length in zip(lay.names, lay.lengths)]
     returns_all = np.concatenate([lay.returns for lay in layouts])

@@ -219,9 +219,10 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
 
 
 def _num_train_trajectories(paths: list[str], heldout: float) -> int:
-    from masklam.data import read_layout, split_trajectories
+    from masklam.data import split_trajectories
+    from masklam.data.dataset import data_layout
 
-    n = sum(read_layout(p).num_trajectories for p in paths)
+    n = sum(data_layout(p).num_trajectories for p in paths)
     return len(split_trajectories(n, heldout)[0])
 
 
