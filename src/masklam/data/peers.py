@@ -39,7 +39,7 @@ OBS_COLUMNS = {"distracted": "observation_distracted", "clean": "observation"}
 SAM_COLUMNS = {"distracted": "pred_mask_distracted", "clean": "pred_mask"}
 """SAM's masks of each kind of frame (MaskLAM's `pred_mask*` columns)"""
 VECTOR_COLUMNS = {"states": "state", "actions": "action"}
-INSTALL = "pip install 'masklam[papers]' (or: pip install pyarrow)"
+INSTALL = "pip install 'masklam[papers]' (in a checkout: bash install.sh --papers)"
 
 
 def is_parquet(path: str | os.PathLike) -> bool:
