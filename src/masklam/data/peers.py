@@ -145,7 +145,8 @@ def parquet_layout(path: str | os.PathLike, observations: str = "distracted") ->
     if "reward" in names:
         r = np.asarray(table.column("reward").to_numpy(zero_copy_only=False), np.float64)
         returns = np.add.reduceat(r, starts) if len(r) else returns
-    first = _images(path, _read_columns(path, shards[:1], [obs_col]).column(obs_col).slice(0, 1), obs_col, "0")
+    batches = (b for shard in shards for b in pq.ParquetFile(shard).iter_batches(batch_size=1, columns=[obs_col]))
+    first = _images(path, next(b for b in batches if b.num_rows).column(0).slice(0, 1), obs_col, "0")  # frame 0
     h, w = first.shape[1:3]
     attrs = {"format": "masklam-parquet", "observations": observations, "img_hw": int(h), "columns": sorted(names)}
     return ParquetLayout(path, attrs, [str(i) for i in range(len(starts))], lengths.astype(np.int64), returns,
