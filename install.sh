@@ -3,6 +3,7 @@
 #   bash install.sh               the library and its command `masklam`
 #   bash install.sh --dev         the same plus the test tools (and Meta-World, whose tests CI runs)
 #   bash install.sh --metaworld   the library plus Meta-World (the mw-* tasks); may be combined with --dev
+#   bash install.sh --papers      the library plus pyarrow, to read MaskLAM's published parquet data (in --dev too)
 set -euo pipefail
 cd "$(dirname "$0")"
 extras=()
@@ -10,7 +11,8 @@ for arg in "$@"; do
   case "$arg" in
     --dev) extras+=(dev) ;;
     --metaworld) extras+=(metaworld) ;;
-    *) echo "install.sh: unknown option $arg (use --dev and/or --metaworld)" >&2; exit 2 ;;
+    --papers) extras+=(papers) ;;
+    *) echo "install.sh: unknown option $arg (use --dev, --metaworld and/or --papers)" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3.11}

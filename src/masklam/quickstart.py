@@ -117,6 +117,10 @@ class QuickstartConfig:
     """how the LAMs learn: mask-target (ours, the measured winner at this scale: MaskLAM reconstructs
     M*o_{t+1}; frame stack 3, k = 1, Adam), paper (MaskLAM's authors' code: frame stack 3, k in 1..9, AdamW +
     cosine, mask input channel, per-batch mask normalisation), paper+mask-target (ours on the authors')."""
+    background_path: Path | None = None
+    """background videos from a DAVIS-2017 root (JPEGImages/480p/<video>/*.jpg, the papers' backgrounds) or any
+    folder of <video>/*.jpg folders, for the distracted data and both evaluation splits (ID: the folder's
+    training videos, OOD: its held-out ones); default: the procedural videos."""
     seeds: tuple[int, ...] = (0,)
     """training seeds (the data are collected once, with the preset's collection seed)."""
     out: Path = Path("runs/quickstart")
@@ -129,6 +133,8 @@ class QuickstartConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise MasklamError("--seeds needs at least one seed")
+        if self.background_path is not None:  # checked (a missing or empty folder) by the ExperimentConfig
+            self.background_path = Path(self.background_path)
 
 
 def experiment_config(cfg: QuickstartConfig):
@@ -144,11 +150,14 @@ def experiment_config(cfg: QuickstartConfig):
     if suite_of(cfg.task) == "metaworld":
         collect["multisample"] = False  # Meta-World's scene: ~2x faster to render (README, Distracting Meta-World)
         env.setdefault("max_episode_steps", MW_EVAL_STEPS)
+    clean = {**collect, "distractors": "none"}  # no background: the folder plays no part in the clean data
+    if cfg.background_path is not None:  # added only when given: the stages of the default keep their keys
+        collect["background_path"] = env["background_path"] = str(cfg.background_path)
     device = str(resolve_device(cfg.device))
     return ExperimentConfig(
         out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),
         labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
-        data={cfg.task: {"collect": collect, "collect_clean": {**collect, "distractors": "none"}}},
+        data={cfg.task: {"collect": collect, "collect_clean": clean}},
         pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc=dict(p["bc"]), bc_full=dict(p.get("bc_full", {})),
         idm=dict(p["idm"]), decode=dict(p["decode"]), eval=dict(p["eval"]), env=env, device=device,
         progress=cfg.progress)

@@ -54,6 +54,10 @@ class CollectConfig:
     """Parallel processes, each rendering whole trajectories."""
     video_split: Literal["train", "eval"] = "train"
     """Background videos: train, or the held-out eval videos (recorded as the file's split)."""
+    background_path: Path | None = None
+    """Background videos from a DAVIS-2017 root (JPEGImages/480p/<video>/*.jpg) or any folder of <video>/*.jpg
+    folders instead of the procedural ones (recorded in the file's attrs); its train/eval split: DAVIS's
+    standard one, else every third video held out."""
     policy: Literal["expert", "random"] = "expert"
     """expert: the task's shipped expert (Meta-World: its scripted policy); random: smooth seeded random actions
     (held for --hold frames)."""
@@ -94,6 +98,8 @@ class CollectConfig:
             raise MasklamError(f"--action-repeat must be >= 1, got {self.action_repeat}")
         if "-" not in self.task:
             raise MasklamError(f"--task must be domain-task (e.g. cheetah-run), got {self.task!r}")
+        if self.background_path is not None:
+            self.background_path = Path(self.background_path)
         if self.out.suffix != ".h5":
             raise MasklamError(f"--out must end in .h5, got {self.out}")
 
@@ -149,6 +155,7 @@ def file_attrs(cfg: CollectConfig, action_repeat: int) -> dict[str, Any]:
         "shadows": cfg.shadows, "reflections": cfg.reflections, "multisample": cfg.multisample,
         "expert": (str(cfg.expert_path) if cfg.expert_path
                    else _expert_kind(cfg.task) if cfg.policy == "expert" else "none"),
+        **({"background_path": str(cfg.background_path.expanduser().resolve())} if cfg.background_path else {}),
     }
 
 
@@ -190,6 +197,7 @@ def _init_worker(cfg: CollectConfig, action_repeat: int, counter: Any = None) ->
     try:
         _WORKER["env"] = make(cfg.task, distractors=cfg.distractors, video_split=cfg.video_split,
                               img_size=cfg.img_size, action_repeat=action_repeat, shadows=cfg.shadows,
+                              background_path=str(cfg.background_path) if cfg.background_path else None,
                               reflections=cfg.reflections, multisample=cfg.multisample, max_episode_steps=cfg.steps)
         _WORKER["expert"] = _load_expert(cfg) if cfg.policy == "expert" else None
     except Exception as e:  # a pool would respawn a worker whose initializer raises, forever: defer it
@@ -381,9 +389,12 @@ def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
 def collect(cfg: CollectConfig) -> CollectResult:
     """Write ``cfg.out`` with ``cfg.episodes`` trajectories, resuming whatever an earlier run finished."""
     from masklam.envs import make_config, parse_task
+    from masklam.envs.videos import DavisVideos
 
     parse_task(cfg.task)  # unknown task or preset: one line, before any file is touched
     make_config(cfg.distractors)
+    if cfg.background_path is not None:
+        DavisVideos(cfg.background_path, cfg.video_split, 16)  # a missing or empty folder, or an empty split
     action_repeat = _resolve_action_repeat(cfg)
     attrs = file_attrs(cfg, action_repeat)
     result = CollectResult(cfg.out)

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from masklam.data.hdf5 import MASK_KEYS, FileLayout, open_file, read_layout
+from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout
 from masklam.errors import MasklamError
 
 PathsLike = str | os.PathLike | Sequence[str | os.PathLike]
@@ -92,15 +93,18 @@ class TrajectoryData:
 
 
 def _expand(paths: PathsLike) -> list[Path]:
+    """Data files: a directory stands for its .h5 shards, or (MaskLAM's parquet data) for itself."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
             shards = sorted(path.glob("*.h5"))
-            if not shards:
-                raise MasklamError(f"no .h5 files in directory {path}")
-            files += shards
+            if shards and is_parquet(path):
+                raise MasklamError(f"{path} holds both .h5 and .parquet files; give the files themselves")
+            if not shards and not is_parquet(path):
+                raise MasklamError(f"no .h5 or .parquet files in directory {path}")
+            files += shards or [path]
         else:
             files.append(path)
     if not files:
@@ -119,9 +123,30 @@ def _check_shards_agree(layouts: list[FileLayout]) -> None:
                 raise MasklamError(f"{lay.path} has {key} {lay.attrs[key]!r}, {first.path} has {first.attrs[key]!r}")
 
 
+def data_layout(path: str | os.PathLike, observations: str | None = None) -> FileLayout:
+    """The checked layout of one data source: our HDF5 (LAOM's files included), or MaskLAM's parquet data (a file
+    or a directory of shards), told apart by content."""
+    path = Path(path)
+    if is_parquet(path):
+        return parquet_layout(path, observations or "distracted")
+    if observations == "clean":
+        raise MasklamError(f"{path}: observations='clean' picks the clean frames of MaskLAM's parquet data; an HDF5 "
+                           "file holds one kind of frame (give the distractor-free file instead)")
+    return read_layout(path)
+
+
+def _open(layout: FileLayout, keys: list[str]) -> Any:
+    """An open source whose `[name][key]` are a trajectory's datasets (h5py.File, or a ParquetReader)."""
+    return ParquetReader(layout, keys) if isinstance(layout, ParquetLayout) else open_file(layout.path)
+
+
 def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequence[int] | None = None,
-                 progress: bool = True) -> TrajectoryData:
+                 progress: bool = True, observations: str | None = None) -> TrajectoryData:
     """Read every trajectory of one or more files (shards, or directories of them) into one TrajectoryData.
+
+    Files are our HDF5 layout (LAOM's published HDF5 files are its subset) or MaskLAM's parquet datasets (a
+    file or a directory of shards; masklam.data.peers), told apart by their content. ``observations``:
+    which frames of MaskLAM's parquet data, "distracted" (None: the default) or "clean".
 
     ``mask_key`` (one of MASK_KEYS: "masks", "sam2_masks", "masks_mobilesam", "masks_student") loads agent
     masks when every file has them; otherwise ``masks`` is None and :meth:`TrajectoryData.require_masks`
@@ -130,7 +155,7 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     """
     if mask_key is not None and mask_key not in MASK_KEYS:
         raise MasklamError(f"unknown mask_key {mask_key!r}; one of {', '.join(MASK_KEYS)} or None")
-    layouts = [read_layout(p) for p in _expand(paths)]
+    layouts = [data_layout(p, observations) for p in _expand(paths)]
     _check_shards_agree(layouts)
     catalogue = [(li, name, int(length)) for li, lay in enumerate(layouts) for name, length in zip(lay.names, lay.lengths)]
     returns_all = np.concatenate([lay.returns for lay in layouts])
@@ -156,7 +181,7 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
 
     bar = tqdm(total=n, unit="frame", desc="loading", disable=not progress or n < 10_000, leave=False)
     for li in used:
-        with open_file(layouts[li].path) as f:
+        with _open(layouts[li], list(arrays)) as f:
             for row, (fi, name, length) in zip(starts, chosen):
                 if fi == li:
                     _read_group(layouts[li].path, f, name, arrays, int(row), length)
@@ -188,11 +213,15 @@ FINITE_KEYS = ("actions", "states", "rewards")
 (frames and masks are uint8 / bool, so they cannot hold one)."""
 
 
-def _read_group(path: Path, f: h5py.File, name: str, arrays: dict[str, np.ndarray], row: int, length: int) -> None:
+def _read_group(path: Path, f: h5py.File | ParquetReader, name: str, arrays: dict[str, np.ndarray], row: int,
+                length: int) -> None:
     group = f[name]
     for key, out in arrays.items():
         try:
-            group[key].read_direct(out, dest_sel=np.s_[row:row + length])
+            if isinstance(f, ParquetReader):
+                out[row:row + length] = group[key]  # decoded and checked by the reader
+            else:
+                group[key].read_direct(out, dest_sel=np.s_[row:row + length])
         except (OSError, RuntimeError, ValueError, TypeError) as e:
             raise MasklamError(f"{path}: cannot read trajectory {name}/{key} ({str(e).splitlines()[0]})") from None
         if key in FINITE_KEYS:

@@ -3,7 +3,8 @@
 Layout (readers accept LAOM's published files, which have only ``obs``, ``states``, ``actions``):
 
 - file attrs: ``domain_name, task_name, img_hw, split`` (LAOM) and ours ``distractors, seed, version,
-  action_repeat, policy, steps, shadows, reflections, multisample, dataset_return``;
+  action_repeat, policy, steps, shadows, reflections, multisample, dataset_return`` and, only when the
+  backgrounds came from a folder of videos, ``background_path`` (its absolute path);
 - one group per trajectory named ``"0", "1", ...`` holding per-frame arrays with a leading ``T`` axis:
   ``obs (T,H,W,3) uint8``, ``states (T,S) float32``, ``actions (T,A) float32``, ``rewards (T,) float32``,
   ``masks (T,H,W) bool``, optional ``sam2_masks``, ``masks_mobilesam``, ``masks_student`` (T,H,W) bool
@@ -39,6 +40,8 @@ REQUIRED_KEYS = ("obs", "states", "actions")
 MASK_KEYS = ("masks", "sam2_masks", "masks_mobilesam", "masks_student")
 IMAGE_KEYS = ("obs",) + MASK_KEYS
 COMPRESSIONS = ("lzf", "gzip", "none")
+OPTIONAL_ATTRS = ("background_path",)
+"""file attrs written only when their option is set (`masklam collect --background-path`)"""
 
 
 @dataclass
@@ -270,7 +273,16 @@ def _traj_return(group: h5py.Group) -> float:
 
 
 def check_attrs(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> None:
-    """MasklamError if a file's attrs disagree with the expected ones (the arguments of a resumed run)."""
+    """MasklamError if a file's attrs disagree with the expected ones (the arguments of a resumed run).
+
+    A key absent from the file is not checked (files of older versions lack newer keys), except the
+    OPTIONAL_ATTRS, which are written only when set: there absent on one side only is a difference too."""
+    for key in OPTIONAL_ATTRS:
+        if (key in found) != (key in expected):
+            raise MasklamError(f"{path} was written {'with' if key in found else 'without'} {key}"
+                               f"{'=' + repr(plain(found[key])) if key in found else ''}, this run "
+                               f"{'lacks it' if key in found else 'sets ' + repr(expected[key])}; "
+                               "use the same arguments to resume, or another --out")
     for key, value in expected.items():
         if key in found and plain(found[key]) != value:
             raise MasklamError(

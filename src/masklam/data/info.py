@@ -9,21 +9,23 @@ import numpy as np
 import tyro
 
 from masklam.args import parse
-from masklam.data.hdf5 import MASK_KEYS, read_layout
+from masklam.data.dataset import data_layout
+from masklam.data.hdf5 import MASK_KEYS
 from masklam.errors import MasklamError
 
 
 @dataclass
 class InfoConfig:
-    """Summarise dataset files (ours or LAOM's): trajectories, steps, returns, keys, image size, size on disk."""
+    """Summarise dataset files (ours, LAOM's HDF5 or MaskLAM's parquet): trajectories, steps, returns, keys, image
+    size, size on disk."""
 
     files: tyro.conf.Positional[list[Path]]
-    """One or more HDF5 dataset files."""
+    """One or more dataset files (HDF5, or parquet files / directories of parquet shards)."""
 
 
 def summarize(path: str | Path) -> dict[str, Any]:
     """The summary of one file as a dict (the numbers `masklam info` prints)."""
-    lay = read_layout(path)
+    lay = data_layout(path)
     returns = lay.returns[np.isfinite(lay.returns)]
     return {
         "file": str(lay.path),
@@ -40,7 +42,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "keys": lay.keys,
         "partial_keys": lay.partial_keys,
         "masks": [key for key in MASK_KEYS if lay.has(key)],
-        "bytes": Path(path).stat().st_size,
+        "bytes": sum(f.stat().st_size for f in getattr(lay, "shards", None) or [Path(path)]),
         "attrs": lay.attrs,
     }
 

@@ -113,6 +113,22 @@ class ExperimentConfig:
                 raise MasklamError(f"no data for task {task!r}: give data.{task}.train (paths) or .collect")
             if "lapo-clean" in self.methods and not ({"clean", "collect_clean"} & set(spec)):
                 raise MasklamError(f"lapo-clean needs distractor-free data: data.{task}.clean or .collect_clean")
+        check_background_paths(self)
+
+
+def check_background_paths(cfg: ExperimentConfig) -> None:
+    """A missing or empty `background_path` folder (in a collect table or [env]) as one line, before any work."""
+    from masklam.envs.videos import DavisVideos
+
+    wanted = []
+    for task, spec in cfg.data.items():
+        for key in ("collect", "collect_clean"):
+            if spec.get(key, {}).get("background_path") is not None:
+                wanted.append((spec[key]["background_path"], spec[key].get("video_split", "train")))
+    if cfg.env.get("background_path") is not None:
+        wanted += [(cfg.env["background_path"], "train" if s == "id" else "eval") for s in cfg.splits]
+    for path, split in wanted:
+        DavisVideos(path, split, 16)
 
 
 # --- validation of the stage tables ------------------------------------------------------------------
@@ -203,9 +219,10 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
 
 
 def _num_train_trajectories(paths: list[str], heldout: float) -> int:
-    from masklam.data import read_layout, split_trajectories
+    from masklam.data import split_trajectories
+    from masklam.data.dataset import data_layout
 
-    n = sum(read_layout(p).num_trajectories for p in paths)
+    n = sum(data_layout(p).num_trajectories for p in paths)
     return len(split_trajectories(n, heldout)[0])
 
 

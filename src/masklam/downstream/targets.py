@@ -29,7 +29,7 @@ TargetFn = Callable[[Batch], torch.Tensor]
 def env_meta_of(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Env kwargs that reproduce a dataset's environment (from its HDF5 attrs) for evaluation."""
     env: dict[str, Any] = {"task": f"{meta.get('domain_name')}-{meta.get('task_name')}"}
-    for key in ("distractors", "action_repeat", "shadows", "reflections", "multisample"):
+    for key in ("distractors", "action_repeat", "shadows", "reflections", "multisample", "background_path"):
         if key in meta:
             env[key] = meta[key]
     if "img_hw" in meta:

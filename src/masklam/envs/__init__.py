@@ -63,7 +63,8 @@ def make(
     """A distracted dm_control or Meta-World ('mw-*') task; `overrides` set `DistractorConfig` fields of the preset.
 
     video_split: "train" (60 procedural / DAVIS train videos) or "eval" (30 held-out videos);
-    background_path: a DAVIS-2017 root (JPEGImages/480p/<video>/*.jpg) instead of procedural videos;
+    background_path: a DAVIS-2017 root (JPEGImages/480p/<video>/*.jpg) or any folder of <video>/*.jpg folders
+    instead of procedural videos (train/eval split: `masklam.envs.videos.video_split_names`);
     shadows/reflections/multisample: renderer flags (all off renders ~3-5x faster in the control suite and
     ~10x faster in Meta-World's scene, but looks different);
     Meta-World only: camera_id may be a camera name (default "corner"), `mask="moving"` masks only the

@@ -1,4 +1,4 @@
-"""Background videos for the skybox: a procedural generator (the default) and a DAVIS-2017 loader.
+"""Background videos for the skybox: a procedural generator (the default) and a DAVIS-2017 / video-folder loader.
 
 Both sources share one interface, `VideoSource`: a list of integer video ids, `num_frames(id)` and
 `frame(id, t) -> (R, R, 3) uint8` at the texture's face resolution R. Ids are global: the training
@@ -213,47 +213,89 @@ class ProceduralVideos(VideoSource):
         patch += alpha * (ob.texture[tv, tu] - patch)
 
 
-class DavisVideos(VideoSource):
-    """DAVIS-2017 videos from `root/JPEGImages/480p/<video>/*.jpg`, standard train/val split.
+VIDEO_SUFFIXES = (".jpg", ".jpeg", ".png")
+"""frame files of a video folder (sorted by name = frame order)"""
 
-    The split comes from `root/ImageSets/2017/{train,val}.txt` when present, else from the standard
-    list of 30 validation videos (every other video is a training video). Ids index the sorted training
-    names first, then the validation names, so the two splits' ids are disjoint. Frames are read with
+
+def video_folders(root: str | Path) -> tuple[Path, dict[str, list[Path]]]:
+    """The video folders under `root` -> (the folder holding them, {video name: sorted frame files}).
+
+    Layouts: DAVIS (`root/JPEGImages/480p/<video>/*.jpg`, or `JPEGImages/Full-Resolution`), or any folder of
+    videos (`root/<video>/*.jpg|*.jpeg|*.png`). MasklamError (one line) for a missing folder or one without
+    videos, so callers can check a `background_path` before any work.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MasklamError(f"no background videos: {root} is not a folder (expected a DAVIS-2017 root with "
+                           "JPEGImages/480p/<video>/*.jpg, or a folder of <video>/*.jpg folders)")
+    img_dir = root
+    for sub in ("480p", "Full-Resolution"):
+        if (root / "JPEGImages" / sub).is_dir():
+            img_dir = root / "JPEGImages" / sub
+            break
+    videos = {p.name: sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
+              for p in sorted(img_dir.iterdir()) if p.is_dir()}
+    videos = {k: v for k, v in videos.items() if v}
+    if not videos:
+        raise MasklamError(f"no background videos: {img_dir} holds no <video>/*.jpg folders")
+    return img_dir, videos
+
+
+def video_split_names(root: str | Path, names: list[str]) -> tuple[list[str], list[str]]:
+    """(train, eval) video names of a video folder, disjoint, each sorted. In order of precedence:
+
+    1. `root/ImageSets/2017/{train,val}.txt` (DAVIS-2017's own split files; either one alone: the rest is
+       the other split);
+    2. a folder holding any DAVIS-2017 validation video (`DAVIS17_VAL`): the standard DAVIS-2017 split,
+       those videos held out, every other one for training;
+    3. any other folder of videos: every third video by sorted name (the 3rd, 6th, ...) is held out, like
+       the procedural videos' 60 train / 30 eval; two videos: the second is held out; one: training only.
+    """
+    names = sorted(names)
+    sets = Path(root).expanduser() / "ImageSets" / "2017"
+    val_file, train_file = sets / "val.txt", sets / "train.txt"
+    if val_file.is_file() or train_file.is_file():
+        val = set(val_file.read_text().split()) if val_file.is_file() else None
+        train = set(train_file.read_text().split()) if train_file.is_file() else None
+        if train is None:
+            train = set(names) - val
+        if val is None:
+            val = set(names) - train
+    elif set(names) & set(DAVIS17_VAL):
+        val = set(DAVIS17_VAL)
+        train = set(names) - val
+    else:
+        val = {n for i, n in enumerate(names) if i % 3 == 2 or (len(names) == 2 and i == 1)}
+        train = set(names) - val
+    train_names = [n for n in names if n in train]
+    return train_names, [n for n in names if n in val and n not in train]
+
+
+class DavisVideos(VideoSource):
+    """Videos of a folder: DAVIS-2017 (`root/JPEGImages/480p/<video>/*.jpg`) or any `root/<video>/*.jpg`.
+
+    The train/eval split is `video_split_names`'s (DAVIS's standard split for DAVIS). Ids index the sorted
+    training names first, then the held-out names, so the two splits' ids are disjoint. Frames are read with
     PIL on first use, resized to (size, size), and cached.
     """
 
     def __init__(self, root: str | Path, split: str = "train", size: int = 128):
         if split not in SPLITS:
             raise MasklamError(f"unknown video split {split!r}; one of: {', '.join(SPLITS)}")
-        root = Path(root).expanduser()
-        img_dir = root / "JPEGImages" / "480p"
-        if not img_dir.is_dir():
-            raise MasklamError(f"no DAVIS videos: {img_dir} is not a folder (expected JPEGImages/480p/<video>/*.jpg)")
-        videos = {p.name: sorted(p.glob("*.jpg")) for p in sorted(img_dir.iterdir()) if p.is_dir()}
-        videos = {k: v for k, v in videos.items() if v}
-        if not videos:
-            raise MasklamError(f"no DAVIS videos: {img_dir} holds no <video>/*.jpg folders")
-        sets = root / "ImageSets" / "2017"
-        if (sets / "val.txt").is_file():
-            val = set((sets / "val.txt").read_text().split())
-        else:
-            val = set(DAVIS17_VAL)
-        if (sets / "train.txt").is_file():
-            train = set((sets / "train.txt").read_text().split())
-        else:
-            train = set(videos) - val
-        names = sorted(n for n in train if n in videos) + sorted(n for n in val if n in videos and n not in train)
-        wanted = train if split == "train" else val
+        img_dir, videos = video_folders(root)
+        train, val = video_split_names(root, list(videos))
+        names = train + val
         self.size, self.split = size, split
         self._names = names
         self._files = videos
-        self.ids = [i for i, n in enumerate(names) if n in wanted]
+        self.ids = list(range(len(train))) if split == "train" else list(range(len(train), len(names)))
         if not self.ids:
-            raise MasklamError(f"no DAVIS {split} videos in {img_dir}")
+            raise MasklamError(f"no {split} videos in {img_dir} (its {len(videos)} videos are all in the "
+                               f"{'eval' if split == 'train' else 'train'} split)")
         self._cache = {}
 
     def name(self, video_id: int) -> str:
-        """The DAVIS folder name of a video id."""
+        """The folder name of a video id."""
         return self._names[video_id]
 
     def num_frames(self, video_id: int) -> int:
@@ -268,11 +310,11 @@ class DavisVideos(VideoSource):
                 im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
                 return np.asarray(im, dtype=np.uint8)
         except OSError as e:
-            raise MasklamError(f"cannot read DAVIS frame {path}: {e}") from None
+            raise MasklamError(f"cannot read background frame {path}: {e}") from None
 
 
 def load_videos(split: str = "train", size: int = 128, path: str | Path | None = None) -> VideoSource:
-    """The background videos of a split: procedural by default, DAVIS-2017 from `path`."""
+    """The background videos of a split: procedural by default, DAVIS-2017 (or any folder of videos) from `path`."""
     if path is None:
         return ProceduralVideos(split, size)
     return DavisVideos(path, split, size)

@@ -109,7 +109,8 @@ class PretrainConfig:
     method: Method
     """lapo | masklam (LAPO + agent-mask-weighted loss) | laom | laom-sup (LAOM + action supervision)"""
     data: tuple[Path, ...]
-    """dataset file(s) or directories of shards (HDF5, masklam/LAOM layout)"""
+    """dataset file(s) or directories of shards: HDF5 (ours, or LAOM's published files) or MaskLAM's parquet data
+    (a file or a directory of shards; the format is read from the content)"""
     out: Path
     """run directory; an interrupted run in it resumes"""
     preset: Literal["cpu-small", "h100", "paper"] = "cpu-small"
@@ -171,7 +172,11 @@ class PretrainConfig:
     """masklam: divide the masked error by the mask area once per batch (default, the authors' code) or per
     sample"""
     mask_key: Literal["masks", "sam2_masks", "masks_mobilesam", "masks_student"] = "masks"
-    """lapo, masklam: which masks of the file (simulator, SAM 2, MobileSAM or its student; `masklam masks`)"""
+    """lapo, masklam: which masks of the file (simulator, SAM 2, MobileSAM or its student; `masklam masks`); in
+    MaskLAM's parquet data: masks = its simulator masks (`mask`), sam2_masks = its SAM masks (`pred_mask*`)"""
+    observations: Literal["distracted", "clean"] = "distracted"
+    """MaskLAM's parquet data: train on its distracted frames (`observation_distracted`) or its distractor-free
+    ones (`observation`, the LAPO-clean upper bound); HDF5 files hold one kind of frame"""
 
     target: Literal["ema", "stopgrad"] | None = None
     """laom, laom-sup: target encoder, EMA (default for laom) or stop-grad of the online encoder (default for
@@ -317,6 +322,8 @@ class PretrainConfig:
         out["data"] = [str(p) for p in self.data]
         out["out"] = str(self.out)
         out["fsq_levels"] = list(self.fsq_levels)
+        if self.observations == "distracted":  # recorded only when set: configs of earlier runs stay as they were
+            del out["observations"]
         return out
 
     @classmethod

@@ -238,7 +238,8 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     paths = list(cfg.data) or run_cfg.get("data")
     if not paths:
         raise MasklamError(f"{cfg.ckpt}/config.json names no data; pass --data FILE")
-    data = load_dataset(paths, mask_key=run_cfg.get("mask_key", "masks") if lam.needs_masks else None)
+    data = load_dataset(paths, mask_key=run_cfg.get("mask_key", "masks") if lam.needs_masks else None,
+                        observations=run_cfg.get("observations"))
     heldout = cfg.heldout if cfg.heldout is not None else run_cfg.get("heldout", 0.1)
     seed = cfg.split_seed if cfg.split_seed is not None else run_cfg.get("split_seed", 0)
     train_ids, held_ids = split_trajectories(data.num_trajectories, heldout, seed)
