@@ -34,17 +34,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 
 from masklam.devices import resolve_device
 from masklam.downstream.results import normalize, write_results
-from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, bc_stage, collect_stage, decode_stage,
-                                       eval_stage, expert_return, pretrain_stage, recipe_label)
+from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, PlannedStage, StagePlan, bc_stage, collect_stage,
+                                       decode_stage, dry_run, eval_stage, expert_return, is_pending, plan_stages,
+                                       pretrain_stage, recipe_label, stage_context)
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
@@ -52,6 +54,8 @@ from masklam.metrics import standard_error
 
 DATA_KEYS = ("train", "clean", "collect", "collect_clean")
 """keys of a task's [data.TASK] table"""
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+"""the shipped configs: `masklam experiment NAME` runs CONFIG_DIR/NAME.toml"""
 
 
 @dataclass
@@ -93,6 +97,8 @@ class ExperimentConfig:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
     """progress bars"""
+    description: str = ""
+    """one line saying what the sweep compares (`masklam experiment --list`); no stage reads it"""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -161,11 +167,35 @@ def check_tables(cfg: ExperimentConfig) -> None:
                 _check_keys(f"data.{task}.{key}", spec[key], collect)
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped with masklam (package data in masklam/configs/), by name (the file's stem)."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.toml"))}
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file: `name_or_path` if it is a file, else the shipped config of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise MasklamError(f"no such file or shipped config: {name_or_path} (shipped: {', '.join(shipped) or 'none'})")
+
+
+def describe(path: Path) -> str:
+    """A config file's `description` (empty if it has none or does not parse)."""
+    try:
+        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return ""
+    return str(raw.get("description", "")) if isinstance(raw, dict) else ""
+
+
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
-    """Read an ExperimentConfig from a .toml or .json file (relative paths are relative to the working directory)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MasklamError(f"no such file: {path}")
+    """Read an ExperimentConfig from a .toml or .json file, or a shipped config by name (`shipped_configs`).
+    Relative paths in it (out, data) are relative to the working directory."""
+    path = config_path(path)
     try:
         raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -198,7 +228,8 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
                     raise MasklamError(f"no such file: {missing[0]}")
                 out[task][variant] = [str(p) for p in paths]
             elif coll in spec:
-                out[task][variant] = collect_stage(cfg.out, task, spec[coll], cfg.progress)
+                with stage_context(f"{task} {variant} data"):
+                    out[task][variant] = collect_stage(cfg.out, task, spec[coll], cfg.progress)
     return out
 
 
@@ -224,6 +255,8 @@ class _Sweep:
         """Evaluate a policy on every split of its data variant; one raw row per split."""
         for split in (self.cfg.splits if variant == "train" else ["id"]):
             res = eval_stage(self.root, policy, decoder, split, self.cfg.env, self.cfg.eval, self.prog)
+            if is_pending(res):  # a dry run (sweep_status): nothing measured yet
+                continue
             self.raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
                              "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
                              "success": res.get("success_rate"), "recipe": recipe_label(method, self.cfg.pretrain),
@@ -239,7 +272,7 @@ class _Sweep:
             data = self.datasets[task][variant]
             conf = {**self.bc_opts, **self.cfg.bc_full, "data": data, "target": "action", "seed": seed}
             policy = self.bc("bc", conf)
-            n_all = _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
+            n_all = 0 if dry_run() else _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
             self.evaluate_all("bc-full" if variant == "train" else "bc-full-clean", task, 0, n_all, seed, None,
                               policy, None, variant)
 
@@ -282,14 +315,16 @@ class _Sweep:
         """Every task, seed and method; -> the raw rows."""
         for task in self.cfg.tasks:
             for seed in self.cfg.seeds:
-                self.normalisers(task, seed)
+                with stage_context(f"{task} seed {seed} bc-full"):
+                    self.normalisers(task, seed)
                 for method in self.cfg.methods:
-                    if method in LAM_METHODS:
-                        self.lam_method(method, task, seed)
-                    elif method == "bc":
-                        self.bc_method(task, seed)
-                    elif method == "idm":
-                        self.idm_method(task, seed)
+                    with stage_context(f"{task} seed {seed} {method}"):
+                        if method in LAM_METHODS:
+                            self.lam_method(method, task, seed)
+                        elif method == "bc":
+                            self.bc_method(task, seed)
+                        elif method == "idm":
+                            self.idm_method(task, seed)
         return self.raw
 
 
@@ -308,24 +343,111 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
     return rows
 
 
+# --- status of a sweep: a dry run ----------------------------------------------------------------------
+def sweep_status(cfg: ExperimentConfig) -> StagePlan:
+    """Every stage of the sweep, done or pending, without running or writing any (stages.plan_stages)."""
+    with plan_stages() as plan:  # the device is in no stage's key: do not ask for one
+        _Sweep(dataclasses.replace(cfg, device="cpu"), _datasets(cfg)).run()
+    return plan
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def _brief(stage: PlannedStage) -> str:
+    """What tells a stage from its siblings: its context and the options that vary within one."""
+    c = stage.config
+    parts = [f"{k} {c[k]}" for k in ("target", "latent_dim", "labels", "split") if c.get(k) is not None]
+    return ", ".join([stage.context] + parts) if stage.context else ", ".join(parts)
+
+
+def format_status(plan: StagePlan, now: float | None = None) -> str:
+    """Per stage kind: done and pending counts, mean run time and time left; the started stages; what is left.
+
+    A pending stage is estimated by the mean run time of the done stages of its kind (less the time it has
+    run if it started), a kind with none done has no estimate."""
+    now = time.time() if now is None else now
+    kinds = list(dict.fromkeys(s.kind for s in plan.stages))
+    lines = [f"{'stage':<10}{'done':>6}{'pending':>9}{'mean time':>12}{'time left':>13}"]
+    total, unknown = 0.0, []
+    for kind in kinds:
+        done = [s for s in plan.stages if s.kind == kind and s.done]
+        pending = [s for s in plan.stages if s.kind == kind and not s.done]
+        walls = [s.wall_s for s in done if s.wall_s is not None]
+        mean = sum(walls) / len(walls) if walls else None
+        if pending and mean is None:
+            unknown.append(kind)
+            left = "no estimate"
+        else:
+            secs = sum(max(mean - (now - s.started), 0.0) if s.started else mean for s in pending) if pending else 0.0
+            total += secs
+            left = _duration(secs)
+        lines.append(f"{kind:<10}{len(done):>6}{len(pending):>9}{_duration(mean) if mean is not None else '-':>12}"
+                     f"{left:>13}")
+    n_done = sum(s.done for s in plan.stages)
+    n_pending = len(plan.stages) - n_done
+    if not n_pending:
+        lines.append(f"all {n_done} stages done")
+        return "\n".join(lines)
+    lines.append(f"{n_done} done, {n_pending} pending: about {_duration(total)} left"
+                 + (f", plus the {', '.join(unknown)} stages (no estimate: none of their kind done yet)"
+                    if unknown else ""))
+    for s in plan.stages:
+        if s.started is not None:
+            lines.append(f"started {_duration(now - s.started)} ago (running, or interrupted): {s.kind} {s.key} "
+                         f"({_brief(s)})")
+    lines.append("left (stages waiting on pending inputs have no key yet):")
+    left: dict[str, dict[str, int]] = {}
+    for s in plan.stages:
+        if not s.done:
+            counts = left.setdefault(s.context, {})
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+    for context, counts in left.items():
+        lines.append(f"  {context or '-'}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
+    return "\n".join(lines)
+
+
+def list_configs() -> str:
+    """One line per shipped config: its name and description."""
+    shipped = shipped_configs()
+    width = max(map(len, shipped), default=0)
+    return "\n".join(f"{name:<{width}}  {describe(path)}" for name, path in shipped.items())
+
+
 @dataclass
 class ExperimentArgs:
     """Run a cached, resumable sweep from a TOML/JSON config; writes results.csv and report.html."""
 
-    config: tyro.conf.Positional[Path]
-    """sweep config file (.toml or .json)"""
+    config: Annotated[str | None, tyro.conf.Positional, tyro.conf.arg(metavar="CONFIG")] = None
+    """a shipped config's name (see --list) or a sweep config file (.toml or .json)"""
     out: Path | None = None
     """run directory (overrides the file's `out`)"""
     device: str | None = None
     """auto, cpu, cuda, cuda:N (overrides the file's `device`, whose default is auto)"""
     no_report: bool = False
     """skip rendering report.html"""
+    list_configs: Annotated[bool, tyro.conf.arg(name="list")] = False
+    """list the shipped configs (name and description) and exit"""
+    status: bool = False
+    """print which stages are done and which pending, with an estimate of the time left; runs and writes nothing"""
 
 
 def main(argv: list[str]) -> int:
-    """`masklam experiment CONFIG`."""
+    """`masklam experiment CONFIG`, `masklam experiment --list`, `masklam experiment --status CONFIG`."""
     args = parse(ExperimentArgs, argv)
+    if args.list_configs:
+        print(list_configs())
+        return 0
+    if args.config is None:
+        raise MasklamError("give a config: a shipped config's name (masklam experiment --list) or a file")
     cfg = load_config(args.config, out=args.out, device=args.device)
+    if args.status:
+        print(f"{args.config}: {cfg.out}")
+        print(format_status(sweep_status(cfg)))
+        return 0
     rows = run_experiment(cfg, render=not args.no_report)
     print(f"{len(rows)} result rows in {cfg.out / 'results.csv'}")
     return 0
