@@ -155,7 +155,11 @@ class StagePlan:
     """What a dry run of a sweep met (`plan_stages`), in order."""
 
     stages: list[PlannedStage] = field(default_factory=list)
+    """each stage met, once"""
     pending_dirs: list[str] = field(default_factory=list)
+    """directories of the pending stages (a config naming one waits on it)"""
+    seen: set[str] = field(default_factory=set)
+    """directories of the stages met"""
 
     def visit(self, d: Path, kind: str, key: str, config: dict[str, Any]) -> dict[str, Any]:
         """Record one stage; -> its result if done, else a `Pending` one."""
@@ -163,7 +167,9 @@ class StagePlan:
         waits = any(p in blob for p in self.pending_dirs)
         rec = None if waits else _done_result(d, key)
         stage = PlannedStage(kind, None if waits else key, rec is not None, _CONTEXT.get(), config)
-        self.stages.append(stage)
+        if str(d) not in self.seen:  # a stage two parts of the sweep share runs once
+            self.seen.add(str(d))
+            self.stages.append(stage)
         started, done = d / "stage.json", d / "done.json"
         if rec is not None:
             stage.wall_s = rec.get("wall_s")
