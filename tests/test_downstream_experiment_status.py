@@ -182,7 +182,7 @@ def test_done_stages_without_wall_s_are_timed_by_their_files(tmp_path: Path) -> 
     assert sorted(p.name for p in (tmp_path / "stages" / "bc").iterdir()) == [d.name]  # nothing written
 
 
-def test_format_status_estimates_by_the_mean_of_done_stages() -> None:
+def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
     P = stages.PlannedStage
     plan = stages.StagePlan([
         P("pretrain", "a", True, "t seed 0 lapo", {}, wall_s=100.0),
@@ -193,7 +193,7 @@ def test_format_status_estimates_by_the_mean_of_done_stages() -> None:
         P("evaluate", "e", True, "t seed 0 lapo", {}, wall_s=30.0),
         P("evaluate", None, False, "t seed 1 lapo", {}),  # 30 s
     ])
-    text = ex.format_status(plan, now=1000.0)
+    text = stages.format_plan(plan, now=1000.0)
     lines = text.splitlines()
     row = {ln.split()[0]: ln for ln in lines[1:4]}
     assert row["pretrain"].split()[1:3] == ["2", "2"] and row["pretrain"].endswith("5.8 min")  # 350 s

@@ -201,6 +201,66 @@ def dry_run() -> bool:
     return _PLAN.get() is not None
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def _brief(stage: PlannedStage) -> str:
+    """What tells a stage from its siblings: its context and the options that vary within one."""
+    c = stage.config
+    parts = [f"{k} {c[k]}" for k in ("target", "latent_dim", "labels", "split") if c.get(k) is not None]
+    return ", ".join([stage.context] + parts) if stage.context else ", ".join(parts)
+
+
+def format_plan(plan: StagePlan, now: float | None = None) -> str:
+    """Per stage kind: done and pending counts, mean run time and time left; the started stages; what is left.
+
+    A pending stage is estimated by the mean run time of the done stages of its kind (less the time it has
+    run if it started), a kind with none done has no estimate."""
+    now = time.time() if now is None else now
+    kinds = list(dict.fromkeys(s.kind for s in plan.stages))
+    lines = [f"{'stage':<10}{'done':>6}{'pending':>9}{'mean time':>12}{'time left':>13}"]
+    total, unknown = 0.0, []
+    for kind in kinds:
+        done = [s for s in plan.stages if s.kind == kind and s.done]
+        pending = [s for s in plan.stages if s.kind == kind and not s.done]
+        walls = [s.wall_s for s in done if s.wall_s is not None]
+        mean = sum(walls) / len(walls) if walls else None
+        if pending and mean is None:
+            unknown.append(kind)
+            left = "no estimate"
+        else:
+            secs = sum(max(mean - (now - s.started), 0.0) if s.started else mean for s in pending) if pending else 0.0
+            total += secs
+            left = _duration(secs)
+        lines.append(f"{kind:<10}{len(done):>6}{len(pending):>9}{_duration(mean) if mean is not None else '-':>12}"
+                     f"{left:>13}")
+    n_done = sum(s.done for s in plan.stages)
+    n_pending = len(plan.stages) - n_done
+    if not n_pending:
+        lines.append(f"all {n_done} stages done")
+        return "\n".join(lines)
+    lines.append(f"{n_done} done, {n_pending} pending: about {_duration(total)} left"
+                 + (f", plus the {', '.join(unknown)} stages (no estimate: none of their kind done yet)"
+                    if unknown else ""))
+    for s in plan.stages:
+        if s.started is not None:
+            lines.append(f"started {_duration(now - s.started)} ago (running, or interrupted): {s.kind} {s.key} "
+                         f"({_brief(s)})")
+    lines.append("left (stages waiting on pending inputs have no key yet):")
+    left: dict[str, dict[str, int]] = {}
+    for s in plan.stages:
+        if not s.done:
+            counts = left.setdefault(s.context, {})
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+    for context, counts in left.items():
+        lines.append(f"  {context or '-'}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
+    return "\n".join(lines)
+
+
+
 # --- the stages ----------------------------------------------------------------------------------------
 COLLECTED = "data.h5"
 """the file a collect stage writes in its directory"""
