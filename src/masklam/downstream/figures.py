@@ -20,6 +20,8 @@ LABELS = {"normalized_return": "normalised return", "probe_nmse": "probe NMSE (h
           "labels": "labelled trajectories", "latent_dim": "latent dim"}
 ORDER = ["lapo-clean", "lapo", "masklam", "laom", "laom-sup", "bc", "idm", "bc-full", "bc-full-clean"]
 """methods in the order figures and tables show them (others after, by name)"""
+COLORS = {m: f"C{i}" for i, m in enumerate(ORDER)}
+"""one colour per method in every figure"""
 
 
 def method_order(methods: Any) -> list[str]:
@@ -76,8 +78,9 @@ def curve_grid(rows: list[Row], x: str, y: str, keep: Callable[[Row], bool], tit
         curves = seed_curves(sel, x, y, task)
         for method in method_order(curves):
             xs, mean, sem = curves[method]
-            (line,) = ax.plot(xs, mean, marker="o", label=method)
-            ax.fill_between(xs, mean - sem, mean + sem, alpha=0.2, color=line.get_color())
+            color = COLORS.get(method, "black")
+            ax.plot(xs, mean, marker="o", label=method, color=color)
+            ax.fill_between(xs, mean - sem, mean + sem, alpha=0.2, color=color)
         if y == "normalized_return":
             ax.axhline(1.0, ls="--", lw=1, color="grey", label="full-data BC")
         ax.set_xscale("log", base=2)
@@ -108,7 +111,7 @@ def method_bars(rows: list[Row], path: Path) -> bool:
     for ax, (y, split, title) in zip(axes, BARS):
         st = [stats([r for r in rows if r.method == m and r.split == split], y, AVERAGE) for m in methods]
         ax.bar(range(len(methods)), [s.mean for s in st], yerr=[s.sem for s in st], capsize=3,
-               color=[f"C{i}" for i in range(len(methods))])
+               color=[COLORS.get(m, "black") for m in methods])
         ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)
         if y == "normalized_return":
             ax.axhline(1.0, ls="--", lw=1, color="grey")
