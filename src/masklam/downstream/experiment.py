@@ -1,5 +1,9 @@
 """`masklam experiment CONFIG`: methods x latent dims x label budgets x seeds x tasks, every stage cached.
 
+CONFIG is a file or the name of a shipped config (`masklam experiment --list`: src/masklam/configs/*.toml).
+`masklam experiment --status CONFIG [--out DIR]` prints which stages are done and which pending, with an
+estimate of the time left, from a dry run of the sweep (stages.plan_stages) that runs and writes nothing.
+
 Stages (collect, pretrain, bc, decode, evaluate; masklam.downstream.stages) are cached under
 `OUT/stages/`. A LAM is trained once per method/dim/seed and shared across label budgets, except
 laom-sup, which trains one per budget. Methods:
