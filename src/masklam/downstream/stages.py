@@ -242,9 +242,12 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
     if not n_pending:
         lines.append(f"all {n_done} stages done")
         return "\n".join(lines)
-    lines.append(f"{n_done} done, {n_pending} pending: about {_duration(total)} left"
-                 + (f", plus the {', '.join(unknown)} stages (no estimate: none of their kind done yet)"
-                    if unknown else ""))
+    if unknown and not total:
+        estimate = "no estimate yet (no stage of a pending kind is done)"
+    else:
+        estimate = f"about {_duration(total)} left" + (
+            f", plus the {', '.join(unknown)} stages (no estimate: none of their kind done yet)" if unknown else "")
+    lines.append(f"{n_done} done, {n_pending} pending: {estimate}")
     for s in plan.stages:
         if s.started is not None:
             lines.append(f"started {_duration(now - s.started)} ago (running, or interrupted): {s.kind} {s.key} "
