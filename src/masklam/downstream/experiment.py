@@ -48,8 +48,8 @@ import tyro
 from masklam.devices import resolve_device
 from masklam.downstream.results import normalize, write_results
 from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, StagePlan, bc_stage, collect_stage,
-                                       decode_stage, dry_run, eval_stage, format_plan, expert_return, is_pending, plan_stages,
-                                       pretrain_stage, recipe_label, stage_context)
+                                       decode_stage, dry_run, eval_stage, expert_return, format_plan, is_pending,
+                                       plan_stages, pretrain_stage, recipe_label, stage_context)
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
@@ -186,23 +186,30 @@ def config_path(name_or_path: str | Path) -> Path:
     raise MasklamError(f"no such file or shipped config: {name_or_path} (shipped: {', '.join(shipped) or 'none'})")
 
 
+def _parse(path: Path) -> dict[str, Any]:
+    """A config file's keys (.toml, else JSON); one-line MasklamError if it does not parse."""
+    try:
+        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MasklamError(f"cannot parse {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise MasklamError(f"{path}: not a table of keys")
+    return raw
+
+
 def describe(path: Path) -> str:
     """A config file's `description` (empty if it has none or does not parse)."""
     try:
-        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return str(_parse(path).get("description", ""))
+    except MasklamError:
         return ""
-    return str(raw.get("description", "")) if isinstance(raw, dict) else ""
 
 
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Read an ExperimentConfig from a .toml or .json file, or a shipped config by name (`shipped_configs`).
     Relative paths in it (out, data) are relative to the working directory."""
     path = config_path(path)
-    try:
-        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MasklamError(f"cannot parse {path}: {e}") from None
+    raw = _parse(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     names = _field_names(ExperimentConfig)
     unknown = sorted(set(raw) - names)

@@ -22,7 +22,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import tyro
 
@@ -223,37 +223,40 @@ def render_report(run_dir: str | Path) -> Path:
     parts = [f"<h1>masklam report: {html.escape(run_dir.name)}</h1>"]
     if exp.get("description"):
         parts.append(f"<p>{html.escape(exp['description'])}</p>")
+    tasks, seeds = sorted({r.task for r in rows}), sorted({r.seed for r in rows})
     parts.append(f"<p>{len(rows)} result rows in {html.escape(str(run_dir / 'results.csv'))}: tasks "
-                 f"{', '.join(sorted({r.task for r in rows}))}; seeds {', '.join(map(str, sorted({r.seed for r in rows})))}"
-                 "; mean ± standard error over seeds (over tasks: each seed's task average first). Normalised return: "
-                 "return / full-data BC's on the same data and videos.</p>")
+                 f"{', '.join(tasks)}; seeds {', '.join(map(str, seeds))}; mean ± standard error over seeds (over "
+                 "tasks: each seed's task average first). Normalised return: return / full-data BC's on the same data "
+                 "and videos.</p>")
 
-    def fig(name: str, caption: str, ok: bool) -> None:
-        if ok:
+    def fig(name: str, caption: str, draw: Callable[[Path], bool]) -> None:
+        """Draw report/NAME; show it if there was something to draw."""
+        if draw(out / name):
             parts.append(_figure(f"report/{name}", caption))
 
     parts.append("<h2>Return vs labelled trajectories</h2>")
     for split in ("id", "ood"):
-        fig(f"return_vs_labels_{split}.png", f"normalised return vs labelled trajectories ({split}; LAMs: latent dim {dim})",
-            curve_grid(rows, "labels", "normalized_return", lambda r, s=split: r.split == s and r.latent_dim in (0, dim),
-                       f"normalised return vs labels ({split})", out / f"return_vs_labels_{split}.png"))
+        fig(f"return_vs_labels_{split}.png", f"normalised return vs labelled trajectories ({split}; latent dim {dim})",
+            lambda p, s=split: curve_grid(rows, "labels", "normalized_return",
+                                          lambda r: r.split == s and r.latent_dim in (0, dim),
+                                          f"normalised return vs labels ({s})", p))
     if len(dims) > 1:
         parts.append("<h2>Latent size</h2>")
         for split in ("id", "ood"):
-            fig(f"return_vs_dim_{split}.png", f"normalised return vs latent dim ({split}; {budget} labelled trajectories)",
-                curve_grid(rows, "latent_dim", "normalized_return",
-                           lambda r, s=split: r.split == s and r.labels == budget and r.latent_dim > 0,
-                           f"normalised return vs latent dim ({split})", out / f"return_vs_dim_{split}.png"))
+            fig(f"return_vs_dim_{split}.png", f"normalised return vs latent dim ({split}; {budget} labels)",
+                lambda p, s=split: curve_grid(rows, "latent_dim", "normalized_return",
+                                              lambda r: r.split == s and r.labels == budget and r.latent_dim > 0,
+                                              f"normalised return vs latent dim ({s})", p))
         fig("probe_vs_dim.png", "held-out linear probe NMSE latent -> action vs latent dim",
-            curve_grid(rows, "latent_dim", "probe_nmse", lambda r: r.split == "id" and r.latent_dim > 0,
-                       "probe NMSE vs latent dim", out / "probe_vs_dim.png"))
+            lambda p: curve_grid(rows, "latent_dim", "probe_nmse", lambda r: r.split == "id" and r.latent_dim > 0,
+                                 "probe NMSE vs latent dim", p))
     parts.append(f"<h2>Every method (latent dim {dim}, {budget} labelled trajectories)</h2>")
     fig("methods.png", "probe NMSE and normalised return ID / OOD, averaged over tasks (mean ± SE over seeds)",
-        method_bars(top, out / "methods.png"))
+        lambda p: method_bars(top, p))
     parts.append(_table(["task", "method", "recipe", "scale (pretrain preset, updates, latent dim)", "seeds",
                          "probe NMSE", "return ID", "normalised ID", "normalised OOD"], method_table(top, scale)))
     parts += _recon_section(run_dir, lams)
-    fig("frames.png", "example frames (top) and agent masks (bottom)", _frames(run_dir, out / "frames.png"))
+    fig("frames.png", "example frames (top) and agent masks (bottom)", lambda p: _frames(run_dir, p))
     parts.append("<h2>Every result (mean ± SE over seeds)</h2>")
     parts.append(_table(["method", "recipe", "scale", "task", "latent dim", "labels", "split", "seeds", "probe NMSE",
                          "return", "normalised return"], summary_table(rows, scale)))
