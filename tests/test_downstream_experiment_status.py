@@ -152,6 +152,9 @@ def test_status_before_and_after_running(tmp_path: Path, capsys: pytest.CaptureF
     assert ex.main([str(tmp_path / "sweep.json"), "--status"]) == 0
     assert "all 17 stages done" in capsys.readouterr().out
     assert _snapshot(run) == before
+    # --out: the status of another run directory of the same sweep
+    assert ex.main([str(tmp_path / "sweep.json"), "--status", "--out", str(tmp_path / "other")]) == 0
+    assert "0 done, 17 pending" in capsys.readouterr().out and not (tmp_path / "other").exists()
 
     # an interrupted LAM: it is pending with its key and start time; what depends on it waits without a key
     lam = next(s for s in after.stages if s.kind == "pretrain")
