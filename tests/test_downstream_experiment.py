@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +221,12 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stages = tmp_path / "run" / "stages"
     # a LAM per method/dim/seed, shared across budgets, except laom-sup (one per budget): 1 + 1 + 2 + 1
     assert len(list((stages / "pretrain").iterdir())) == 5
-    assert (tmp_path / "run" / "report.html").is_file()
+    page = (tmp_path / "run" / "report.html").read_text()
+    # the reconstruction grids of the LAMs that make them, side by side, captioned by method, recipe and seed
+    # (lapo-clean: LAPO on the clean data that experiment.json records)
+    group = page[page.index("toy-bright, latent dim 4, seed 0"):]
+    assert [c.split(" · ")[:3] for c in re.findall(r"<figcaption>(.*?)</figcaption>", group[:group.index("</div>")])] \
+        == [["lapo-clean", "default", "seed 0"], ["lapo", "default", "seed 0"], ["masklam", "default", "seed 0"]]
     capsys.readouterr()
     # a second run reuses every stage and reproduces the rows
     assert ex.main([str(tmp_path / "sweep.json"), "--no-report"]) == 0

@@ -2,63 +2,140 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from masklam.downstream import report, results
+from masklam.downstream import figures, report, results
 from masklam.errors import MasklamError
+
+
+TASKS, SEEDS = ("cheetah-run", "walker-run"), (0, 1, 2)
 
 
 def _write_results(path: Path) -> None:
     rng = np.random.default_rng(0)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(results.REQUIRED_COLUMNS)
-        for task in ("cheetah-run", "walker-run"):
-            for seed in (0, 1):
+        w.writerow(results.REQUIRED_COLUMNS + ["recipe"])
+        for task in TASKS:
+            for seed in SEEDS:
                 for split in ("id", "ood"):
-                    for method in ("lapo", "masklam"):
+                    for method in ("lapo", "masklam", "lapo-clean"):
+                        if method == "lapo-clean" and split == "ood":
+                            continue
+                        recipe = "default+mask-target" if method == "masklam" else "default"
                         for dim in (16, 64):
                             for labels in (2, 8):
                                 nr = 0.1 * labels / 8 + (0.2 if method == "masklam" else 0) + 0.01 * seed
                                 w.writerow([method, task, dim, labels, seed, split, f"{rng.uniform(0.3, 1):.3f}",
-                                            f"{800 * nr:.1f}", f"{nr:.4f}"])
+                                            f"{800 * nr:.1f}", f"{nr:.4f}", recipe])
                     for labels in (2, 8):
-                        w.writerow(["bc", task, 0, labels, seed, split, "", "100", "0.12"])
-                    w.writerow(["bc-full", task, 0, 100, seed, split, "", "800", "1.0"])
+                        w.writerow(["bc", task, 0, labels, seed, split, "", "100", "0.12", "-"])
+                    w.writerow(["bc-full", task, 0, 100, seed, split, "", "800", "1.0", "-"])
+                w.writerow(["bc-full-clean", task, 0, 100, seed, "id", "", "900", "1.0", "-"])
 
 
 def test_seed_curves_average_over_tasks_then_seeds() -> None:
     R = results.Row
     rows = [R("m", "a", 8, 2, 0, "id", None, 0, 1.0), R("m", "b", 8, 2, 0, "id", None, 0, 3.0),
-            R("m", "a", 8, 2, 1, "id", None, 0, 5.0), R("m", "b", 8, 2, 1, "id", None, 0, 7.0)]
-    xs, mean, std = report.seed_curves(rows, "labels", "normalized_return", report.AVERAGE)["m"]
-    # seed 0 averages to 2, seed 1 to 6: mean 4, std 2
-    assert xs.tolist() == [2.0] and mean.tolist() == [4.0] and std.tolist() == [2.0]
-    xs, mean, std = report.seed_curves(rows, "labels", "normalized_return", "a")["m"]
-    assert mean.tolist() == [3.0] and std.tolist() == [2.0]
+            R("m", "a", 8, 2, 1, "id", None, 0, 5.0), R("m", "b", 8, 2, 1, "id", None, 0, 7.0),
+            R("m", "a", 8, 2, 2, "id", None, 0, 9.0), R("m", "b", 8, 2, 2, "id", None, 0, 11.0)]
+    xs, mean, sem = figures.seed_curves(rows, "labels", "normalized_return", figures.AVERAGE)["m"]
+    # seeds average to 2, 6, 10 over tasks: mean 6, standard error 4 / sqrt(3) (not the std, 3.27)
+    assert xs.tolist() == [2.0] and mean.tolist() == [6.0] and sem[0] == pytest.approx(4 / np.sqrt(3))
+    xs, mean, sem = figures.seed_curves(rows, "labels", "normalized_return", "a")["m"]
+    assert mean.tolist() == [5.0] and sem[0] == pytest.approx(4 / np.sqrt(3))
 
 
-def test_report_renders(tmp_path: Path) -> None:
-    _write_results(tmp_path / "results.csv")
-    (tmp_path / "lam" / "x").mkdir(parents=True)
+def _stage(run: Path, kind: str, key: str, config: dict, resolved: dict | None = None, recon: bool = False,
+           done: bool = True) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.imsave(tmp_path / "lam" / "x" / "recon.png", np.zeros((8, 8, 3)))
-    assert report.main([str(tmp_path)]) == 0
-    page = (tmp_path / "report.html").read_text()
-    for name in ("return_vs_labels_id.png", "return_vs_dim_ood.png", "probe_vs_dim.png", "id_vs_ood.png"):
+    d = run / "stages" / kind / key
+    d.mkdir(parents=True)
+    (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config}))
+    if done:
+        (d / "done.json").write_text(json.dumps({"hash": key, "result": {}}))
+    if resolved is not None:
+        (d / "config.json").write_text(json.dumps(resolved))
+    if recon:
+        plt.imsave(d / "recon.png", np.zeros((8, 8, 3)))
+    return d
+
+
+def _fake_run(run: Path) -> None:
+    """results.csv (3 seeds, 2 tasks, 2 dims) and the pretrain stages behind it, as a sweep leaves them."""
+    run.mkdir()
+    _write_results(run / "results.csv")
+    data = {t: [f"/data/{t}.h5"] for t in TASKS}
+    (run / "experiment.json").write_text(json.dumps({
+        "config": {"description": "a fake sweep", "pretrain": {"mask_target": True}},
+        "datasets": data, "clean_datasets": {"cheetah-run": ["/data/cheetah-clean.h5"]}}))
+    # walker-run's clean data was collected: its task and variant come from the collect stage
+    collected = _stage(run, "collect", "c0ffee", {"task": "walker-run", "distractors": "none"}) / "data.h5"
+    for task in TASKS:
+        for seed in SEEDS:
+            for dim in (16, 64):
+                for method, paths in (("lapo", data[task]), ("masklam", data[task]),
+                                      ("lapo", ["/data/cheetah-clean.h5"] if task == "cheetah-run"
+                                       else [str(collected)])):
+                    conf = {"method": method, "data": paths, "latent_dim": dim, "seed": seed, "labels": 0,
+                            **({"mask_target": True} if method == "masklam" else {})}
+                    key = f"{method}{len(paths[0])}{task}{seed}{dim}"
+                    _stage(run, "pretrain", key, conf, {"preset": "cpu-small", "total_steps": 1000}, recon=True)
+    # a LAM from another sweep (not in results.csv) and an unfinished one are not shown
+    _stage(run, "pretrain", "stale", {"method": "laom", "data": data["cheetah-run"], "latent_dim": 999, "seed": 0},
+           {"preset": "h100"}, recon=True)
+    _stage(run, "pretrain", "running", {"method": "lapo", "data": data["cheetah-run"], "latent_dim": 16, "seed": 9},
+           recon=True, done=False)
+
+
+def test_report_renders(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _fake_run(run)
+    assert report.main([str(run)]) == 0
+    page = (run / "report.html").read_text()
+    for name in ("return_vs_labels_id.png", "return_vs_labels_ood.png", "return_vs_dim_id.png",
+                 "return_vs_dim_ood.png", "probe_vs_dim.png", "methods.png"):
         assert f'src="report/{name}"' in page
-        assert (tmp_path / "report" / name).stat().st_size > 1000
-    assert 'src="lam/x/recon.png"' in page
-    # the table shows masklam/cheetah/64/8/id: both seeds, normalised return 0.3 + 0.01 * seed
-    assert "<td>masklam</td><td>cheetah-run</td><td>64</td><td>8</td><td>id</td><td>2</td>" in page
-    assert "0.305 ± 0.005" in page
+        assert (run / "report" / name).stat().st_size > 1000
+    assert "a fake sweep" in page
+    # every result row: masklam/cheetah/64/8/id over 3 seeds, normalised 0.3 + 0.01 * seed: 0.31 ± SE 0.006
+    assert ("<td>masklam</td><td>default+mask-target</td><td>cpu-small, 1000 updates, dim 64</td>"
+            "<td>cheetah-run</td><td>64</td><td>8</td><td>id</td><td>3</td>") in page
+    assert "0.310 ± 0.006" in page and "0.310 ± 0.008" not in page  # the standard error, not the std
+    # every method at the largest dim and budget, per task and averaged over tasks (seeds: 0.33, 0.34, 0.35)
+    assert ("<td>average</td><td>masklam</td><td>default+mask-target</td><td>cpu-small, 1000 updates, dim 64</td>"
+            "<td>3</td>") in page
+    assert "<td>average</td><td>lapo-clean</td><td>default</td><td>cpu-small, 1000 updates, dim 64</td>" in page
+    assert "<td>average</td><td>bc</td><td>-</td><td>-</td>" in page
+    # reconstructions: side by side per task, dim and seed, captioned by method, recipe, seed and scale
+    recon = page[page.index("FDM reconstructions"):]
+    group = recon[recon.index("walker-run, latent dim 16, seed 1"):]
+    group = group[:group.index("</div>")]
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", group)
+    assert captions == ["lapo-clean · default · seed 1 · cpu-small, 1000 updates, dim 16",
+                        "lapo · default · seed 1 · cpu-small, 1000 updates, dim 16",
+                        "masklam · default+mask-target · seed 1 · cpu-small, 1000 updates, dim 16"]
+    assert recon.count("<figure") == 3 * 2 * 2 * 3 and "999" not in recon and "seed 9" not in recon
+    src = re.search(r'<img src="(stages/pretrain/[^"]+/recon.png)">', recon).group(1)
+    assert (run / src).is_file()
+
+
+def test_report_without_several_dims_has_no_dim_figures(tmp_path: Path) -> None:
+    rows = [r for r in csv.reader((_write_results(tmp_path / "all.csv") or tmp_path / "all.csv").open())]
+    with (tmp_path / "results.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if r[2] in ("0", "16")])
+    page = report.render_report(tmp_path).read_text()
+    assert "return_vs_labels_id.png" in page and "methods.png" in page
+    assert "return_vs_dim" not in page and "probe_vs_dim" not in page and "Latent size" not in page
 
 
 def test_report_bad_input(tmp_path: Path) -> None:

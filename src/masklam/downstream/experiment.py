@@ -1,5 +1,9 @@
 """`masklam experiment CONFIG`: methods x latent dims x label budgets x seeds x tasks, every stage cached.
 
+CONFIG is a file or the name of a shipped config (`masklam experiment --list`: src/masklam/configs/*.toml).
+`masklam experiment --status CONFIG [--out DIR]` prints which stages are done and which pending, with an
+estimate of the time left, from a dry run of the sweep (stages.plan_stages) that runs and writes nothing.
+
 Stages (collect, pretrain, bc, decode, evaluate; masklam.downstream.stages) are cached under
 `OUT/stages/`. A LAM is trained once per method/dim/seed and shared across label budgets, except
 laom-sup, which trains one per budget. Methods:
@@ -37,14 +41,15 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 
 from masklam.devices import resolve_device
 from masklam.downstream.results import normalize, write_results
-from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, bc_stage, collect_stage, decode_stage,
-                                       eval_stage, expert_return, pretrain_stage, recipe_label)
+from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, StagePlan, bc_stage, collect_stage,
+                                       decode_stage, dry_run, eval_stage, expert_return, format_plan, is_pending,
+                                       plan_stages, pretrain_stage, recipe_label, stage_context)
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
@@ -52,6 +57,8 @@ from masklam.metrics import standard_error
 
 DATA_KEYS = ("train", "clean", "collect", "collect_clean")
 """keys of a task's [data.TASK] table"""
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+"""the shipped configs: `masklam experiment NAME` runs CONFIG_DIR/NAME.toml"""
 
 
 @dataclass
@@ -93,6 +100,8 @@ class ExperimentConfig:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
     """progress bars"""
+    description: str = ""
+    """one line saying what the sweep compares (`masklam experiment --list`); no stage reads it"""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -177,15 +186,46 @@ def check_tables(cfg: ExperimentConfig) -> None:
                 _check_keys(f"data.{task}.{key}", spec[key], collect)
 
 
-def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
-    """Read an ExperimentConfig from a .toml or .json file (relative paths are relative to the working directory)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MasklamError(f"no such file: {path}")
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped with masklam (package data in masklam/configs/), by name (the file's stem)."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.toml"))}
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file: `name_or_path` if it is a file, else the shipped config of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise MasklamError(f"no such file or shipped config: {name_or_path} (shipped: {', '.join(shipped) or 'none'})")
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    """A config file's keys (.toml, else JSON); one-line MasklamError if it does not parse."""
     try:
         raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MasklamError(f"cannot parse {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise MasklamError(f"{path}: not a table of keys")
+    return raw
+
+
+def describe(path: Path) -> str:
+    """A config file's `description` (empty if it has none or does not parse)."""
+    try:
+        return str(_parse(path).get("description", ""))
+    except MasklamError:
+        return ""
+
+
+def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
+    """Read an ExperimentConfig from a .toml or .json file, or a shipped config by name (`shipped_configs`).
+    Relative paths in it (out, data) are relative to the working directory."""
+    path = config_path(path)
+    raw = _parse(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     names = _field_names(ExperimentConfig)
     unknown = sorted(set(raw) - names)
@@ -214,7 +254,8 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
                     raise MasklamError(f"no such file: {missing[0]}")
                 out[task][variant] = [str(p) for p in paths]
             elif coll in spec:
-                out[task][variant] = collect_stage(cfg.out, task, spec[coll], cfg.progress)
+                with stage_context(f"{task} {variant} data"):
+                    out[task][variant] = collect_stage(cfg.out, task, spec[coll], cfg.progress)
     return out
 
 
@@ -241,6 +282,8 @@ class _Sweep:
         """Evaluate a policy on every split of its data variant; one raw row per split."""
         for split in (self.cfg.splits if variant == "train" else ["id"]):
             res = eval_stage(self.root, policy, decoder, split, self.cfg.env, self.cfg.eval, self.prog)
+            if is_pending(res):  # a dry run (sweep_status): nothing measured yet
+                continue
             self.raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
                              "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
                              "success": res.get("success_rate"), "recipe": recipe_label(method, self.cfg.pretrain),
@@ -256,7 +299,7 @@ class _Sweep:
             data = self.datasets[task][variant]
             conf = {**self.bc_opts, **self.cfg.bc_full, "data": data, "target": "action", "seed": seed}
             policy = self.bc("bc", conf)
-            n_all = _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
+            n_all = 0 if dry_run() else _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
             self.evaluate_all("bc-full" if variant == "train" else "bc-full-clean", task, 0, n_all, seed, None,
                               policy, None, variant)
 
@@ -299,14 +342,16 @@ class _Sweep:
         """Every task, seed and method; -> the raw rows."""
         for task in self.cfg.tasks:
             for seed in self.cfg.seeds:
-                self.normalisers(task, seed)
+                with stage_context(f"{task} seed {seed} bc-full"):
+                    self.normalisers(task, seed)
                 for method in self.cfg.methods:
-                    if method in LAM_METHODS:
-                        self.lam_method(method, task, seed)
-                    elif method == "bc":
-                        self.bc_method(task, seed)
-                    elif method == "idm":
-                        self.idm_method(task, seed)
+                    with stage_context(f"{task} seed {seed} {method}"):
+                        if method in LAM_METHODS:
+                            self.lam_method(method, task, seed)
+                        elif method == "bc":
+                            self.bc_method(task, seed)
+                        elif method == "idm":
+                            self.idm_method(task, seed)
         return self.raw
 
 
@@ -315,7 +360,9 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
     cfg.out.mkdir(parents=True, exist_ok=True)
     datasets = _datasets(cfg)
     write_json(cfg.out / "experiment.json", {"config": dataclasses.asdict(cfg),
-                                             "datasets": {t: d["train"] for t, d in datasets.items()}}, indent=1)
+                                             "datasets": {t: d["train"] for t, d in datasets.items()},
+                                             "clean_datasets": {t: d["clean"] for t, d in datasets.items()
+                                                                if "clean" in d}}, indent=1)
     rows = normalize(_Sweep(cfg, datasets).run())
     write_results(cfg.out / "results.csv", rows)
     if render:
@@ -325,24 +372,52 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
     return rows
 
 
+# --- status of a sweep: a dry run ----------------------------------------------------------------------
+def sweep_status(cfg: ExperimentConfig) -> StagePlan:
+    """Every stage of the sweep, done or pending, without running or writing any (stages.plan_stages)."""
+    with plan_stages() as plan:  # the device is in no stage's key: do not ask for one
+        _Sweep(dataclasses.replace(cfg, device="cpu"), _datasets(cfg)).run()
+    return plan
+
+
+def list_configs() -> str:
+    """One line per shipped config: its name and description."""
+    shipped = shipped_configs()
+    width = max(map(len, shipped), default=0)
+    return "\n".join(f"{name:<{width}}  {describe(path)}" for name, path in shipped.items())
+
+
 @dataclass
 class ExperimentArgs:
     """Run a cached, resumable sweep from a TOML/JSON config; writes results.csv and report.html."""
 
-    config: tyro.conf.Positional[Path]
-    """sweep config file (.toml or .json)"""
+    config: Annotated[str | None, tyro.conf.Positional, tyro.conf.arg(metavar="CONFIG")] = None
+    """a shipped config's name (see --list) or a sweep config file (.toml or .json)"""
     out: Path | None = None
     """run directory (overrides the file's `out`)"""
     device: str | None = None
     """auto, cpu, cuda, cuda:N (overrides the file's `device`, whose default is auto)"""
     no_report: bool = False
     """skip rendering report.html"""
+    list_configs: Annotated[bool, tyro.conf.arg(name="list")] = False
+    """list the shipped configs (name and description) and exit"""
+    status: bool = False
+    """print which stages are done and which pending, with an estimate of the time left; runs and writes nothing"""
 
 
 def main(argv: list[str]) -> int:
-    """`masklam experiment CONFIG`."""
+    """`masklam experiment CONFIG`, `masklam experiment --list`, `masklam experiment --status CONFIG`."""
     args = parse(ExperimentArgs, argv)
+    if args.list_configs:
+        print(list_configs())
+        return 0
+    if args.config is None:
+        raise MasklamError("give a config: a shipped config's name (masklam experiment --list) or a file")
     cfg = load_config(args.config, out=args.out, device=args.device)
+    if args.status:
+        print(f"{args.config}: {cfg.out}")
+        print(format_plan(sweep_status(cfg)))
+        return 0
     rows = run_experiment(cfg, render=not args.no_report)
     print(f"{len(rows)} result rows in {cfg.out / 'results.csv'}")
     return 0

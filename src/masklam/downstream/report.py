@@ -1,10 +1,19 @@
-"""`masklam report RUN_DIR`: the papers' figures and one HTML page from a sweep's `results.csv`.
+"""`masklam report RUN_DIR`: one HTML page per experiment with the papers' figures, from a sweep's run directory.
 
-Figures (matplotlib, Agg), per task and averaged over tasks, seeds as error bands (mean +- std):
-normalised return vs number of labels, normalised return vs latent dim, probe NMSE vs latent dim,
-in-distribution vs out-of-distribution. Any `recon.png` under the run directory (FDM
-reconstruction grids) and example frames with masks (when `experiment.json` records a dataset)
-are shown too. `RUN_DIR/report.html` links to the PNG figures in `RUN_DIR/report/`.
+`RUN_DIR/report.html` (figures as PNGs in `RUN_DIR/report/`, masklam.downstream.figures) shows, per task and
+averaged over tasks, seeds as mean ± standard error (`over_seeds`):
+
+- normalised return vs labelled trajectories, ID and OOD (at the largest latent dim);
+- normalised return and probe NMSE vs latent dim, when the sweep has several;
+- every method's probe NMSE and normalised return ID / OOD (bars and a table, at the largest latent dim and
+  label budget), with each row's LAM recipe and scale (pretrain preset, updates, latent dim);
+- the FDM reconstruction grids (`recon.png` of the pretrain stages) side by side per task, latent dim and seed,
+  each captioned by method, recipe, seed and scale; example frames with agent masks;
+- every result row (mean ± SE over seeds).
+
+The LAMs are read from the pretrain stages (`stages/pretrain/<key>/`: stage.json, config.json, recon.png); a
+stage's task and data (distracted, or distractor-free for lapo-clean) from experiment.json's datasets or the
+collect stage that wrote its data.
 """
 from __future__ import annotations
 
@@ -13,155 +22,190 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import tyro
 
-from masklam.downstream.results import Row, SeedStats, over_seeds, read_results
 from masklam.args import parse
+from masklam.downstream.figures import (AVERAGE, curve_grid, example_frames, method_bars, method_order, stats,
+                                        tasks_and_average)
+from masklam.downstream.results import NORMALISERS, Row, SeedStats, over_seeds, read_results
+from masklam.downstream.stages import LAM_METHODS, recipe_label
 from masklam.errors import MasklamError
 
-AVERAGE = "average"
+
+# --- the LAMs of a run ------------------------------------------------------------------------------------
+@dataclass
+class Lam:
+    """A latent action model the sweep trained (a done pretrain stage), as the report shows it."""
+
+    method: str
+    """as in results.csv: lapo-clean is LAPO on the distractor-free data"""
+    task: str
+    latent_dim: int
+    seed: int
+    labels: int
+    """laom-sup: its label budget (0 for the others)"""
+    recipe: str
+    """how it was trained (masklam.downstream.stages.recipe_label)"""
+    scale: str
+    """pretrain preset, updates and latent dim"""
+    recon: Path | None
+    """its FDM reconstruction grid, if it wrote one"""
 
 
-def seed_curves(rows: list[Row], x: str, y: str, task: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per method: (xs, mean, std) of `y` over seeds at each `x` for one task or the task average.
-
-    For the average, each seed's values are first averaged over tasks, then mean/std over seeds
-    (`over_seeds`). Rows with a missing y are skipped.
-    """
-    cell: dict[str, dict[float, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if task == AVERAGE or r.task == task:
-            cell[r.method][getattr(r, x)].append((r.seed, getattr(r, y)))
-    curves = {}
-    for method, by_x in cell.items():
-        stats = {xv: over_seeds(pairs) for xv, pairs in by_x.items()}
-        xs = sorted(xv for xv, st in stats.items() if st.n)
-        if xs:
-            curves[method] = (np.array(xs, dtype=float), np.array([stats[xv].mean for xv in xs]),
-                              np.array([stats[xv].std for xv in xs]))
-    return curves
+def _collect_stage(run_dir: Path, path: str) -> Path | None:
+    """The stage.json of the collect stage that wrote `path` (stages/collect/<key>/data.h5), in this run dir."""
+    p = Path(path)
+    stage = run_dir / "stages" / "collect" / p.parent.name / "stage.json"
+    return stage if p.parent.parent.name == "collect" and stage.is_file() else None
 
 
-def _plot_curves(ax, curves, logx: bool) -> None:  # noqa: ANN001 (matplotlib axes)
-    for method, (xs, mean, std) in sorted(curves.items()):
-        if len(xs) == 1:  # a method without this axis (e.g. full-data BC): a horizontal reference
-            ax.axhline(mean[0], ls="--", lw=1, label=method, color=None)
+def _data_origin(run_dir: Path, exp: dict[str, Any], paths: list[str]) -> tuple[str, str]:
+    """(task, 'train' or 'clean') of a stage's data: experiment.json's datasets, else their collect stage."""
+    for variant, key in (("train", "datasets"), ("clean", "clean_datasets")):
+        for task, given in exp.get(key, {}).items():
+            if list(given) == list(paths):
+                return task, variant
+    stage = _collect_stage(run_dir, paths[0]) if len(paths) == 1 else None
+    if stage is None:
+        return "?", "train"
+    conf = json.loads(stage.read_text()).get("config", {})
+    return str(conf.get("task", "?")), "clean" if conf.get("distractors") == "none" else "train"
+
+
+def _experiment(run_dir: Path) -> dict[str, Any]:
+    f = run_dir / "experiment.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def lam_runs(run_dir: Path) -> list[Lam]:
+    """The done pretrain stages of a run directory, in method order."""
+    exp, out = _experiment(run_dir), []
+    for stage in sorted((run_dir / "stages" / "pretrain").glob("*/stage.json")):
+        d = stage.parent
+        if not (d / "done.json").is_file():
             continue
-        (line,) = ax.plot(xs, mean, marker="o", label=method)
-        ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    if logx:
-        ax.set_xscale("log", base=2)
+        conf = json.loads(stage.read_text())["config"]
+        task, variant = _data_origin(run_dir, exp, conf["data"])
+        method = "lapo-clean" if (conf["method"], variant) == ("lapo", "clean") else conf["method"]
+        resolved = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
+        updates = resolved.get("total_steps", resolved.get("updates", "?"))
+        scale = f"{resolved.get('preset', '?')}, {updates} updates, dim {conf['latent_dim']}"
+        out.append(Lam(method, task, int(conf["latent_dim"]), int(conf["seed"]), int(conf.get("labels", 0)),
+                       recipe_label(method, conf), scale, d / "recon.png" if (d / "recon.png").is_file() else None))
+    order = method_order(lam.method for lam in out)
+    return sorted(out, key=lambda lam: (lam.task, lam.latent_dim, lam.seed, order.index(lam.method), lam.labels))
 
 
-def _figure_grid(rows: list[Row], x: str, y: str, where: dict, title: str, path: Path, logx: bool = True) -> bool:
-    """One panel per task plus the average; returns False when there is nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sel = [r for r in rows if all(where[k](getattr(r, k)) for k in where)]
-    tasks = sorted({r.task for r in sel})
-    if not sel:
-        return False
-    panels = tasks + ([AVERAGE] if len(tasks) > 1 else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], panels):
-        _plot_curves(ax, seed_curves(sel, x, y, task), logx)
-        ax.set_title(task)
-        ax.set_xlabel(x.replace("_", " "))
-        ax.set_ylabel(y.replace("_", " "))
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
+def scales(lams: list[Lam]) -> dict[tuple[str, str, int], str]:
+    """(method, task, latent dim) -> the scale of its LAMs."""
+    by: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+    for lam in lams:
+        by[(lam.method, lam.task, lam.latent_dim)].add(lam.scale)
+    return {k: "; ".join(sorted(v)) for k, v in by.items()}
 
 
-def _id_vs_ood(rows: list[Row], path: Path) -> bool:
-    """Grouped bars: mean +- std (over seeds, task-averaged) normalised return per method, ID vs OOD."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = sorted({r.method for r in rows})
-    if not any(r.split == "ood" for r in rows):
-        return False
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(methods)), 3.4))
-    for j, split in enumerate(("id", "ood")):
-        stats = [_pooled(rows, m, split) for m in methods]
-        ax.bar(np.arange(len(methods)) + 0.4 * j, [s[0] for s in stats], 0.4, yerr=[s[1] for s in stats],
-               label=split, capsize=3)
-    ax.set_xticks(np.arange(len(methods)) + 0.2, methods, rotation=30, fontsize=8)
-    ax.set_ylabel("normalized return")
-    ax.legend()
-    ax.set_title("in-distribution vs OOD (all tasks, dims, labels)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
+# --- tables ------------------------------------------------------------------------------------------------
+def headline(rows: list[Row]) -> tuple[list[Row], int, int]:
+    """The rows at the largest latent dim and label budget (methods without one: all), with both."""
+    dims = [r.latent_dim for r in rows if r.latent_dim > 0]
+    budgets = [r.labels for r in rows if r.method not in NORMALISERS]
+    dim, n = max(dims, default=0), max(budgets, default=0)
+    keep = [r for r in rows if r.latent_dim in (0, dim) and (r.labels == n or r.method in NORMALISERS)]
+    return keep, dim, n
 
 
-def _pooled(rows: list[Row], method: str, split: str) -> tuple[float, float]:
-    """Mean and std over seeds of a method's normalised return, averaged within each seed."""
-    st = over_seeds((r.seed, r.normalized_return) for r in rows if r.method == method and r.split == split)
-    return st.mean, st.std
+def _ms(st: SeedStats, nd: int = 3) -> str:
+    """mean ± standard error ('' without values)."""
+    return "" if not st.n else f"{st.mean:.{nd}f} ± {st.sem:.{nd}f}"
 
 
-def summary_table(rows: list[Row]) -> list[list[str]]:
-    """Rows of (method, task, dim, labels, split, n seeds, probe NMSE, return, normalised return) as mean +- std."""
-    groups: dict[tuple, list[Row]] = defaultdict(list)
-    for r in rows:
-        groups[(r.method, r.task, r.latent_dim, r.labels, r.split)].append(r)
-    def ms(st: SeedStats) -> str:
-        return "" if not st.n else f"{st.mean:.3f} ± {st.std:.3f}"
+def _recipe(rows: list[Row]) -> str:
+    return ", ".join(sorted({r.extra.get("recipe", "-") for r in rows})) or "-"
 
+
+def _scale(scale: dict[tuple[str, str, int], str], rows: list[Row]) -> str:
+    if rows[0].method not in LAM_METHODS:
+        return "-"
+    found = {scale.get((r.method, r.task, r.latent_dim)) for r in rows} - {None}
+    return "; ".join(sorted(found)) or "?"
+
+
+def method_table(rows: list[Row], scale: dict[tuple[str, str, int], str]) -> list[list[str]]:
+    """Per task and the average, per method: recipe, scale, seeds, probe NMSE, return ID, normalised ID / OOD."""
     out = []
-    for key in sorted(groups):
-        g = groups[key]
-        out.append([*map(str, key), str(len(g)), *(ms(over_seeds((r.seed, getattr(r, y)) for r in g))
-                                                   for y in ("probe_nmse", "ret", "normalized_return"))])
+    for panel in tasks_and_average(rows):
+        sel = [r for r in rows if panel == AVERAGE or r.task == panel]
+        for m in method_order(r.method for r in sel):
+            g = [r for r in sel if r.method == m]
+            cells = [stats([r for r in g if r.split == s], y, panel)
+                     for y, s in (("probe_nmse", "id"), ("ret", "id"), ("normalized_return", "id"),
+                                  ("normalized_return", "ood"))]
+            out.append([panel, m, _recipe(g), _scale(scale, g), str(len({r.seed for r in g})),
+                        _ms(cells[0]), _ms(cells[1], 1), _ms(cells[2]), _ms(cells[3])])
     return out
 
 
-def _example_frames(run_dir: Path, out: Path) -> bool:
-    """Frames with their agent masks from the dataset recorded in experiment.json (if any, if readable)."""
-    meta = run_dir / "experiment.json"
-    if not meta.is_file():
-        return False
-    paths = json.loads(meta.read_text()).get("datasets", {})
-    first = next((p for ps in paths.values() for p in (ps if isinstance(ps, list) else [ps])), None)
-    if first is None or not Path(first).is_file():
-        return False
-    import h5py
-    import matplotlib
+def summary_table(rows: list[Row], scale: dict[tuple[str, str, int], str] | None = None) -> list[list[str]]:
+    """Every (method, task, dim, labels, split): recipe, scale, seeds, probe NMSE, return, normalised return."""
+    groups: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[(r.method, r.task, r.latent_dim, r.labels, r.split)].append(r)
+    order, out = method_order(k[0] for k in groups), []
+    for key in sorted(groups, key=lambda k: (order.index(k[0]), *k[1:])):
+        g = groups[key]
+        m, task, dim, labels, split = key
+        out.append([m, _recipe(g), _scale(scale or {}, g), task, str(dim), str(labels), split, str(len(g)),
+                    *(_ms(over_seeds((r.seed, getattr(r, y)) for r in g)) for y in ("probe_nmse", "ret",
+                                                                                   "normalized_return"))])
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    with h5py.File(first, "r") as f:
-        g = f["0"]
-        if "masks" not in g:
-            return False
-        idx = np.linspace(0, g["obs"].shape[0] - 1, 6).astype(int)
-        obs, masks = g["obs"][list(idx)], g["masks"][list(idx)]
-    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 3.4))
-    for j in range(len(idx)):
-        axes[0, j].imshow(obs[j])
-        axes[1, j].imshow(obs[j] * masks[j][..., None])
-        axes[0, j].set_title(f"t={idx[j]}", fontsize=8)
-        for a in axes[:, j]:
-            a.axis("off")
-    fig.suptitle(f"frames and agent masks: {Path(first).name}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return True
+# --- the page ----------------------------------------------------------------------------------------------
+def _table(head: list[str], body: list[list[str]]) -> str:
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
+
+
+def _figure(src: str, caption: str, cls: str = "") -> str:
+    return (f'<figure class="{cls}"><img src="{html.escape(src)}"><figcaption>{html.escape(caption)}'
+            "</figcaption></figure>")
+
+
+def _recon_section(run_dir: Path, lams: list[Lam]) -> list[str]:
+    """The FDM reconstruction grids side by side: one row per task, latent dim and seed."""
+    groups: dict[tuple[str, int, int], list[Lam]] = defaultdict(list)
+    for lam in lams:
+        if lam.recon is not None:
+            groups[(lam.task, lam.latent_dim, lam.seed)].append(lam)
+    if not groups:
+        return []
+    parts = ["<h2>FDM reconstructions</h2><p>Held-out windows; rows: o<sub>t</sub>, o<sub>t+1</sub>, the FDM's "
+             "prediction of o<sub>t+1</sub> (and, for methods that use them, the agent mask of o<sub>t+1</sub>).</p>"]
+    for (task, dim, seed), group in groups.items():
+        parts.append(f"<h3>{html.escape(task)}, latent dim {dim}, seed {seed}</h3><div class='row'>")
+        for lam in group:
+            caption = f"{lam.method} · {lam.recipe} · seed {lam.seed} · {lam.scale}"
+            parts.append(_figure(lam.recon.relative_to(run_dir).as_posix(), caption, "recon"))
+        parts.append("</div>")
+    return parts
+
+
+def _frames(run_dir: Path, out: Path) -> bool:
+    """Example frames with masks from the first dataset experiment.json records (if it can be found)."""
+    paths = [p for ps in _experiment(run_dir).get("datasets", {}).values() for p in ps]
+    if not paths:
+        return False
+    stage = _collect_stage(run_dir, paths[0])
+    local = stage.parent / Path(paths[0]).name if stage else Path(paths[0])
+    return local.is_file() and example_frames(local, out)
+
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1500px}table{border-collapse:collapse;font-size:90%}"
+         "td,th{border:1px solid #ccc;padding:2px 6px}figure{margin:0.5em 0}img{max-width:100%}"
+         ".row{display:flex;gap:1em;flex-wrap:wrap}.recon{flex:1;min-width:260px;max-width:32%}"
+         "figcaption{font-size:85%}")
 
 
 def render_report(run_dir: str | Path) -> Path:
@@ -170,48 +214,54 @@ def render_report(run_dir: str | Path) -> Path:
     rows = read_results(run_dir / "results.csv")
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
+    exp = _experiment(run_dir).get("config", {})
+    keys = {(r.method, r.task, r.latent_dim, r.seed) for r in rows}
+    lams = [lam for lam in lam_runs(run_dir) if (lam.method, lam.task, lam.latent_dim, lam.seed) in keys]
+    scale = scales(lams)
+    top, dim, budget = headline(rows)
     dims = sorted({r.latent_dim for r in rows if r.latent_dim > 0})
-    labels = sorted({r.labels for r in rows if r.method != "bc-full"})
-    max_dim, max_labels = (dims[-1] if dims else 0), (labels[-1] if labels else 0)
-    figs: list[tuple[str, str]] = []
+    parts = [f"<h1>masklam report: {html.escape(run_dir.name)}</h1>"]
+    if exp.get("description"):
+        parts.append(f"<p>{html.escape(exp['description'])}</p>")
+    tasks, seeds = sorted({r.task for r in rows}), sorted({r.seed for r in rows})
+    parts.append(f"<p>{len(rows)} result rows in {html.escape(str(run_dir / 'results.csv'))}: tasks "
+                 f"{', '.join(tasks)}; seeds {', '.join(map(str, seeds))}; mean ± standard error over seeds (over "
+                 "tasks: each seed's task average first). Normalised return: return / full-data BC's on the same data "
+                 "and videos.</p>")
 
-    def add(name: str, caption: str, ok: bool) -> None:
-        if ok:
-            figs.append((name, caption))
+    def fig(name: str, caption: str, draw: Callable[[Path], bool]) -> None:
+        """Draw report/NAME; show it if there was something to draw."""
+        if draw(out / name):
+            parts.append(_figure(f"report/{name}", caption))
 
+    parts.append("<h2>Return vs labelled trajectories</h2>")
     for split in ("id", "ood"):
-        add(f"return_vs_labels_{split}.png", f"normalised return vs labeled trajectories ({split}, latent dim {max_dim})",
-            _figure_grid(rows, "labels", "normalized_return",
-                         {"split": lambda s, sp=split: s == sp, "latent_dim": lambda d: d in (0, max_dim),
-                          "method": lambda m: m != "bc-full"},
-                         f"normalised return vs labels ({split})", out / f"return_vs_labels_{split}.png"))
-        add(f"return_vs_dim_{split}.png", f"normalised return vs latent dim ({split}, {max_labels} labels)",
-            _figure_grid(rows, "latent_dim", "normalized_return",
-                         {"split": lambda s, sp=split: s == sp, "labels": lambda n: n == max_labels,
-                          "latent_dim": lambda d: d > 0},
-                         f"normalised return vs latent dim ({split})", out / f"return_vs_dim_{split}.png"))
-    add("probe_vs_dim.png", "linear probe NMSE (held out) vs latent dim",
-        _figure_grid(rows, "latent_dim", "probe_nmse", {"split": lambda s: s == "id", "latent_dim": lambda d: d > 0},
-                     "probe NMSE vs latent dim", out / "probe_vs_dim.png"))
-    add("id_vs_ood.png", "in-distribution vs out-of-distribution normalised return", _id_vs_ood(rows, out / "id_vs_ood.png"))
-    add("frames.png", "example frames (top) and agent masks (bottom)", _example_frames(run_dir, out / "frames.png"))
-    recons = sorted(p for p in run_dir.rglob("recon.png") if out not in p.parents)
-    parts = [f"<h1>masklam report: {html.escape(str(run_dir))}</h1>", f"<p>{len(rows)} result rows.</p>"]
-    for name, caption in figs:
-        parts.append(f'<figure><img src="report/{name}"><figcaption>{html.escape(caption)}</figcaption></figure>')
-    if recons:
-        parts.append("<h2>FDM reconstructions</h2>")
-        for p in recons:
-            rel = p.relative_to(run_dir)
-            parts.append(f'<figure><img src="{html.escape(rel.as_posix())}" style="max-width:100%">'
-                         f"<figcaption>{html.escape(str(p.parent.relative_to(run_dir)))}</figcaption></figure>")
-    head = ["method", "task", "latent dim", "labels", "split", "seeds", "probe NMSE", "return", "normalised return"]
-    parts.append("<h2>Results (mean ± std over seeds)</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
-    for r in summary_table(rows):
-        parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
-    parts.append("</table>")
-    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>masklam report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+        fig(f"return_vs_labels_{split}.png", f"normalised return vs labelled trajectories ({split}; latent dim {dim})",
+            lambda p, s=split: curve_grid(rows, "labels", "normalized_return",
+                                          lambda r: r.split == s and r.latent_dim in (0, dim),
+                                          f"normalised return vs labels ({s})", p))
+    if len(dims) > 1:
+        parts.append("<h2>Latent size</h2>")
+        for split in ("id", "ood"):
+            fig(f"return_vs_dim_{split}.png", f"normalised return vs latent dim ({split}; {budget} labels)",
+                lambda p, s=split: curve_grid(rows, "latent_dim", "normalized_return",
+                                              lambda r: r.split == s and r.labels == budget and r.latent_dim > 0,
+                                              f"normalised return vs latent dim ({s})", p))
+        fig("probe_vs_dim.png", "held-out linear probe NMSE latent -> action vs latent dim",
+            lambda p: curve_grid(rows, "latent_dim", "probe_nmse", lambda r: r.split == "id" and r.latent_dim > 0,
+                                 "probe NMSE vs latent dim", p))
+    parts.append(f"<h2>Every method (latent dim {dim}, {budget} labelled trajectories)</h2>")
+    fig("methods.png", "probe NMSE and normalised return ID / OOD, averaged over tasks (mean ± SE over seeds)",
+        lambda p: method_bars(top, p))
+    parts.append(_table(["task", "method", "recipe", "scale (pretrain preset, updates, latent dim)", "seeds",
+                         "probe NMSE", "return ID", "normalised ID", "normalised OOD"], method_table(top, scale)))
+    parts += _recon_section(run_dir, lams)
+    fig("frames.png", "example frames (top) and agent masks (bottom)", lambda p: _frames(run_dir, p))
+    parts.append("<h2>Every result (mean ± SE over seeds)</h2>")
+    parts.append(_table(["method", "recipe", "scale", "task", "latent dim", "labels", "split", "seeds", "probe NMSE",
+                         "return", "normalised return"], summary_table(rows, scale)))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>masklam report: {html.escape(run_dir.name)}"
+            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     (run_dir / "report.html").write_text(page)
     return run_dir / "report.html"
 

@@ -3,16 +3,25 @@
 A stage lives in `OUT/stages/<kind>/<key>/`, where the key hashes the stage's kind (and code version),
 its resolved config, which includes its inputs' directories (so their keys), and the size and mtime of
 its data files. A stage is skipped when its `done.json` holds the same hash, and runs (or resumes:
-stages resume from their own checkpoints) otherwise.
+stages resume from their own checkpoints) otherwise. `done.json` records the stage's result and its run
+time (`wall_s`, of the session that finished it).
+
+A dry run (`plan_stages`, behind `masklam experiment --status`) walks the same code without running or
+writing anything: `run_stage` records each stage as done (its done.json) or pending instead. A stage whose
+config names a pending stage's directory waits on it: it is pending, and its key, which hashes its inputs'
+data files, is not known yet.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -61,43 +70,219 @@ def stage_key(kind: str, config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _done_result(d: Path, key: str) -> dict[str, Any] | None:
+    """`d/done.json` if it records this key (then the stage is done), else None."""
+    done = d / "done.json"
+    if not done.is_file():
+        return None
+    try:
+        rec = json.loads(done.read_text())
+    except json.JSONDecodeError:
+        return None
+    return rec if rec.get("hash") == key else None
+
+
+_CONTEXT: ContextVar[str] = ContextVar("masklam_stage_context", default="")
+
+
+@contextmanager
+def stage_context(label: str) -> Iterator[None]:
+    """Name what the stages run inside are for (e.g. "cheetah-run seed 0 lapo"), for logs and dry runs."""
+    token = _CONTEXT.set(label)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
 def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
               log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
-    """Run `fn(stage_dir) -> result` unless `stage_dir/done.json` records this config's hash; -> (dir, result)."""
+    """Run `fn(stage_dir) -> result` unless `stage_dir/done.json` records this config's hash; -> (dir, result).
+
+    In a dry run (`plan_stages`) only records the stage: -> (dir, its result, or a `Pending` one)."""
     from masklam.files import write_json
 
     key = stage_key(kind, config)
     d = root / "stages" / kind / key
-    done = d / "done.json"
-    if done.is_file():
-        try:
-            rec = json.loads(done.read_text())
-        except json.JSONDecodeError:
-            rec = {}
-        if rec.get("hash") == key:
-            return d, rec["result"]
+    plan = _PLAN.get()
+    if plan is not None:
+        return d, plan.visit(d, kind, key, config)
+    rec = _done_result(d, key)
+    if rec is not None:
+        return d, rec["result"]
     d.mkdir(parents=True, exist_ok=True)
     (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config}, indent=1, default=str))
-    log(f"[{kind} {key}] running")
+    context = _CONTEXT.get()
+    log(f"[{kind} {key}] running" + (f" ({context})" if context else ""))
+    t0 = time.perf_counter()
     result = fn(d)
-    write_json(done, {"hash": key, "result": result}, indent=1)
+    write_json(d / "done.json", {"hash": key, "result": result, "wall_s": time.perf_counter() - t0}, indent=1)
     return d, result
 
 
+# --- dry runs --------------------------------------------------------------------------------------------
+class Pending(dict):
+    """The result a dry run gives for a stage not done yet (empty; `is_pending` tells it apart)."""
+
+
+def is_pending(result: Any) -> bool:
+    """Whether a stage's result is a dry run's placeholder for a stage not done yet."""
+    return isinstance(result, Pending)
+
+
+@dataclass
+class PlannedStage:
+    """A stage a dry run met."""
+
+    kind: str
+    """collect, pretrain, bc, idm, decode, evaluate"""
+    key: str | None
+    """its key; None while it waits on a pending stage (the key hashes its inputs' files)"""
+    done: bool
+    """its done.json records its key"""
+    context: str
+    """what it is for (`stage_context`), e.g. "cheetah-run seed 0 lapo" """
+    config: dict[str, Any]
+    """its config"""
+    wall_s: float | None = None
+    """done: its run time (done.json's wall_s, else the time between stage.json and done.json)"""
+    started: float | None = None
+    """pending with a stage.json: when it last started (time.time(); running now or interrupted)"""
+
+
+@dataclass
+class StagePlan:
+    """What a dry run of a sweep met (`plan_stages`), in order."""
+
+    stages: list[PlannedStage] = field(default_factory=list)
+    """each stage met, once"""
+    pending_dirs: list[str] = field(default_factory=list)
+    """directories of the pending stages (a config naming one waits on it)"""
+    seen: set[str] = field(default_factory=set)
+    """directories of the stages met"""
+
+    def visit(self, d: Path, kind: str, key: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Record one stage; -> its result if done, else a `Pending` one."""
+        blob = json.dumps(config, sort_keys=True, default=str)
+        waits = any(p in blob for p in self.pending_dirs)
+        rec = None if waits else _done_result(d, key)
+        stage = PlannedStage(kind, None if waits else key, rec is not None, _CONTEXT.get(), config)
+        if str(d) not in self.seen:  # a stage two parts of the sweep share runs once
+            self.seen.add(str(d))
+            self.stages.append(stage)
+        started, done = d / "stage.json", d / "done.json"
+        if rec is not None:
+            stage.wall_s = rec.get("wall_s")
+            if stage.wall_s is None and started.is_file():  # done before run_stage recorded wall_s
+                stage.wall_s = max(done.stat().st_mtime - started.stat().st_mtime, 0.0)
+            return rec["result"]
+        if not waits and started.is_file():
+            stage.started = started.stat().st_mtime
+        self.pending_dirs.append(str(d))
+        return Pending()
+
+
+_PLAN: ContextVar[StagePlan | None] = ContextVar("masklam_stage_plan", default=None)
+
+
+@contextmanager
+def plan_stages() -> Iterator[StagePlan]:
+    """A dry run: inside it, `run_stage` records stages in the StagePlan yielded and runs or writes nothing."""
+    plan = StagePlan()
+    token = _PLAN.set(plan)
+    try:
+        yield plan
+    finally:
+        _PLAN.reset(token)
+
+
+def dry_run() -> bool:
+    """Whether stages are being planned (`plan_stages`) rather than run."""
+    return _PLAN.get() is not None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def _brief(stage: PlannedStage) -> str:
+    """What tells a stage from its siblings: its context and the options that vary within one."""
+    c = stage.config
+    parts = [f"{k} {c[k]}" for k in ("target", "latent_dim", "labels", "split") if c.get(k) is not None]
+    return ", ".join([stage.context] + parts) if stage.context else ", ".join(parts)
+
+
+def format_plan(plan: StagePlan, now: float | None = None) -> str:
+    """Per stage kind: done and pending counts, mean run time and time left; the started stages; what is left.
+
+    A pending stage is estimated by the mean run time of the done stages of its kind (less the time it has
+    run if it started), a kind with none done has no estimate."""
+    now = time.time() if now is None else now
+    kinds = list(dict.fromkeys(s.kind for s in plan.stages))
+    lines = [f"{'stage':<10}{'done':>6}{'pending':>9}{'mean time':>12}{'time left':>13}"]
+    total, unknown = 0.0, []
+    for kind in kinds:
+        done = [s for s in plan.stages if s.kind == kind and s.done]
+        pending = [s for s in plan.stages if s.kind == kind and not s.done]
+        walls = [s.wall_s for s in done if s.wall_s is not None]
+        mean = sum(walls) / len(walls) if walls else None
+        if pending and mean is None:
+            unknown.append(kind)
+            left = "no estimate"
+        else:
+            secs = sum(max(mean - (now - s.started), 0.0) if s.started else mean for s in pending) if pending else 0.0
+            total += secs
+            left = _duration(secs)
+        lines.append(f"{kind:<10}{len(done):>6}{len(pending):>9}{_duration(mean) if mean is not None else '-':>12}"
+                     f"{left:>13}")
+    n_done = sum(s.done for s in plan.stages)
+    n_pending = len(plan.stages) - n_done
+    if not n_pending:
+        lines.append(f"all {n_done} stages done")
+        return "\n".join(lines)
+    if unknown and not total:
+        estimate = "no estimate yet (no stage of a pending kind is done)"
+    else:
+        estimate = f"about {_duration(total)} left" + (
+            f", plus the {', '.join(unknown)} stages (no estimate: none of their kind done yet)" if unknown else "")
+    lines.append(f"{n_done} done, {n_pending} pending: {estimate}")
+    for s in plan.stages:
+        if s.started is not None:
+            lines.append(f"started {_duration(now - s.started)} ago (running, or interrupted): {s.kind} {s.key} "
+                         f"({_brief(s)})")
+    lines.append("left (stages waiting on pending inputs have no key yet):")
+    left: dict[str, dict[str, int]] = {}
+    for s in plan.stages:
+        if not s.done:
+            counts = left.setdefault(s.context, {})
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+    for context, counts in left.items():
+        lines.append(f"  {context or '-'}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
+    return "\n".join(lines)
+
+
+
 # --- the stages ----------------------------------------------------------------------------------------
+COLLECTED = "data.h5"
+"""the file a collect stage writes in its directory"""
+
+
 def collect_stage(root: Path, task: str, options: dict[str, Any], progress: bool = True) -> list[str]:
     """Collect a dataset with `masklam collect`'s CollectConfig options (cached); -> the file paths."""
     def fn(d: Path) -> dict[str, Any]:
         from masklam.data.collect import CollectConfig, collect
 
-        out = d / "data.h5"
+        out = d / COLLECTED
         collect(CollectConfig(**{"progress": progress, **options, "task": task, "out": out}))
         return {"paths": [str(out)]}
 
     key = {"task": task, **options}
     if options.get("policy", "expert") == "expert":  # a retrained expert means new data
         key["expert_sha256"] = expert_digest(task, options.get("expert_path"))
-    return run_stage(root, "collect", key, fn)[1]["paths"]
+    d, _ = run_stage(root, "collect", key, fn)
+    return [str(d / COLLECTED)]  # the result's paths (also before the stage ran, in a dry run)
 
 
 def expert_digest(task: str, path: str | None = None) -> str | None:
