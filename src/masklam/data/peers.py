@@ -157,11 +157,13 @@ def _check_types(path: Path, schema: Any, columns: list[str]) -> None:
         elif col in VECTOR_COLUMNS.values():
             ok, want = (_is_list(t) and _numeric(t.value_type)) or _numeric(t), "lists of numbers"
         else:  # images: HF Image structs {bytes, path}, raw bytes, or nested lists of numbers
-            while _is_list(t):
-                t = t.value_type
-            ok = (pa.types.is_binary(t) or pa.types.is_large_binary(t) or _numeric(t)
-                  or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
-                      and (pa.types.is_binary(t.field("bytes").type) or pa.types.is_large_binary(t.field("bytes").type))))
+            if _is_list(t):
+                while _is_list(t):
+                    t = t.value_type
+                ok = _numeric(t)
+            else:
+                t = t.field("bytes").type if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 else t
+                ok = pa.types.is_binary(t) or pa.types.is_large_binary(t)
             want = "images (Image structs with bytes, bytes, or nested lists of numbers)"
         if not ok:
             raise MasklamError(f"{path}: column {col!r} must hold {want}, not {schema.field(col).type}")
