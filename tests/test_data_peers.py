@@ -199,6 +199,9 @@ def test_pretrain_runs_on_the_papers_data(tmp_path: Path, capsys: pytest.Capture
         config = json.loads((tmp_path / name / "config.json").read_text())
         assert config["total_steps"] == 2 and len(config["heldout_trajectories"]) == 1
     assert json.loads((tmp_path / "lapo-clean" / "config.json").read_text())["observations"] == "clean"
+    # probing the clean run on an HDF5 file given with --data: the run's observations are the parquet file's
+    assert cli.main(["probe", str(tmp_path / "lapo-clean"), "--data", str(tmp_path / "laom.hdf5"), "--no-write",
+                     "--device", "cpu"]) == 0
     assert "observations" not in json.loads((tmp_path / "masklam-sam" / "config.json").read_text())
 
 
@@ -327,3 +330,23 @@ def test_a_directory_of_laom_hdf5_files_loads(tmp_path: Path) -> None:
     trajs = write_laom_file(tmp_path / "laom" / "cheetah.hdf5", n=2, length=4)
     data = load_dataset(tmp_path / "laom", progress=False)
     assert data.num_trajectories == 2 and np.array_equal(data.trajectory(1)["obs"], trajs[1]["obs"])
+
+
+def test_parquet_data_record_no_task_and_are_no_clean_experiment_data(tmp_path: Path) -> None:
+    from masklam.downstream.evaluate import env_spec
+    from masklam.downstream.experiment import ExperimentConfig
+    from masklam.downstream.targets import env_meta_of
+
+    pq.write_table(table(episodes([3, 3])), tmp_path / "tiny.parquet")
+    meta = load_dataset(tmp_path / "tiny.parquet", progress=False).meta
+    env = env_meta_of(dict(meta), {})
+    assert "task" not in env and env["img_size"] == H  # not "None-None"
+    with pytest.raises(MasklamError, match="no task recorded with the policy.*pass --task"):
+        env_spec(env, "id")
+    assert env_spec(env, "id", task="cheetah-run").task == "cheetah-run"
+    # BC and decoding read a parquet file's distracted frames: under `clean` it would train the upper bound on them
+    base = dict(out=tmp_path, tasks=["cheetah-run"], methods=["lapo-clean"])
+    for clean in (str(tmp_path / "tiny.parquet"), [str(tmp_path / "tiny.parquet")]):
+        with pytest.raises(MasklamError, match="data.cheetah-run.clean: .* is MaskLAM parquet data"):
+            ExperimentConfig(**base, data={"cheetah-run": {"train": [str(tmp_path / "tiny.parquet")], "clean": clean}})
+    ExperimentConfig(**base, data={"cheetah-run": {"train": [str(tmp_path / "tiny.parquet")], "collect_clean": {}}})

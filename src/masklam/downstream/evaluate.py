@@ -81,7 +81,8 @@ def env_spec(env_meta: dict[str, Any], split: str, task: str | None = None,
         kwargs["max_episode_steps"] = max_episode_steps
     name = task or env_meta.get("task")
     if not name:
-        raise MasklamError("no task recorded with the policy; pass --task")
+        raise MasklamError("no task recorded with the policy (its data record none, e.g. MaskLAM's parquet data); "
+                           "pass --task")
     return EnvSpec(name, kwargs, env_meta.get("factory", "masklam.envs:make"))
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,19 @@ class ExperimentConfig:
                 raise MasklamError(f"no data for task {task!r}: give data.{task}.train (paths) or .collect")
             if "lapo-clean" in self.methods and not ({"clean", "collect_clean"} & set(spec)):
                 raise MasklamError(f"lapo-clean needs distractor-free data: data.{task}.clean or .collect_clean")
+            _check_clean_not_parquet(task, spec.get("clean"))
         check_background_paths(self)
+
+
+def _check_clean_not_parquet(task: str, clean: Any) -> None:
+    """MaskLAM's parquet data under `clean`: BC and decoding read a parquet file's distracted frames, so the
+    clean upper bound would silently train on distracted ones."""
+    from masklam.data.peers import is_parquet
+
+    for path in [clean] if isinstance(clean, (str, os.PathLike)) else clean or []:
+        if is_parquet(path):
+            raise MasklamError(f"data.{task}.clean: {path} is MaskLAM parquet data, whose distracted frames BC and "
+                               f"decoding read; pass the clean frames another way (an HDF5 file, or .collect_clean)")
 
 
 def check_background_paths(cfg: ExperimentConfig) -> None:
