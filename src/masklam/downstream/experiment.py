@@ -130,18 +130,24 @@ def _check_clean_not_parquet(task: str, clean: Any) -> None:
 
 
 def check_background_paths(cfg: ExperimentConfig) -> None:
-    """A missing or empty `background_path` folder (in a collect table or [env]) as one line, before any work."""
-    from masklam.envs.videos import DavisVideos
+    """A missing or empty `background_path` folder (in a collect table or [env]), or one without the videos a
+    split needs, as one line, before any work. Without [env]'s, evaluation plays the folder the data were
+    collected with (recorded with the policy): its held-out videos for 'ood'."""
+    from masklam.envs.videos import VIDEO_SPLIT_OF, check_background_path
 
+    env_path = cfg.env.get("background_path")
     wanted = []
     for task, spec in cfg.data.items():
         for key in ("collect", "collect_clean"):
-            if spec.get(key, {}).get("background_path") is not None:
-                wanted.append((spec[key]["background_path"], spec[key].get("video_split", "train")))
-    if cfg.env.get("background_path") is not None:
-        wanted += [(cfg.env["background_path"], "train" if s == "id" else "eval") for s in cfg.splits]
-    for path, split in wanted:
-        DavisVideos(path, split, 16)
+            path = spec.get(key, {}).get("background_path")
+            if path is not None:
+                wanted.append((path, spec[key].get("video_split", "train")))
+                if env_path is None and key == "collect":  # the clean data's policies play no videos
+                    wanted += [(path, VIDEO_SPLIT_OF[s]) for s in cfg.splits]
+    if env_path is not None:
+        wanted += [(env_path, VIDEO_SPLIT_OF[s]) for s in cfg.splits]
+    for path, split in dict.fromkeys(wanted):
+        check_background_path(path, split)
 
 
 # --- validation of the stage tables ------------------------------------------------------------------
