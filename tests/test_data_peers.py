@@ -283,6 +283,11 @@ def test_a_directory_of_several_splits_needs_one_chosen(tmp_path: Path) -> None:
     check_loaded(load_dataset(d / "test", mask_key="masks", progress=False), test)
     with pytest.raises(MasklamError, match="no such file"):
         load_dataset(d / "validation", progress=False)
+    other = tmp_path / "other"  # shards not named by split: one table, as before
+    other.mkdir()
+    pq.write_table(t.slice(0, 5), other / "a.parquet")
+    pq.write_table(t.slice(5), other / "b.parquet")
+    check_loaded(load_dataset(other, mask_key="masks", progress=False), train)
 
 
 def test_stage_keys_fingerprint_a_shard_directory_by_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

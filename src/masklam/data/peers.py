@@ -91,13 +91,14 @@ def _pyarrow() -> Any:
 
 
 def parquet_shards(path: str | os.PathLike) -> list[Path]:
-    """The shards of a parquet source, in name order: a file; a directory's shards, all of one split (a one-line
-    error for several splits); or `DIR/<split>`, that split's shards of DIR. [] when there are none."""
+    """The shards of a parquet source, in name order: a file; a directory's shards (a one-line error when they
+    are Hugging Face shards of several splits; other names are read as they are); or `DIR/<split>`, that
+    split's shards of DIR. [] when there are none."""
     path = Path(path)
     if not path.is_dir():
         return [path] if path.exists() else _selected(path)
     shards = sorted(path.glob("*.parquet"))
-    splits = sorted({m["split"] if (m := SHARD.match(p.name)) else p.name for p in shards})
+    splits = sorted({m["split"] for p in shards if (m := SHARD.match(p.name))})
     if len(splits) > 1:
         raise MasklamError(f"{path} holds the shards of several splits ({', '.join(splits)}); give one, "
                            f"e.g. {path / splits[0]}")
