@@ -355,3 +355,11 @@ def test_parquet_data_record_no_task_and_are_no_clean_experiment_data(tmp_path: 
         with pytest.raises(MasklamError, match="data.cheetah-run.clean: .* is MaskLAM parquet data"):
             ExperimentConfig(**base, data={"cheetah-run": {"train": [str(tmp_path / "tiny.parquet")], "clean": clean}})
     ExperimentConfig(**base, data={"cheetah-run": {"train": [str(tmp_path / "tiny.parquet")], "collect_clean": {}}})
+    # one split of a directory of shards (DIR/train) is data an experiment finds
+    from masklam.downstream.experiment import _datasets
+
+    (tmp_path / "hf").mkdir()
+    pq.write_table(table(episodes([3, 3])), tmp_path / "hf" / "train-00000-of-00001.parquet")
+    cfg = ExperimentConfig(out=tmp_path, tasks=["cheetah-run"], methods=["lapo"],
+                           data={"cheetah-run": {"train": [str(tmp_path / "hf" / "train")]}})
+    assert _datasets(cfg) == {"cheetah-run": {"train": [str(tmp_path / "hf" / "train")]}}

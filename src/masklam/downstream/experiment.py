@@ -222,13 +222,15 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
 # --- the sweep -----------------------------------------------------------------------------------------
 def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
     """Per task, the 'train' (distracted) and 'clean' file lists, collecting where asked."""
+    from masklam.data.peers import is_parquet
+
     out: dict[str, dict[str, list[str]]] = {}
     for task in cfg.tasks:
         spec, out[task] = cfg.data[task], {}
         for variant, coll in (("train", "collect"), ("clean", "collect_clean")):
             if variant in spec:
                 paths = spec[variant] if isinstance(spec[variant], list) else [spec[variant]]
-                missing = [p for p in paths if not Path(p).exists()]
+                missing = [p for p in paths if not Path(p).exists() and not is_parquet(p)]  # is_parquet: DIR/<split>
                 if missing:
                     raise MasklamError(f"no such file: {missing[0]}")
                 out[task][variant] = [str(p) for p in paths]
