@@ -36,8 +36,12 @@ def test_split_of_any_video_folder(tmp_path: Path) -> None:
     assert video_split_names(tmp_path, names) == (["v0", "v1", "v3", "v4", "v6"], ["v2", "v5"])  # every third
     assert video_split_names(tmp_path, ["b", "a"]) == (["a"], ["b"])
     assert video_split_names(tmp_path, ["a"]) == (["a"], [])
-    # DAVIS names: the standard DAVIS-2017 split, whatever the count
-    assert video_split_names(tmp_path, ["bear", "blackswan", "boat", "cows"]) == (["bear", "boat"], ["blackswan", "cows"])
+    # DAVIS names in a plain folder: a plain folder (every third); in a DAVIS root: the standard DAVIS-2017 split
+    davis_names = ["bear", "blackswan", "boat", "cows"]
+    assert video_split_names(tmp_path, davis_names) == (["bear", "blackswan", "cows"], ["boat"])
+    (tmp_path / "JPEGImages" / "480p").mkdir(parents=True)
+    assert video_split_names(tmp_path, davis_names) == (["bear", "boat"], ["blackswan", "cows"])
+    assert video_split_names(tmp_path, ["bear", "boat", "car-turn"]) == (["bear", "boat", "car-turn"], [])
     (tmp_path / "ImageSets" / "2017").mkdir(parents=True)
     (tmp_path / "ImageSets" / "2017" / "train.txt").write_text("v1\nv2\n")  # the folder's own split file wins
     assert video_split_names(tmp_path, names[:4]) == (["v1", "v2"], ["v0", "v3"])
@@ -54,6 +58,11 @@ def test_plain_and_davis_layouts_give_disjoint_split_ids(tmp_path: Path) -> None
     assert [DavisVideos(davis, "eval", 8).name(i) for i in DavisVideos(davis, "eval", 8).ids] == ["dog"]
     with pytest.raises(MasklamError, match="no eval videos"):
         DavisVideos(video_folder(tmp_path / "one", ["a"]), "eval", 8)
+    # a train-only DAVIS download: all its videos train (no DAVIS training video is ever an eval video)
+    train_only = video_folder(tmp_path / "davis-train", ["bear", "boat", "car-turn"], davis=True)
+    assert len(DavisVideos(train_only, "train", 8).ids) == 3
+    with pytest.raises(MasklamError, match="no eval videos"):
+        DavisVideos(train_only, "eval", 8)
     with pytest.raises(MasklamError, match="is not a folder"):
         DavisVideos(tmp_path / "nowhere", "train", 8)
     (tmp_path / "empty" / "a").mkdir(parents=True)  # a video folder without frames is no video
@@ -110,7 +119,8 @@ def test_collect_with_background_path_shows_the_folder_and_records_it(tmp_path: 
         assert f.attrs["split"] == "eval" and set(f["0"]["video_id"][()].tolist()) == {2}
 
 
-def test_quickstart_passes_the_folder_to_collection_and_evaluation_only_when_given(tmp_path: Path) -> None:
+def test_quickstart_passes_the_folder_to_collection_and_evaluation_only_when_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from masklam.downstream.experiment import ExperimentConfig
     from masklam.downstream.stages import stage_key
     from masklam.quickstart import QuickstartConfig, experiment_config
@@ -126,7 +136,13 @@ def test_quickstart_passes_the_folder_to_collection_and_evaluation_only_when_giv
     assert exp.env == {**default.env, "background_path": str(videos)}
     assert spec2["collect_clean"] == spec["collect_clean"]  # no backgrounds in the clean data: same stage
     key = stage_key("collect", {"task": "cheetah-run", **spec["collect"]})
+    assert key == "88fb71aeab80b88f"  # the default's collect key, as before background folders
     assert stage_key("collect", {"task": "cheetah-run", **spec2["collect"]}) != key
+    # a relative folder enters the key as its absolute path
+    monkeypatch.chdir(tmp_path)
+    rel = experiment_config(QuickstartConfig(preset="toy", device="cpu", out=tmp_path, progress=False,
+                                             background_path=Path("v")))
+    assert rel.data["cheetah-run"]["collect"] == spec2["collect"] and rel.env == exp.env
     with pytest.raises(MasklamError, match="is not a folder"):
         experiment_config(QuickstartConfig(preset="toy", device="cpu", out=tmp_path, progress=False,
                                            background_path=tmp_path / "nowhere"))
@@ -136,4 +152,9 @@ def test_quickstart_passes_the_folder_to_collection_and_evaluation_only_when_giv
         ExperimentConfig(**{**base, "data": {"cheetah-run": {"collect": {"background_path": str(tmp_path / "no")}}}})
     with pytest.raises(MasklamError, match="no eval videos"):
         ExperimentConfig(**base, env={"background_path": str(video_folder(tmp_path / "one", ["a"]))})
+    # no [env] folder: 'ood' evaluation plays the collect folder's held-out videos, so it must have some
+    one = {"cheetah-run": {"collect": {"background_path": str(tmp_path / "one")}}}
+    with pytest.raises(MasklamError, match="no eval videos"):
+        ExperimentConfig(**{**base, "data": one})
+    assert ExperimentConfig(**{**base, "data": one}, splits=["id"]).splits == ["id"]
     assert ExperimentConfig(**base, env={"background_path": str(videos)}).env["background_path"] == str(videos)

@@ -44,7 +44,9 @@ def png(img: np.ndarray) -> dict[str, object]:
 
 
 def table(eps: list[dict[str, np.ndarray]], nested: bool = False, ends: str = "both") -> pa.Table:
-    """MaskLAM's columns, one row per frame; an episode ends at terminated (even ones) or truncated (odd ones)."""
+    """MaskLAM's columns, one row per frame; an episode ends at terminated (even ones) or truncated (odd ones).
+    ends="terminated": a `terminated` column only, set at each episode's end; "none": `terminated` only, never
+    set (DMC's time-limit episodes in DCS data)."""
     cols: dict[str, list] = {}
     for i, ep in enumerate(eps):
         n = len(ep["action"])
@@ -54,10 +56,11 @@ def table(eps: list[dict[str, np.ndarray]], nested: bool = False, ends: str = "b
             else:
                 cells = value.tolist()
             cols.setdefault(key, []).extend(cells)
-        last = np.arange(n) == n - 1
-        term = last & (i % 2 == 0 or ends == "terminated")
+        last = (np.arange(n) == n - 1) & (ends != "none")
+        term = last & (i % 2 == 0 or ends != "both")
         cols.setdefault("terminated", []).extend(term.tolist())
-        cols.setdefault("truncated", []).extend((last & ~term).tolist())
+        if ends == "both":
+            cols.setdefault("truncated", []).extend((last & ~term).tolist())
     return pa.table(cols)
 
 
@@ -132,7 +135,7 @@ def test_bad_parquet_data_are_one_line_errors(tmp_path: Path, monkeypatch: pytes
     error(good.set_column(good.schema.get_field_index("observation"), "observation", [big]),
           "trajectory 1: observation has a 16x18 image at frame 1", observations="clean")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MasklamError, match="no .h5 or .parquet files"):
+    with pytest.raises(MasklamError, match="no .h5, .hdf5 or .parquet files"):
         load_dataset(tmp_path / "empty")
     # without pyarrow: how to install it
     pq.write_table(good, tmp_path / "good.parquet")
@@ -196,4 +199,167 @@ def test_pretrain_runs_on_the_papers_data(tmp_path: Path, capsys: pytest.Capture
         config = json.loads((tmp_path / name / "config.json").read_text())
         assert config["total_steps"] == 2 and len(config["heldout_trajectories"]) == 1
     assert json.loads((tmp_path / "lapo-clean" / "config.json").read_text())["observations"] == "clean"
+    # probing the clean run on an HDF5 file given with --data: the run's observations are the parquet file's
+    assert cli.main(["probe", str(tmp_path / "lapo-clean"), "--data", str(tmp_path / "laom.hdf5"), "--no-write",
+                     "--device", "cpu"]) == 0
     assert "observations" not in json.loads((tmp_path / "masklam-sam" / "config.json").read_text())
+
+
+def test_episodes_end_at_terminated_alone_or_every_episode_length_rows(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklam.data import peers
+    from masklam.train.config import PretrainConfig
+
+    eps = episodes([5, 5, 5], seed=3)
+    pq.write_table(table(eps, ends="terminated"), tmp_path / "term.parquet")  # no truncated column
+    check_loaded(load_dataset(tmp_path / "term.parquet", mask_key="masks", progress=False), eps)
+    # DCS: `terminated` never set (time-limit episodes): episode_length cuts the rows
+    pq.write_table(table(eps, ends="none"), tmp_path / "dcs.parquet")
+    check_loaded(load_dataset(tmp_path / "dcs.parquet", mask_key="masks", progress=False, episode_length=5), eps)
+    # cut at the flags too: 5 + 5 + 5 rows with a flag after row 4 and episode_length 3 -> 3, 2, 3, 2, 3, 2
+    assert load_dataset(tmp_path / "term.parquet", progress=False, episode_length=3).traj_lengths.tolist() == \
+        [3, 2] * 3
+    # a table no longer than one plausible episode is one; a longer one without flags is an error, not one trajectory
+    assert load_dataset(tmp_path / "dcs.parquet", progress=False).traj_lengths.tolist() == [15]
+    monkeypatch.setattr(peers, "MAX_EPISODE", 10)
+    with pytest.raises(MasklamError, match=r"no row sets 'terminated' or 'truncated' in 15 rows.*episode_length") as e:
+        load_dataset(tmp_path / "dcs.parquet", progress=False)
+    assert "\n" not in str(e.value)
+    pq.write_table(table(eps, ends="none").drop_columns(["terminated"]), tmp_path / "noflags.parquet")
+    assert load_dataset(tmp_path / "noflags.parquet", progress=False, episode_length=5).num_trajectories == 3
+    # pretrain takes it (--episode-length), recorded only when set
+    assert PretrainConfig(method="lapo", data=[tmp_path], out=tmp_path, episode_length=1000).to_dict()["episode_length"] == 1000
+    assert "episode_length" not in PretrainConfig(method="lapo", data=[tmp_path], out=tmp_path).to_dict()
+
+
+def encoded(mask: np.ndarray, mode: str) -> dict[str, object]:
+    """A mask image cell in PIL mode `mode`: 'P' (palette index 1 = agent, a dark palette colour), '1', 16-bit,
+    'RGB' (white agent)."""
+    im = Image.fromarray(mask.astype(np.uint8))
+    if mode == "P":
+        im.putpalette([0, 0, 0, 40, 0, 0] + [0] * 762)  # an "L" image with a palette: "P"; 1 -> dark red (gray ~12)
+    elif mode == "1":
+        im = Image.fromarray(mask.astype(bool))
+    elif mode == "I":
+        im = Image.fromarray(mask.astype(np.uint16))  # 16-bit PNG: read back as "I;16" or "I"
+    elif mode == "RGB":
+        im = Image.fromarray(np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=-1))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def test_palette_binary_integer_and_rgb_masks_read_as_agent_masks(tmp_path: Path) -> None:
+    eps = episodes([3, 4], seed=4)
+    good = table(eps)
+    masks = np.concatenate([ep["mask"] for ep in eps])
+    for mode in ("P", "1", "I", "RGB"):
+        t = good.set_column(good.schema.get_field_index("mask"), "mask", [[encoded(m, mode) for m in masks]])
+        pq.write_table(t, tmp_path / f"{mode}.parquet")
+        data = load_dataset(tmp_path / f"{mode}.parquet", mask_key="masks", progress=False)
+        assert np.array_equal(data.masks, masks), mode
+    assert Image.open(io.BytesIO(encoded(masks[0], "P")["bytes"])).mode == "P"
+    # a mask column with no agent pixel anywhere: one line, not silently empty masks
+    t = good.set_column(good.schema.get_field_index("mask"), "mask", [[png(np.zeros((H, H), bool))] * len(masks)])
+    pq.write_table(t, tmp_path / "empty.parquet")
+    with pytest.raises(MasklamError, match="'mask' masks are empty"):
+        load_dataset(tmp_path / "empty.parquet", mask_key="masks", progress=False)
+    assert load_dataset(tmp_path / "empty.parquet", progress=False).num_trajectories == 2  # masks unused: fine
+
+
+def test_a_directory_of_several_splits_needs_one_chosen(tmp_path: Path) -> None:
+    train, test = episodes([4, 3], seed=5), episodes([2], seed=6)
+    d = tmp_path / "task"
+    d.mkdir()
+    t = table(train)
+    pq.write_table(t.slice(0, 5), d / "train-00000-of-00002.parquet")
+    pq.write_table(t.slice(5), d / "train-00001-of-00002.parquet")
+    pq.write_table(table(test), d / "test-00000-of-00001.parquet")
+    with pytest.raises(MasklamError, match=r"holds the shards of several splits \(test, train\); give one") as e:
+        load_dataset(d, progress=False)
+    assert "\n" not in str(e.value)
+    check_loaded(load_dataset(d / "train", mask_key="masks", progress=False), train)
+    check_loaded(load_dataset(str(d / "train-*"), mask_key="masks", progress=False), train)
+    check_loaded(load_dataset(d / "test", mask_key="masks", progress=False), test)
+    with pytest.raises(MasklamError, match="no such file"):
+        load_dataset(d / "validation", progress=False)
+    other = tmp_path / "other"  # shards not named by split: one table, as before
+    other.mkdir()
+    pq.write_table(t.slice(0, 5), other / "a.parquet")
+    pq.write_table(t.slice(5), other / "b.parquet")
+    check_loaded(load_dataset(other, mask_key="masks", progress=False), train)
+
+
+def test_stage_keys_fingerprint_a_shard_directory_by_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from masklam.downstream.stages import stage_key
+
+    monkeypatch.chdir(tmp_path)
+    Path("a.h5").write_bytes(b"x" * 10)
+    os.utime("a.h5", ns=(1_700_000_000_000_000_000,) * 2)
+    # a plain file's key: the literal computed before shard directories were fingerprinted (keys unchanged)
+    assert stage_key("pretrain", {"data": ["a.h5"], "x": 1}) == "d9ecdd393f84e888"
+    assert stage_key("pretrain", {"data": "a.h5", "x": 1}) == "e6471d6097f29f5b"
+    eps = episodes([3, 3])
+    Path("task").mkdir()
+    pq.write_table(table(eps), "task/train-00000-of-00001.parquet")
+    key = stage_key("pretrain", {"data": ["task"]})
+    assert stage_key("pretrain", {"data": ["task/train"]}) != key  # the split's shards, under another name
+    split_key = stage_key("pretrain", {"data": ["task/train"]})
+    pq.write_table(table(eps[:1]), "task/train-00000-of-00001.parquet")  # rewritten shards: new keys
+    assert stage_key("pretrain", {"data": ["task"]}) != key
+    assert stage_key("pretrain", {"data": ["task/train"]}) != split_key
+
+
+def test_odd_column_types_are_one_line_errors(tmp_path: Path) -> None:
+    good = table(episodes([3, 2]))
+    n = good.num_rows
+
+    def error(col: str, values: list, match: str) -> None:
+        t = good.set_column(good.schema.get_field_index(col), col, [values])
+        pq.write_table(t, tmp_path / "odd.parquet")
+        with pytest.raises(MasklamError, match=match) as e:
+            load_dataset(tmp_path / "odd.parquet", mask_key="masks", progress=False)
+        assert "\n" not in str(e.value)
+
+    error("terminated", ["no"] * n, "column 'terminated' must hold bool or integer flags, not string")
+    error("reward", ["1"] * n, "column 'reward' must hold numbers, not string")
+    error("action", [["a", "b", "c"]] * n, "column 'action' must hold lists of numbers")
+    error("observation_distracted", [1] * n, "column 'observation_distracted' must hold images")
+    error("mask", ["x"] * n, "column 'mask' must hold images")
+
+
+def test_a_directory_of_laom_hdf5_files_loads(tmp_path: Path) -> None:
+    (tmp_path / "laom").mkdir()
+    trajs = write_laom_file(tmp_path / "laom" / "cheetah.hdf5", n=2, length=4)
+    data = load_dataset(tmp_path / "laom", progress=False)
+    assert data.num_trajectories == 2 and np.array_equal(data.trajectory(1)["obs"], trajs[1]["obs"])
+
+
+def test_parquet_data_record_no_task_and_are_no_clean_experiment_data(tmp_path: Path) -> None:
+    from masklam.downstream.evaluate import env_spec
+    from masklam.downstream.experiment import ExperimentConfig
+    from masklam.downstream.targets import env_meta_of
+
+    pq.write_table(table(episodes([3, 3])), tmp_path / "tiny.parquet")
+    meta = load_dataset(tmp_path / "tiny.parquet", progress=False).meta
+    env = env_meta_of(dict(meta), {})
+    assert "task" not in env and env["img_size"] == H  # not "None-None"
+    with pytest.raises(MasklamError, match="no task recorded with the policy.*pass --task"):
+        env_spec(env, "id")
+    assert env_spec(env, "id", task="cheetah-run").task == "cheetah-run"
+    # BC and decoding read a parquet file's distracted frames: under `clean` it would train the upper bound on them
+    base = dict(out=tmp_path, tasks=["cheetah-run"], methods=["lapo-clean"])
+    for clean in (str(tmp_path / "tiny.parquet"), [str(tmp_path / "tiny.parquet")]):
+        with pytest.raises(MasklamError, match="data.cheetah-run.clean: .* is MaskLAM parquet data"):
+            ExperimentConfig(**base, data={"cheetah-run": {"train": [str(tmp_path / "tiny.parquet")], "clean": clean}})
+    ExperimentConfig(**base, data={"cheetah-run": {"train": [str(tmp_path / "tiny.parquet")], "collect_clean": {}}})
+    # one split of a directory of shards (DIR/train) is data an experiment finds
+    from masklam.downstream.experiment import _datasets
+
+    (tmp_path / "hf").mkdir()
+    pq.write_table(table(episodes([3, 3])), tmp_path / "hf" / "train-00000-of-00001.parquet")
+    cfg = ExperimentConfig(out=tmp_path, tasks=["cheetah-run"], methods=["lapo"],
+                           data={"cheetah-run": {"train": [str(tmp_path / "hf" / "train")]}})
+    assert _datasets(cfg) == {"cheetah-run": {"train": [str(tmp_path / "hf" / "train")]}}

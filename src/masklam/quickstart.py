@@ -152,7 +152,8 @@ def experiment_config(cfg: QuickstartConfig):
         env.setdefault("max_episode_steps", MW_EVAL_STEPS)
     clean = {**collect, "distractors": "none"}  # no background: the folder plays no part in the clean data
     if cfg.background_path is not None:  # added only when given: the stages of the default keep their keys
-        collect["background_path"] = env["background_path"] = str(cfg.background_path)
+        # absolute: one folder is one collect stage whatever the working directory
+        collect["background_path"] = env["background_path"] = str(Path(cfg.background_path).expanduser().resolve())
     device = str(resolve_device(cfg.device))
     return ExperimentConfig(
         out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),

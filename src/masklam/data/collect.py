@@ -389,12 +389,12 @@ def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
 def collect(cfg: CollectConfig) -> CollectResult:
     """Write ``cfg.out`` with ``cfg.episodes`` trajectories, resuming whatever an earlier run finished."""
     from masklam.envs import make_config, parse_task
-    from masklam.envs.videos import DavisVideos
+    from masklam.envs.videos import check_background_path
 
     parse_task(cfg.task)  # unknown task or preset: one line, before any file is touched
     make_config(cfg.distractors)
     if cfg.background_path is not None:
-        DavisVideos(cfg.background_path, cfg.video_split, 16)  # a missing or empty folder, or an empty split
+        check_background_path(cfg.background_path, cfg.video_split)
     action_repeat = _resolve_action_repeat(cfg)
     attrs = file_attrs(cfg, action_repeat)
     result = CollectResult(cfg.out)

@@ -17,8 +17,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from masklam.data.hdf5 import MASK_KEYS, FileLayout, open_file, read_layout
-from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout
+from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout, parquet_shards
 from masklam.errors import MasklamError
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+"""our HDF5 shards (.h5) and LAOM's files (.hdf5): what a directory of HDF5 data stands for"""
 
 PathsLike = str | os.PathLike | Sequence[str | os.PathLike]
 
@@ -92,18 +95,29 @@ class TrajectoryData:
         return out
 
 
+def data_files(path: str | os.PathLike) -> list[Path]:
+    """The files a data path stands for, in name order (what a cache fingerprints): a file itself; a directory's
+    HDF5 and parquet files; `DIR/<split>`: that split's parquet shards of DIR; [] for none."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (*HDF5_SUFFIXES, ".parquet"))
+    return parquet_shards(path)
+
+
 def _expand(paths: PathsLike) -> list[Path]:
-    """Data files: a directory stands for its .h5 shards, or (MaskLAM's parquet data) for itself."""
+    """Data files: a directory stands for its .h5 / .hdf5 shards, or (MaskLAM's parquet data) for itself."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            shards = sorted(path.glob("*.h5"))
+            shards = sorted(p for p in path.iterdir() if p.suffix in HDF5_SUFFIXES and p.is_file())
             if shards and is_parquet(path):
-                raise MasklamError(f"{path} holds both .h5 and .parquet files; give the files themselves")
+                raise MasklamError(f"{path} holds both HDF5 and .parquet files; give the files themselves")
             if not shards and not is_parquet(path):
-                raise MasklamError(f"no .h5 or .parquet files in directory {path}")
+                raise MasklamError(f"no .h5, .hdf5 or .parquet files in directory {path}")
             files += shards or [path]
         else:
             files.append(path)
@@ -123,12 +137,13 @@ def _check_shards_agree(layouts: list[FileLayout]) -> None:
                 raise MasklamError(f"{lay.path} has {key} {lay.attrs[key]!r}, {first.path} has {first.attrs[key]!r}")
 
 
-def data_layout(path: str | os.PathLike, observations: str | None = None) -> FileLayout:
+def data_layout(path: str | os.PathLike, observations: str | None = None,
+                episode_length: int | None = None) -> FileLayout:
     """The checked layout of one data source: our HDF5 (LAOM's files included), or MaskLAM's parquet data (a file
     or a directory of shards), told apart by content."""
     path = Path(path)
     if is_parquet(path):
-        return parquet_layout(path, observations or "distracted")
+        return parquet_layout(path, observations or "distracted", episode_length)
     if observations == "clean":
         raise MasklamError(f"{path}: observations='clean' picks the clean frames of MaskLAM's parquet data; an HDF5 "
                            "file holds one kind of frame (give the distractor-free file instead)")
@@ -141,12 +156,14 @@ def _open(layout: FileLayout, keys: list[str]) -> Any:
 
 
 def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequence[int] | None = None,
-                 progress: bool = True, observations: str | None = None) -> TrajectoryData:
+                 progress: bool = True, observations: str | None = None,
+                 episode_length: int | None = None) -> TrajectoryData:
     """Read every trajectory of one or more files (shards, or directories of them) into one TrajectoryData.
 
     Files are our HDF5 layout (LAOM's published HDF5 files are its subset) or MaskLAM's parquet datasets (a
     file or a directory of shards; masklam.data.peers), told apart by their content. ``observations``:
-    which frames of MaskLAM's parquet data, "distracted" (None: the default) or "clean".
+    which frames of MaskLAM's parquet data, "distracted" (None: the default) or "clean"; ``episode_length``:
+    also cut MaskLAM's parquet rows every that many steps (DCS: 1000; masklam.data.peers).
 
     ``mask_key`` (one of MASK_KEYS: "masks", "sam2_masks", "masks_mobilesam", "masks_student") loads agent
     masks when every file has them; otherwise ``masks`` is None and :meth:`TrajectoryData.require_masks`
@@ -155,7 +172,7 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     """
     if mask_key is not None and mask_key not in MASK_KEYS:
         raise MasklamError(f"unknown mask_key {mask_key!r}; one of {', '.join(MASK_KEYS)} or None")
-    layouts = [data_layout(p, observations) for p in _expand(paths)]
+    layouts = [data_layout(p, observations, episode_length) for p in _expand(paths)]
     _check_shards_agree(layouts)
     catalogue = [(li, name, int(length)) for li, lay in enumerate(layouts) for name, length in zip(lay.names, lay.lengths)]
     returns_all = np.concatenate([lay.returns for lay in layouts])
@@ -186,6 +203,8 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
                 if fi == li:
                     _read_group(layouts[li].path, f, name, arrays, int(row), length)
                     bar.update(length)
+            if isinstance(f, ParquetReader):
+                f.check_masks()
     bar.close()
 
     meta = dict(layouts[0].attrs)

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from masklam.envs.rollout import EnvSpec, Policy, rollout
+from masklam.envs.videos import VIDEO_SPLIT_OF
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
 from masklam.metrics import standard_error
 
-SPLITS = ("id", "ood")
+SPLITS = tuple(VIDEO_SPLIT_OF)
 
 
 @dataclass
@@ -76,12 +77,13 @@ def env_spec(env_meta: dict[str, Any], split: str, task: str | None = None,
     if split not in SPLITS:
         raise MasklamError(f"unknown split {split!r}; use 'id' or 'ood'")
     kwargs = {k: v for k, v in env_meta.items() if k not in ("task", "factory")}
-    kwargs["video_split"] = "train" if split == "id" else "eval"
+    kwargs["video_split"] = VIDEO_SPLIT_OF[split]
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
     name = task or env_meta.get("task")
     if not name:
-        raise MasklamError("no task recorded with the policy; pass --task")
+        raise MasklamError("no task recorded with the policy (its data record none, e.g. MaskLAM's parquet data); "
+                           "pass --task")
     return EnvSpec(name, kwargs, env_meta.get("factory", "masklam.envs:make"))
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,22 +123,40 @@ class ExperimentConfig:
                 raise MasklamError(f"no data for task {task!r}: give data.{task}.train (paths) or .collect")
             if "lapo-clean" in self.methods and not ({"clean", "collect_clean"} & set(spec)):
                 raise MasklamError(f"lapo-clean needs distractor-free data: data.{task}.clean or .collect_clean")
+            _check_clean_not_parquet(task, spec.get("clean"))
         check_background_paths(self)
 
 
-def check_background_paths(cfg: ExperimentConfig) -> None:
-    """A missing or empty `background_path` folder (in a collect table or [env]) as one line, before any work."""
-    from masklam.envs.videos import DavisVideos
+def _check_clean_not_parquet(task: str, clean: Any) -> None:
+    """MaskLAM's parquet data under `clean`: BC and decoding read a parquet file's distracted frames, so the
+    clean upper bound would silently train on distracted ones."""
+    from masklam.data.peers import is_parquet
 
+    for path in [clean] if isinstance(clean, (str, os.PathLike)) else clean or []:
+        if is_parquet(path):
+            raise MasklamError(f"data.{task}.clean: {path} is MaskLAM parquet data, whose distracted frames BC and "
+                               f"decoding read; pass the clean frames another way (an HDF5 file, or .collect_clean)")
+
+
+def check_background_paths(cfg: ExperimentConfig) -> None:
+    """A missing or empty `background_path` folder (in a collect table or [env]), or one without the videos a
+    split needs, as one line, before any work. Without [env]'s, evaluation plays the folder the data were
+    collected with (recorded with the policy): its held-out videos for 'ood'."""
+    from masklam.envs.videos import VIDEO_SPLIT_OF, check_background_path
+
+    env_path = cfg.env.get("background_path")
     wanted = []
     for task, spec in cfg.data.items():
         for key in ("collect", "collect_clean"):
-            if spec.get(key, {}).get("background_path") is not None:
-                wanted.append((spec[key]["background_path"], spec[key].get("video_split", "train")))
-    if cfg.env.get("background_path") is not None:
-        wanted += [(cfg.env["background_path"], "train" if s == "id" else "eval") for s in cfg.splits]
-    for path, split in wanted:
-        DavisVideos(path, split, 16)
+            path = spec.get(key, {}).get("background_path")
+            if path is not None:
+                wanted.append((path, spec[key].get("video_split", "train")))
+                if env_path is None and key == "collect":  # the clean data's policies play no videos
+                    wanted += [(path, VIDEO_SPLIT_OF[s]) for s in cfg.splits]
+    if env_path is not None:
+        wanted += [(env_path, VIDEO_SPLIT_OF[s]) for s in cfg.splits]
+    for path, split in dict.fromkeys(wanted):
+        check_background_path(path, split)
 
 
 # --- validation of the stage tables ------------------------------------------------------------------
@@ -243,13 +262,15 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
 # --- the sweep -----------------------------------------------------------------------------------------
 def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
     """Per task, the 'train' (distracted) and 'clean' file lists, collecting where asked."""
+    from masklam.data.peers import is_parquet
+
     out: dict[str, dict[str, list[str]]] = {}
     for task in cfg.tasks:
         spec, out[task] = cfg.data[task], {}
         for variant, coll in (("train", "collect"), ("clean", "collect_clean")):
             if variant in spec:
                 paths = spec[variant] if isinstance(spec[variant], list) else [spec[variant]]
-                missing = [p for p in paths if not Path(p).exists()]
+                missing = [p for p in paths if not Path(p).exists() and not is_parquet(p)]  # is_parquet: DIR/<split>
                 if missing:
                     raise MasklamError(f"no such file: {missing[0]}")
                 out[task][variant] = [str(p) for p in paths]

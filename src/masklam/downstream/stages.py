@@ -52,9 +52,16 @@ class EvalOptions:
 
 # --- the cache ---------------------------------------------------------------------------------------
 def _fingerprint(paths: Any) -> list[Any]:
-    """(path, size, mtime) of each data file, so a rewritten dataset invalidates the stages built on it."""
+    """(path, size, mtime) of each data file, so a rewritten dataset invalidates the stages built on it; a
+    directory of shards (or `DIR/<split>`): (path, its files' (name, size, mtime))."""
+    from masklam.data.dataset import data_files
+
     out = []
     for p in paths if isinstance(paths, (list, tuple)) else [paths]:
+        files = [] if Path(p).is_file() else data_files(p)
+        if files:
+            out.append([str(p), [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]])
+            continue
         st = Path(p).stat() if Path(p).is_file() else None
         out.append([str(p), st.st_size if st else None, st.st_mtime_ns if st else None])
     return out

@@ -27,8 +27,11 @@ TargetFn = Callable[[Batch], torch.Tensor]
 
 
 def env_meta_of(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Env kwargs that reproduce a dataset's environment (from its HDF5 attrs) for evaluation."""
-    env: dict[str, Any] = {"task": f"{meta.get('domain_name')}-{meta.get('task_name')}"}
+    """Env kwargs that reproduce a dataset's environment (from its HDF5 attrs) for evaluation. Data that record
+    no task (MaskLAM's parquet data) record none: evaluation then asks for --task."""
+    env: dict[str, Any] = {}
+    if meta.get("domain_name") is not None and meta.get("task_name") is not None:
+        env["task"] = f"{meta['domain_name']}-{meta['task_name']}"
     for key in ("distractors", "action_repeat", "shadows", "reflections", "multisample", "background_path"):
         if key in meta:
             env[key] = meta[key]

@@ -217,6 +217,14 @@ VIDEO_SUFFIXES = (".jpg", ".jpeg", ".png")
 """frame files of a video folder (sorted by name = frame order)"""
 
 
+def davis_images(root: str | Path) -> Path | None:
+    """The frame folder of a DAVIS-2017 root (`JPEGImages/480p`, or `JPEGImages/Full-Resolution`), else None."""
+    for sub in ("480p", "Full-Resolution"):
+        if (Path(root).expanduser() / "JPEGImages" / sub).is_dir():
+            return Path(root).expanduser() / "JPEGImages" / sub
+    return None
+
+
 def video_folders(root: str | Path) -> tuple[Path, dict[str, list[Path]]]:
     """The video folders under `root` -> (the folder holding them, {video name: sorted frame files}).
 
@@ -228,11 +236,7 @@ def video_folders(root: str | Path) -> tuple[Path, dict[str, list[Path]]]:
     if not root.is_dir():
         raise MasklamError(f"no background videos: {root} is not a folder (expected a DAVIS-2017 root with "
                            "JPEGImages/480p/<video>/*.jpg, or a folder of <video>/*.jpg folders)")
-    img_dir = root
-    for sub in ("480p", "Full-Resolution"):
-        if (root / "JPEGImages" / sub).is_dir():
-            img_dir = root / "JPEGImages" / sub
-            break
+    img_dir = davis_images(root) or root
     videos = {p.name: sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
               for p in sorted(img_dir.iterdir()) if p.is_dir()}
     videos = {k: v for k, v in videos.items() if v}
@@ -246,10 +250,11 @@ def video_split_names(root: str | Path, names: list[str]) -> tuple[list[str], li
 
     1. `root/ImageSets/2017/{train,val}.txt` (DAVIS-2017's own split files; either one alone: the rest is
        the other split);
-    2. a folder holding any DAVIS-2017 validation video (`DAVIS17_VAL`): the standard DAVIS-2017 split,
-       those videos held out, every other one for training;
-    3. any other folder of videos: every third video by sorted name (the 3rd, 6th, ...) is held out, like
-       the procedural videos' 60 train / 30 eval; two videos: the second is held out; one: training only.
+    2. a DAVIS-2017 root (its layout, `davis_images`): the standard DAVIS-2017 split, the `DAVIS17_VAL`
+       videos held out, every other one for training (a train-only download has no eval videos);
+    3. any other folder of videos (DAVIS names or not): every third video by sorted name (the 3rd, 6th, ...)
+       is held out, like the procedural videos' 60 train / 30 eval; two videos: the second is held out; one:
+       training only.
     """
     names = sorted(names)
     sets = Path(root).expanduser() / "ImageSets" / "2017"
@@ -261,7 +266,7 @@ def video_split_names(root: str | Path, names: list[str]) -> tuple[list[str], li
             train = set(names) - val
         if val is None:
             val = set(names) - train
-    elif set(names) & set(DAVIS17_VAL):
+    elif davis_images(root) is not None:
         val = set(DAVIS17_VAL)
         train = set(names) - val
     else:
@@ -311,6 +316,16 @@ class DavisVideos(VideoSource):
                 return np.asarray(im, dtype=np.uint8)
         except OSError as e:
             raise MasklamError(f"cannot read background frame {path}: {e}") from None
+
+
+VIDEO_SPLIT_OF = {"id": "train", "ood": "eval"}
+"""an evaluation split (in-distribution, out-of-distribution) -> the background videos it plays"""
+
+
+def check_background_path(path: str | Path, split: str = "train") -> None:
+    """A missing `background_path` folder, one without videos, or one without `split` videos, as one line
+    (callers check before any work)."""
+    DavisVideos(path, split, 16)
 
 
 def load_videos(split: str = "train", size: int = 128, path: str | Path | None = None) -> VideoSource:

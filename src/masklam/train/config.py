@@ -177,6 +177,9 @@ class PretrainConfig:
     observations: Literal["distracted", "clean"] = "distracted"
     """MaskLAM's parquet data: train on its distracted frames (`observation_distracted`) or its distractor-free
     ones (`observation`, the LAPO-clean upper bound); HDF5 files hold one kind of frame"""
+    episode_length: int | None = None
+    """MaskLAM's parquet data: cut its rows into episodes of this many steps too (DCS: 1000), for data whose
+    time-limit episodes set neither `terminated` nor `truncated`"""
 
     target: Literal["ema", "stopgrad"] | None = None
     """laom, laom-sup: target encoder, EMA (default for laom) or stop-grad of the online encoder (default for
@@ -324,6 +327,8 @@ class PretrainConfig:
         out["fsq_levels"] = list(self.fsq_levels)
         if self.observations == "distracted":  # recorded only when set: configs of earlier runs stay as they were
             del out["observations"]
+        if self.episode_length is None:
+            del out["episode_length"]
         return out
 
     @classmethod

@@ -198,7 +198,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
 
     uses_masks = cfg.method == "masklam" or bool(cfg.mask_channel)  # in the loss, or as an input channel
     data = load_dataset(cfg.data, mask_key=cfg.mask_key if uses_masks else None, progress=cfg.progress and ctx.is_main,
-                        observations=cfg.observations)
+                        observations=cfg.observations, episode_length=cfg.episode_length)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
     labeled = None
