@@ -221,6 +221,16 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stages = tmp_path / "run" / "stages"
     # a LAM per method/dim/seed, shared across budgets, except laom-sup (one per budget): 1 + 1 + 2 + 1
     assert len(list((stages / "pretrain").iterdir())) == 5
+    # each row names the pretrain stage of its LAM (the report shows those): its method and data, laom-sup's budget
+    for r in rows:
+        if r["method"] not in ("lapo", "masklam", "laom-sup", "lapo-clean"):
+            assert r["lam_stage"] == ""
+            continue
+        lam = json.loads((stages / "pretrain" / r["lam_stage"] / "stage.json").read_text())["config"]
+        assert lam["method"] == r["method"].removesuffix("-clean") and lam["latent_dim"] == 4
+        assert lam["data"] == [str(clean if r["method"] == "lapo-clean" else toy)]
+        assert lam["labels"] == (int(r["labels"]) if r["method"] == "laom-sup" else 0)
+    assert len({r["lam_stage"] for r in rows if r["lam_stage"]}) == 5
     page = (tmp_path / "run" / "report.html").read_text()
     # the reconstruction grids of the LAMs that make them, side by side, captioned by method, recipe and seed
     # (lapo-clean: LAPO on the clean data that experiment.json records)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
+import time
 import tomllib
 from pathlib import Path
 
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- shipped configs -------------------------------------------------------------------------------------
 def test_every_shipped_config_loads_and_is_package_data() -> None:
     shipped = ex.shipped_configs()
-    assert {"papers-cpu", "masklam-gpu", "laom-gpu"} <= set(shipped)
+    assert {"papers-cpu", "masklam-gpu", "laom-gpu", "papers-gpu"} <= set(shipped)
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["masklam"]
     for name, path in shipped.items():
         cfg = ex.load_config(name)
@@ -43,7 +45,8 @@ def _tables(cfg: ex.ExperimentConfig) -> dict:
                 decode=cfg.decode, eval=cfg.eval)
 
 
-@pytest.mark.parametrize("name, preset", [("papers-cpu", "cpu"), ("masklam-gpu", "gpu"), ("laom-gpu", "gpu")])
+@pytest.mark.parametrize("name, preset", [("papers-cpu", "cpu"), ("masklam-gpu", "gpu"), ("laom-gpu", "gpu"),
+                                          ("papers-gpu", "gpu")])
 def test_shipped_configs_use_the_quickstarts_scale(name: str, preset: str) -> None:
     from masklam.quickstart import PRESETS, RECIPES
 
@@ -53,15 +56,39 @@ def test_shipped_configs_use_the_quickstarts_scale(name: str, preset: str) -> No
     assert _tables(ex.load_config(name)) == want
 
 
-def test_gpu_configs_cover_the_papers_figures() -> None:
-    tasks = ["cheetah-run", "walker-run", "hopper-hop"]
-    m = ex.load_config("masklam-gpu")
-    assert set(m.methods) == {"lapo", "masklam", "lapo-clean", "bc", "idm"} and m.tasks == tasks
-    assert m.labels == [4, 16, 64] and m.latent_dims == [16, 128, 1024] and m.seeds == [0, 1, 2]
-    assert m.splits == ["id", "ood"] and m.pretrain["preset"] == "h100"
-    laom = ex.load_config("laom-gpu")
-    assert set(laom.methods) == {"lapo", "laom", "laom-sup", "lapo-clean"} and laom.tasks == tasks
-    assert laom.seeds == [0, 1, 2] and len(laom.labels) > 1 and laom.pretrain["preset"] == "h100"
+def _grid(description: str, what: str) -> list[int]:
+    """The numbers a description gives for e.g. 'labels' ('labels 4/16/64')."""
+    found = re.search(rf"\b{what} ([\d/]+)", description)
+    assert found, f"the description gives no {what}: {description}"
+    return [int(x) for x in found.group(1).split("/")]
+
+
+@pytest.mark.parametrize("name", ["masklam-gpu", "laom-gpu", "papers-gpu"])
+def test_gpu_configs_are_what_their_descriptions_say(name: str) -> None:
+    cfg = ex.load_config(name)
+    text = cfg.description
+    named = set(re.findall(r"[a-z]+(?:-[a-z]+)?", text.split(";")[0])) & set(stages.METHODS)
+    assert named == set(cfg.methods) or (named == set() and "7 methods" in text), name
+    if "7 methods" in text:
+        assert set(cfg.methods) == set(stages.METHODS)
+    assert cfg.labels == sorted(cfg.labels) == _grid(text, "labels")
+    dims = _grid(text, "dims") if "dims" in text else _grid(text, "dim")
+    assert cfg.latent_dims == sorted(cfg.latent_dims) == dims
+    # the papers' ranges (facts.md 4-5): MaskLAM's latent sizes 64..8192, the paper's 128-label budget at most
+    assert all(64 <= d <= 8192 for d in cfg.latent_dims) and max(cfg.labels) <= 128
+    assert cfg.splits == ["id", "ood"] and cfg.seeds == [0, 1, 2] and len(cfg.tasks) == 3 and "3 DCS tasks" in text
+    # each says how it differs from the papers, and the ones run alone that they duplicate the shared stages
+    assert "8192" in text and "no humanoid-walk" in text
+    header = ex.config_path(name).read_text()
+    assert ("papers-gpu" in header and "twice" in header) if name != "papers-gpu" else "twice" in header
+
+
+def test_papers_gpu_is_both_gpu_configs_in_one_sweep() -> None:
+    both, m, laom = (ex.load_config(n) for n in ("papers-gpu", "masklam-gpu", "laom-gpu"))
+    assert set(both.methods) == set(m.methods) | set(laom.methods)
+    assert (both.latent_dims, both.labels, both.seeds, both.tasks) == (m.latent_dims, m.labels, m.seeds, m.tasks)
+    assert set(laom.latent_dims) <= set(both.latent_dims) and set(laom.labels) <= set(both.labels)
+    assert _tables(both) == _tables(m) == _tables(laom) and both.data == m.data == laom.data
 
 
 def test_config_by_name_or_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -150,11 +177,14 @@ def test_status_before_and_after_running(tmp_path: Path, capsys: pytest.CaptureF
     assert _counts(after) == {k: (d + p, 0) for k, (d, p) in _counts(plan).items()}
     assert all(s.wall_s is not None and s.wall_s >= 0 for s in after.stages)
     assert ex.main([str(tmp_path / "sweep.json"), "--status"]) == 0
-    assert "all 17 stages done" in capsys.readouterr().out
+    before_out = capsys.readouterr().out
+    assert "all 17 stages done" in before_out
     assert _snapshot(run) == before
     # --out: the status of another run directory of the same sweep
     assert ex.main([str(tmp_path / "sweep.json"), "--status", "--out", str(tmp_path / "other")]) == 0
-    assert "0 done, 17 pending" in capsys.readouterr().out and not (tmp_path / "other").exists()
+    out = capsys.readouterr().out
+    assert "0 done, 17 pending" in out and not (tmp_path / "other").exists()
+    assert f"{tmp_path / 'other'} does not exist yet: nothing done" in out and "does not exist" not in before_out
 
     # an interrupted LAM: it is pending with its key and start time; what depends on it waits without a key
     lam = next(s for s in after.stages if s.kind == "pretrain")
@@ -190,7 +220,8 @@ def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
     plan = stages.StagePlan([
         P("pretrain", "a", True, "t seed 0 lapo", {}, wall_s=100.0),
         P("pretrain", "b", True, "t seed 0 masklam", {}, wall_s=300.0),
-        P("pretrain", "c", False, "t seed 1 lapo", {"latent_dim": 16}, started=1000.0 - 50.0),  # 150 s left
+        P("pretrain", "c", False, "t seed 1 lapo", {"latent_dim": 16}, started=1000.0 - 50.0,
+          active=1000.0 - 20.0),  # running: 150 s left
         P("pretrain", "d", False, "t seed 1 masklam", {}),  # 200 s
         P("decode", None, False, "t seed 1 lapo", {"labels": 4}),
         P("evaluate", "e", True, "t seed 0 lapo", {}, wall_s=30.0),
@@ -202,6 +233,79 @@ def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
     assert row["pretrain"].split()[1:3] == ["2", "2"] and row["pretrain"].endswith("5.8 min")  # 350 s
     assert row["decode"].endswith("no estimate") and row["evaluate"].endswith("30 s")
     assert "3 done, 4 pending: about 6.3 min left, plus the decode stages (no estimate" in text  # 380 s
-    assert "started 50 s ago (running, or interrupted): pretrain c (t seed 1 lapo, latent_dim 16)" in text
+    assert "started 50 s ago (running, last write 20 s ago): pretrain c (t seed 1 lapo, latent_dim 16)" in text
     assert "  t seed 1 lapo: pretrain 1, decode 1, evaluate 1" in text
     assert "  t seed 1 masklam: pretrain 1" in text
+
+
+def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
+    d, _ = stages.run_stage(tmp_path, "pretrain", {"x": 1}, lambda d: {}, log=lambda s: None)
+    rec = json.loads((d / "done.json").read_text())
+    (d / "done.json").write_text(json.dumps({**rec, "wall_s": 600.0}))  # a done LAM took 10 min
+    started = tmp_path / "stages" / "pretrain" / stages.stage_key("pretrain", {"x": 2})
+    started.mkdir()
+    (started / "stage.json").write_text("{}")
+    (started / "ckpt.pt").write_text("")
+    now = time.time()
+    os.utime(started / "stage.json", (now - 480, now - 480))  # started 8 min ago
+
+    def status(last_write: float) -> str:
+        os.utime(started / "ckpt.pt", (now - last_write, now - last_write))
+        with stages.plan_stages() as plan:
+            for x in (1, 2):
+                stages.run_stage(tmp_path, "pretrain", {"x": x}, lambda d: {})
+        return stages.format_plan(plan, now=now)
+
+    # its last checkpoint 400 s ago: interrupted, it starts over from it: the whole mean (10 min) left
+    text = status(400)
+    assert "1 done, 1 pending: about 10.0 min left" in text
+    assert "started 8.0 min ago (interrupted, last write 6.7 min ago): pretrain" in text
+    # a checkpoint 60 s ago: running for 8 min, 2 left
+    text = status(60)
+    assert "1 done, 1 pending: about 2.0 min left" in text
+    assert "started 8.0 min ago (running, last write 1.0 min ago): pretrain" in text
+
+
+def test_a_stage_naming_a_pending_stage_waits_on_it(tmp_path: Path) -> None:
+    root = tmp_path / "rün ☃"  # not ASCII: json.dumps would spell it r\u00fcn \u2603
+    with stages.plan_stages() as plan:
+        d, _ = stages.run_stage(root, "collect", {"task": "t"}, lambda d: {})
+        stages.run_stage(root, "pretrain", {"data": [str(d / "data.h5")]}, lambda d: {})
+        stages.run_stage(root, "bc", {"nested": {"lam": str(d)}}, lambda d: {})
+        stages.run_stage(root, "bc", {"lam": str(d) + "0"}, lambda d: {})  # another directory
+        stages.run_stage(root, "bc", {"task": "t"}, lambda d: {})
+    assert [(s.kind, s.key is None) for s in plan.stages] == [
+        ("collect", False), ("pretrain", True), ("bc", True), ("bc", False), ("bc", False)]
+
+
+def test_status_of_a_sweep_that_collects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    conf = _toy_config(tmp_path)
+    conf["data"] = {"toy-bright": {"collect": {"episodes": 2, "steps": 8, "policy": "random"}}}
+    monkeypatch.chdir(tmp_path)
+    conf["out"] = "run"
+    (tmp_path / "sweep.json").write_text(json.dumps(conf))
+    cfg = ex.load_config(tmp_path / "sweep.json")
+    plan = ex.sweep_status(cfg)
+    # the collect stage is pending with its key; every other stage waits on it (its data files are not known)
+    assert [(s.kind, s.key is not None) for s in plan.stages if s.key is not None] == [("collect", True)]
+    assert _counts(plan) == {"collect": (0, 1), "bc": (0, 4), "evaluate": (0, 10), "pretrain": (0, 1),
+                             "decode": (0, 2)}
+    assert ex.main([str(tmp_path / "sweep.json"), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "run does not exist yet: nothing done" in out and "0 done, 18 pending" in out
+    assert "  toy-bright train data: collect 1" in out and "toy-bright seed 0 lapo: pretrain 1, bc 1" in out
+    assert not Path("run").exists()
+
+    # collected by a run that spelled --out as an absolute path: the stages on it key the paths it saved
+    collect = plan.stages[0]
+    d = tmp_path / "run" / "stages" / "collect" / collect.key
+    d.mkdir(parents=True)
+    write_toy(d / "data.h5", n_traj=5, length=16)
+    (d / "done.json").write_text(json.dumps({"hash": collect.key, "result": {"paths": [str(d / "data.h5")]}}))
+    plan = ex.sweep_status(cfg)
+    assert _counts(plan)["collect"] == (1, 0)
+    lam = next(s for s in plan.stages if s.kind == "pretrain")
+    assert lam.key is not None and lam.config["data"] == [str(d / "data.h5")]
+    assert stages.collect_stage(Path("run"), "toy-bright", conf["data"]["toy-bright"]["collect"]) == [
+        str(d / "data.h5")]

@@ -9,18 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from masklam.downstream import figures, report, results
+from masklam.downstream import figures, report, results, stages
 from masklam.errors import MasklamError
 
 
 TASKS, SEEDS = ("cheetah-run", "walker-run"), (0, 1, 2)
 
 
-def _write_results(path: Path) -> None:
+def _lam_key(method: str, task: str, seed: int, dim: int) -> str:
+    """The fake pretrain stage behind a results row (the sweep's results method: lapo-clean, not lapo)."""
+    return f"{method}-{task}-{seed}-{dim}"
+
+
+def _write_results(path: Path, lam_stage: bool = True) -> None:
+    """results.csv of a sweep; `lam_stage`: with that column (else as written before it existed)."""
     rng = np.random.default_rng(0)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(results.REQUIRED_COLUMNS + ["recipe"])
+        w.writerow(results.REQUIRED_COLUMNS + ["recipe"] + (["lam_stage"] if lam_stage else []))
         for task in TASKS:
             for seed in SEEDS:
                 for split in ("id", "ood"):
@@ -32,23 +38,49 @@ def _write_results(path: Path) -> None:
                             for labels in (2, 8):
                                 nr = 0.1 * labels / 8 + (0.2 if method == "masklam" else 0) + 0.01 * seed
                                 w.writerow([method, task, dim, labels, seed, split, f"{rng.uniform(0.3, 1):.3f}",
-                                            f"{800 * nr:.1f}", f"{nr:.4f}", recipe])
+                                            f"{800 * nr:.1f}", f"{nr:.4f}", recipe]
+                                           + ([_lam_key(method, task, seed, dim)] if lam_stage else []))
                     for labels in (2, 8):
-                        w.writerow(["bc", task, 0, labels, seed, split, "", "100", "0.12", "-"])
-                    w.writerow(["bc-full", task, 0, 100, seed, split, "", "800", "1.0", "-"])
-                w.writerow(["bc-full-clean", task, 0, 100, seed, "id", "", "900", "1.0", "-"])
+                        w.writerow(["bc", task, 0, labels, seed, split, "", "100", "0.12", "-"]
+                                   + ([""] if lam_stage else []))
+                    w.writerow(["bc-full", task, 0, 100, seed, split, "", "800", "1.0", "-"]
+                               + ([""] if lam_stage else []))
+                w.writerow(["bc-full-clean", task, 0, 100, seed, "id", "", "900", "1.0", "-"]
+                           + ([""] if lam_stage else []))
 
 
 def test_seed_curves_average_over_tasks_then_seeds() -> None:
     R = results.Row
-    rows = [R("m", "a", 8, 2, 0, "id", None, 0, 1.0), R("m", "b", 8, 2, 0, "id", None, 0, 3.0),
-            R("m", "a", 8, 2, 1, "id", None, 0, 5.0), R("m", "b", 8, 2, 1, "id", None, 0, 7.0),
-            R("m", "a", 8, 2, 2, "id", None, 0, 9.0), R("m", "b", 8, 2, 2, "id", None, 0, 11.0)]
+    # the tasks anti-correlated over seeds: every seed's task average is 5, so over tasks the SE is 0
+    rows = [R("m", "a", 8, 2, 0, "id", None, 0, 1.0), R("m", "b", 8, 2, 0, "id", None, 0, 9.0),
+            R("m", "a", 8, 2, 1, "id", None, 0, 5.0), R("m", "b", 8, 2, 1, "id", None, 0, 5.0),
+            R("m", "a", 8, 2, 2, "id", None, 0, 9.0), R("m", "b", 8, 2, 2, "id", None, 0, 1.0)]
     xs, mean, sem = figures.seed_curves(rows, "labels", "normalized_return", figures.AVERAGE)["m"]
-    # seeds average to 2, 6, 10 over tasks: mean 6, standard error 4 / sqrt(3) (not the std, 3.27)
-    assert xs.tolist() == [2.0] and mean.tolist() == [6.0] and sem[0] == pytest.approx(4 / np.sqrt(3))
+    assert xs.tolist() == [2.0] and mean.tolist() == [5.0] and sem[0] == 0.0
+    # one task: 1, 5, 9 over seeds: standard error 4 / sqrt(3) (not the std, 3.27)
     xs, mean, sem = figures.seed_curves(rows, "labels", "normalized_return", "a")["m"]
     assert mean.tolist() == [5.0] and sem[0] == pytest.approx(4 / np.sqrt(3))
+
+
+def test_method_table_averages_each_seeds_tasks_first() -> None:
+    R = results.Row
+    rows = []
+    for seed, a in zip(SEEDS, (1.0, 5.0, 9.0)):  # task b is 20 - a: its offset cancels a's seed effect
+        for task, v in (("a", a), ("b", 20.0 - a)):
+            rows += [R("m", task, 8, 2, seed, split, 0.5, 100 * v, v) for split in ("id", "ood")]
+    table = {(r[0], r[1]): r for r in report.method_table(rows, {})}
+    # average: each seed's task average is 10 (so SE 0; over the 6 values it would be 2.67)
+    assert table[("average", "m")][4:] == ["3", "0.500 ± 0.000", "1000.0 ± 0.0", "10.000 ± 0.000",
+                                           "10.000 ± 0.000"]
+    assert table[("b", "m")][7] == "15.000 ± 2.309" and table[("a", "m")][7] == "5.000 ± 2.309"
+
+
+def test_one_seed_has_no_standard_error() -> None:
+    R = results.Row
+    rows = [R("m", "a", 8, 2, 0, split, 0.25, 80.0, 0.5) for split in ("id", "ood")]
+    cells = report.method_table(rows, {})[0][5:] + report.summary_table(rows)[0][8:]
+    assert cells == ["0.250 (n=1)", "80.0 (n=1)", "0.500 (n=1)", "0.500 (n=1)", "0.250 (n=1)", "80.000 (n=1)",
+                     "0.500 (n=1)"]
 
 
 def _stage(run: Path, kind: str, key: str, config: dict, resolved: dict | None = None, recon: bool = False,
@@ -84,15 +116,19 @@ def _fake_run(run: Path) -> None:
         for seed in SEEDS:
             for dim in (16, 64):
                 for method, paths in (("lapo", data[task]), ("masklam", data[task]),
-                                      ("lapo", ["/data/cheetah-clean.h5"] if task == "cheetah-run"
+                                      ("lapo-clean", ["/data/cheetah-clean.h5"] if task == "cheetah-run"
                                        else [str(collected)])):
-                    conf = {"method": method, "data": paths, "latent_dim": dim, "seed": seed, "labels": 0,
-                            **({"mask_target": True} if method == "masklam" else {})}
-                    key = f"{method}{len(paths[0])}{task}{seed}{dim}"
-                    _stage(run, "pretrain", key, conf, {"preset": "cpu-small", "total_steps": 1000}, recon=True)
-    # a LAM from another sweep (not in results.csv) and an unfinished one are not shown
+                    conf = {"method": stages.lam_trainer(method), "data": paths, "latent_dim": dim, "seed": seed,
+                            "labels": 0, **({"mask_target": True} if method == "masklam" else {})}
+                    _stage(run, "pretrain", _lam_key(method, task, seed, dim), conf,
+                           {"preset": "cpu-small", "total_steps": 1000}, recon=True)
+    # LAMs from other sweeps of this run dir (not behind results.csv) and an unfinished one are not shown: one of
+    # another dim, one of an earlier config with the same method, task, dim and seed as a row's
     _stage(run, "pretrain", "stale", {"method": "laom", "data": data["cheetah-run"], "latent_dim": 999, "seed": 0},
            {"preset": "h100"}, recon=True)
+    _stage(run, "pretrain", "stale-same", {"method": "masklam", "data": data["cheetah-run"], "latent_dim": 64,
+                                           "seed": 0, "labels": 0, "mask_target": True},
+           {"preset": "h100", "total_steps": 6000}, recon=True)
     _stage(run, "pretrain", "running", {"method": "lapo", "data": data["cheetah-run"], "latent_dim": 16, "seed": 9},
            recon=True, done=False)
 
@@ -125,8 +161,21 @@ def test_report_renders(tmp_path: Path) -> None:
                         "lapo · default · seed 1 · cpu-small, 1000 updates, dim 16",
                         "masklam · default+mask-target · seed 1 · cpu-small, 1000 updates, dim 16"]
     assert recon.count("<figure") == 3 * 2 * 2 * 3 and "999" not in recon and "seed 9" not in recon
+    assert "h100" not in page  # the stale LAMs' scale: neither a second recon grid nor a second scale in a row
     src = re.search(r'<img src="(stages/pretrain/[^"]+/recon.png)">', recon).group(1)
     assert (run / src).is_file()
+
+
+def test_results_without_lam_stage_fall_back_to_method_task_dim_seed(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _fake_run(run)
+    rows = results.read_results(run / "results.csv")
+    named = {lam.stage for lam in report.row_lams(run, rows)}
+    assert len(named) == 3 * 2 * 2 * 3 and "stale-same" not in named and "running" not in named
+    assert named == {r.extra["lam_stage"] for r in rows if "lam_stage" in r.extra}
+    _write_results(run / "results.csv", lam_stage=False)  # written before results.csv had the column
+    old = {lam.stage for lam in report.row_lams(run, results.read_results(run / "results.csv"))}
+    assert old == named | {"stale-same"}
 
 
 def test_report_without_several_dims_has_no_dim_figures(tmp_path: Path) -> None:

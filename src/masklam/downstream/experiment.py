@@ -49,8 +49,9 @@ import tyro
 from masklam.devices import resolve_device
 from masklam.downstream.results import normalize, write_results
 from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, StagePlan, bc_stage, collect_stage,
-                                       decode_stage, dry_run, eval_stage, expert_return, format_plan, is_pending,
-                                       plan_stages, pretrain_stage, recipe_label, stage_context)
+                                       data_variant, decode_stage, dry_run, eval_stage, expert_return, format_plan,
+                                       is_pending, lam_trainer, plan_stages, pretrain_stage, recipe_label,
+                                       stage_context)
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
@@ -299,8 +300,9 @@ class _Sweep:
         self.bc_opts, self.dec_opts = {**split, **cfg.bc}, {**split, **cfg.decode}
 
     def evaluate_all(self, method: str, task: str, dim: int, labels: int, seed: int, probe: float | None,
-                     policy: Path, decoder: Path | None, variant: str) -> None:
-        """Evaluate a policy on every split of its data variant; one raw row per split."""
+                     policy: Path, decoder: Path | None, variant: str, lam: Path | None = None) -> None:
+        """Evaluate a policy on every split of its data variant; one raw row per split (`lam`: the pretrain
+        stage behind it, recorded as the row's lam_stage)."""
         for split in (self.cfg.splits if variant == "train" else ["id"]):
             res = eval_stage(self.root, policy, decoder, split, self.cfg.env, self.cfg.eval, self.prog)
             if is_pending(res):  # a dry run (sweep_status): nothing measured yet
@@ -308,7 +310,7 @@ class _Sweep:
             self.raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
                              "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
                              "success": res.get("success_rate"), "recipe": recipe_label(method, self.cfg.pretrain),
-                             "return_sem": standard_error(res["returns"]),
+                             "return_sem": standard_error(res["returns"]), "lam_stage": lam.name if lam else None,
                              "expert_fraction": res["mean"] / expert_return(task)})
 
     def bc(self, kind: str, conf: dict[str, Any]) -> Path:
@@ -316,7 +318,7 @@ class _Sweep:
 
     def normalisers(self, task: str, seed: int) -> None:
         """BC on all data with true actions (bc-full; bc-full-clean on the clean data for lapo-clean)."""
-        for variant in ["train"] + (["clean"] if "lapo-clean" in self.cfg.methods else []):
+        for variant in ["train"] + (["clean"] if any(data_variant(m) == "clean" for m in self.cfg.methods) else []):
             data = self.datasets[task][variant]
             conf = {**self.bc_opts, **self.cfg.bc_full, "data": data, "target": "action", "seed": seed}
             policy = self.bc("bc", conf)
@@ -326,22 +328,23 @@ class _Sweep:
 
     def lam_method(self, method: str, task: str, seed: int) -> None:
         """LAM -> latent BC (shared across label budgets, except laom-sup's) -> a decoder per budget."""
-        variant = "clean" if method == "lapo-clean" else "train"
-        data, lam_method = self.datasets[task][variant], "lapo" if method == "lapo-clean" else method
+        variant = data_variant(method)
+        data = self.datasets[task][variant]
         for dim in self.cfg.latent_dims:
             shared = None
             for n in self.cfg.labels:
                 if shared is None or method == "laom-sup":
-                    lam_dir, lam_res = pretrain_stage(self.root, lam_method, data, dim, seed,
+                    lam_dir, lam_res = pretrain_stage(self.root, lam_trainer(method), data, dim, seed,
                                                       n if method == "laom-sup" else 0, self.cfg.pretrain,
                                                       self.dev, self.prog)
                     policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "latent", "lam": str(lam_dir),
                                             "seed": seed})
-                    shared = (lam_res, policy)
-                lam_res, policy = shared
+                    shared = (lam_dir, lam_res, policy)
+                lam_dir, lam_res, policy = shared
                 dec = decode_stage(self.root, {**self.dec_opts, "policy": str(policy), "data": data, "labels": n,
                                                "seed": seed}, self.dev, self.prog)
-                self.evaluate_all(method, task, dim, n, seed, lam_res.get("probe_nmse"), policy, dec, variant)
+                self.evaluate_all(method, task, dim, n, seed, lam_res.get("probe_nmse"), policy, dec, variant,
+                                  lam_dir)
 
     def bc_method(self, task: str, seed: int) -> None:
         """BC on each label budget's labeled trajectories."""
@@ -437,6 +440,8 @@ def main(argv: list[str]) -> int:
     cfg = load_config(args.config, out=args.out, device=args.device)
     if args.status:
         print(f"{args.config}: {cfg.out}")
+        if not cfg.out.exists():
+            print(f"{cfg.out} does not exist yet: nothing done")
         print(format_plan(sweep_status(cfg)))
         return 0
     rows = run_experiment(cfg, render=not args.no_report)

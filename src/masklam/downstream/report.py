@@ -30,7 +30,7 @@ from masklam.args import parse
 from masklam.downstream.figures import (AVERAGE, curve_grid, example_frames, method_bars, method_order, stats,
                                         tasks_and_average)
 from masklam.downstream.results import NORMALISERS, Row, SeedStats, over_seeds, read_results
-from masklam.downstream.stages import LAM_METHODS, recipe_label
+from masklam.downstream.stages import LAM_METHODS, recipe_label, sweep_method
 from masklam.errors import MasklamError
 
 
@@ -52,6 +52,8 @@ class Lam:
     """pretrain preset, updates and latent dim"""
     recon: Path | None
     """its FDM reconstruction grid, if it wrote one"""
+    stage: str = ""
+    """its pretrain stage's key (directory name), as results.csv's lam_stage names it"""
 
 
 def _collect_stage(run_dir: Path, path: str) -> Path | None:
@@ -88,14 +90,26 @@ def lam_runs(run_dir: Path) -> list[Lam]:
             continue
         conf = json.loads(stage.read_text())["config"]
         task, variant = _data_origin(run_dir, exp, conf["data"])
-        method = "lapo-clean" if (conf["method"], variant) == ("lapo", "clean") else conf["method"]
+        method = sweep_method(conf["method"], variant)
         resolved = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
         updates = resolved.get("total_steps", resolved.get("updates", "?"))
         scale = f"{resolved.get('preset', '?')}, {updates} updates, dim {conf['latent_dim']}"
         out.append(Lam(method, task, int(conf["latent_dim"]), int(conf["seed"]), int(conf.get("labels", 0)),
-                       recipe_label(method, conf), scale, d / "recon.png" if (d / "recon.png").is_file() else None))
+                       recipe_label(method, conf), scale, d / "recon.png" if (d / "recon.png").is_file() else None,
+                       d.name))
     order = method_order(lam.method for lam in out)
     return sorted(out, key=lambda lam: (lam.task, lam.latent_dim, lam.seed, order.index(lam.method), lam.labels))
+
+
+def row_lams(run_dir: Path, rows: list[Row]) -> list[Lam]:
+    """The LAMs behind results.csv's rows: the pretrain stages its lam_stage column names. A results.csv
+    written before that column: every done LAM of a row's (method, task, latent dim, seed), stale ones of
+    earlier configs of the run directory included."""
+    named = {r.extra["lam_stage"] for r in rows if r.extra.get("lam_stage")}
+    if named:
+        return [lam for lam in lam_runs(run_dir) if lam.stage in named]
+    keys = {(r.method, r.task, r.latent_dim, r.seed) for r in rows}
+    return [lam for lam in lam_runs(run_dir) if (lam.method, lam.task, lam.latent_dim, lam.seed) in keys]
 
 
 def scales(lams: list[Lam]) -> dict[tuple[str, str, int], str]:
@@ -117,8 +131,10 @@ def headline(rows: list[Row]) -> tuple[list[Row], int, int]:
 
 
 def _ms(st: SeedStats, nd: int = 3) -> str:
-    """mean ± standard error ('' without values)."""
-    return "" if not st.n else f"{st.mean:.{nd}f} ± {st.sem:.{nd}f}"
+    """mean ± standard error ('' without values; one seed has no standard error: 'n=1')."""
+    if not st.n:
+        return ""
+    return f"{st.mean:.{nd}f} (n=1)" if st.n == 1 else f"{st.mean:.{nd}f} ± {st.sem:.{nd}f}"
 
 
 def _recipe(rows: list[Row]) -> str:
@@ -215,8 +231,7 @@ def render_report(run_dir: str | Path) -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     exp = _experiment(run_dir).get("config", {})
-    keys = {(r.method, r.task, r.latent_dim, r.seed) for r in rows}
-    lams = [lam for lam in lam_runs(run_dir) if (lam.method, lam.task, lam.latent_dim, lam.seed) in keys]
+    lams = row_lams(run_dir, rows)
     scale = scales(lams)
     top, dim, budget = headline(rows)
     dims = sorted({r.latent_dim for r in rows if r.latent_dim > 0})

@@ -2,11 +2,12 @@
 aggregation over seeds that every summary uses (the HTML report's curves and tables, the quickstart's).
 
 Columns (`RESULT_COLUMNS`): `method, task, latent_dim, labels, seed, split, probe_nmse, return,
-normalized_return, success, recipe, return_sem, expert_fraction`. `normalized_return` divides by full-data
+normalized_return, success, recipe, return_sem, expert_fraction, lam_stage`. `normalized_return` divides by full-data
 BC on the same data and split (bc-full on the training videos for `id`, the same policy on the held-out
 videos for `ood`, bc-full-clean for lapo-clean); `success` is the success rate, empty unless the env
 reports success (Meta-World); `recipe` is how the row's LAM was trained ('-' without one); `return_sem`
-the standard error over the row's episodes; `expert_fraction` the return over the shipped expert's.
+the standard error over the row's episodes; `expert_fraction` the return over the shipped expert's;
+`lam_stage` the pretrain stage (its key: `stages/pretrain/<key>/`) of the row's LAM, empty without one.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from masklam.metrics import standard_error
 REQUIRED_COLUMNS = ["method", "task", "latent_dim", "labels", "seed", "split", "probe_nmse", "return",
                     "normalized_return"]
 """Columns every results.csv has (the report needs them)."""
-RESULT_COLUMNS = REQUIRED_COLUMNS + ["success", "recipe", "return_sem", "expert_fraction"]
+RESULT_COLUMNS = REQUIRED_COLUMNS + ["success", "recipe", "return_sem", "expert_fraction", "lam_stage"]
 """The columns `write_results` writes, in order."""
 NORMALISERS = ("bc-full", "bc-full-clean")
 """Methods whose return normalises the others' (full-data BC with true actions)."""
@@ -56,7 +57,7 @@ class Row:
     success: float | None = None
     """success rate (Meta-World), None where the env reports none"""
     extra: dict[str, str] = field(default_factory=dict)
-    """the other columns as written (recipe, return_sem, expert_fraction)"""
+    """the other columns as written, when not empty (recipe, return_sem, expert_fraction, lam_stage)"""
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,6 +30,25 @@ LAM_METHODS = ("lapo", "masklam", "laom", "laom-sup", "lapo-clean")
 """methods with a latent action model: LAM -> latent BC -> decoder"""
 METHODS = LAM_METHODS + ("bc", "idm")
 """every method a sweep can run (bc-full, the normaliser, always runs)"""
+CLEAN_METHODS = {"lapo-clean": "lapo"}
+"""methods that train another method's LAM on the distractor-free data (the upper bound) -> that method"""
+
+
+def lam_trainer(method: str) -> str:
+    """The pretrain method that trains `method`'s LAM (lapo-clean: LAPO, on the distractor-free data)."""
+    return CLEAN_METHODS.get(method, method)
+
+
+def data_variant(method: str) -> str:
+    """The data a method trains and is evaluated on: 'clean' (distractor-free) or 'train' (distracted)."""
+    return "clean" if method in CLEAN_METHODS else "train"
+
+
+def sweep_method(trainer: str, variant: str) -> str:
+    """The method of a sweep that a LAM trained by `trainer` on `variant` data serves (inverse of the two above)."""
+    if variant == "clean":
+        return next((m for m, t in CLEAN_METHODS.items() if t == trainer), trainer)
+    return trainer
 
 # Bump a kind's version when its code changes what it computes for the same config, so cached results of
 # the old code are not reused. Version 1 is left out of the hash: stages that never changed keep their caches.
@@ -155,6 +175,33 @@ class PlannedStage:
     """done: its run time (done.json's wall_s, else the time between stage.json and done.json)"""
     started: float | None = None
     """pending with a stage.json: when it last started (time.time(); running now or interrupted)"""
+    active: float | None = None
+    """pending with a stage.json: when a file of its directory last changed (running if recent: `is_running`)"""
+
+    def is_running(self, now: float) -> bool:
+        """Started, and wrote a file within RUNNING_WINDOW_S of `now`: running (else interrupted, if started)."""
+        return self.started is not None and self.active is not None and now - self.active <= RUNNING_WINDOW_S
+
+
+RUNNING_WINDOW_S = 300.0
+"""a started stage whose directory changed no longer ago than this is running; after it, interrupted"""
+
+
+def _strings(obj: Any) -> Iterator[str]:
+    """Every string (or path) value in a nested config."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, (str, Path)):
+        yield str(obj)
+
+
+def _newest_mtime(d: Path) -> float:
+    """When a file in `d` (or below) last changed."""
+    return max((p.stat().st_mtime for p in d.rglob("*") if p.is_file()), default=d.stat().st_mtime)
 
 
 @dataclass
@@ -170,8 +217,8 @@ class StagePlan:
 
     def visit(self, d: Path, kind: str, key: str, config: dict[str, Any]) -> dict[str, Any]:
         """Record one stage; -> its result if done, else a `Pending` one."""
-        blob = json.dumps(config, sort_keys=True, default=str)
-        waits = any(p in blob for p in self.pending_dirs)
+        pending = self.pending_dirs
+        waits = any(v == p or v.startswith(p + os.sep) for v in _strings(config) for p in pending)
         rec = None if waits else _done_result(d, key)
         stage = PlannedStage(kind, None if waits else key, rec is not None, _CONTEXT.get(), config)
         if str(d) not in self.seen:  # a stage two parts of the sweep share runs once
@@ -184,7 +231,7 @@ class StagePlan:
                 stage.wall_s = max(done.stat().st_mtime - started.stat().st_mtime, 0.0)
             return rec["result"]
         if not waits and started.is_file():
-            stage.started = started.stat().st_mtime
+            stage.started, stage.active = started.stat().st_mtime, _newest_mtime(d)
         self.pending_dirs.append(str(d))
         return Pending()
 
@@ -225,7 +272,8 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
     """Per stage kind: done and pending counts, mean run time and time left; the started stages; what is left.
 
     A pending stage is estimated by the mean run time of the done stages of its kind (less the time it has
-    run if it started), a kind with none done has no estimate."""
+    run if it is running: started, and wrote a file recently; an interrupted one starts over, from its
+    checkpoints), a kind with none done has no estimate."""
     now = time.time() if now is None else now
     kinds = list(dict.fromkeys(s.kind for s in plan.stages))
     lines = [f"{'stage':<10}{'done':>6}{'pending':>9}{'mean time':>12}{'time left':>13}"]
@@ -239,7 +287,7 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
             unknown.append(kind)
             left = "no estimate"
         else:
-            secs = sum(max(mean - (now - s.started), 0.0) if s.started else mean for s in pending) if pending else 0.0
+            secs = sum(max(mean - (now - s.started), 0.0) if s.is_running(now) else mean for s in pending)
             total += secs
             left = _duration(secs)
         lines.append(f"{kind:<10}{len(done):>6}{len(pending):>9}{_duration(mean) if mean is not None else '-':>12}"
@@ -257,8 +305,9 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
     lines.append(f"{n_done} done, {n_pending} pending: {estimate}")
     for s in plan.stages:
         if s.started is not None:
-            lines.append(f"started {_duration(now - s.started)} ago (running, or interrupted): {s.kind} {s.key} "
-                         f"({_brief(s)})")
+            state = "running" if s.is_running(now) else "interrupted"
+            last = f", last write {_duration(now - s.active)} ago" if s.active is not None else ""
+            lines.append(f"started {_duration(now - s.started)} ago ({state}{last}): {s.kind} {s.key} ({_brief(s)})")
     lines.append("left (stages waiting on pending inputs have no key yet):")
     left: dict[str, dict[str, int]] = {}
     for s in plan.stages:
@@ -288,8 +337,14 @@ def collect_stage(root: Path, task: str, options: dict[str, Any], progress: bool
     key = {"task": task, **options}
     if options.get("policy", "expert") == "expert":  # a retrained expert means new data
         key["expert_sha256"] = expert_digest(task, options.get("expert_path"))
-    d, _ = run_stage(root, "collect", key, fn)
-    return [str(d / COLLECTED)]  # the result's paths (also before the stage ran, in a dry run)
+    d, res = run_stage(root, "collect", key, fn)
+    rebuilt = [str(d / COLLECTED)]
+    if is_pending(res):  # a dry run, before the stage ran: where it will write
+        return rebuilt
+    # the paths done.json saved: the keys of the stages built on them do not depend on how this run spells
+    # --out (unless the run directory moved, so they are gone)
+    saved = [str(p) for p in res["paths"]]
+    return saved if all(Path(p).is_file() for p in saved) or not Path(rebuilt[0]).is_file() else rebuilt
 
 
 def expert_digest(task: str, path: str | None = None) -> str | None:
@@ -312,7 +367,7 @@ def recipe_applies(method: str, recipe: str) -> bool:
     """Whether a pretraining recipe changes anything for `method` (lapo-clean is LAPO)."""
     from masklam.train.config import RECIPES
 
-    return bool(RECIPES.get(recipe, {}).get("lapo" if method == "lapo-clean" else method))
+    return bool(RECIPES.get(recipe, {}).get(lam_trainer(method)))
 
 
 def recipe_label(method: str, pretrain: dict[str, Any]) -> str:
@@ -324,7 +379,7 @@ def recipe_label(method: str, pretrain: dict[str, Any]) -> str:
         label = "default"
     if method == "masklam" and pretrain.get("mask_target"):
         label += "+mask-target"
-    if pretrain.get("mask_channel") is not None and method in ("lapo", "lapo-clean", "masklam"):
+    if pretrain.get("mask_channel") is not None and lam_trainer(method) in ("lapo", "masklam"):
         label += "+mask-channel" if pretrain["mask_channel"] else "-mask-channel"
     return label
 
