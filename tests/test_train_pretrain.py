@@ -96,6 +96,7 @@ def test_pretrain_writes_run_directory(method, tiny_h5, tmp_path):
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["probe_nmse"] == pytest.approx(metrics["probe_nmse"]) and np.isfinite(saved["probe_nmse"])
     assert saved["precision"] == ("bf16" if bf16_active("cpu") else "fp32")  # the default: bf16 where native
+    assert saved["torch_threads"] == torch.get_num_threads()  # results depend on it on CPU: recorded
     assert saved["probe_n_heldout"] == 23  # one held-out trajectory of 24 frames: 23 windows with k = 1
     assert "train/loss" in saved and "probe/action_mse" in saved
     config = json.loads((run / "config.json").read_text())

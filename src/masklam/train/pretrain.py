@@ -332,7 +332,9 @@ def _finish(run: Run, last: dict[str, float], rates: list[float], use_bf16: bool
     probe = probe_lam(model, run.data, run.train_ids, run.held_ids, cfg.probe_ridge, cfg.probe_batch_size,
                       cfg.probe_max_trajs, progress=cfg.progress)
     metrics: dict[str, Any] = {"method": cfg.method, "steps": run.total, "complete": True,
-                               "precision": "bf16" if use_bf16 else "fp32", **probe,
+                               "precision": "bf16" if use_bf16 else "fp32",
+                               # CPU results are bit-identical for a seed *and* thread count, not across thread counts
+                               "torch_threads": torch.get_num_threads(), **probe,
                                **{k: v for k, v in last.items()}}
     if rates:
         metrics["train/samples_per_s"] = float(np.median(rates))
