@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- shipped configs -------------------------------------------------------------------------------------
 def test_every_shipped_config_loads_and_is_package_data() -> None:
     shipped = ex.shipped_configs()
-    assert {"papers-cpu", "masklam-gpu", "laom-gpu", "papers-gpu"} <= set(shipped)
+    assert {"papers-cpu", "masklam-cpu", "masklam-gpu", "laom-gpu", "papers-gpu"} <= set(shipped)
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["masklam"]
     for name, path in shipped.items():
         cfg = ex.load_config(name)
@@ -45,8 +45,8 @@ def _tables(cfg: ex.ExperimentConfig) -> dict:
                 decode=cfg.decode, eval=cfg.eval)
 
 
-@pytest.mark.parametrize("name, preset", [("papers-cpu", "cpu"), ("masklam-gpu", "gpu"), ("laom-gpu", "gpu"),
-                                          ("papers-gpu", "gpu")])
+@pytest.mark.parametrize("name, preset", [("papers-cpu", "cpu"), ("masklam-cpu", "cpu"), ("masklam-gpu", "gpu"),
+                                          ("laom-gpu", "gpu"), ("papers-gpu", "gpu")])
 def test_shipped_configs_use_the_quickstarts_scale(name: str, preset: str) -> None:
     from masklam.quickstart import PRESETS, RECIPES
 
