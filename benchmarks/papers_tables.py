@@ -11,7 +11,6 @@ lapo-clean), so the normalisers themselves read 1.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from masklam.downstream.results import Row, over_seeds, read_results
@@ -23,10 +22,7 @@ NAMES = {"lapo-clean": "LAPO distractor-free (upper bound)", "lapo": "LAPO", "ma
 
 
 def _cell(pairs: list[tuple[int, float | None]], digits: int) -> str:
-    s = over_seeds(pairs)
-    if math.isnan(s.mean):
-        return "-"
-    return f"{s.mean:.{digits}f} ± {s.sem:.{digits}f}" if s.n > 1 else f"{s.mean:.{digits}f} (n=1)"
+    return over_seeds(pairs).format(digits) or "-"
 
 
 def table(rows: list[Row], title: str) -> str:

@@ -29,7 +29,7 @@ import tyro
 from masklam.args import parse
 from masklam.downstream.figures import (AVERAGE, curve_grid, example_frames, method_bars, method_order, stats,
                                         tasks_and_average)
-from masklam.downstream.results import NORMALISERS, Row, SeedStats, over_seeds, read_results
+from masklam.downstream.results import NORMALISERS, Row, over_seeds, read_results
 from masklam.downstream.stages import LAM_METHODS, recipe_label, sweep_method
 from masklam.errors import MasklamError
 
@@ -130,13 +130,6 @@ def headline(rows: list[Row]) -> tuple[list[Row], int, int]:
     return keep, dim, n
 
 
-def _ms(st: SeedStats, nd: int = 3) -> str:
-    """mean ± standard error ('' without values; one seed has no standard error: 'n=1')."""
-    if not st.n:
-        return ""
-    return f"{st.mean:.{nd}f} (n=1)" if st.n == 1 else f"{st.mean:.{nd}f} ± {st.sem:.{nd}f}"
-
-
 def _recipe(rows: list[Row]) -> str:
     return ", ".join(sorted({r.extra.get("recipe", "-") for r in rows})) or "-"
 
@@ -159,7 +152,7 @@ def method_table(rows: list[Row], scale: dict[tuple[str, str, int], str]) -> lis
                      for y, s in (("probe_nmse", "id"), ("ret", "id"), ("normalized_return", "id"),
                                   ("normalized_return", "ood"))]
             out.append([panel, m, _recipe(g), _scale(scale, g), str(len({r.seed for r in g})),
-                        _ms(cells[0]), _ms(cells[1], 1), _ms(cells[2]), _ms(cells[3])])
+                        cells[0].format(), cells[1].format(1), cells[2].format(), cells[3].format()])
     return out
 
 
@@ -173,7 +166,7 @@ def summary_table(rows: list[Row], scale: dict[tuple[str, str, int], str] | None
         g = groups[key]
         m, task, dim, labels, split = key
         out.append([m, _recipe(g), _scale(scale or {}, g), task, str(dim), str(labels), split, str(len(g)),
-                    *(_ms(over_seeds((r.seed, getattr(r, y)) for r in g)) for y in ("probe_nmse", "ret",
+                    *(over_seeds((r.seed, getattr(r, y)) for r in g).format() for y in ("probe_nmse", "ret",
                                                                                    "normalized_return"))])
     return out
 

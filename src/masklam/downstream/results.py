@@ -139,6 +139,12 @@ class SeedStats:
         """Number of seeds with a value."""
         return len(self.per_seed)
 
+    def format(self, digits: int = 3) -> str:
+        """'mean ± standard error' ('' without values; one seed has no standard error: 'mean (n=1)')."""
+        if not self.n:
+            return ""
+        return f"{self.mean:.{digits}f} (n=1)" if self.n == 1 else f"{self.mean:.{digits}f} ± {self.sem:.{digits}f}"
+
 
 def over_seeds(values: Iterable[tuple[int, float | None]]) -> SeedStats:
     """The one aggregation of results over seeds: (seed, value) pairs -> SeedStats. Missing values (None,

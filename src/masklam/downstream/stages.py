@@ -319,7 +319,6 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
     return "\n".join(lines)
 
 
-
 # --- the stages ----------------------------------------------------------------------------------------
 COLLECTED = "data.h5"
 """the file a collect stage writes in its directory"""
