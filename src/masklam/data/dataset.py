@@ -102,8 +102,13 @@ def data_files(path: str | os.PathLike) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (*HDF5_SUFFIXES, ".parquet"))
+        return sorted(_hdf5_shards(path) + [p for p in path.iterdir() if p.is_file() and p.suffix == ".parquet"])
     return parquet_shards(path)
+
+
+def _hdf5_shards(directory: Path) -> list[Path]:
+    """A directory's HDF5 files (.h5, .hdf5), in name order."""
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in HDF5_SUFFIXES)
 
 
 def _expand(paths: PathsLike) -> list[Path]:
@@ -113,7 +118,7 @@ def _expand(paths: PathsLike) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            shards = sorted(p for p in path.iterdir() if p.suffix in HDF5_SUFFIXES and p.is_file())
+            shards = _hdf5_shards(path)
             if shards and is_parquet(path):
                 raise MasklamError(f"{path} holds both HDF5 and .parquet files; give the files themselves")
             if not shards and not is_parquet(path):
