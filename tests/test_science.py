@@ -92,18 +92,21 @@ def test_label_uses_the_one_step_transition_whatever_the_training_offset():
 
 
 # --- the recipe ---------------------------------------------------------------------------------------------
-def test_paper_recipe_sets_what_the_authors_code_sets(tmp_path):
+def test_authors_recipe_sets_what_the_authors_code_sets(tmp_path):
     def cfg(method: str, **kw) -> PretrainConfig:
-        return PretrainConfig(method=method, data=(tmp_path / "x.h5",), out=tmp_path, recipe="paper", **kw)
+        return PretrainConfig(method=method, data=(tmp_path / "x.h5",), out=tmp_path, recipe="authors", **kw)
 
     m, lp = cfg("masklam"), cfg("lapo")
     for c in (m, lp):
-        assert (c.frame_stack, c.max_offset, c.optimizer, c.schedule, c.weight_decay) == (3, 9, "adamw", "cosine", 0.01)
+        assert (c.frame_stack, c.optimizer, c.schedule, c.weight_decay) == (3, "adamw", "cosine", 0.01)
+    assert (m.max_offset, m.idm_window, lp.max_offset, lp.idm_window) == (9, "pair", 1, "single")
     assert m.mask_channel and m.mask_norm == "batch" and not m.mask_target and m.mask_lambda == 0.0
     assert not lp.mask_channel
     assert m.lam_config(2, 3, 64).mask_channel and not lp.lam_config(2, 3, 64).mask_channel
     assert cfg("lapo", mask_channel=True).mask_channel  # the authors' ablation
     assert cfg("masklam", max_offset=1).max_offset == 1  # explicit values win over the recipe
+    paper = PretrainConfig(method="masklam", data=(tmp_path / "x.h5",), out=tmp_path, recipe="paper")
+    assert (paper.frame_stack, paper.max_offset, paper.mask_channel, paper.init) == (1, 1, False, "default")
     d = PretrainConfig(method="masklam", data=(tmp_path / "x.h5",), out=tmp_path)
     assert (d.frame_stack, d.max_offset, d.optimizer, d.mask_channel) == (1, 1, "adam", False)
     assert cfg("laom").max_offset == 10 and not cfg("laom").mask_channel  # LAOM keeps its own paper's recipe
@@ -129,7 +132,7 @@ def test_pretrain_probe_and_latent_bc_run_with_a_mask_channel_lam(tmp_path):
     from masklam.train.pretrain import pretrain
 
     data = write_synthetic_dataset(tmp_path / "d.h5", n_traj=6, length=24)
-    metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", recipe="paper", max_offset=4))
+    metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", recipe="authors", max_offset=4))
     assert np.isfinite(metrics["probe_nmse"]) and metrics["probe_ridge"] > 0
     m = train_bc(BCConfig(data=(data,), out=tmp_path / "bc", lam=tmp_path / "lam", updates=3, batch_size=8,
                           frame_stack=3, heldout=0.2), progress=False)

@@ -228,8 +228,8 @@ def test_one_precedence_explicit_recipe_method_preset(tmp_path):
     assert cfg(epochs=2.0).updates is None and cfg(epochs=2.0).total_updates(640) == 20  # cpu-small's updates cleared
     with pytest.raises(MasklamError, match="not both"):
         cfg(updates=3, epochs=1.0)
-    assert cfg(recipe="paper", preset="paper").frame_stack == 3  # recipe > method default (1)
-    assert cfg(recipe="paper", frame_stack=2).frame_stack == 2  # explicit > recipe
+    assert cfg(recipe="authors", preset="paper").frame_stack == 3  # recipe > method default (1)
+    assert cfg(recipe="authors", frame_stack=2).frame_stack == 2  # explicit > recipe
     h100 = cfg("laom", preset="h100")
     assert (h100.updates, h100.batch_size, h100.encoder_scale, h100.head_dim) == (6000, 256, 4, 1024)
 

@@ -91,14 +91,25 @@ MW_EVAL_STEPS = 200
 MASK_TARGET: dict[str, Any] = dict(mask_target=True)
 """Our variant of MaskLAM's loss: reconstruct M*o_{t+1} at every pixel (LAPO ignores it)."""
 # How the LAMs learn (PretrainConfig fields on top of the preset's), by name: `mask-target` is our variant on
-# the papers' text, and each of masklam.train.config's RECIPES (`paper`: MaskLAM's authors' code for every pixel
-# LAM) comes alone and with our variant on top (`paper+mask-target`). Measured against each other in
-# docs/quickstart-science.md.
+# the papers' text, and each of masklam.train.config's RECIPES (`paper`: the paper as written; `authors`: MaskLAM's
+# authors' code for every pixel LAM) comes alone and with our variant on top (`authors+mask-target`). Measured
+# against each other in docs/quickstart-science.md and docs/results.md.
 RECIPES: dict[str, dict[str, Any]] = {"mask-target": MASK_TARGET}
 for _name in (name for name in PRETRAIN_RECIPES if name != "default"):
     RECIPES[_name] = dict(recipe=_name)
     RECIPES[f"{_name}+mask-target"] = dict(recipe=_name, **MASK_TARGET)
 Recipe = Literal[tuple(RECIPES)]  # type: ignore[valid-type]
+
+
+def downstream_recipe(recipe: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(BC options, decoder options) of a quickstart recipe: the authors' latent BC and decoder with their
+    pretraining, else the preset's own."""
+    from masklam.downstream.bc import AUTHORS_LATENT_BC
+    from masklam.downstream.decode import AUTHORS_DECODER
+
+    if RECIPES[recipe].get("recipe") == "authors":
+        return dict(AUTHORS_LATENT_BC), dict(AUTHORS_DECODER)
+    return {}, {}
 
 
 @dataclasses.dataclass
@@ -115,8 +126,9 @@ class QuickstartConfig:
     """distractor preset of the distracted dataset and of evaluation."""
     recipe: Recipe = "mask-target"
     """how the LAMs learn: mask-target (ours, the measured winner at this scale: MaskLAM reconstructs
-    M*o_{t+1}; frame stack 3, k = 1, Adam), paper (MaskLAM's authors' code: frame stack 3, k in 1..9, AdamW +
-    cosine, mask input channel, per-batch mask normalisation), paper+mask-target (ours on the authors')."""
+    M*o_{t+1}; frame stack 3, k = 1, Adam), authors (MaskLAM's authors' code, LAMs, latent BC and decoder: README,
+    "Recipes"), authors+mask-target (ours on the authors'), paper (the paper as written: frame stack 1, LAOM's
+    hyper-parameters; the quickstart's frame stack 3 still wins over it), paper+mask-target."""
     background_path: Path | None = None
     """background videos from a DAVIS-2017 root (JPEGImages/480p/<video>/*.jpg, the papers' backgrounds) or any
     folder of <video>/*.jpg folders, for the distracted data and both evaluation splits (ID: the folder's
@@ -155,12 +167,13 @@ def experiment_config(cfg: QuickstartConfig):
         # absolute: one folder is one collect stage whatever the working directory
         collect["background_path"] = env["background_path"] = str(Path(cfg.background_path).expanduser().resolve())
     device = str(resolve_device(cfg.device))
+    bc_recipe, decode_recipe = downstream_recipe(cfg.recipe)
     return ExperimentConfig(
         out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),
         labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
         data={cfg.task: {"collect": collect, "collect_clean": clean}},
-        pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc=dict(p["bc"]), bc_full=dict(p.get("bc_full", {})),
-        idm=dict(p["idm"]), decode=dict(p["decode"]), eval=dict(p["eval"]), env=env, device=device,
+        pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc={**p["bc"], **bc_recipe},
+        bc_full=dict(p.get("bc_full", {})), idm=dict(p["idm"]), decode={**p["decode"], **decode_recipe}, eval=dict(p["eval"]), env=env, device=device,
         progress=cfg.progress)
 
 
@@ -289,5 +302,13 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    run(parse(QuickstartConfig, argv))
+    import sys
+
+    from masklam.train.config import RECIPE_NOTICE
+
+    cfg = parse(QuickstartConfig, argv)
+    base = RECIPES[cfg.recipe].get("recipe")
+    if base in RECIPE_NOTICE:
+        print(RECIPE_NOTICE[base], file=sys.stderr)
+    run(cfg)
     return 0

@@ -34,10 +34,15 @@ from masklam.errors import MasklamError
 from masklam.files import atomic_path, write_json
 from masklam.train.checkpoint import TRAIN_STATE, check_resumable, load_train_state
 from masklam.train.precision import autocast
+from masklam.train.schedule import lr_factor, make_optimizer, set_lr
 
 RESUME_DIR = "resume"
 RESUMABLE_CHANGES = frozenset({"device", "out", "save_every"})
 """BCConfig fields a resumed run may change: where it runs, where it writes, how often it checkpoints."""
+
+
+AUTHORS_LATENT_BC: dict[str, Any] = dict(standardize=False, optimizer="adamw", lr=4e-4, schedule="cosine")
+"""Latent BC as MaskLAM's authors train it (their stage 2): targets not standardised, AdamW 4e-4, cosine."""
 
 
 @dataclass
@@ -69,7 +74,11 @@ class BCConfig:
     batch_size: int = 512
     """windows per update"""
     lr: float = 1e-4
-    """Adam learning rate"""
+    """learning rate"""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """adam, or adamw (weight decay 0.01, torch's default; the authors' latent policy)"""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """learning rate over the run: constant, or cosine to 0 (the authors')"""
     epochs: float = 10.0
     """passes over the training frames (ignored when updates is set)"""
     updates: int | None = None
@@ -185,7 +194,7 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     with torch.random.fork_rng(devices=[]):  # initial weights from cfg.seed, global generator untouched
         torch.manual_seed(cfg.seed)
         model = ImagePolicy(s.policy_cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(model, cfg.optimizer, cfg.lr)
     rng = np.random.default_rng([cfg.seed, 1])
     step = _resume(cfg, model, opt, rng, device)
     state_path = cfg.out / RESUME_DIR / TRAIN_STATE
@@ -195,6 +204,7 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     while step < s.updates:
         b = s.sampler.sample(cfg.batch_size, rng)
         target = s.target_fn(b)  # fp32, as the decoder will read it
+        set_lr(opt, cfg.lr * lr_factor(step, s.updates, 0.0, cfg.schedule))
         with autocast(device, cfg.bf16):
             loss, _ = model(_batch(b, target, cfg.frame_stack, cfg.pair_input))
         opt.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,6 +22,12 @@ from masklam.downstream.policy import ImagePolicy
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
+
+
+AUTHORS_DECODER: dict[str, object] = dict(input_relu=True, layers=3, hidden=256, optimizer="adamw", lr=1e-3,
+                                          schedule="cosine", grad_clip=1.0)
+"""The action decoder as MaskLAM's authors train it (their stage 3): a ReLU on the latent, then 3 layers of 256,
+AdamW 1e-3 with a cosine schedule, gradient norm clipped to 1."""
 
 
 @dataclass
@@ -40,7 +47,15 @@ class DecodeConfig:
     batch_size: int = 512
     """transitions per update"""
     lr: float = 3e-4
-    """Adam learning rate"""
+    """learning rate"""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """adam, or adamw (weight decay 0.01; the authors' decoder)"""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """learning rate over the run: constant, or cosine to 0 (the authors')"""
+    grad_clip: float | None = None
+    """clip the gradient norm to this value (the authors': 1; None: no clipping)"""
+    input_relu: bool = False
+    """apply a ReLU to the decoder's input first (the authors' decoder)"""
     hidden: int = 256
     """width of the decoder's hidden layers"""
     layers: int = 2
@@ -60,6 +75,8 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.labels < 1 or self.updates < 1 or self.batch_size < 1 or self.hidden < 1 or self.lr <= 0:
             raise MasklamError("labels, updates, batch_size, hidden must be >= 1 and lr > 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
         if not self.data:
             raise MasklamError("no dataset given (--data)")
 
@@ -77,7 +94,8 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
     z, a = policy_latents(policy, data, ids, cfg.batch_size, cfg.input)
     decoder, mse = fit_decoder(z.to(device), a.to(device), cfg.updates, cfg.batch_size, cfg.lr, cfg.hidden,
-                               cfg.seed, progress, cfg.layers, cfg.input)
+                               cfg.seed, progress, cfg.layers, cfg.input, optimizer=cfg.optimizer,
+                               schedule=cfg.schedule, grad_clip=cfg.grad_clip, input_relu=cfg.input_relu)
     metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z), "decode/updates": cfg.updates}
     if len(heldout_ids):
         zh, ah = policy_latents(policy, data, heldout_ids, cfg.batch_size, cfg.input)  # every held-out transition

@@ -20,6 +20,7 @@ from masklam.downstream.policy import ImagePolicy
 from masklam.errors import MasklamError
 from masklam.models.encoder import frames_to_tensor
 from masklam.models.pretrained import Pretrained
+from masklam.train.schedule import lr_factor, make_optimizer, set_lr
 
 DecoderInput = Literal["latent", "hidden", "latent+hidden"]
 DECODER_INPUTS = ("latent", "hidden", "latent+hidden")
@@ -34,7 +35,7 @@ class ActionDecoder(Pretrained, nn.Module):
     config_key = None
 
     def __init__(self, latent_dim: int, action_dim: int, hidden: int = 256, layers: int = 2,
-                 input: str = "latent") -> None:
+                 input: str = "latent", input_relu: bool = False) -> None:
         super().__init__()
         if layers < 2:
             raise MasklamError(f"decoder layers must be >= 2, got {layers}")
@@ -42,8 +43,10 @@ class ActionDecoder(Pretrained, nn.Module):
             raise MasklamError(f"decoder input must be latent, hidden or latent+hidden, got {input!r}")
         self.dims = {"latent_dim": latent_dim, "action_dim": action_dim, "hidden": hidden, "layers": layers,
                      "input": input}
+        if input_relu:  # recorded only when on: configs of earlier decoders stay as they were
+            self.dims["input_relu"] = True
         sizes = [latent_dim] + [hidden] * (layers - 1)
-        mods: list[nn.Module] = []
+        mods: list[nn.Module] = [nn.ReLU()] if input_relu else []
         for a, b in zip(sizes[:-1], sizes[1:]):
             mods += [nn.Linear(a, b), nn.ReLU()]
         self.net = nn.Sequential(*mods, nn.Linear(sizes[-1], action_dim))
@@ -80,22 +83,28 @@ def feature_dim(policy: ImagePolicy, input: str) -> int:
 
 def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 2500, batch_size: int = 512,
                 lr: float = 3e-4, hidden: int = 256, seed: int = 0, progress: bool = False, layers: int = 2,
-                input: str = "latent") -> tuple[ActionDecoder, float]:
-    """Fit an ActionDecoder on (N, D) latents -> (N, A) actions with Adam; returns it and its last batch MSE."""
+                input: str = "latent", optimizer: str = "adam", schedule: str = "constant",
+                grad_clip: float | None = None, input_relu: bool = False) -> tuple[ActionDecoder, float]:
+    """Fit an ActionDecoder on (N, D) latents -> (N, A) actions (Adam or AdamW, constant or cosine learning rate,
+    optional gradient clipping); returns it and its last batch MSE."""
     if latents.ndim != 2 or actions.ndim != 2 or len(latents) != len(actions) or len(latents) == 0:
         raise MasklamError(f"decoder data must be (N, D) and (N, A) with N > 0, got {tuple(latents.shape)} "
                            f"and {tuple(actions.shape)}")
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # initial weights from seed, global generator untouched
         torch.manual_seed(seed)
-        decoder = ActionDecoder(latents.shape[1], actions.shape[1], hidden, layers, input).to(latents.device)
-    opt = torch.optim.Adam(decoder.parameters(), lr=lr)
+        decoder = ActionDecoder(latents.shape[1], actions.shape[1], hidden, layers, input,
+                                input_relu).to(latents.device)
+    opt = make_optimizer(decoder, optimizer, lr)
     loss = torch.zeros(())
-    for _ in tqdm(range(updates), desc="decoder", unit="update", disable=not progress):
+    for step in tqdm(range(updates), desc="decoder", unit="update", disable=not progress):
+        set_lr(opt, lr * lr_factor(step, updates, 0.0, schedule))
         idx = torch.randint(0, len(latents), (min(batch_size, len(latents)),), generator=gen).to(latents.device)
         loss = nn.functional.mse_loss(decoder(latents[idx]), actions[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(decoder.parameters(), grad_clip)
         opt.step()
     return decoder.eval(), float(loss.item())
 

@@ -87,10 +87,14 @@ def _fingerprint(paths: Any) -> list[Any]:
     return out
 
 
-def stage_key(kind: str, config: dict[str, Any]) -> str:
-    """Hash of a stage's kind (and code version), config (inputs included as their directories) and data files."""
+def stage_key(kind: str, config: dict[str, Any], meaning: dict[str, Any] | None = None) -> str:
+    """Hash of a stage's kind (and code version), config (inputs included as their directories), data files and
+    `meaning`: what named values in the config stand for (a recipe's fields), so that a name whose meaning
+    changes never reuses a stage computed under the old one."""
     files = _fingerprint(config["data"]) if "data" in config else None
     key = {"kind": kind, "config": config, "files": files}
+    if meaning:
+        key["meaning"] = meaning
     if STAGE_VERSIONS.get(kind, 1) > 1:
         key["version"] = STAGE_VERSIONS[kind]
     blob = json.dumps(key, sort_keys=True, default=str)
@@ -123,13 +127,14 @@ def stage_context(label: str) -> Iterator[None]:
 
 
 def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
-              log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
-    """Run `fn(stage_dir) -> result` unless `stage_dir/done.json` records this config's hash; -> (dir, result).
+              log: Callable[[str], None] = print, meaning: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Run `fn(stage_dir) -> result` unless `stage_dir/done.json` records this config's hash (`stage_key`);
+    -> (dir, result).
 
     In a dry run (`plan_stages`) only records the stage: -> (dir, its result, or a `Pending` one)."""
     from masklam.files import write_json
 
-    key = stage_key(kind, config)
+    key = stage_key(kind, config, meaning)
     d = root / "stages" / kind / key
     plan = _PLAN.get()
     if plan is not None:
@@ -389,7 +394,7 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
 
     Options of other methods are dropped (masklam.train.config.options_for): one LAPO serves every recipe
     that differs only in MaskLAM's loss."""
-    from masklam.train.config import options_for
+    from masklam.train.config import RECIPE_PRESETS, RECIPES, options_for
 
     overrides = options_for(method, overrides)
     if not recipe_applies(method, overrides.get("recipe", "default")):  # e.g. LAOM: its own paper's recipe
@@ -403,7 +408,10 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
         cfg = PretrainConfig(**{"device": device, "progress": progress, "tensorboard": False, **conf, "out": d})
         return {"probe_nmse": probe_nmse(pretrain(cfg))}
 
-    return run_stage(root, "pretrain", conf, fn)
+    recipe = conf.get("recipe", "default")
+    meaning = {"recipe": RECIPES[recipe].get(method, {}),
+               "recipe_at_preset": RECIPE_PRESETS.get(recipe, {}).get(conf.get("preset", "cpu-small"), {})}
+    return run_stage(root, "pretrain", conf, fn, meaning=meaning if recipe != "default" else None)
 
 
 def probe_nmse(metrics: dict[str, Any]) -> float | None:

@@ -7,6 +7,11 @@
   LAPO passes weight 1 through the same function, so `mask_lambda = 1` reproduces LAPO's loss bit for
   bit. With `mask_channel` (the authors' default for MaskLAM; an ablation for LAPO) the agent mask is
   a 4th input channel of every frame the IDM and the FDM see, so labelling latents needs masks too.
+  MaskLAM's authors' code differs from ours in five more places, each an option here (facts.md, section 13):
+  `init="orthogonal"` (gain 1, zero bias), `pixels="centered"` (x/255 - 0.5 in and 0.5*tanh out),
+  `fdm_scale` (an FDM wider than the IDM: 1.5x), `decoder="authors"` (their world-model decoder layout) and,
+  for their LAPO baseline, `idm_window="single"`: the IDM sees one window o_{t-F+1..t+1} (k = 1 only) instead
+  of the two stacks at t and t+k.
 - `LatentSpaceLAM` ("laom", "laom-sup"): one shared ResNet encoder; IDM and FDM are residual MLPs;
   the FDM predicts the embedding of o_{t+1} from the *detached* embedding of o_t and the latent,
   against an EMA target encoder (or a stop-grad of the online encoder); augmentations during
@@ -32,7 +37,8 @@ from torch.nn import functional as F
 
 from masklam.errors import MasklamError
 from masklam.models.augment import augment
-from masklam.models.encoder import ConvDecoder, ImpalaEncoder, append_mask_channel, frames_to_tensor
+from masklam.models.encoder import (AuthorsDecoder, ConvDecoder, ImpalaEncoder, append_mask_channel, frames_to_tensor,
+                                    init_orthogonal)
 from masklam.models.fsq import FSQ
 from masklam.models.heads import ResidualMLP
 from masklam.models.pretrained import Pretrained
@@ -65,6 +71,11 @@ class LAMConfig:
     target_tau: float = 0.001
     aug: bool = False
     sup_coef: float = 0.01
+    init: str = "default"
+    pixels: str = "unit"
+    fdm_scale: float = 0.0
+    decoder: str = "ours"
+    idm_window: str = "pair"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -78,6 +89,16 @@ class LAMConfig:
         if self.target not in ("ema", "stopgrad"):
             raise MasklamError(f"target must be 'ema' or 'stopgrad', got {self.target!r}")
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        for name, allowed in (("init", ("default", "orthogonal")), ("pixels", ("unit", "centered")),
+                              ("decoder", ("ours", "authors")), ("idm_window", ("pair", "single"))):
+            if getattr(self, name) not in allowed:
+                raise MasklamError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.fdm_scale < 0:
+            raise MasklamError(f"fdm_scale must be >= 0 (0: the IDM's width), got {self.fdm_scale}")
+        pixel_only = {"pixels": "unit", "fdm_scale": 0.0, "decoder": "ours", "idm_window": "pair"}
+        changed = [k for k, v in pixel_only.items() if getattr(self, k) != v]
+        if changed and self.method not in ("lapo", "masklam"):
+            raise MasklamError(f"{changed[0]} is for pixel LAMs (lapo, masklam), not {self.method}")
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, norm: str = "batch") -> torch.Tensor:
@@ -142,11 +163,17 @@ class LatentActionModel(Pretrained, nn.Module):
         """True when the model's inputs carry the agent mask as a channel (labelling needs masks then)."""
         return bool(self.cfg.mask_channel)
 
+    @property
+    def centered(self) -> bool:
+        """True when pixels enter (and the FDM predicts them) in [-0.5, 0.5] rather than [0, 1]."""
+        return self.cfg.pixels == "centered"
+
     def frames(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 (B, F, H, W, 3) or float (B, 3F, H, W) -> float (B, 3F, H, W) on the model's device."""
+        """uint8 (B, F, H, W, 3) or float (B, 3F, H, W) -> float (B, 3F, H, W) on the model's device (a float
+        input is taken as already scaled)."""
         if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point():
             return x.to(self.device)
-        return frames_to_tensor(x, self.device)
+        return frames_to_tensor(x, self.device, self.centered)
 
     def inputs(self, x: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """A frame stack as the IDM/FDM see it: (B, F, H, W, 3) uint8 [+ (B, F, H, W) bool masks]
@@ -157,7 +184,8 @@ class LatentActionModel(Pretrained, nn.Module):
             raise MasklamError("this LAM takes the agent mask as an input channel (mask_channel): its latents "
                                "need the agent masks of both frame stacks")
         x = torch.as_tensor(x).to(self.device)
-        return frames_to_tensor(append_mask_channel(x, torch.as_tensor(mask).to(self.device)), self.device)
+        return frames_to_tensor(append_mask_channel(x, torch.as_tensor(mask).to(self.device)), self.device,
+                                self.centered)
 
     def _quantize(self, z: torch.Tensor) -> torch.Tensor:
         return self.quantizer(z) if self.quantizer is not None else z
@@ -228,16 +256,25 @@ class PixelLAM(LatentActionModel):
 
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__(cfg)
-        c = (4 if cfg.mask_channel else 3) * cfg.frame_stack  # input channels of one frame stack
-        self.idm_encoder = ImpalaEncoder(2 * c, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
+        self.channels_per_frame = 4 if cfg.mask_channel else 3
+        c = self.channels_per_frame * cfg.frame_stack  # input channels of one frame stack
+        # the IDM reads both stacks, or (idm_window "single") the stack at t and the newest frame of t+1's
+        idm_in = 2 * c if cfg.idm_window == "pair" else c + self.channels_per_frame
+        self.idm_encoder = ImpalaEncoder(idm_in, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
         self.idm_head = nn.Linear(self.idm_encoder.flat_dim, cfg.latent_dim)
-        self.fdm_encoder = ImpalaEncoder(c, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
+        fdm_scale = cfg.fdm_scale or cfg.encoder_scale
+        authors = cfg.decoder == "authors"
+        self.fdm_encoder = ImpalaEncoder(c, cfg.img_hw, fdm_scale, cfg.num_res_blocks, final_relu=not authors)
         ch, hw = self.fdm_encoder.out_channels, self.fdm_encoder.out_hw
         self.latent_to_map = nn.Linear(cfg.latent_dim, ch * hw * hw)
-        self.decoder = ConvDecoder(2 * ch, 3, cfg.encoder_scale, cfg.num_res_blocks)
+        self.decoder = (AuthorsDecoder if authors else ConvDecoder)(2 * ch, 3, fdm_scale, cfg.num_res_blocks)
         self.state_probe = nn.Linear(self.fdm_encoder.flat_dim, cfg.state_dim)
+        if cfg.init == "orthogonal":
+            init_orthogonal(self)
 
     def latent_from_tensors(self, x_t: torch.Tensor, x_tk: torch.Tensor) -> torch.Tensor:
+        if self.cfg.idm_window == "single":  # one window o_{t-F+1..t+1}: the stack at t and the newest frame
+            x_tk = x_tk[:, -self.channels_per_frame:]
         h = self.idm_encoder.flat(torch.cat([x_t, x_tk], dim=1))  # (B, flat)
         return self._quantize(self.idm_head(h))
 
@@ -248,14 +285,19 @@ class PixelLAM(LatentActionModel):
         """FDM: (B, 3F, H, W), (B, D) -> (predicted o_{t+1} (B, 3, H, W), flat embedding of o_t)."""
         fmap = self.fdm_encoder(x_t)  # (B, C, h, w)
         zmap = self.latent_to_map(z).view_as(fmap)
-        return self.decoder(torch.cat([fmap, zmap], dim=1)), fmap.flatten(1)
+        out = self.decoder(torch.cat([fmap, zmap], dim=1))  # (B, 3, H, W)
+        if self.centered:  # the authors' output range, that of centred pixels
+            out = 0.5 * torch.tanh(out)
+        return out, fmap.flatten(1)
 
     def predict_next(self, obs_t: torch.Tensor | np.ndarray, obs_tk: torch.Tensor | np.ndarray,
                      mask_t: torch.Tensor | np.ndarray | None = None,
                      mask_tk: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
-        """Frame stacks (and masks) -> the FDM's prediction of o_{t+1}, (B, 3, H, W) float."""
+        """Frame stacks (and masks) -> the FDM's prediction of o_{t+1}, (B, 3, H, W) float in [0, 1] (whatever the
+        model's pixel range)."""
         x_t = self.inputs(obs_t, mask_t)
-        return self.predict_from_tensors(x_t, self.latent_from_tensors(x_t, self.inputs(obs_tk, mask_tk)))[0]
+        pred = self.predict_from_tensors(x_t, self.latent_from_tensors(x_t, self.inputs(obs_tk, mask_tk)))[0]
+        return pred + 0.5 if self.centered else pred
 
     def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         x_t = self.inputs(batch["obs_t"], batch.get("mask_t"))
@@ -274,7 +316,9 @@ class PixelLAM(LatentActionModel):
             weight = mask_weights(mask, self.cfg.mask_lambda, self.cfg.mask_dilation)
             info["train/mask_frac"] = (weight == 1).float().mean()
             if self.cfg.mask_target:  # reconstruct weight * o_{t+1} (background black) over every pixel
-                target, weight = target * weight[:, None], torch.ones_like(weight)
+                black = -0.5 if self.centered else 0.0
+                target = black + (target - black) * weight[:, None]
+                weight = torch.ones_like(weight)
         else:
             weight = torch.ones(b, h, w, device=target.device)
         # With uniform weights (LAPO, mask_target) both normalisations are the same number; the per-sample

@@ -45,21 +45,41 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "laom": dict(frame_stack=3, max_offset=10, aug=True, target="ema"),
     "laom-sup": dict(frame_stack=3, max_offset=10, aug=True, target="stopgrad"),
 }
-# MaskLAM's authors' training code (../shared/reference/facts.md, section 9): LAPO and MaskLAM alike see
-# frame stacks of 3 with the IDM's future stack at t+k, k uniform in 1..9 (the FDM always predicts o_{t+1});
-# AdamW with a cosine schedule; MaskLAM appends the agent mask as a 4th input channel of every frame and
-# normalises its masked error once per batch. AdamW's decay is not stated there: 0.01 is torch's default,
-# which a plain `AdamW(params, lr)` uses. LAOM's recipe is its own paper's (the method defaults).
+# How lapo/masklam learn, by name (each recipe's values win over the method's defaults and the preset; explicit
+# options win over the recipe):
+# - `default`: the method's defaults (the papers' text: frame stack 1, k = 1), the preset's optimiser.
+# - `paper`: MaskLAM's paper as written (its appendix): frame stack 1, k = 1, its masked loss, LAOM's
+#   hyper-parameters, which the `paper` preset holds (Adam lr 1e-4, 3 warm-up epochs of 10, linear decay, latent
+#   up to 8192). Until 2026-12-04 `paper` named what is now `authors`.
+# - `authors`: MaskLAM's authors' code (GitHub tsakman23/IM-LAM, fa6785b6; ../shared/reference/facts.md, sections
+#   9 and 13), which disagrees with the paper's text: frame stack 3; MaskLAM's IDM sees the stacks at t and t+k,
+#   k uniform in 1..9 (the FDM predicts o_{t+1}), the agent mask a 4th input channel of every frame, its masked
+#   error normalised once per batch; their LAPO baseline sees one window o_{t-2..t+1} (k = 1 only); orthogonal
+#   init; centred pixels and a 0.5*tanh output; an FDM 1.5x as wide as the IDM with their decoder layout; AdamW
+#   lr 6e-4, weight decay 0.01, cosine to 0 with no warm-up; at the paper preset batch 512, latent 128, IDM
+#   width x4 (FDM x6), 2 epochs (RECIPE_PRESETS).
+_AUTHORS_COMMON = dict(frame_stack=3, optimizer="adamw", weight_decay=0.01, lr=6e-4, warmup_frac=0.0,
+                       schedule="cosine", init="orthogonal", pixels="centered", fdm_width=1.5, decoder="authors")
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "paper": {
-        "lapo": dict(frame_stack=3, max_offset=9, optimizer="adamw", weight_decay=0.01, schedule="cosine",
-                     mask_channel=False),
-        "masklam": dict(frame_stack=3, max_offset=9, optimizer="adamw", weight_decay=0.01, schedule="cosine",
-                        mask_channel=True, mask_norm="batch"),
+        "lapo": dict(frame_stack=1, max_offset=1),
+        "masklam": dict(frame_stack=1, max_offset=1),
+    },
+    "authors": {
+        "lapo": dict(_AUTHORS_COMMON, max_offset=1, idm_window="single", mask_channel=False),
+        "masklam": dict(_AUTHORS_COMMON, max_offset=9, idm_window="pair", mask_channel=True, mask_norm="batch"),
     },
 }
-FIELD_DEFAULTS: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, mask_channel=False, mask_norm="batch")
+RECIPE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "authors": {"paper": dict(epochs=2.0, batch_size=512, latent_dim=128, encoder_scale=4)},
+}
+"""A recipe's values that hold at one preset only (the authors' run length and sizes are the paper preset's)."""
+RECIPE_NOTICE = {"paper": "note: --recipe paper is MaskLAM's paper as written (frame stack 1, LAOM's "
+                          "hyper-parameters); what it named before 2026-12-04, the authors' code, is --recipe authors"}
+"""One line printed when a recipe whose meaning changed is used."""
+FIELD_DEFAULTS: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, mask_channel=False, mask_norm="batch",
+                                      init="default", pixels="unit", fdm_width=1.0, decoder="ours", idm_window="pair")
 """Values of the fields that no preset, method or recipe sets."""
 RUN_LENGTH = ("updates", "epochs")
 """Two ways to give the run length: a source that sets one of them clears the other."""
@@ -69,6 +89,7 @@ LAOM = ("laom", "laom-sup")
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "mask_lambda": ("masklam",), "mask_dilation": ("masklam",), "mask_target": ("masklam",),
     "mask_norm": ("masklam",), "mask_channel": PIXEL, "mask_key": PIXEL, "recon_samples": PIXEL,
+    "pixels": PIXEL, "fdm_width": PIXEL, "decoder": PIXEL, "idm_window": PIXEL,
     "head_dim": LAOM, "head_blocks": LAOM, "target": LAOM, "target_tau": LAOM, "aug": LAOM,
     "labels": ("laom-sup",), "labels_batch_size": ("laom-sup",), "sup_coef": ("laom-sup",),
 }
@@ -91,14 +112,21 @@ def resolve_fields(explicit: Mapping[str, Any], sources: Sequence[Mapping[str, A
                    exclusive: Sequence[Sequence[str]] = (RUN_LENGTH,)) -> dict[str, Any]:
     """Field values from `sources` (lowest precedence first) with `explicit` on top; a source that sets a
     field of an `exclusive` group sets that group's other fields to None (unless it sets them too)."""
-    out: dict[str, Any] = {}
-    for source in [*sources, explicit]:
+    return {k: v for k, (v, _) in resolve_with_origin(explicit, dict(enumerate(sources)), exclusive).items()}
+
+
+def resolve_with_origin(explicit: Mapping[str, Any], sources: Mapping[Any, Mapping[str, Any]],
+                        exclusive: Sequence[Sequence[str]] = (RUN_LENGTH,)) -> dict[str, tuple[Any, Any]]:
+    """`resolve_fields` keeping where each value came from: field -> (value, name of its source), `sources` a
+    mapping name -> fields in increasing precedence, "explicit" for `explicit`."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for name, source in [*sources.items(), ("explicit", explicit)]:
         source = dict(source)
         for group in exclusive:
-            if any(name in source for name in group):
-                for name in group:
-                    source.setdefault(name, None)
-        out.update(source)
+            if any(field in source for field in group):
+                for field in group:
+                    source.setdefault(field, None)
+        out.update({k: (v, name) for k, v in source.items()})
     return out
 
 
@@ -116,10 +144,12 @@ class PretrainConfig:
     preset: Literal["cpu-small", "h100", "paper"] = "cpu-small"
     """the scale of unset fields: cpu-small (minutes on 2 CPU cores), h100 (one H100), paper (the papers'
     values); explicit values, the recipe and the method's defaults win over it"""
-    recipe: Literal["default", "paper"] = "default"
-    """how lapo/masklam learn: default (the papers' text: frame stack 1, k = 1, Adam) or paper (MaskLAM's
-    authors' code: frame stack 3, k in 1..9, AdamW + cosine, mask input channel and per-batch mask
-    normalisation for masklam); explicit values win over it"""
+    recipe: Literal["default", "paper", "authors"] = "default"
+    """how lapo/masklam learn: default (the method's defaults: frame stack 1, k = 1), paper (MaskLAM's paper as
+    written: frame stack 1, k = 1, LAOM's hyper-parameters) or authors (MaskLAM's authors' code: frame stack 3,
+    k in 1..9 and a mask input channel for masklam, one window o_{t-2..t+1} for lapo, orthogonal init, centred
+    pixels and tanh output, a 1.5x wider FDM with their decoder, AdamW 6e-4 cosine, no warm-up; README,
+    "Recipes"); explicit values win over it"""
 
     updates: int | None = None
     """optimiser updates (default: the preset's; the paper preset derives them from --epochs)"""
@@ -150,6 +180,20 @@ class PretrainConfig:
     """laom, laom-sup: width of the residual MLP heads (IDM, FDM) (default: the preset's)"""
     head_blocks: int | None = None
     """laom, laom-sup: blocks per residual MLP head (default: the preset's)"""
+    fdm_width: float | None = None
+    """lapo, masklam: the FDM's width as a multiple of the IDM's (default 1; 1.5 with the authors' recipe)"""
+    decoder: Literal["ours", "authors"] | None = None
+    """lapo, masklam: the FDM's decoder layout: ours (residual blocks, ConvT k4, 3x3 head) or the authors' (ConvT
+    k2, residual blocks, GELU, 1x1 head; their encoder map not ReLU'd) (default ours)"""
+    idm_window: Literal["pair", "single"] | None = None
+    """lapo, masklam: the IDM reads the stacks at t and t+k (pair, default) or one window o_{t-F+1..t+1} (single,
+    the authors' LAPO; needs --max-offset 1)"""
+    init: Literal["default", "orthogonal"] | None = None
+    """weight initialisation: PyTorch's default, or orthogonal (gain 1, zero bias) for every Conv2d,
+    ConvTranspose2d and Linear (the authors') (default: default)"""
+    pixels: Literal["unit", "centered"] | None = None
+    """lapo, masklam: RGB in [0, 1] with a linear FDM output (unit, default) or x/255 - 0.5 with a 0.5*tanh
+    output (centered, the authors'; a mask channel stays {0, 1})"""
     fsq_levels: tuple[int, ...] = ()
     """quantise the latent with FSQ at these levels, e.g. 8 5 5 5 (ablation; empty = off)"""
     frame_stack: int | None = None
@@ -230,6 +274,9 @@ class PretrainConfig:
     """wandb project name"""
     progress: bool = True
     """show a progress bar"""
+    print_config: bool = False
+    """print every resolved field with where its value came from (explicit, recipe, method, preset, default),
+    then exit without training"""
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, Path)):
@@ -245,16 +292,32 @@ class PretrainConfig:
         sources = self.sources()
         explicit = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                     if f.default is None and getattr(self, f.name) is not None}
-        baseline = resolve_fields({}, sources)
-        for name, value in resolve_fields(explicit, sources).items():
+        baseline = resolve_fields({}, list(sources.values()))
+        resolved = resolve_with_origin(explicit, sources)
+        for name, (value, _) in resolved.items():
             setattr(self, name, value)
+        self.origins = {name: origin for name, (_, origin) in resolved.items()}
         self._check_method_options(baseline)
         self._validate()
 
-    def sources(self) -> list[dict[str, Any]]:
-        """The sources of unset fields, lowest precedence first: field defaults, preset, method, recipe."""
-        return [FIELD_DEFAULTS, PRESETS[self.preset], METHOD_DEFAULTS[self.method],
-                RECIPES[self.recipe].get(self.method, {})]
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """The sources of unset fields by name, lowest precedence first: field defaults, preset, method, recipe
+        (and the recipe's values at this preset)."""
+        recipe = RECIPES[self.recipe].get(self.method, {})
+        return {"default": FIELD_DEFAULTS, f"preset {self.preset}": PRESETS[self.preset],
+                f"method {self.method}": METHOD_DEFAULTS[self.method], f"recipe {self.recipe}": recipe,
+                f"recipe {self.recipe} at preset {self.preset}":
+                    RECIPE_PRESETS.get(self.recipe, {}).get(self.preset, {}) if recipe else {}}
+
+    def describe(self) -> str:
+        """Every field with its value and where it came from, one per line (`--print-config`)."""
+        lines = []
+        for f in dataclasses.fields(self):
+            if f.name == "print_config":
+                continue
+            origin = self.origins.get(f.name, "explicit" if getattr(self, f.name) != f.default else "default")
+            lines.append(f"{f.name:<18} {getattr(self, f.name)!s:<28} {origin}")
+        return "\n".join(lines)
 
     def _check_method_options(self, baseline: dict[str, Any]) -> None:
         """A one-line error for an option of another method given a value that would silently be ignored."""
@@ -301,6 +364,11 @@ class PretrainConfig:
             raise MasklamError(f"threads must be >= 1, got {self.threads}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not self.fdm_width > 0:
+            raise MasklamError(f"fdm_width must be > 0, got {self.fdm_width}")
+        if self.idm_window == "single" and self.max_offset != 1:
+            raise MasklamError(f"--idm-window single reads one window o_(t-F+1..t+1): it needs --max-offset 1, "
+                               f"got {self.max_offset}")
 
     def total_updates(self, num_windows: int) -> int:
         """Optimiser updates of the run: --updates, or ceil(epochs * training windows / batch size)."""
@@ -317,7 +385,9 @@ class PretrainConfig:
             fsq_levels=self.fsq_levels, mask_lambda=self.mask_lambda, mask_dilation=self.mask_dilation,
             mask_target=self.mask_target, mask_channel=bool(self.mask_channel), mask_norm=self.mask_norm,
             target=self.target, target_tau=self.target_tau, aug=bool(self.aug),
-            sup_coef=self.sup_coef)
+            sup_coef=self.sup_coef, init=self.init, pixels=self.pixels, decoder=self.decoder,
+            idm_window=self.idm_window,
+            fdm_scale=0.0 if self.fdm_width == 1.0 else self.encoder_scale * self.fdm_width)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (paths as strings)."""
@@ -329,10 +399,15 @@ class PretrainConfig:
             del out["observations"]
         if self.episode_length is None:
             del out["episode_length"]
+        del out["print_config"]
+        for name in ("init", "pixels", "fdm_width", "decoder", "idm_window"):  # recorded only when not the default:
+            if out[name] == FIELD_DEFAULTS[name]:  # configs of earlier runs stay as they were
+                del out[name]
+        out["origins"] = dict(getattr(self, "origins", {}))
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
         """Inverse of `to_dict` (unknown keys such as "model" are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"print_config"}
         return cls(**{k: v for k, v in d.items() if k in names})

@@ -12,6 +12,7 @@ averages the gradients, and only rank 0 logs and writes files (see masklam.train
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,12 +28,12 @@ from masklam.errors import MasklamError
 from masklam.files import read_json, write_json
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, load_train_state, save_checkpoint
-from masklam.train.config import RESUMABLE_CHANGES, PretrainConfig
+from masklam.train.config import RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
 from masklam.train.precision import autocast, bf16_active
 from masklam.train.probe import probe_lam
-from masklam.train.schedule import lr_factor
+from masklam.train.schedule import lr_factor, make_optimizer, set_lr
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -216,8 +217,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
         cfg.out.mkdir(parents=True, exist_ok=True)
 
     model = _build_model(cfg, data, device)
-    optim_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optim_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     state = load_train_state(cfg.out, device)
     start = 0
     if state is not None:
@@ -247,8 +247,7 @@ def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, Any], gener
                 use_bf16: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimiser update at `step`: learning rate, forward, backward, (clip), step, EMA target."""
     cfg, model, optimizer = run.cfg, run.model, run.optimizer
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * lr_factor(step, run.total, cfg.warmup_frac, cfg.schedule)
+    set_lr(optimizer, cfg.lr * lr_factor(step, run.total, cfg.warmup_frac, cfg.schedule))
     with autocast(run.device, use_bf16):
         loss, info = forward(batch, generator)
     optimizer.zero_grad(set_to_none=True)
@@ -369,6 +368,12 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
 
 
 def main(argv: list[str]) -> int:
-    """`masklam pretrain --method M --data F.h5 --out DIR [--preset cpu-small|paper] [...]`."""
-    pretrain(parse(PretrainConfig, argv))
+    """`masklam pretrain --method M --data F.h5 --out DIR [--preset cpu-small|paper] [--recipe R] [...]`."""
+    cfg = parse(PretrainConfig, argv)
+    if cfg.recipe in RECIPE_NOTICE:
+        print(RECIPE_NOTICE[cfg.recipe], file=sys.stderr)
+    if cfg.print_config:
+        print(cfg.describe())
+        return 0
+    pretrain(cfg)
     return 0

@@ -1,0 +1,161 @@
+"""At which scale does the paper's method show its effect? LAPO (authors') vs MaskLAM (authors') vs MaskLAM
+(mask-target, ours) on the quickstart's data, at several update counts and data sizes.
+
+    .venv/bin/python benchmarks/scale_curve.py --out /work/runs/scale --updates 1000 4000 8000 --seeds 0 1 \
+        --variants lapo-authors masklam-authors masklam-mask-target [--episodes 80] [--commit docs/scale-curve]
+
+Each point (variant, updates, trajectories, seed) is the quickstart's pipeline for one method (`masklam experiment`
+stages: collect, pretrain, probe, latent BC, decoders for 4 and 16 labelled trajectories, online evaluation ID and
+OOD, 6 episodes each), cached under OUT, so an interrupted curve resumes where it stopped. Everything runs on one
+thread (torch threads 1, one evaluation worker) so that the curve can run beside other work on a 2-core machine.
+After every finished point the rows so far are written to OUT/curve.csv and, with --commit DIR, copied with the
+figure into DIR of this repository and committed (only DIR's files), so a session that ends loses no point.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from masklam.downstream.bc import AUTHORS_LATENT_BC
+from masklam.downstream.decode import AUTHORS_DECODER
+
+# A variant: the method, its pretraining options on top of the quickstart's, and its downstream options.
+AUTHORS_DOWNSTREAM = {"bc": AUTHORS_LATENT_BC, "decode": AUTHORS_DECODER}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "lapo-authors": {"method": "lapo", "pretrain": {"recipe": "authors"}, **AUTHORS_DOWNSTREAM},
+    "masklam-authors": {"method": "masklam", "pretrain": {"recipe": "authors"}, **AUTHORS_DOWNSTREAM},
+    "masklam-mask-target": {"method": "masklam", "pretrain": {"mask_target": True}},
+    "lapo": {"method": "lapo", "pretrain": {}},
+    "lapo-clean": {"method": "lapo-clean", "pretrain": {}},
+}
+COLUMNS = ["variant", "updates", "trajectories", "seed", "probe_nmse", "return_id", "return_id_sem",
+           "return_ood", "return_ood_sem", "minutes"]
+
+
+def point(out: Path, variant: str, updates: int, episodes: int, seed: int) -> dict[str, Any]:
+    """Run (or reuse) one point of the curve -> one row of curve.csv (returns averaged over label budgets)."""
+    from masklam.downstream.experiment import run_experiment
+    from masklam.quickstart import QuickstartConfig, experiment_config
+
+    spec = VARIANTS[variant]
+    exp = experiment_config(QuickstartConfig(out=out, seeds=(seed,), progress=False, device="cpu"))
+    data = {t: {k: {**v, "episodes": episodes, "workers": 1} for k, v in d.items()} for t, d in exp.data.items()}
+    pretrain = {k: v for k, v in exp.pretrain.items() if k != "mask_target"}  # the quickstart's recipe is ours
+    exp = dataclasses.replace(
+        exp, methods=[spec["method"]], data=data,
+        pretrain={**pretrain, **spec["pretrain"], "updates": updates, "threads": 1},
+        bc={**exp.bc, **spec.get("bc", {})}, decode={**exp.decode, **spec.get("decode", {})},
+        eval={**exp.eval, "workers": 1})
+    t0 = time.time()
+    rows = [r for r in run_experiment(exp, render=False) if r["method"] == spec["method"]]
+
+    def mean(split: str) -> tuple[float, float]:
+        vals = [float(r["return"]) for r in rows if r["split"] == split]
+        sems = [float(r["return_sem"]) for r in rows if r["split"] == split]
+        return (float(np.mean(vals)), float(np.sqrt(np.square(sems).sum()) / len(sems))) if vals else (np.nan, np.nan)
+
+    rid, rid_se = mean("id")
+    rood, rood_se = mean("ood")
+    return {"variant": variant, "updates": updates, "trajectories": episodes, "seed": seed,
+            "probe_nmse": float(rows[0]["probe_nmse"]), "return_id": rid, "return_id_sem": rid_se,
+            "return_ood": rood, "return_ood_sem": rood_se, "minutes": (time.time() - t0) / 60}
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+    tmp.replace(path)
+
+
+def figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """Probe NMSE and ID return against updates (80 trajectories), mean ± s.e. over seeds, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for variant in VARIANTS:
+        for ax, key in zip(axes, ("probe_nmse", "return_id")):
+            pts: dict[int, list[float]] = {}
+            for r in rows:
+                if r["variant"] == variant and int(r["trajectories"]) == 80:
+                    pts.setdefault(int(r["updates"]), []).append(float(r[key]))
+            if not pts:
+                continue
+            xs = sorted(pts)
+            m = [np.mean(pts[x]) for x in xs]
+            e = [np.std(pts[x], ddof=1) / np.sqrt(len(pts[x])) if len(pts[x]) > 1 else 0.0 for x in xs]
+            ax.errorbar(xs, m, yerr=e, marker="o", capsize=3, label=variant)
+    axes[0].set(xscale="log", xlabel="updates (batch 64)", ylabel="held-out probe NMSE (lower is better)")
+    axes[1].set(xscale="log", xlabel="updates (batch 64)", ylabel="return ID, raw (6 episodes x 2 label budgets)")
+    axes[0].legend()
+    fig.suptitle("cheetah-run, quickstart data (80 x 125 frames), mean ± s.e. over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--updates", type=int, nargs="+", default=[1000, 4000, 8000])
+    ap.add_argument("--episodes", type=int, nargs="+", default=[80], help="collected trajectories (125 frames)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--variants", nargs="+", default=["masklam-mask-target", "lapo-authors", "masklam-authors"],
+                    choices=list(VARIANTS))
+    ap.add_argument("--commit", type=Path, help="copy curve.csv and curve.png here and git-commit them per point")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    csv_path = args.out / "curve.csv"
+    rows = read_rows(csv_path)
+    done = {(r["variant"], int(r["updates"]), int(r["trajectories"]), int(r["seed"])) for r in rows}
+    for updates in args.updates:
+        for episodes in args.episodes:
+            for seed in args.seeds:
+                for variant in args.variants:
+                    if (variant, updates, episodes, seed) in done:
+                        continue
+                    row = point(args.out, variant, updates, episodes, seed)
+                    rows.append(row)
+                    write_rows(csv_path, rows)
+                    figure(rows, args.out / "curve.png")
+                    print(f"{variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: probe "
+                          f"{row['probe_nmse']:.3f} return ID {row['return_id']:.0f} OOD {row['return_ood']:.0f} "
+                          f"({row['minutes']:.1f} min)", flush=True)
+                    if args.commit:
+                        commit = args.commit.resolve()
+                        commit.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(csv_path, commit / "curve.csv")
+                        shutil.copy(args.out / "curve.png", commit / "curve.png")
+                        subprocess.run(["git", "add", "."], cwd=commit, check=False)
+                        subprocess.run(["git", "commit", "-q", "-m", f"scale curve: {variant} {updates} updates "
+                                        f"{episodes} trajectories seed {seed}", "--", "."], cwd=commit, check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
