@@ -174,13 +174,16 @@ def test_a_recipe_whose_meaning_changes_never_reuses_a_cached_lam(tmp_path, monk
     from masklam.train import config
 
     seen = []
-    monkeypatch.setattr(stages, "run_stage", lambda root, kind, conf, fn, log=print, meaning=None:
-                        seen.append(stages.stage_key(kind, conf, meaning)) or (tmp_path, {}))
+    monkeypatch.setattr(stages, "run_stage", lambda root, kind, conf, fn, log=print, meaning=None, version=1:
+                        seen.append(stages.stage_key(kind, conf, meaning, version)) or (tmp_path, {}))
     args = (tmp_path, "masklam", ["d.h5"], 16, 0, 0)
     stages.pretrain_stage(*args, {"recipe": "authors"}, "cpu", False)
     monkeypatch.setitem(config.RECIPES["authors"], "masklam", {**config.RECIPES["authors"]["masklam"], "lr": 1e-3})
     stages.pretrain_stage(*args, {"recipe": "authors"}, "cpu", False)
     stages.pretrain_stage(*args, {"mask_target": True}, "cpu", False)
     assert seen[0] != seen[1]
+    from masklam.train.pretrain import VERSION
+
     assert seen[2] == stages.stage_key("pretrain", {"mask_target": True, "method": "masklam", "data": ["d.h5"],
-                                                    "latent_dim": 16, "seed": 0, "labels": 0})  # no recipe: key as before
+                                                    "latent_dim": 16, "seed": 0, "labels": 0},
+                                       version=VERSION)  # no recipe: the key as before

@@ -83,14 +83,34 @@ def test_stage_cache_reuses_and_reruns(tmp_path: Path) -> None:
     assert len(calls) == n + 2
 
 
-def test_stage_version_bump_invalidates_only_that_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    conf = {"lr": 1e-3}
-    assert "collect" not in stages.STAGE_VERSIONS  # collection never changed: its caches stay valid
-    bc, collect = stages.stage_key("bc", conf), stages.stage_key("collect", conf)
-    monkeypatch.setitem(stages.STAGE_VERSIONS, "bc", stages.STAGE_VERSIONS.get("bc", 1) + 1)
-    assert stages.stage_key("bc", conf) != bc and stages.stage_key("collect", conf) == collect
-    monkeypatch.setitem(stages.STAGE_VERSIONS, "collect", 1)  # version 1 is the unversioned key
-    assert stages.stage_key("collect", conf) == collect
+def test_a_trainer_version_bump_recomputes_every_stage_it_computes(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklam.downstream import bc, decode
+
+    calls: list[str] = []
+
+    def fn(d: Path) -> dict:
+        calls.append(d.parent.name)
+        return {}
+
+    def run_all() -> None:  # the IDM is trained by the BC trainer under the kind "idm"
+        for kind in ("bc", "idm"):
+            stages.run_stage(tmp_path, kind, {"lr": 1e-3}, fn, log=lambda s: None, version=bc.VERSION)
+        stages.run_stage(tmp_path, "decode", {"lr": 1e-3}, fn, log=lambda s: None, version=decode.VERSION)
+        stages.run_stage(tmp_path, "collect", {"lr": 1e-3}, fn, log=lambda s: None)
+
+    run_all()
+    run_all()
+    assert calls == ["bc", "idm", "decode", "collect"]  # cached
+    monkeypatch.setattr(bc, "VERSION", bc.VERSION + 1)
+    run_all()
+    assert calls[4:] == ["bc", "idm"]  # both stages of the BC trainer, nothing else
+    # the stage adapters pass their trainer's version: bc_stage for "idm" uses BC's
+    seen: list[int] = []
+    monkeypatch.setattr(stages, "run_stage", lambda *a, version=1, **k: seen.append(version) or (tmp_path, {}))
+    stages.bc_stage(tmp_path, "idm", {}, "cpu", False)
+    assert seen == [bc.VERSION]
+    assert stages.stage_key("collect", {"lr": 1e-3}) == stages.stage_key("collect", {"lr": 1e-3}, version=1)
 
 
 def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:

@@ -36,6 +36,11 @@ from masklam.train.checkpoint import TRAIN_STATE, check_resumable, load_train_st
 from masklam.train.precision import autocast
 from masklam.train.schedule import lr_factor, make_optimizer, set_lr
 
+VERSION = 4
+"""Version of what BC training computes for a config (BC and IDM stages alike): cached stages of another version
+are not reused (2: latent targets standardised per dimension; 3: bf16 autocast on CPUs with native bf16; 4:
+held-out errors over every held-out window)."""
+
 RESUME_DIR = "resume"
 RESUMABLE_CHANGES = frozenset({"device", "out", "save_every"})
 """BCConfig fields a resumed run may change: where it runs, where it writes, how often it checkpoints."""

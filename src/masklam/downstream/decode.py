@@ -23,6 +23,9 @@ from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
 
+VERSION = 2
+"""Version of what decoder training computes for a config (2: held-out errors over every held-out window)."""
+
 
 AUTHORS_DECODER: dict[str, object] = dict(input_relu=True, layers=3, hidden=256, optimizer="adamw", lr=1e-3,
                                           schedule="cosine", grad_clip=1.0)

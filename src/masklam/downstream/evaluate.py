@@ -21,6 +21,9 @@ from masklam.errors import MasklamError
 from masklam.files import write_json
 from masklam.metrics import standard_error
 
+VERSION = 2
+"""Version of what evaluation computes for a config (2: episodes from the `eval` seed stream)."""
+
 SPLITS = tuple(VIDEO_SPLIT_OF)
 
 

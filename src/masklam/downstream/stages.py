@@ -50,12 +50,6 @@ def sweep_method(trainer: str, variant: str) -> str:
         return next((m for m, t in CLEAN_METHODS.items() if t == trainer), trainer)
     return trainer
 
-# Bump a kind's version when its code changes what it computes for the same config, so cached results of
-# the old code are not reused. Version 1 is left out of the hash: stages that never changed keep their caches.
-# bc 2: latent targets standardised per dimension; bc 3, pretrain 2: bf16 autocast on CPUs with native bf16;
-# pretrain 3: the probe's ridge chosen by cross-validation; evaluate 2: episodes from the `eval` seed stream;
-# bc 4, decode 2: held-out errors over every held-out window
-STAGE_VERSIONS = {"bc": 4, "pretrain": 3, "evaluate": 2, "decode": 2}
 
 
 @dataclass
@@ -87,16 +81,17 @@ def _fingerprint(paths: Any) -> list[Any]:
     return out
 
 
-def stage_key(kind: str, config: dict[str, Any], meaning: dict[str, Any] | None = None) -> str:
-    """Hash of a stage's kind (and code version), config (inputs included as their directories), data files and
-    `meaning`: what named values in the config stand for (a recipe's fields), so that a name whose meaning
-    changes never reuses a stage computed under the old one."""
+def stage_key(kind: str, config: dict[str, Any], meaning: dict[str, Any] | None = None, version: int = 1) -> str:
+    """Hash of a stage's kind, config (inputs included as their directories), data files, `meaning` (what named
+    values in the config stand for: a recipe's fields, so that a name whose meaning changes never reuses a stage
+    computed under the old one) and `version`: the VERSION of the code that computes the stage (its trainer's,
+    whatever the kind's name: BC and IDM stages share the BC trainer's). Version 1 is left out of the hash."""
     files = _fingerprint(config["data"]) if "data" in config else None
     key = {"kind": kind, "config": config, "files": files}
     if meaning:
         key["meaning"] = meaning
-    if STAGE_VERSIONS.get(kind, 1) > 1:
-        key["version"] = STAGE_VERSIONS[kind]
+    if version > 1:
+        key["version"] = version
     blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -127,14 +122,15 @@ def stage_context(label: str) -> Iterator[None]:
 
 
 def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
-              log: Callable[[str], None] = print, meaning: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+              log: Callable[[str], None] = print, meaning: dict[str, Any] | None = None,
+              version: int = 1) -> tuple[Path, dict[str, Any]]:
     """Run `fn(stage_dir) -> result` unless `stage_dir/done.json` records this config's hash (`stage_key`);
     -> (dir, result).
 
     In a dry run (`plan_stages`) only records the stage: -> (dir, its result, or a `Pending` one)."""
     from masklam.files import write_json
 
-    key = stage_key(kind, config, meaning)
+    key = stage_key(kind, config, meaning, version)
     d = root / "stages" / kind / key
     plan = _PLAN.get()
     if plan is not None:
@@ -411,7 +407,9 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
     recipe = conf.get("recipe", "default")
     meaning = {"recipe": RECIPES[recipe].get(method, {}),
                "recipe_at_preset": RECIPE_PRESETS.get(recipe, {}).get(conf.get("preset", "cpu-small"), {})}
-    return run_stage(root, "pretrain", conf, fn, meaning=meaning if recipe != "default" else None)
+    from masklam.train.pretrain import VERSION
+
+    return run_stage(root, "pretrain", conf, fn, meaning=meaning if recipe != "default" else None, version=VERSION)
 
 
 def probe_nmse(metrics: dict[str, Any]) -> float | None:
@@ -427,7 +425,9 @@ def bc_stage(root: Path, kind: str, conf: dict[str, Any], device: str, progress:
 
         return train_bc(BCConfig(**{"device": device, **conf, "out": d}), progress=progress)
 
-    return run_stage(root, kind, conf, fn)[0]
+    from masklam.downstream.bc import VERSION  # the trainer's, for "bc" and "idm" stages alike
+
+    return run_stage(root, kind, conf, fn, version=VERSION)[0]
 
 
 def decode_stage(root: Path, conf: dict[str, Any], device: str, progress: bool) -> Path:
@@ -437,7 +437,9 @@ def decode_stage(root: Path, conf: dict[str, Any], device: str, progress: bool) 
 
         return train_decoder(DecodeConfig(**{"device": device, **conf, "out": d}), progress=progress)
 
-    return run_stage(root, "decode", conf, fn)[0]
+    from masklam.downstream.decode import VERSION
+
+    return run_stage(root, "decode", conf, fn, version=VERSION)[0]
 
 
 def eval_stage(root: Path, policy: Path, decoder: Path | None, split: str, env: dict[str, Any],
@@ -456,4 +458,6 @@ def eval_stage(root: Path, policy: Path, decoder: Path | None, split: str, env: 
                        progress=progress, desc=f"eval {meta.get('task')} {split}")
         return res.as_dict()
 
-    return run_stage(root, "evaluate", conf, fn)[1]
+    from masklam.downstream.evaluate import VERSION
+
+    return run_stage(root, "evaluate", conf, fn, version=VERSION)[1]

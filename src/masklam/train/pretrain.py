@@ -35,6 +35,10 @@ from masklam.train.precision import autocast, bf16_active
 from masklam.train.probe import probe_lam
 from masklam.train.schedule import lr_factor, make_optimizer, set_lr
 
+VERSION = 3
+"""Version of what pretraining computes for a config: cached stages of another version are not reused (2: bf16
+autocast on CPUs with native bf16; 3: the probe's ridge chosen by cross-validation)."""
+
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """numpy arrays (and nested dicts of them) -> tensors on `device` (uint8 frames stay uint8)."""
