@@ -145,7 +145,9 @@ class NoisyPolicy:
 
 def file_attrs(cfg: CollectConfig, action_repeat: int) -> dict[str, Any]:
     """The file attrs a collection writes (and a resumed one must match): LAOM's keys plus ours."""
-    domain, task = cfg.task.split("-", 1)
+    from masklam.envs import parse_task
+
+    domain, task = parse_task(cfg.task)
     return {
         "domain_name": domain, "task_name": task, "img_hw": cfg.img_size, "split": cfg.video_split,
         "distractors": cfg.distractors, "seed": cfg.seed, "version": FORMAT_VERSION,

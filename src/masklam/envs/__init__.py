@@ -17,7 +17,7 @@ from masklam.envs.metaworld import DistractingMetaWorldEnv
 from masklam.envs.scene import DistractedScene
 from masklam.envs.state import flatten_state
 from masklam.envs.suite import DistractingControlEnv
-from masklam.envs.suite import parse_task as _parse_dmc_task
+from masklam.envs.suite import dmc_domain_task
 
 TASKS: tuple[str, ...] = ("cheetah-run", "walker-run", "hopper-hop", "humanoid-walk")
 """The control-suite tasks of the papers; any dm_control suite 'domain-task' works as well."""
@@ -41,9 +41,9 @@ def parse_task(task: str) -> tuple[str, str]:
     Meta-World tasks are checked by name only (Meta-World need not be installed).
     """
     if suite_of(task) == "metaworld":
-        _mw.parse_task(task)
+        _mw.mw_env_name(task)
         return "mw", task[len(_mw.PREFIX):]
-    return _parse_dmc_task(task)
+    return dmc_domain_task(task)
 
 
 def make(
@@ -75,7 +75,7 @@ def make(
     render_mode = overrides.pop("render_mode", "rgb_array")
     extra = {}
     if suite_of(task) == "metaworld":
-        _mw.parse_task(task)  # a bad name fails before Meta-World is imported
+        _mw.mw_env_name(task)  # a bad name fails before Meta-World is imported
         extra = {k: overrides.pop(k) for k in ("mask", "terminate_on_success") if k in overrides}
         cls = _mw.DistractingMetaWorldEnv
     else:

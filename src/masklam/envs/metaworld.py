@@ -49,7 +49,7 @@ def is_metaworld_task(task: str) -> bool:
     return isinstance(task, str) and task.startswith(PREFIX)
 
 
-def parse_task(task: str) -> str:
+def mw_env_name(task: str) -> str:
     """'mw-push' -> Meta-World's env name 'push-v3'; unknown task -> one-line MasklamError.
 
     The MT10 names are checked without Meta-World; any other v3 task is accepted when Meta-World has it.
@@ -118,7 +118,7 @@ def _env_class(env_name: str, skybox: int | None) -> type:
 def load_metaworld(task: str, skybox: int | None = None):  # noqa: ANN201 (a Meta-World SawyerXYZEnv)
     """Meta-World's env for 'mw-<name>': fixed for MuJoCo 3.17, goal observable, seeded by `env.seed(k)`."""
     metaworld_modules()  # not installed: the one-line error, whatever is cached
-    env = _env_class(parse_task(task), skybox)()
+    env = _env_class(mw_env_name(task), skybox)()
     env._partially_observable = False  # the goal is in the state (the scripted experts need it)
     env._freeze_rand_vec = False  # a new layout every reset ...
     env.seeded_rand_vec = True  # ... drawn from env.np_random (set by env.seed)
@@ -197,7 +197,7 @@ class DistractingMetaWorldEnv(DistractedScene):
         mask: str = "robot",
         terminate_on_success: bool = False,
     ):
-        parse_task(task)
+        mw_env_name(task)
         check_common(img_size, action_repeat, max_episode_steps)
         if mask not in MASKS:
             raise MasklamError(f"unknown mask {mask!r}; one of: {', '.join(MASKS)}")
@@ -283,7 +283,7 @@ class ScriptedExpert:
 
     def __init__(self, task: str):
         self.task = task
-        self._policy = metaworld_modules()["policies"][parse_task(task)]()
+        self._policy = metaworld_modules()["policies"][mw_env_name(task)]()
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():  # "Constant(s) may be too high": the clip below is what is meant

@@ -27,7 +27,7 @@ _ASSET_LOCK = threading.Lock()
 _SKYBOX_KEY = "./common/skybox.xml"
 
 
-def parse_task(task: str) -> tuple[str, str]:
+def dmc_domain_task(task: str) -> tuple[str, str]:
     """'cheetah-run' -> ('cheetah', 'run'); unknown task -> MasklamError."""
     from dm_control import suite
 
@@ -47,7 +47,7 @@ def load_dm(task: str, seed: int | None = 0):
     from absl import logging as absl_logging
     from dm_control import suite
 
-    domain, name = parse_task(task)
+    domain, name = dmc_domain_task(task)
     level = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
@@ -127,7 +127,7 @@ class DistractingControlEnv(DistractedScene):
         render_mode: str | None = "rgb_array",
         multisample: bool = True,
     ):
-        domain, _ = parse_task(task)
+        domain, _ = dmc_domain_task(task)
         check_common(img_size, action_repeat, max_episode_steps)
         self.task, self.video_split = task, video_split
         self.action_repeat, self.render_mode = action_repeat, render_mode

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from masklam.envs.rollout import EnvSpec, rollout
-from masklam.envs.suite import parse_task
+from masklam.envs.suite import dmc_domain_task
 from masklam.args import PROG, parse
 from masklam.errors import MasklamError
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
@@ -62,7 +62,7 @@ class ExpertTrainConfig:
     """torch threads."""
 
     def __post_init__(self) -> None:
-        parse_task(self.task)  # unknown task -> one-line error
+        dmc_domain_task(self.task)  # unknown task -> one-line error
         _positive(self, ("steps", "action_repeat", "eval_every", "batch_size", "threads"))
 
 
@@ -82,7 +82,7 @@ class ExpertEvalConfig:
     """torch threads."""
 
     def __post_init__(self) -> None:
-        parse_task(self.task)
+        dmc_domain_task(self.task)
         _positive(self, ("episodes", "threads"))
 
 

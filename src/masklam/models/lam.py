@@ -375,7 +375,7 @@ class LatentSpaceLAM(LatentActionModel):
         info: dict[str, torch.Tensor] = {"train/fdm_loss": loss.detach()}
         if self.action_head is not None:
             if "labeled" not in batch:
-                raise MasklamError("laom-sup needs a labeled batch (batch key 'labeled'); set --labeled N > 0")
+                raise MasklamError("laom-sup needs a labeled batch (batch key 'labeled'); set --labels N > 0")
             lab = batch["labeled"]
             z_lab = self.latent_from_tensors(self._maybe_augment(self.frames(lab["obs_t"]), generator),
                                              self._maybe_augment(self.frames(lab["obs_tk"]), generator))
