@@ -132,6 +132,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "curve.csv"
     rows = read_rows(csv_path)
+    if args.commit and not rows:  # a new run directory (another session): the committed points are done
+        rows = read_rows(args.commit / "curve.csv")
     done = {(r["variant"], int(r["updates"]), int(r["trajectories"]), int(r["seed"])) for r in rows}
     for updates in args.updates:
         for episodes in args.episodes:
