@@ -187,3 +187,14 @@ def test_a_recipe_whose_meaning_changes_never_reuses_a_cached_lam(tmp_path, monk
     assert seen[2] == stages.stage_key("pretrain", {"mask_target": True, "method": "masklam", "data": ["d.h5"],
                                                     "latent_dim": 16, "seed": 0, "labels": 0},
                                        version=VERSION)  # no recipe: the key as before
+
+
+def test_orthogonal_init_applies_to_laom_too_and_its_target_starts_as_the_encoder():
+    model = build_lam(LAMConfig(method="laom", action_dim=2, state_dim=3, img_hw=16, latent_dim=8, head_dim=16,
+                                init="orthogonal"))
+    w = model.idm.net[0].weight.detach() if hasattr(model.idm, "net") else next(
+        m.weight for m in model.idm.modules() if isinstance(m, nn.Linear)).detach()
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    assert torch.allclose(gram, torch.eye(len(gram)), atol=1e-4)
+    for p, q in zip(model.encoder.parameters(), model.target_encoder.parameters()):
+        assert torch.equal(p, q)

@@ -338,11 +338,13 @@ class LatentSpaceLAM(LatentActionModel):
         e = self.encoder.flat_dim
         self.idm = ResidualMLP(2 * e, cfg.latent_dim, cfg.head_dim, cfg.head_blocks)
         self.fdm = ResidualMLP(e + cfg.latent_dim, e, cfg.head_dim, cfg.head_blocks)
-        self.target_encoder: ImpalaEncoder | None = None
-        if cfg.target == "ema":
-            self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.action_head = nn.Linear(cfg.latent_dim, cfg.action_dim) if cfg.method == "laom-sup" else None
         self.state_probe = nn.Linear(e, cfg.state_dim)
+        if cfg.init == "orthogonal":
+            init_orthogonal(self)
+        self.target_encoder: ImpalaEncoder | None = None
+        if cfg.target == "ema":  # a copy of the initialised encoder
+            self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
 
     def _idm(self, e_t: torch.Tensor, e_tk: torch.Tensor) -> torch.Tensor:
         return self._quantize(self.idm(torch.cat([e_t, e_tk], dim=-1)))
