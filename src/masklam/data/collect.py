@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 from masklam.args import parse
 from masklam.data.hdf5 import (FORMAT_VERSION, Trajectory, check_attrs, open_file, plain, read_layout,
                                trajectory_names, write_atomically, write_trajectory)
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, MasklamRuntimeError, one_line
+from masklam.locks import output_lock
+from masklam.resources import check_free_space
 from masklam.seeding import stream_rng, stream_seed
 
 Policy = Callable[[np.ndarray], np.ndarray]  # (S,) float32 state -> (A,) action
@@ -251,7 +253,18 @@ def run_episode(env: Any, policy: Policy, seed: int, steps: int, tick: Callable[
 
 
 def _collect_one(index: int) -> tuple[int, float]:
-    """Render trajectory ``index`` and save it as an atomic part file; returns (index, return)."""
+    """Render trajectory ``index`` and save it as an atomic part file; returns (index, return). Any failure is
+    one line naming the task and trajectory (a MasklamRuntimeError, which a pool passes to the parent intact)."""
+    try:
+        return _render_one(index)
+    except Exception as e:  # noqa: BLE001 (every failure of a worker reaches the user as one line)
+        cfg = _WORKER.get("cfg")
+        where = f"{cfg.task} trajectory {index}" if cfg is not None else f"trajectory {index}"
+        kind = type(e) if type(e) in (MasklamError, MasklamRuntimeError) else MasklamRuntimeError
+        raise kind(f"collect worker ({where}): {one_line(e)}") from None
+
+
+def _render_one(index: int) -> tuple[int, float]:
     if "error" in _WORKER:
         raise _WORKER["error"]
     cfg: CollectConfig = _WORKER["cfg"]
@@ -397,6 +410,12 @@ def collect(cfg: CollectConfig) -> CollectResult:
         check_background_path(cfg.background_path, cfg.video_split)
     action_repeat = _resolve_action_repeat(cfg)
     attrs = file_attrs(cfg, action_repeat)
+    with output_lock(cfg.out, ", or use another --out"):
+        return _collect_locked(cfg, action_repeat, attrs)
+
+
+def _collect_locked(cfg: CollectConfig, action_repeat: int, attrs: dict[str, Any]) -> CollectResult:
+    """`collect` while holding OUT's lock: reuse what exists, render the rest, assemble."""
     result = CollectResult(cfg.out)
     have = _existing(cfg, attrs)
     if have >= cfg.episodes:
@@ -411,6 +430,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
     if todo:
         result.frames_per_s = _render(cfg, action_repeat, todo, (cfg.episodes - have - len(todo)) * cfg.steps)
     result.collected = todo
+    need = sum(part_path(cfg.out, i).stat().st_size for i in range(have, cfg.episodes))
+    check_free_space(cfg.out, need + (cfg.out.stat().st_size if have else 0), f"assembling {cfg.out}")
     _assemble(cfg, attrs, have)
     shutil.rmtree(parts_dir(cfg.out))
     return result
