@@ -39,8 +39,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     """Atomically write `obj` as indented JSON (non-JSON values as str)."""
+    write_text(path, json.dumps(obj, indent=indent, default=str))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, default=str))
+        tmp.write_text(text)
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -31,6 +31,7 @@ from masklam.downstream.targets import (TargetFn, env_meta_of, lam_mask_key, lat
                                         standardized)
 from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.locks import output_lock
 from masklam.files import atomic_path, write_json
 from masklam.train.checkpoint import TRAIN_STATE, check_resumable, load_train_state
 from masklam.train.precision import autocast
@@ -235,6 +236,7 @@ def heldout_mse(model: ImagePolicy, data: Any, ids: np.ndarray, target_fn: Targe
 def main(argv: list[str]) -> int:
     """`masklam bc --data FILE --out DIR [--target latent|action|idm] ...`."""
     cfg = parse(BCConfig, argv)
-    metrics = train_bc(cfg)
+    with output_lock(cfg.out, ", or use another --out"):
+        metrics = train_bc(cfg)
     print(json.dumps(metrics))
     return 0

@@ -20,6 +20,7 @@ from masklam.downstream.decoder import DecoderInput, fit_decoder, policy_latents
 from masklam.downstream.policy import ImagePolicy
 from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.locks import output_lock
 from masklam.files import write_json
 
 
@@ -93,5 +94,6 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
 def main(argv: list[str]) -> int:
     """`masklam decode --policy DIR --data FILE --out DIR --labels N`."""
     cfg = parse(DecodeConfig, argv)
-    print(json.dumps(train_decoder(cfg)))
+    with output_lock(cfg.out, ", or use another --out"):
+        print(json.dumps(train_decoder(cfg)))
     return 0

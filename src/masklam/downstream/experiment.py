@@ -55,6 +55,7 @@ from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, StageP
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
+from masklam.locks import output_lock
 from masklam.metrics import standard_error
 from masklam.typecheck import check_values
 
@@ -427,7 +428,13 @@ class _Sweep:
 
 
 def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str, Any]]:
-    """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts."""
+    """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts. One sweep per run
+    directory at a time (masklam.locks)."""
+    with output_lock(cfg.out, ", or use another --out"):
+        return _run_locked(cfg, render)
+
+
+def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     datasets = _datasets(cfg)
     write_json(cfg.out / "experiment.json", {"config": dataclasses.asdict(cfg),
