@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from masklam.devices import resolve_device
 from masklam.downstream.policy import ImagePolicy, PolicyConfig
-from masklam.downstream.targets import (TargetFn, env_meta_of, lam_mask_key, latent_stats, make_target_fn,
-                                        standardized)
+from masklam.downstream.targets import (TargetFn, check_lam_data, env_meta_of, lam_mask_key, latent_stats,
+                                        make_target_fn, standardized)
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.locks import output_lock
@@ -130,6 +130,8 @@ def _setup(cfg: BCConfig, device: torch.device, progress: bool) -> _Setup:
     """Load the data, split it, build the target (standardised for latent BC) and the policy's config."""
     from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
 
+    if cfg.target == "latent":
+        check_lam_data(cfg.lam, cfg.data)
     mask_key = lam_mask_key(cfg.lam) if cfg.target == "latent" else None
     data = load_dataset(list(cfg.data), mask_key=mask_key, progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)

@@ -18,6 +18,7 @@ from torch import nn
 from masklam.devices import resolve_device
 from masklam.downstream.decoder import DecoderInput, fit_decoder, policy_latents
 from masklam.downstream.policy import ImagePolicy
+from masklam.downstream.targets import check_policy_data
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.locks import output_lock
@@ -73,6 +74,7 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     policy = ImagePolicy.from_pretrained(cfg.policy, device)
     if policy.cfg.target != "latent":
         raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
+    check_policy_data(policy, cfg.policy, cfg.data)
     data = load_dataset(list(cfg.data), progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
