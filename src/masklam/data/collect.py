@@ -330,19 +330,7 @@ def _render(cfg: CollectConfig, action_repeat: int, todo: list[int], done_frames
             for index in todo:
                 _collect_one(index)
         else:
-            ctx = mp.get_context("spawn")  # EGL contexts do not survive fork
-            counter = ctx.Value("q", 0)
-            with ctx.Pool(min(cfg.workers, len(todo)), _init_worker, (cfg, action_repeat, counter)) as pool:
-                pending = pool.imap_unordered(_collect_one, todo)
-                finished = 0
-                while finished < len(todo):
-                    try:
-                        pending.next(timeout=0.25)
-                        finished += 1
-                    except mp.TimeoutError:
-                        pass
-                    clock.update(counter.value - clock.frames)
-                clock.update(counter.value - clock.frames)
+            _render_pool(cfg, action_repeat, todo, clock)
     except KeyboardInterrupt:
         saved = len(list(parts_dir(cfg.out).glob("[0-9]*.h5")))
         print(f"\ninterrupted: {saved} finished trajectories are kept in {parts_dir(cfg.out)}", file=sys.stderr)
@@ -351,6 +339,36 @@ def _render(cfg: CollectConfig, action_repeat: int, todo: list[int], done_frames
         bar.close()
         _WORKER.clear()
     return clock.rate()
+
+
+def _render_pool(cfg: CollectConfig, action_repeat: int, todo: list[int], clock: "_SteadyClock") -> None:
+    """Render `todo` over spawn worker processes. A worker's exception arrives as its one line; a worker that
+    dies (killed, out of memory, a crash in the renderer) is one line too, never a hang."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # EGL contexts do not survive fork
+    counter = ctx.Value("q", 0)
+    pool = ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(cfg, action_repeat, counter))
+    pending = {pool.submit(_collect_one, index): index for index in todo}
+    failed = True
+    try:
+        while pending:
+            done, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in done:
+                pending.pop(future)
+                future.result()  # a worker's exception: its one line
+            clock.update(counter.value - clock.frames)
+        failed = False
+    except BrokenProcessPool:
+        lost = sorted(pending.values())
+        raise MasklamRuntimeError(
+            f"a collect worker process died while rendering {cfg.task} (trajectories {lost[0]}..{lost[-1]} not "
+            "finished): killed, out of memory, or a crash in the renderer; the finished trajectories are kept, run "
+            "the same command again to resume") from None
+    finally:
+        pool.shutdown(wait=not failed, cancel_futures=True)
 
 
 class _SteadyClock:
