@@ -64,7 +64,7 @@ def output_lock(output: str | os.PathLike, hint: str = ", or write elsewhere") -
     MasklamRuntimeError at once: ``OUT is being written by another masklam process (pid N: masklam collect
     ...); wait for it to finish, or write elsewhere`` (`hint`: the end of that line, e.g. ", or use another
     --out")."""
-    key = Path(output).absolute()
+    key = Path(output).resolve()
     if key in _HELD:
         _HELD[key] += 1
         try:

@@ -51,15 +51,15 @@ def free_bytes(path: str | os.PathLike) -> int:
 
 NEARLY_FULL = 1 << 20
 """a failed write with less than this free (1 MiB) is a full disk, whatever the writer said (torch.save's
-"file write failed" names no errno)"""
+"file write failed" and safetensors' errors name no errno)"""
 
 
 def is_disk_full(e: BaseException, path: str | os.PathLike | None = None) -> bool:
     """Whether an exception is a full disk or an exceeded quota (as the OS or HDF5 reports it; given the `path`
-    written, also any I/O error while its file system is nearly full)."""
+    written, also any error of its writer while its file system is nearly full)."""
     if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
         return True
-    if not isinstance(e, (OSError, RuntimeError)):
+    if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit
         return False
     return any(t in str(e) for t in _DISK_FULL_TEXT) or (path is not None and free_bytes(path) < NEARLY_FULL)
 
