@@ -512,3 +512,40 @@ def test_the_cli_exits_2_for_bad_input_and_1_for_runtime_faults(capsys: pytest.C
         got, lines = run_cli(["info"], capsys)
         assert got == code and len(lines) == 1 and lines[0].startswith("masklam: error: ")
     assert "no space left on the device of /x/y.h5" in lines[0]
+
+
+# --- every numeric option of the commands has a range ---------------------------------------------------------
+SIGNED = {"seed", "split_seed", "normalizer_id", "normalizer_ood"}
+"""numeric options where a negative value means something (seeds; returns can be negative)"""
+
+
+def _command_configs() -> dict[type, dict]:
+    from masklam.data.collect import CollectConfig
+    from masklam.downstream.bc import BCConfig
+    from masklam.downstream.decode import DecodeConfig
+    from masklam.downstream.evaluate import EvaluateConfig
+    from masklam.downstream.stages import EvalOptions
+    from masklam.train.config import PretrainConfig
+
+    return {CollectConfig: dict(task="cheetah-run", out=Path("x.h5")), BCConfig: dict(data=("x",), out="o",
+            target="action"), DecodeConfig: dict(policy="p", data=("x",), out="o"), EvaluateConfig: dict(policy="p"),
+            PretrainConfig: dict(method="lapo", data=("x",), out="o"), EvalOptions: {}}
+
+
+def test_every_numeric_option_of_the_commands_rejects_a_negative_value_in_one_line() -> None:
+    import types
+    import typing
+
+    from masklam.typecheck import field_types
+
+    checked = 0
+    for cls, required in _command_configs().items():
+        for name, tp in field_types(cls).items():
+            scalar = typing.get_origin(tp) in (None, typing.Union, types.UnionType)  # not a list of numbers
+            numeric = [a for a in (typing.get_args(tp) or (tp,)) if a in (int, float)] if scalar else []
+            if name in required or name in SIGNED or not numeric:
+                continue
+            with pytest.raises(MasklamError):
+                cls(**required, **{name: numeric[0](-1)})
+            checked += 1
+    assert checked > 40

@@ -103,8 +103,10 @@ class BCConfig:
             raise MasklamError("target idm needs --idm DIR")
         if self.labels is not None and self.labels < 1:
             raise MasklamError(f"labels must be >= 1, got {self.labels}")
-        if min(self.frame_stack, self.encoder_scale, self.batch_size, self.hidden) < 1 or self.lr <= 0:
-            raise MasklamError("frame_stack, encoder_scale, batch_size, hidden must be >= 1 and lr > 0")
+        if min(self.frame_stack, self.encoder_scale, self.num_res_blocks, self.batch_size, self.hidden,
+               self.save_every) < 1 or self.lr <= 0 or self.epochs <= 0:
+            raise MasklamError("frame_stack, encoder_scale, num_res_blocks, batch_size, hidden, save_every must be >= 1 "
+                               "and lr, epochs > 0")
         if self.updates is not None and self.updates < 1:
             raise MasklamError(f"updates must be >= 1, got {self.updates}")
         if not 0 <= self.heldout < 1:

@@ -64,6 +64,10 @@ class DecodeConfig:
             raise MasklamError("labels, updates, batch_size, hidden must be >= 1 and lr > 0")
         if not self.data:
             raise MasklamError("no dataset given (--data)")
+        if self.layers < 2:
+            raise MasklamError(f"--layers must be >= 2, got {self.layers}")
+        if not 0 <= self.heldout < 1:
+            raise MasklamError(f"--heldout must be in [0, 1), got {self.heldout}")
 
 
 def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:

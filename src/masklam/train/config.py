@@ -301,6 +301,11 @@ class PretrainConfig:
             raise MasklamError(f"threads must be >= 1, got {self.threads}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
+        for name in ("episode_length", "probe_max_trajs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise MasklamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.probe_ridge is not None and self.probe_ridge < 0:
+            raise MasklamError(f"probe_ridge must be >= 0, got {self.probe_ridge}")
 
     def total_updates(self, num_windows: int) -> int:
         """Optimiser updates of the run: --updates, or ceil(epochs * training windows / batch size)."""
