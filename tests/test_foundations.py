@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import masklam
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 from masklam.files import atomic_path, read_json, write_json
@@ -86,11 +87,12 @@ def test_pretrained_round_trip_and_one_line_errors(tmp_path):
     back = Tiny.from_pretrained(tmp_path / "n")
     assert not back.training
     assert torch.equal(back.lin.weight, net.lin.weight)
-    assert json.loads((tmp_path / "n" / "config.json").read_text()) == {"width": 4}
+    version = {"masklam_format": 1, "masklam_version": masklam.__version__}  # the format, checked on load
+    assert json.loads((tmp_path / "n" / "config.json").read_text()) == {"width": 4, **version}
 
     meta = TinyWithMeta(3)
     meta.save_pretrained(tmp_path / "m", {"step": 7})
-    assert json.loads((tmp_path / "m" / "config.json").read_text()) == {"step": 7, "model": {"width": 3}}
+    assert json.loads((tmp_path / "m" / "config.json").read_text()) == {"step": 7, "model": {"width": 3}, **version}
     assert TinyWithMeta.from_pretrained(tmp_path / "m").width == 3
 
     with pytest.raises(MasklamError, match="not a tiny net directory"):

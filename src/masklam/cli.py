@@ -3,7 +3,8 @@
 Sub-command modules are imported only when called, so `masklam --help` stays fast. Each module parses
 its own arguments with `masklam.args.parse(ConfigClass, argv)` (tyro on a config dataclass whose field
 docstrings become `--help`). Errors the user can fix (`MasklamError`, including every rejected command
-line) print one line, `masklam: error: ...`, and exit 2.
+line) print one line, `masklam: error: ...`, and exit 2; faults met while working (`MasklamRuntimeError`: a full
+disk, another process writing the same output, a crashed worker) print one line too and exit 1.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `masklam COMMAND ...` to the command's module."""
     from masklam.args import PROG
-    from masklam.errors import MasklamError
+    from masklam.errors import MasklamError, MasklamRuntimeError
+    from masklam.resources import disk_full, is_disk_full
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -58,9 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[name][0])
         code = module.main(rest)
+    except MasklamRuntimeError as e:
+        print(f"masklam: error: {e}", file=sys.stderr)
+        return 1
     except MasklamError as e:
         print(f"masklam: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk where no writer named its file
+        if not is_disk_full(e):
+            raise
+        print(f"masklam: error: {disk_full(e.filename or '.')}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("masklam: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

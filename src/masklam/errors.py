@@ -1,4 +1,5 @@
-"""One exception type for bad input: the CLI prints its message as a single line and exits 2.
+"""One exception type for bad input: the CLI prints its message as a single line and exits 2; its subclass
+MasklamRuntimeError for faults met while working (exit 1).
 
 It deliberately is not a ValueError: tyro turns ValueErrors raised in a config's `__post_init__` into
 a multi-line box; a MasklamError passes through tyro to `masklam.cli.main`, which prints one line.
@@ -10,3 +11,16 @@ class MasklamError(Exception):
 
     The message must name the problem in one line, e.g. ``"no such file: data/x.h5"``.
     """
+
+
+class MasklamRuntimeError(MasklamError):
+    """A fault met while working, not a bad input: a full disk, another process writing the same output, a
+    crashed worker. One line like any MasklamError; the CLI exits 1 for it (2 is for bad input)."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: ``Type: first line of its message`` (a MasklamError: its message)."""
+    if isinstance(e, MasklamError):
+        return str(e)
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

@@ -1,6 +1,7 @@
 """Crash-safe files: every write goes to a temporary name and is renamed into place, so an
-interrupted run never leaves a half-written JSON, checkpoint or dataset part behind; every read of a
-missing or corrupt file is one line naming the file (MasklamError).
+interrupted run never leaves a half-written JSON, checkpoint or dataset part behind; a disk that fills up
+during a write is one line naming the file (`masklam.resources.disk_full`); every read of a missing or
+corrupt file is one line naming the file (MasklamError).
 """
 from __future__ import annotations
 
@@ -11,26 +12,40 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from masklam.errors import MasklamError
+from masklam.resources import disk_full, is_disk_full, raise_if_disk_full
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write; on success rename it to `path`, on error remove it."""
+    """Yield a temporary sibling of `path` to write; on success rename it to `path`, on error remove it (a full
+    disk: one-line MasklamRuntimeError naming `path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise_if_disk_full(e, path)
+        raise
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = is_disk_full(e, tmp)  # before the temporary's space is freed
         tmp.unlink(missing_ok=True)
+        if full:
+            raise disk_full(path) from None
         raise
 
 
 def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     """Atomically write `obj` as indented JSON (non-JSON values as str)."""
+    write_text(path, json.dumps(obj, indent=indent, default=str))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, default=str))
+        tmp.write_text(text)
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 from masklam.args import parse
 from masklam.data.hdf5 import (FORMAT_VERSION, Trajectory, check_attrs, open_file, plain, read_layout,
                                trajectory_names, write_atomically, write_trajectory)
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, MasklamRuntimeError, one_line
+from masklam.locks import output_lock
+from masklam.resources import check_free_space
 from masklam.seeding import stream_rng, stream_seed
 
 Policy = Callable[[np.ndarray], np.ndarray]  # (S,) float32 state -> (A,) action
@@ -253,7 +255,18 @@ def run_episode(env: Any, policy: Policy, seed: int, steps: int, tick: Callable[
 
 
 def _collect_one(index: int) -> tuple[int, float]:
-    """Render trajectory ``index`` and save it as an atomic part file; returns (index, return)."""
+    """Render trajectory ``index`` and save it as an atomic part file; returns (index, return). Any failure is
+    one line naming the task and trajectory (a MasklamRuntimeError, which a pool passes to the parent intact)."""
+    try:
+        return _render_one(index)
+    except Exception as e:  # noqa: BLE001 (every failure of a worker reaches the user as one line)
+        cfg = _WORKER.get("cfg")
+        where = f"{cfg.task} trajectory {index}" if cfg is not None else f"trajectory {index}"
+        kind = type(e) if type(e) in (MasklamError, MasklamRuntimeError) else MasklamRuntimeError
+        raise kind(f"collect worker ({where}): {one_line(e)}") from None
+
+
+def _render_one(index: int) -> tuple[int, float]:
     if "error" in _WORKER:
         raise _WORKER["error"]
     cfg: CollectConfig = _WORKER["cfg"]
@@ -319,19 +332,7 @@ def _render(cfg: CollectConfig, action_repeat: int, todo: list[int], done_frames
             for index in todo:
                 _collect_one(index)
         else:
-            ctx = mp.get_context("spawn")  # EGL contexts do not survive fork
-            counter = ctx.Value("q", 0)
-            with ctx.Pool(min(cfg.workers, len(todo)), _init_worker, (cfg, action_repeat, counter)) as pool:
-                pending = pool.imap_unordered(_collect_one, todo)
-                finished = 0
-                while finished < len(todo):
-                    try:
-                        pending.next(timeout=0.25)
-                        finished += 1
-                    except mp.TimeoutError:
-                        pass
-                    clock.update(counter.value - clock.frames)
-                clock.update(counter.value - clock.frames)
+            _render_pool(cfg, action_repeat, todo, clock)
     except KeyboardInterrupt:
         saved = len(list(parts_dir(cfg.out).glob("[0-9]*.h5")))
         print(f"\ninterrupted: {saved} finished trajectories are kept in {parts_dir(cfg.out)}", file=sys.stderr)
@@ -340,6 +341,36 @@ def _render(cfg: CollectConfig, action_repeat: int, todo: list[int], done_frames
         bar.close()
         _WORKER.clear()
     return clock.rate()
+
+
+def _render_pool(cfg: CollectConfig, action_repeat: int, todo: list[int], clock: "_SteadyClock") -> None:
+    """Render `todo` over spawn worker processes. A worker's exception arrives as its one line; a worker that
+    dies (killed, out of memory, a crash in the renderer) is one line too, never a hang."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # EGL contexts do not survive fork
+    counter = ctx.Value("q", 0)
+    pool = ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(cfg, action_repeat, counter))
+    pending = {pool.submit(_collect_one, index): index for index in todo}
+    failed = True
+    try:
+        while pending:
+            done, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in done:
+                pending.pop(future)
+                future.result()  # a worker's exception: its one line
+            clock.update(counter.value - clock.frames)
+        failed = False
+    except BrokenProcessPool:
+        lost = sorted(pending.values())
+        raise MasklamRuntimeError(
+            f"a collect worker process died while rendering {cfg.task} (trajectories {lost[0]}..{lost[-1]} not "
+            "finished): killed, out of memory, or a crash in the renderer; the finished trajectories are kept, run "
+            "the same command again to resume") from None
+    finally:
+        pool.shutdown(wait=not failed, cancel_futures=True)
 
 
 class _SteadyClock:
@@ -399,6 +430,12 @@ def collect(cfg: CollectConfig) -> CollectResult:
         check_background_path(cfg.background_path, cfg.video_split)
     action_repeat = _resolve_action_repeat(cfg)
     attrs = file_attrs(cfg, action_repeat)
+    with output_lock(cfg.out, ", or use another --out"):
+        return _collect_locked(cfg, action_repeat, attrs)
+
+
+def _collect_locked(cfg: CollectConfig, action_repeat: int, attrs: dict[str, Any]) -> CollectResult:
+    """`collect` while holding OUT's lock: reuse what exists, render the rest, assemble."""
     result = CollectResult(cfg.out)
     have = _existing(cfg, attrs)
     if have >= cfg.episodes:
@@ -413,6 +450,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
     if todo:
         result.frames_per_s = _render(cfg, action_repeat, todo, (cfg.episodes - have - len(todo)) * cfg.steps)
     result.collected = todo
+    need = sum(part_path(cfg.out, i).stat().st_size for i in range(have, cfg.episodes))
+    check_free_space(cfg.out, need + (cfg.out.stat().st_size if have else 0), f"assembling {cfg.out}")
     _assemble(cfg, attrs, have)
     shutil.rmtree(parts_dir(cfg.out))
     return result

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from masklam.data.hdf5 import MASK_KEYS, FileLayout, open_file, read_layout
 from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout, parquet_shards
 from masklam.errors import MasklamError
+from masklam.resources import check_memory
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 """our HDF5 shards (.h5) and LAOM's files (.hdf5): what a directory of HDF5 data stands for"""
@@ -131,6 +132,14 @@ def _expand(paths: PathsLike) -> list[Path]:
     return files
 
 
+def data_layouts(paths: PathsLike) -> list[FileLayout]:
+    """The checked layouts of every data file `paths` stands for (shards agreeing on sizes and task), without
+    loading any frame: what artefacts are checked against before work."""
+    layouts = [data_layout(p) for p in _expand(paths)]
+    _check_shards_agree(layouts)
+    return layouts
+
+
 def _check_shards_agree(layouts: list[FileLayout]) -> None:
     first = layouts[0]
     for lay in layouts[1:]:
@@ -191,6 +200,9 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     lengths = np.asarray([length for _, _, length in chosen], np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     n, (h, w) = int(lengths.sum()), layouts[0].img_hw
+    per_frame = h * w * (3 + load_masks) + 4 * (layouts[0].action_dim + layouts[0].state_dim + load_rewards)
+    check_memory(n * per_frame, f"loading {n} frames of {', '.join(str(lay.path) for lay in layouts[:2])}"
+                                f"{' ...' if len(layouts) > 2 else ''} whole")
     arrays: dict[str, np.ndarray] = {
         "obs": np.empty((n, h, w, 3), np.uint8),
         "actions": np.empty((n, layouts[0].action_dim), np.float32),

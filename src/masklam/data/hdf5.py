@@ -34,6 +34,7 @@ import numpy as np
 
 from masklam.errors import MasklamError
 from masklam.files import atomic_path
+from masklam.resources import GuardedFile
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("obs", "states", "actions")
@@ -101,12 +102,20 @@ def write_atomically(path: str | os.PathLike, start_from: str | os.PathLike | No
     """An HDF5 file to fill that replaces ``path`` only once complete: written as ``<path>.tmp`` (a copy of
     ``start_from``, opened r+, or a new file), synced, then renamed; on an error the temporary is removed.
 
-    Part files (one finished item each) and the merge of parts into a dataset both go through here."""
+    Part files (one finished item each) and the merge of parts into a dataset both go through here. HDF5 writes
+    through a `GuardedFile`, so a full disk never reaches HDF5 (which would crash the process): it is one line
+    naming ``path`` once the file is closed (`masklam.resources.disk_full`), and the temporary is removed."""
     with atomic_path(path) as tmp:
         if start_from is not None:
             shutil.copyfile(start_from, tmp)
-        with h5py.File(tmp, "r+" if start_from is not None else "w") as f:
-            yield f
+        guard = GuardedFile(tmp, "r+b" if start_from is not None else "w+b")
+        try:
+            with h5py.File(guard, "r+" if start_from is not None else "w") as f:
+                yield f
+        finally:
+            guard.close()
+        if guard.full is not None:
+            raise guard.full
         fsync(tmp)
 
 

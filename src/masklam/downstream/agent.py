@@ -2,7 +2,8 @@
 
 `load_policy(policy_dir, decoder_dir)` is the one factory of evaluation agents (`masklam evaluate`,
 the experiment's evaluation stage); each agent has `frame_stack`, `env_meta` and
-`select_action((B, F, H, W, 3) uint8) -> (B, A)` in [-1, 1].
+`select_action((B, F, H, W, 3) uint8) -> (B, A)` in [-1, 1], and `action_dim`, `obs_shape` that a rollout checks
+against the environment before any episode.
 """
 from __future__ import annotations
 
@@ -24,8 +25,13 @@ class LatentAgent:
         if decoder.dims["latent_dim"] != feature_dim(policy, self.input):
             raise MasklamError(f"decoder expects {self.input} of width {decoder.dims['latent_dim']}, "
                                f"the policy gives {feature_dim(policy, self.input)}")
+        if decoder.dims["action_dim"] != policy.cfg.action_dim:
+            raise MasklamError(f"the decoder outputs {decoder.dims['action_dim']} actions, the policy's task takes "
+                               f"{policy.cfg.action_dim}: they were trained on different tasks")
         self.policy, self.decoder = policy.eval(), decoder.eval()
         self.frame_stack, self.env_meta = policy.frame_stack, policy.env_meta
+        self.action_dim, self.obs_shape = decoder.dims["action_dim"], policy.obs_shape
+        self.source = getattr(policy, "source", None)
 
     @torch.no_grad()
     def select_action(self, obs: np.ndarray) -> np.ndarray:
@@ -38,6 +44,7 @@ def load_policy(policy_dir: str | Path, decoder_dir: str | Path | None = None,
                 device: str | torch.device = "cpu") -> ImagePolicy | LatentAgent:
     """A policy ready for evaluation: an action policy, or a latent policy with its action decoder."""
     policy = ImagePolicy.from_pretrained(policy_dir, device)
+    policy.source = f"the policy {policy_dir}"  # names it in messages (a rollout's check_fits)
     if policy.cfg.pair_input:
         raise MasklamError(f"{policy_dir} is an inverse dynamics model, not a policy")
     if policy.cfg.target != "latent":

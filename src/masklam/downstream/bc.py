@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from masklam.devices import resolve_device
 from masklam.downstream.policy import ImagePolicy, PolicyConfig
-from masklam.downstream.targets import (TargetFn, env_meta_of, lam_mask_key, latent_stats, make_target_fn,
-                                        standardized)
+from masklam.downstream.targets import (TargetFn, check_lam_data, env_meta_of, lam_mask_key, latent_stats,
+                                        make_target_fn, standardized)
 from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.locks import output_lock
 from masklam.files import atomic_path, write_json
 from masklam.train.checkpoint import TRAIN_STATE, check_resumable, load_train_state
 from masklam.train.precision import autocast
@@ -116,8 +117,10 @@ class BCConfig:
             raise MasklamError("target idm needs --idm DIR")
         if self.labels is not None and self.labels < 1:
             raise MasklamError(f"labels must be >= 1, got {self.labels}")
-        if min(self.frame_stack, self.encoder_scale, self.batch_size, self.hidden) < 1 or self.lr <= 0:
-            raise MasklamError("frame_stack, encoder_scale, batch_size, hidden must be >= 1 and lr > 0")
+        if min(self.frame_stack, self.encoder_scale, self.num_res_blocks, self.batch_size, self.hidden,
+               self.save_every) < 1 or self.lr <= 0 or self.epochs <= 0:
+            raise MasklamError("frame_stack, encoder_scale, num_res_blocks, batch_size, hidden, save_every must be >= 1 "
+                               "and lr, epochs > 0")
         if self.updates is not None and self.updates < 1:
             raise MasklamError(f"updates must be >= 1, got {self.updates}")
         if not 0 <= self.heldout < 1:
@@ -143,6 +146,8 @@ def _setup(cfg: BCConfig, device: torch.device, progress: bool) -> _Setup:
     """Load the data, split it, build the target (standardised for latent BC) and the policy's config."""
     from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
 
+    if cfg.target == "latent":
+        check_lam_data(cfg.lam, cfg.data)
     mask_key = lam_mask_key(cfg.lam) if cfg.target == "latent" else None
     data = load_dataset(list(cfg.data), mask_key=mask_key, progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
@@ -250,6 +255,7 @@ def heldout_mse(model: ImagePolicy, data: Any, ids: np.ndarray, target_fn: Targe
 def main(argv: list[str]) -> int:
     """`masklam bc --data FILE --out DIR [--target latent|action|idm] ...`."""
     cfg = parse(BCConfig, argv)
-    metrics = train_bc(cfg)
+    with output_lock(cfg.out, ", or use another --out"):
+        metrics = train_bc(cfg)
     print(json.dumps(metrics))
     return 0

@@ -19,8 +19,10 @@ from torch import nn
 from masklam.devices import resolve_device
 from masklam.downstream.decoder import DecoderInput, fit_decoder, policy_latents
 from masklam.downstream.policy import ImagePolicy
+from masklam.downstream.targets import check_policy_data
 from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.locks import output_lock
 from masklam.files import write_json
 
 VERSION = 2
@@ -82,6 +84,10 @@ class DecodeConfig:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
         if not self.data:
             raise MasklamError("no dataset given (--data)")
+        if self.layers < 2:
+            raise MasklamError(f"--layers must be >= 2, got {self.layers}")
+        if not 0 <= self.heldout < 1:
+            raise MasklamError(f"--heldout must be in [0, 1), got {self.heldout}")
 
 
 def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
@@ -92,6 +98,7 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     policy = ImagePolicy.from_pretrained(cfg.policy, device)
     if policy.cfg.target != "latent":
         raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
+    check_policy_data(policy, cfg.policy, cfg.data)
     data = load_dataset(list(cfg.data), progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
@@ -114,5 +121,6 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
 def main(argv: list[str]) -> int:
     """`masklam decode --policy DIR --data FILE --out DIR --labels N`."""
     cfg = parse(DecodeConfig, argv)
-    print(json.dumps(train_decoder(cfg)))
+    with output_lock(cfg.out, ", or use another --out"):
+        print(json.dumps(train_decoder(cfg)))
     return 0

@@ -123,6 +123,8 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 0:
             raise MasklamError("episodes must be >= 1 and workers >= 0")
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise MasklamError(f"--max-episode-steps must be >= 1, got {self.max_episode_steps}")
         bad = [s for s in self.splits if s not in SPLITS]
         if bad:
             raise MasklamError(f"unknown split {bad[0]!r}; use 'id' or 'ood'")

@@ -50,12 +50,14 @@ from masklam.devices import resolve_device
 from masklam.downstream.results import normalize, write_results
 from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, StagePlan, bc_stage, collect_stage,
                                        data_variant, decode_stage, dry_run, eval_stage, expert_return, format_plan,
-                                       is_pending, lam_trainer, plan_stages, pretrain_stage, recipe_label,
-                                       stage_context)
+                                       is_pending, lam_trainer, plan_stages, pretrain_conf, pretrain_stage,
+                                       recipe_label, stage_context)
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
+from masklam.locks import output_lock
 from masklam.metrics import standard_error
+from masklam.typecheck import check_values
 
 DATA_KEYS = ("train", "clean", "collect", "collect_clean")
 """keys of a task's [data.TASK] table"""
@@ -183,8 +185,19 @@ def _check_keys(table: str, given: Any, known: set[str]) -> None:
         raise MasklamError(f"unknown key {unknown[0]!r} in [{table}]; known: {', '.join(sorted(known))}")
 
 
+def _check_table(table: str, given: dict[str, Any], cls: type, placeholders: dict[str, Any]) -> None:
+    """Types, then ranges: `cls` built from the table (its `__post_init__` checks) with `placeholders` for the
+    fields the sweep sets; either problem as one line naming the table."""
+    check_values(table, given, cls)
+    try:
+        cls(**{**given, **placeholders})
+    except MasklamError as e:
+        raise MasklamError(f"[{table}] {e}") from None
+
+
 def check_tables(cfg: ExperimentConfig) -> None:
-    """One-line MasklamError naming the first key of a stage table that its stage's config does not have."""
+    """One-line MasklamError naming the first key of a stage table that its stage's config does not have, or
+    whose value has the wrong type or is out of range (the stage config's own checks), before any stage runs."""
     from masklam.data.collect import CollectConfig
     from masklam.downstream.bc import BCConfig
     from masklam.downstream.decode import DecodeConfig
@@ -198,12 +211,46 @@ def check_tables(cfg: ExperimentConfig) -> None:
         _check_keys(table, given, known)
     if "factory" not in cfg.env:  # a test's own factory takes its own arguments
         _check_keys("env", cfg.env, _env_names())
+        check_values("env", cfg.env, _env_types())
     collect = _field_names(CollectConfig)
     for task, spec in cfg.data.items():
         _check_keys(f"data.{task}", spec, set(DATA_KEYS))
         for key in ("collect", "collect_clean"):
             if key in spec:
                 _check_keys(f"data.{task}.{key}", spec[key], collect)
+                _check_table(f"data.{task}.{key}", spec[key], CollectConfig,
+                             {"task": "check-task", "out": Path("check.h5")})
+    _check_values_of_stages(cfg)
+
+
+def _check_values_of_stages(cfg: ExperimentConfig) -> None:
+    """Types and ranges of the stage tables, each through the config class its stages build."""
+    from masklam.downstream.bc import BCConfig
+    from masklam.downstream.decode import DecodeConfig
+    from masklam.train.config import PretrainConfig
+
+    data, out = ("check.h5",), Path("check")
+    for table in ("bc", "bc_full", "idm"):
+        _check_table(table, getattr(cfg, table), BCConfig, {"data": data, "out": out, "target": "action"})
+    _check_table("decode", cfg.decode, DecodeConfig, {"policy": out, "data": data, "out": out})
+    _check_table("eval", cfg.eval, EvalOptions, {})
+    check_values("pretrain", cfg.pretrain, PretrainConfig)
+    for method in [m for m in cfg.methods if m in LAM_METHODS]:  # as each method's LAM will be configured
+        labeled = max(cfg.labels or [1]) if method == "laom-sup" else 0
+        conf = pretrain_conf(lam_trainer(method), list(data), cfg.latent_dims[0] if cfg.latent_dims else 1,
+                             0, labeled, cfg.pretrain)
+        _check_table("pretrain", {}, PretrainConfig, {**conf, "out": out})  # conf: the table's options it uses
+
+
+def _env_types() -> dict[str, Any]:
+    """The types of an [env] table's keys: `masklam.envs.make`'s annotations and DistractorConfig's fields."""
+    import typing
+
+    from masklam.envs import make
+    from masklam.envs.distractors import DistractorConfig
+    from masklam.typecheck import field_types
+
+    return {**field_types(DistractorConfig), **typing.get_type_hints(make)}
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -255,6 +302,7 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
         if key not in raw:
             raise MasklamError(f"{path}: missing key {key!r}")
     try:
+        check_values("", raw, ExperimentConfig)
         return ExperimentConfig(**raw)
     except MasklamError as e:
         raise MasklamError(f"{path}: {e}") from None
@@ -380,7 +428,13 @@ class _Sweep:
 
 
 def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str, Any]]:
-    """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts."""
+    """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts. One sweep per run
+    directory at a time (masklam.locks)."""
+    with output_lock(cfg.out, ", or use another --out"):
+        return _run_locked(cfg, render)
+
+
+def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     datasets = _datasets(cfg)
     write_json(cfg.out / "experiment.json", {"config": dataclasses.asdict(cfg),

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from masklam.downstream.results import NORMALISERS, Row, SeedStats, over_seeds
+from masklam.files import atomic_path
 
 AVERAGE = "average"
 """the panel of the task average"""
@@ -23,6 +24,16 @@ ORDER = ["lapo-clean", "lapo", "masklam", "laom", "laom-sup", "bc", "idm", "bc-f
 COLORS = {m: f"C{i}" for i, m in enumerate(ORDER)}
 """one colour per method in every figure"""
 
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure atomically (never a half-written PNG; a full disk is one line) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
 
 def method_order(methods: Any) -> list[str]:
     """`methods` sorted as the papers show them (ORDER, then the rest by name)."""
@@ -91,8 +102,7 @@ def curve_grid(rows: list[Row], x: str, y: str, keep: Callable[[Row], bool], tit
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -118,8 +128,7 @@ def method_bars(rows: list[Row], path: Path) -> bool:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -143,6 +152,5 @@ def example_frames(dataset: Path, path: Path) -> bool:
             a.axis("off")
     fig.suptitle(f"frames and agent masks: {dataset.name}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return True

@@ -76,6 +76,16 @@ class ImagePolicy(Pretrained, nn.Module):
         return self.cfg.frame_stack
 
     @property
+    def action_dim(self) -> int:
+        """Action size of the environment the policy acts in (rollouts check it against the env's)."""
+        return self.cfg.action_dim
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int]:
+        """(H, W, 3): the frames it reads (rollouts check it against the env's)."""
+        return (self.cfg.img_hw, self.cfg.img_hw, 3)
+
+    @property
     def env_meta(self) -> dict[str, Any]:
         """Env kwargs of the training data (task, distractors, ...)."""
         return self.cfg.env_meta

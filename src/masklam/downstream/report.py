@@ -32,6 +32,8 @@ from masklam.downstream.figures import (AVERAGE, curve_grid, example_frames, met
 from masklam.downstream.results import NORMALISERS, Row, over_seeds, read_results
 from masklam.downstream.stages import LAM_METHODS, recipe_label, sweep_method
 from masklam.errors import MasklamError
+from masklam.files import write_text
+from masklam.locks import output_lock
 
 
 # --- the LAMs of a run ------------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def render_report(run_dir: str | Path) -> Path:
                          "return", "normalised return"], summary_table(rows, scale)))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>masklam report: {html.escape(run_dir.name)}"
             f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    (run_dir / "report.html").write_text(page)
+    write_text(run_dir / "report.html", page)
     return run_dir / "report.html"
 
 
@@ -289,6 +291,7 @@ class ReportConfig:
 def main(argv: list[str]) -> int:
     """`masklam report RUN_DIR`."""
     cfg = parse(ReportConfig, argv)
-    path = render_report(cfg.run_dir)
+    with output_lock(cfg.run_dir, " (`masklam experiment` renders the report itself)"):
+        path = render_report(cfg.run_dir)
     print(f"wrote {path}")
     return 0

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from masklam.errors import MasklamError
+
 LAM_METHODS = ("lapo", "masklam", "laom", "laom-sup", "lapo-clean")
 """methods with a latent action model: LAM -> latent BC -> decoder"""
 METHODS = LAM_METHODS + ("bc", "idm")
@@ -62,6 +64,10 @@ class EvalOptions:
     """worker processes (0: one environment in this process)"""
     seed: int = 0
     """evaluation seed (episode i: the `eval` stream's seed (seed, i))"""
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.workers < 0:
+            raise MasklamError(f"episodes must be >= 1 and workers >= 0, got {self.episodes} and {self.workers}")
 
 
 # --- the cache ---------------------------------------------------------------------------------------
@@ -384,18 +390,26 @@ def recipe_label(method: str, pretrain: dict[str, Any]) -> str:
     return label
 
 
+def pretrain_conf(method: str, data: list[str], dim: int, seed: int, labeled: int,
+                  overrides: dict[str, Any]) -> dict[str, Any]:
+    """The PretrainConfig fields (but out, device) of a sweep's LAM: the [pretrain] options `method` uses."""
+    from masklam.train.config import options_for
+
+    overrides = options_for(method, overrides)
+    if not recipe_applies(method, overrides.get("recipe", "default")):  # e.g. LAOM: its own paper's recipe
+        overrides = {k: v for k, v in overrides.items() if k != "recipe"}
+    return {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labels": labeled}
+
+
 def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int, labeled: int,
                    overrides: dict[str, Any], device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
     """Train a LAM with `masklam.train.pretrain` (cached); result: its probe NMSE.
 
     Options of other methods are dropped (masklam.train.config.options_for): one LAPO serves every recipe
     that differs only in MaskLAM's loss."""
-    from masklam.train.config import RECIPE_PRESETS, RECIPES, options_for
+    from masklam.train.config import RECIPE_PRESETS, RECIPES
 
-    overrides = options_for(method, overrides)
-    if not recipe_applies(method, overrides.get("recipe", "default")):  # e.g. LAOM: its own paper's recipe
-        overrides = {k: v for k, v in overrides.items() if k != "recipe"}
-    conf = {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labels": labeled}
+    conf = pretrain_conf(method, data, dim, seed, labeled, overrides)
 
     def fn(d: Path) -> dict[str, Any]:
         from masklam.train.config import PretrainConfig

@@ -5,8 +5,8 @@
 - `action_target`: the true action a_t (BC on labels, full-data BC, IDM training);
 - `idm_target`: the action an IDM (an `ImagePolicy` with pair_input) infers for (o_t, o_{t+1}).
 Targets come from the batch, so no relabelled copy of the data exists. Also here: the env kwargs a
-policy records for evaluation (`env_meta_of`) and what a LAM needs as input (`lam_mask_key`,
-`lam_frame_stack`).
+policy records for evaluation (`env_meta_of`), what a LAM needs as input (`lam_mask_key`,
+`lam_frame_stack`) and whether a LAM or policy fits the data it is used with (`check_lam_data`, `check_policy_data`).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from masklam.downstream.policy import ImagePolicy
 from masklam.errors import MasklamError
+from masklam.files import read_json
 
 Batch = dict[str, np.ndarray]
 TargetFn = Callable[[Batch], torch.Tensor]
@@ -52,6 +53,40 @@ def lam_mask_key(lam_dir: str | Path | None) -> str | None:
     except (OSError, json.JSONDecodeError) as e:
         raise MasklamError(f"cannot read {Path(lam_dir) / 'config.json'}: {e}") from None
     return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
+
+
+def check_lam_data(lam_dir: str | Path, paths: Any) -> None:
+    """One line before work if the LAM of `lam_dir` cannot label these data: frames of another size, or data
+    without the agent masks it reads as input (from its config.json and the files' layouts)."""
+    from masklam.data.dataset import data_layouts
+
+    cfg = read_json(Path(lam_dir) / "config.json", "LAM config")
+    layouts = data_layouts(paths)
+    hw = cfg.get("model", {}).get("img_hw") if isinstance(cfg, dict) else None
+    h, w = layouts[0].img_hw
+    if hw is not None and (h, w) != (int(hw), int(hw)):
+        raise MasklamError(f"the LAM {lam_dir} was trained on {hw}x{hw} frames, {layouts[0].path} has {h}x{w}: "
+                           "use data of its image size, or train a LAM on these")
+    key = lam_mask_key(lam_dir)
+    lacking = [lay.path for lay in layouts if key is not None and not lay.has(key)]
+    if lacking:
+        raise MasklamError(f"the LAM {lam_dir} reads agent masks ({key}) with its frames; {lacking[0]} has none "
+                           "(add them with `masklam masks`, or use a LAM trained without a mask channel)")
+
+
+def check_policy_data(policy: ImagePolicy, source: str | Path, paths: Any) -> None:
+    """One line before work if a policy (or IDM) of `source` does not fit these data: frames of another size or
+    another action size (data of another task)."""
+    from masklam.data.dataset import data_layouts
+
+    lay = data_layouts(paths)[0]
+    hw = policy.cfg.img_hw
+    if tuple(lay.img_hw) != (hw, hw):
+        raise MasklamError(f"the policy {source} reads {hw}x{hw} frames, {lay.path} has "
+                           f"{lay.img_hw[0]}x{lay.img_hw[1]}")
+    if lay.action_dim != policy.cfg.action_dim:
+        raise MasklamError(f"the policy {source} was trained with {policy.cfg.action_dim} actions, {lay.path} has "
+                           f"{lay.action_dim}: data of another task?")
 
 
 def lam_frame_stack(lam: nn.Module) -> int:

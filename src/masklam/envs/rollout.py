@@ -12,14 +12,13 @@ from __future__ import annotations
 import importlib
 import multiprocessing as mp
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, MasklamRuntimeError, one_line
 from masklam.seeding import stream_seed
 
 
@@ -68,24 +67,39 @@ def _step(env, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool | None
     return obs, float(reward), bool(terminated or truncated), None if success is None else bool(success)
 
 
+def _spaces(env) -> tuple[tuple | None, tuple | None]:  # noqa: ANN001
+    """(observation shape, action shape) of an env (None where it declares no space)."""
+    return tuple(getattr(getattr(env, "observation_space", None), "shape", None) or ()) or None, \
+        tuple(getattr(getattr(env, "action_space", None), "shape", None) or ()) or None
+
+
+def _failure(e: BaseException) -> tuple[str, tuple[bool, str]]:
+    """The message a worker sends for an exception: ("error", (is it bad input, one line))."""
+    return "error", (isinstance(e, MasklamError) and not isinstance(e, MasklamRuntimeError), one_line(e))
+
+
 def _worker(spec: EnvSpec, conn) -> None:  # noqa: ANN001 (multiprocessing connection)
-    """Worker loop: ("reset", seed) -> obs; ("step", action) -> (obs, reward, done, success); ("close",)."""
+    """Worker loop: ("reset", seed) -> obs; ("step", action) -> (obs, reward, done, success); ("close",).
+    Start-up sends ("ready", (obs shape, action shape)); any exception is sent as one line, ("error", ...)."""
     try:
         env = spec.build()
     except BaseException as e:  # report the failure to the parent as one line
-        conn.send(("error", f"{type(e).__name__}: {e}" if isinstance(e, MasklamError) else traceback.format_exc()))
+        conn.send(_failure(e))
         return
-    conn.send(("ready", None))
+    conn.send(("ready", _spaces(env)))
     while True:
         msg = conn.recv()
-        if msg[0] == "reset":
-            obs, _ = env.reset(seed=msg[1])
-            conn.send(("obs", obs))
-        elif msg[0] == "step":
-            conn.send(("step", _step(env, msg[1])))
-        else:
-            env.close()
-            conn.close()
+        try:
+            if msg[0] == "reset":
+                conn.send(("obs", env.reset(seed=msg[1])[0]))
+            elif msg[0] == "step":
+                conn.send(("step", _step(env, msg[1])))
+            else:
+                env.close()
+                conn.close()
+                return
+        except Exception as e:  # noqa: BLE001 (the parent names the task and episode)
+            conn.send(_failure(e))
             return
 
 
@@ -93,26 +107,54 @@ class _LocalEnv:
     """In-process stand-in for a worker (W = 0): same messages, no process."""
 
     def __init__(self, spec: EnvSpec) -> None:
-        self.env = spec.build()
-        self._reply: tuple = ("ready", None)
+        try:
+            self.env = spec.build()
+            self._reply: tuple = ("ready", _spaces(self.env))
+        except Exception as e:  # noqa: BLE001
+            self.env, self._reply = None, _failure(e)
 
     def send(self, msg: tuple) -> None:
-        if msg[0] == "reset":
-            self._reply = ("obs", self.env.reset(seed=msg[1])[0])
-        elif msg[0] == "step":
-            self._reply = ("step", _step(self.env, msg[1]))
-        else:
-            self.env.close()
+        if self.env is None:
+            return
+        try:
+            if msg[0] == "reset":
+                self._reply = ("obs", self.env.reset(seed=msg[1])[0])
+            elif msg[0] == "step":
+                self._reply = ("step", _step(self.env, msg[1]))
+            else:
+                self.env.close()
+        except Exception as e:  # noqa: BLE001
+            self._reply = _failure(e)
 
     def recv(self) -> tuple:
         return self._reply
 
 
-def _recv(conn) -> tuple:  # noqa: ANN001
-    kind, payload = conn.recv()
+def _recv(conn, where: str) -> tuple:  # noqa: ANN001
+    """A worker's reply; its failure (or its death) as one line naming `where` (the task, the episode)."""
+    try:
+        kind, payload = conn.recv()
+    except (EOFError, ConnectionError, OSError):
+        raise MasklamRuntimeError(f"evaluation worker ({where}) exited unexpectedly (killed, or out of memory?)") from None
     if kind == "error":
-        raise MasklamError(f"evaluation environment failed to start: {payload.strip().splitlines()[-1]}")
+        usage, text = payload
+        if where.endswith("start-up"):
+            raise (MasklamError if usage else MasklamRuntimeError)(f"evaluation environment failed to start: {text}")
+        raise (MasklamError if usage else MasklamRuntimeError)(f"evaluation worker ({where}) failed: {text}")
     return kind, payload
+
+
+def check_fits(policy: Policy, task: str, obs_shape: tuple | None, action_shape: tuple | None) -> None:
+    """One line before any episode if the policy's declared action size or observation shape (`action_dim`,
+    `obs_shape` attributes, where it has them) is not the environment's."""
+    name = getattr(policy, "source", None) or "the policy"
+    want_a, want_o = getattr(policy, "action_dim", None), getattr(policy, "obs_shape", None)
+    if want_a is not None and action_shape is not None and (int(want_a),) != tuple(action_shape):
+        raise MasklamError(f"{name} outputs {want_a} actions, {task} takes {int(np.prod(action_shape))}: it was "
+                           "trained on another task (evaluate it on its own task, or train one for this task)")
+    if want_o is not None and obs_shape is not None and tuple(want_o) != tuple(obs_shape):
+        raise MasklamError(f"{name} reads observations of shape {tuple(want_o)}, {task} gives {tuple(obs_shape)} "
+                           "(another image size?)")
 
 
 def _start(spec: EnvSpec, workers: int) -> tuple[list, list]:
@@ -146,8 +188,9 @@ def _stop(conns: list, procs: list) -> None:
 class _Slots:
     """The episodes the environments are playing: which episode each slot plays, its frame stack, returns."""
 
-    def __init__(self, conns: list, episodes: int, frame_stack: int, seed: int, first_episode: int) -> None:
-        self.conns, self.episodes, self.F = conns, episodes, frame_stack
+    def __init__(self, conns: list, episodes: int, frame_stack: int, seed: int, first_episode: int,
+                 task: str = "") -> None:
+        self.conns, self.episodes, self.F, self.task = conns, episodes, frame_stack, task
         self.seed, self.first = seed, first_episode
         self.episode = [-1] * len(conns)  # episode each slot is playing, -1 = idle
         self.stacks: list[np.ndarray | None] = [None] * len(conns)  # (F, *obs_shape) per slot
@@ -169,7 +212,11 @@ class _Slots:
     def receive(self, s: int) -> None:
         """The first observation of slot s's new episode, repeated into its frame stack."""
         if self.episode[s] >= 0:
-            self.stacks[s] = np.repeat(_recv(self.conns[s])[1][None], self.F, axis=0)
+            self.stacks[s] = np.repeat(_recv(self.conns[s], self.where(s))[1][None], self.F, axis=0)
+
+    def where(self, s: int) -> str:
+        """The task and episode slot s plays, for messages."""
+        return f"{self.task} episode {self.first + self.episode[s]}"
 
     def step(self, policy: Policy) -> int:
         """One batched policy call and one env step in every active slot; -> episodes finished."""
@@ -179,7 +226,7 @@ class _Slots:
             self.conns[s].send(("step", actions[i]))
         finished = 0
         for s in active:
-            obs, reward, done, ok = _recv(self.conns[s])[1]
+            obs, reward, done, ok = _recv(self.conns[s], self.where(s))[1]
             ep = self.episode[s]
             self.returns[ep] += reward
             if ok is not None:
@@ -205,9 +252,9 @@ def rollout(policy: Policy, spec: EnvSpec, episodes: int, seed: int = 0, workers
     bar = tqdm(total=episodes, desc=desc, unit="ep", disable=not progress)
     try:
         for c in conns:
-            _recv(c)  # "ready" (or the worker's start-up error)
+            check_fits(policy, spec.task, *_recv(c, f"{spec.task} start-up")[1])  # "ready" (or the start-up error)
         t0 = time.perf_counter()  # episodes/s measures stepping, not process start-up
-        slots = _Slots(conns, episodes, max(1, int(policy.frame_stack)), seed, first_episode)
+        slots = _Slots(conns, episodes, max(1, int(policy.frame_stack)), seed, first_episode, spec.task)
         for s in range(len(conns)):  # reset every environment at once, then gather
             slots.launch(s, wait=False)
         for s in range(len(conns)):

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from masklam.args import parse
 from masklam.data.hdf5 import open_file
 from masklam.devices import resolve_device
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, MasklamRuntimeError, one_line
+from masklam.locks import output_lock
 from masklam.masks.iou import evaluate, mask_iou
 from masklam.masks.store import merge_parts, plan, stored_ious, write_part
 
@@ -139,7 +140,12 @@ def _segment_all(path: Path, parts: Path, todo: list[str], lengths: dict[str, in
     with open_file(path) as f, tqdm(total=total, unit="frame", desc=f"{segmenter} masks", dynamic_ncols=True) as bar:
         for name in todo:
             group = f[name]
-            masks = segment(group["obs"][()], box, bar.update)  # (T, H, W) bool
+            try:
+                masks = segment(group["obs"][()], box, bar.update)  # (T, H, W) bool
+            except MasklamError:
+                raise
+            except Exception as e:  # noqa: BLE001 (one line naming the trajectory, never a traceback)
+                raise MasklamRuntimeError(f"{segmenter} masks ({path} trajectory {name}): {one_line(e)}") from None
             iou = mask_iou(masks, group["masks"][()]) if "masks" in group else None
             write_part(parts, name, masks, iou)
             if iou is not None:
@@ -153,13 +159,14 @@ def main(argv: list[str]) -> int:
     if cfg.evaluate:
         evaluate(cfg.data, cfg.key)
         return 0
-    if cfg.student:
-        from masklam.masks.distill import add_student_masks
+    with output_lock(cfg.data, " (one `masklam masks` per dataset file at a time)"):
+        if cfg.student:
+            from masklam.masks.distill import add_student_masks
 
-        ious = add_student_masks(cfg.data, cfg.weights, cfg.frames_per_traj, cfg.label_trajs, cfg.box,
-                                 cfg.device, cfg.batch, cfg.key, cfg.student_steps)
-    else:
-        ious = add_masks(cfg.data, cfg.weights, cfg.box, cfg.device, cfg.batch, cfg.key, cfg.segmenter)
+            ious = add_student_masks(cfg.data, cfg.weights, cfg.frames_per_traj, cfg.label_trajs, cfg.box,
+                                     cfg.device, cfg.batch, cfg.key, cfg.student_steps)
+        else:
+            ious = add_masks(cfg.data, cfg.weights, cfg.box, cfg.device, cfg.batch, cfg.key, cfg.segmenter)
     if ious:
         values = np.array(list(ious.values()))
         print(f"{cfg.key} IoU vs simulator masks over {len(values)} trajectories: mean {values.mean():.3f}, "

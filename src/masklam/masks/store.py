@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from masklam.data.hdf5 import open_file, read_layout, trajectory_names, write_atomically
 from masklam.errors import MasklamError
+from masklam.resources import check_free_space
 
 # Default box per domain, as fractions (x0, y0, x1, y1) of the frame: the union of the agent's bounding box at
 # reset over seeds 0..7 (dm_control camera 0, 2 for quadruped; measured at 64x64), with a pixel of margin.
@@ -73,6 +74,8 @@ def write_part(parts: Path, name: str, masks: np.ndarray, iou: float | None, ext
 
 def merge_parts(path: Path, parts: Path, key: str, box: tuple[float, ...], weights: Path) -> None:
     """Copy ``path``, add every part's masks to the copy, then rename it over ``path``: never a half-written file."""
+    need = path.stat().st_size + sum(p.stat().st_size for p in parts.glob("*.h5"))
+    check_free_space(path, need, f"adding {key} to {path}")
     with write_atomically(path, start_from=path) as f:
         for part in tqdm(sorted(parts.glob("*.h5")), desc="merging", unit="traj", leave=False):
             group = f[part.stem]

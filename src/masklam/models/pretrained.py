@@ -17,6 +17,11 @@ from masklam.files import atomic_path, read_json, write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+FORMAT = 1
+"""the format of the directories this masklam writes (config.json's `masklam_format`, beside `masklam_version`);
+raise it when a change makes older masklam versions misread them. A config.json without one is format 1."""
+READS = range(1, FORMAT + 1)
+"""the formats this masklam reads"""
 
 T = TypeVar("T", bound="Pretrained")
 
@@ -56,7 +61,9 @@ class Pretrained:
             config = own
         else:
             config = {**(extra_config or {}), self.config_key: own}
-        write_json(d / CONFIG, config)
+        from masklam import __version__
+
+        write_json(d / CONFIG, {**config, "masklam_format": FORMAT, "masklam_version": __version__})
 
     @classmethod
     def read_config(cls, directory: str | Path) -> dict[str, Any]:
@@ -65,7 +72,7 @@ class Pretrained:
         for name in (CONFIG, WEIGHTS):
             if not (d / name).is_file():
                 raise MasklamError(f"not a {cls.kind} directory (no {name}): {d}")
-        raw = read_json(d / CONFIG)
+        raw = check_format(read_json(d / CONFIG), d)
         if cls.config_key is not None:
             if not isinstance(raw, dict) or cls.config_key not in raw:
                 raise MasklamError(f"bad {CONFIG} in {d}: no {cls.config_key!r} entry (not a {cls.kind}?)")
@@ -90,3 +97,18 @@ class Pretrained:
         except Exception as e:  # safetensors header errors, missing, unexpected or mis-shaped keys
             raise MasklamError(f"cannot load the {cls.kind} in {d}: {str(e).splitlines()[0]}") from None
         return model.to(device).eval()  # type: ignore[attr-defined]
+
+
+def check_format(raw: Any, directory: Path) -> Any:
+    """config.json without its version keys, after checking this masklam reads its format (one line if not)."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    fmt, version = raw.pop("masklam_format", 1), raw.pop("masklam_version", None)
+    if fmt not in READS:
+        from masklam import __version__
+
+        by = f"masklam {version}" if version else "another version of masklam"
+        raise MasklamError(f"{directory} was written by {by} (format {fmt}); this masklam {__version__} reads format "
+                           f"{READS.start}..{READS.stop - 1}: use the masklam that wrote it, or train it again")
+    return raw

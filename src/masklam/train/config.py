@@ -369,6 +369,11 @@ class PretrainConfig:
         if self.idm_window == "single" and self.max_offset != 1:
             raise MasklamError(f"--idm-window single reads one window o_(t-F+1..t+1): it needs --max-offset 1, "
                                f"got {self.max_offset}")
+        for name in ("episode_length", "probe_max_trajs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise MasklamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.probe_ridge is not None and self.probe_ridge < 0:
+            raise MasklamError(f"probe_ridge must be >= 0, got {self.probe_ridge}")
 
     def total_updates(self, num_windows: int) -> int:
         """Optimiser updates of the run: --updates, or ceil(epochs * training windows / batch size)."""

@@ -11,6 +11,7 @@ averages the gradients, and only rank 0 logs and writes files (see masklam.train
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import read_json, write_json
+from masklam.locks import output_lock
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, load_train_state, save_checkpoint
 from masklam.train.config import RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig
@@ -165,8 +167,9 @@ def pretrain(cfg: PretrainConfig, until: int | None = None) -> dict[str, Any]:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     ctx.setup(device)
-    try:
-        return _pretrain(cfg, until, ctx, device)
+    try:  # one writer per run directory (rank 0 writes it)
+        with output_lock(cfg.out, ", or use another --out") if ctx.is_main else contextlib.nullcontext():
+            return _pretrain(cfg, until, ctx, device)
     finally:
         ctx.teardown()
 

@@ -1,0 +1,89 @@
+"""One writer per output: an advisory lock that a second command writing the same file or directory meets at
+once, as one line naming the process that holds it, instead of two writers corrupting each other's files.
+
+`with output_lock(path):` locks ``<path>.lock`` (a sibling of the output, so it works for a file or a
+directory not yet created) with `flock`: the kernel releases it when the holder exits, however it exits, so a
+killed run never leaves a stale lock, and the next run simply takes it. The holder writes its pid and command
+line into the lock file for the refusal message, and removes the file when done. Within one process the lock
+is re-entrant (an experiment holding its run directory runs the collect stage that locks its own file).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from masklam.errors import MasklamRuntimeError
+
+SUFFIX = ".lock"
+_HELD: dict[Path, int] = {}
+"""outputs this process holds, with their nesting depth"""
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of an output: ``<output>.lock`` beside it."""
+    output = Path(output)
+    return output.with_name(output.name + SUFFIX)
+
+
+def _holder(fd: int) -> str:
+    """What the holding process wrote into the lock file ('pid N: command'), or 'pid unknown'."""
+    try:
+        text = os.pread(fd, 512, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text.splitlines()[0] if text else "pid unknown"
+
+
+def _acquire(lock: Path, output: Path, hint: str) -> int:
+    """An open descriptor of `lock` holding its exclusive flock; one line naming the holder if another has it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise MasklamRuntimeError(f"{output} is being written by another masklam process ({holder}); wait for "
+                                      f"it to finish{hint}") from None
+        try:  # the previous holder may have removed the file between our open and our flock: lock the new one
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike, hint: str = ", or write elsewhere") -> Iterator[None]:
+    """Hold the lock of `output` (a file or directory this block writes); if another process holds it, raise
+    MasklamRuntimeError at once: ``OUT is being written by another masklam process (pid N: masklam collect
+    ...); wait for it to finish, or write elsewhere`` (`hint`: the end of that line, e.g. ", or use another
+    --out")."""
+    key = Path(output).resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    lock = lock_path(key)
+    fd = _acquire(lock, Path(output), hint)
+    try:
+        command = " ".join(["masklam"] + sys.argv[1:]) if sys.argv and "masklam" in sys.argv[0] else " ".join(sys.argv)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {command[:200]}\n".encode(), 0)
+    except OSError:
+        pass  # a full disk: the lock holds all the same, only the message lacks the command
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        lock.unlink(missing_ok=True)
+        os.close(fd)
