@@ -104,6 +104,10 @@ class ExperimentConfig:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
     """progress bars"""
+    pretrain_workers: int = 1
+    """LAMs of a task and seed trained at once, each in its own process with one torch thread (CPU only; 1: one
+    after another in this process). On 2 cores, 2 one-thread LAMs finish sooner than the same LAMs one after
+    another with 2 threads each; a LAM's numbers depend on its thread count (metrics.json: torch_threads)"""
     description: str = ""
     """one line saying what the sweep compares (`masklam experiment --list`); no stage reads it"""
 
@@ -410,10 +414,40 @@ class _Sweep:
             policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "idm", "idm": str(idm), "seed": seed})
             self.evaluate_all("idm", task, 0, n, seed, None, policy, None, "train")
 
+    def lam_jobs(self, task: str, seed: int) -> list[tuple]:
+        """The distinct pretrain stages of a task and seed, as `pretrain_stage` arguments (no root, device)."""
+        jobs = []
+        for method in (m for m in self.cfg.methods if m in LAM_METHODS):
+            data = self.datasets[task][data_variant(method)]
+            for dim in self.cfg.latent_dims:
+                for n in (self.cfg.labels if method == "laom-sup" else [0]):
+                    job = (lam_trainer(method), data, dim, seed, n, self.cfg.pretrain)
+                    if job not in jobs:
+                        jobs.append(job)
+        return jobs
+
+    def pretrain_in_parallel(self, task: str, seed: int) -> None:
+        """Train the task's and seed's LAMs `pretrain_workers` at a time, one torch thread each, each in its own
+        process (CPU only); the sweep then finds them cached. A failed LAM is the error of the first failure."""
+        jobs = self.lam_jobs(task, seed)
+        if self.cfg.pretrain_workers < 2 or len(jobs) < 2 or self.dev != "cpu" or dry_run():
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        workers = min(self.cfg.pretrain_workers, len(jobs))
+        print(f"training {len(jobs)} LAMs of {task} seed {seed}, {workers} at a time (one thread each)", flush=True)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+            futures = [pool.submit(pretrain_stage, self.root, *job[:5], job[5], self.dev, False) for job in jobs]
+            for f in futures:
+                f.result()
+
     def run(self) -> list[dict[str, Any]]:
         """Every task, seed and method; -> the raw rows."""
         for task in self.cfg.tasks:
             for seed in self.cfg.seeds:
+                with stage_context(f"{task} seed {seed} LAMs"):
+                    self.pretrain_in_parallel(task, seed)
                 with stage_context(f"{task} seed {seed} bc-full"):
                     self.normalisers(task, seed)
                 for method in self.cfg.methods:
@@ -425,6 +459,13 @@ class _Sweep:
                         elif method == "idm":
                             self.idm_method(task, seed)
         return self.raw
+
+
+def _one_thread() -> None:
+    """A pretraining worker process computes with one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str, Any]]:
