@@ -166,6 +166,24 @@ def test_report_renders(tmp_path: Path) -> None:
     assert (run / src).is_file()
 
 
+def test_report_shows_the_viz_of_a_stage_that_has_one(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    run = tmp_path / "run"
+    _fake_run(run)
+    viz = run / "stages" / "pretrain" / _lam_key("masklam", "cheetah-run", 0, 64) / "viz"
+    viz.mkdir()
+    plt.imsave(viz / "latents.png", np.zeros((8, 8, 3)))
+    (viz / "viz.json").write_text(json.dumps({"figures": {"latents": "latents.png"},
+                                              "fsq": {"used": 3, "codes": 8, "perplexity": 2.5}}))
+    assert report.main([str(run)]) == 0
+    page = (run / "report.html").read_text()
+    section = page[page.index("<h2>What the latents mean</h2>"):]
+    assert "masklam · cheetah-run · latent dim 64 · seed 0" in section and "3 of 8 codes used, perplexity 2.5" in section
+    assert f'src="{viz.relative_to(run).as_posix()}/latents.png"' in section
+    assert section.count("<h3>") == 1  # only the stage with a viz
+
+
 def test_results_without_lam_stage_fall_back_to_method_task_dim_seed(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _fake_run(run)

@@ -153,6 +153,8 @@ def test_real_model_tracks_moving_square(real_model):
     frames, truth = moving_square(3, step=2)  # each prompt: the previous square's box, 1.4 px wider per side
     pred = mobilesam.track(real_model, frames, (2, 22, 20, 40), batch=3)
     assert frame_ious(pred, truth).min() > 0.8
+    pred = mobilesam.track(real_model, frames, (10, 30), batch=3)  # a point prompt on the square in frame 0
+    assert frame_ious(pred, truth).min() > 0.8
 
 
 class StubModel:

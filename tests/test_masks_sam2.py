@@ -188,7 +188,7 @@ def test_command_adds_masks_to_every_group(tmp_path, tiny_weights, capsys):
             iou = f[name].attrs["sam2_masks_iou"]
             assert iou == pytest.approx(mask_iou(ds[()], f[name]["masks"][()]))
             assert f[name]["obs"].shape == (length, 64, 64, 3)  # the rest is kept
-        np.testing.assert_allclose(f.attrs["sam2_masks_box"], default_box("cheetah", (64, 64)))
+        np.testing.assert_allclose(f.attrs["sam2_masks_prompt"], default_box("cheetah", (64, 64)))
     assert not parts_dir(path, "sam2_masks").exists()
     assert "IoU vs simulator masks over 2 trajectories" in capsys.readouterr().out
 

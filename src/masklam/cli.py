@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("masklam.downstream.evaluate", "online returns of a policy, in- and out-of-distribution"),
     "experiment": ("masklam.downstream.experiment", "a cached, resumable sweep writing results.csv"),
     "report": ("masklam.downstream.report", "the papers' figures and an HTML report from a run directory"),
+    "viz": ("masklam.downstream.viz", "what a LAM's latents mean: projection, latent transfer, FSQ codes"),
 }
 
 

@@ -206,17 +206,20 @@ class FileLayout:
         return key in self.keys
 
 
-def read_layout(path: str | os.PathLike) -> FileLayout:
-    """Open ``path`` and check every trajectory's shapes and dtypes; MasklamError naming the first problem."""
+def read_layout(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_KEYS) -> FileLayout:
+    """Open ``path`` and check every trajectory's shapes and dtypes; MasklamError naming the first problem.
+
+    ``required``: the datasets every trajectory must hold (``("obs",)`` for readers of video only, such as
+    `masklam masks`; then a file without states or actions has ``state_dim`` / ``action_dim`` 0)."""
     path = Path(path)
     with open_file(path) as f:
         try:
-            return _layout(path, f)
+            return _layout(path, f, required)
         except (OSError, RuntimeError, KeyError) as e:
             raise MasklamError(f"{path} is corrupted ({_first_line(e)})") from None
 
 
-def _layout(path: Path, f: h5py.File) -> FileLayout:
+def _layout(path: Path, f: h5py.File, required: tuple[str, ...] = REQUIRED_KEYS) -> FileLayout:
     attrs = read_attrs(f)
     names = trajectory_names(f)
     if not names:
@@ -225,7 +228,7 @@ def _layout(path: Path, f: h5py.File) -> FileLayout:
     dims: dict[str, tuple] = {}
     for name in names:
         group = f[name]
-        missing = [key for key in REQUIRED_KEYS if key not in group]
+        missing = [key for key in required if key not in group]
         if missing:
             raise MasklamError(f"{path}: trajectory {name} lacks {', '.join(missing)}")
         length = group["obs"].shape[0]
@@ -252,7 +255,11 @@ def _layout(path: Path, f: h5py.File) -> FileLayout:
     partial = sorted(set.union(*key_sets) - set(keys))
     h, w = dims["obs"][0][:2]
     return FileLayout(path, attrs, names, np.asarray(lengths, np.int64), np.asarray(returns, np.float64),
-                      (int(h), int(w)), int(dims["states"][0][0]), int(dims["actions"][0][0]), keys, partial)
+                      (int(h), int(w)), _dim(dims, "states"), _dim(dims, "actions"), keys, partial)
+
+
+def _dim(dims: dict, key: str) -> int:
+    return int(dims[key][0][0]) if key in dims else 0
 
 
 def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) -> None:
@@ -260,6 +267,8 @@ def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) ->
     if len(obs_tail) != 3 or obs_tail[2] != 3 or obs_dtype != "uint8":
         raise MasklamError(f"{path}: trajectory {name}: obs must be (T,H,W,3) uint8, got (T,{obs_tail}) {obs_dtype}")
     for key in ("states", "actions"):
+        if key not in dims:
+            continue
         tail, dtype = dims[key]
         if len(tail) != 1 or tail[0] < 1 or not np.issubdtype(np.dtype(dtype), np.number):
             raise MasklamError(f"{path}: trajectory {name}: {key} must be (T,D) numbers with D >= 1, "

@@ -9,6 +9,8 @@ averaged over tasks, seeds as mean ± standard error (`over_seeds`):
   label budget), with each row's LAM recipe and scale (pretrain preset, updates, latent dim);
 - the FDM reconstruction grids (`recon.png` of the pretrain stages) side by side per task, latent dim and seed,
   each captioned by method, recipe, seed and scale; example frames with agent masks;
+- what the latents mean, for each pretrain stage that `masklam viz` has drawn (``viz/viz.json`` in the stage:
+  the latents' 2-D projection, latent-action transfer, FSQ code usage; masklam.downstream.viz);
 - every result row (mean ± SE over seeds).
 
 The LAMs are read from the pretrain stages (`stages/pretrain/<key>/`: stage.json, config.json, recon.png); a
@@ -203,6 +205,30 @@ def _recon_section(run_dir: Path, lams: list[Lam]) -> list[str]:
     return parts
 
 
+def _viz_section(run_dir: Path, lams: list[Lam]) -> list[str]:
+    """The `masklam viz` figures of every pretrain stage that has them (stages/pretrain/<key>/viz/viz.json)."""
+    parts: list[str] = []
+    for lam in lams:
+        viz_dir = run_dir / "stages" / "pretrain" / lam.stage / "viz"
+        if not lam.stage or not (viz_dir / "viz.json").is_file():
+            continue
+        summary = json.loads((viz_dir / "viz.json").read_text())
+        notes = [summary[k] for k in ("transfer",) if isinstance(summary.get(k), str)]
+        if "fsq" in summary:
+            notes.append(f"FSQ: {summary['fsq']['used']} of {summary['fsq']['codes']} codes used, perplexity "
+                         f"{summary['fsq']['perplexity']:.1f}")
+        parts.append(f"<h3>{html.escape(f'{lam.method} · {lam.task} · latent dim {lam.latent_dim} · seed {lam.seed}')}"
+                     f"</h3><p>{html.escape('; '.join(notes))}</p><div class='row'>")
+        for name in summary.get("figures", {}).values():
+            parts.append(_figure((viz_dir / name).relative_to(run_dir).as_posix(), name, "recon"))
+        parts.append("</div>")
+    if parts:
+        parts.insert(0, "<h2>What the latents mean</h2><p>From <code>masklam viz</code>: latents projected to 2-D and "
+                        "coloured by the true action, a transition's latent applied by the FDM to another episode's "
+                        "frame, FSQ code usage.</p>")
+    return parts
+
+
 def _frames(run_dir: Path, out: Path) -> bool:
     """Example frames with masks from the first dataset experiment.json records (if it can be found)."""
     paths = [p for ps in _experiment(run_dir).get("datasets", {}).values() for p in ps]
@@ -266,6 +292,7 @@ def render_report(run_dir: str | Path) -> Path:
     parts.append(_table(["task", "method", "recipe", "scale (pretrain preset, updates, latent dim)", "seeds",
                          "probe NMSE", "return ID", "normalised ID", "normalised OOD"], method_table(top, scale)))
     parts += _recon_section(run_dir, lams)
+    parts += _viz_section(run_dir, lams)
     fig("frames.png", "example frames (top) and agent masks (bottom)", lambda p: _frames(run_dir, p))
     parts.append("<h2>Every result (mean ± SE over seeds)</h2>")
     parts.append(_table(["method", "recipe", "scale", "task", "latent dim", "labels", "split", "seeds", "probe NMSE",

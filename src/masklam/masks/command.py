@@ -1,7 +1,10 @@
 """`masklam masks`: add agent masks to every trajectory of a dataset file, in place and resumable; `--evaluate`.
 
 MaskLAM's masks are zero-shot: a segmenter prompted with one fixed box on the first frame of each trajectory
-(the agent starts at a known place in the frame) and followed through the video. Two segmenters:
+(the agent starts at a known place in the frame) and followed through the video. The prompt is the task's box
+(files from `masklam collect`), ``--box X0 Y0 X1 Y1`` or ``--point X Y`` (pixels of the file's frames; also
+written ``--box x0,y0,x1,y1``), or ``--auto``: a box per trajectory found from the video's motion
+(`masklam.masks.auto`). A file naming no task (an imported video) needs one of them. Two segmenters:
 ``--segmenter sam2`` (SAM 2.1 hiera-tiny video model, local weights, a GPU job) and ``--segmenter mobilesam``
 (MobileSAM, weights from `masklam weights fetch mobilesam`; an image model, so each next frame is prompted
 with the box of the previous frame's mask). On a CPU, ``--frames-per-traj N --student`` labels only N frames
@@ -10,7 +13,8 @@ Each trajectory group gets a ``(T, H, W) bool`` dataset (``sam2_masks`` / ``mask
 the simulator's ``masks`` are never overwritten), written resumably through part files (`masklam.masks.store`).
 Where the file has the simulator's ``masks``, the mean per-frame IoU against them is stored as the group
 attribute ``<key>_iou`` and printed; ``--evaluate`` prints the IoU of any mask key per task and trajectory
-(`masklam.masks.iou`). The SAM 2 model itself is `masklam.masks.sam2`, MobileSAM `masklam.masks.mobilesam`.
+(`masklam.masks.iou`); ``--preview`` writes a PNG grid of frames with the masks drawn on them
+(`masklam.masks.preview`). The SAM 2 model itself is `masklam.masks.sam2`, MobileSAM `masklam.masks.mobilesam`.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from masklam.devices import resolve_device
 from masklam.errors import MasklamError, MasklamRuntimeError, one_line
 from masklam.locks import output_lock
 from masklam.masks.iou import evaluate, mask_iou
-from masklam.masks.store import merge_parts, plan, stored_ious, write_part
+from masklam.masks.store import AUTO, Prompt, describe, merge_parts, plan, stored_ious, write_part
 
 RESERVED_KEYS = ("obs", "states", "actions", "rewards", "masks")
 DEFAULT_KEYS = {"sam2": "sam2_masks", "mobilesam": "masks_mobilesam"}
@@ -45,7 +49,14 @@ class MasksConfig:
     """sam2: a HF-format directory or .safetensors file (required); mobilesam: the checkpoint (default: the one
     `masklam weights fetch mobilesam` cached)."""
     box: tuple[float, float, float, float] | None = None
-    """Box prompt on frame 0, x0 y0 x1 y1 in pixels of the HxW frame (default: sized for the file's domain)."""
+    """Box prompt on frame 0, x0 y0 x1 y1 (or x0,y0,x1,y1) in pixels of the HxW frame (default: sized for the
+    file's domain; a file naming no task needs --box, --point or --auto)."""
+    point: tuple[float, float] | None = None
+    """mobilesam: a point on the agent in frame 0, x y (or x,y) in pixels, instead of a box."""
+    auto: bool = False
+    """mobilesam: find the agent on frame 0 of each trajectory from the video's motion (masklam.masks.auto)."""
+    preview: bool = False
+    """Also write <data>.<key>.preview.png: frames of a few trajectories with their masks drawn on them."""
     device: str = "auto"
     """Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
     batch: int = 8
@@ -72,6 +83,10 @@ class MasksConfig:
             return
         if not self.key or "/" in self.key or self.key in RESERVED_KEYS or self.key.endswith(".partial"):
             raise MasklamError(f"--key {self.key!r} is not allowed (reserved, empty, or contains '/')")
+        if sum((self.box is not None, self.point is not None, self.auto)) > 1:
+            raise MasklamError("give one prompt: --box, --point or --auto")
+        if self.segmenter == "sam2" and (self.point is not None or self.auto):
+            raise MasklamError("--point and --auto go with --segmenter mobilesam")
         if self.box is not None:
             x0, y0, x1, y1 = self.box
             if not (0 <= x0 < x1 and 0 <= y0 < y1):
@@ -90,7 +105,13 @@ class MasksConfig:
             raise MasklamError(f"--student-steps must be >= 1, got {self.student_steps}")
         resolve_device(self.device)
 
-def add_masks(path: Path, weights: Path | None, box: tuple[float, float, float, float] | None = None,
+    @property
+    def prompt(self) -> Prompt | None:
+        """The frame-0 prompt asked for: a box, a point, AUTO, or None (the file's task box)."""
+        return AUTO if self.auto else self.point if self.point is not None else self.box
+
+
+def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
               device: str = "auto", batch: int = 8, key: str = "sam2_masks",
               segmenter: str = "sam2") -> dict[str, float]:
     """Add ``key`` masks to every trajectory of ``path`` lacking them; returns {group: IoU vs simulator masks}
@@ -99,6 +120,7 @@ def add_masks(path: Path, weights: Path | None, box: tuple[float, float, float, 
     Each finished trajectory is first stored in ``<path>.<key>.parts/`` (so a killed run loses at most the
     trajectory in progress); at the end a copy of ``path`` receives all of them and replaces ``path``.
     ``segmenter``: "sam2" (``weights`` required) or "mobilesam" (``weights`` default: the fetched checkpoint).
+    ``box``: the frame-0 prompt, a box (x0, y0, x1, y1), a point (x, y) or "auto"; None: the task's box.
     """
     path = Path(path)
     p = plan(path, key, box)
@@ -109,53 +131,78 @@ def add_masks(path: Path, weights: Path | None, box: tuple[float, float, float, 
             weights = checkpoint_path("mobilesam")
         todo = p.todo()
         if todo:
-            _segment_all(path, p.parts, todo, p.lengths, weights, p.box, device, batch, len(p.names), segmenter)
-        merge_parts(path, p.parts, key, p.box, weights)
+            _segment_all(path, p.parts, todo, p.lengths, weights, p.prompt, device, batch, len(p.names), segmenter)
+        merge_parts(path, p.parts, key, p.prompt, weights)
     return stored_ious(path, key)
 
 
 def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
-    """A function (video (T,H,W,3) uint8, box, progress) -> (T,H,W) bool masks, with its model loaded."""
+    """A function (video (T,H,W,3) uint8, prompt, progress, name) -> ((T,H,W) bool masks, the frame-0 prompt
+    used), with its model loaded; an AUTO prompt is resolved per video (`masklam.masks.auto`)."""
     dev = resolve_device(device)
     if segmenter == "mobilesam":
+        from masklam.masks.auto import find_agent
         from masklam.masks.mobilesam import load_mobilesam, track
 
         model = load_mobilesam(weights, dev)
-        return lambda video, box, progress: track(model, video, box, batch=batch, progress=progress), dev
+
+        def segment(video, prompt, progress, name="the video"):
+            if prompt == AUTO:
+                prompt = find_agent(model, video, name=name)
+            return track(model, video, prompt, batch=batch, progress=progress), prompt
+
+        return segment, dev
     import masklam.masks.sam2 as sam2_model
 
     model = sam2_model.load_model(weights, dev)
-    return lambda video, box, progress: sam2_model.segment_video(model, video, box, batch=batch,
-                                                                 progress=progress) > 0, dev
+    return lambda video, box, progress, name="": (sam2_model.segment_video(model, video, box, batch=batch,
+                                                                           progress=progress) > 0, box), dev
 
 
 def _segment_all(path: Path, parts: Path, todo: list[str], lengths: dict[str, int], weights: Path,
-                 box: tuple[float, ...], device: str, batch: int, num_trajectories: int,
+                 prompt: Prompt, device: str, batch: int, num_trajectories: int,
                  segmenter: str = "sam2") -> None:
     """The segmenter's pass: one part file per trajectory in ``todo``, with a frames/s progress bar."""
     segment, dev = video_segmenter(segmenter, weights, device, batch)
     total = sum(lengths[name] for name in todo)
     print(f"{path}: {len(todo)} of {num_trajectories} trajectories to mask ({total} frames) with {segmenter} on "
-          f"{dev}, box {tuple(round(v, 1) for v in box)}")
+          f"{dev}, prompt {describe(prompt)}")
     with open_file(path) as f, tqdm(total=total, unit="frame", desc=f"{segmenter} masks", dynamic_ncols=True) as bar:
         for name in todo:
             group = f[name]
             try:
-                masks = segment(group["obs"][()], box, bar.update)  # (T, H, W) bool
+                masks, used = segment(group["obs"][()], prompt, bar.update,
+                                      f"trajectory {name} of {path}")  # (T, H, W) bool
             except MasklamError:
                 raise
             except Exception as e:  # noqa: BLE001 (one line naming the trajectory, never a traceback)
                 raise MasklamRuntimeError(f"{segmenter} masks ({path} trajectory {name}): {one_line(e)}") from None
             iou = mask_iou(masks, group["masks"][()]) if "masks" in group else None
-            write_part(parts, name, masks, iou)
+            write_part(parts, name, masks, iou, extra={"prompt": np.asarray(used, np.float64)} if prompt == AUTO else None)
             if iou is not None:
                 bar.set_postfix(iou=f"{iou:.3f}")
                 tqdm.write(f"trajectory {name}: IoU vs simulator masks {iou:.3f}")
 
+def split_commas(argv: list[str]) -> list[str]:
+    """``--box 1,2,3,4`` / ``--box=1,2,3,4`` / ``--point 5,6`` -> the space-separated form tyro parses."""
+    out: list[str] = []
+    expect = False
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if flag in ("--box", "--point") and eq:
+            out += [flag] + value.split(",")
+        elif expect and "," in arg:
+            out += [v for v in arg.split(",") if v]
+        else:
+            out.append(arg)
+        expect = arg in ("--box", "--point")
+    return out
+
+
 def main(argv: list[str]) -> int:
-    """`masklam masks --data F.h5 [--segmenter sam2|mobilesam] [--weights W] [--box x0 y0 x1 y1] [--key K]
-    [--frames-per-traj N --student] [--evaluate]`."""
-    cfg = parse(MasksConfig, argv)
+    """`masklam masks --data F.h5 [--segmenter sam2|mobilesam] [--weights W] [--box x0 y0 x1 y1 | --point x y |
+    --auto] [--key K] [--frames-per-traj N --student] [--evaluate] [--preview]`."""
+    cfg = parse(MasksConfig, split_commas(argv))
     if cfg.evaluate:
         evaluate(cfg.data, cfg.key)
         return 0
@@ -163,14 +210,22 @@ def main(argv: list[str]) -> int:
         if cfg.student:
             from masklam.masks.distill import add_student_masks
 
-            ious = add_student_masks(cfg.data, cfg.weights, cfg.frames_per_traj, cfg.label_trajs, cfg.box,
+            ious = add_student_masks(cfg.data, cfg.weights, cfg.frames_per_traj, cfg.label_trajs, cfg.prompt,
                                      cfg.device, cfg.batch, cfg.key, cfg.student_steps)
         else:
-            ious = add_masks(cfg.data, cfg.weights, cfg.box, cfg.device, cfg.batch, cfg.key, cfg.segmenter)
+            ious = add_masks(cfg.data, cfg.weights, cfg.prompt, cfg.device, cfg.batch, cfg.key, cfg.segmenter)
+    _print_ious(cfg, ious)
+    if cfg.preview:
+        from masklam.masks.preview import preview_path, write_preview
+
+        print(f"preview: {write_preview(cfg.data, cfg.key, preview_path(cfg.data, cfg.key))}")
+    return 0
+
+
+def _print_ious(cfg: MasksConfig, ious: dict[str, float]) -> None:
     if ious:
         values = np.array(list(ious.values()))
         print(f"{cfg.key} IoU vs simulator masks over {len(values)} trajectories: mean {values.mean():.3f}, "
               f"min {values.min():.3f}, max {values.max():.3f}")
     else:
         print(f"{cfg.data} has no simulator masks: no IoU to report")
-    return 0

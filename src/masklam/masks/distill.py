@@ -1,7 +1,8 @@
 """`masklam masks --segmenter mobilesam --frames-per-traj N --student`: MobileSAM labels a subset, a U-Net the rest.
 
 1. MobileSAM labels N evenly spaced frames of each chosen trajectory (all, or ``label_trajs`` spread over the
-   file), prompted with the task's box on the first and the previous label's box after (:func:`track`). Each
+   file), prompted with the task's box (or ``--box``, ``--point``, or the box ``--auto`` finds in that
+   trajectory, `masklam.masks.auto`) on the first and the previous label's box after (:func:`track`). Each
    trajectory's labels are a part file in ``<file>.<key>.labels/`` (kept: it is the student's training set
    and makes the step resumable).
 2. A small U-Net (:mod:`masklam.masks.student`) is trained on them and saved as ``labels/student.pt``.
@@ -21,7 +22,7 @@ from masklam.data.hdf5 import open_file
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 from masklam.masks.iou import frame_ious, mask_iou
-from masklam.masks.store import merge_parts, plan, stored_ious, write_part
+from masklam.masks.store import AUTO, Prompt, merge_parts, plan, stored_ious, write_part
 
 
 def labels_dir(path: Path, key: str) -> Path:
@@ -40,9 +41,10 @@ def spread(names: list[str], k: int | None) -> list[str]:
     return [names[i] for i in np.unique(np.floor(np.arange(k) * len(names) / k).astype(int))]
 
 
-def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | None, box: tuple[float, ...],
+def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | None, prompt: Prompt,
            device: str, batch: int) -> None:
     """MobileSAM labels for the trajectories in ``names`` lacking a label file."""
+    from masklam.masks.auto import find_agent
     from masklam.masks.mobilesam import load_mobilesam, track
     from masklam.masks.weights import checkpoint_path
 
@@ -58,9 +60,10 @@ def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | N
                 group = f[name]
                 idx = label_frames(group["obs"].shape[0], n)
                 obs = group["obs"][()]
-                masks = track(model, obs, box, frames=idx, batch=batch, progress=bar.update)
+                used = find_agent(model, obs, name=f"trajectory {name} of {path}") if prompt == AUTO else prompt
+                masks = track(model, obs, used, frames=idx, batch=batch, progress=bar.update)
                 iou = mask_iou(masks, group["masks"][()][idx]) if "masks" in group else None
-                write_part(labels, name, masks, iou, extra={"frames": idx})
+                write_part(labels, name, masks, iou, extra={"frames": idx, "prompt": np.asarray(used, np.float64)})
 
 
 def _training_set(path: Path, labels: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -81,7 +84,7 @@ def _training_set(path: Path, labels: Path, names: list[str]) -> tuple[np.ndarra
 
 
 def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, label_trajs: int | None = None,
-                      box: tuple[float, ...] | None = None, device: str = "auto", batch: int = 8,
+                      box: Prompt | None = None, device: str = "auto", batch: int = 8,
                       key: str = "masks_mobilesam", steps: int = 500, seed: int = 0) -> dict[str, float]:
     """Label a subset with MobileSAM, train the student, mask every frame; returns {group: IoU vs simulator masks}."""
     from masklam.masks.student import load_student, num_params, predict, save_student, train_student
@@ -92,7 +95,7 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
         return stored_ious(path, key)
     labels = labels_dir(path, key)
     labels.mkdir(exist_ok=True)
-    config = {"box": list(p.box), "frames_per_traj": frames_per_traj, "label_trajs": label_trajs, "steps": steps,
+    config = {"prompt": p.prompt if p.prompt == AUTO else list(p.prompt), "frames_per_traj": frames_per_traj, "label_trajs": label_trajs, "steps": steps,
               "seed": seed}
     config_file = labels / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()) != config:
@@ -100,7 +103,7 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
                            f"pass the same options to resume, or delete it")
     config_file.write_text(json.dumps(config))
     chosen = spread(p.names, label_trajs)
-    _label(path, labels, chosen, frames_per_traj, weights, p.box, device, batch)
+    _label(path, labels, chosen, frames_per_traj, weights, p.prompt, device, batch)
     student_file = labels / "student.pt"
     if student_file.is_file():
         net = load_student(student_file)
@@ -123,5 +126,5 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
             group = f[name]
             masks = predict(net, group["obs"][()])
             write_part(p.parts, name, masks, mask_iou(masks, group["masks"][()]) if "masks" in group else None)
-    merge_parts(path, p.parts, key, p.box, student_file)
+    merge_parts(path, p.parts, key, p.prompt, student_file)
     return stored_ious(path, key)

@@ -1,12 +1,15 @@
-"""Masks in a dataset file, written resumably: the box prompt, one part file per finished trajectory, one merge.
+"""Masks in a dataset file, written resumably: the prompt, one part file per finished trajectory, one merge.
 
-A segmenter is prompted with one fixed box on the first frame of each trajectory (the agent starts at a known
-place in the frame): `default_box` sizes it for the file's domain. HDF5 files do not survive a kill in the
+A segmenter is prompted on the first frame of each trajectory with one fixed box (the agent starts at a known
+place in the frame; `default_box` sizes it for the file's domain when the file names one), a box or a point
+the user gives (``--box``, ``--point``, in pixels of the file's frames), or ``"auto"`` (`masklam.masks.auto`
+finds a box per trajectory from the video's motion). HDF5 files do not survive a kill in the
 middle of a write, so a dataset is never written in place: each finished trajectory is kept as a small part
 file beside it (`masklam.data.hdf5.write_atomically`), and when all are done a copy of the file receives them
 and is renamed over the original. A killed run loses at most the trajectory in progress; a rerun skips what
-is done (`plan`). The box and the weights used are stored as file attributes ``<key>_box``, ``<key>_weights``;
-each trajectory's IoU against the simulator masks (when it has them) as the group attribute ``<key>_iou``.
+is done (`plan`). The prompt and the weights used are stored as file attributes ``<key>_prompt`` (4 numbers: a
+box, 2: a point, or "auto"), ``<key>_weights``; each trajectory's IoU against the simulator masks (when it has
+them) as the group attribute ``<key>_iou``, and an --auto trajectory's box as the group attribute ``<key>_prompt``.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ TASK_BOXES: dict[str, tuple[float, float, float, float]] = {
     "quadruped": (0.25, 0.22, 0.80, 0.80),
 }
 CENTRE_BOX = (0.2, 0.2, 0.8, 0.8)  # other domains: the middle of the frame
+AUTO = "auto"
+Prompt = tuple[float, ...] | str  # (x0, y0, x1, y1) box, (x, y) point, or AUTO
 
 
 def default_box(domain: str, frame_hw: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -42,18 +47,45 @@ def default_box(domain: str, frame_hw: tuple[int, int]) -> tuple[float, float, f
     return (fx0 * width, fy0 * height, fx1 * width, fy1 * height)
 
 
-def _check_box(path: Path, box: tuple[float, ...], frame_hw: tuple[int, int]) -> None:
+def describe(prompt: Prompt) -> str:
+    """'box [x0, y0, x1, y1]', 'point [x, y]' or 'auto', for messages."""
+    if isinstance(prompt, str):
+        return prompt
+    return f"{'box' if len(prompt) == 4 else 'point'} {[round(float(v), 2) for v in prompt]}"
+
+
+def _check_prompt(path: Path, prompt: Prompt, frame_hw: tuple[int, int]) -> None:
+    """MasklamError if a box or point does not lie inside the frames of ``path`` (all are H x W)."""
     height, width = frame_hw
-    x0, y0, x1, y1 = box
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise MasklamError(f"--box {tuple(box)} lies outside the {height}x{width} frames of {path}")
+    if isinstance(prompt, str):
+        return
+    if len(prompt) == 4:
+        x0, y0, x1, y1 = prompt
+        inside = 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    else:
+        x, y = prompt
+        inside = 0 <= x < width and 0 <= y < height
+    if not inside:
+        name = "--box" if len(prompt) == 4 else "--point"
+        raise MasklamError(f"{name} {tuple(prompt)} lies outside the {height}x{width} frames of {path} "
+                           f"(x in 0..{width}, y in 0..{height}, every trajectory)")
 
 
-def _check_same_box(where: Path, found, box: tuple[float, ...], key: str) -> None:
-    """MasklamError if ``where`` holds masks made with another box (one file must not mix prompts)."""
-    if found is not None and not np.allclose(np.asarray(found, np.float64), box):
-        raise MasklamError(f"{where} holds {key} made with box {[round(float(v), 2) for v in found]}, not "
-                           f"{[round(v, 2) for v in box]}; pass that --box to resume, or another --key")
+def _same(found, prompt: Prompt) -> bool:
+    if isinstance(found, bytes):
+        found = found.decode()
+    if isinstance(found, str) or isinstance(prompt, str):
+        return found == prompt
+    found = np.asarray(found, np.float64)
+    return found.shape == (len(prompt),) and bool(np.allclose(found, prompt))
+
+
+def _check_same_prompt(where: Path, found, prompt: Prompt, key: str) -> None:
+    """MasklamError if ``where`` holds masks made with another prompt (one file must not mix prompts)."""
+    if found is not None and not _same(found, prompt):
+        shown = found.decode() if isinstance(found, bytes) else found if isinstance(found, str) else tuple(found)
+        raise MasklamError(f"{where} holds {key} made with {describe(shown)}, not {describe(prompt)}; pass that "
+                           f"prompt to resume, or another --key")
 
 
 def parts_dir(path: Path, key: str) -> Path:
@@ -72,7 +104,7 @@ def write_part(parts: Path, name: str, masks: np.ndarray, iou: float | None, ext
             f.attrs["iou"] = iou
 
 
-def merge_parts(path: Path, parts: Path, key: str, box: tuple[float, ...], weights: Path) -> None:
+def merge_parts(path: Path, parts: Path, key: str, prompt: Prompt, weights: Path) -> None:
     """Copy ``path``, add every part's masks to the copy, then rename it over ``path``: never a half-written file."""
     need = path.stat().st_size + sum(p.stat().st_size for p in parts.glob("*.h5"))
     check_free_space(path, need, f"adding {key} to {path}")
@@ -87,16 +119,18 @@ def merge_parts(path: Path, parts: Path, key: str, box: tuple[float, ...], weigh
                 group.create_dataset(key, data=masks, chunks=chunks, compression="lzf" if chunks else None)
                 if "iou" in src.attrs:
                     group.attrs[f"{key}_iou"] = float(src.attrs["iou"])
-        f.attrs[f"{key}_box"] = np.asarray(box, np.float64)
+                if "prompt" in src:  # the box --auto found for this trajectory
+                    group.attrs[f"{key}_prompt"] = src["prompt"][()]
+        f.attrs[f"{key}_prompt"] = prompt if isinstance(prompt, str) else np.asarray(prompt, np.float64)
         f.attrs[f"{key}_weights"] = str(weights)
     shutil.rmtree(parts)
 
 
 @dataclass
 class Plan:
-    """What a run has to do: the box, the part-file directory, and the trajectories lacking ``key``."""
+    """What a run has to do: the prompt, the part-file directory, and the trajectories lacking ``key``."""
 
-    box: tuple[float, ...]
+    prompt: Prompt
     parts: Path
     names: list[str]
     missing: list[str]
@@ -107,18 +141,25 @@ class Plan:
         return [name for name in self.missing if not (self.parts / f"{name}.h5").is_file()]
 
 
-def plan(path: Path, key: str, box: tuple[float, ...] | None) -> Plan:
-    """Validate the file and the box (default: the domain's), check it matches earlier runs, prepare the parts dir."""
-    layout = read_layout(path)  # validates obs (T,H,W,3) uint8 in every trajectory
+def plan(path: Path, key: str, prompt: Prompt | None) -> Plan:
+    """Validate the file and the prompt (default: the domain's box; a file naming no domain needs one), check it
+    matches earlier runs, prepare the parts dir."""
+    layout = read_layout(path, required=("obs",))  # validates obs (T,H,W,3) uint8 in every trajectory
     frame_hw = layout.img_hw
-    if box is None:
-        box = default_box(str(layout.attrs.get("domain_name", "")), frame_hw)
-    box = tuple(float(v) for v in box)
-    _check_box(path, box, frame_hw)
+    if prompt is None:
+        domain = str(layout.attrs.get("domain_name", ""))
+        if not domain:
+            raise MasklamError(f"{path} names no task (no domain_name attribute, e.g. an imported video): show the "
+                               "agent on the first frame with --box X0 Y0 X1 Y1 or --point X Y (pixels), or pass --auto")
+        prompt = default_box(domain, frame_hw)
+    if not isinstance(prompt, str):
+        prompt = tuple(float(v) for v in prompt)
+    _check_prompt(path, prompt, frame_hw)
     parts = parts_dir(path, key)
     with open_file(path) as f:
-        if f"{key}_box" in f.attrs:
-            _check_same_box(path, f.attrs[f"{key}_box"], box, key)
+        for attr in (f"{key}_prompt", f"{key}_box"):  # _box: files of earlier versions
+            if attr in f.attrs:
+                _check_same_prompt(path, f.attrs[attr], prompt, key)
         names = trajectory_names(f)
         missing = [name for name in names if key not in f[name]]
         lengths = {name: int(f[name]["obs"].shape[0]) for name in missing}
@@ -126,11 +167,11 @@ def plan(path: Path, key: str, box: tuple[float, ...] | None) -> Plan:
         parts.mkdir(exist_ok=True)
         config_file = parts / "config.json"
         if config_file.is_file():
-            _check_same_box(parts, json.loads(config_file.read_text()).get("box"), box, key)
-        config_file.write_text(json.dumps({"box": list(box), "key": key}))
+            _check_same_prompt(parts, json.loads(config_file.read_text()).get("prompt"), prompt, key)
+        config_file.write_text(json.dumps({"prompt": prompt if isinstance(prompt, str) else list(prompt), "key": key}))
     else:
         print(f"{path}: all {len(names)} trajectories already have {key}")
-    return Plan(box, parts, names, missing, lengths)
+    return Plan(prompt, parts, names, missing, lengths)
 
 
 def stored_ious(path: Path, key: str) -> dict[str, float]:

@@ -4,6 +4,11 @@ A pretrained directory holds `model.safetensors` (the weights) and `config.json`
 rebuild the network, plus any run metadata the caller adds). Both are written atomically
 (`masklam.files`), so an interruption never leaves a half-written model; loading a missing,
 corrupt or mismatched directory raises a one-line MasklamError naming the directory and the problem.
+
+`Pretrained` is a huggingface_hub `ModelHubMixin`: `from_pretrained` also takes a Hub repo id (the two files
+are fetched with ``hf_hub_download`` into the Hugging Face cache, then loaded the same way), and the mixin's
+`push_to_hub(repo_id)` uploads exactly these two files. Our `save_pretrained` / `from_pretrained` keep their
+signatures (an optional ``extra_config`` beside the model's own; a positional ``device``) and their errors.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from huggingface_hub import ModelHubMixin, hf_hub_download
 
 from masklam.errors import MasklamError
 from masklam.files import atomic_path, read_json, write_json
@@ -26,8 +32,8 @@ READS = range(1, FORMAT + 1)
 T = TypeVar("T", bound="Pretrained")
 
 
-class Pretrained:
-    """Mixin for `torch.nn.Module`s saved as `model.safetensors` + `config.json`.
+class Pretrained(ModelHubMixin, library_name="masklam", tags=["masklam", "latent-action-model"]):
+    """Mixin for `torch.nn.Module`s saved as `model.safetensors` + `config.json` (locally or on the Hub).
 
     A subclass names what it is (`kind`, for messages), where its own config sits in config.json
     (`config_key`: None for the whole file, or a key such as "model" when run metadata sits beside it),
@@ -45,11 +51,23 @@ class Pretrained:
         """A freshly initialised network for `config` (raise MasklamError or TypeError on a bad one)."""
         raise NotImplementedError
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> None:
-        """Atomically write model.safetensors and config.json (`extra_config` keys beside the config)."""
+    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None, *,
+                        config: dict[str, Any] | None = None, push_to_hub: bool = False, repo_id: str | None = None,
+                        model_card_kwargs: dict[str, Any] | None = None, **push_to_hub_kwargs: Any) -> str | None:
+        """Atomically write model.safetensors and config.json (`extra_config` keys beside the config; `config` is
+        the mixin's name for them). ``push_to_hub``: then upload them to ``repo_id`` (default: the folder's name)
+        and return the commit's url. ``model_card_kwargs`` is accepted for the mixin and unused (no README)."""
+        extra = {**(extra_config or {}), **(config or {})}
+        self._save_pretrained(Path(directory), extra or None)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(directory).name, **push_to_hub_kwargs)
+        return None
+
+    def _save_pretrained(self, save_directory: Path, extra_config: dict[str, Any] | None = None) -> None:
+        """ModelHubMixin's hook (also what `push_to_hub` writes): model.safetensors + config.json, atomically."""
         from safetensors.torch import save_file
 
-        d = Path(directory)
+        d = Path(save_directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         with atomic_path(d / WEIGHTS) as tmp:
@@ -82,8 +100,37 @@ class Pretrained:
         return raw
 
     @classmethod
-    def from_pretrained(cls: type[T], directory: str | Path, device: str | torch.device = "cpu") -> T:
-        """Load a directory written by `save_pretrained`, in eval mode on `device`."""
+    def from_pretrained(cls: type[T], directory: str | Path, device: str | torch.device = "cpu", *,
+                        revision: str | None = None, cache_dir: str | Path | None = None, force_download: bool = False,
+                        local_files_only: bool = False, token: str | bool | None = None, **unused: Any) -> T:
+        """Load a directory written by `save_pretrained`, or a Hub repo id ("user/name") holding one, in eval mode
+        on `device`. A path that exists, or that looks like one (absolute, ./, ../, ~, or more than one '/'),
+        is a directory; anything else is a repo id (``revision``, ``cache_dir``, ``token``... as in
+        huggingface_hub)."""
+        return cls._from_pretrained(model_id=str(directory), revision=revision, cache_dir=cache_dir,
+                                    force_download=force_download, local_files_only=local_files_only, token=token,
+                                    device=device)
+
+    @classmethod
+    def _from_pretrained(cls: type[T], *, model_id: str, revision: str | None, cache_dir: str | Path | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         device: str | torch.device = "cpu", **unused: Any) -> T:
+        """ModelHubMixin's hook: a local directory, or the repo's two files fetched into the Hub cache."""
+        if _is_local(model_id):
+            return cls._load_dir(Path(model_id).expanduser(), device)
+        try:
+            paths = [hf_hub_download(model_id, name, revision=revision, cache_dir=cache_dir,
+                                     force_download=force_download, local_files_only=local_files_only, token=token)
+                     for name in (CONFIG, WEIGHTS)]
+        except Exception as e:  # noqa: BLE001 - offline, unknown repo, missing file: the user's to fix
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise MasklamError(f"cannot load the {cls.kind} {model_id!r}: no such directory, and not fetched from "
+                               f"the Hugging Face Hub ({type(e).__name__}: {first})") from None
+        return cls._load_dir(Path(paths[0]).parent, device)
+
+    @classmethod
+    def _load_dir(cls: type[T], directory: Path, device: str | torch.device) -> T:
+        """Build the network from ``directory/config.json`` and load its weights, in eval mode on ``device``."""
         from safetensors.torch import load_file
 
         d = Path(directory)
@@ -112,3 +159,12 @@ def check_format(raw: Any, directory: Path) -> Any:
         raise MasklamError(f"{directory} was written by {by} (format {fmt}); this masklam {__version__} reads format "
                            f"{READS.start}..{READS.stop - 1}: use the masklam that wrote it, or train it again")
     return raw
+
+
+def _is_local(name: str) -> bool:
+    """True when ``name`` means a directory rather than a Hub repo id ("user/name" or "name"): it exists, looks
+    like a path (absolute, ./, ../, ~, more than one '/'), or its first component is a local directory (a typo
+    in ``runs/typo`` stays a missing directory instead of becoming a Hub request)."""
+    path = Path(name).expanduser()
+    return (path.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+            or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()))

@@ -1,0 +1,228 @@
+"""`masklam masks` prompts on foreign video: --point, --box x0,y0,x1,y1, --auto (the agent found from motion),
+files that name no task, and --preview. MobileSAM is a stand-in here (the real model's point prompt is tested in
+test_masks_mobilesam.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from masklam import cli
+from masklam.cli import main as cli_main
+from masklam.masks import auto, mobilesam
+from masklam.masks.command import split_commas
+from masklam.masks.iou import mask_iou
+from masklam.masks.preview import overlay, preview_path
+from maskfiles import write_mask_file
+
+RED, PINK = (230, 60, 40), (250, 20, 90)
+
+
+@pytest.fixture(autouse=True)
+def masks_command(monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "masks", ("masklam.masks.command", cli.COMMANDS["masks"][1]))
+
+
+def agent_video(num_frames: int = 12, hw: int = 64, seed: int = 0, x: int = 20, y: int = 24):
+    """A 12x12 'agent' that flickers between two reds (it moves where the camera follows it) over a background
+    that changes a little each frame, and a static grey band at the bottom (a floor)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(60, 120, (hw, hw, 3)).astype(np.int16)
+    frames = np.clip(base[None] + rng.integers(-4, 5, (num_frames, hw, hw, 3)), 0, 255).astype(np.uint8)
+    frames[:, 52:58] = 90
+    truth = np.zeros((num_frames, hw, hw), bool)
+    truth[:, y:y + 12, x:x + 12] = True
+    for t in range(num_frames):
+        frames[t][truth[t]] = RED if t % 2 == 0 else PINK
+    return frames, truth
+
+
+def is_red(frames: torch.Tensor) -> torch.Tensor:
+    return (frames[..., 0] > 200) & (frames[..., 1] < 100)
+
+
+class PromptStub:
+    """Stands in for MobileSAM. segment: the red pixels inside a box prompt, or within 16 px of a point prompt.
+    candidates (for --auto): per point, [unused, the red object if the point is on it else a 3x3 block there,
+    that plus a 16x16 background block (a leak), a band across the frame (the floor)]."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def embed(self, frames):
+        return torch.from_numpy(np.asarray(frames))
+
+    def segment(self, embeddings, boxes, frame_hw, multimask=False):
+        prompt = [float(v) for v in boxes[0]]
+        self.prompts.append(tuple(round(v, 1) for v in prompt))
+        near = torch.zeros(frame_hw, dtype=torch.bool)
+        if len(prompt) == 4:
+            x0, y0, x1, y1 = (int(round(v)) for v in prompt)
+            near[y0:y1, x0:x1] = True
+        else:
+            yy, xx = torch.meshgrid(torch.arange(frame_hw[0]), torch.arange(frame_hw[1]), indexing="ij")
+            near = (xx - prompt[0]) ** 2 + (yy - prompt[1]) ** 2 <= 16 ** 2
+        return torch.where(is_red(embeddings[0]) & near, 1.0, -1.0)[None].float(), torch.ones(1)
+
+    def candidates(self, embeddings, prompts, frame_hw):
+        red = is_red(embeddings[0])
+        out = -torch.ones(len(prompts), 4, *frame_hw)
+        for i, (x, y) in enumerate(np.asarray(prompts).astype(int)):
+            obj = red.clone() if red[y, x] else torch.zeros(frame_hw, dtype=torch.bool)
+            if not red[y, x]:
+                obj[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = True
+            leak = obj.clone()
+            leak[0:16, 40:56] = True
+            band = torch.zeros(frame_hw, dtype=torch.bool)
+            band[50:60] = True
+            for j, m in enumerate((obj, obj, leak, band)):
+                out[i, j] = torch.where(m, 1.0, -1.0)
+        return out, torch.full((len(prompts), 4), 0.9)
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    model = PromptStub()
+    monkeypatch.setattr(mobilesam, "load_mobilesam", lambda path, device="cpu": model)
+    return model
+
+
+def imported_file(path: Path, videos) -> Path:
+    """Like `masklam import` writes: obs only (no task attrs, states, actions or masks)."""
+    with h5py.File(path, "w") as f:
+        for i, obs in enumerate(videos):
+            f.create_group(str(i)).create_dataset("obs", data=obs)
+    return path
+
+
+# --- --auto ---------------------------------------------------------------------------------------------------
+
+def test_motion_energy_and_peaks_find_the_flickering_agent():
+    frames, truth = agent_video()
+    energy = auto.motion_energy(frames)
+    assert energy.shape == (64, 64)
+    assert energy[truth[0]].min() > 4 * energy[~truth[0]].max()  # the agent changes, the rest barely
+    peaks = auto.energy_peaks(energy, n=4)
+    assert len(peaks) >= 1 and all(truth[0][int(y), int(x)] for x, y in peaks)
+    assert not auto.motion_energy(frames[:1]).any()
+
+
+def test_choose_prefers_the_whole_moving_object_to_leaks_parts_and_frame_spanning_regions():
+    frames, truth = agent_video()
+    energy = auto.motion_energy(frames)
+    agent = truth[0]
+    part = np.zeros_like(agent)
+    part[24:30, 20:26] = True  # a quarter of the agent
+    leak = agent.copy()
+    leak[0:20, 36:60] = True  # the agent and a piece of background
+    band = np.zeros_like(agent)
+    band[50:60] = True
+    tiny = np.zeros_like(agent)
+    tiny[25, 25] = True
+    candidates = np.stack([part, leak, band, tiny, agent])
+    assert auto.choose(candidates, np.ones(5), energy) == 4
+    assert auto.choose(candidates[[2, 3]], np.ones(2), energy) is None  # only a floor and a speck: refused
+    assert auto.spans_frame(candidates).tolist() == [False, False, True, False, False]
+
+
+def test_auto_masks_an_imported_video_with_a_box_found_per_trajectory(tmp_path, stub, capsys):
+    videos = [agent_video(seed=0, x=20)[0], agent_video(seed=1, x=34, y=10)[0]]
+    path = imported_file(tmp_path / "v.h5", videos)
+    assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w.pt", "--auto"]) == 0
+    assert "no simulator masks" in capsys.readouterr().out
+    with h5py.File(path) as f:
+        assert f.attrs["masks_mobilesam_prompt"] == "auto"
+        for name, (x, y) in (("0", (20, 24)), ("1", (34, 10))):
+            truth = np.zeros((12, 64, 64), bool)
+            truth[:, y:y + 12, x:x + 12] = True
+            assert mask_iou(f[name]["masks_mobilesam"][()], truth) == 1.0
+            x0, y0, x1, y1 = f[name].attrs["masks_mobilesam_prompt"]  # the agent's box, 10% (>= 1 px) wider
+            assert (x0, y0, x1, y1) == pytest.approx((x - 1.2, y - 1.2, x + 13.2, y + 13.2))
+
+
+def test_auto_on_a_still_video_is_a_one_line_error_naming_the_trajectory(tmp_path, stub, capsys):
+    still = np.repeat(agent_video()[0][:1], 4, axis=0)
+    path = imported_file(tmp_path / "v.h5", [still])
+    assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w", "--auto"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar: the one-line error
+    assert last.startswith("masklam: error: --auto found no motion in the first 4 frames of trajectory 0 of")
+    assert str(path) in last
+
+
+# --- --point, --box, files without a task --------------------------------------------------------------------
+
+def test_point_prompt_and_comma_syntax(tmp_path, stub):
+    frames, truth = agent_video()
+    path = write_mask_file(tmp_path / "d.h5", [(frames, truth)])
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w", "--point", "25,30"]
+    assert cli_main(argv) == 0
+    assert stub.prompts[0] == (25.0, 30.0)  # frame 0: the point; then the previous mask's box
+    assert len(stub.prompts[1]) == 4
+    with h5py.File(path) as f:
+        assert f["0"].attrs["masks_mobilesam_iou"] == 1.0
+        np.testing.assert_allclose(f.attrs["masks_mobilesam_prompt"], (25, 30))
+    assert split_commas(["--box", "1,2,3,4", "--point=5,6", "--key", "a,b"]) == [
+        "--box", "1", "2", "3", "4", "--point", "5", "6", "--key", "a,b"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "names no task"),
+    (["--box", "0,0,80,10"], "--box (0.0, 0.0, 80.0, 10.0) lies outside the 64x64 frames of"),
+    (["--point", "10", "64"], "--point (10.0, 64.0) lies outside the 64x64 frames of"),
+    (["--point", "1", "2", "--auto"], "give one prompt"),
+])
+def test_prompt_errors_are_one_line_naming_the_file(tmp_path, stub, args, message, capsys):
+    path = imported_file(tmp_path / "v.h5", [agent_video()[0]])
+    assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w"] + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    if "outside" in message or "no task" in message:
+        assert str(path) in err
+    assert not any(p.name.endswith(".parts") for p in tmp_path.iterdir())  # refused before any work
+
+
+def test_auto_and_point_go_with_mobilesam(capsys):
+    assert cli_main(["masks", "--data", "d.h5", "--weights", "w", "--auto"]) == 2
+    assert "go with --segmenter mobilesam" in capsys.readouterr().err
+
+
+def test_resuming_with_another_prompt_is_refused(tmp_path, stub, capsys):
+    path = imported_file(tmp_path / "v.h5", [agent_video()[0]])
+    base = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w"]
+    assert cli_main(base + ["--auto"]) == 0
+    assert cli_main(base + ["--point", "25", "30"]) == 2
+    assert "made with auto, not point [25.0, 30.0]" in capsys.readouterr().err
+
+
+# --- --preview ------------------------------------------------------------------------------------------------
+
+def test_overlay_tints_the_mask_and_outlines_it():
+    frame = np.full((8, 8, 3), 100, np.uint8)
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    out = overlay(frame, mask)
+    assert (out[~mask] == 100).all()  # outside untouched
+    assert (out[3:5, 3:5] == [177, 70, 70]).all()  # inside: half the frame, half the red tint
+    assert (out[2, 2:6] == 255).all() and (out[5, 2:6] == 255).all()  # the outline
+
+
+def test_preview_writes_a_png_grid(tmp_path, stub, capsys):
+    frames, truth = agent_video()
+    path = write_mask_file(tmp_path / "d.h5", [(frames, truth), (frames, truth)])
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w", "--box", "18,22,34,38",
+            "--preview"]
+    assert cli_main(argv) == 0
+    out = preview_path(path, "masks_mobilesam")
+    assert f"preview: {out}" in capsys.readouterr().out
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 300  # 2 rows x 6 columns
+    from masklam.errors import MasklamError
+    from masklam.masks.preview import write_preview
+
+    with pytest.raises(MasklamError, match="has no 'masks_mobilesam' masks to preview"):
+        write_preview(imported_file(tmp_path / "e.h5", [frames]), "masks_mobilesam", tmp_path / "p.png")

@@ -1,0 +1,120 @@
+"""`Pretrained` is a huggingface_hub ModelHubMixin: LAMs, policies and decoders load from a local directory or a
+Hub repo id and push to the Hub, offline here (the Hub's download and upload functions are replaced)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelHubMixin
+
+from masklam.downstream.decoder import ActionDecoder
+from masklam.downstream.policy import ImagePolicy
+from masklam.errors import MasklamError
+from masklam.models import LAMConfig, build_lam, load_lam
+from masklam.models import pretrained as pretrained_module
+from masklam.models.lam import LatentActionModel
+
+torch.set_num_threads(1)
+
+
+def tiny_lam():
+    torch.manual_seed(0)
+    return build_lam(LAMConfig(method="lapo", action_dim=2, state_dim=3, img_hw=32, latent_dim=4, head_dim=16,
+                               head_blocks=1)).eval()
+
+
+def frames(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (2, 1, 32, 32, 3), generator=g, dtype=torch.uint8)
+
+
+class FakeHub:
+    """Stands in for HfApi (create_repo, upload_folder) and hf_hub_download, over a local folder per repo."""
+
+    def __init__(self, root: Path):
+        self.root, self.calls = root, []
+
+    def api(self, token=None):
+        hub = self
+
+        class Api:
+            def create_repo(self, repo_id, private=None, exist_ok=False, **kw):
+                hub.calls.append(("create_repo", repo_id, private))
+                return type("Url", (), {"repo_id": repo_id})()
+
+            def upload_folder(self, repo_id, folder_path, commit_message=None, **kw):
+                hub.calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+                shutil.copytree(folder_path, hub.root / repo_id, dirs_exist_ok=True)
+                return f"https://huggingface.co/{repo_id}/commit/0"
+
+        return Api()
+
+    def download(self, repo_id, filename, revision=None, **kw):
+        self.calls.append(("download", repo_id, filename, revision))
+        path = self.root / repo_id / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"404 Client Error: {repo_id}/{filename} not found")
+        return str(path)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    import huggingface_hub.hub_mixin
+
+    fake = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", fake.api)
+    monkeypatch.setattr(pretrained_module, "hf_hub_download", fake.download)
+    return fake
+
+
+def test_every_saved_network_is_a_model_hub_mixin():
+    for cls in (LatentActionModel, ImagePolicy, ActionDecoder):
+        assert issubclass(cls, ModelHubMixin) and callable(cls.push_to_hub)
+
+
+def test_push_to_hub_uploads_the_two_files_and_a_repo_id_loads_them(hub, tmp_path):
+    lam = tiny_lam()
+    url = lam.push_to_hub("me/tiny-lam", private=True)
+    assert url == "https://huggingface.co/me/tiny-lam/commit/0"
+    assert hub.calls[:2] == [("create_repo", "me/tiny-lam", True),
+                             ("upload_folder", "me/tiny-lam", ["config.json", "model.safetensors"])]
+    assert json.loads((tmp_path / "hub" / "me/tiny-lam" / "config.json").read_text())["model"]["method"] == "lapo"
+    loaded = load_lam("me/tiny-lam")  # not a local directory: fetched through (the fake) hf_hub_download
+    assert ("download", "me/tiny-lam", "model.safetensors", None) in hub.calls
+    assert type(loaded) is type(lam) and not loaded.training
+    assert torch.equal(loaded.latent(frames(0), frames(1)), lam.latent(frames(0), frames(1)))
+    LatentActionModel.from_pretrained("me/tiny-lam", revision="v1")
+    assert hub.calls[-1] == ("download", "me/tiny-lam", "model.safetensors", "v1")
+
+
+def test_save_pretrained_can_push_and_keeps_its_local_format(hub, tmp_path):
+    decoder = ActionDecoder(4, 2)
+    decoder.save_pretrained(tmp_path / "dec", push_to_hub=True, repo_id="me/dec")
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["config.json", "model.safetensors"]  # no card
+    back = ActionDecoder.from_pretrained("me/dec")
+    for a, b in zip(decoder.state_dict().values(), back.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_local_directories_still_load_by_path_or_string(tmp_path, monkeypatch):
+    lam = tiny_lam()
+    lam.save_pretrained(tmp_path / "runs" / "lam", {"step": 3})
+    monkeypatch.chdir(tmp_path)
+    for name in ("runs/lam", str(tmp_path / "runs" / "lam"), Path("runs/lam")):
+        assert torch.equal(load_lam(name).latent(frames(0), frames(1)), lam.latent(frames(0), frames(1)))
+
+
+def test_missing_directories_and_repos_are_one_line_errors(hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(MasklamError, match=r"not a policy directory \(no config.json\): runs/typo"):
+        ImagePolicy.from_pretrained("runs/typo")  # its parent exists: a missing directory, not a Hub request
+    with pytest.raises(MasklamError) as e:
+        ImagePolicy.from_pretrained("someone/nothing")
+    assert "cannot load the policy 'someone/nothing': no such directory" in str(e.value)
+    assert "\n" not in str(e.value) and hub.calls == [("download", "someone/nothing", "config.json", None)]
+    assert pretrained_module._is_local("./x") and pretrained_module._is_local("a/b/c")
+    assert not pretrained_module._is_local("user/model")
