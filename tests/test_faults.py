@@ -487,7 +487,7 @@ def test_a_masks_failure_is_one_line_naming_the_trajectory(tmp_path: Path, monke
     data = tiny_dataset(tmp_path / "d.h5", trajectories=2)
 
     def segmenter(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        def segment(video: np.ndarray, box, progress):  # noqa: ANN001, ANN202
+        def segment(video: np.ndarray, prompt, progress, where):  # noqa: ANN001, ANN202
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return segment, "cpu"
 
