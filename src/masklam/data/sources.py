@@ -223,7 +223,11 @@ class LeRobotSource(Source):
         return self.dir.fps
 
     def attrs(self) -> dict[str, Any]:
-        return {"camera": self.dir.camera, "lerobot_version": self.dir.version,
+        """Its camera and version; a dataset `masklam export` wrote also gives back its file's attrs (task, env
+        settings), which evaluation needs."""
+        ours = (self.dir.info.get("masklam") or {}).get("attrs") or {}
+        kept = {k: v for k, v in ours.items() if k not in ("img_hw", "version", "fps") and v is not None}
+        return {**kept, "camera": self.dir.camera, "lerobot_version": self.dir.version,
                 "robot_type": str(self.dir.info.get("robot_type") or "")}
 
     def items(self) -> list[Item]:
