@@ -152,6 +152,7 @@ def probe_lam(lam: torch.nn.Module, data, train_ids: np.ndarray, heldout_ids: np
 
     from masklam.data import WindowSampler
 
+    data.require_actions("the probe")
     if max_train_trajs is not None:
         train_ids = np.asarray(train_ids)[:max_train_trajs]
     fs, masks = lam.frame_stack, bool(getattr(lam, "needs_masks", False))
