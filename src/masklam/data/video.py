@@ -96,11 +96,11 @@ class Resizer:
         return self.square(np.asarray(mask, bool))
 
     def video_frame(self, frame: Any) -> np.ndarray:
-        """A decoded av.VideoFrame -> (size, size, 3) uint8, scaled by FFmpeg (area interpolation)."""
+        """A decoded av.VideoFrame -> (size, size, 3) uint8, scaled by FFmpeg (bilinear)."""
         sh, sw = self.scaled(frame.height, frame.width)
         if (sh, sw) == (frame.height, frame.width):
             return self.square(frame.to_ndarray(format="rgb24"))
-        return self.square(frame.reformat(width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray())
+        return self.square(frame.reformat(width=sw, height=sh, format="rgb24", interpolation="BILINEAR").to_ndarray())
 
 
 def read_image(path: Path) -> np.ndarray:
