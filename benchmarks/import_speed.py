@@ -30,7 +30,8 @@ from masklam.data.importer import ImportConfig, run_import
 t = time.perf_counter()
 r = run_import(ImportConfig(src=Path(sys.argv[1]), out=Path(sys.argv[2]), img_size=64, progress=False))
 dt = time.perf_counter() - t
-print(json.dumps({"frames": r.frames, "seconds": dt, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"frames": r.frames, "seconds": dt, "peak_mib": peak}))
 """
 
 
@@ -71,7 +72,8 @@ def main(b: Bench) -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append((n, r["frames"], r["frames"] / r["seconds"], r["peak_mib"], made))
             out.unlink()
-        print(f"{'frames':>8} {'imported':>9} {'frames/s':>9} {'peak MiB':>9}   ({b.width}x{b.height} h264 -> 64x64 crop)")
+        print(f"{'frames':>8} {'imported':>9} {'frames/s':>9} {'peak MiB':>9}   "
+              f"({b.width}x{b.height} h264 -> 64x64 crop)")
         for n, frames, fps, peak, made in rows:
             print(f"{n:>8} {frames:>9} {fps:>9.0f} {peak:>9.0f}   (video made in {made:.0f} s)")
 

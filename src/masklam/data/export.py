@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from masklam.args import parse
 from masklam.data.lerobot import DEFAULT_CAMERA, LeRobotWriter
-from masklam.data.sources import Episode, open_source
+from masklam.data.sources import DESCRIPTIONS, Episode, open_source
 from masklam.data.video import CODECS, Resizer
 from masklam.errors import MasklamError
 
@@ -74,7 +74,8 @@ def export(cfg: ExportConfig) -> Path:
         raise MasklamError(f"{cfg.out} already exists; remove it or choose another --out")
     source = open_source(cfg.data)
     if source.kind not in ("hdf5", "masklam-parquet"):
-        raise MasklamError(f"{cfg.data} is {source.kind}; export writes masklam datasets (HDF5) -- import it first")
+        raise MasklamError(f"{cfg.data} is {DESCRIPTIONS[source.kind]}; export writes masklam datasets (HDF5): "
+                           f"masklam import {cfg.data} --out DATA.h5 first")
     lay = source.layout  # type: ignore[attr-defined]
     h, w = lay.img_hw
     if h != w:

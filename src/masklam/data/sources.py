@@ -30,6 +30,8 @@ from masklam.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, VideoRea
 from masklam.errors import MasklamError
 
 FORMATS = ("hdf5", "masklam-parquet", "lerobot", "videos", "frames")
+DESCRIPTIONS = {"hdf5": "HDF5 data", "masklam-parquet": "MaskLAM's parquet data", "lerobot": "a LeRobot dataset",
+                "videos": "video", "frames": "a folder of image folders"}
 HDF5_SUFFIXES = (".h5", ".hdf5")
 READ_CHUNK = 256
 """frames read at a time from an HDF5 file"""
@@ -89,8 +91,7 @@ def trainable(path: str | os.PathLike) -> None:
     except MasklamError:
         return
     if kind not in ("hdf5", "masklam-parquet"):
-        raise MasklamError(f"{path} is {'a LeRobot dataset' if kind == 'lerobot' else kind}; import it first: "
-                           f"masklam import {path} --out DATA.h5")
+        raise MasklamError(f"{path} is {DESCRIPTIONS[kind]}; import it first: masklam import {path} --out DATA.h5")
 
 
 @dataclass
@@ -320,7 +321,7 @@ def open_source(path: str | os.PathLike, camera: str | None = None) -> Source:
     path = Path(path)
     kind = detect(path)
     if camera is not None and kind != "lerobot":
-        raise MasklamError(f"--camera picks a LeRobot dataset's camera; {path} is {kind}")
+        raise MasklamError(f"--camera picks a LeRobot dataset's camera; {path} is {DESCRIPTIONS[kind]}")
     if kind == "lerobot":
         return LeRobotSource(path, camera)
     if kind == "videos":

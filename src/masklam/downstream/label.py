@@ -138,15 +138,15 @@ def _label_source(cfg: LabelConfig, labeller: Labeller, source: Any) -> dict[str
 
 def label(cfg: LabelConfig) -> Path:
     """Write the labelled copy ``cfg.out``; returns it."""
-    from masklam.data.sources import open_source
+    from masklam.data.sources import DESCRIPTIONS, open_source
 
     if cfg.out.exists():
         raise MasklamError(f"{cfg.out} already exists; remove it or choose another --out")
     source = open_source(cfg.data, cfg.camera)
     try:
         if source.kind not in ("lerobot", "hdf5"):
-            raise MasklamError(f"{cfg.data} is {source.kind}; label writes into a LeRobot dataset or an HDF5 file "
-                               f"(masklam import {cfg.data} --out DATA.h5 first)")
+            raise MasklamError(f"{cfg.data} is {DESCRIPTIONS[source.kind]}; label writes into a LeRobot dataset or "
+                               f"an HDF5 file (masklam import {cfg.data} --out DATA.h5 first)")
         if source.kind == "hdf5" and cfg.out.suffix != ".h5":
             raise MasklamError(f"--out must end in .h5 for an HDF5 dataset, got {cfg.out}")
         labeller = Labeller(cfg)
