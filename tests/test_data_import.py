@@ -275,3 +275,17 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
         assert np.abs(f["2/latent_action"][()] - z[20:30]).max() < 0.02  # the same latents (frames via mp4: close)
     assert not (tmp_path / "lr.tmp").exists() and lr.exists()
     shutil.rmtree(run)
+
+
+def test_video_reader_seeks_and_continues(tmp_path):
+    from masklam.data.video import VideoReader
+
+    write_video(tmp_path / "a.mp4", 30, fps=10)
+    with VideoReader(tmp_path / "a.mp4") as r:
+        every = np.stack(list(r.frames()))
+    with VideoReader(tmp_path / "a.mp4") as r:
+        assert np.array_equal(np.stack(list(r.frames(1.0, 5, 10))), every[10:15])  # a seek forward
+        assert np.array_equal(np.stack(list(r.frames(1.5, 5, 10))), every[15:20])  # continues where it stopped
+        assert np.array_equal(np.stack(list(r.frames(0.2, 3, 10))), every[2:5])  # back: a seek backward
+        with pytest.raises(MasklamError, match="ends after 2 of the 4 frames"):
+            list(r.frames(2.8, 4, 10))
