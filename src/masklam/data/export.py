@@ -76,7 +76,7 @@ def export(cfg: ExportConfig) -> Path:
     if source.kind not in ("hdf5", "masklam-parquet"):
         raise MasklamError(f"{cfg.data} is {DESCRIPTIONS[source.kind]}; export writes masklam datasets (HDF5): "
                            f"masklam import {cfg.data} --out DATA.h5 first")
-    lay = source.layout  # type: ignore[attr-defined]
+    lay = source.layout
     h, w = lay.img_hw
     if h != w:
         raise MasklamError(f"{cfg.data}: frames are {w}x{h}; export writes square frames")

@@ -126,6 +126,8 @@ class Source:
     """A data path read item by item. Subclasses set `kind` and define `items` and `read`."""
 
     kind = "?"
+    layout: Any = None
+    """the checked FileLayout of the formats training reads directly (hdf5, masklam-parquet); None for others"""
 
     def __init__(self, path: Path) -> None:
         self.path = path
