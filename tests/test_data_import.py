@@ -259,6 +259,10 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     metrics = pretrain(PretrainConfig(method="lapo", data=(data,), out=run, updates=2, batch_size=4, latent_dim=8,
                                       tensorboard=False, progress=False, recon_samples=2, threads=1))
     assert metrics["probe_skipped"] and "probe_nmse" not in metrics
+    with pytest.raises(MasklamError, match="has no actions"):  # `masklam probe` says why it cannot
+        from masklam.train.probe import ProbeConfig, run_probe
+
+        run_probe(ProbeConfig(ckpt=run, device="cpu"))
     lr = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
     out = label(LabelConfig(lam=run, data=lr, out=tmp_path / "labelled", progress=False, device="cpu"))
     import pyarrow.parquet as pq
