@@ -352,7 +352,7 @@ def test_parquet_data_record_no_task_and_are_no_clean_experiment_data(tmp_path: 
     # BC and decoding read a parquet file's distracted frames: under `clean` it would train the upper bound on them
     base = dict(out=tmp_path, tasks=["cheetah-run"], methods=["lapo-clean"])
     for clean in (str(tmp_path / "tiny.parquet"), [str(tmp_path / "tiny.parquet")]):
-        with pytest.raises(MasklamError, match="data.cheetah-run.clean: .* is MaskLAM parquet data"):
+        with pytest.raises(MasklamError, match="data.cheetah-run.clean: .* holds distracted and clean frames"):
             ExperimentConfig(**base, data={"cheetah-run": {"train": [str(tmp_path / "tiny.parquet")], "clean": clean}})
     ExperimentConfig(**base, data={"cheetah-run": {"train": [str(tmp_path / "tiny.parquet")], "collect_clean": {}}})
     # one split of a directory of shards (DIR/train) is data an experiment finds

@@ -13,9 +13,7 @@ So ``OUT`` is never half-written; a re-run with the same arguments checks them a
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,8 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from masklam.args import parse
-from masklam.data.hdf5 import (FORMAT_VERSION, Trajectory, check_attrs, open_file, plain, read_layout,
-                               trajectory_names, write_atomically, write_trajectory)
+from masklam.data.hdf5 import FORMAT_VERSION, Trajectory, check_attrs, read_layout, write_atomically, write_trajectory
+from masklam.data.parts import merge_parts, part_path, parts_dir, prepare_parts, remove_parts
 from masklam.errors import MasklamError, MasklamRuntimeError, one_line
 from masklam.locks import output_lock
 from masklam.resources import check_free_space
@@ -286,29 +284,6 @@ def _render_one(index: int) -> tuple[int, float]:
 
 
 # -- the parent: what is missing, workers, progress, assembly ---------------------------------------------
-def parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
-
-
-def part_path(out: Path, index: int) -> Path:
-    return parts_dir(out) / f"{index:06d}.h5"
-
-
-def _prepare_parts(cfg: CollectConfig, attrs: dict[str, Any]) -> set[int]:
-    """Create or check OUT.parts; delete temporaries of killed writers; return the finished indices."""
-    folder = parts_dir(cfg.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.tmp*"):
-        stale.unlink()
-    finished = {int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()}
-    config = folder / "config.json"
-    if finished and config.is_file():  # the arguments matter only once there are trajectories to keep
-        check_attrs(folder, json.loads(config.read_text()), attrs)
-    else:
-        config.write_text(json.dumps(attrs, indent=1) + "\n")
-    return finished
-
-
 def _existing(cfg: CollectConfig, attrs: dict[str, Any]) -> int:
     """How many trajectories an existing OUT holds (0 if none), after checking its attrs match."""
     if not cfg.out.exists():
@@ -400,23 +375,9 @@ class _SteadyClock:
 
 
 def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
-    """Copy OUT's trajectories 0..have-1 and the parts have..episodes-1 into OUT.tmp; rename it onto OUT."""
-    returns = []
-    with write_atomically(cfg.out) as dst:
-        dst.attrs.update(attrs)
-        if have:
-            with open_file(cfg.out) as src:
-                for name in trajectory_names(src)[:have]:
-                    src.copy(src[name], dst, name=name)
-                    returns.append(float(plain(src[name].attrs["traj_return"])))
-        for index in range(have, cfg.episodes):
-            part = part_path(cfg.out, index)
-            with open_file(part) as src:
-                if str(index) not in src:
-                    raise MasklamError(f"{part} lacks trajectory {index}; delete it and run again")
-                src.copy(src[str(index)], dst, name=str(index))
-                returns.append(float(plain(src[str(index)].attrs["traj_return"])))
-        dst.attrs["dataset_return"] = float(np.mean(returns))
+    """OUT's trajectories 0..have-1 and the parts have..episodes-1 into OUT (atomically), with the mean return."""
+    merge_parts(cfg.out, attrs, range(have, cfg.episodes), keep=have,
+                summary=lambda groups: {"dataset_return": float(np.mean([g["traj_return"] for g in groups]))})
 
 
 def collect(cfg: CollectConfig) -> CollectResult:
@@ -439,12 +400,11 @@ def _collect_locked(cfg: CollectConfig, action_repeat: int, attrs: dict[str, Any
     result = CollectResult(cfg.out)
     have = _existing(cfg, attrs)
     if have >= cfg.episodes:
-        if parts_dir(cfg.out).exists():
-            shutil.rmtree(parts_dir(cfg.out))  # left over by a run killed after its final rename
+        remove_parts(cfg.out)  # left over by a run killed after its final rename
         result.reused = have
         return result
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    finished = _prepare_parts(cfg, attrs)
+    finished = prepare_parts(cfg.out, attrs)
     todo = [i for i in range(have, cfg.episodes) if i not in finished]
     result.reused = cfg.episodes - len(todo)
     if todo:
@@ -453,7 +413,7 @@ def _collect_locked(cfg: CollectConfig, action_repeat: int, attrs: dict[str, Any
     need = sum(part_path(cfg.out, i).stat().st_size for i in range(have, cfg.episodes))
     check_free_space(cfg.out, need + (cfg.out.stat().st_size if have else 0), f"assembling {cfg.out}")
     _assemble(cfg, attrs, have)
-    shutil.rmtree(parts_dir(cfg.out))
+    remove_parts(cfg.out)
     return result
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from masklam.data.hdf5 import MASK_KEYS, FileLayout, open_file, read_layout
 from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout, parquet_shards
+from masklam.data.sources import trainable
 from masklam.errors import MasklamError
 from masklam.resources import check_memory
 
@@ -85,6 +86,13 @@ class TrajectoryData:
         raise MasklamError(f"{self.files_without_masks[0]} has no {self.mask_key!r} (agent masks); "
                            "this method needs them: collect with `masklam collect` or add them with `masklam masks`")
 
+    def require_actions(self, what: str = "this") -> np.ndarray:
+        """The actions, or a MasklamError when the data have none (video imported without actions)."""
+        if self.action_dim:
+            return self.actions
+        raise MasklamError(f"{self.meta['files'][0]} has no actions (video imported without them); {what} needs "
+                           "actions")
+
     def trajectory(self, i: int) -> dict[str, np.ndarray]:
         """Views of trajectory ``i``'s frames: obs, actions, states (and rewards, masks when loaded)."""
         rows = slice(int(self.traj_starts[i]), int(self.traj_starts[i] + self.traj_lengths[i]))
@@ -123,6 +131,7 @@ def _expand(paths: PathsLike) -> list[Path]:
             if shards and is_parquet(path):
                 raise MasklamError(f"{path} holds both HDF5 and .parquet files; give the files themselves")
             if not shards and not is_parquet(path):
+                trainable(path)  # video, image folders, LeRobot: a hint to import them
                 raise MasklamError(f"no .h5, .hdf5 or .parquet files in directory {path}")
             files += shards or [path]
         else:
@@ -156,6 +165,7 @@ def data_layout(path: str | os.PathLike, observations: str | None = None,
     """The checked layout of one data source: our HDF5 (LAOM's files included), or MaskLAM's parquet data (a file
     or a directory of shards), told apart by content."""
     path = Path(path)
+    trainable(path)  # other formats: a one-line hint to import them
     if is_parquet(path):
         return parquet_layout(path, observations or "distracted", episode_length)
     if observations == "clean":
@@ -213,12 +223,13 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     if load_masks:
         arrays[mask_key] = np.empty((n, h, w), bool)
 
+    stored = [key for key, value in arrays.items() if value.ndim < 2 or value.shape[1]]  # no (N, 0) labels
     bar = tqdm(total=n, unit="frame", desc="loading", disable=not progress or n < 10_000, leave=False)
     for li in used:
-        with _open(layouts[li], list(arrays)) as f:
+        with _open(layouts[li], stored) as f:
             for row, (fi, name, length) in zip(starts, chosen):
                 if fi == li:
-                    _read_group(layouts[li].path, f, name, arrays, int(row), length)
+                    _read_group(layouts[li].path, f, name, {k: arrays[k] for k in stored}, int(row), length)
                     bar.update(length)
             if isinstance(f, ParquetReader):
                 f.check_masks()
@@ -349,10 +360,12 @@ class WindowSampler:
             "obs_t1": self._stack(t + 1, first),
             "obs_tk": self._stack(t + k, first),
             "k": k,
-            "action_t": self.data.actions[t],  # (B, A)
-            "state_t": self.data.states[t],  # (B, S)
             "index": t,  # (B,) flat frame rows, for relabelling
         }
+        if self.data.action_dim:  # data without actions or states (imported video) have no such keys
+            batch["action_t"] = self.data.actions[t]  # (B, A)
+        if self.data.state_dim:
+            batch["state_t"] = self.data.states[t]  # (B, S)
         if self.masks is not None:  # the agent masks of every frame of each stack: (B, F, H, W) bool
             batch["mask_t"] = self.masks[self._rows(t, first)]
             batch["mask_t1"] = self.masks[self._rows(t + 1, first)]

@@ -6,7 +6,8 @@ Layout (readers accept LAOM's published files, which have only ``obs``, ``states
   action_repeat, policy, steps, shadows, reflections, multisample, dataset_return`` and, only when the
   backgrounds came from a folder of videos, ``background_path`` (its absolute path);
 - one group per trajectory named ``"0", "1", ...`` holding per-frame arrays with a leading ``T`` axis:
-  ``obs (T,H,W,3) uint8``, ``states (T,S) float32``, ``actions (T,A) float32``, ``rewards (T,) float32``,
+  ``obs (T,H,W,3) uint8``, ``states (T,S) float32``, ``actions (T,A) float32`` (both absent in video
+  imported without them, `masklam import`: state and action dims are then 0), ``rewards (T,) float32``,
   ``masks (T,H,W) bool``, optional ``sam2_masks``, ``masks_mobilesam``, ``masks_student`` (T,H,W) bool
   (`masklam masks`), and the distractor metadata (``video_id (T,)``, ``video_frame (T,)``, ``camera (T,3)``,
   ``color (T,3)``), on Meta-World ``success (T,) bool`` (the env's flag after ``actions[t]``); attrs
@@ -37,7 +38,9 @@ from masklam.files import atomic_path
 from masklam.resources import GuardedFile
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("obs", "states", "actions")
+REQUIRED_KEYS = ("obs",)
+LABEL_KEYS = ("states", "actions")
+"""in every trajectory or in none (imported video has neither: its state_dim and action_dim are 0)"""
 MASK_KEYS = ("masks", "sam2_masks", "masks_mobilesam", "masks_student")
 IMAGE_KEYS = ("obs",) + MASK_KEYS
 COMPRESSIONS = ("lzf", "gzip", "none")
@@ -68,6 +71,9 @@ class Trajectory:
     def arrays(self) -> dict[str, np.ndarray]:
         """All per-frame arrays by their dataset name."""
         out = {"obs": self.obs, "states": self.states, "actions": self.actions, "rewards": self.rewards}
+        for key in LABEL_KEYS:
+            if out[key].ndim == 2 and out[key].shape[1] == 0:  # none (imported video): not stored
+                del out[key]
         if self.masks is not None:
             out["masks"] = self.masks
         for key, value in self.extras.items():
@@ -173,7 +179,10 @@ def read_trajectory(group: h5py.Group) -> Trajectory:
     """Read one of our trajectory groups back into memory (the inverse of :func:`write_trajectory`)."""
     base = {"obs", "states", "actions", "rewards", "masks"}
     data = {key: group[key][()] for key in group.keys()}
-    rewards = data.get("rewards", np.zeros(len(data["obs"]), np.float32))
+    n = len(data["obs"])
+    rewards = data.get("rewards", np.zeros(n, np.float32))
+    for key in LABEL_KEYS:
+        data.setdefault(key, np.zeros((n, 0), np.float32))
     extras = {key: value for key, value in data.items() if key not in base and key not in MASK_KEYS}
     return Trajectory(data["obs"], data["states"], data["actions"], rewards, data.get("masks"), extras,
                       int(group.attrs.get("seed", 0)))
@@ -189,8 +198,8 @@ class FileLayout:
     lengths: np.ndarray  # (n,) int64 frames per trajectory
     returns: np.ndarray  # (n,) float64 episode returns (nan where the file does not say)
     img_hw: tuple[int, int]
-    state_dim: int
-    action_dim: int
+    state_dim: int  # 0: no states (imported video)
+    action_dim: int  # 0: no actions (imported video)
     keys: list[str]  # datasets present in every trajectory
     partial_keys: list[str]  # datasets present in some trajectories only
 
@@ -226,6 +235,7 @@ def _layout(path: Path, f: h5py.File, required: tuple[str, ...] = REQUIRED_KEYS)
         raise MasklamError(f"{path} holds no trajectories (no groups named 0, 1, ...)")
     lengths, returns, key_sets = [], [], []
     dims: dict[str, tuple] = {}
+    first_labels: tuple[bool, ...] = ()
     for name in names:
         group = f[name]
         missing = [key for key in required if key not in group]
@@ -248,25 +258,28 @@ def _layout(path: Path, f: h5py.File, required: tuple[str, ...] = REQUIRED_KEYS)
                     f"{', '.join(map(str, dims[key][0]))}) {dims[key][1]}")
             dims.setdefault(key, expected)
         _check_image_shapes(path, name, group, dims)
+        labels = tuple(key in group for key in LABEL_KEYS)
+        first_labels = first_labels if name != names[0] else labels
+        for key, has, first in zip(LABEL_KEYS, labels, first_labels):
+            if has != first:
+                raise MasklamError(f"{path}: trajectory {name} {'has' if has else 'lacks'} {key}, "
+                                   f"trajectory {names[0]} {'has' if first else 'lacks'} them")
         lengths.append(length)
         returns.append(_traj_return(group))
         key_sets.append({key for key in group.keys() if isinstance(group[key], h5py.Dataset)})
     keys = sorted(set.intersection(*key_sets))
     partial = sorted(set.union(*key_sets) - set(keys))
     h, w = dims["obs"][0][:2]
+    state_dim, action_dim = (int(dims[k][0][0]) if k in dims else 0 for k in LABEL_KEYS)
     return FileLayout(path, attrs, names, np.asarray(lengths, np.int64), np.asarray(returns, np.float64),
-                      (int(h), int(w)), _dim(dims, "states"), _dim(dims, "actions"), keys, partial)
-
-
-def _dim(dims: dict, key: str) -> int:
-    return int(dims[key][0][0]) if key in dims else 0
+                      (int(h), int(w)), state_dim, action_dim, keys, partial)
 
 
 def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) -> None:
     obs_tail, obs_dtype = dims["obs"]
     if len(obs_tail) != 3 or obs_tail[2] != 3 or obs_dtype != "uint8":
         raise MasklamError(f"{path}: trajectory {name}: obs must be (T,H,W,3) uint8, got (T,{obs_tail}) {obs_dtype}")
-    for key in ("states", "actions"):
+    for key in LABEL_KEYS:
         if key not in dims:
             continue
         tail, dtype = dims[key]

@@ -130,19 +130,20 @@ class ExperimentConfig:
                 raise MasklamError(f"no data for task {task!r}: give data.{task}.train (paths) or .collect")
             if "lapo-clean" in self.methods and not ({"clean", "collect_clean"} & set(spec)):
                 raise MasklamError(f"lapo-clean needs distractor-free data: data.{task}.clean or .collect_clean")
-            _check_clean_not_parquet(task, spec.get("clean"))
+            _check_clean_is_one_kind(task, spec.get("clean"))
         check_background_paths(self)
 
 
-def _check_clean_not_parquet(task: str, clean: Any) -> None:
-    """MaskLAM's parquet data under `clean`: BC and decoding read a parquet file's distracted frames, so the
-    clean upper bound would silently train on distracted ones."""
-    from masklam.data.peers import is_parquet
+def _check_clean_is_one_kind(task: str, clean: Any) -> None:
+    """Data holding both kinds of frame (MaskLAM's parquet data) under `clean`: BC and decoding read their
+    distracted frames, so the clean upper bound would silently train on distracted ones."""
+    from masklam.data.sources import offers_observations
 
     for path in [clean] if isinstance(clean, (str, os.PathLike)) else clean or []:
-        if is_parquet(path):
-            raise MasklamError(f"data.{task}.clean: {path} is MaskLAM parquet data, whose distracted frames BC and "
-                               f"decoding read; pass the clean frames another way (an HDF5 file, or .collect_clean)")
+        if offers_observations(path):
+            raise MasklamError(f"data.{task}.clean: {path} holds distracted and clean frames (MaskLAM's parquet "
+                               f"data), and BC and decoding read the distracted ones; pass the clean frames another "
+                               f"way (an HDF5 file, or .collect_clean)")
 
 
 def check_background_paths(cfg: ExperimentConfig) -> None:
@@ -315,7 +316,7 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
 # --- the sweep -----------------------------------------------------------------------------------------
 def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
     """Per task, the 'train' (distracted) and 'clean' file lists, collecting where asked."""
-    from masklam.data.peers import is_parquet
+    from masklam.data.sources import data_exists
 
     out: dict[str, dict[str, list[str]]] = {}
     for task in cfg.tasks:
@@ -323,7 +324,7 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
         for variant, coll in (("train", "collect"), ("clean", "collect_clean")):
             if variant in spec:
                 paths = spec[variant] if isinstance(spec[variant], list) else [spec[variant]]
-                missing = [p for p in paths if not Path(p).exists() and not is_parquet(p)]  # is_parquet: DIR/<split>
+                missing = [p for p in paths if not data_exists(p)]
                 if missing:
                     raise MasklamError(f"no such file: {missing[0]}")
                 out[task][variant] = [str(p) for p in paths]

@@ -211,6 +211,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
     labeled = None
     if cfg.method == "laom-sup":
+        data.require_actions("laom-sup (supervised with labelled actions)")
         labeled = WindowSampler(data, labeled_subset(train_ids, cfg.labels, cfg.split_seed),
                                 cfg.frame_stack, cfg.max_offset)
     total = cfg.total_updates(sampler.num_windows)
@@ -240,7 +241,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
 def _already_complete(run: Run) -> bool:
     """True when the run has trained all its steps and written its probe metrics."""
     path = run.out / "metrics.json"
-    return run.start >= run.total and path.is_file() and "probe_nmse" in read_json(path)
+    return run.start >= run.total and path.is_file() and ({"probe_nmse", "probe_skipped"} & set(read_json(path)))
 
 
 def _write_config(run: Run) -> None:
@@ -335,8 +336,11 @@ def _finish(run: Run, last: dict[str, float], rates: list[float], use_bf16: bool
     if isinstance(model, PixelLAM) and cfg.recon_samples > 0:
         held = WindowSampler(run.data, run.held_ids, cfg.frame_stack, 1, need_masks=run.uses_masks)
         save_reconstructions(model, held, run.out / "recon.png", cfg.recon_samples, cfg.seed)
-    probe = probe_lam(model, run.data, run.train_ids, run.held_ids, cfg.probe_ridge, cfg.probe_batch_size,
-                      cfg.probe_max_trajs, progress=cfg.progress)
+    if run.data.action_dim:
+        probe = probe_lam(model, run.data, run.train_ids, run.held_ids, cfg.probe_ridge, cfg.probe_batch_size,
+                          cfg.probe_max_trajs, progress=cfg.progress)
+    else:  # video imported without actions: nothing to probe against
+        probe = {"probe_skipped": "the data have no actions"}
     metrics: dict[str, Any] = {"method": cfg.method, "steps": run.total, "complete": True,
                                "precision": "bf16" if use_bf16 else "fp32",
                                # CPU results are bit-identical for a seed *and* thread count, not across thread counts
@@ -346,8 +350,11 @@ def _finish(run: Run, last: dict[str, float], rates: list[float], use_bf16: bool
         metrics["train/samples_per_s"] = float(np.median(rates))
     metrics["wall_s_last_session"] = time.perf_counter() - t0
     write_json(run.out / "metrics.json", metrics)
-    tqdm.write(f"{cfg.method}: probe_nmse (held-out) {probe['probe_nmse']:.4f}  "
-               f"train {probe['probe_nmse_train']:.4f}  -> {run.out / 'metrics.json'}")
+    if "probe_nmse" in probe:
+        tqdm.write(f"{cfg.method}: probe_nmse (held-out) {probe['probe_nmse']:.4f}  "
+                   f"train {probe['probe_nmse_train']:.4f}  -> {run.out / 'metrics.json'}")
+    else:
+        tqdm.write(f"{cfg.method}: probe skipped ({probe['probe_skipped']})  -> {run.out / 'metrics.json'}")
     return metrics
 
 

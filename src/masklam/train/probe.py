@@ -152,6 +152,7 @@ def probe_lam(lam: torch.nn.Module, data, train_ids: np.ndarray, heldout_ids: np
 
     from masklam.data import WindowSampler
 
+    data.require_actions("the probe")
     if max_train_trajs is not None:
         train_ids = np.asarray(train_ids)[:max_train_trajs]
     fs, masks = lam.frame_stack, bool(getattr(lam, "needs_masks", False))
@@ -230,7 +231,7 @@ class ProbeConfig:
 def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     """Load the checkpoint and data, probe, optionally merge into metrics.json; returns the metrics."""
     from masklam.data import load_dataset, split_trajectories
-    from masklam.data.peers import is_parquet
+    from masklam.data.sources import offers_observations
     from masklam.models.lam import load_lam
 
     run_cfg = read_json(cfg.ckpt / "config.json")
@@ -239,10 +240,10 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     paths = list(cfg.data) or run_cfg.get("data")
     if not paths:
         raise MasklamError(f"{cfg.ckpt}/config.json names no data; pass --data FILE")
-    # the run's frames of its parquet data; an HDF5 file passed with --data holds one kind of frame
-    hdf5_given = any(not is_parquet(p) for p in cfg.data)
+    # the run's kind of frame where the data offer a choice; data passed with --data holding one kind: those
+    one_kind = any(not offers_observations(p) for p in cfg.data)
     data = load_dataset(paths, mask_key=run_cfg.get("mask_key", "masks") if lam.needs_masks else None,
-                        observations=None if hdf5_given else run_cfg.get("observations"),
+                        observations=None if one_kind else run_cfg.get("observations"),
                         episode_length=run_cfg.get("episode_length"))
     heldout = cfg.heldout if cfg.heldout is not None else run_cfg.get("heldout", 0.1)
     seed = cfg.split_seed if cfg.split_seed is not None else run_cfg.get("split_seed", 0)

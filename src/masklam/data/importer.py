@@ -1,0 +1,272 @@
+"""`masklam import SRC --out DATA.h5`: any data `masklam.data.sources` reads -> one HDF5 dataset file.
+
+SRC is a video file or a folder of them (one episode per file, or ``--chunk-seconds`` long ones), a folder
+of image folders, a LeRobot dataset (v3.0 or v2.x; ``--camera``), MaskLAM's parquet data or an HDF5 file.
+Frames become ``--img-size`` squares by centre crop (default) or letterbox, recorded in the file's attrs
+(``resize``); ``--fps`` resamples to a lower frame rate (a frame is kept when its time reaches the next
+tick of the new rate; actions, states, rewards and masks follow the kept frames), the rate being recorded
+(``fps``: the frame interval a latent action spans). Actions, states, rewards, agent masks and task strings
+come along where the source has them; without actions the file still trains LAPO and MaskLAM (no probe).
+
+Memory stays flat in the input's length: frames stream from the decoder into chunked HDF5 datasets.
+Resumable like `masklam collect` (`masklam.data.parts`): each source item (file, folder, episode) is one
+atomic part file in ``OUT.parts``; a re-run with the same arguments keeps them; ``OUT`` appears only complete.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import h5py
+import numpy as np
+import tyro
+from tqdm.auto import tqdm
+
+from masklam.args import parse
+from masklam.data.hdf5 import FORMAT_VERSION, check_attrs, read_layout, write_atomically
+from masklam.data.parts import merge_parts, part_path, prepare_parts, remove_parts
+from masklam.data.sources import Episode, Item, Source, open_source
+from masklam.data.video import RESIZE_MODES, Resizer
+from masklam.errors import MasklamError
+
+WRITE_CHUNK = 256
+"""frames buffered before they are appended to the HDF5 dataset"""
+
+
+@dataclass
+class ImportConfig:
+    """Import video files, image folders or a LeRobot dataset (also MaskLAM's parquet, HDF5) as a masklam HDF5
+    dataset: square frames, plus actions, states, rewards, masks and task strings where the source has them."""
+
+    src: tyro.conf.Positional[Path]
+    """A video file or a folder of them (mp4, webm, mkv, avi, mov, gif), a folder of image folders
+    (DIR/<episode>/*.jpg|png), a LeRobot dataset directory (v3.0 or v2.x), MaskLAM parquet data or an HDF5 file."""
+    out: Path
+    """Output HDF5 file (.h5); re-running the same command resumes an interrupted import."""
+    img_size: int = 64
+    """Frame height and width in pixels."""
+    resize: Literal["crop", "letterbox"] = "crop"
+    """crop: centre crop to a square (the long side's ends are cut); letterbox: the whole frame, black bars on the
+    short side."""
+    fps: float | None = None
+    """Resample to this frame rate (at most the source's); image folders: the rate they were recorded at. Default:
+    the source's rate (image folders: unknown, recorded as 0)."""
+    chunk_seconds: float | None = None
+    """Cut every source episode into episodes of this many seconds (the last, shorter one kept if >= 2 frames)."""
+    camera: str | None = None
+    """LeRobot dataset: the camera (video or image feature) to import; default: its only one."""
+    compression: Literal["lzf", "gzip", "none"] = "lzf"
+    """Compression of frames and masks (chunked per frame)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.out.suffix != ".h5":
+            raise MasklamError(f"--out must end in .h5, got {self.out}")
+        if self.img_size < 8:
+            raise MasklamError(f"--img-size must be >= 8, got {self.img_size}")
+        if self.resize not in RESIZE_MODES:
+            raise MasklamError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.fps is not None and not self.fps > 0:
+            raise MasklamError(f"--fps must be > 0, got {self.fps}")
+        if self.chunk_seconds is not None and not self.chunk_seconds > 0:
+            raise MasklamError(f"--chunk-seconds must be > 0, got {self.chunk_seconds}")
+
+
+@dataclass
+class ImportResult:
+    """What one `import` call did."""
+
+    path: Path
+    trajectories: int
+    frames: int
+    imported: int
+    """source items read by this call"""
+    reused: int
+    """source items kept from an interrupted run"""
+
+
+def file_attrs(cfg: ImportConfig, source: Source) -> dict[str, Any]:
+    """The attrs an imported file carries (and a resumed import must match)."""
+    fps = _out_fps(cfg, source)
+    return {
+        "source": str(cfg.src.expanduser().resolve()), "source_format": source.kind, "img_hw": cfg.img_size,
+        "resize": cfg.resize, "fps": fps, "source_fps": float(source.fps or 0.0),
+        "chunk_seconds": float(cfg.chunk_seconds or 0.0), "version": FORMAT_VERSION, **source.attrs(),
+    }
+
+
+def _out_fps(cfg: ImportConfig, source: Source) -> float:
+    if source.fps is None:
+        return float(cfg.fps or 0.0)
+    if cfg.fps is not None and cfg.fps > source.fps * (1 + 1e-6):
+        raise MasklamError(f"--fps {cfg.fps} is above {cfg.src}'s {source.fps:g} fps; only lower rates are kept "
+                           "(frames are dropped, never invented)")
+    return float(cfg.fps or source.fps)
+
+
+def _selected(frames: Iterator[Any], src_fps: float | None, fps: float) -> Iterator[Any]:
+    """The frames a rate of ``fps`` keeps (frame i when floor(i * fps / src_fps) ticks), streamed."""
+    if not src_fps or not fps or fps >= src_fps * (1 - 1e-9):
+        yield from frames
+        return
+    last = -1.0
+    for i, frame in enumerate(frames):
+        tick = math.floor(i * (fps / src_fps) + 1e-9)
+        if tick != last:
+            last = tick
+            yield frame
+
+
+class _GroupWriter:
+    """One trajectory group filled frame by frame: obs grows in chunks; the per-frame arrays are written at the end."""
+
+    def __init__(self, f: h5py.File, name: str, size: int, compression: str) -> None:
+        comp = None if compression == "none" else compression
+        self.group = f.create_group(name)
+        self.obs = self.group.create_dataset("obs", (0, size, size, 3), np.uint8, maxshape=(None, size, size, 3),
+                                             chunks=(1, size, size, 3), compression=comp, fletcher32=True)
+        self.comp = comp
+        self.buffer: list[np.ndarray] = []
+        self.n = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        self.buffer.append(frame)
+        if len(self.buffer) >= WRITE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.obs.resize(self.n + len(self.buffer), axis=0)
+            self.obs[self.n:] = np.stack(self.buffer)
+            self.n += len(self.buffer)
+            self.buffer = []
+
+    def finish(self, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+        self.flush()
+        for key, value in arrays.items():
+            image = value.ndim == 3
+            self.group.create_dataset(key, data=np.ascontiguousarray(value), fletcher32=True,
+                                      chunks=(1,) + value.shape[1:] if image else value.shape,
+                                      compression=self.comp if image else None)
+        if "rewards" in arrays:
+            self.group.attrs["traj_return"] = float(np.sum(arrays["rewards"], dtype=np.float64))
+        self.group.attrs["length"] = self.n
+        self.group.attrs.update(attrs)
+
+
+def _arrays(ep: Episode, rows: np.ndarray, item: Item) -> dict[str, np.ndarray]:
+    """The episode's per-frame arrays at source rows ``rows`` (our dataset names, our dtypes)."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in (("actions", ep.actions), ("states", ep.states), ("rewards", ep.rewards)):
+        if value is not None:
+            value = np.asarray(value, np.float32)
+            if key != "rewards":
+                value = value.reshape(len(value), -1)
+            if len(value) <= rows.max():
+                raise MasklamError(f"{item.path}: {item.name} has {len(value)} {key} rows for {rows.max() + 1} frames")
+            if not np.isfinite(value[rows]).all():
+                raise MasklamError(f"{item.path}: {item.name}'s {key} hold NaN or inf")
+            out[key] = value[rows]
+    for key, value in ep.masks.items():
+        out[key] = np.asarray(value, bool)[rows]
+    return out
+
+
+def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: float, resizer: Resizer,
+                tick: Any = None) -> int:
+    """Read one source item into its part file (one or more trajectory groups, by --chunk-seconds); returns the
+    number of frames written."""
+    ep = source.read(item, resizer)
+    span = max(2, round(cfg.chunk_seconds * fps)) if cfg.chunk_seconds and fps else None
+    consumed = [0]  # source frames decoded, kept or not
+
+    def counted(frames: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        for row, frame in enumerate(frames):
+            consumed[0] = row + 1
+            yield row, frame
+
+    groups: list[tuple[_GroupWriter, list[int]]] = []
+    with write_atomically(part_path(cfg.out, index)) as f:
+        for row, frame in _selected(counted(ep.frames), source.fps, fps):
+            if not groups or (span is not None and groups[-1][0].n + len(groups[-1][0].buffer) >= span):
+                groups.append((_GroupWriter(f, str(len(groups)), cfg.img_size, cfg.compression), []))
+            groups[-1][0].add(frame)
+            groups[-1][1].append(row)
+            if tick is not None:
+                tick(1)
+        if ep.length is not None and consumed[0] < ep.length:
+            raise MasklamError(f"{item.path}: {item.name} ends after {consumed[0]} of its {ep.length} frames (a "
+                               "truncated or corrupt file)")
+        if not groups:
+            raise MasklamError(f"{item.path}: {item.name} holds no frames")
+        if len(groups) > 1 and len(groups[-1][1]) < 2:  # a 1-frame tail makes no window
+            del f[groups.pop()[0].group.name]
+        for writer, rows in groups:
+            attrs = {"source_item": item.name, "source_file": str(item.path), "source_start": int(rows[0]),
+                     "task": ep.task, "seed": index}
+            writer.finish(_arrays(ep, np.asarray(rows, np.int64), item), attrs)
+    return sum(writer.n for writer, _ in groups)
+
+
+def _existing(cfg: ImportConfig, attrs: dict[str, Any]) -> bool:
+    """True when OUT exists already, written with these arguments (MasklamError when with others)."""
+    if not cfg.out.exists():
+        return False
+    layout = read_layout(cfg.out)
+    check_attrs(cfg.out, layout.attrs, attrs)
+    return True
+
+
+def run_import(cfg: ImportConfig) -> ImportResult:
+    """Import ``cfg.src`` into ``cfg.out``, resuming whatever an earlier run finished."""
+    source = open_source(cfg.src, cfg.camera)  # every checkable problem: one line, before any file is touched
+    try:
+        attrs = file_attrs(cfg, source)
+        items = source.items()
+        if _existing(cfg, attrs):
+            remove_parts(cfg.out)
+            lay = read_layout(cfg.out)
+            return ImportResult(cfg.out, lay.num_trajectories, lay.num_frames, 0, len(items))
+        fps = attrs["fps"]
+        resizer = Resizer(cfg.img_size, cfg.resize)
+        finished = prepare_parts(cfg.out, attrs)
+        todo = [i for i in range(len(items)) if i not in finished]
+        ratio = fps / source.fps if source.fps and fps else 1.0
+        total = sum(int((it.length or 0) * ratio) for i, it in enumerate(items) if i in todo)
+        bar = tqdm(total=total or None, unit="frame", desc="import", disable=not cfg.progress, dynamic_ncols=True)
+        try:
+            for i in todo:
+                bar.set_postfix_str(items[i].name, refresh=False)
+                import_item(cfg, source, items[i], i, fps, resizer, bar.update)
+        finally:
+            bar.close()
+        tasks = sorted({str(g.get("task", "")) for g in _group_attrs(cfg.out, range(len(items)))} - {""})
+        n = merge_parts(cfg.out, {**attrs, "tasks": tasks}, range(len(items)))
+        remove_parts(cfg.out)
+        lay = read_layout(cfg.out)
+        return ImportResult(cfg.out, n, lay.num_frames, len(todo), len(items) - len(todo))
+    finally:
+        source.close()
+
+
+def _group_attrs(out: Path, indices: Any) -> Iterator[dict[str, Any]]:
+    from masklam.data.hdf5 import open_file, read_attrs, trajectory_names
+
+    for i in indices:
+        with open_file(part_path(out, i)) as f:
+            for name in trajectory_names(f):
+                yield read_attrs(f[name])
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse(ImportConfig, argv)
+    result = run_import(cfg)
+    lay = read_layout(result.path)
+    labels = ", ".join(k for k in ("actions", "states", "rewards") if lay.has(k)) or "no actions or states"
+    print(f"{result.path}: {result.trajectories} trajectories, {result.frames} frames of {cfg.img_size}x{cfg.img_size} "
+          f"({cfg.resize}), {lay.attrs.get('fps', 0):g} fps; {labels} (read {result.imported} items, kept "
+          f"{result.reused})")
+    return 0

@@ -1,0 +1,337 @@
+"""Every external data format enters through here: one reader interface, `Source`, and the one place that
+tells formats apart (`detect`). Nothing above `masklam.data` knows a file format.
+
+Formats (FORMATS):
+
+- ``hdf5``: our HDF5 layout, and LAOM's published files (its subset) -- `masklam.data.hdf5`;
+- ``masklam-parquet``: MaskLAM's published parquet data (a file or a directory of shards) -- `masklam.data.peers`;
+- ``lerobot``: a LeRobotDataset directory, v3.0 or v2.x -- `masklam.data.lerobot`;
+- ``videos``: one video file, or a folder of them (mp4, webm, mkv, avi, mov, gif), one episode per file;
+- ``frames``: a folder of image folders, ``DIR/<episode>/*.jpg|png`` (frames in name order).
+
+A `Source` lists its items up front (`items`: a file, a folder, an episode; everything checkable is checked
+there, before any work: unreadable or missing files, an unknown camera, images of mixed sizes), then reads one
+item at a time as `Episode`s whose frames stream (square, at the size asked for), so memory does not grow
+with the input's length. Training reads HDF5 and MaskLAM's parquet directly (`load_dataset`); the other
+formats enter through `masklam import`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from masklam.data.hdf5 import MASK_KEYS, open_file, read_layout
+from masklam.data.peers import is_parquet
+from masklam.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, VideoReader, image_size, probe, read_image
+from masklam.errors import MasklamError
+
+FORMATS = ("hdf5", "masklam-parquet", "lerobot", "videos", "frames")
+DESCRIPTIONS = {"hdf5": "HDF5 data", "masklam-parquet": "MaskLAM's parquet data", "lerobot": "a LeRobot dataset",
+                "videos": "video", "frames": "a folder of image folders"}
+HDF5_SUFFIXES = (".h5", ".hdf5")
+READ_CHUNK = 256
+"""frames read at a time from an HDF5 file"""
+
+
+def _videos(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def _images(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _image_dirs(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and _images(p))
+
+
+def detect(path: str | os.PathLike) -> str:
+    """The format (one of FORMATS) of a data path, from its content; MasklamError when it is none of them."""
+    path = Path(path)
+    if path.is_dir() and (path / "meta" / "info.json").is_file():
+        return "lerobot"
+    if is_parquet(path):
+        return "masklam-parquet"
+    if path.is_file():
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            return "videos"
+        return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
+    if path.is_dir():
+        if any(p.is_file() and p.suffix in HDF5_SUFFIXES for p in path.iterdir()):
+            return "hdf5"
+        if _videos(path):
+            return "videos"
+        if _image_dirs(path):
+            return "frames"
+        raise MasklamError(f"{path}: no data found (video files, folders of images, HDF5 or parquet files, or a "
+                           "LeRobot dataset with meta/info.json)")
+    raise MasklamError(f"no such file: {path}")
+
+
+def offers_observations(path: str | os.PathLike) -> bool:
+    """Whether a data path holds two kinds of frame to choose from (distracted and clean: MaskLAM's parquet
+    data); an HDF5 file holds one."""
+    return is_parquet(path)
+
+
+def data_exists(path: str | os.PathLike) -> bool:
+    """Whether a data path names existing data (a file, a directory, or a split of a directory of shards)."""
+    return Path(path).exists() or is_parquet(path)
+
+
+def trainable(path: str | os.PathLike) -> None:
+    """MasklamError for data training cannot read directly (video, image folders, LeRobot), saying how to import
+    them; paths of no known format pass (their reader names the problem)."""
+    try:
+        kind = detect(path)
+    except MasklamError:
+        return
+    if kind not in ("hdf5", "masklam-parquet"):
+        raise MasklamError(f"{path} is {DESCRIPTIONS[kind]}; import it first: masklam import {path} --out DATA.h5")
+
+
+@dataclass
+class Item:
+    """One unit a source is read in (a video file, an image folder, a LeRobot episode, a trajectory)."""
+
+    name: str
+    path: Path
+    """the file errors name"""
+    length: int | None = None
+    """frames, when known before reading"""
+    ref: Any = None
+    """what the source needs to read it"""
+
+
+@dataclass
+class Episode:
+    """One episode as read: frames stream, per-frame arrays are whole (small)."""
+
+    frames: Iterator[np.ndarray]
+    """(size, size, 3) uint8 frames, in order"""
+    length: int | None
+    """frames expected (None: until the stream ends); fewer is an error naming the item's file"""
+    actions: np.ndarray | None = None  # (T, A) float32
+    states: np.ndarray | None = None  # (T, S) float32
+    rewards: np.ndarray | None = None  # (T,) float32
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (T, size, size) bool
+    task: str = ""
+
+
+class Source:
+    """A data path read item by item. Subclasses set `kind` and define `items` and `read`."""
+
+    kind = "?"
+    layout: Any = None
+    """the checked FileLayout of the formats training reads directly (hdf5, masklam-parquet); None for others"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def fps(self) -> float | None:
+        """Frames per second of the source (None: it does not say)."""
+        return None
+
+    def attrs(self) -> dict[str, Any]:
+        """File attrs of the source worth keeping in an imported file (task, domain, ...)."""
+        return {}
+
+    def items(self) -> list[Item]:
+        raise NotImplementedError
+
+    def read(self, item: Item, resizer: Resizer) -> Episode:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSource(Source):
+    """A video file or a folder of them: one episode per file."""
+
+    kind = "videos"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        files = [path] if path.is_file() else _videos(path)
+        if not files:
+            raise MasklamError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {path}")
+        self.infos = [probe(f) for f in files]  # an unreadable file: one line naming it, before any work
+        rates = {round(i.fps, 3) for i in self.infos}
+        if len(rates) > 1:
+            raise MasklamError(f"{path}: videos of different frame rates ({', '.join(map(str, sorted(rates)))} fps); "
+                               "give --fps to resample them all to one")
+        self._fps = self.infos[0].fps
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps or None
+
+    def items(self) -> list[Item]:
+        return [Item(i.path.stem, i.path, i.frames or None, i) for i in self.infos]
+
+    def read(self, item: Item, resizer: Resizer) -> Episode:
+        info = item.ref
+        checked = info.frames if info.path.suffix.lower() in (".mp4", ".mov") else None  # others: counts unreliable
+        return Episode(VideoReader(info.path).frames(resizer=resizer), checked)
+
+
+class FrameFolderSource(Source):
+    """A folder of image folders: one episode per folder, frames in name order, all of one size."""
+
+    kind = "frames"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        if not path.is_dir():
+            raise MasklamError(f"no such directory: {path}")
+        self.folders = _image_dirs(path)
+        if not self.folders:
+            raise MasklamError(f"no folders of images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        self.files = {d: _images(d) for d in self.folders}
+        first = self.files[self.folders[0]][0]
+        size = image_size(first)
+        for d in self.folders:  # headers only: cheap, and a mixed size is an error before any work
+            for f in self.files[d]:
+                hw = image_size(f)
+                if hw != size:
+                    raise MasklamError(f"{f} is {hw[1]}x{hw[0]}, {first} is {size[1]}x{size[0]}; every frame of an "
+                                       "image-folder dataset must have one size")
+
+    def items(self) -> list[Item]:
+        return [Item(d.name, d, len(self.files[d]), d) for d in self.folders]
+
+    def read(self, item: Item, resizer: Resizer) -> Episode:
+        return Episode((resizer.array(read_image(f)) for f in self.files[item.ref]), item.length)
+
+
+class LeRobotSource(Source):
+    """A LeRobot dataset: one episode per LeRobot episode, the camera chosen by `camera`."""
+
+    kind = "lerobot"
+
+    def __init__(self, path: Path, camera: str | None = None) -> None:
+        from masklam.data.lerobot import open_lerobot
+
+        super().__init__(path)
+        self.dir = open_lerobot(path, camera)
+
+    @property
+    def fps(self) -> float | None:
+        return self.dir.fps
+
+    def attrs(self) -> dict[str, Any]:
+        """Its camera and version; a dataset `masklam export` wrote also gives back its file's attrs (task, env
+        settings), which evaluation needs."""
+        ours = (self.dir.info.get("masklam") or {}).get("attrs") or {}
+        kept = {k: v for k, v in ours.items() if k not in ("img_hw", "version", "fps") and v is not None}
+        return {**kept, "camera": self.dir.camera, "lerobot_version": self.dir.version,
+                "robot_type": str(self.dir.info.get("robot_type") or "")}
+
+    def items(self) -> list[Item]:
+        return [Item(f"episode_{ep.index:06d}", ep.video_file or ep.data_file, ep.length, ep)
+                for ep in self.dir.episodes]
+
+    def read(self, item: Item, resizer: Resizer) -> Episode:
+        ep = item.ref
+        rows = self.dir.rows(ep)
+        masks = {k: np.stack([resizer.mask(m) for m in v]) for k, v in rows.items() if k in MASK_KEYS}
+        return Episode(self.dir.frames(ep, resizer, rows), ep.length, rows.get("actions"), rows.get("states"),
+                       rows.get("rewards"), masks, "; ".join(ep.tasks))
+
+    def close(self) -> None:
+        self.dir.close()
+
+
+class HDF5Source(Source):
+    """Our HDF5 file or LAOM's: one episode per trajectory, read a chunk of frames at a time."""
+
+    kind = "hdf5"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.layout = read_layout(path)
+        self.file: Any = None
+
+    @property
+    def fps(self) -> float | None:
+        fps = self.layout.attrs.get("fps")
+        return float(fps) if fps else None
+
+    def attrs(self) -> dict[str, Any]:
+        return {k: self.layout.attrs[k] for k in ("domain_name", "task_name") if k in self.layout.attrs}
+
+    def items(self) -> list[Item]:
+        return [Item(name, self.path, int(n), name) for name, n in zip(self.layout.names, self.layout.lengths)]
+
+    def read(self, item: Item, resizer: Resizer) -> Episode:
+        if self.file is None:
+            self.file = open_file(self.path)
+        group = self.file[item.ref]
+        arrays = {k: group[k][()] for k in ("actions", "states", "rewards") if k in group}
+        masks = {k: np.stack([resizer.mask(m) for m in group[k][()]]) for k in MASK_KEYS if k in group}
+
+        def frames() -> Iterator[np.ndarray]:
+            obs = group["obs"]
+            for lo in range(0, obs.shape[0], READ_CHUNK):
+                for img in obs[lo:lo + READ_CHUNK]:
+                    yield resizer.array(img)
+
+        return Episode(frames(), item.length, arrays.get("actions"), arrays.get("states"), arrays.get("rewards"), masks,
+                       str(group.attrs.get("task", "")))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class ParquetSource(Source):
+    """MaskLAM's parquet data: one episode per trajectory (its distracted frames)."""
+
+    kind = "masklam-parquet"
+
+    def __init__(self, path: Path) -> None:
+        from masklam.data.peers import parquet_layout
+
+        super().__init__(path)
+        self.layout = parquet_layout(path)
+
+    def items(self) -> list[Item]:
+        return [Item(name, self.path, int(n), name) for name, n in zip(self.layout.names, self.layout.lengths)]
+
+    def read(self, item: Item, resizer: Resizer) -> Episode:
+        from masklam.data.peers import ParquetReader
+
+        keys = sorted(self.layout.columns)
+        with ParquetReader(self.layout, keys) as reader:
+            traj = reader[item.ref]
+            obs = traj["obs"]
+            arrays = {k: traj[k] for k in ("actions", "states", "rewards") if k in self.layout.columns}
+            masks = {k: np.stack([resizer.mask(m) for m in traj[k]]) for k in MASK_KEYS if k in self.layout.columns}
+        return Episode((resizer.array(img) for img in obs), item.length, arrays.get("actions"), arrays.get("states"),
+                       arrays.get("rewards"), masks)
+
+
+def open_source(path: str | os.PathLike, camera: str | None = None) -> Source:
+    """The `Source` of a data path, its items checked (MasklamError naming the first bad file)."""
+    path = Path(path)
+    kind = detect(path)
+    if camera is not None and kind != "lerobot":
+        raise MasklamError(f"--camera picks a LeRobot dataset's camera; {path} is {DESCRIPTIONS[kind]}")
+    if kind == "lerobot":
+        return LeRobotSource(path, camera)
+    if kind == "videos":
+        return VideoSource(path)
+    if kind == "frames":
+        return FrameFolderSource(path)
+    if kind == "masklam-parquet":
+        return ParquetSource(path)
+    if path.is_dir():
+        raise MasklamError(f"{path} is a directory of HDF5 files; import them one at a time")
+    return HDF5Source(path)

@@ -1,0 +1,309 @@
+"""Frames in and out of video files and image files, with PyAV (the `av` wheel bundles FFmpeg: h264, AV1 via
+libdav1d, VP9, ...), and the one resize every importer uses.
+
+- `Resizer`: a frame of any size -> a square ``size x size`` RGB frame, by centre crop (``crop``: the short
+  side fills the frame, the long side's ends are cut) or letterbox (``letterbox``: the long side fills the
+  frame, black bars pad the short side); video frames are scaled inside FFmpeg (area interpolation) before
+  they become arrays, so a large video costs little more than a small one.
+- `VideoReader`: the frames of one file from a time on (seeking only when needed), as (H, W, 3) uint8.
+- `VideoWriter`: (n, H, W, 3) uint8 frames -> an mp4 file (h264 with libx264, else mpeg4; or AV1).
+Every decoding error is a one-line MasklamError naming the file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from masklam.errors import MasklamError
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+RESIZE_MODES = ("crop", "letterbox")
+CODECS = ("h264", "av1")
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError:  # pragma: no cover - a dependency
+        raise MasklamError("reading video needs PyAV: pip install av") from None
+    av.logging.set_level(av.logging.PANIC)  # FFmpeg's own warnings would interleave with the progress bar
+    return av
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    av = _av()
+    return (av.error.FFmpegError, OSError, ValueError, EOFError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class Resizer:
+    """(H, W, 3) frames of any size -> (size, size, 3) uint8 by centre crop or letterbox (RESIZE_MODES)."""
+
+    def __init__(self, size: int, mode: str = "crop") -> None:
+        if size < 8:
+            raise MasklamError(f"--img-size must be >= 8, got {size}")
+        if mode not in RESIZE_MODES:
+            raise MasklamError(f"unknown resize mode {mode!r}; one of {', '.join(RESIZE_MODES)}")
+        self.size, self.mode = size, mode
+
+    def scaled(self, h: int, w: int) -> tuple[int, int]:
+        """The (height, width) a frame is scaled to before it is cropped or padded to the square."""
+        side = min(h, w) if self.mode == "crop" else max(h, w)
+        return max(1, round(h * self.size / side)), max(1, round(w * self.size / side))
+
+    def square(self, img: np.ndarray) -> np.ndarray:
+        """A frame (or mask) already scaled by `scaled` -> (size, size[, 3]): centre crop or centred black
+        (False) padding."""
+        h, w = img.shape[:2]
+        s = self.size
+        if (h, w) == (s, s):
+            return np.ascontiguousarray(img)
+        if self.mode == "crop":
+            top, left = (h - s) // 2, (w - s) // 2
+            return np.ascontiguousarray(img[top:top + s, left:left + s])
+        out = np.zeros((s, s) + img.shape[2:], img.dtype)
+        top, left = (s - h) // 2, (s - w) // 2
+        out[top:top + h, left:left + w] = img
+        return out
+
+    def array(self, img: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (size, size, 3) uint8 (antialiased bilinear scaling)."""
+        h, w = img.shape[:2]
+        sh, sw = self.scaled(h, w)
+        if (sh, sw) != (h, w):
+            from PIL import Image
+
+            img = np.asarray(Image.fromarray(img).resize((sw, sh), Image.BILINEAR))
+        return self.square(img)
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """(H, W) bool agent mask -> (size, size) bool, scaled nearest-neighbour like its frame."""
+        h, w = mask.shape[:2]
+        sh, sw = self.scaled(h, w)
+        if (sh, sw) != (h, w):
+            from PIL import Image
+
+            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((sw, sh), Image.NEAREST)) > 127
+        return self.square(np.asarray(mask, bool))
+
+    def video_frame(self, frame: Any) -> np.ndarray:
+        """A decoded av.VideoFrame -> (size, size, 3) uint8, scaled by FFmpeg (bilinear)."""
+        sh, sw = self.scaled(frame.height, frame.width)
+        if (sh, sw) == (frame.height, frame.width):
+            return self.square(frame.to_ndarray(format="rgb24"))
+        return self.square(frame.reformat(width=sw, height=sh, format="rgb24", interpolation="BILINEAR").to_ndarray())
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB; MasklamError naming the file when it is not a readable image."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), np.uint8)
+    except OSError as e:
+        raise MasklamError(f"{path} is not a readable image ({_first_line(e)})") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header alone."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except OSError as e:
+        raise MasklamError(f"{path} is not a readable image ({_first_line(e)})") from None
+
+
+@dataclass
+class VideoInfo:
+    """What a video file's header says."""
+
+    path: Path
+    fps: float
+    frames: int
+    """frame count the container states (0 when it states none)"""
+    height: int
+    width: int
+    codec: str
+    duration: float
+    """seconds (0 when unknown)"""
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Open a video file and read its first video stream's header (MasklamError naming the file if it cannot)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MasklamError(f"no such file: {path}")
+    av = _av()
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise MasklamError(f"{path} has no video stream")
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or s.base_rate
+            duration = float(s.duration * s.time_base) if s.duration and s.time_base else (
+                c.duration / 1e6 if c.duration else 0.0)
+            return VideoInfo(path, float(rate) if rate else 0.0, int(s.frames or 0), int(s.codec_context.height),
+                             int(s.codec_context.width), s.codec_context.name, duration)
+    except _errors() as e:
+        raise MasklamError(f"{path} is not a readable video ({_first_line(e)})") from None
+
+
+class VideoReader:
+    """Sequential frames of one video file, from any time on. Consecutive requests continue decoding where
+    the last one stopped; a request elsewhere seeks to the keyframe before it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._container: Any = None
+        self._frames: Iterator[Any] | None = None
+        self._next = 0.0  # time of the next frame the open decoder will yield (seconds)
+        self._count = 0
+
+    def _open(self, start: float) -> None:
+        av = _av()
+        if self._container is None:
+            if not self.path.is_file():
+                raise MasklamError(f"no such file: {self.path}")
+            self._container = av.open(str(self.path))
+            if not self._container.streams.video:
+                raise MasklamError(f"{self.path} has no video stream")
+            self._stream = self._container.streams.video[0]
+            rate = self._stream.average_rate or self._stream.guessed_rate
+            self._fps = float(rate) if rate else 0.0
+        if start > 0:
+            self._container.seek(int(start / self._stream.time_base), stream=self._stream, backward=True)
+        self._frames = self._container.decode(self._stream)
+        self._next, self._count = 0.0, 0
+
+    def frames(self, start: float = 0.0, count: int | None = None, fps: float | None = None,
+               resizer: Resizer | None = None) -> Iterator[np.ndarray]:
+        """Frames with time >= start - half a frame (``fps``: the frame rate the times are on; default the
+        stream's), ``count`` of them (None: to the end), each (H, W, 3) uint8, or square through ``resizer``.
+
+        Fewer frames than ``count`` before the file ends is a MasklamError (a truncated or short file)."""
+        try:
+            yield from self._frames_unchecked(start, count, fps, resizer)
+        except _errors() as e:
+            raise MasklamError(f"{self.path}: cannot decode ({_first_line(e)}); the file is truncated or corrupt") \
+                from None
+
+    def _frames_unchecked(self, start: float, count: int | None, fps: float | None,
+                          resizer: Resizer | None) -> Iterator[np.ndarray]:
+        if self._frames is None or start < self._next - 1e-6 or start > self._next + 2.0:
+            self._open(start)
+        rate = fps or self._fps or 30.0
+        tol = 0.5 / rate
+        got = 0
+        assert self._frames is not None
+        while count is None or got < count:
+            frame = next(self._frames, None)
+            if frame is None:
+                break
+            t = float(frame.time) if frame.time is not None else self._count / rate
+            self._count += 1
+            self._next = t + 1.0 / rate
+            if t < start - tol:
+                continue
+            got += 1
+            yield resizer.video_frame(frame) if resizer is not None else frame.to_ndarray(format="rgb24")
+        if count is not None and got < count:
+            raise MasklamError(f"{self.path}: ends after {got} of the {count} frames expected from {start:.3f} s "
+                               "(a truncated or short video)")
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, self._frames = None, None
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def encoder_name(codec: str) -> str:
+    """The FFmpeg encoder for a codec name of CODECS available in this PyAV build (h264: libx264, else mpeg4)."""
+    available = _av().codecs_available
+    if codec == "h264":
+        return "libx264" if "libx264" in available else "mpeg4"
+    if codec == "av1":
+        for name in ("libsvtav1", "libaom-av1", "librav1e"):
+            if name in available:
+                return name
+        raise MasklamError("this PyAV build has no AV1 encoder; use --codec h264")
+    raise MasklamError(f"unknown codec {codec!r}; one of {', '.join(CODECS)}")
+
+
+def codec_written(codec: str) -> str:
+    """The codec name an mp4 written with `codec` holds (what LeRobot's info.json records)."""
+    return {"libx264": "h264", "mpeg4": "mpeg4"}.get(encoder_name(codec), "av1")
+
+
+class VideoWriter:
+    """Frames -> one mp4 file, frame i at time i / fps. ``crf``: quality (lower is better; 0 for h264 is
+    lossless in YUV); ``pix_fmt``: yuv420p (every player) or yuv444p (no chroma subsampling)."""
+
+    def __init__(self, path: str | Path, fps: float, height: int, width: int, codec: str = "h264", crf: int = 15,
+                 pix_fmt: str = "yuv420p", gop: int = 2) -> None:
+        av = _av()
+        if pix_fmt == "yuv420p" and (height % 2 or width % 2):
+            raise MasklamError(f"yuv420p video needs an even width and height, got {width}x{height}")
+        self.path = Path(path)
+        self.encoder = encoder_name(codec)
+        self._container = av.open(str(path), "w", format="mp4")
+        rate = Fraction(fps).limit_denominator(1001)
+        self._stream = self._container.add_stream(self.encoder, rate=rate)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = pix_fmt
+        self._stream.time_base = 1 / rate
+        options = {"g": str(gop)}
+        if self.encoder == "mpeg4":
+            self._stream.codec_context.qscale = 2
+            options["qscale"] = "2"
+        else:
+            options["crf"] = str(crf)
+        self._stream.options = options
+        self.frames = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        """(n, H, W, 3) uint8 frames, appended."""
+        av = _av()
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.frames
+            self.frames += 1
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._container.close()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 arrays of one shape (inf when equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)

@@ -1,0 +1,196 @@
+"""`masklam label --lam RUN --data DATA --out OUT`: every frame's latent action, written into a copy of the data.
+
+``latent_action[t]`` is the LAM's latent of the transition (o_t, o_{t+1}) (k = 1, frame stacks as the LAM was
+trained, its agent masks where it takes them); the last frame of an episode, which has no successor, gets
+the latent of (o_{T-1}, o_{T-1}) (a repeated frame), so there is one row per frame. With ``--decoder`` (an
+action decoder over the LAM's latents: input ``latent``, latent_dim equal to the LAM's) ``decoded_action[t]``
+= decoder(latent_action[t]) as well.
+
+- DATA a LeRobot dataset (v3.0 or v2.x) -> OUT a copy of it with the new feature ``latent_action`` (and
+  ``decoded_action``) in every data file, meta/info.json and meta/stats.json; frames are read at the LAM's
+  size (``--resize``: centre crop or letterbox, as `masklam import`).
+- DATA an HDF5 dataset -> OUT (.h5) a copy with ``latent_action (T, D)`` (and ``decoded_action (T, A)``) in
+  every trajectory group.
+Batched (``--batch-size``), on the GPU when there is one (``--device auto``). OUT appears only complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from masklam.args import parse
+from masklam.devices import resolve_device
+from masklam.errors import MasklamError
+
+LATENT, DECODED = "latent_action", "decoded_action"
+
+
+@dataclass
+class LabelConfig:
+    """Write every frame's latent action (and decoded action) into a copy of a LeRobot dataset or HDF5 file."""
+
+    lam: Path
+    """latent action model run directory (written by `masklam pretrain`)"""
+    data: Path
+    """a LeRobot dataset directory (v3.0 or v2.x) or an HDF5 dataset file"""
+    out: Path
+    """output: a directory for a LeRobot dataset, a .h5 file for HDF5 (must not exist)"""
+    decoder: Path | None = None
+    """an action decoder over the LAM's latents (input 'latent'); adds decoded_action"""
+    camera: str | None = None
+    """LeRobot dataset: the camera the LAM sees (default: its only one)"""
+    resize: Literal["crop", "letterbox"] = "crop"
+    """how frames of another size become the LAM's square input (as `masklam import`)"""
+    batch_size: int = 256
+    """transitions per forward pass"""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise MasklamError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@torch.no_grad()
+def episode_latents(lam: Any, obs: np.ndarray, masks: np.ndarray | None, batch_size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames [+ (T, H, W) bool masks] -> (T, D) float32 latents of (o_t, o_{t+1}); the last
+    row is that of (o_{T-1}, o_{T-1})."""
+    from masklam.data import TrajectoryData, WindowSampler
+
+    obs = np.concatenate([obs, obs[-1:]])  # (T+1, H, W, 3): the last frame repeated
+    masks = None if masks is None else np.concatenate([masks, masks[-1:]])
+    n = len(obs)
+    data = TrajectoryData(obs=obs, actions=np.zeros((n, 0), np.float32), states=np.zeros((n, 0), np.float32),
+                          rewards=None, masks=masks, traj_starts=np.zeros(1, np.int64),
+                          traj_lengths=np.array([n], np.int64), traj_returns=np.full(1, np.nan), sources=[],
+                          meta={"files": []}, mask_key="masks" if masks is not None else None)
+    sampler = WindowSampler(data, frame_stack=lam.frame_stack, max_offset=1, need_masks=masks is not None)
+    out = [lam.label(batch).float().cpu().numpy() for batch in sampler.all_windows(batch_size, k=1)]
+    return np.concatenate(out).astype(np.float32)  # (T, D)
+
+
+class Labeller:
+    """A frozen LAM (and decoder) turning one episode's frames into its per-frame label arrays."""
+
+    def __init__(self, cfg: LabelConfig) -> None:
+        from masklam.downstream.decoder import ActionDecoder
+        from masklam.downstream.targets import lam_mask_key
+        from masklam.models.lam import load_lam
+
+        self.device = resolve_device(cfg.device)
+        self.lam = load_lam(cfg.lam, self.device)
+        self.mask_key = lam_mask_key(cfg.lam)
+        self.size = int(self.lam.cfg.img_hw)
+        self.batch_size = cfg.batch_size
+        self.decoder = None
+        if cfg.decoder is not None:
+            self.decoder = ActionDecoder.from_pretrained(cfg.decoder, self.device)
+            dims = self.decoder.dims
+            if dims["input"] != "latent" or dims["latent_dim"] != self.lam.latent_dim:
+                raise MasklamError(f"{cfg.decoder}: a decoder reading {dims['input']} of width {dims['latent_dim']}; "
+                                   f"labelling needs one over the LAM's latents (input latent, width "
+                                   f"{self.lam.latent_dim})")
+
+    def __call__(self, obs: np.ndarray, masks: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+        """(T, S, S, 3) frames and their masks -> {latent_action (T, D)[, decoded_action (T, A)]}."""
+        mask = None
+        if self.mask_key is not None:
+            if self.mask_key not in masks:
+                raise MasklamError(f"{where} has no {self.mask_key!r} masks; this LAM takes them as input")
+            mask = masks[self.mask_key]
+        z = episode_latents(self.lam, obs, mask, self.batch_size)
+        out = {LATENT: z}
+        if self.decoder is not None:
+            with torch.no_grad():
+                a = self.decoder(torch.from_numpy(z).to(self.device)).clamp(-1, 1)
+            out[DECODED] = a.float().cpu().numpy()
+        return out
+
+
+def _label_source(cfg: LabelConfig, labeller: Labeller, source: Any) -> dict[str, list[np.ndarray]]:
+    """Labels of every item of the source, in item order: {name: [(T, D) per item]}."""
+    from masklam.data.video import Resizer
+
+    resizer = Resizer(labeller.size, cfg.resize)
+    items = source.items()
+    out: dict[str, list[np.ndarray]] = {}
+    bar = tqdm(total=sum(int(i.length or 0) for i in items), unit="frame", desc="label", disable=not cfg.progress)
+    try:
+        for item in items:
+            ep = source.read(item, resizer)
+            obs = np.stack(list(ep.frames))
+            for key, value in labeller(obs, ep.masks, f"{item.path} ({item.name})").items():
+                out.setdefault(key, []).append(value)
+            bar.update(len(obs))
+    finally:
+        bar.close()
+    return out
+
+
+def label(cfg: LabelConfig) -> Path:
+    """Write the labelled copy ``cfg.out``; returns it."""
+    from masklam.data.sources import DESCRIPTIONS, open_source
+
+    if cfg.out.exists():
+        raise MasklamError(f"{cfg.out} already exists; remove it or choose another --out")
+    source = open_source(cfg.data, cfg.camera)
+    try:
+        if source.kind not in ("lerobot", "hdf5"):
+            raise MasklamError(f"{cfg.data} is {DESCRIPTIONS[source.kind]}; label writes into a LeRobot dataset or "
+                               f"an HDF5 file (masklam import {cfg.data} --out DATA.h5 first)")
+        if source.kind == "hdf5" and cfg.out.suffix != ".h5":
+            raise MasklamError(f"--out must end in .h5 for an HDF5 dataset, got {cfg.out}")
+        labeller = Labeller(cfg)
+        labels = _label_source(cfg, labeller, source)
+        if source.kind == "lerobot":
+            _write_lerobot(cfg, source, labels)
+        else:
+            _write_hdf5(cfg, source, labels)
+    finally:
+        source.close()
+    return cfg.out
+
+
+def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:
+    from masklam.data.lerobot import add_feature
+
+    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(cfg.data, tmp)
+        indices = [item.ref.index for item in source.items()]
+        for key, values in labels.items():
+            add_feature(tmp, key, dict(zip(indices, values)))
+        os.replace(tmp, cfg.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:
+    from masklam.data.hdf5 import write_atomically
+
+    with write_atomically(cfg.out, start_from=cfg.data) as f:
+        for i, item in enumerate(source.items()):
+            for key, values in labels.items():
+                group = f[item.ref]
+                if key in group:
+                    del group[key]
+                group.create_dataset(key, data=values[i], fletcher32=True)
+        f.attrs["latent_lam"] = str(cfg.lam.expanduser().resolve())
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse(LabelConfig, argv)
+    out = label(cfg)
+    print(f"{out}: {LATENT}{' and ' + DECODED if cfg.decoder else ''} for every frame of {cfg.data}")
+    return 0

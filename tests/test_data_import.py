@@ -1,0 +1,295 @@
+"""`masklam import` / `export` / `label`: video folders, image folders, LeRobot v3.0 and v2.1, round trips, bad input,
+resumption, and the end-to-end path mp4 folder -> import -> pretrain -> export -> label. Small data the tests make."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from masklam.cli import main
+from masklam.data.export import ExportConfig, export
+from masklam.data.hdf5 import read_layout
+from masklam.data.importer import ImportConfig, run_import
+from masklam.data.parts import parts_dir
+from masklam.data.video import VideoWriter, psnr
+from masklam.errors import MasklamError
+
+
+def smooth_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """(n, h, w, 3) uint8: a moving bright square on a colour gradient (compresses well, like rendered frames)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), np.full_like(x, 90 + 40 * seed)], -1)
+    out = np.repeat(base[None].astype(np.uint8), n, 0)
+    s = max(2, min(h, w) // 4)
+    pos = rng.integers(0, min(h, w) - s, size=2)
+    for t in range(n):
+        r, c = (pos + t) % (min(h, w) - s)
+        out[t, r:r + s, c:c + s] = 250
+    return out
+
+
+def write_video(path: Path, n: int, h: int = 64, w: int = 64, fps: float = 10, seed: int = 0, codec: str = "h264",
+                pix_fmt: str = "yuv420p") -> np.ndarray:
+    frames = smooth_frames(n, h, w, seed)
+    with VideoWriter(path, fps, h, w, codec, crf=10, pix_fmt=pix_fmt) as writer:
+        writer.write(frames)
+    return frames
+
+
+def write_h5(path: Path, n_traj: int = 3, length: int = 12, size: int = 32) -> Path:
+    """Our layout: obs, actions, states, rewards, masks."""
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        f.attrs.update(domain_name="cheetah", task_name="run", img_hw=size)
+        for i in range(n_traj):
+            g = f.create_group(str(i))
+            g["obs"] = smooth_frames(length, size, size, seed=i)
+            g["actions"] = rng.uniform(-1, 1, (length, 3)).astype(np.float32)
+            g["states"] = rng.normal(size=(length, 5)).astype(np.float32)
+            g["rewards"] = rng.uniform(0, 1, length).astype(np.float32)
+            g["masks"] = rng.random((length, size, size)) > 0.7
+    return path
+
+
+def do_import(src: Path, out: Path, **kw) -> object:
+    return run_import(ImportConfig(src=src, out=out, progress=False, **kw))
+
+
+def test_video_folder_one_episode_per_file_crop_and_letterbox(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 12, 48, 80)  # landscape
+    write_video(videos / "b.mp4", 9, 64, 64, seed=1)
+    result = do_import(videos, tmp_path / "d.h5", img_size=32)
+    lay = read_layout(tmp_path / "d.h5")
+    assert lay.lengths.tolist() == [12, 9] and lay.img_hw == (32, 32) and result.reused == 0
+    assert lay.action_dim == 0 and lay.state_dim == 0 and lay.attrs["fps"] == 10 and lay.attrs["resize"] == "crop"
+    do_import(videos, tmp_path / "l.h5", img_size=32, resize="letterbox")
+    with h5py.File(tmp_path / "l.h5") as f, h5py.File(tmp_path / "d.h5") as g:
+        letter, crop = f["0/obs"][0], g["0/obs"][0]
+        assert letter[:4].max() < 20 and letter[-4:].max() < 20  # 80x48 -> 32x19 plus black bars above and below
+        assert crop[:4].mean() > 40  # crop fills the frame
+        assert f["0"].attrs["source_item"] == "a"
+
+
+def test_fps_resampling_and_chunk_seconds(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 20, fps=10)
+    do_import(videos, tmp_path / "half.h5", img_size=16, fps=5)
+    assert read_layout(tmp_path / "half.h5").lengths.tolist() == [10]
+    do_import(videos, tmp_path / "chunks.h5", img_size=16, fps=5, chunk_seconds=0.8)  # 4 frames each at 5 fps
+    lay = read_layout(tmp_path / "chunks.h5")
+    assert lay.lengths.tolist() == [4, 4, 2] and lay.attrs["fps"] == 5
+    with pytest.raises(MasklamError, match="above"):
+        do_import(videos, tmp_path / "x.h5", fps=30)
+
+
+def test_image_folders_and_mixed_sizes(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "frames"
+    for ep, n in (("ep0", 5), ("ep1", 3)):
+        (root / ep).mkdir(parents=True)
+        for t, img in enumerate(smooth_frames(n, 24, 24)):
+            Image.fromarray(img).save(root / ep / f"{t:04d}.png")
+    do_import(root, tmp_path / "d.h5", img_size=24, fps=15)
+    lay = read_layout(tmp_path / "d.h5")
+    assert lay.lengths.tolist() == [5, 3] and lay.attrs["fps"] == 15
+    with h5py.File(tmp_path / "d.h5") as f:
+        assert np.array_equal(f["1/obs"][()], smooth_frames(3, 24, 24))  # PNG, same size: exact
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "ep1" / "0009.png")
+    with pytest.raises(MasklamError, match=r"ep1/0009.png is 24x20"):
+        do_import(root, tmp_path / "e.h5")
+    assert not (tmp_path / "e.h5").exists()
+
+
+def test_export_lerobot_then_import_round_trip(tmp_path):
+    data = write_h5(tmp_path / "d.h5")
+    out = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_frames"] == 36 and info["total_episodes"] == 3
+    assert info["features"]["observation.image"]["info"]["video.codec"] in ("h264", "mpeg4")
+    assert {"action", "observation.state", "next.reward", "observation.masks"} <= set(info["features"])
+    do_import(out, tmp_path / "back.h5", img_size=32)
+    with h5py.File(data) as a, h5py.File(tmp_path / "back.h5") as b:
+        assert b.attrs["domain_name"] == "cheetah" and list(b.attrs["tasks"]) == ["cheetah-run"]
+        for i in "012":
+            for key in ("actions", "states", "rewards", "masks"):
+                assert np.array_equal(a[i][key][()], b[i][key][()]), key
+        obs_a = np.concatenate([a[i]["obs"][()] for i in "012"])
+        obs_b = np.concatenate([b[i]["obs"][()] for i in "012"])
+        assert psnr(obs_a, obs_b) >= 35
+
+
+def test_av1_lerobot_is_decoded(tmp_path):
+    data = write_h5(tmp_path / "d.h5", n_traj=2, length=8, size=64)
+    out = export(ExportConfig(data=data, out=tmp_path / "lr", codec="av1", crf=20, progress=False))
+    assert json.loads((out / "meta" / "info.json").read_text())["features"]["observation.image"]["info"][
+        "video.codec"] == "av1"
+    do_import(out, tmp_path / "back.h5")
+    with h5py.File(data) as a, h5py.File(tmp_path / "back.h5") as b:
+        assert b["1/obs"].shape == (8, 64, 64, 3)
+        assert psnr(a["1/obs"][()], b["1/obs"][()]) > 25
+
+
+def write_v21(root: Path, lengths=(6, 4), camera: str = "observation.images.top") -> None:
+    """A hand-built LeRobot v2.1 dataset: per-episode parquet and mp4, episodes.jsonl, tasks.jsonl."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "meta").mkdir(parents=True)
+    info = {"codebase_version": "v2.1", "fps": 10, "chunks_size": 1000, "total_episodes": len(lengths),
+            "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+            "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+            "features": {camera: {"dtype": "video", "shape": [32, 48, 3]},
+                         "action": {"dtype": "float32", "shape": [2]},
+                         "observation.state": {"dtype": "float32", "shape": [3]}}}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    tasks = ["push the block", "open the door"]
+    (root / "meta" / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
+                                                      for i, t in enumerate(tasks)))
+    (root / "meta" / "episodes.jsonl").write_text("".join(
+        json.dumps({"episode_index": i, "tasks": [tasks[i]], "length": n}) + "\n" for i, n in enumerate(lengths)))
+    for i, n in enumerate(lengths):
+        (root / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
+        (root / "videos" / "chunk-000" / camera).mkdir(parents=True, exist_ok=True)
+        write_video(root / "videos" / "chunk-000" / camera / f"episode_{i:06d}.mp4", n, 32, 48, fps=10, seed=i)
+        actions = np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 100 * i
+        table = pa.table({"action": pa.array(list(actions)), "observation.state": pa.array(list(np.ones((n, 3)))),
+                          "episode_index": np.full(n, i), "frame_index": np.arange(n)[::-1].copy(),
+                          "index": np.arange(n), "timestamp": np.arange(n) / 10.0, "task_index": np.full(n, i)})
+        pq.write_table(table, root / "data" / "chunk-000" / f"episode_{i:06d}.parquet")
+
+
+def test_lerobot_v21_is_read_natively(tmp_path):
+    write_v21(tmp_path / "lr")
+    do_import(tmp_path / "lr", tmp_path / "d.h5", img_size=16)
+    lay = read_layout(tmp_path / "d.h5")
+    assert lay.lengths.tolist() == [6, 4] and lay.action_dim == 2 and lay.state_dim == 3
+    with h5py.File(tmp_path / "d.h5") as f:
+        # rows are stored out of frame order: the reader sorts them by frame_index
+        expected = (np.arange(8, dtype=np.float32).reshape(4, 2) + 100)[::-1]
+        assert np.array_equal(f["1/actions"][()], expected)
+        assert f["1"].attrs["task"] == "open the door"
+        assert sorted(f.attrs["tasks"]) == ["open the door", "push the block"]
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err.strip()
+
+
+def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 10)
+    write_video(videos / "b.mp4", 10)
+    data = (videos / "b.mp4").read_bytes()
+    (videos / "b.mp4").write_bytes(data[: len(data) // 2])  # truncated
+    out = tmp_path / "d.h5"
+    code, err = run_cli(["import", str(videos), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and err.startswith("masklam: error:") and "b.mp4" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+    lr = export(ExportConfig(data=write_h5(tmp_path / "x.h5"), out=tmp_path / "lr", progress=False))
+    code, err = run_cli(["import", str(lr), "--out", str(out), "--camera", "observation.images.wrist"], capsys)
+    assert code == 2 and "unknown camera 'observation.images.wrist'" in err and "observation.image" in err
+    next((lr / "videos").rglob("*.mp4")).unlink()
+    code, err = run_cli(["import", str(lr), "--out", str(out)], capsys)
+    assert code == 2 and "file-000.mp4 is missing" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_interrupted_import_resumes_keeping_finished_items(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i, name in enumerate("abc"):
+        write_video(videos / f"{name}.mp4", 8, seed=i)
+    good = (videos / "c.mp4").read_bytes()
+    (videos / "c.mp4").write_bytes(good[:-200])  # the moov atom at the end is cut: unreadable
+    out = tmp_path / "d.h5"
+    with pytest.raises(MasklamError, match="c.mp4"):
+        do_import(videos, out, img_size=16)
+    # the header check fails before any work; make the failure happen mid-way instead
+    (videos / "c.mp4").write_bytes(good)
+    cfg = ImportConfig(src=videos, out=out, img_size=16, progress=False)
+    from masklam.data import importer
+
+    calls = []
+    original = importer.import_item
+
+    def failing(cfg_, source, item, index, *a, **kw):
+        calls.append(item.name)
+        if item.name == "c":
+            raise KeyboardInterrupt
+        return original(cfg_, source, item, index, *a, **kw)
+
+    importer.import_item = failing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            importer.run_import(cfg)
+    finally:
+        importer.import_item = original
+    assert not out.exists() and len(list(parts_dir(out).glob("*.h5"))) == 2
+    result = importer.run_import(cfg)
+    assert (result.imported, result.reused, result.trajectories) == (1, 2, 3) and not parts_dir(out).exists()
+    with pytest.raises(MasklamError, match="img_hw"):
+        importer.run_import(ImportConfig(src=videos, out=out, img_size=32, progress=False))
+
+
+def test_mp4_folder_to_pretrain_to_label(tmp_path):
+    """The simulator-free path end to end: videos without actions -> import -> pretrain lapo -> export -> label."""
+    from masklam.downstream.label import LabelConfig, label
+    from masklam.train.config import PretrainConfig
+    from masklam.train.pretrain import pretrain
+
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i in range(4):
+        write_video(videos / f"clip{i}.mp4", 10, 48, 64, seed=i)
+    data = tmp_path / "d.h5"
+    do_import(videos, data, img_size=32)
+    run = tmp_path / "run"
+    metrics = pretrain(PretrainConfig(method="lapo", data=(data,), out=run, updates=2, batch_size=4, latent_dim=8,
+                                      tensorboard=False, progress=False, recon_samples=2, threads=1))
+    assert metrics["probe_skipped"] and "probe_nmse" not in metrics
+    with pytest.raises(MasklamError, match="has no actions"):  # `masklam probe` says why it cannot
+        from masklam.train.probe import ProbeConfig, run_probe
+
+        run_probe(ProbeConfig(ckpt=run, device="cpu"))
+    lr = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    out = label(LabelConfig(lam=run, data=lr, out=tmp_path / "labelled", progress=False, device="cpu"))
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(next((out / "data").rglob("*.parquet")))
+    z = np.asarray(table.column("latent_action").to_pylist(), np.float32)
+    assert z.shape == (40, 8) and np.isfinite(z).all()
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["features"]["latent_action"]["shape"] == [8]
+    assert "latent_action" in json.loads((out / "meta" / "stats.json").read_text())
+    h5 = label(LabelConfig(lam=run, data=data, out=tmp_path / "labelled.h5", progress=False, device="cpu"))
+    with h5py.File(h5) as f:
+        assert f["2/latent_action"].shape == (10, 8)
+        assert np.abs(f["2/latent_action"][()] - z[20:30]).max() < 0.02  # the same latents (frames via mp4: close)
+    assert not (tmp_path / "lr.tmp").exists() and lr.exists()
+    shutil.rmtree(run)
+
+
+def test_video_reader_seeks_and_continues(tmp_path):
+    from masklam.data.video import VideoReader
+
+    write_video(tmp_path / "a.mp4", 30, fps=10)
+    with VideoReader(tmp_path / "a.mp4") as r:
+        every = np.stack(list(r.frames()))
+    with VideoReader(tmp_path / "a.mp4") as r:
+        assert np.array_equal(np.stack(list(r.frames(1.0, 5, 10))), every[10:15])  # a seek forward
+        assert np.array_equal(np.stack(list(r.frames(1.5, 5, 10))), every[15:20])  # continues where it stopped
+        assert np.array_equal(np.stack(list(r.frames(0.2, 3, 10))), every[2:5])  # back: a seek backward
+        with pytest.raises(MasklamError, match="ends after 2 of the 4 frames"):
+            list(r.frames(2.8, 4, 10))
