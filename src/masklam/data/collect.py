@@ -195,8 +195,9 @@ def _init_worker(cfg: CollectConfig, action_repeat: int, counter: Any = None) ->
     torch.set_num_threads(1)  # W workers share the cores; the expert is a tiny MLP
     from masklam.envs import make
 
-    _WORKER.update(cfg=cfg, attrs=file_attrs(cfg, action_repeat), counter=counter)
+    _WORKER.update(cfg=cfg, counter=counter)
     try:
+        _WORKER["attrs"] = file_attrs(cfg, action_repeat)
         _WORKER["env"] = make(cfg.task, distractors=cfg.distractors, video_split=cfg.video_split,
                               img_size=cfg.img_size, action_repeat=action_repeat, shadows=cfg.shadows,
                               background_path=str(cfg.background_path) if cfg.background_path else None,
