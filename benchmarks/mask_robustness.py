@@ -78,7 +78,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/mask_robustness"))
     args = ap.parse_args()
 
-    from masklam.downstream.experiment import pretrain_stage
+    from masklam.downstream.stages import pretrain_stage
     from masklam.quickstart import PRESETS, RECIPES, QuickstartConfig
 
     preset = PRESETS["cpu"]

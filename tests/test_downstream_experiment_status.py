@@ -14,6 +14,9 @@ import pytest
 import torch
 
 from masklam.downstream import experiment as ex
+from masklam.downstream import cache
+from masklam.downstream.plan import PlannedStage, StagePlan, format_plan, is_pending, plan_stages
+from masklam.downstream import sweep
 from masklam.downstream import stages
 from masklam.errors import MasklamError
 from test_downstream_policy import write_toy
@@ -67,10 +70,10 @@ def _grid(description: str, what: str) -> list[int]:
 def test_gpu_configs_are_what_their_descriptions_say(name: str) -> None:
     cfg = ex.load_config(name)
     text = cfg.description
-    named = set(re.findall(r"[a-z]+(?:-[a-z]+)?", text.split(";")[0])) & set(stages.METHODS)
+    named = set(re.findall(r"[a-z]+(?:-[a-z]+)?", text.split(";")[0])) & set(sweep.sweep_methods())
     assert named == set(cfg.methods) or (named == set() and "7 methods" in text), name
     if "7 methods" in text:
-        assert set(cfg.methods) == set(stages.METHODS)
+        assert set(cfg.methods) == set(sweep.sweep_methods())
     assert cfg.labels == sorted(cfg.labels) == _grid(text, "labels")
     dims = _grid(text, "dims") if "dims" in text else _grid(text, "dim")
     assert cfg.latent_dims == sorted(cfg.latent_dims) == dims
@@ -134,7 +137,7 @@ def _snapshot(root: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")} if root.exists() else {}
 
 
-def _counts(plan: stages.StagePlan) -> dict[str, tuple[int, int]]:
+def _counts(plan: StagePlan) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for s in plan.stages:
         done, pending = out.get(s.kind, (0, 0))
@@ -200,24 +203,24 @@ def test_status_before_and_after_running(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_done_stages_without_wall_s_are_timed_by_their_files(tmp_path: Path) -> None:
     calls = []
-    d, _ = stages.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {"v": 1}, log=lambda s: None)
+    d, _ = cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {"v": 1}, log=lambda s: None)
     rec = json.loads((d / "done.json").read_text())
     del rec["wall_s"]  # written before run_stage recorded it
     (d / "done.json").write_text(json.dumps(rec))
     os.utime(d / "stage.json", (1000, 1000))
     os.utime(d / "done.json", (1600, 1600))
-    with stages.plan_stages() as plan:
-        assert stages.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {}) == (d, {"v": 1})
-        res = stages.run_stage(tmp_path, "bc", {"x": 2}, lambda d: calls.append(d) or {})[1]
-        assert stages.is_pending(res) and stages.dry_run()
-    assert not stages.dry_run() and len(calls) == 1
+    with plan_stages() as plan:
+        assert cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {}) == (d, {"v": 1})
+        res = cache.run_stage(tmp_path, "bc", {"x": 2}, lambda d: calls.append(d) or {})[1]
+        assert is_pending(res) and cache.dry_run()
+    assert not cache.dry_run() and len(calls) == 1
     assert [(s.done, s.wall_s) for s in plan.stages] == [(True, 600.0), (False, None)]
     assert sorted(p.name for p in (tmp_path / "stages" / "bc").iterdir()) == [d.name]  # nothing written
 
 
 def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
-    P = stages.PlannedStage
-    plan = stages.StagePlan([
+    P = PlannedStage
+    plan = StagePlan([
         P("pretrain", "a", True, "t seed 0 lapo", {}, wall_s=100.0),
         P("pretrain", "b", True, "t seed 0 masklam", {}, wall_s=300.0),
         P("pretrain", "c", False, "t seed 1 lapo", {"latent_dim": 16}, started=1000.0 - 50.0,
@@ -227,7 +230,7 @@ def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
         P("evaluate", "e", True, "t seed 0 lapo", {}, wall_s=30.0),
         P("evaluate", None, False, "t seed 1 lapo", {}),  # 30 s
     ])
-    text = stages.format_plan(plan, now=1000.0)
+    text = format_plan(plan, now=1000.0)
     lines = text.splitlines()
     row = {ln.split()[0]: ln for ln in lines[1:4]}
     assert row["pretrain"].split()[1:3] == ["2", "2"] and row["pretrain"].endswith("5.8 min")  # 350 s
@@ -239,10 +242,10 @@ def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
 
 
 def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
-    d, _ = stages.run_stage(tmp_path, "pretrain", {"x": 1}, lambda d: {}, log=lambda s: None)
+    d, _ = cache.run_stage(tmp_path, "pretrain", {"x": 1}, lambda d: {}, log=lambda s: None)
     rec = json.loads((d / "done.json").read_text())
     (d / "done.json").write_text(json.dumps({**rec, "wall_s": 600.0}))  # a done LAM took 10 min
-    started = tmp_path / "stages" / "pretrain" / stages.stage_key("pretrain", {"x": 2})
+    started = tmp_path / "stages" / "pretrain" / cache.stage_key("pretrain", {"x": 2})
     started.mkdir()
     (started / "stage.json").write_text("{}")
     (started / "ckpt.pt").write_text("")
@@ -251,10 +254,10 @@ def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
 
     def status(last_write: float) -> str:
         os.utime(started / "ckpt.pt", (now - last_write, now - last_write))
-        with stages.plan_stages() as plan:
+        with plan_stages() as plan:
             for x in (1, 2):
-                stages.run_stage(tmp_path, "pretrain", {"x": x}, lambda d: {})
-        return stages.format_plan(plan, now=now)
+                cache.run_stage(tmp_path, "pretrain", {"x": x}, lambda d: {})
+        return format_plan(plan, now=now)
 
     # its last checkpoint 400 s ago: interrupted, it starts over from it: the whole mean (10 min) left
     text = status(400)
@@ -268,12 +271,12 @@ def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
 
 def test_a_stage_naming_a_pending_stage_waits_on_it(tmp_path: Path) -> None:
     root = tmp_path / "rün ☃"  # not ASCII: json.dumps would spell it r\u00fcn \u2603
-    with stages.plan_stages() as plan:
-        d, _ = stages.run_stage(root, "collect", {"task": "t"}, lambda d: {})
-        stages.run_stage(root, "pretrain", {"data": [str(d / "data.h5")]}, lambda d: {})
-        stages.run_stage(root, "bc", {"nested": {"lam": str(d)}}, lambda d: {})
-        stages.run_stage(root, "bc", {"lam": str(d) + "0"}, lambda d: {})  # another directory
-        stages.run_stage(root, "bc", {"task": "t"}, lambda d: {})
+    with plan_stages() as plan:
+        d, _ = cache.run_stage(root, "collect", {"task": "t"}, lambda d: {})
+        cache.run_stage(root, "pretrain", {"data": [str(d / "data.h5")]}, lambda d: {})
+        cache.run_stage(root, "bc", {"nested": {"lam": str(d)}}, lambda d: {})
+        cache.run_stage(root, "bc", {"lam": str(d) + "0"}, lambda d: {})  # another directory
+        cache.run_stage(root, "bc", {"task": "t"}, lambda d: {})
     assert [(s.kind, s.key is None) for s in plan.stages] == [
         ("collect", False), ("pretrain", True), ("bc", True), ("bc", False), ("bc", False)]
 

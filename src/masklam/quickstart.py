@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from masklam.args import parse
 from masklam.errors import MasklamError
@@ -177,109 +174,12 @@ def experiment_config(cfg: QuickstartConfig):
         progress=cfg.progress)
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method: probe NMSE, raw / normalised / expert-fraction return per split, each a mean over seeds
-    (and label budgets) with its standard error (masklam.downstream.results.over_seeds), and the recipe.
-
-    Standard errors: over seeds when there are 2 or more, else pooled from the episodes' standard errors
-    (`return_sem` of each row), and carried to the scaled returns by the return's relative error."""
-    from masklam.downstream.results import over_seeds
-
-    per: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    sems: dict[str, dict[str, list[float]]] = {}
-    recipes: dict[str, str] = {}
-    for r in rows:
-        m, seed, split = r["method"], int(r["seed"]), r["split"]
-        recipes.setdefault(m, str(r.get("recipe", "-")))
-        vals = per.setdefault(m, {})
-        if r["probe_nmse"] not in (None, "") and split == "id":
-            vals.setdefault("probe_nmse", []).append((seed, float(r["probe_nmse"])))
-        for key, col in ((f"return_{split}", "return"), (f"normalized_{split}", "normalized_return"),
-                         (f"expert_{split}", "expert_fraction"), (f"success_{split}", "success")):
-            if r.get(col) not in (None, ""):
-                vals.setdefault(key, []).append((seed, float(r[col])))
-        if r.get("return_sem") not in (None, ""):
-            sems.setdefault(m, {}).setdefault(split, []).append(float(r["return_sem"]))
-    summary: dict[str, dict[str, Any]] = {}
-    for m, vals in per.items():
-        s: dict[str, Any] = {"recipe": recipes[m]}
-        for key, pairs in vals.items():
-            stats = over_seeds(pairs)
-            s[key] = stats.mean
-            s[f"{key}_seeds"] = list(stats.per_seed.values())
-            if stats.n > 1:
-                s[f"{key}_sem"] = stats.sem
-            elif key.startswith("return_"):
-                e = np.asarray(sems.get(m, {}).get(key.removeprefix("return_"), []))
-                s[f"{key}_sem"] = float(np.sqrt(np.square(e).sum()) / len(e)) if len(e) else math.nan
-        for split in ("id", "ood"):  # one seed: the scaled figures carry the return's relative error
-            ret, err = s.get(f"return_{split}"), s.get(f"return_{split}_sem")
-            for key in (f"normalized_{split}", f"expert_{split}"):
-                if key in s and f"{key}_sem" not in s and ret and err is not None:
-                    s[f"{key}_sem"] = abs(s[key]) * err / abs(ret)
-        summary[m] = s
-    return summary
-
-
-def gap_closed(summary: dict[str, dict[str, Any]], key: str, lower_is_better: bool) -> float:
-    """(LAPO - MaskLAM) / (LAPO - LAPO distractor-free) in `key`: the share of the distractors' damage undone.
-
-    For returns use the raw `return_id`: the three methods are then on one scale (their normalisers differ)."""
-    try:
-        lapo, mask, clean = (summary[m][key] for m in ("lapo", "masklam", "lapo-clean"))
-    except KeyError:
-        return math.nan
-    gap = (lapo - clean) if lower_is_better else (clean - lapo)
-    if not gap > 0:  # no gap to close: the upper bound is not better than LAPO (or a value is missing)
-        return math.nan
-    return ((lapo - mask) if lower_is_better else (mask - lapo)) / gap
-
-
-def format_gaps(summary: dict[str, dict[str, Any]]) -> str:
-    """MaskLAM's `gap_closed` in probe NMSE and in raw return (ID), as percentages or why there is none."""
-    def pct(x: float) -> str:
-        return "n/a (the upper bound is not above LAPO)" if math.isnan(x) else f"{100 * x:.0f}%"
-
-    return (f"{pct(gap_closed(summary, 'probe_nmse', True))} in probe NMSE, "
-            f"{pct(gap_closed(summary, 'return_id', False))} in return (ID, raw)")
-
-
-def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    """The results table the quickstart prints: means over seeds and label budgets ± standard errors."""
-    def f(s: dict[str, Any], key: str, nd: int) -> str:
-        x, e = s.get(key), s.get(f"{key}_sem")
-        if x is None or (isinstance(x, float) and math.isnan(x)):
-            return "-"
-        return f"{x:.{nd}f}" if e is None or math.isnan(e) else f"{x:.{nd}f} ± {e:.{nd}f}"
-
-    head = (f"{'method':<14}{'recipe':<22}{'probe NMSE':>15}{'return ID':>13}{'of expert':>13}{'norm ID':>13}"
-            f"{'return OOD':>13}{'norm OOD':>13}")
-    lines = [head, "-" * len(head)]
-    order = ["lapo-clean", "lapo", "masklam", "laom", "laom-sup", "bc", "idm", "bc-full", "bc-full-clean"]
-    for m in sorted(summary, key=lambda k: order.index(k) if k in order else len(order)):
-        s = summary[m]
-        lines.append(f"{m:<14}{s.get('recipe', '-'):<22}{f(s, 'probe_nmse', 3):>15}{f(s, 'return_id', 0):>13}"
-                     f"{f(s, 'expert_id', 2):>13}{f(s, 'normalized_id', 2):>13}{f(s, 'return_ood', 0):>13}"
-                     f"{f(s, 'normalized_ood', 2):>13}")
-    won = [m for m in summary if "success_id" in summary[m] or "success_ood" in summary[m]]
-    if won:
-        lines.append("")
-        lines.append("success rate ID / OOD: " + ", ".join(
-            f"{m} {f(summary[m], 'success_id', 2)} / {f(summary[m], 'success_ood', 2)}" for m in won))
-    lapo, mask = summary.get("lapo", {}), summary.get("masklam", {})
-    if "probe_nmse" in lapo and "probe_nmse" in mask and mask["probe_nmse"] > 0:
-        lines.append("")
-        lines.append(f"MaskLAM vs LAPO, held-out probe NMSE: {lapo['probe_nmse'] / mask['probe_nmse']:.2f}x lower")
-        lines.append(f"gap to the distractor-free upper bound closed by MaskLAM: {format_gaps(summary)}")
-    lines.append("norm = return / full-data BC's on the same data and videos (bc-full ID and OOD, bc-full-clean for "
-                 "lapo-clean); of expert = return / the shipped expert's; ± = standard error over seeds "
-                 "(with one seed: over the episodes)")
-    return "\n".join(lines)
-
-
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run (or resume) the quickstart; returns {'rows', 'summary', 'table', 'seconds'}."""
-    from masklam.downstream.experiment import recipe_label, run_experiment
+    from masklam.downstream.experiment import run_experiment
+    from masklam.downstream.results import read_results
+    from masklam.downstream.stages import recipe_label
+    from masklam.downstream.summary import format_table, gap_closed, headline_rows, summarize
 
     t0 = time.time()
     exp = experiment_config(cfg)
@@ -287,7 +187,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
           f"methods {', '.join(exp.methods)}, "
           f"seeds {list(cfg.seeds)}, label budgets {exp.labels} -> {cfg.out}")
     rows = run_experiment(exp, render=True)
-    summary = summarize(rows)
+    summary = summarize(headline_rows(read_results(cfg.out / "results.csv"))[0])  # as report.html shows it
     table = format_table(summary)
     seconds = time.time() - t0
     result = {"preset": cfg.preset, "recipe": cfg.recipe, "seconds": seconds, "summary": summary,
