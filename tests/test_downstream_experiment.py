@@ -154,17 +154,14 @@ BASE = 'out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n'
     ("[data.t.collect]", "episodez = 3"), ("[data.t]", "colect = {}"),
 ])
 def test_a_typo_in_any_table_fails_at_load_naming_the_key(tmp_path: Path, table: str, key: str) -> None:
-    import time
-
     data = '[data.t]\ntrain = ["a.h5"]\n'
     if table.startswith("[data.t"):
         data = ""
     text = BASE + (key + "\n" if not table else "") + data + (f"{table}\n{key}\n" if table else "")
     (tmp_path / "s.toml").write_text(text)
-    t0 = time.perf_counter()
     with pytest.raises(MasklamError, match=repr(key.split(" ")[0])) as e:
         ex.load_config(tmp_path / "s.toml")
-    assert time.perf_counter() - t0 < 5 and "\n" not in str(e.value)
+    assert "\n" not in str(e.value)
     # the same tables without the typo load
     (tmp_path / "ok.toml").write_text(BASE + '[data.t]\ntrain = ["a.h5"]\n[data.t.collect]\nepisodes = 3\n'
                                       "[pretrain]\nheldout = 0.2\n[bc]\nupdates = 2\n[bc_full]\nupdates = 3\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
 import time
 import tomllib
 from pathlib import Path
@@ -16,7 +15,6 @@ import torch
 from masklam.downstream import experiment as ex
 from masklam.downstream import cache
 from masklam.downstream.plan import PlannedStage, StagePlan, format_plan, is_pending, plan_stages
-from masklam.downstream import sweep
 from masklam.downstream import stages
 from masklam.errors import MasklamError
 from test_downstream_policy import write_toy
@@ -48,42 +46,33 @@ def _tables(cfg: ex.ExperimentConfig) -> dict:
                 decode=cfg.decode, eval=cfg.eval)
 
 
-@pytest.mark.parametrize("name, preset", [("papers-cpu", "cpu"), ("masklam-cpu", "cpu"), ("masklam-gpu", "gpu"),
-                                          ("laom-gpu", "gpu"), ("papers-gpu", "gpu")])
-def test_shipped_configs_use_the_quickstarts_scale(name: str, preset: str) -> None:
-    from masklam.quickstart import PRESETS, RECIPES
+def test_a_config_extends_another_field_by_field_and_says_where_each_came_from(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "base.toml").write_text('out = "b"\ntasks = ["t"]\nmethods = ["lapo"]\nlabels = [1, 2]\n'
+                                        '[data.t]\ntrain = ["a.h5"]\n[pretrain]\nupdates = 7\nlr = 0.1\n'
+                                        '[bc]\nupdates = 3\n')
+    (tmp_path / "child.toml").write_text('extends = "base.toml"\nout = "c"\n[pretrain]\nepochs = 2.0\n')
+    raw, origins = ex.resolve_config(tmp_path / "child.toml", device="cpu")
+    # a table merges key by key; a run length given as epochs clears the base's updates
+    assert raw["pretrain"] == {"lr": 0.1, "epochs": 2.0} and raw["bc"] == {"updates": 3} and raw["out"] == "c"
+    assert origins["pretrain.lr"] == str(tmp_path / "base.toml") and origins["out"] == str(tmp_path / "child.toml")
+    assert origins["device"] == "command line"
+    cfg = ex.load_config(tmp_path / "child.toml")
+    assert cfg.labels == [1, 2] and cfg.pretrain == {"lr": 0.1, "epochs": 2.0}
+    assert ex.main([str(tmp_path / "child.toml"), "--print-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["pretrain.lr", "0.1"] and line.endswith("base.toml") for line in lines)
+    (tmp_path / "base.toml").write_text('extends = "child.toml"\n')
+    with pytest.raises(MasklamError, match="loops back"):
+        ex.load_config(tmp_path / "child.toml")
 
-    p = PRESETS[preset]
-    want = {k: p.get(k, {}) for k in ("collect", "bc", "bc_full", "idm", "decode", "eval")}
-    want["pretrain"] = {**p["pretrain"], **RECIPES["mask-target"]}
-    assert _tables(ex.load_config(name)) == want
 
-
-def _grid(description: str, what: str) -> list[int]:
-    """The numbers a description gives for e.g. 'labels' ('labels 4/16/64')."""
-    found = re.search(rf"\b{what} ([\d/]+)", description)
-    assert found, f"the description gives no {what}: {description}"
-    return [int(x) for x in found.group(1).split("/")]
-
-
-@pytest.mark.parametrize("name", ["masklam-gpu", "laom-gpu", "papers-gpu"])
-def test_gpu_configs_are_what_their_descriptions_say(name: str) -> None:
-    cfg = ex.load_config(name)
-    text = cfg.description
-    named = set(re.findall(r"[a-z]+(?:-[a-z]+)?", text.split(";")[0])) & set(sweep.sweep_methods())
-    assert named == set(cfg.methods) or (named == set() and "7 methods" in text), name
-    if "7 methods" in text:
-        assert set(cfg.methods) == set(sweep.sweep_methods())
-    assert cfg.labels == sorted(cfg.labels) == _grid(text, "labels")
-    dims = _grid(text, "dims") if "dims" in text else _grid(text, "dim")
-    assert cfg.latent_dims == sorted(cfg.latent_dims) == dims
-    # the papers' ranges (facts.md 4-5): MaskLAM's latent sizes 64..8192, the paper's 128-label budget at most
-    assert all(64 <= d <= 8192 for d in cfg.latent_dims) and max(cfg.labels) <= 128
-    assert cfg.splits == ["id", "ood"] and cfg.seeds == [0, 1, 2] and len(cfg.tasks) == 3 and "3 DCS tasks" in text
-    # each says how it differs from the papers, and the ones run alone that they duplicate the shared stages
-    assert "8192" in text and "no humanoid-walk" in text
-    header = ex.config_path(name).read_text()
-    assert ("papers-gpu" in header and "twice" in header) if name != "papers-gpu" else "twice" in header
+def test_the_papers_configs_extend_the_quickstarts_presets() -> None:
+    for name, preset in (("papers-cpu", "cpu"), ("masklam-cpu", "cpu"), ("mw128-cpu", "cpu"), ("masklam-gpu", "gpu"),
+                         ("laom-gpu", "gpu"), ("papers-gpu", "gpu")):
+        _, origins = ex.resolve_config(name)
+        assert origins["pretrain.preset"] == origins["decode.updates"] == f"quickstart-{preset}", name
+        assert origins["pretrain.mask_target"] == name  # the quickstart's default recipe, which the preset leaves out
 
 
 def test_papers_gpu_is_both_gpu_configs_in_one_sweep() -> None:

@@ -23,63 +23,9 @@ from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.train.config import RECIPES as PRETRAIN_RECIPES
 
-# What a preset fixes; everything not here takes the stage's own defaults. `methods` beyond the core
-# three (lapo, masklam, lapo-clean) are the ones that fit the preset's time budget.
-# Frame stack 3 for every LAM (LAOM's value; MaskLAM's paper uses 1): expert actions change every frame,
-# so from (o_t, o_{t+1}) alone the agent's velocity and its action are confounded; with o_{t-2..t} the
-# IDM sees the velocity. Measured here (cheetah-run, 40 x 250 frames, 1500 updates): distractor-free LAPO's
-# held-out probe NMSE 0.53 with frame stack 3, while with frame stack 1 even MaskLAM stayed at 0.86.
-# The default recipe `mask-target`: MaskLAM reconstructs the masked frame M*o_{t+1} at every pixel (background
-# black) rather than weighting the error by M (the paper's loss; the authors' full recipe, 1.17x over 3 seeds
-# against 1.57x for this one, is `--recipe paper`): at this scale the weighted loss is met by painting the
-# single-coloured cheetah's colour everywhere, which needs no latent (probe NMSE 0.86 after 1000 and 3000
-# updates, vs LAPO 0.89). `mask_target` only affects MaskLAM; LAPO ignores the mask options. Latent 16: a
-# narrow latent makes LAPO choose between the background and the agent (docs/quickstart-science.md).
-# Many short trajectories (80 x 125 frames rather than 40 x 250: the same frames, twice the backgrounds and
-# starts): MaskLAM's IDM otherwise fits its training trajectories (probe NMSE train 0.63 vs held-out 0.77 at
-# seed 1; with 80 x 125, 0.60 vs 0.66), and the held-out probe gets 8 trajectories instead of 4. Label
-# budgets count trajectories, so 4 and 16 short ones hold the frames that 2 and 8 long ones did.
-# Decoders: MaskLAM's 3-layer head trained 2500 updates (LAOM's count); with 300 the distractor-free latent
-# policy stood still online (return 3; trained: 136-225). The BC normalisers get 1000 updates (250: 73).
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": dict(
-        methods=["lapo", "masklam", "lapo-clean"],
-        latent_dims=[16],
-        labels=[4, 16],
-        collect=dict(episodes=80, steps=125, seed=0, workers=2, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", updates=1000, frame_stack=3),
-        bc=dict(updates=250, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
-        bc_full=dict(updates=1000),
-        idm=dict(updates=250, batch_size=64, lr=3e-4),
-        decode=dict(updates=2500, batch_size=256, layers=3),
-        eval=dict(episodes=6, workers=2),
-    ),
-    "gpu": dict(
-        methods=["lapo", "masklam", "lapo-clean", "laom", "laom-sup", "bc", "idm"],
-        latent_dims=[1024],
-        labels=[4, 16, 64],
-        collect=dict(episodes=800, steps=125, seed=0, workers=14, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="h100", frame_stack=3),
-        bc=dict(updates=4000, batch_size=256, lr=3e-4, encoder_scale=4, frame_stack=3),
-        idm=dict(updates=3000, batch_size=256, lr=3e-4, encoder_scale=4),
-        decode=dict(updates=2500, batch_size=512, layers=3),
-        eval=dict(episodes=25, workers=14),
-    ),
-    # the same code path at a size the test suite affords
-    "toy": dict(
-        methods=["lapo", "masklam", "lapo-clean"],
-        latent_dims=[16],
-        labels=[1, 2],
-        collect=dict(episodes=4, steps=24, seed=0, workers=1, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", updates=6, batch_size=8, log_every=3, ckpt_every=3, recon_samples=2,
-                      heldout=0.25),
-        bc=dict(updates=4, batch_size=8, frame_stack=1, hidden=32, heldout=0.25),
-        idm=dict(updates=4, batch_size=8, hidden=32),
-        decode=dict(updates=20, batch_size=16, hidden=32, heldout=0.25, layers=3),
-        eval=dict(episodes=2, workers=0),
-        env=dict(max_episode_steps=12),
-    ),
-}
+PRESETS = ("cpu", "gpu", "toy")
+"""the quickstart's scales: the shipped configs quickstart-cpu, quickstart-gpu, quickstart-toy (src/masklam/configs),
+which the papers' configs extend; why each value: docs/design.md, "The quickstart's presets"."""
 
 MW_EVAL_STEPS = 200
 """Evaluation episode length on Meta-World: the scripted experts succeed within ~50-105 steps (README)."""
@@ -113,7 +59,7 @@ def downstream_recipe(recipe: str) -> tuple[dict[str, Any], dict[str, Any]]:
 class QuickstartConfig:
     """Run the quickstart: MaskLAM vs LAPO (and the distractor-free upper bound) end to end."""
 
-    preset: Literal["cpu", "gpu", "toy"] = "cpu"
+    preset: Literal[PRESETS] = "cpu"  # type: ignore[valid-type]
     """cpu: under 20 minutes on 2 cores (16.3 measured, bf16 autocast); gpu: one H100 in about 20 minutes (LAMs
     with pretrain's h100 preset); toy: seconds, for tests."""
     task: str = "cheetah-run"
@@ -147,31 +93,29 @@ class QuickstartConfig:
 
 
 def experiment_config(cfg: QuickstartConfig):
-    """The ExperimentConfig the quickstart runs."""
-    from masklam.downstream.experiment import ExperimentConfig
+    """The ExperimentConfig the quickstart runs: the shipped config `quickstart-PRESET` with this task,
+    distractors, recipe, seeds and run directory."""
+    from masklam.downstream.experiment import ExperimentConfig, resolve_config
 
     from masklam.devices import resolve_device
     from masklam.envs import suite_of
 
-    p = PRESETS[cfg.preset]
-    collect = {**p["collect"], "distractors": cfg.distractors, "policy": "expert"}
-    env = dict(p.get("env", {}))
+    raw, _ = resolve_config(f"quickstart-{cfg.preset}")
+    collect = {**raw["collect"], "distractors": cfg.distractors, "policy": "expert"}
+    env = dict(raw.get("env", {}))
     if suite_of(cfg.task) == "metaworld":
         collect["multisample"] = False  # Meta-World's scene: ~2x faster to render (README, Distracting Meta-World)
         env.setdefault("max_episode_steps", MW_EVAL_STEPS)
-    clean = {**collect, "distractors": "none"}  # no background: the folder plays no part in the clean data
     if cfg.background_path is not None:  # added only when given: the stages of the default keep their keys
         # absolute: one folder is one collect stage whatever the working directory
         collect["background_path"] = env["background_path"] = str(Path(cfg.background_path).expanduser().resolve())
-    device = str(resolve_device(cfg.device))
     bc_recipe, decode_recipe = downstream_recipe(cfg.recipe)
-    return ExperimentConfig(
-        out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),
-        labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
-        data={cfg.task: {"collect": collect, "collect_clean": clean}},
-        pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc={**p["bc"], **bc_recipe},
-        bc_full=dict(p.get("bc_full", {})), idm=dict(p["idm"]), decode={**p["decode"], **decode_recipe}, eval=dict(p["eval"]), env=env, device=device,
-        progress=cfg.progress)
+    raw.update(description=f"masklam quickstart --preset {cfg.preset} --recipe {cfg.recipe}", out=cfg.out,
+               tasks=[cfg.task], seeds=list(cfg.seeds), collect=collect, env=env,
+               pretrain={**raw["pretrain"], **RECIPES[cfg.recipe]}, bc={**raw["bc"], **bc_recipe},
+               decode={**raw["decode"], **decode_recipe}, device=str(resolve_device(cfg.device)),
+               progress=cfg.progress)
+    return ExperimentConfig(**raw)
 
 
 def run(cfg: QuickstartConfig) -> dict[str, Any]:

@@ -80,6 +80,9 @@ class ExperimentConfig:
     data: dict[str, dict[str, Any]] = field(default_factory=dict)
     """per task: `train` (paths, distracted data) / `clean` (paths, distractor-free), or `collect` /
     `collect_clean` (CollectConfig fields for `masklam collect`)"""
+    collect: dict[str, Any] = field(default_factory=dict)
+    """CollectConfig fields of every task without a `data` table: its `collect`, and (when a method trains on the
+    distractor-free data) its `collect_clean`: the same without distractors or background folder"""
     pretrain: dict[str, Any] = field(default_factory=dict)
     """PretrainConfig fields shared by every LAM (method, data, out, seed, latent_dim, labeled are set here)"""
     bc: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +106,8 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        self.data = {**{t: collected_data(self.collect, self.methods) for t in self.tasks if self.collect},
+                     **self.data}
         check_tables(self)  # a typo first: it may be why a table seems to be missing
         bad = [m for m in self.methods if m not in sweep_methods()]
         if bad:
@@ -123,6 +128,15 @@ class ExperimentConfig:
                 raise MasklamError(f"{clean[0]} needs distractor-free data: data.{task}.clean or .collect_clean")
             _check_clean_not_parquet(task, spec.get("clean"))
         check_background_paths(self)
+
+
+def collected_data(collect: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A task's data table from a `collect` table: the distracted data, and its distractor-free twin (no
+    distractors; the background folder plays no part in it) when one of `names` trains on it."""
+    spec = {"collect": dict(collect)}
+    if any(methods.get(m).variant == "clean" for m in names if m in sweep_methods()):
+        spec["collect_clean"] = {**{k: v for k, v in collect.items() if k != "background_path"}, "distractors": "none"}
+    return spec
 
 
 def _check_clean_not_parquet(task: str, clean: Any) -> None:
@@ -283,24 +297,90 @@ def describe(path: Path) -> str:
         return ""
 
 
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys ("pretrain.updates"); an empty table stays one key."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, v in flat.items():
+        *tables, name = key.split(".")
+        node = out
+        for t in tables:
+            node = node.setdefault(t, {})
+        node[name] = v
+    return out
+
+
+def resolve_config(path: str | Path, **overrides: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """A config's keys with those of the configs it `extends` (a shipped config's name or a file), table by table
+    and field by field, as PretrainConfig resolves its fields (masklam.train.config.resolve_with_origin: a config
+    that sets a table's `updates` or `epochs` clears the other); -> (keys, dotted field -> where it came from: a
+    config's name, or "command line" for `overrides`)."""
+    from masklam.train.config import resolve_with_origin
+
+    chain, p = [], config_path(path)
+    while True:
+        raw = _parse(p)
+        name = p.stem if p.parent == CONFIG_DIR else str(p)
+        if any(name == n for n, _ in chain):
+            raise MasklamError(f"{p}: `extends` loops back to {name}")
+        base = raw.pop("extends", None)
+        chain.append((name, raw))
+        if base is None:
+            break
+        if not isinstance(base, str):
+            raise MasklamError(f"{p}: `extends` must name a config, got {base!r}")
+        p = config_path(base if config_path_exists(base) else p.parent / base)
+    sources = {name: _flatten(raw) for name, raw in reversed(chain)}
+    tables = ("pretrain", "bc", "bc_full", "idm", "decode")
+    exclusive = [(f"{t}.updates", f"{t}.epochs") for t in tables]
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    resolved = resolve_with_origin(explicit, sources, exclusive)
+    kept = {k: vo for k, vo in resolved.items() if vo[0] is not None}  # None: cleared by the other run length
+    return (_unflatten({k: v for k, (v, _) in kept.items()}),
+            {k: "command line" if o == "explicit" else str(o) for k, (_, o) in kept.items()})
+
+
+def config_path_exists(name_or_path: str | Path) -> bool:
+    """Whether `name_or_path` is a file or a shipped config's name."""
+    return Path(name_or_path).is_file() or str(name_or_path) in shipped_configs()
+
+
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
-    """Read an ExperimentConfig from a .toml or .json file, or a shipped config by name (`shipped_configs`).
-    Relative paths in it (out, data) are relative to the working directory."""
-    path = config_path(path)
-    raw = _parse(path)
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    """Read an ExperimentConfig from a .toml or .json file, or a shipped config by name (`shipped_configs`), with
+    the configs it extends (`resolve_config`). Relative paths in it (out, data) are relative to the working
+    directory."""
+    where = config_path(path)
+    raw, _ = resolve_config(where, **overrides)
     names = _field_names(ExperimentConfig)
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise MasklamError(f"{path}: unknown key {unknown[0]!r}; known: {', '.join(sorted(names))}")
+        raise MasklamError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(names))}")
     for key in ("out", "tasks", "methods"):
         if key not in raw:
-            raise MasklamError(f"{path}: missing key {key!r}")
+            raise MasklamError(f"{where}: missing key {key!r}")
     try:
         check_values("", raw, ExperimentConfig)
         return ExperimentConfig(**raw)
     except MasklamError as e:
-        raise MasklamError(f"{path}: {e}") from None
+        raise MasklamError(f"{where}: {e}") from None
+
+
+def describe_config(path: str | Path, **overrides: Any) -> str:
+    """Every field a config sets, with its value and the config it came from (`--print-config`)."""
+    from masklam.train.config import format_origins
+
+    raw, origins = resolve_config(path, **overrides)
+    flat = _flatten(raw)
+    return format_origins((k, flat[k], origins[k]) for k in flat)
 
 
 # --- the sweep -----------------------------------------------------------------------------------------
@@ -380,6 +460,8 @@ class ExperimentArgs:
     """list the shipped configs (name and description) and exit"""
     status: bool = False
     """print which stages are done and which pending, with an estimate of the time left; runs and writes nothing"""
+    print_config: bool = False
+    """print every field the config sets, with the config it came from (it and those it `extends`), and exit"""
 
 
 def main(argv: list[str]) -> int:
@@ -390,6 +472,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.config is None:
         raise MasklamError("give a config: a shipped config's name (masklam experiment --list) or a file")
+    if args.print_config:
+        print(describe_config(args.config, out=args.out, device=args.device))
+        return 0
     cfg = load_config(args.config, out=args.out, device=args.device)
     if args.status:
         print(f"{args.config}: {cfg.out}")

@@ -210,6 +210,11 @@ def render_report(run_dir: str | Path) -> Path:
         if draw(out / name):
             parts.append(_figure(f"report/{name}", caption))
 
+    parts.append(f"<h2>Every method (latent dim {dim}, mean over label budgets)</h2>")
+    parts.append(_table(["task", *HEAD[:2], "scale (pretrain preset, updates, latent dim)", "seeds", *HEAD[2:]],
+                        method_table(top, scale)))
+    fig("methods.png", "probe NMSE and normalised return ID / OOD, averaged over tasks and label budgets "
+        "(mean ± SE over seeds)", lambda p: method_bars(top, p))
     parts.append("<h2>Return vs labelled trajectories</h2>")
     for split in ("id", "ood"):
         fig(f"return_vs_labels_{split}.png", f"normalised return vs labelled trajectories ({split}; latent dim {dim})",
@@ -226,11 +231,6 @@ def render_report(run_dir: str | Path) -> Path:
         fig("probe_vs_dim.png", "held-out linear probe NMSE latent -> action vs latent dim",
             lambda p: curve_grid(rows, "latent_dim", "probe_nmse", lambda r: r.split == "id" and r.latent_dim > 0,
                                  "probe NMSE vs latent dim", p))
-    parts.append(f"<h2>Every method (latent dim {dim}, mean over label budgets)</h2>")
-    parts.append(_table(["task", *HEAD[:2], "scale (pretrain preset, updates, latent dim)", "seeds", *HEAD[2:]],
-                        method_table(top, scale)))
-    fig("methods.png", "probe NMSE and normalised return ID / OOD, averaged over tasks and label budgets "
-        "(mean ± SE over seeds)", lambda p: method_bars(top, p))
     if manifest is None:
         parts.append(f"<p>No {MANIFEST} in this run directory (written before manifests): `masklam experiment` again "
                      "writes it, reusing every stage, and the report then shows the LAMs' reconstructions.</p>")

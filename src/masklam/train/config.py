@@ -22,7 +22,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from masklam import methods
 from masklam.errors import MasklamError
@@ -123,6 +123,11 @@ def resolve_with_origin(explicit: Mapping[str, Any], sources: Mapping[Any, Mappi
                     source.setdefault(field, None)
         out.update({k: (v, name) for k, v in source.items()})
     return out
+
+
+def format_origins(fields: Iterable[tuple[str, Any, Any]]) -> str:
+    """(name, value, where it came from) per field, one line each: what `--print-config` prints."""
+    return "\n".join(f"{name:<18} {value!s:<28} {origin}" for name, value, origin in fields)
 
 
 @dataclass
@@ -306,13 +311,10 @@ class PretrainConfig:
 
     def describe(self) -> str:
         """Every field with its value and where it came from, one per line (`--print-config`)."""
-        lines = []
-        for f in dataclasses.fields(self):
-            if f.name == "print_config":
-                continue
-            origin = self.origins.get(f.name, "explicit" if getattr(self, f.name) != f.default else "default")
-            lines.append(f"{f.name:<18} {getattr(self, f.name)!s:<28} {origin}")
-        return "\n".join(lines)
+        return format_origins(
+            (f.name, getattr(self, f.name),
+             self.origins.get(f.name, "explicit" if getattr(self, f.name) != f.default else "default"))
+            for f in dataclasses.fields(self) if f.name != "print_config")
 
     def _check_method_options(self, baseline: dict[str, Any]) -> None:
         """A one-line error for an option of another method given a value that would silently be ignored."""
