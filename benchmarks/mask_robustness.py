@@ -78,18 +78,18 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/mask_robustness"))
     args = ap.parse_args()
 
-    from masklam.downstream.experiment import pretrain_stage
-    from masklam.quickstart import PRESETS, RECIPES, QuickstartConfig
+    from masklam.downstream.stages import pretrain_stage
+    from masklam.quickstart import QuickstartConfig, experiment_config
 
-    preset = PRESETS["cpu"]
-    # the quickstart's default recipe (mask-target: MaskLAM reconstructs M*o_{t+1}), as the quickstart trains it;
-    # without it MaskLAM trains on the paper's masked loss, which is worse than LAPO at this scale
-    overrides = {**preset["pretrain"], **RECIPES[QuickstartConfig.recipe]}
+    exp = experiment_config(QuickstartConfig(out=args.out, progress=False))
+    # the quickstart's pretraining with its default recipe (mask-target: MaskLAM reconstructs M*o_{t+1}); without
+    # it MaskLAM trains on the paper's masked loss, which is worse than LAPO at this scale
+    overrides = dict(exp.pretrain)
     if args.updates is not None:
         overrides["updates"] = args.updates
     if args.threads is not None:
         overrides["threads"] = args.threads
-    dim = int(preset["latent_dims"][0])
+    dim = int(exp.latent_dims[0])
     data = args.data.resolve()
     with h5py.File(data, "r") as f:
         have = set(f[trajectory_names(f)[0]].keys())

@@ -13,12 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from masklam import methods
 from masklam.downstream.results import Row, over_seeds, read_results
-
-ORDER = ["lapo-clean", "lapo", "masklam", "laom", "laom-sup", "bc", "idm", "bc-full", "bc-full-clean"]
-NAMES = {"lapo-clean": "LAPO distractor-free (upper bound)", "lapo": "LAPO", "masklam": "MaskLAM",
-         "laom": "LAOM", "laom-sup": "LAOM+supervision", "bc": "BC (labelled only)", "idm": "IDM baseline",
-         "bc-full": "BC, all data, true actions (normaliser)", "bc-full-clean": "BC, clean data (normaliser)"}
 
 
 def _cell(pairs: list[tuple[int, float | None]], digits: int) -> str:
@@ -30,12 +26,12 @@ def table(rows: list[Row], title: str) -> str:
     lines = [f"**{title}**", "",
              "| method | recipe | probe NMSE | norm. return ID | norm. return OOD | return ID (raw) | probe per seed |",
              "|---|---|---|---|---|---|---|"]
-    for m in [m for m in ORDER if any(r.method == m for r in rows)]:
+    for m in methods.ordered(r.method for r in rows):
         mine = [r for r in rows if r.method == m]
         idr, ood = [r for r in mine if r.split == "id"], [r for r in mine if r.split == "ood"]
         probe = over_seeds((r.seed, r.probe_nmse) for r in idr)
         per_seed = " / ".join(f"{v:.3f}" for _, v in sorted(probe.per_seed.items())) or "-"
-        lines.append(f"| {NAMES.get(m, m)} | {mine[0].extra.get('recipe', '-')} "
+        lines.append(f"| {methods.title(m)} | {mine[0].extra.get('recipe', '-')} "
                      f"| {_cell([(r.seed, r.probe_nmse) for r in idr], 3)} "
                      f"| {_cell([(r.seed, r.normalized_return) for r in idr], 2)} "
                      f"| {_cell([(r.seed, r.normalized_return) for r in ood], 2)} "

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from masklam.downstream.experiment import _datasets, pretrain_stage, recipe_label
+from masklam import methods
+from masklam.downstream.experiment import _datasets
+from masklam.downstream.stages import pretrain_stage, recipe_label
 from masklam.quickstart import RECIPES, QuickstartConfig, experiment_config, run
 
 
@@ -46,10 +48,10 @@ def main() -> int:
     for seed in args.seeds:
         for recipe, method, extra in variants:
             exp = experiment_config(QuickstartConfig(preset=args.preset, recipe=recipe, out=out, progress=False))
-            data = _datasets(exp)[exp.tasks[0]]["clean" if method == "lapo-clean" else "train"]
+            data = _datasets(exp)[exp.tasks[0]][methods.get(method).variant]
             conf = {**exp.pretrain, **extra}
             t0 = time.time()
-            _, res = pretrain_stage(out, "lapo" if method == "lapo-clean" else method, data, exp.latent_dims[0], seed,
+            _, res = pretrain_stage(out, methods.get(method).trainer, data, exp.latent_dims[0], seed,
                                     0, conf, exp.device, progress=False)
             label = (recipe_label(method, conf), method)
             table.setdefault(label, {})[seed] = float(res["probe_nmse"])

@@ -48,9 +48,10 @@ def point(out: Path, variant: str, updates: int, episodes: int, seed: int) -> di
     spec = VARIANTS[variant]
     exp = experiment_config(QuickstartConfig(out=out, seeds=(seed,), progress=False, device="cpu"))
     data = {t: {k: {**v, "episodes": episodes, "workers": 1} for k, v in d.items()} for t, d in exp.data.items()}
+    collect = {**exp.collect, "episodes": episodes, "workers": 1} if getattr(exp, "collect", None) else exp.collect
     pretrain = {k: v for k, v in exp.pretrain.items() if k != "mask_target"}  # the quickstart's recipe is ours
     exp = dataclasses.replace(
-        exp, methods=[spec["method"]], data=data,
+        exp, methods=[spec["method"]], data=data, collect=collect,
         pretrain={**pretrain, **spec["pretrain"], "updates": updates, "threads": 1},
         bc={**exp.bc, **spec.get("bc", {})}, decode={**exp.decode, **spec.get("decode", {})},
         eval={**exp.eval, "workers": 1})

@@ -170,12 +170,12 @@ def test_print_config_names_where_each_value_came_from(tmp_path, capsys):
 
 
 def test_a_recipe_whose_meaning_changes_never_reuses_a_cached_lam(tmp_path, monkeypatch):
-    from masklam.downstream import stages
+    from masklam.downstream import cache, stages
     from masklam.train import config
 
     seen = []
     monkeypatch.setattr(stages, "run_stage", lambda root, kind, conf, fn, log=print, meaning=None, version=1:
-                        seen.append(stages.stage_key(kind, conf, meaning, version)) or (tmp_path, {}))
+                        seen.append(cache.stage_key(kind, conf, meaning, version)) or (tmp_path, {}))
     args = (tmp_path, "masklam", ["d.h5"], 16, 0, 0)
     stages.pretrain_stage(*args, {"recipe": "authors"}, "cpu", False)
     monkeypatch.setitem(config.RECIPES["authors"], "masklam", {**config.RECIPES["authors"]["masklam"], "lr": 1e-3})
@@ -184,7 +184,7 @@ def test_a_recipe_whose_meaning_changes_never_reuses_a_cached_lam(tmp_path, monk
     assert seen[0] != seen[1]
     from masklam.train.pretrain import VERSION
 
-    assert seen[2] == stages.stage_key("pretrain", {"mask_target": True, "method": "masklam", "data": ["d.h5"],
+    assert seen[2] == cache.stage_key("pretrain", {"mask_target": True, "method": "masklam", "data": ["d.h5"],
                                                     "latent_dim": 16, "seed": 0, "labels": 0},
                                        version=VERSION)  # no recipe: the key as before
 

@@ -122,7 +122,7 @@ def test_collect_with_background_path_shows_the_folder_and_records_it(tmp_path: 
 def test_quickstart_passes_the_folder_to_collection_and_evaluation_only_when_given(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from masklam.downstream.experiment import ExperimentConfig
-    from masklam.downstream.stages import stage_key
+    from masklam.downstream.cache import stage_key
     from masklam.quickstart import QuickstartConfig, experiment_config
 
     videos = video_folder(tmp_path / "v", ["a", "b", "c"])

@@ -293,7 +293,7 @@ def test_a_directory_of_several_splits_needs_one_chosen(tmp_path: Path) -> None:
 def test_stage_keys_fingerprint_a_shard_directory_by_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from masklam.downstream.stages import stage_key
+    from masklam.downstream.cache import stage_key
 
     monkeypatch.chdir(tmp_path)
     Path("a.h5").write_bytes(b"x" * 10)

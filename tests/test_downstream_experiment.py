@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from masklam.downstream import experiment as ex
+from masklam.downstream import cache
 from masklam.downstream import results, stages
 from masklam.downstream.results import RESULT_COLUMNS as COLUMNS
 from masklam.errors import MasklamError
@@ -57,29 +58,29 @@ def test_stage_cache_reuses_and_reruns(tmp_path: Path) -> None:
         calls.append(d)
         return {"value": len(calls)}
 
-    d1, r1 = stages.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
-    d2, r2 = stages.run_stage(tmp_path, "bc", {"data": ["a.h5"], "lr": 1e-3}, fn, log=lambda s: None)
+    d1, r1 = cache.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
+    d2, r2 = cache.run_stage(tmp_path, "bc", {"data": ["a.h5"], "lr": 1e-3}, fn, log=lambda s: None)
     assert (d1, r1) == (d2, r2) == (d1, {"value": 1}) and len(calls) == 1
-    d3, r3 = stages.run_stage(tmp_path, "bc", {"lr": 2e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
+    d3, r3 = cache.run_stage(tmp_path, "bc", {"lr": 2e-3, "data": ["a.h5"]}, fn, log=lambda s: None)
     assert d3 != d1 and r3 == {"value": 2}
     # a done.json whose hash does not match (e.g. a stage dir copied by hand) is not trusted
     (d1 / "done.json").write_text(json.dumps({"hash": "other", "result": {}}))
-    assert stages.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)[1] == {"value": 3}
+    assert cache.run_stage(tmp_path, "bc", {"lr": 1e-3, "data": ["a.h5"]}, fn, log=lambda s: None)[1] == {"value": 3}
     # an interrupted stage (no done.json) runs again in the same directory
     def boom(d: Path) -> dict:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        stages.run_stage(tmp_path, "decode", {"x": 1}, boom, log=lambda s: None)
-    d4, _ = stages.run_stage(tmp_path, "decode", {"x": 1}, fn, log=lambda s: None)
+        cache.run_stage(tmp_path, "decode", {"x": 1}, boom, log=lambda s: None)
+    d4, _ = cache.run_stage(tmp_path, "decode", {"x": 1}, fn, log=lambda s: None)
     assert d4 == calls[-1] and (d4 / "stage.json").is_file()
     # rewriting a data file (same path) invalidates the stages built on it
     (tmp_path / "d.h5").write_bytes(b"12")
     n = len(calls)
-    stages.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
-    stages.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    cache.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    cache.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
     (tmp_path / "d.h5").write_bytes(b"123")
-    stages.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
+    cache.run_stage(tmp_path, "bc", {"data": [str(tmp_path / "d.h5")]}, fn, log=lambda s: None)
     assert len(calls) == n + 2
 
 
@@ -95,9 +96,9 @@ def test_a_trainer_version_bump_recomputes_every_stage_it_computes(tmp_path: Pat
 
     def run_all() -> None:  # the IDM is trained by the BC trainer under the kind "idm"
         for kind in ("bc", "idm"):
-            stages.run_stage(tmp_path, kind, {"lr": 1e-3}, fn, log=lambda s: None, version=bc.VERSION)
-        stages.run_stage(tmp_path, "decode", {"lr": 1e-3}, fn, log=lambda s: None, version=decode.VERSION)
-        stages.run_stage(tmp_path, "collect", {"lr": 1e-3}, fn, log=lambda s: None)
+            cache.run_stage(tmp_path, kind, {"lr": 1e-3}, fn, log=lambda s: None, version=bc.VERSION)
+        cache.run_stage(tmp_path, "decode", {"lr": 1e-3}, fn, log=lambda s: None, version=decode.VERSION)
+        cache.run_stage(tmp_path, "collect", {"lr": 1e-3}, fn, log=lambda s: None)
 
     run_all()
     run_all()
@@ -110,7 +111,7 @@ def test_a_trainer_version_bump_recomputes_every_stage_it_computes(tmp_path: Pat
     monkeypatch.setattr(stages, "run_stage", lambda *a, version=1, **k: seen.append(version) or (tmp_path, {}))
     stages.bc_stage(tmp_path, "idm", {}, "cpu", False)
     assert seen == [bc.VERSION]
-    assert stages.stage_key("collect", {"lr": 1e-3}) == stages.stage_key("collect", {"lr": 1e-3}, version=1)
+    assert cache.stage_key("collect", {"lr": 1e-3}) == cache.stage_key("collect", {"lr": 1e-3}, version=1)
 
 
 def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:
@@ -153,17 +154,14 @@ BASE = 'out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n'
     ("[data.t.collect]", "episodez = 3"), ("[data.t]", "colect = {}"),
 ])
 def test_a_typo_in_any_table_fails_at_load_naming_the_key(tmp_path: Path, table: str, key: str) -> None:
-    import time
-
     data = '[data.t]\ntrain = ["a.h5"]\n'
     if table.startswith("[data.t"):
         data = ""
     text = BASE + (key + "\n" if not table else "") + data + (f"{table}\n{key}\n" if table else "")
     (tmp_path / "s.toml").write_text(text)
-    t0 = time.perf_counter()
     with pytest.raises(MasklamError, match=repr(key.split(" ")[0])) as e:
         ex.load_config(tmp_path / "s.toml")
-    assert time.perf_counter() - t0 < 5 and "\n" not in str(e.value)
+    assert "\n" not in str(e.value)
     # the same tables without the typo load
     (tmp_path / "ok.toml").write_text(BASE + '[data.t]\ntrain = ["a.h5"]\n[data.t.collect]\nepisodes = 3\n'
                                       "[pretrain]\nheldout = 0.2\n[bc]\nupdates = 2\n[bc_full]\nupdates = 3\n"

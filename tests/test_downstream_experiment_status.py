@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
 import time
 import tomllib
 from pathlib import Path
@@ -14,6 +13,8 @@ import pytest
 import torch
 
 from masklam.downstream import experiment as ex
+from masklam.downstream import cache
+from masklam.downstream.plan import PlannedStage, StagePlan, format_plan, is_pending, plan_stages
 from masklam.downstream import stages
 from masklam.errors import MasklamError
 from test_downstream_policy import write_toy
@@ -45,42 +46,33 @@ def _tables(cfg: ex.ExperimentConfig) -> dict:
                 decode=cfg.decode, eval=cfg.eval)
 
 
-@pytest.mark.parametrize("name, preset", [("papers-cpu", "cpu"), ("masklam-cpu", "cpu"), ("masklam-gpu", "gpu"),
-                                          ("laom-gpu", "gpu"), ("papers-gpu", "gpu")])
-def test_shipped_configs_use_the_quickstarts_scale(name: str, preset: str) -> None:
-    from masklam.quickstart import PRESETS, RECIPES
+def test_a_config_extends_another_field_by_field_and_says_where_each_came_from(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "base.toml").write_text('out = "b"\ntasks = ["t"]\nmethods = ["lapo"]\nlabels = [1, 2]\n'
+                                        '[data.t]\ntrain = ["a.h5"]\n[pretrain]\nupdates = 7\nlr = 0.1\n'
+                                        '[bc]\nupdates = 3\n')
+    (tmp_path / "child.toml").write_text('extends = "base.toml"\nout = "c"\n[pretrain]\nepochs = 2.0\n')
+    raw, origins = ex.resolve_config(tmp_path / "child.toml", device="cpu")
+    # a table merges key by key; a run length given as epochs clears the base's updates
+    assert raw["pretrain"] == {"lr": 0.1, "epochs": 2.0} and raw["bc"] == {"updates": 3} and raw["out"] == "c"
+    assert origins["pretrain.lr"] == str(tmp_path / "base.toml") and origins["out"] == str(tmp_path / "child.toml")
+    assert origins["device"] == "command line"
+    cfg = ex.load_config(tmp_path / "child.toml")
+    assert cfg.labels == [1, 2] and cfg.pretrain == {"lr": 0.1, "epochs": 2.0}
+    assert ex.main([str(tmp_path / "child.toml"), "--print-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["pretrain.lr", "0.1"] and line.endswith("base.toml") for line in lines)
+    (tmp_path / "base.toml").write_text('extends = "child.toml"\n')
+    with pytest.raises(MasklamError, match="loops back"):
+        ex.load_config(tmp_path / "child.toml")
 
-    p = PRESETS[preset]
-    want = {k: p.get(k, {}) for k in ("collect", "bc", "bc_full", "idm", "decode", "eval")}
-    want["pretrain"] = {**p["pretrain"], **RECIPES["mask-target"]}
-    assert _tables(ex.load_config(name)) == want
 
-
-def _grid(description: str, what: str) -> list[int]:
-    """The numbers a description gives for e.g. 'labels' ('labels 4/16/64')."""
-    found = re.search(rf"\b{what} ([\d/]+)", description)
-    assert found, f"the description gives no {what}: {description}"
-    return [int(x) for x in found.group(1).split("/")]
-
-
-@pytest.mark.parametrize("name", ["masklam-gpu", "laom-gpu", "papers-gpu"])
-def test_gpu_configs_are_what_their_descriptions_say(name: str) -> None:
-    cfg = ex.load_config(name)
-    text = cfg.description
-    named = set(re.findall(r"[a-z]+(?:-[a-z]+)?", text.split(";")[0])) & set(stages.METHODS)
-    assert named == set(cfg.methods) or (named == set() and "7 methods" in text), name
-    if "7 methods" in text:
-        assert set(cfg.methods) == set(stages.METHODS)
-    assert cfg.labels == sorted(cfg.labels) == _grid(text, "labels")
-    dims = _grid(text, "dims") if "dims" in text else _grid(text, "dim")
-    assert cfg.latent_dims == sorted(cfg.latent_dims) == dims
-    # the papers' ranges (facts.md 4-5): MaskLAM's latent sizes 64..8192, the paper's 128-label budget at most
-    assert all(64 <= d <= 8192 for d in cfg.latent_dims) and max(cfg.labels) <= 128
-    assert cfg.splits == ["id", "ood"] and cfg.seeds == [0, 1, 2] and len(cfg.tasks) == 3 and "3 DCS tasks" in text
-    # each says how it differs from the papers, and the ones run alone that they duplicate the shared stages
-    assert "8192" in text and "no humanoid-walk" in text
-    header = ex.config_path(name).read_text()
-    assert ("papers-gpu" in header and "twice" in header) if name != "papers-gpu" else "twice" in header
+def test_the_papers_configs_extend_the_quickstarts_presets() -> None:
+    for name, preset in (("papers-cpu", "cpu"), ("masklam-cpu", "cpu"), ("mw128-cpu", "cpu"), ("masklam-gpu", "gpu"),
+                         ("laom-gpu", "gpu"), ("papers-gpu", "gpu")):
+        _, origins = ex.resolve_config(name)
+        assert origins["pretrain.preset"] == origins["decode.updates"] == f"quickstart-{preset}", name
+        assert origins["pretrain.mask_target"] == name  # the quickstart's default recipe, which the preset leaves out
 
 
 def test_papers_gpu_is_both_gpu_configs_in_one_sweep() -> None:
@@ -134,7 +126,7 @@ def _snapshot(root: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")} if root.exists() else {}
 
 
-def _counts(plan: stages.StagePlan) -> dict[str, tuple[int, int]]:
+def _counts(plan: StagePlan) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for s in plan.stages:
         done, pending = out.get(s.kind, (0, 0))
@@ -200,24 +192,24 @@ def test_status_before_and_after_running(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_done_stages_without_wall_s_are_timed_by_their_files(tmp_path: Path) -> None:
     calls = []
-    d, _ = stages.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {"v": 1}, log=lambda s: None)
+    d, _ = cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {"v": 1}, log=lambda s: None)
     rec = json.loads((d / "done.json").read_text())
     del rec["wall_s"]  # written before run_stage recorded it
     (d / "done.json").write_text(json.dumps(rec))
     os.utime(d / "stage.json", (1000, 1000))
     os.utime(d / "done.json", (1600, 1600))
-    with stages.plan_stages() as plan:
-        assert stages.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {}) == (d, {"v": 1})
-        res = stages.run_stage(tmp_path, "bc", {"x": 2}, lambda d: calls.append(d) or {})[1]
-        assert stages.is_pending(res) and stages.dry_run()
-    assert not stages.dry_run() and len(calls) == 1
+    with plan_stages() as plan:
+        assert cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {}) == (d, {"v": 1})
+        res = cache.run_stage(tmp_path, "bc", {"x": 2}, lambda d: calls.append(d) or {})[1]
+        assert is_pending(res) and cache.dry_run()
+    assert not cache.dry_run() and len(calls) == 1
     assert [(s.done, s.wall_s) for s in plan.stages] == [(True, 600.0), (False, None)]
     assert sorted(p.name for p in (tmp_path / "stages" / "bc").iterdir()) == [d.name]  # nothing written
 
 
 def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
-    P = stages.PlannedStage
-    plan = stages.StagePlan([
+    P = PlannedStage
+    plan = StagePlan([
         P("pretrain", "a", True, "t seed 0 lapo", {}, wall_s=100.0),
         P("pretrain", "b", True, "t seed 0 masklam", {}, wall_s=300.0),
         P("pretrain", "c", False, "t seed 1 lapo", {"latent_dim": 16}, started=1000.0 - 50.0,
@@ -227,7 +219,7 @@ def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
         P("evaluate", "e", True, "t seed 0 lapo", {}, wall_s=30.0),
         P("evaluate", None, False, "t seed 1 lapo", {}),  # 30 s
     ])
-    text = stages.format_plan(plan, now=1000.0)
+    text = format_plan(plan, now=1000.0)
     lines = text.splitlines()
     row = {ln.split()[0]: ln for ln in lines[1:4]}
     assert row["pretrain"].split()[1:3] == ["2", "2"] and row["pretrain"].endswith("5.8 min")  # 350 s
@@ -239,10 +231,10 @@ def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
 
 
 def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
-    d, _ = stages.run_stage(tmp_path, "pretrain", {"x": 1}, lambda d: {}, log=lambda s: None)
+    d, _ = cache.run_stage(tmp_path, "pretrain", {"x": 1}, lambda d: {}, log=lambda s: None)
     rec = json.loads((d / "done.json").read_text())
     (d / "done.json").write_text(json.dumps({**rec, "wall_s": 600.0}))  # a done LAM took 10 min
-    started = tmp_path / "stages" / "pretrain" / stages.stage_key("pretrain", {"x": 2})
+    started = tmp_path / "stages" / "pretrain" / cache.stage_key("pretrain", {"x": 2})
     started.mkdir()
     (started / "stage.json").write_text("{}")
     (started / "ckpt.pt").write_text("")
@@ -251,10 +243,10 @@ def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
 
     def status(last_write: float) -> str:
         os.utime(started / "ckpt.pt", (now - last_write, now - last_write))
-        with stages.plan_stages() as plan:
+        with plan_stages() as plan:
             for x in (1, 2):
-                stages.run_stage(tmp_path, "pretrain", {"x": x}, lambda d: {})
-        return stages.format_plan(plan, now=now)
+                cache.run_stage(tmp_path, "pretrain", {"x": x}, lambda d: {})
+        return format_plan(plan, now=now)
 
     # its last checkpoint 400 s ago: interrupted, it starts over from it: the whole mean (10 min) left
     text = status(400)
@@ -268,12 +260,12 @@ def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
 
 def test_a_stage_naming_a_pending_stage_waits_on_it(tmp_path: Path) -> None:
     root = tmp_path / "rün ☃"  # not ASCII: json.dumps would spell it r\u00fcn \u2603
-    with stages.plan_stages() as plan:
-        d, _ = stages.run_stage(root, "collect", {"task": "t"}, lambda d: {})
-        stages.run_stage(root, "pretrain", {"data": [str(d / "data.h5")]}, lambda d: {})
-        stages.run_stage(root, "bc", {"nested": {"lam": str(d)}}, lambda d: {})
-        stages.run_stage(root, "bc", {"lam": str(d) + "0"}, lambda d: {})  # another directory
-        stages.run_stage(root, "bc", {"task": "t"}, lambda d: {})
+    with plan_stages() as plan:
+        d, _ = cache.run_stage(root, "collect", {"task": "t"}, lambda d: {})
+        cache.run_stage(root, "pretrain", {"data": [str(d / "data.h5")]}, lambda d: {})
+        cache.run_stage(root, "bc", {"nested": {"lam": str(d)}}, lambda d: {})
+        cache.run_stage(root, "bc", {"lam": str(d) + "0"}, lambda d: {})  # another directory
+        cache.run_stage(root, "bc", {"task": "t"}, lambda d: {})
     assert [(s.kind, s.key is None) for s in plan.stages] == [
         ("collect", False), ("pretrain", True), ("bc", True), ("bc", False), ("bc", False)]
 

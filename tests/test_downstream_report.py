@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from masklam.downstream import figures, report, results, stages
+from masklam import methods
+from masklam.downstream import figures, report, results, sweep
 from masklam.errors import MasklamError
 
 
@@ -69,18 +70,19 @@ def test_method_table_averages_each_seeds_tasks_first() -> None:
         for task, v in (("a", a), ("b", 20.0 - a)):
             rows += [R("m", task, 8, 2, seed, split, 0.5, 100 * v, v) for split in ("id", "ood")]
     table = {(r[0], r[1]): r for r in report.method_table(rows, {})}
-    # average: each seed's task average is 10 (so SE 0; over the 6 values it would be 2.67)
-    assert table[("average", "m")][4:] == ["3", "0.500 ± 0.000", "1000.0 ± 0.0", "10.000 ± 0.000",
-                                           "10.000 ± 0.000"]
-    assert table[("b", "m")][7] == "15.000 ± 2.309" and table[("a", "m")][7] == "5.000 ± 2.309"
+    # average: each seed's task average is 10 (so SE 0; over the 6 values it would be 2.67); columns: seeds,
+    # probe NMSE, return ID, of expert, norm ID, return OOD, norm OOD
+    assert table[("average", "m")][4:] == ["3", "0.500 ± 0.000", "1000 ± 0", "-", "10.00 ± 0.00", "1000 ± 0",
+                                           "10.00 ± 0.00"]
+    assert table[("b", "m")][8] == "15.00 ± 2.31" and table[("a", "m")][8] == "5.00 ± 2.31"
 
 
-def test_one_seed_has_no_standard_error() -> None:
+def test_one_seed_shows_the_episodes_standard_error_in_both_tables() -> None:
     R = results.Row
-    rows = [R("m", "a", 8, 2, 0, split, 0.25, 80.0, 0.5) for split in ("id", "ood")]
-    cells = report.method_table(rows, {})[0][5:] + report.summary_table(rows)[0][8:]
-    assert cells == ["0.250 (n=1)", "80.0 (n=1)", "0.500 (n=1)", "0.500 (n=1)", "0.250 (n=1)", "80.000 (n=1)",
-                     "0.500 (n=1)"]
+    rows = [R("m", "a", 8, 2, 0, split, 0.25, 80.0, 0.5, extra={"return_sem": "4.0"}) for split in ("id", "ood")]
+    # probe NMSE: no standard error; return: the episodes'; normalised: the return's relative error carried over
+    assert report.method_table(rows, {})[0][5:] == ["0.250", "80 ± 4", "-", "0.50 ± 0.03", "80 ± 4", "0.50 ± 0.03"]
+    assert report.summary_table(rows)[0][7:] == report.method_table(rows, {})[0][5:]
 
 
 def _stage(run: Path, kind: str, key: str, config: dict, resolved: dict | None = None, recon: bool = False,
@@ -110,19 +112,19 @@ def _fake_run(run: Path) -> None:
     (run / "experiment.json").write_text(json.dumps({
         "config": {"description": "a fake sweep", "pretrain": {"mask_target": True}},
         "datasets": data, "clean_datasets": {"cheetah-run": ["/data/cheetah-clean.h5"]}}))
-    # walker-run's clean data was collected: its task and variant come from the collect stage
-    collected = _stage(run, "collect", "c0ffee", {"task": "walker-run", "distractors": "none"}) / "data.h5"
     for task in TASKS:
         for seed in SEEDS:
             for dim in (16, 64):
-                for method, paths in (("lapo", data[task]), ("masklam", data[task]),
-                                      ("lapo-clean", ["/data/cheetah-clean.h5"] if task == "cheetah-run"
-                                       else [str(collected)])):
-                    conf = {"method": stages.lam_trainer(method), "data": paths, "latent_dim": dim, "seed": seed,
-                            "labels": 0, **({"mask_target": True} if method == "masklam" else {})}
+                for method in ("lapo", "masklam", "lapo-clean"):
+                    conf = {"method": methods.get(method).trainer, "latent_dim": dim, "seed": seed, "labels": 0}
                     _stage(run, "pretrain", _lam_key(method, task, seed, dim), conf,
                            {"preset": "cpu-small", "total_steps": 1000}, recon=True)
-    # LAMs from other sweeps of this run dir (not behind results.csv) and an unfinished one are not shown: one of
+    manifest = [{"method": r.method, "task": r.task, "latent_dim": r.latent_dim, "labels": r.labels, "seed": r.seed,
+                 "split": r.split, "variant": methods.get(r.method).variant, "recipe": r.extra.get("recipe", "-"),
+                 "stages": {"pretrain": f"stages/pretrain/{r.extra['lam_stage']}"} if "lam_stage" in r.extra else {}}
+                for r in results.read_results(run / "results.csv")]
+    (run / "manifest.json").write_text(json.dumps({"rows": manifest}))
+    # LAMs from other sweeps of this run dir (not in its manifest) and an unfinished one are not shown: one of
     # another dim, one of an earlier config with the same method, task, dim and seed as a row's
     _stage(run, "pretrain", "stale", {"method": "laom", "data": data["cheetah-run"], "latent_dim": 999, "seed": 0},
            {"preset": "h100"}, recon=True)
@@ -143,10 +145,10 @@ def test_report_renders(tmp_path: Path) -> None:
         assert f'src="report/{name}"' in page
         assert (run / "report" / name).stat().st_size > 1000
     assert "a fake sweep" in page
-    # every result row: masklam/cheetah/64/8/id over 3 seeds, normalised 0.3 + 0.01 * seed: 0.31 ± SE 0.006
+    # every result: masklam/cheetah/64/8 over 3 seeds, return ID 800 * (0.3 + 0.01 * seed): 248 ± SE 4.6
     assert ("<td>masklam</td><td>default+mask-target</td><td>cpu-small, 1000 updates, dim 64</td>"
-            "<td>cheetah-run</td><td>64</td><td>8</td><td>id</td><td>3</td>") in page
-    assert "0.310 ± 0.006" in page and "0.310 ± 0.008" not in page  # the standard error, not the std
+            "<td>cheetah-run</td><td>64</td><td>8</td><td>3</td>") in page
+    assert "<td>248 ± 5</td>" in page and "248 ± 7" not in page  # the standard error, not the std
     # every method at the largest dim and budget, per task and averaged over tasks (seeds: 0.33, 0.34, 0.35)
     assert ("<td>average</td><td>masklam</td><td>default+mask-target</td><td>cpu-small, 1000 updates, dim 64</td>"
             "<td>3</td>") in page
@@ -184,16 +186,41 @@ def test_report_shows_the_viz_of_a_stage_that_has_one(tmp_path: Path) -> None:
     assert section.count("<h3>") == 1  # only the stage with a viz
 
 
-def test_results_without_lam_stage_fall_back_to_method_task_dim_seed(tmp_path: Path) -> None:
+def test_the_lams_shown_are_the_manifests(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _fake_run(run)
     rows = results.read_results(run / "results.csv")
-    named = {lam.stage for lam in report.row_lams(run, rows)}
+    named = {lam.stage for lam in report.row_lams(sweep.read_manifest(run))}
     assert len(named) == 3 * 2 * 2 * 3 and "stale-same" not in named and "running" not in named
     assert named == {r.extra["lam_stage"] for r in rows if "lam_stage" in r.extra}
-    _write_results(run / "results.csv", lam_stage=False)  # written before results.csv had the column
-    old = {lam.stage for lam in report.row_lams(run, results.read_results(run / "results.csv"))}
-    assert old == named | {"stale-same"}
+    (run / "manifest.json").unlink()  # a run directory written before manifests: no LAMs guessed from stages
+    page = report.render_report(run).read_text()
+    assert "No manifest.json" in page and "FDM reconstructions" not in page
+    (run / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(MasklamError, match="not a manifest"):
+        report.render_report(run)
+
+
+def test_the_report_opens_with_the_quickstarts_headline_and_table(tmp_path: Path) -> None:
+    from masklam.downstream.summary import format_table, headline, headline_rows, summarize, table_cells
+
+    raw = [{"method": m, "task": "cheetah-run", "latent_dim": 0 if m == "bc-full" else 16, "labels": n, "seed": 0,
+            "split": split, "probe_nmse": None if m == "bc-full" else p, "return": r + n, "return_sem": 3.0,
+            "normalized_return": (r + n) / 100, "expert_fraction": (r + n) / 700, "recipe": "default"}
+           for m, p, r in (("lapo", 0.9, 20.0), ("masklam", 0.6, 50.0), ("lapo-clean", 0.5, 60.0), ("bc-full", 0, 99))
+           for n in (4, 16) for split in ("id", "ood")]
+    results.write_results(tmp_path / "results.csv", raw)
+    page = report.render_report(tmp_path).read_text()
+    rows = results.read_results(tmp_path / "results.csv")
+    summary = summarize(headline_rows(rows)[0])
+    lines = headline(summary)
+    assert lines[0] == "MaskLAM vs LAPO, held-out probe NMSE: 1.50x lower" and "75% in probe NMSE" in lines[1]
+    assert page.index(lines[1]) < page.index("<h2>")  # the report opens with it
+    table = format_table(summary)  # the quickstart's table.txt: the same cells, means over the label budgets
+    for cells in table_cells(summary):
+        assert "".join(f"<td>{c}</td>" for c in cells[2:]) in page and " ".join(cells[2:4]) in " ".join(table.split())
+    # lapo: return ID (24 + 36) / 2 over the budgets, ± the episodes' standard errors (3, 3) pooled: 2.1
+    assert "<td>cheetah-run</td><td>lapo</td><td>default</td><td>?</td><td>1</td><td>0.900</td><td>30 ± 2</td>" in page
 
 
 def test_report_without_several_dims_has_no_dim_figures(tmp_path: Path) -> None:

@@ -15,74 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.train.config import RECIPES as PRETRAIN_RECIPES
 
-# What a preset fixes; everything not here takes the stage's own defaults. `methods` beyond the core
-# three (lapo, masklam, lapo-clean) are the ones that fit the preset's time budget.
-# Frame stack 3 for every LAM (LAOM's value; MaskLAM's paper uses 1): expert actions change every frame,
-# so from (o_t, o_{t+1}) alone the agent's velocity and its action are confounded; with o_{t-2..t} the
-# IDM sees the velocity. Measured here (cheetah-run, 40 x 250 frames, 1500 updates): distractor-free LAPO's
-# held-out probe NMSE 0.53 with frame stack 3, while with frame stack 1 even MaskLAM stayed at 0.86.
-# The default recipe `mask-target`: MaskLAM reconstructs the masked frame M*o_{t+1} at every pixel (background
-# black) rather than weighting the error by M (the paper's loss; the authors' full recipe, 1.17x over 3 seeds
-# against 1.57x for this one, is `--recipe paper`): at this scale the weighted loss is met by painting the
-# single-coloured cheetah's colour everywhere, which needs no latent (probe NMSE 0.86 after 1000 and 3000
-# updates, vs LAPO 0.89). `mask_target` only affects MaskLAM; LAPO ignores the mask options. Latent 16: a
-# narrow latent makes LAPO choose between the background and the agent (docs/quickstart-science.md).
-# Many short trajectories (80 x 125 frames rather than 40 x 250: the same frames, twice the backgrounds and
-# starts): MaskLAM's IDM otherwise fits its training trajectories (probe NMSE train 0.63 vs held-out 0.77 at
-# seed 1; with 80 x 125, 0.60 vs 0.66), and the held-out probe gets 8 trajectories instead of 4. Label
-# budgets count trajectories, so 4 and 16 short ones hold the frames that 2 and 8 long ones did.
-# Decoders: MaskLAM's 3-layer head trained 2500 updates (LAOM's count); with 300 the distractor-free latent
-# policy stood still online (return 3; trained: 136-225). The BC normalisers get 1000 updates (250: 73).
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": dict(
-        methods=["lapo", "masklam", "lapo-clean"],
-        latent_dims=[16],
-        labels=[4, 16],
-        collect=dict(episodes=80, steps=125, seed=0, workers=2, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", updates=1000, frame_stack=3),
-        bc=dict(updates=250, batch_size=64, lr=3e-4, encoder_scale=1, frame_stack=3),
-        bc_full=dict(updates=1000),
-        idm=dict(updates=250, batch_size=64, lr=3e-4),
-        decode=dict(updates=2500, batch_size=256, layers=3),
-        eval=dict(episodes=6, workers=2),
-    ),
-    "gpu": dict(
-        methods=["lapo", "masklam", "lapo-clean", "laom", "laom-sup", "bc", "idm"],
-        latent_dims=[1024],
-        labels=[4, 16, 64],
-        collect=dict(episodes=800, steps=125, seed=0, workers=14, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="h100", frame_stack=3),
-        bc=dict(updates=4000, batch_size=256, lr=3e-4, encoder_scale=4, frame_stack=3),
-        idm=dict(updates=3000, batch_size=256, lr=3e-4, encoder_scale=4),
-        decode=dict(updates=2500, batch_size=512, layers=3),
-        eval=dict(episodes=25, workers=14),
-    ),
-    # the same code path at a size the test suite affords
-    "toy": dict(
-        methods=["lapo", "masklam", "lapo-clean"],
-        latent_dims=[16],
-        labels=[1, 2],
-        collect=dict(episodes=4, steps=24, seed=0, workers=1, action_noise=0.3, shadows=False, reflections=False),
-        pretrain=dict(preset="cpu-small", updates=6, batch_size=8, log_every=3, ckpt_every=3, recon_samples=2,
-                      heldout=0.25),
-        bc=dict(updates=4, batch_size=8, frame_stack=1, hidden=32, heldout=0.25),
-        idm=dict(updates=4, batch_size=8, hidden=32),
-        decode=dict(updates=20, batch_size=16, hidden=32, heldout=0.25, layers=3),
-        eval=dict(episodes=2, workers=0),
-        env=dict(max_episode_steps=12),
-    ),
-}
+PRESETS = ("cpu", "gpu", "toy")
+"""the quickstart's scales: the shipped configs quickstart-cpu, quickstart-gpu, quickstart-toy (src/masklam/configs),
+which the papers' configs extend; why each value: docs/design.md, "The quickstart's presets"."""
 
 MW_EVAL_STEPS = 200
 """Evaluation episode length on Meta-World: the scripted experts succeed within ~50-105 steps (README)."""
@@ -116,7 +59,7 @@ def downstream_recipe(recipe: str) -> tuple[dict[str, Any], dict[str, Any]]:
 class QuickstartConfig:
     """Run the quickstart: MaskLAM vs LAPO (and the distractor-free upper bound) end to end."""
 
-    preset: Literal["cpu", "gpu", "toy"] = "cpu"
+    preset: Literal[PRESETS] = "cpu"  # type: ignore[valid-type]
     """cpu: under 20 minutes on 2 cores (16.3 measured, bf16 autocast); gpu: one H100 in about 20 minutes (LAMs
     with pretrain's h100 preset); toy: seconds, for tests."""
     task: str = "cheetah-run"
@@ -150,136 +93,37 @@ class QuickstartConfig:
 
 
 def experiment_config(cfg: QuickstartConfig):
-    """The ExperimentConfig the quickstart runs."""
-    from masklam.downstream.experiment import ExperimentConfig
+    """The ExperimentConfig the quickstart runs: the shipped config `quickstart-PRESET` with this task,
+    distractors, recipe, seeds and run directory."""
+    from masklam.downstream.experiment import ExperimentConfig, resolve_config
 
     from masklam.devices import resolve_device
     from masklam.envs import suite_of
 
-    p = PRESETS[cfg.preset]
-    collect = {**p["collect"], "distractors": cfg.distractors, "policy": "expert"}
-    env = dict(p.get("env", {}))
+    raw, _ = resolve_config(f"quickstart-{cfg.preset}")
+    collect = {**raw["collect"], "distractors": cfg.distractors, "policy": "expert"}
+    env = dict(raw.get("env", {}))
     if suite_of(cfg.task) == "metaworld":
         collect["multisample"] = False  # Meta-World's scene: ~2x faster to render (README, Distracting Meta-World)
         env.setdefault("max_episode_steps", MW_EVAL_STEPS)
-    clean = {**collect, "distractors": "none"}  # no background: the folder plays no part in the clean data
     if cfg.background_path is not None:  # added only when given: the stages of the default keep their keys
         # absolute: one folder is one collect stage whatever the working directory
         collect["background_path"] = env["background_path"] = str(Path(cfg.background_path).expanduser().resolve())
-    device = str(resolve_device(cfg.device))
     bc_recipe, decode_recipe = downstream_recipe(cfg.recipe)
-    return ExperimentConfig(
-        out=cfg.out, tasks=[cfg.task], methods=list(p["methods"]), latent_dims=list(p["latent_dims"]),
-        labels=list(p["labels"]), seeds=list(cfg.seeds), splits=["id", "ood"],
-        data={cfg.task: {"collect": collect, "collect_clean": clean}},
-        pretrain={**p["pretrain"], **RECIPES[cfg.recipe]}, bc={**p["bc"], **bc_recipe},
-        bc_full=dict(p.get("bc_full", {})), idm=dict(p["idm"]), decode={**p["decode"], **decode_recipe}, eval=dict(p["eval"]), env=env, device=device,
-        progress=cfg.progress)
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method: probe NMSE, raw / normalised / expert-fraction return per split, each a mean over seeds
-    (and label budgets) with its standard error (masklam.downstream.results.over_seeds), and the recipe.
-
-    Standard errors: over seeds when there are 2 or more, else pooled from the episodes' standard errors
-    (`return_sem` of each row), and carried to the scaled returns by the return's relative error."""
-    from masklam.downstream.results import over_seeds
-
-    per: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    sems: dict[str, dict[str, list[float]]] = {}
-    recipes: dict[str, str] = {}
-    for r in rows:
-        m, seed, split = r["method"], int(r["seed"]), r["split"]
-        recipes.setdefault(m, str(r.get("recipe", "-")))
-        vals = per.setdefault(m, {})
-        if r["probe_nmse"] not in (None, "") and split == "id":
-            vals.setdefault("probe_nmse", []).append((seed, float(r["probe_nmse"])))
-        for key, col in ((f"return_{split}", "return"), (f"normalized_{split}", "normalized_return"),
-                         (f"expert_{split}", "expert_fraction"), (f"success_{split}", "success")):
-            if r.get(col) not in (None, ""):
-                vals.setdefault(key, []).append((seed, float(r[col])))
-        if r.get("return_sem") not in (None, ""):
-            sems.setdefault(m, {}).setdefault(split, []).append(float(r["return_sem"]))
-    summary: dict[str, dict[str, Any]] = {}
-    for m, vals in per.items():
-        s: dict[str, Any] = {"recipe": recipes[m]}
-        for key, pairs in vals.items():
-            stats = over_seeds(pairs)
-            s[key] = stats.mean
-            s[f"{key}_seeds"] = list(stats.per_seed.values())
-            if stats.n > 1:
-                s[f"{key}_sem"] = stats.sem
-            elif key.startswith("return_"):
-                e = np.asarray(sems.get(m, {}).get(key.removeprefix("return_"), []))
-                s[f"{key}_sem"] = float(np.sqrt(np.square(e).sum()) / len(e)) if len(e) else math.nan
-        for split in ("id", "ood"):  # one seed: the scaled figures carry the return's relative error
-            ret, err = s.get(f"return_{split}"), s.get(f"return_{split}_sem")
-            for key in (f"normalized_{split}", f"expert_{split}"):
-                if key in s and f"{key}_sem" not in s and ret and err is not None:
-                    s[f"{key}_sem"] = abs(s[key]) * err / abs(ret)
-        summary[m] = s
-    return summary
-
-
-def gap_closed(summary: dict[str, dict[str, Any]], key: str, lower_is_better: bool) -> float:
-    """(LAPO - MaskLAM) / (LAPO - LAPO distractor-free) in `key`: the share of the distractors' damage undone.
-
-    For returns use the raw `return_id`: the three methods are then on one scale (their normalisers differ)."""
-    try:
-        lapo, mask, clean = (summary[m][key] for m in ("lapo", "masklam", "lapo-clean"))
-    except KeyError:
-        return math.nan
-    gap = (lapo - clean) if lower_is_better else (clean - lapo)
-    if not gap > 0:  # no gap to close: the upper bound is not better than LAPO (or a value is missing)
-        return math.nan
-    return ((lapo - mask) if lower_is_better else (mask - lapo)) / gap
-
-
-def format_gaps(summary: dict[str, dict[str, Any]]) -> str:
-    """MaskLAM's `gap_closed` in probe NMSE and in raw return (ID), as percentages or why there is none."""
-    def pct(x: float) -> str:
-        return "n/a (the upper bound is not above LAPO)" if math.isnan(x) else f"{100 * x:.0f}%"
-
-    return (f"{pct(gap_closed(summary, 'probe_nmse', True))} in probe NMSE, "
-            f"{pct(gap_closed(summary, 'return_id', False))} in return (ID, raw)")
-
-
-def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    """The results table the quickstart prints: means over seeds and label budgets ± standard errors."""
-    def f(s: dict[str, Any], key: str, nd: int) -> str:
-        x, e = s.get(key), s.get(f"{key}_sem")
-        if x is None or (isinstance(x, float) and math.isnan(x)):
-            return "-"
-        return f"{x:.{nd}f}" if e is None or math.isnan(e) else f"{x:.{nd}f} ± {e:.{nd}f}"
-
-    head = (f"{'method':<14}{'recipe':<22}{'probe NMSE':>15}{'return ID':>13}{'of expert':>13}{'norm ID':>13}"
-            f"{'return OOD':>13}{'norm OOD':>13}")
-    lines = [head, "-" * len(head)]
-    order = ["lapo-clean", "lapo", "masklam", "laom", "laom-sup", "bc", "idm", "bc-full", "bc-full-clean"]
-    for m in sorted(summary, key=lambda k: order.index(k) if k in order else len(order)):
-        s = summary[m]
-        lines.append(f"{m:<14}{s.get('recipe', '-'):<22}{f(s, 'probe_nmse', 3):>15}{f(s, 'return_id', 0):>13}"
-                     f"{f(s, 'expert_id', 2):>13}{f(s, 'normalized_id', 2):>13}{f(s, 'return_ood', 0):>13}"
-                     f"{f(s, 'normalized_ood', 2):>13}")
-    won = [m for m in summary if "success_id" in summary[m] or "success_ood" in summary[m]]
-    if won:
-        lines.append("")
-        lines.append("success rate ID / OOD: " + ", ".join(
-            f"{m} {f(summary[m], 'success_id', 2)} / {f(summary[m], 'success_ood', 2)}" for m in won))
-    lapo, mask = summary.get("lapo", {}), summary.get("masklam", {})
-    if "probe_nmse" in lapo and "probe_nmse" in mask and mask["probe_nmse"] > 0:
-        lines.append("")
-        lines.append(f"MaskLAM vs LAPO, held-out probe NMSE: {lapo['probe_nmse'] / mask['probe_nmse']:.2f}x lower")
-        lines.append(f"gap to the distractor-free upper bound closed by MaskLAM: {format_gaps(summary)}")
-    lines.append("norm = return / full-data BC's on the same data and videos (bc-full ID and OOD, bc-full-clean for "
-                 "lapo-clean); of expert = return / the shipped expert's; ± = standard error over seeds "
-                 "(with one seed: over the episodes)")
-    return "\n".join(lines)
+    raw.update(description=f"masklam quickstart --preset {cfg.preset} --recipe {cfg.recipe}", out=cfg.out,
+               tasks=[cfg.task], seeds=list(cfg.seeds), collect=collect, env=env,
+               pretrain={**raw["pretrain"], **RECIPES[cfg.recipe]}, bc={**raw["bc"], **bc_recipe},
+               decode={**raw["decode"], **decode_recipe}, device=str(resolve_device(cfg.device)),
+               progress=cfg.progress)
+    return ExperimentConfig(**raw)
 
 
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run (or resume) the quickstart; returns {'rows', 'summary', 'table', 'seconds'}."""
-    from masklam.downstream.experiment import recipe_label, run_experiment
+    from masklam.downstream.experiment import run_experiment
+    from masklam.downstream.results import read_results
+    from masklam.downstream.stages import recipe_label
+    from masklam.downstream.summary import format_table, gap_closed, headline_rows, summarize
 
     t0 = time.time()
     exp = experiment_config(cfg)
@@ -287,7 +131,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
           f"methods {', '.join(exp.methods)}, "
           f"seeds {list(cfg.seeds)}, label budgets {exp.labels} -> {cfg.out}")
     rows = run_experiment(exp, render=True)
-    summary = summarize(rows)
+    summary = summarize(headline_rows(read_results(cfg.out / "results.csv"))[0])  # as report.html shows it
     table = format_table(summary)
     seconds = time.time() - t0
     result = {"preset": cfg.preset, "recipe": cfg.recipe, "seconds": seconds, "summary": summary,

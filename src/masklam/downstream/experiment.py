@@ -2,19 +2,13 @@
 
 CONFIG is a file or the name of a shipped config (`masklam experiment --list`: src/masklam/configs/*.toml).
 `masklam experiment --status CONFIG [--out DIR]` prints which stages are done and which pending, with an
-estimate of the time left, from a dry run of the sweep (stages.plan_stages) that runs and writes nothing.
+estimate of the time left, from a dry run of the sweep (masklam.downstream.plan) that runs and writes nothing.
 
 Stages (collect, pretrain, bc, decode, evaluate; masklam.downstream.stages) are cached under
-`OUT/stages/`. A LAM is trained once per method/dim/seed and shared across label budgets, except
-laom-sup, which trains one per budget. Methods:
+`OUT/stages/` (masklam.downstream.cache). The methods and the stages each runs: masklam.downstream.sweep.
 
-- `lapo`, `masklam`, `laom`, `laom-sup`: LAM -> latent BC on all data -> decoder on N labeled trajectories;
-- `lapo-clean`: the same with LAPO on distractor-free data, evaluated without distractors (upper bound);
-- `bc`: BC on the N labeled trajectories; `idm`: IDM on N labeled, relabel all data, BC on the relabels;
-- `bc-full` (always): BC on all data with true actions, the normaliser (`bc-full-clean` for lapo-clean).
-
-Writes `OUT/results.csv` (schema and normalisation: masklam.downstream.results) and `OUT/experiment.json`,
-then renders the report. Every table of the config is checked against its stage's config fields when the
+Writes `OUT/results.csv` (schema and normalisation: masklam.downstream.results), `OUT/manifest.json` (each
+row's stage directories) and `OUT/experiment.json`, then renders the report. Every table of the config is checked against its stage's config fields when the
 config is loaded, so a typo fails at once, before any stage runs. A config, e.g. `sweep.toml`:
 
     out = "runs/sweep"
@@ -46,17 +40,16 @@ from typing import Annotated, Any
 
 import tyro
 
-from masklam.devices import resolve_device
 from masklam.downstream.results import normalize, write_results
-from masklam.downstream.stages import (LAM_METHODS, METHODS, EvalOptions, StagePlan, bc_stage, collect_stage,
-                                       data_variant, decode_stage, dry_run, eval_stage, expert_return, format_plan,
-                                       is_pending, lam_trainer, plan_stages, pretrain_conf, pretrain_stage,
-                                       recipe_label, stage_context)
+from masklam import methods
+from masklam.downstream.cache import stage_context
+from masklam.downstream.plan import StagePlan, format_plan, plan_stages
+from masklam.downstream.stages import EvalOptions, collect_stage, pretrain_conf
+from masklam.downstream.sweep import Sweep, sweep_methods, write_manifest
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
 from masklam.locks import output_lock
-from masklam.metrics import standard_error
 from masklam.typecheck import check_values
 
 DATA_KEYS = ("train", "clean", "collect", "collect_clean")
@@ -74,7 +67,8 @@ class ExperimentConfig:
     tasks: list[str]
     """tasks of the sweep (each needs a [data.TASK] table)"""
     methods: list[str]
-    """methods to compare: lapo, masklam, laom, laom-sup, lapo-clean, bc, idm (bc-full always runs)"""
+    """methods to compare (masklam.methods): lapo, masklam, laom, laom-sup, lapo-clean, bc, idm (bc-full always
+    runs)"""
     latent_dims: list[int] = field(default_factory=lambda: [128])
     """LAM latent sizes"""
     labels: list[int] = field(default_factory=lambda: [2, 8, 32, 128])
@@ -86,6 +80,9 @@ class ExperimentConfig:
     data: dict[str, dict[str, Any]] = field(default_factory=dict)
     """per task: `train` (paths, distracted data) / `clean` (paths, distractor-free), or `collect` /
     `collect_clean` (CollectConfig fields for `masklam collect`)"""
+    collect: dict[str, Any] = field(default_factory=dict)
+    """CollectConfig fields of every task without a `data` table: its `collect`, and (when a method trains on the
+    distractor-free data) its `collect_clean`: the same without distractors or background folder"""
     pretrain: dict[str, Any] = field(default_factory=dict)
     """PretrainConfig fields shared by every LAM (method, data, out, seed, latent_dim, labeled are set here)"""
     bc: dict[str, Any] = field(default_factory=dict)
@@ -113,10 +110,12 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        self.data = {**{t: collected_data(self.collect, self.methods) for t in self.tasks if self.collect},
+                     **self.data}
         check_tables(self)  # a typo first: it may be why a table seems to be missing
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in sweep_methods()]
         if bad:
-            raise MasklamError(f"unknown method {bad[0]!r}; one of {', '.join(METHODS)}")
+            raise MasklamError(f"unknown method {bad[0]!r}; one of {', '.join(sweep_methods())}")
         bad = [s for s in self.splits if s not in ("id", "ood")]
         if bad:
             raise MasklamError(f"unknown split {bad[0]!r}; use 'id' or 'ood'")
@@ -128,10 +127,20 @@ class ExperimentConfig:
             spec = self.data.get(task, {})
             if not ({"train", "collect"} & set(spec)):
                 raise MasklamError(f"no data for task {task!r}: give data.{task}.train (paths) or .collect")
-            if "lapo-clean" in self.methods and not ({"clean", "collect_clean"} & set(spec)):
-                raise MasklamError(f"lapo-clean needs distractor-free data: data.{task}.clean or .collect_clean")
+            clean = [m for m in self.methods if methods.get(m).variant == "clean"]
+            if clean and not ({"clean", "collect_clean"} & set(spec)):
+                raise MasklamError(f"{clean[0]} needs distractor-free data: data.{task}.clean or .collect_clean")
             _check_clean_is_one_kind(task, spec.get("clean"))
         check_background_paths(self)
+
+
+def collected_data(collect: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A task's data table from a `collect` table: the distracted data, and its distractor-free twin (no
+    distractors; the background folder plays no part in it) when one of `names` trains on it."""
+    spec = {"collect": dict(collect)}
+    if any(methods.get(m).variant == "clean" for m in names if m in sweep_methods()):
+        spec["collect_clean"] = {**{k: v for k, v in collect.items() if k != "background_path"}, "distractors": "none"}
+    return spec
 
 
 def _check_clean_is_one_kind(task: str, clean: Any) -> None:
@@ -240,9 +249,9 @@ def _check_values_of_stages(cfg: ExperimentConfig) -> None:
     _check_table("decode", cfg.decode, DecodeConfig, {"policy": out, "data": data, "out": out})
     _check_table("eval", cfg.eval, EvalOptions, {})
     check_values("pretrain", cfg.pretrain, PretrainConfig)
-    for method in [m for m in cfg.methods if m in LAM_METHODS]:  # as each method's LAM will be configured
-        labeled = max(cfg.labels or [1]) if method == "laom-sup" else 0
-        conf = pretrain_conf(lam_trainer(method), list(data), cfg.latent_dims[0] if cfg.latent_dims else 1,
+    for method in [m for m in cfg.methods if methods.is_kind(m, "lam")]:  # as each method's LAM will be configured
+        labeled = max(cfg.labels or [1]) if methods.get(method).supervised else 0
+        conf = pretrain_conf(methods.get(method).trainer, list(data), cfg.latent_dims[0] if cfg.latent_dims else 1,
                              0, labeled, cfg.pretrain)
         _check_table("pretrain", {}, PretrainConfig, {**conf, "out": out})  # conf: the table's options it uses
 
@@ -293,24 +302,90 @@ def describe(path: Path) -> str:
         return ""
 
 
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys ("pretrain.updates"); an empty table stays one key."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, v in flat.items():
+        *tables, name = key.split(".")
+        node = out
+        for t in tables:
+            node = node.setdefault(t, {})
+        node[name] = v
+    return out
+
+
+def resolve_config(path: str | Path, **overrides: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """A config's keys with those of the configs it `extends` (a shipped config's name or a file), table by table
+    and field by field, as PretrainConfig resolves its fields (masklam.train.config.resolve_with_origin: a config
+    that sets a table's `updates` or `epochs` clears the other); -> (keys, dotted field -> where it came from: a
+    config's name, or "command line" for `overrides`)."""
+    from masklam.train.config import resolve_with_origin
+
+    chain, p = [], config_path(path)
+    while True:
+        raw = _parse(p)
+        name = p.stem if p.parent == CONFIG_DIR else str(p)
+        if any(name == n for n, _ in chain):
+            raise MasklamError(f"{p}: `extends` loops back to {name}")
+        base = raw.pop("extends", None)
+        chain.append((name, raw))
+        if base is None:
+            break
+        if not isinstance(base, str):
+            raise MasklamError(f"{p}: `extends` must name a config, got {base!r}")
+        p = config_path(base if config_path_exists(base) else p.parent / base)
+    sources = {name: _flatten(raw) for name, raw in reversed(chain)}
+    tables = ("pretrain", "bc", "bc_full", "idm", "decode")
+    exclusive = [(f"{t}.updates", f"{t}.epochs") for t in tables]
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    resolved = resolve_with_origin(explicit, sources, exclusive)
+    kept = {k: vo for k, vo in resolved.items() if vo[0] is not None}  # None: cleared by the other run length
+    return (_unflatten({k: v for k, (v, _) in kept.items()}),
+            {k: "command line" if o == "explicit" else str(o) for k, (_, o) in kept.items()})
+
+
+def config_path_exists(name_or_path: str | Path) -> bool:
+    """Whether `name_or_path` is a file or a shipped config's name."""
+    return Path(name_or_path).is_file() or str(name_or_path) in shipped_configs()
+
+
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
-    """Read an ExperimentConfig from a .toml or .json file, or a shipped config by name (`shipped_configs`).
-    Relative paths in it (out, data) are relative to the working directory."""
-    path = config_path(path)
-    raw = _parse(path)
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    """Read an ExperimentConfig from a .toml or .json file, or a shipped config by name (`shipped_configs`), with
+    the configs it extends (`resolve_config`). Relative paths in it (out, data) are relative to the working
+    directory."""
+    where = config_path(path)
+    raw, _ = resolve_config(where, **overrides)
     names = _field_names(ExperimentConfig)
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise MasklamError(f"{path}: unknown key {unknown[0]!r}; known: {', '.join(sorted(names))}")
+        raise MasklamError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(names))}")
     for key in ("out", "tasks", "methods"):
         if key not in raw:
-            raise MasklamError(f"{path}: missing key {key!r}")
+            raise MasklamError(f"{where}: missing key {key!r}")
     try:
         check_values("", raw, ExperimentConfig)
         return ExperimentConfig(**raw)
     except MasklamError as e:
-        raise MasklamError(f"{path}: {e}") from None
+        raise MasklamError(f"{where}: {e}") from None
+
+
+def describe_config(path: str | Path, **overrides: Any) -> str:
+    """Every field a config sets, with its value and the config it came from (`--print-config`)."""
+    from masklam.train.config import format_origins
+
+    raw, origins = resolve_config(path, **overrides)
+    flat = _flatten(raw)
+    return format_origins((k, flat[k], origins[k]) for k in flat)
 
 
 # --- the sweep -----------------------------------------------------------------------------------------
@@ -334,141 +409,6 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def _num_train_trajectories(paths: list[str], heldout: float) -> int:
-    from masklam.data import split_trajectories
-    from masklam.data.dataset import data_layout
-
-    n = sum(data_layout(p).num_trajectories for p in paths)
-    return len(split_trajectories(n, heldout)[0])
-
-
-class _Sweep:
-    """The stages of one sweep and the raw result rows (before normalisation) they produce."""
-
-    def __init__(self, cfg: ExperimentConfig, datasets: dict[str, dict[str, list[str]]]) -> None:
-        self.cfg, self.datasets, self.raw = cfg, datasets, []
-        self.root, self.dev, self.prog = cfg.out, str(resolve_device(cfg.device)), cfg.progress
-        # BC and decoders use the LAM's train/held-out split and labeled subsets unless told otherwise
-        split = {k: cfg.pretrain[k] for k in ("heldout", "split_seed") if k in cfg.pretrain}
-        self.bc_opts, self.dec_opts = {**split, **cfg.bc}, {**split, **cfg.decode}
-
-    def evaluate_all(self, method: str, task: str, dim: int, labels: int, seed: int, probe: float | None,
-                     policy: Path, decoder: Path | None, variant: str, lam: Path | None = None) -> None:
-        """Evaluate a policy on every split of its data variant; one raw row per split (`lam`: the pretrain
-        stage behind it, recorded as the row's lam_stage)."""
-        for split in (self.cfg.splits if variant == "train" else ["id"]):
-            res = eval_stage(self.root, policy, decoder, split, self.cfg.env, self.cfg.eval, self.prog)
-            if is_pending(res):  # a dry run (sweep_status): nothing measured yet
-                continue
-            self.raw.append({"method": method, "task": task, "latent_dim": dim, "labels": labels, "seed": seed,
-                             "split": split, "probe_nmse": probe, "return": res["mean"], "variant": variant,
-                             "success": res.get("success_rate"), "recipe": recipe_label(method, self.cfg.pretrain),
-                             "return_sem": standard_error(res["returns"]), "lam_stage": lam.name if lam else None,
-                             "expert_fraction": res["mean"] / expert_return(task)})
-
-    def bc(self, kind: str, conf: dict[str, Any]) -> Path:
-        return bc_stage(self.root, kind, conf, self.dev, self.prog)
-
-    def normalisers(self, task: str, seed: int) -> None:
-        """BC on all data with true actions (bc-full; bc-full-clean on the clean data for lapo-clean)."""
-        for variant in ["train"] + (["clean"] if any(data_variant(m) == "clean" for m in self.cfg.methods) else []):
-            data = self.datasets[task][variant]
-            conf = {**self.bc_opts, **self.cfg.bc_full, "data": data, "target": "action", "seed": seed}
-            policy = self.bc("bc", conf)
-            n_all = 0 if dry_run() else _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
-            self.evaluate_all("bc-full" if variant == "train" else "bc-full-clean", task, 0, n_all, seed, None,
-                              policy, None, variant)
-
-    def lam_method(self, method: str, task: str, seed: int) -> None:
-        """LAM -> latent BC (shared across label budgets, except laom-sup's) -> a decoder per budget."""
-        variant = data_variant(method)
-        data = self.datasets[task][variant]
-        for dim in self.cfg.latent_dims:
-            shared = None
-            for n in self.cfg.labels:
-                if shared is None or method == "laom-sup":
-                    lam_dir, lam_res = pretrain_stage(self.root, lam_trainer(method), data, dim, seed,
-                                                      n if method == "laom-sup" else 0, self.cfg.pretrain,
-                                                      self.dev, self.prog)
-                    policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "latent", "lam": str(lam_dir),
-                                            "seed": seed})
-                    shared = (lam_dir, lam_res, policy)
-                lam_dir, lam_res, policy = shared
-                dec = decode_stage(self.root, {**self.dec_opts, "policy": str(policy), "data": data, "labels": n,
-                                               "seed": seed}, self.dev, self.prog)
-                self.evaluate_all(method, task, dim, n, seed, lam_res.get("probe_nmse"), policy, dec, variant,
-                                  lam_dir)
-
-    def bc_method(self, task: str, seed: int) -> None:
-        """BC on each label budget's labeled trajectories."""
-        data = self.datasets[task]["train"]
-        for n in self.cfg.labels:
-            policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "action", "labels": n, "seed": seed})
-            self.evaluate_all("bc", task, 0, n, seed, None, policy, None, "train")
-
-    def idm_method(self, task: str, seed: int) -> None:
-        """An IDM on each budget's labeled trajectories, then BC on its relabels of all data."""
-        data = self.datasets[task]["train"]
-        for n in self.cfg.labels:
-            idm = self.bc("idm", {**self.bc_opts, **self.cfg.idm, "data": data, "target": "action",
-                                  "pair_input": True, "labels": n, "seed": seed})
-            policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "idm", "idm": str(idm), "seed": seed})
-            self.evaluate_all("idm", task, 0, n, seed, None, policy, None, "train")
-
-    def lam_jobs(self, task: str, seed: int) -> list[tuple]:
-        """The distinct pretrain stages of a task and seed, as `pretrain_stage` arguments (no root, device)."""
-        jobs = []
-        for method in (m for m in self.cfg.methods if m in LAM_METHODS):
-            data = self.datasets[task][data_variant(method)]
-            for dim in self.cfg.latent_dims:
-                for n in (self.cfg.labels if method == "laom-sup" else [0]):
-                    job = (lam_trainer(method), data, dim, seed, n, self.cfg.pretrain)
-                    if job not in jobs:
-                        jobs.append(job)
-        return jobs
-
-    def pretrain_in_parallel(self, task: str, seed: int) -> None:
-        """Train the task's and seed's LAMs `pretrain_workers` at a time, one torch thread each, each in its own
-        process (CPU only); the sweep then finds them cached. A failed LAM is the error of the first failure."""
-        jobs = self.lam_jobs(task, seed)
-        if self.cfg.pretrain_workers < 2 or len(jobs) < 2 or self.dev != "cpu" or dry_run():
-            return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        workers = min(self.cfg.pretrain_workers, len(jobs))
-        print(f"training {len(jobs)} LAMs of {task} seed {seed}, {workers} at a time (one thread each)", flush=True)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
-            futures = [pool.submit(pretrain_stage, self.root, *job[:5], job[5], self.dev, False) for job in jobs]
-            for f in futures:
-                f.result()
-
-    def run(self) -> list[dict[str, Any]]:
-        """Every task, seed and method; -> the raw rows."""
-        for task in self.cfg.tasks:
-            for seed in self.cfg.seeds:
-                with stage_context(f"{task} seed {seed} LAMs"):
-                    self.pretrain_in_parallel(task, seed)
-                with stage_context(f"{task} seed {seed} bc-full"):
-                    self.normalisers(task, seed)
-                for method in self.cfg.methods:
-                    with stage_context(f"{task} seed {seed} {method}"):
-                        if method in LAM_METHODS:
-                            self.lam_method(method, task, seed)
-                        elif method == "bc":
-                            self.bc_method(task, seed)
-                        elif method == "idm":
-                            self.idm_method(task, seed)
-        return self.raw
-
-
-def _one_thread() -> None:
-    """A pretraining worker process computes with one torch thread."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts. One sweep per run
     directory at a time (masklam.locks)."""
@@ -483,7 +423,9 @@ def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
                                              "datasets": {t: d["train"] for t, d in datasets.items()},
                                              "clean_datasets": {t: d["clean"] for t, d in datasets.items()
                                                                 if "clean" in d}}, indent=1)
-    rows = normalize(_Sweep(cfg, datasets).run())
+    raw = Sweep(cfg, datasets).run()
+    write_manifest(cfg.out, raw)
+    rows = normalize(raw)
     write_results(cfg.out / "results.csv", rows)
     if render:
         from masklam.downstream.report import render_report
@@ -494,9 +436,9 @@ def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
 
 # --- status of a sweep: a dry run ----------------------------------------------------------------------
 def sweep_status(cfg: ExperimentConfig) -> StagePlan:
-    """Every stage of the sweep, done or pending, without running or writing any (stages.plan_stages)."""
+    """Every stage of the sweep, done or pending, without running or writing any (plan.plan_stages)."""
     with plan_stages() as plan:  # the device is in no stage's key: do not ask for one
-        _Sweep(dataclasses.replace(cfg, device="cpu"), _datasets(cfg)).run()
+        Sweep(dataclasses.replace(cfg, device="cpu"), _datasets(cfg)).run()
     return plan
 
 
@@ -523,6 +465,8 @@ class ExperimentArgs:
     """list the shipped configs (name and description) and exit"""
     status: bool = False
     """print which stages are done and which pending, with an estimate of the time left; runs and writes nothing"""
+    print_config: bool = False
+    """print every field the config sets, with the config it came from (it and those it `extends`), and exit"""
 
 
 def main(argv: list[str]) -> int:
@@ -533,6 +477,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.config is None:
         raise MasklamError("give a config: a shipped config's name (masklam experiment --list) or a file")
+    if args.print_config:
+        print(describe_config(args.config, out=args.out, device=args.device))
+        return 0
     cfg = load_config(args.config, out=args.out, device=args.device)
     if args.status:
         print(f"{args.config}: {cfg.out}")

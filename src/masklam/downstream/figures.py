@@ -12,17 +12,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from masklam.downstream.results import NORMALISERS, Row, SeedStats, over_seeds
+from masklam import methods
+from masklam.downstream.results import Row, SeedStats, over_seeds
 from masklam.files import atomic_path
 
 AVERAGE = "average"
 """the panel of the task average"""
 LABELS = {"normalized_return": "normalised return", "probe_nmse": "probe NMSE (held out)", "ret": "return",
           "labels": "labelled trajectories", "latent_dim": "latent dim"}
-ORDER = ["lapo-clean", "lapo", "masklam", "laom", "laom-sup", "bc", "idm", "bc-full", "bc-full-clean"]
-"""methods in the order figures and tables show them (others after, by name)"""
-COLORS = {m: f"C{i}" for i, m in enumerate(ORDER)}
-"""one colour per method in every figure"""
 
 
 def save_figure(fig: Any, path: Path) -> None:
@@ -34,11 +31,6 @@ def save_figure(fig: Any, path: Path) -> None:
             fig.savefig(tmp, dpi=90, format=Path(path).suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
-
-def method_order(methods: Any) -> list[str]:
-    """`methods` sorted as the papers show them (ORDER, then the rest by name)."""
-    return sorted(set(methods), key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
-
 
 def _plt():  # noqa: ANN202 (matplotlib.pyplot, imported only when drawing)
     import matplotlib
@@ -79,7 +71,7 @@ def seed_curves(rows: list[Row], x: str, y: str, task: str) -> dict[str, tuple[n
 
 def curve_grid(rows: list[Row], x: str, y: str, keep: Callable[[Row], bool], title: str, path: Path) -> bool:
     """`y` vs `x` (log2 axis), one panel per task and the average, mean and SE band per method; False if empty."""
-    sel = [r for r in rows if keep(r) and r.method not in NORMALISERS]
+    sel = [r for r in rows if keep(r) and not methods.is_kind(r.method, "normaliser")]
     panels = tasks_and_average(sel)
     if not panels:
         return False
@@ -87,9 +79,9 @@ def curve_grid(rows: list[Row], x: str, y: str, keep: Callable[[Row], bool], tit
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for ax, task in zip(axes[0], panels):
         curves = seed_curves(sel, x, y, task)
-        for method in method_order(curves):
+        for method in methods.ordered(curves):
             xs, mean, sem = curves[method]
-            color = COLORS.get(method, "black")
+            color = methods.color(method)
             ax.plot(xs, mean, marker="o", label=method, color=color)
             ax.fill_between(xs, mean - sem, mean + sem, alpha=0.2, color=color)
         if y == "normalized_return":
@@ -113,16 +105,16 @@ BARS = (("probe_nmse", "id", "probe NMSE (lower is better)"), ("normalized_retur
 
 def method_bars(rows: list[Row], path: Path) -> bool:
     """Every method's probe NMSE and normalised return ID / OOD, task average, mean ± SE over seeds."""
-    methods = method_order(r.method for r in rows if r.method not in NORMALISERS)
-    if not methods:
+    shown = methods.ordered(r.method for r in rows if not methods.is_kind(r.method, "normaliser"))
+    if not shown:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, len(BARS), figsize=(max(9.0, 1.1 * len(methods) * len(BARS)), 3.2))
+    fig, axes = plt.subplots(1, len(BARS), figsize=(max(9.0, 1.1 * len(shown) * len(BARS)), 3.2))
     for ax, (y, split, title) in zip(axes, BARS):
-        st = [stats([r for r in rows if r.method == m and r.split == split], y, AVERAGE) for m in methods]
-        ax.bar(range(len(methods)), [s.mean for s in st], yerr=[s.sem for s in st], capsize=3,
-               color=[COLORS.get(m, "black") for m in methods])
-        ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)
+        st = [stats([r for r in rows if r.method == m and r.split == split], y, AVERAGE) for m in shown]
+        ax.bar(range(len(shown)), [s.mean for s in st], yerr=[s.sem for s in st], capsize=3,
+               color=[methods.color(m) for m in shown])
+        ax.set_xticks(range(len(shown)), shown, rotation=30, fontsize=8)
         if y == "normalized_return":
             ax.axhline(1.0, ls="--", lw=1, color="grey")
         ax.set_title(title, fontsize=9)

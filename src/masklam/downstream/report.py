@@ -1,21 +1,22 @@
 """`masklam report RUN_DIR`: one HTML page per experiment with the papers' figures, from a sweep's run directory.
 
-`RUN_DIR/report.html` (figures as PNGs in `RUN_DIR/report/`, masklam.downstream.figures) shows, per task and
-averaged over tasks, seeds as mean ± standard error (`over_seeds`):
+`RUN_DIR/report.html` (figures as PNGs in `RUN_DIR/report/`, masklam.downstream.figures) opens with the headline
+the quickstart prints (MaskLAM vs LAPO, the gap closed) and shows, per task and averaged over tasks, seeds as
+mean ± standard error (tables: masklam.downstream.summary, the quickstart's table.txt; figures: `over_seeds`):
 
 - normalised return vs labelled trajectories, ID and OOD (at the largest latent dim);
 - normalised return and probe NMSE vs latent dim, when the sweep has several;
-- every method's probe NMSE and normalised return ID / OOD (bars and a table, at the largest latent dim and
-  label budget), with each row's LAM recipe and scale (pretrain preset, updates, latent dim);
+- the results table at the largest latent dim, over label budgets (and bars), with each row's LAM recipe and
+  scale (pretrain preset, updates, latent dim);
 - the FDM reconstruction grids (`recon.png` of the pretrain stages) side by side per task, latent dim and seed,
   each captioned by method, recipe, seed and scale; example frames with agent masks;
 - what the latents mean, for each pretrain stage that `masklam viz` has drawn (``viz/viz.json`` in the stage:
   the latents' 2-D projection, latent-action transfer, FSQ code usage; masklam.downstream.viz);
-- every result row (mean ± SE over seeds).
+- the results table per task, latent dim and label budget.
 
-The LAMs are read from the pretrain stages (`stages/pretrain/<key>/`: stage.json, config.json, recon.png); a
-stage's task and data (distracted, or distractor-free for lapo-clean) from experiment.json's datasets or the
-collect stage that wrote its data.
+The LAMs are those of the run's manifest (`OUT/manifest.json`: each result row's stage directories, written by
+`masklam experiment`), each read from its pretrain stage (config.json, recon.png). A run directory written before
+manifests shows no reconstructions: `masklam experiment` again writes the manifest, reusing every stage.
 """
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ from typing import Any, Callable
 import tyro
 
 from masklam.args import parse
-from masklam.downstream.figures import (AVERAGE, curve_grid, example_frames, method_bars, method_order, stats,
-                                        tasks_and_average)
-from masklam.downstream.results import NORMALISERS, Row, over_seeds, read_results
-from masklam.downstream.stages import LAM_METHODS, recipe_label, sweep_method
+from masklam import methods
+from masklam.downstream.figures import AVERAGE, curve_grid, example_frames, method_bars, tasks_and_average
+from masklam.downstream.results import Row, read_results
+from masklam.downstream.summary import COLUMNS, NOTE, headline, headline_rows, summarize, table_cells
+from masklam.downstream.sweep import MANIFEST, read_manifest
 from masklam.errors import MasklamError
 from masklam.files import write_text
 from masklam.locks import output_lock
@@ -51,7 +53,7 @@ class Lam:
     labels: int
     """laom-sup: its label budget (0 for the others)"""
     recipe: str
-    """how it was trained (masklam.downstream.stages.recipe_label)"""
+    """how it was trained (results.csv's recipe: masklam.downstream.stages.recipe_label)"""
     scale: str
     """pretrain preset, updates and latent dim"""
     recon: Path | None
@@ -67,53 +69,26 @@ def _collect_stage(run_dir: Path, path: str) -> Path | None:
     return stage if p.parent.parent.name == "collect" and stage.is_file() else None
 
 
-def _data_origin(run_dir: Path, exp: dict[str, Any], paths: list[str]) -> tuple[str, str]:
-    """(task, 'train' or 'clean') of a stage's data: experiment.json's datasets, else their collect stage."""
-    for variant, key in (("train", "datasets"), ("clean", "clean_datasets")):
-        for task, given in exp.get(key, {}).items():
-            if list(given) == list(paths):
-                return task, variant
-    stage = _collect_stage(run_dir, paths[0]) if len(paths) == 1 else None
-    if stage is None:
-        return "?", "train"
-    conf = json.loads(stage.read_text()).get("config", {})
-    return str(conf.get("task", "?")), "clean" if conf.get("distractors") == "none" else "train"
-
-
 def _experiment(run_dir: Path) -> dict[str, Any]:
     f = run_dir / "experiment.json"
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def lam_runs(run_dir: Path) -> list[Lam]:
-    """The done pretrain stages of a run directory, in method order."""
-    exp, out = _experiment(run_dir), []
-    for stage in sorted((run_dir / "stages" / "pretrain").glob("*/stage.json")):
-        d = stage.parent
-        if not (d / "done.json").is_file():
+def row_lams(manifest: list[dict[str, Any]]) -> list[Lam]:
+    """The LAMs behind the result rows (their pretrain stages in the run's manifest), each once, in method order."""
+    found: dict[Path, Lam] = {}
+    for r in manifest:
+        d = r["stages"].get("pretrain")
+        if d is None or d in found:
             continue
-        conf = json.loads(stage.read_text())["config"]
-        task, variant = _data_origin(run_dir, exp, conf["data"])
-        method = sweep_method(conf["method"], variant)
         resolved = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
         updates = resolved.get("total_steps", resolved.get("updates", "?"))
-        scale = f"{resolved.get('preset', '?')}, {updates} updates, dim {conf['latent_dim']}"
-        out.append(Lam(method, task, int(conf["latent_dim"]), int(conf["seed"]), int(conf.get("labels", 0)),
-                       recipe_label(method, conf), scale, d / "recon.png" if (d / "recon.png").is_file() else None,
-                       d.name))
-    order = method_order(lam.method for lam in out)
-    return sorted(out, key=lambda lam: (lam.task, lam.latent_dim, lam.seed, order.index(lam.method), lam.labels))
-
-
-def row_lams(run_dir: Path, rows: list[Row]) -> list[Lam]:
-    """The LAMs behind results.csv's rows: the pretrain stages its lam_stage column names. A results.csv
-    written before that column: every done LAM of a row's (method, task, latent dim, seed), stale ones of
-    earlier configs of the run directory included."""
-    named = {r.extra["lam_stage"] for r in rows if r.extra.get("lam_stage")}
-    if named:
-        return [lam for lam in lam_runs(run_dir) if lam.stage in named]
-    keys = {(r.method, r.task, r.latent_dim, r.seed) for r in rows}
-    return [lam for lam in lam_runs(run_dir) if (lam.method, lam.task, lam.latent_dim, lam.seed) in keys]
+        scale = f"{resolved.get('preset', '?')}, {updates} updates, dim {r['latent_dim']}"
+        found[d] = Lam(r["method"], r["task"], int(r["latent_dim"]), int(r["seed"]), int(resolved.get("labels", 0)),
+                       r.get("recipe", "-"), scale, d / "recon.png" if (d / "recon.png").is_file() else None, d.name)
+    order = methods.ordered(lam.method for lam in found.values())
+    return sorted(found.values(),
+                  key=lambda lam: (lam.task, lam.latent_dim, lam.seed, order.index(lam.method), lam.labels))
 
 
 def scales(lams: list[Lam]) -> dict[tuple[str, str, int], str]:
@@ -125,53 +100,40 @@ def scales(lams: list[Lam]) -> dict[tuple[str, str, int], str]:
 
 
 # --- tables ------------------------------------------------------------------------------------------------
-def headline(rows: list[Row]) -> tuple[list[Row], int, int]:
-    """The rows at the largest latent dim and label budget (methods without one: all), with both."""
-    dims = [r.latent_dim for r in rows if r.latent_dim > 0]
-    budgets = [r.labels for r in rows if r.method not in NORMALISERS]
-    dim, n = max(dims, default=0), max(budgets, default=0)
-    keep = [r for r in rows if r.latent_dim in (0, dim) and (r.labels == n or r.method in NORMALISERS)]
-    return keep, dim, n
-
-
-def _recipe(rows: list[Row]) -> str:
-    return ", ".join(sorted({r.extra.get("recipe", "-") for r in rows})) or "-"
-
-
 def _scale(scale: dict[tuple[str, str, int], str], rows: list[Row]) -> str:
-    if rows[0].method not in LAM_METHODS:
+    if not methods.is_kind(rows[0].method, "lam"):
         return "-"
     found = {scale.get((r.method, r.task, r.latent_dim)) for r in rows} - {None}
     return "; ".join(sorted(found)) or "?"
 
 
+HEAD = ["method", "recipe", *(h for h, _, _ in COLUMNS)]
+"""the columns of the one results table (masklam.downstream.summary), as the terminal prints them"""
+
+
 def method_table(rows: list[Row], scale: dict[tuple[str, str, int], str]) -> list[list[str]]:
-    """Per task and the average, per method: recipe, scale, seeds, probe NMSE, return ID, normalised ID / OOD."""
+    """Per task and the average: the results table (masklam.downstream.summary), with each LAM's scale and the
+    number of seeds."""
     out = []
     for panel in tasks_and_average(rows):
         sel = [r for r in rows if panel == AVERAGE or r.task == panel]
-        for m in method_order(r.method for r in sel):
+        for m, recipe, *cells in table_cells(summarize(sel)):
             g = [r for r in sel if r.method == m]
-            cells = [stats([r for r in g if r.split == s], y, panel)
-                     for y, s in (("probe_nmse", "id"), ("ret", "id"), ("normalized_return", "id"),
-                                  ("normalized_return", "ood"))]
-            out.append([panel, m, _recipe(g), _scale(scale, g), str(len({r.seed for r in g})),
-                        cells[0].format(), cells[1].format(1), cells[2].format(), cells[3].format()])
+            out.append([panel, m, recipe, _scale(scale, g), str(len({r.seed for r in g})), *cells])
     return out
 
 
 def summary_table(rows: list[Row], scale: dict[tuple[str, str, int], str] | None = None) -> list[list[str]]:
-    """Every (method, task, dim, labels, split): recipe, scale, seeds, probe NMSE, return, normalised return."""
-    groups: dict[tuple, list[Row]] = defaultdict(list)
+    """Every task, latent dim and label budget: the results table of its rows (masklam.downstream.summary)."""
+    groups: dict[tuple[str, int, int], list[Row]] = defaultdict(list)
     for r in rows:
-        groups[(r.method, r.task, r.latent_dim, r.labels, r.split)].append(r)
-    order, out = method_order(k[0] for k in groups), []
-    for key in sorted(groups, key=lambda k: (order.index(k[0]), *k[1:])):
-        g = groups[key]
-        m, task, dim, labels, split = key
-        out.append([m, _recipe(g), _scale(scale or {}, g), task, str(dim), str(labels), split, str(len(g)),
-                    *(over_seeds((r.seed, getattr(r, y)) for r in g).format() for y in ("probe_nmse", "ret",
-                                                                                   "normalized_return"))])
+        groups[(r.task, r.latent_dim, r.labels)].append(r)
+    out = []
+    for task, dim, labels in sorted(groups):
+        for m, recipe, *cells in table_cells(summarize(groups[(task, dim, labels)])):
+            g = [r for r in groups[(task, dim, labels)] if r.method == m]
+            out.append([m, recipe, _scale(scale or {}, g), task, str(dim), str(labels),
+                        str(len({r.seed for r in g})), *cells])
     return out
 
 
@@ -242,7 +204,7 @@ def _frames(run_dir: Path, out: Path) -> bool:
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1500px}table{border-collapse:collapse;font-size:90%}"
          "td,th{border:1px solid #ccc;padding:2px 6px}figure{margin:0.5em 0}img{max-width:100%}"
          ".row{display:flex;gap:1em;flex-wrap:wrap}.recon{flex:1;min-width:260px;max-width:32%}"
-         "figcaption{font-size:85%}")
+         "figcaption{font-size:85%}.headline{font-size:130%;font-weight:bold}")
 
 
 def render_report(run_dir: str | Path) -> Path:
@@ -252,24 +214,33 @@ def render_report(run_dir: str | Path) -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     exp = _experiment(run_dir).get("config", {})
-    lams = row_lams(run_dir, rows)
+    manifest = read_manifest(run_dir)
+    lams = row_lams(manifest or [])
     scale = scales(lams)
-    top, dim, budget = headline(rows)
+    top, dim = headline_rows(rows)
+    budget = max((r.labels for r in rows if not methods.is_kind(r.method, "normaliser")), default=0)
     dims = sorted({r.latent_dim for r in rows if r.latent_dim > 0})
     parts = [f"<h1>masklam report: {html.escape(run_dir.name)}</h1>"]
+    lines = headline(summarize(top))  # as the quickstart prints it: over tasks, each seed's task average first
+    if lines:
+        parts.append("<p class='headline'>" + "<br>".join(html.escape(line) for line in lines) + "</p>")
     if exp.get("description"):
         parts.append(f"<p>{html.escape(exp['description'])}</p>")
     tasks, seeds = sorted({r.task for r in rows}), sorted({r.seed for r in rows})
     parts.append(f"<p>{len(rows)} result rows in {html.escape(str(run_dir / 'results.csv'))}: tasks "
-                 f"{', '.join(tasks)}; seeds {', '.join(map(str, seeds))}; mean ± standard error over seeds (over "
-                 "tasks: each seed's task average first). Normalised return: return / full-data BC's on the same data "
-                 "and videos.</p>")
+                 f"{', '.join(tasks)}; seeds {', '.join(map(str, seeds))}. Over tasks: each seed's task average "
+                 f"first. {html.escape(NOTE)}.</p>")
 
     def fig(name: str, caption: str, draw: Callable[[Path], bool]) -> None:
         """Draw report/NAME; show it if there was something to draw."""
         if draw(out / name):
             parts.append(_figure(f"report/{name}", caption))
 
+    parts.append(f"<h2>Every method (latent dim {dim}, mean over label budgets)</h2>")
+    parts.append(_table(["task", *HEAD[:2], "scale (pretrain preset, updates, latent dim)", "seeds", *HEAD[2:]],
+                        method_table(top, scale)))
+    fig("methods.png", "probe NMSE and normalised return ID / OOD, averaged over tasks and label budgets "
+        "(mean ± SE over seeds)", lambda p: method_bars(top, p))
     parts.append("<h2>Return vs labelled trajectories</h2>")
     for split in ("id", "ood"):
         fig(f"return_vs_labels_{split}.png", f"normalised return vs labelled trajectories ({split}; latent dim {dim})",
@@ -286,17 +257,15 @@ def render_report(run_dir: str | Path) -> Path:
         fig("probe_vs_dim.png", "held-out linear probe NMSE latent -> action vs latent dim",
             lambda p: curve_grid(rows, "latent_dim", "probe_nmse", lambda r: r.split == "id" and r.latent_dim > 0,
                                  "probe NMSE vs latent dim", p))
-    parts.append(f"<h2>Every method (latent dim {dim}, {budget} labelled trajectories)</h2>")
-    fig("methods.png", "probe NMSE and normalised return ID / OOD, averaged over tasks (mean ± SE over seeds)",
-        lambda p: method_bars(top, p))
-    parts.append(_table(["task", "method", "recipe", "scale (pretrain preset, updates, latent dim)", "seeds",
-                         "probe NMSE", "return ID", "normalised ID", "normalised OOD"], method_table(top, scale)))
+    if manifest is None:
+        parts.append(f"<p>No {MANIFEST} in this run directory (written before manifests): `masklam experiment` again "
+                     "writes it, reusing every stage, and the report then shows the LAMs' reconstructions.</p>")
     parts += _recon_section(run_dir, lams)
     parts += _viz_section(run_dir, lams)
     fig("frames.png", "example frames (top) and agent masks (bottom)", lambda p: _frames(run_dir, p))
-    parts.append("<h2>Every result (mean ± SE over seeds)</h2>")
-    parts.append(_table(["method", "recipe", "scale", "task", "latent dim", "labels", "split", "seeds", "probe NMSE",
-                         "return", "normalised return"], summary_table(rows, scale)))
+    parts.append("<h2>Every result, per label budget</h2>")
+    parts.append(_table([*HEAD[:2], "scale", "task", "latent dim", "labels", "seeds", *HEAD[2:]],
+                        summary_table(rows, scale)))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>masklam report: {html.escape(run_dir.name)}"
             f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     write_text(run_dir / "report.html", page)

@@ -19,6 +19,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+import masklam.downstream.sweep  # noqa: F401  (registers the methods of the rows; the LAMs' come with it)
+from masklam import methods
 from masklam.errors import MasklamError
 from masklam.files import atomic_path
 from masklam.metrics import standard_error
@@ -28,8 +30,6 @@ REQUIRED_COLUMNS = ["method", "task", "latent_dim", "labels", "seed", "split", "
 """Columns every results.csv has (the report needs them)."""
 RESULT_COLUMNS = REQUIRED_COLUMNS + ["success", "recipe", "return_sem", "expert_fraction", "lam_stage"]
 """The columns `write_results` writes, in order."""
-NORMALISERS = ("bc-full", "bc-full-clean")
-"""Methods whose return normalises the others' (full-data BC with true actions)."""
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Row:
     """One line of results.csv (numbers parsed; `probe_nmse` is None for methods without latents)."""
 
     method: str
-    """pipeline: lapo, masklam, laom, laom-sup, lapo-clean, bc, idm, bc-full, bc-full-clean"""
+    """a registered method (masklam.methods): lapo, masklam, laom, laom-sup, lapo-clean, bc, idm, bc-full, ..."""
     task: str
     """environment task"""
     latent_dim: int
@@ -74,7 +74,7 @@ def normalize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (`variant`, dropped from the rows returned)."""
     ref: dict[tuple, list[float]] = {}
     for r in raw:
-        if r["method"] in NORMALISERS:
+        if methods.is_kind(r["method"], "normaliser"):  # full-data BC with true actions
             ref.setdefault((r["task"], r["split"], r["variant"]), []).append(r["return"])
     rows = []
     for r in raw:

@@ -100,7 +100,9 @@ class WindowAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
-class Mlp(nn.Module):
+class LayerNormGeluMLP(nn.Module):
+    """TinyViT's MLP: LayerNorm, Linear, GELU, Linear (state-dict keys norm, fc1, fc2 as MobileSAM's `Mlp`)."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
@@ -116,7 +118,7 @@ class TinyViTBlock(nn.Module):
         super().__init__()
         self.resolution, self.window = resolution, window
         self.attn = WindowAttention(dim, heads, window)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = LayerNormGeluMLP(dim, int(dim * mlp_ratio))
         self.local_conv = ConvBN(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,7 +249,9 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
-class MLPBlock(nn.Module):
+class TwoLayerReluMLP(nn.Module):
+    """The two-way transformer's MLP: Linear, ReLU, Linear (keys lin1, lin2 as MobileSAM's `MLPBlock`)."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.lin1, self.lin2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
@@ -262,7 +266,7 @@ class TwoWayBlock(nn.Module):
         self.self_attn = Attention(dim, heads)
         self.cross_attn_token_to_image = Attention(dim, heads, 2)
         self.cross_attn_image_to_token = Attention(dim, heads, 2)
-        self.mlp = MLPBlock(dim, mlp_dim)
+        self.mlp = TwoLayerReluMLP(dim, mlp_dim)
         self.norm1, self.norm2, self.norm3, self.norm4 = (nn.LayerNorm(dim) for _ in range(4))
         self.skip_first_pe = skip_first_pe
 
@@ -295,7 +299,10 @@ class TwoWayTransformer(nn.Module):
         return queries, keys
 
 
-class MLP(nn.Module):
+class ReluMLPHead(nn.Module):
+    """The mask decoder's heads (hypernetworks, IoU): `depth` Linears with ReLU between (keys layers.N as
+    MobileSAM's `MLP`)."""
+
     def __init__(self, dim_in: int, hidden: int, dim_out: int, depth: int = 3):
         super().__init__()
         dims = [dim_in] + [hidden] * (depth - 1) + [dim_out]
@@ -317,8 +324,8 @@ class MaskDecoder(nn.Module):
         self.mask_tokens = nn.Embedding(num_masks, dim)
         self.output_upscaling = nn.Sequential(nn.ConvTranspose2d(dim, dim // 4, 2, 2), LayerNorm2d(dim // 4), nn.GELU(),
                                               nn.ConvTranspose2d(dim // 4, dim // 8, 2, 2), nn.GELU())
-        self.output_hypernetworks_mlps = nn.ModuleList(MLP(dim, dim, dim // 8) for _ in range(num_masks))
-        self.iou_prediction_head = MLP(dim, 256, num_masks)
+        self.output_hypernetworks_mlps = nn.ModuleList(ReluMLPHead(dim, dim, dim // 8) for _ in range(num_masks))
+        self.iou_prediction_head = ReluMLPHead(dim, 256, num_masks)
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
         b = len(sparse)

@@ -1,7 +1,6 @@
 """Latent action models (LAPO, MaskLAM, LAOM, LAOM+supervision) and their building blocks."""
 from masklam.models.encoder import ConvDecoder, ImpalaEncoder, frames_to_tensor
 from masklam.models.lam import (
-    METHODS,
     LAMConfig,
     LatentActionModel,
     LatentSpaceLAM,
@@ -12,6 +11,6 @@ from masklam.models.lam import (
 )
 
 __all__ = [
-    "METHODS", "ConvDecoder", "ImpalaEncoder", "LAMConfig", "LatentActionModel", "LatentSpaceLAM",
+    "ConvDecoder", "ImpalaEncoder", "LAMConfig", "LatentActionModel", "LatentSpaceLAM",
     "PixelLAM", "build_lam", "frames_to_tensor", "load_lam", "weighted_mse",
 ]

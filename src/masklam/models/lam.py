@@ -35,7 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from masklam import methods
 from masklam.errors import MasklamError
+from masklam.methods import Method
 from masklam.models.augment import augment
 from masklam.models.encoder import (AuthorsDecoder, ConvDecoder, ImpalaEncoder, append_mask_channel, frames_to_tensor,
                                     init_orthogonal)
@@ -43,7 +45,16 @@ from masklam.models.fsq import FSQ
 from masklam.models.heads import ResidualMLP
 from masklam.models.pretrained import Pretrained
 
-METHODS = ("lapo", "masklam", "laom", "laom-sup")
+# The methods implemented here, with their own papers' choices (PretrainConfig fields: frame stack, window offset,
+# LAOM's augmentation and target), which a recipe and explicit options override (masklam.train.config).
+for _method in (
+    Method("lapo", "LAPO", "lam", order=1, defaults=dict(frame_stack=1, max_offset=1, aug=False, target="ema")),
+    Method("masklam", "MaskLAM", "lam", order=2, defaults=dict(frame_stack=1, max_offset=1, aug=False, target="ema")),
+    Method("laom", "LAOM", "lam", order=3, defaults=dict(frame_stack=3, max_offset=10, aug=True, target="ema")),
+    Method("laom-sup", "LAOM+supervision", "lam", order=4, supervised=True,
+           defaults=dict(frame_stack=3, max_offset=10, aug=True, target="stopgrad")),
+):
+    methods.register(_method)
 Batch = dict[str, Any]
 
 
@@ -78,8 +89,8 @@ class LAMConfig:
     idm_window: str = "pair"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise MasklamError(f"unknown method {self.method!r}; one of {', '.join(METHODS)}")
+        if self.method not in methods.trainers():
+            raise MasklamError(f"unknown method {self.method!r}; one of {', '.join(methods.trainers())}")
         if not 0.0 <= self.mask_lambda <= 1.0:
             raise MasklamError(f"mask_lambda must be in [0, 1], got {self.mask_lambda}")
         if self.mask_norm not in ("batch", "sample"):

@@ -6,8 +6,8 @@ A field left unset (None) takes its value from the highest-precedence source tha
 
 - a preset (PRESETS, `--preset`) fixes the scale: run length, batch, widths, latent size. `cpu-small` learns in
   minutes on two CPU cores, `h100` is sized for one H100, `paper` holds the papers' hyper-parameters;
-- the method's defaults (METHOD_DEFAULTS) are its own paper's choices: frame stack, window offset, LAOM's
-  augmentation and target;
+- the method's defaults (`masklam.methods`, registered with the model in masklam.models.lam) are its own
+  paper's choices: frame stack, window offset, LAOM's augmentation and target;
 - a recipe (RECIPES, `--recipe`) fixes how lapo/masklam learn: `paper` is what MaskLAM's authors' code sets;
 - FIELD_DEFAULTS: values that no source sets.
 
@@ -22,12 +22,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from masklam import methods
 from masklam.errors import MasklamError
 from masklam.models.lam import LAMConfig
 
-Method = Literal["lapo", "masklam", "laom", "laom-sup"]
+Method = Literal[methods.trainers()]  # type: ignore[valid-type]  # lapo, masklam, laom, laom-sup
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": dict(updates=1500, batch_size=64, lr=3e-4, encoder_scale=1, latent_dim=128, head_dim=256,
@@ -38,12 +39,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                  head_blocks=2, warmup_frac=0.02, schedule="constant", labels_batch_size=32),
     "paper": dict(epochs=10.0, batch_size=512, lr=1e-4, encoder_scale=6, latent_dim=8192,
                   head_dim=1024, head_blocks=2, warmup_frac=0.3, schedule="linear", labels_batch_size=128),
-}
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lapo": dict(frame_stack=1, max_offset=1, aug=False, target="ema"),
-    "masklam": dict(frame_stack=1, max_offset=1, aug=False, target="ema"),
-    "laom": dict(frame_stack=3, max_offset=10, aug=True, target="ema"),
-    "laom-sup": dict(frame_stack=3, max_offset=10, aug=True, target="stopgrad"),
 }
 # How lapo/masklam learn, by name (each recipe's values win over the method's defaults and the preset; explicit
 # options win over the recipe):
@@ -128,6 +123,11 @@ def resolve_with_origin(explicit: Mapping[str, Any], sources: Mapping[Any, Mappi
                     source.setdefault(field, None)
         out.update({k: (v, name) for k, v in source.items()})
     return out
+
+
+def format_origins(fields: Iterable[tuple[str, Any, Any]]) -> str:
+    """(name, value, where it came from) per field, one line each: what `--print-config` prints."""
+    return "\n".join(f"{name:<18} {value!s:<28} {origin}" for name, value, origin in fields)
 
 
 @dataclass
@@ -284,7 +284,7 @@ class PretrainConfig:
         self.data = tuple(Path(p) for p in self.data)
         self.out = Path(self.out)
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
-        for name, table in (("preset", PRESETS), ("method", METHOD_DEFAULTS), ("recipe", RECIPES)):
+        for name, table in (("preset", PRESETS), ("method", methods.trainers()), ("recipe", RECIPES)):
             if getattr(self, name) not in table:
                 raise MasklamError(f"unknown {name} {getattr(self, name)!r}; one of {', '.join(table)}")
         if self.updates is not None and self.epochs is not None:
@@ -305,29 +305,26 @@ class PretrainConfig:
         (and the recipe's values at this preset)."""
         recipe = RECIPES[self.recipe].get(self.method, {})
         return {"default": FIELD_DEFAULTS, f"preset {self.preset}": PRESETS[self.preset],
-                f"method {self.method}": METHOD_DEFAULTS[self.method], f"recipe {self.recipe}": recipe,
+                f"method {self.method}": methods.get(self.method).defaults, f"recipe {self.recipe}": recipe,
                 f"recipe {self.recipe} at preset {self.preset}":
                     RECIPE_PRESETS.get(self.recipe, {}).get(self.preset, {}) if recipe else {}}
 
     def describe(self) -> str:
         """Every field with its value and where it came from, one per line (`--print-config`)."""
-        lines = []
-        for f in dataclasses.fields(self):
-            if f.name == "print_config":
-                continue
-            origin = self.origins.get(f.name, "explicit" if getattr(self, f.name) != f.default else "default")
-            lines.append(f"{f.name:<18} {getattr(self, f.name)!s:<28} {origin}")
-        return "\n".join(lines)
+        return format_origins(
+            (f.name, getattr(self, f.name),
+             self.origins.get(f.name, "explicit" if getattr(self, f.name) != f.default else "default"))
+            for f in dataclasses.fields(self) if f.name != "print_config")
 
     def _check_method_options(self, baseline: dict[str, Any]) -> None:
         """A one-line error for an option of another method given a value that would silently be ignored."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name, methods in METHOD_OPTIONS.items():
-            if self.method in methods:
+        for name, users in METHOD_OPTIONS.items():
+            if self.method in users:
                 continue
             value = getattr(self, name)
             if value != baseline.get(name, defaults[name]):
-                who = _METHOD_GROUPS.get(methods, ", ".join(methods))
+                who = _METHOD_GROUPS.get(users, ", ".join(users))
                 raise MasklamError(f"--{name.replace('_', '-')} is only for {who}, not {self.method}")
 
     def _validate(self) -> None:

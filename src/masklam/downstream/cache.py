@@ -1,0 +1,117 @@
+"""The stage cache: a stage lives in `OUT/stages/<kind>/<key>/` and runs once per key.
+
+The key (`stage_key`) hashes the stage's kind, its config (its inputs included as their directories, so their
+keys), the size and mtime of its data files (`fingerprint`), what named values in the config stand for, and the
+VERSION of the code that computes it. A stage is skipped when its `done.json` holds the same key, and runs (or
+resumes: stages resume from their own checkpoints) otherwise. `done.json` records the stage's result and its run
+time (`wall_s`, of the session that finished it). Inside a dry run (masklam.downstream.plan) `run_stage` hands
+each stage to the planner instead, and runs or writes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+
+def fingerprint(paths: Any) -> list[Any]:
+    """(path, size, mtime) of each data file, so a rewritten dataset invalidates the stages built on it; a
+    directory of shards (or `DIR/<split>`): (path, its files' (name, size, mtime))."""
+    from masklam.data.dataset import data_files
+
+    out = []
+    for p in paths if isinstance(paths, (list, tuple)) else [paths]:
+        files = [] if Path(p).is_file() else data_files(p)
+        if files:
+            out.append([str(p), [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]])
+            continue
+        st = Path(p).stat() if Path(p).is_file() else None
+        out.append([str(p), st.st_size if st else None, st.st_mtime_ns if st else None])
+    return out
+
+
+def stage_key(kind: str, config: dict[str, Any], meaning: dict[str, Any] | None = None, version: int = 1) -> str:
+    """Hash of a stage's kind, config (inputs included as their directories), data files, `meaning` (what named
+    values in the config stand for: a recipe's fields, so that a name whose meaning changes never reuses a stage
+    computed under the old one) and `version`: the VERSION of the code that computes the stage (its trainer's,
+    whatever the kind's name: BC and IDM stages share the BC trainer's). Version 1 is left out of the hash."""
+    files = fingerprint(config["data"]) if "data" in config else None
+    key = {"kind": kind, "config": config, "files": files}
+    if meaning:
+        key["meaning"] = meaning
+    if version > 1:
+        key["version"] = version
+    blob = json.dumps(key, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def done_record(d: Path, key: str) -> dict[str, Any] | None:
+    """`d/done.json` if it records this key (then the stage is done: its result and wall_s), else None."""
+    done = d / "done.json"
+    if not done.is_file():
+        return None
+    try:
+        rec = json.loads(done.read_text())
+    except json.JSONDecodeError:
+        return None
+    return rec if rec.get("hash") == key else None
+
+
+CONTEXT: ContextVar[str] = ContextVar("masklam_stage_context", default="")
+"""what the stages run now are for (`stage_context`)"""
+
+
+@contextmanager
+def stage_context(label: str) -> Iterator[None]:
+    """Name what the stages run inside are for (e.g. "cheetah-run seed 0 lapo"), for logs and dry runs."""
+    token = CONTEXT.set(label)
+    try:
+        yield
+    finally:
+        CONTEXT.reset(token)
+
+
+class Planner(Protocol):
+    """What a dry run does with each stage instead of running it (masklam.downstream.plan.StagePlan)."""
+
+    def visit(self, d: Path, kind: str, key: str, config: dict[str, Any]) -> dict[str, Any]: ...
+
+
+PLANNER: ContextVar[Planner | None] = ContextVar("masklam_stage_planner", default=None)
+"""the dry run in progress, if any (set by masklam.downstream.plan.plan_stages)"""
+
+
+def dry_run() -> bool:
+    """Whether stages are being planned rather than run."""
+    return PLANNER.get() is not None
+
+
+def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
+              log: Callable[[str], None] = print, meaning: dict[str, Any] | None = None,
+              version: int = 1) -> tuple[Path, dict[str, Any]]:
+    """Run `fn(stage_dir) -> result` unless `stage_dir/done.json` records this config's hash (`stage_key`);
+    -> (dir, result).
+
+    In a dry run only hands the stage to the planner: -> (dir, its result, or the planner's placeholder)."""
+    from masklam.files import write_json
+
+    key = stage_key(kind, config, meaning, version)
+    d = root / "stages" / kind / key
+    planner = PLANNER.get()
+    if planner is not None:
+        return d, planner.visit(d, kind, key, config)
+    rec = done_record(d, key)
+    if rec is not None:
+        return d, rec["result"]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config}, indent=1, default=str))
+    context = CONTEXT.get()
+    log(f"[{kind} {key}] running" + (f" ({context})" if context else ""))
+    t0 = time.perf_counter()
+    result = fn(d)
+    write_json(d / "done.json", {"hash": key, "result": result, "wall_s": time.perf_counter() - t0}, indent=1)
+    return d, result

@@ -1,0 +1,180 @@
+"""Dry runs of a sweep (`masklam experiment --status`): which stages are done, which pending, the time left.
+
+`plan_stages` walks the sweep's own code without running or writing anything: `run_stage`
+(masklam.downstream.cache) records each stage as done (its done.json) or pending instead. A stage whose config
+names a pending stage's directory waits on it: it is pending, and its key, which hashes its inputs' data files,
+is not known yet. `format_plan` turns what it met into the status table.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from masklam.downstream.cache import CONTEXT, PLANNER, done_record
+
+
+class Pending(dict):
+    """The result a dry run gives for a stage not done yet (empty; `is_pending` tells it apart)."""
+
+
+def is_pending(result: Any) -> bool:
+    """Whether a stage's result is a dry run's placeholder for a stage not done yet."""
+    return isinstance(result, Pending)
+
+
+@dataclass
+class PlannedStage:
+    """A stage a dry run met."""
+
+    kind: str
+    """collect, pretrain, bc, idm, decode, evaluate"""
+    key: str | None
+    """its key; None while it waits on a pending stage (the key hashes its inputs' files)"""
+    done: bool
+    """its done.json records its key"""
+    context: str
+    """what it is for (`stage_context`), e.g. "cheetah-run seed 0 lapo" """
+    config: dict[str, Any]
+    """its config"""
+    wall_s: float | None = None
+    """done: its run time (done.json's wall_s, else the time between stage.json and done.json)"""
+    started: float | None = None
+    """pending with a stage.json: when it last started (time.time(); running now or interrupted)"""
+    active: float | None = None
+    """pending with a stage.json: when a file of its directory last changed (running if recent: `is_running`)"""
+
+    def is_running(self, now: float) -> bool:
+        """Started, and wrote a file within RUNNING_WINDOW_S of `now`: running (else interrupted, if started)."""
+        return self.started is not None and self.active is not None and now - self.active <= RUNNING_WINDOW_S
+
+
+RUNNING_WINDOW_S = 300.0
+"""a started stage whose directory changed no longer ago than this is running; after it, interrupted"""
+
+
+def _strings(obj: Any) -> Iterator[str]:
+    """Every string (or path) value in a nested config."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, (str, Path)):
+        yield str(obj)
+
+
+def _newest_mtime(d: Path) -> float:
+    """When a file in `d` (or below) last changed."""
+    return max((p.stat().st_mtime for p in d.rglob("*") if p.is_file()), default=d.stat().st_mtime)
+
+
+@dataclass
+class StagePlan:
+    """What a dry run of a sweep met (`plan_stages`), in order."""
+
+    stages: list[PlannedStage] = field(default_factory=list)
+    """each stage met, once"""
+    pending_dirs: list[str] = field(default_factory=list)
+    """directories of the pending stages (a config naming one waits on it)"""
+    seen: set[str] = field(default_factory=set)
+    """directories of the stages met"""
+
+    def visit(self, d: Path, kind: str, key: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Record one stage; -> its result if done, else a `Pending` one."""
+        pending = self.pending_dirs
+        waits = any(v == p or v.startswith(p + os.sep) for v in _strings(config) for p in pending)
+        rec = None if waits else done_record(d, key)
+        stage = PlannedStage(kind, None if waits else key, rec is not None, CONTEXT.get(), config)
+        if str(d) not in self.seen:  # a stage two parts of the sweep share runs once
+            self.seen.add(str(d))
+            self.stages.append(stage)
+        started, done = d / "stage.json", d / "done.json"
+        if rec is not None:
+            stage.wall_s = rec.get("wall_s")
+            if stage.wall_s is None and started.is_file():  # done before run_stage recorded wall_s
+                stage.wall_s = max(done.stat().st_mtime - started.stat().st_mtime, 0.0)
+            return rec["result"]
+        if not waits and started.is_file():
+            stage.started, stage.active = started.stat().st_mtime, _newest_mtime(d)
+        self.pending_dirs.append(str(d))
+        return Pending()
+
+
+@contextmanager
+def plan_stages() -> Iterator[StagePlan]:
+    """A dry run: inside it, `run_stage` records stages in the StagePlan yielded and runs or writes nothing."""
+    plan = StagePlan()
+    token = PLANNER.set(plan)
+    try:
+        yield plan
+    finally:
+        PLANNER.reset(token)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def _brief(stage: PlannedStage) -> str:
+    """What tells a stage from its siblings: its context and the options that vary within one."""
+    c = stage.config
+    parts = [f"{k} {c[k]}" for k in ("target", "latent_dim", "labels", "split") if c.get(k) is not None]
+    return ", ".join([stage.context] + parts) if stage.context else ", ".join(parts)
+
+
+def format_plan(plan: StagePlan, now: float | None = None) -> str:
+    """Per stage kind: done and pending counts, mean run time and time left; the started stages; what is left.
+
+    A pending stage is estimated by the mean run time of the done stages of its kind (less the time it has
+    run if it is running: started, and wrote a file recently; an interrupted one starts over, from its
+    checkpoints), a kind with none done has no estimate."""
+    now = time.time() if now is None else now
+    kinds = list(dict.fromkeys(s.kind for s in plan.stages))
+    lines = [f"{'stage':<10}{'done':>6}{'pending':>9}{'mean time':>12}{'time left':>13}"]
+    total, unknown = 0.0, []
+    for kind in kinds:
+        done = [s for s in plan.stages if s.kind == kind and s.done]
+        pending = [s for s in plan.stages if s.kind == kind and not s.done]
+        walls = [s.wall_s for s in done if s.wall_s is not None]
+        mean = sum(walls) / len(walls) if walls else None
+        if pending and mean is None:
+            unknown.append(kind)
+            left = "no estimate"
+        else:
+            secs = sum(max(mean - (now - s.started), 0.0) if s.is_running(now) else mean for s in pending)
+            total += secs
+            left = _duration(secs)
+        lines.append(f"{kind:<10}{len(done):>6}{len(pending):>9}{_duration(mean) if mean is not None else '-':>12}"
+                     f"{left:>13}")
+    n_done = sum(s.done for s in plan.stages)
+    n_pending = len(plan.stages) - n_done
+    if not n_pending:
+        lines.append(f"all {n_done} stages done")
+        return "\n".join(lines)
+    if unknown and not total:
+        estimate = "no estimate yet (no stage of a pending kind is done)"
+    else:
+        estimate = f"about {_duration(total)} left" + (
+            f", plus the {', '.join(unknown)} stages (no estimate: none of their kind done yet)" if unknown else "")
+    lines.append(f"{n_done} done, {n_pending} pending: {estimate}")
+    for s in plan.stages:
+        if s.started is not None:
+            state = "running" if s.is_running(now) else "interrupted"
+            last = f", last write {_duration(now - s.active)} ago" if s.active is not None else ""
+            lines.append(f"started {_duration(now - s.started)} ago ({state}{last}): {s.kind} {s.key} ({_brief(s)})")
+    lines.append("left (stages waiting on pending inputs have no key yet):")
+    left: dict[str, dict[str, int]] = {}
+    for s in plan.stages:
+        if not s.done:
+            counts = left.setdefault(s.context, {})
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+    for context, counts in left.items():
+        lines.append(f"  {context or '-'}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
+    return "\n".join(lines)
