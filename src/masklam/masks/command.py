@@ -126,9 +126,9 @@ def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
     p = plan(path, key, box)
     if p.missing:
         if segmenter == "mobilesam" and weights is None:
-            from masklam.masks.weights import checkpoint_path
+            from masklam.masks.weights import ensure
 
-            weights = checkpoint_path("mobilesam")
+            weights = ensure("mobilesam")
         todo = p.todo()
         if todo:
             _segment_all(path, p.parts, todo, p.lengths, weights, p.prompt, device, batch, len(p.names), segmenter)

@@ -46,12 +46,12 @@ def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | N
     """MobileSAM labels for the trajectories in ``names`` lacking a label file."""
     from masklam.masks.auto import find_agent
     from masklam.masks.mobilesam import load_mobilesam, track
-    from masklam.masks.weights import checkpoint_path
+    from masklam.masks.weights import ensure
 
     todo = [name for name in names if not (labels / f"{name}.h5").is_file()]
     if not todo:
         return
-    model = load_mobilesam(weights or checkpoint_path("mobilesam"), resolve_device(device))
+    model = load_mobilesam(weights or ensure("mobilesam"), resolve_device(device))
     with open_file(path) as f:
         total = sum(len(label_frames(f[name]["obs"].shape[0], n)) for name in todo)
         print(f"{path}: MobileSAM labels {n} frames of {len(todo)} trajectories ({total} frames)")

