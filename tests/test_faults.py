@@ -549,3 +549,46 @@ def test_every_numeric_option_of_the_commands_rejects_a_negative_value_in_one_li
                 cls(**required, **{name: numeric[0](-1)})
             checked += 1
     assert checked > 40
+
+
+# --- masklam import ---------------------------------------------------------------------------------------------
+def _videos(tmp_path: Path, n: int = 2) -> Path:
+    from masklam.data.video import VideoWriter
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(n):
+        with VideoWriter(folder / f"clip{i}.mp4", 10, 32, 32) as w:
+            w.write(np.stack([np.full((32, 32, 3), 20 * t + 40 * i, np.uint8) for t in range(6)]))
+    return folder
+
+
+def test_an_import_into_a_full_disk_is_foreseen_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklam.data.parts import parts_dir
+
+    videos, out = _videos(tmp_path), tmp_path / "d.h5"
+    monkeypatch.setattr(resources, "free_bytes", lambda path: 1000)  # the parts fit, their merge does not
+    code, lines = run_cli(["import", str(videos), "--out", str(out), "--img-size", "16", "--no-progress"], capsys)
+    assert code == 1 and f"not enough disk space for assembling {out}" in one_error_line(lines)
+    assert not out.exists() and len(list(parts_dir(out).glob("[0-9]*.h5"))) == 2  # the finished items are kept
+    monkeypatch.undo()
+    code, lines = run_cli(["import", str(videos), "--out", str(out), "--img-size", "16", "--no-progress"], capsys)
+    assert code == 0 and out.is_file() and not parts_dir(out).exists()
+
+
+def test_a_second_import_of_one_output_is_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from masklam.locks import output_lock
+
+    videos, out = _videos(tmp_path, 1), tmp_path / "d.h5"
+    with output_lock(out):  # as if another process were importing into it: a lock this process does not hold
+        from masklam import locks
+
+        held = dict(locks._HELD)
+        locks._HELD.clear()  # forget our own hold, so the lock is another writer's
+        try:
+            code, lines = run_cli(["import", str(videos), "--out", str(out), "--no-progress"], capsys)
+        finally:
+            locks._HELD.update(held)
+    assert code == 1 and "is being written by another masklam process" in one_error_line(lines)
+    assert not out.exists()

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from masklam.args import parse
 from masklam.data.hdf5 import FORMAT_VERSION, check_attrs, read_layout, write_atomically
 from masklam.data.parts import merge_parts, part_path, prepare_parts, remove_parts
+from masklam.locks import output_lock
+from masklam.resources import check_free_space
 from masklam.data.sources import Episode, Item, Source, open_source
 from masklam.data.video import RESIZE_MODES, Resizer
 from masklam.errors import MasklamError
@@ -224,32 +226,40 @@ def run_import(cfg: ImportConfig) -> ImportResult:
     """Import ``cfg.src`` into ``cfg.out``, resuming whatever an earlier run finished."""
     source = open_source(cfg.src, cfg.camera)  # every checkable problem: one line, before any file is touched
     try:
-        attrs = file_attrs(cfg, source)
-        items = source.items()
-        if _existing(cfg, attrs):
-            remove_parts(cfg.out)
-            lay = read_layout(cfg.out)
-            return ImportResult(cfg.out, lay.num_trajectories, lay.num_frames, 0, len(items))
-        fps = attrs["fps"]
-        resizer = Resizer(cfg.img_size, cfg.resize)
-        finished = prepare_parts(cfg.out, attrs)
-        todo = [i for i in range(len(items)) if i not in finished]
-        ratio = fps / source.fps if source.fps and fps else 1.0
-        total = sum(int((it.length or 0) * ratio) for i, it in enumerate(items) if i in todo)
-        bar = tqdm(total=total or None, unit="frame", desc="import", disable=not cfg.progress, dynamic_ncols=True)
-        try:
-            for i in todo:
-                bar.set_postfix_str(items[i].name, refresh=False)
-                import_item(cfg, source, items[i], i, fps, resizer, bar.update)
-        finally:
-            bar.close()
-        tasks = sorted({str(g.get("task", "")) for g in _group_attrs(cfg.out, range(len(items)))} - {""})
-        n = merge_parts(cfg.out, {**attrs, "tasks": tasks}, range(len(items)))
-        remove_parts(cfg.out)
-        lay = read_layout(cfg.out)
-        return ImportResult(cfg.out, n, lay.num_frames, len(todo), len(items) - len(todo))
+        with output_lock(cfg.out, ", or use another --out"):  # one import per output at a time
+            return _import_locked(cfg, source)
     finally:
         source.close()
+
+
+def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
+    """`run_import` once it holds the output's lock."""
+    attrs = file_attrs(cfg, source)
+    items = source.items()
+    if _existing(cfg, attrs):
+        remove_parts(cfg.out)
+        lay = read_layout(cfg.out)
+        return ImportResult(cfg.out, lay.num_trajectories, lay.num_frames, 0, len(items))
+    fps = attrs["fps"]
+    resizer = Resizer(cfg.img_size, cfg.resize)
+    finished = prepare_parts(cfg.out, attrs)
+    todo = [i for i in range(len(items)) if i not in finished]
+    ratio = fps / source.fps if source.fps and fps else 1.0
+    total = sum(int((it.length or 0) * ratio) for i, it in enumerate(items) if i in todo)
+    bar = tqdm(total=total or None, unit="frame", desc="import", disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        for i in todo:
+            bar.set_postfix_str(items[i].name, refresh=False)
+            import_item(cfg, source, items[i], i, fps, resizer, bar.update)
+    finally:
+        bar.close()
+    tasks = sorted({str(g.get("task", "")) for g in _group_attrs(cfg.out, range(len(items)))} - {""})
+    need = sum(part_path(cfg.out, i).stat().st_size for i in range(len(items)))
+    check_free_space(cfg.out, need, f"assembling {cfg.out}")  # before the copy, not half-way through it
+    n = merge_parts(cfg.out, {**attrs, "tasks": tasks}, range(len(items)))
+    remove_parts(cfg.out)
+    lay = read_layout(cfg.out)
+    return ImportResult(cfg.out, n, lay.num_frames, len(todo), len(items) - len(todo))
 
 
 def _group_attrs(out: Path, indices: Any) -> Iterator[dict[str, Any]]:
