@@ -332,3 +332,31 @@ def test_mp4_folder_to_box_masks_to_masklam_to_lerobot_latents(tmp_path):
 
     z = np.asarray(pq.read_table(next((out / "data").rglob("*.parquet"))).column("latent_action").to_pylist())
     assert z.shape == (6, 8) and np.isfinite(z).all()  # one row per frame of the 2 x 3
+
+
+def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_path):
+    import torch
+
+    from masklam.downstream.decode import DecodeConfig, train_decoder
+    from masklam.downstream.decoder import ActionDecoder
+    from masklam.downstream.label import LabelConfig, label
+    from masklam.train.config import PretrainConfig
+    from masklam.train.pretrain import pretrain
+
+    data = write_h5(tmp_path / "d.h5", n_traj=4, length=10)
+    run = tmp_path / "run"
+    pretrain(PretrainConfig(method="lapo", data=(data,), out=run, updates=2, batch_size=4, latent_dim=8,
+                            tensorboard=False, progress=False, recon_samples=0, threads=1, heldout=0.25))
+    with pytest.raises(MasklamError, match="--policy DIR .* or --lam DIR"):
+        DecodeConfig(data=(data,), out=tmp_path / "x")
+    m = train_decoder(DecodeConfig(lam=run, data=(data,), out=tmp_path / "dec", labels=2, updates=30, batch_size=16,
+                                   heldout=0.25, device="cpu"), progress=False)
+    assert m["decode/labeled_transitions"] == 2 * 9 and np.isfinite(m["decode/heldout_mse"])
+    out = label(LabelConfig(lam=run, data=data, out=tmp_path / "l.h5", decoder=tmp_path / "dec", progress=False,
+                            device="cpu"))
+    decoder = ActionDecoder.from_pretrained(tmp_path / "dec")
+    with h5py.File(out) as f:
+        z, a = f["1/latent_action"][()], f["1/decoded_action"][()]
+    assert z.shape == (10, 8) and a.shape == (10, 3)
+    with torch.no_grad():  # decoded_action is the decoder applied to the written latents, clipped like an agent's
+        np.testing.assert_allclose(a, decoder(torch.from_numpy(z)).clamp(-1, 1).numpy(), atol=1e-5)

@@ -39,12 +39,15 @@ AdamW 1e-3 with a cosine schedule, gradient norm clipped to 1."""
 class DecodeConfig:
     """Train an action decoder latent -> action on N labeled trajectories with the latent policy frozen."""
 
-    policy: Path
-    """latent BC policy directory (written by `masklam bc --target latent`)"""
     data: tuple[Path, ...]
-    """HDF5 dataset file(s): the same data the policy was trained on"""
+    """HDF5 dataset file(s): the same data the policy (or LAM) was trained on"""
     out: Path
     """output directory (model.safetensors, config.json, metrics.json)"""
+    policy: Path | None = None
+    """latent BC policy directory (written by `masklam bc --target latent`): decode what it predicts (the agent)"""
+    lam: Path | None = None
+    """instead of --policy, a LAM run directory: decode the LAM's own latents of (o_t, o_{t+1}) (what `masklam
+    label --decoder` needs to turn labelled video's latents into actions)"""
     labels: int = 8
     """number of labeled trajectories (nested subsets: the first N of one permutation)"""
     updates: int = 2500
@@ -84,6 +87,10 @@ class DecodeConfig:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
         if not self.data:
             raise MasklamError("no dataset given (--data)")
+        if (self.policy is None) == (self.lam is None):
+            raise MasklamError("give what to decode: --policy DIR (a latent policy) or --lam DIR (a LAM's latents)")
+        if self.lam is not None and self.input != "latent":
+            raise MasklamError(f"a decoder over a LAM's latents reads its latent only, not --input {self.input}")
         if self.layers < 2:
             raise MasklamError(f"--layers must be >= 2, got {self.layers}")
         if not 0 <= self.heldout < 1:
@@ -95,6 +102,8 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     from masklam.data import labeled_subset, load_dataset, split_trajectories
 
     device = resolve_device(cfg.device)
+    if cfg.lam is not None:
+        return _train_lam_decoder(cfg, device, progress)
     policy = ImagePolicy.from_pretrained(cfg.policy, device)
     if policy.cfg.target != "latent":
         raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
@@ -118,8 +127,48 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     return metrics
 
 
+def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) -> dict[str, float]:
+    """`train_decoder` for --lam: the decoder maps the LAM's k = 1 latents (raw, as `masklam label` writes them) of
+    the labelled trajectories to their actions."""
+    from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
+    from masklam.downstream.targets import check_lam_data, lam_mask_key, latent_target
+
+    check_lam_data(cfg.lam, cfg.data)
+    mask_key = lam_mask_key(cfg.lam)
+    data = load_dataset(list(cfg.data), mask_key=mask_key, progress=progress)
+    if data.action_dim == 0:
+        raise MasklamError(f"{', '.join(map(str, cfg.data))} has no actions: a decoder needs labelled trajectories")
+    target_fn, _, frames = latent_target(cfg.lam, device)
+    train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
+
+    def latents(ids) -> tuple[torch.Tensor, torch.Tensor]:  # (N, D) latents, (N, A) actions of every transition
+        sampler = WindowSampler(data, ids, frame_stack=frames, max_offset=1, need_masks=mask_key is not None)
+        zs, acts = [], []
+        for b in sampler.all_windows(cfg.batch_size, k=1):
+            zs.append(target_fn(b).float().cpu())
+            acts.append(torch.as_tensor(b["action_t"], dtype=torch.float32))
+        if not zs:
+            raise MasklamError("no labelled transitions to train the decoder on")
+        return torch.cat(zs), torch.cat(acts)
+
+    z, a = latents(labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed))
+    decoder, mse = fit_decoder(z.to(device), a.to(device), cfg.updates, cfg.batch_size, cfg.lr, cfg.hidden,
+                               cfg.seed, progress, cfg.layers, "latent", optimizer=cfg.optimizer,
+                               schedule=cfg.schedule, grad_clip=cfg.grad_clip, input_relu=cfg.input_relu)
+    metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z), "decode/updates": cfg.updates}
+    if len(heldout_ids):
+        zh, ah = latents(heldout_ids)
+        with torch.no_grad():
+            pred = decoder(zh.to(device)).clamp(-1, 1).cpu()
+        metrics["decode/heldout_mse"] = float(nn.functional.mse_loss(pred, ah))
+        metrics["decode/heldout_nmse"] = metrics["decode/heldout_mse"] / max(float(ah.var(0).mean()), 1e-8)
+    decoder.save_pretrained(cfg.out)
+    write_json(Path(cfg.out) / "metrics.json", metrics, indent=1)
+    return metrics
+
+
 def main(argv: list[str]) -> int:
-    """`masklam decode --policy DIR --data FILE --out DIR --labels N`."""
+    """`masklam decode --policy DIR --data FILE --out DIR --labels N` (or --lam DIR instead of --policy)."""
     cfg = parse(DecodeConfig, argv)
     with output_lock(cfg.out, ", or use another --out"):
         print(json.dumps(train_decoder(cfg)))
