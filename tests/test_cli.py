@@ -90,3 +90,14 @@ def test_parse_returns_the_config_and_raises_usage_errors():
     assert parse(QuickstartConfig, ["--preset", "toy"]).preset == "toy"
     with pytest.raises(UsageError, match="--seeds"):
         parse(QuickstartConfig, ["--seeds", "x"])
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = (f"{sys.executable} -m masklam pretrain --method masklam --data {tmp_path / 'd.h5'} --out {tmp_path / 'o'} "
+           f"--recipe authors --print-config | head -1")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("method") and "Traceback" not in done.stderr and "Broken pipe" not in done.stderr
+    assert done.returncode == 0

@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except MasklamError as e:
         print(f"masklam: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output piped into a reader that stopped early (`| head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except OSError as e:  # a full disk where no writer named its file
         if not is_disk_full(e):
             raise
