@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -111,13 +111,21 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     data = load_dataset(list(cfg.data), progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
-    z, a = policy_latents(policy, data, ids, cfg.batch_size, cfg.input)
+    return _fit_and_save(cfg, lambda ids_: policy_latents(policy, data, ids_, cfg.batch_size, cfg.input), ids,
+                         heldout_ids, device, progress)
+
+
+def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, device: torch.device,
+                  progress: bool) -> dict[str, float]:
+    """Fit the decoder on `features(ids)` -> ((N, D) inputs, (N, A) actions), report its error on every held-out
+    transition, save it and its metrics."""
+    z, a = features(ids)
     decoder, mse = fit_decoder(z.to(device), a.to(device), cfg.updates, cfg.batch_size, cfg.lr, cfg.hidden,
                                cfg.seed, progress, cfg.layers, cfg.input, optimizer=cfg.optimizer,
                                schedule=cfg.schedule, grad_clip=cfg.grad_clip, input_relu=cfg.input_relu)
     metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z), "decode/updates": cfg.updates}
     if len(heldout_ids):
-        zh, ah = policy_latents(policy, data, heldout_ids, cfg.batch_size, cfg.input)  # every held-out transition
+        zh, ah = features(heldout_ids)
         with torch.no_grad():
             pred = decoder(zh.to(device)).clamp(-1, 1).cpu()
         metrics["decode/heldout_mse"] = float(nn.functional.mse_loss(pred, ah))
@@ -151,21 +159,8 @@ def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) 
             raise MasklamError("no labelled transitions to train the decoder on")
         return torch.cat(zs), torch.cat(acts)
 
-    z, a = latents(labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed))
-    decoder, mse = fit_decoder(z.to(device), a.to(device), cfg.updates, cfg.batch_size, cfg.lr, cfg.hidden,
-                               cfg.seed, progress, cfg.layers, "latent", optimizer=cfg.optimizer,
-                               schedule=cfg.schedule, grad_clip=cfg.grad_clip, input_relu=cfg.input_relu)
-    metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z), "decode/updates": cfg.updates}
-    if len(heldout_ids):
-        zh, ah = latents(heldout_ids)
-        with torch.no_grad():
-            pred = decoder(zh.to(device)).clamp(-1, 1).cpu()
-        metrics["decode/heldout_mse"] = float(nn.functional.mse_loss(pred, ah))
-        metrics["decode/heldout_nmse"] = metrics["decode/heldout_mse"] / max(float(ah.var(0).mean()), 1e-8)
-    decoder.save_pretrained(cfg.out)
-    write_json(Path(cfg.out) / "metrics.json", metrics, indent=1)
-    return metrics
-
+    return _fit_and_save(cfg, latents, labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed), heldout_ids,
+                         device, progress)
 
 def main(argv: list[str]) -> int:
     """`masklam decode --policy DIR --data FILE --out DIR --labels N` (or --lam DIR instead of --policy)."""
