@@ -116,9 +116,34 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The curve as a markdown table: per variant, updates and trajectories, mean ± s.e. over seeds (n seeds)."""
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], int(r["updates"]), int(r["trajectories"])), []).append(r)
+
+    def cell(rs: list[dict[str, Any]], key: str, nd: int) -> str:
+        x = np.array([float(r[key]) for r in rs])
+        se = f" ± {np.std(x, ddof=1) / np.sqrt(len(x)):.{nd}f}" if len(x) > 1 else ""
+        return f"{x.mean():.{nd}f}{se}"
+
+    order = list(VARIANTS)
+    lines = ["| variant | updates | trajectories | seeds | held-out probe NMSE | return ID (raw) | return OOD (raw) |",
+             "|---|---|---|---|---|---|---|"]
+    for (variant, updates, trajs), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2],
+                                                                                 order.index(kv[0][0]))):
+        seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"])))
+        lines.append(f"| {variant} | {updates} | {trajs} | {seeds} | {cell(rs, 'probe_nmse', 3)} | "
+                     f"{cell(rs, 'return_id', 0)} | {cell(rs, 'return_ood', 0)} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--table", type=Path, nargs="+", metavar="CSV",
+                    help="print the markdown table of these curve.csv files (and write their joint figure next to "
+                         "the first), then exit")
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--updates", type=int, nargs="+", default=[1000, 4000, 8000])
     ap.add_argument("--episodes", type=int, nargs="+", default=[80], help="collected trajectories (125 frames)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -126,6 +151,13 @@ def main() -> int:
                     choices=list(VARIANTS))
     ap.add_argument("--commit", type=Path, help="copy curve.csv and curve.png here and git-commit them per point")
     args = ap.parse_args()
+    if args.table:
+        rows = [r for path in args.table for r in read_rows(path)]
+        figure(rows, args.table[0].parent / "curve.png")
+        print(markdown(rows))
+        return 0
+    if args.out is None:
+        ap.error("--out is required (or --table CSV ...)")
 
     import torch
 
