@@ -28,7 +28,7 @@ from masklam.downstream.bc import AUTHORS_LATENT_BC
 from masklam.downstream.decode import AUTHORS_DECODER
 
 # A variant: the method, its pretraining options on top of the quickstart's, and its downstream options.
-AUTHORS_DOWNSTREAM = {"bc": AUTHORS_LATENT_BC, "decode": AUTHORS_DECODER}
+AUTHORS_DOWNSTREAM = {"bc_latent": AUTHORS_LATENT_BC, "decode": AUTHORS_DECODER}
 VARIANTS: dict[str, dict[str, Any]] = {
     "lapo-authors": {"method": "lapo", "pretrain": {"recipe": "authors"}, **AUTHORS_DOWNSTREAM},
     "masklam-authors": {"method": "masklam", "pretrain": {"recipe": "authors"}, **AUTHORS_DOWNSTREAM},
@@ -53,7 +53,7 @@ def point(out: Path, variant: str, updates: int, episodes: int, seed: int) -> di
     exp = dataclasses.replace(
         exp, methods=[spec["method"]], data=data, collect=collect,
         pretrain={**pretrain, **spec["pretrain"], "updates": updates, "threads": 1},
-        bc={**exp.bc, **spec.get("bc", {})}, decode={**exp.decode, **spec.get("decode", {})},
+        bc_latent={**exp.bc_latent, **spec.get("bc_latent", {})}, decode={**exp.decode, **spec.get("decode", {})},
         eval={**exp.eval, "workers": 1})
     t0 = time.time()
     rows = [r for r in run_experiment(exp, render=False) if r["method"] == spec["method"]]

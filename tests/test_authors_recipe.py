@@ -14,7 +14,7 @@ from masklam.train.config import PretrainConfig
 
 
 def cfg(tmp_path, method: str = "masklam", **kw) -> PretrainConfig:
-    return PretrainConfig(method=method, data=(tmp_path / "x.h5",), out=tmp_path, **kw)
+    return PretrainConfig(method=method, data=(tmp_path / "x.h5",), **{"out": tmp_path, **kw})
 
 
 def lam(**kw):
@@ -198,3 +198,55 @@ def test_orthogonal_init_applies_to_laom_too_and_its_target_starts_as_the_encode
     assert torch.allclose(gram, torch.eye(len(gram)), atol=1e-4)
     for p, q in zip(model.encoder.parameters(), model.target_encoder.parameters()):
         assert torch.equal(p, q)
+
+
+def test_resuming_compares_the_options_a_config_records_only_when_set(tmp_path):
+    from masklam.train.checkpoint import check_resumable
+    from masklam.train.config import FIELD_DEFAULTS, RESUMABLE_CHANGES
+
+    run = tmp_path / "run"
+    run.mkdir()
+    centred = cfg(tmp_path, out=run, pixels="centered").to_dict()
+    (run / "config.json").write_text(__import__("json").dumps(centred))
+    check_resumable(run, cfg(tmp_path, out=run, pixels="centered", threads=2).to_dict(), RESUMABLE_CHANGES,
+                    FIELD_DEFAULTS)  # where values came from (threads now given) is no reason to refuse
+    with pytest.raises(MasklamError, match="pixels='centered'"):  # resumed without it: refused, not silently unit
+        check_resumable(run, cfg(tmp_path, out=run).to_dict(), RESUMABLE_CHANGES, FIELD_DEFAULTS)
+    plain = cfg(tmp_path, out=run).to_dict()
+    (run / "config.json").write_text(__import__("json").dumps(plain))
+    with pytest.raises(MasklamError, match="pixels"):  # a run started without it, resumed with it
+        check_resumable(run, cfg(tmp_path, out=run, pixels="centered").to_dict(), RESUMABLE_CHANGES, FIELD_DEFAULTS)
+
+
+def test_the_authors_latent_bc_reaches_latent_bc_only(tmp_path, monkeypatch):
+    from masklam.downstream import sweep
+    from masklam.quickstart import QuickstartConfig, experiment_config
+
+    exp = experiment_config(QuickstartConfig(preset="toy", recipe="authors", out=tmp_path, progress=False,
+                                             device="cpu"))
+    assert exp.bc_latent["optimizer"] == "adamw" and "optimizer" not in exp.bc  # the baselines keep theirs
+    seen = []
+    monkeypatch.setattr(sweep, "bc_stage", lambda root, kind, conf, dev, prog: seen.append(conf) or tmp_path)
+    monkeypatch.setattr(sweep, "pretrain_stage", lambda *a, **k: (tmp_path, {"probe_nmse": 0.5}))
+    monkeypatch.setattr(sweep, "decode_stage", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(sweep, "_num_train_trajectories", lambda *a: 4)
+    monkeypatch.setattr(sweep, "eval_stage", lambda *a, **k: (tmp_path, {"mean": 1.0, "returns": [1.0]}))
+    s = sweep.Sweep(exp, {"cheetah-run": {"train": ["d.h5"], "clean": ["c.h5"]}})
+    s.normalisers("cheetah-run", 0)
+    s.lam_method("lapo", "cheetah-run", 0)
+    by_target = {c["target"]: c for c in seen}
+    assert by_target["latent"]["optimizer"] == "adamw" and not by_target["latent"]["standardize"]
+    assert "optimizer" not in by_target["action"]  # bc-full, the normaliser, trains as in every recipe
+
+
+def test_a_lam_with_the_authors_options_is_written_in_format_2(tmp_path):
+    import json
+
+    from masklam.models.lam import load_lam
+
+    authors, plain = lam(pixels="centered", init="orthogonal"), lam()
+    authors.save_pretrained(tmp_path / "a", {"method": "lapo"})
+    plain.save_pretrained(tmp_path / "p", {"method": "lapo"})
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["masklam_format"] == 2
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["masklam_format"] == 1  # older readers read it
+    assert load_lam(tmp_path / "a").centered and not load_lam(tmp_path / "p").centered

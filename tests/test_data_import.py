@@ -291,6 +291,7 @@ def test_video_reader_seeks_and_continues(tmp_path):
         assert np.array_equal(np.stack(list(r.frames(1.0, 5, 10))), every[10:15])  # a seek forward
         assert np.array_equal(np.stack(list(r.frames(1.5, 5, 10))), every[15:20])  # continues where it stopped
         assert np.array_equal(np.stack(list(r.frames(0.2, 3, 10))), every[2:5])  # back: a seek backward
+        assert np.array_equal(np.stack(list(r.frames(0.0, 3, 10))), every[0:3])  # back to the very start
         with pytest.raises(MasklamError, match="ends after 2 of the 4 frames"):
             list(r.frames(2.8, 4, 10))
 
@@ -360,3 +361,9 @@ def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_pa
     assert z.shape == (10, 8) and a.shape == (10, 3)
     with torch.no_grad():  # decoded_action is the decoder applied to the written latents, clipped like an agent's
         np.testing.assert_allclose(a, decoder(torch.from_numpy(z)).clamp(-1, 1).numpy(), atol=1e-5)
+    other = tmp_path / "other"  # a decoder of another LAM's latents (same width): refused, not silently wrong
+    shutil.copytree(run, other)
+    with pytest.raises(MasklamError, match="was not trained on the latents of"):
+        label(LabelConfig(lam=other, data=data, out=tmp_path / "l2.h5", decoder=tmp_path / "dec", progress=False,
+                          device="cpu"))
+    assert not (tmp_path / "l2.h5").exists()

@@ -112,7 +112,7 @@ def experiment_config(cfg: QuickstartConfig):
     bc_recipe, decode_recipe = downstream_recipe(cfg.recipe)
     raw.update(description=f"masklam quickstart --preset {cfg.preset} --recipe {cfg.recipe}", out=cfg.out,
                tasks=[cfg.task], seeds=list(cfg.seeds), collect=collect, env=env,
-               pretrain={**raw["pretrain"], **RECIPES[cfg.recipe]}, bc={**raw["bc"], **bc_recipe},
+               pretrain={**raw["pretrain"], **RECIPES[cfg.recipe]}, bc_latent={**raw.get("bc_latent", {}), **bc_recipe},
                decode={**raw["decode"], **decode_recipe}, device=str(resolve_device(cfg.device)),
                progress=cfg.progress)
     return ExperimentConfig(**raw)

@@ -93,10 +93,10 @@ class ImportResult:
 def file_attrs(cfg: ImportConfig, source: Source) -> dict[str, Any]:
     """The attrs an imported file carries (and a resumed import must match)."""
     fps = _out_fps(cfg, source)
-    return {
-        "source": str(cfg.src.expanduser().resolve()), "source_format": source.kind, "img_hw": cfg.img_size,
-        "resize": cfg.resize, "fps": fps, "source_fps": float(source.fps or 0.0),
-        "chunk_seconds": float(cfg.chunk_seconds or 0.0), "version": FORMAT_VERSION, **source.attrs(),
+    return {  # the source's own attrs first: what this import did wins over what an earlier one recorded
+        **source.attrs(), "source": str(cfg.src.expanduser().resolve()), "source_format": source.kind,
+        "img_hw": cfg.img_size, "resize": cfg.resize, "fps": fps, "source_fps": float(source.fps or 0.0),
+        "chunk_seconds": float(cfg.chunk_seconds or 0.0), "version": FORMAT_VERSION,
     }
 
 

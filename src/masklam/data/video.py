@@ -173,6 +173,7 @@ class VideoReader:
 
     def _open(self, start: float) -> None:
         av = _av()
+        reopened = self._container is not None
         if self._container is None:
             if not self.path.is_file():
                 raise MasklamError(f"no such file: {self.path}")
@@ -182,7 +183,7 @@ class VideoReader:
             self._stream = self._container.streams.video[0]
             rate = self._stream.average_rate or self._stream.guessed_rate
             self._fps = float(rate) if rate else 0.0
-        if start > 0:
+        if start > 0 or reopened:  # a decoder that has read on must go back, to the start too
             self._container.seek(int(start / self._stream.time_base), stream=self._stream, backward=True)
         self._frames = self._container.decode(self._stream)
         self._next, self._count = 0.0, 0

@@ -116,13 +116,15 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
 
 
 def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, device: torch.device,
-                  progress: bool) -> dict[str, float]:
+                  progress: bool, source: str | None = None) -> dict[str, float]:
     """Fit the decoder on `features(ids)` -> ((N, D) inputs, (N, A) actions), report its error on every held-out
     transition, save it and its metrics."""
     z, a = features(ids)
     decoder, mse = fit_decoder(z.to(device), a.to(device), cfg.updates, cfg.batch_size, cfg.lr, cfg.hidden,
                                cfg.seed, progress, cfg.layers, cfg.input, optimizer=cfg.optimizer,
                                schedule=cfg.schedule, grad_clip=cfg.grad_clip, input_relu=cfg.input_relu)
+    if source is not None:
+        decoder.dims["source"] = source
     metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z), "decode/updates": cfg.updates}
     if len(heldout_ids):
         zh, ah = features(heldout_ids)
@@ -160,7 +162,12 @@ def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) 
         return torch.cat(zs), torch.cat(acts)
 
     return _fit_and_save(cfg, latents, labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed), heldout_ids,
-                         device, progress)
+                         device, progress, source=lam_source(cfg.lam))
+
+
+def lam_source(lam: Path) -> str:
+    """How a decoder over a LAM's raw latents names that LAM in its config (`masklam label` checks it)."""
+    return f"lam:{Path(lam).expanduser().resolve()}"
 
 def main(argv: list[str]) -> int:
     """`masklam decode --policy DIR --data FILE --out DIR --labels N` (or --lam DIR instead of --policy)."""

@@ -35,7 +35,7 @@ class ActionDecoder(Pretrained, nn.Module):
     config_key = None
 
     def __init__(self, latent_dim: int, action_dim: int, hidden: int = 256, layers: int = 2,
-                 input: str = "latent", input_relu: bool = False) -> None:
+                 input: str = "latent", input_relu: bool = False, source: str | None = None) -> None:
         super().__init__()
         if layers < 2:
             raise MasklamError(f"decoder layers must be >= 2, got {layers}")
@@ -45,6 +45,8 @@ class ActionDecoder(Pretrained, nn.Module):
                      "input": input}
         if input_relu:  # recorded only when on: configs of earlier decoders stay as they were
             self.dims["input_relu"] = True
+        if source is not None:  # what its latents come from ("lam:<run dir>" for `masklam decode --lam`)
+            self.dims["source"] = source
         sizes = [latent_dim] + [hidden] * (layers - 1)
         mods: list[nn.Module] = [nn.ReLU()] if input_relu else []
         for a, b in zip(sizes[:-1], sizes[1:]):

@@ -87,6 +87,9 @@ class ExperimentConfig:
     """PretrainConfig fields shared by every LAM (method, data, out, seed, latent_dim, labeled are set here)"""
     bc: dict[str, Any] = field(default_factory=dict)
     """BCConfig fields of every BC stage (latent BC, BC baselines, BC on IDM relabels)"""
+    bc_latent: dict[str, Any] = field(default_factory=dict)
+    """BCConfig fields of latent BC only (the LAM methods' policies), on top of `bc`: e.g. the authors' latent
+    policy, which must not change the BC baselines and normalisers"""
     bc_full: dict[str, Any] = field(default_factory=dict)
     """BCConfig fields of the full-data BC normalisers (bc-full, bc-full-clean), on top of `bc`"""
     idm: dict[str, Any] = field(default_factory=dict)
@@ -219,7 +222,7 @@ def check_tables(cfg: ExperimentConfig) -> None:
 
     bc = _field_names(BCConfig)
     for table, given, known in (("pretrain", cfg.pretrain, _field_names(PretrainConfig)), ("bc", cfg.bc, bc),
-                                ("bc_full", cfg.bc_full, bc), ("idm", cfg.idm, bc),
+                                ("bc_latent", cfg.bc_latent, bc), ("bc_full", cfg.bc_full, bc), ("idm", cfg.idm, bc),
                                 ("decode", cfg.decode, _field_names(DecodeConfig)),
                                 ("eval", cfg.eval, _field_names(EvalOptions))):
         _check_keys(table, given, known)
@@ -244,7 +247,7 @@ def _check_values_of_stages(cfg: ExperimentConfig) -> None:
     from masklam.train.config import PretrainConfig
 
     data, out = ("check.h5",), Path("check")
-    for table in ("bc", "bc_full", "idm"):
+    for table in ("bc", "bc_latent", "bc_full", "idm"):
         _check_table(table, getattr(cfg, table), BCConfig, {"data": data, "out": out, "target": "action"})
     _check_table("decode", cfg.decode, DecodeConfig, {"policy": out, "data": data, "out": out})
     _check_table("eval", cfg.eval, EvalOptions, {})
@@ -345,7 +348,7 @@ def resolve_config(path: str | Path, **overrides: Any) -> tuple[dict[str, Any], 
             raise MasklamError(f"{p}: `extends` must name a config, got {base!r}")
         p = config_path(base if config_path_exists(base) else p.parent / base)
     sources = {name: _flatten(raw) for name, raw in reversed(chain)}
-    tables = ("pretrain", "bc", "bc_full", "idm", "decode")
+    tables = ("pretrain", "bc", "bc_latent", "bc_full", "idm", "decode")
     exclusive = [(f"{t}.updates", f"{t}.epochs") for t in tables]
     explicit = {k: v for k, v in overrides.items() if v is not None}
     resolved = resolve_with_origin(explicit, sources, exclusive)

@@ -95,6 +95,12 @@ class Labeller:
         if cfg.decoder is not None:
             self.decoder = ActionDecoder.from_pretrained(cfg.decoder, self.device)
             dims = self.decoder.dims
+            from masklam.downstream.decode import lam_source
+
+            if dims.get("source") != lam_source(cfg.lam):
+                raise MasklamError(f"{cfg.decoder} was not trained on the latents of {cfg.lam} (it reads "
+                                   f"{dims.get('source') or 'a latent policy'}): train one with `masklam decode "
+                                   f"--lam {cfg.lam} --data DATA --labels N --out DIR`")
             if dims["input"] != "latent" or dims["latent_dim"] != self.lam.latent_dim:
                 raise MasklamError(f"{cfg.decoder}: a decoder reading {dims['input']} of width {dims['latent_dim']}; "
                                    f"labelling needs one over the LAM's latents (input latent, width "

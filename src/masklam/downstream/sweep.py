@@ -25,7 +25,7 @@ from masklam.downstream.cache import dry_run, stage_context
 from masklam.downstream.plan import is_pending
 from masklam.downstream.stages import (bc_stage, decode_stage, eval_stage, expert_return, pretrain_stage,
                                        recipe_label)
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, MasklamRuntimeError
 from masklam.files import read_json, write_json
 from masklam.metrics import standard_error
 from masklam.methods import Method
@@ -109,8 +109,8 @@ class Sweep:
                     lam_dir, lam_res = pretrain_stage(self.root, spec.trainer, data, dim, seed,
                                                       n if spec.supervised else 0, self.cfg.pretrain,
                                                       self.dev, self.prog)
-                    policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "latent", "lam": str(lam_dir),
-                                            "seed": seed})
+                    policy = self.bc("bc", {**self.bc_opts, **self.cfg.bc_latent, "data": data, "target": "latent",
+                                            "lam": str(lam_dir), "seed": seed})
                     shared = (lam_dir, lam_res, policy)
                 lam_dir, lam_res, policy = shared
                 dec = decode_stage(self.root, {**self.dec_opts, "policy": str(policy), "data": data, "labels": n,
@@ -157,10 +157,17 @@ class Sweep:
 
         workers = min(self.cfg.pretrain_workers, len(jobs))
         print(f"training {len(jobs)} LAMs of {task} seed {seed}, {workers} at a time (one thread each)", flush=True)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
-            futures = [pool.submit(pretrain_stage, self.root, *job, self.dev, False) for job in jobs]
-            for f in futures:
-                f.result()
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
+        try:
+            for f in [pool.submit(pretrain_stage, self.root, *job, self.dev, False) for job in jobs]:
+                f.result()  # the first failure ends the pass: the LAMs not started yet are cancelled
+        except BrokenProcessPool:
+            raise MasklamRuntimeError(f"a LAM worker of {task} seed {seed} died (killed, or out of memory); "
+                                      "finished LAMs are kept: run the same command again to resume") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self) -> list[dict[str, Any]]:
         """Every task, seed and method; -> the raw rows."""

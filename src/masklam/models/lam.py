@@ -255,6 +255,13 @@ class LatentActionModel(Pretrained, nn.Module):
         """The architecture and loss (config.json's "model" entry)."""
         return asdict(self.cfg)
 
+    def pretrained_format(self) -> int:
+        """2 when the LAM uses one of the authors' options, which a masklam reading format 1 would ignore."""
+        plain = LAMConfig(method=self.cfg.method, action_dim=0, state_dim=0)
+        changed = any(getattr(self.cfg, k) != getattr(plain, k)
+                      for k in ("init", "pixels", "fdm_scale", "decoder", "idm_window"))
+        return 2 if changed else 1
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "LatentActionModel":
         """A fresh model of any method for a "model" entry (unknown keys of older files are ignored)."""

@@ -23,9 +23,11 @@ from masklam.files import atomic_path, read_json, write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-FORMAT = 1
-"""the format of the directories this masklam writes (config.json's `masklam_format`, beside `masklam_version`);
-raise it when a change makes older masklam versions misread them. A config.json without one is format 1."""
+FORMAT = 2
+"""the newest format of the directories this masklam writes (config.json's `masklam_format`, beside
+`masklam_version`); raise it when a change makes older masklam versions misread them. A config.json without one is
+format 1; a network writes the oldest format that holds it (`pretrained_format`), so older masklam versions still
+read what they can. 2: LAMs with the authors' options (init, pixels, FDM width, decoder, IDM window)."""
 READS = range(1, FORMAT + 1)
 """the formats this masklam reads"""
 
@@ -45,6 +47,10 @@ class Pretrained(ModelHubMixin, library_name="masklam", tags=["masklam", "latent
     def pretrained_config(self) -> dict[str, Any]:
         """The JSON-able config that `from_config` rebuilds this network from."""
         raise NotImplementedError
+
+    def pretrained_format(self) -> int:
+        """The oldest directory format that holds this network (see FORMAT)."""
+        return 1
 
     @classmethod
     def from_config(cls: type[T], config: dict[str, Any]) -> T:
@@ -81,7 +87,7 @@ class Pretrained(ModelHubMixin, library_name="masklam", tags=["masklam", "latent
             config = {**(extra_config or {}), self.config_key: own}
         from masklam import __version__
 
-        write_json(d / CONFIG, {**config, "masklam_format": FORMAT, "masklam_version": __version__})
+        write_json(d / CONFIG, {**config, "masklam_format": self.pretrained_format(), "masklam_version": __version__})
 
     @classmethod
     def read_config(cls, directory: str | Path) -> dict[str, Any]:

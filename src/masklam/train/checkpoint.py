@@ -38,15 +38,22 @@ def load_train_state(run_dir: Path, device: torch.device) -> dict[str, Any] | No
         raise MasklamError(f"cannot read {path} ({str(e).splitlines()[0]}); delete it to start over") from None
 
 
-def check_resumable(run_dir: Path, new_config: dict[str, Any], allowed_changes: frozenset[str]) -> None:
-    """MasklamError if `run_dir` holds a run whose config differs from `new_config` (other than allowed fields)."""
+def check_resumable(run_dir: Path, new_config: dict[str, Any], allowed_changes: frozenset[str],
+                    defaults: dict[str, Any] | None = None) -> None:
+    """MasklamError if `run_dir` holds a run whose config differs from `new_config` (other than allowed fields).
+
+    A field the old config.json lacks is compared with its value in `defaults` (fields a config records only when
+    they differ from their default), else not at all (a field newer than the run)."""
     path = run_dir / "config.json"
     if not path.is_file():
         return
     old = read_json(path)
-    for key, value in new_config.items():
-        if key in allowed_changes or key not in old:
+    defaults = defaults or {}
+    for key in [*new_config, *(k for k in defaults if k in old and k not in new_config)]:
+        if key in allowed_changes or (key not in old and key not in defaults):
             continue
-        if json.loads(json.dumps(value, default=str)) != old[key]:
-            raise MasklamError(f"{run_dir} holds a run with {key}={old[key]!r}, not {value!r}; "
+        value = new_config[key] if key in new_config else defaults[key]
+        was = old[key] if key in old else defaults[key]
+        if json.loads(json.dumps(value, default=str)) != json.loads(json.dumps(was, default=str)):
+            raise MasklamError(f"{run_dir} holds a run with {key}={was!r}, not {value!r}; "
                                "use the same arguments to resume, or another --out")

@@ -95,7 +95,9 @@ _METHOD_GROUPS = {PIXEL: "pixel LAMs (lapo, masklam)", LAOM: "LAOM (laom, laom-s
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
                                "wandb_project", "probe_batch_size", "progress", "threads",
                                # the probe runs after training: changing it never invalidates the weights
-                               "probe_ridge", "probe_max_trajs"})
+                               "probe_ridge", "probe_max_trajs",
+                               # where each value came from (an option given again explicitly changes nothing)
+                               "origins"})
 
 
 def options_for(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:

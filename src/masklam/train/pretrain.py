@@ -30,7 +30,7 @@ from masklam.files import read_json, write_json
 from masklam.locks import output_lock
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, load_train_state, save_checkpoint
-from masklam.train.config import RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig
+from masklam.train.config import FIELD_DEFAULTS, RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
 from masklam.train.precision import autocast, bf16_active
@@ -216,7 +216,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
                                 cfg.frame_stack, cfg.max_offset)
     total = cfg.total_updates(sampler.num_windows)
     config = cfg.to_dict()
-    check_resumable(cfg.out, config, RESUMABLE_CHANGES)
+    check_resumable(cfg.out, config, RESUMABLE_CHANGES, FIELD_DEFAULTS)
     config = {**config, "total_steps": total, "num_train_windows": sampler.num_windows,
               "train_trajectories": train_ids.tolist(), "heldout_trajectories": held_ids.tolist()}
     if ctx.enabled:
