@@ -55,7 +55,10 @@ def test_toy_quickstart_end_to_end(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert "<img" in page and "masklam" in page
     assert "MaskLAM vs LAPO" in res["table"] and (out / "table.txt").read_text().strip() == res["table"]
-    capsys.readouterr()
+    from masklam.quickstart import SCALE_CURVE
+
+    printed = capsys.readouterr().out
+    assert printed.index(SCALE_CURVE) > printed.index(res["table"].splitlines()[0])  # the curve's line under the table
     run(QuickstartConfig(preset="toy", out=out, progress=False))  # everything cached
     assert "running" not in capsys.readouterr().out
 
