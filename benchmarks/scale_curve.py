@@ -33,6 +33,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lapo-authors": {"method": "lapo", "pretrain": {"recipe": "authors"}, **AUTHORS_DOWNSTREAM},
     "masklam-authors": {"method": "masklam", "pretrain": {"recipe": "authors"}, **AUTHORS_DOWNSTREAM},
     "masklam-mask-target": {"method": "masklam", "pretrain": {"mask_target": True}},
+    # the authors' LAMs under the quickstart's downstream (latent BC on standardised targets, Adam; our decoder):
+    # separates what their pretraining does from what their latent BC and decoder do to the return
+    "lapo-authors-lam": {"method": "lapo", "pretrain": {"recipe": "authors"}},
+    "masklam-authors-lam": {"method": "masklam", "pretrain": {"recipe": "authors"}},
     "lapo": {"method": "lapo", "pretrain": {}},
     "lapo-clean": {"method": "lapo-clean", "pretrain": {}},
 }
