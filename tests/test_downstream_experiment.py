@@ -16,7 +16,6 @@ from masklam.downstream import cache
 from masklam.downstream import results, stages
 from masklam.downstream.results import RESULT_COLUMNS as COLUMNS
 from masklam.errors import MasklamError
-from test_downstream_policy import write_toy
 
 torch.set_num_threads(1)
 
@@ -197,7 +196,7 @@ def _independent_return(policy_dir: Path, episodes: int) -> float:
     return total / episodes
 
 
-def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_tiny_end_to_end(write_toy, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     toy = write_toy(tmp_path / "toy.h5", n_traj=5, length=16)
     clean = write_toy(tmp_path / "clean.h5", n_traj=5, length=16, seed=1)
     conf = {

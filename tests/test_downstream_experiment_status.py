@@ -17,7 +17,6 @@ from masklam.downstream import cache
 from masklam.downstream.plan import PlannedStage, StagePlan, format_plan, is_pending, plan_stages
 from masklam.downstream import stages
 from masklam.errors import MasklamError
-from test_downstream_policy import write_toy
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +106,7 @@ def test_config_by_name_or_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 # --- status: a dry run ---------------------------------------------------------------------------------------
-def _toy_config(tmp_path: Path) -> dict:
+def _toy_config(tmp_path: Path, write_toy) -> dict:
     toy = write_toy(tmp_path / "toy.h5", n_traj=5, length=16)
     return {
         "out": str(tmp_path / "run"), "tasks": ["toy-bright"], "methods": ["lapo", "bc"],
@@ -134,8 +133,8 @@ def _counts(plan: StagePlan) -> dict[str, tuple[int, int]]:
     return out
 
 
-def test_status_before_and_after_running(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    conf = _toy_config(tmp_path)
+def test_status_before_and_after_running(write_toy, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    conf = _toy_config(tmp_path, write_toy)
     cfg = ex.ExperimentConfig(**conf)
     run = tmp_path / "run"
     # before: every stage pending, nothing written; stages after a pending one have no key yet
@@ -270,9 +269,9 @@ def test_a_stage_naming_a_pending_stage_waits_on_it(tmp_path: Path) -> None:
         ("collect", False), ("pretrain", True), ("bc", True), ("bc", False), ("bc", False)]
 
 
-def test_status_of_a_sweep_that_collects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_status_of_a_sweep_that_collects(write_toy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture) -> None:
-    conf = _toy_config(tmp_path)
+    conf = _toy_config(tmp_path, write_toy)
     conf["data"] = {"toy-bright": {"collect": {"episodes": 2, "steps": 8, "policy": "random"}}}
     monkeypatch.chdir(tmp_path)
     conf["out"] = "run"

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from masklam.data import Trajectory, write_trajectory
 from masklam.downstream import bc as bc_mod
 from masklam.downstream.agent import LatentAgent, load_policy
 from masklam.downstream.bc import BCConfig, train_bc
@@ -21,31 +19,8 @@ from masklam.errors import MasklamError
 torch.set_num_threads(1)
 
 
-def write_toy(path: Path, n_traj: int = 6, length: int = 20, hw: int = 16, seed: int = 0) -> Path:
-    """Frames of uniform brightness b_t (channel 0); a_t = ((b_{t+1} - b_t) / 175, 2 b_t / 255 - 1).
-
-    Action 0 is an inverse-dynamics quantity, action 1 is readable from o_t alone.
-    """
-    rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        f.attrs.update({"domain_name": "toy", "task_name": "bright", "img_hw": [hw, hw], "distractors": "none",
-                        "action_repeat": 1})
-        for i in range(n_traj):
-            b = rng.uniform(40, 215, size=length + 1)
-            obs = np.zeros((length, hw, hw, 3), np.uint8)
-            obs[..., 0] = b[:length, None, None].astype(np.uint8)
-            obs[..., 1] = rng.integers(0, 30, size=(length, hw, hw))
-            b_int = obs[:, 0, 0, 0].astype(np.float32)
-            nxt = np.append(b_int[1:], b[length]).astype(np.float32)
-            actions = np.stack([(nxt - b_int) / 175, 2 * b_int / 255 - 1], axis=1).astype(np.float32)
-            traj = Trajectory(obs, rng.normal(size=(length, 3)).astype(np.float32), actions,
-                              np.zeros(length, np.float32), obs[..., 0] > 100)
-            write_trajectory(f, str(i), traj)
-    return path
-
-
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def toy(write_toy, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_toy(tmp_path_factory.mktemp("toy") / "toy.h5")
 
 

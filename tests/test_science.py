@@ -114,8 +114,7 @@ def test_authors_recipe_sets_what_the_authors_code_sets(tmp_path):
         PretrainConfig(method="laom", data=(tmp_path / "x.h5",), out=tmp_path, mask_channel=True)
 
 
-def test_training_offsets_are_drawn_in_range_and_the_fdm_target_stays_at_t_plus_1(tmp_path):
-    from test_train_pretrain import write_synthetic_dataset
+def test_training_offsets_are_drawn_in_range_and_the_fdm_target_stays_at_t_plus_1(write_synthetic_dataset, tmp_path):
 
     data = load_dataset(write_synthetic_dataset(tmp_path / "d.h5", n_traj=4, length=24), mask_key="masks")
     sampler = WindowSampler(data, frame_stack=3, max_offset=9, need_masks=True)
@@ -125,9 +124,7 @@ def test_training_offsets_are_drawn_in_range_and_the_fdm_target_stays_at_t_plus_
     np.testing.assert_array_equal(b["obs_tk"][:, -1], data.obs[b["index"] + b["k"]])
 
 
-def test_pretrain_probe_and_latent_bc_run_with_a_mask_channel_lam(tmp_path):
-    from test_train_pretrain import small_cfg, write_synthetic_dataset
-
+def test_pretrain_probe_and_latent_bc_run_with_a_mask_channel_lam(small_cfg, write_synthetic_dataset, tmp_path):
     from masklam.downstream.bc import BCConfig, train_bc
     from masklam.train.pretrain import pretrain
 
@@ -197,10 +194,9 @@ class NoiseLAM(torch.nn.Module):
         return torch.randn(len(windows["index"]), self.latent_dim, generator=g)
 
 
-def test_a_latent_without_information_probes_at_about_one(tmp_path):
+def test_a_latent_without_information_probes_at_about_one(write_synthetic_dataset, tmp_path):
     """4 x 60-frame trajectories and a 64-dim noise latent: a barely regularised fit reaches NMSE >> 1 on
     held-out data; the cross-validated ridge brings it back to ~1 (predicting the mean)."""
-    from test_train_pretrain import write_synthetic_dataset
 
     data = load_dataset(write_synthetic_dataset(tmp_path / "d.h5", n_traj=5, length=60))
     train, held = np.arange(4), np.array([4])
@@ -224,12 +220,11 @@ def test_cross_validation_keeps_a_small_ridge_for_an_informative_latent():
 
 
 # --- end to end: LAM -> latent BC -> decoder -----------------------------------------------------------------
-def write_policy_dataset(path: Path, n_traj: int = 12, length: int = 40, seed: int = 0) -> Path:
+def write_policy_dataset(path: Path, render, n_traj: int = 12, length: int = 40, seed: int = 0) -> Path:
     """A white square moving by 3 px per unit of a random action, on still stripes; the action is also shown
     in o_t (the brightness of two bars at the top, one per dimension), as an expert's intent would be: the
     action is readable from (o_t, o_{t+1}) by an IDM and predictable from o_t by a policy."""
-    from test_train_pretrain import SIDE, render
-
+    SIDE = render.side
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
         f.attrs.update(domain_name="synthetic", task_name="policy", img_hw=HW, split="train", distractors="stripes",
@@ -254,17 +249,15 @@ def write_policy_dataset(path: Path, n_traj: int = 12, length: int = 40, seed: i
 
 
 @pytest.mark.slow
-def test_lam_latent_bc_and_decoder_recover_actions_end_to_end(tmp_path):
+def test_lam_latent_bc_and_decoder_recover_actions_end_to_end(render_square, small_cfg, tmp_path):
     """The decoder's held-out NMSE of decoder(policy(o_t)) vs a_t is far below 1; a decoder that saw a constant
     input (no information from the policy) would score ~1."""
-    from test_train_pretrain import small_cfg
-
     from masklam.downstream.bc import BCConfig, train_bc
     from masklam.downstream.decode import DecodeConfig, train_decoder
     from masklam.downstream.decoder import fit_decoder
     from masklam.train.pretrain import pretrain
 
-    data = write_policy_dataset(tmp_path / "d.h5")
+    data = write_policy_dataset(tmp_path / "d.h5", render_square)
     lam_metrics = pretrain(small_cfg("masklam", data, tmp_path / "lam", updates=200, batch_size=32, latent_dim=8,
                                      lr=1e-3, log_every=100, ckpt_every=200, recon_samples=0, heldout=0.2, bf16=False))
     assert lam_metrics["probe_nmse"] < 0.8  # measured 0.67

@@ -23,7 +23,6 @@ from masklam.train.distributed import DistContext, wrap_ddp
 
 from masklam.train.pretrain import StepBatches, _build_model, per_rank_sizes, to_device
 from masklam.train.schedule import lr_factor
-from test_train_pretrain import write_synthetic_dataset
 
 torch.set_num_threads(1)
 
@@ -64,7 +63,7 @@ torch.save(held["model"].state_dict(), cfg.out / f"rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
-def tiny_h5(tmp_path_factory) -> Path:
+def tiny_h5(write_synthetic_dataset, tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "tiny.h5")
 
 

@@ -21,68 +21,9 @@ from masklam.train.pretrain import pretrain
 
 torch.set_num_threads(1)
 
-SIDE = 8
-
-
-def render(pos: np.ndarray, phase: float, H: int) -> tuple[np.ndarray, np.ndarray]:
-    """One (H, H, 3) uint8 frame and its (H, H) agent mask: stripes moving with `phase`, a white square."""
-    yy, xx = np.mgrid[0:H, 0:H]
-    stripes = (np.sin((xx + yy) / 4.0 + phase) > 0)
-    frame = np.zeros((H, H, 3), np.uint8)
-    frame[..., 0] = 60 + 120 * stripes
-    frame[..., 2] = 180 - 120 * stripes
-    y, x = int(round(pos[0])), int(round(pos[1]))
-    mask = np.zeros((H, H), bool)
-    mask[y:y + SIDE, x:x + SIDE] = True
-    frame[mask] = (255, 255, 255)
-    return frame, mask
-
-
-def write_synthetic_dataset(path: str | Path, n_traj: int = 8, length: int = 24, seed: int = 0, H: int = 32) -> Path:
-    """A dataset in masklam's HDF5 layout: actions move the agent by 3 px per unit per frame."""
-    rng = np.random.default_rng(seed)
-    path = Path(path)
-    with h5py.File(path, "w") as f:
-        f.attrs.update(domain_name="synthetic", task_name="square", img_hw=H, split="train",
-                       distractors="stripes", seed=seed, version=1, action_repeat=1)
-        for i in range(n_traj):
-            pos = rng.uniform(H / 4, 3 * H / 4 - SIDE, size=2)
-            phase = rng.uniform(0, 6.28)
-            obs, masks, states, actions = [], [], [], []
-            for _ in range(length):
-                frame, mask = render(pos, phase, H)
-                action = np.clip(rng.uniform(-1, 1, size=2) - 0.05 * (pos - (H - SIDE) / 2), -1, 1)
-                obs.append(frame), masks.append(mask), actions.append(action)
-                states.append(np.concatenate([pos / H, [np.sin(phase), np.cos(phase)]]))
-                pos = np.clip(pos + 2.0 * action, 0, H - SIDE)
-                phase += 0.4
-            g = f.create_group(str(i))
-            g["obs"] = np.stack(obs)
-            g["masks"] = np.stack(masks)
-            g["states"] = np.asarray(states, np.float32)
-            g["actions"] = np.asarray(actions, np.float32)
-            g["rewards"] = np.zeros(length, np.float32)
-            g.attrs["traj_return"] = 0.0
-    return path
-
-
 @pytest.fixture(scope="module")
-def tiny_h5(tmp_path_factory) -> Path:
+def tiny_h5(write_synthetic_dataset, tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "tiny.h5")
-
-
-def small_cfg(method: str, data: Path, out: Path, **kw) -> PretrainConfig:
-    base = dict(updates=4, batch_size=8, latent_dim=16, log_every=2, ckpt_every=2, tensorboard=False,
-                progress=False, probe_batch_size=64)
-    if method in ("lapo", "masklam"):
-        base.update(recon_samples=4)
-    else:
-        base.update(head_dim=32, head_blocks=1)
-    base.update(kw)
-    if method == "laom-sup":
-        base.setdefault("labels", 2)
-        base.setdefault("labels_batch_size", 4)
-    return PretrainConfig(method=method, data=(data,), out=out, **base)
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -90,7 +31,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["lapo", "masklam", "laom", "laom-sup"])
-def test_pretrain_writes_run_directory(method, tiny_h5, tmp_path):
+def test_pretrain_writes_run_directory(small_cfg, method, tiny_h5, tmp_path):
     metrics = pretrain(small_cfg(method, tiny_h5, tmp_path / method))
     run = tmp_path / method
     saved = json.loads((run / "metrics.json").read_text())
@@ -109,7 +50,7 @@ def test_pretrain_writes_run_directory(method, tiny_h5, tmp_path):
     assert lam.frame_stack == (3 if method.startswith("laom") else 1) and lam.latent_dim == 16
 
 
-def test_resume_matches_uninterrupted_run(tiny_h5, tmp_path):
+def test_resume_matches_uninterrupted_run(small_cfg, tiny_h5, tmp_path):
     straight = small_cfg("laom", tiny_h5, tmp_path / "a", updates=6, ckpt_every=3)
     pretrain(straight)
     resumed = small_cfg("laom", tiny_h5, tmp_path / "b", updates=6, ckpt_every=3)
@@ -124,7 +65,7 @@ def test_resume_matches_uninterrupted_run(tiny_h5, tmp_path):
     assert again["probe_nmse"] == json.loads((tmp_path / "b" / "metrics.json").read_text())["probe_nmse"]
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_over(tiny_h5, tmp_path):
+def test_a_run_killed_before_its_first_checkpoint_starts_over(small_cfg, tiny_h5, tmp_path):
     """Killed after config.json was written, before any checkpoint: no "model" entry yet, no train_state.pt."""
     cfg = small_cfg("lapo", tiny_h5, tmp_path, updates=4, ckpt_every=2)
     pretrain(cfg, until=2)
@@ -137,13 +78,13 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(tiny_h5, tmp_path)
     assert "model" in json.loads((tmp_path / "config.json").read_text())
 
 
-def test_resume_refuses_a_different_config(tiny_h5, tmp_path):
+def test_resume_refuses_a_different_config(small_cfg, tiny_h5, tmp_path):
     pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2), until=1)
     with pytest.raises(MasklamError, match="lr"):
         pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2, lr=1e-2))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_h5, tmp_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_cfg, tiny_h5, tmp_path, monkeypatch):
     from masklam.models.lam import PixelLAM
 
     real = PixelLAM.lam_loss
@@ -162,7 +103,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_h5, tmp_path, monkey
     assert all(torch.isfinite(v).all() for v in weights(tmp_path).values())
 
 
-def test_bad_inputs_are_one_line_errors(tiny_h5, tmp_path):
+def test_bad_inputs_are_one_line_errors(small_cfg, write_synthetic_dataset, tiny_h5, tmp_path):
     with pytest.raises(MasklamError, match="--labels"):
         small_cfg("laom-sup", tiny_h5, tmp_path, labels=0)
     with pytest.raises(MasklamError, match="mask_lambda"):
@@ -205,7 +146,7 @@ def test_cli_pretrain_then_probe(tiny_h5, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_masklam_learns_the_action_better_than_chance(tmp_path):
+def test_masklam_learns_the_action_better_than_chance(small_cfg, write_synthetic_dataset, tmp_path):
     """150 steps on the synthetic task: the held-out probe clearly beats predicting the mean (measured ~0.62)."""
     data = write_synthetic_dataset(tmp_path / "d.h5", n_traj=10, length=40)
     metrics = pretrain(small_cfg("masklam", data, tmp_path / "r", updates=150, batch_size=16, latent_dim=32,

@@ -93,9 +93,7 @@ class SyntheticLAM(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def probe_data(tmp_path_factory):
-    from test_train_pretrain import write_synthetic_dataset
-
+def probe_data(write_synthetic_dataset, tmp_path_factory):
     from masklam.data import load_dataset
 
     return load_dataset(write_synthetic_dataset(tmp_path_factory.mktemp("probe") / "d.h5", n_traj=6, length=40))
