@@ -189,9 +189,11 @@ def _env_names() -> set[str]:
     from masklam.envs import make
     from masklam.envs.distractors import DistractorConfig
 
+    from masklam.envs.scene import SceneOptions
+
     params = inspect.signature(make).parameters
-    named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and n != "task"}
-    return named | _field_names(DistractorConfig) | {"factory", "mask", "terminate_on_success", "render_mode"}
+    named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in ("task", "options")}
+    return named | _field_names(SceneOptions) | _field_names(DistractorConfig) | {"factory", "mask", "terminate_on_success"}
 
 
 def _check_keys(table: str, given: Any, known: set[str]) -> None:
@@ -265,9 +267,11 @@ def _env_types() -> dict[str, Any]:
 
     from masklam.envs import make
     from masklam.envs.distractors import DistractorConfig
+    from masklam.envs.scene import SceneOptions
     from masklam.typecheck import field_types
 
-    return {**field_types(DistractorConfig), **typing.get_type_hints(make)}
+    hints = {k: v for k, v in typing.get_type_hints(make).items() if k not in ("options", "kwargs", "return")}
+    return {**field_types(DistractorConfig), **field_types(SceneOptions), **hints}
 
 
 def shipped_configs() -> dict[str, Path]:

@@ -14,7 +14,7 @@ import gymnasium as gym
 from masklam.envs import metaworld as _mw
 from masklam.envs.distractors import PRESETS, DistractorConfig, make_config
 from masklam.envs.metaworld import DistractingMetaWorldEnv
-from masklam.envs.scene import DistractedScene
+from masklam.envs.scene import SCENE_FIELDS, DistractedScene, SceneOptions
 from masklam.envs.state import flatten_state
 from masklam.envs.suite import DistractingControlEnv
 from masklam.envs.suite import dmc_domain_task
@@ -46,56 +46,27 @@ def parse_task(task: str) -> tuple[str, str]:
     return dmc_domain_task(task)
 
 
-def make(
-    task: str,
-    distractors: str | DistractorConfig = "laom",
-    video_split: str = "train",
-    img_size: int = 64,
-    action_repeat: int = 1,
-    background_path: str | None = None,
-    shadows: bool = True,
-    reflections: bool = True,
-    max_episode_steps: int | None = None,
-    camera_id: int | str | None = None,
-    multisample: bool = True,
-    **overrides: object,
-) -> DistractedScene:
-    """A distracted dm_control or Meta-World ('mw-*') task; `overrides` set `DistractorConfig` fields of the preset.
+def make(task: str, distractors: str | DistractorConfig = "laom", options: SceneOptions | None = None,
+         **kwargs: object) -> DistractedScene:
+    """A distracted dm_control or Meta-World ('mw-*') task.
 
-    video_split: "train" (60 procedural / DAVIS train videos) or "eval" (30 held-out videos);
-    background_path: a DAVIS-2017 root (JPEGImages/480p/<video>/*.jpg) or any folder of <video>/*.jpg folders
-    instead of procedural videos (train/eval split: `masklam.envs.videos.video_split_names`);
-    shadows/reflections/multisample: renderer flags (all off renders ~3-5x faster in the control suite and
-    ~10x faster in Meta-World's scene, but looks different);
-    Meta-World only: camera_id may be a camera name (default "corner"), `mask="moving"` masks only the
-    robot's moving parts, `terminate_on_success=True` ends an episode on success.
+    `options` (or its fields as keyword arguments: video_split, img_size, action_repeat, background_path, shadows,
+    reflections, camera_id, max_episode_steps, render_mode, multisample; `SceneOptions`) say how it is rendered
+    and stepped (shadows, reflections and multisampling off render ~3-5x faster in the control suite and ~10x in
+    Meta-World's scene, but look different); the other keyword arguments set `DistractorConfig` fields of the
+    preset, and on Meta-World `mask="moving"` masks only the robot's moving parts and `terminate_on_success=True`
+    ends an episode on success (camera_id may be a camera name there, default "corner").
     """
-    if video_split not in ("train", "eval"):
-        raise MasklamError(f"unknown video_split {video_split!r}; one of: train, eval")
-    render_mode = overrides.pop("render_mode", "rgb_array")
+    scene = {k: kwargs.pop(k) for k in list(kwargs) if k in SCENE_FIELDS}
+    options = SceneOptions.of(options, **scene)
     extra = {}
     if suite_of(task) == "metaworld":
         _mw.mw_env_name(task)  # a bad name fails before Meta-World is imported
-        extra = {k: overrides.pop(k) for k in ("mask", "terminate_on_success") if k in overrides}
+        extra = {k: kwargs.pop(k) for k in ("mask", "terminate_on_success") if k in kwargs}
         cls = _mw.DistractingMetaWorldEnv
     else:
         cls = DistractingControlEnv
-    cfg = make_config(distractors, **overrides)
-    return cls(
-        task,
-        cfg,
-        video_split=video_split,
-        img_size=img_size,
-        action_repeat=action_repeat,
-        background_path=background_path,
-        shadows=shadows,
-        reflections=reflections,
-        camera_id=camera_id,
-        max_episode_steps=max_episode_steps,
-        render_mode=render_mode,
-        multisample=multisample,
-        **extra,
-    )
+    return cls(task, make_config(distractors, **kwargs), options, **extra)
 
 
 def _register_all() -> None:

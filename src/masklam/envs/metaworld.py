@@ -26,7 +26,7 @@ import mujoco
 import numpy as np
 
 from masklam.envs.distractors import DistractorConfig
-from masklam.envs.scene import DistractedScene, check_common, set_floor_alpha
+from masklam.envs.scene import DistractedScene, SceneOptions, set_floor_alpha
 from masklam.errors import MasklamError
 
 MT10: tuple[str, ...] = ("reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close",
@@ -180,49 +180,36 @@ class DistractingMetaWorldEnv(DistractedScene):
 
     suite = "metaworld"
 
-    def __init__(
-        self,
-        task: str,
-        distractors: DistractorConfig,
-        video_split: str = "train",
-        img_size: int = 64,
-        action_repeat: int = 1,
-        background_path: str | None = None,
-        shadows: bool = True,
-        reflections: bool = True,
-        camera_id: int | str | None = None,
-        max_episode_steps: int | None = None,
-        render_mode: str | None = "rgb_array",
-        multisample: bool = True,
-        mask: str = "robot",
-        terminate_on_success: bool = False,
-    ):
+    def __init__(self, task: str, distractors: DistractorConfig, options: SceneOptions | None = None,
+                 mask: str = "robot", terminate_on_success: bool = False, **fields: Any):
+        """`options` (or its fields as keyword arguments: img_size, camera_id, ...; `SceneOptions`); `mask`:
+        "robot" or "moving" (its moving parts only); `terminate_on_success`: end an episode on success."""
+        o = SceneOptions.of(options, **fields)
         mw_env_name(task)
-        check_common(img_size, action_repeat, max_episode_steps)
         if mask not in MASKS:
             raise MasklamError(f"unknown mask {mask!r}; one of: {', '.join(MASKS)}")
-        self.task, self.video_split = task, video_split
-        self.action_repeat, self.render_mode = action_repeat, render_mode
+        self.task, self.video_split = task, o.video_split
+        self.action_repeat, self.render_mode = o.action_repeat, o.render_mode
         self.terminate_on_success = bool(terminate_on_success)
         cfg = distractors
         in_scene = cfg.background and not cfg.composite
         self._mw = load_metaworld(task, cfg.background_size if in_scene else None)
-        self.max_episode_steps = max_episode_steps or max(MAX_PATH_LENGTH // action_repeat, 1)
+        self.max_episode_steps = o.max_episode_steps or max(MAX_PATH_LENGTH // o.action_repeat, 1)
 
         m = self._mw.model
-        camera = camera_index(m, camera_id)
+        camera = camera_index(m, o.camera_id)
         if mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_CAMERA, camera) in UPSIDE_DOWN_CAMERAS:
             turn_camera(m, camera)
             mujoco.mj_forward(m, self._mw.data)
-        if not multisample:
+        if not o.multisample:
             m.vis.quality.offsamples = 0
         if cfg.ground_plane_alpha is not None:
             set_floor_alpha(m, cfg.ground_plane_alpha)
-        self._init_scene(m, self._mw.data, cfg, video_split, background_path, img_size, camera,
-                         robot_geoms(m, mask), shadows, reflections, background_geoms=scenery_geoms(m))
+        self._init_scene(m, self._mw.data, cfg, o.video_split, o.background_path, o.img_size, camera,
+                         robot_geoms(m, mask), o.shadows, o.reflections, background_geoms=scenery_geoms(m))
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-        self.observation_space = gym.spaces.Box(0, 255, (img_size, img_size, 3), np.uint8)
+        self.observation_space = gym.spaces.Box(0, 255, (o.img_size, o.img_size, 3), np.uint8)
         self.state_dim = int(self._mw.sawyer_observation_space.shape[0])  # 39
         self._rng: np.random.Generator | None = None
         self._t = 0

@@ -13,7 +13,10 @@ with the RGB frame pixel for pixel.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import mujoco
@@ -23,6 +26,40 @@ from masklam.envs.distractors import BackgroundPlayer, CameraShake, ColorShift, 
 from masklam.envs.render import SceneRenderer
 from masklam.envs.videos import load_videos
 from masklam.errors import MasklamError
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """How a distracted task is rendered and stepped: what every task's constructor and `masklam.envs.make` share.
+
+    video_split: "train" (60 procedural / DAVIS train videos) or "eval" (30 held-out videos); background_path: a
+    DAVIS-2017 root or any folder of <video>/*.jpg folders instead of the procedural videos; shadows, reflections,
+    multisample: renderer flags; camera_id: the camera (an index, or a name in Meta-World)."""
+
+    video_split: str = "train"
+    img_size: int = 64
+    action_repeat: int = 1
+    background_path: str | None = None
+    shadows: bool = True
+    reflections: bool = True
+    camera_id: int | str | None = None
+    max_episode_steps: int | None = None
+    render_mode: str | None = "rgb_array"
+    multisample: bool = True
+
+    @classmethod
+    def of(cls, options: "SceneOptions | None" = None, **fields: Any) -> "SceneOptions":
+        """`options` (default: the defaults) with `fields` replaced; a field it does not have is a TypeError, as an
+        unknown keyword argument is; the values are checked (one-line MasklamError)."""
+        o = dataclasses.replace(options or cls(), **fields)
+        if o.video_split not in ("train", "eval"):
+            raise MasklamError(f"unknown video_split {o.video_split!r}; one of: train, eval")
+        check_common(o.img_size, o.action_repeat, o.max_episode_steps)
+        return o
+
+
+SCENE_FIELDS = frozenset(f.name for f in dataclasses.fields(SceneOptions))
+"""the keyword arguments that are SceneOptions fields"""
 
 
 def check_common(img_size: object, action_repeat: object, max_episode_steps: object) -> None:

@@ -13,13 +13,14 @@ import contextlib
 import re
 import threading
 import time
+from typing import Any
 from collections.abc import Iterator
 
 import gymnasium as gym
 import numpy as np
 
 from masklam.envs.distractors import DistractorConfig
-from masklam.envs.scene import DistractedScene, check_common, set_floor_alpha
+from masklam.envs.scene import DistractedScene, SceneOptions, set_floor_alpha
 from masklam.envs.state import flatten_state
 from masklam.errors import MasklamError
 
@@ -112,31 +113,19 @@ class DistractingControlEnv(DistractedScene):
 
     suite = "dmc"
 
-    def __init__(
-        self,
-        task: str,
-        distractors: DistractorConfig,
-        video_split: str = "train",
-        img_size: int = 64,
-        action_repeat: int = 1,
-        background_path: str | None = None,
-        shadows: bool = True,
-        reflections: bool = True,
-        camera_id: int | None = None,
-        max_episode_steps: int | None = None,
-        render_mode: str | None = "rgb_array",
-        multisample: bool = True,
-    ):
+    def __init__(self, task: str, distractors: DistractorConfig, options: SceneOptions | None = None,
+                 **fields: Any):
+        """`options` (or its fields as keyword arguments: img_size, video_split, ...; `SceneOptions`)."""
+        o = SceneOptions.of(options, **fields)
         domain, _ = dmc_domain_task(task)
-        check_common(img_size, action_repeat, max_episode_steps)
-        self.task, self.video_split = task, video_split
-        self.action_repeat, self.render_mode = action_repeat, render_mode
-        self._load_task(distractors, max_episode_steps)
+        self.task, self.video_split = task, o.video_split
+        self.action_repeat, self.render_mode = o.action_repeat, o.render_mode
+        self._load_task(distractors, o.max_episode_steps)
         m = self._dm.physics.model.ptr
-        camera = self._prepare_model(m, domain, distractors, camera_id, multisample)
-        self._init_scene(m, self._dm.physics.data.ptr, distractors, video_split, background_path, img_size, camera,
-                         moving_geoms(m), shadows, reflections)
-        self._init_spaces(img_size)
+        camera = self._prepare_model(m, domain, distractors, o.camera_id, o.multisample)
+        self._init_scene(m, self._dm.physics.data.ptr, distractors, o.video_split, o.background_path, o.img_size,
+                         camera, moving_geoms(m), o.shadows, o.reflections)
+        self._init_spaces(o.img_size)
         self._rng: np.random.Generator | None = None
         self._t = 0
 
