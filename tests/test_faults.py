@@ -592,3 +592,27 @@ def test_a_second_import_of_one_output_is_refused_at_once(tmp_path: Path, capsys
             locks._HELD.update(held)
     assert code == 1 and "is being written by another masklam process" in one_error_line(lines)
     assert not out.exists()
+
+
+def test_a_second_sweep_of_the_same_seeds_is_refused_other_seeds_may_share_the_run_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklam import locks
+    from masklam.downstream import experiment
+    from masklam.quickstart import QuickstartConfig, experiment_config
+
+    ran = []
+    monkeypatch.setattr(experiment, "_run_locked", lambda cfg, render: ran.append(cfg.seeds) or [])
+    exp = experiment_config(QuickstartConfig(preset="toy", out=tmp_path / "run", seeds=(0,), progress=False,
+                                             device="cpu"))
+    with locks.output_lock(tmp_path / "run" / "sweep-seeds-0"):
+        held = dict(locks._HELD)
+        locks._HELD.clear()  # as if another process held it
+        try:
+            with pytest.raises(MasklamError, match="is being written by another masklam process"):
+                experiment.run_experiment(exp)
+            import dataclasses
+
+            experiment.run_experiment(dataclasses.replace(exp, seeds=[1]))  # other seeds: side by side
+        finally:
+            locks._HELD.update(held)
+    assert ran == [[1]]

@@ -417,9 +417,13 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
 
 
 def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str, Any]]:
-    """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts. One sweep per run
-    directory at a time (masklam.locks)."""
-    with output_lock(cfg.out, ", or use another --out"):
+    """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts. One sweep of a set of
+    seeds per run directory at a time (masklam.locks); sweeps over other seeds may share the directory and run
+    side by side, the stages they share each locked by its own writer."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    seeds = "-".join(str(s) for s in cfg.seeds)
+    with output_lock(cfg.out / f"sweep-seeds-{seeds}", ", or use another --out (a sweep over other seeds may share "
+                                                        "it)"):
         return _run_locked(cfg, render)
 
 
