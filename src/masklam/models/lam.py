@@ -416,8 +416,13 @@ class LatentSpaceLAM(LatentActionModel):
 
 
 def build_lam(cfg: LAMConfig) -> LatentActionModel:
-    """The model class for `cfg.method`."""
-    return PixelLAM(cfg) if cfg.method in ("lapo", "masklam") else LatentSpaceLAM(cfg)
+    """The model class for `cfg.method` (data without actions or states: empty probes, built without torch's
+    warning about initialising zero-element tensors)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return PixelLAM(cfg) if cfg.method in ("lapo", "masklam") else LatentSpaceLAM(cfg)
 
 
 def load_lam(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentActionModel:
