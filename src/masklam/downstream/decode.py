@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from masklam.devices import resolve_device
-from masklam.downstream.decoder import DecoderInput, fit_decoder, policy_latents
+from masklam.downstream.decoder import DecoderInput, fit_decoder, policy_latents, transition_features
 from masklam.downstream.policy import ImagePolicy
 from masklam.downstream.targets import check_policy_data
 from masklam.args import parse
@@ -140,7 +140,7 @@ def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, 
 def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) -> dict[str, float]:
     """`train_decoder` for --lam: the decoder maps the LAM's k = 1 latents (raw, as `masklam label` writes them) of
     the labelled trajectories to their actions."""
-    from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
+    from masklam.data import labeled_subset, load_dataset, split_trajectories
     from masklam.downstream.targets import check_lam_data, lam_mask_key, latent_target
 
     check_lam_data(cfg.lam, cfg.data)
@@ -152,14 +152,7 @@ def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) 
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
 
     def latents(ids) -> tuple[torch.Tensor, torch.Tensor]:  # (N, D) latents, (N, A) actions of every transition
-        sampler = WindowSampler(data, ids, frame_stack=frames, max_offset=1, need_masks=mask_key is not None)
-        zs, acts = [], []
-        for b in sampler.all_windows(cfg.batch_size, k=1):
-            zs.append(target_fn(b).float().cpu())
-            acts.append(torch.as_tensor(b["action_t"], dtype=torch.float32))
-        if not zs:
-            raise MasklamError("no labelled transitions to train the decoder on")
-        return torch.cat(zs), torch.cat(acts)
+        return transition_features(data, ids, frames, target_fn, cfg.batch_size, need_masks=mask_key is not None)
 
     return _fit_and_save(cfg, latents, labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed), heldout_ids,
                          device, progress, source=lam_source(cfg.lam))

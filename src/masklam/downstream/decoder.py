@@ -116,12 +116,21 @@ def policy_latents(policy: ImagePolicy, data: Any, traj_ids: np.ndarray, batch_s
                    input: str = "latent") -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen policy's features (`policy_features`: (N, D) predicted latents by default) and the true actions
     (N, A) of every transition of traj_ids."""
+    return transition_features(data, traj_ids, policy.frame_stack,
+                               lambda b: policy_features(policy, b["obs_t"], input), batch_size)
+
+
+@torch.no_grad()
+def transition_features(data: Any, traj_ids: np.ndarray, frames: int, features: Any, batch_size: int = 512,
+                        need_masks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`features(window batch) -> (B, D)` and the true actions (N, A) of every one-step transition of traj_ids
+    (frame stacks of `frames`, with the agent masks when `need_masks`): what a decoder is fitted on."""
     from masklam.data import WindowSampler
 
-    sampler = WindowSampler(data, traj_ids, frame_stack=policy.frame_stack, max_offset=1)
+    sampler = WindowSampler(data, traj_ids, frame_stack=frames, max_offset=1, need_masks=need_masks)
     zs, acts = [], []
     for b in sampler.all_windows(batch_size, k=1):
-        zs.append(policy_features(policy, b["obs_t"], input).cpu())
+        zs.append(features(b).float().cpu())
         acts.append(torch.from_numpy(np.asarray(b["action_t"], np.float32)))
     if not zs:
         raise MasklamError("no labeled transitions to train the decoder on")

@@ -150,7 +150,7 @@ class Sweep:
         """Train the task's and seed's LAMs `pretrain_workers` at a time, one torch thread each, each in its own
         process (CPU only); the sweep then finds them cached. A failed LAM is the error of the first failure."""
         jobs = self.lam_jobs(task, seed)
-        if getattr(self.cfg, "pretrain_workers", 1) < 2 or len(jobs) < 2 or self.dev != "cpu" or dry_run():
+        if self.cfg.pretrain_workers < 2 or len(jobs) < 2 or self.dev != "cpu" or dry_run():
             return
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
