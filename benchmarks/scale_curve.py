@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -79,6 +78,18 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         return []
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+def point_id(r: dict[str, Any]) -> tuple[str, int, int, int]:
+    """What identifies a point: (variant, updates, trajectories, seed)."""
+    return r["variant"], int(r["updates"]), int(r["trajectories"]), int(r["seed"])
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`old` with `new`'s points added (a point in both: `new`'s), in the order met."""
+    merged = {point_id(r): r for r in old}
+    merged.update({point_id(r): r for r in new})
+    return list(merged.values())
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -171,7 +182,7 @@ def main() -> int:
     rows = read_rows(csv_path)
     if args.commit and not rows:  # a new run directory (another session): the committed points are done
         rows = read_rows(args.commit / "curve.csv")
-    done = {(r["variant"], int(r["updates"]), int(r["trajectories"]), int(r["seed"])) for r in rows}
+    done = {point_id(r) for r in rows}
     for updates in args.updates:
         for episodes in args.episodes:
             for seed in args.seeds:
@@ -188,8 +199,10 @@ def main() -> int:
                     if args.commit:
                         commit = args.commit.resolve()
                         commit.mkdir(parents=True, exist_ok=True)
-                        shutil.copy(csv_path, commit / "curve.csv")
-                        shutil.copy(args.out / "curve.png", commit / "curve.png")
+                        # merged with the committed points: curves run in parallel (one per core) add, not overwrite
+                        merged = merge_rows(read_rows(commit / "curve.csv"), rows)
+                        write_rows(commit / "curve.csv", merged)
+                        figure(merged, commit / "curve.png")
                         subprocess.run(["git", "add", "."], cwd=commit, check=False)
                         subprocess.run(["git", "commit", "-q", "-m", f"scale curve: {variant} {updates} updates "
                                         f"{episodes} trajectories seed {seed}", "--", "."], cwd=commit, check=False)
