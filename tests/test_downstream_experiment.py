@@ -307,10 +307,11 @@ def test_lams_trained_in_parallel_processes_are_the_sweeps_lams(tmp_path: Path, 
                               eval={"episodes": 1, "workers": 0})
     rows = run_experiment(exp, render=False)
     out = capsys.readouterr().out
-    assert "training 2 LAMs of cheetah-run seed 0, 2 at a time" in out
+    assert "training 2 LAMs and 1 full-data BCs of cheetah-run seed 0, 2 at a time" in out
     lams = sorted((tmp_path / "qs" / "stages" / "pretrain").glob("*/metrics.json"))
     assert len(lams) == 2
     assert all(json.loads(p.read_text())["torch_threads"] == 1 for p in lams)  # computed in the workers
     # the sweep itself ran no LAM (its stage lines name their method; the workers' do not): each was found cached
     assert not re.search(r"\[pretrain \w+\] running \(", out)
+    assert not re.search(r"\[bc \w+\] running \(cheetah-run seed 0 bc-full\)", out)  # nor the full-data BC
     assert all(r["probe_nmse"] is not None for r in rows if r["method"] in ("lapo", "masklam"))

@@ -105,9 +105,10 @@ class ExperimentConfig:
     progress: bool = True
     """progress bars"""
     pretrain_workers: int = 1
-    """LAMs of a task and seed trained at once, each in its own process with one torch thread (CPU only; 1: one
-    after another in this process). On 2 cores, 2 one-thread LAMs finish sooner than the same LAMs one after
-    another with 2 threads each; a LAM's numbers depend on its thread count (metrics.json: torch_threads)"""
+    """LAMs and full-data BCs of a task and seed trained at once, each in its own process with one torch thread
+    (CPU only; 1: one after another in this process). On 2 cores, one-thread processes finish sooner than the same
+    stages one after another with 2 threads each (docs/quickstart-time.md); a LAM's numbers depend on its thread
+    count (metrics.json: torch_threads)"""
     description: str = ""
     """one line saying what the sweep compares (`masklam experiment --list`); no stage reads it"""
 

@@ -87,14 +87,17 @@ class Sweep:
     def bc(self, kind: str, conf: dict[str, Any]) -> Path:
         return bc_stage(self.root, kind, conf, self.dev, self.prog)
 
+    def normaliser_confs(self, task: str, seed: int) -> list[tuple[str, dict[str, Any]]]:
+        """(data variant, BCConfig fields) of the full-data BC on each data variant the sweep's methods use."""
+        variants = ["train"] + (["clean"] if any(methods.get(m).variant == "clean" for m in self.cfg.methods) else [])
+        return [(v, {**self.bc_opts, **self.cfg.bc_full, "data": self.datasets[task][v], "target": "action",
+                     "seed": seed}) for v in variants]
+
     def normalisers(self, task: str, seed: int) -> None:
         """BC on all data with true actions, on each data variant the sweep's methods use."""
-        variants = ["train"] + (["clean"] if any(methods.get(m).variant == "clean" for m in self.cfg.methods) else [])
-        for variant in variants:
-            data = self.datasets[task][variant]
-            conf = {**self.bc_opts, **self.cfg.bc_full, "data": data, "target": "action", "seed": seed}
+        for variant, conf in self.normaliser_confs(task, seed):
             policy = self.bc("bc", conf)
-            n_all = 0 if dry_run() else _num_train_trajectories(data, float(conf.get("heldout", 0.1)))
+            n_all = 0 if dry_run() else _num_train_trajectories(conf["data"], float(conf.get("heldout", 0.1)))
             self.evaluate_all(_normaliser(variant), task, 0, n_all, seed, None, {"bc": policy}, variant)
 
     def lam_method(self, method: str, task: str, seed: int) -> None:
@@ -147,25 +150,29 @@ class Sweep:
         return jobs
 
     def pretrain_in_parallel(self, task: str, seed: int) -> None:
-        """Train the task's and seed's LAMs `pretrain_workers` at a time, one torch thread each, each in its own
-        process (CPU only); the sweep then finds them cached. A failed LAM is the error of the first failure."""
-        jobs = self.lam_jobs(task, seed)
-        if self.cfg.pretrain_workers < 2 or len(jobs) < 2 or self.dev != "cpu" or dry_run():
+        """Train the task's and seed's LAMs and normalising BCs (the stages that wait on nothing but the data)
+        `pretrain_workers` at a time, one torch thread each, each in its own process (CPU only), LAMs first; the
+        sweep then finds them cached. A failed stage is the error of the first failure."""
+        lams = self.lam_jobs(task, seed)
+        if self.cfg.pretrain_workers < 2 or len(lams) < 2 or self.dev != "cpu" or dry_run():
             return
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-
-        workers = min(self.cfg.pretrain_workers, len(jobs))
-        print(f"training {len(jobs)} LAMs of {task} seed {seed}, {workers} at a time (one thread each)", flush=True)
         from concurrent.futures.process import BrokenProcessPool
 
+        bcs = [conf for _, conf in self.normaliser_confs(task, seed)]
+        workers = min(self.cfg.pretrain_workers, len(lams) + len(bcs))
+        print(f"training {len(lams)} LAMs and {len(bcs)} full-data BCs of {task} seed {seed}, {workers} at a time "
+              "(one thread each)", flush=True)
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
         try:
-            for f in [pool.submit(pretrain_stage, self.root, *job, self.dev, False) for job in jobs]:
-                f.result()  # the first failure ends the pass: the LAMs not started yet are cancelled
+            futures = [pool.submit(pretrain_stage, self.root, *job, self.dev, False) for job in lams]
+            futures += [pool.submit(bc_stage, self.root, "bc", conf, self.dev, False) for conf in bcs]
+            for f in futures:
+                f.result()  # the first failure ends the pass: the stages not started yet are cancelled
         except BrokenProcessPool:
-            raise MasklamRuntimeError(f"a LAM worker of {task} seed {seed} died (killed, or out of memory); "
-                                      "finished LAMs are kept: run the same command again to resume") from None
+            raise MasklamRuntimeError(f"a training worker of {task} seed {seed} died (killed, or out of memory); "
+                                      "finished stages are kept: run the same command again to resume") from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
