@@ -60,8 +60,8 @@ class QuickstartConfig:
     """Run the quickstart: MaskLAM vs LAPO (and the distractor-free upper bound) end to end."""
 
     preset: Literal[PRESETS] = "cpu"  # type: ignore[valid-type]
-    """cpu: under 20 minutes on 2 cores (16.3 measured, bf16 autocast); gpu: one H100 in about 20 minutes (LAMs
-    with pretrain's h100 preset); toy: seconds, for tests."""
+    """cpu: about 20 minutes on 2 cores (20.3 measured on a fresh clone, 2026-12-05); gpu: one H100 in about 20
+    minutes (LAMs with pretrain's h100 preset); toy: seconds, for tests."""
     task: str = "cheetah-run"
     """dm_control task with a shipped expert, or a Meta-World task (mw-push, ...: its scripted expert; collected
     without multisampling too, evaluated on 200-step episodes)."""
