@@ -296,7 +296,7 @@ def test_collect_stage_key_follows_the_expert_weights(tmp_path: Path) -> None:
     assert expert_digest("cheetah-run", str(tmp_path / "missing.safetensors")) is None
 
 
-def test_lams_trained_in_parallel_processes_are_the_sweeps_lams(tmp_path: Path, capsys) -> None:
+def test_lams_trained_in_parallel_processes_are_the_sweeps_lams(tmp_path: Path, capfd) -> None:
     import dataclasses
 
     from masklam.downstream.experiment import run_experiment
@@ -306,8 +306,10 @@ def test_lams_trained_in_parallel_processes_are_the_sweeps_lams(tmp_path: Path, 
     exp = dataclasses.replace(exp, methods=["lapo", "masklam"], pretrain_workers=2, labels=[1], splits=["id"],
                               eval={"episodes": 1, "workers": 0})
     rows = run_experiment(exp, render=False)
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out  # the workers' output too
     assert "training 2 LAMs and 1 full-data BCs of cheetah-run seed 0, 2 at a time" in out
+    for name, kind in (("lapo", "pretrain"), ("masklam", "pretrain"), ("bc-full", "bc")):  # each line says whose
+        assert re.search(rf"^{name}: \[{kind} \w+\] running$", out, re.M), name
     lams = sorted((tmp_path / "qs" / "stages" / "pretrain").glob("*/metrics.json"))
     assert len(lams) == 2
     assert all(json.loads(p.read_text())["torch_threads"] == 1 for p in lams)  # computed in the workers

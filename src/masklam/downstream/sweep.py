@@ -137,22 +137,29 @@ class Sweep:
             policy = self.bc("bc", {**self.bc_opts, "data": data, "target": "idm", "idm": str(idm), "seed": seed})
             self.evaluate_all("idm", task, 0, n, seed, None, {"idm": idm, "bc": policy}, "train")
 
-    def lam_jobs(self, task: str, seed: int) -> list[tuple]:
-        """The distinct pretrain stages of a task and seed, as `pretrain_stage` arguments (no root, device)."""
-        jobs = []
+    def lam_jobs(self, task: str, seed: int) -> list[tuple[tuple, str]]:
+        """The distinct pretrain stages of a task and seed, as `pretrain_stage` arguments (no root, device), each
+        with the methods it serves (e.g. "lapo-clean", "laom-sup 4 labels")."""
+        jobs: list[tuple[tuple, str]] = []
         for method in (m for m in self.cfg.methods if methods.is_kind(m, "lam")):
             spec = methods.get(method)
             for dim in self.cfg.latent_dims:
                 for n in (self.cfg.labels if spec.supervised else [0]):
                     job = (spec.trainer, self.datasets[task][spec.variant], dim, seed, n, self.cfg.pretrain)
-                    if job not in jobs:
-                        jobs.append(job)
+                    name = method + (f" latent {dim}" if len(self.cfg.latent_dims) > 1 else "") + \
+                        (f" {n} labels" if spec.supervised else "")
+                    same = [i for i, (other, _) in enumerate(jobs) if other == job]
+                    if same:  # one LAM serves several methods
+                        jobs[same[0]] = (job, f"{jobs[same[0]][1]}, {name}")
+                    else:
+                        jobs.append((job, name))
         return jobs
 
     def pretrain_in_parallel(self, task: str, seed: int) -> None:
         """Train the task's and seed's LAMs and normalising BCs (the stages that wait on nothing but the data)
         `pretrain_workers` at a time, one torch thread each, each in its own process (CPU only), LAMs first; the
-        sweep then finds them cached. A failed stage is the error of the first failure."""
+        sweep then finds them cached. Each line a worker prints starts with what its stage is for. A failed stage
+        is the error of the first failure."""
         lams = self.lam_jobs(task, seed)
         if self.cfg.pretrain_workers < 2 or len(lams) < 2 or self.dev != "cpu" or dry_run():
             return
@@ -160,14 +167,16 @@ class Sweep:
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        bcs = [conf for _, conf in self.normaliser_confs(task, seed)]
+        bcs = [(_normaliser(variant), conf) for variant, conf in self.normaliser_confs(task, seed)]
         workers = min(self.cfg.pretrain_workers, len(lams) + len(bcs))
         print(f"training {len(lams)} LAMs and {len(bcs)} full-data BCs of {task} seed {seed}, {workers} at a time "
               "(one thread each)", flush=True)
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
         try:
-            futures = [pool.submit(pretrain_stage, self.root, *job, self.dev, False) for job in lams]
-            futures += [pool.submit(bc_stage, self.root, "bc", conf, self.dev, False) for conf in bcs]
+            futures = [pool.submit(_labelled, name, pretrain_stage, self.root, *job, self.dev, False)
+                       for job, name in lams]
+            futures += [pool.submit(_labelled, name, bc_stage, self.root, "bc", conf, self.dev, False)
+                        for name, conf in bcs]
             for f in futures:
                 f.result()  # the first failure ends the pass: the stages not started yet are cancelled
         except BrokenProcessPool:
@@ -199,6 +208,36 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+class _Prefixed:
+    """A text stream that starts every line written to it with `prefix`."""
+
+    def __init__(self, stream: Any, prefix: str) -> None:
+        self.stream, self.prefix, self.at_line_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        for part in text.splitlines(keepends=True):
+            if self.at_line_start and part.strip("\r\n"):
+                self.stream.write(self.prefix)
+            self.stream.write(part)
+            self.at_line_start = part.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _labelled(name: str, fn: Any, *args: Any) -> Any:
+    """fn(*args) in a worker process, each line it prints to stdout starting with "name: "."""
+    import sys
+
+    stdout, sys.stdout = sys.stdout, _Prefixed(sys.stdout, f"{name}: ")
+    try:
+        return fn(*args)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
 
 
 # --- the manifest: which stages each row came from -----------------------------------------------------------
