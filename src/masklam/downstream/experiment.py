@@ -105,8 +105,8 @@ class ExperimentConfig:
     progress: bool = True
     """progress bars"""
     pretrain_workers: int = 1
-    """LAMs and full-data BCs of a task and seed trained at once, each in its own process with one torch thread
-    (CPU only; 1: one after another in this process). On 2 cores, one-thread processes finish sooner than the same
+    """LAMs and full-data BCs of a task and seed trained at once, each in its own process with its share of the
+    cores as torch threads (CPU only; 1: one after another in this process). On 2 cores, one-thread processes finish sooner than the same
     stages one after another with 2 threads each (docs/quickstart-time.md); a LAM's numbers depend on its thread
     count (metrics.json: torch_threads)"""
     description: str = ""

@@ -15,6 +15,7 @@ the stage directories it came from (`stages`), which the run's manifest (`write_
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,8 @@ class Sweep:
 
     def pretrain_in_parallel(self, task: str, seed: int) -> None:
         """Train the task's and seed's LAMs and normalising BCs (the stages that wait on nothing but the data)
-        `pretrain_workers` at a time, one torch thread each, each in its own process (CPU only), LAMs first; the
+        `pretrain_workers` at a time, each in its own process with its share of the cores (CPU only; one torch
+        thread each on 2 cores), LAMs first; the
         sweep then finds them cached. Each line a worker prints starts with what its stage is for. A failed stage
         is the error of the first failure."""
         lams = self.lam_jobs(task, seed)
@@ -169,9 +171,11 @@ class Sweep:
 
         bcs = [(_normaliser(variant), conf) for variant, conf in self.normaliser_confs(task, seed)]
         workers = min(self.cfg.pretrain_workers, len(lams) + len(bcs))
+        threads = max(1, (os.cpu_count() or 1) // workers)  # the cores shared out (2 cores, 3 workers: 1 each)
         print(f"training {len(lams)} LAMs and {len(bcs)} full-data BCs of {task} seed {seed}, {workers} at a time "
-              "(one thread each)", flush=True)
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
+              f"({threads} torch thread{'s' if threads > 1 else ''} each)", flush=True)
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_set_threads,
+                                   initargs=(threads,))
         try:
             futures = [pool.submit(_labelled, name, pretrain_stage, self.root, *job, self.dev, False)
                        for job, name in lams]
@@ -203,11 +207,11 @@ class Sweep:
         return self.raw
 
 
-def _one_thread() -> None:
-    """A pretraining worker process computes with one torch thread."""
+def _set_threads(threads: int) -> None:
+    """A training worker process computes with `threads` torch threads."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
 
 
 class _Prefixed:
