@@ -2,7 +2,8 @@
 (mask-target, ours) on the quickstart's data, at several update counts and data sizes.
 
     .venv/bin/python benchmarks/scale_curve.py --out /work/runs/scale --updates 1000 4000 8000 --seeds 0 1 \
-        --variants lapo-authors masklam-authors masklam-mask-target [--episodes 80] [--commit docs/scale-curve]
+        --variants lapo-authors masklam-authors masklam-mask-target [--episodes 80] [--task cheetah-run] \
+        [--commit docs/scale-curve]
 
 Each point (variant, updates, trajectories, seed) is the quickstart's pipeline for one method (`masklam experiment`
 stages: collect, pretrain, probe, latent BC, decoders for 4 and 16 labelled trajectories, online evaluation ID and
@@ -39,17 +40,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lapo": {"method": "lapo", "pretrain": {}},
     "lapo-clean": {"method": "lapo-clean", "pretrain": {}},
 }
-COLUMNS = ["variant", "updates", "trajectories", "seed", "probe_nmse", "return_id", "return_id_sem",
+COLUMNS = ["task", "variant", "updates", "trajectories", "seed", "probe_nmse", "return_id", "return_id_sem",
            "return_ood", "return_ood_sem", "minutes"]
 
 
-def point(out: Path, variant: str, updates: int, episodes: int, seed: int) -> dict[str, Any]:
+def point(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> dict[str, Any]:
     """Run (or reuse) one point of the curve -> one row of curve.csv (returns averaged over label budgets)."""
     from masklam.downstream.experiment import run_experiment
     from masklam.quickstart import QuickstartConfig, experiment_config
 
     spec = VARIANTS[variant]
-    exp = experiment_config(QuickstartConfig(out=out, seeds=(seed,), progress=False, device="cpu"))
+    exp = experiment_config(QuickstartConfig(out=out, task=task, seeds=(seed,), progress=False, device="cpu"))
     data = {t: {k: {**v, "episodes": episodes, "workers": 1} for k, v in d.items()} for t, d in exp.data.items()}
     collect = {**exp.collect, "episodes": episodes, "workers": 1} if getattr(exp, "collect", None) else exp.collect
     pretrain = {k: v for k, v in exp.pretrain.items() if k != "mask_target"}  # the quickstart's recipe is ours
@@ -68,7 +69,7 @@ def point(out: Path, variant: str, updates: int, episodes: int, seed: int) -> di
 
     rid, rid_se = mean("id")
     rood, rood_se = mean("ood")
-    return {"variant": variant, "updates": updates, "trajectories": episodes, "seed": seed,
+    return {"task": task, "variant": variant, "updates": updates, "trajectories": episodes, "seed": seed,
             "probe_nmse": float(rows[0]["probe_nmse"]), "return_id": rid, "return_id_sem": rid_se,
             "return_ood": rood, "return_ood_sem": rood_se, "minutes": (time.time() - t0) / 60}
 
@@ -77,12 +78,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open() as f:
-        return list(csv.DictReader(f))
+        return [{"task": "cheetah-run", **{k: v for k, v in r.items() if v is not None}} for r in csv.DictReader(f)]
 
 
-def point_id(r: dict[str, Any]) -> tuple[str, int, int, int]:
-    """What identifies a point: (variant, updates, trajectories, seed)."""
-    return r["variant"], int(r["updates"]), int(r["trajectories"]), int(r["seed"])
+def point_id(r: dict[str, Any]) -> tuple[str, str, int, int, int]:
+    """What identifies a point: (task, variant, updates, trajectories, seed)."""
+    return r["task"], r["variant"], int(r["updates"]), int(r["trajectories"]), int(r["seed"])
 
 
 def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -114,7 +115,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
         for ax, key in zip(axes, ("probe_nmse", "return_id")):
             pts: dict[int, list[float]] = {}
             for r in rows:
-                if r["variant"] == variant and int(r["trajectories"]) == 80:
+                if r["variant"] == variant and r["task"] == "cheetah-run" and int(r["trajectories"]) == 80:
                     pts.setdefault(int(r["updates"]), []).append(float(r[key]))
             if not pts:
                 continue
@@ -132,10 +133,10 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The curve as a markdown table: per variant, updates and trajectories, mean ± s.e. over seeds (n seeds)."""
-    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    """The curve as a markdown table: per task, variant, updates and trajectories, mean ± s.e. over seeds."""
+    groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["variant"], int(r["updates"]), int(r["trajectories"])), []).append(r)
+        groups.setdefault((r["task"], r["variant"], int(r["updates"]), int(r["trajectories"])), []).append(r)
 
     def cell(rs: list[dict[str, Any]], key: str, nd: int) -> str:
         x = np.array([float(r[key]) for r in rs])
@@ -143,12 +144,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         return f"{x.mean():.{nd}f}{se}"
 
     order = list(VARIANTS)
-    lines = ["| variant | updates | trajectories | seeds | held-out probe NMSE | return ID (raw) | return OOD (raw) |",
-             "|---|---|---|---|---|---|---|"]
-    for (variant, updates, trajs), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2],
-                                                                                 order.index(kv[0][0]))):
+    lines = ["| task | variant | updates | trajectories | seeds | held-out probe NMSE | return ID (raw) | "
+             "return OOD (raw) |", "|---|---|---|---|---|---|---|---|"]
+    for (task, variant, updates, trajs), rs in sorted(groups.items(), key=lambda kv: (
+            kv[0][0] != "cheetah-run", kv[0][0], kv[0][2], kv[0][3], order.index(kv[0][1]))):
         seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"])))
-        lines.append(f"| {variant} | {updates} | {trajs} | {seeds} | {cell(rs, 'probe_nmse', 3)} | "
+        lines.append(f"| {task} | {variant} | {updates} | {trajs} | {seeds} | {cell(rs, 'probe_nmse', 3)} | "
                      f"{cell(rs, 'return_id', 0)} | {cell(rs, 'return_ood', 0)} |")
     return "\n".join(lines)
 
@@ -159,6 +160,7 @@ def main() -> int:
                     help="print the markdown table of these curve.csv files (and write their joint figure next to "
                          "the first), then exit")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--task", default="cheetah-run", help="a dm_control task with a shipped expert")
     ap.add_argument("--updates", type=int, nargs="+", default=[1000, 4000, 8000])
     ap.add_argument("--episodes", type=int, nargs="+", default=[80], help="collected trajectories (125 frames)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -187,13 +189,13 @@ def main() -> int:
         for episodes in args.episodes:
             for seed in args.seeds:
                 for variant in args.variants:
-                    if (variant, updates, episodes, seed) in done:
+                    if (args.task, variant, updates, episodes, seed) in done:
                         continue
-                    row = point(args.out, variant, updates, episodes, seed)
+                    row = point(args.out, args.task, variant, updates, episodes, seed)
                     rows.append(row)
                     write_rows(csv_path, rows)
                     figure(rows, args.out / "curve.png")
-                    print(f"{variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: probe "
+                    print(f"{args.task} {variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: probe "
                           f"{row['probe_nmse']:.3f} return ID {row['return_id']:.0f} OOD {row['return_ood']:.0f} "
                           f"({row['minutes']:.1f} min)", flush=True)
                     if args.commit:
@@ -204,7 +206,7 @@ def main() -> int:
                         write_rows(commit / "curve.csv", merged)
                         figure(merged, commit / "curve.png")
                         subprocess.run(["git", "add", "."], cwd=commit, check=False)
-                        subprocess.run(["git", "commit", "-q", "-m", f"scale curve: {variant} {updates} updates "
+                        subprocess.run(["git", "commit", "-q", "-m", f"scale curve: {args.task} {variant} {updates} updates "
                                         f"{episodes} trajectories seed {seed}", "--", "."], cwd=commit, check=False)
     return 0
 
