@@ -319,3 +319,15 @@ def test_lams_trained_in_parallel_processes_are_the_sweeps_lams(tmp_path: Path, 
     assert not re.search(r"\[pretrain \w+\] running \(", out)
     assert not re.search(r"\[bc \w+\] running \(cheetah-run seed 0 bc-full\)", out)  # nor the full-data BC
     assert all(r["probe_nmse"] is not None for r in rows if r["method"] in ("lapo", "masklam"))
+
+
+def test_a_workers_lines_start_with_its_name_however_they_are_written() -> None:
+    import io
+
+    from masklam.downstream.sweep import _Prefixed
+
+    out = io.StringIO()
+    stream = _Prefixed(out, "lapo: ")
+    for piece in ("step 1", "00/1000\nstep 2", "00/1000\n", "\n", "", "done\n"):  # lines cut anywhere, a blank one
+        stream.write(piece)
+    assert out.getvalue() == "lapo: step 100/1000\nlapo: step 200/1000\n\nlapo: done\n"

@@ -221,15 +221,20 @@ class _Prefixed:
         self.stream, self.prefix, self.at_line_start = stream, prefix, True
 
     def write(self, text: str) -> int:
-        for part in text.splitlines(keepends=True):
-            if self.at_line_start and part.strip("\r\n"):
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if line and self.at_line_start:
                 self.stream.write(self.prefix)
-            self.stream.write(part)
-            self.at_line_start = part.endswith("\n")
+            last = i == len(lines) - 1
+            self.stream.write(line if last else line + "\n")
+            self.at_line_start = not last or (self.at_line_start and not line)
         return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno, ...: the stream's
+        return getattr(self.stream, name)
 
 
 def _labelled(name: str, fn: Any, *args: Any) -> Any:
