@@ -331,3 +331,23 @@ def test_a_workers_lines_start_with_its_name_however_they_are_written() -> None:
     for piece in ("step 1", "00/1000\nstep 2", "00/1000\n", "\n", "", "done\n"):  # lines cut anywhere, a blank one
         stream.write(piece)
     assert out.getvalue() == "lapo: step 100/1000\nlapo: step 200/1000\n\nlapo: done\n"
+
+
+def test_after_ctrl_c_a_training_worker_begins_no_further_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from masklam.downstream import sweep
+
+    stopping, ran = threading.Event(), []
+    monkeypatch.setattr(sweep, "_STOPPING", stopping)
+
+    def interrupted() -> None:
+        ran.append("lam")
+        raise KeyboardInterrupt  # the stage stopped at Ctrl-C (at its checkpoint)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep._labelled("lapo", interrupted)
+    assert stopping.is_set()  # the pool now knows
+    with pytest.raises(KeyboardInterrupt):  # the next queued stage (a full-data BC) does not begin
+        sweep._labelled("bc-full", lambda: ran.append("bc"))
+    assert ran == ["lam"]

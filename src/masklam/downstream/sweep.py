@@ -174,8 +174,9 @@ class Sweep:
         threads = max(1, (os.cpu_count() or 1) // workers)  # the cores shared out (2 cores, 3 workers: 1 each)
         print(f"training {len(lams)} LAMs and {len(bcs)} full-data BCs of {task} seed {seed}, {workers} at a time "
               f"({threads} torch thread{'s' if threads > 1 else ''} each)", flush=True)
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_set_threads,
-                                   initargs=(threads,))
+        ctx = mp.get_context("spawn")
+        stopping = ctx.Event()  # set at Ctrl-C: a stage not begun by then does not begin
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, stopping))
         try:
             futures = [pool.submit(_labelled, name, pretrain_stage, self.root, *job, self.dev, False)
                        for job, name in lams]
@@ -183,6 +184,9 @@ class Sweep:
                         for name, conf in bcs]
             for f in futures:
                 f.result()  # the first failure ends the pass: the stages not started yet are cancelled
+        except KeyboardInterrupt:  # the running stages got Ctrl-C too: each stops at a checkpoint
+            stopping.set()
+            raise
         except BrokenProcessPool:
             raise MasklamRuntimeError(f"a training worker of {task} seed {seed} died (killed, or out of memory); "
                                       "finished stages are kept: run the same command again to resume") from None
@@ -207,10 +211,16 @@ class Sweep:
         return self.raw
 
 
-def _set_threads(threads: int) -> None:
-    """A training worker process computes with `threads` torch threads."""
+_STOPPING: Any = None
+"""in a training worker process: the pool's event, set once Ctrl-C has stopped a stage"""
+
+
+def _init_worker(threads: int, stopping: Any) -> None:
+    """A training worker process computes with `threads` torch threads and knows the pool's stop event."""
     import torch
 
+    global _STOPPING
+    _STOPPING = stopping
     torch.set_num_threads(threads)
 
 
@@ -238,12 +248,19 @@ class _Prefixed:
 
 
 def _labelled(name: str, fn: Any, *args: Any) -> Any:
-    """fn(*args) in a worker process, each line it prints to stdout starting with "name: "."""
+    """fn(*args) in a worker process, each line it prints to stdout starting with "name: "; after Ctrl-C (the
+    pool's stop event) it does not begin."""
     import sys
 
+    if _STOPPING is not None and _STOPPING.is_set():  # interrupted before this stage began: it does not begin
+        raise KeyboardInterrupt
     stdout, sys.stdout = sys.stdout, _Prefixed(sys.stdout, f"{name}: ")
     try:
         return fn(*args)
+    except KeyboardInterrupt:  # this stage stopped at Ctrl-C (at a checkpoint): none after it begins
+        if _STOPPING is not None:
+            _STOPPING.set()
+        raise
     finally:
         sys.stdout.flush()
         sys.stdout = stdout
