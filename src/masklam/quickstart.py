@@ -60,7 +60,7 @@ class QuickstartConfig:
     """Run the quickstart: MaskLAM vs LAPO (and the distractor-free upper bound) end to end."""
 
     preset: Literal[PRESETS] = "cpu"  # type: ignore[valid-type]
-    """cpu: about 20 minutes on 2 cores (20.3 measured on a fresh clone, 2026-12-05); gpu: one H100 in about 20
+    """cpu: about 20 minutes on 2 cores (19.0 measured on a fresh clone, 2026-12-05); gpu: one H100 in about 20
     minutes (LAMs with pretrain's h100 preset); toy: seconds, for tests."""
     task: str = "cheetah-run"
     """dm_control task with a shipped expert, or a Meta-World task (mw-push, ...: its scripted expert; collected
