@@ -189,14 +189,15 @@ def main() -> int:
         for episodes in args.episodes:
             for seed in args.seeds:
                 for variant in args.variants:
-                    if (args.task, variant, updates, episodes, seed) in done:
+                    if point_id(dict(task=args.task, variant=variant, updates=updates, trajectories=episodes,
+                                     seed=seed)) in done:
                         continue
                     row = point(args.out, args.task, variant, updates, episodes, seed)
                     rows.append(row)
                     write_rows(csv_path, rows)
                     figure(rows, args.out / "curve.png")
-                    print(f"{args.task} {variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: probe "
-                          f"{row['probe_nmse']:.3f} return ID {row['return_id']:.0f} OOD {row['return_ood']:.0f} "
+                    print(f"{args.task} {variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: "
+                          f"probe {row['probe_nmse']:.3f} return ID {row['return_id']:.0f} OOD {row['return_ood']:.0f} "
                           f"({row['minutes']:.1f} min)", flush=True)
                     if args.commit:
                         commit = args.commit.resolve()
@@ -206,8 +207,9 @@ def main() -> int:
                         write_rows(commit / "curve.csv", merged)
                         figure(merged, commit / "curve.png")
                         subprocess.run(["git", "add", "."], cwd=commit, check=False)
-                        subprocess.run(["git", "commit", "-q", "-m", f"scale curve: {args.task} {variant} {updates} updates "
-                                        f"{episodes} trajectories seed {seed}", "--", "."], cwd=commit, check=False)
+                        subprocess.run(["git", "commit", "-q", "-m", f"scale curve: {args.task} {variant} {updates} "
+                                        f"updates {episodes} trajectories seed {seed}", "--", "."], cwd=commit,
+                                       check=False)
     return 0
 
 

@@ -162,6 +162,7 @@ def lam_source(lam: Path) -> str:
     """How a decoder over a LAM's raw latents names that LAM in its config (`masklam label` checks it)."""
     return f"lam:{Path(lam).expanduser().resolve()}"
 
+
 def main(argv: list[str]) -> int:
     """`masklam decode --policy DIR --data FILE --out DIR --labels N` (or --lam DIR instead of --policy)."""
     cfg = parse(DecodeConfig, argv)

@@ -106,9 +106,9 @@ class ExperimentConfig:
     """progress bars"""
     pretrain_workers: int = 1
     """LAMs and full-data BCs of a task and seed trained at once, each in its own process with its share of the
-    cores as torch threads (CPU only; 1: one after another in this process). On 2 cores, one-thread processes finish sooner than the same
-    stages one after another with 2 threads each (docs/quickstart-time.md); a LAM's numbers depend on its thread
-    count (metrics.json: torch_threads)"""
+    cores as torch threads (CPU only; 1: one after another in this process). On 2 cores, one-thread processes
+    finish sooner than the same stages one after another with 2 threads each (docs/quickstart-time.md); a LAM's
+    numbers depend on its thread count (metrics.json: torch_threads)"""
     description: str = ""
     """one line saying what the sweep compares (`masklam experiment --list`); no stage reads it"""
 
@@ -189,12 +189,13 @@ def _env_names() -> set[str]:
     """Keys an [env] table may hold: `masklam.envs.make`'s arguments and the distractor parameters."""
     from masklam.envs import make
     from masklam.envs.distractors import DistractorConfig
-
     from masklam.envs.scene import SceneOptions
 
     params = inspect.signature(make).parameters
-    named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in ("task", "options")}
-    return named | _field_names(SceneOptions) | _field_names(DistractorConfig) | {"factory", "mask", "terminate_on_success"}
+    named = {n for n, p in params.items()
+             if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in ("task", "options")}
+    return (named | _field_names(SceneOptions) | _field_names(DistractorConfig)
+            | {"factory", "mask", "terminate_on_success"})
 
 
 def _check_keys(table: str, given: Any, known: set[str]) -> None:

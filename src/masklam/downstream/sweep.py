@@ -149,19 +149,19 @@ class Sweep:
                     job = (spec.trainer, self.datasets[task][spec.variant], dim, seed, n, self.cfg.pretrain)
                     name = method + (f" latent {dim}" if len(self.cfg.latent_dims) > 1 else "") + \
                         (f" {n} labels" if spec.supervised else "")
-                    same = [i for i, (other, _) in enumerate(jobs) if other == job]
-                    if same:  # one LAM serves several methods
-                        jobs[same[0]] = (job, f"{jobs[same[0]][1]}, {name}")
+                    for i, (other, names) in enumerate(jobs):
+                        if other == job:  # one LAM serves several methods
+                            jobs[i] = (job, f"{names}, {name}")
+                            break
                     else:
                         jobs.append((job, name))
         return jobs
 
-    def pretrain_in_parallel(self, task: str, seed: int) -> None:
+    def train_in_parallel(self, task: str, seed: int) -> None:
         """Train the task's and seed's LAMs and normalising BCs (the stages that wait on nothing but the data)
         `pretrain_workers` at a time, each in its own process with its share of the cores (CPU only; one torch
-        thread each on 2 cores), LAMs first; the
-        sweep then finds them cached. Each line a worker prints starts with what its stage is for. A failed stage
-        is the error of the first failure."""
+        thread each on 2 cores), LAMs first; the sweep then finds them cached. Each line a worker prints starts
+        with what its stage is for. A failed stage is the error of the first failure."""
         lams = self.lam_jobs(task, seed)
         if self.cfg.pretrain_workers < 2 or len(lams) < 2 or self.dev != "cpu" or dry_run():
             return
@@ -199,7 +199,7 @@ class Sweep:
         for task in self.cfg.tasks:
             for seed in self.cfg.seeds:
                 with stage_context(f"{task} seed {seed} LAMs"):
-                    self.pretrain_in_parallel(task, seed)
+                    self.train_in_parallel(task, seed)
                 with stage_context(f"{task} seed {seed} bc-full"):
                     self.normalisers(task, seed)
                 for method in self.cfg.methods:
