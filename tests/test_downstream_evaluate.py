@@ -125,7 +125,8 @@ def test_seeds_and_errors() -> None:
     with pytest.raises(MasklamError, match="unknown task"):
         evaluate(ReadPixels(), EnvSpec("nope", {}, FACTORY), episodes=1, workers=1, progress=False)
     spec = env_spec({"task": "cheetah-run", "distractors": "laom", "img_size": 64}, "ood", max_episode_steps=10)
-    assert spec.kwargs == {"distractors": "laom", "img_size": 64, "video_split": "eval", "max_episode_steps": 10}
+    assert spec.kwargs == {"distractors": "laom", "img_size": 64, "video_split": "eval", "max_episode_steps": 10,
+                           "agent_masks": False}  # a policy reads frames only: no segmentation pass
     with pytest.raises(MasklamError, match="split"):
         env_spec({"task": "x"}, "test")
 

@@ -139,6 +139,19 @@ def test_composite_paints_the_video_over_the_sky_only():
     assert i2[-1]["video_frame"] == 2
 
 
+def test_agent_masks_off_skips_the_segmentation_pass_and_nothing_else():
+    """Evaluation's envs (agent_masks=False) play the same frames, states and rewards, with no mask rendered."""
+    with_masks, without = make("cheetah-run", distractors="laom"), make("cheetah-run", distractors="laom",
+                                                                         agent_masks=False)
+    f1, m1, s1, i1, r1 = rollout(with_masks, seed=3, steps=6)
+    f2, m2, s2, i2, r2 = rollout(without, seed=3, steps=6)
+    with_masks.close(), without.close()
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(r1, r2)
+    assert m1.dtype == bool and m1.any() and all(m is None for m in m2)
+
+
 def test_mask_nonempty_through_an_episode():
     env = make("hopper-hop", distractors="laom", max_episode_steps=60)
     _, masks, *_ = rollout(env, seed=0, steps=59)

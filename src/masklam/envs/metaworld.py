@@ -206,7 +206,8 @@ class DistractingMetaWorldEnv(DistractedScene):
         if cfg.ground_plane_alpha is not None:
             set_floor_alpha(m, cfg.ground_plane_alpha)
         self._init_scene(m, self._mw.data, cfg, o.video_split, o.background_path, o.img_size, camera,
-                         robot_geoms(m, mask), o.shadows, o.reflections, background_geoms=scenery_geoms(m))
+                         robot_geoms(m, mask), o.shadows, o.reflections, background_geoms=scenery_geoms(m),
+                         agent_masks=o.agent_masks)
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.observation_space = gym.spaces.Box(0, 255, (o.img_size, o.img_size, 3), np.uint8)

@@ -124,7 +124,7 @@ class DistractingControlEnv(DistractedScene):
         m = self._dm.physics.model.ptr
         camera = self._prepare_model(m, domain, distractors, o.camera_id, o.multisample)
         self._init_scene(m, self._dm.physics.data.ptr, distractors, o.video_split, o.background_path, o.img_size,
-                         camera, moving_geoms(m), o.shadows, o.reflections)
+                         camera, moving_geoms(m), o.shadows, o.reflections, agent_masks=o.agent_masks)
         self._init_spaces(o.img_size)
         self._rng: np.random.Generator | None = None
         self._t = 0
