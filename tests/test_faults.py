@@ -327,7 +327,8 @@ def test_a_decoder_of_another_policy_or_task_is_refused(tmp_path: Path) -> None:
 
 def test_a_lam_or_policy_against_data_it_does_not_fit(tmp_path: Path) -> None:
     from masklam.downstream.policy import ImagePolicy
-    from masklam.downstream.targets import check_lam_data, check_policy_data
+    from masklam.downstream.targets import check_policy_data
+    from masklam.train.checkpoint import check_lam_data
 
     data = tiny_dataset(tmp_path / "d.h5", size=16, masks=False)
     lam = tmp_path / "lam"
@@ -347,6 +348,18 @@ def test_a_lam_or_policy_against_data_it_does_not_fit(tmp_path: Path) -> None:
     small = ImagePolicy.from_pretrained(save_policy(tmp_path / "p8", img=8))
     with pytest.raises(MasklamError, match=f"reads 8x8 frames, {data} has 16x16"):
         check_policy_data(small, "P", [data])
+
+
+def test_probing_a_lam_on_frames_of_another_size_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             write_synthetic_dataset, small_cfg) -> None:
+    from masklam.train.pretrain import pretrain
+
+    lam = tmp_path / "lam"
+    pretrain(small_cfg("lapo", write_synthetic_dataset(tmp_path / "d32.h5", n_traj=4, length=8, H=32), lam))
+    small = tiny_dataset(tmp_path / "d16.h5", size=16)
+    code, lines = run_cli(["probe", str(lam), "--data", str(small), "--no-write"], capsys)
+    assert code == 2
+    assert f"the LAM {lam} was trained on 32x32 frames, {small} has 16x16" in one_error_line(lines)
 
 
 def test_a_checkpoint_of_an_unknown_format_names_the_version(tmp_path: Path) -> None:

@@ -27,13 +27,12 @@ from tqdm import tqdm
 
 from masklam.devices import resolve_device
 from masklam.downstream.policy import ImagePolicy, PolicyConfig
-from masklam.downstream.targets import (TargetFn, check_lam_data, env_meta_of, lam_mask_key, latent_stats,
-                                        make_target_fn, standardized)
+from masklam.downstream.targets import TargetFn, env_meta_of, latent_stats, make_target_fn, standardized
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.locks import output_lock
 from masklam.files import atomic_path, write_json
-from masklam.train.checkpoint import TRAIN_STATE, check_resumable, load_train_state
+from masklam.train.checkpoint import TRAIN_STATE, check_lam_data, check_resumable, lam_mask_key, load_train_state
 from masklam.train.precision import autocast
 from masklam.train.schedule import lr_factor, make_optimizer, set_lr
 

@@ -141,7 +141,8 @@ def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) 
     """`train_decoder` for --lam: the decoder maps the LAM's k = 1 latents (raw, as `masklam label` writes them) of
     the labelled trajectories to their actions."""
     from masklam.data import labeled_subset, load_dataset, split_trajectories
-    from masklam.downstream.targets import check_lam_data, lam_mask_key, latent_target
+    from masklam.downstream.targets import latent_target
+    from masklam.train.checkpoint import check_lam_data, lam_mask_key
 
     check_lam_data(cfg.lam, cfg.data)
     mask_key = lam_mask_key(cfg.lam)

@@ -83,8 +83,8 @@ class Labeller:
 
     def __init__(self, cfg: LabelConfig) -> None:
         from masklam.downstream.decoder import ActionDecoder
-        from masklam.downstream.targets import lam_mask_key
         from masklam.models.lam import load_lam
+        from masklam.train.checkpoint import lam_mask_key
 
         self.device = resolve_device(cfg.device)
         self.lam = load_lam(cfg.lam, self.device)

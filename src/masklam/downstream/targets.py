@@ -5,12 +5,11 @@
 - `action_target`: the true action a_t (BC on labels, full-data BC, IDM training);
 - `idm_target`: the action an IDM (an `ImagePolicy` with pair_input) infers for (o_t, o_{t+1}).
 Targets come from the batch, so no relabelled copy of the data exists. Also here: the env kwargs a
-policy records for evaluation (`env_meta_of`), what a LAM needs as input (`lam_mask_key`,
-`lam_frame_stack`) and whether a LAM or policy fits the data it is used with (`check_lam_data`, `check_policy_data`).
+policy records for evaluation (`env_meta_of`), the frame stack a LAM reads (`lam_frame_stack`) and whether a
+policy fits the data it is used with (`check_policy_data`; a LAM's: `masklam.train.checkpoint.check_lam_data`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +19,6 @@ from torch import nn
 
 from masklam.downstream.policy import ImagePolicy
 from masklam.errors import MasklamError
-from masklam.files import read_json
 
 Batch = dict[str, np.ndarray]
 TargetFn = Callable[[Batch], torch.Tensor]
@@ -41,37 +39,6 @@ def env_meta_of(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
         env["img_size"] = int(hw[0] if isinstance(hw, (list, tuple, np.ndarray)) else hw)
     env.update(overrides)
     return env
-
-
-def lam_mask_key(lam_dir: str | Path | None) -> str | None:
-    """The dataset key of the agent masks a LAM reads as input (None when it takes none): labelling with a
-    mask-channel LAM needs the same masks it was trained with."""
-    if lam_dir is None:
-        return None
-    try:
-        cfg = json.loads((Path(lam_dir) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MasklamError(f"cannot read {Path(lam_dir) / 'config.json'}: {e}") from None
-    return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
-
-
-def check_lam_data(lam_dir: str | Path, paths: Any) -> None:
-    """One line before work if the LAM of `lam_dir` cannot label these data: frames of another size, or data
-    without the agent masks it reads as input (from its config.json and the files' layouts)."""
-    from masklam.data.dataset import data_layouts
-
-    cfg = read_json(Path(lam_dir) / "config.json", "LAM config")
-    layouts = data_layouts(paths)
-    hw = cfg.get("model", {}).get("img_hw") if isinstance(cfg, dict) else None
-    h, w = layouts[0].img_hw
-    if hw is not None and (h, w) != (int(hw), int(hw)):
-        raise MasklamError(f"the LAM {lam_dir} was trained on {hw}x{hw} frames, {layouts[0].path} has {h}x{w}: "
-                           "use data of its image size, or train a LAM on these")
-    key = lam_mask_key(lam_dir)
-    lacking = [lay.path for lay in layouts if key is not None and not lay.has(key)]
-    if lacking:
-        raise MasklamError(f"the LAM {lam_dir} reads agent masks ({key}) with its frames; {lacking[0]} has none "
-                           "(add them with `masklam masks`, or use a LAM trained without a mask channel)")
 
 
 def check_policy_data(policy: ImagePolicy, source: str | Path, paths: Any) -> None:

@@ -1,6 +1,7 @@
 """Run-directory checkpoints: `model.safetensors` + `config.json` (for `from_pretrained`) and
 `train_state.pt` (model, optimiser and step, for resuming). Every file is written to a temporary
-name and renamed, so an interruption never leaves a half-written checkpoint.
+name and renamed, so an interruption never leaves a half-written checkpoint. Also what a LAM's run
+directory says about the data it can read (`lam_mask_key`, `check_lam_data`).
 """
 from __future__ import annotations
 
@@ -57,3 +58,34 @@ def check_resumable(run_dir: Path, new_config: dict[str, Any], allowed_changes: 
         if json.loads(json.dumps(value, default=str)) != json.loads(json.dumps(was, default=str)):
             raise MasklamError(f"{run_dir} holds a run with {key}={was!r}, not {value!r}; "
                                "use the same arguments to resume, or another --out")
+
+
+def lam_mask_key(lam_dir: str | Path | None) -> str | None:
+    """The dataset key of the agent masks a LAM reads as input (None when it takes none): labelling with a
+    mask-channel LAM needs the same masks it was trained with."""
+    if lam_dir is None:
+        return None
+    try:
+        cfg = json.loads((Path(lam_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MasklamError(f"cannot read {Path(lam_dir) / 'config.json'}: {e}") from None
+    return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
+
+
+def check_lam_data(lam_dir: str | Path, paths: Any) -> None:
+    """One line before work if the LAM of `lam_dir` cannot label these data: frames of another size, or data
+    without the agent masks it reads as input (from its config.json and the files' layouts)."""
+    from masklam.data.dataset import data_layouts
+
+    cfg = read_json(Path(lam_dir) / "config.json", "LAM config")
+    layouts = data_layouts(paths)
+    hw = cfg.get("model", {}).get("img_hw") if isinstance(cfg, dict) else None
+    h, w = layouts[0].img_hw
+    if hw is not None and (h, w) != (int(hw), int(hw)):
+        raise MasklamError(f"the LAM {lam_dir} was trained on {hw}x{hw} frames, {layouts[0].path} has {h}x{w}: "
+                           "use data of its image size, or train a LAM on these")
+    key = lam_mask_key(lam_dir)
+    lacking = [lay.path for lay in layouts if key is not None and not lay.has(key)]
+    if lacking:
+        raise MasklamError(f"the LAM {lam_dir} reads agent masks ({key}) with its frames; {lacking[0]} has none "
+                           "(add them with `masklam masks`, or use a LAM trained without a mask channel)")

@@ -233,6 +233,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     from masklam.data import load_dataset, split_trajectories
     from masklam.data.sources import offers_observations
     from masklam.models.lam import load_lam
+    from masklam.train.checkpoint import check_lam_data
 
     run_cfg = read_json(cfg.ckpt / "config.json")
     device = resolve_device(cfg.device)
@@ -240,6 +241,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     paths = list(cfg.data) or run_cfg.get("data")
     if not paths:
         raise MasklamError(f"{cfg.ckpt}/config.json names no data; pass --data FILE")
+    check_lam_data(cfg.ckpt, paths)  # frames of its size, the masks it reads: one line before loading anything
     # the run's kind of frame where the data offer a choice; data passed with --data holding one kind: those
     one_kind = any(not offers_observations(p) for p in cfg.data)
     data = load_dataset(paths, mask_key=run_cfg.get("mask_key", "masks") if lam.needs_masks else None,
