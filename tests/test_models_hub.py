@@ -116,5 +116,31 @@ def test_missing_directories_and_repos_are_one_line_errors(hub, tmp_path, monkey
         ImagePolicy.from_pretrained("someone/nothing")
     assert "cannot load the policy 'someone/nothing': no such directory" in str(e.value)
     assert "\n" not in str(e.value) and hub.calls == [("download", "someone/nothing", "config.json", None)]
-    assert pretrained_module._is_local("./x") and pretrained_module._is_local("a/b/c")
-    assert not pretrained_module._is_local("user/model")
+    assert pretrained_module.is_local("./x") and pretrained_module.is_local("a/b/c")
+    assert not pretrained_module.is_local("user/model")
+
+
+def test_decode_and_label_take_a_lam_by_hub_repo_id(hub, tmp_path, write_synthetic_dataset):
+    """`masklam decode --lam user/name` and `masklam label --lam user/name` fetch the LAM like `load_lam` does: the
+    same latents as its local copy, and the decoder and the labelled file name the repo, not a local path."""
+    import h5py
+
+    from masklam import cli
+
+    data = write_synthetic_dataset(tmp_path / "d.h5", n_traj=4, length=8)
+    lam = tiny_lam()
+    lam.push_to_hub("me/tiny-lam")
+    lam.save_pretrained(tmp_path / "local")
+    common = ["--data", str(data), "--device", "cpu"]
+    assert cli.main(["decode", "--lam", "me/tiny-lam", "--labels", "2", "--updates", "5", "--batch-size", "8",
+                     "--out", str(tmp_path / "dec"), *common]) == 0
+    assert json.loads((tmp_path / "dec" / "config.json").read_text())["source"] == "lam:me/tiny-lam"
+    for source, out in [("me/tiny-lam", "hub.h5"), (str(tmp_path / "local"), "local.h5")]:
+        extra = ["--decoder", str(tmp_path / "dec")] if source == "me/tiny-lam" else []
+        assert cli.main(["label", "--lam", source, "--out", str(tmp_path / out), *common, *extra]) == 0
+    with h5py.File(tmp_path / "hub.h5") as hub_file, h5py.File(tmp_path / "local.h5") as local_file:
+        assert hub_file.attrs["latent_lam"] == "me/tiny-lam"
+        for name in local_file:
+            assert torch.equal(torch.from_numpy(hub_file[name]["latent_action"][()]),
+                               torch.from_numpy(local_file[name]["latent_action"][()]))
+            assert hub_file[name]["decoded_action"].shape == (8, 2)

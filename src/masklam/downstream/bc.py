@@ -61,7 +61,7 @@ class BCConfig:
     target: Literal["latent", "action", "idm"] = "latent"
     """what to regress: the frozen LAM's latent, the true action, or an IDM's relabel"""
     lam: Path | None = None
-    """LAM directory (target latent)"""
+    """LAM run directory or Hugging Face Hub repo id (target latent)"""
     idm: Path | None = None
     """IDM directory written by this command with --pair-input (target idm)"""
     labels: int | None = None

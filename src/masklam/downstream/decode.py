@@ -46,7 +46,7 @@ class DecodeConfig:
     policy: Path | None = None
     """latent BC policy directory (written by `masklam bc --target latent`): decode what it predicts (the agent)"""
     lam: Path | None = None
-    """instead of --policy, a LAM run directory: decode the LAM's own latents of (o_t, o_{t+1}) (what `masklam
+    """instead of --policy, a LAM run directory or Hub repo id: decode the LAM's own latents of (o_t, o_{t+1}) (what `masklam
     label --decoder` needs to turn labelled video's latents into actions)"""
     labels: int = 8
     """number of labeled trajectories (nested subsets: the first N of one permutation)"""
@@ -160,8 +160,11 @@ def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) 
 
 
 def lam_source(lam: Path) -> str:
-    """How a decoder over a LAM's raw latents names that LAM in its config (`masklam label` checks it)."""
-    return f"lam:{Path(lam).expanduser().resolve()}"
+    """How a decoder over a LAM's raw latents names that LAM (directory or Hub repo id) in its config (`masklam
+    label` checks it)."""
+    from masklam.models.pretrained import source_name
+
+    return f"lam:{source_name(lam)}"
 
 
 def main(argv: list[str]) -> int:

@@ -37,7 +37,7 @@ class LabelConfig:
     """Write every frame's latent action (and decoded action) into a copy of a LeRobot dataset or HDF5 file."""
 
     lam: Path
-    """latent action model run directory (written by `masklam pretrain`)"""
+    """latent action model: a run directory (written by `masklam pretrain`) or a Hugging Face Hub repo id"""
     data: Path
     """a LeRobot dataset directory (v3.0 or v2.x) or an HDF5 dataset file"""
     out: Path
@@ -184,6 +184,7 @@ def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndar
 
 def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:
     from masklam.data.hdf5 import write_atomically
+    from masklam.models.pretrained import source_name
 
     with write_atomically(cfg.out, start_from=cfg.data) as f:
         for i, item in enumerate(source.items()):
@@ -192,7 +193,7 @@ def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray
                 if key in group:
                     del group[key]
                 group.create_dataset(key, data=values[i], fletcher32=True)
-        f.attrs["latent_lam"] = str(cfg.lam.expanduser().resolve())
+        f.attrs["latent_lam"] = source_name(cfg.lam)
 
 
 def main(argv: list[str]) -> int:

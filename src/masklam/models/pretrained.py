@@ -122,17 +122,9 @@ class Pretrained(ModelHubMixin, library_name="masklam", tags=["masklam", "latent
                          force_download: bool, local_files_only: bool, token: str | bool | None,
                          device: str | torch.device = "cpu", **unused: Any) -> T:
         """ModelHubMixin's hook: a local directory, or the repo's two files fetched into the Hub cache."""
-        if _is_local(model_id):
-            return cls._load_dir(Path(model_id).expanduser(), device)
-        try:
-            paths = [hf_hub_download(model_id, name, revision=revision, cache_dir=cache_dir,
+        directory = fetch_pretrained(model_id, cls.kind, revision=revision, cache_dir=cache_dir,
                                      force_download=force_download, local_files_only=local_files_only, token=token)
-                     for name in (CONFIG, WEIGHTS)]
-        except Exception as e:  # noqa: BLE001 - offline, unknown repo, missing file: the user's to fix
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise MasklamError(f"cannot load the {cls.kind} {model_id!r}: no such directory, and not fetched from "
-                               f"the Hugging Face Hub ({type(e).__name__}: {first})") from None
-        return cls._load_dir(Path(paths[0]).parent, device)
+        return cls._load_dir(directory, device)
 
     @classmethod
     def _load_dir(cls: type[T], directory: Path, device: str | torch.device) -> T:
@@ -167,7 +159,31 @@ def check_format(raw: Any, directory: Path) -> Any:
     return raw
 
 
-def _is_local(name: str) -> bool:
+def fetch_pretrained(source: str | Path, kind: str = "model", *, revision: str | None = None,
+                     cache_dir: str | Path | None = None, force_download: bool = False, local_files_only: bool = False,
+                     token: str | bool | None = None) -> Path:
+    """The local directory of a pretrained `source`: itself when it is a directory (`is_local`), else the Hub repo's
+    config.json and model.safetensors fetched into the Hugging Face cache (one-line error when they cannot be)."""
+    name = str(source)
+    if is_local(name):
+        return Path(name).expanduser()
+    try:
+        paths = [hf_hub_download(name, file, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                 local_files_only=local_files_only, token=token) for file in (CONFIG, WEIGHTS)]
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, missing file: the user's to fix
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MasklamError(f"cannot load the {kind} {name!r}: no such directory, and not fetched from "
+                           f"the Hugging Face Hub ({type(e).__name__}: {first})") from None
+    return Path(paths[0]).parent
+
+
+def source_name(source: str | Path) -> str:
+    """A pretrained source as a stable name: a directory's absolute path, or the Hub repo id as given."""
+    name = str(source)
+    return str(Path(name).expanduser().resolve()) if is_local(name) else name
+
+
+def is_local(name: str) -> bool:
     """True when ``name`` means a directory rather than a Hub repo id ("user/name" or "name"): it exists, looks
     like a path (absolute, ./, ../, ~, more than one '/'), or its first component is a local directory (a typo
     in ``runs/typo`` stays a missing directory instead of becoming a Hub request)."""

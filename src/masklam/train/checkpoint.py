@@ -14,6 +14,7 @@ import torch
 from masklam.errors import MasklamError
 from masklam.files import atomic_path, read_json
 from masklam.models.lam import LatentActionModel
+from masklam.models.pretrained import fetch_pretrained
 
 TRAIN_STATE = "train_state.pt"
 
@@ -61,23 +62,25 @@ def check_resumable(run_dir: Path, new_config: dict[str, Any], allowed_changes: 
 
 
 def lam_mask_key(lam_dir: str | Path | None) -> str | None:
-    """The dataset key of the agent masks a LAM reads as input (None when it takes none): labelling with a
-    mask-channel LAM needs the same masks it was trained with."""
+    """The dataset key of the agent masks a LAM (a directory or a Hub repo id) reads as input (None when it takes
+    none): labelling with a mask-channel LAM needs the same masks it was trained with."""
     if lam_dir is None:
         return None
+    config = fetch_pretrained(lam_dir, "LAM") / "config.json"
     try:
-        cfg = json.loads((Path(lam_dir) / "config.json").read_text())
+        cfg = json.loads(config.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise MasklamError(f"cannot read {Path(lam_dir) / 'config.json'}: {e}") from None
+        raise MasklamError(f"cannot read {config}: {e}") from None
     return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
 
 
 def check_lam_data(lam_dir: str | Path, paths: Any) -> None:
-    """One line before work if the LAM of `lam_dir` cannot label these data: frames of another size, or data
-    without the agent masks it reads as input (from its config.json and the files' layouts)."""
+    """One line before work if the LAM of `lam_dir` (a directory or a Hub repo id) cannot label these data: frames
+    of another size, or data without the agent masks it reads as input (from its config.json and the files'
+    layouts)."""
     from masklam.data.dataset import data_layouts
 
-    cfg = read_json(Path(lam_dir) / "config.json", "LAM config")
+    cfg = read_json(fetch_pretrained(lam_dir, "LAM") / "config.json", "LAM config")
     layouts = data_layouts(paths)
     hw = cfg.get("model", {}).get("img_hw") if isinstance(cfg, dict) else None
     h, w = layouts[0].img_hw
