@@ -278,6 +278,16 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
         assert f["2/latent_action"].shape == (10, 8)
         assert np.abs(f["2/latent_action"][()] - z[20:30]).max() < 0.02  # the same latents (frames via mp4: close)
     assert not (tmp_path / "lr.tmp").exists() and lr.exists()
+    # the LAM knows its video's frame rate; video at another rate is refused in one line unless --any-fps
+    assert json.loads((run / "config.json").read_text())["data_fps"] == 10
+    slow = tmp_path / "d5.h5"
+    do_import(videos, slow, img_size=32, fps=5)
+    with pytest.raises(MasklamError, match=f"the LAM {run} was trained on 10 fps video, {slow} is 5 fps: resample"):
+        label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", progress=False, device="cpu"))
+    assert not (tmp_path / "slow.h5").exists()
+    label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", any_fps=True, progress=False, device="cpu"))
+    with h5py.File(tmp_path / "slow.h5") as f:
+        assert f["0/latent_action"].shape == (5, 8)
     shutil.rmtree(run)
 
 

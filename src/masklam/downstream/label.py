@@ -50,6 +50,8 @@ class LabelConfig:
     """how frames of another size become the LAM's square input (as `masklam import`)"""
     batch_size: int = 256
     """transitions per forward pass"""
+    any_fps: bool = False
+    """label data whose frame rate differs from the LAM's training video (its latents then span another interval)"""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
@@ -83,12 +85,15 @@ class Labeller:
 
     def __init__(self, cfg: LabelConfig) -> None:
         from masklam.downstream.decoder import ActionDecoder
+        from masklam.files import read_json
         from masklam.models.lam import load_lam
+        from masklam.models.pretrained import fetch_pretrained
         from masklam.train.checkpoint import lam_mask_key
 
         self.device = resolve_device(cfg.device)
         self.lam = load_lam(cfg.lam, self.device)
         self.mask_key = lam_mask_key(cfg.lam)
+        self.data_fps = read_json(fetch_pretrained(cfg.lam, "LAM") / "config.json", "LAM config").get("data_fps")
         self.size = int(self.lam.cfg.img_hw)
         self.batch_size = cfg.batch_size
         self.decoder = None
@@ -156,6 +161,8 @@ def label(cfg: LabelConfig) -> Path:
         if source.kind == "hdf5" and cfg.out.suffix != ".h5":
             raise MasklamError(f"--out must end in .h5 for an HDF5 dataset, got {cfg.out}")
         labeller = Labeller(cfg)
+        if not cfg.any_fps:
+            check_fps(cfg.lam, labeller.data_fps, cfg.data, source.fps)
         labels = _label_source(cfg, labeller, source)
         if source.kind == "lerobot":
             _write_lerobot(cfg, source, labels)
@@ -164,6 +171,14 @@ def label(cfg: LabelConfig) -> Path:
     finally:
         source.close()
     return cfg.out
+
+
+def check_fps(lam: Path, lam_fps: float | None, data: Path, data_fps: float | None) -> None:
+    """One line before work when both frame rates are known and differ by more than 1%: a latent action spans
+    one frame interval of the LAM's training video, so video at another rate gets latents of another motion."""
+    if lam_fps and data_fps and abs(data_fps - lam_fps) > 0.01 * lam_fps:
+        raise MasklamError(f"the LAM {lam} was trained on {lam_fps:g} fps video, {data} is {data_fps:g} fps: "
+                           f"resample it (masklam import {data} --fps {lam_fps:g} --out DATA.h5), or pass --any-fps")
 
 
 def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:

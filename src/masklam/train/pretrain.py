@@ -219,6 +219,8 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
     check_resumable(cfg.out, config, RESUMABLE_CHANGES, FIELD_DEFAULTS)
     config = {**config, "total_steps": total, "num_train_windows": sampler.num_windows,
               "train_trajectories": train_ids.tolist(), "heldout_trajectories": held_ids.tolist()}
+    if data.meta.get("fps"):  # imported video records its frame rate: `masklam label` checks video against it
+        config["data_fps"] = float(data.meta["fps"])
     if ctx.enabled:
         config["world_size"] = ctx.world_size
     if ctx.is_main:
