@@ -285,6 +285,10 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     with pytest.raises(MasklamError, match=f"the LAM {run} was trained on 10 fps video, {slow} is 5 fps: resample"):
         label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", progress=False, device="cpu"))
     assert not (tmp_path / "slow.h5").exists()
+    from masklam.downstream.decode import DecodeConfig, train_decoder
+
+    with pytest.raises(MasklamError, match="trained on 10 fps video"):  # decoders over its latents: the same check
+        train_decoder(DecodeConfig(data=(slow,), out=tmp_path / "dec", lam=run, labels=1, device="cpu"), False)
     label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", any_fps=True, progress=False, device="cpu"))
     with h5py.File(tmp_path / "slow.h5") as f:
         assert f["0/latent_action"].shape == (5, 8)

@@ -176,10 +176,12 @@ def test_laom_hdf5_file_loads_as_it_is(tmp_path: Path) -> None:
         load_dataset(tmp_path / "laom.hdf5", observations="clean")
 
 
-def test_pretrain_runs_on_the_papers_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_pretrain_runs_on_the_papers_data(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     from masklam import cli
+    from masklam.data import peers
 
     torch.set_num_threads(1)
     pq.write_table(table(episodes([12] * 6)), tmp_path / "tiny.parquet")
@@ -203,6 +205,12 @@ def test_pretrain_runs_on_the_papers_data(tmp_path: Path, capsys: pytest.Capture
     assert cli.main(["probe", str(tmp_path / "lapo-clean"), "--data", str(tmp_path / "laom.hdf5"), "--no-write",
                      "--device", "cpu"]) == 0
     assert "observations" not in json.loads((tmp_path / "masklam-sam" / "config.json").read_text())
+    # DCS parquet without episode flags: the run's --episode-length also reads the data `masklam probe` checks
+    monkeypatch.setattr(peers, "MAX_EPISODE", 10)
+    pq.write_table(table(episodes([12] * 6), ends="none"), tmp_path / "dcs.parquet")
+    assert cli.main(["pretrain", "--data", str(tmp_path / "dcs.parquet"), "--method", "lapo", "--episode-length", "12",
+                     "--recon-samples", "0", *small, "--out", str(tmp_path / "dcs")]) == 0
+    assert cli.main(["probe", str(tmp_path / "dcs"), "--no-write", "--device", "cpu"]) == 0
 
 
 def test_episodes_end_at_terminated_alone_or_every_episode_length_rows(tmp_path: Path,

@@ -127,6 +127,7 @@ def test_seeds_and_errors() -> None:
     spec = env_spec({"task": "cheetah-run", "distractors": "laom", "img_size": 64}, "ood", max_episode_steps=10)
     assert spec.kwargs == {"distractors": "laom", "img_size": 64, "video_split": "eval", "max_episode_steps": 10,
                            "agent_masks": False}  # a policy reads frames only: no segmentation pass
+    assert "agent_masks" not in env_spec({"task": "fake-task", "factory": FACTORY}, "id").kwargs  # another factory's
     with pytest.raises(MasklamError, match="split"):
         env_spec({"task": "x"}, "test")
 

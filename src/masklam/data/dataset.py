@@ -141,10 +141,12 @@ def _expand(paths: PathsLike) -> list[Path]:
     return files
 
 
-def data_layouts(paths: PathsLike) -> list[FileLayout]:
+def data_layouts(paths: PathsLike, observations: str | None = None,
+                 episode_length: int | None = None) -> list[FileLayout]:
     """The checked layouts of every data file `paths` stands for (shards agreeing on sizes and task), without
-    loading any frame: what artefacts are checked against before work."""
-    layouts = [data_layout(p) for p in _expand(paths)]
+    loading any frame: what artefacts are checked against before work (`observations`, `episode_length`: how
+    MaskLAM's parquet data are read, as `data_layout`)."""
+    layouts = [data_layout(p, observations, episode_length) for p in _expand(paths)]
     _check_shards_agree(layouts)
     return layouts
 

@@ -94,6 +94,8 @@ class BCConfig:
     """seed of initialisation and batches"""
     split_seed: int = 0
     """seed of the train/held-out split and the labeled subset (the same as the LAM's)"""
+    any_fps: bool = False
+    """with --lam: use data whose frame rate differs from the LAM's training video"""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     save_every: int = 500
@@ -146,7 +148,7 @@ def _setup(cfg: BCConfig, device: torch.device, progress: bool) -> _Setup:
     from masklam.data import WindowSampler, labeled_subset, load_dataset, split_trajectories
 
     if cfg.target == "latent":
-        check_lam_data(cfg.lam, cfg.data)
+        check_lam_data(cfg.lam, cfg.data, any_fps=cfg.any_fps)
     mask_key = lam_mask_key(cfg.lam) if cfg.target == "latent" else None
     data = load_dataset(list(cfg.data), mask_key=mask_key, progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)

@@ -46,8 +46,8 @@ class DecodeConfig:
     policy: Path | None = None
     """latent BC policy directory (written by `masklam bc --target latent`): decode what it predicts (the agent)"""
     lam: Path | None = None
-    """instead of --policy, a LAM run directory or Hub repo id: decode the LAM's own latents of (o_t, o_{t+1}) (what `masklam
-    label --decoder` needs to turn labelled video's latents into actions)"""
+    """instead of --policy, a LAM run directory or Hub repo id: decode the LAM's own latents of (o_t, o_{t+1})
+    (what `masklam label --decoder` needs to turn labelled video's latents into actions)"""
     labels: int = 8
     """number of labeled trajectories (nested subsets: the first N of one permutation)"""
     updates: int = 2500
@@ -77,6 +77,8 @@ class DecodeConfig:
     """seed of the decoder's initialisation and batches"""
     split_seed: int = 0
     """seed of the train/held-out split and the labeled subset (the same as the LAM's and the policy's)"""
+    any_fps: bool = False
+    """with --lam: use data whose frame rate differs from the LAM's training video"""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
 
@@ -144,7 +146,7 @@ def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) 
     from masklam.downstream.targets import latent_target
     from masklam.train.checkpoint import check_lam_data, lam_mask_key
 
-    check_lam_data(cfg.lam, cfg.data)
+    check_lam_data(cfg.lam, cfg.data, any_fps=cfg.any_fps)
     mask_key = lam_mask_key(cfg.lam)
     data = load_dataset(list(cfg.data), mask_key=mask_key, progress=progress)
     if data.action_dim == 0:

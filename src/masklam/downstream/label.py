@@ -162,6 +162,8 @@ def label(cfg: LabelConfig) -> Path:
             raise MasklamError(f"--out must end in .h5 for an HDF5 dataset, got {cfg.out}")
         labeller = Labeller(cfg)
         if not cfg.any_fps:
+            from masklam.train.checkpoint import check_fps
+
             check_fps(cfg.lam, labeller.data_fps, cfg.data, source.fps)
         labels = _label_source(cfg, labeller, source)
         if source.kind == "lerobot":
@@ -171,14 +173,6 @@ def label(cfg: LabelConfig) -> Path:
     finally:
         source.close()
     return cfg.out
-
-
-def check_fps(lam: Path, lam_fps: float | None, data: Path, data_fps: float | None) -> None:
-    """One line before work when both frame rates are known and differ by more than 1%: a latent action spans
-    one frame interval of the LAM's training video, so video at another rate gets latents of another motion."""
-    if lam_fps and data_fps and abs(data_fps - lam_fps) > 0.01 * lam_fps:
-        raise MasklamError(f"the LAM {lam} was trained on {lam_fps:g} fps video, {data} is {data_fps:g} fps: "
-                           f"resample it (masklam import {data} --fps {lam_fps:g} --out DATA.h5), or pass --any-fps")
 
 
 def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:

@@ -39,7 +39,8 @@ class VizConfig:
     """PNG views of what a LAM's latents mean: a 2-D projection, latent-action transfer, FSQ code usage."""
 
     lam: Path
-    """the LAM's run directory (from `masklam pretrain`, or a pretrain stage of `masklam experiment`)"""
+    """the LAM's run directory (from `masklam pretrain`, or a pretrain stage of `masklam experiment`), or a Hub repo id
+    (then --out)"""
     data: list[Path] | None = None
     """dataset file(s) (default: the data the run was trained on, from its config.json)"""
     out: Path | None = None
@@ -215,8 +216,12 @@ def visualise(cfg: VizConfig) -> dict:
     from masklam.masks.distill import spread
     from masklam.models.lam import PixelLAM, load_lam
 
-    run_cfg = read_json(cfg.lam / "config.json", "LAM config") if (cfg.lam / "config.json").is_file() else {}
+    from masklam.models.pretrained import fetch_pretrained, is_local
+
+    if cfg.out is None and not is_local(str(cfg.lam)):
+        raise MasklamError(f"{cfg.lam} is a Hub repo id: pass --out DIR for the figures")
     lam = load_lam(cfg.lam, resolve_device(cfg.device))
+    run_cfg = read_json(fetch_pretrained(cfg.lam, "LAM") / "config.json", "LAM config")
     paths = [str(p) for p in cfg.data] if cfg.data else run_cfg.get("data")
     if not paths:
         raise MasklamError(f"{cfg.lam}/config.json names no data; pass --data FILE")

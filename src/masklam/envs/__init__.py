@@ -51,10 +51,10 @@ def make(task: str, distractors: str | DistractorConfig = "laom", options: Scene
     """A distracted dm_control or Meta-World ('mw-*') task.
 
     `options` (or its fields as keyword arguments: video_split, img_size, action_repeat, background_path, shadows,
-    reflections, camera_id, max_episode_steps, render_mode, multisample; `SceneOptions`) say how it is rendered
-    and stepped (shadows, reflections and multisampling off render ~3-5x faster in the control suite and ~10x in
-    Meta-World's scene, but look different); the other keyword arguments set `DistractorConfig` fields of the
-    preset, and on Meta-World `mask="moving"` masks only the robot's moving parts and `terminate_on_success=True`
+    reflections, camera_id, max_episode_steps, render_mode, multisample, agent_masks; `SceneOptions`) say how it
+    is rendered and stepped (shadows, reflections and multisampling off render ~3-5x faster in the control suite
+    and ~10x in Meta-World's scene, but look different); the other keyword arguments set `DistractorConfig` fields
+    of the preset, and on Meta-World `mask="moving"` masks only the robot's moving parts and `terminate_on_success=True`
     ends an episode on success (camera_id may be a camera name there, default "corner").
     """
     scene = {k: kwargs.pop(k) for k in list(kwargs) if k in SCENE_FIELDS}

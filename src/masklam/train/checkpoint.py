@@ -74,14 +74,19 @@ def lam_mask_key(lam_dir: str | Path | None) -> str | None:
     return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
 
 
-def check_lam_data(lam_dir: str | Path, paths: Any) -> None:
+def check_lam_data(lam_dir: str | Path, paths: Any, observations: str | None = None,
+                   episode_length: int | None = None, any_fps: bool = False) -> None:
     """One line before work if the LAM of `lam_dir` (a directory or a Hub repo id) cannot label these data: frames
-    of another size, or data without the agent masks it reads as input (from its config.json and the files'
-    layouts)."""
+    of another size, data without the agent masks it reads as input, or (unless `any_fps`) video at another frame
+    rate than its training video (from its config.json and the files' layouts; `observations`, `episode_length`:
+    how MaskLAM's parquet data are read)."""
     from masklam.data.dataset import data_layouts
 
     cfg = read_json(fetch_pretrained(lam_dir, "LAM") / "config.json", "LAM config")
-    layouts = data_layouts(paths)
+    layouts = data_layouts(paths, observations, episode_length)
+    if not any_fps:
+        check_fps(lam_dir, cfg.get("data_fps") if isinstance(cfg, dict) else None, layouts[0].path,
+                  layouts[0].attrs.get("fps"))
     hw = cfg.get("model", {}).get("img_hw") if isinstance(cfg, dict) else None
     h, w = layouts[0].img_hw
     if hw is not None and (h, w) != (int(hw), int(hw)):
@@ -92,3 +97,11 @@ def check_lam_data(lam_dir: str | Path, paths: Any) -> None:
     if lacking:
         raise MasklamError(f"the LAM {lam_dir} reads agent masks ({key}) with its frames; {lacking[0]} has none "
                            "(add them with `masklam masks`, or use a LAM trained without a mask channel)")
+
+
+def check_fps(lam: str | Path, lam_fps: float | None, data: str | Path, data_fps: float | None) -> None:
+    """One line before work when both frame rates are known and differ by more than 1%: a latent action spans
+    one frame interval of the LAM's training video, so video at another rate gets latents of another motion."""
+    if lam_fps and data_fps and abs(float(data_fps) - lam_fps) > 0.01 * lam_fps:
+        raise MasklamError(f"the LAM {lam} was trained on {lam_fps:g} fps video, {data} is {float(data_fps):g} fps: "
+                           f"resample it (masklam import {data} --fps {lam_fps:g} --out DATA.h5), or pass --any-fps")

@@ -241,12 +241,14 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     paths = list(cfg.data) or run_cfg.get("data")
     if not paths:
         raise MasklamError(f"{cfg.ckpt}/config.json names no data; pass --data FILE")
-    check_lam_data(cfg.ckpt, paths)  # frames of its size, the masks it reads: one line before loading anything
     # the run's kind of frame where the data offer a choice; data passed with --data holding one kind: those
     one_kind = any(not offers_observations(p) for p in cfg.data)
+    observations = None if one_kind else run_cfg.get("observations")
+    episode_length = run_cfg.get("episode_length")
+    # frames of its size, the masks it reads (a probe measures any frame rate): one line before loading the data
+    check_lam_data(cfg.ckpt, paths, observations, episode_length, any_fps=True)
     data = load_dataset(paths, mask_key=run_cfg.get("mask_key", "masks") if lam.needs_masks else None,
-                        observations=None if one_kind else run_cfg.get("observations"),
-                        episode_length=run_cfg.get("episode_length"))
+                        observations=observations, episode_length=episode_length)
     heldout = cfg.heldout if cfg.heldout is not None else run_cfg.get("heldout", 0.1)
     seed = cfg.split_seed if cfg.split_seed is not None else run_cfg.get("split_seed", 0)
     train_ids, held_ids = split_trajectories(data.num_trajectories, heldout, seed)
