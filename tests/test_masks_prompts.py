@@ -184,11 +184,6 @@ def test_prompt_errors_are_one_line_naming_the_file(tmp_path, stub, args, messag
     assert not any(p.name.endswith(".parts") for p in tmp_path.iterdir())  # refused before any work
 
 
-def test_auto_and_point_go_with_mobilesam(capsys):
-    assert cli_main(["masks", "--data", "d.h5", "--weights", "w", "--auto"]) == 2
-    assert "go with --segmenter mobilesam" in capsys.readouterr().err
-
-
 def test_resuming_with_another_prompt_is_refused(tmp_path, stub, capsys):
     path = imported_file(tmp_path / "v.h5", [agent_video()[0]])
     base = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w"]

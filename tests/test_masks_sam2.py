@@ -277,3 +277,37 @@ def test_bad_files_and_changed_box(tmp_path, tiny_weights, capsys):
     add_masks(path, tiny_weights, box=(0, 0, 32, 32), device="cpu")
     with pytest.raises(MasklamError, match="made with box"):
         add_masks(path, tiny_weights, box=(0, 0, 40, 40), device="cpu")
+
+
+def test_point_and_auto_reach_sam2_as_mobilesams_frame0_box(tmp_path, tiny_weights, monkeypatch):
+    """SAM 2 is prompted with a box: --auto gives it find_agent's box, --point the box of MobileSAM's frame-0 mask
+    of the point; either is stored per trajectory (MobileSAM and find_agent stand in: their own tests are theirs)."""
+    import masklam.masks.auto as auto
+    import masklam.masks.mobilesam as mobilesam
+    import masklam.masks.weights as weights
+
+    monkeypatch.setattr(weights, "ensure", lambda name: tmp_path / f"{name}.pt")
+    monkeypatch.setattr(mobilesam, "load_mobilesam", lambda path, device: f"model of {path.name}")
+    monkeypatch.setattr(auto, "find_agent", lambda model, video, name: (1.0, 2.0, 30.0, 40.0))
+
+    def frame0_mask(model, video, prompt, *args, **kwargs):
+        assert model == "model of mobilesam.pt" and len(video) == 1 and tuple(prompt) == (10.0, 12.0)
+        mask = np.zeros((1, 64, 64), bool)
+        mask[0, 8:18, 5:15] = True  # rows 8..17, columns 5..14 around the point
+        return mask
+
+    monkeypatch.setattr(mobilesam, "track", frame0_mask)
+    boxes = []
+    real = segmenter.segment_video
+    monkeypatch.setattr(segmenter, "segment_video",
+                        lambda model, video, box, **kw: boxes.append(tuple(box)) or real(model, video, box, **kw))
+    for prompt, want in ((["--auto"], (1.0, 2.0, 30.0, 40.0)), (["--point", "10,12"], (4.0, 7.0, 16.0, 19.0))):
+        path = write_file(tmp_path / f"{prompt[0][2:]}.h5")
+        boxes.clear()
+        assert cli.main(["masks", "--data", str(path), "--weights", str(tiny_weights), "--device", "cpu",
+                         *prompt]) == 0
+        assert boxes == [want, want]  # one per trajectory
+        with h5py.File(path) as f:
+            for name in ("0", "1"):
+                np.testing.assert_allclose(f[name].attrs["sam2_masks_prompt"], want)
+                assert f[name]["sam2_masks"].shape[1:] == (64, 64)

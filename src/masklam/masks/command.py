@@ -4,7 +4,8 @@ MaskLAM's masks are zero-shot: a segmenter prompted with one fixed box on the fi
 (the agent starts at a known place in the frame) and followed through the video. The prompt is the task's box
 (files from `masklam collect`), ``--box X0 Y0 X1 Y1`` or ``--point X Y`` (pixels of the file's frames; also
 written ``--box x0,y0,x1,y1``), or ``--auto``: a box per trajectory found from the video's motion
-(`masklam.masks.auto`). A file naming no task (an imported video) needs one of them. Two segmenters:
+(`masklam.masks.auto`; SAM 2 takes a box, so a point or --auto reaches it as MobileSAM's frame-0 box).
+A file naming no task (an imported video) needs one of them. Two segmenters:
 ``--segmenter sam2`` (SAM 2.1 hiera-tiny video model, local weights, a GPU job) and ``--segmenter mobilesam``
 (MobileSAM, weights from `masklam weights fetch mobilesam`; an image model, so each next frame is prompted
 with the box of the previous frame's mask). On a CPU, ``--frames-per-traj N --student`` labels only N frames
@@ -52,9 +53,11 @@ class MasksConfig:
     """Box prompt on frame 0, x0 y0 x1 y1 (or x0,y0,x1,y1) in pixels of the HxW frame (default: sized for the
     file's domain; a file naming no task needs --box, --point or --auto)."""
     point: tuple[float, float] | None = None
-    """mobilesam: a point on the agent in frame 0, x y (or x,y) in pixels, instead of a box."""
+    """A point on the agent in frame 0, x y (or x,y) in pixels, instead of a box (sam2: MobileSAM's mask of it
+    gives SAM 2's box)."""
     auto: bool = False
-    """mobilesam: find the agent on frame 0 of each trajectory from the video's motion (masklam.masks.auto)."""
+    """Find the agent on frame 0 of each trajectory from the video's motion (masklam.masks.auto; with MobileSAM,
+    whose box then prompts sam2)."""
     preview: bool = False
     """Also write <data>.<key>.preview.png: frames of a few trajectories with their masks drawn on them."""
     device: str = "auto"
@@ -85,8 +88,6 @@ class MasksConfig:
             raise MasklamError(f"--key {self.key!r} is not allowed (reserved, empty, or contains '/')")
         if sum((self.box is not None, self.point is not None, self.auto)) > 1:
             raise MasklamError("give one prompt: --box, --point or --auto")
-        if self.segmenter == "sam2" and (self.point is not None or self.auto):
-            raise MasklamError("--point and --auto go with --segmenter mobilesam")
         if self.box is not None:
             x0, y0, x1, y1 = self.box
             if not (0 <= x0 < x1 and 0 <= y0 < y1):
@@ -155,8 +156,41 @@ def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
     import masklam.masks.sam2 as sam2_model
 
     model = sam2_model.load_model(weights, dev)
-    return lambda video, box, progress, name="": (sam2_model.segment_video(model, video, box, batch=batch,
-                                                                           progress=progress) > 0, box), dev
+    box_of = frame0_box(dev)
+
+    def segment_sam2(video, prompt, progress, name="the video"):
+        box = box_of(video, prompt, name)
+        return sam2_model.segment_video(model, video, box, batch=batch, progress=progress) > 0, box
+
+    return segment_sam2, dev
+
+
+def frame0_box(device):
+    """A function (video, prompt, name) -> the frame-0 box SAM 2 is prompted with: a box as it is; a point or AUTO
+    through MobileSAM (loaded on first use, weights from the package registry): the box of its frame-0 mask of the
+    point, or `find_agent`'s box."""
+    helper: dict = {}
+
+    def box_of(video, prompt, name):
+        if prompt != AUTO and len(prompt) == 4:
+            return tuple(prompt)
+        if "model" not in helper:
+            from masklam.masks.mobilesam import load_mobilesam
+            from masklam.masks.weights import ensure
+
+            helper["model"] = load_mobilesam(ensure("mobilesam"), device)
+        from masklam.masks.auto import find_agent
+        from masklam.masks.mobilesam import mask_box, track
+
+        if prompt == AUTO:
+            return find_agent(helper["model"], video, name=name)
+        box = mask_box(track(helper["model"], video[:1], prompt)[0], 0.1)
+        if box is None:
+            raise MasklamError(f"MobileSAM found no agent at the point {tuple(prompt)} on frame 0 of {name}; "
+                               "pass --box")
+        return box
+
+    return box_of
 
 
 def _segment_all(path: Path, parts: Path, todo: list[str], lengths: dict[str, int], weights: Path,
@@ -178,7 +212,8 @@ def _segment_all(path: Path, parts: Path, todo: list[str], lengths: dict[str, in
             except Exception as e:  # noqa: BLE001 (one line naming the trajectory, never a traceback)
                 raise MasklamRuntimeError(f"{segmenter} masks ({path} trajectory {name}): {one_line(e)}") from None
             iou = mask_iou(masks, group["masks"][()]) if "masks" in group else None
-            write_part(parts, name, masks, iou, extra={"prompt": np.asarray(used, np.float64)} if prompt == AUTO else None)
+            found = prompt == AUTO or len(used) != len(prompt)  # a box found for this trajectory (auto, sam2's point)
+            write_part(parts, name, masks, iou, extra={"prompt": np.asarray(used, np.float64)} if found else None)
             if iou is not None:
                 bar.set_postfix(iou=f"{iou:.3f}")
                 tqdm.write(f"trajectory {name}: IoU vs simulator masks {iou:.3f}")

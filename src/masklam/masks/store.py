@@ -9,7 +9,8 @@ file beside it (`masklam.data.hdf5.write_atomically`), and when all are done a c
 and is renamed over the original. A killed run loses at most the trajectory in progress; a rerun skips what
 is done (`plan`). The prompt and the weights used are stored as file attributes ``<key>_prompt`` (4 numbers: a
 box, 2: a point, or "auto"), ``<key>_weights``; each trajectory's IoU against the simulator masks (when it has
-them) as the group attribute ``<key>_iou``, and an --auto trajectory's box as the group attribute ``<key>_prompt``.
+them) as the group attribute ``<key>_iou``, and a box found per trajectory (--auto; SAM 2's box of a --point) as the
+group attribute ``<key>_prompt``.
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def merge_parts(path: Path, parts: Path, key: str, prompt: Prompt, weights: Path
                 group.create_dataset(key, data=masks, chunks=chunks, compression="lzf" if chunks else None)
                 if "iou" in src.attrs:
                     group.attrs[f"{key}_iou"] = float(src.attrs["iou"])
-                if "prompt" in src:  # the box --auto found for this trajectory
+                if "prompt" in src:  # the box found for this trajectory (--auto, or sam2's box of a --point)
                     group.attrs[f"{key}_prompt"] = src["prompt"][()]
         f.attrs[f"{key}_prompt"] = prompt if isinstance(prompt, str) else np.asarray(prompt, np.float64)
         f.attrs[f"{key}_weights"] = str(weights)
