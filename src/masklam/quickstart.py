@@ -120,7 +120,8 @@ def experiment_config(cfg: QuickstartConfig):
 
 SCALE_CURVE = ("scale curve (docs/results.md; cheetah-run): MaskLAM's probe NMSE with our mask-target vs the "
                "authors' exact recipe 0.62 vs 0.71 at 1000 updates (2 seeds; their LAPO 0.87), 0.46 vs 0.51 at 4000 "
-               "(seed 0): ours stays ahead, so the quickstart keeps mask-target")
+               "(seed 0; their LAPO 0.68): both keep their lead over LAPO, ours stays ahead, so the quickstart keeps "
+               "mask-target")
 """The scale curve's conclusion, printed under the quickstart's table (re-measured: benchmarks/scale_curve.py)."""
 
 
