@@ -121,8 +121,8 @@ def test_missing_directories_and_repos_are_one_line_errors(hub, tmp_path, monkey
 
 
 def test_decode_and_label_take_a_lam_by_hub_repo_id(hub, tmp_path, write_synthetic_dataset):
-    """`masklam decode --lam user/name` and `masklam label --lam user/name` fetch the LAM like `load_lam` does: the
-    same latents as its local copy, and the decoder and the labelled file name the repo, not a local path."""
+    """`masklam decode`, `label` and `bc` take `--lam user/name` and fetch the LAM like `load_lam` does: the same
+    latents as its local copy, and the decoder and the labelled file name the repo, not a local path."""
     import h5py
 
     from masklam import cli
@@ -138,6 +138,9 @@ def test_decode_and_label_take_a_lam_by_hub_repo_id(hub, tmp_path, write_synthet
     for source, out in [("me/tiny-lam", "hub.h5"), (str(tmp_path / "local"), "local.h5")]:
         extra = ["--decoder", str(tmp_path / "dec")] if source == "me/tiny-lam" else []
         assert cli.main(["label", "--lam", source, "--out", str(tmp_path / out), *common, *extra]) == 0
+    assert cli.main(["bc", "--target", "latent", "--lam", "me/tiny-lam", "--updates", "2", "--batch-size", "8",
+                     "--frame-stack", "1", "--out", str(tmp_path / "bc"), *common]) == 0  # latent BC on its latents
+    assert (tmp_path / "bc" / "model.safetensors").is_file()
     with h5py.File(tmp_path / "hub.h5") as hub_file, h5py.File(tmp_path / "local.h5") as local_file:
         assert hub_file.attrs["latent_lam"] == "me/tiny-lam"
         for name in local_file:
