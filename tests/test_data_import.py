@@ -290,6 +290,12 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     with pytest.raises(MasklamError, match="trained on 10 fps video"):  # decoders over its latents: the same check
         train_decoder(DecodeConfig(data=(slow,), out=tmp_path / "dec", lam=run, labels=1, device="cpu"), False)
     label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", any_fps=True, progress=False, device="cpu"))
+    # a LeRobot dataset's rate is its meta/info.json fps: 20 is refused, 10.05 (within 1%) is the LAM's
+    fast = export(ExportConfig(data=data, out=tmp_path / "lr20", fps=20, progress=False))
+    with pytest.raises(MasklamError, match="is 20 fps"):
+        label(LabelConfig(lam=run, data=fast, out=tmp_path / "fast", progress=False, device="cpu"))
+    near = export(ExportConfig(data=data, out=tmp_path / "lr1005", fps=10.05, progress=False))
+    assert label(LabelConfig(lam=run, data=near, out=tmp_path / "near", progress=False, device="cpu")).is_dir()
     with h5py.File(tmp_path / "slow.h5") as f:
         assert f["0/latent_action"].shape == (5, 8)
     shutil.rmtree(run)
