@@ -282,6 +282,9 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     assert json.loads((run / "config.json").read_text())["data_fps"] == 10
     slow = tmp_path / "d5.h5"
     do_import(videos, slow, img_size=32, fps=5)
+    from masklam.data import load_dataset
+
+    assert "fps" not in load_dataset([data, slow], progress=False).meta  # files at two rates: no rate to record
     with pytest.raises(MasklamError, match=f"the LAM {run} was trained on 10 fps video, {slow} is 5 fps: resample"):
         label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", progress=False, device="cpu"))
     assert not (tmp_path / "slow.h5").exists()

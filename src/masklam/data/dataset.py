@@ -239,6 +239,8 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
 
     meta = dict(layouts[0].attrs)
     meta["files"] = [str(lay.path) for lay in layouts]
+    if len({lay.attrs.get("fps") for lay in layouts}) > 1:  # files at different frame rates: the data have none
+        meta.pop("fps", None)
     return TrajectoryData(
         obs=arrays["obs"], actions=arrays["actions"], states=arrays["states"], rewards=arrays.get("rewards"),
         masks=arrays.get(mask_key) if load_masks else None, traj_starts=starts, traj_lengths=lengths,

@@ -85,15 +85,14 @@ class Labeller:
 
     def __init__(self, cfg: LabelConfig) -> None:
         from masklam.downstream.decoder import ActionDecoder
-        from masklam.files import read_json
         from masklam.models.lam import load_lam
-        from masklam.models.pretrained import fetch_pretrained
-        from masklam.train.checkpoint import lam_mask_key
+        from masklam.train.checkpoint import lam_config, mask_key_of
 
         self.device = resolve_device(cfg.device)
         self.lam = load_lam(cfg.lam, self.device)
-        self.mask_key = lam_mask_key(cfg.lam)
-        self.data_fps = read_json(fetch_pretrained(cfg.lam, "LAM") / "config.json", "LAM config").get("data_fps")
+        run = lam_config(cfg.lam)
+        self.mask_key = mask_key_of(run)
+        self.data_fps = run.get("data_fps")
         self.size = int(self.lam.cfg.img_hw)
         self.batch_size = cfg.batch_size
         self.decoder = None

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from masklam.args import parse
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
-from masklam.files import atomic_path, read_json, write_json
+from masklam.files import atomic_path, write_json
 
 TRANSFER_ROWS = 6
 
@@ -216,12 +216,13 @@ def visualise(cfg: VizConfig) -> dict:
     from masklam.masks.distill import spread
     from masklam.models.lam import PixelLAM, load_lam
 
-    from masklam.models.pretrained import fetch_pretrained, is_local
+    from masklam.models.pretrained import is_local
+    from masklam.train.checkpoint import lam_config
 
     if cfg.out is None and not is_local(str(cfg.lam)):
         raise MasklamError(f"{cfg.lam} is a Hub repo id: pass --out DIR for the figures")
     lam = load_lam(cfg.lam, resolve_device(cfg.device))
-    run_cfg = read_json(fetch_pretrained(cfg.lam, "LAM") / "config.json", "LAM config")
+    run_cfg = lam_config(cfg.lam)
     paths = [str(p) for p in cfg.data] if cfg.data else run_cfg.get("data")
     if not paths:
         raise MasklamError(f"{cfg.lam}/config.json names no data; pass --data FILE")

@@ -61,17 +61,24 @@ def check_resumable(run_dir: Path, new_config: dict[str, Any], allowed_changes: 
                                "use the same arguments to resume, or another --out")
 
 
+def lam_config(lam_dir: str | Path) -> dict[str, Any]:
+    """The config.json of a LAM (a run directory or a Hub repo id): one fetch, one read, one-line errors."""
+    path = fetch_pretrained(lam_dir, "LAM") / "config.json"
+    cfg = read_json(path, "LAM config")
+    if not isinstance(cfg, dict):
+        raise MasklamError(f"bad LAM config {path}: expected an object")
+    return cfg
+
+
+def mask_key_of(cfg: dict[str, Any]) -> str | None:
+    """The dataset key of the agent masks a LAM with this config reads as input (None when it takes none)."""
+    return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
+
+
 def lam_mask_key(lam_dir: str | Path | None) -> str | None:
     """The dataset key of the agent masks a LAM (a directory or a Hub repo id) reads as input (None when it takes
     none): labelling with a mask-channel LAM needs the same masks it was trained with."""
-    if lam_dir is None:
-        return None
-    config = fetch_pretrained(lam_dir, "LAM") / "config.json"
-    try:
-        cfg = json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MasklamError(f"cannot read {config}: {e}") from None
-    return cfg.get("mask_key", "masks") if cfg.get("model", {}).get("mask_channel") else None
+    return None if lam_dir is None else mask_key_of(lam_config(lam_dir))
 
 
 def check_lam_data(lam_dir: str | Path, paths: Any, observations: str | None = None,
@@ -82,17 +89,16 @@ def check_lam_data(lam_dir: str | Path, paths: Any, observations: str | None = N
     how MaskLAM's parquet data are read)."""
     from masklam.data.dataset import data_layouts
 
-    cfg = read_json(fetch_pretrained(lam_dir, "LAM") / "config.json", "LAM config")
+    cfg = lam_config(lam_dir)
     layouts = data_layouts(paths, observations, episode_length)
     if not any_fps:
-        check_fps(lam_dir, cfg.get("data_fps") if isinstance(cfg, dict) else None, layouts[0].path,
-                  layouts[0].attrs.get("fps"))
-    hw = cfg.get("model", {}).get("img_hw") if isinstance(cfg, dict) else None
+        check_fps(lam_dir, cfg.get("data_fps"), layouts[0].path, layouts[0].attrs.get("fps"))
+    hw = cfg.get("model", {}).get("img_hw")
     h, w = layouts[0].img_hw
     if hw is not None and (h, w) != (int(hw), int(hw)):
         raise MasklamError(f"the LAM {lam_dir} was trained on {hw}x{hw} frames, {layouts[0].path} has {h}x{w}: "
                            "use data of its image size, or train a LAM on these")
-    key = lam_mask_key(lam_dir)
+    key = mask_key_of(cfg)
     lacking = [lay.path for lay in layouts if key is not None and not lay.has(key)]
     if lacking:
         raise MasklamError(f"the LAM {lam_dir} reads agent masks ({key}) with its frames; {lacking[0]} has none "

@@ -199,14 +199,6 @@ class Run:
         return self.cfg.out
 
 
-def _data_fps(cfg: PretrainConfig) -> float | None:
-    """The frame rate of the training video when every file records the same one (imported video), else None."""
-    from masklam.data.dataset import data_layouts
-
-    rates = {lay.attrs.get("fps") for lay in data_layouts(cfg.data, cfg.observations, cfg.episode_length)}
-    return float(rates.pop()) if len(rates) == 1 and None not in rates and rates != {0} else None
-
-
 def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
     """Data, split and samplers; the run's config (checked against a run to resume); model and optimiser,
     restored from train_state.pt when there is one."""
@@ -227,9 +219,8 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
     check_resumable(cfg.out, config, RESUMABLE_CHANGES, FIELD_DEFAULTS)
     config = {**config, "total_steps": total, "num_train_windows": sampler.num_windows,
               "train_trajectories": train_ids.tolist(), "heldout_trajectories": held_ids.tolist()}
-    fps = _data_fps(cfg)
-    if fps:  # imported video records its frame rate: label, decode and bc check video against it
-        config["data_fps"] = fps
+    if data.meta.get("fps"):  # imported video records its frame rate: label, decode and bc check video against it
+        config["data_fps"] = float(data.meta["fps"])
     if ctx.enabled:
         config["world_size"] = ctx.world_size
     if ctx.is_main:
