@@ -119,9 +119,9 @@ def experiment_config(cfg: QuickstartConfig):
 
 
 SCALE_CURVE = ("scale curve (docs/results.md; cheetah-run): MaskLAM's probe NMSE with our mask-target vs the "
-               "authors' exact recipe 0.62 vs 0.71 at 1000 updates (2 seeds; their LAPO 0.87), 0.46 vs 0.51 at 4000 "
-               "(seed 0; their LAPO 0.68): both keep their lead over LAPO, ours stays ahead, so the quickstart keeps "
-               "mask-target")
+               "authors' exact recipe 0.624 vs 0.709 at 1000 updates (2 seeds; their LAPO 0.873), 0.465 vs 0.516 "
+               "at 4000 (2 seeds; their LAPO 0.672): both keep their lead over LAPO, ours stays ahead, so the "
+               "quickstart keeps mask-target")
 """The scale curve's conclusion, printed under the quickstart's table (re-measured: benchmarks/scale_curve.py)."""
 
 
