@@ -78,7 +78,8 @@ def main() -> None:
     b = tyro.cli(Bench)
     torch.set_num_threads(1)
     print(f"{b.task}, distractors {b.distractors}, {b.img_size}x{b.img_size}, shadows {b.shadows}, "
-          f"reflections {b.reflections}; {os.cpu_count()} CPUs, LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS', 'unset')}")
+          f"reflections {b.reflections}; {os.cpu_count()} CPUs, "
+          f"LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS', 'unset')}")
     print("one core = env.step (RGB + mask, no writing) in this process, measured just before each row\n")
     print("| workers | frames | one core frames/s | collect frames/s (steady) | wall s (incl. start-up) "
           "| ratio to W x one core | load avg |")

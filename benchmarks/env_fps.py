@@ -86,8 +86,10 @@ def main() -> None:
     t, p = ours(args.task, args.steps, args.img_size, "laom", shadows=False, reflections=False)
     rows.append(("ours, laom, RGB + mask, no shadows/refl.", t, p))
 
-    print(f"# {args.task}, {args.img_size}x{args.img_size}, {args.steps} steps, LP_NUM_THREADS={os.environ['LP_NUM_THREADS']}")
-    head = f"| {'setting':<42} | {'FPS':>6} | {'ms/step':>7} | {'x plain':>7} | " + " | ".join(f"{k[:7]:>7}" for k in PARTS) + " |"
+    print(f"# {args.task}, {args.img_size}x{args.img_size}, {args.steps} steps, "
+          f"LP_NUM_THREADS={os.environ['LP_NUM_THREADS']}")
+    head = (f"| {'setting':<42} | {'FPS':>6} | {'ms/step':>7} | {'x plain':>7} | "
+            + " | ".join(f"{k[:7]:>7}" for k in PARTS) + " |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for name, sec, parts in rows:

@@ -24,7 +24,8 @@ from masklam.train.precision import autocast, bf16_active
 def make_batch(cfg: PretrainConfig, action_dim: int, state_dim: int, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
     shape = (cfg.batch_size, cfg.frame_stack, 64, 64, 3)
-    frames = lambda b=cfg.batch_size: torch.randint(0, 256, (b,) + shape[1:], generator=g, dtype=torch.uint8).to(device)  # noqa: E731
+    frames = lambda b=cfg.batch_size: torch.randint(0, 256, (b,) + shape[1:], generator=g,  # noqa: E731
+                                                    dtype=torch.uint8).to(device)
     batch = dict(obs_t=frames(), obs_t1=frames(), obs_tk=frames(),
                  mask_t1=(torch.rand(cfg.batch_size, 64, 64, generator=g) < 0.1).to(device),
                  action_t=torch.randn(cfg.batch_size, action_dim, generator=g).to(device),
@@ -85,7 +86,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
     print(f"preset {args.preset}, device {name}, {args.steps} timed steps after {args.warmup} warm-up")
     native = bf16_active(device)
-    print(f"| method | params (M) | batch | samples/s fp32 | samples/s bf16 autocast |\n|---|---|---|---|---|")
+    print("| method | params (M) | batch | samples/s fp32 | samples/s bf16 autocast |\n|---|---|---|---|---|")
     for method in args.methods:
         rates = []
         for bf16 in (False, True) if native else (False,):

@@ -62,7 +62,8 @@ def main() -> int:
     print("|---" * (len(args.seeds) + 3) + "|")
     for (recipe, method), by_seed in table.items():
         vals = [by_seed[s] for s in args.seeds]
-        print(f"| {method} | {recipe} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} ± {sem(vals):.3f} |")
+        print(f"| {method} | {recipe} | " + " | ".join(f"{v:.3f}" for v in vals)
+              + f" | {np.mean(vals):.3f} ± {sem(vals):.3f} |")
     summary = {}
     for recipe in args.recipes:
         lapo = table.get((recipe_label("lapo", RECIPES[recipe]), "lapo"))

@@ -43,8 +43,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{args.threads} threads"
     print(f"SAM 2 hiera-tiny ({params:.1f}M params, input {model.config.image_size}px), {name}, "
           f"{args.frames} frames of {args.size}x{args.size}")
-    print(f"| batch | first frame s | later frames/s | all frames/s |")
-    print(f"|---|---|---|---|")
+    print("| batch | first frame s | later frames/s | all frames/s |")
+    print("|---|---|---|---|")
     for batch in args.batch:
         stamps: list[float] = []
 
@@ -59,7 +59,8 @@ def main() -> None:
         segment_video(model, video, box, batch=batch, progress=tick)  # frames of one chunk finish together
         total = stamps[-1] - start
         first = stamps[0] - start
-        later = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else float("nan")
+        later = ((len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0]
+                 else float("nan"))
         print(f"| {batch} | {first:.2f} | {later:.2f} | {len(stamps) / total:.2f} |")
 
 

@@ -131,7 +131,8 @@ def test_the_authors_decoder_relu_first_and_gradient_clipping():
         return sum(float((p - q).detach().abs().sum()) for p, q in zip(d.parameters(), start.parameters()))
     assert moved(grad_clip=1e-12) < 0.1 * moved()  # clipped gradients below Adam's eps barely move the weights
     assert AUTHORS_DECODER["grad_clip"] == 1.0 and AUTHORS_DECODER["input_relu"] and AUTHORS_DECODER["layers"] == 3
-    assert (AUTHORS_DECODER["optimizer"], AUTHORS_DECODER["lr"], AUTHORS_DECODER["schedule"]) == ("adamw", 1e-3, "cosine")
+    assert (AUTHORS_DECODER["optimizer"], AUTHORS_DECODER["lr"],
+            AUTHORS_DECODER["schedule"]) == ("adamw", 1e-3, "cosine")
     bc = BCConfig(data=("x.h5",), out="o", lam="l", **AUTHORS_LATENT_BC)
     assert (bc.standardize, bc.optimizer, bc.lr, bc.schedule) == (False, "adamw", 4e-4, "cosine")
 

@@ -26,7 +26,8 @@ def make_traj(traj: int, length: int, masks: bool = True) -> Trajectory:
     actions = rng.uniform(-1, 1, (length, A)).astype(np.float32)
     rewards = np.full(length, 0.5, np.float32)
     m = rng.random((length, H, W)) < 0.3 if masks else None
-    extras = {"video_id": np.full(length, traj, np.int32), "camera": rng.standard_normal((length, 3)).astype(np.float32)}
+    extras = {"video_id": np.full(length, traj, np.int32),
+              "camera": rng.standard_normal((length, 3)).astype(np.float32)}
     return Trajectory(obs, states, actions, rewards, m, extras, seed=100 + traj)
 
 
@@ -325,7 +326,8 @@ def test_empty_trajectories_and_bad_masks_fail_on_loading(tmp_path: Path) -> Non
 
     for name, edit, pattern in [("a.h5", empty_traj, "a.h5: trajectory 1 is empty"),
                                 ("b.h5", no_action_dims, "b.h5: trajectory 0: actions must be"),
-                                ("c.h5", uint8_masks, r"c.h5: trajectory 1: masks has shape \(5, 8, 8\) uint8, other .* bool"),
+                                ("c.h5", uint8_masks,
+                                 r"c.h5: trajectory 1: masks has shape \(5, 8, 8\) uint8, other .* bool"),
                                 ("d.h5", string_actions, "d.h5: trajectory 0: actions must be")]:
         with pytest.raises(MasklamError, match=pattern):
             load_dataset(broken(name, edit), mask_key="masks", progress=False)

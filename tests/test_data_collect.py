@@ -45,12 +45,15 @@ def test_collected_file_has_laom_layout_plus_ours(collected: Path) -> None:
     assert not parts_dir(collected).exists() and not collected.with_name("d.h5.tmp").exists()
     with h5py.File(collected) as f:
         attrs = dict(f.attrs)
-        assert (attrs["domain_name"], attrs["task_name"], attrs["img_hw"], attrs["split"]) == ("cheetah", "run", SIZE, "train")
-        assert (attrs["distractors"], attrs["seed"], attrs["action_repeat"], attrs["policy"]) == ("laom", 0, 1, "random")
+        assert (attrs["domain_name"], attrs["task_name"], attrs["img_hw"],
+                attrs["split"]) == ("cheetah", "run", SIZE, "train")
+        assert (attrs["distractors"], attrs["seed"], attrs["action_repeat"],
+                attrs["policy"]) == ("laom", 0, 1, "random")
         assert not attrs["shadows"] and attrs["version"] == 1
         assert sorted(f.keys()) == ["0", "1"]
         g = f["1"]
-        assert g["obs"].shape == (12, SIZE, SIZE, 3) and g["obs"].dtype == np.uint8 and g["obs"].chunks == (1, SIZE, SIZE, 3)
+        assert (g["obs"].shape == (12, SIZE, SIZE, 3) and g["obs"].dtype == np.uint8
+                and g["obs"].chunks == (1, SIZE, SIZE, 3))
         assert g["masks"].shape == (12, SIZE, SIZE) and g["masks"].dtype == bool and g["masks"].compression == "lzf"
         assert g["states"].shape == (12, 17) and g["states"].dtype == np.float32
         assert g["actions"].shape == (12, 6) and g["actions"].dtype == np.float32
@@ -60,7 +63,8 @@ def test_collected_file_has_laom_layout_plus_ours(collected: Path) -> None:
         assert g.attrs["traj_return"] == pytest.approx(float(g["rewards"][()].sum(dtype=np.float64)))
         actions, masks = g["actions"][()], g["masks"][()]
         assert attrs["dataset_return"] == pytest.approx(np.mean([f[n].attrs["traj_return"] for n in "01"]))
-    assert np.abs(actions).max() <= 1.0 and np.array_equal(actions[0], actions[2]) and not np.array_equal(actions[2], actions[3])
+    assert (np.abs(actions).max() <= 1.0 and np.array_equal(actions[0], actions[2])
+            and not np.array_equal(actions[2], actions[3]))
     coverage = masks.mean(axis=(1, 2))
     assert (coverage > 0.005).all() and (coverage < 0.5).all()  # the agent, not the background
 

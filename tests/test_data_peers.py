@@ -92,7 +92,8 @@ def test_masklam_parquet_file_yields_episodes_frames_actions_and_either_mask(tmp
     from masklam.data.info import summarize
 
     info = summarize(path)  # `masklam info tiny.parquet`
-    assert (info["trajectories"], info["steps"], info["img_hw"], info["masks"]) == (3, 12, (H, H), ["masks", "sam2_masks"])
+    assert (info["trajectories"], info["steps"], info["img_hw"],
+            info["masks"]) == (3, 12, (H, H), ["masks", "sam2_masks"])
     assert info["bytes"] == path.stat().st_size and info["attrs"]["format"] == "masklam-parquet"
 
 
@@ -236,7 +237,8 @@ def test_episodes_end_at_terminated_alone_or_every_episode_length_rows(tmp_path:
     pq.write_table(table(eps, ends="none").drop_columns(["terminated"]), tmp_path / "noflags.parquet")
     assert load_dataset(tmp_path / "noflags.parquet", progress=False, episode_length=5).num_trajectories == 3
     # pretrain takes it (--episode-length), recorded only when set
-    assert PretrainConfig(method="lapo", data=[tmp_path], out=tmp_path, episode_length=1000).to_dict()["episode_length"] == 1000
+    assert PretrainConfig(method="lapo", data=[tmp_path], out=tmp_path,
+                          episode_length=1000).to_dict()["episode_length"] == 1000
     assert "episode_length" not in PretrainConfig(method="lapo", data=[tmp_path], out=tmp_path).to_dict()
 
 

@@ -143,7 +143,8 @@ def test_cli_writes_eval_json_where_asked(tmp_path: Path, monkeypatch: pytest.Mo
     ImagePolicy(PolicyConfig(out_dim=1, action_dim=1, frame_stack=1, img_hw=8, hidden=8, env_meta=meta)
                 ).save_pretrained(tmp_path / "pol")
     # make_fake takes no video_split: drop it
-    monkeypatch.setattr(ev, "env_spec", lambda m, split, task=None, n=None: EnvSpec("fake-task", {"length": 2, "img": 8}, FACTORY))
+    monkeypatch.setattr(ev, "env_spec",
+                        lambda m, split, task=None, n=None: EnvSpec("fake-task", {"length": 2, "img": 8}, FACTORY))
     out = tmp_path / "new" / "dir" / "e.json"
     assert ev.main(["--policy", str(tmp_path / "pol"), "--episodes", "2", "--workers", "0", "--out", str(out),
                     "--device", "auto"]) == 0

@@ -230,7 +230,8 @@ def test_tiny_end_to_end(write_toy, tmp_path: Path, capsys: pytest.CaptureFixtur
     # each row's return is its policy's, measured here by an independent loop over the eval stream's episodes
     for (method, labels) in (("bc-full", "4"), ("bc", "2")):
         row = key[(method, labels, "id")]
-        ev = [json.loads(p.read_text())["config"] for p in (tmp_path / "run" / "stages" / "evaluate").glob("*/stage.json")]
+        ev = [json.loads(p.read_text())["config"]
+              for p in (tmp_path / "run" / "stages" / "evaluate").glob("*/stage.json")]
         policy_dirs = {c["policy"] for c in ev if c["split"] == "id" and c["decoder"] is None}
         pol_dir = next(d for d in policy_dirs if _bc_conf(d).get("labels") == (None if method == "bc-full" else 2)
                        and _bc_conf(d)["target"] == "action" and _bc_conf(d)["data"] == [str(toy)])
@@ -280,7 +281,8 @@ def test_real_env_end_to_end(tmp_path: Path) -> None:
         decode={"updates": 5, "batch_size": 8, "heldout": 0.25},
         eval={"episodes": 2, "workers": 2}, env={"max_episode_steps": 5}, progress=False)
     rows = ex.run_experiment(conf)
-    assert {(r["method"], r["split"]) for r in rows} == {(m, s) for m in ("bc-full", "lapo", "bc") for s in ("id", "ood")}
+    assert {(r["method"], r["split"]) for r in rows} == {(m, s) for m in ("bc-full", "lapo", "bc")
+                                                          for s in ("id", "ood")}
     assert all(np.isfinite(r["return"]) for r in rows)
     assert (tmp_path / "run" / "report" / "frames.png").is_file()  # the collected file has masks
     assert list((tmp_path / "run" / "stages" / "pretrain").glob("*/recon.png"))

@@ -181,7 +181,8 @@ def test_report_shows_the_viz_of_a_stage_that_has_one(tmp_path: Path) -> None:
     assert report.main([str(run)]) == 0
     page = (run / "report.html").read_text()
     section = page[page.index("<h2>What the latents mean</h2>"):]
-    assert "masklam · cheetah-run · latent dim 64 · seed 0" in section and "3 of 8 codes used, perplexity 2.5" in section
+    assert ("masklam · cheetah-run · latent dim 64 · seed 0" in section
+            and "3 of 8 codes used, perplexity 2.5" in section)
     assert f'src="{viz.relative_to(run).as_posix()}/latents.png"' in section
     assert section.count("<h3>") == 1  # only the stage with a viz
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,8 @@ def make_model(method: str, seed: int = 0, **kw):
 def make_batch(b: int = 4, f: int = 1, seed: int = 0, mask_frac: float = 0.2) -> dict:
     g = torch.Generator().manual_seed(seed)
     frames = lambda: torch.randint(0, 256, (b, f, HW, HW, 3), generator=g, dtype=torch.uint8)  # noqa: E731
-    batch = dict(obs_t=frames(), obs_t1=frames(), obs_tk=frames(), mask_t1=torch.rand(b, HW, HW, generator=g) < mask_frac,
+    batch = dict(obs_t=frames(), obs_t1=frames(), obs_tk=frames(),
+                 mask_t1=torch.rand(b, HW, HW, generator=g) < mask_frac,
                  action_t=torch.randn(b, A, generator=g), state_t=torch.randn(b, S, generator=g))
     batch["labeled"] = dict(obs_t=frames(), obs_tk=frames(), action_t=torch.randn(b, A, generator=g))
     return batch

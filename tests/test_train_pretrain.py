@@ -123,7 +123,8 @@ def test_presets_and_method_defaults(tmp_path):
     small = PretrainConfig(method="laom", data=(tmp_path / "x.h5",), out=tmp_path)
     assert (small.updates, small.batch_size, small.frame_stack, small.max_offset, small.aug) == (1500, 64, 3, 10, True)
     paper = PretrainConfig(method="masklam", data=(tmp_path / "x.h5",), out=tmp_path, preset="paper", latent_dim=64)
-    assert (paper.batch_size, paper.lr, paper.encoder_scale, paper.frame_stack, paper.latent_dim) == (512, 1e-4, 6, 1, 64)
+    assert (paper.batch_size, paper.lr, paper.encoder_scale, paper.frame_stack,
+            paper.latent_dim) == (512, 1e-4, 6, 1, 64)
     assert paper.updates is None and paper.total_updates(5120) == 100  # 10 epochs of 5120 windows at 512
     sup = PretrainConfig(method="laom-sup", data=(tmp_path / "x.h5",), out=tmp_path, labels=4)
     assert sup.target == "stopgrad"
@@ -177,7 +178,8 @@ def test_one_precedence_explicit_recipe_method_preset(tmp_path):
 
 @pytest.mark.parametrize("method, option, value, who", [
     ("lapo", "aug", True, "LAOM"), ("lapo", "head_dim", 64, "LAOM"), ("masklam", "target", "stopgrad", "LAOM"),
-    ("laom", "labels", 3, "laom-sup"), ("laom", "mask_lambda", 0.5, "masklam"), ("lapo", "mask_target", True, "masklam"),
+    ("laom", "labels", 3, "laom-sup"), ("laom", "mask_lambda", 0.5, "masklam"),
+    ("lapo", "mask_target", True, "masklam"),
     ("laom-sup", "recon_samples", 2, "pixel LAMs"),
 ])
 def test_options_of_other_methods_are_one_line_errors(method, option, value, who, tmp_path):

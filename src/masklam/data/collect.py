@@ -218,7 +218,8 @@ def _tick(n: int) -> None:
             counter.value += n
 
 
-def run_episode(env: Any, policy: Policy, seed: int, steps: int, tick: Callable[[int], None] = lambda n: None) -> Trajectory:
+def run_episode(env: Any, policy: Policy, seed: int, steps: int,
+                tick: Callable[[int], None] = lambda n: None) -> Trajectory:
     """Roll out ``steps`` frames from ``env.reset(seed)``: obs[t] is seen, then actions[t] is executed.
 
     Where the env reports ``info["success"]`` (Meta-World), ``extras["success"][t]`` is its flag after

@@ -156,7 +156,8 @@ def _check_shards_agree(layouts: list[FileLayout]) -> None:
     for lay in layouts[1:]:
         for what in ("img_hw", "state_dim", "action_dim"):
             if getattr(lay, what) != getattr(first, what):
-                raise MasklamError(f"{lay.path} has {what} {getattr(lay, what)}, {first.path} has {getattr(first, what)}")
+                raise MasklamError(f"{lay.path} has {what} {getattr(lay, what)}, "
+                                   f"{first.path} has {getattr(first, what)}")
         for key in ("domain_name", "task_name"):
             if key in lay.attrs and key in first.attrs and lay.attrs[key] != first.attrs[key]:
                 raise MasklamError(f"{lay.path} has {key} {lay.attrs[key]!r}, {first.path} has {first.attrs[key]!r}")
@@ -200,7 +201,8 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
         raise MasklamError(f"unknown mask_key {mask_key!r}; one of {', '.join(MASK_KEYS)} or None")
     layouts = [data_layout(p, observations, episode_length) for p in _expand(paths)]
     _check_shards_agree(layouts)
-    catalogue = [(li, name, int(length)) for li, lay in enumerate(layouts) for name, length in zip(lay.names, lay.lengths)]
+    catalogue = [(li, name, int(length)) for li, lay in enumerate(layouts)
+                 for name, length in zip(lay.names, lay.lengths)]
     returns_all = np.concatenate([lay.returns for lay in layouts])
     ids = np.arange(len(catalogue)) if traj_ids is None else _check_ids(traj_ids, len(catalogue))
     chosen = [catalogue[i] for i in ids]

@@ -64,8 +64,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  task          {s['task']}",
         f"  trajectories  {s['trajectories']}  ({lengths} steps each, {s['steps']} steps in all)",
         f"  return        {s['return_mean']:.1f} +- {s['return_std']:.1f} (mean +- std over trajectories)",
-        f"  image         {s['img_hw'][0]}x{s['img_hw'][1]} RGB; state dim {s['state_dim']}, action dim {s['action_dim']}",
-        f"  masks         {', '.join(s['masks']) if s['masks'] else 'none (methods that need masks cannot use this file)'}",
+        f"  image         {s['img_hw'][0]}x{s['img_hw'][1]} RGB; state dim {s['state_dim']}, "
+        f"action dim {s['action_dim']}",
+        f"  masks         "
+        f"{', '.join(s['masks']) if s['masks'] else 'none (methods that need masks cannot use this file)'}",
         f"  keys          {', '.join(s['keys'])}",
     ]
     if s["partial_keys"]:

@@ -120,8 +120,8 @@ class BCConfig:
             raise MasklamError(f"labels must be >= 1, got {self.labels}")
         if min(self.frame_stack, self.encoder_scale, self.num_res_blocks, self.batch_size, self.hidden,
                self.save_every) < 1 or self.lr <= 0 or self.epochs <= 0:
-            raise MasklamError("frame_stack, encoder_scale, num_res_blocks, batch_size, hidden, save_every must be >= 1 "
-                               "and lr, epochs > 0")
+            raise MasklamError("frame_stack, encoder_scale, num_res_blocks, batch_size, hidden, save_every "
+                               "must be >= 1 and lr, epochs > 0")
         if self.updates is not None and self.updates < 1:
             raise MasklamError(f"updates must be >= 1, got {self.updates}")
         if not 0 <= self.heldout < 1:
@@ -162,7 +162,8 @@ def _setup(cfg: BCConfig, device: torch.device, progress: bool) -> _Setup:
     img_hw = int(data.obs.shape[1])
     pcfg = PolicyConfig(data.action_dim if out_dim < 0 else out_dim, data.action_dim, cfg.frame_stack, img_hw,
                         cfg.encoder_scale, cfg.num_res_blocks, cfg.hidden, cfg.pair_input,
-                        "action" if cfg.target == "idm" else cfg.target, env_meta_of(dict(data.meta), cfg.env_overrides))
+                        "action" if cfg.target == "idm" else cfg.target,
+                        env_meta_of(dict(data.meta), cfg.env_overrides))
     n_frames = int(sum(data.traj_lengths[i] - 1 for i in train_ids))
     updates = cfg.updates or max(1, math.ceil(cfg.epochs * n_frames / cfg.batch_size))
     return _Setup(data, train_ids, heldout_ids, sampler, target_fn, frames, mask_key is not None, pcfg, updates)

@@ -8,8 +8,9 @@ Stages (collect, pretrain, bc, decode, evaluate; masklam.downstream.stages) are 
 `OUT/stages/` (masklam.downstream.cache). The methods and the stages each runs: masklam.downstream.sweep.
 
 Writes `OUT/results.csv` (schema and normalisation: masklam.downstream.results), `OUT/manifest.json` (each
-row's stage directories) and `OUT/experiment.json`, then renders the report. Every table of the config is checked against its stage's config fields when the
-config is loaded, so a typo fails at once, before any stage runs. A config, e.g. `sweep.toml`:
+row's stage directories) and `OUT/experiment.json`, then renders the report. Every table of the config is
+checked against its stage's config fields when the config is loaded, so a typo fails at once, before any
+stage runs. A config, e.g. `sweep.toml`:
 
     out = "runs/sweep"
     tasks = ["cheetah-run"]

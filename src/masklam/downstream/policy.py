@@ -95,7 +95,8 @@ class ImagePolicy(Pretrained, nn.Module):
         """Device of the weights."""
         return next(self.parameters()).device
 
-    def predict(self, obs: np.ndarray | torch.Tensor, obs_next: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+    def predict(self, obs: np.ndarray | torch.Tensor,
+                obs_next: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
         """(B, F, H, W, 3) uint8 [, (B, F, H, W, 3) for an IDM] -> (B, out_dim) float."""
         if self.cfg.pair_input:
             if obs_next is None:

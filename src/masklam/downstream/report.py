@@ -179,7 +179,8 @@ def _viz_section(run_dir: Path, lams: list[Lam]) -> list[str]:
         if "fsq" in summary:
             notes.append(f"FSQ: {summary['fsq']['used']} of {summary['fsq']['codes']} codes used, perplexity "
                          f"{summary['fsq']['perplexity']:.1f}")
-        parts.append(f"<h3>{html.escape(f'{lam.method} · {lam.task} · latent dim {lam.latent_dim} · seed {lam.seed}')}"
+        parts.append(f"<h3>"
+                     f"{html.escape(f'{lam.method} · {lam.task} · latent dim {lam.latent_dim} · seed {lam.seed}')}"
                      f"</h3><p>{html.escape('; '.join(notes))}</p><div class='row'>")
         for name in summary.get("figures", {}).values():
             parts.append(_figure((viz_dir / name).relative_to(run_dir).as_posix(), name, "recon"))

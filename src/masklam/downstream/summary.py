@@ -142,7 +142,8 @@ def success_line(summary: dict[str, dict[str, Any]]) -> str:
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
     """The results table as text (the quickstart's terminal and table.txt)."""
     def line(cells: list[str]) -> str:
-        return f"{cells[0]:<14}{cells[1]:<22}" + "".join(f"{c:>{15 if i == 0 else 13}}" for i, c in enumerate(cells[2:]))
+        return f"{cells[0]:<14}{cells[1]:<22}" + "".join(f"{c:>{15 if i == 0 else 13}}"
+                                                         for i, c in enumerate(cells[2:]))
 
     head = line(["method", "recipe", *(h for h, _, _ in COLUMNS)])
     lines = [head, "-" * len(head)] + [line(cells) for cells in table_cells(summary)]

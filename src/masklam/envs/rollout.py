@@ -135,7 +135,8 @@ def _recv(conn, where: str) -> tuple:  # noqa: ANN001
     try:
         kind, payload = conn.recv()
     except (EOFError, ConnectionError, OSError):
-        raise MasklamRuntimeError(f"evaluation worker ({where}) exited unexpectedly (killed, or out of memory?)") from None
+        raise MasklamRuntimeError(f"evaluation worker ({where}) exited unexpectedly "
+                                  "(killed, or out of memory?)") from None
     if kind == "error":
         usage, text = payload
         if where.endswith("start-up"):

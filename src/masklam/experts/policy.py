@@ -66,7 +66,8 @@ def load(task: str, path: str | Path | None = None) -> ExpertPolicy:
         return ScriptedExpert(task)
     stem = Path(path).with_suffix("") if path else SHIPPED_DIR / task
     if not stem.with_suffix(".safetensors").is_file():
-        where = f"at {stem.with_suffix('.safetensors')}" if path else f"shipped (shipped: {', '.join(available()) or 'none'})"
+        where = (f"at {stem.with_suffix('.safetensors')}" if path
+                 else f"shipped (shipped: {', '.join(available()) or 'none'})")
         raise MasklamError(f"no expert for {task!r} {where}; train one with `masklam expert train --task {task}`")
     meta = json.loads(stem.with_suffix(".json").read_text())
     return ExpertPolicy(load_file(str(stem.with_suffix(".safetensors"))), meta)

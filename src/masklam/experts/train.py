@@ -119,7 +119,8 @@ def actor_weights(model: Any) -> dict[str, torch.Tensor]:
     w = {}
     for i, lin in enumerate(linears):
         w[f"hidden.{i}.weight"], w[f"hidden.{i}.bias"] = lin.weight.detach().clone(), lin.bias.detach().clone()
-    w["mu.weight"], w["mu.bias"] = model.policy.actor.mu.weight.detach().clone(), model.policy.actor.mu.bias.detach().clone()
+    w["mu.weight"], w["mu.bias"] = (model.policy.actor.mu.weight.detach().clone(),
+                                    model.policy.actor.mu.bias.detach().clone())
     return w
 
 
@@ -140,7 +141,8 @@ class _Run:
 
     def __init__(self, cfg: ExpertTrainConfig) -> None:
         self.cfg, self.dir = cfg, cfg.out / cfg.task
-        self.ckpt, self.buffer, self.metrics_path = self.dir / "sac.zip", self.dir / "replay.pkl", self.dir / "metrics.json"
+        self.ckpt, self.buffer, self.metrics_path = (self.dir / "sac.zip", self.dir / "replay.pkl",
+                                                     self.dir / "metrics.json")
         resumed = self.metrics_path.exists() and self.ckpt.exists()
         self.metrics = json.loads(self.metrics_path.read_text()) if resumed else {"evals": [], "best_return": -1e9}
 

@@ -26,8 +26,9 @@ on 10 other trajectories (groups 1, 9, ..., 73), 8 of them 0.86-0.94 and 2 at 0 
 frame's edge, and the floor, outscored the agent). Box proposals from blobs of high energy did worse (0.23-0.33
 there). Through the command (`masklam masks --segmenter mobilesam --auto --frames-per-traj 4 --student` on those
 10 held-out trajectories, MobileSAM tracking the found box over frames 0, 31, 62, 93): mean IoU of the
-MobileSAM labels 0.647 (8 trajectories 0.81, the 2 misses 0), against 0.807 with the task's box. Known failures: a candidate that joins the agent with a moving background region can outscore the
-agent alone, and a torso that moves little can lose to one limb.
+MobileSAM labels 0.647 (8 trajectories 0.81, the 2 misses 0), against 0.807 with the task's box. Known
+failures: a candidate that joins the agent with a moving background region can outscore the agent alone, and
+a torso that moves little can lose to one limb.
 """
 from __future__ import annotations
 

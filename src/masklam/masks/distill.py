@@ -95,8 +95,8 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
         return stored_ious(path, key)
     labels = labels_dir(path, key)
     labels.mkdir(exist_ok=True)
-    config = {"prompt": p.prompt if p.prompt == AUTO else list(p.prompt), "frames_per_traj": frames_per_traj, "label_trajs": label_trajs, "steps": steps,
-              "seed": seed}
+    config = {"prompt": p.prompt if p.prompt == AUTO else list(p.prompt), "frames_per_traj": frames_per_traj,
+              "label_trajs": label_trajs, "steps": steps, "seed": seed}
     config_file = labels / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()) != config:
         raise MasklamError(f"{labels} was made with {config_file.read_text()}, not {json.dumps(config)}; "

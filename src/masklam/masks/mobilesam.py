@@ -446,10 +446,10 @@ def track(model: MobileSAM, video: np.ndarray, box: Sequence[float], frames: Seq
     """Segment ``video`` (T, H, W, 3) uint8 at ``frames`` (default all; increasing) -> (len(frames), H, W) bool.
 
     The first frame is prompted with ``box`` (x0, y0, x1, y1; or a point x, y); each next one with the box of the
-    previous mask enlarged by ``margin`` (back to ``box`` after an empty mask). ``batch`` frames go through the image encoder at once.
-    ``multimask``: keep the best of SAM's three masks by predicted IoU (measured on 60 rendered cheetah frames:
-    mean IoU 0.907 vs 0.897 with the single-mask output); a margin of 0.25 instead of 0.1 let the box grow
-    onto the background there (mean IoU 0.34).
+    previous mask enlarged by ``margin`` (back to ``box`` after an empty mask). ``batch`` frames go through the
+    image encoder at once. ``multimask``: keep the best of SAM's three masks by predicted IoU (measured on 60
+    rendered cheetah frames: mean IoU 0.907 vs 0.897 with the single-mask output); a margin of 0.25 instead of
+    0.1 let the box grow onto the background there (mean IoU 0.34).
     """
     if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
         raise MasklamError(f"video must be (T, H, W, 3) uint8, got {video.shape} {video.dtype}")

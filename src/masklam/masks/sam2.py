@@ -85,7 +85,8 @@ def _load_state_file(transformers, path: Path) -> "Sam2VideoModel":
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise MasklamError(f"{path} does not fit Sam2VideoModel({'config.json' if config_file.is_file() else 'hiera-tiny'}):"
+        raise MasklamError(f"{path} does not fit "
+                           f"Sam2VideoModel({'config.json' if config_file.is_file() else 'hiera-tiny'}):"
                            f" {len(missing)} missing tensors (e.g. {missing[:1]}), {len(unexpected)} unexpected")
     return model
 

@@ -151,7 +151,8 @@ def plan(path: Path, key: str, prompt: Prompt | None) -> Plan:
         domain = str(layout.attrs.get("domain_name", ""))
         if not domain:
             raise MasklamError(f"{path} names no task (no domain_name attribute, e.g. an imported video): show the "
-                               "agent on the first frame with --box X0 Y0 X1 Y1 or --point X Y (pixels), or pass --auto")
+                               "agent on the first frame with --box X0 Y0 X1 Y1 or --point X Y (pixels), "
+                               "or pass --auto")
         prompt = default_box(domain, frame_hw)
     if not isinstance(prompt, str):
         prompt = tuple(float(v) for v in prompt)

@@ -210,7 +210,8 @@ class LatentActionModel(Pretrained, nn.Module):
         """(B, 3F, H, W) -> (B, embed_dim) observation embedding (probed for the state)."""
         raise NotImplementedError
 
-    def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    def lam_loss(self, batch: Batch,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         """-> (loss, info, latent (B, D), embedding of o_t (B, E))."""
         raise NotImplementedError
 
@@ -230,7 +231,8 @@ class LatentActionModel(Pretrained, nn.Module):
         """Observation embedding of a frame stack (and its masks, with the mask channel) -> (B, embed_dim)."""
         return self.embed_tensor(self.inputs(obs_t, mask_t))
 
-    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, batch: Batch,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """LAM loss plus the online probes' losses (on detached inputs) -> (total loss, info)."""
         loss, info, z, emb = self.lam_loss(batch, generator)
         info["train/loss"] = loss.detach()
@@ -317,7 +319,8 @@ class PixelLAM(LatentActionModel):
         pred = self.predict_from_tensors(x_t, self.latent_from_tensors(x_t, self.inputs(obs_tk, mask_tk)))[0]
         return pred + 0.5 if self.centered else pred
 
-    def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    def lam_loss(self, batch: Batch,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         x_t = self.inputs(batch["obs_t"], batch.get("mask_t"))
         x_tk = self.inputs(batch["obs_tk"], batch.get("mask_tk"))
         target = self.frames(batch["obs_t1"])[:, -3:]  # (B, 3, H, W): the newest frame, o_{t+1}
@@ -380,7 +383,8 @@ class LatentSpaceLAM(LatentActionModel):
             return x
         return augment(x, generator)
 
-    def lam_loss(self, batch: Batch, generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    def lam_loss(self, batch: Batch,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         x_t = self._maybe_augment(self.frames(batch["obs_t"]), generator)
         x_tk = self._maybe_augment(self.frames(batch["obs_tk"]), generator)
         x_t1 = self._maybe_augment(self.frames(batch["obs_t1"]), generator)

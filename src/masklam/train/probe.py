@@ -105,7 +105,8 @@ class RidgeProbe:
 RIDGE_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e6)
 
 
-def cross_validate_ridge(folds: list[RidgeProbe], grid: Iterable[float] = RIDGE_GRID) -> tuple[float, dict[float, float]]:
+def cross_validate_ridge(folds: list[RidgeProbe],
+                         grid: Iterable[float] = RIDGE_GRID) -> tuple[float, dict[float, float]]:
     """The ridge of `grid` with the lowest pooled held-fold normalised MSE, and each ridge's score.
 
     folds: one RidgeProbe per fold of training trajectories (K >= 2); each ridge is fitted on K-1 folds

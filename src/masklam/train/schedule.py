@@ -11,7 +11,8 @@ import torch
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
-def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, name: str, lr: float,
+                   weight_decay: float | None = None) -> torch.optim.Optimizer:
     """Adam or AdamW over the model's parameters (weight decay: torch's default for the optimiser when None)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; one of {', '.join(OPTIMIZERS)}")
