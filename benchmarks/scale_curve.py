@@ -103,30 +103,63 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    return float(np.mean(xs)), float(np.std(xs, ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
+
+
+def _color(variant: str) -> str:
+    """A variant's colour in the figure: the -lam variants share their base variant's (dashed)."""
+    return f"C{list(VARIANTS).index(variant.removesuffix('-lam'))}"
+
+
 def figure(rows: list[dict[str, Any]], path: Path) -> None:
-    """Probe NMSE and ID return against updates (80 trajectories), mean ± s.e. over seeds, one line per variant."""
+    """Probe NMSE and ID return against updates (cheetah-run, 80 trajectories), one line per variant, and the probe
+    NMSE of the other settings (other tasks, other data sizes; cheetah-run's 4000/80 beside its 4000/320) as bars;
+    mean ± s.e. over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    def main_curve(r: dict[str, Any]) -> bool:
+        return r["task"] == "cheetah-run" and int(r["trajectories"]) == 80
+
+    others = sorted({(r["task"], int(r["updates"]), int(r["trajectories"])) for r in rows if not main_curve(r)})
+    if any(task == "cheetah-run" for task, _, _ in others):  # a data-size point: its 80-trajectory reference too
+        others = sorted(set(others) | {("cheetah-run", u, 80) for task, u, _ in others if task == "cheetah-run"})
+    fig, axes = plt.subplots(1, 3 if others else 2, figsize=(15 if others else 10, 4))
     for variant in VARIANTS:
         for ax, key in zip(axes, ("probe_nmse", "return_id")):
+            if key == "probe_nmse" and variant.endswith("-lam"):  # the same LAMs' probe as their base variant
+                continue
             pts: dict[int, list[float]] = {}
             for r in rows:
-                if r["variant"] == variant and r["task"] == "cheetah-run" and int(r["trajectories"]) == 80:
+                if r["variant"] == variant and main_curve(r):
                     pts.setdefault(int(r["updates"]), []).append(float(r[key]))
             if not pts:
                 continue
             xs = sorted(pts)
-            m = [np.mean(pts[x]) for x in xs]
-            e = [np.std(pts[x], ddof=1) / np.sqrt(len(pts[x])) if len(pts[x]) > 1 else 0.0 for x in xs]
-            ax.errorbar(xs, m, yerr=e, marker="o", capsize=3, label=variant)
+            m, e = zip(*(_mean_se(pts[x]) for x in xs))
+            ax.errorbar(xs, m, yerr=e, marker="o", capsize=3, label=variant, color=_color(variant),
+                        linestyle="--" if variant.endswith("-lam") else "-")
     axes[0].set(xscale="log", xlabel="updates (batch 64)", ylabel="held-out probe NMSE (lower is better)")
     axes[1].set(xscale="log", xlabel="updates (batch 64)", ylabel="return ID, raw (6 episodes x 2 label budgets)")
-    axes[0].legend()
-    fig.suptitle("cheetah-run, quickstart data (80 x 125 frames), mean ± s.e. over seeds")
+    axes[1].legend(fontsize=8)
+    if others:
+        bars = ["lapo-authors", "masklam-authors", "masklam-mask-target"]
+        width = 0.8 / len(bars)
+        for i, variant in enumerate(bars):
+            for j, setting in enumerate(others):
+                vals = [float(r["probe_nmse"]) for r in rows if r["variant"] == variant
+                        and (r["task"], int(r["updates"]), int(r["trajectories"])) == setting]
+                if vals:
+                    m, e = _mean_se(vals)
+                    axes[2].bar(j + (i - (len(bars) - 1) / 2) * width, m, width, yerr=e, capsize=2,
+                                color=_color(variant), label=variant if j == 0 else None)
+        axes[2].set_xticks(range(len(others)), [f"{t}\n{u} upd, {n} traj" for t, u, n in others], fontsize=7)
+        axes[2].set(ylabel="held-out probe NMSE", title="other tasks and data sizes")
+    fig.suptitle("scale curve: cheetah-run, the quickstart's data (80 x 125 frames) and settings; mean ± s.e. over "
+                 "seeds (-lam: the authors' LAMs under our downstream)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
