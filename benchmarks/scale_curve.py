@@ -104,6 +104,7 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error over seeds (0 for one seed)."""
     return float(np.mean(xs)), float(np.std(xs, ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
 
 
@@ -172,9 +173,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         groups.setdefault((r["task"], r["variant"], int(r["updates"]), int(r["trajectories"])), []).append(r)
 
     def cell(rs: list[dict[str, Any]], key: str, nd: int) -> str:
-        x = np.array([float(r[key]) for r in rs])
-        se = f" ± {np.std(x, ddof=1) / np.sqrt(len(x)):.{nd}f}" if len(x) > 1 else ""
-        return f"{x.mean():.{nd}f}{se}"
+        m, e = _mean_se([float(r[key]) for r in rs])
+        return f"{m:.{nd}f} ± {e:.{nd}f}" if len(rs) > 1 else f"{m:.{nd}f}"
 
     order = list(VARIANTS)
     lines = ["| task | variant | updates | trajectories | seeds | held-out probe NMSE | return ID (raw) | "
