@@ -44,9 +44,8 @@ COLUMNS = ["task", "variant", "updates", "trajectories", "seed", "probe_nmse", "
            "return_ood", "return_ood_sem", "minutes"]
 
 
-def point(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> dict[str, Any]:
-    """Run (or reuse) one point of the curve -> one row of curve.csv (returns averaged over label budgets)."""
-    from masklam.downstream.experiment import run_experiment
+def point_config(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> Any:
+    """The ExperimentConfig of one point: the quickstart's, for one method, on one thread."""
     from masklam.quickstart import QuickstartConfig, experiment_config
 
     spec = VARIANTS[variant]
@@ -59,6 +58,23 @@ def point(out: Path, task: str, variant: str, updates: int, episodes: int, seed:
         pretrain={**pretrain, **spec["pretrain"], "updates": updates, "threads": 1},
         bc_latent={**exp.bc_latent, **spec.get("bc_latent", {})}, decode={**exp.decode, **spec.get("decode", {})},
         eval={**exp.eval, "workers": 1})
+    return exp
+
+
+def lam_cached(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> bool:
+    """Whether the point's LAM is done under `out` (a dry run of its sweep: runs and writes nothing)."""
+    from masklam.downstream.experiment import sweep_status
+
+    plan = sweep_status(point_config(out, task, variant, updates, episodes, seed))
+    return all(s.done for s in plan.stages if s.kind == "pretrain")
+
+
+def point(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> dict[str, Any]:
+    """Run (or reuse) one point of the curve -> one row of curve.csv (returns averaged over label budgets)."""
+    from masklam.downstream.experiment import run_experiment
+
+    spec = VARIANTS[variant]
+    exp = point_config(out, task, variant, updates, episodes, seed)
     t0 = time.time()
     rows = [r for r in run_experiment(exp, render=False) if r["method"] == spec["method"]]
 
@@ -200,6 +216,9 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=["masklam-mask-target", "lapo-authors", "masklam-authors"],
                     choices=list(VARIANTS))
     ap.add_argument("--commit", type=Path, help="copy curve.csv and curve.png here and git-commit them per point")
+    ap.add_argument("--redo", action="store_true",
+                    help="run points already in curve.csv again and replace their rows (after a change to a variant's "
+                         "downstream: the LAM is found cached, and its probe NMSE must come out the same)")
     args = ap.parse_args()
     if args.table:
         rows = [r for path in args.table for r in read_rows(path)]
@@ -217,16 +236,24 @@ def main() -> int:
     rows = read_rows(csv_path)
     if args.commit and not rows:  # a new run directory (another session): the committed points are done
         rows = read_rows(args.commit / "curve.csv")
-    done = {point_id(r) for r in rows}
+    done = {point_id(r): r for r in rows}
     for updates in args.updates:
         for episodes in args.episodes:
             for seed in args.seeds:
                 for variant in args.variants:
-                    if point_id(dict(task=args.task, variant=variant, updates=updates, trajectories=episodes,
-                                     seed=seed)) in done:
+                    old = done.get(point_id(dict(task=args.task, variant=variant, updates=updates,
+                                                 trajectories=episodes, seed=seed)))
+                    if old is not None and not args.redo:
                         continue
-                    row = point(args.out, args.task, variant, updates, episodes, seed)
-                    rows.append(row)
+                    where = (args.out, args.task, variant, updates, episodes, seed)
+                    if old is not None and not lam_cached(*where):
+                        raise SystemExit(f"--redo: no cached LAM for {point_id(old)} under {args.out}; give the --out "
+                                         "that holds it (a redo re-runs the downstream only)")
+                    row = point(*where)
+                    if old is not None:  # a redo: the same LAM (so its probe), its first run's time
+                        assert abs(float(old["probe_nmse"]) - row["probe_nmse"]) < 5e-4, (old, row)
+                        row["minutes"] = float(old["minutes"])
+                    rows = merge_rows(rows, [row])
                     write_rows(csv_path, rows)
                     figure(rows, args.out / "curve.png")
                     print(f"{args.task} {variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: "

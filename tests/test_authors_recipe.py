@@ -137,6 +137,37 @@ def test_the_authors_decoder_relu_first_and_gradient_clipping():
     assert (bc.standardize, bc.optimizer, bc.lr, bc.schedule) == (False, "adamw", 4e-4, "cosine")
 
 
+def test_the_authors_latent_policy_has_a_linear_head_and_their_decoder_a_small_orthogonal_output():
+    from masklam.downstream.bc import AUTHORS_LATENT_BC, BCConfig
+    from masklam.downstream.decode import AUTHORS_DECODER, DecodeConfig
+    from masklam.downstream.decoder import fit_decoder, policy_features
+    from masklam.downstream.policy import ImagePolicy, PolicyConfig
+
+    # their ImpalaCNNBackbone: encoder (ending in a ReLU), flatten, one Linear to the latent; ours has 256 between
+    assert AUTHORS_LATENT_BC["hidden"] == 0 and BCConfig(data=("x.h5",), out="o", lam="l", **AUTHORS_LATENT_BC)
+    theirs = ImagePolicy(PolicyConfig(8, 2, frame_stack=3, img_hw=16, hidden=0))
+    ours = ImagePolicy(PolicyConfig(8, 2, frame_stack=3, img_hw=16))
+    assert [type(m) for m in theirs.head] == [nn.Linear] and theirs.head[0].in_features == theirs.encoder.flat_dim
+    assert [type(m) for m in ours.head] == [nn.Linear, nn.ReLU, nn.Linear]
+    obs = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16, 3), dtype=np.uint8)
+    assert policy_features(theirs, obs).shape == (4, 8)
+    with pytest.raises(MasklamError, match="has none"):
+        policy_features(theirs, obs, "hidden")
+    with pytest.raises(MasklamError, match="hidden >= 0"):
+        BCConfig(data=("x.h5",), out="o", lam="l", hidden=-1)
+
+    # their ActionHead: the output Linear orthogonal with gain 0.01 and a zero bias; the hidden ones by default
+    assert AUTHORS_DECODER["head_gain"] == 0.01
+    z, a = torch.randn(64, 4), torch.randn(64, 3)
+    d, _ = fit_decoder(z, a, updates=0, seed=0, layers=3, input_relu=True, head_gain=0.01)
+    w = d.net[-1].weight.detach()  # (3, 256): orthogonal rows of norm 0.01
+    assert torch.allclose(w @ w.T, 1e-4 * torch.eye(3), atol=1e-8) and not d.net[-1].bias.detach().any()
+    plain, _ = fit_decoder(z, a, updates=0, seed=0, layers=3, input_relu=True)
+    assert float(plain.net[-1].weight.detach().abs().max()) > 0.02 and torch.equal(plain.net[1].weight, d.net[1].weight)
+    with pytest.raises(MasklamError, match="head_gain"):
+        DecodeConfig(data=("x.h5",), out="o", policy="p", head_gain=0.0)
+
+
 def test_authors_recipe_at_the_paper_preset_is_the_authors_stage_1_config(tmp_path):
     # slapo_default_stage_1.yaml (facts.md, sections 9 and 13), field by field
     c = cfg(tmp_path, recipe="authors", preset="paper")

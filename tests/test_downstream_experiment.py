@@ -306,7 +306,7 @@ def test_lams_trained_in_parallel_processes_are_the_sweeps_lams(tmp_path: Path, 
     from masklam.quickstart import QuickstartConfig, experiment_config
 
     exp = experiment_config(QuickstartConfig(preset="toy", out=tmp_path / "qs", progress=False, device="cpu"))
-    exp = dataclasses.replace(exp, methods=["lapo", "masklam"], pretrain_workers=2, labels=[1], splits=["id"],
+    exp = dataclasses.replace(exp, methods=["lapo", "masklam"], train_workers=2, labels=[1], splits=["id"],
                               eval={"episodes": 1, "workers": 0})
     rows = run_experiment(exp, render=False)
     out = capfd.readouterr().out  # the workers' output too

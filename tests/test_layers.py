@@ -4,7 +4,7 @@ Every `import` statement of every module under src/masklam counts, including the
 (a lazy import still ties the modules together; it only defers the cost). Layers, lowest first:
 
     0  masklam (the package __init__), errors, seeding, devices, metrics, files, args, resources, locks, methods,
-       typecheck
+       typecheck, renames
     1  envs, models
     2  experts
     3  data
@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "masklam"
 RANKS: dict[str, int] = {
     "": 0, "errors": 0, "seeding": 0, "devices": 0, "metrics": 0, "files": 0, "args": 0,
-    "resources": 0, "locks": 0, "typecheck": 0, "methods": 0,
+    "resources": 0, "locks": 0, "typecheck": 0, "methods": 0, "renames": 0,
     "envs": 1, "models": 1,
     "experts": 2,
     "data": 3,

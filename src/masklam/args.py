@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from typing import Any, Iterator, TypeVar
 
 from masklam.errors import MasklamError
+from masklam.renames import rename_options
 
 T = TypeVar("T")
 
@@ -30,9 +31,11 @@ class UsageError(MasklamError):
 
 
 def parse(config_cls: type[T], argv: list[str]) -> T:
-    """`config_cls` from the command line `argv` (tyro); a rejected command line raises UsageError (one line)."""
+    """`config_cls` from the command line `argv` (tyro), options renamed since read under their new names
+    (masklam.renames); a rejected command line raises UsageError (one line)."""
     import tyro
 
+    argv = rename_options(argv)
     prog = PROG.get()
     hooks = getattr(getattr(tyro, "_errors", None), "on_parse_error", None)
     if hooks is None:  # an older tyro without the parse-error hook: condense its error box instead

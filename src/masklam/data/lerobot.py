@@ -494,8 +494,6 @@ class LeRobotWriter:
 def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray]) -> None:
     """Add the per-frame feature ``name`` ((T, D) float32 per episode index, frame order) to every data file of
     the LeRobot directory ``root`` (any version), and to meta/info.json and meta/stats.json."""
-    import pyarrow as pa
-
     root = Path(root)
     files = sorted((root / "data").rglob("*.parquet"))
     stats = _Stats()

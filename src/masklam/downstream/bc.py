@@ -46,8 +46,9 @@ RESUMABLE_CHANGES = frozenset({"device", "out", "save_every"})
 """BCConfig fields a resumed run may change: where it runs, where it writes, how often it checkpoints."""
 
 
-AUTHORS_LATENT_BC: dict[str, Any] = dict(standardize=False, optimizer="adamw", lr=4e-4, schedule="cosine")
-"""Latent BC as MaskLAM's authors train it (their stage 2): targets not standardised, AdamW 4e-4, cosine."""
+AUTHORS_LATENT_BC: dict[str, Any] = dict(standardize=False, optimizer="adamw", lr=4e-4, schedule="cosine", hidden=0)
+"""Latent BC as MaskLAM's authors train it (their stage 2): targets not standardised, AdamW 4e-4, cosine, and a
+latent policy whose head is one Linear from the encoder's map (their ImpalaCNNBackbone: no hidden layer)."""
 
 
 @dataclass
@@ -75,7 +76,8 @@ class BCConfig:
     num_res_blocks: int = 2
     """residual blocks per IMPALA stage"""
     hidden: int = 256
-    """width of the MLP head's hidden layer"""
+    """width of the MLP head's hidden layer (0: none, one Linear from the encoder's map: the authors' latent
+    policy)"""
     batch_size: int = 512
     """windows per update"""
     lr: float = 1e-4
@@ -118,10 +120,10 @@ class BCConfig:
             raise MasklamError("target idm needs --idm DIR")
         if self.labels is not None and self.labels < 1:
             raise MasklamError(f"labels must be >= 1, got {self.labels}")
-        if min(self.frame_stack, self.encoder_scale, self.num_res_blocks, self.batch_size, self.hidden,
-               self.save_every) < 1 or self.lr <= 0 or self.epochs <= 0:
-            raise MasklamError("frame_stack, encoder_scale, num_res_blocks, batch_size, hidden, save_every "
-                               "must be >= 1 and lr, epochs > 0")
+        if min(self.frame_stack, self.encoder_scale, self.num_res_blocks, self.batch_size,
+               self.save_every) < 1 or self.hidden < 0 or self.lr <= 0 or self.epochs <= 0:
+            raise MasklamError("frame_stack, encoder_scale, num_res_blocks, batch_size, save_every must be >= 1, "
+                               "hidden >= 0 and lr, epochs > 0")
         if self.updates is not None and self.updates < 1:
             raise MasklamError(f"updates must be >= 1, got {self.updates}")
         if not 0 <= self.heldout < 1:

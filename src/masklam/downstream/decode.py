@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from masklam.devices import resolve_device
-from masklam.downstream.decoder import DecoderInput, fit_decoder, policy_latents, transition_features
+from masklam.downstream.decoder import (DecoderInput, check_decoder_input, fit_decoder, policy_latents,
+                                        transition_features)
 from masklam.downstream.policy import ImagePolicy
 from masklam.downstream.targets import check_policy_data
 from masklam.args import parse
@@ -30,9 +31,10 @@ VERSION = 2
 
 
 AUTHORS_DECODER: dict[str, object] = dict(input_relu=True, layers=3, hidden=256, optimizer="adamw", lr=1e-3,
-                                          schedule="cosine", grad_clip=1.0)
-"""The action decoder as MaskLAM's authors train it (their stage 3): a ReLU on the latent, then 3 layers of 256,
-AdamW 1e-3 with a cosine schedule, gradient norm clipped to 1."""
+                                          schedule="cosine", grad_clip=1.0, head_gain=0.01)
+"""The action decoder as MaskLAM's authors train it (their stage 3): a ReLU on the latent, then 3 Linear layers
+(2 hidden of 256 and the output, which starts orthogonal with gain 0.01 and a zero bias: their ActionHead), AdamW
+1e-3 with a cosine schedule, gradient norm clipped to 1."""
 
 
 @dataclass
@@ -64,6 +66,9 @@ class DecodeConfig:
     """clip the gradient norm to this value (the authors': 1; None: no clipping)"""
     input_relu: bool = False
     """apply a ReLU to the decoder's input first (the authors' decoder)"""
+    head_gain: float | None = None
+    """initialise the output layer orthogonal with this gain and a zero bias (the authors': 0.01; None: PyTorch's
+    default init)"""
     hidden: int = 256
     """width of the decoder's hidden layers"""
     layers: int = 2
@@ -87,6 +92,8 @@ class DecodeConfig:
             raise MasklamError("labels, updates, batch_size, hidden must be >= 1 and lr > 0")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.head_gain is not None and not self.head_gain > 0:
+            raise MasklamError(f"head_gain must be > 0, got {self.head_gain}")
         if not self.data:
             raise MasklamError("no dataset given (--data)")
         if (self.policy is None) == (self.lam is None):
@@ -110,6 +117,7 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
     if policy.cfg.target != "latent":
         raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
     check_policy_data(policy, cfg.policy, cfg.data)
+    check_decoder_input(policy, cfg.input)
     data = load_dataset(list(cfg.data), progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
@@ -124,7 +132,8 @@ def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, 
     z, a = features(ids)
     decoder, mse = fit_decoder(z.to(device), a.to(device), cfg.updates, cfg.batch_size, cfg.lr, cfg.hidden,
                                cfg.seed, progress, cfg.layers, cfg.input, optimizer=cfg.optimizer,
-                               schedule=cfg.schedule, grad_clip=cfg.grad_clip, input_relu=cfg.input_relu)
+                               schedule=cfg.schedule, grad_clip=cfg.grad_clip, input_relu=cfg.input_relu,
+                               head_gain=cfg.head_gain)
     if source is not None:
         decoder.dims["source"] = source
     metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z), "decode/updates": cfg.updates}

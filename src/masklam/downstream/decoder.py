@@ -71,10 +71,18 @@ class ActionDecoder(Pretrained, nn.Module):
 def policy_features(policy: ImagePolicy, obs: np.ndarray | torch.Tensor, input: str = "latent") -> torch.Tensor:
     """What a decoder reads from the frozen policy for (B, F, H, W, 3) frames: its predicted latent (B, D), its
     last hidden layer (B, hidden), or both concatenated."""
+    check_decoder_input(policy, input)
     h = policy.head[:-1](policy.encoder.flat(frames_to_tensor(obs, policy.device)))  # (B, hidden), after ReLU
     z = policy.head[-1](h)  # (B, D)
     parts = {"latent": [z], "hidden": [h], "latent+hidden": [z, h]}[input]
     return torch.cat(parts, dim=1).float()
+
+
+def check_decoder_input(policy: ImagePolicy, input: str) -> None:
+    """One line when `input` reads a hidden layer the policy does not have (hidden 0: a linear head)."""
+    if input != "latent" and not policy.cfg.hidden:
+        raise MasklamError(f"decoder input {input!r} reads the policy's hidden layer; this policy has none "
+                           "(hidden 0: a linear head): use --input latent")
 
 
 def feature_dim(policy: ImagePolicy, input: str) -> int:
@@ -86,9 +94,11 @@ def feature_dim(policy: ImagePolicy, input: str) -> int:
 def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 2500, batch_size: int = 512,
                 lr: float = 3e-4, hidden: int = 256, seed: int = 0, progress: bool = False, layers: int = 2,
                 input: str = "latent", optimizer: str = "adam", schedule: str = "constant",
-                grad_clip: float | None = None, input_relu: bool = False) -> tuple[ActionDecoder, float]:
+                grad_clip: float | None = None, input_relu: bool = False,
+                head_gain: float | None = None) -> tuple[ActionDecoder, float]:
     """Fit an ActionDecoder on (N, D) latents -> (N, A) actions (Adam or AdamW, constant or cosine learning rate,
-    optional gradient clipping); returns it and its last batch MSE."""
+    optional gradient clipping; `head_gain`: the output layer orthogonal with this gain and a zero bias, else
+    PyTorch's default init); returns it and its last batch MSE."""
     if latents.ndim != 2 or actions.ndim != 2 or len(latents) != len(actions) or len(latents) == 0:
         raise MasklamError(f"decoder data must be (N, D) and (N, A) with N > 0, got {tuple(latents.shape)} "
                            f"and {tuple(actions.shape)}")
@@ -97,6 +107,9 @@ def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 250
         torch.manual_seed(seed)
         decoder = ActionDecoder(latents.shape[1], actions.shape[1], hidden, layers, input,
                                 input_relu).to(latents.device)
+        if head_gain is not None:  # the authors' ActionHead: orthogonal, gain 0.01, bias 0
+            nn.init.orthogonal_(decoder.net[-1].weight, gain=head_gain)
+            nn.init.zeros_(decoder.net[-1].bias)
     opt = make_optimizer(decoder, optimizer, lr)
     loss = torch.zeros(())
     for step in tqdm(range(updates), desc="decoder", unit="update", disable=not progress):

@@ -35,7 +35,7 @@ import inspect
 import json
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +51,7 @@ from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
 from masklam.locks import output_lock
+from masklam.renames import rename_keys
 from masklam.typecheck import check_values
 
 DATA_KEYS = ("train", "clean", "collect", "collect_clean")
@@ -105,15 +106,22 @@ class ExperimentConfig:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
     """progress bars"""
-    pretrain_workers: int = 1
+    train_workers: int = 1
     """LAMs and full-data BCs of a task and seed trained at once, each in its own process with its share of the
     cores as torch threads (CPU only; 1: one after another in this process). On 2 cores, one-thread processes
     finish sooner than the same stages one after another with 2 threads each (docs/quickstart-time.md); a LAM's
-    numbers depend on its thread count (metrics.json: torch_threads)"""
+    numbers depend on its thread count (metrics.json: torch_threads). Named pretrain_workers until 2026-12-05
+    (still read, with a notice)"""
     description: str = ""
     """one line saying what the sweep compares (`masklam experiment --list`); no stage reads it"""
+    pretrain_workers: InitVar[int | None] = None
+    """the old name of train_workers (masklam.renames), for scripts that build this class"""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, pretrain_workers: int | None) -> None:
+        if pretrain_workers is not None:  # the old name: a notice, or one line when both names are set
+            given = {"pretrain_workers": pretrain_workers, **({"train_workers": self.train_workers}
+                                                              if self.train_workers != 1 else {})}
+            self.train_workers = rename_keys(given, "ExperimentConfig")["train_workers"]
         self.out = Path(self.out)
         self.data = {**{t: collected_data(self.collect, self.methods) for t in self.tasks if self.collect},
                      **self.data}
@@ -343,7 +351,7 @@ def resolve_config(path: str | Path, **overrides: Any) -> tuple[dict[str, Any], 
 
     chain, p = [], config_path(path)
     while True:
-        raw = _parse(p)
+        raw = rename_keys(_parse(p), str(p))
         name = p.stem if p.parent == CONFIG_DIR else str(p)
         if any(name == n for n, _ in chain):
             raise MasklamError(f"{p}: `extends` loops back to {name}")

@@ -37,7 +37,8 @@ class PolicyConfig:
     num_res_blocks: int = 2
     """residual blocks per IMPALA stage"""
     hidden: int = 256
-    """width of the MLP head's hidden layer"""
+    """width of the MLP head's hidden layer (0: no hidden layer, one Linear from the encoder's map: the authors'
+    latent policy, their ImpalaCNNBackbone)"""
     pair_input: bool = False
     """input (o_t, o_{t+1}): an inverse dynamics model"""
     target: str = "action"
@@ -57,8 +58,8 @@ class ImagePolicy(Pretrained, nn.Module):
         self.cfg = cfg
         frames = cfg.frame_stack * (2 if cfg.pair_input else 1)
         self.encoder = ImpalaEncoder(3 * frames, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
-        self.head = nn.Sequential(nn.Linear(self.encoder.flat_dim, cfg.hidden), nn.ReLU(),
-                                  nn.Linear(cfg.hidden, cfg.out_dim))
+        hidden: list[nn.Module] = [nn.Linear(self.encoder.flat_dim, cfg.hidden), nn.ReLU()] if cfg.hidden else []
+        self.head = nn.Sequential(*hidden, nn.Linear(cfg.hidden or self.encoder.flat_dim, cfg.out_dim))
 
     def pretrained_config(self) -> dict[str, Any]:
         """config.json: the PolicyConfig as a dict."""

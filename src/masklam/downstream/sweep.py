@@ -159,18 +159,18 @@ class Sweep:
 
     def train_in_parallel(self, task: str, seed: int) -> None:
         """Train the task's and seed's LAMs and normalising BCs (the stages that wait on nothing but the data)
-        `pretrain_workers` at a time, each in its own process with its share of the cores (CPU only; one torch
+        `train_workers` at a time, each in its own process with its share of the cores (CPU only; one torch
         thread each on 2 cores), LAMs first; the sweep then finds them cached. Each line a worker prints starts
         with what its stage is for. A failed stage is the error of the first failure."""
         lams = self.lam_jobs(task, seed)
-        if self.cfg.pretrain_workers < 2 or len(lams) < 2 or self.dev != "cpu" or dry_run():
+        if self.cfg.train_workers < 2 or len(lams) < 2 or self.dev != "cpu" or dry_run():
             return
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
         bcs = [(_normaliser(variant), conf) for variant, conf in self.normaliser_confs(task, seed)]
-        workers = min(self.cfg.pretrain_workers, len(lams) + len(bcs))
+        workers = min(self.cfg.train_workers, len(lams) + len(bcs))
         threads = max(1, (os.cpu_count() or 1) // workers)  # the cores shared out (2 cores, 3 workers: 1 each)
         print(f"training {len(lams)} LAMs and {len(bcs)} full-data BCs of {task} seed {seed}, {workers} at a time "
               f"({threads} torch thread{'s' if threads > 1 else ''} each)", flush=True)

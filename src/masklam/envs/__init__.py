@@ -81,6 +81,4 @@ def _register_all() -> None:
             gym.register(id=f"masklam/{task}-v0", entry_point="masklam.envs:make", kwargs={"task": task})
 
 
-from masklam.errors import MasklamError  # noqa: E402
-
 _register_all()

@@ -5,7 +5,7 @@ agent mask tinted red on top (so the alignment is visible), plus the mask alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

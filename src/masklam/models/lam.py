@@ -3,7 +3,8 @@
 - `PixelLAM` ("lapo", "masklam"): IDM = ResNet on (o_t, o_{t+k}) -> linear -> latent; FDM = ResNet on
   o_t, joined with the latent, transposed-conv decoder -> o_{t+1}; pixel MSE. MaskLAM is the same
   model with the per-pixel error weighted by the (dilated) agent mask of o_{t+1}, background weight
-  `mask_lambda`, normalised by the weighted area (once per batch, as the authors' code; or per sample).
+  `mask_lambda`, normalised by the weighted area (once per batch, as the authors' code; or per sample; ours
+  also divides by the 3 colour channels, theirs does not: a constant factor, facts.md section 13).
   LAPO passes weight 1 through the same function, so `mask_lambda = 1` reproduces LAPO's loss bit for
   bit. With `mask_channel` (the authors' default for MaskLAM; an ablation for LAPO) the agent mask is
   a 4th input channel of every frame the IDM and the FDM see, so labelling latents needs masks too.

@@ -8,7 +8,8 @@ A field left unset (None) takes its value from the highest-precedence source tha
   minutes on two CPU cores, `h100` is sized for one H100, `paper` holds the papers' hyper-parameters;
 - the method's defaults (`masklam.methods`, registered with the model in masklam.models.lam) are its own
   paper's choices: frame stack, window offset, LAOM's augmentation and target;
-- a recipe (RECIPES, `--recipe`) fixes how lapo/masklam learn: `paper` is what MaskLAM's authors' code sets;
+- a recipe (RECIPES, `--recipe`) fixes how lapo/masklam learn: `paper` is MaskLAM's paper as written, `authors`
+  what its authors' code sets;
 - FIELD_DEFAULTS: values that no source sets.
 
 The run length is one choice made by one source: a source that sets `updates` or `epochs` clears the other,
@@ -162,13 +163,13 @@ class PretrainConfig:
     lr: float | None = None
     """learning rate (default: the preset's)"""
     optimizer: Literal["adam", "adamw"] | None = None
-    """adam (default) or adamw (decoupled weight decay; the paper recipe)"""
+    """adam (default) or adamw (decoupled weight decay; the authors' recipe)"""
     weight_decay: float | None = None
-    """weight decay (default 0; 0.01 with the paper recipe)"""
+    """weight decay (default 0; 0.01 with the authors' recipe)"""
     warmup_frac: float | None = None
     """fraction of the updates with a linear learning-rate warm-up (default: the preset's)"""
     schedule: Literal["constant", "linear", "cosine"] | None = None
-    """learning-rate decay after the warm-up (default: the preset's; cosine with the paper recipe)"""
+    """learning-rate decay after the warm-up (default: the preset's; cosine with the authors' recipe)"""
     grad_clip: float | None = None
     """clip the gradient norm to this value (None: no clipping)"""
 
@@ -199,10 +200,10 @@ class PretrainConfig:
     fsq_levels: tuple[int, ...] = ()
     """quantise the latent with FSQ at these levels, e.g. 8 5 5 5 (ablation; empty = off)"""
     frame_stack: int | None = None
-    """frames per observation (default 1 for lapo/masklam, 3 for laom and with the paper recipe)"""
+    """frames per observation (default 1 for lapo/masklam, 3 for laom and with the authors' recipe)"""
     max_offset: int | None = None
-    """IDM sees o_{t+k}, k uniform in 1..max_offset (default 1 for lapo/masklam, 10 for laom, 9 with the paper
-    recipe)"""
+    """IDM sees o_{t+k}, k uniform in 1..max_offset (default 1 for lapo/masklam, 10 for laom, 9 for masklam with
+    the authors' recipe)"""
 
     mask_lambda: float = 0.0
     """masklam: background weight of the loss in [0, 1]; 1 is exactly LAPO"""
@@ -213,7 +214,7 @@ class PretrainConfig:
     every pixel"""
     mask_channel: bool | None = None
     """lapo, masklam: append the agent mask as a 4th input channel of every frame the IDM and FDM see (on for
-    masklam in the paper recipe; for lapo an ablation); latents are then labelled with masks too"""
+    masklam in the authors' recipe; for lapo an ablation); latents are then labelled with masks too"""
     mask_norm: Literal["batch", "sample"] | None = None
     """masklam: divide the masked error by the mask area once per batch (default, the authors' code) or per
     sample"""
