@@ -237,6 +237,7 @@ def main() -> int:
     if args.commit and not rows:  # a new run directory (another session): the committed points are done
         rows = read_rows(args.commit / "curve.csv")
     done = {point_id(r): r for r in rows}
+    fresh: list[dict[str, Any]] = []  # the points this command ran: only these go into --commit's file
     for updates in args.updates:
         for episodes in args.episodes:
             for seed in args.seeds:
@@ -253,7 +254,7 @@ def main() -> int:
                     if old is not None:  # a redo: the same LAM (so its probe), its first run's time
                         assert abs(float(old["probe_nmse"]) - row["probe_nmse"]) < 5e-4, (old, row)
                         row["minutes"] = float(old["minutes"])
-                    rows = merge_rows(rows, [row])
+                    rows, fresh = merge_rows(rows, [row]), fresh + [row]
                     write_rows(csv_path, rows)
                     figure(rows, args.out / "curve.png")
                     print(f"{args.task} {variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: "
@@ -262,8 +263,9 @@ def main() -> int:
                     if args.commit:
                         commit = args.commit.resolve()
                         commit.mkdir(parents=True, exist_ok=True)
-                        # merged with the committed points: curves run in parallel (one per core) add, not overwrite
-                        merged = merge_rows(read_rows(commit / "curve.csv"), rows)
+                        # this command's points merged into the committed ones: curves run in parallel (one per core)
+                        # add theirs, and a run directory's older copy of a point another command redid stays out
+                        merged = merge_rows(read_rows(commit / "curve.csv"), fresh)
                         write_rows(commit / "curve.csv", merged)
                         figure(merged, commit / "curve.png")
                         subprocess.run(["git", "add", "."], cwd=commit, check=False)
