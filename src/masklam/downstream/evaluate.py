@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from masklam.envs.rollout import EnvSpec, Policy, rollout
+from masklam.envs.rollout import DEFAULT_FACTORY, EnvSpec, Policy, rollout
 from masklam.envs.videos import VIDEO_SPLIT_OF
 from masklam.args import parse
 from masklam.errors import MasklamError
@@ -81,8 +81,8 @@ def env_spec(env_meta: dict[str, Any], split: str, task: str | None = None,
         raise MasklamError(f"unknown split {split!r}; use 'id' or 'ood'")
     kwargs = {k: v for k, v in env_meta.items() if k not in ("task", "factory")}
     kwargs["video_split"] = VIDEO_SPLIT_OF[split]
-    factory = env_meta.get("factory", "masklam.envs:make")
-    if factory == "masklam.envs:make":
+    factory = env_meta.get("factory", DEFAULT_FACTORY)
+    if factory == DEFAULT_FACTORY:
         kwargs["agent_masks"] = False  # a policy sees frames only: no segmentation pass (~12% of a step)
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps

@@ -31,6 +31,10 @@ class Policy(Protocol):
         """(B, F, *obs_shape) stacked observations -> (B, A) float32 actions."""
 
 
+DEFAULT_FACTORY = "masklam.envs:make"
+"""The factory of masklam's own environments."""
+
+
 @dataclass
 class EnvSpec:
     """How to build one environment: `factory(task, **kwargs)` in the worker."""
@@ -39,7 +43,7 @@ class EnvSpec:
     """task name passed to the factory"""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """keyword arguments of the factory"""
-    factory: str = "masklam.envs:make"
+    factory: str = DEFAULT_FACTORY
     """`module:function` building the env (tests substitute a tiny one)"""
 
     def build(self):  # noqa: ANN201 (gymnasium.Env)
