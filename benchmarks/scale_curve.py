@@ -66,7 +66,8 @@ def lam_cached(out: Path, task: str, variant: str, updates: int, episodes: int, 
     from masklam.downstream.experiment import sweep_status
 
     plan = sweep_status(point_config(out, task, variant, updates, episodes, seed))
-    return all(s.done for s in plan.stages if s.kind == "pretrain")
+    lams = [s for s in plan.stages if s.kind == "pretrain"]
+    return bool(lams) and all(s.done for s in lams)
 
 
 def point(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> dict[str, Any]:
@@ -252,7 +253,9 @@ def main() -> int:
                                          "that holds it (a redo re-runs the downstream only)")
                     row = point(*where)
                     if old is not None:  # a redo: the same LAM (so its probe), its first run's time
-                        assert abs(float(old["probe_nmse"]) - row["probe_nmse"]) < 5e-4, (old, row)
+                        if abs(float(old["probe_nmse"]) - row["probe_nmse"]) >= 5e-4:
+                            raise SystemExit(f"--redo of {point_id(old)}: probe {row['probe_nmse']:.4f}, was "
+                                             f"{old['probe_nmse']}: not the same LAM; nothing committed")
                         row["minutes"] = float(old["minutes"])
                     rows, fresh = merge_rows(rows, [row]), fresh + [row]
                     write_rows(csv_path, rows)
@@ -263,9 +266,13 @@ def main() -> int:
                     if args.commit:
                         commit = args.commit.resolve()
                         commit.mkdir(parents=True, exist_ok=True)
-                        # this command's points merged into the committed ones: curves run in parallel (one per core)
-                        # add theirs, and a run directory's older copy of a point another command redid stays out
-                        merged = merge_rows(read_rows(commit / "curve.csv"), fresh)
+                        # this command's points merged into the committed ones, with the run directory's points the
+                        # committed file lacks (run without --commit, or stopped before it): curves run in parallel
+                        # (one per core) add theirs, and a run directory's older copy of a point that another
+                        # command redid never replaces the committed row
+                        committed = read_rows(commit / "curve.csv")
+                        known = {point_id(r) for r in committed}
+                        merged = merge_rows(committed, [r for r in rows if point_id(r) not in known] + fresh)
                         write_rows(commit / "curve.csv", merged)
                         figure(merged, commit / "curve.png")
                         subprocess.run(["git", "add", "."], cwd=commit, check=False)

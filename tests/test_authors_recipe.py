@@ -140,7 +140,7 @@ def test_the_authors_decoder_relu_first_and_gradient_clipping():
 def test_the_authors_latent_policy_has_a_linear_head_and_their_decoder_a_small_orthogonal_output():
     from masklam.downstream.bc import AUTHORS_LATENT_BC, BCConfig
     from masklam.downstream.decode import AUTHORS_DECODER, DecodeConfig
-    from masklam.downstream.decoder import fit_decoder, policy_features
+    from masklam.downstream.decoder import ActionDecoder, fit_decoder, policy_features
     from masklam.downstream.policy import ImagePolicy, PolicyConfig
 
     # their ImpalaCNNBackbone: encoder (ending in a ReLU), flatten, one Linear to the latent; ours has 256 between
@@ -162,10 +162,28 @@ def test_the_authors_latent_policy_has_a_linear_head_and_their_decoder_a_small_o
     d, _ = fit_decoder(z, a, updates=0, seed=0, layers=3, input_relu=True, head_gain=0.01)
     w = d.net[-1].weight.detach()  # (3, 256): orthogonal rows of norm 0.01
     assert torch.allclose(w @ w.T, 1e-4 * torch.eye(3), atol=1e-8) and not d.net[-1].bias.detach().any()
+    assert d.pretrained_config()["head_gain"] == 0.01  # its config.json says how it started
+    assert "head_gain" not in ActionDecoder(4, 3).pretrained_config()
     plain, _ = fit_decoder(z, a, updates=0, seed=0, layers=3, input_relu=True)
     assert float(plain.net[-1].weight.detach().abs().max()) > 0.02 and torch.equal(plain.net[1].weight, d.net[1].weight)
     with pytest.raises(MasklamError, match="head_gain"):
         DecodeConfig(data=("x.h5",), out="o", policy="p", head_gain=0.0)
+    with pytest.raises(MasklamError, match="hidden width must be >= 0"):
+        PolicyConfig(8, 2, hidden=-1)
+
+
+def test_a_sweep_whose_decoder_reads_a_hidden_layer_the_latent_policy_lacks_fails_before_any_stage(tmp_path):
+    from masklam.downstream.experiment import ExperimentConfig
+
+    def sweep(**tables):
+        return ExperimentConfig(out=tmp_path, tasks=["t"], methods=["lapo"], data={"t": {"train": ["a.h5"]}},
+                                **tables)
+    with pytest.raises(MasklamError, match=r"\[decode\] input = 'hidden'.*hidden = 0"):
+        sweep(bc_latent={"hidden": 0}, decode={"input": "hidden"})
+    with pytest.raises(MasklamError, match="hidden = 0"):
+        sweep(bc={"hidden": 0}, decode={"input": "latent+hidden"})  # [bc] reaches latent BC too
+    assert sweep(bc_latent={"hidden": 0}).bc_latent == {"hidden": 0}
+    assert sweep(decode={"input": "hidden"}).decode == {"input": "hidden"}
 
 
 def test_authors_recipe_at_the_paper_preset_is_the_authors_stage_1_config(tmp_path):

@@ -80,7 +80,10 @@ def test_an_old_option_is_read_as_its_new_name(monkeypatch: pytest.MonkeyPatch, 
     said = _notices(capsys)
     assert len(said) == 3 and "--old-name is now --new-name" in said[0] and "--no-quiet is now --no-loud" in said[2]
     assert parse(_Args, ["--new-name", "7"]).new_name == 7 and _notices(capsys) == []
+    assert parse(_Args, ["--old_name", "8"]).new_name == 8  # tyro's underscore spelling too
     # after `--` nothing is an option; both names at once is one line
     assert renames.rename_options(["--x", "--", "--old-name"]) == ["--x", "--", "--old-name"]
     with pytest.raises(MasklamError, match="--old-name and --new-name are one option"):
         parse(_Args, ["--old-name", "1", "--new-name=2"])
+    with pytest.raises(MasklamError, match="--quiet and --loud are one option"):
+        parse(_Args, ["--quiet", "--no-loud"])  # a boolean's two forms are one option too

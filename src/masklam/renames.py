@@ -25,7 +25,8 @@ class Renamed(NamedTuple):
 
 
 OPTIONS: dict[str, Renamed] = {}
-"""Command-line options, as typed: {"--old-name": Renamed("--new-name", "YYYY-MM-DD")}."""
+"""Command-line options, hyphenated: {"--old-name": Renamed("--new-name", "YYYY-MM-DD")}. One table for every
+command: an option renamed in one command is renamed in all that have it."""
 CONFIG_KEYS: dict[str, Renamed] = {
     "pretrain_workers": Renamed("train_workers", "2026-12-05"),  # it schedules the full-data BCs too
 }
@@ -70,6 +71,16 @@ def _split(token: str) -> tuple[str, str]:
     return name, eq + value
 
 
+def _canonical(name: str) -> str:
+    """An option as the tables spell it: `--old_name` -> `--old-name` (tyro takes both spellings)."""
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+def _positive(name: str) -> str:
+    """A boolean's two forms as one: `--no-flag` -> `--flag`."""
+    return "--" + name[5:] if name.startswith("--no-") else name
+
+
 def rename_options(argv: list[str], renamed: dict[str, Renamed] | None = None) -> list[str]:
     """The command line with each old option under its new name (`--old`, `--old=value`, `--no-old`), after a
     notice; one-line MasklamError when an option is given under both names. Tokens after `--` stay as they are."""
@@ -79,16 +90,16 @@ def rename_options(argv: list[str], renamed: dict[str, Renamed] | None = None) -
     negated = {"--no-" + old[2:]: Renamed("--no-" + new.new[2:], new.since) for old, new in renamed.items()}
     table = {**renamed, **negated}
     end = argv.index("--") if "--" in argv else len(argv)
-    given = {_split(t)[0] for t in argv[:end]}
+    names = [_canonical(_split(t)[0]) for t in argv[:end]]
+    given = {_positive(n) for n in names}
     out: list[str] = []
-    for token in argv[:end]:
-        name, rest = _split(token)
+    for token, name in zip(argv[:end], names):
         new = table.get(name)
         if new is None:
             out.append(token)
             continue
-        if new.new in given:
+        if _positive(new.new) in given:
             raise MasklamError(f"{name} and {new.new} are one option ({name} is its old name): give {new.new} only")
         notice(name, new)
-        out.append(new.new + rest)
+        out.append(new.new + _split(token)[1])
     return out + argv[end:]

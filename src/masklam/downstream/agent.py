@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from masklam.downstream.decoder import ActionDecoder, feature_dim, policy_features
+from masklam.downstream.decoder import ActionDecoder, check_decoder_input, feature_dim, policy_features
 from masklam.downstream.policy import ImagePolicy
 from masklam.errors import MasklamError
 
@@ -22,6 +22,7 @@ class LatentAgent:
 
     def __init__(self, policy: ImagePolicy, decoder: ActionDecoder) -> None:
         self.input = decoder.dims.get("input", "latent")
+        check_decoder_input(policy, self.input)
         if decoder.dims["latent_dim"] != feature_dim(policy, self.input):
             raise MasklamError(f"decoder expects {self.input} of width {decoder.dims['latent_dim']}, "
                                f"the policy gives {feature_dim(policy, self.input)}")

@@ -35,7 +35,8 @@ class ActionDecoder(Pretrained, nn.Module):
     config_key = None
 
     def __init__(self, latent_dim: int, action_dim: int, hidden: int = 256, layers: int = 2,
-                 input: str = "latent", input_relu: bool = False, source: str | None = None) -> None:
+                 input: str = "latent", input_relu: bool = False, source: str | None = None,
+                 head_gain: float | None = None) -> None:
         super().__init__()
         if layers < 2:
             raise MasklamError(f"decoder layers must be >= 2, got {layers}")
@@ -45,6 +46,8 @@ class ActionDecoder(Pretrained, nn.Module):
                      "input": input}
         if input_relu:  # recorded only when on: configs of earlier decoders stay as they were
             self.dims["input_relu"] = True
+        if head_gain is not None:  # how its output layer started (the authors': 0.01); recorded only when set
+            self.dims["head_gain"] = head_gain
         if source is not None:  # what its latents come from ("lam:<run dir>" for `masklam decode --lam`)
             self.dims["source"] = source
         sizes = [latent_dim] + [hidden] * (layers - 1)
@@ -52,6 +55,9 @@ class ActionDecoder(Pretrained, nn.Module):
         for a, b in zip(sizes[:-1], sizes[1:]):
             mods += [nn.Linear(a, b), nn.ReLU()]
         self.net = nn.Sequential(*mods, nn.Linear(sizes[-1], action_dim))
+        if head_gain is not None:  # the authors' ActionHead: orthogonal with a small gain, bias 0
+            nn.init.orthogonal_(self.net[-1].weight, gain=head_gain)
+            nn.init.zeros_(self.net[-1].bias)
 
     def pretrained_config(self) -> dict[str, Any]:
         """config.json: the dims dict."""
@@ -72,7 +78,8 @@ def policy_features(policy: ImagePolicy, obs: np.ndarray | torch.Tensor, input: 
     """What a decoder reads from the frozen policy for (B, F, H, W, 3) frames: its predicted latent (B, D), its
     last hidden layer (B, hidden), or both concatenated."""
     check_decoder_input(policy, input)
-    h = policy.head[:-1](policy.encoder.flat(frames_to_tensor(obs, policy.device)))  # (B, hidden), after ReLU
+    flat = policy.encoder.flat(frames_to_tensor(obs, policy.device))  # (B, flat_dim)
+    h = policy.head[:-1](flat)  # (B, hidden), after ReLU (with hidden 0: the map itself, not used)
     z = policy.head[-1](h)  # (B, D)
     parts = {"latent": [z], "hidden": [h], "latent+hidden": [z, h]}[input]
     return torch.cat(parts, dim=1).float()
@@ -105,11 +112,8 @@ def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 250
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # initial weights from seed, global generator untouched
         torch.manual_seed(seed)
-        decoder = ActionDecoder(latents.shape[1], actions.shape[1], hidden, layers, input,
-                                input_relu).to(latents.device)
-        if head_gain is not None:  # the authors' ActionHead: orthogonal, gain 0.01, bias 0
-            nn.init.orthogonal_(decoder.net[-1].weight, gain=head_gain)
-            nn.init.zeros_(decoder.net[-1].bias)
+        decoder = ActionDecoder(latents.shape[1], actions.shape[1], hidden, layers, input, input_relu,
+                                head_gain=head_gain).to(latents.device)
     opt = make_optimizer(decoder, optimizer, lr)
     loss = torch.zeros(())
     for step in tqdm(range(updates), desc="decoder", unit="update", disable=not progress):

@@ -263,6 +263,10 @@ def _check_values_of_stages(cfg: ExperimentConfig) -> None:
     for table in ("bc", "bc_latent", "bc_full", "idm"):
         _check_table(table, getattr(cfg, table), BCConfig, {"data": data, "out": out, "target": "action"})
     _check_table("decode", cfg.decode, DecodeConfig, {"policy": out, "data": data, "out": out})
+    hidden = {**cfg.bc, **cfg.bc_latent}.get("hidden", BCConfig.__dataclass_fields__["hidden"].default)
+    if hidden == 0 and cfg.decode.get("input", "latent") != "latent":
+        raise MasklamError(f"[decode] input = {cfg.decode['input']!r} reads the latent policy's hidden layer, and "
+                           "[bc_latent] hidden = 0 gives it none: use input = \"latent\"")
     _check_table("eval", cfg.eval, EvalOptions, {})
     check_values("pretrain", cfg.pretrain, PretrainConfig)
     for method in [m for m in cfg.methods if methods.is_kind(m, "lam")]:  # as each method's LAM will be configured

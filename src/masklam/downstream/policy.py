@@ -1,8 +1,8 @@
 """The image policy network of every regression target: `PolicyConfig` and `ImagePolicy`.
 
-`ImagePolicy` = IMPALA encoder + 2-layer MLP head, regressing a target vector from a frame stack
-(a LAM latent, a true action, an IDM relabel; see `masklam.downstream.targets`). With `pair_input`
-it sees (o_t, o_{t+1}) and is an inverse dynamics model. Saved with the `Pretrained` contract:
+`ImagePolicy` = IMPALA encoder + a 2-layer MLP head (one Linear with `hidden` 0: the authors'), regressing a
+target vector from a frame stack (a LAM latent, a true action, an IDM relabel; see `masklam.downstream.targets`).
+With `pair_input` it sees (o_t, o_{t+1}) and is an inverse dynamics model. Saved with the `Pretrained` contract:
 config.json is `asdict(PolicyConfig)`.
 """
 from __future__ import annotations
@@ -45,6 +45,10 @@ class PolicyConfig:
     """what the output is: 'latent' (needs an action decoder) or 'action'"""
     env_meta: dict[str, Any] = field(default_factory=dict)
     """task and env kwargs of the training data, for evaluation"""
+
+    def __post_init__(self) -> None:
+        if self.hidden < 0:
+            raise MasklamError(f"policy hidden width must be >= 0 (0: a linear head), got {self.hidden}")
 
 
 class ImagePolicy(Pretrained, nn.Module):
