@@ -110,6 +110,15 @@ def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dic
     return list(merged.values())
 
 
+def to_commit(committed: list[dict[str, Any]], local: list[dict[str, Any]],
+              fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The committed points with the ones this command ran (`fresh`, which win) and the run directory's (`local`)
+    points the committed file lacks (run without --commit, or stopped before it). A local copy of a committed point
+    never replaces it: another command may have redone it since (curves run in parallel, one per core)."""
+    known = {point_id(r) for r in committed}
+    return merge_rows(committed, [r for r in local if point_id(r) not in known] + fresh)
+
+
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
@@ -266,13 +275,7 @@ def main() -> int:
                     if args.commit:
                         commit = args.commit.resolve()
                         commit.mkdir(parents=True, exist_ok=True)
-                        # this command's points merged into the committed ones, with the run directory's points the
-                        # committed file lacks (run without --commit, or stopped before it): curves run in parallel
-                        # (one per core) add theirs, and a run directory's older copy of a point that another
-                        # command redid never replaces the committed row
-                        committed = read_rows(commit / "curve.csv")
-                        known = {point_id(r) for r in committed}
-                        merged = merge_rows(committed, [r for r in rows if point_id(r) not in known] + fresh)
+                        merged = to_commit(read_rows(commit / "curve.csv"), rows, fresh)
                         write_rows(commit / "curve.csv", merged)
                         figure(merged, commit / "curve.png")
                         subprocess.run(["git", "add", "."], cwd=commit, check=False)

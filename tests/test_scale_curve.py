@@ -1,0 +1,31 @@
+"""benchmarks/scale_curve.py's record of the science: what a command commits never loses or reverts a point."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_curve.py"
+spec = importlib.util.spec_from_file_location("scale_curve", SCRIPT)
+sc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sc)
+
+
+def _row(variant: str, seed: int, ret: float) -> dict:
+    return dict(task="cheetah-run", variant=variant, updates=1000, trajectories=80, seed=seed, probe_nmse=0.5,
+                return_id=ret, return_id_sem=1.0, return_ood=ret, return_ood_sem=1.0, minutes=3.0)
+
+
+def test_a_run_dirs_stale_copy_never_reverts_a_committed_point_and_its_missing_points_are_added(tmp_path: Path):
+    redone = _row("lapo-authors", 0, 92.0)  # committed by another command's --redo
+    committed = [redone, _row("masklam-authors", 0, 40.0)]
+    local = [_row("lapo-authors", 0, 68.0),  # this run dir's older copy of the redone point
+             _row("masklam-mask-target", 0, 120.0)]  # run here without --commit: never committed
+    fresh = [_row("masklam-authors", 0, 50.0)]  # what this command just ran: it wins
+    merged = {sc.point_id(r): r["return_id"] for r in sc.to_commit(committed, local, fresh)}
+    assert merged == {sc.point_id(_row("lapo-authors", 0, 0)): 92.0,
+                      sc.point_id(_row("masklam-authors", 0, 0)): 50.0,
+                      sc.point_id(_row("masklam-mask-target", 0, 0)): 120.0}
+    # through the csv files the script writes and reads
+    sc.write_rows(tmp_path / "curve.csv", sc.to_commit(committed, local, fresh))
+    again = sc.read_rows(tmp_path / "curve.csv")
+    assert [float(r["return_id"]) for r in again] == [92.0, 50.0, 120.0]
