@@ -95,7 +95,7 @@ class QuickstartConfig:
 def experiment_config(cfg: QuickstartConfig):
     """The ExperimentConfig the quickstart runs: the shipped config `quickstart-PRESET` with this task,
     distractors, recipe, seeds and run directory."""
-    from masklam.downstream.experiment import ExperimentConfig, resolve_config
+    from masklam.downstream.experiment_config import ExperimentConfig, resolve_config
 
     from masklam.devices import resolve_device
     from masklam.envs import suite_of
