@@ -169,7 +169,7 @@ def test_laom_hdf5_file_loads_as_it_is(tmp_path: Path) -> None:
     data = load_dataset(tmp_path / "laom.hdf5", mask_key="masks", progress=False)
     assert data.num_trajectories == 6 and data.rewards is None and data.masks is None
     assert np.array_equal(data.trajectory(3)["obs"], trajs[3]["obs"])
-    assert np.array_equal(data.trajectory(3)["actions"], trajs[3]["actions"])
+    assert np.array_equal(data.trajectory(3)["actions"], np.clip(trajs[3]["actions"], -1, 1))  # as executed
     assert data.meta["difficulty"] == "easy" and data.traj_returns.tolist() == [1.5] * 6
     with pytest.raises(MasklamError, match="has no 'masks'"):
         data.require_masks()  # MaskLAM needs masks that LAOM's files lack
@@ -374,3 +374,36 @@ def test_parquet_data_record_no_task_and_are_no_clean_experiment_data(tmp_path: 
     cfg = ExperimentConfig(out=tmp_path, tasks=["cheetah-run"], methods=["lapo"],
                            data={"cheetah-run": {"train": [str(tmp_path / "hf" / "train")]}})
     assert _datasets(cfg) == {"cheetah-run": {"train": [str(tmp_path / "hf" / "train")]}}
+
+
+def test_the_peers_unclipped_actions_read_clipped_with_one_notice_and_ours_as_stored(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """LAOM's HDF5 and MaskLAM's parquet data store the policy's output before the environment clipped it (their
+    loaders clip to [-1, 1]): load_dataset and `masklam import` read them clipped, noting it once per file; our
+    files (which carry a `version` attr) store executed actions and are read as stored."""
+    from masklam.data.hdf5 import FORMAT_VERSION
+    from masklam.data.importer import ImportConfig, run_import
+
+    trajs = write_laom_file(tmp_path / "laom.hdf5")
+    raw = np.concatenate([t["actions"] for t in trajs])
+    assert np.abs(raw).max() > 1.5  # the fixture leaves the bounds
+    data = load_dataset(tmp_path / "laom.hdf5", progress=False)
+    assert np.array_equal(data.actions, np.clip(raw, -1, 1))
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and "laom.hdf5" in notes[0] and "read clipped" in notes[0]
+
+    eps = episodes([5, 4])
+    for ep in eps:
+        ep["action"] = ep["action"] * 3
+    pq.write_table(table(eps), tmp_path / "wide.parquet")
+    data = load_dataset(tmp_path / "wide.parquet", progress=False)
+    assert np.array_equal(data.actions, np.clip(np.concatenate([ep["action"] for ep in eps]), -1, 1))
+    assert capsys.readouterr().err.count("wide.parquet") == 1
+
+    run_import(ImportConfig(src=tmp_path / "laom.hdf5", out=tmp_path / "imported.h5", img_size=H, progress=False))
+    imported = load_dataset(tmp_path / "imported.h5", progress=False)
+    assert np.array_equal(imported.actions, np.clip(raw, -1, 1))  # stored executed, so read as they are
+
+    with h5py.File(tmp_path / "laom.hdf5", "a") as f:  # the same file, marked as ours: actions as stored
+        f.attrs["version"] = FORMAT_VERSION
+    assert np.array_equal(load_dataset(tmp_path / "laom.hdf5", progress=False).actions, raw)

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from masklam.data.hdf5 import MASK_KEYS, FileLayout, open_file, read_layout
+from masklam.data.hdf5 import MASK_KEYS, FileLayout, executed_actions, open_file, read_layout
 from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout, parquet_shards
 from masklam.data.sources import trainable
 from masklam.errors import MasklamError
@@ -233,7 +233,7 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
         with _open(layouts[li], stored) as f:
             for row, (fi, name, length) in zip(starts, chosen):
                 if fi == li:
-                    _read_group(layouts[li].path, f, name, {k: arrays[k] for k in stored}, int(row), length)
+                    _read_group(layouts[li], f, name, {k: arrays[k] for k in stored}, int(row), length)
                     bar.update(length)
             if isinstance(f, ParquetReader):
                 f.check_masks()
@@ -266,9 +266,9 @@ FINITE_KEYS = ("actions", "states", "rewards")
 (frames and masks are uint8 / bool, so they cannot hold one)."""
 
 
-def _read_group(path: Path, f: h5py.File | ParquetReader, name: str, arrays: dict[str, np.ndarray], row: int,
-                length: int) -> None:
-    group = f[name]
+def _read_group(layout: FileLayout, f: h5py.File | ParquetReader, name: str, arrays: dict[str, np.ndarray],
+                row: int, length: int) -> None:
+    path, group = layout.path, f[name]
     for key, out in arrays.items():
         try:
             if isinstance(f, ParquetReader):
@@ -279,6 +279,8 @@ def _read_group(path: Path, f: h5py.File | ParquetReader, name: str, arrays: dic
             raise MasklamError(f"{path}: cannot read trajectory {name}/{key} ({str(e).splitlines()[0]})") from None
         if key in FINITE_KEYS:
             _check_finite(path, name, key, out[row:row + length])
+        if key == "actions" and not isinstance(f, ParquetReader):  # the parquet reader clips on decoding
+            out[row:row + length] = executed_actions(path, name, out[row:row + length], layout.action_bounds)
 
 
 def _check_finite(path: Path, name: str, key: str, values: np.ndarray) -> None:

@@ -20,12 +20,18 @@ file under a temporary name, syncs it to disk and renames it into place. Resumab
 `masklam masks`) keep each finished item as such a part file and merge them the same way at the end.
 Every error a user can cause (missing, truncated or garbage file, inconsistent shapes) becomes a one-line
 :class:`MasklamError` naming the file and, where it applies, the trajectory.
+
+Our files store the executed actions. The peers' files (LAOM's HDF5, told from ours by having ``domain_name``
+but no ``version`` attr; MaskLAM's parquet data) store the policy's output before the environment clipped it,
+and their authors' loaders clip it to [-1, 1] on reading: so do ours (:func:`executed_actions`), with one
+notice per file whose values leave the bounds.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +52,10 @@ IMAGE_KEYS = ("obs",) + MASK_KEYS
 COMPRESSIONS = ("lzf", "gzip", "none")
 OPTIONAL_ATTRS = ("background_path",)
 """file attrs written only when their option is set (`masklam collect --background-path`)"""
+PEER_ACTION_BOUNDS = (-1.0, 1.0)
+"""the action bounds of the peers' benchmarks (DMC, Meta-World), which their stored actions may leave"""
+_NOTIFIED: set[str] = set()
+"""files whose clipped actions this process has already reported"""
 
 
 @dataclass
@@ -202,6 +212,8 @@ class FileLayout:
     action_dim: int  # 0: no actions (imported video)
     keys: list[str]  # datasets present in every trajectory
     partial_keys: list[str]  # datasets present in some trajectories only
+    action_bounds: tuple[float, float] | None = None
+    """the bounds readers clip the stored actions to (the peers' files, which store them unclipped); None: ours"""
 
     @property
     def num_trajectories(self) -> int:
@@ -271,8 +283,26 @@ def _layout(path: Path, f: h5py.File, required: tuple[str, ...] = REQUIRED_KEYS)
     partial = sorted(set.union(*key_sets) - set(keys))
     h, w = dims["obs"][0][:2]
     state_dim, action_dim = (int(dims[k][0][0]) if k in dims else 0 for k in LABEL_KEYS)
+    laom = "domain_name" in attrs and "version" not in attrs  # LAOM's published files: unclipped actions
     return FileLayout(path, attrs, names, np.asarray(lengths, np.int64), np.asarray(returns, np.float64),
-                      (int(h), int(w)), state_dim, action_dim, keys, partial)
+                      (int(h), int(w)), state_dim, action_dim, keys, partial, PEER_ACTION_BOUNDS if laom else None)
+
+
+def executed_actions(path: Path, name: str, actions: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+    """A trajectory's ``actions`` (T, A) clipped to ``bounds`` (a peer's file), as the environment executed them and
+    the authors' loaders read them; the first time a file's values leave the bounds, one notice line."""
+    if bounds is None:
+        return actions
+    lo, hi = bounds
+    outside = (actions < lo) | (actions > hi)
+    if not outside.any():
+        return actions
+    if str(path) not in _NOTIFIED:
+        _NOTIFIED.add(str(path))
+        print(f"masklam: note: {path}: trajectory {name} holds actions outside [{lo:g}, {hi:g}] (up to "
+              f"{float(np.abs(actions[outside]).max()):.3g}; the file stores the policy's output before the "
+              "environment clipped it); read clipped, as the authors' loaders do", file=sys.stderr, flush=True)
+    return np.clip(actions, lo, hi)
 
 
 def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) -> None:

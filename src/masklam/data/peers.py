@@ -9,7 +9,8 @@ MaskLAM's Hugging Face datasets: parquet files (one shard, or a directory of sha
   stored as Hugging Face ``Image`` structs ``{bytes: PNG/JPEG, path}`` (or raw bytes, or nested lists);
 - ``mask`` (the simulator's agent mask, an ``L`` image 0/255) and, where present, SAM's masks ``pred_mask``
   (on the clean frames) / ``pred_mask_distracted`` (on the distracted frames);
-- ``state``, ``action`` (lists of float32), ``reward``, ``terminated``, ``truncated``.
+- ``state``, ``action`` (lists of float32; the action is the policy's output before the environment clipped it,
+  read clipped to [-1, 1] as the authors' loader reads it), ``reward``, ``terminated``, ``truncated``.
 
 Shards are grouped by their ``<split>-NNNNN-of-NNNNN.parquet`` prefix: a directory holding one split's shards
 is that split; one holding several (``train-*`` and ``test-*``) is a one-line error, and ``DIR/train`` (or
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from masklam.data.hdf5 import FileLayout
+from masklam.data.hdf5 import PEER_ACTION_BOUNDS, FileLayout, executed_actions
 from masklam.errors import MasklamError
 
 PARQUET_MAGIC = b"PAR1"
@@ -245,8 +246,8 @@ def parquet_layout(path: str | os.PathLike, observations: str = "distracted",
     h, w = first.shape[1:3]
     attrs = {"format": "masklam-parquet", "observations": observations, "img_hw": int(h), "columns": sorted(names)}
     return ParquetLayout(path, attrs, [str(i) for i in range(len(starts))], lengths.astype(np.int64), returns,
-                         (int(h), int(w)), dims["states"], dims["actions"], sorted(columns), [], shards,
-                         starts.astype(np.int64), columns)
+                         (int(h), int(w)), dims["states"], dims["actions"], sorted(columns), [], PEER_ACTION_BOUNDS,
+                         shards=shards, starts=starts.astype(np.int64), columns=columns)
 
 
 def _vector(path: Path, table: Any, col: str, start: int, length: int, name: str = "") -> np.ndarray:
@@ -378,7 +379,8 @@ class _Trajectory:
         start, length, col = int(lay.starts[self.index]), int(lay.lengths[self.index]), lay.columns[key]
         name = str(self.index)
         if key in VECTOR_COLUMNS:  # one width for the whole table: checked by parquet_layout
-            return _vector(lay.path, self.reader.table, col, start, length, name)
+            values = _vector(lay.path, self.reader.table, col, start, length, name)
+            return executed_actions(lay.path, name, values, lay.action_bounds) if key == "actions" else values
         if key == "rewards":
             return np.asarray(self.reader.table.column(col).slice(start, length).to_numpy(zero_copy_only=False),
                               np.float32)

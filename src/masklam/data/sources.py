@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from masklam.data.hdf5 import MASK_KEYS, open_file, read_layout
+from masklam.data.hdf5 import MASK_KEYS, executed_actions, open_file, read_layout
 from masklam.data.peers import is_parquet
 from masklam.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, VideoReader, image_size, probe, read_image
 from masklam.errors import MasklamError
@@ -274,6 +274,8 @@ class HDF5Source(Source):
             self.file = open_file(self.path)
         group = self.file[item.ref]
         arrays = {k: group[k][()] for k in ("actions", "states", "rewards") if k in group}
+        if "actions" in arrays:
+            arrays["actions"] = executed_actions(self.path, item.ref, arrays["actions"], self.layout.action_bounds)
         masks = {k: np.stack([resizer.mask(m) for m in group[k][()]]) for k in MASK_KEYS if k in group}
 
         def frames() -> Iterator[np.ndarray]:
