@@ -17,7 +17,8 @@ import tyro
 from tqdm.auto import tqdm
 
 from masklam.args import parse
-from masklam.data.lerobot import DEFAULT_CAMERA, LeRobotWriter
+from masklam.data.lerobot import DEFAULT_CAMERA
+from masklam.data.lerobot_writer import LeRobotWriter
 from masklam.data.sources import DESCRIPTIONS, Episode, open_source
 from masklam.data.video import CODECS, Resizer
 from masklam.errors import MasklamError

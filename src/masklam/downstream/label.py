@@ -175,7 +175,7 @@ def label(cfg: LabelConfig) -> Path:
 
 
 def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:
-    from masklam.data.lerobot import add_feature
+    from masklam.data.lerobot_writer import add_feature
 
     tmp = cfg.out.with_name(cfg.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
