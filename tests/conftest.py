@@ -85,7 +85,7 @@ def _write_toy(path: Path, n_traj: int = 6, length: int = 20, hw: int = 16, seed
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
         f.attrs.update({"domain_name": "toy", "task_name": "bright", "img_hw": [hw, hw], "distractors": "none",
-                        "action_repeat": 1})
+                        "action_repeat": 1, "version": 1})
         for i in range(n_traj):
             b = rng.uniform(40, 215, size=length + 1)
             obs = np.zeros((length, hw, hw, 3), np.uint8)

@@ -12,6 +12,7 @@ def write_mask_file(path: Path, videos: list[tuple[np.ndarray, np.ndarray | None
     with h5py.File(path, "w") as f:
         f.attrs["domain_name"] = domain
         f.attrs["task_name"] = "run"
+        f.attrs["version"] = 1
         f.attrs["img_hw"] = list(videos[0][0].shape[1:3]) if videos else [64, 64]
         for i, (obs, masks) in enumerate(videos):
             g = f.create_group(str(i))

@@ -45,7 +45,7 @@ def write_h5(path: Path, n_traj: int = 3, length: int = 12, size: int = 32) -> P
     """Our layout: obs, actions, states, rewards, masks."""
     rng = np.random.default_rng(1)
     with h5py.File(path, "w") as f:
-        f.attrs.update(domain_name="cheetah", task_name="run", img_hw=size)
+        f.attrs.update(domain_name="cheetah", task_name="run", img_hw=size, version=1)
         for i in range(n_traj):
             g = f.create_group(str(i))
             g["obs"] = smooth_frames(length, size, size, seed=i)

@@ -164,7 +164,7 @@ def write_laom_file(path: Path, n: int = 6, length: int = 10) -> list[dict[str, 
     return trajs
 
 
-def test_laom_hdf5_file_loads_as_it_is(tmp_path: Path) -> None:
+def test_laom_hdf5_file_loads_without_conversion(tmp_path: Path) -> None:
     trajs = write_laom_file(tmp_path / "laom.hdf5")
     data = load_dataset(tmp_path / "laom.hdf5", mask_key="masks", progress=False)
     assert data.num_trajectories == 6 and data.rewards is None and data.masks is None
@@ -403,6 +403,16 @@ def test_the_peers_unclipped_actions_read_clipped_with_one_notice_and_ours_as_st
     run_import(ImportConfig(src=tmp_path / "laom.hdf5", out=tmp_path / "imported.h5", img_size=H, progress=False))
     imported = load_dataset(tmp_path / "imported.h5", progress=False)
     assert np.array_equal(imported.actions, np.clip(raw, -1, 1))  # stored executed, so read as they are
+    assert imported.meta["actions_clipped_to"] == [-1.0, 1.0]  # an import from before the clipping cannot resume
+    with h5py.File(tmp_path / "imported.h5", "a") as f:
+        del f.attrs["actions_clipped_to"]
+    with pytest.raises(MasklamError, match="without actions_clipped_to"):
+        run_import(ImportConfig(src=tmp_path / "laom.hdf5", out=tmp_path / "imported.h5", img_size=H, progress=False))
+
+    eps[1]["action"][2, 0] = np.inf  # clipping leaves NaN and inf to the finiteness check
+    pq.write_table(table(eps), tmp_path / "inf.parquet")
+    with pytest.raises(MasklamError, match="trajectory 1: actions holds inf at frame 2"):
+        load_dataset(tmp_path / "inf.parquet", progress=False)
 
     with h5py.File(tmp_path / "laom.hdf5", "a") as f:  # the same file, marked as ours: actions as stored
         f.attrs["version"] = FORMAT_VERSION

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 def tiny_file(path: Path, trajs: int = 4, length: int = 6, actions: bool = True) -> Path:
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
-        f.attrs["domain_name"], f.attrs["task_name"] = "cheetah", "run"
+        f.attrs.update(domain_name="cheetah", task_name="run", version=1)  # ours: actions as stored
         for i in range(trajs):
             g = f.create_group(str(i))
             g.create_dataset("obs", data=rng.integers(0, 256, (length, 16, 16, 3), dtype=np.uint8))

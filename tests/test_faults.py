@@ -251,7 +251,7 @@ def tiny_dataset(path: Path, trajectories: int = 2, steps: int = 4, size: int = 
                  masks: bool = True) -> Path:
     rng = np.random.default_rng(0)
     with write_atomically(path) as f:
-        f.attrs.update({"domain_name": "cheetah", "task_name": "run", "img_hw": size})
+        f.attrs.update({"domain_name": "cheetah", "task_name": "run", "img_hw": size, "version": 1})
         for i in range(trajectories):
             traj = Trajectory(rng.integers(0, 255, (steps, size, size, 3), np.uint8),
                               rng.standard_normal((steps, 17)).astype(np.float32),

@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 from masklam.errors import MasklamError
 from masklam.files import atomic_path
@@ -50,8 +51,9 @@ LABEL_KEYS = ("states", "actions")
 MASK_KEYS = ("masks", "sam2_masks", "masks_mobilesam", "masks_student")
 IMAGE_KEYS = ("obs",) + MASK_KEYS
 COMPRESSIONS = ("lzf", "gzip", "none")
-OPTIONAL_ATTRS = ("background_path",)
-"""file attrs written only when their option is set (`masklam collect --background-path`)"""
+OPTIONAL_ATTRS = ("background_path", "actions_clipped_to")
+"""file attrs written only when they apply (`masklam collect --background-path`; `masklam import` of a peer's file,
+whose actions it stores clipped to these bounds)"""
 PEER_ACTION_BOUNDS = (-1.0, 1.0)
 """the action bounds of the peers' benchmarks (DMC, Meta-World), which their stored actions may leave"""
 _NOTIFIED: set[str] = set()
@@ -290,19 +292,20 @@ def _layout(path: Path, f: h5py.File, required: tuple[str, ...] = REQUIRED_KEYS)
 
 def executed_actions(path: Path, name: str, actions: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
     """A trajectory's ``actions`` (T, A) clipped to ``bounds`` (a peer's file), as the environment executed them and
-    the authors' loaders read them; the first time a file's values leave the bounds, one notice line."""
+    the authors' loaders read them; the first time a file's values leave the bounds, one notice line. NaN and inf
+    stay as they are, for the readers' finiteness checks to name."""
     if bounds is None:
         return actions
     lo, hi = bounds
-    outside = (actions < lo) | (actions > hi)
+    outside = np.isfinite(actions) & ((actions < lo) | (actions > hi))
     if not outside.any():
         return actions
     if str(path) not in _NOTIFIED:
         _NOTIFIED.add(str(path))
-        print(f"masklam: note: {path}: trajectory {name} holds actions outside [{lo:g}, {hi:g}] (up to "
-              f"{float(np.abs(actions[outside]).max()):.3g}; the file stores the policy's output before the "
-              "environment clipped it); read clipped, as the authors' loaders do", file=sys.stderr, flush=True)
-    return np.clip(actions, lo, hi)
+        tqdm.write(f"masklam: note: {path}: trajectory {name} holds actions outside [{lo:g}, {hi:g}] (up to "
+                   f"{float(np.abs(actions[outside]).max()):.3g}; the file stores the policy's output before the "
+                   "environment clipped it); read clipped, as the authors' loaders do", file=sys.stderr)
+    return np.where(outside, np.clip(actions, lo, hi), actions).astype(actions.dtype)
 
 
 def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) -> None:

@@ -97,6 +97,7 @@ def file_attrs(cfg: ImportConfig, source: Source) -> dict[str, Any]:
         **source.attrs(), "source": str(cfg.src.expanduser().resolve()), "source_format": source.kind,
         "img_hw": cfg.img_size, "resize": cfg.resize, "fps": fps, "source_fps": float(source.fps or 0.0),
         "chunk_seconds": float(cfg.chunk_seconds or 0.0), "version": FORMAT_VERSION,
+        **({"actions_clipped_to": list(bounds)} if (bounds := getattr(source.layout, "action_bounds", None)) else {}),
     }
 
 

@@ -1,7 +1,8 @@
 """The papers' own public data, read as our trajectories: MaskLAM's parquet datasets (and LAOM's HDF5 files).
 
 LAOM's HDF5 files are our layout's subset (groups "0", "1", ... with ``obs``, ``states``, ``actions``; no
-rewards, no masks) and are read by :func:`masklam.data.hdf5.read_layout` as they are. This module reads
+rewards, no masks) and are read by our HDF5 readers, their actions clipped to [-1, 1]
+(:func:`masklam.data.hdf5.executed_actions`). This module reads
 MaskLAM's Hugging Face datasets: parquet files (one shard, or a directory of shards such as
 ``<task>/train-00000-of-00004.parquet`` read in name order as one table), one row per frame, with columns
 
