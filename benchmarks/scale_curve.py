@@ -171,6 +171,10 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
                         linestyle="--" if variant.endswith("-lam") else "-")
     axes[0].set(xscale="log", xlabel="updates (batch 64)", ylabel="held-out probe NMSE (lower is better)")
     axes[1].set(xscale="log", xlabel="updates (batch 64)", ylabel="return ID, raw (6 episodes x 2 label budgets)")
+    measured = sorted({int(r["updates"]) for r in rows if main_curve(r)})
+    for ax in axes[:2]:  # the measured update counts as plain numbers, not log-axis powers of ten
+        ax.set_xticks(measured, [str(u) for u in measured])
+        ax.minorticks_off()
     axes[1].legend(fontsize=8)
     if others:
         bars = ["lapo-authors", "masklam-authors", "masklam-mask-target"]
@@ -185,6 +189,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
                                 color=_color(variant), label=variant if j == 0 else None)
         axes[2].set_xticks(range(len(others)), [f"{t}\n{u} upd, {n} traj" for t, u, n in others], fontsize=7)
         axes[2].set(ylabel="held-out probe NMSE", title="other tasks and data sizes")
+        axes[2].legend(fontsize=8)
     fig.suptitle("scale curve: cheetah-run, the quickstart's data (80 x 125 frames) and settings; mean ± s.e. over "
                  "seeds (-lam: the authors' LAMs under our downstream)")
     fig.tight_layout()
