@@ -88,13 +88,3 @@ def test_an_old_option_is_read_as_its_new_name(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(MasklamError, match="--quiet and --loud are one option"):
         parse(_Args, ["--quiet", "--no-loud"])  # a boolean's two forms are one option too
 
-
-def test_names_that_moved_to_another_module_still_import_from_the_old_one() -> None:
-    """The LeRobot writer moved to masklam.data.lerobot_writer (2026-12-05); scripts importing it, or add_feature,
-    from masklam.data.lerobot get the same objects, and an unknown name is still an AttributeError."""
-    import masklam.data.lerobot as old
-    from masklam.data import lerobot_writer
-
-    assert old.LeRobotWriter is lerobot_writer.LeRobotWriter and old.add_feature is lerobot_writer.add_feature
-    with pytest.raises(AttributeError, match="no attribute 'LeRobotWritter'"):
-        old.LeRobotWritter  # noqa: B018

@@ -8,8 +8,7 @@ per episode). A camera is a ``video`` feature (any codec FFmpeg decodes, AV1 inc
 (PNG/JPEG bytes in the parquet rows). ``action`` -> actions, ``observation.state`` -> states, ``next.reward``
 -> rewards, ``observation.masks`` / ``observation.<mask key>`` (bool (H, W)) -> agent masks; task strings kept.
 
-Writing (`LeRobotWriter`, `add_feature`) lives in :mod:`masklam.data.lerobot_writer`; both names still import
-from here.
+Writing (`LeRobotWriter`, `add_feature`) is :mod:`masklam.data.lerobot_writer`.
 """
 from __future__ import annotations
 
@@ -266,11 +265,3 @@ def _episodes_v2(root: Path, info: dict[str, Any], camera: str) -> list[Episode]
             raise MasklamError(f"{path}: line {n + 1} is not an episode record ({e})") from None
     return sorted(out, key=lambda e: e.index)
 
-
-def __getattr__(name: str) -> Any:
-    """`from masklam.data.lerobot import LeRobotWriter` (or add_feature), as before the writer had its module."""
-    if name in ("LeRobotWriter", "add_feature"):
-        from masklam.data import lerobot_writer
-
-        return getattr(lerobot_writer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
