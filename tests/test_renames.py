@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from masklam import renames
+from masklam import errors, renames
 from masklam.args import parse
 from masklam.downstream import experiment as ex
 from masklam.errors import MasklamError
@@ -17,7 +17,7 @@ BASE = 'out = "b"\ntasks = ["t"]\nmethods = ["lapo"]\nlabels = [1]\ndata = {{ t 
 
 @pytest.fixture(autouse=True)
 def _fresh_notices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(renames, "_said", set())  # each test sees its notices
+    monkeypatch.setattr(errors, "_said", set())  # each test sees its notices
 
 
 def _notices(capsys: pytest.CaptureFixture) -> list[str]:

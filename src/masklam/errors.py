@@ -1,9 +1,17 @@
 """One exception type for bad input: the CLI prints its message as a single line and exits 2; its subclass
-MasklamRuntimeError for faults met while working (exit 1).
+MasklamRuntimeError for faults met while working (exit 1). And `note_once`, the one-line notice that is not an
+error (a renamed option, a file read with a correction), said once per process.
 
 It deliberately is not a ValueError: tyro turns ValueErrors raised in a config's `__post_init__` into
 a multi-line box; a MasklamError passes through tyro to `masklam.cli.main`, which prints one line.
 """
+from __future__ import annotations
+
+import sys
+from typing import Hashable
+
+_said: set[Hashable] = set()
+"""the keys of the notices this process has written"""
 
 
 class MasklamError(Exception):
@@ -24,3 +32,15 @@ def one_line(e: BaseException) -> str:
         return str(e)
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def note_once(key: Hashable, message: str) -> None:
+    """``masklam: note: <message>`` on stderr, the first time this process meets ``key``; written around any
+    progress bar on the screen, not through it."""
+    if key in _said:
+        return
+    _said.add(key)
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"masklam: note: {message}", file=sys.stderr)
+    sys.stderr.flush()

@@ -11,10 +11,9 @@ Giving both the old and the new name is one line of error, not a guess at which 
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, NamedTuple
 
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 
 
 class Renamed(NamedTuple):
@@ -32,17 +31,11 @@ CONFIG_KEYS: dict[str, Renamed] = {
 }
 """Top-level keys of experiment configs."""
 
-_said: set[tuple[str, str]] = set()
-
-
 def notice(old: str, new: Renamed, where: str = "") -> None:
     """The one-line deprecation notice on stderr, once per process for each name and place."""
-    if (where, old) in _said:
-        return
-    _said.add((where, old))
     at = f"{where}: " if where else ""
-    print(f"masklam: note: {at}{old} is now {new.new} (renamed {new.since}); the old name still works for a while",
-          file=sys.stderr, flush=True)
+    note_once(("renamed", where, old),
+              f"{at}{old} is now {new.new} (renamed {new.since}); the old name still works for a while")
 
 
 def rename_keys(table: dict[str, Any], where: str, renamed: dict[str, Renamed] | None = None) -> dict[str, Any]:

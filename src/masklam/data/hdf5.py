@@ -31,16 +31,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 from masklam.files import atomic_path
 from masklam.resources import GuardedFile
 
@@ -56,8 +54,6 @@ OPTIONAL_ATTRS = ("background_path", "actions_clipped_to")
 whose actions it stores clipped to these bounds)"""
 PEER_ACTION_BOUNDS = (-1.0, 1.0)
 """the action bounds of the peers' benchmarks (DMC, Meta-World), which their stored actions may leave"""
-_NOTIFIED: set[str] = set()
-"""files whose clipped actions this process has already reported"""
 
 
 @dataclass
@@ -300,12 +296,11 @@ def executed_actions(path: Path, name: str, actions: np.ndarray, bounds: tuple[f
     outside = np.isfinite(actions) & ((actions < lo) | (actions > hi))
     if not outside.any():
         return actions
-    if str(path) not in _NOTIFIED:
-        _NOTIFIED.add(str(path))
-        tqdm.write(f"masklam: note: {path}: trajectory {name} holds actions outside [{lo:g}, {hi:g}] (up to "
-                   f"{float(np.abs(actions[outside]).max()):.3g}; the file stores the policy's output before the "
-                   "environment clipped it); read clipped, as the authors' loaders do", file=sys.stderr)
-    return np.where(outside, np.clip(actions, lo, hi), actions).astype(actions.dtype)
+    note_once(("clipped actions", str(path)),
+              f"{path}: trajectory {name} holds actions outside [{lo:g}, {hi:g}] (up to "
+              f"{float(np.abs(actions[outside]).max()):.3g}; the file stores the policy's output before the "
+              "environment clipped it); read clipped, as the authors' loaders do")
+    return np.where(outside, np.clip(actions, lo, hi), actions)  # (T, A), the dtype of `actions`
 
 
 def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) -> None:
