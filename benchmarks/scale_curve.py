@@ -37,9 +37,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # separates what their pretraining does from what their latent BC and decoder do to the return
     "lapo-authors-lam": {"method": "lapo", "pretrain": {"recipe": "authors"}},
     "masklam-authors-lam": {"method": "masklam", "pretrain": {"recipe": "authors"}},
+    # their MaskLAM's LAM with one half of their downstream each (which half costs its return at 1000 updates)
+    "masklam-authors-bc": {"method": "masklam", "pretrain": {"recipe": "authors"}, "bc_latent": AUTHORS_LATENT_BC},
+    "masklam-authors-decoder": {"method": "masklam", "pretrain": {"recipe": "authors"}, "decode": AUTHORS_DECODER},
+    # their latent BC with one of its choices undone (our decoder): targets standardised; a hidden layer of 256
+    "masklam-authors-bc-std": {"method": "masklam", "pretrain": {"recipe": "authors"},
+                               "bc_latent": {**AUTHORS_LATENT_BC, "standardize": True}},
+    "masklam-authors-bc-hidden": {"method": "masklam", "pretrain": {"recipe": "authors"},
+                                  "bc_latent": {**AUTHORS_LATENT_BC, "hidden": 256}},
     "lapo": {"method": "lapo", "pretrain": {}},
     "lapo-clean": {"method": "lapo-clean", "pretrain": {}},
 }
+DOWNSTREAM_ABLATIONS = ("masklam-authors-bc", "masklam-authors-decoder", "masklam-authors-bc-std",
+                        "masklam-authors-bc-hidden")  # in the table, not in the figure
 COLUMNS = ["task", "variant", "updates", "trajectories", "seed", "probe_nmse", "return_id", "return_id_sem",
            "return_ood", "return_ood_sem", "minutes"]
 
@@ -155,7 +165,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     if any(task == "cheetah-run" for task, _, _ in others):  # a data-size point: its 80-trajectory reference too
         others = sorted(set(others) | {("cheetah-run", u, 80) for task, u, _ in others if task == "cheetah-run"})
     fig, axes = plt.subplots(1, 3 if others else 2, figsize=(15 if others else 10, 4))
-    for variant in VARIANTS:
+    for variant in (v for v in VARIANTS if v not in DOWNSTREAM_ABLATIONS):
         for ax, key in zip(axes, ("probe_nmse", "return_id")):
             if key == "probe_nmse" and variant.endswith("-lam"):  # the same LAMs' probe as their base variant
                 continue

@@ -29,3 +29,22 @@ def test_a_run_dirs_stale_copy_never_reverts_a_committed_point_and_its_missing_p
     sc.write_rows(tmp_path / "curve.csv", sc.to_commit(committed, local, fresh))
     again = sc.read_rows(tmp_path / "curve.csv")
     assert [float(r["return_id"]) for r in again] == [92.0, 50.0, 120.0]
+
+
+def test_the_downstream_ablations_share_their_mask_lams_pretraining_and_change_one_downstream_choice(tmp_path: Path):
+    """An ablation is only read against masklam-authors if it trains the same LAM (so the same probe) and differs in
+    the latent BC or decoder it names, nothing else."""
+    def cfg(variant: str):
+        return sc.point_config(tmp_path, "cheetah-run", variant, 1000, 80, 0)
+
+    theirs, ours = cfg("masklam-authors"), cfg("masklam-authors-lam")
+    expect = {"masklam-authors-bc": (theirs.bc_latent, ours.decode),
+              "masklam-authors-decoder": (ours.bc_latent, theirs.decode),
+              "masklam-authors-bc-std": ({**theirs.bc_latent, "standardize": True}, ours.decode),
+              "masklam-authors-bc-hidden": ({**theirs.bc_latent, "hidden": 256}, ours.decode)}
+    assert set(expect) == set(sc.DOWNSTREAM_ABLATIONS)
+    for variant, (bc_latent, decode) in expect.items():
+        c = cfg(variant)
+        assert (c.methods, c.pretrain, c.data) == (theirs.methods, theirs.pretrain, theirs.data), variant
+        assert (c.bc_latent, c.decode) == (bc_latent, decode), variant
+        assert (c.bc_latent, c.decode) not in ((theirs.bc_latent, theirs.decode), (ours.bc_latent, ours.decode))
