@@ -87,4 +87,3 @@ def test_an_old_option_is_read_as_its_new_name(monkeypatch: pytest.MonkeyPatch, 
         parse(_Args, ["--old-name", "1", "--new-name=2"])
     with pytest.raises(MasklamError, match="--quiet and --loud are one option"):
         parse(_Args, ["--quiet", "--no-loud"])  # a boolean's two forms are one option too
-

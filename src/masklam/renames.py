@@ -31,6 +31,7 @@ CONFIG_KEYS: dict[str, Renamed] = {
 }
 """Top-level keys of experiment configs."""
 
+
 def notice(old: str, new: Renamed, where: str = "") -> None:
     """The one-line deprecation notice on stderr, once per process for each name and place."""
     at = f"{where}: " if where else ""

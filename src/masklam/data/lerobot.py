@@ -264,4 +264,3 @@ def _episodes_v2(root: Path, info: dict[str, Any], camera: str) -> list[Episode]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise MasklamError(f"{path}: line {n + 1} is not an episode record ({e})") from None
     return sorted(out, key=lambda e: e.index)
-
