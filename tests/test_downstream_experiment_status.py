@@ -66,6 +66,20 @@ def test_a_config_extends_another_field_by_field_and_says_where_each_came_from(t
         ex.load_config(tmp_path / "child.toml")
 
 
+def test_tasks_and_seeds_from_the_command_line_run_part_of_a_sweep(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "s.toml").write_text('out = "o"\ntasks = ["cheetah-run", "walker-run"]\nmethods = ["lapo"]\n'
+                                     'seeds = [0, 1, 2]\ncollect = { episodes = 3 }\n')
+    cfg = ex.load_config(tmp_path / "s.toml", tasks=["walker-run"], seeds=[2])
+    assert cfg.tasks == ["walker-run"] and cfg.seeds == [2] and set(cfg.data) == {"walker-run"}
+    assert cfg.data["walker-run"]["collect"] == {"episodes": 3}  # the file's collect table serves the task given
+    assert ex.main([str(tmp_path / "s.toml"), "--tasks", "walker-run", "--seeds", "1", "2", "--print-config"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "['walker-run']" in lines["tasks"] and lines["tasks"].endswith("command line")
+    assert "[1, 2]" in lines["seeds"] and lines["seeds"].endswith("command line")
+    assert lines["methods"].endswith("s.toml")
+
+
 def test_the_papers_configs_extend_the_quickstarts_presets() -> None:
     for name, preset in (("papers-cpu", "cpu"), ("masklam-cpu", "cpu"), ("mw128-cpu", "cpu"), ("masklam-gpu", "gpu"),
                          ("laom-gpu", "gpu"), ("papers-gpu", "gpu")):

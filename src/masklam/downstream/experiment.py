@@ -127,6 +127,13 @@ class ExperimentArgs:
     """run directory (overrides the file's `out`)"""
     device: str | None = None
     """auto, cpu, cuda, cuda:N (overrides the file's `device`, whose default is auto)"""
+    tasks: list[str] | None = None
+    """run these tasks instead of the file's `tasks` (e.g. one at a time); their data come from the file's
+    `data` table, or its `collect` table"""
+    seeds: list[int] | None = None
+    """run these seeds instead of the file's `seeds` (sweeps over other seeds may share the run directory).
+    results.csv then holds these tasks and seeds only: run without --tasks/--seeds once all are done to gather every
+    row (the stages are cached)"""
     no_report: bool = False
     """skip rendering report.html"""
     list_configs: Annotated[bool, tyro.conf.arg(name="list")] = False
@@ -145,10 +152,11 @@ def main(argv: list[str]) -> int:
         return 0
     if args.config is None:
         raise MasklamError("give a config: a shipped config's name (masklam experiment --list) or a file")
+    overrides = dict(out=args.out, device=args.device, tasks=args.tasks, seeds=args.seeds)
     if args.print_config:
-        print(describe_config(args.config, out=args.out, device=args.device))
+        print(describe_config(args.config, **overrides))
         return 0
-    cfg = load_config(args.config, out=args.out, device=args.device)
+    cfg = load_config(args.config, **overrides)
     if args.status:
         print(f"{args.config}: {cfg.out}")
         if not cfg.out.exists():

@@ -1,0 +1,192 @@
+"""Distracting Meta-World at the paper's 128x128: LAPO vs MaskLAM (mask-target) vs the distractor-free upper bound
+(lapo-clean) on mw-push, mw-reach and mw-door-open, 3 seeds; held-out probe NMSE and success rate.
+
+    .venv/bin/python benchmarks/mw128.py --out /work/runs/mw128 [--tasks mw-push] [--seeds 0 1 2] \
+        [--train-workers 1] [--commit docs/mw128]
+    .venv/bin/python benchmarks/mw128.py --table docs/mw128/results.csv
+
+The sweep is `masklam experiment mw128-cpu`, run one chunk (task, seed) at a time: `masklam experiment mw128-cpu
+--tasks T --seeds S --out OUT` (every stage cached under OUT). A whole task takes 3-4 hours on 2 cores, longer than
+the rest of a session may hold, and run directories need not outlive a session: after every finished chunk its
+rows are merged into OUT/results.csv and, with --commit DIR, into DIR/results.csv with the table's figure, and
+committed (DIR's files only). Chunks already in the committed file are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONFIG = "mw128-cpu"
+METHODS = ("lapo", "masklam", "lapo-clean")  # in the table and figure: the LAMs (bc-full rows normalise returns)
+CHUNK_COLUMNS = ["task", "seed", "minutes"]
+
+
+def row_id(r: dict[str, Any]) -> tuple[str, str, int, int, int, str]:
+    """What identifies a results.csv row: (task, method, latent_dim, labels, seed, split)."""
+    return r["task"], r["method"], int(r["latent_dim"]), int(r["labels"]), int(r["seed"]), r["split"]
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows({c: ("" if r.get(c) is None else r[c]) for c in columns} for r in rows)
+    tmp.replace(path)
+
+
+def merge(old: list[dict[str, Any]], new: list[dict[str, Any]], key: Any) -> list[dict[str, Any]]:
+    """`old` with `new`'s rows added (a row in both, by `key`: `new`'s), in the order met."""
+    merged = {key(r): r for r in old}
+    merged.update({key(r): r for r in new})
+    return list(merged.values())
+
+
+def chunk(out: Path, task: str, seed: int, train_workers: int | None) -> list[dict[str, Any]]:
+    """Run (or reuse) one task and seed of the sweep -> its results.csv rows."""
+    from masklam.downstream.experiment import load_config, run_experiment
+
+    cfg = load_config(CONFIG, out=out, tasks=[task], seeds=[seed])
+    cfg = dataclasses.replace(cfg, progress=False, **({"train_workers": train_workers} if train_workers else {}))
+    return [{k: ("" if v is None else v) for k, v in r.items()} for r in run_experiment(cfg, render=False)]
+
+
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    return float(np.mean(xs)), float(np.std(xs, ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (task, method): the seeds, probe NMSE and success ID/OOD over seeds (each seed's success averaged over
+    its label budgets), as (mean, s.e.)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        for method in METHODS:
+            rs = [r for r in rows if r["task"] == task and r["method"] == method]
+            seeds = sorted({int(r["seed"]) for r in rs})
+            if not seeds:
+                continue
+            cell: dict[str, Any] = {"seeds": seeds}
+            probe = {int(r["seed"]): float(r["probe_nmse"]) for r in rs}
+            cell["probe_nmse"] = _mean_se([probe[s] for s in seeds])
+            for split in ("id", "ood"):
+                per_seed = [np.mean([float(r["success"]) for r in rs if int(r["seed"]) == s and r["split"] == split])
+                            for s in seeds]
+                cell[f"success_{split}"] = _mean_se([float(x) for x in per_seed])
+            out[task, method] = cell
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table: per task and method, probe NMSE and success rate, mean ± s.e. over seeds, and LAPO's probe NMSE
+    over the method's."""
+    cells = summary(rows)
+
+    def fmt(me: tuple[float, float], nd: int) -> str:
+        return f"{me[0]:.{nd}f} ± {me[1]:.{nd}f}"
+
+    lines = ["| task | method | seeds | held-out probe NMSE | LAPO / method | success ID | success OOD |",
+             "|---|---|---|---|---|---|---|"]
+    for (task, method), c in cells.items():
+        lapo = cells.get((task, "lapo"))
+        ratio = f"{lapo['probe_nmse'][0] / c['probe_nmse'][0]:.2f}x" if lapo else "-"
+        lines.append(f"| {task} | {method} | {','.join(map(str, c['seeds']))} | {fmt(c['probe_nmse'], 3)} | {ratio} | "
+                     f"{fmt(c['success_id'], 2)} | {fmt(c['success_ood'], 2)} |")
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """Probe NMSE and success ID per task, one bar per method, mean ± s.e. over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = summary(rows)
+    tasks = list(dict.fromkeys(t for t, _ in cells))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(METHODS)
+    for i, method in enumerate(METHODS):
+        for ax, key in zip(axes, ("probe_nmse", "success_id")):
+            xs = [j for j, t in enumerate(tasks) if (t, method) in cells]
+            if xs:
+                m, e = zip(*(cells[tasks[j], method][key] for j in xs))
+                ax.bar([j + (i - (len(METHODS) - 1) / 2) * width for j in xs], m, width, yerr=e, capsize=2,
+                       color=f"C{i}", label=method)
+    for ax, label in zip(axes, ("held-out probe NMSE (lower is better)", "success rate ID (16 labelled traj.)")):
+        ax.set_xticks(range(len(tasks)), tasks)
+        ax.set(ylabel=label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Distracting Meta-World at 128x128 (mw128-cpu): mean ± s.e. over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", type=Path, metavar="CSV", help="print this results.csv's table (and write its figure "
+                    "next to it), then exit")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--tasks", nargs="+", help="the config's tasks by default")
+    ap.add_argument("--seeds", type=int, nargs="+", help="the config's seeds by default")
+    ap.add_argument("--train-workers", type=int, help="LAMs trained at once (the config's 3 by default; 1 beside "
+                    "another one-thread job on 2 cores)")
+    ap.add_argument("--commit", type=Path, help="merge each chunk's rows into DIR/results.csv and git-commit DIR")
+    args = ap.parse_args()
+    if args.table:
+        rows = read_csv(args.table)
+        figure(rows, args.table.parent / "mw128.png")
+        print(markdown(rows))
+        return 0
+    if args.out is None:
+        ap.error("--out is required (or --table CSV)")
+
+    from masklam.downstream.experiment import load_config
+
+    cfg = load_config(CONFIG)
+    tasks, seeds = args.tasks or cfg.tasks, args.seeds or cfg.seeds
+    commit = args.commit.resolve() if args.commit else None
+    done = {(r["task"], int(r["seed"])) for r in read_csv(commit / "results.csv")} if commit else set()
+    for task in tasks:  # task by task: each task's data are collected once per run directory
+        for seed in seeds:
+            if (task, seed) in done:
+                continue
+            t0 = time.time()
+            rows = chunk(args.out, task, seed, args.train_workers)
+            minutes = (time.time() - t0) / 60
+            local = merge(read_csv(args.out / "mw128.csv"), rows, row_id)
+            write_csv(args.out / "mw128.csv", local, list(rows[0]))
+            lam = {r["method"]: r for r in rows if r["method"] in METHODS and r["split"] == "id"}
+            print(f"{task} seed {seed}: " + ", ".join(f"{m} probe {float(r['probe_nmse']):.3f} success "
+                                                       f"{float(r['success']):.2f}" for m, r in lam.items())
+                  + f" ({minutes:.0f} min)", flush=True)
+            if commit:
+                commit.mkdir(parents=True, exist_ok=True)
+                merged = merge(read_csv(commit / "results.csv"), rows, row_id)
+                write_csv(commit / "results.csv", merged, list(rows[0]))
+                chunks = merge(read_csv(commit / "chunks.csv"), [dict(task=task, seed=seed, minutes=f"{minutes:.1f}")],
+                               lambda r: (r["task"], int(r["seed"])))
+                write_csv(commit / "chunks.csv", chunks, CHUNK_COLUMNS)
+                figure(merged, commit / "mw128.png")
+                subprocess.run(["git", "add", "."], cwd=commit, check=False)
+                subprocess.run(["git", "commit", "-q", "-m", f"mw128: {task} seed {seed} ({minutes:.0f} min)", "--",
+                                "."], cwd=commit, check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
