@@ -60,7 +60,9 @@ def point_config(out: Path, task: str, variant: str, updates: int, episodes: int
 
     spec = VARIANTS[variant]
     exp = experiment_config(QuickstartConfig(out=out, task=task, seeds=(seed,), progress=False, device="cpu"))
-    data = {t: {k: {**v, "episodes": episodes, "workers": 1} for k, v in d.items()} for t, d in exp.data.items()}
+    clean = spec["method"] == "lapo-clean"  # the distractor-free data only where the method trains on them
+    data = {t: {k: {**v, "episodes": episodes, "workers": 1} for k, v in d.items() if clean or k != "collect_clean"}
+            for t, d in exp.data.items()}
     collect = {**exp.collect, "episodes": episodes, "workers": 1} if getattr(exp, "collect", None) else exp.collect
     pretrain = {k: v for k, v in exp.pretrain.items() if k != "mask_target"}  # the quickstart's recipe is ours
     exp = dataclasses.replace(

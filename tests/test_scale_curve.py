@@ -50,3 +50,17 @@ def test_the_downstream_ablations_share_their_mask_lams_pretraining_and_change_o
         # everything else, the LAM's pretraining included, is their MaskLAM's
         assert dataclasses.replace(c, bc_latent=theirs.bc_latent, decode=theirs.decode) == theirs, variant
         assert (c.bc_latent, c.decode) not in ((theirs.bc_latent, theirs.decode), (ours.bc_latent, ours.decode))
+
+
+def test_a_point_collects_the_distractor_free_data_only_for_the_method_that_trains_on_them(tmp_path: Path):
+    """The curve's methods train on the distracted data only: collecting their clean twin too cost every new run
+    directory a second collection. The distracted data's spec is the same either way (so its stage key)."""
+    def data(variant: str) -> dict:
+        return sc.point_config(tmp_path, "cheetah-run", variant, 1000, 320, 0).data["cheetah-run"]
+
+    assert set(data("lapo-clean")) == {"collect", "collect_clean"}
+    assert data("lapo-clean")["collect_clean"]["distractors"] == "none"
+    for variant in ("lapo-authors", "masklam-authors", "masklam-mask-target", "lapo"):
+        assert set(data(variant)) == {"collect"}, variant
+        assert data(variant)["collect"] == data("lapo-clean")["collect"]
+        assert data(variant)["collect"]["episodes"] == 320
