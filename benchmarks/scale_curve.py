@@ -8,7 +8,8 @@
 Each point (variant, updates, trajectories, seed) is the quickstart's pipeline for one method (`masklam experiment`
 stages: collect, pretrain, probe, latent BC, decoders for 4 and 16 labelled trajectories, online evaluation ID and
 OOD, 6 episodes each), cached under OUT, so an interrupted curve resumes where it stopped. Everything runs on one
-thread (torch threads 1, one evaluation worker) so that the curve can run beside other work on a 2-core machine.
+thread (torch threads 1, one evaluation worker) so that the curve can run beside other work on a 2-core machine;
+`--threads 2` runs one point at a time faster, on both cores.
 After every finished point the rows so far are written to OUT/curve.csv and, with --commit DIR, copied with the
 figure into DIR of this repository and committed (only DIR's files), so a session that ends loses no point.
 """
@@ -54,8 +55,9 @@ COLUMNS = ["task", "variant", "updates", "trajectories", "seed", "probe_nmse", "
            "return_ood", "return_ood_sem", "minutes"]
 
 
-def point_config(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> Any:
-    """The ExperimentConfig of one point: the quickstart's, for one method, on one thread."""
+def point_config(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int, threads: int = 1) -> Any:
+    """The ExperimentConfig of one point: the quickstart's, for one method, its LAM on `threads` torch threads (a
+    resumable change: not in any stage's key)."""
     from masklam.quickstart import QuickstartConfig, experiment_config
 
     spec = VARIANTS[variant]
@@ -67,7 +69,7 @@ def point_config(out: Path, task: str, variant: str, updates: int, episodes: int
     pretrain = {k: v for k, v in exp.pretrain.items() if k != "mask_target"}  # the quickstart's recipe is ours
     exp = dataclasses.replace(
         exp, methods=[spec["method"]], data=data, collect=collect,
-        pretrain={**pretrain, **spec["pretrain"], "updates": updates, "threads": 1},
+        pretrain={**pretrain, **spec["pretrain"], "updates": updates, "threads": threads},
         bc_latent={**exp.bc_latent, **spec.get("bc_latent", {})}, decode={**exp.decode, **spec.get("decode", {})},
         eval={**exp.eval, "workers": 1})
     return exp
@@ -82,12 +84,13 @@ def lam_cached(out: Path, task: str, variant: str, updates: int, episodes: int, 
     return bool(lams) and all(s.done for s in lams)
 
 
-def point(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> dict[str, Any]:
+def point(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int,
+          threads: int = 1) -> dict[str, Any]:
     """Run (or reuse) one point of the curve -> one row of curve.csv (returns averaged over label budgets)."""
     from masklam.downstream.experiment import run_experiment
 
     spec = VARIANTS[variant]
-    exp = point_config(out, task, variant, updates, episodes, seed)
+    exp = point_config(out, task, variant, updates, episodes, seed, threads)
     t0 = time.time()
     rows = [r for r in run_experiment(exp, render=False) if r["method"] == spec["method"]]
 
@@ -242,6 +245,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--variants", nargs="+", default=["masklam-mask-target", "lapo-authors", "masklam-authors"],
                     choices=list(VARIANTS))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: one curve per core; 2: one point at a "
+                    "time on 2 cores, for the points a one-thread run cannot finish within a session)")
     ap.add_argument("--commit", type=Path, help="copy curve.csv and curve.png here and git-commit them per point")
     ap.add_argument("--redo", action="store_true",
                     help="run points already in curve.csv again and replace their rows (after a change to a variant's "
@@ -257,7 +262,7 @@ def main() -> int:
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "curve.csv"
     rows = read_rows(csv_path)
@@ -277,7 +282,7 @@ def main() -> int:
                     if old is not None and not lam_cached(*where):
                         raise SystemExit(f"--redo: no cached LAM for {point_id(old)} under {args.out}; give the --out "
                                          "that holds it (a redo re-runs the downstream only)")
-                    row = point(*where)
+                    row = point(*where, threads=args.threads)
                     if old is not None:  # a redo: the same LAM (so its probe), its first run's time
                         if abs(float(old["probe_nmse"]) - row["probe_nmse"]) >= 5e-4:
                             raise SystemExit(f"--redo of {point_id(old)}: probe {row['probe_nmse']:.4f}, was "
