@@ -156,6 +156,7 @@ def main() -> int:
         ap.error("--out is required (or --table CSV)")
 
     from masklam.downstream.experiment import load_config
+    from masklam.downstream.results import RESULT_COLUMNS
 
     cfg = load_config(CONFIG)
     tasks, seeds = args.tasks or cfg.tasks, args.seeds or cfg.seeds
@@ -169,15 +170,15 @@ def main() -> int:
             rows = chunk(args.out, task, seed, args.train_workers)
             minutes = (time.time() - t0) / 60
             local = merge(read_csv(args.out / "mw128.csv"), rows, row_id)
-            write_csv(args.out / "mw128.csv", local, list(rows[0]))
+            write_csv(args.out / "mw128.csv", local, RESULT_COLUMNS)
             lam = {r["method"]: r for r in rows if r["method"] in METHODS and r["split"] == "id"}
             print(f"{task} seed {seed}: " + ", ".join(f"{m} probe {float(r['probe_nmse']):.3f} success "
-                                                       f"{float(r['success']):.2f}" for m, r in lam.items())
+                                                       f"{r['success']}" for m, r in lam.items())
                   + f" ({minutes:.0f} min)", flush=True)
             if commit:
                 commit.mkdir(parents=True, exist_ok=True)
                 merged = merge(read_csv(commit / "results.csv"), rows, row_id)
-                write_csv(commit / "results.csv", merged, list(rows[0]))
+                write_csv(commit / "results.csv", merged, RESULT_COLUMNS)
                 chunks = merge(read_csv(commit / "chunks.csv"), [dict(task=task, seed=seed, minutes=f"{minutes:.1f}")],
                                lambda r: (r["task"], int(r["seed"])))
                 write_csv(commit / "chunks.csv", chunks, CHUNK_COLUMNS)

@@ -46,3 +46,37 @@ def test_a_chunk_is_the_shipped_config_for_one_task_and_seed(tmp_path: Path) -> 
     assert part.tasks == ["mw-reach"] and part.seeds == [2] and "mw-reach" in whole.tasks
     assert part.data["mw-reach"] == whole.data["mw-reach"] and part.data["mw-reach"]["collect"]["img_size"] == 128
     assert (part.methods, part.pretrain, part.env) == (whole.methods, whole.pretrain, whole.env)
+
+
+def test_each_chunk_is_committed_at_once_and_a_second_run_skips_the_committed_chunks(tmp_path: Path, monkeypatch):
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    ran = []
+
+    def fake_chunk(out: Path, task: str, seed: int, train_workers: int | None) -> list[dict]:
+        ran.append((task, seed))
+        return [_row(m, seed, sp, 0.5, 0.25, task) for m in ("lapo", "masklam") for sp in ("id", "ood")]
+
+    monkeypatch.setattr(mw, "chunk", fake_chunk)
+    argv = ["mw128.py", "--out", str(tmp_path / "run"), "--tasks", "mw-push", "mw-reach", "--seeds", "0", "1",
+            "--commit", str(repo / "docs")]
+    monkeypatch.setattr(sys, "argv", argv)
+    (tmp_path / "run").mkdir()
+    assert mw.main() == 0
+    assert ran == [("mw-push", 0), ("mw-push", 1), ("mw-reach", 0), ("mw-reach", 1)]  # task by task
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout.split("\n")
+    assert [line.split(" (")[0] for line in log if line] == [
+        "mw128: mw-reach seed 1", "mw128: mw-reach seed 0", "mw128: mw-push seed 1", "mw128: mw-push seed 0"]
+    committed = mw.read_csv(repo / "docs" / "results.csv")
+    assert len(committed) == 16 and {(r["task"], r["seed"]) for r in committed} == {
+        (t, str(s)) for t in ("mw-push", "mw-reach") for s in (0, 1)}
+    assert (repo / "docs" / "mw128.png").is_file() and len(mw.read_csv(repo / "docs" / "chunks.csv")) == 4
+    ran.clear()
+    monkeypatch.setattr(sys, "argv", argv[:-2] + ["2", "--commit", str(repo / "docs")])  # seeds 0 1 2
+    assert mw.main() == 0
+    assert ran == [("mw-push", 2), ("mw-reach", 2)]  # only what the committed file lacks
