@@ -8,8 +8,10 @@
 The sweep is `masklam experiment mw128-cpu`, run one chunk (task, seed) at a time: `masklam experiment mw128-cpu
 --tasks T --seeds S --out OUT` (every stage cached under OUT). A whole task takes 3-4 hours on 2 cores, longer than
 the rest of a session may hold, and run directories need not outlive a session: after every finished chunk its
-rows are merged into OUT/results.csv and, with --commit DIR, into DIR/results.csv with the table's figure, and
-committed (DIR's files only). Chunks already in the committed file are skipped.
+rows are merged into OUT/mw128.csv (OUT/results.csv holds the last chunk's, as `masklam experiment` writes it) and,
+with --commit DIR, into DIR/results.csv with the chunks' times (chunks.csv) and the table's figure (mw128.png), and
+committed (those three files only). With --commit, the chunks already in DIR/results.csv are skipped. The merged
+files' normalized_return is recomputed over every seed merged, as the whole sweep's results.csv has it.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 CONFIG = "mw128-cpu"
 METHODS = ("lapo", "masklam", "lapo-clean")  # in the table and figure: the LAMs (bc-full rows normalise returns)
@@ -61,50 +62,57 @@ def chunk(out: Path, task: str, seed: int, train_workers: int | None) -> list[di
     from masklam.downstream.experiment import load_config, run_experiment
 
     cfg = load_config(CONFIG, out=out, tasks=[task], seeds=[seed])
-    cfg = dataclasses.replace(cfg, progress=False, **({"train_workers": train_workers} if train_workers else {}))
+    workers = {} if train_workers is None else {"train_workers": train_workers}
+    cfg = dataclasses.replace(cfg, progress=False, **workers)
     return [{k: ("" if v is None else v) for k, v in r.items()} for r in run_experiment(cfg, render=False)]
 
 
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    return float(np.mean(xs)), float(np.std(xs, ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
+def _value(cell: Any) -> float | None:
+    """A csv cell as a number (None where empty: a method without latents, an env that reports no success)."""
+    return None if cell in ("", None) else float(cell)
+
+
+def renormalized(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The merged chunks' normalized_return as the whole sweep computes it: over the full-data BC's mean return over
+    all the seeds merged (each chunk's run normalised by its own seed's only)."""
+    from masklam import methods
+    from masklam.downstream.results import normalize
+
+    raw = [{**r, "return": float(r["return"]), "variant": methods.get(r["method"]).variant} for r in rows]
+    return normalize(raw)
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (task, method): the seeds, probe NMSE and success ID/OOD over seeds (each seed's success averaged over
-    its label budgets), as (mean, s.e.)."""
+    """Per (task, method): the seeds, and SeedStats (masklam.downstream.results.over_seeds, each seed's values
+    averaged first: success over label budgets) of probe NMSE and success ID and OOD (none: lapo-clean is
+    evaluated ID only)."""
+    from masklam.downstream.results import over_seeds
+
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         for method in METHODS:
             rs = [r for r in rows if r["task"] == task and r["method"] == method]
-            seeds = sorted({int(r["seed"]) for r in rs})
-            if not seeds:
+            if not rs:
                 continue
-            cell: dict[str, Any] = {"seeds": seeds}
-            probe = {int(r["seed"]): float(r["probe_nmse"]) for r in rs}
-            cell["probe_nmse"] = _mean_se([probe[s] for s in seeds])
-            for split in ("id", "ood"):
-                per_seed = [np.mean([float(r["success"]) for r in rs if int(r["seed"]) == s and r["split"] == split])
-                            for s in seeds]
-                cell[f"success_{split}"] = _mean_se([float(x) for x in per_seed])
-            out[task, method] = cell
+            out[task, method] = {
+                "seeds": sorted({int(r["seed"]) for r in rs}),
+                "probe_nmse": over_seeds((int(r["seed"]), _value(r["probe_nmse"])) for r in rs),
+                **{f"success_{split}": over_seeds((int(r["seed"]), _value(r["success"])) for r in rs
+                                                  if r["split"] == split) for split in ("id", "ood")}}
     return out
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The table: per task and method, probe NMSE and success rate, mean ± s.e. over seeds, and LAPO's probe NMSE
-    over the method's."""
+    """The table: per task and method, probe NMSE and success rate, mean ± s.e. over seeds ('-': not measured),
+    and LAPO's probe NMSE over the method's."""
     cells = summary(rows)
-
-    def fmt(me: tuple[float, float], nd: int) -> str:
-        return f"{me[0]:.{nd}f} ± {me[1]:.{nd}f}"
-
     lines = ["| task | method | seeds | held-out probe NMSE | LAPO / method | success ID | success OOD |",
              "|---|---|---|---|---|---|---|"]
     for (task, method), c in cells.items():
         lapo = cells.get((task, "lapo"))
-        ratio = f"{lapo['probe_nmse'][0] / c['probe_nmse'][0]:.2f}x" if lapo else "-"
-        lines.append(f"| {task} | {method} | {','.join(map(str, c['seeds']))} | {fmt(c['probe_nmse'], 3)} | {ratio} | "
-                     f"{fmt(c['success_id'], 2)} | {fmt(c['success_ood'], 2)} |")
+        ratio = f"{lapo['probe_nmse'].mean / c['probe_nmse'].mean:.2f}x" if lapo and c["probe_nmse"].n else "-"
+        lines.append(f"| {task} | {method} | {','.join(map(str, c['seeds']))} | {c['probe_nmse'].format(3) or '-'} | "
+                     f"{ratio} | {c['success_id'].format(2) or '-'} | {c['success_ood'].format(2) or '-'} |")
     return "\n".join(lines)
 
 
@@ -121,9 +129,9 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     width = 0.8 / len(METHODS)
     for i, method in enumerate(METHODS):
         for ax, key in zip(axes, ("probe_nmse", "success_id")):
-            xs = [j for j, t in enumerate(tasks) if (t, method) in cells]
+            xs = [j for j, t in enumerate(tasks) if (t, method) in cells and cells[t, method][key].n]
             if xs:
-                m, e = zip(*(cells[tasks[j], method][key] for j in xs))
+                m, e = zip(*((cells[tasks[j], method][key].mean, cells[tasks[j], method][key].sem) for j in xs))
                 ax.bar([j + (i - (len(METHODS) - 1) / 2) * width for j in xs], m, width, yerr=e, capsize=2,
                        color=f"C{i}", label=method)
     for ax, label in zip(axes, ("held-out probe NMSE (lower is better)", "success rate ID (16 labelled traj.)")):
@@ -160,6 +168,11 @@ def main() -> int:
 
     cfg = load_config(CONFIG)
     tasks, seeds = args.tasks or cfg.tasks, args.seeds or cfg.seeds
+    unknown = [t for t in tasks if t not in cfg.tasks]
+    if unknown:
+        ap.error(f"{unknown[0]!r} is not one of {CONFIG}'s tasks: {', '.join(cfg.tasks)}")
+    if args.train_workers is not None and args.train_workers < 1:
+        ap.error(f"--train-workers must be >= 1, got {args.train_workers}")
     commit = args.commit.resolve() if args.commit else None
     done = {(r["task"], int(r["seed"])) for r in read_csv(commit / "results.csv")} if commit else set()
     for task in tasks:  # task by task: each task's data are collected once per run directory
@@ -169,7 +182,7 @@ def main() -> int:
             t0 = time.time()
             rows = chunk(args.out, task, seed, args.train_workers)
             minutes = (time.time() - t0) / 60
-            local = merge(read_csv(args.out / "mw128.csv"), rows, row_id)
+            local = renormalized(merge(read_csv(args.out / "mw128.csv"), rows, row_id))
             write_csv(args.out / "mw128.csv", local, RESULT_COLUMNS)
             lam = {r["method"]: r for r in rows if r["method"] in METHODS and r["split"] == "id"}
             print(f"{task} seed {seed}: " + ", ".join(f"{m} probe {float(r['probe_nmse']):.3f} success "
@@ -177,15 +190,16 @@ def main() -> int:
                   + f" ({minutes:.0f} min)", flush=True)
             if commit:
                 commit.mkdir(parents=True, exist_ok=True)
-                merged = merge(read_csv(commit / "results.csv"), rows, row_id)
+                merged = renormalized(merge(read_csv(commit / "results.csv"), rows, row_id))
                 write_csv(commit / "results.csv", merged, RESULT_COLUMNS)
                 chunks = merge(read_csv(commit / "chunks.csv"), [dict(task=task, seed=seed, minutes=f"{minutes:.1f}")],
                                lambda r: (r["task"], int(r["seed"])))
                 write_csv(commit / "chunks.csv", chunks, CHUNK_COLUMNS)
                 figure(merged, commit / "mw128.png")
-                subprocess.run(["git", "add", "."], cwd=commit, check=False)
+                files = ["results.csv", "chunks.csv", "mw128.png"]  # these only: never other work in DIR
+                subprocess.run(["git", "add", *files], cwd=commit, check=False)
                 subprocess.run(["git", "commit", "-q", "-m", f"mw128: {task} seed {seed} ({minutes:.0f} min)", "--",
-                                "."], cwd=commit, check=False)
+                                *files], cwd=commit, check=False)
     return 0
 
 

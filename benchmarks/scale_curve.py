@@ -9,7 +9,7 @@ Each point (variant, updates, trajectories, seed) is the quickstart's pipeline f
 stages: collect, pretrain, probe, latent BC, decoders for 4 and 16 labelled trajectories, online evaluation ID and
 OOD, 6 episodes each), cached under OUT, so an interrupted curve resumes where it stopped. Everything runs on one
 thread (torch threads 1, one evaluation worker) so that the curve can run beside other work on a 2-core machine;
-`--threads 2` runs one point at a time faster, on both cores.
+`--threads 2` runs one point at a time faster, on both cores (a LAM of its own: the thread count is in its key).
 After every finished point the rows so far are written to OUT/curve.csv and, with --commit DIR, copied with the
 figure into DIR of this repository and committed (only DIR's files), so a session that ends loses no point.
 """
@@ -56,8 +56,8 @@ COLUMNS = ["task", "variant", "updates", "trajectories", "seed", "probe_nmse", "
 
 
 def point_config(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int, threads: int = 1) -> Any:
-    """The ExperimentConfig of one point: the quickstart's, for one method, its LAM on `threads` torch threads (a
-    resumable change: not in any stage's key)."""
+    """The ExperimentConfig of one point: the quickstart's, for one method, its LAM on `threads` torch threads
+    (in the LAM's stage key, as its numbers depend on it: a point run with another count trains a LAM of its own)."""
     from masklam.quickstart import QuickstartConfig, experiment_config
 
     spec = VARIANTS[variant]

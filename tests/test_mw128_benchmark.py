@@ -13,23 +13,37 @@ mw = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mw)
 
 
-def _row(method: str, seed: int, split: str, probe: float, success: float, task: str = "mw-push") -> dict:
+def _row(method: str, seed: int, split: str, probe: float | str, success: float | str, task: str = "mw-push",
+         ret: float = 100.0) -> dict:
     return dict(method=method, task=task, latent_dim=16, labels=16, seed=seed, split=split, probe_nmse=probe,
-                success=success)
+                success=success, **{"return": ret})
 
 
 def test_the_table_averages_seeds_and_divides_lapos_probe_by_each_methods() -> None:
     rows = [_row("lapo", s, sp, p, su) for s, p, su in ((0, 0.8, 0.5), (1, 0.6, 0.7)) for sp in ("id", "ood")]
     rows += [_row("masklam", s, sp, p, 1.0 if sp == "id" else 0.0) for s, p in ((0, 0.4), (1, 0.4))
              for sp in ("id", "ood")]
-    rows += [_row("bc-full", 0, "id", float("nan"), 1.0)]  # a normaliser: not in the table
+    rows += [_row("bc-full", 0, "id", "", "")]  # a normaliser, no latents (empty cells): not in the table
+    rows += [_row("lapo-clean", 0, "id", 0.35, 0.5)]  # evaluated ID only, one seed
     cells = mw.summary(rows)
-    assert set(cells) == {("mw-push", "lapo"), ("mw-push", "masklam")}
-    assert cells["mw-push", "lapo"]["probe_nmse"] == pytest.approx((0.7, 0.1))  # s.e. = std(ddof 1) / sqrt(2)
-    assert cells["mw-push", "lapo"]["success_id"] == pytest.approx((0.6, 0.1))
-    assert cells["mw-push", "masklam"]["success_ood"] == pytest.approx((0.0, 0.0))
+    assert set(cells) == {("mw-push", "lapo"), ("mw-push", "masklam"), ("mw-push", "lapo-clean")}
+    lapo = cells["mw-push", "lapo"]
+    assert (lapo["probe_nmse"].mean, lapo["probe_nmse"].sem) == pytest.approx((0.7, 0.1))  # std(ddof 1) / sqrt(2)
+    assert (lapo["success_id"].mean, lapo["success_id"].sem) == pytest.approx((0.6, 0.1))
+    assert cells["mw-push", "masklam"]["success_ood"].mean == pytest.approx(0.0)
     table = mw.markdown(rows).splitlines()
     assert table[3] == "| mw-push | masklam | 0,1 | 0.400 ± 0.000 | 1.75x | 1.00 ± 0.00 | 0.00 ± 0.00 |"
+    assert table[4] == "| mw-push | lapo-clean | 0 | 0.350 (n=1) | 2.00x | 0.50 (n=1) | - |"
+
+
+def test_merged_chunks_are_normalised_by_the_full_data_bc_over_every_seed_merged() -> None:
+    rows = [_row("bc-full", 0, "id", "", 1.0, ret=100.0), _row("bc-full", 1, "id", "", 1.0, ret=300.0),
+            _row("masklam", 0, "id", 0.4, 0.5, ret=100.0), _row("lapo-clean", 1, "id", 0.3, 0.5, ret=60.0),
+            _row("bc-full-clean", 1, "id", "", 1.0, ret=120.0)]
+    norm = {(r["method"], r["seed"]): r["normalized_return"] for r in mw.renormalized(rows)}
+    assert norm["masklam", 0] == pytest.approx(0.5)  # 100 / mean(100, 300): not 100 / 100, its own seed's
+    assert norm["lapo-clean", 1] == pytest.approx(0.5)  # the clean data's normaliser
+    assert norm["bc-full", 1] == pytest.approx(1.5)
 
 
 def test_a_chunk_reruns_a_row_without_losing_the_others() -> None:
@@ -80,3 +94,29 @@ def test_each_chunk_is_committed_at_once_and_a_second_run_skips_the_committed_ch
     monkeypatch.setattr(sys, "argv", argv[:-2] + ["2", "--commit", str(repo / "docs")])  # seeds 0 1 2
     assert mw.main() == 0
     assert ran == [("mw-push", 2), ("mw-reach", 2)]  # only what the committed file lacks
+
+
+def test_a_chunk_runs_the_sweep_for_its_task_and_seed_with_the_workers_asked(tmp_path: Path, monkeypatch) -> None:
+    from masklam.downstream import experiment
+
+    seen = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda cfg, render: seen.append(cfg) or [
+        {"method": "lapo", "probe_nmse": None, "success": 0.5}])
+    assert mw.chunk(tmp_path, "mw-door-open", 1, 1) == [{"method": "lapo", "probe_nmse": "", "success": 0.5}]
+    mw.chunk(tmp_path, "mw-door-open", 1, None)
+    (one, default) = seen
+    assert (one.tasks, one.seeds, one.out, one.train_workers, one.progress) == (["mw-door-open"], [1], tmp_path, 1,
+                                                                                 False)
+    assert default.train_workers == 3  # the config's (quickstart-cpu's train_workers)
+
+
+@pytest.mark.parametrize("args, message", [(["--tasks", "mw-psh"], "'mw-psh' is not one of mw128-cpu's tasks"),
+                                           (["--train-workers", "0"], "--train-workers must be >= 1")])
+def test_a_bad_task_or_worker_count_is_refused_before_any_work(tmp_path: Path, monkeypatch, capsys, args, message):
+    import sys
+
+    monkeypatch.setattr(mw, "chunk", lambda *a: pytest.fail("ran a chunk"))
+    monkeypatch.setattr(sys, "argv", ["mw128.py", "--out", str(tmp_path), *args])
+    with pytest.raises(SystemExit):
+        mw.main()
+    assert message in capsys.readouterr().err

@@ -64,3 +64,17 @@ def test_a_point_collects_the_distractor_free_data_only_for_the_method_that_trai
         assert set(data(variant)) == {"collect"}, variant
         assert data(variant)["collect"] == data("lapo-clean")["collect"]
         assert data(variant)["collect"]["episodes"] == 320
+
+
+def test_the_thread_count_is_in_the_lams_stage_key_and_nowhere_else(tmp_path: Path):
+    """A LAM's numbers depend on its torch threads: --threads 2 must train a LAM of its own, never resume or reuse
+    a one-thread one; the data and the downstream stages' tables stay the same."""
+    from masklam.downstream.cache import stage_key
+    from masklam.downstream.stages import pretrain_conf
+
+    one, two = (sc.point_config(tmp_path, "cheetah-run", "masklam-authors", 4000, 80, 0, n) for n in (1, 2))
+    lam_key = [stage_key("pretrain", pretrain_conf("masklam", ["d.h5"], 16, 0, 0, c.pretrain)) for c in (one, two)]
+    assert lam_key[0] != lam_key[1]
+    assert dataclasses.replace(two, pretrain=one.pretrain) == one  # the rest of the point, unchanged
+    assert {k: v for k, v in two.pretrain.items() if k != "threads"} == {
+        k: v for k, v in one.pretrain.items() if k != "threads"}
