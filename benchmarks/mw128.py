@@ -164,7 +164,7 @@ def main() -> int:
         ap.error("--out is required (or --table CSV)")
 
     from masklam.downstream.experiment import load_config
-    from masklam.downstream.results import RESULT_COLUMNS
+    from masklam.downstream.results import write_results
 
     cfg = load_config(CONFIG)
     tasks, seeds = args.tasks or cfg.tasks, args.seeds or cfg.seeds
@@ -183,7 +183,7 @@ def main() -> int:
             rows = chunk(args.out, task, seed, args.train_workers)
             minutes = (time.time() - t0) / 60
             local = renormalized(merge(read_csv(args.out / "mw128.csv"), rows, row_id))
-            write_csv(args.out / "mw128.csv", local, RESULT_COLUMNS)
+            write_results(args.out / "mw128.csv", local)
             lam = {r["method"]: r for r in rows if r["method"] in METHODS and r["split"] == "id"}
             print(f"{task} seed {seed}: " + ", ".join(f"{m} probe {float(r['probe_nmse']):.3f} success "
                                                        f"{r['success']}" for m, r in lam.items())
@@ -191,7 +191,7 @@ def main() -> int:
             if commit:
                 commit.mkdir(parents=True, exist_ok=True)
                 merged = renormalized(merge(read_csv(commit / "results.csv"), rows, row_id))
-                write_csv(commit / "results.csv", merged, RESULT_COLUMNS)
+                write_results(commit / "results.csv", merged)
                 chunks = merge(read_csv(commit / "chunks.csv"), [dict(task=task, seed=seed, minutes=f"{minutes:.1f}")],
                                lambda r: (r["task"], int(r["seed"])))
                 write_csv(commit / "chunks.csv", chunks, CHUNK_COLUMNS)

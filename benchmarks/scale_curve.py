@@ -62,13 +62,12 @@ def point_config(out: Path, task: str, variant: str, updates: int, episodes: int
 
     spec = VARIANTS[variant]
     exp = experiment_config(QuickstartConfig(out=out, task=task, seeds=(seed,), progress=False, device="cpu"))
-    clean = spec["method"] == "lapo-clean"  # the distractor-free data only where the method trains on them
-    data = {t: {k: {**v, "episodes": episodes, "workers": 1} for k, v in d.items() if clean or k != "collect_clean"}
-            for t, d in exp.data.items()}
-    collect = {**exp.collect, "episodes": episodes, "workers": 1} if getattr(exp, "collect", None) else exp.collect
+    collect = {**exp.collect, "episodes": episodes, "workers": 1}
     pretrain = {k: v for k, v in exp.pretrain.items() if k != "mask_target"}  # the quickstart's recipe is ours
     exp = dataclasses.replace(
-        exp, methods=[spec["method"]], data=data, collect=collect,
+        # data={}: each task's data tables come from `collect` for this method alone (experiment_config.collected_data:
+        # the distractor-free twin only for a method that trains on it)
+        exp, methods=[spec["method"]], data={}, collect=collect,
         pretrain={**pretrain, **spec["pretrain"], "updates": updates, "threads": threads},
         bc_latent={**exp.bc_latent, **spec.get("bc_latent", {})}, decode={**exp.decode, **spec.get("decode", {})},
         eval={**exp.eval, "workers": 1})
