@@ -80,6 +80,17 @@ def test_tasks_and_seeds_from_the_command_line_run_part_of_a_sweep(tmp_path: Pat
     assert lines["methods"].endswith("s.toml")
 
 
+def test_a_misspelled_or_expertless_task_fails_before_the_first_collection(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text('out = "o"\ntasks = ["cheetah-run"]\nmethods = ["lapo"]\n'
+                                     'collect = { episodes = 1, steps = 4 }\n')
+    for tasks, named in ((["cheetah-run", "cheetah-rnu"], "cheetah-rnu"),
+                         (["cheetah-run", "humanoid-walk"], "expert for humanoid-walk")):
+        with pytest.raises(MasklamError, match=named) as e:
+            ex.main([str(tmp_path / "s.toml"), "--tasks", *tasks, "--seeds", "0", "--out", str(tmp_path / "o")])
+        assert "\n" not in str(e.value)
+        assert not (tmp_path / "o" / "stages").exists()  # cheetah-run, listed first, was not collected
+
+
 def test_the_papers_configs_extend_the_quickstarts_presets() -> None:
     for name, preset in (("papers-cpu", "cpu"), ("masklam-cpu", "cpu"), ("mw128-cpu", "cpu"), ("masklam-gpu", "gpu"),
                          ("laom-gpu", "gpu"), ("papers-gpu", "gpu")):

@@ -382,17 +382,24 @@ def _assemble(cfg: CollectConfig, attrs: dict[str, Any], have: int) -> None:
                 summary=lambda groups: {"dataset_return": float(np.mean([g["traj_return"] for g in groups]))})
 
 
-def collect(cfg: CollectConfig) -> CollectResult:
-    """Write ``cfg.out`` with ``cfg.episodes`` trajectories, resuming whatever an earlier run finished."""
+def check_collection(cfg: CollectConfig) -> tuple[int, dict[str, Any]]:
+    """What a collection can check without rendering (the task, the distractor preset, the background folder,
+    the expert), as one line; -> its action repeat and file attrs. Touches no file: a sweep checks every task's
+    collection with it before it collects any."""
     from masklam.envs import make_config, parse_task
     from masklam.envs.videos import check_background_path
 
-    parse_task(cfg.task)  # unknown task or preset: one line, before any file is touched
+    parse_task(cfg.task)
     make_config(cfg.distractors)
     if cfg.background_path is not None:
         check_background_path(cfg.background_path, cfg.video_split)
     action_repeat = _resolve_action_repeat(cfg)
-    attrs = file_attrs(cfg, action_repeat)
+    return action_repeat, file_attrs(cfg, action_repeat)
+
+
+def collect(cfg: CollectConfig) -> CollectResult:
+    """Write ``cfg.out`` with ``cfg.episodes`` trajectories, resuming whatever an earlier run finished."""
+    action_repeat, attrs = check_collection(cfg)  # unknown task or preset: one line, before any file is touched
     with output_lock(cfg.out, ", or use another --out"):
         return _collect_locked(cfg, action_repeat, attrs)
 

@@ -84,8 +84,21 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
         return _run_locked(cfg, render)
 
 
+def check_collections(cfg: ExperimentConfig) -> None:
+    """Every collection the sweep will run, checked (data.collect.check_collection: a misspelled task in --tasks,
+    no expert, a bad distractor preset), as one line before the first one renders anything."""
+    from masklam.data.collect import CollectConfig, check_collection
+
+    for task in cfg.tasks:
+        for coll in ("collect", "collect_clean"):
+            if coll in cfg.data[task] and ("train" if coll == "collect" else "clean") not in cfg.data[task]:
+                options = {**cfg.data[task][coll], "task": task, "out": cfg.out / "unused.h5", "progress": False}
+                check_collection(CollectConfig(**options))
+
+
 def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
     cfg.out.mkdir(parents=True, exist_ok=True)
+    check_collections(cfg)
     datasets = _datasets(cfg)
     write_json(cfg.out / "experiment.json", {"config": dataclasses.asdict(cfg),
                                              "datasets": {t: d["train"] for t, d in datasets.items()},
