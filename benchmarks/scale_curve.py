@@ -27,6 +27,7 @@ import numpy as np
 
 from masklam.downstream.bc import AUTHORS_LATENT_BC
 from masklam.downstream.decode import AUTHORS_DECODER
+from masklam.files import read_json
 
 # A variant: the method, its pretraining options on top of the quickstart's, and its downstream options.
 AUTHORS_DOWNSTREAM = {"bc_latent": AUTHORS_LATENT_BC, "decode": AUTHORS_DECODER}
@@ -52,7 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DOWNSTREAM_ABLATIONS = ("masklam-authors-bc", "masklam-authors-decoder", "masklam-authors-bc-std",
                         "masklam-authors-bc-hidden")  # in the table, not in the figure
 COLUMNS = ["task", "variant", "updates", "trajectories", "seed", "probe_nmse", "return_id", "return_id_sem",
-           "return_ood", "return_ood_sem", "minutes"]
+           "return_ood", "return_ood_sem", "minutes", "precision", "threads"]
 
 
 def point_config(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int, threads: int = 1) -> Any:
@@ -102,7 +103,16 @@ def point(out: Path, task: str, variant: str, updates: int, episodes: int, seed:
     rood, rood_se = mean("ood")
     return {"task": task, "variant": variant, "updates": updates, "trajectories": episodes, "seed": seed,
             "probe_nmse": float(rows[0]["probe_nmse"]), "return_id": rid, "return_id_sem": rid_se,
-            "return_ood": rood, "return_ood_sem": rood_se, "minutes": (time.time() - t0) / 60}
+            "return_ood": rood, "return_ood_sem": rood_se, "minutes": (time.time() - t0) / 60,
+            **lam_run(out, rows[0]["lam_stage"])}
+
+
+def lam_run(out: Path, lam_stage: str) -> dict[str, Any]:
+    """How a point's LAM ran, from its metrics.json: precision (bf16 autocast or fp32, as the CPU allowed) and torch
+    threads. Both change its numbers' rounding (the thread count is in its stage key), not the science
+    (docs/quickstart-science.md, item 13)."""
+    m = read_json(out / "stages" / "pretrain" / lam_stage / "metrics.json", "LAM metrics")
+    return {"precision": m.get("precision", ""), "threads": m.get("torch_threads", "")}
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -139,7 +149,7 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
     tmp.replace(path)
 
 
@@ -221,14 +231,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         m, e = _mean_se([float(r[key]) for r in rs])
         return f"{m:.{nd}f} ± {e:.{nd}f}" if len(rs) > 1 else f"{m:.{nd}f}"
 
+    def run(rs: list[dict[str, Any]]) -> str:  # how the LAMs ran; "-" where curve.csv did not record it
+        ran = [(r.get("precision") or "", str(r.get("threads") or "")) for r in rs]
+        return ", ".join(sorted({f"{p} x{t}" if p and t else "-" for p, t in ran}))
+
     order = list(VARIANTS)
     lines = ["| task | variant | updates | trajectories | seeds | held-out probe NMSE | return ID (raw) | "
-             "return OOD (raw) |", "|---|---|---|---|---|---|---|---|"]
+             "return OOD (raw) | LAM run |", "|---|---|---|---|---|---|---|---|---|"]
     for (task, variant, updates, trajs), rs in sorted(groups.items(), key=lambda kv: (
             kv[0][0] != "cheetah-run", kv[0][0], kv[0][2], kv[0][3], order.index(kv[0][1]))):
         seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"])))
         lines.append(f"| {task} | {variant} | {updates} | {trajs} | {seeds} | {cell(rs, 'probe_nmse', 3)} | "
-                     f"{cell(rs, 'return_id', 0)} | {cell(rs, 'return_ood', 0)} |")
+                     f"{cell(rs, 'return_id', 0)} | {cell(rs, 'return_ood', 0)} | {run(rs)} |")
     return "\n".join(lines)
 
 

@@ -78,3 +78,20 @@ def test_the_thread_count_is_in_the_lams_stage_key_and_nowhere_else(tmp_path: Pa
     assert dataclasses.replace(two, pretrain=one.pretrain) == one  # the rest of the point, unchanged
     assert {k: v for k, v in two.pretrain.items() if k != "threads"} == {
         k: v for k, v in one.pretrain.items() if k != "threads"}
+
+
+def test_each_point_records_how_its_lam_ran_and_the_table_shows_it(tmp_path: Path):
+    """precision and torch threads come from the point's LAM (its metrics.json); rows from before the columns
+    existed read back without them and show "-", never a guess."""
+    from masklam.files import write_json
+
+    write_json(tmp_path / "stages" / "pretrain" / "abc" / "metrics.json", {"precision": "fp32", "torch_threads": 2})
+    assert sc.lam_run(tmp_path, "abc") == {"precision": "fp32", "threads": 2}
+    old = _row("masklam-authors", 0, 90.0)  # written before the columns existed
+    new = {**_row("masklam-authors", 1, 100.0), **sc.lam_run(tmp_path, "abc")}
+    sc.write_rows(tmp_path / "curve.csv", [old, new])
+    back = sc.read_rows(tmp_path / "curve.csv")
+    assert [(r["precision"], r["threads"]) for r in back] == [("", ""), ("fp32", "2")]
+    line = sc.markdown(back).splitlines()[-1]
+    assert line.endswith("| -, fp32 x2 |") and "| 0,1 |" in line
+    assert sc.markdown(back[1:]).splitlines()[-1].endswith("| fp32 x2 |")
