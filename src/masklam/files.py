@@ -16,16 +16,17 @@ from masklam.resources import disk_full, is_disk_full, raise_if_disk_full
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, shared: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write; on success rename it to `path`, on error remove it (a full
-    disk: one-line MasklamRuntimeError naming `path`)."""
+    disk: one-line MasklamRuntimeError naming `path`). `shared`: processes that hold no lock may write `path` at
+    once (a cache every run fills), so each writes a temporary of its own (`path`.PID-RANDOM.tmp)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise_if_disk_full(e, path)
         raise
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp" if shared else path.name + ".tmp")
     try:
         yield tmp
         os.replace(tmp, path)

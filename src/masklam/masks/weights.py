@@ -21,6 +21,7 @@ from typing import Literal
 from tyro.conf import Positional
 
 from masklam.errors import MasklamError
+from masklam.files import atomic_path
 
 ENV_DIR = "MASKLAM_WEIGHTS_DIR"
 
@@ -106,15 +107,9 @@ def _extract(archive: Path, s: WeightsSpec, dest: Path) -> None:
         if not members:
             raise MasklamError(f"{archive} has no {s.member}")
         src = tar.extractfile(members[0])
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")  # one per writer
-        try:
-            with os.fdopen(fd, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(dest, shared=True) as tmp, open(tmp, "wb") as out:  # two fetches at once: one file each
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
 
 
 def fetch(name: str, archive: str | Path | None = None, quiet: bool = True) -> Path:
