@@ -91,6 +91,16 @@ def test_a_misspelled_or_expertless_task_fails_before_the_first_collection(tmp_p
         assert not (tmp_path / "o" / "stages").exists()  # cheetah-run, listed first, was not collected
 
 
+def test_a_missing_data_file_fails_before_another_tasks_collection(tmp_path: Path) -> None:
+    gone = tmp_path / "gone.h5"
+    (tmp_path / "s.toml").write_text('out = "o"\ntasks = ["cheetah-run", "walker-run"]\nmethods = ["lapo"]\n'
+                                     'collect = { episodes = 1, steps = 4 }\n'
+                                     f'[data.walker-run]\ntrain = ["{gone}"]\n')
+    with pytest.raises(MasklamError, match="no such file: .*gone.h5"):
+        ex.main([str(tmp_path / "s.toml"), "--seeds", "0", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o" / "stages").exists()  # cheetah-run, listed first, was not collected
+
+
 def test_the_papers_configs_extend_the_quickstarts_presets() -> None:
     for name, preset in (("papers-cpu", "cpu"), ("masklam-cpu", "cpu"), ("mw128-cpu", "cpu"), ("masklam-gpu", "gpu"),
                          ("laom-gpu", "gpu"), ("papers-gpu", "gpu")):

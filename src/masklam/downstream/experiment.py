@@ -40,7 +40,8 @@ import tyro
 from masklam.args import parse
 from masklam.downstream.cache import stage_context
 from masklam.downstream.experiment_config import (CONFIG_DIR, ExperimentConfig, config_path, describe,
-                                                  describe_config, load_config, resolve_config, shipped_configs)
+                                                  collections, describe_config, load_config, resolve_config,
+                                                  shipped_configs)
 from masklam.downstream.plan import StagePlan, format_plan, plan_stages
 from masklam.downstream.results import normalize, write_results
 from masklam.downstream.stages import collect_stage
@@ -57,19 +58,19 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
     """Per task, the 'train' (distracted) and 'clean' file lists, collecting where asked."""
     from masklam.data.sources import data_exists
 
-    out: dict[str, dict[str, list[str]]] = {}
+    out: dict[str, dict[str, list[str]]] = {task: {} for task in cfg.tasks}
     for task in cfg.tasks:
-        spec, out[task] = cfg.data[task], {}
-        for variant, coll in (("train", "collect"), ("clean", "collect_clean")):
-            if variant in spec:
-                paths = spec[variant] if isinstance(spec[variant], list) else [spec[variant]]
+        for variant in ("train", "clean"):
+            given = cfg.data[task].get(variant)
+            if given is not None:
+                paths = given if isinstance(given, list) else [given]
                 missing = [p for p in paths if not data_exists(p)]
                 if missing:
                     raise MasklamError(f"no such file: {missing[0]}")
                 out[task][variant] = [str(p) for p in paths]
-            elif coll in spec:
-                with stage_context(f"{task} {variant} data"):
-                    out[task][variant] = collect_stage(cfg.out, task, spec[coll], cfg.progress)
+    for task, variant, table in collections(cfg):
+        with stage_context(f"{task} {variant} data"):
+            out[task][variant] = collect_stage(cfg.out, task, table, cfg.progress)
     return out
 
 
@@ -89,11 +90,8 @@ def check_collections(cfg: ExperimentConfig) -> None:
     no expert, a bad distractor preset), as one line before the first one renders anything."""
     from masklam.data.collect import CollectConfig, check_collection
 
-    for task in cfg.tasks:
-        for coll in ("collect", "collect_clean"):
-            if coll in cfg.data[task] and ("train" if coll == "collect" else "clean") not in cfg.data[task]:
-                options = {**cfg.data[task][coll], "task": task, "out": cfg.out / "unused.h5", "progress": False}
-                check_collection(CollectConfig(**options))
+    for task, _, table in collections(cfg):
+        check_collection(CollectConfig(**{**table, "task": task, "out": cfg.out / "unused.h5", "progress": False}))
 
 
 def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:

@@ -21,7 +21,9 @@ from masklam.errors import MasklamError
 from masklam.renames import rename_keys
 from masklam.typecheck import check_values
 
-DATA_KEYS = ("train", "clean", "collect", "collect_clean")
+COLLECTS = {"train": "collect", "clean": "collect_clean"}
+"""the data a task's [data.TASK] table gives as paths, and the table that collects it instead"""
+DATA_KEYS = (*COLLECTS, *COLLECTS.values())
 """keys of a task's [data.TASK] table"""
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 """the shipped configs: `masklam experiment NAME` runs CONFIG_DIR/NAME.toml"""
@@ -105,10 +107,10 @@ class ExperimentConfig:
             raise MasklamError("latent_dims and labels must be >= 1")
         for task in self.tasks:
             spec = self.data.get(task, {})
-            if not ({"train", "collect"} & set(spec)):
+            if not ({"train", COLLECTS["train"]} & set(spec)):
                 raise MasklamError(f"no data for task {task!r}: give data.{task}.train (paths) or .collect")
             clean = [m for m in self.methods if methods.get(m).variant == "clean"]
-            if clean and not ({"clean", "collect_clean"} & set(spec)):
+            if clean and not ({"clean", COLLECTS["clean"]} & set(spec)):
                 raise MasklamError(f"{clean[0]} needs distractor-free data: data.{task}.clean or .collect_clean")
             _check_clean_is_one_kind(task, spec.get("clean"))
         check_background_paths(self)
@@ -121,6 +123,13 @@ def collected_data(collect: dict[str, Any], names: list[str]) -> dict[str, Any]:
     if any(methods.get(m).variant == "clean" for m in names if m in sweep_methods()):
         spec["collect_clean"] = {**{k: v for k, v in collect.items() if k != "background_path"}, "distractors": "none"}
     return spec
+
+
+def collections(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """(task, 'train' or 'clean', collect table) of each collection the sweep runs: a data key given by a collect
+    table and not by paths (paths win)."""
+    return [(task, variant, cfg.data[task][coll]) for task in cfg.tasks for variant, coll in COLLECTS.items()
+            if coll in cfg.data[task] and variant not in cfg.data[task]]
 
 
 def _check_clean_is_one_kind(task: str, clean: Any) -> None:
@@ -144,11 +153,11 @@ def check_background_paths(cfg: ExperimentConfig) -> None:
     env_path = cfg.env.get("background_path")
     wanted = []
     for task, spec in cfg.data.items():
-        for key in ("collect", "collect_clean"):
+        for key in COLLECTS.values():
             path = spec.get(key, {}).get("background_path")
             if path is not None:
                 wanted.append((path, spec[key].get("video_split", "train")))
-                if env_path is None and key == "collect":  # the clean data's policies play no videos
+                if env_path is None and key == COLLECTS["train"]:  # the clean data's policies play no videos
                     wanted += [(path, VIDEO_SPLIT_OF[s]) for s in cfg.splits]
     if env_path is not None:
         wanted += [(env_path, VIDEO_SPLIT_OF[s]) for s in cfg.splits]
@@ -212,7 +221,7 @@ def check_tables(cfg: ExperimentConfig) -> None:
     collect = _field_names(CollectConfig)
     for task, spec in cfg.data.items():
         _check_keys(f"data.{task}", spec, set(DATA_KEYS))
-        for key in ("collect", "collect_clean"):
+        for key in COLLECTS.values():
             if key in spec:
                 _check_keys(f"data.{task}.{key}", spec[key], collect)
                 _check_table(f"data.{task}.{key}", spec[key], CollectConfig,
