@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -214,14 +215,15 @@ def test_a_flipped_byte_in_a_frame_is_an_error_not_silent_data(tmp_path: Path) -
         load_dataset(path)
 
 
-def test_inconsistent_shapes_fail_naming_file_and_trajectory(tmp_path: Path) -> None:
-    def broken(name: str, edit) -> Path:
-        path = tmp_path / name
-        write_ours(path, [5, 5])
-        with h5py.File(path, "a") as f:
-            edit(f)
-        return path
+def edited(path: Path, edit: Callable[[h5py.File], None]) -> Path:
+    """A file of two 5-frame trajectories at `path`, changed by `edit`."""
+    write_ours(path, [5, 5])
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
 
+
+def test_inconsistent_shapes_fail_naming_file_and_trajectory(tmp_path: Path) -> None:
     def short_states(f):
         del f["1/states"]
         f["1/states"] = np.zeros((4, S), np.float32)
@@ -247,7 +249,7 @@ def test_inconsistent_shapes_fail_naming_file_and_trajectory(tmp_path: Path) -> 
                                 ("d.h5", bad_masks, "d.h5: trajectory 0: masks must be"),
                                 ("e.h5", no_actions, "e.h5: trajectory 1 lacks actions")]:
         with pytest.raises(MasklamError, match=pattern):
-            load_dataset(broken(name, edit))
+            load_dataset(edited(tmp_path / name, edit))
     empty = tmp_path / "empty.h5"
     h5py.File(empty, "w").close()
     with pytest.raises(MasklamError, match="no trajectories"):
@@ -296,13 +298,6 @@ def test_nan_or_inf_fails_on_loading_naming_file_trajectory_and_key(tmp_path: Pa
 
 
 def test_empty_trajectories_and_bad_masks_fail_on_loading(tmp_path: Path) -> None:
-    def broken(name: str, edit) -> Path:
-        path = tmp_path / name
-        write_ours(path, [5, 5])
-        with h5py.File(path, "a") as f:
-            edit(f)
-        return path
-
     def empty_traj(f):
         for key in list(f["1"].keys()):
             value = f[f"1/{key}"][()]
@@ -330,4 +325,4 @@ def test_empty_trajectories_and_bad_masks_fail_on_loading(tmp_path: Path) -> Non
                                  r"c.h5: trajectory 1: masks has shape \(5, 8, 8\) uint8, other .* bool"),
                                 ("d.h5", string_actions, "d.h5: trajectory 0: actions must be")]:
         with pytest.raises(MasklamError, match=pattern):
-            load_dataset(broken(name, edit), mask_key="masks", progress=False)
+            load_dataset(edited(tmp_path / name, edit), mask_key="masks", progress=False)

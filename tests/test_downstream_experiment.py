@@ -130,18 +130,14 @@ def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:
 def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(MasklamError, match="no such file"):
         ex.load_config(tmp_path / "none.toml")
-    (tmp_path / "a.toml").write_text('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\nbogus = 1\n')
-    with pytest.raises(MasklamError, match="unknown key 'bogus'"):
-        ex.load_config(tmp_path / "a.toml")
-    (tmp_path / "b.toml").write_text('out = "x"\ntasks = ["t"]\nmethods = ["vqvae"]\n[data.t]\ntrain = ["a.h5"]\n')
-    with pytest.raises(MasklamError, match="unknown method"):
-        ex.load_config(tmp_path / "b.toml")
-    (tmp_path / "c.toml").write_text('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n')
-    with pytest.raises(MasklamError, match="no data for task"):
-        ex.load_config(tmp_path / "c.toml")
-    (tmp_path / "d.toml").write_text('out = "x"\ntasks = ["t"\n')
-    with pytest.raises(MasklamError, match="cannot parse"):
-        ex.load_config(tmp_path / "d.toml")
+    for text, named in (('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\nbogus = 1\n', "unknown key 'bogus'"),
+                        ('out = "x"\ntasks = ["t"]\nmethods = ["vqvae"]\n[data.t]\ntrain = ["a.h5"]\n',
+                         "unknown method"),
+                        ('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n', "no data for task"),
+                        ('out = "x"\ntasks = ["t"\n', "cannot parse")):
+        (tmp_path / "c.toml").write_text(text)
+        with pytest.raises(MasklamError, match=named):
+            ex.load_config(tmp_path / "c.toml")
 
 
 BASE = 'out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n'
