@@ -307,7 +307,9 @@ def test_a_stage_naming_a_pending_stage_waits_on_it(tmp_path: Path) -> None:
 def test_status_of_a_sweep_that_collects(write_toy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture) -> None:
     conf = _toy_config(tmp_path, write_toy)
-    conf["data"] = {"toy-bright": {"collect": {"episodes": 2, "steps": 8, "policy": "random"}}}
+    # a real task: the run checks a collection's task before any (the toy env is no registered task)
+    conf["tasks"], conf["data"] = ["cheetah-run"], {}
+    conf["collect"] = {"episodes": 2, "steps": 8, "policy": "random"}  # every task's
     monkeypatch.chdir(tmp_path)
     conf["out"] = "run"
     (tmp_path / "sweep.json").write_text(json.dumps(conf))
@@ -320,8 +322,10 @@ def test_status_of_a_sweep_that_collects(write_toy, tmp_path: Path, monkeypatch:
     assert ex.main([str(tmp_path / "sweep.json"), "--status"]) == 0
     out = capsys.readouterr().out
     assert "run does not exist yet: nothing done" in out and "0 done, 18 pending" in out
-    assert "  toy-bright train data: collect 1" in out and "toy-bright seed 0 lapo: pretrain 1, bc 1" in out
+    assert "  cheetah-run train data: collect 1" in out and "cheetah-run seed 0 lapo: pretrain 1, bc 1" in out
     assert not Path("run").exists()
+    with pytest.raises(MasklamError, match="unknown task 'cheetah-rnu'"):  # as a run would refuse it: before
+        ex.main([str(tmp_path / "sweep.json"), "--status", "--tasks", "cheetah-rnu"])
 
     # collected by a run that spelled --out as an absolute path: the stages on it key the paths it saved
     collect = plan.stages[0]
@@ -333,5 +337,5 @@ def test_status_of_a_sweep_that_collects(write_toy, tmp_path: Path, monkeypatch:
     assert _counts(plan)["collect"] == (1, 0)
     lam = next(s for s in plan.stages if s.kind == "pretrain")
     assert lam.key is not None and lam.config["data"] == [str(d / "data.h5")]
-    assert stages.collect_stage(Path("run"), "toy-bright", conf["data"]["toy-bright"]["collect"]) == [
+    assert stages.collect_stage(Path("run"), "cheetah-run", conf["collect"]) == [
         str(d / "data.h5")]

@@ -115,7 +115,9 @@ def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
 
 # --- status of a sweep: a dry run ----------------------------------------------------------------------
 def sweep_status(cfg: ExperimentConfig) -> StagePlan:
-    """Every stage of the sweep, done or pending, without running or writing any (plan.plan_stages)."""
+    """Every stage of the sweep, done or pending, without running or writing any (plan.plan_stages). A collection
+    the run would refuse (check_collections) is one line here too."""
+    check_collections(cfg)
     with plan_stages() as plan:  # the device is in no stage's key: do not ask for one
         Sweep(dataclasses.replace(cfg, device="cpu"), _datasets(cfg)).run()
     return plan
