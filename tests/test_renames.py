@@ -56,9 +56,12 @@ def test_scripts_building_the_config_with_the_old_name_still_work(tmp_path: Path
     assert cfg.train_workers == 3 and "pretrain_workers is now train_workers" in _notices(capsys)[0]
     assert "pretrain_workers" not in dataclasses.asdict(cfg)  # experiment.json records the new name only
     assert dataclasses.replace(cfg, train_workers=2).train_workers == 2
-    with pytest.raises(MasklamError, match="one setting"):
-        ex.ExperimentConfig(out=tmp_path, tasks=["t"], methods=["lapo"], data={"t": {"train": ["a.h5"]}},
-                            pretrain_workers=3, train_workers=2)
+    for new in (2, 1):  # 1 too: the default's value, given
+        with pytest.raises(MasklamError, match="one setting"):
+            ex.ExperimentConfig(out=tmp_path, tasks=["t"], methods=["lapo"], data={"t": {"train": ["a.h5"]}},
+                                pretrain_workers=3, train_workers=new)
+    assert ex.ExperimentConfig(out=tmp_path, tasks=["t"], methods=["lapo"],
+                               data={"t": {"train": ["a.h5"]}}).train_workers == 1
 
 
 @dataclasses.dataclass

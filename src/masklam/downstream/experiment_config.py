@@ -75,8 +75,8 @@ class ExperimentConfig:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     progress: bool = True
     """progress bars"""
-    train_workers: int = 1
-    """LAMs and full-data BCs of a task and seed trained at once, each in its own process with its share of the
+    train_workers: int | None = None
+    """(default 1) LAMs and full-data BCs of a task and seed trained at once, each in its own process with its share of the
     cores as torch threads (CPU only; 1: one after another in this process). On 2 cores, one-thread processes
     finish sooner than the same stages one after another with 2 threads each (docs/quickstart-time.md); a LAM's
     numbers depend on its thread count (metrics.json: torch_threads). Named pretrain_workers until 2026-12-05
@@ -89,8 +89,9 @@ class ExperimentConfig:
     def __post_init__(self, pretrain_workers: int | None) -> None:
         if pretrain_workers is not None:  # the old name: a notice, or one line when both names are set
             given = {"pretrain_workers": pretrain_workers, **({"train_workers": self.train_workers}
-                                                              if self.train_workers != 1 else {})}
+                                                              if self.train_workers is not None else {})}
             self.train_workers = rename_keys(given, "ExperimentConfig")["train_workers"]
+        self.train_workers = 1 if self.train_workers is None else self.train_workers
         self.out = Path(self.out)
         self.data = {**{t: collected_data(self.collect, self.methods) for t in self.tasks if self.collect},
                      **self.data}
