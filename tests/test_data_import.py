@@ -90,6 +90,32 @@ def test_fps_resampling_and_chunk_seconds(tmp_path):
         do_import(videos, tmp_path / "x.h5", fps=30)
 
 
+def test_videos_of_different_rates_resample_each_by_its_own(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 20, fps=10)  # 2 s
+    write_video(videos / "b.mp4", 30, fps=15, seed=1)  # 2 s
+    with pytest.raises(MasklamError, match=r"different frame rates \(10, 15 fps\); give --fps"):
+        do_import(videos, tmp_path / "x.h5")
+    with pytest.raises(MasklamError, match="--fps 12 is above .* 10 fps"):
+        do_import(videos, tmp_path / "x.h5", fps=12)
+    do_import(videos, tmp_path / "d.h5", img_size=16, fps=5)
+    lay = read_layout(tmp_path / "d.h5")
+    assert lay.lengths.tolist() == [10, 10] and lay.attrs["fps"] == 5  # 2 s of each at 5 fps
+    assert lay.attrs["source_fps"] == 0  # no one rate
+    with h5py.File(tmp_path / "d.h5") as f:  # b's kept frames: every third (15 -> 5 fps), not every second
+        b = f["1/obs"][()].astype(int)
+    src = smooth_frames(30, 64, 64, seed=1)
+    error = {step: np.abs(b - _resized(src[::step][:10], 16)).mean() for step in (2, 3)}
+    assert error[3] < error[2] / 2, error
+
+
+def _resized(frames: np.ndarray, size: int) -> np.ndarray:
+    from masklam.data.video import Resizer
+
+    return np.stack([Resizer(size, "crop").array(f) for f in frames]).astype(int)
+
+
 def test_image_folders_and_mixed_sizes(tmp_path):
     from PIL import Image
 
@@ -103,6 +129,9 @@ def test_image_folders_and_mixed_sizes(tmp_path):
     assert lay.lengths.tolist() == [5, 3] and lay.attrs["fps"] == 15
     with h5py.File(tmp_path / "d.h5") as f:
         assert np.array_equal(f["1/obs"][()], smooth_frames(3, 24, 24))  # PNG, same size: exact
+    with pytest.raises(MasklamError, match="--chunk-seconds needs a frame rate"):  # image folders record none
+        do_import(root, tmp_path / "c.h5", chunk_seconds=0.2)
+    assert not (tmp_path / "c.h5").exists()
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "ep1" / "0009.png")
     with pytest.raises(MasklamError, match=r"ep1/0009.png is 24x20"):
         do_import(root, tmp_path / "e.h5")

@@ -102,12 +102,24 @@ def file_attrs(cfg: ImportConfig, source: Source) -> dict[str, Any]:
 
 
 def _out_fps(cfg: ImportConfig, source: Source) -> float:
-    if source.fps is None:
-        return float(cfg.fps or 0.0)
-    if cfg.fps is not None and cfg.fps > source.fps * (1 + 1e-6):
-        raise MasklamError(f"--fps {cfg.fps} is above {cfg.src}'s {source.fps:g} fps; only lower rates are kept "
+    """The imported file's frame rate: --fps, else the source's (0: unknown); one line when it cannot be had."""
+    rates = source.rates()
+    if len(rates) > 1 and cfg.fps is None:
+        raise MasklamError(f"{cfg.src}: videos of different frame rates ({', '.join(f'{r:g}' for r in rates)} fps); "
+                           "give --fps to resample them all to one")
+    if rates and cfg.fps is not None and cfg.fps > min(rates) * (1 + 1e-6):
+        raise MasklamError(f"--fps {cfg.fps:g} is above {cfg.src}'s {min(rates):g} fps; only lower rates are kept "
                            "(frames are dropped, never invented)")
-    return float(cfg.fps or source.fps)
+    fps = float(cfg.fps or source.fps or 0.0)
+    if cfg.chunk_seconds and not fps:
+        raise MasklamError(f"--chunk-seconds needs a frame rate and {cfg.src} records none (image folders): give "
+                           "--fps, the rate the frames were recorded at")
+    return fps
+
+
+def _kept(fps: float, src_fps: float | None) -> float:
+    """The fraction of a source's frames a rate of ``fps`` keeps (for the progress bar's total)."""
+    return min(1.0, fps / src_fps) if src_fps and fps else 1.0
 
 
 def _selected(frames: Iterator[Any], src_fps: float | None, fps: float) -> Iterator[Any]:
@@ -193,7 +205,7 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
 
     groups: list[tuple[_GroupWriter, list[int]]] = []
     with write_atomically(part_path(cfg.out, index)) as f:
-        for row, frame in _selected(counted(ep.frames), source.fps, fps):
+        for row, frame in _selected(counted(ep.frames), item.fps or source.fps, fps):
             if not groups or (span is not None and groups[-1][0].n + len(groups[-1][0].buffer) >= span):
                 groups.append((_GroupWriter(f, str(len(groups)), cfg.img_size, cfg.compression), []))
             groups[-1][0].add(frame)
@@ -245,8 +257,7 @@ def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
     resizer = Resizer(cfg.img_size, cfg.resize)
     finished = prepare_parts(cfg.out, attrs)
     todo = [i for i in range(len(items)) if i not in finished]
-    ratio = fps / source.fps if source.fps and fps else 1.0
-    total = sum(int((it.length or 0) * ratio) for i, it in enumerate(items) if i in todo)
+    total = sum(int((items[i].length or 0) * _kept(fps, items[i].fps or source.fps)) for i in todo)
     bar = tqdm(total=total or None, unit="frame", desc="import", disable=not cfg.progress, dynamic_ncols=True)
     try:
         for i in todo:

@@ -105,6 +105,8 @@ class Item:
     """frames, when known before reading"""
     ref: Any = None
     """what the source needs to read it"""
+    fps: float | None = None
+    """its own frame rate, where a source's items differ (a folder of videos); None: the source's"""
 
 
 @dataclass
@@ -134,8 +136,12 @@ class Source:
 
     @property
     def fps(self) -> float | None:
-        """Frames per second of the source (None: it does not say)."""
+        """Frames per second of the source (None: it does not say, or its items differ: `rates`)."""
         return None
+
+    def rates(self) -> list[float]:
+        """The distinct frame rates of the items (more than one: each item's in its `Item.fps`)."""
+        return [self.fps] if self.fps else []
 
     def attrs(self) -> dict[str, Any]:
         """File attrs of the source worth keeping in an imported file (task, domain, ...)."""
@@ -162,18 +168,17 @@ class VideoSource(Source):
         if not files:
             raise MasklamError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {path}")
         self.infos = [probe(f) for f in files]  # an unreadable file: one line naming it, before any work
-        rates = {round(i.fps, 3) for i in self.infos}
-        if len(rates) > 1:
-            raise MasklamError(f"{path}: videos of different frame rates ({', '.join(map(str, sorted(rates)))} fps); "
-                               "give --fps to resample them all to one")
-        self._fps = self.infos[0].fps
+        self._rates = sorted({round(i.fps, 3) for i in self.infos if i.fps})
 
     @property
     def fps(self) -> float | None:
-        return self._fps or None
+        return next(i.fps for i in self.infos if i.fps) if len(self._rates) == 1 else None
+
+    def rates(self) -> list[float]:
+        return list(self._rates)
 
     def items(self) -> list[Item]:
-        return [Item(i.path.stem, i.path, i.frames or None, i) for i in self.infos]
+        return [Item(i.path.stem, i.path, i.frames or None, i, i.fps or None) for i in self.infos]
 
     def read(self, item: Item, resizer: Resizer) -> Episode:
         info = item.ref
