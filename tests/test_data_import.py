@@ -266,8 +266,12 @@ def test_interrupted_import_resumes_keeping_finished_items(tmp_path):
     finally:
         importer.import_item = original
     assert not out.exists() and len(list(parts_dir(out).glob("*.h5"))) == 2
+    (videos / "b.mp4").rename(videos / "b0.mp4")  # the source changes meanwhile: a, b0 (was b), c
+    write_video(videos / "aa.mp4", 8, seed=3)  # and gains a file before b0: a, aa, b0, c
     result = importer.run_import(cfg)
-    assert (result.imported, result.reused, result.trajectories) == (1, 2, 3) and not parts_dir(out).exists()
+    assert (result.imported, result.reused, result.trajectories) == (3, 1, 4) and not parts_dir(out).exists()
+    with h5py.File(out) as f:  # each file once, in order: nothing kept from b's old part, nothing lost
+        assert [f[str(i)].attrs["source_item"] for i in range(4)] == ["a", "aa", "b0", "c"]
     with pytest.raises(MasklamError, match="img_hw"):
         importer.run_import(ImportConfig(src=videos, out=out, img_size=32, progress=False))
 

@@ -31,7 +31,7 @@ from masklam.locks import output_lock
 from masklam.resources import check_free_space
 from masklam.data.sources import Episode, Item, Source, open_source
 from masklam.data.video import RESIZE_MODES, Resizer
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 
 WRITE_CHUNK = 256
 """frames buffered before they are appended to the HDF5 dataset"""
@@ -255,7 +255,7 @@ def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
         return ImportResult(cfg.out, lay.num_trajectories, lay.num_frames, 0, len(items))
     fps = attrs["fps"]
     resizer = Resizer(cfg.img_size, cfg.resize)
-    finished = prepare_parts(cfg.out, attrs)
+    finished = _matching_parts(cfg.out, prepare_parts(cfg.out, attrs), items)
     todo = [i for i in range(len(items)) if i not in finished]
     total = sum(int((items[i].length or 0) * _kept(fps, items[i].fps or source.fps)) for i in todo)
     bar = tqdm(total=total or None, unit="frame", desc="import", disable=not cfg.progress, dynamic_ncols=True)
@@ -272,6 +272,25 @@ def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
     remove_parts(cfg.out)
     lay = read_layout(cfg.out)
     return ImportResult(cfg.out, n, lay.num_frames, len(todo), len(items) - len(todo))
+
+
+def _matching_parts(out: Path, finished: set[int], items: list[Item]) -> set[int]:
+    """The finished parts that hold the item now at their index; the others (SRC changed since the interrupted
+    import: a file added, removed or renamed) are deleted, with a notice, and imported again."""
+    from masklam.data.hdf5 import open_file, read_attrs, trajectory_names
+
+    def holds(i: int) -> bool:
+        with open_file(part_path(out, i)) as f:
+            first = read_attrs(f[trajectory_names(f)[0]])
+        return (first.get("source_item"), first.get("source_file")) == (items[i].name, str(items[i].path))
+
+    stale = sorted(i for i in finished if i >= len(items) or not holds(i))
+    for i in stale:
+        part_path(out, i).unlink()
+    if stale:
+        note_once(("import-stale", str(out)), f"{len(stale)} of the {len(finished)} items an interrupted import of "
+                  f"{out} finished no longer match the source (it changed since): imported again")
+    return finished - set(stale)
 
 
 def _group_attrs(out: Path, indices: Any) -> Iterator[dict[str, Any]]:
