@@ -235,6 +235,44 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_corrupt_frame_in_an_hdf5_source_is_one_line(tmp_path, capsys):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 6)
+    write_video(videos / "b.mp4", 6, seed=1)
+    src = tmp_path / "src.h5"
+    do_import(videos, src, img_size=16)  # lzf, one chunk per frame
+    with h5py.File(src) as f:
+        offset = f["1/obs"].id.get_chunk_info(3).byte_offset
+    raw = bytearray(src.read_bytes())
+    raw[offset + 10] ^= 0xFF
+    src.write_bytes(bytes(raw))
+    for argv in (["import", str(src), "--out", str(tmp_path / "e.h5")],
+                 ["export", str(src), "--out", str(tmp_path / "lr")]):
+        code, err = run_cli([*argv, "--no-progress"], capsys)
+        assert code == 2 and "src.h5: cannot read trajectory 1/obs" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "e.h5").exists() and not (tmp_path / "lr").exists() and not (tmp_path / "lr.tmp").exists()
+
+
+def test_lerobot_metadata_without_fps_or_a_column_is_one_line(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "d.h5"
+    for broken, named in (("fps", "info.json: fps (frames per second) is None"),
+                          ("length", "lacks the column 'length'"), ("episode_index", "lacks the column 'episode_index'")):
+        lr = export(ExportConfig(data=write_h5(tmp_path / "x.h5"), out=tmp_path / f"lr-{broken}", progress=False))
+        if broken == "fps":
+            info = json.loads((lr / "meta" / "info.json").read_text())
+            del info["fps"]
+            (lr / "meta" / "info.json").write_text(json.dumps(info))
+        else:
+            meta = next((lr / "meta" / "episodes").rglob("*.parquet"))
+            pq.write_table(pq.read_table(meta).drop_columns([broken]), meta)
+        code, err = run_cli(["import", str(lr), "--out", str(out), "--no-progress"], capsys)
+        assert code == 2 and named in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
 def test_interrupted_import_resumes_keeping_finished_items(tmp_path):
     videos = tmp_path / "v"
     videos.mkdir()

@@ -16,7 +16,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from masklam.data.hdf5 import MASK_KEYS, FileLayout, executed_actions, open_file, read_layout
+from masklam.data.hdf5 import (MASK_KEYS, READ_ERRORS, FileLayout, executed_actions, open_file, read_error,
+                                read_layout)
 from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout, parquet_shards
 from masklam.data.sources import trainable
 from masklam.errors import MasklamError
@@ -275,8 +276,8 @@ def _read_group(layout: FileLayout, f: h5py.File | ParquetReader, name: str, arr
                 out[row:row + length] = group[key]  # decoded and checked by the reader
             else:
                 group[key].read_direct(out, dest_sel=np.s_[row:row + length])
-        except (OSError, RuntimeError, ValueError, TypeError) as e:
-            raise MasklamError(f"{path}: cannot read trajectory {name}/{key} ({str(e).splitlines()[0]})") from None
+        except READ_ERRORS as e:
+            raise read_error(path, name, key, e) from None
         if key in FINITE_KEYS:
             _check_finite(path, name, key, out[row:row + length])
         if key == "actions" and not isinstance(f, ParquetReader):  # the parquet reader clips on decoding

@@ -138,6 +138,23 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError)
+"""what h5py raises reading a corrupt chunk, or a dataset not of the kind asked for"""
+
+
+def read_error(path: str | os.PathLike, name: str, key: str, e: BaseException) -> MasklamError:
+    """The one line for a trajectory's dataset that cannot be read (`READ_ERRORS`)."""
+    return MasklamError(f"{path}: cannot read trajectory {name}/{key} ({_first_line(e)})")
+
+
+def read_array(path: str | os.PathLike, group: h5py.Group, key: str, rows: slice = slice(None)) -> np.ndarray:
+    """``group[key][rows]`` (a trajectory's dataset), or `read_error`'s one line."""
+    try:
+        return group[key][rows]
+    except READ_ERRORS as e:
+        raise read_error(path, group.name.lstrip("/"), key, e) from None
+
+
 def plain(value: Any) -> Any:
     """An HDF5 attribute as a plain Python value (str, int, float, bool, list)."""
     if isinstance(value, bytes):

@@ -126,6 +126,8 @@ class LeRobotDir:
     def rows(self, ep: Episode) -> dict[str, np.ndarray]:
         """The episode's per-frame arrays, in frame order: actions, states, rewards, masks (those present)."""
         table = self._table(ep.data_file)
+        if "episode_index" not in table.column_names:
+            raise MasklamError(f"{ep.data_file} lacks the column 'episode_index'")
         episode = column_array(table, "episode_index", np.int64)
         sel = np.flatnonzero(episode == ep.index)
         if len(sel) != ep.length:
@@ -200,6 +202,9 @@ def open_lerobot(root: str | os.PathLike, camera: str | None = None) -> LeRobotD
     if version not in VERSIONS:
         raise MasklamError(f"{root / 'meta' / 'info.json'}: codebase_version {version!r} is not one of "
                            f"{', '.join(VERSIONS)}")
+    fps = info.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise MasklamError(f"{root / 'meta' / 'info.json'}: fps (frames per second) is {fps!r}, not a positive number")
     features = info.get("features") or {}
     cameras = [k for k, v in features.items() if v.get("dtype") in ("video", "image")]
     if camera is None:
@@ -228,18 +233,18 @@ def _episodes_v3(root: Path, info: dict[str, Any], camera: str) -> list[Episode]
     out = []
     for f in files:
         t = read_table(f).to_pydict()
-        for i in range(len(t["episode_index"])):
-            try:
+        try:
+            for i in range(len(t["episode_index"])):
                 data = root / data_path.format(chunk_index=t["data/chunk_index"][i], file_index=t["data/file_index"][i])
                 vfile, start = None, 0.0
                 if video:
                     vfile = root / video_path.format(video_key=camera, chunk_index=t[f"videos/{camera}/chunk_index"][i],
                                                      file_index=t[f"videos/{camera}/file_index"][i])
                     start = float(t[f"videos/{camera}/from_timestamp"][i])
-            except KeyError as e:
-                raise MasklamError(f"{f} lacks the column {e.args[0]!r}") from None
-            out.append(Episode(int(t["episode_index"][i]), int(t["length"][i]), list(t.get("tasks", [[]] * (i + 1))[i]
-                                                                                     or []), data, vfile, start))
+                tasks = list(t["tasks"][i] or []) if "tasks" in t else []
+                out.append(Episode(int(t["episode_index"][i]), int(t["length"][i]), tasks, data, vfile, start))
+        except KeyError as e:
+            raise MasklamError(f"{f} lacks the column {e.args[0]!r}") from None
     return sorted(out, key=lambda e: e.index)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from masklam.data.hdf5 import MASK_KEYS, executed_actions, open_file, read_layout
+from masklam.data.hdf5 import MASK_KEYS, executed_actions, open_file, read_array, read_layout
 from masklam.data.peers import is_parquet
 from masklam.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, VideoReader, image_size, probe, read_image
 from masklam.errors import MasklamError
@@ -278,15 +278,15 @@ class HDF5Source(Source):
         if self.file is None:
             self.file = open_file(self.path)
         group = self.file[item.ref]
-        arrays = {k: group[k][()] for k in ("actions", "states", "rewards") if k in group}
+        arrays = {k: read_array(self.path, group, k) for k in ("actions", "states", "rewards") if k in group}
         if "actions" in arrays:
             arrays["actions"] = executed_actions(self.path, item.ref, arrays["actions"], self.layout.action_bounds)
-        masks = {k: np.stack([resizer.mask(m) for m in group[k][()]]) for k in MASK_KEYS if k in group}
+        masks = {k: np.stack([resizer.mask(m) for m in read_array(self.path, group, k)])
+                 for k in MASK_KEYS if k in group}
 
         def frames() -> Iterator[np.ndarray]:
-            obs = group["obs"]
-            for lo in range(0, obs.shape[0], READ_CHUNK):
-                for img in obs[lo:lo + READ_CHUNK]:
+            for lo in range(0, group["obs"].shape[0], READ_CHUNK):
+                for img in read_array(self.path, group, "obs", slice(lo, lo + READ_CHUNK)):
                     yield resizer.array(img)
 
         return Episode(frames(), item.length, arrays.get("actions"), arrays.get("states"), arrays.get("rewards"), masks,
