@@ -258,8 +258,8 @@ def test_lerobot_metadata_without_fps_or_a_column_is_one_line(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     out = tmp_path / "d.h5"
-    for broken, named in (("fps", "info.json: fps (frames per second) is None"),
-                          ("length", "lacks the column 'length'"), ("episode_index", "lacks the column 'episode_index'")):
+    for broken, named in (("fps", "info.json: fps (frames per second) is None"), ("length", "lacks the column "
+                          "'length'"), ("episode_index", "lacks the column 'episode_index'")):
         lr = export(ExportConfig(data=write_h5(tmp_path / "x.h5"), out=tmp_path / f"lr-{broken}", progress=False))
         if broken == "fps":
             info = json.loads((lr / "meta" / "info.json").read_text())
