@@ -138,6 +138,21 @@ def test_image_folders_and_mixed_sizes(tmp_path):
     assert not (tmp_path / "e.h5").exists()
 
 
+def test_a_broken_png_is_one_line_naming_it(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "frames" / "ep0").mkdir(parents=True)
+    for t, img in enumerate(smooth_frames(3, 16, 16)):
+        Image.fromarray(img).save(tmp_path / "frames" / "ep0" / f"{t}.png")
+    png = tmp_path / "frames" / "ep0" / "1.png"
+    raw = bytearray(png.read_bytes())
+    at = raw.index(b"IDAT")
+    raw[at - 4:at] = (10).to_bytes(4, "big")  # a short length: decoding reads the next "chunk" from the image data
+    png.write_bytes(bytes(raw))
+    code, err = run_cli(["import", str(tmp_path / "frames"), "--out", str(tmp_path / "d.h5"), "--no-progress"], capsys)
+    assert code == 2 and "1.png is not a readable image" in err and len(err.splitlines()) == 1, err
+
+
 def test_export_lerobot_then_import_round_trip(tmp_path):
     data = write_h5(tmp_path / "d.h5")
     out = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
@@ -252,6 +267,13 @@ def test_a_corrupt_frame_in_an_hdf5_source_is_one_line(tmp_path, capsys):
         code, err = run_cli([*argv, "--no-progress"], capsys)
         assert code == 2 and "src.h5: cannot read trajectory 1/obs" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "e.h5").exists() and not (tmp_path / "lr").exists() and not (tmp_path / "lr.tmp").exists()
+
+
+def test_export_of_frames_too_small_names_them_and_leaves_nothing(tmp_path, capsys):
+    code, err = run_cli(["export", str(write_h5(tmp_path / "x.h5", size=4)), "--out", str(tmp_path / "lr"),
+                         "--no-progress"], capsys)
+    assert code == 2 and "x.h5: frames are 4x4; export writes square frames of at least 8x8" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]  # no lr, no lr.tmp
 
 
 def test_lerobot_metadata_without_fps_or_a_column_is_one_line(tmp_path, capsys):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from masklam.args import parse
 from masklam.data.lerobot import DEFAULT_CAMERA
 from masklam.data.lerobot_writer import LeRobotWriter
-from masklam.data.sources import DESCRIPTIONS, Episode, open_source
+from masklam.data.sources import DESCRIPTIONS, Episode, Source, open_source
 from masklam.data.video import CODECS, Resizer
 from masklam.errors import MasklamError
 
@@ -69,18 +69,27 @@ def _batches(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 def export(cfg: ExportConfig) -> Path:
     """Write ``cfg.data`` as a LeRobot v3.0 dataset in ``cfg.out``; returns the directory."""
-    from masklam.data.hdf5 import MASK_KEYS
-
     if cfg.out.exists():
         raise MasklamError(f"{cfg.out} already exists; remove it or choose another --out")
     source = open_source(cfg.data)
+    try:
+        return _export(cfg, source)
+    finally:
+        source.close()
+
+
+def _export(cfg: ExportConfig, source: Source) -> Path:
+    """`export` of an open source: every check first, then the writer."""
+    from masklam.data.hdf5 import MASK_KEYS
+
     if source.kind not in ("hdf5", "masklam-parquet"):
         raise MasklamError(f"{cfg.data} is {DESCRIPTIONS[source.kind]}; export writes masklam datasets (HDF5): "
                            f"masklam import {cfg.data} --out DATA.h5 first")
     lay = source.layout
     h, w = lay.img_hw
-    if h != w:
-        raise MasklamError(f"{cfg.data}: frames are {w}x{h}; export writes square frames")
+    if h != w or h < 8:
+        raise MasklamError(f"{cfg.data}: frames are {w}x{h}; export writes square frames of at least 8x8")
+    resizer = Resizer(h, "crop")
     fps = cfg.fps or float(lay.attrs.get("fps") or 0) or 30.0
     task = (f"{lay.attrs['domain_name']}-{lay.attrs['task_name']}"
             if "domain_name" in lay.attrs and "task_name" in lay.attrs else "")
@@ -88,7 +97,6 @@ def export(cfg: ExportConfig) -> Path:
     writer = LeRobotWriter(cfg.out, fps, (h, w), lay.action_dim, lay.state_dim, masks, lay.has("rewards"),
                            cfg.camera, cfg.codec, cfg.crf, "yuv444p" if cfg.codec == "h264" else "yuv420p",
                            robot_type=str(lay.attrs.get("domain_name", "unknown")))
-    resizer = Resizer(h, "crop")
     bar = tqdm(total=lay.num_frames, unit="frame", desc="export", disable=not cfg.progress, dynamic_ncols=True)
     try:
         for item in source.items():
@@ -110,7 +118,6 @@ def export(cfg: ExportConfig) -> Path:
         raise
     finally:
         bar.close()
-        source.close()
 
 
 def main(argv: list[str]) -> int:

@@ -12,6 +12,7 @@ Writing (`LeRobotWriter`, `add_feature`) is :mod:`masklam.data.lerobot_writer`.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from masklam.data.hdf5 import MASK_KEYS
-from masklam.data.video import Resizer, VideoReader, read_image
+from masklam.data.video import Resizer, VideoReader, decode_image, read_image
 from masklam.errors import MasklamError
 from masklam.files import read_json
 
@@ -175,16 +176,7 @@ class LeRobotDir:
                 continue
             if not isinstance(data, (bytes, bytearray)):
                 raise MasklamError(f"{ep.data_file}: {self.camera} of episode {ep.index} frame {t} holds no image")
-            import io
-
-            from PIL import Image
-
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    yield resizer.array(np.asarray(im.convert("RGB"), np.uint8))
-            except OSError as e:
-                raise MasklamError(f"{ep.data_file}: episode {ep.index} frame {t} is not a readable image ({e})") \
-                    from None
+            yield resizer.array(decode_image(io.BytesIO(data), f"{ep.data_file}: episode {ep.index} frame {t}"))
 
     def close(self) -> None:
         reader = self._cache.pop("reader", None)

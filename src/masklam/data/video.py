@@ -103,15 +103,27 @@ class Resizer:
         return self.square(frame.reformat(width=sw, height=sh, format="rgb24", interpolation="BILINEAR").to_ndarray())
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file -> (H, W, 3) uint8 RGB; MasklamError naming the file when it is not a readable image."""
+def _image_errors() -> tuple[type[BaseException], ...]:
+    """What PIL raises for a file that is not a readable image (a broken PNG chunk: SyntaxError)."""
+    from PIL import Image
+
+    return OSError, SyntaxError, ValueError, Image.DecompressionBombError
+
+
+def decode_image(src: Any, what: str) -> np.ndarray:
+    """An image file (path or file object) -> (H, W, 3) uint8 RGB; MasklamError '`what` is not a readable image'."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(src) as im:
             return np.asarray(im.convert("RGB"), np.uint8)
-    except OSError as e:
-        raise MasklamError(f"{path} is not a readable image ({_first_line(e)})") from None
+    except _image_errors() as e:
+        raise MasklamError(f"{what} is not a readable image ({_first_line(e)})") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB; MasklamError naming the file when it is not a readable image."""
+    return decode_image(path, str(path))
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -121,7 +133,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.height, im.width
-    except OSError as e:
+    except _image_errors() as e:
         raise MasklamError(f"{path} is not a readable image ({_first_line(e)})") from None
 
 
