@@ -116,6 +116,25 @@ def _resized(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([Resizer(size, "crop").array(f) for f in frames]).astype(int)
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_an_import_leaves_no_video_file_open(tmp_path):
+    import gc
+    import os
+
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i in range(4):
+        write_video(videos / f"{i}.mp4", 4, 16, 16, seed=i)
+    gc.disable()  # PyAV's containers hold reference cycles: only closing them frees their files at once
+    try:
+        do_import(videos, tmp_path / "d.h5", img_size=16)
+        fds = Path("/proc/self/fd")
+        open_files = {os.path.realpath(fds / fd) for fd in os.listdir(fds)}
+    finally:
+        gc.enable()
+    assert not [f for f in open_files if f.endswith(".mp4")], open_files
+
+
 def test_image_folders_and_mixed_sizes(tmp_path):
     from PIL import Image
 
@@ -169,6 +188,17 @@ def test_export_lerobot_then_import_round_trip(tmp_path):
         obs_a = np.concatenate([a[i]["obs"][()] for i in "012"])
         obs_b = np.concatenate([b[i]["obs"][()] for i in "012"])
         assert psnr(obs_a, obs_b) >= 35
+
+
+def test_export_without_libx264_falls_back_to_mpeg4_in_yuv420p(tmp_path, monkeypatch):
+    from masklam.data import video
+
+    monkeypatch.setattr(video, "encoder_name", lambda codec: "mpeg4")  # a PyAV build without libx264
+    lr = export(ExportConfig(data=write_h5(tmp_path / "x.h5", n_traj=2, length=6), out=tmp_path / "lr",
+                             progress=False))
+    info = json.loads((lr / "meta" / "info.json").read_text())["features"]["observation.image"]["info"]
+    assert info["video.codec"] == "mpeg4" and info["video.pix_fmt"] == "yuv420p"
+    assert read_layout(do_import(lr, tmp_path / "back.h5", img_size=32).path).lengths.tolist() == [6, 6]
 
 
 def test_av1_lerobot_is_decoded(tmp_path):

@@ -20,7 +20,7 @@ from masklam.args import parse
 from masklam.data.lerobot import DEFAULT_CAMERA
 from masklam.data.lerobot_writer import LeRobotWriter
 from masklam.data.sources import DESCRIPTIONS, Episode, Source, open_source
-from masklam.data.video import CODECS, Resizer
+from masklam.data.video import CODECS, Resizer, fullest_pix_fmt
 from masklam.errors import MasklamError
 
 BATCH = 256
@@ -37,7 +37,8 @@ class ExportConfig:
     format: Literal["lerobot"] = "lerobot"
     """Output format: lerobot (LeRobotDataset v3.0)."""
     codec: Literal["h264", "av1"] = "h264"
-    """Video codec: h264 (libx264, yuv444p; mpeg4 where PyAV lacks libx264) or av1 (LeRobot's default; yuv420p)."""
+    """Video codec: h264 (libx264, yuv444p; mpeg4, yuv420p where PyAV lacks libx264) or av1 (LeRobot's default;
+    yuv420p)."""
     crf: int = 10
     """Video quality: constant rate factor (lower is better and larger)."""
     camera: str = DEFAULT_CAMERA
@@ -95,7 +96,7 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
             if "domain_name" in lay.attrs and "task_name" in lay.attrs else "")
     masks = [k for k in MASK_KEYS if lay.has(k)]
     writer = LeRobotWriter(cfg.out, fps, (h, w), lay.action_dim, lay.state_dim, masks, lay.has("rewards"),
-                           cfg.camera, cfg.codec, cfg.crf, "yuv444p" if cfg.codec == "h264" else "yuv420p",
+                           cfg.camera, cfg.codec, cfg.crf, fullest_pix_fmt(cfg.codec),
                            robot_type=str(lay.attrs.get("domain_name", "unknown")))
     bar = tqdm(total=lay.num_frames, unit="frame", desc="export", disable=not cfg.progress, dynamic_ncols=True)
     try:

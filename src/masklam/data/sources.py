@@ -26,7 +26,7 @@ import numpy as np
 
 from masklam.data.hdf5 import MASK_KEYS, executed_actions, open_file, read_array, read_layout
 from masklam.data.peers import is_parquet
-from masklam.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, VideoReader, image_size, probe, read_image
+from masklam.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, image_size, probe, read_image, video_frames
 from masklam.errors import MasklamError
 
 FORMATS = ("hdf5", "masklam-parquet", "lerobot", "videos", "frames")
@@ -183,7 +183,7 @@ class VideoSource(Source):
     def read(self, item: Item, resizer: Resizer) -> Episode:
         info = item.ref
         checked = info.frames if info.path.suffix.lower() in (".mp4", ".mov") else None  # others: counts unreliable
-        return Episode(VideoReader(info.path).frames(resizer=resizer), checked)
+        return Episode(video_frames(info.path, resizer), checked)
 
 
 class FrameFolderSource(Source):

@@ -191,6 +191,7 @@ class VideoReader:
                 raise MasklamError(f"no such file: {self.path}")
             self._container = av.open(str(self.path))
             if not self._container.streams.video:
+                self.close()
                 raise MasklamError(f"{self.path} has no video stream")
             self._stream = self._container.streams.video[0]
             rate = self._stream.average_rate or self._stream.guessed_rate
@@ -247,6 +248,13 @@ class VideoReader:
         self.close()
 
 
+def video_frames(path: str | Path, resizer: Resizer | None = None) -> Iterator[np.ndarray]:
+    """Every frame of a video file (VideoReader.frames), the file closed as soon as they are read or the iterator
+    is closed (PyAV's containers hold reference cycles: left to the garbage collector, files pile up open)."""
+    with VideoReader(path) as reader:
+        yield from reader.frames(resizer=resizer)
+
+
 def encoder_name(codec: str) -> str:
     """The FFmpeg encoder for a codec name of CODECS available in this PyAV build (h264: libx264, else mpeg4)."""
     available = _av().codecs_available
@@ -258,6 +266,12 @@ def encoder_name(codec: str) -> str:
                 return name
         raise MasklamError("this PyAV build has no AV1 encoder; use --codec h264")
     raise MasklamError(f"unknown codec {codec!r}; one of {', '.join(CODECS)}")
+
+
+def fullest_pix_fmt(codec: str) -> str:
+    """yuv444p (no chroma subsampling) where the encoder takes it (libx264), else yuv420p (mpeg4, the AV1
+    encoders)."""
+    return "yuv444p" if encoder_name(codec) == "libx264" else "yuv420p"
 
 
 def codec_written(codec: str) -> str:
