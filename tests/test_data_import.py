@@ -110,6 +110,18 @@ def test_videos_of_different_rates_resample_each_by_its_own(tmp_path):
     assert error[3] < error[2] / 2, error
 
 
+def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "v").mkdir()
+    shades = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(6)]
+    shades[0].save(tmp_path / "v" / "a.gif", save_all=True, append_images=shades[1:], loop=0,
+                   duration=[100, 300, 100, 100, 100, 100])  # frames at 0, .1, .4, .5, .6, .7 s (7.7 fps on average)
+    do_import(tmp_path / "v", tmp_path / "d.h5", img_size=16, fps=5)  # ticks every .2 s
+    with h5py.File(tmp_path / "d.h5") as f:
+        assert [round(img.mean() / 40) for img in f["0/obs"][()]] == [0, 2, 4]  # by index: 0, 2, 4, 5
+
+
 def _resized(frames: np.ndarray, size: int) -> np.ndarray:
     from masklam.data.video import Resizer
 

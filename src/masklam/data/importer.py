@@ -122,14 +122,17 @@ def _kept(fps: float, src_fps: float | None) -> float:
     return min(1.0, fps / src_fps) if src_fps and fps else 1.0
 
 
-def _selected(frames: Iterator[Any], src_fps: float | None, fps: float) -> Iterator[Any]:
-    """The frames a rate of ``fps`` keeps (frame i when floor(i * fps / src_fps) ticks), streamed."""
+def _selected(frames: Iterator[Any], src_fps: float | None, fps: float,
+              times: list[float] | None = None) -> Iterator[Any]:
+    """The frames a rate of ``fps`` keeps, streamed: a frame when its time (from the first frame's; ``times``,
+    filled as ``frames`` yields, else i / src_fps) reaches the next tick of the new rate, floor(t * fps)."""
     if not src_fps or not fps or fps >= src_fps * (1 - 1e-9):
         yield from frames
         return
     last = -1.0
     for i, frame in enumerate(frames):
-        tick = math.floor(i * (fps / src_fps) + 1e-9)
+        t = times[i] - times[0] if times is not None else i / src_fps
+        tick = math.floor(t * fps + 1e-6)
         if tick != last:
             last = tick
             yield frame
@@ -205,7 +208,7 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
 
     groups: list[tuple[_GroupWriter, list[int]]] = []
     with write_atomically(part_path(cfg.out, index)) as f:
-        for row, frame in _selected(counted(ep.frames), item.fps or source.fps, fps):
+        for row, frame in _selected(counted(ep.frames), item.fps or source.fps, fps, ep.times):
             if not groups or (span is not None and groups[-1][0].n + len(groups[-1][0].buffer) >= span):
                 groups.append((_GroupWriter(f, str(len(groups)), cfg.img_size, cfg.compression), []))
             groups[-1][0].add(frame)

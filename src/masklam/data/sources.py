@@ -122,6 +122,9 @@ class Episode:
     rewards: np.ndarray | None = None  # (T,) float32
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (T, size, size) bool
     task: str = ""
+    times: list[float] | None = None
+    """each frame's time (seconds), appended as `frames` yields it (video files, whose frame intervals may vary);
+    None: frame i at i / fps"""
 
 
 class Source:
@@ -183,7 +186,8 @@ class VideoSource(Source):
     def read(self, item: Item, resizer: Resizer) -> Episode:
         info = item.ref
         checked = info.frames if info.path.suffix.lower() in (".mp4", ".mov") else None  # others: counts unreliable
-        return Episode(video_frames(info.path, resizer), checked)
+        times: list[float] = []
+        return Episode(video_frames(info.path, resizer, times), checked, times=times)
 
 
 class FrameFolderSource(Source):

@@ -202,19 +202,20 @@ class VideoReader:
         self._next, self._count = 0.0, 0
 
     def frames(self, start: float = 0.0, count: int | None = None, fps: float | None = None,
-               resizer: Resizer | None = None) -> Iterator[np.ndarray]:
+               resizer: Resizer | None = None, times: list[float] | None = None) -> Iterator[np.ndarray]:
         """Frames with time >= start - half a frame (``fps``: the frame rate the times are on; default the
-        stream's), ``count`` of them (None: to the end), each (H, W, 3) uint8, or square through ``resizer``.
+        stream's), ``count`` of them (None: to the end), each (H, W, 3) uint8, or square through ``resizer``;
+        each one's time (seconds) appended to ``times`` as it is yielded, where given.
 
         Fewer frames than ``count`` before the file ends is a MasklamError (a truncated or short file)."""
         try:
-            yield from self._frames_unchecked(start, count, fps, resizer)
+            yield from self._frames_unchecked(start, count, fps, resizer, times)
         except _errors() as e:
             raise MasklamError(f"{self.path}: cannot decode ({_first_line(e)}); the file is truncated or corrupt") \
                 from None
 
-    def _frames_unchecked(self, start: float, count: int | None, fps: float | None,
-                          resizer: Resizer | None) -> Iterator[np.ndarray]:
+    def _frames_unchecked(self, start: float, count: int | None, fps: float | None, resizer: Resizer | None,
+                          times: list[float] | None) -> Iterator[np.ndarray]:
         if self._frames is None or start < self._next - 1e-6 or start > self._next + 2.0:
             self._open(start)
         rate = fps or self._fps or 30.0
@@ -231,6 +232,8 @@ class VideoReader:
             if t < start - tol:
                 continue
             got += 1
+            if times is not None:
+                times.append(t)
             yield resizer.video_frame(frame) if resizer is not None else frame.to_ndarray(format="rgb24")
         if count is not None and got < count:
             raise MasklamError(f"{self.path}: ends after {got} of the {count} frames expected from {start:.3f} s "
@@ -248,11 +251,13 @@ class VideoReader:
         self.close()
 
 
-def video_frames(path: str | Path, resizer: Resizer | None = None) -> Iterator[np.ndarray]:
-    """Every frame of a video file (VideoReader.frames), the file closed as soon as they are read or the iterator
-    is closed (PyAV's containers hold reference cycles: left to the garbage collector, files pile up open)."""
+def video_frames(path: str | Path, resizer: Resizer | None = None,
+                 times: list[float] | None = None) -> Iterator[np.ndarray]:
+    """Every frame of a video file (VideoReader.frames, its times into ``times``), the file closed as soon as they
+    are read or the iterator is closed (PyAV's containers hold reference cycles: left to the garbage collector,
+    files pile up open)."""
     with VideoReader(path) as reader:
-        yield from reader.frames(resizer=resizer)
+        yield from reader.frames(resizer=resizer, times=times)
 
 
 def encoder_name(codec: str) -> str:
