@@ -122,6 +122,26 @@ def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path):
         assert [round(img.mean() / 40) for img in f["0/obs"][()]] == [0, 2, 4]  # by index: 0, 2, 4, 5
 
 
+def test_a_rotated_video_comes_out_upright(tmp_path):
+    import struct
+
+    (tmp_path / "v").mkdir()
+    band = np.zeros((4, 16, 32, 3), np.uint8)
+    band[:, :, :8] = 255  # stored landscape, a white band on the left
+    with VideoWriter(tmp_path / "v" / "a.mp4", 10, 16, 32, crf=10) as writer:
+        writer.write(band)
+    raw = bytearray((tmp_path / "v" / "a.mp4").read_bytes())
+    matrix = raw.index(b"tkhd") + 44  # a version-0 track header's display matrix: a phone's portrait one
+    raw[matrix:matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -1 << 16, 0, 0, 0, 0, 1 << 30)
+    (tmp_path / "v" / "a.mp4").write_bytes(bytes(raw))
+    do_import(tmp_path / "v", tmp_path / "d.h5", img_size=16, resize="letterbox")
+    with h5py.File(tmp_path / "d.h5") as f:
+        img = f["0/obs"][0].mean(-1)
+    # displayed: one clockwise turn, 16 wide and 32 tall (letterboxed into columns 4-11), the band on top
+    assert img[:, :3].max() < 30 and img[:, 13:].max() < 30
+    assert img[:3, 5:11].min() > 200 and img[5:, 5:11].max() < 60
+
+
 def _resized(frames: np.ndarray, size: int) -> np.ndarray:
     from masklam.data.video import Resizer
 

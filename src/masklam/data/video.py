@@ -96,11 +96,26 @@ class Resizer:
         return self.square(np.asarray(mask, bool))
 
     def video_frame(self, frame: Any) -> np.ndarray:
-        """A decoded av.VideoFrame -> (size, size, 3) uint8, scaled by FFmpeg (bilinear)."""
-        sh, sw = self.scaled(frame.height, frame.width)
-        if (sh, sw) == (frame.height, frame.width):
-            return self.square(frame.to_ndarray(format="rgb24"))
-        return self.square(frame.reformat(width=sw, height=sh, format="rgb24", interpolation="BILINEAR").to_ndarray())
+        """A decoded av.VideoFrame -> (size, size, 3) uint8, scaled by FFmpeg (bilinear), upright (`upright`)."""
+        turns = quarter_turns(frame)
+        h, w = (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)  # as displayed
+        sh, sw = self.scaled(h, w)
+        if (sh, sw) == (h, w):
+            return self.square(upright(frame.to_ndarray(format="rgb24"), turns))
+        stored_h, stored_w = (sw, sh) if turns % 2 else (sh, sw)
+        scaled = frame.reformat(width=stored_w, height=stored_h, format="rgb24", interpolation="BILINEAR")
+        return self.square(upright(scaled.to_ndarray(), turns))
+
+
+def quarter_turns(frame: Any) -> int:
+    """Counter-clockwise quarter turns (0-3) a decoded frame's display matrix asks for (a phone's portrait video
+    is stored landscape with rotation -90: one clockwise turn)."""
+    return round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+
+
+def upright(img: np.ndarray, turns: int) -> np.ndarray:
+    """(H, W, C) as stored -> as displayed, `turns` counter-clockwise quarter turns (`quarter_turns`)."""
+    return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
 
 
 def _image_errors() -> tuple[type[BaseException], ...]:
@@ -234,7 +249,8 @@ class VideoReader:
             got += 1
             if times is not None:
                 times.append(t)
-            yield resizer.video_frame(frame) if resizer is not None else frame.to_ndarray(format="rgb24")
+            yield (resizer.video_frame(frame) if resizer is not None
+                   else upright(frame.to_ndarray(format="rgb24"), quarter_turns(frame)))
         if count is not None and got < count:
             raise MasklamError(f"{self.path}: ends after {got} of the {count} frames expected from {start:.3f} s "
                                "(a truncated or short video)")
