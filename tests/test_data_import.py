@@ -398,6 +398,18 @@ def test_interrupted_import_resumes_keeping_finished_items(tmp_path):
         importer.run_import(ImportConfig(src=videos, out=out, img_size=32, progress=False))
 
 
+def test_parts_without_their_arguments_are_written_again(tmp_path):
+    from masklam.data.parts import part_path, prepare_parts
+
+    out = tmp_path / "d.h5"
+    assert prepare_parts(out, {"img_hw": 16}) == set()
+    write_h5(part_path(out, 0), n_traj=1)  # a finished part
+    assert prepare_parts(out, {"img_hw": 16}) == {0}
+    (parts_dir(out) / "config.json").unlink()  # its arguments lost: it cannot be checked against this run's
+    assert prepare_parts(out, {"img_hw": 32}) == set() and not part_path(out, 0).exists()
+    assert json.loads((parts_dir(out) / "config.json").read_text()) == {"img_hw": 32}
+
+
 def test_mp4_folder_to_pretrain_to_label(tmp_path):
     """The simulator-free path end to end: videos without actions -> import -> pretrain lapo -> export -> label."""
     from masklam.downstream.label import LabelConfig, label

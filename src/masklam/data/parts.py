@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from masklam.data.hdf5 import check_attrs, open_file, plain, trajectory_names, write_atomically
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 
 
 def parts_dir(out: Path) -> Path:
@@ -37,7 +37,13 @@ def prepare_parts(out: Path, attrs: dict[str, Any]) -> set[int]:
         stale.unlink()
     finished = {int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()}
     config = folder / "config.json"
-    if finished and config.is_file():  # the arguments matter only once there are items to keep
+    if finished and not config.is_file():  # parts whose arguments are unknown: nothing to check them by
+        for i in finished:
+            part_path(out, i).unlink()
+        note_once(("parts-unchecked", str(folder)), f"{folder} holds {len(finished)} finished items but no "
+                  "config.json to check their arguments by: written again")
+        finished = set()
+    if finished:  # the arguments matter only once there are items to keep
         check_attrs(folder, json.loads(config.read_text()), attrs)
     else:
         config.write_text(json.dumps(attrs, indent=1, default=str) + "\n")
