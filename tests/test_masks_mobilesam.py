@@ -247,6 +247,17 @@ def test_student_learns_a_known_mask(tmp_path):
     np.testing.assert_array_equal(predict(load_student(tmp_path / "s.pt"), test_frames), predict(net, test_frames))
 
 
+def test_student_takes_sides_that_do_not_halve_evenly_and_a_broken_file_is_one_line(tmp_path):
+    from masklam.masks.student import load_student, predict, train_student
+
+    frames, masks = blob_frames(16, seed=0, hw=36)  # 36 = 4 * 9: the third pooling would need 4.5
+    net = train_student(frames, masks, steps=2, batch=8, widths=(8, 16, 32, 64), shift=2)
+    assert predict(net, frames[:3]).shape == (3, 36, 36)
+    (tmp_path / "s.pt").write_bytes(b"PK\x03\x04 cut short by a kill")
+    with pytest.raises(MasklamError, match="s.pt is not a readable student .*delete it to train it again"):
+        load_student(tmp_path / "s.pt")
+
+
 def test_label_frames_and_spread():
     np.testing.assert_array_equal(distill.label_frames(125, 4), [0, 31, 62, 93])
     np.testing.assert_array_equal(distill.label_frames(3, 5), [0, 1, 2])
@@ -362,6 +373,10 @@ def test_evaluate_prints_iou_per_trajectory_and_task(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| cheetah-run | 0.889 |" in out and "| 0 | 0.778 |" in out
     assert cli_main(["masks", "--data", str(path), "--evaluate", "--key", "nope"]) == 2
+    capsys.readouterr()
+    assert cli_main(["masks", "--data", str(path), "--evaluate", "--key", "obs"]) == 2  # frames, not masks
+    err = capsys.readouterr().err
+    assert "trajectory 0/obs is uint8 of shape (4, 64, 64, 3), not masks" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [

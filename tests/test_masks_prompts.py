@@ -192,6 +192,41 @@ def test_resuming_with_another_prompt_is_refused(tmp_path, stub, capsys):
     assert "made with auto, not point [25.0, 30.0]" in capsys.readouterr().err
 
 
+def interrupted_before_the_merge(monkeypatch, argv: list[str]) -> None:
+    """`masklam masks argv` killed once every trajectory's part is written, before the merge."""
+    from masklam.masks import command
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(command, "merge_parts", killed)
+        assert cli_main(argv) == 130
+
+
+def test_parts_of_an_older_version_of_the_file_are_made_again(tmp_path, stub, monkeypatch, capsys):
+    path = imported_file(tmp_path / "v.h5", [agent_video(12)[0]])
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w", "--box", "16,20,36,40"]
+    interrupted_before_the_merge(monkeypatch, argv)
+    imported_file(path, [agent_video(8, seed=1)[0]])  # the file written anew meanwhile: 8 frames, not 12
+    assert cli_main(argv) == 0
+    assert "made from another version of" in capsys.readouterr().err
+    with h5py.File(path) as f:
+        assert f["0/masks_mobilesam"].shape == (8, 64, 64)
+
+
+def test_resuming_with_other_weights_or_segmenter_is_refused(tmp_path, stub, monkeypatch, capsys):
+    path = imported_file(tmp_path / "v.h5", [agent_video()[0]])
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w", "--box", "16,20,36,40"]
+    interrupted_before_the_merge(monkeypatch, argv)
+    capsys.readouterr()
+    assert cli_main(argv[:-4] + ["--weights", "w2", "--box", "16,20,36,40"]) == 2
+    assert "holds masks made with weights 'w', not 'w2'" in capsys.readouterr().err
+    assert cli_main(argv + ["--frames-per-traj", "2", "--student"]) == 2  # the student would mix in its masks
+    assert "made with segmenter 'mobilesam', not 'mobilesam student'" in capsys.readouterr().err
+    assert cli_main(argv) == 0
+
+
 # --- --preview ------------------------------------------------------------------------------------------------
 
 def test_overlay_tints_the_mask_and_outlines_it():

@@ -124,7 +124,7 @@ def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
     ``box``: the frame-0 prompt, a box (x0, y0, x1, y1), a point (x, y) or "auto"; None: the task's box.
     """
     path = Path(path)
-    p = plan(path, key, box)
+    p = plan(path, key, box, made_by={"segmenter": segmenter, "weights": str(weights or "the fetched checkpoint")})
     if p.missing:
         if segmenter == "mobilesam" and weights is None:
             from masklam.masks.weights import ensure

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -20,9 +19,8 @@ from tqdm import tqdm
 
 from masklam.data.hdf5 import open_file
 from masklam.devices import resolve_device
-from masklam.errors import MasklamError
 from masklam.masks.iou import frame_ious, mask_iou
-from masklam.masks.store import AUTO, Prompt, merge_parts, plan, stored_ious, write_part
+from masklam.masks.store import AUTO, Prompt, merge_parts, plan, resume_folder, stored_ious, write_part
 
 
 def labels_dir(path: Path, key: str) -> Path:
@@ -90,18 +88,14 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
     from masklam.masks.student import load_student, num_params, predict, save_student, train_student
 
     path = Path(path)
-    p = plan(path, key, box)
+    teacher = str(weights or "the fetched checkpoint")
+    p = plan(path, key, box, made_by={"segmenter": "mobilesam student", "weights": teacher})
     if not p.missing:
         return stored_ious(path, key)
     labels = labels_dir(path, key)
-    labels.mkdir(exist_ok=True)
-    config = {"prompt": p.prompt if p.prompt == AUTO else list(p.prompt), "frames_per_traj": frames_per_traj,
-              "label_trajs": label_trajs, "steps": steps, "seed": seed}
-    config_file = labels / "config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()) != config:
-        raise MasklamError(f"{labels} was made with {config_file.read_text()}, not {json.dumps(config)}; "
-                           f"pass the same options to resume, or delete it")
-    config_file.write_text(json.dumps(config))
+    resume_folder(labels, path, {"prompt": p.prompt if p.prompt == AUTO else list(p.prompt), "key": key,
+                                 "frames_per_traj": frames_per_traj, "label_trajs": label_trajs, "steps": steps,
+                                 "seed": seed, "weights": teacher}, "MobileSAM labels and student")
     chosen = spread(p.names, label_trajs)
     _label(path, labels, chosen, frames_per_traj, weights, p.prompt, device, batch)
     student_file = labels / "student.pt"

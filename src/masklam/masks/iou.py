@@ -32,6 +32,10 @@ def evaluate(path: Path, key: str) -> dict[str, dict[str, float]]:
             group = f[name]
             if key not in group or "masks" not in group:
                 continue
+            if group[key].shape != group["masks"].shape or group[key].dtype != bool:
+                raise MasklamError(f"{path}: trajectory {name}/{key} is {group[key].dtype} of shape "
+                                   f"{group[key].shape}, not masks like 'masks' (bool, {group['masks'].shape}); "
+                                   "--key names a mask dataset")
             ious = frame_ious(group[key][()], group["masks"][()])
             rows[name] = _stats(ious)
             per_task.setdefault(task, []).append(ious)

@@ -24,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from masklam.data.hdf5 import open_file, read_layout, trajectory_names, write_atomically
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
+from masklam.files import write_text
 from masklam.resources import check_free_space
 
 # Default box per domain, as fractions (x0, y0, x1, y1) of the frame: the union of the agent's bounding box at
@@ -106,7 +107,8 @@ def write_part(parts: Path, name: str, masks: np.ndarray, iou: float | None, ext
 
 
 def merge_parts(path: Path, parts: Path, key: str, prompt: Prompt, weights: Path) -> None:
-    """Copy ``path``, add every part's masks to the copy, then rename it over ``path``: never a half-written file."""
+    """Copy ``path``, add every part's masks to the copy, then rename it over ``path``: never a half-written file,
+    never masks that do not fit their frames."""
     need = path.stat().st_size + sum(p.stat().st_size for p in parts.glob("*.h5"))
     check_free_space(path, need, f"adding {key} to {path}")
     with write_atomically(path, start_from=path) as f:
@@ -114,6 +116,9 @@ def merge_parts(path: Path, parts: Path, key: str, prompt: Prompt, weights: Path
             group = f[part.stem]
             with h5py.File(part, "r") as src:
                 masks = src["masks"][()]
+                if masks.shape != group["obs"].shape[:3]:
+                    raise MasklamError(f"{part} holds masks of shape {masks.shape} for frames of shape "
+                                       f"{group['obs'].shape[:3]}: not this file's; remove {parts} and run again")
                 if key in group:
                     del group[key]
                 chunks = (1,) + masks.shape[1:] if len(masks) else None
@@ -142,9 +147,40 @@ class Plan:
         return [name for name in self.missing if not (self.parts / f"{name}.h5").is_file()]
 
 
-def plan(path: Path, key: str, prompt: Prompt | None) -> Plan:
+def data_fingerprint(path: Path) -> dict[str, int]:
+    """What tells one version of a dataset file from another (a run never changes it before its merge)."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def resume_folder(folder: Path, path: Path, settings: dict, what: str) -> None:
+    """Create ``folder`` (work in progress on ``path``) or check the one an interrupted run left: made from another
+    version of ``path`` (rewritten since) -> emptied, with a note; with other ``settings`` -> MasklamError (pass the
+    same options to resume). Records both in ``folder``/config.json."""
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        try:
+            found = json.loads(config_file.read_text())
+        except json.JSONDecodeError:
+            found = {}  # cut short by a kill while written: nothing to check by
+        if found.get("data", data_fingerprint(path)) != data_fingerprint(path) or not found:
+            shutil.rmtree(folder)
+            note_once(("stale", str(folder)), f"{folder} was made from another version of {path} (or cannot be "
+                      f"read): its {what} are made again")
+        else:
+            for name, value in settings.items():
+                if name == "prompt" and name in found:  # a prompt compares as numbers
+                    _check_same_prompt(folder, found[name], value, settings.get("key", "masks"))
+                elif name in found and found[name] != value:
+                    raise MasklamError(f"{folder} holds {what} made with {name} {found[name]!r}, not {value!r}; pass "
+                                       f"the same options to resume, or another --key")
+    folder.mkdir(exist_ok=True)
+    write_text(config_file, json.dumps({**settings, "data": data_fingerprint(path)}))
+
+
+def plan(path: Path, key: str, prompt: Prompt | None, made_by: dict[str, str] | None = None) -> Plan:
     """Validate the file and the prompt (default: the domain's box; a file naming no domain needs one), check it
-    matches earlier runs, prepare the parts dir."""
+    matches earlier runs (the prompt; ``made_by``: the segmenter and its weights), prepare the parts dir."""
     layout = read_layout(path, required=("obs",))  # validates obs (T,H,W,3) uint8 in every trajectory
     frame_hw = layout.img_hw
     if prompt is None:
@@ -166,11 +202,8 @@ def plan(path: Path, key: str, prompt: Prompt | None) -> Plan:
         missing = [name for name in names if key not in f[name]]
         lengths = {name: int(f[name]["obs"].shape[0]) for name in missing}
     if missing:
-        parts.mkdir(exist_ok=True)
-        config_file = parts / "config.json"
-        if config_file.is_file():
-            _check_same_prompt(parts, json.loads(config_file.read_text()).get("prompt"), prompt, key)
-        config_file.write_text(json.dumps({"prompt": prompt if isinstance(prompt, str) else list(prompt), "key": key}))
+        resume_folder(parts, path, {"prompt": prompt if isinstance(prompt, str) else list(prompt), "key": key,
+                                    **(made_by or {})}, "masks")
     else:
         print(f"{path}: all {len(names)} trajectories already have {key}")
     return Plan(prompt, parts, names, missing, lengths)

@@ -8,6 +8,7 @@ shifts of up to ``shift`` pixels applied to frame and mask alike.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, one_line
+from masklam.files import atomic_path
 
 DEFAULT_WIDTHS = (12, 24, 48, 96)
 
@@ -27,7 +29,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class StudentNet(nn.Module):
-    """U-Net: (B, H, W, 3) uint8 frames (H, W divisible by 2**(levels-1)) -> (B, H, W) mask logits."""
+    """U-Net: (B, H, W, 3) uint8 frames -> (B, H, W) mask logits."""
 
     def __init__(self, widths: Sequence[int] = DEFAULT_WIDTHS):
         super().__init__()
@@ -40,14 +42,19 @@ class StudentNet(nn.Module):
         self.head = nn.Conv2d(self.widths[0], 1, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, H, W) logits; sides that do not halve evenly are padded (edge values) first."""
+        h, w = frames.shape[1:3]
+        m = 2 ** (len(self.widths) - 1)
         x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if h % m or w % m:
+            x = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         for up, merge, skip in zip(self.up, self.merge, skips[-2::-1]):
             x = merge(torch.cat([up(x), skip], dim=1))
-        return self.head(x)[:, 0]
+        return self.head(x)[:, 0, :h, :w]
 
 
 def _shift(frames: torch.Tensor, masks: torch.Tensor, max_shift: int, gen: torch.Generator):
@@ -119,11 +126,17 @@ def num_params(net: nn.Module) -> int:
 
 
 def save_student(net: StudentNet, path: str | Path) -> None:
-    torch.save({"widths": list(net.widths), "state": net.state_dict()}, Path(path))
+    """Atomically (files.atomic_path): a kill while saving leaves no half-written student."""
+    with atomic_path(path) as tmp:
+        torch.save({"widths": list(net.widths), "state": net.state_dict()}, tmp)
 
 
 def load_student(path: str | Path) -> StudentNet:
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    net = StudentNet(blob["widths"])
-    net.load_state_dict(blob["state"])
+    """A saved student; one line naming the file when it cannot be read."""
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        net = StudentNet(blob["widths"])
+        net.load_state_dict(blob["state"])
+    except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        raise MasklamError(f"{path} is not a readable student ({one_line(e)}); delete it to train it again") from None
     return net.eval()
