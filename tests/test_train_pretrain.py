@@ -84,6 +84,59 @@ def test_resume_refuses_a_different_config(small_cfg, tiny_h5, tmp_path):
         pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2, lr=1e-2))
 
 
+def test_resume_refuses_other_data_or_observations(small_cfg, write_synthetic_dataset, tmp_path):
+    data = write_synthetic_dataset(tmp_path / "d.h5", n_traj=10, length=8)
+    pretrain(small_cfg("lapo", data, tmp_path / "r", updates=2), until=1)
+    with pytest.raises(MasklamError, match="observations"):  # recorded only when set: compared with its default
+        pretrain(small_cfg("lapo", data, tmp_path / "r", updates=2, observations="clean"))
+    write_synthetic_dataset(data, n_traj=14, length=8)  # the data grew meanwhile: another split
+    with pytest.raises(MasklamError, match="other data .*train_trajectories differ"):
+        pretrain(small_cfg("lapo", data, tmp_path / "r", updates=2))
+
+
+def test_a_checkpoint_writes_the_model_before_the_resume_state(small_cfg, tiny_h5, tmp_path, monkeypatch):
+    """Killed between the two files, the run resumes from the older state: a train_state.pt of step S always
+    comes with the model of step S."""
+    from masklam.train import checkpoint
+
+    cfg = small_cfg("lapo", tiny_h5, tmp_path, updates=4, ckpt_every=2)
+    pretrain(cfg, until=2)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg)  # killed while writing step 4's train_state.pt
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "config.json").read_text())["step"] == 4  # the model went first
+    assert torch.load(tmp_path / "train_state.pt", weights_only=False)["step"] == 2
+    pretrain(cfg)
+    assert torch.load(tmp_path / "train_state.pt", weights_only=False)["step"] == 4
+    assert json.loads((tmp_path / "config.json").read_text())["step"] == 4
+
+
+def test_tensorboard_keeps_every_step_across_a_resume(small_cfg, tiny_h5, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = small_cfg("lapo", tiny_h5, tmp_path, updates=4, log_every=1, ckpt_every=2, tensorboard=True)
+    pretrain(cfg, until=2)
+    pretrain(cfg)  # resumes after step 2: step 2's point, logged before its checkpoint, is not purged
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert sorted({e.step for e in events.Scalars("train/loss")}) == [1, 2, 3, 4]
+
+
+def test_a_finished_run_is_probed_again_when_the_probe_settings_change(small_cfg, tiny_h5, tmp_path):
+    pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2))
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    assert "probe_nmse_cv" in first and first["probe_settings"] == {"ridge": None, "max_trajs": None}
+    again = pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2, probe_ridge=1000.0))
+    assert again["probe_ridge"] == 1000.0 and again["probe_nmse"] != first["probe_nmse"]
+    assert "probe_nmse_cv" not in again and again["steps"] == first["steps"]  # no score of the old probe stays
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_cfg, tiny_h5, tmp_path, monkeypatch):
     from masklam.models.lam import PixelLAM
 
@@ -108,6 +161,12 @@ def test_bad_inputs_are_one_line_errors(small_cfg, write_synthetic_dataset, tiny
         small_cfg("laom-sup", tiny_h5, tmp_path, labels=0)
     with pytest.raises(MasklamError, match="mask_lambda"):
         small_cfg("masklam", tiny_h5, tmp_path, mask_lambda=2.0)
+    for bad, message in (({"seed": -1}, "seed must be in"), ({"split_seed": 2 ** 32}, "split_seed must be in"),
+                         ({"epochs": float("nan"), "updates": None}, "epochs must be a finite"),
+                         ({"weight_decay": float("nan")}, "weight_decay must be a finite"),
+                         ({"fdm_width": 0.01}, "leaves the FDM's first stage no channel")):
+        with pytest.raises(MasklamError, match=message):
+            small_cfg("lapo", tiny_h5, tmp_path, **bad)
     with pytest.raises(MasklamError):
         pretrain(small_cfg("lapo", tmp_path / "missing.h5", tmp_path / "r"))
     no_masks = tmp_path / "nomask.h5"
@@ -141,8 +200,10 @@ def test_cli_pretrain_then_probe(tiny_h5, tmp_path, capsys):
     assert main(["probe", str(run), "--ridge", "10.0"]) == 0
     out = capsys.readouterr().out
     assert "probe_nmse" in out
-    second = json.loads((run / "metrics.json").read_text())["probe_nmse"]
-    assert second != first and np.isfinite(second)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["probe_nmse"] != first and np.isfinite(metrics["probe_nmse"])
+    assert "probe_nmse_cv" not in metrics  # the cross-validated score of the first probe is gone with it
+    assert metrics["probe_settings"] == {"ridge": 10.0, "max_trajs": None} and metrics["steps"] == 2
     assert main(["pretrain", "--method", "masklam", "--data", str(tmp_path / "none.h5"), "--out", str(run)]) == 2
 
 

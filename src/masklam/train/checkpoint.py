@@ -21,12 +21,14 @@ TRAIN_STATE = "train_state.pt"
 
 def save_checkpoint(run_dir: Path, model: LatentActionModel, optimizer: torch.optim.Optimizer, step: int,
                     config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    """Write train_state.pt (resume) and model.safetensors + config.json (from_pretrained) at `step`."""
+    """Write model.safetensors + config.json (from_pretrained), then train_state.pt (resume), at `step`: killed
+    between the two, the run resumes from the older state and writes both again, so a run whose train_state.pt says
+    it is done has the model of that step."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(run_dir, {**config, "step": step})
     state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "extra": extra or {}}
     with atomic_path(run_dir / TRAIN_STATE) as tmp:
         torch.save(state, tmp)
-    model.save_pretrained(run_dir, {**config, "step": step})
 
 
 def load_train_state(run_dir: Path, device: torch.device) -> dict[str, Any] | None:
@@ -59,6 +61,17 @@ def check_resumable(run_dir: Path, new_config: dict[str, Any], allowed_changes: 
         if json.loads(json.dumps(value, default=str)) != json.loads(json.dumps(was, default=str)):
             raise MasklamError(f"{run_dir} holds a run with {key}={was!r}, not {value!r}; "
                                "use the same arguments to resume, or another --out")
+
+
+def check_same_data(run_dir: Path, new_config: dict[str, Any]) -> None:
+    """MasklamError if `run_dir` holds a run that split other trajectories (the data changed since it started: a
+    resumed run would probe on trajectories it trained on)."""
+    path = run_dir / "config.json"
+    old = read_json(path) if path.is_file() else {}
+    for key in ("train_trajectories", "heldout_trajectories", "num_train_windows"):
+        if key in old and old[key] != new_config[key]:
+            raise MasklamError(f"{run_dir} holds a run on other data ({key} differ: the data changed since it "
+                               "started); resume it on the same data, or use another --out")
 
 
 def lam_config(lam_dir: str | Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from masklam import methods
 from masklam.errors import MasklamError
+from masklam.models.encoder import stage_channels
 from masklam.models.lam import LAMConfig
 
 Method = Literal[methods.trainers()]  # type: ignore[valid-type]  # lapo, masklam, laom, laom-sup
@@ -93,6 +94,8 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
 _METHOD_GROUPS = {PIXEL: "pixel LAMs (lapo, masklam)", LAOM: "LAOM (laom, laom-sup)"}
 
 # Fields that may change between an interrupted run and its resumption.
+RECORDED_WHEN_SET: dict[str, Any] = dict(observations="distracted", episode_length=None)
+"""fields a run's config.json records only when they differ from these (so a resume compares them with these)"""
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
                                "wandb_project", "probe_batch_size", "progress", "threads",
                                # the probe runs after training: changing it never invalidates the weights
@@ -340,10 +343,16 @@ class PretrainConfig:
                 raise MasklamError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.updates is not None and self.updates < 1:
             raise MasklamError(f"updates must be >= 1, got {self.updates}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise MasklamError(f"epochs must be > 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise MasklamError(f"lr must be > 0, got {self.lr}")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise MasklamError(f"epochs must be a finite number > 0, got {self.epochs}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise MasklamError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("seed", "split_seed"):  # numpy's generators take 0 .. 2**32 - 1
+            if not 0 <= getattr(self, name) < 2 ** 32:
+                raise MasklamError(f"{name} must be in [0, 2**32), got {getattr(self, name)}")
+        for name in ("weight_decay", "sup_coef", "grad_clip", "probe_ridge", "fdm_width", "target_tau"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise MasklamError(f"{name} must be a finite number, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise MasklamError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if not 0.0 <= self.mask_lambda <= 1.0:
@@ -366,6 +375,9 @@ class PretrainConfig:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
         if not self.fdm_width > 0:
             raise MasklamError(f"fdm_width must be > 0, got {self.fdm_width}")
+        if min(stage_channels(self.encoder_scale * self.fdm_width)) < 1:
+            raise MasklamError(f"fdm_width {self.fdm_width} x encoder_scale {self.encoder_scale} leaves the FDM's "
+                               f"first stage no channel (16 x {self.encoder_scale * self.fdm_width:g} rounds to 0)")
         if self.idm_window == "single" and self.max_offset != 1:
             raise MasklamError(f"--idm-window single reads one window o_(t-F+1..t+1): it needs --max-offset 1, "
                                f"got {self.max_offset}")

@@ -25,12 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from masklam.args import parse
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 from masklam.files import read_json, write_json
 from masklam.locks import output_lock
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
-from masklam.train.checkpoint import check_resumable, load_train_state, save_checkpoint
-from masklam.train.config import FIELD_DEFAULTS, RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig
+from masklam.train.checkpoint import check_resumable, check_same_data, load_train_state, save_checkpoint
+from masklam.train.config import FIELD_DEFAULTS, RECIPE_NOTICE, RECORDED_WHEN_SET, RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
 from masklam.train.precision import autocast, bf16_active
@@ -216,9 +216,10 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
                                 cfg.frame_stack, cfg.max_offset)
     total = cfg.total_updates(sampler.num_windows)
     config = cfg.to_dict()
-    check_resumable(cfg.out, config, RESUMABLE_CHANGES, FIELD_DEFAULTS)
+    check_resumable(cfg.out, config, RESUMABLE_CHANGES, {**FIELD_DEFAULTS, **RECORDED_WHEN_SET})
     config = {**config, "total_steps": total, "num_train_windows": sampler.num_windows,
               "train_trajectories": train_ids.tolist(), "heldout_trajectories": held_ids.tolist()}
+    check_same_data(cfg.out, config)
     if data.meta.get("fps"):  # imported video records its frame rate: label, decode and bc check video against it
         config["data_fps"] = float(data.meta["fps"])
     if ctx.enabled:
@@ -236,6 +237,11 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
         start = int(state["step"])
         if ctx.is_main:
             tqdm.write(f"resuming {cfg.out} from step {start}/{total}")
+        recorded = read_json(cfg.out / "config.json") if (cfg.out / "config.json").is_file() else {}
+        was = int(recorded.get("world_size", 1))
+        if was != ctx.world_size and ctx.is_main:
+            note_once(("world-size", str(cfg.out)), f"{cfg.out} ran in {was} process(es), resumes in "
+                      f"{ctx.world_size}: its batches from here differ from an uninterrupted run's")
     return Run(cfg, ctx, device, data, train_ids, held_ids, sampler, labeled, uses_masks, total, config, model,
                optimizer, state, start)
 
@@ -249,8 +255,8 @@ def _already_complete(run: Run) -> bool:
 def _write_config(run: Run) -> None:
     """config.json before training (rank 0), keeping the "model" entry a checkpoint already wrote."""
     path = run.out / "config.json"
-    model = read_json(path).get("model") if path.is_file() else None  # none before the first checkpoint
-    write_json(path, {**run.config, "model": model} if model is not None else run.config)
+    old = read_json(path) if path.is_file() else {}  # "model" and "step": written by the last checkpoint
+    write_json(path, {**run.config, **{k: old[k] for k in ("model", "step") if k in old}})
 
 
 def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator, step: int,
@@ -329,6 +335,21 @@ def _loop(run: Run, stop_at: int, batch_sizes: tuple[int, int], use_bf16: bool
     return step, last, rates
 
 
+def probe_settings(cfg: PretrainConfig) -> dict[str, Any]:
+    """What the probe was asked for (metrics.json records it; None: ridge by cross-validation, every trajectory)."""
+    return {"ridge": cfg.probe_ridge, "max_trajs": cfg.probe_max_trajs}
+
+
+def _reprobe(run: Run, metrics: dict[str, Any]) -> None:
+    """metrics.json of a finished run with its probe made again under the run's probe settings."""
+    cfg = run.cfg
+    run.model.eval()
+    probe = probe_lam(run.model, run.data, run.train_ids, run.held_ids, cfg.probe_ridge, cfg.probe_batch_size,
+                      cfg.probe_max_trajs, progress=cfg.progress)
+    kept = {k: v for k, v in metrics.items() if not k.startswith("probe_")}  # no score of the old probe stays
+    write_json(run.out / "metrics.json", {**kept, **probe, "probe_settings": probe_settings(cfg)})
+
+
 def _finish(run: Run, last: dict[str, float], rates: list[float], use_bf16: bool, t0: float) -> dict[str, Any]:
     """After training (rank 0): reconstructions, the held-out probe, metrics.json."""
     from masklam.data import WindowSampler
@@ -346,7 +367,7 @@ def _finish(run: Run, last: dict[str, float], rates: list[float], use_bf16: bool
     metrics: dict[str, Any] = {"method": cfg.method, "steps": run.total, "complete": True,
                                "precision": "bf16" if use_bf16 else "fp32",
                                # CPU results are bit-identical for a seed *and* thread count, not across thread counts
-                               "torch_threads": torch.get_num_threads(), **probe,
+                               "torch_threads": torch.get_num_threads(), **probe, "probe_settings": probe_settings(cfg),
                                **{k: v for k, v in last.items()}}
     if rates:
         metrics["train/samples_per_s"] = float(np.median(rates))
@@ -366,8 +387,16 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
     batch_sizes = per_rank_sizes(cfg, ctx)
     run = _setup(cfg, ctx, device)
     if _already_complete(run):
-        if ctx.is_main:
-            tqdm.write(f"{run.out} is already complete ({run.total} steps); metrics.json kept")
+        metrics = read_json(run.out / "metrics.json")
+        if metrics.get("probe_settings", probe_settings(cfg)) == probe_settings(cfg):
+            if ctx.is_main:
+                tqdm.write(f"{run.out} is already complete ({run.total} steps); metrics.json kept")
+            return metrics
+        if ctx.is_main:  # the probe's settings changed (RESUMABLE_CHANGES): the probe again, on the final model
+            tqdm.write(f"{run.out} is already complete ({run.total} steps); probing it again with "
+                       f"{probe_settings(cfg)}, not {metrics['probe_settings']}")
+            _reprobe(run, metrics)
+        ctx.barrier()
         return read_json(run.out / "metrics.json")
     if ctx.is_main:
         _write_config(run)

@@ -256,8 +256,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     metrics = probe_lam(lam, data, train_ids, held_ids, cfg.ridge, cfg.batch_size, cfg.max_train_trajs, progress=True)
     if cfg.write:
         path = cfg.ckpt / "metrics.json"
-        old = read_json(path) if path.is_file() else {}
-        write_json(path, {**old, **metrics})
+        old = read_json(path) if path.is_file() else {}  # the old probe's scores go: none stays beside the new ones
+        write_json(path, {**{k: v for k, v in old.items() if not k.startswith("probe_")}, **metrics,
+                          "probe_settings": {"ridge": cfg.ridge, "max_trajs": cfg.max_train_trajs}})
     return metrics
 
 
