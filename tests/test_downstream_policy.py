@@ -1,6 +1,7 @@
 """bc.py and decode.py on a tiny synthetic dataset: learning, targets, save/load, resume, decoder."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,13 @@ def test_bc_resume_matches_uninterrupted(toy: Path, tmp_path: Path, monkeypatch:
     train_bc(_cfg(toy, tmp_path / "cut", updates=12, save_every=4), progress=False)
     a, b = ImagePolicy.from_pretrained(tmp_path / "full"), ImagePolicy.from_pretrained(tmp_path / "cut")
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    with monkeypatch.context() as m:  # killed after the last checkpoint, before the policy was saved
+        m.setattr(ImagePolicy, "save_pretrained", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            train_bc(_cfg(toy, tmp_path / "late", updates=12, save_every=4), progress=False)
+    late = train_bc(_cfg(toy, tmp_path / "late", updates=12, save_every=4), progress=False)  # no update left
+    assert late["bc/train_mse"] == full["bc/train_mse"] > 0  # the last update's loss, kept with the state
     with pytest.raises(MasklamError, match="updates=12"):
         train_bc(_cfg(toy, tmp_path / "cut", updates=13), progress=False)
     # where it runs and how often it checkpoints may change; a resume directory without its config resumes
@@ -183,7 +191,7 @@ def test_latent_bc_standardises_targets(toy: Path, tmp_path: Path) -> None:
     assert not all(torch.allclose(p, q, atol=1e-4) for p, q in zip(big.parameters(), raw.parameters()))
 
 
-def test_idm_relabels(toy: Path, tmp_path: Path) -> None:
+def test_idm_relabels(toy: Path, tmp_path: Path, write_toy) -> None:
     """BC on IDM relabels regresses the IDM's clipped output: an IDM that always says (2, -0.3) relabels every
     window (1, -0.3), and the policy trained on the relabels learns that action, not the true ones."""
     train_bc(_cfg(toy, tmp_path / "idm", pair_input=True, labels=2, updates=5), progress=False)
@@ -211,11 +219,26 @@ def test_idm_relabels(toy: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(pol.select_action(frames), [[1.0, -0.3]] * 16, atol=0.1)
     with pytest.raises(MasklamError, match="not an inverse dynamics model"):
         make_target_fn("idm", "cpu", idm=tmp_path / "bc_idm")
+    big = write_toy(tmp_path / "big.h5", hw=32)  # frames the 16x16 IDM cannot read: one line, before work
+    with pytest.raises(MasklamError, match="reads 16x16 frames, .*big.h5 has 32x32"):
+        train_bc(_cfg(big, tmp_path / "bc_big", target="idm", idm=tmp_path / "const_idm"), progress=False)
 
 
 def test_bad_config(toy: Path, tmp_path: Path) -> None:
+    from masklam.downstream.experiment_config import ExperimentConfig
+    from masklam.downstream.stages import EvalOptions
+
     with pytest.raises(MasklamError, match="--lam"):
         BCConfig(data=(toy,), out=tmp_path, target="latent")
+    for make, message in ((lambda: _cfg(toy, tmp_path, seed=-1), "seed must lie in"),
+                          (lambda: _cfg(toy, tmp_path, split_seed=2 ** 32), "split_seed must lie in"),
+                          (lambda: DecodeConfig(data=(toy,), out=tmp_path, policy=tmp_path, split_seed=-1),
+                           "split_seed must lie in"),
+                          (lambda: EvalOptions(seed=-1), "seed must lie in"),  # before any stage trains
+                          (lambda: ExperimentConfig(out=tmp_path, tasks=["t"], methods=["lapo"], seeds=[0, -1],
+                                                    data={"t": {"train": [str(toy)]}}), r"seeds\[1\] must lie in")):
+        with pytest.raises(MasklamError, match=message):
+            make()
     with pytest.raises(MasklamError, match="labeled"):
         train_bc(_cfg(toy, tmp_path / "x", labels=50), progress=False)
     with pytest.raises(MasklamError, match="not a policy"):

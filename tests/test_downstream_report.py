@@ -242,6 +242,31 @@ def test_report_bad_input(tmp_path: Path) -> None:
     (tmp_path / "results.csv").write_text(",".join(results.REQUIRED_COLUMNS) + "\nlapo,t,8,2,0,id,abc,1,1\n")
     with pytest.raises(MasklamError, match="probe_nmse"):
         results.read_results(tmp_path / "results.csv")
+    for row, message in (("lapo,t,8,2,inf,id,0.5,1,1", "column 'seed' is not an integer: 'inf'"),
+                         ("lapo,t,8,2", "results.csv:2: the row ends before column")):
+        (tmp_path / "results.csv").write_text(",".join(results.REQUIRED_COLUMNS) + f"\n{row}\n")
+        with pytest.raises(MasklamError, match=message):
+            results.read_results(tmp_path / "results.csv")
+
+
+def test_example_frames_skip_data_they_cannot_show(tmp_path: Path, write_toy) -> None:
+    import h5py
+
+    (tmp_path / "shards.parquet").write_bytes(b"PAR1 not hdf5")
+    assert not figures.example_frames(tmp_path / "shards.parquet", tmp_path / "a.png")
+    data = write_toy(tmp_path / "d.h5")
+    with h5py.File(data, "a") as f:  # trajectories numbered from 5: the first one is shown
+        for name in sorted(f.keys(), key=int, reverse=True):
+            f.move(name, str(int(name) + 5))
+        assert "masks" in f["5"]
+    assert figures.example_frames(data, tmp_path / "b.png") and (tmp_path / "b.png").is_file()
+
+
+def test_a_sweep_counts_the_trajectories_of_a_folder_of_shards(tmp_path: Path, write_toy) -> None:
+    (tmp_path / "shards").mkdir()
+    for i in range(2):
+        write_toy(tmp_path / "shards" / f"{i}.h5", n_traj=5, seed=i)
+    assert sweep._num_train_trajectories({"data": [str(tmp_path / "shards")], "heldout": 0.2}) == 8
 
 
 def test_over_seeds_is_the_one_aggregation() -> None:

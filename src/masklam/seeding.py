@@ -21,6 +21,17 @@ STREAMS: dict[str, int] = {
 }
 
 
+SEED_RANGE = 2**32
+"""seeds lie in 0 .. 2**32 - 1 (what numpy's generators and SeedSequence's one word of entropy take)"""
+
+
+def check_seeds(**seeds: int) -> None:
+    """One line, before any work, for a seed outside 0 .. 2**32 - 1 (``check_seeds(seed=s, split_seed=t)``)."""
+    for name, value in seeds.items():
+        if not 0 <= int(value) < SEED_RANGE:
+            raise MasklamError(f"{name} must lie in 0..2**32-1, got {value}")
+
+
 def seed_sequence(stream: str, seed: int, index: int) -> np.random.SeedSequence:
     """The SeedSequence of item `index` of `stream` under the user seed `seed`."""
     if stream not in STREAMS:

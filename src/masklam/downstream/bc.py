@@ -32,6 +32,7 @@ from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.locks import output_lock
 from masklam.files import atomic_path, write_json
+from masklam.seeding import check_seeds
 from masklam.train.checkpoint import TRAIN_STATE, check_lam_data, check_resumable, lam_mask_key, load_train_state
 from masklam.train.precision import autocast
 from masklam.train.schedule import lr_factor, make_optimizer, set_lr
@@ -128,6 +129,7 @@ class BCConfig:
             raise MasklamError(f"updates must be >= 1, got {self.updates}")
         if not 0 <= self.heldout < 1:
             raise MasklamError(f"heldout must be in [0, 1), got {self.heldout}")
+        check_seeds(seed=self.seed, split_seed=self.split_seed)
 
 
 @dataclass
@@ -152,11 +154,11 @@ def _setup(cfg: BCConfig, device: torch.device, progress: bool) -> _Setup:
     if cfg.target == "latent":
         check_lam_data(cfg.lam, cfg.data, any_fps=cfg.any_fps)
     mask_key = lam_mask_key(cfg.lam) if cfg.target == "latent" else None
+    target_fn, out_dim, target_frames = make_target_fn(cfg.target, device, cfg.lam, cfg.idm, cfg.data)  # checked
     data = load_dataset(list(cfg.data), mask_key=mask_key, progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     if cfg.labels is not None:
         train_ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
-    target_fn, out_dim, target_frames = make_target_fn(cfg.target, device, cfg.lam, cfg.idm)
     frames = max(cfg.frame_stack, target_frames)
     sampler = WindowSampler(data, train_ids, frame_stack=frames, max_offset=1, need_masks=mask_key is not None)
     if cfg.target == "latent" and cfg.standardize:
@@ -172,19 +174,20 @@ def _setup(cfg: BCConfig, device: torch.device, progress: bool) -> _Setup:
 
 
 def _resume(cfg: BCConfig, model: ImagePolicy, opt: torch.optim.Optimizer, rng: np.random.Generator,
-            device: torch.device) -> int:
-    """Check OUT/resume/config.json against cfg (one resume rule), restore the saved state; -> the start update."""
+            device: torch.device) -> tuple[int, float]:
+    """Check OUT/resume/config.json against cfg (one resume rule), restore the saved state; -> the start update
+    and the training loss of the update before it (NaN: none)."""
     run_dir = cfg.out / RESUME_DIR
     run_cfg = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     check_resumable(run_dir, run_cfg, RESUMABLE_CHANGES)
     write_json(run_dir / "config.json", run_cfg, indent=1)
     st = load_train_state(run_dir, device)
     if st is None:
-        return 0
+        return 0, float("nan")
     model.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
     rng.bit_generator.state = st["rng"]
-    return int(st["step"])
+    return int(st["step"]), float(st.get("loss", float("nan")))
 
 
 def _batch(b: dict[str, np.ndarray], target: torch.Tensor, fs: int, pair: bool) -> dict[str, torch.Tensor]:
@@ -195,10 +198,10 @@ def _batch(b: dict[str, np.ndarray], target: torch.Tensor, fs: int, pair: bool) 
 
 
 def _save_state(path: Path, model: ImagePolicy, opt: torch.optim.Optimizer, rng: np.random.Generator,
-                step: int) -> None:
+                step: int, loss: float) -> None:
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
-                    "step": step}, tmp)
+                    "step": step, "loss": loss}, tmp)
 
 
 def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
@@ -210,11 +213,10 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
         model = ImagePolicy(s.policy_cfg).to(device)
     opt = make_optimizer(model, cfg.optimizer, cfg.lr)
     rng = np.random.default_rng([cfg.seed, 1])
-    step = _resume(cfg, model, opt, rng, device)
+    step, last_loss = _resume(cfg, model, opt, rng, device)
     state_path = cfg.out / RESUME_DIR / TRAIN_STATE
     model.train()
     bar = tqdm(total=s.updates, initial=step, desc=f"bc {cfg.target}", unit="update", disable=not progress)
-    loss = torch.zeros(())
     while step < s.updates:
         b = s.sampler.sample(cfg.batch_size, rng)
         target = s.target_fn(b)  # fp32, as the decoder will read it
@@ -228,11 +230,12 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(mse=f"{loss.item():.4f}")
-        if step % cfg.save_every == 0 or step == s.updates:
-            _save_state(state_path, model, opt, rng, step)
+        if step % cfg.save_every == 0 or step == s.updates:  # (a device sync at these steps only)
+            last_loss = float(loss.item())
+            _save_state(state_path, model, opt, rng, step, last_loss)
     bar.close()
     model.eval()
-    metrics = {"bc/train_mse": float(loss.item()), "bc/updates": step}
+    metrics = {"bc/train_mse": last_loss, "bc/updates": step}
     if len(s.heldout_ids):
         metrics["bc/heldout_mse"] = heldout_mse(model, s.data, s.heldout_ids, s.target_fn, s.frames, cfg, s.need_masks)
     model.save_pretrained(cfg.out)

@@ -25,6 +25,7 @@ from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.locks import output_lock
 from masklam.files import write_json
+from masklam.seeding import check_seeds
 
 VERSION = 2
 """Version of what decoder training computes for a config (2: held-out errors over every held-out window)."""
@@ -96,6 +97,7 @@ class DecodeConfig:
             raise MasklamError(f"head_gain must be > 0, got {self.head_gain}")
         if not self.data:
             raise MasklamError("no dataset given (--data)")
+        check_seeds(seed=self.seed, split_seed=self.split_seed)
         if (self.policy is None) == (self.lam is None):
             raise MasklamError("give what to decode: --policy DIR (a latent policy) or --lam DIR (a LAM's latents)")
         if self.lam is not None and self.input != "latent":

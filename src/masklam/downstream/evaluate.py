@@ -20,6 +20,7 @@ from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json
 from masklam.metrics import standard_error
+from masklam.seeding import check_seeds
 
 VERSION = 2
 """Version of what evaluation computes for a config (2: episodes from the `eval` seed stream)."""
@@ -126,6 +127,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 0:
             raise MasklamError("episodes must be >= 1 and workers >= 0")
+        check_seeds(seed=self.seed)
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise MasklamError(f"--max-episode-steps must be >= 1, got {self.max_episode_steps}")
         bad = [s for s in self.splits if s not in SPLITS]

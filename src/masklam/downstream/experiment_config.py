@@ -19,6 +19,7 @@ from masklam.downstream.stages import EvalOptions, pretrain_conf
 from masklam.downstream.sweep import sweep_methods
 from masklam.errors import MasklamError
 from masklam.renames import rename_keys
+from masklam.seeding import check_seeds
 from masklam.typecheck import check_values
 
 COLLECTS = {"train": "collect", "clean": "collect_clean"}
@@ -76,11 +77,11 @@ class ExperimentConfig:
     progress: bool = True
     """progress bars"""
     train_workers: int | None = None
-    """(default 1) LAMs and full-data BCs of a task and seed trained at once, each in its own process with its share of the
-    cores as torch threads (CPU only; 1: one after another in this process). On 2 cores, one-thread processes
-    finish sooner than the same stages one after another with 2 threads each (docs/quickstart-time.md); a LAM's
-    numbers depend on its thread count (metrics.json: torch_threads). Named pretrain_workers until 2026-12-05
-    (still read, with a notice)"""
+    """(default 1) LAMs and full-data BCs of a task and seed trained at once, each in its own process with its
+    share of the cores as torch threads (CPU only; 1: one after another in this process). On 2 cores, one-thread
+    processes finish sooner than the same stages one after another with 2 threads each (docs/quickstart-time.md);
+    a LAM's numbers depend on its thread count (metrics.json: torch_threads). Named pretrain_workers until
+    2026-12-05 (still read, with a notice)"""
     description: str = ""
     """one line saying what the sweep compares (`masklam experiment --list`); no stage reads it"""
     pretrain_workers: InitVar[int | None] = None
@@ -104,6 +105,7 @@ class ExperimentConfig:
             raise MasklamError(f"unknown split {bad[0]!r}; use 'id' or 'ood'")
         if not self.tasks or not self.methods or not self.seeds:
             raise MasklamError("tasks, methods and seeds must not be empty")
+        check_seeds(**{f"seeds[{i}]": seed for i, seed in enumerate(self.seeds)})
         if any(d < 1 for d in self.latent_dims) or any(n < 1 for n in self.labels):
             raise MasklamError("latent_dims and labels must be >= 1")
         for task in self.tasks:

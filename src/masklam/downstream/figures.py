@@ -125,13 +125,19 @@ def method_bars(rows: list[Row], path: Path) -> bool:
 
 
 def example_frames(dataset: Path, path: Path) -> bool:
-    """Six frames of a dataset's first trajectory with their agent masks; False if it has no masks."""
+    """Six frames of a dataset's first trajectory with their agent masks; False if it has no masks or is not one of
+    our HDF5 files (MaskLAM's parquet data: no picture)."""
     import h5py
 
+    from masklam.data.hdf5 import trajectory_names
+
+    if not h5py.is_hdf5(dataset):
+        return False
     with h5py.File(dataset, "r") as f:
-        g = f["0"]
-        if "masks" not in g:
+        names = trajectory_names(f)
+        if not names or "masks" not in f[names[0]]:
             return False
+        g = f[names[0]]
         idx = np.linspace(0, g["obs"].shape[0] - 1, 6).astype(int)
         obs, masks = g["obs"][list(idx)], g["masks"][list(idx)]
     plt = _plt()

@@ -85,13 +85,16 @@ def normalize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _num(value: str, kind: type, name: str, path: Path, line: int) -> float | int | None:
+def _num(value: str | None, kind: type, name: str, path: Path, line: int) -> float | int | None:
+    if value is None:  # a row shorter than the header
+        raise MasklamError(f"{path}:{line}: the row ends before column {name!r}")
     if value.strip() == "":
         return None
     try:
         return kind(float(value)) if kind is int else kind(value)
-    except ValueError:
-        raise MasklamError(f"{path}:{line}: column {name!r} is not a number: {value!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: int('inf')
+        raise MasklamError(f"{path}:{line}: column {name!r} is not a{'n integer' if kind is int else ' number'}: "
+                           f"{value!r}") from None
 
 
 def _row(r: dict[str, str], path: Path, line: int) -> Row:

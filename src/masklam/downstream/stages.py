@@ -19,6 +19,7 @@ from masklam import methods
 from masklam.downstream.cache import run_stage
 from masklam.downstream.plan import is_pending
 from masklam.errors import MasklamError
+from masklam.seeding import check_seeds
 
 
 @dataclass
@@ -35,6 +36,7 @@ class EvalOptions:
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 0:
             raise MasklamError(f"episodes must be >= 1 and workers >= 0, got {self.episodes} and {self.workers}")
+        check_seeds(seed=self.seed)
 
 
 COLLECTED = "data.h5"

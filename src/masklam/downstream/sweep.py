@@ -51,12 +51,15 @@ def _normaliser(variant: str) -> str:
     return next(m for m in methods.names("normaliser") if methods.get(m).variant == variant)
 
 
-def _num_train_trajectories(paths: list[str], heldout: float) -> int:
+def _num_train_trajectories(conf: dict[str, Any]) -> int:
+    """The training trajectories of a BC's data (`conf`: its options), as BC splits them: folders of shards and
+    MaskLAM's parquet episodes counted as it reads them."""
     from masklam.data import split_trajectories
-    from masklam.data.dataset import data_layout
+    from masklam.data.dataset import data_layouts
 
-    n = sum(data_layout(p).num_trajectories for p in paths)
-    return len(split_trajectories(n, heldout)[0])
+    layouts = data_layouts(conf["data"], conf.get("observations"), conf.get("episode_length"))
+    n = sum(lay.num_trajectories for lay in layouts)
+    return len(split_trajectories(n, float(conf.get("heldout", 0.1)))[0])
 
 
 class Sweep:
@@ -98,7 +101,7 @@ class Sweep:
         """BC on all data with true actions, on each data variant the sweep's methods use."""
         for variant, conf in self.normaliser_confs(task, seed):
             policy = self.bc("bc", conf)
-            n_all = 0 if dry_run() else _num_train_trajectories(conf["data"], float(conf.get("heldout", 0.1)))
+            n_all = 0 if dry_run() else _num_train_trajectories(conf)
             self.evaluate_all(_normaliser(variant), task, 0, n_all, seed, None, {"bc": policy}, variant)
 
     def lam_method(self, method: str, task: str, seed: int) -> None:

@@ -81,11 +81,14 @@ def latent_target(lam_dir: str | Path, device: torch.device | str) -> tuple[Targ
     return latent, lam.latent_dim, f
 
 
-def idm_target(idm_dir: str | Path, device: torch.device | str) -> tuple[TargetFn, int, int]:
-    """(an IDM's relabel clipped to [-1, 1] for a batch, action dim, frames the IDM reads)."""
+def idm_target(idm_dir: str | Path, device: torch.device | str, data: Any = None) -> tuple[TargetFn, int, int]:
+    """(an IDM's relabel clipped to [-1, 1] for a batch, action dim, frames the IDM reads); checked against the
+    `data` it will relabel, where given (check_policy_data)."""
     idm = ImagePolicy.from_pretrained(idm_dir, device)
     if not idm.cfg.pair_input:
         raise MasklamError(f"{idm_dir} is not an inverse dynamics model (trained without --pair-input)")
+    if data is not None:
+        check_policy_data(idm, idm_dir, data)
     f = idm.frame_stack
 
     @torch.no_grad()
@@ -104,8 +107,9 @@ def action_target(device: torch.device | str) -> tuple[TargetFn, int, int]:
 
 
 def make_target_fn(target: str, device: torch.device | str, lam: str | Path | None = None,
-                   idm: str | Path | None = None) -> tuple[TargetFn, int, int]:
-    """(batch -> (B, D) target on `device`, D (-1: the action dim), frames the target needs) for `target`."""
+                   idm: str | Path | None = None, data: Any = None) -> tuple[TargetFn, int, int]:
+    """(batch -> (B, D) target on `device`, D (-1: the action dim), frames the target needs) for `target`; an IDM
+    is checked against the `data` it will relabel."""
     if target == "latent":
         if lam is None:
             raise MasklamError("target latent needs --lam DIR")
@@ -113,7 +117,7 @@ def make_target_fn(target: str, device: torch.device | str, lam: str | Path | No
     if target == "idm":
         if idm is None:
             raise MasklamError("target idm needs --idm DIR")
-        return idm_target(idm, device)
+        return idm_target(idm, device, data)
     if target == "action":
         return action_target(device)
     raise MasklamError(f"unknown target {target!r}; one of latent, action, idm")

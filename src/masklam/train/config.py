@@ -28,6 +28,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 from masklam import methods
 from masklam.errors import MasklamError
 from masklam.models.encoder import stage_channels
+from masklam.seeding import check_seeds
 from masklam.models.lam import LAMConfig
 
 Method = Literal[methods.trainers()]  # type: ignore[valid-type]  # lapo, masklam, laom, laom-sup
@@ -347,9 +348,7 @@ class PretrainConfig:
             raise MasklamError(f"epochs must be a finite number > 0, got {self.epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise MasklamError(f"lr must be a finite number > 0, got {self.lr}")
-        for name in ("seed", "split_seed"):  # numpy's generators take 0 .. 2**32 - 1
-            if not 0 <= getattr(self, name) < 2 ** 32:
-                raise MasklamError(f"{name} must be in [0, 2**32), got {getattr(self, name)}")
+        check_seeds(seed=self.seed, split_seed=self.split_seed)
         for name in ("weight_decay", "sup_coef", "grad_clip", "probe_ridge", "fdm_width", "target_tau"):
             if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise MasklamError(f"{name} must be a finite number, got {getattr(self, name)}")
