@@ -134,7 +134,10 @@ def test_config_errors(tmp_path: Path) -> None:
                         ('out = "x"\ntasks = ["t"]\nmethods = ["vqvae"]\n[data.t]\ntrain = ["a.h5"]\n',
                          "unknown method"),
                         ('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n', "no data for task"),
-                        ('out = "x"\ntasks = ["t"\n', "cannot parse")):
+                        ('out = "x"\ntasks = ["t"\n', "cannot parse"),
+                        ('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n[data.t]\ntrain = ["a.h5"]\n[decode]\n'
+                         'heldout = 0.2\n', r"heldout differs between the stage tables \(\[pretrain\] 0.1, .*"
+                                            r"\[decode\] 0.2")):
         (tmp_path / "c.toml").write_text(text)
         with pytest.raises(MasklamError, match=named):
             ex.load_config(tmp_path / "c.toml")

@@ -117,6 +117,21 @@ class ExperimentConfig:
                 raise MasklamError(f"{clean[0]} needs distractor-free data: data.{task}.clean or .collect_clean")
             _check_clean_is_one_kind(task, spec.get("clean"))
         check_background_paths(self)
+        _check_one_split(self)
+
+
+def _check_one_split(cfg: ExperimentConfig) -> None:
+    """One train/held-out split and labelled subset for every method compared: a table setting ``heldout`` or
+    ``split_seed`` apart from the others (the BCs and decoders inherit [pretrain]'s) would train one method's
+    decoder, or the baselines, on other labelled trajectories than another's."""
+    for key, default in (("heldout", 0.1), ("split_seed", 0)):
+        base = cfg.pretrain.get(key, default)
+        seen = {"pretrain": base, "bc": cfg.bc.get(key, base), "decode": cfg.decode.get(key, base),
+                "bc_full": {**cfg.bc, **cfg.bc_full}.get(key, base), "idm": {**cfg.bc, **cfg.idm}.get(key, base)}
+        if len(set(seen.values())) > 1:
+            shown = ", ".join(f"[{table}] {value}" for table, value in seen.items())
+            raise MasklamError(f"{key} differs between the stage tables ({shown}): the methods would be compared on "
+                               f"other labelled trajectories; set it once, in [pretrain]")
 
 
 def collected_data(collect: dict[str, Any], names: list[str]) -> dict[str, Any]:
