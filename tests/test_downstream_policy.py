@@ -155,6 +155,10 @@ def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
     assert isinstance(agent, LatentAgent) and agent.frame_stack == 1
     act = agent.select_action(b["obs_t"])
     assert act.shape == (4, 2) and np.abs(act).max() <= 1
+    train_decoder(DecodeConfig(lam=tmp_path / "lam", data=(toy,), out=tmp_path / "lam_dec", labels=2, updates=2,
+                               heldout=0.2), progress=False)  # over the LAM's raw latents (for `masklam label`)
+    with pytest.raises(MasklamError, match="trained on the latents of .* not on a latent policy's"):
+        load_policy(tmp_path / "pol", tmp_path / "lam_dec")  # same width, other units: refused
 
 
 def test_latent_bc_standardises_targets(toy: Path, tmp_path: Path) -> None:

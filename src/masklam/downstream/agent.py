@@ -21,6 +21,9 @@ class LatentAgent:
     """A frozen latent policy followed by its action decoder: the thing evaluated online."""
 
     def __init__(self, policy: ImagePolicy, decoder: ActionDecoder) -> None:
+        if decoder.dims.get("source"):  # `masklam decode --lam`: raw LAM latents, not a policy's standardised ones
+            raise MasklamError(f"the decoder was trained on the latents of {decoder.dims['source']} (for `masklam "
+                               "label`), not on a latent policy's: train one with `masklam decode --policy DIR`")
         self.input = decoder.dims.get("input", "latent")
         check_decoder_input(policy, self.input)
         if decoder.dims["latent_dim"] != feature_dim(policy, self.input):
