@@ -179,6 +179,10 @@ def test_unknown_task_fails_before_touching_files_and_workers_report_init_errors
         collect(cfg(out, task="cheetah-fly"))
     with pytest.raises(MasklamError, match="distractor|preset"):
         collect(cfg(out, distractors="heavy"))
+    for bad, message in (({"img_size": 4}, "img_size=4 must be an integer in 8..480"),
+                         ({"seed": 2 ** 32}, "seed must lie in")):  # the up-front check a sweep relies on
+        with pytest.raises(MasklamError, match=message):
+            collect(cfg(out, **bad))
     assert not out.exists() and not parts_dir(out).exists()
     # a worker whose environment cannot be built reports that on its first task (a pool would respawn it forever)
     collect_module._init_worker(cfg(out, task="cheetah-fly"), 1)

@@ -199,6 +199,23 @@ def test_action_repeat_reward_is_sum_of_single_steps():
     one.close(), two.close()
 
 
+def test_a_task_that_ends_says_so_instead_of_starting_anew():
+    from masklam.experts.state_env import StateEnv
+
+    env = make("lqr-lqr_2_1", distractors="none", img_size=16, action_repeat=2)
+    env.reset(seed=0)
+    with env._dm.physics.reset_context():  # lqr ends when the state's norm falls below 1e-6
+        env._dm.physics.data.qpos[:] = 0
+        env._dm.physics.data.qvel[:] = 0
+    _, _, terminated, truncated, info = env.step(np.zeros(env.action_space.shape))
+    assert terminated and not truncated and np.allclose(info["state"], 0)  # not a fresh start state
+    env.close()
+    state_env = StateEnv("cheetah-run", action_repeat=4)  # dm_control's own time limit there: truncated
+    state_env.reset(seed=0)
+    ends = [state_env.step(np.zeros(6))[2:4] for _ in range(250)]
+    assert ends[-1] == (False, True) and not any(any(e) for e in ends[:-1])
+
+
 def test_video_splits_disjoint_and_deterministic():
     train, evalu = ProceduralVideos("train", 32), ProceduralVideos("eval", 32)
     assert len(train.ids) == NUM_TRAIN_VIDEOS and len(evalu.ids) == NUM_EVAL_VIDEOS
@@ -296,6 +313,7 @@ def test_demo_writes_png(tmp_path, capsys):
     assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 100
     with pytest.raises(MasklamError, match=".png"):
         demo.DemoConfig(out=tmp_path / "d.jpg")
+    assert demo.DemoConfig(out=out, steps=(30, 0, 0)).steps == (0, 30)  # each shown once: the titles follow them
     from masklam.cli import main as cli_main
 
     capsys.readouterr()

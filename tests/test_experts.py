@@ -64,11 +64,21 @@ def test_actor_round_trip_and_batched_call(tmp_path):
         pol(np.zeros(3, np.float32))
 
 
-def test_errors_are_one_line():
+def test_errors_are_one_line(tmp_path):
     with pytest.raises(MasklamError, match="unknown task"):
         StateEnv("cheetah-fly")
     with pytest.raises(MasklamError, match="no expert"):
         load("cartpole-swingup-not-a-task")
+    save_expert(tmp_path / "x", _random_actor(17, 6), {"task": "cheetah-run", "action_repeat": 4})
+    (tmp_path / "x.json").unlink()  # its metadata lost
+    with pytest.raises(MasklamError, match="cannot read the expert .*x "):
+        load("cheetah-run", tmp_path / "x.safetensors")
+    (tmp_path / "x.json").write_text('{"task": "cheetah-run"}')  # no action_repeat
+    with pytest.raises(MasklamError, match="action_repeat"):
+        load("cheetah-run", tmp_path / "x.safetensors")
+    (tmp_path / "x.safetensors").write_bytes(b"\x01")  # cut short
+    with pytest.raises(MasklamError, match="cannot read the expert"):
+        load("cheetah-run", tmp_path / "x.safetensors")
 
 
 # The floor: below these mean returns an expert is not good enough (LAOM's: 838, 740, 307).
@@ -101,6 +111,22 @@ def test_expert_evaluation_uses_the_eval_stream_and_the_rollout_loop():
             ret, done = ret + r, term or trunc
         by_hand.append(ret)
     np.testing.assert_allclose(a, by_hand)
+
+
+def test_resuming_expert_training_with_another_action_repeat_is_refused(tmp_path):
+    import dataclasses
+    import json
+
+    from masklam.experts import train as expert_train
+
+    cfg = expert_train.ExpertTrainConfig(task="cheetah-run", out=tmp_path, action_repeat=4)
+    run = expert_train._Run(cfg)
+    run.dir.mkdir(parents=True)
+    run.ckpt.write_bytes(b"a checkpoint")  # an interrupted run
+    (run.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), default=str))
+    expert_train._check_resume(expert_train._Run(dataclasses.replace(cfg, steps=10 ** 6)))  # longer: resumable
+    with pytest.raises(MasklamError, match="action_repeat=4, not 2"):
+        expert_train._check_resume(expert_train._Run(dataclasses.replace(cfg, action_repeat=2)))
 
 
 def test_expert_cli_has_a_config_per_subcommand(tmp_path):

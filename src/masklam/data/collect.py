@@ -29,7 +29,7 @@ from masklam.data.parts import merge_parts, part_path, parts_dir, prepare_parts,
 from masklam.errors import MasklamError, MasklamRuntimeError, one_line
 from masklam.locks import output_lock
 from masklam.resources import check_free_space
-from masklam.seeding import stream_rng, stream_seed
+from masklam.seeding import check_seeds, stream_rng, stream_seed
 
 Policy = Callable[[np.ndarray], np.ndarray]  # (S,) float32 state -> (A,) action
 
@@ -387,10 +387,13 @@ def check_collection(cfg: CollectConfig) -> tuple[int, dict[str, Any]]:
     the expert), as one line; -> its action repeat and file attrs. Touches no file: a sweep checks every task's
     collection with it before it collects any."""
     from masklam.envs import make_config, parse_task
+    from masklam.envs.scene import check_common
     from masklam.envs.videos import check_background_path
 
     parse_task(cfg.task)
     make_config(cfg.distractors)
+    check_common(cfg.img_size, cfg.action_repeat if cfg.action_repeat is not None else 1, None)
+    check_seeds(seed=cfg.seed)
     if cfg.background_path is not None:
         check_background_path(cfg.background_path, cfg.video_split)
     action_repeat = _resolve_action_repeat(cfg)

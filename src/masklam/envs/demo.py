@@ -40,6 +40,7 @@ class DemoConfig:
             raise MasklamError("demo needs at least one task, one preset and one step")
         if any(s < 0 for s in self.steps):
             raise MasklamError(f"steps must be >= 0, got {self.steps}")
+        self.steps = tuple(sorted(set(self.steps)))  # each step shown once, in order (the titles count on it)
         if self.out.suffix.lower() != ".png":
             raise MasklamError(f"--out must name a .png file, got {self.out}")
 

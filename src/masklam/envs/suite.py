@@ -173,7 +173,9 @@ class DistractingControlEnv(DistractedScene):
         return self._observe(time_step.observation)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Apply `action` for action_repeat physics steps; reward is their sum."""
+        """Apply `action` for action_repeat physics steps (fewer when the task ends); reward is their sum. The task
+        ending (dm_control's last step: no time limit here, so a terminal state, e.g. lqr's) is `terminated`; the
+        episode length, `truncated`."""
         if self._rng is None:
             raise MasklamError("step() called before reset()")
         a = self._to_task_action(action)
@@ -182,11 +184,14 @@ class DistractingControlEnv(DistractedScene):
         for _ in range(self.action_repeat):
             time_step = self._dm.step(a)
             reward += float(time_step.reward or 0.0)
+            if time_step.last():  # stepping on would silently start a new episode
+                break
         self.profile["physics"] += time.perf_counter() - t0
         self._step_distractors(self._rng)
         self._t += 1
         obs, info = self._observe(time_step.observation)
-        return obs, reward, False, self._t >= self.max_episode_steps, info
+        terminated = bool(time_step.last())
+        return obs, reward, terminated, not terminated and self._t >= self.max_episode_steps, info
 
     # -- internals -----------------------------------------------------------------------------
     def _observe(self, observation: dict) -> tuple[np.ndarray, dict]:

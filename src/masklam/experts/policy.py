@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, one_line
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 
@@ -69,5 +70,9 @@ def load(task: str, path: str | Path | None = None) -> ExpertPolicy:
         where = (f"at {stem.with_suffix('.safetensors')}" if path
                  else f"shipped (shipped: {', '.join(available()) or 'none'})")
         raise MasklamError(f"no expert for {task!r} {where}; train one with `masklam expert train --task {task}`")
-    meta = json.loads(stem.with_suffix(".json").read_text())
-    return ExpertPolicy(load_file(str(stem.with_suffix(".safetensors"))), meta)
+    try:
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        return ExpertPolicy(load_file(str(stem.with_suffix(".safetensors"))), meta)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, SafetensorError) as e:  # missing .json, bad JSON,
+        raise MasklamError(f"cannot read the expert {stem} (.safetensors and .json): "  # a corrupt or foreign file
+                           f"{one_line(e)}") from None

@@ -44,4 +44,5 @@ class StateEnv(gym.Env):
             reward += ts.reward or 0.0
             if ts.last():
                 break
-        return flatten_state(ts.observation), float(reward), False, bool(ts.last()), {}
+        terminated = bool(ts.last() and ts.discount == 0)  # a terminal state; dm_control's time limit: truncated
+        return flatten_state(ts.observation), float(reward), terminated, bool(ts.last()) and not terminated, {}

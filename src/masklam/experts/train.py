@@ -211,11 +211,30 @@ def _learn(run: _Run, model: Any) -> None:
     run.save(model)
 
 
+RESUMABLE = frozenset({"steps", "eval_every", "out", "ship", "ship_to", "threads"})
+"""what may change between an interrupted `masklam expert train` and its resumption"""
+
+
+def _check_resume(run: _Run) -> None:
+    """One line when OUT/TASK holds a checkpoint made with other settings (another action repeat would mix two
+    in the replay buffer, and measure the best actor at the wrong one)."""
+    path = run.dir / "config.json"
+    if not (run.ckpt.exists() and path.is_file()):
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(dataclasses.asdict(run.cfg), default=str))
+    for key, value in new.items():
+        if key not in RESUMABLE and key in old and old[key] != value:
+            raise MasklamError(f"{run.dir} holds a run with {key}={old[key]!r}, not {value!r}; use the same "
+                               "arguments to resume, or another --out")
+
+
 def _finish(run: _Run) -> None:
-    """Evaluate the best actor over FINAL_EPISODES episodes and record the result beside it."""
+    """Evaluate the best actor over FINAL_EPISODES episodes, at its own action repeat, and record the result
+    beside it."""
     cfg = run.cfg
     best = load(cfg.task, run.dir / "best.safetensors")
-    rets = evaluate_policy(best, cfg.task, cfg.action_repeat, FINAL_EPISODES)
+    rets = evaluate_policy(best, cfg.task, best.action_repeat, FINAL_EPISODES)
     run.metrics.update(final_mean_return=float(rets.mean()), final_std_return=float(rets.std()), steps=cfg.steps)
     best.meta.update(mean_return_10=float(rets.mean()), std_return_10=float(rets.std()), train_steps=cfg.steps,
                      eval_command=f"masklam expert eval --task {cfg.task} --episodes {FINAL_EPISODES}")
@@ -230,6 +249,7 @@ def train(cfg: ExpertTrainConfig) -> dict:
     ship_to = ship_dir(cfg)  # a bad --ship fails before training, not after
     torch.set_num_threads(cfg.threads)
     run = _Run(cfg)
+    _check_resume(run)
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
     env = StateEnv(cfg.task, cfg.action_repeat)
