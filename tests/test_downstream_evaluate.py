@@ -130,6 +130,12 @@ def test_seeds_and_errors() -> None:
     assert "agent_masks" not in env_spec({"task": "fake-task", "factory": FACTORY}, "id").kwargs  # another factory's
     with pytest.raises(MasklamError, match="split"):
         env_spec({"task": "x"}, "test")
+    from masklam.downstream.targets import env_meta_of
+
+    on_eval_videos = env_meta_of({"domain_name": "cheetah", "task_name": "run", "split": "eval"}, {})
+    assert env_spec(on_eval_videos, "id").kwargs["video_split"] == "train"  # the key is no env argument
+    with pytest.raises(MasklamError, match="collected on the held-out .* would play them again"):
+        env_spec(on_eval_videos, "ood")
 
 
 def test_cli_writes_eval_json_where_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,7 +80,10 @@ def env_spec(env_meta: dict[str, Any], split: str, task: str | None = None,
     """The env of a policy's training data (recorded by bc.py), on the training ('id') or eval ('ood') videos."""
     if split not in SPLITS:
         raise MasklamError(f"unknown split {split!r}; use 'id' or 'ood'")
-    kwargs = {k: v for k, v in env_meta.items() if k not in ("task", "factory")}
+    if env_meta.get("data_video_split") == VIDEO_SPLIT_OF[split] and split == "ood":
+        raise MasklamError("the policy's data were collected on the held-out (eval) background videos: an 'ood' "
+                           "evaluation would play them again; evaluate 'id', or collect on the train videos")
+    kwargs = {k: v for k, v in env_meta.items() if k not in ("task", "factory", "data_video_split")}
     kwargs["video_split"] = VIDEO_SPLIT_OF[split]
     factory = env_meta.get("factory", DEFAULT_FACTORY)
     if factory == DEFAULT_FACTORY:

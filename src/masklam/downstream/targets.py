@@ -37,6 +37,8 @@ def env_meta_of(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     if "img_hw" in meta:
         hw = meta["img_hw"]
         env["img_size"] = int(hw[0] if isinstance(hw, (list, tuple, np.ndarray)) else hw)
+    if meta.get("split") == "eval":  # collected on the held-out videos: evaluation must know (env_spec)
+        env["data_video_split"] = "eval"
     env.update(overrides)
     return env
 
