@@ -64,7 +64,7 @@ collect = {{ episodes = 2, steps = 10, policy = "random", img_size = 16 }}
     (('latent_dims = [8]', 'latent_dims = 8'), "latent_dims = 8: expected a list of integers"),
     (('labels = [2]', 'labels = ["2"]'), 'labels = ["2"]: expected a list of integers'),
     (('[data.', '[pretrain]\nlr = "fast"\n[data.'), '[pretrain] lr = "fast": expected a number'),
-    (('[data.', '[pretrain]\nlr = -1.0\n[data.'), "[pretrain] lr must be > 0, got -1.0"),
+    (('[data.', '[pretrain]\nlr = -1.0\n[data.'), "[pretrain] lr must be a finite number > 0, got -1.0"),
     (('[data.', '[bc]\nupdates = 2.5\n[data.'), "[bc] updates = 2.5: expected an integer"),
     (('[data.', '[eval]\nworkers = -1\n[data.'), "[eval] episodes must be >= 1 and workers >= 0"),
     (('[data.', '[decode]\nlayers = true\n[data.'), "[decode] layers = true: expected an integer"),
