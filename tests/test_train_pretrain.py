@@ -161,7 +161,7 @@ def test_bad_inputs_are_one_line_errors(small_cfg, write_synthetic_dataset, tiny
         small_cfg("laom-sup", tiny_h5, tmp_path, labels=0)
     with pytest.raises(MasklamError, match="mask_lambda"):
         small_cfg("masklam", tiny_h5, tmp_path, mask_lambda=2.0)
-    for bad, message in (({"seed": -1}, "seed must be in"), ({"split_seed": 2 ** 32}, "split_seed must be in"),
+    for bad, message in (({"seed": -1}, "seed must lie in"), ({"split_seed": 2 ** 32}, "split_seed must lie in"),
                          ({"epochs": float("nan"), "updates": None}, "epochs must be a finite"),
                          ({"weight_decay": float("nan")}, "weight_decay must be a finite"),
                          ({"fdm_width": 0.01}, "leaves the FDM's first stage no channel")):
