@@ -104,6 +104,11 @@ def test_shards_of_a_directory_form_one_table_and_nested_list_images_read_too(tm
     pq.write_table(t.slice(0, 7), tmp_path / "task" / "train-00000-of-00002.parquet")  # episode 1 straddles them
     pq.write_table(t.slice(7), tmp_path / "task" / "train-00001-of-00002.parquet")
     check_loaded(load_dataset(tmp_path / "task", mask_key="masks", progress=False), eps)
+    (tmp_path / "task" / "train-00001-of-00002.parquet").rename(tmp_path / "shard1")  # an interrupted download
+    for where in (tmp_path / "task", tmp_path / "task" / "train"):
+        with pytest.raises(MasklamError, match=r"shards missing \(1 of 2\)"):
+            load_dataset(where, progress=False)
+    (tmp_path / "shard1").rename(tmp_path / "task" / "train-00001-of-00002.parquet")
     # rows after the last terminal flag: a last, unfinished episode; a parquet file is known by its content
     unfinished = table(eps).slice(0, 8)
     pq.write_table(unfinished, tmp_path / "data.bin")

@@ -135,6 +135,7 @@ def test_config_errors(tmp_path: Path) -> None:
                          "unknown method"),
                         ('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n', "no data for task"),
                         ('out = "x"\ntasks = ["t"\n', "cannot parse"),
+                        ('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\nseeds = [0, 0]\n', "seeds lists 0 twice"),
                         ('out = "x"\ntasks = ["t"]\nmethods = ["lapo"]\n[data.t]\ntrain = ["a.h5"]\n[decode]\n'
                          'heldout = 0.2\n', r"heldout differs between the stage tables \(\[pretrain\] 0.1, .*"
                                             r"\[decode\] 0.2")):

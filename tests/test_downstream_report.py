@@ -249,6 +249,21 @@ def test_report_bad_input(tmp_path: Path) -> None:
             results.read_results(tmp_path / "results.csv")
 
 
+def test_the_headline_says_higher_when_masklam_probes_worse() -> None:
+    from masklam.downstream.summary import headline
+
+    lines = headline({"masklam": {"probe_nmse": 0.9}, "lapo": {"probe_nmse": 0.6}, "lapo-clean": {"probe_nmse": 0.3}})
+    assert lines[0] == "MaskLAM vs LAPO, held-out probe NMSE: 1.50x higher"
+
+
+def test_rows_a_sweep_returns_read_as_results_csv_reads_them_back(tmp_path: Path) -> None:
+    _write_results(tmp_path / "results.csv")
+    back = results.read_results(tmp_path / "results.csv")
+    with (tmp_path / "results.csv").open() as f:
+        returned = [{k: (None if v == "" else v) for k, v in r.items()} for r in csv.DictReader(f)]
+    assert results.as_rows(returned, tmp_path / "results.csv") == back
+
+
 def test_example_frames_skip_data_they_cannot_show(tmp_path: Path, write_toy) -> None:
     import h5py
 

@@ -629,3 +629,35 @@ def test_a_second_sweep_of_the_same_seeds_is_refused_other_seeds_may_share_the_r
         finally:
             locks._HELD.update(held)
     assert ran == [[1]]
+    with locks.output_lock(tmp_path / "run" / "sweep-seeds-0-1"):
+        held = dict(locks._HELD)
+        locks._HELD.clear()
+        try:  # the same seeds in another order: the same sweep
+            with pytest.raises(MasklamError, match="is being written by another masklam process"):
+                experiment.run_experiment(dataclasses.replace(exp, seeds=[1, 0]))
+        finally:
+            locks._HELD.update(held)
+
+
+def test_sweeps_sharing_a_run_directory_write_temporaries_of_their_own(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklam.downstream.results import write_results
+
+    names = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: names.append(Path(a).name) or real(a, b))
+    write_results(tmp_path / "results.csv", [])
+    write_results(tmp_path / "results.csv", [])
+    assert len(set(names)) == 2 and all(n.startswith("results.csv.") and n.endswith(".tmp") for n in names)
+
+
+def test_an_output_that_cannot_be_a_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from masklam.files import read_json
+
+    (tmp_path / "afile").write_text("in the way")
+    code = cli.main(["collect", "--task", "cheetah-run", "--episodes", "1", "--steps", "2", "--policy", "random",
+                     "--out", str(tmp_path / "afile" / "d.h5"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"cannot create the folder {tmp_path / 'afile'}" in err and len(err.splitlines()) == 1
+    with pytest.raises(MasklamError, match="cannot read the file"):
+        read_json(tmp_path)  # a folder

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from masklam.errors import MasklamError
-from masklam.resources import disk_full, is_disk_full, raise_if_disk_full
+from masklam.resources import disk_full, ensure_dir, is_disk_full
 
 
 @contextlib.contextmanager
@@ -21,11 +21,7 @@ def atomic_path(path: str | Path, shared: bool = False) -> Iterator[Path]:
     disk: one-line MasklamRuntimeError naming `path`). `shared`: processes that hold no lock may write `path` at
     once (a cache every run fills), so each writes a temporary of its own (`path`.PID-RANDOM.tmp)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise_if_disk_full(e, path)
-        raise
+    ensure_dir(path.parent)
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp" if shared else path.name + ".tmp")
     try:
         yield tmp
@@ -38,14 +34,14 @@ def atomic_path(path: str | Path, shared: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
-    """Atomically write `obj` as indented JSON (non-JSON values as str)."""
-    write_text(path, json.dumps(obj, indent=indent, default=str))
+def write_json(path: str | Path, obj: Any, indent: int = 2, shared: bool = False) -> None:
+    """Atomically write `obj` as indented JSON (non-JSON values as str); `shared`: as `atomic_path`'s."""
+    write_text(path, json.dumps(obj, indent=indent, default=str), shared)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Atomically write a text file."""
-    with atomic_path(path) as tmp:
+def write_text(path: str | Path, text: str, shared: bool = False) -> None:
+    """Atomically write a text file; `shared`: as `atomic_path`'s."""
+    with atomic_path(path, shared) as tmp:
         tmp.write_text(text)
 
 
@@ -57,3 +53,5 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise MasklamError(f"no such {what}: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MasklamError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:  # a folder, no permission
+        raise MasklamError(f"cannot read the {what} {path} ({e.strerror or type(e).__name__})") from None

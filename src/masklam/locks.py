@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from masklam.errors import MasklamRuntimeError
+from masklam.errors import MasklamError, MasklamRuntimeError
+from masklam.resources import ensure_dir
 
 SUFFIX = ".lock"
 _HELD: dict[Path, int] = {}
@@ -40,9 +41,12 @@ def _holder(fd: int) -> str:
 
 def _acquire(lock: Path, output: Path, hint: str) -> int:
     """An open descriptor of `lock` holding its exclusive flock; one line naming the holder if another has it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(lock.parent)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # no permission, a folder in the way
+            raise MasklamError(f"cannot write beside {output}: {lock} ({e.strerror or type(e).__name__})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

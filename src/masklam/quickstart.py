@@ -14,13 +14,13 @@ Every stage is cached: a second run reuses what is done, an interrupted one resu
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.files import write_json, write_text
 from masklam.train.config import RECIPES as PRETRAIN_RECIPES
 
 PRESETS = ("cpu", "gpu", "toy")
@@ -129,7 +129,7 @@ SCALE_CURVE = ("scale curve (docs/results.md; cheetah-run, held-out probe NMSE o
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run (or resume) the quickstart; returns {'rows', 'summary', 'table', 'seconds'}."""
     from masklam.downstream.experiment import run_experiment
-    from masklam.downstream.results import read_results
+    from masklam.downstream.results import as_rows
     from masklam.downstream.stages import recipe_label
     from masklam.downstream.summary import format_table, gap_closed, headline_rows, summarize
 
@@ -139,15 +139,16 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
           f"methods {', '.join(exp.methods)}, "
           f"seeds {list(cfg.seeds)}, label budgets {exp.labels} -> {cfg.out}")
     rows = run_experiment(exp, render=True)
-    summary = summarize(headline_rows(read_results(cfg.out / "results.csv"))[0])  # as report.html shows it
+    # this run's rows, as report.html shows them (a sweep over other seeds may rewrite results.csv meanwhile)
+    summary = summarize(headline_rows(as_rows(rows, cfg.out / "results.csv"))[0])
     table = format_table(summary)
     seconds = time.time() - t0
     result = {"preset": cfg.preset, "recipe": cfg.recipe, "seconds": seconds, "summary": summary,
               "recipe_label": {m: recipe_label(m, exp.pretrain) for m in exp.methods},
               "gap_closed_probe": gap_closed(summary, "probe_nmse", True),
               "gap_closed_return_id": gap_closed(summary, "return_id", False)}
-    (cfg.out / "quickstart.json").write_text(json.dumps(result, indent=1) + "\n")
-    (cfg.out / "table.txt").write_text(table + "\n")
+    write_json(cfg.out / "quickstart.json", result, indent=1, shared=True)
+    write_text(cfg.out / "table.txt", table + "\n", shared=True)
     print("\n" + table)
     print(SCALE_CURVE)
     print(f"\n{cfg.out / 'results.csv'}, {cfg.out / 'report.html'} ({seconds / 60:.1f} min)")

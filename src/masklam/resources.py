@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from masklam.errors import MasklamRuntimeError
+from masklam.errors import MasklamError, MasklamRuntimeError
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("errno = 28", "No space left on device", "Disk quota exceeded")
@@ -75,6 +75,17 @@ def raise_if_disk_full(e: BaseException, path: str | os.PathLike, need: int | No
     """Raise `disk_full(path)` instead of `e` if it is a full disk (in an ``except`` clause, before ``raise``)."""
     if is_disk_full(e, path):
         raise disk_full(path, need) from None
+
+
+def ensure_dir(path: str | os.PathLike) -> None:
+    """``mkdir -p path``; a full disk, or a path that cannot be a folder (a file in the way, no permission), as
+    one line naming it."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise_if_disk_full(e, path)
+        text = str(e).strip().splitlines()
+        raise MasklamError(f"cannot create the folder {path} ({text[0] if text else type(e).__name__})") from None
 
 
 def check_free_space(path: str | os.PathLike, need: int, what: str) -> None:

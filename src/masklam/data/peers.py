@@ -57,7 +57,7 @@ INSTALL = "pip install 'masklam[papers]' (in a checkout: bash install.sh --paper
 MAX_EPISODE = 1000
 """the longest plausible episode (DMC: 1000 steps, Meta-World: 500); a longer table needs an end flag or
 `episode_length`"""
-SHARD = re.compile(r"^(?P<split>.+)-\d+-of-\d+\.parquet$")
+SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d+)-of-(?P<count>\d+)\.parquet$")
 """a Hugging Face shard name, `<split>-00000-of-00004.parquet`"""
 
 
@@ -98,12 +98,27 @@ def parquet_shards(path: str | os.PathLike) -> list[Path]:
     split's shards of DIR. [] when there are none."""
     path = Path(path)
     if not path.is_dir():
-        return [path] if path.exists() else _selected(path)
+        return _complete([path] if path.exists() else _selected(path), path)
     shards = sorted(path.glob("*.parquet"))
     splits = sorted({m["split"] for p in shards if (m := SHARD.match(p.name))})
     if len(splits) > 1:
         raise MasklamError(f"{path} holds the shards of several splits ({', '.join(splits)}); give one, "
                            f"e.g. {path / splits[0]}")
+    return _complete(shards, path)
+
+
+def _complete(shards: list[Path], where: Path) -> list[Path]:
+    """`shards`, or one line when they are `-NNNNN-of-MMMMM` shards and some of the M are missing (an interrupted
+    download: episodes would be glued across the gap)."""
+    numbered = [m for p in shards if (m := SHARD.match(p.name))]
+    if not numbered:
+        return shards
+    counts = {int(m["count"]) for m in numbered}
+    have = {int(m["index"]) for m in numbered}
+    missing = sorted(set(range(max(counts))) - have)
+    if len(counts) > 1 or missing:
+        raise MasklamError(f"{where}: shards missing ({', '.join(str(i) for i in missing[:5]) or 'of several counts'}"
+                           f" of {max(counts)}); a shard's episodes may continue in the next: download them all")
     return shards
 
 

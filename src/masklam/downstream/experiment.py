@@ -48,6 +48,7 @@ from masklam.downstream.stages import collect_stage
 from masklam.downstream.sweep import Sweep, write_manifest
 from masklam.errors import MasklamError
 from masklam.files import write_json
+from masklam.resources import ensure_dir
 from masklam.locks import output_lock
 
 __all__ = ["CONFIG_DIR", "ExperimentConfig", "config_path", "describe_config", "load_config", "resolve_config",
@@ -78,8 +79,8 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
     """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts. One sweep of a set of
     seeds per run directory at a time (masklam.locks); sweeps over other seeds may share the directory and run
     side by side, the stages they share each locked by its own writer."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    seeds = "-".join(str(s) for s in cfg.seeds)
+    ensure_dir(cfg.out)
+    seeds = "-".join(str(s) for s in sorted(cfg.seeds))  # --seeds 1 0 is the sweep --seeds 0 1 is
     with output_lock(cfg.out / f"sweep-seeds-{seeds}", ", or use another --out (a sweep over other seeds may share "
                                                         "it)"):
         return _run_locked(cfg, render)
@@ -95,13 +96,13 @@ def check_collections(cfg: ExperimentConfig) -> None:
 
 
 def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(cfg.out)
     check_collections(cfg)
     datasets = _datasets(cfg)
     write_json(cfg.out / "experiment.json", {"config": dataclasses.asdict(cfg),
                                              "datasets": {t: d["train"] for t, d in datasets.items()},
                                              "clean_datasets": {t: d["clean"] for t, d in datasets.items()
-                                                                if "clean" in d}}, indent=1)
+                                                                if "clean" in d}}, indent=1, shared=True)
     raw = Sweep(cfg, datasets).run()
     write_manifest(cfg.out, raw)
     rows = normalize(raw)

@@ -106,6 +106,11 @@ class ExperimentConfig:
         if not self.tasks or not self.methods or not self.seeds:
             raise MasklamError("tasks, methods and seeds must not be empty")
         check_seeds(**{f"seeds[{i}]": seed for i, seed in enumerate(self.seeds)})
+        for name in ("tasks", "methods", "seeds", "latent_dims", "labels", "splits"):
+            values = list(getattr(self, name))
+            if len(set(values)) < len(values):
+                twice = next(v for v in values if values.count(v) > 1)
+                raise MasklamError(f"{name} lists {twice!r} twice")
         if any(d < 1 for d in self.latent_dims) or any(n < 1 for n in self.labels):
             raise MasklamError("latent_dims and labels must be >= 1")
         for task in self.tasks:

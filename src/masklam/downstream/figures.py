@@ -27,7 +27,7 @@ def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, shared=True) as tmp:  # sweeps over other seeds may share the run directory
             fig.savefig(tmp, dpi=90, format=Path(path).suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)

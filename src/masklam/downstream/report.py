@@ -269,7 +269,7 @@ def render_report(run_dir: str | Path) -> Path:
                         summary_table(rows, scale)))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>masklam report: {html.escape(run_dir.name)}"
             f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    write_text(run_dir / "report.html", page)
+    write_text(run_dir / "report.html", page, shared=True)  # sweeps over other seeds may share the run directory
     return run_dir / "report.html"
 
 

@@ -61,8 +61,9 @@ class Row:
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    """results.csv with the fixed columns (RESULT_COLUMNS); empty cells for missing values."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+    """results.csv with the fixed columns (RESULT_COLUMNS); empty cells for missing values. Sweeps over other seeds
+    may share the run directory: each writes a temporary of its own (the last to finish wins)."""
+    with atomic_path(path, shared=True) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         w.writeheader()
         for r in rows:
@@ -106,6 +107,12 @@ def _row(r: dict[str, str], path: Path, line: int) -> Row:
                nan if floats["normalized_return"] is None else floats["normalized_return"],
                _num(r.get("success") or "", float, "success", path, line),
                {c: r[c] for c in RESULT_COLUMNS if c not in REQUIRED_COLUMNS and c != "success" and r.get(c)})
+
+
+def as_rows(rows: list[dict[str, Any]], where: Path) -> list[Row]:
+    """The rows a sweep returned (`normalize`'s dicts) as read_results would read them back from results.csv."""
+    cells = [{c: "" if r.get(c) is None else str(r[c]) for c in RESULT_COLUMNS} for r in rows]
+    return [_row(r, where, line) for line, r in enumerate(cells, start=2)]
 
 
 def read_results(path: str | Path) -> list[Row]:

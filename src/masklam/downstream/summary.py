@@ -113,8 +113,9 @@ def headline(summary: dict[str, dict[str, Any]]) -> list[str]:
     ours, base = summary.get(method, {}), summary.get(baseline, {})
     if "probe_nmse" not in ours or "probe_nmse" not in base or not ours["probe_nmse"] > 0:
         return []
-    return [f"{methods.title(method)} vs {methods.title(baseline)}, held-out probe NMSE: "
-            f"{base['probe_nmse'] / ours['probe_nmse']:.2f}x lower",
+    ratio = base["probe_nmse"] / ours["probe_nmse"]  # > 1: ours lower (better)
+    said = f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
+    return [f"{methods.title(method)} vs {methods.title(baseline)}, held-out probe NMSE: {said}",
             f"gap to the distractor-free upper bound closed by {methods.title(method)}: {format_gaps(summary)}"]
 
 

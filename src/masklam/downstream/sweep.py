@@ -284,7 +284,7 @@ def write_manifest(run_dir: Path, raw: list[dict[str, Any]]) -> Path:
 
     rows = [{**{k: r[k] for k in ROW_KEYS}, "stages": {kind: rel(d) for kind, d in r["stages"].items()}}
             for r in raw]
-    write_json(run_dir / MANIFEST, {"rows": rows}, indent=1)
+    write_json(run_dir / MANIFEST, {"rows": rows}, indent=1, shared=True)  # sweeps may share the run directory
     return run_dir / MANIFEST
 
 
