@@ -71,6 +71,10 @@ def test_unknown_flag_is_one_line_with_a_suggestion(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("masklam: error: ")
     assert "--presett" in err and "did you mean --preset?" in err
+    assert cli.main(["experiment", "--lis"]) == 2  # a flag tyro renames (list_configs -> --list) is suggested so
+    assert "did you mean --list?" in capsys.readouterr().err
+    assert cli.main(["info", "--files"]) == 2  # the positional `files` is no flag to suggest
+    assert "did you mean" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import typing
 import difflib
 import io
 import re
@@ -52,13 +53,24 @@ def _flag(argument: Any) -> str:
 
 
 def known_flags(config_cls: type) -> list[str]:
-    """The `--flags` of a (flat) config dataclass, including the `--no-` forms of booleans."""
+    """The `--flags` of a (flat) config dataclass as tyro names them (a `tyro.conf.arg(name=...)`'s name; no
+    positional), including the `--no-` forms of booleans."""
+    if not dataclasses.is_dataclass(config_cls):
+        return []
+    try:
+        hints = typing.get_type_hints(config_cls, include_extras=True)
+    except Exception:  # noqa: BLE001 (an annotation that cannot be resolved: the field names as they are)
+        hints = {}
     flags = []
-    for f in dataclasses.fields(config_cls) if dataclasses.is_dataclass(config_cls) else ():
-        name = "--" + f.name.replace("_", "-")
+    for f in dataclasses.fields(config_cls):
+        meta = getattr(hints.get(f.name), "__metadata__", ())
+        if any(repr(m) == "Positional" for m in meta):
+            continue
+        named = [m.name for m in meta if getattr(m, "name", None)]
+        name = "--" + (named[0] if named else f.name).replace("_", "-")
         flags.append(name)
-        if f.type in (bool, "bool"):
-            flags.append("--no-" + f.name.replace("_", "-"))
+        if f.type in (bool, "bool") or hints.get(f.name) is bool:
+            flags.append("--no-" + name[2:])
     return flags
 
 
