@@ -277,6 +277,26 @@ def test_info_summarises_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "none (methods that need masks" in format_summary(summarize(tmp_path / "laom.h5"))
     with pytest.raises(MasklamError, match="give one or more dataset files"):
         info_main([])
+    (tmp_path / "shards").mkdir()
+    write_ours(tmp_path / "shards" / "a.h5", [5])
+    write_ours(tmp_path / "shards" / "b.h5", [7])
+    assert info_main([str(tmp_path / "shards")]) == 0  # a folder of shards: each one
+    out = capsys.readouterr().out
+    assert "a.h5" in out and "b.h5" in out
+
+
+def test_a_file_given_twice_or_malformed_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "shards").mkdir()
+    write_ours(tmp_path / "shards" / "a.h5", [5, 5])
+    with pytest.raises(MasklamError, match="a.h5 is given twice"):  # its trajectories could land on both sides
+        load_dataset([tmp_path / "shards", tmp_path / "shards" / "a.h5"])
+    bad = tmp_path / "bad.h5"
+    write_ours(bad, [5])
+    with h5py.File(bad, "a") as f:
+        del f["0/obs"]
+        f.create_group("0/obs")  # a group where the frames should be
+    with pytest.raises(MasklamError, match="bad.h5 is corrupted"):
+        read_layout(bad)
 
 
 @pytest.mark.parametrize("key, value", [("actions", np.nan), ("states", np.inf), ("actions", -np.inf),

@@ -121,7 +121,7 @@ def _hdf5_shards(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in HDF5_SUFFIXES)
 
 
-def _expand(paths: PathsLike) -> list[Path]:
+def dataset_files(paths: PathsLike) -> list[Path]:
     """Data files: a directory stands for its .h5 / .hdf5 shards, or (MaskLAM's parquet data) for itself."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[Path] = []
@@ -139,6 +139,11 @@ def _expand(paths: PathsLike) -> list[Path]:
             files.append(path)
     if not files:
         raise MasklamError("no dataset files given")
+    seen: set[Path] = set()
+    for f in files:  # a file read twice would put one copy of a trajectory in training, the other in the held-out set
+        if f.resolve() in seen:
+            raise MasklamError(f"{f} is given twice (itself, or inside a folder also given)")
+        seen.add(f.resolve())
     return files
 
 
@@ -147,7 +152,7 @@ def data_layouts(paths: PathsLike, observations: str | None = None,
     """The checked layouts of every data file `paths` stands for (shards agreeing on sizes and task), without
     loading any frame: what artefacts are checked against before work (`observations`, `episode_length`: how
     MaskLAM's parquet data are read, as `data_layout`)."""
-    layouts = [data_layout(p, observations, episode_length) for p in _expand(paths)]
+    layouts = [data_layout(p, observations, episode_length) for p in dataset_files(paths)]
     _check_shards_agree(layouts)
     return layouts
 
@@ -200,7 +205,7 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     """
     if mask_key is not None and mask_key not in MASK_KEYS:
         raise MasklamError(f"unknown mask_key {mask_key!r}; one of {', '.join(MASK_KEYS)} or None")
-    layouts = [data_layout(p, observations, episode_length) for p in _expand(paths)]
+    layouts = [data_layout(p, observations, episode_length) for p in dataset_files(paths)]
     _check_shards_agree(layouts)
     catalogue = [(li, name, int(length)) for li, lay in enumerate(layouts)
                  for name, length in zip(lay.names, lay.lengths)]

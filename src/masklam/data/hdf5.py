@@ -251,8 +251,8 @@ def read_layout(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_KE
     with open_file(path) as f:
         try:
             return _layout(path, f, required)
-        except (OSError, RuntimeError, KeyError) as e:
-            raise MasklamError(f"{path} is corrupted ({_first_line(e)})") from None
+        except (OSError, RuntimeError, KeyError, AttributeError, IndexError, ValueError, TypeError) as e:
+            raise MasklamError(f"{path} is corrupted ({_first_line(e)})") from None  # e.g. obs a group, or a scalar
 
 
 def _layout(path: Path, f: h5py.File, required: tuple[str, ...] = REQUIRED_KEYS) -> FileLayout:

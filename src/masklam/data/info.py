@@ -9,7 +9,7 @@ import numpy as np
 import tyro
 
 from masklam.args import parse
-from masklam.data.dataset import data_layout
+from masklam.data.dataset import data_layout, dataset_files
 from masklam.data.hdf5 import MASK_KEYS
 from masklam.errors import MasklamError
 
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     cfg = parse(InfoConfig, argv)
     if not cfg.files:
         raise MasklamError("give one or more dataset files: masklam info FILE...")
-    for i, path in enumerate(cfg.files):
+    for i, path in enumerate(dataset_files(cfg.files)):  # a folder of HDF5 shards: each shard
         if i:
             print()
         print(format_summary(summarize(path)))

@@ -212,7 +212,7 @@ def _codes_plot(index: np.ndarray, stats: dict[str, float], path: Path) -> None:
 def visualise(cfg: VizConfig) -> dict:
     """Write the PNGs and viz.json of ``cfg`` (module docstring); returns viz.json's content."""
     from masklam.data import load_dataset
-    from masklam.data.dataset import data_layout
+    from masklam.data.dataset import data_layouts
     from masklam.masks.distill import spread
     from masklam.models.lam import PixelLAM, load_lam
 
@@ -230,7 +230,7 @@ def visualise(cfg: VizConfig) -> dict:
     # the run's frames of its parquet data (as `masklam probe`); a file given with --data is read as it is
     observations = None if cfg.data else run_cfg.get("observations")
     episode_length = run_cfg.get("episode_length")
-    total = sum(data_layout(p, observations, episode_length).num_trajectories for p in paths)
+    total = sum(lay.num_trajectories for lay in data_layouts(paths, observations, episode_length))  # folders too
     if total < 2:
         raise MasklamError(f"{', '.join(paths)} holds {total} trajectory; viz needs at least 2")
     chosen = spread(list(range(total)), cfg.max_trajs)
