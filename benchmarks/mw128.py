@@ -42,12 +42,12 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    from masklam.files import atomic_path
+
+    with atomic_path(path, shared=True) as tmp, tmp.open("w", newline="") as f:  # a temporary of its own
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         w.writerows({c: ("" if r.get(c) is None else r[c]) for c in columns} for r in rows)
-    tmp.replace(path)
 
 
 def merge(old: list[dict[str, Any]], new: list[dict[str, Any]], key: Any) -> list[dict[str, Any]]:
@@ -144,6 +144,26 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def commit_chunk(commit: Path, rows: list[dict[str, Any]], task: str, seed: int, minutes: float) -> None:
+    """Merge a finished chunk into COMMIT's files and git-commit them; runs committing into one COMMIT at once take
+    turns (locks.queued_lock), so no chunk is lost."""
+    from masklam.downstream.results import write_results
+    from masklam.locks import queued_lock
+
+    commit.mkdir(parents=True, exist_ok=True)
+    with queued_lock(commit / "results.csv"):
+        merged = renormalized(merge(read_csv(commit / "results.csv"), rows, row_id))
+        write_results(commit / "results.csv", merged)
+        chunks = merge(read_csv(commit / "chunks.csv"), [dict(task=task, seed=seed, minutes=f"{minutes:.1f}")],
+                       lambda r: (r["task"], int(r["seed"])))
+        write_csv(commit / "chunks.csv", chunks, CHUNK_COLUMNS)
+        figure(merged, commit / "mw128.png")
+        files = ["results.csv", "chunks.csv", "mw128.png"]  # these only: never other work in DIR
+        subprocess.run(["git", "add", *files], cwd=commit, check=False)
+        subprocess.run(["git", "commit", "-q", "-m", f"mw128: {task} seed {seed} ({minutes:.0f} min)", "--", *files],
+                       cwd=commit, check=False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", type=Path, metavar="CSV", help="print this results.csv's table (and write its figure "
@@ -189,17 +209,7 @@ def main() -> int:
                                                        f"{r['success']}" for m, r in lam.items())
                   + f" ({minutes:.0f} min)", flush=True)
             if commit:
-                commit.mkdir(parents=True, exist_ok=True)
-                merged = renormalized(merge(read_csv(commit / "results.csv"), rows, row_id))
-                write_results(commit / "results.csv", merged)
-                chunks = merge(read_csv(commit / "chunks.csv"), [dict(task=task, seed=seed, minutes=f"{minutes:.1f}")],
-                               lambda r: (r["task"], int(r["seed"])))
-                write_csv(commit / "chunks.csv", chunks, CHUNK_COLUMNS)
-                figure(merged, commit / "mw128.png")
-                files = ["results.csv", "chunks.csv", "mw128.png"]  # these only: never other work in DIR
-                subprocess.run(["git", "add", *files], cwd=commit, check=False)
-                subprocess.run(["git", "commit", "-q", "-m", f"mw128: {task} seed {seed} ({minutes:.0f} min)", "--",
-                                *files], cwd=commit, check=False)
+                commit_chunk(commit, rows, task, seed, minutes)
     return 0
 
 

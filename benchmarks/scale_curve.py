@@ -27,7 +27,8 @@ import numpy as np
 
 from masklam.downstream.bc import AUTHORS_LATENT_BC
 from masklam.downstream.decode import AUTHORS_DECODER
-from masklam.files import read_json
+from masklam.files import atomic_path, read_json
+from masklam.locks import queued_lock
 
 # A variant: the method, its pretraining options on top of the quickstart's, and its downstream options.
 AUTHORS_DOWNSTREAM = {"bc_latent": AUTHORS_LATENT_BC, "decode": AUTHORS_DECODER}
@@ -75,11 +76,12 @@ def point_config(out: Path, task: str, variant: str, updates: int, episodes: int
     return exp
 
 
-def lam_cached(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int) -> bool:
-    """Whether the point's LAM is done under `out` (a dry run of its sweep: runs and writes nothing)."""
+def lam_cached(out: Path, task: str, variant: str, updates: int, episodes: int, seed: int, threads: int = 1) -> bool:
+    """Whether the point's LAM, on `threads` torch threads, is done under `out` (a dry run of its sweep: runs and
+    writes nothing)."""
     from masklam.downstream.experiment import sweep_status
 
-    plan = sweep_status(point_config(out, task, variant, updates, episodes, seed))
+    plan = sweep_status(point_config(out, task, variant, updates, episodes, seed, threads))
     lams = [s for s in plan.stages if s.kind == "pretrain"]
     return bool(lams) and all(s.done for s in lams)
 
@@ -136,21 +138,31 @@ def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dic
 
 def to_commit(committed: list[dict[str, Any]], local: list[dict[str, Any]],
               fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The committed points with the ones this command ran (`fresh`, which win) and the run directory's (`local`)
-    points the committed file lacks (run without --commit, or stopped before it). A local copy of a committed point
-    never replaces it: another command may have redone it since (curves run in parallel, one per core)."""
+    """The committed points with the one this command just finished (`fresh`, which wins) and the run directory's
+    (`local`) points the committed file lacks (run without --commit, or stopped before it). Any other local copy of
+    a committed point never replaces it: another command may have redone it since (curves run in parallel)."""
     known = {point_id(r) for r in committed}
     return merge_rows(committed, [r for r in local if point_id(r) not in known] + fresh)
 
 
+def commit_point(commit: Path, local: list[dict[str, Any]], row: dict[str, Any], message: str) -> None:
+    """Merge the point just finished into COMMIT/curve.csv (and its figure) and git-commit those two files; two
+    curves committing at once take turns (locks.queued_lock), so neither point is lost."""
+    commit.mkdir(parents=True, exist_ok=True)
+    with queued_lock(commit / "curve.csv"):
+        merged = to_commit(read_rows(commit / "curve.csv"), local, [row])
+        write_rows(commit / "curve.csv", merged)
+        figure(merged, commit / "curve.png")
+        subprocess.run(["git", "add", "--", "curve.csv", "curve.png"], cwd=commit, check=False)
+        subprocess.run(["git", "commit", "-q", "-m", message, "--", "curve.csv", "curve.png"], cwd=commit, check=False)
+
+
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path, shared=True) as tmp, tmp.open("w", newline="") as f:  # a temporary of its own
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
-    tmp.replace(path)
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
@@ -266,7 +278,9 @@ def main() -> int:
                          "downstream: the LAM is found cached, and its probe NMSE must come out the same)")
     args = ap.parse_args()
     if args.table:
-        rows = [r for path in args.table for r in read_rows(path)]
+        rows: list[dict[str, Any]] = []
+        for path in args.table:  # a point in several files counts once (the later file's row)
+            rows = merge_rows(rows, read_rows(path))
         figure(rows, args.table[0].parent / "curve.png")
         print(markdown(rows))
         return 0
@@ -279,10 +293,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "curve.csv"
     rows = read_rows(csv_path)
-    if args.commit and not rows:  # a new run directory (another session): the committed points are done
-        rows = read_rows(args.commit / "curve.csv")
-    done = {point_id(r): r for r in rows}
-    fresh: list[dict[str, Any]] = []  # the points this command ran: only these go into --commit's file
+    # done: this run directory's points and, with --commit, the committed ones (another curve may have run them)
+    done = {point_id(r): r for r in merge_rows(read_rows(args.commit / "curve.csv") if args.commit else [], rows)}
     for updates in args.updates:
         for episodes in args.episodes:
             for seed in args.seeds:
@@ -292,7 +304,7 @@ def main() -> int:
                     if old is not None and not args.redo:
                         continue
                     where = (args.out, args.task, variant, updates, episodes, seed)
-                    if old is not None and not lam_cached(*where):
+                    if old is not None and not lam_cached(*where, int(old.get("threads") or args.threads)):
                         raise SystemExit(f"--redo: no cached LAM for {point_id(old)} under {args.out}; give the --out "
                                          "that holds it (a redo re-runs the downstream only)")
                     row = point(*where, threads=args.threads)
@@ -301,22 +313,15 @@ def main() -> int:
                             raise SystemExit(f"--redo of {point_id(old)}: probe {row['probe_nmse']:.4f}, was "
                                              f"{old['probe_nmse']}: not the same LAM; nothing committed")
                         row["minutes"] = float(old["minutes"])
-                    rows, fresh = merge_rows(rows, [row]), fresh + [row]
+                    rows = merge_rows(rows, [row])
                     write_rows(csv_path, rows)
                     figure(rows, args.out / "curve.png")
                     print(f"{args.task} {variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: "
                           f"probe {row['probe_nmse']:.3f} return ID {row['return_id']:.0f} OOD {row['return_ood']:.0f} "
                           f"({row['minutes']:.1f} min)", flush=True)
                     if args.commit:
-                        commit = args.commit.resolve()
-                        commit.mkdir(parents=True, exist_ok=True)
-                        merged = to_commit(read_rows(commit / "curve.csv"), rows, fresh)
-                        write_rows(commit / "curve.csv", merged)
-                        figure(merged, commit / "curve.png")
-                        subprocess.run(["git", "add", "."], cwd=commit, check=False)
-                        subprocess.run(["git", "commit", "-q", "-m", f"scale curve: {args.task} {variant} {updates} "
-                                        f"updates {episodes} trajectories seed {seed}", "--", "."], cwd=commit,
-                                       check=False)
+                        commit_point(args.commit.resolve(), rows, row, f"scale curve: {args.task} {variant} "
+                                     f"{updates} updates {episodes} trajectories seed {seed}")
     return 0
 
 

@@ -95,3 +95,30 @@ def test_each_point_records_how_its_lam_ran_and_the_table_shows_it(tmp_path: Pat
     line = sc.markdown(back).splitlines()[-1]
     assert line.endswith("| -, fp32 x2 |") and "| 0,1 |" in line
     assert sc.markdown(back[1:]).splitlines()[-1].endswith("| fp32 x2 |")
+
+
+def test_a_point_finished_earlier_never_overwrites_a_newer_commit_and_committed_points_are_not_rerun(
+        tmp_path: Path, monkeypatch, capsys):
+    commit = tmp_path / "dir"
+    commit.mkdir()
+    sc.write_rows(commit / "curve.csv", [_row("lapo-authors", 0, 92.0)])  # another curve's --redo, committed
+    mine = [_row("lapo-authors", 0, 68.0), _row("masklam-authors", 0, 50.0)]  # P1 run here earlier, P2 just now
+    monkeypatch.setattr(sc, "figure", lambda rows, path: None)
+    sc.commit_point(commit, mine, mine[1], "a message")  # outside a git repository: git fails quietly
+    assert {r["variant"]: float(r["return_id"]) for r in sc.read_rows(commit / "curve.csv")} == {
+        "lapo-authors": 92.0, "masklam-authors": 50.0}
+    # a run directory holding other points: a point only the commit holds is done all the same
+    (tmp_path / "run").mkdir()
+    sc.write_rows(tmp_path / "run" / "curve.csv", [_row("masklam-mask-target", 1, 120.0)])
+    ran = []
+    monkeypatch.setattr(sc, "point", lambda *a, **k: ran.append(a) or {})
+    monkeypatch.setattr("sys.argv", ["scale_curve.py", "--out", str(tmp_path / "run"), "--commit", str(commit),
+                                     "--updates", "1000", "--episodes", "80", "--seeds", "0",
+                                     "--variants", "lapo-authors"])
+    assert sc.main() == 0 and ran == []
+    # --table over several files: a point in two of them counts once
+    sc.write_rows(tmp_path / "a.csv", [_row("lapo-authors", 0, 90.0), _row("lapo-authors", 1, 110.0)])
+    sc.write_rows(tmp_path / "b.csv", [_row("lapo-authors", 1, 110.0)])
+    monkeypatch.setattr("sys.argv", ["scale_curve.py", "--table", str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    assert sc.main() == 0
+    assert "| 0,1 | 0.500 ± 0.000 | 100 ± 10 |" in capsys.readouterr().out

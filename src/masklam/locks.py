@@ -91,3 +91,22 @@ def output_lock(output: str | os.PathLike, hint: str = ", or write elsewhere") -
         del _HELD[key]
         lock.unlink(missing_ok=True)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def queued_lock(output: str | os.PathLike) -> Iterator[None]:
+    """Hold a lock on `output`, waiting while another process holds it: for short read-merge-write sections that
+    processes take in turn (two benchmark runs committing their points into one csv). Its file lies in the temporary
+    directory, named for `output`'s path, so it is never staged beside a committed file."""
+    import hashlib
+    import tempfile
+
+    key = str(Path(output).resolve())
+    lock = Path(tempfile.gettempdir()) / f"masklam-{hashlib.sha1(key.encode()).hexdigest()[:16]}{SUFFIX}"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel releases it when the holder exits, however it exits
+        yield
+    finally:
+        os.close(fd)
+
