@@ -188,6 +188,9 @@ def test_a_full_disk_writing_a_checkpoint_a_json_or_a_figure_is_one_line(
     with pytest.raises(MasklamRuntimeError, match="no space left"):
         with atomic_path(tmp_path / "metrics.json") as tmp:
             raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(MasklamError, match="trajectory 3 has NaN"):  # our own line names its cause, full disk or not
+        with atomic_path(tmp_path / "metrics.json") as tmp:
+            raise MasklamError("trajectory 3 has NaN")
     monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: (_ for _ in ()).throw(
         OSError(errno.EDQUOT, "Disk quota exceeded")))
     with pytest.raises(MasklamRuntimeError, match="report.json"):

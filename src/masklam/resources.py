@@ -59,8 +59,8 @@ def is_disk_full(e: BaseException, path: str | os.PathLike | None = None) -> boo
     written, also any error of its writer while its file system is nearly full)."""
     if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
         return True
-    if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit
-        return False
+    if not isinstance(e, Exception) or isinstance(e, MasklamError):  # an interrupt; a one-line error of ours, which
+        return False  # names its cause (a bad value, a missing file, a full disk already) however full the disk is
     return any(t in str(e) for t in _DISK_FULL_TEXT) or (path is not None and free_bytes(path) < NEARLY_FULL)
 
 
