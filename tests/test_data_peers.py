@@ -116,6 +116,17 @@ def test_shards_of_a_directory_form_one_table_and_nested_list_images_read_too(tm
     assert data.traj_lengths.tolist() == [4, 4]
 
 
+def test_the_memory_check_counts_the_parquet_shards_the_reader_holds(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklam.data import dataset
+
+    pq.write_table(table(episodes([4, 6, 2], seed=1)), tmp_path / "d.parquet")
+    asked = []
+    monkeypatch.setattr(dataset, "check_memory", lambda need, what: asked.append(need))
+    load_dataset(tmp_path / "d.parquet", traj_ids=[2], progress=False)  # 2 frames, from a file read whole
+    assert asked[0] > (tmp_path / "d.parquet").stat().st_size
+
+
 def test_bad_parquet_data_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     eps = episodes([3, 3])
     good = table(eps)

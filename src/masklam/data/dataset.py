@@ -221,7 +221,9 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     n, (h, w) = int(lengths.sum()), layouts[0].img_hw
     per_frame = h * w * (3 + load_masks) + 4 * (layouts[0].action_dim + layouts[0].state_dim + load_rewards)
-    check_memory(n * per_frame, f"loading {n} frames of {', '.join(str(lay.path) for lay in layouts[:2])}"
+    # MaskLAM's parquet data: the reader holds the encoded columns of every shard it reads (at most their size)
+    staged = sum(f.stat().st_size for li in used for f in getattr(layouts[li], "shards", None) or [])
+    check_memory(n * per_frame + staged, f"loading {n} frames of {', '.join(str(lay.path) for lay in layouts[:2])}"
                                 f"{' ...' if len(layouts) > 2 else ''} whole")
     arrays: dict[str, np.ndarray] = {
         "obs": np.empty((n, h, w, 3), np.uint8),
