@@ -136,9 +136,20 @@ def _fake_run(run: Path) -> None:
 
 
 def test_report_renders(tmp_path: Path) -> None:
+    from masklam import locks
+    from masklam.errors import MasklamRuntimeError
+
     run = tmp_path / "run"
     _fake_run(run)
-    assert report.main([str(run)]) == 0
+    with locks.output_lock(run / "sweep-seeds-0"):  # a sweep writing the run directory
+        held = dict(locks._HELD)
+        locks._HELD.clear()  # as if another process held it
+        try:
+            with pytest.raises(MasklamRuntimeError, match="sweep-seeds-0 is being written by another"):
+                report.main([str(run)])
+        finally:
+            locks._HELD.update(held)
+    assert report.main([str(run)]) == 0  # the sweep done: its lock is free
     page = (run / "report.html").read_text()
     for name in ("return_vs_labels_id.png", "return_vs_labels_ood.png", "return_vs_dim_id.png",
                  "return_vs_dim_ood.png", "probe_vs_dim.png", "methods.png"):

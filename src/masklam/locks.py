@@ -93,6 +93,25 @@ def output_lock(output: str | os.PathLike, hint: str = ", or write elsewhere") -
         os.close(fd)
 
 
+def check_free(output: str | os.PathLike, hint: str = "") -> None:
+    """One line naming the holder if another process holds `output`'s lock now (a reader that must not run beside
+    its writer: a report beside the sweep that writes the run directory); takes nothing."""
+    lock = lock_path(Path(output).resolve())
+    if Path(output).resolve() in _HELD or not lock.is_file():
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise MasklamRuntimeError(f"{output} is being written by another masklam process ({_holder(fd)}); wait for "
+                                  f"it to finish{hint}") from None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def queued_lock(output: str | os.PathLike) -> Iterator[None]:
     """Hold a lock on `output`, waiting while another process holds it: for short read-merge-write sections that

@@ -37,7 +37,7 @@ from masklam.downstream.summary import COLUMNS, NOTE, headline, headline_rows, s
 from masklam.downstream.sweep import MANIFEST, read_manifest
 from masklam.errors import MasklamError
 from masklam.files import write_text
-from masklam.locks import output_lock
+from masklam.locks import SUFFIX, check_free, output_lock
 
 
 # --- the LAMs of a run ------------------------------------------------------------------------------------
@@ -288,7 +288,10 @@ class ReportConfig:
 def main(argv: list[str]) -> int:
     """`masklam report RUN_DIR`."""
     cfg = parse(ReportConfig, argv)
-    with output_lock(cfg.run_dir, " (`masklam experiment` renders the report itself)"):
+    hint = " (`masklam experiment` renders the report itself)"
+    with output_lock(cfg.run_dir, hint):
+        for sweep in sorted(cfg.run_dir.glob(f"sweep-seeds-*{SUFFIX}")):  # a sweep writing the run directory now
+            check_free(sweep.with_name(sweep.name[:-len(SUFFIX)]), hint)
         path = render_report(cfg.run_dir)
     print(f"wrote {path}")
     return 0
