@@ -59,6 +59,9 @@ def test_toy_quickstart_end_to_end(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert printed.index(SCALE_CURVE) > printed.index(res["table"].splitlines()[0])  # the curve's line under the table
+    from masklam.quickstart import curve_line
+
+    assert curve_line("cheetah-run") == SCALE_CURVE and "measured on cheetah-run only" in curve_line("walker-run")
     run(QuickstartConfig(preset="toy", out=out, progress=False))  # everything cached
     assert "running" not in capsys.readouterr().out
 
