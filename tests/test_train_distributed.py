@@ -202,6 +202,27 @@ def test_every_trainable_parameter_gets_a_gradient(method, tiny_h5, tmp_path):
     assert all(n.startswith("target_encoder.") for n in frozen) and (bool(frozen) == method.startswith("laom"))
 
 
+def test_video_without_actions_or_states_leaves_no_trainable_parameter_without_a_gradient(
+        write_synthetic_dataset, tmp_path):
+    """Imported video: the probes have nothing to fit; frozen, so DDP (find_unused_parameters=False) still works."""
+    import h5py
+
+    from masklam.data import WindowSampler, load_dataset
+
+    path = write_synthetic_dataset(tmp_path / "video.h5", n_traj=6, length=8)
+    with h5py.File(path, "a") as f:
+        for g in f.values():
+            del g["actions"], g["states"]
+    cfg = PretrainConfig(method="lapo", data=(path,), out=tmp_path / "o", batch_size=4, latent_dim=8)
+    data = load_dataset([path])
+    batch, seed = StepBatches(WindowSampler(data, np.arange(6), cfg.frame_stack, cfg.max_offset), 4, 0, None,
+                              4).draw(0)
+    model = _build_model(cfg, data, torch.device("cpu"))
+    loss, _ = model(to_device(batch, torch.device("cpu")), torch.Generator().manual_seed(seed))
+    loss.backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
 # --- torchrun end to end ---------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["lapo", "masklam"])
 def test_torchrun_two_processes_equal_the_mean_gradient_run(method, tiny_h5, tmp_path):

@@ -157,6 +157,9 @@ class LatentActionModel(Pretrained, nn.Module):
         self.cfg = cfg
         self.quantizer = FSQ(cfg.latent_dim, cfg.fsq_levels) if cfg.fsq_levels else None
         self.action_probe = nn.Linear(cfg.latent_dim, cfg.action_dim)
+        # video without actions: an empty probe that no loss reaches; frozen, so every trainable parameter gets a
+        # gradient (what DDP's find_unused_parameters=False relies on)
+        self.action_probe.requires_grad_(cfg.action_dim > 0)
 
     @property
     def frame_stack(self) -> int:
@@ -290,6 +293,7 @@ class PixelLAM(LatentActionModel):
         self.latent_to_map = nn.Linear(cfg.latent_dim, ch * hw * hw)
         self.decoder = (AuthorsDecoder if authors else ConvDecoder)(2 * ch, 3, fdm_scale, cfg.num_res_blocks)
         self.state_probe = nn.Linear(self.fdm_encoder.flat_dim, cfg.state_dim)
+        self.state_probe.requires_grad_(cfg.state_dim > 0)  # no states (imported video): frozen, as action_probe
         if cfg.init == "orthogonal":
             init_orthogonal(self)
 
@@ -362,6 +366,7 @@ class LatentSpaceLAM(LatentActionModel):
         self.fdm = ResidualMLP(e + cfg.latent_dim, e, cfg.head_dim, cfg.head_blocks)
         self.action_head = nn.Linear(cfg.latent_dim, cfg.action_dim) if cfg.method == "laom-sup" else None
         self.state_probe = nn.Linear(e, cfg.state_dim)
+        self.state_probe.requires_grad_(cfg.state_dim > 0)  # no states (imported video): frozen, as action_probe
         if cfg.init == "orthogonal":
             init_orthogonal(self)
         self.target_encoder: ImpalaEncoder | None = None
