@@ -39,6 +39,12 @@ def _holder(fd: int) -> str:
     return text.splitlines()[0] if text else "pid unknown"
 
 
+def _busy(output: str | os.PathLike, fd: int, hint: str) -> MasklamRuntimeError:
+    """The one line for an output whose lock (open as `fd`) another process holds, naming that process."""
+    return MasklamRuntimeError(f"{output} is being written by another masklam process ({_holder(fd)}); wait for it "
+                               f"to finish{hint}")
+
+
 def _acquire(lock: Path, output: Path, hint: str) -> int:
     """An open descriptor of `lock` holding its exclusive flock; one line naming the holder if another has it."""
     ensure_dir(lock.parent)
@@ -50,10 +56,9 @@ def _acquire(lock: Path, output: Path, hint: str) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder(fd)
+            busy = _busy(output, fd, hint)
             os.close(fd)
-            raise MasklamRuntimeError(f"{output} is being written by another masklam process ({holder}); wait for "
-                                      f"it to finish{hint}") from None
+            raise busy from None
         try:  # the previous holder may have removed the file between our open and our flock: lock the new one
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:
                 return fd
@@ -106,8 +111,7 @@ def check_free(output: str | os.PathLike, hint: str = "") -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise MasklamRuntimeError(f"{output} is being written by another masklam process ({_holder(fd)}); wait for "
-                                  f"it to finish{hint}") from None
+        raise _busy(output, fd, hint) from None
     finally:
         os.close(fd)
 
