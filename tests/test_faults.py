@@ -276,6 +276,46 @@ def test_a_dataset_larger_than_memory_is_refused_before_loading(tmp_path: Path,
     assert load_dataset(data, progress=False).num_frames == 8
 
 
+def fake_cgroup(root: Path, v2: bool, limits: dict[str, int | str], usage: int, inactive: int) -> Path:
+    """A cgroup mount under `root` with the process in /box/job; `limits` maps a folder ('', 'box',
+    'box/job') to its limit. Returns the /proc/self/cgroup file naming the process's cgroup."""
+    names = ("memory.max", "memory.current", "inactive_file") if v2 else \
+        ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    base = root if v2 else root / "memory"
+    for rel, limit in limits.items():
+        d = base / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / names[0]).write_text(f"{limit}\n")
+        (d / names[1]).write_text(f"{usage}\n")
+        (d / "memory.stat").write_text(f"anon 5\n{names[2]} {inactive}\n")
+    if v2:
+        (root / "cgroup.controllers").write_text("cpu memory\n")
+    proc = root / "proc-cgroup"
+    proc.write_text("0::/box/job\n" if v2 else "5:cpu:/\n4:memory:/box/job\n0::/\n")
+    return proc
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_a_containers_memory_limit_counts_not_only_the_hosts_free_memory(tmp_path: Path, v2: bool) -> None:
+    gib = 1 << 30
+    # the tightest limit is the parent's (box: 4 GiB); 3 GiB in use of which 1 GiB is reclaimable page cache
+    proc = fake_cgroup(tmp_path, v2, {"": "max" if v2 else 9223372036854771712, "box": 4 * gib, "box/job": 8 * gib},
+                       usage=3 * gib, inactive=1 * gib)
+    assert resources.cgroup_available(proc, tmp_path) == 2 * gib
+    # no limit anywhere: nothing to say, the host's MemAvailable decides
+    proc = fake_cgroup(tmp_path / "free", v2, {"": "max" if v2 else 9223372036854771712, "box/job": "max"
+                       if v2 else 9223372036854771712}, usage=gib, inactive=0)
+    assert resources.cgroup_available(proc, tmp_path / "free") is None
+    assert resources.cgroup_available(tmp_path / "missing", tmp_path) is None
+
+
+def test_check_memory_refuses_what_the_cgroup_does_not_allow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "cgroup_available", lambda: 1 << 20)  # the host has GiBs, the container 1 MiB
+    assert resources.available_memory() == 1 << 20
+    with pytest.raises(MasklamRuntimeError, match="not enough memory for a test: needs 2.1 MB, 1.0 MB available"):
+        resources.check_memory(2 << 20, "a test")
+
+
 # --- artefacts that do not fit ---------------------------------------------------------------------------------
 def save_policy(d: Path, action_dim: int = 6, img: int = 16, target: str = "action", out_dim: int | None = None,
                 task: str = "cheetah-run") -> Path:

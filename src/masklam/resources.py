@@ -1,7 +1,8 @@
 """Disk space and memory: a shortage that can be foreseen is one line before any work; a disk that fills up
 mid-write is one line naming the file, and nothing is left under the final name.
 
-- `check_free_space(path, need, what)` / `check_memory(need, what)`: before work whose size is known (the merge
+- `check_free_space(path, need, what)` / `check_memory(need, what)` (MemAvailable or, tighter, the memory
+  cgroup's limit: `cgroup_available`): before work whose size is known (the merge
   of a dataset's part files, loading a whole dataset into RAM);
 - `disk_full(path)` / `raise_if_disk_full(e, path)` / `is_disk_full(e)`: ENOSPC or EDQUOT (also as HDF5 reports
   it) -> `MasklamRuntimeError` (the CLI exits 1): ``no space left on the device of PATH (12.0 MB free) ...``;
@@ -96,19 +97,82 @@ def check_free_space(path: str | os.PathLike, need: int, what: str) -> None:
                                   f"{human(free)} free; free some space and run the same command again to resume")
 
 
+_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (2**63 rounded to pages)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # v2 writes "max" for no limit
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    """Page cache the kernel reclaims before it kills anything (counted as used by the cgroup's usage)."""
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+def cgroup_available(proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
+                     root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's memory cgroup still allows (its limit or any ancestor's, minus what is in use
+    and not reclaimable), v1 or v2; None when no limit is set or the cgroup cannot be read. A container's
+    limit is often far below the host's MemAvailable, and crossing it gets the process OOM-killed."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    root = Path(root)
+    for line in lines:  # "ID:CONTROLLERS:PATH"; v2 is "0::PATH", v1's memory line names "memory"
+        _, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "" and (root / "cgroup.controllers").exists():
+            base, files = root, ("memory.max", "memory.current", "inactive_file")
+            break
+        if "memory" in controllers.split(","):
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+            break
+    else:
+        return None
+    chain = [base / rel.strip("/"), *(base / rel.strip("/")).parents]  # its own cgroup, then each ancestor
+    dirs = [d for d in chain[:chain.index(base) + 1] if d.is_dir()]  # ... up to the mount (each limit applies)
+    best = None
+    for d in dirs:
+        limit, usage = _read_int(d / files[0]), _read_int(d / files[1])
+        if limit is None or usage is None or limit >= _UNLIMITED:
+            continue
+        left = max(0, limit - max(0, usage - _inactive_file(d / "memory.stat", files[2])))
+        best = left if best is None else min(best, left)
+    return best
+
+
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable; None where it is not known)."""
+    """Bytes of memory available to a new allocation: Linux MemAvailable, or less where the process's memory
+    cgroup (a container's limit) allows less; None where neither is known."""
+    host = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    host = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if host is None:
+        try:
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            host = None
+    group = cgroup_available()
+    if group is None or host is None:
+        return group if host is None else host
+    return min(host, group)
 
 
 def check_memory(need: int, what: str) -> None:
