@@ -210,6 +210,12 @@ def test_a_task_that_ends_says_so_instead_of_starting_anew():
     _, _, terminated, truncated, info = env.step(np.zeros(env.action_space.shape))
     assert terminated and not truncated and np.allclose(info["state"], 0)  # not a fresh start state
     env.close()
+    state_env = StateEnv("lqr-lqr_2_1", action_repeat=2)  # the experts' env: a terminal state is terminated too
+    state_env.reset(seed=0)
+    with state_env._env.physics.reset_context():
+        state_env._env.physics.data.qpos[:] = 0
+        state_env._env.physics.data.qvel[:] = 0
+    assert state_env.step(np.zeros(state_env.action_space.shape))[2:4] == (True, False)
     state_env = StateEnv("cheetah-run", action_repeat=4)  # dm_control's own time limit there: truncated
     state_env.reset(seed=0)
     ends = [state_env.step(np.zeros(6))[2:4] for _ in range(250)]

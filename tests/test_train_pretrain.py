@@ -258,3 +258,16 @@ def test_options_for_keeps_what_a_method_uses():
     assert options_for("lapo", shared) == dict(updates=5, recon_samples=2)
     assert options_for("masklam", shared) == dict(updates=5, mask_target=True, recon_samples=2)
     assert options_for("laom", shared) == dict(updates=5, head_dim=64)
+
+
+def test_a_resume_in_another_number_of_processes_says_its_batches_differ(small_cfg, tiny_h5, tmp_path, capsys):
+    """A run checkpointed by 2 data-parallel processes, resumed in one: the run goes on, with a note."""
+    cfg = small_cfg("lapo", tiny_h5, tmp_path, updates=4, ckpt_every=2)
+    pretrain(cfg, until=2)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "world_size": 2}))  # as torchrun --nproc 2 wrote it
+    capsys.readouterr()
+    pretrain(cfg)
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path} ran in 2 process(es), resumes in 1: its batches from here differ" in err
+    assert json.loads((tmp_path / "metrics.json").read_text())["probe_nmse"] >= 0
