@@ -105,7 +105,7 @@ class TrajectoryData:
         return out
 
 
-def data_files(path: str | os.PathLike) -> list[Path]:
+def fingerprint_files(path: str | os.PathLike) -> list[Path]:
     """The files a data path stands for, in name order (what a cache fingerprints): a file itself; a directory's
     HDF5 and parquet files; `DIR/<split>`: that split's parquet shards of DIR; [] for none."""
     path = Path(path)

@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterator, Protocol
 def fingerprint(paths: Any) -> list[Any]:
     """(path, size, mtime) of each data file, so a rewritten dataset invalidates the stages built on it; a
     directory of shards (or `DIR/<split>`): (path, its files' (name, size, mtime))."""
-    from masklam.data.dataset import data_files
+    from masklam.data.dataset import fingerprint_files
 
     out = []
     for p in paths if isinstance(paths, (list, tuple)) else [paths]:
-        files = [] if Path(p).is_file() else data_files(p)
+        files = [] if Path(p).is_file() else fingerprint_files(p)
         if files:
             out.append([str(p), [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]])
             continue
