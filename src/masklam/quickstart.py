@@ -66,7 +66,7 @@ class QuickstartConfig:
     """dm_control task with a shipped expert, or a Meta-World task (mw-push, ...: its scripted expert; collected
     without multisampling too, evaluated on 200-step episodes)."""
     distractors: str = "laom"
-    """distractor preset of the distracted dataset and of evaluation."""
+    """distractor preset of the distracted dataset and of evaluation: none, laom, masklam or composite."""
     recipe: Recipe = "mask-target"
     """how the LAMs learn: mask-target (ours, the measured winner at this scale: MaskLAM reconstructs
     M*o_{t+1}; frame stack 3, k = 1, Adam), authors (MaskLAM's authors' code, LAMs, latent BC and decoder: README,

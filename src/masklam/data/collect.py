@@ -43,7 +43,8 @@ class CollectConfig:
     out: Path
     """Output HDF5 file; re-running the same command resumes an interrupted collection."""
     distractors: str = "laom"
-    """Distractor preset: none, laom or masklam."""
+    """Distractor preset: none, laom (video, camera shake, colour change), masklam (video only) or composite
+    (the video pasted behind the rendered scene, as for Meta-World)."""
     episodes: int = 10
     """Number of trajectories in the file (a larger number extends an existing file)."""
     steps: int = 1000
