@@ -211,21 +211,25 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     for ax in axes[:2]:  # the measured update counts as plain numbers, not log-axis powers of ten
         ax.set_xticks(measured, [str(u) for u in measured])
         ax.minorticks_off()
-    axes[1].legend(fontsize=8)
+    if axes[1].get_legend_handles_labels()[0]:  # a run directory may hold no point of the main curve
+        axes[1].legend(fontsize=8)
     if others:
         bars = ["lapo-authors", "masklam-authors", "masklam-mask-target"]
         width = 0.8 / len(bars)
         for i, variant in enumerate(bars):
+            labelled = False  # the first bar drawn of each variant carries its label (not only at setting 0)
             for j, setting in enumerate(others):
                 vals = [float(r["probe_nmse"]) for r in rows if r["variant"] == variant
                         and (r["task"], int(r["updates"]), int(r["trajectories"])) == setting]
                 if vals:
                     m, e = _mean_se(vals)
                     axes[2].bar(j + (i - (len(bars) - 1) / 2) * width, m, width, yerr=e, capsize=2,
-                                color=_color(variant), label=variant if j == 0 else None)
+                                color=_color(variant), label=None if labelled else variant)
+                    labelled = True
         axes[2].set_xticks(range(len(others)), [f"{t}\n{u} upd, {n} traj" for t, u, n in others], fontsize=7)
         axes[2].set(ylabel="held-out probe NMSE", title="other tasks and data sizes")
-        axes[2].legend(fontsize=8)
+        if axes[2].get_legend_handles_labels()[0]:
+            axes[2].legend(fontsize=8)
     fig.suptitle("scale curve: cheetah-run, the quickstart's data (80 x 125 frames) and settings; mean ± s.e. over "
                  "seeds (-lam: the authors' LAMs under our downstream)")
     fig.tight_layout()

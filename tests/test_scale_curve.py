@@ -122,3 +122,25 @@ def test_a_point_finished_earlier_never_overwrites_a_newer_commit_and_committed_
     monkeypatch.setattr("sys.argv", ["scale_curve.py", "--table", str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
     assert sc.main() == 0
     assert "| 0,1 | 0.500 ± 0.000 | 100 ± 10 |" in capsys.readouterr().out
+
+
+def test_the_figure_labels_every_variant_even_where_a_run_dir_lacks_the_reference_point(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """A run directory with only a 320-trajectory point: no main-curve point and no 80-trajectory reference bar,
+    yet the bar chart's legend names the variant drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{**_row("lapo-authors", 1, 70.0), "updates": 4000, "trajectories": 320}]
+    seen: list[list[str]] = []
+    real_savefig = plt.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        seen.extend([t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_legend())
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", savefig)
+    sc.figure(rows, tmp_path / "curve.png")
+    assert seen == [["lapo-authors"]] and (tmp_path / "curve.png").stat().st_size > 0
