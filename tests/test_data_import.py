@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from masklam.cli import main
 from masklam.data.export import ExportConfig, export
@@ -444,6 +445,13 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     with h5py.File(h5) as f:
         assert f["2/latent_action"].shape == (10, 8)
         assert np.abs(f["2/latent_action"][()] - z[20:30]).max() < 0.02  # the same latents (frames via mp4: close)
+        # computed independently: row t is the LAM's latent of (o_t, o_{t+1}), the last row that of (o_9, o_9)
+        from masklam.models.lam import load_lam
+
+        lam, obs = load_lam(run, "cpu"), f["2/obs"][()]  # (10, 32, 32, 3); lapo: frame stack 1
+        with torch.no_grad():
+            want = lam.latent(obs[:, None], np.concatenate([obs[1:], obs[-1:]])[:, None]).numpy()
+        np.testing.assert_allclose(f["2/latent_action"][()], want, atol=1e-5)
     assert not (tmp_path / "lr.tmp").exists() and lr.exists()
     # the LAM knows its video's frame rate; video at another rate is refused in one line unless --any-fps
     assert json.loads((run / "config.json").read_text())["data_fps"] == 10

@@ -52,16 +52,15 @@ FACTORY = "test_downstream_evaluate:make_fake"
 
 
 class ReadPixels:
-    """Reads x back from the newest frame: optimal on FakeEnv; records batch sizes and stacks seen."""
+    """Reads x back from the newest frame: optimal on FakeEnv; records batch sizes and the first env's stacks."""
 
     def __init__(self, frame_stack: int = 1) -> None:
-        self.frame_stack, self.batches, self.first_stack = frame_stack, [], None
+        self.frame_stack, self.batches, self.stacks = frame_stack, [], []
 
     def select_action(self, obs: np.ndarray) -> np.ndarray:
         assert obs.ndim == 5 and obs.shape[1] == self.frame_stack and obs.dtype == np.uint8
         self.batches.append(obs.shape[0])
-        if self.first_stack is None:
-            self.first_stack = obs[0].copy()
+        self.stacks.append(obs[0].copy())  # (F, H, W, 3): the first env's stack
         return ((obs[:, -1, 0, 0, :1].astype(np.float32) - 100) / 10)  # (B, 1)
 
 
@@ -102,10 +101,21 @@ def test_success_rate_where_the_env_reports_success() -> None:
     assert plain.successes is None and plain.success_rate is None and plain.as_dict()["success_rate"] is None
 
 
-def test_frame_stack_repeats_first_frame() -> None:
+def test_frame_stack_repeats_first_frame_oldest_first_and_starts_anew_each_episode() -> None:
+    """As training stacks them (WindowSampler: oldest to newest, the first frame repeated before an episode's
+    start): step 0 sees [o0, o0, o0], step 1 [o0, o0, o1], step 2 [o0, o1, o2]; a new episode starts over."""
+    RESETS.clear()
     pol = ReadPixels(frame_stack=3)
-    evaluate(pol, EnvSpec("fake-task", {"length": 2}, FACTORY), episodes=1, progress=False)
-    assert (pol.first_stack == pol.first_stack[:1]).all()
+    evaluate(pol, EnvSpec("fake-task", {"length": 3}, FACTORY), episodes=2, workers=0, progress=False)
+    stacks, seeds = pol.stacks, list(RESETS)
+    assert len(stacks) == 6 and len(seeds) == 2
+    for episode, seed in enumerate(seeds):  # the frames each episode showed, replayed from its reset seed
+        env = FakeEnv(length=3)
+        frames = [env.reset(seed)[0]] + [env.step(np.zeros(1))[0] for _ in range(2)]
+        want = [[0, 0, 0], [0, 0, 1], [0, 1, 2]]
+        for t, idx in enumerate(want):
+            np.testing.assert_array_equal(stacks[3 * episode + t], np.stack([frames[i] for i in idx]))
+    assert not np.array_equal(stacks[0], stacks[3])  # the two episodes start from different states
 
 
 def test_normalisation() -> None:

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- shipped configs -------------------------------------------------------------------------------------
 def test_every_shipped_config_loads_and_is_package_data() -> None:
     shipped = ex.shipped_configs()
-    assert {"papers-cpu", "masklam-cpu", "masklam-gpu", "laom-gpu", "papers-gpu"} <= set(shipped)
+    assert set(shipped) == {"papers-cpu", "masklam-cpu", "masklam-gpu", "laom-gpu", "papers-gpu", "quickstart-cpu",
+                            "quickstart-gpu", "quickstart-toy", "mw128-cpu"}  # each loads below, value checks and all
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["masklam"]
     for name, path in shipped.items():
         cfg = ex.load_config(name)

@@ -304,9 +304,16 @@ def test_missing_frames_and_named_conditions():
     m = np.repeat(square(), 8, axis=0)
     out = degrade.drop_frames(m, 0.25, seed=0)
     assert (~out.any(axis=(1, 2))).sum() == 2 and (out.any(axis=(1, 2)).sum() == 6)
-    for name in degrade.CONDITIONS:
+    direct = {f"erode{r}": degrade.erode(m, r) for r in (1, 2, 3)}
+    direct |= {f"dilate{r}": degrade.dilate(m, r) for r in (1, 2, 3)}
+    direct |= {"box": degrade.boxes(m), "occlude25": degrade.occlude(m, 0.25, 1),
+               "occlude50": degrade.occlude(m, 0.5, 1), "missing25": degrade.drop_frames(m, 0.25, 1),
+               "missing50": degrade.drop_frames(m, 0.5, 1)}
+    assert set(direct) == set(degrade.CONDITIONS)  # each name is the degradation it says, at its strength
+    for name, want in direct.items():
         d = degrade.degrade(m, name, seed=1)
-        assert d.shape == m.shape and d.dtype == bool
+        assert d.shape == m.shape and d.dtype == bool and np.array_equal(d, want), name
+    assert len({degrade.degrade(m, name, seed=1).tobytes() for name in direct}) == len(direct)  # all different
     assert mask_iou(degrade.degrade(m, "missing50"), m) == pytest.approx(0.5)
     with pytest.raises(MasklamError, match="unknown mask degradation"):
         degrade.degrade(m, "blur")
