@@ -362,8 +362,14 @@ def test_command_student_labels_n_frames_and_masks_all(tmp_path, stub_loader, mo
     assert tracked == [[0, 2, 4, 6], [0, 2, 4, 6]]  # 4 frames of 2 of the 3 trajectories
     labels = distill.labels_dir(path, "masks_mobilesam")
     assert sorted(p.name for p in labels.glob("*.h5")) == ["0.h5", "1.h5"] and (labels / "student.pt").is_file()
+    from masklam.masks.student import load_student, predict
+
+    net = load_student(labels / "student.pt")
     with h5py.File(path) as f:
-        assert all(f[n]["masks_mobilesam"].shape == (8, 64, 64) for n in ("0", "1", "2"))
+        for n in ("0", "1", "2"):  # every frame of every trajectory: the saved student's masks of its own frames
+            masks = f[n]["masks_mobilesam"][()]
+            assert masks.shape == (8, 64, 64) and np.array_equal(masks, predict(net, f[n]["obs"][()]))
+        assert len({f[n]["masks_mobilesam"][()].tobytes() for n in ("0", "1", "2")}) == 3
     assert "student:" in capsys.readouterr().out
 
 

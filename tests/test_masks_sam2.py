@@ -178,19 +178,42 @@ def test_load_from_safetensors_file(tiny_weights, tiny_model):
 
 # --- the command ---------------------------------------------------------------------------------------------
 
-def test_command_adds_masks_to_every_group(tmp_path, tiny_weights, capsys):
+def test_command_adds_masks_to_every_group(tmp_path, tiny_weights, tiny_model, capsys):
     path = write_file(tmp_path / "d.h5")
     assert cmd.main(["--data", str(path), "--weights", str(tiny_weights), "--device", "cpu", "--batch", "2"]) == 0
+    box = default_box("cheetah", (64, 64))
     with h5py.File(path) as f:
         for name, length in (("0", 3), ("1", 4)):
             ds = f[name]["sam2_masks"]
             assert ds.shape == (length, 64, 64) and ds.dtype == bool
+            want = segment_video(tiny_model, f[name]["obs"][()], box, batch=2) > 0  # its own frames, the box
+            assert np.array_equal(ds[()], want), name
             iou = f[name].attrs["sam2_masks_iou"]
             assert iou == pytest.approx(mask_iou(ds[()], f[name]["masks"][()]))
             assert f[name]["obs"].shape == (length, 64, 64, 3)  # the rest is kept
         np.testing.assert_allclose(f.attrs["sam2_masks_prompt"], default_box("cheetah", (64, 64)))
     assert not parts_dir(path, "sam2_masks").exists()
     assert "IoU vs simulator masks over 2 trajectories" in capsys.readouterr().out
+
+
+def test_each_trajectory_gets_the_masks_of_its_own_frames_and_box(tmp_path, tiny_weights, monkeypatch):
+    """The random tiny model segments nothing, so the wiring is checked with logits that follow the frames: the
+    red channel above 200 (the agent square). Masks are the logits > 0, of each trajectory's own frames."""
+    path = write_file(tmp_path / "d.h5", lengths=(3, 4, 2))
+    boxes = []
+
+    def red_logits(model, obs, box, batch=8, progress=None):
+        boxes.append(tuple(box))
+        return obs[..., 0].astype(np.float32) - 200.0  # (T, H, W)
+
+    monkeypatch.setattr(segmenter, "segment_video", red_logits)
+    assert cmd.main(["--data", str(path), "--weights", str(tiny_weights), "--device", "cpu"]) == 0
+    with h5py.File(path) as f:
+        for name in ("0", "1", "2"):
+            obs = f[name]["obs"][()]
+            assert np.array_equal(f[name]["sam2_masks"][()], obs[..., 0] > 200) and obs[..., 0].max() > 200
+            assert f[name].attrs["sam2_masks_iou"] == pytest.approx(1.0)  # the simulator masks are the same square
+    assert boxes == [pytest.approx(default_box("cheetah", (64, 64)))] * 3
 
 
 def test_resume_after_crash_and_skip_done(tmp_path, tiny_weights, monkeypatch):
