@@ -151,6 +151,24 @@ def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
     m = train_decoder(DecodeConfig(policy=tmp_path / "pol", data=(toy,), out=tmp_path / "dec", labels=2, updates=20,
                                    heldout=0.2), progress=False)
     assert m["decode/labeled_transitions"] == 2 * 19 and np.isfinite(m["decode/heldout_mse"])
+    # the held-out error, recomputed: every transition of the held-out trajectories, policy latent -> decoder
+    from masklam.data import split_trajectories
+    from masklam.downstream.decoder import ActionDecoder
+    from masklam.downstream.policy import ImagePolicy
+
+    data = load_dataset([toy])
+    held = split_trajectories(data.num_trajectories, 0.2, seed=0)[1]
+    policy = ImagePolicy.from_pretrained(tmp_path / "pol", "cpu").eval()
+    decoder = ActionDecoder.from_pretrained(tmp_path / "dec", "cpu").eval()
+    rows = np.concatenate([np.arange(data.traj_starts[i], data.traj_starts[i] + data.traj_lengths[i] - 1)
+                           for i in held])  # o_t of every (o_t, a_t, o_t+1) in the held-out trajectories
+    with torch.no_grad():
+        pred = decoder(policy.predict(data.obs[rows][:, None])).clamp(-1, 1)
+    actions = torch.from_numpy(data.actions[rows])
+    mse = float(((pred - actions) ** 2).mean())
+    assert len(held) and m["decode/heldout_mse"] == pytest.approx(mse, rel=1e-5)
+    assert m["decode/heldout_nmse"] == pytest.approx(mse / float(actions.var(0).mean()), rel=1e-5)
+    assert json.loads((tmp_path / "dec" / "metrics.json").read_text()) == pytest.approx(m)
     agent = load_policy(tmp_path / "pol", tmp_path / "dec")
     assert isinstance(agent, LatentAgent) and agent.frame_stack == 1
     act = agent.select_action(b["obs_t"])
