@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -12,6 +13,7 @@ import torch
 from masklam.cli import main as cli_main
 from masklam.downstream import viz
 from masklam.models import LAMConfig, build_lam
+from masklam.models.lam import load_lam
 
 torch.set_num_threads(1)
 
@@ -37,9 +39,27 @@ def tiny_lam(tmp_path: Path, method: str, data: Path, **kw) -> Path:
     return tmp_path / method
 
 
+def quantizer_inputs(lam, data: Path) -> torch.Tensor:
+    """What the LAM's FSQ quantiser receives for every transition (o_t, o_t+1) of the file: (N, latent_dim)."""
+    inputs = []
+    hook = lam.quantizer.register_forward_hook(lambda m, inp, out: inputs.append(inp[0]))
+    with h5py.File(data) as f, torch.no_grad():
+        for name in f:
+            obs = f[name]["obs"][()]
+            lam.latent(obs[:-1, None], obs[1:, None])
+    hook.remove()
+    return torch.cat(inputs)
+
+
 def test_pixel_lam_with_fsq_writes_every_view(tmp_path, capsys):
     data = tiny_file(tmp_path / "d.h5")
     run = tiny_lam(tmp_path, "lapo", data, fsq_levels=(3, 2))
+    lam = load_lam(run, "cpu").eval()
+    z = quantizer_inputs(lam, data)  # an untrained LAM's latents all fall on one code: centre and spread them
+    with torch.no_grad():
+        lam.quantizer.proj_in.weight.div_((z - z.mean(0)).std() * 0.3)
+        lam.quantizer.proj_in.bias.copy_(-lam.quantizer.proj_in.weight @ z.mean(0))
+    lam.save_pretrained(run, {"data": [str(data)]})
     assert cli_main(["viz", "--lam", str(run), "--device", "cpu"]) == 0
     out = run / "viz"
     summary = json.loads((out / "viz.json").read_text())
@@ -48,8 +68,14 @@ def test_pixel_lam_with_fsq_writes_every_view(tmp_path, capsys):
     assert set(summary["figures"]) >= {"latents", "transfer", "codes"}
     for name in summary["figures"].values():
         assert (out / name).stat().st_size > 1000
-    fsq = summary["fsq"]
-    assert fsq["codes"] == 6 and 1 <= fsq["used"] <= 6 and 1.0 <= fsq["perplexity"] <= fsq["used"] + 1e-9
+    fsq = summary["fsq"]  # against the FSQ codes of all 20 transitions (o_t, o_t+1), counted here as code tuples
+    lam = load_lam(run, "cpu").eval()
+    with torch.no_grad():
+        codes = list(map(tuple, lam.quantizer.codes(quantizer_inputs(lam, data)).tolist()))
+    counts = np.array(list(Counter(codes).values()), np.float64)
+    p = counts / counts.sum()
+    assert len(codes) == 20 and fsq["codes"] == 6 and fsq["used"] == len(counts) >= 3
+    assert fsq["perplexity"] == pytest.approx(np.exp(-(p * np.log(p)).sum()))
     assert "codes used, perplexity" in capsys.readouterr().out
 
 
