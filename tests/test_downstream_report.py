@@ -275,7 +275,7 @@ def test_rows_a_sweep_returns_read_as_results_csv_reads_them_back(tmp_path: Path
     assert results.as_rows(returned, tmp_path / "results.csv") == back
 
 
-def test_example_frames_skip_data_they_cannot_show(tmp_path: Path, write_toy) -> None:
+def test_example_frames_skip_data_they_cannot_show(tmp_path: Path, write_toy, monkeypatch) -> None:
     import h5py
 
     (tmp_path / "shards.parquet").write_bytes(b"PAR1 not hdf5")
@@ -285,7 +285,21 @@ def test_example_frames_skip_data_they_cannot_show(tmp_path: Path, write_toy) ->
         for name in sorted(f.keys(), key=int, reverse=True):
             f.move(name, str(int(name) + 5))
         assert "masks" in f["5"]
+    import matplotlib.axes
+
+    shown: list[np.ndarray] = []
+    real_imshow = matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda ax, img, *a, **k: (shown.append(np.asarray(img)),
+                                                                                   real_imshow(ax, img, *a, **k))[1])
     assert figures.example_frames(data, tmp_path / "b.png") and (tmp_path / "b.png").is_file()
+    with h5py.File(data, "a") as f:  # trajectory "5" (the first by number), six frames spread over it, then masked
+        obs, masks = f["5"]["obs"][()], f["5"]["masks"][()]
+        idx = np.linspace(0, len(obs) - 1, 6).astype(int)
+        for name in f:
+            del f[name]["masks"]
+    want = [x for t in idx for x in (obs[t], obs[t] * masks[t][..., None])]  # column by column: frame, masked
+    assert len(shown) == 12 and all(np.array_equal(a, b) for a, b in zip(shown, want))
+    assert not figures.example_frames(data, tmp_path / "c.png") and not (tmp_path / "c.png").exists()  # no masks
 
 
 def test_a_sweep_counts_the_trajectories_of_a_folder_of_shards(tmp_path: Path, write_toy) -> None:
