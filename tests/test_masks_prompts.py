@@ -239,11 +239,19 @@ def test_overlay_tints_the_mask_and_outlines_it():
     assert (out[2, 2:6] == 255).all() and (out[5, 2:6] == 255).all()  # the outline
 
 
-def test_preview_writes_a_png_grid(tmp_path, stub, capsys):
+def test_preview_writes_a_png_grid(tmp_path, stub, capsys, monkeypatch):
     frames, truth = agent_video()
     path = write_mask_file(tmp_path / "d.h5", [(frames, truth), (frames, truth)])
     argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w", "--box", "18,22,34,38",
             "--preview"]
+    import matplotlib.axes
+
+    images, titles = [], []
+    real_imshow, real_title = matplotlib.axes.Axes.imshow, matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow",
+                        lambda ax, img, *a, **k: (images.append(np.asarray(img)), real_imshow(ax, img, *a, **k))[1])
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, text, *a, **k: (titles.append(text), real_title(ax, text, *a, **k))[1])
     assert cli_main(argv) == 0
     out = preview_path(path, "masks_mobilesam")
     assert f"preview: {out}" in capsys.readouterr().out
@@ -251,6 +259,14 @@ def test_preview_writes_a_png_grid(tmp_path, stub, capsys):
 
     image = matplotlib.image.imread(out)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 300  # 2 rows x 6 columns
+    cells = []  # 2 trajectories x 6 frames spread over 12: each its frame with its mask over it, and the mask's IoU
+    with h5py.File(path) as f:
+        for n in ("0", "1"):
+            for t in np.linspace(0, 11, 6).astype(int):
+                m, iou = f[n]["masks_mobilesam"][t], mask_iou(f[n]["masks_mobilesam"][t][None], f[n]["masks"][t][None])
+                cells.append((overlay(f[n]["obs"][t], m), f"traj {n} t{t}\nIoU {iou:.2f}"))
+    assert len(images) == 12 and titles == [title for _, title in cells]
+    assert all(np.array_equal(a, b) for a, (b, _) in zip(images, cells))
     from masklam.errors import MasklamError
     from masklam.masks.preview import write_preview
 
