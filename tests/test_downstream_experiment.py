@@ -114,6 +114,24 @@ def test_a_trainer_version_bump_recomputes_every_stage_it_computes(tmp_path: Pat
     assert cache.stage_key("collect", {"lr": 1e-3}) == cache.stage_key("collect", {"lr": 1e-3}, version=1)
 
 
+def test_checkpoint_cadence_reaches_the_lam_but_not_its_stage_key(tmp_path: Path, monkeypatch) -> None:
+    """[pretrain] ckpt_every / log_every change how often a LAM checkpoints, not what it computes: a sweep given
+    them resumes the same LAM stage (checkpointing a running sweep more often does not start it again)."""
+    from masklam.downstream import cache, stages
+    from masklam.train import pretrain as pretrain_module
+
+    keys, cfgs = [], []
+    monkeypatch.setattr(stages, "run_stage", lambda root, kind, conf, fn, log=print, meaning=None, version=1: (
+        keys.append(cache.stage_key(kind, conf, meaning, version)), (root, fn(root)))[1])
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda cfg: cfgs.append(cfg) or {"probe_nmse": 0.5})
+    args = (tmp_path, "masklam", ["d.h5"], 16, 0, 0)
+    stages.pretrain_stage(*args, {"mask_target": True}, "cpu", False)
+    stages.pretrain_stage(*args, {"mask_target": True, "ckpt_every": 100, "log_every": 10}, "cpu", False)
+    stages.pretrain_stage(*args, {"mask_target": True, "updates": 900}, "cpu", False)
+    assert keys[0] == keys[1] != keys[2]
+    assert [(c.ckpt_every, c.log_every) for c in cfgs[:2]] == [(500, 100), (100, 10)]
+
+
 def test_normalize_divides_by_full_bc_mean_over_seeds() -> None:
     raw = [{"method": "bc-full", "task": "t", "split": "id", "variant": "train", "return": r, "seed": s}
            for s, r in ((0, 100.0), (1, 300.0))]

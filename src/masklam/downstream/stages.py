@@ -102,12 +102,19 @@ def recipe_label(method: str, pretrain: dict[str, Any]) -> str:
     return label
 
 
+CADENCE = ("log_every", "ckpt_every")
+"""[pretrain] options that set how often a LAM logs and checkpoints, not what it computes (a resume from any
+checkpoint continues the same batches): passed to the LAM, kept out of its stage key, so that checkpointing a
+running sweep more often does not start its LAMs again"""
+
+
 def pretrain_conf(method: str, data: list[str], dim: int, seed: int, labeled: int,
                   overrides: dict[str, Any]) -> dict[str, Any]:
-    """The PretrainConfig fields (but out, device) of a sweep's LAM: the [pretrain] options `method` uses."""
+    """The PretrainConfig fields (but out, device and the CADENCE options) of a sweep's LAM: the [pretrain] options
+    `method` uses; what its stage key hashes."""
     from masklam.train.config import options_for
 
-    overrides = options_for(method, overrides)
+    overrides = {k: v for k, v in options_for(method, overrides).items() if k not in CADENCE}
     if not recipe_applies(method, overrides.get("recipe", "default")):  # e.g. LAOM: its own paper's recipe
         overrides = {k: v for k, v in overrides.items() if k != "recipe"}
     return {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labels": labeled}
@@ -122,12 +129,14 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
     from masklam.train.config import RECIPE_PRESETS, RECIPES
 
     conf = pretrain_conf(method, data, dim, seed, labeled, overrides)
+    cadence = {k: overrides[k] for k in CADENCE if k in overrides}
 
     def fn(d: Path) -> dict[str, Any]:
         from masklam.train.config import PretrainConfig
         from masklam.train.pretrain import pretrain
 
-        cfg = PretrainConfig(**{"device": device, "progress": progress, "tensorboard": False, **conf, "out": d})
+        cfg = PretrainConfig(**{"device": device, "progress": progress, "tensorboard": False, **conf, **cadence,
+                                "out": d})
         return {"probe_nmse": probe_nmse(pretrain(cfg))}
 
     recipe = conf.get("recipe", "default")
