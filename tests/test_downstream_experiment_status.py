@@ -291,6 +291,25 @@ def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
     text = status(60)
     assert "1 done, 1 pending: about 2.0 min left" in text
     assert "started 8.0 min ago (running, last write 1.0 min ago): pretrain" in text
+    # another process holds the stage's lock (a 128-px LAM writes nothing for an hour between checkpoints): running
+    import subprocess
+    import sys
+
+    from masklam.locks import lock_path
+
+    lock_path(started).touch()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(lock_path(started))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        text = status(400)
+        assert "started 8.0 min ago (running, last write 6.7 min ago): pretrain" in text
+        assert "1 done, 1 pending: about 2.0 min left" in text
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "(interrupted, last write 6.7 min ago)" in status(400)  # its holder gone: interrupted again
 
 
 def test_a_stage_naming_a_pending_stage_waits_on_it(tmp_path: Path) -> None:

@@ -98,22 +98,42 @@ def output_lock(output: str | os.PathLike, hint: str = ", or write elsewhere") -
         os.close(fd)
 
 
-def check_free(output: str | os.PathLike, hint: str = "") -> None:
-    """One line naming the holder if another process holds `output`'s lock now (a reader that must not run beside
-    its writer: a report beside the sweep that writes the run directory); takes nothing."""
+def _held_elsewhere(output: str | os.PathLike) -> int | None:
+    """An open descriptor of `output`'s lock file while another process holds the lock (the caller closes it);
+    None when nobody else does. Takes nothing."""
     lock = lock_path(Path(output).resolve())
     if Path(output).resolve() in _HELD or not lock.is_file():
-        return
+        return None
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:
-        return
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _busy(output, fd, hint) from None
-    finally:
+        return fd
+    os.close(fd)  # closing the descriptor drops the shared lock just taken
+    return None
+
+
+def check_free(output: str | os.PathLike, hint: str = "") -> None:
+    """One line naming the holder if another process holds `output`'s lock now (a reader that must not run beside
+    its writer: a report beside the sweep that writes the run directory); takes nothing."""
+    fd = _held_elsewhere(output)
+    if fd is not None:
+        try:
+            raise _busy(output, fd, hint)
+        finally:
+            os.close(fd)
+
+
+def is_held(output: str | os.PathLike) -> bool:
+    """True while another process holds `output`'s lock: it is computing that output now (a stage of a running
+    sweep, however long since it last wrote a file)."""
+    fd = _held_elsewhere(output)
+    if fd is not None:
         os.close(fd)
+    return fd is not None
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from masklam.downstream.cache import CONTEXT, PLANNER, done_record
+from masklam.locks import is_held
 
 
 class Pending(dict):
@@ -46,10 +47,15 @@ class PlannedStage:
     """pending with a stage.json: when it last started (time.time(); running now or interrupted)"""
     active: float | None = None
     """pending with a stage.json: when a file of its directory last changed (running if recent: `is_running`)"""
+    held: bool = False
+    """pending with a stage.json: another process holds its lock (computing it now)"""
 
     def is_running(self, now: float) -> bool:
-        """Started, and wrote a file within RUNNING_WINDOW_S of `now`: running (else interrupted, if started)."""
-        return self.started is not None and self.active is not None and now - self.active <= RUNNING_WINDOW_S
+        """Started, and held by another process or wrote a file within RUNNING_WINDOW_S of `now` (a LAM may go an
+        hour between checkpoints): running; else interrupted, if started."""
+        if self.started is None:
+            return False
+        return self.held or (self.active is not None and now - self.active <= RUNNING_WINDOW_S)
 
 
 RUNNING_WINDOW_S = 300.0
@@ -100,7 +106,7 @@ class StagePlan:
                 stage.wall_s = max(done.stat().st_mtime - started.stat().st_mtime, 0.0)
             return rec["result"]
         if not waits and started.is_file():
-            stage.started, stage.active = started.stat().st_mtime, _newest_mtime(d)
+            stage.started, stage.active, stage.held = started.stat().st_mtime, _newest_mtime(d), is_held(d)
         self.pending_dirs.append(str(d))
         return Pending()
 
