@@ -301,15 +301,17 @@ def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
                                "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
                                str(lock_path(started))], stdout=subprocess.PIPE, text=True)
+    (started / "config.json").write_text(json.dumps({"step": 300, "total_steps": 1000}))  # a LAM's checkpoint
+    os.utime(started / "config.json", (now - 400, now - 400))
     try:
         assert holder.stdout.readline().strip() == "held"
         text = status(400)
-        assert "started 8.0 min ago (running, last write 6.7 min ago): pretrain" in text
+        assert "started 8.0 min ago (running, last write 6.7 min ago, checkpoint at step 300 of 1000): pretrain" in text
         assert "1 done, 1 pending: about 2.0 min left" in text
     finally:
         holder.kill()
         holder.wait()
-    assert "(interrupted, last write 6.7 min ago)" in status(400)  # its holder gone: interrupted again
+    assert "(interrupted, last write 6.7 min ago, checkpoint at step 300 of 1000)" in status(400)  # holder gone
 
 
 def test_a_stage_naming_a_pending_stage_waits_on_it(tmp_path: Path) -> None:

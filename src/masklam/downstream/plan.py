@@ -7,6 +7,7 @@ is not known yet. `format_plan` turns what it met into the status table.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ class PlannedStage:
     """pending with a stage.json: when a file of its directory last changed (running if recent: `is_running`)"""
     held: bool = False
     """pending with a stage.json: another process holds its lock (computing it now)"""
+    checkpoint: tuple[int, int] | None = None
+    """pending with a checkpoint (a LAM's config.json): (its step, the run's total steps)"""
 
     def is_running(self, now: float) -> bool:
         """Started, and held by another process or wrote a file within RUNNING_WINDOW_S of `now` (a LAM may go an
@@ -72,6 +75,15 @@ def _strings(obj: Any) -> Iterator[str]:
             yield from _strings(v)
     elif isinstance(obj, (str, Path)):
         yield str(obj)
+
+
+def _checkpoint(d: Path) -> tuple[int, int] | None:
+    """(step, total steps) of the last checkpoint a training stage wrote in `d` (its config.json), if any."""
+    try:
+        config = json.loads((d / "config.json").read_text())
+        return int(config["step"]), int(config["total_steps"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, being rewritten, or not a LAM's
+        return None
 
 
 def _newest_mtime(d: Path) -> float:
@@ -107,6 +119,7 @@ class StagePlan:
             return rec["result"]
         if not waits and started.is_file():
             stage.started, stage.active, stage.held = started.stat().st_mtime, _newest_mtime(d), is_held(d)
+            stage.checkpoint = _checkpoint(d)
         self.pending_dirs.append(str(d))
         return Pending()
 
@@ -174,6 +187,7 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
         if s.started is not None:
             state = "running" if s.is_running(now) else "interrupted"
             last = f", last write {_duration(now - s.active)} ago" if s.active is not None else ""
+            last += f", checkpoint at step {s.checkpoint[0]} of {s.checkpoint[1]}" if s.checkpoint else ""
             lines.append(f"started {_duration(now - s.started)} ago ({state}{last}): {s.kind} {s.key} ({_brief(s)})")
     lines.append("left (stages waiting on pending inputs have no key yet):")
     left: dict[str, dict[str, int]] = {}
