@@ -65,6 +65,7 @@ collect = {{ episodes = 2, steps = 10, policy = "random", img_size = 16 }}
     (('labels = [2]', 'labels = ["2"]'), 'labels = ["2"]: expected a list of integers'),
     (('[data.', '[pretrain]\nlr = "fast"\n[data.'), '[pretrain] lr = "fast": expected a number'),
     (('[data.', '[pretrain]\nlr = -1.0\n[data.'), "[pretrain] lr must be a finite number > 0, got -1.0"),
+    (('[data.', '[pretrain]\nckpt_every = 0\n[data.'), "[pretrain] ckpt_every must be >= 1"),  # not in the key
     (('[data.', '[bc]\nupdates = 2.5\n[data.'), "[bc] updates = 2.5: expected an integer"),
     (('[data.', '[eval]\nworkers = -1\n[data.'), "[eval] episodes must be >= 1 and workers >= 0"),
     (('[data.', '[decode]\nlayers = true\n[data.'), "[decode] layers = true: expected an integer"),
@@ -269,18 +270,18 @@ def test_a_dataset_larger_than_memory_is_refused_before_loading(tmp_path: Path,
     assert load_dataset(data, progress=False).num_frames == 8
 
 
-def fake_cgroup(root: Path, v2: bool, limits: dict[str, int | str], usage: int, inactive: int) -> Path:
+def fake_cgroup(root: Path, v2: bool, limits: dict[str, int | str], usage: int, cache: int) -> Path:
     """A cgroup mount under `root` with the process in /box/job; `limits` maps a folder ('', 'box',
     'box/job') to its limit. Returns the /proc/self/cgroup file naming the process's cgroup."""
-    names = ("memory.max", "memory.current", "inactive_file") if v2 else \
-        ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    names = ("memory.max", "memory.current", "inactive_file", "active_file") if v2 else \
+        ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "total_active_file")
     base = root if v2 else root / "memory"
     for rel, limit in limits.items():
         d = base / rel
         d.mkdir(parents=True, exist_ok=True)
         (d / names[0]).write_text(f"{limit}\n")
         (d / names[1]).write_text(f"{usage}\n")
-        (d / "memory.stat").write_text(f"anon 5\n{names[2]} {inactive}\n")
+        (d / "memory.stat").write_text(f"anon 5\n{names[2]} {cache // 2}\n{names[3]} {cache - cache // 2}\n")
     if v2:
         (root / "cgroup.controllers").write_text("cpu memory\n")
     proc = root / "proc-cgroup"
@@ -291,13 +292,14 @@ def fake_cgroup(root: Path, v2: bool, limits: dict[str, int | str], usage: int, 
 @pytest.mark.parametrize("v2", [False, True])
 def test_a_containers_memory_limit_counts_not_only_the_hosts_free_memory(tmp_path: Path, v2: bool) -> None:
     gib = 1 << 30
-    # the tightest limit is the parent's (box: 4 GiB); 3 GiB in use of which 1 GiB is reclaimable page cache
+    # the tightest limit is the parent's (box: 4 GiB); 3 GiB in use of which 1 GiB is page cache (active and inactive
+    # file pages, reclaimed before an OOM kill)
     proc = fake_cgroup(tmp_path, v2, {"": "max" if v2 else 9223372036854771712, "box": 4 * gib, "box/job": 8 * gib},
-                       usage=3 * gib, inactive=1 * gib)
+                       usage=3 * gib, cache=1 * gib)
     assert resources.cgroup_available(proc, tmp_path) == 2 * gib
     # no limit anywhere: nothing to say, the host's MemAvailable decides
     proc = fake_cgroup(tmp_path / "free", v2, {"": "max" if v2 else 9223372036854771712, "box/job": "max"
-                       if v2 else 9223372036854771712}, usage=gib, inactive=0)
+                       if v2 else 9223372036854771712}, usage=gib, cache=0)
     assert resources.cgroup_available(proc, tmp_path / "free") is None
     assert resources.cgroup_available(tmp_path / "missing", tmp_path) is None
 
@@ -459,6 +461,23 @@ def test_the_lock_is_reentrant_in_one_process_and_removed_after(tmp_path: Path) 
     lock_path(out).write_text("pid 1: left by a killed run\n")  # a stale file without a holder is taken
     with output_lock(out):
         assert f"pid {os.getpid()}" in lock_path(out).read_text()
+
+
+def test_a_readers_brief_probe_of_a_lock_does_not_refuse_its_writer(tmp_path: Path) -> None:
+    """`experiment --status` and `report` probe a stage's lock with a shared flock for an instant; a writer that
+    tries to take the lock in that instant waits it out instead of refusing (a killed multi-hour run)."""
+    out = tmp_path / "stage"
+    lock_path(out).write_text("")
+    prober = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_SH); print('probing', flush=True); time.sleep(0.05)",
+                               str(lock_path(out))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert prober.stdout.readline().strip() == "probing"
+        with output_lock(out):  # taken once the probe lets go (~50 ms)
+            assert f"pid {os.getpid()}" in lock_path(out).read_text()
+    finally:
+        prober.kill()
+        prober.wait()
 
 
 # --- workers ---------------------------------------------------------------------------------------------------

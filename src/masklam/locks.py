@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +21,8 @@ from masklam.errors import MasklamError, MasklamRuntimeError
 from masklam.resources import ensure_dir
 
 SUFFIX = ".lock"
+PROBE_RETRIES = 10
+"""tries (50 ms apart) to take a held lock before saying who holds it: a reader's probe holds it for microseconds"""
 _HELD: dict[Path, int] = {}
 """outputs this process holds, with their nesting depth"""
 
@@ -48,6 +51,7 @@ def _busy(output: str | os.PathLike, fd: int, hint: str) -> MasklamRuntimeError:
 def _acquire(lock: Path, output: Path, hint: str) -> int:
     """An open descriptor of `lock` holding its exclusive flock; one line naming the holder if another has it."""
     ensure_dir(lock.parent)
+    tries = 0
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -56,6 +60,11 @@ def _acquire(lock: Path, output: Path, hint: str) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            tries += 1
+            if tries < PROBE_RETRIES:  # perhaps only a reader's probe (`is_held`, `check_free`): it lets go at once
+                os.close(fd)
+                time.sleep(0.05)
+                continue
             busy = _busy(output, fd, hint)
             os.close(fd)
             raise busy from None
@@ -112,6 +121,9 @@ def _held_elsewhere(output: str | os.PathLike) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return fd
+    except OSError:  # a file system without locks (NFS without lockd): nothing known of a holder
+        os.close(fd)
+        return None
     os.close(fd)  # closing the descriptor drops the shared lock just taken
     return None
 

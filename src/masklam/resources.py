@@ -108,16 +108,18 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None  # v2 writes "max" for no limit
 
 
-def _inactive_file(stat: Path, key: str) -> int:
-    """Page cache the kernel reclaims before it kills anything (counted as used by the cgroup's usage)."""
+def _page_cache(stat: Path, keys: tuple[str, ...]) -> int:
+    """File pages (active and inactive) the kernel reclaims before it kills anything, which the cgroup's usage
+    counts as used: the sum of memory.stat's `keys`."""
+    total = 0
     try:
         for line in stat.read_text().splitlines():
             name, _, value = line.partition(" ")
-            if name == key and value.strip().isdigit():
-                return int(value)
+            if name in keys and value.strip().isdigit():
+                total += int(value)
     except OSError:
         pass
-    return 0
+    return total
 
 
 def cgroup_available(proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
@@ -133,10 +135,11 @@ def cgroup_available(proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
     for line in lines:  # "ID:CONTROLLERS:PATH"; v2 is "0::PATH", v1's memory line names "memory"
         _, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
         if controllers == "" and (root / "cgroup.controllers").exists():
-            base, files = root, ("memory.max", "memory.current", "inactive_file")
+            base, files = root, ("memory.max", "memory.current", ("active_file", "inactive_file"))
             break
         if "memory" in controllers.split(","):
-            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                            ("total_active_file", "total_inactive_file"))
             break
     else:
         return None
@@ -147,7 +150,7 @@ def cgroup_available(proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
         limit, usage = _read_int(d / files[0]), _read_int(d / files[1])
         if limit is None or usage is None or limit >= _UNLIMITED:
             continue
-        left = max(0, limit - max(0, usage - _inactive_file(d / "memory.stat", files[2])))
+        left = max(0, limit - max(0, usage - _page_cache(d / "memory.stat", files[2])))
         best = left if best is None else min(best, left)
     return best
 

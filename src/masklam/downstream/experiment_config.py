@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from masklam import methods
-from masklam.downstream.stages import EvalOptions, pretrain_conf
+from masklam.downstream.stages import EvalOptions, pretrain_conf, with_cadence
 from masklam.downstream.sweep import sweep_methods
 from masklam.errors import MasklamError
 from masklam.renames import rename_keys
@@ -272,7 +272,7 @@ def _check_values_of_stages(cfg: ExperimentConfig) -> None:
         labeled = max(cfg.labels or [1]) if methods.get(method).supervised else 0
         conf = pretrain_conf(methods.get(method).trainer, list(data), cfg.latent_dims[0] if cfg.latent_dims else 1,
                              0, labeled, cfg.pretrain)
-        _check_table("pretrain", {}, PretrainConfig, {**conf, "out": out})  # conf: the table's options it uses
+        _check_table("pretrain", {}, PretrainConfig, {**with_cadence(conf, cfg.pretrain), "out": out})  # as trained
 
 
 def _env_types() -> dict[str, Any]:

@@ -120,6 +120,11 @@ def pretrain_conf(method: str, data: list[str], dim: int, seed: int, labeled: in
     return {**overrides, "method": method, "data": data, "latent_dim": dim, "seed": seed, "labels": labeled}
 
 
+def with_cadence(conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A LAM's `pretrain_conf` with the [pretrain] CADENCE options given: the fields it trains with."""
+    return {**conf, **{k: overrides[k] for k in CADENCE if k in overrides}}
+
+
 def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int, labeled: int,
                    overrides: dict[str, Any], device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
     """Train a LAM with `masklam.train.pretrain` (cached); result: its probe NMSE.
@@ -129,14 +134,13 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
     from masklam.train.config import RECIPE_PRESETS, RECIPES
 
     conf = pretrain_conf(method, data, dim, seed, labeled, overrides)
-    cadence = {k: overrides[k] for k in CADENCE if k in overrides}
 
     def fn(d: Path) -> dict[str, Any]:
         from masklam.train.config import PretrainConfig
         from masklam.train.pretrain import pretrain
 
-        cfg = PretrainConfig(**{"device": device, "progress": progress, "tensorboard": False, **conf, **cadence,
-                                "out": d})
+        cfg = PretrainConfig(**{"device": device, "progress": progress, "tensorboard": False,
+                                **with_cadence(conf, overrides), "out": d})
         return {"probe_nmse": probe_nmse(pretrain(cfg))}
 
     recipe = conf.get("recipe", "default")
