@@ -171,11 +171,9 @@ def available_memory() -> int | None:
         try:
             host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
-            host = None
-    group = cgroup_available()
-    if group is None or host is None:
-        return group if host is None else host
-    return min(host, group)
+            pass
+    known = [v for v in (host, cgroup_available()) if v is not None]
+    return min(known) if known else None
 
 
 def check_memory(need: int, what: str) -> None:
