@@ -205,8 +205,7 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     """
     if mask_key is not None and mask_key not in MASK_KEYS:
         raise MasklamError(f"unknown mask_key {mask_key!r}; one of {', '.join(MASK_KEYS)} or None")
-    layouts = [data_layout(p, observations, episode_length) for p in dataset_files(paths)]
-    _check_shards_agree(layouts)
+    layouts = data_layouts(paths, observations, episode_length)
     catalogue = [(li, name, int(length)) for li, lay in enumerate(layouts)
                  for name, length in zip(lay.names, lay.lengths)]
     returns_all = np.concatenate([lay.returns for lay in layouts])
