@@ -65,6 +65,40 @@ def test_resume_matches_uninterrupted_run(small_cfg, tiny_h5, tmp_path):
     assert again["probe_nmse"] == json.loads((tmp_path / "b" / "metrics.json").read_text())["probe_nmse"]
 
 
+def test_weights_train_in_channels_last_and_a_contiguous_checkpoint_resumes_exactly(small_cfg, tiny_h5, tmp_path,
+                                                                                     monkeypatch):
+    """The LAM's conv weights train in channels_last memory (devices.place), are saved whole, and a checkpoint
+    written before that (contiguous weights and optimiser state) resumes to the same weights as a straight run."""
+    from masklam.train import pretrain as pretrain_module
+
+    placed, real_place = [], pretrain_module.place
+
+    def recording(module, device):
+        placed.append(real_place(module, device))
+        return placed[-1]
+
+    monkeypatch.setattr(pretrain_module, "place", recording)
+    pretrain(small_cfg("lapo", tiny_h5, tmp_path / "a", updates=4, ckpt_every=2))
+    convs = {k: v for k, v in placed[0].state_dict().items() if v.dim() == 4}
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) for v in convs.values())
+    saved = weights(tmp_path / "a")
+    assert all(torch.equal(saved[k], v) for k, v in placed[0].state_dict().items() if k in saved)
+
+    cfg = small_cfg("lapo", tiny_h5, tmp_path / "b", updates=4, ckpt_every=2)
+    pretrain(cfg, until=2)
+    state_path = tmp_path / "b" / "train_state.pt"
+    state = torch.load(state_path, weights_only=False)
+    state["model"] = {k: v.contiguous() for k, v in state["model"].items()}
+    for s in state["optimizer"]["state"].values():
+        s.update({k: v.contiguous() for k, v in s.items() if torch.is_tensor(v)})
+    assert not any(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous()
+                   for v in state["model"].values())
+    torch.save(state, state_path)
+    pretrain(cfg)
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_over(small_cfg, tiny_h5, tmp_path):
     """Killed after config.json was written, before any checkpoint: no "model" entry yet, no train_state.pt."""
     cfg = small_cfg("lapo", tiny_h5, tmp_path, updates=4, ckpt_every=2)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from masklam.devices import resolve_device
+from masklam.devices import place, resolve_device
 from masklam.downstream.policy import ImagePolicy, PolicyConfig
 from masklam.downstream.targets import TargetFn, env_meta_of, latent_stats, make_target_fn, standardized
 from masklam.args import parse
@@ -210,7 +210,7 @@ def train_bc(cfg: BCConfig, progress: bool = True) -> dict[str, float]:
     s = _setup(cfg, device, progress)
     with torch.random.fork_rng(devices=[]):  # initial weights from cfg.seed, global generator untouched
         torch.manual_seed(cfg.seed)
-        model = ImagePolicy(s.policy_cfg).to(device)
+        model = place(ImagePolicy(s.policy_cfg), device)
     opt = make_optimizer(model, cfg.optimizer, cfg.lr)
     rng = np.random.default_rng([cfg.seed, 1])
     step, last_loss = _resume(cfg, model, opt, rng, device)

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from masklam.args import parse
+from masklam.devices import place
 from masklam.errors import MasklamError, note_once
 from masklam.files import read_json, write_json
 from masklam.locks import output_lock
@@ -138,10 +139,7 @@ def _build_model(cfg: PretrainConfig, data, device: torch.device) -> LatentActio
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(cfg.seed)
         model = build_lam(lam_cfg)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return place(model, device)
 
 
 def per_rank_sizes(cfg: PretrainConfig, ctx: DistContext) -> tuple[int, int]:
