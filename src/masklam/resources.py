@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from masklam.errors import MasklamError, MasklamRuntimeError
+from masklam.errors import MasklamError, MasklamRuntimeError, one_line
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("errno = 28", "No space left on device", "Disk quota exceeded")
@@ -85,8 +85,7 @@ def ensure_dir(path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise_if_disk_full(e, path)
-        text = str(e).strip().splitlines()
-        raise MasklamError(f"cannot create the folder {path} ({text[0] if text else type(e).__name__})") from None
+        raise MasklamError(f"cannot create the folder {path} ({one_line(e)})") from None
 
 
 def check_free_space(path: str | os.PathLike, need: int, what: str) -> None:
