@@ -9,7 +9,8 @@ The sweep is `masklam experiment mw128-cpu`, run one chunk (task, seed) at a tim
 --tasks T --seeds S --out OUT` (every stage cached under OUT). A chunk takes ~2.5 hours on 2 cores without native
 bf16 (measured 2026-12-06), a whole task ~7.5, longer than a session, and run directories need not outlive a
 session: after every finished chunk its rows are merged into OUT/mw128.csv (OUT/results.csv holds the last chunk's,
-as `masklam experiment` writes it) and, with --commit DIR, into DIR/results.csv with the chunks' times (chunks.csv)
+as `masklam experiment` writes it) and, with --commit DIR, into DIR/results.csv with the chunks' times (chunks.csv: minutes summed over every process that ran a part
+of the chunk, kept in OUT/chunk-minutes.json)
 and the table's figure (mw128.png), and committed (those three files only). With --commit, the chunks already in
 DIR/results.csv are skipped. The merged files' normalized_return is recomputed over every seed merged, as the whole
 sweep's results.csv has it.
@@ -17,12 +18,14 @@ sweep's results.csv has it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 
 CONFIG = "mw128-cpu"
@@ -165,7 +168,30 @@ def commit_chunk(commit: Path, rows: list[dict[str, Any]], task: str, seed: int,
                        cwd=commit, check=False)
 
 
+@contextlib.contextmanager
+def timed(out: Path, task: str, seed: int) -> Iterator[Callable[[], float]]:
+    """Time a chunk across the processes that run it: each adds its minutes to OUT/chunk-minutes.json when it ends,
+    finished or interrupted (a chunk is resumed in later sessions); yields a function -> the chunk's total so far."""
+    from masklam.files import read_json, write_json
+
+    path, key, t0 = out / "chunk-minutes.json", f"{task} seed {seed}", time.time()
+    spent = read_json(path) if path.is_file() else {}
+    try:
+        yield lambda: spent[key]
+    finally:
+        spent[key] = spent.get(key, 0.0) + (time.time() - t0) / 60
+        write_json(path, spent)
+
+
 def main() -> int:
+    try:
+        return run(sys.argv[1:])
+    except KeyboardInterrupt:
+        print("mw128: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def run(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", type=Path, metavar="CSV", help="print this results.csv's table (and write its figure "
                     "next to it), then exit")
@@ -175,7 +201,7 @@ def main() -> int:
     ap.add_argument("--train-workers", type=int, help="LAMs trained at once (the config's 3 by default; 1 beside "
                     "another one-thread job on 2 cores)")
     ap.add_argument("--commit", type=Path, help="merge each chunk's rows into DIR/results.csv and git-commit DIR")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.table:
         rows = read_csv(args.table)
         figure(rows, args.table.parent / "mw128.png")
@@ -200,9 +226,9 @@ def main() -> int:
         for seed in seeds:
             if (task, seed) in done:
                 continue
-            t0 = time.time()
-            rows = chunk(args.out, task, seed, args.train_workers)
-            minutes = (time.time() - t0) / 60
+            with timed(args.out, task, seed) as spent:
+                rows = chunk(args.out, task, seed, args.train_workers)
+            minutes = spent()
             local = renormalized(merge(read_csv(args.out / "mw128.csv"), rows, row_id))
             write_results(args.out / "mw128.csv", local)
             lam = {r["method"]: r for r in rows if r["method"] in METHODS and r["split"] == "id"}

@@ -96,6 +96,32 @@ def test_each_chunk_is_committed_at_once_and_a_second_run_skips_the_committed_ch
     assert ran == [("mw-push", 2), ("mw-reach", 2)]  # only what the committed file lacks
 
 
+def test_a_chunk_interrupted_and_resumed_is_timed_over_both_processes(tmp_path: Path, monkeypatch, capsys) -> None:
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    clock = iter([0.0, 600.0, 1000.0, 2200.0])  # the first process runs 10 minutes, the second 20
+    monkeypatch.setattr(mw.time, "time", lambda: next(clock))
+
+    def interrupted(*args) -> list[dict]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mw, "chunk", interrupted)
+    argv = ["mw128.py", "--out", str(tmp_path / "run"), "--tasks", "mw-push", "--seeds", "0", "--commit",
+            str(repo / "docs")]
+    monkeypatch.setattr(sys, "argv", argv)
+    (tmp_path / "run").mkdir()
+    assert mw.main() == 130
+    assert capsys.readouterr().err.strip() == "mw128: interrupted; run the same command again to resume"
+    monkeypatch.setattr(mw, "chunk", lambda *a: [_row(m, 0, "id", 0.5, 0.25, "mw-push") for m in mw.METHODS])
+    assert mw.main() == 0
+    assert mw.read_csv(repo / "docs" / "chunks.csv") == [{"task": "mw-push", "seed": "0", "minutes": "30.0"}]
+
+
 def test_a_chunk_runs_the_sweep_for_its_task_and_seed_with_the_workers_asked(tmp_path: Path, monkeypatch) -> None:
     from masklam.downstream import experiment
 
