@@ -9,9 +9,9 @@ The sweep is `masklam experiment mw128-cpu`, run one chunk (task, seed) at a tim
 --tasks T --seeds S --out OUT` (every stage cached under OUT). A chunk takes ~2.5 hours on 2 cores without native
 bf16 (measured 2026-12-06), a whole task ~7.5, longer than a session, and run directories need not outlive a
 session: after every finished chunk its rows are merged into OUT/mw128.csv (OUT/results.csv holds the last chunk's,
-as `masklam experiment` writes it) and, with --commit DIR, into DIR/results.csv with the chunks' times (chunks.csv: minutes summed over every process that ran a part
-of the chunk, kept in OUT/chunk-minutes.json)
-and the table's figure (mw128.png), and committed (those three files only). With --commit, the chunks already in
+as `masklam experiment` writes it) and, with --commit DIR, into DIR/results.csv with the chunks' times (chunks.csv:
+minutes summed over every process that ran a part of the chunk, kept in OUT/chunk-minutes.json) and the table's
+figure (mw128.png), and committed (those three files only). With --commit, the chunks already in
 DIR/results.csv are skipped. The merged files' normalized_return is recomputed over every seed merged, as the whole
 sweep's results.csv has it.
 """
