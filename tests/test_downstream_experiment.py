@@ -84,6 +84,43 @@ def test_stage_cache_reuses_and_reruns(tmp_path: Path) -> None:
     assert len(calls) == n + 2
 
 
+def test_a_stage_holds_its_lock_while_it_runs(tmp_path: Path) -> None:
+    """Every stage, not only a LAM's: another process sees it held (`--status`: running, however long it writes
+    nothing) and cannot compute it at the same time; the lock is gone once it is done."""
+    import subprocess
+    import sys
+
+    from masklam.errors import MasklamRuntimeError
+    from masklam.locks import lock_path
+
+    probe = ("import fcntl, sys; f = open(sys.argv[1])\ntry: fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\n"
+             "except BlockingIOError: print('held')\nelse: print('free')")
+    seen = []
+
+    def fn(d: Path) -> dict:
+        seen.append(subprocess.run([sys.executable, "-c", probe, str(lock_path(d))], capture_output=True,
+                                   text=True, check=True).stdout.strip())
+        return {"value": 1}
+
+    d, result = cache.run_stage(tmp_path, "evaluate", {"episodes": 3}, fn, log=lambda s: None)
+    assert seen == ["held"] and result == {"value": 1} and not lock_path(d).exists()
+
+    key = cache.stage_key("bc", {"lr": 1.0})
+    lock = lock_path(tmp_path / "stages" / "bc" / key)
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MasklamRuntimeError, match=f"{key} is being written by another masklam process"):
+            cache.run_stage(tmp_path, "bc", {"lr": 1.0}, lambda d: pytest.fail("computed twice"), log=lambda s: None)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_trainer_version_bump_recomputes_every_stage_it_computes(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from masklam.downstream import bc, decode

@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+from masklam.locks import output_lock
+
 
 def fingerprint(paths: Any) -> list[Any]:
     """(path, size, mtime) of each data file, so a rewritten dataset invalidates the stages built on it; a
@@ -94,7 +96,8 @@ def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path]
               log: Callable[[str], None] = print, meaning: dict[str, Any] | None = None,
               version: int = 1) -> tuple[Path, dict[str, Any]]:
     """Run `fn(stage_dir) -> result` unless `stage_dir/done.json` records this config's hash (`stage_key`);
-    -> (dir, result).
+    -> (dir, result). The stage's lock (masklam.locks) is held while it runs: another process that reaches the
+    same stage then gets one line naming this one, and `--status` shows it running however long it goes silent.
 
     In a dry run only hands the stage to the planner: -> (dir, its result, or the planner's placeholder)."""
     from masklam.files import write_json
@@ -107,11 +110,15 @@ def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path]
     rec = done_record(d, key)
     if rec is not None:
         return d, rec["result"]
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config}, indent=1, default=str))
-    context = CONTEXT.get()
-    log(f"[{kind} {key}] running" + (f" ({context})" if context else ""))
-    t0 = time.perf_counter()
-    result = fn(d)
-    write_json(d / "done.json", {"hash": key, "result": result, "wall_s": time.perf_counter() - t0}, indent=1)
+    with output_lock(d, ", or use another --out"):  # held while it computes: `--status` shows it running
+        rec = done_record(d, key)  # another process may have finished it meanwhile
+        if rec is not None:
+            return d, rec["result"]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config}, indent=1, default=str))
+        context = CONTEXT.get()
+        log(f"[{kind} {key}] running" + (f" ({context})" if context else ""))
+        t0 = time.perf_counter()
+        result = fn(d)
+        write_json(d / "done.json", {"hash": key, "result": result, "wall_s": time.perf_counter() - t0}, indent=1)
     return d, result
