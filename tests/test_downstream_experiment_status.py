@@ -265,6 +265,29 @@ def test_format_plan_estimates_by_the_mean_of_done_stages() -> None:
     assert "  t seed 1 masklam: pretrain 1" in text
 
 
+def test_a_part_of_a_sweep_is_estimated_by_the_run_directorys_other_stages(tmp_path: Path) -> None:
+    """`--status --seeds 1` once seed 0 is done: none of its kinds is done in its own plan, so each is estimated
+    by the run directory's done stages of that kind, marked *; a kind done nowhere still has no estimate."""
+    for x, wall in ((1, 600.0), (2, 300.0)):  # seed 0's LAMs: 10 and 5 min
+        d, _ = cache.run_stage(tmp_path, "pretrain", {"x": x}, lambda d: {}, log=lambda s: None)
+        (d / "done.json").write_text(json.dumps({**json.loads((d / "done.json").read_text()), "wall_s": wall}))
+    (tmp_path / "stages" / "pretrain" / "broken").mkdir()
+    (tmp_path / "stages" / "pretrain" / "broken" / "done.json").write_text("{not json")  # skipped
+
+    def status(kinds: tuple[str, ...]) -> str:
+        with plan_stages() as plan:
+            for kind in kinds:
+                cache.run_stage(tmp_path, kind, {"x": 3}, lambda d: {})
+        return format_plan(plan, now=time.time())
+
+    text = status(("pretrain",))
+    row = text.splitlines()[1]
+    assert row.split() == ["pretrain", "0", "1", "7.5", "min*", "7.5", "min"]
+    assert "0 done, 1 pending: about 7.5 min left" in text and "* none of this kind done here" in text
+    text = status(("pretrain", "decode"))
+    assert "about 7.5 min left, plus the decode stages (no estimate" in text
+
+
 def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
     d, _ = cache.run_stage(tmp_path, "pretrain", {"x": 1}, lambda d: {}, log=lambda s: None)
     rec = json.loads((d / "done.json").read_text())

@@ -101,10 +101,13 @@ class StagePlan:
     """directories of the pending stages (a config naming one waits on it)"""
     seen: set[str] = field(default_factory=set)
     """directories of the stages met"""
+    kind_dirs: dict[str, Path] = field(default_factory=dict)
+    """per kind, the folder of its stages in the run directory (`OUT/stages/<kind>`)"""
 
     def visit(self, d: Path, kind: str, key: str, config: dict[str, Any]) -> dict[str, Any]:
         """Record one stage; -> its result if done, else a `Pending` one."""
         pending = self.pending_dirs
+        self.kind_dirs.setdefault(kind, d.parent)
         waits = any(v == p or v.startswith(p + os.sep) for v in _strings(config) for p in pending)
         rec = None if waits else done_record(d, key)
         stage = PlannedStage(kind, None if waits else key, rec is not None, CONTEXT.get(), config)
@@ -135,6 +138,19 @@ def plan_stages() -> Iterator[StagePlan]:
         PLANNER.reset(token)
 
 
+def _done_walls(folder: Path) -> list[float]:
+    """The recorded run times (done.json's wall_s) of every done stage in `folder` (`OUT/stages/<kind>`)."""
+    walls = []
+    for done in sorted(folder.glob("*/done.json")):
+        try:
+            wall = json.loads(done.read_text()).get("wall_s")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(wall, (int, float)):
+            walls.append(float(wall))
+    return walls
+
+
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
@@ -153,15 +169,21 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
 
     A pending stage is estimated by the mean run time of the done stages of its kind (less the time it has
     run if it is running: started, and wrote a file recently; an interrupted one starts over, from its
-    checkpoints), a kind with none done has no estimate."""
+    checkpoints); a kind with none done in the plan by the run directory's other done stages of that kind
+    (another part of the sweep, other settings: marked *); a kind with none done there either has no estimate."""
     now = time.time() if now is None else now
     kinds = list(dict.fromkeys(s.kind for s in plan.stages))
     lines = [f"{'stage':<10}{'done':>6}{'pending':>9}{'mean time':>12}{'time left':>13}"]
-    total, unknown = 0.0, []
+    total, unknown, elsewhere = 0.0, [], False
     for kind in kinds:
         done = [s for s in plan.stages if s.kind == kind and s.done]
         pending = [s for s in plan.stages if s.kind == kind and not s.done]
         walls = [s.wall_s for s in done if s.wall_s is not None]
+        mark = ""
+        if not walls and kind in plan.kind_dirs:
+            walls = _done_walls(plan.kind_dirs[kind])
+            mark = "*" if walls else ""
+            elsewhere = elsewhere or bool(walls and pending)
         mean = sum(walls) / len(walls) if walls else None
         if pending and mean is None:
             unknown.append(kind)
@@ -170,8 +192,8 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
             secs = sum(max(mean - (now - s.started), 0.0) if s.is_running(now) else mean for s in pending)
             total += secs
             left = _duration(secs)
-        lines.append(f"{kind:<10}{len(done):>6}{len(pending):>9}{_duration(mean) if mean is not None else '-':>12}"
-                     f"{left:>13}")
+        lines.append(f"{kind:<10}{len(done):>6}{len(pending):>9}"
+                     f"{_duration(mean) + mark if mean is not None else '-':>12}{left:>13}")
     n_done = sum(s.done for s in plan.stages)
     n_pending = len(plan.stages) - n_done
     if not n_pending:
@@ -183,6 +205,8 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
         estimate = f"about {_duration(total)} left" + (
             f", plus the {', '.join(unknown)} stages (no estimate: none of their kind done yet)" if unknown else "")
     lines.append(f"{n_done} done, {n_pending} pending: {estimate}")
+    if elsewhere:
+        lines.append("* none of this kind done here: the mean of the run directory's other done stages of its kind")
     for s in plan.stages:
         if s.started is not None:
             state = "running" if s.is_running(now) else "interrupted"
