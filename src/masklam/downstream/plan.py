@@ -114,11 +114,9 @@ class StagePlan:
         if str(d) not in self.seen:  # a stage two parts of the sweep share runs once
             self.seen.add(str(d))
             self.stages.append(stage)
-        started, done = d / "stage.json", d / "done.json"
+        started = d / "stage.json"
         if rec is not None:
-            stage.wall_s = rec.get("wall_s")
-            if stage.wall_s is None and started.is_file():  # done before run_stage recorded wall_s
-                stage.wall_s = max(done.stat().st_mtime - started.stat().st_mtime, 0.0)
+            stage.wall_s = _wall_s(d, rec)
             return rec["result"]
         if not waits and started.is_file():
             stage.started, stage.active, stage.held = started.stat().st_mtime, _newest_mtime(d), is_held(d)
@@ -138,17 +136,21 @@ def plan_stages() -> Iterator[StagePlan]:
         PLANNER.reset(token)
 
 
+def _wall_s(d: Path, rec: dict[str, Any]) -> float | None:
+    """A done stage's run time: its done.json's wall_s, or (done before run_stage recorded it) the time between
+    its stage.json and done.json."""
+    if rec.get("wall_s") is not None:
+        return float(rec["wall_s"])
+    started = d / "stage.json"
+    return max((d / "done.json").stat().st_mtime - started.stat().st_mtime, 0.0) if started.is_file() else None
+
+
 def _done_walls(folder: Path) -> list[float]:
-    """The recorded run times (done.json's wall_s) of every done stage in `folder` (`OUT/stages/<kind>`)."""
-    walls = []
-    for done in sorted(folder.glob("*/done.json")):
-        try:
-            wall = json.loads(done.read_text()).get("wall_s")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(wall, (int, float)):
-            walls.append(float(wall))
-    return walls
+    """The run times of every done stage in `folder` (`OUT/stages/<kind>`; a stage's directory is named for its
+    key)."""
+    dirs = sorted(folder.iterdir()) if folder.is_dir() else []  # a dry run of a fresh run directory: none yet
+    walls = [_wall_s(d, rec) for d in dirs if (rec := done_record(d, d.name)) is not None]
+    return [w for w in walls if w is not None]
 
 
 def _duration(seconds: float) -> str:
