@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from masklam.errors import MasklamError, MasklamRuntimeError
+from masklam.files import read_csv, write_csv
 
 
 CONFIG = "mw128-cpu"
@@ -36,29 +38,6 @@ CHUNK_COLUMNS = ["task", "seed", "minutes"]
 def row_id(r: dict[str, Any]) -> tuple[str, str, int, int, int, str]:
     """What identifies a results.csv row: (task, method, latent_dim, labels, seed, split)."""
     return r["task"], r["method"], int(r["latent_dim"]), int(r["labels"]), int(r["seed"]), r["split"]
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from masklam.files import atomic_path
-
-    with atomic_path(path, shared=True) as tmp, tmp.open("w", newline="") as f:  # a temporary of its own
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows({c: ("" if r.get(c) is None else r[c]) for c in columns} for r in rows)
-
-
-def merge(old: list[dict[str, Any]], new: list[dict[str, Any]], key: Any) -> list[dict[str, Any]]:
-    """`old` with `new`'s rows added (a row in both, by `key`: `new`'s), in the order met."""
-    merged = {key(r): r for r in old}
-    merged.update({key(r): r for r in new})
-    return list(merged.values())
 
 
 def chunk(out: Path, task: str, seed: int, train_workers: int | None) -> list[dict[str, Any]]:
@@ -151,15 +130,16 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 def commit_chunk(commit: Path, rows: list[dict[str, Any]], task: str, seed: int, minutes: float) -> None:
     """Merge a finished chunk into COMMIT's files and git-commit them; runs committing into one COMMIT at once take
     turns (locks.queued_lock), so no chunk is lost."""
-    from masklam.downstream.results import write_results
+    from masklam.downstream.results import merge_rows, write_results
     from masklam.locks import queued_lock
 
     commit.mkdir(parents=True, exist_ok=True)
     with queued_lock(commit / "results.csv"):
-        merged = renormalized(merge(read_csv(commit / "results.csv"), rows, row_id))
+        merged = renormalized(merge_rows(read_csv(commit / "results.csv", missing_ok=True), rows, row_id))
         write_results(commit / "results.csv", merged)
-        chunks = merge(read_csv(commit / "chunks.csv"), [dict(task=task, seed=seed, minutes=f"{minutes:.1f}")],
-                       lambda r: (r["task"], int(r["seed"])))
+        chunk_row = dict(task=task, seed=seed, minutes=f"{minutes:.1f}")
+        chunks = merge_rows(read_csv(commit / "chunks.csv", missing_ok=True), [chunk_row],
+                            lambda r: (r["task"], int(r["seed"])))
         write_csv(commit / "chunks.csv", chunks, CHUNK_COLUMNS)
         figure(merged, commit / "mw128.png")
         files = ["results.csv", "chunks.csv", "mw128.png"]  # these only: never other work in DIR
@@ -189,6 +169,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("mw128: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except MasklamError as e:  # a missing --table, a corrupt results.csv, a config the sweep refuses
+        print(f"mw128: {e}", file=sys.stderr)
+        return 1 if isinstance(e, MasklamRuntimeError) else 2
 
 
 def run(argv: list[str]) -> int:
@@ -211,7 +194,7 @@ def run(argv: list[str]) -> int:
         ap.error("--out is required (or --table CSV)")
 
     from masklam.downstream.experiment import load_config
-    from masklam.downstream.results import write_results
+    from masklam.downstream.results import merge_rows, write_results
 
     cfg = load_config(CONFIG)
     tasks, seeds = args.tasks or cfg.tasks, args.seeds or cfg.seeds
@@ -221,7 +204,7 @@ def run(argv: list[str]) -> int:
     if args.train_workers is not None and args.train_workers < 1:
         ap.error(f"--train-workers must be >= 1, got {args.train_workers}")
     commit = args.commit.resolve() if args.commit else None
-    done = {(r["task"], int(r["seed"])) for r in read_csv(commit / "results.csv")} if commit else set()
+    done = {(r["task"], int(r["seed"])) for r in read_csv(commit / "results.csv", missing_ok=True)} if commit else set()
     for task in tasks:  # task by task: each task's data are collected once per run directory
         for seed in seeds:
             if (task, seed) in done:
@@ -229,7 +212,7 @@ def run(argv: list[str]) -> int:
             with timed(args.out, task, seed) as spent:
                 rows = chunk(args.out, task, seed, args.train_workers)
             minutes = spent()
-            local = renormalized(merge(read_csv(args.out / "mw128.csv"), rows, row_id))
+            local = renormalized(merge_rows(read_csv(args.out / "mw128.csv", missing_ok=True), rows, row_id))
             write_results(args.out / "mw128.csv", local)
             lam = {r["method"]: r for r in rows if r["method"] in METHODS and r["split"] == "id"}
             print(f"{task} seed {seed}: " + ", ".join(f"{m} probe {float(r['probe_nmse']):.3f} success "

@@ -16,7 +16,6 @@ figure into DIR of this repository and committed (only DIR's files), so a sessio
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import subprocess
 import time
@@ -27,7 +26,9 @@ import numpy as np
 
 from masklam.downstream.bc import AUTHORS_LATENT_BC
 from masklam.downstream.decode import AUTHORS_DECODER
-from masklam.files import atomic_path, read_json
+from masklam.downstream.results import merge_rows
+from masklam.errors import MasklamError
+from masklam.files import read_csv, read_json, write_csv
 from masklam.locks import queued_lock
 
 # A variant: the method, its pretraining options on top of the quickstart's, and its downstream options.
@@ -118,22 +119,14 @@ def lam_run(out: Path, lam_stage: str) -> dict[str, Any]:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [{"task": "cheetah-run", **{k: v for k, v in r.items() if v is not None}} for r in csv.DictReader(f)]
+    """A curve.csv's points ([] without the file); rows written before the task column are cheetah-run's."""
+    return [{"task": "cheetah-run", **{k: v for k, v in r.items() if v is not None}}
+            for r in read_csv(path, "curve", missing_ok=True)]
 
 
 def point_id(r: dict[str, Any]) -> tuple[str, str, int, int, int]:
     """What identifies a point: (task, variant, updates, trajectories, seed)."""
     return r["task"], r["variant"], int(r["updates"]), int(r["trajectories"]), int(r["seed"])
-
-
-def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`old` with `new`'s points added (a point in both: `new`'s), in the order met."""
-    merged = {point_id(r): r for r in old}
-    merged.update({point_id(r): r for r in new})
-    return list(merged.values())
 
 
 def to_commit(committed: list[dict[str, Any]], local: list[dict[str, Any]],
@@ -142,7 +135,7 @@ def to_commit(committed: list[dict[str, Any]], local: list[dict[str, Any]],
     (`local`) points the committed file lacks (run without --commit, or stopped before it). Any other local copy of
     a committed point never replaces it: another command may have redone it since (curves run in parallel)."""
     known = {point_id(r) for r in committed}
-    return merge_rows(committed, [r for r in local if point_id(r) not in known] + fresh)
+    return merge_rows(committed, [r for r in local if point_id(r) not in known] + fresh, point_id)
 
 
 def commit_point(commit: Path, local: list[dict[str, Any]], row: dict[str, Any], message: str) -> None:
@@ -158,11 +151,8 @@ def commit_point(commit: Path, local: list[dict[str, Any]], row: dict[str, Any],
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path, shared=True) as tmp, tmp.open("w", newline="") as f:  # a temporary of its own
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
+    write_csv(path, [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows], COLUMNS,
+              shared=True)
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
@@ -284,7 +274,7 @@ def main() -> int:
     if args.table:
         rows: list[dict[str, Any]] = []
         for path in args.table:  # a point in several files counts once (the later file's row)
-            rows = merge_rows(rows, read_rows(path))
+            rows = merge_rows(rows, read_rows(path), point_id)
         figure(rows, args.table[0].parent / "curve.png")
         print(markdown(rows))
         return 0
@@ -298,7 +288,8 @@ def main() -> int:
     csv_path = args.out / "curve.csv"
     rows = read_rows(csv_path)
     # done: this run directory's points and, with --commit, the committed ones (another curve may have run them)
-    done = {point_id(r): r for r in merge_rows(read_rows(args.commit / "curve.csv") if args.commit else [], rows)}
+    committed = read_rows(args.commit / "curve.csv") if args.commit else []
+    done = {point_id(r): r for r in merge_rows(committed, rows, point_id)}
     for updates in args.updates:
         for episodes in args.episodes:
             for seed in args.seeds:
@@ -317,7 +308,7 @@ def main() -> int:
                             raise SystemExit(f"--redo of {point_id(old)}: probe {row['probe_nmse']:.4f}, was "
                                              f"{old['probe_nmse']}: not the same LAM; nothing committed")
                         row["minutes"] = float(old["minutes"])
-                    rows = merge_rows(rows, [row])
+                    rows = merge_rows(rows, [row], point_id)
                     write_rows(csv_path, rows)
                     figure(rows, args.out / "curve.png")
                     print(f"{args.task} {variant:<22} updates {updates:>5} trajectories {episodes:>4} seed {seed}: "
@@ -330,4 +321,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except MasklamError as e:  # a corrupt curve.csv, a config the pipeline refuses: one line
+        raise SystemExit(f"scale_curve: {e}") from None

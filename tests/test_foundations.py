@@ -11,7 +11,7 @@ from torch import nn
 import masklam
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
-from masklam.files import atomic_path, read_json, write_json
+from masklam.files import atomic_path, read_csv, read_json, write_csv, write_json
 from masklam.metrics import namespaced, normalised_mse, standard_error
 from masklam.models.pretrained import Pretrained
 
@@ -78,6 +78,21 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
         read_json(tmp_path / "bad.json")
     with pytest.raises(MasklamError, match="no such file"):
         read_json(tmp_path / "missing.json")
+
+
+def test_csv_round_trip_keeps_columns_and_empty_cells(tmp_path):
+    rows = [{"a": 1, "b": None, "extra": "left out"}, {"b": "x,y"}]
+    write_csv(tmp_path / "t.csv", rows, ["a", "b"])
+    assert read_csv(tmp_path / "t.csv") == [{"a": "1", "b": ""}, {"a": "", "b": "x,y"}]
+    assert (tmp_path / "t.csv").read_text().splitlines()[0] == "a,b"
+    assert read_csv(tmp_path / "missing.csv", missing_ok=True) == []
+    with pytest.raises(MasklamError, match="no such curve: .*missing.csv"):
+        read_csv(tmp_path / "missing.csv", "curve")
+    (tmp_path / "bin.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
+    with pytest.raises(MasklamError, match="bin.csv is not a valid csv file"):
+        read_csv(tmp_path / "bin.csv")
+    with pytest.raises(MasklamError, match="cannot read the table"):
+        read_csv(tmp_path)  # a folder
 
 
 def test_pretrained_round_trip_and_one_line_errors(tmp_path):

@@ -48,7 +48,9 @@ def test_merged_chunks_are_normalised_by_the_full_data_bc_over_every_seed_merged
 
 def test_a_chunk_reruns_a_row_without_losing_the_others() -> None:
     old = [_row("lapo", 0, "id", 0.9, 0.1), _row("lapo", 1, "id", 0.8, 0.2)]
-    merged = mw.merge(old, [_row("lapo", 1, "id", 0.7, 0.3), _row("lapo", 2, "id", 0.6, 0.4)], mw.row_id)
+    from masklam.downstream.results import merge_rows
+
+    merged = merge_rows(old, [_row("lapo", 1, "id", 0.7, 0.3), _row("lapo", 2, "id", 0.6, 0.4)], mw.row_id)
     assert [(r["seed"], r["probe_nmse"]) for r in merged] == [(0, 0.9), (1, 0.7), (2, 0.6)]
 
 
@@ -120,6 +122,17 @@ def test_a_chunk_interrupted_and_resumed_is_timed_over_both_processes(tmp_path: 
     monkeypatch.setattr(mw, "chunk", lambda *a: [_row(m, 0, "id", 0.5, 0.25, "mw-push") for m in mw.METHODS])
     assert mw.main() == 0
     assert mw.read_csv(repo / "docs" / "chunks.csv") == [{"task": "mw-push", "seed": "0", "minutes": "30.0"}]
+
+
+def test_a_missing_or_unreadable_table_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["mw128.py", "--table", str(tmp_path / "results.csv")])
+    assert mw.main() == 2
+    assert capsys.readouterr().err.strip() == f"mw128: no such table: {tmp_path / 'results.csv'}"
+    monkeypatch.setattr(sys, "argv", ["mw128.py", "--table", str(tmp_path)])  # a folder
+    assert mw.main() == 2
+    assert capsys.readouterr().err.strip().startswith(f"mw128: cannot read the table {tmp_path} (")
 
 
 def test_a_chunk_runs_the_sweep_for_its_task_and_seed_with_the_workers_asked(tmp_path: Path, monkeypatch) -> None:

@@ -6,10 +6,11 @@ corrupt file is one line naming the file (MasklamError).
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from masklam.errors import MasklamError
 from masklam.resources import disk_full, ensure_dir, is_disk_full
@@ -54,4 +55,30 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MasklamError(f"{path} is not valid JSON ({e})") from None
     except OSError as e:  # a folder, no permission
+        raise MasklamError(f"cannot read the {what} {path} ({e.strerror or type(e).__name__})") from None
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: list[str], shared: bool = False) -> None:
+    """Atomically write `rows` under a header of `columns`: a missing or None cell is empty, keys outside `columns`
+    are left out; `shared`: as `atomic_path`'s."""
+    with atomic_path(path, shared) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows({c: ("" if r.get(c) is None else r[c]) for c in columns} for r in rows)
+
+
+def read_csv(path: str | Path, what: str = "table", missing_ok: bool = False) -> list[dict[str, str]]:
+    """A csv file's rows as header -> cell (str); a missing file is [] with `missing_ok`, else, like an unreadable
+    or malformed one, a one-line MasklamError naming it."""
+    path = Path(path)
+    if missing_ok and not path.exists():
+        return []
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise MasklamError(f"no such {what}: {path}") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise MasklamError(f"{path} is not a valid csv file ({e})") from None
+    except OSError as e:
         raise MasklamError(f"cannot read the {what} {path} ({e.strerror or type(e).__name__})") from None

@@ -15,14 +15,14 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 import masklam.downstream.sweep  # noqa: F401  (registers the methods of the rows; the LAMs' come with it)
 from masklam import methods
 from masklam.errors import MasklamError
-from masklam.files import atomic_path
+from masklam.files import write_csv
 from masklam.metrics import standard_error
 
 REQUIRED_COLUMNS = ["method", "task", "latent_dim", "labels", "seed", "split", "probe_nmse", "return",
@@ -63,11 +63,16 @@ class Row:
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
     """results.csv with the fixed columns (RESULT_COLUMNS); empty cells for missing values. Sweeps over other seeds
     may share the run directory: each writes a temporary of its own (the last to finish wins)."""
-    with atomic_path(path, shared=True) as tmp, tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: ("" if r.get(c) is None else r[c]) for c in RESULT_COLUMNS})
+    write_csv(path, rows, RESULT_COLUMNS, shared=True)
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]
+               ) -> list[dict[str, Any]]:
+    """`old` with `new`'s rows added (a row in both, by `key`: `new`'s), in the order met; for tables that grow
+    over several runs (a sweep's chunks, a curve's points)."""
+    merged = {key(r): r for r in old}
+    merged.update({key(r): r for r in new})
+    return list(merged.values())
 
 
 def normalize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
