@@ -225,6 +225,90 @@ def test_status_before_and_after_running(write_toy, tmp_path: Path, capsys: pyte
     assert all(s.done for s in mid.stages if s.context != "toy-bright seed 0 lapo")
 
 
+def test_status_plans_the_lams_and_full_data_bc_in_the_pool_the_run_trains_them_in(write_toy, tmp_path: Path) -> None:
+    """On CPU with train_workers > 1 a task and seed's LAMs and full-data BCs train in one pool (before the rest):
+    the dry run plans them there, in the pool's order, with the same keys; on CUDA, or one at a time, no pool."""
+    import dataclasses
+
+    cfg = ex.ExperimentConfig(**{**_toy_config(tmp_path, write_toy), "latent_dims": [4, 8], "device": "cpu"})
+    serial = ex.sweep_status(dataclasses.replace(cfg, train_workers=1))
+    pooled = ex.sweep_status(dataclasses.replace(cfg, train_workers=3))
+    assert all(s.pool is None for s in serial.stages)
+    assert [(s.kind, s.context, s.pool) for s in pooled.stages[:3]] == [
+        ("pretrain", "toy-bright seed 0 lapo latent 4", ("toy-bright seed 0", 3)),
+        ("pretrain", "toy-bright seed 0 lapo latent 8", ("toy-bright seed 0", 3)),
+        ("bc", "toy-bright seed 0 bc-full", ("toy-bright seed 0", 3))]
+    assert all(s.pool is None for s in pooled.stages[3:])
+    assert sorted((s.kind, str(s.key)) for s in pooled.stages) == sorted((s.kind, str(s.key)) for s in serial.stages)
+    on_cuda = ex.sweep_status(dataclasses.replace(cfg, train_workers=3, device="cuda"))
+    assert all(s.pool is None for s in on_cuda.stages)  # the run trains them one at a time there
+
+
+def test_the_time_left_is_on_the_wall_clock_with_a_pools_stages_side_by_side() -> None:
+    P, pool = PlannedStage, ("t seed 0", 3)
+    plan = StagePlan([
+        P("pretrain", "a", True, "t seed 9 lapo", {}, wall_s=600.0),
+        P("bc", "b", True, "t seed 9 bc-full", {}, wall_s=300.0),
+        *[P("pretrain", k, False, f"t seed 0 {k}", {}, pool=pool) for k in ("l1", "l2", "l3")],
+        *[P("bc", k, False, f"t seed 0 {k}", {}, pool=pool) for k in ("b1", "b2")],
+        P("bc", None, False, "t seed 0 lapo", {}),
+    ])
+    text = format_plan(plan, now=1000.0)
+    # the pool: 3 LAMs at once (10 min), then the 2 BCs side by side (5 min); then the latent BC alone (5 min)
+    assert "2 done, 6 pending: about 20.0 min left on the wall clock (45.0 min of stage time: a task and seed's " \
+           "LAMs and full-data BCs train 3 at once)" in text
+    plan.stages[2].pool = plan.stages[3].pool = plan.stages[4].pool = ("t seed 0", 2)  # two workers, 3 LAMs first
+    plan.stages[5].pool = plan.stages[6].pool = ("t seed 0", 2)
+    assert "about 25.0 min left on the wall clock" in format_plan(plan, now=1000.0)  # 10+10 | 10+5+5, then 5
+
+
+def test_a_resumed_stage_counts_its_earlier_runs_up_to_their_last_checkpoint(tmp_path: Path) -> None:
+    """A stage interrupted after a checkpoint and resumed: done.json's wall_s adds the first run's time up to its
+    checkpoint (after it: lost work); --status takes that much off the estimate of a stage interrupted or running."""
+    from masklam.train.checkpoint import TRAIN_STATE
+
+    assert cache.RESUME_STATE == TRAIN_STATE  # what LAMs (in the stage's directory) and BCs (in resume/) write
+    runs = []
+
+    def interrupted(d: Path) -> dict:
+        (d / "resume").mkdir()
+        (d / "resume" / cache.RESUME_STATE).write_text("state")
+        runs.append(d)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.run_stage(tmp_path, "bc", {"x": 1}, interrupted, log=lambda s: None)
+    d = runs[0]
+    now = time.time()
+    os.utime(d / "stage.json", (now - 900, now - 900))  # it ran from 900 s ago, its last checkpoint 400 s ago
+    os.utime(d / "resume" / cache.RESUME_STATE, (now - 400, now - 400))
+    assert cache.resumed_s(d) == pytest.approx(500.0, abs=1e-3)
+    (tmp_path / "stages" / "bc" / "done").mkdir()  # a done stage of the kind took 1000 s
+    (tmp_path / "stages" / "bc" / "done" / "done.json").write_text(json.dumps({"hash": "done", "wall_s": 1000.0}))
+
+    def status() -> str:
+        with plan_stages() as plan:
+            cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: {})
+        return format_plan(plan, now=now)
+
+    assert "0 done, 1 pending: about 8.3 min left" in status()  # interrupted: 1000 - 500 s
+    _, result = cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: {"v": 1}, log=lambda s: None)
+    rec = json.loads((d / "done.json").read_text())
+    assert result == {"v": 1} and 500.0 <= rec["wall_s"] < 510.0
+    assert json.loads((d / "stage.json").read_text())["resumed_s"] == pytest.approx(500.0, abs=1e-3)
+    (d / "done.json").unlink()  # running again (a third run, started 100 s ago, its lock held): 1000 - 500 - 100 s
+    os.utime(d / "stage.json", (now - 100, now - 100))
+    from masklam.locks import output_lock
+
+    with output_lock(d, ""):
+        with plan_stages() as plan:
+            cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: {})
+    assert plan.stages[0].is_running(now) and "about 6.7 min left" in format_plan(plan, now=now)
+    (d / "resume" / cache.RESUME_STATE).unlink()  # without a checkpoint an interrupted stage starts over
+    os.utime(d / "stage.json", (now - 900, now - 900))
+    assert cache.resumed_s(d) == 0.0 and "about 16.7 min left" in status()
+
+
 def test_done_stages_without_wall_s_are_timed_by_their_files(tmp_path: Path) -> None:
     calls = []
     d, _ = cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: calls.append(d) or {"v": 1}, log=lambda s: None)

@@ -4,8 +4,9 @@ The key (`stage_key`) hashes the stage's kind, its config (its inputs included a
 keys), the size and mtime of its data files (`fingerprint`), what named values in the config stand for, and the
 VERSION of the code that computes it. A stage is skipped when its `done.json` holds the same key, and runs (or
 resumes: stages resume from their own checkpoints) otherwise. `done.json` records the stage's result and its run
-time (`wall_s`, of the session that finished it). Inside a dry run (masklam.downstream.plan) `run_stage` hands
-each stage to the planner instead, and runs or writes nothing.
+time (`wall_s`: a resumed stage's counts the earlier runs' time up to their last checkpoint, `resumed_s`).
+Inside a dry run (masklam.downstream.plan) `run_stage` hands each stage to the planner instead, and runs or
+writes nothing.
 """
 from __future__ import annotations
 
@@ -92,6 +93,30 @@ def dry_run() -> bool:
     return PLANNER.get() is not None
 
 
+RESUME_STATE = "train_state.pt"
+"""the file a resumable stage checkpoints to, anywhere in its directory (masklam.train.checkpoint.TRAIN_STATE)"""
+
+
+def earlier_runs_s(d: Path) -> float:
+    """The earlier runs' time that the last run of the stage in `d` resumed (its stage.json's `resumed_s`; 0 without
+    one, written before it was recorded, or being rewritten)."""
+    try:
+        return float(json.loads((d / "stage.json").read_text()).get("resumed_s", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
+
+
+def resumed_s(d: Path) -> float:
+    """The run time a new run of the stage in `d` resumes: 0 without a checkpoint (`RESUME_STATE`: it starts over),
+    else the earlier runs' (`earlier_runs_s`) plus the last run's, from its start (stage.json written) to its last
+    checkpoint; the time after that checkpoint is lost work and not counted."""
+    started = d / "stage.json"
+    checkpoints = [p.stat().st_mtime for p in d.rglob(RESUME_STATE)] if started.is_file() else []
+    if not checkpoints:
+        return 0.0
+    return earlier_runs_s(d) + max(max(checkpoints) - started.stat().st_mtime, 0.0)
+
+
 def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
               log: Callable[[str], None] = print, meaning: dict[str, Any] | None = None,
               version: int = 1) -> tuple[Path, dict[str, Any]]:
@@ -115,10 +140,13 @@ def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path]
         if rec is not None:
             return d, rec["result"]
         d.mkdir(parents=True, exist_ok=True)
-        (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config}, indent=1, default=str))
+        resumed = resumed_s(d)
+        (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config, "resumed_s": resumed}, indent=1,
+                                                 default=str))
         context = CONTEXT.get()
         log(f"[{kind} {key}] running" + (f" ({context})" if context else ""))
         t0 = time.perf_counter()
         result = fn(d)
-        write_json(d / "done.json", {"hash": key, "result": result, "wall_s": time.perf_counter() - t0}, indent=1)
+        wall_s = resumed + time.perf_counter() - t0
+        write_json(d / "done.json", {"hash": key, "result": result, "wall_s": wall_s}, indent=1)
     return d, result

@@ -46,6 +46,7 @@ from masklam.downstream.plan import StagePlan, format_plan, plan_stages
 from masklam.downstream.results import normalize, write_results
 from masklam.downstream.stages import collect_stage
 from masklam.downstream.sweep import Sweep, write_manifest
+from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 from masklam.files import write_json
 from masklam.resources import ensure_dir
@@ -119,8 +120,12 @@ def sweep_status(cfg: ExperimentConfig) -> StagePlan:
     """Every stage of the sweep, done or pending, without running or writing any (plan.plan_stages). A collection
     the run would refuse (check_collections) is one line here too."""
     check_collections(cfg)
-    with plan_stages() as plan:  # the device is in no stage's key: do not ask for one
-        Sweep(dataclasses.replace(cfg, device="cpu"), _datasets(cfg)).run()
+    # the device is in no stage's key: plan on the CPU, with the LAMs in a pool as the run would have them only if
+    # the run's device is the CPU (an unavailable CUDA device is the run's error, not the dry run's)
+    on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and str(resolve_device("auto")) == "cpu")
+    with plan_stages() as plan:
+        Sweep(dataclasses.replace(cfg, device="cpu", train_workers=cfg.train_workers if on_cpu else 1),
+              _datasets(cfg)).run()
     return plan
 
 

@@ -7,15 +7,17 @@ is not known yet. `format_plan` turns what it met into the status table.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from masklam.downstream.cache import CONTEXT, PLANNER, done_record
+from masklam.downstream.cache import CONTEXT, PLANNER, done_record, earlier_runs_s, resumed_s
 from masklam.locks import is_held
 
 
@@ -52,6 +54,12 @@ class PlannedStage:
     """pending with a stage.json: another process holds its lock (computing it now)"""
     checkpoint: tuple[int, int] | None = None
     """pending with a checkpoint (a LAM's config.json): (its step, the run's total steps)"""
+    ran_s: float = 0.0
+    """pending with a stage.json: the earlier runs' time its last run resumed (stage.json's resumed_s)"""
+    resumes_s: float = 0.0
+    """pending with a stage.json: the run time a new run would resume (cache.resumed_s; 0: it starts over)"""
+    pool: tuple[str, int] | None = None
+    """run in a pool of workers (`stage_pool`): (the pool's name, how many of its stages run at once)"""
 
     def is_running(self, now: float) -> bool:
         """Started, and held by another process or wrote a file within RUNNING_WINDOW_S of `now` (a LAM may go an
@@ -63,6 +71,20 @@ class PlannedStage:
 
 RUNNING_WINDOW_S = 300.0
 """a started stage whose directory changed no longer ago than this is running; after it, interrupted"""
+
+POOL: ContextVar[tuple[str, int] | None] = ContextVar("masklam_stage_pool", default=None)
+"""the pool of workers the stages planned now will share, if any (`stage_pool`)"""
+
+
+@contextmanager
+def stage_pool(name: str, width: int) -> Iterator[None]:
+    """In a dry run: the stages planned inside will run `width` at a time in one pool of workers (a task and seed's
+    LAMs and full-data BCs on CPU, `Sweep.train_in_parallel`), in the order planned; for the wall-clock estimate."""
+    token = POOL.set((name, width))
+    try:
+        yield
+    finally:
+        POOL.reset(token)
 
 
 def _strings(obj: Any) -> Iterator[str]:
@@ -110,7 +132,7 @@ class StagePlan:
         self.kind_dirs.setdefault(kind, d.parent)
         waits = any(v == p or v.startswith(p + os.sep) for v in _strings(config) for p in pending)
         rec = None if waits else done_record(d, key)
-        stage = PlannedStage(kind, None if waits else key, rec is not None, CONTEXT.get(), config)
+        stage = PlannedStage(kind, None if waits else key, rec is not None, CONTEXT.get(), config, pool=POOL.get())
         if str(d) not in self.seen:  # a stage two parts of the sweep share runs once
             self.seen.add(str(d))
             self.stages.append(stage)
@@ -121,6 +143,7 @@ class StagePlan:
         if not waits and started.is_file():
             stage.started, stage.active, stage.held = started.stat().st_mtime, _newest_mtime(d), is_held(d)
             stage.checkpoint = _checkpoint(d)
+            stage.ran_s, stage.resumes_s = earlier_runs_s(d), resumed_s(d)
         self.pending_dirs.append(str(d))
         return Pending()
 
@@ -153,6 +176,27 @@ def _done_walls(folder: Path) -> list[float]:
     return [w for w in walls if w is not None]
 
 
+def _wall_clock(stages: list[PlannedStage], lefts: dict[int, float]) -> float:
+    """The time left on the wall clock, from each pending stage's time left (`lefts`, by id; none for a stage
+    without an estimate): a pool's stages (`stage_pool`) go in the order planned each to the worker free first, and
+    the pool ends when its last stage does; every other stage runs alone, after the one before it."""
+    total, i = 0.0, 0
+    while i < len(stages):
+        pool, j = stages[i].pool, i + 1
+        if pool is None:
+            total += lefts.get(id(stages[i]), 0.0)
+            i = j
+            continue
+        while j < len(stages) and stages[j].pool == pool:
+            j += 1
+        workers = [0.0] * pool[1]  # a heap of when each worker is free
+        for s in stages[i:j]:
+            heapq.heapreplace(workers, workers[0] + lefts.get(id(s), 0.0))
+        total += max(workers)
+        i = j
+    return total
+
+
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
@@ -169,14 +213,18 @@ def _brief(stage: PlannedStage) -> str:
 def format_plan(plan: StagePlan, now: float | None = None) -> str:
     """Per stage kind: done and pending counts, mean run time and time left; the started stages; what is left.
 
-    A pending stage is estimated by the mean run time of the done stages of its kind (less the time it has
-    run if it is running: started, and wrote a file recently; an interrupted one starts over, from its
-    checkpoints); a kind with none done in the plan by the run directory's other done stages of that kind
-    (another part of the sweep, other settings: marked *); a kind with none done there either has no estimate."""
+    A pending stage is estimated by the mean run time of the done stages of its kind, less the time it has run:
+    running (started, and held or wrote a file recently), this run's time and the earlier runs' it resumed;
+    interrupted, the time a new run would resume (`cache.resumed_s`: none without a checkpoint); a kind with none
+    done in the plan by the run directory's other done stages of that kind (another part of the sweep, other
+    settings: marked *); a kind with none done there either has no estimate.
+    The time left is on the wall clock: stages planned in a pool (`stage_pool`) share its workers (their run times
+    were measured sharing the cores), every other stage runs after the one before it; the table sums each kind's
+    stages one by one (stage time)."""
     now = time.time() if now is None else now
     kinds = list(dict.fromkeys(s.kind for s in plan.stages))
     lines = [f"{'stage':<10}{'done':>6}{'pending':>9}{'mean time':>12}{'time left':>13}"]
-    total, unknown, elsewhere = 0.0, [], False
+    total, unknown, elsewhere, lefts = 0.0, [], False, {}
     for kind in kinds:
         done = [s for s in plan.stages if s.kind == kind and s.done]
         pending = [s for s in plan.stages if s.kind == kind and not s.done]
@@ -191,7 +239,10 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
             unknown.append(kind)
             left = "no estimate"
         else:
-            secs = sum(max(mean - (now - s.started), 0.0) if s.is_running(now) else mean for s in pending)
+            for s in pending:
+                ran = s.ran_s + now - s.started if s.is_running(now) else s.resumes_s
+                lefts[id(s)] = max(mean - ran, 0.0)
+            secs = sum(lefts[id(s)] for s in pending)
             total += secs
             left = _duration(secs)
         lines.append(f"{kind:<10}{len(done):>6}{len(pending):>9}"
@@ -204,7 +255,11 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
     if unknown and not total:
         estimate = "no estimate yet (no stage of a pending kind is done)"
     else:
-        estimate = f"about {_duration(total)} left" + (
+        wall = _wall_clock(plan.stages, lefts)
+        widths = sorted({s.pool[1] for s in plan.stages if s.pool is not None and id(s) in lefts})
+        pooled = (f" on the wall clock ({_duration(total)} of stage time: a task and seed's LAMs and full-data BCs "
+                  f"train {'/'.join(map(str, widths))} at once)") if widths and wall < total else ""
+        estimate = f"about {_duration(wall if pooled else total)} left{pooled}" + (
             f", plus the {', '.join(unknown)} stages (no estimate: none of their kind done yet)" if unknown else "")
     lines.append(f"{n_done} done, {n_pending} pending: {estimate}")
     if elsewhere:

@@ -23,7 +23,7 @@ import masklam.models.lam  # noqa: F401  (registers the LAM methods this sweep r
 from masklam import methods
 from masklam.devices import resolve_device
 from masklam.downstream.cache import dry_run, stage_context
-from masklam.downstream.plan import is_pending
+from masklam.downstream.plan import is_pending, stage_pool
 from masklam.downstream.stages import (bc_stage, decode_stage, eval_stage, expert_return, pretrain_stage,
                                        recipe_label)
 from masklam.errors import MasklamError, MasklamRuntimeError
@@ -166,14 +166,23 @@ class Sweep:
         thread each on 2 cores), LAMs first; the sweep then finds them cached. Each line a worker prints starts
         with what its stage is for. A failed stage is the error of the first failure."""
         lams = self.lam_jobs(task, seed)
-        if self.cfg.train_workers < 2 or len(lams) < 2 or self.dev != "cpu" or dry_run():
+        if self.cfg.train_workers < 2 or len(lams) < 2 or self.dev != "cpu":
+            return
+        bcs = [(_normaliser(variant), conf) for variant, conf in self.normaliser_confs(task, seed)]
+        workers = min(self.cfg.train_workers, len(lams) + len(bcs))
+        if dry_run():  # the pool's stages in the order it takes them, each named for what it serves
+            with stage_pool(f"{task} seed {seed}", workers):
+                for job, name in lams:
+                    with stage_context(f"{task} seed {seed} {name}"):
+                        pretrain_stage(self.root, *job, self.dev, False)
+                for name, conf in bcs:
+                    with stage_context(f"{task} seed {seed} {name}"):
+                        bc_stage(self.root, "bc", conf, self.dev, False)
             return
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        bcs = [(_normaliser(variant), conf) for variant, conf in self.normaliser_confs(task, seed)]
-        workers = min(self.cfg.train_workers, len(lams) + len(bcs))
         threads = max(1, (os.cpu_count() or 1) // workers)  # the cores shared out (2 cores, 3 workers: 1 each)
         print(f"training {len(lams)} LAMs and {len(bcs)} full-data BCs of {task} seed {seed}, {workers} at a time "
               f"({threads} torch thread{'s' if threads > 1 else ''} each)", flush=True)
