@@ -80,7 +80,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
             out[task, method] = {
                 "seeds": sorted({int(r["seed"]) for r in rs}),
                 "probe_nmse": over_seeds((int(r["seed"]), _value(r["probe_nmse"])) for r in rs),
-                **{f"success_{split}": over_seeds((int(r["seed"]), _value(r["success"])) for r in rs
+                **{f"success_{split}": over_seeds((int(r["seed"]), _value(r.get("success"))) for r in rs
                                                   if r["split"] == split) for split in ("id", "ood")}}
     return out
 
@@ -169,7 +169,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("mw128: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except MasklamError as e:  # a missing --table, a corrupt results.csv, a config the sweep refuses
+    except MasklamError as e:  # a missing or corrupt --table, a config the sweep refuses
         print(f"mw128: {e}", file=sys.stderr)
         return 1 if isinstance(e, MasklamRuntimeError) else 2
 
@@ -186,6 +186,9 @@ def run(argv: list[str]) -> int:
     ap.add_argument("--commit", type=Path, help="merge each chunk's rows into DIR/results.csv and git-commit DIR")
     args = ap.parse_args(argv)
     if args.table:
+        from masklam.downstream.results import read_results
+
+        read_results(args.table)  # one line for a missing or unreadable file, or one without results.csv's columns
         rows = read_csv(args.table)
         figure(rows, args.table.parent / "mw128.png")
         print(markdown(rows))

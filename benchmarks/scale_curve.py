@@ -118,10 +118,11 @@ def lam_run(out: Path, lam_stage: str) -> dict[str, Any]:
     return {"precision": m.get("precision", ""), "threads": m.get("torch_threads", "")}
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """A curve.csv's points ([] without the file); rows written before the task column are cheetah-run's."""
+def read_rows(path: Path, missing_ok: bool = True) -> list[dict[str, Any]]:
+    """A curve.csv's points ([] without the file, with `missing_ok`); rows written before the task column are
+    cheetah-run's."""
     return [{"task": "cheetah-run", **{k: v for k, v in r.items() if v is not None}}
-            for r in read_csv(path, "curve", missing_ok=True)]
+            for r in read_csv(path, "curve", missing_ok=missing_ok)]
 
 
 def point_id(r: dict[str, Any]) -> tuple[str, str, int, int, int]:
@@ -274,7 +275,7 @@ def main() -> int:
     if args.table:
         rows: list[dict[str, Any]] = []
         for path in args.table:  # a point in several files counts once (the later file's row)
-            rows = merge_rows(rows, read_rows(path), point_id)
+            rows = merge_rows(rows, read_rows(path, missing_ok=False), point_id)
         figure(rows, args.table[0].parent / "curve.png")
         print(markdown(rows))
         return 0

@@ -225,7 +225,8 @@ def test_status_before_and_after_running(write_toy, tmp_path: Path, capsys: pyte
     assert all(s.done for s in mid.stages if s.context != "toy-bright seed 0 lapo")
 
 
-def test_status_plans_the_lams_and_full_data_bc_in_the_pool_the_run_trains_them_in(write_toy, tmp_path: Path) -> None:
+def test_status_plans_the_lams_and_full_data_bc_in_the_pool_the_run_trains_them_in(write_toy, tmp_path: Path,
+                                                                                     monkeypatch) -> None:
     """On CPU with train_workers > 1 a task and seed's LAMs and full-data BCs train in one pool (before the rest):
     the dry run plans them there, in the pool's order, with the same keys; on CUDA, or one at a time, no pool."""
     import dataclasses
@@ -242,6 +243,17 @@ def test_status_plans_the_lams_and_full_data_bc_in_the_pool_the_run_trains_them_
     assert sorted((s.kind, str(s.key)) for s in pooled.stages) == sorted((s.kind, str(s.key)) for s in serial.stages)
     on_cuda = ex.sweep_status(dataclasses.replace(cfg, train_workers=3, device="cuda"))
     assert all(s.pool is None for s in on_cuda.stages)  # the run trains them one at a time there
+    monkeypatch.setattr(ex, "resolve_device", lambda name: torch.device("cuda" if name == "auto" else name))
+    assert all(s.pool is None for s in ex.sweep_status(dataclasses.replace(cfg, train_workers=3, device="auto")).stages)
+    monkeypatch.setattr(ex, "resolve_device", lambda name: torch.device("cpu"))
+    auto = ex.sweep_status(dataclasses.replace(cfg, train_workers=3, device="auto"))
+    assert [s.pool for s in auto.stages[:3]] == [("toy-bright seed 0", 3)] * 3
+    # the run directory's last run was started with one worker (mw128.py --train-workers 1): as it was
+    cfg.out.mkdir(parents=True)
+    (cfg.out / "experiment.json").write_text(json.dumps({"config": {"device": "auto", "train_workers": 1}}))
+    assert all(s.pool is None for s in ex.sweep_status(dataclasses.replace(cfg, train_workers=3)).stages)
+    (cfg.out / "experiment.json").write_text(json.dumps({"config": {"device": "cpu", "train_workers": 2}}))
+    assert [s.pool for s in ex.sweep_status(cfg).stages[:3]] == [("toy-bright seed 0", 2)] * 3
 
 
 def test_the_time_left_is_on_the_wall_clock_with_a_pools_stages_side_by_side() -> None:
@@ -260,6 +272,20 @@ def test_the_time_left_is_on_the_wall_clock_with_a_pools_stages_side_by_side() -
     plan.stages[2].pool = plan.stages[3].pool = plan.stages[4].pool = ("t seed 0", 2)  # two workers, 3 LAMs first
     plan.stages[5].pool = plan.stages[6].pool = ("t seed 0", 2)
     assert "about 25.0 min left on the wall clock" in format_plan(plan, now=1000.0)  # 10+10 | 10+5+5, then 5
+
+
+def test_a_pending_stage_takes_the_mean_of_the_done_ones_that_ran_as_it_will() -> None:
+    """A pool's stages share the cores, the others have them all: a full-data BC in the pool (15 min) and a latent
+    BC alone (100 s) are each estimated by their own kind of run; a done stage in a pool takes no worker time."""
+    P, pool = PlannedStage, ("t seed 1", 2)
+    plan = StagePlan([
+        P("bc", "a", True, "t seed 1 bc-full", {}, wall_s=900.0, pool=pool),
+        P("bc", "b", False, "t seed 1 bc-full-clean", {}, pool=pool),
+        P("bc", "c", True, "t seed 1 lapo", {}, wall_s=100.0),
+        P("bc", "d", False, "t seed 1 masklam", {}),
+        P("bc", "e", False, "t seed 1 lapo-clean", {}),
+    ])
+    assert "2 done, 3 pending: about 18.3 min left" in format_plan(plan, now=1000.0)  # 900 + 2 x 100 s
 
 
 def test_a_resumed_stage_counts_its_earlier_runs_up_to_their_last_checkpoint(tmp_path: Path) -> None:
@@ -304,6 +330,9 @@ def test_a_resumed_stage_counts_its_earlier_runs_up_to_their_last_checkpoint(tmp
         with plan_stages() as plan:
             cache.run_stage(tmp_path, "bc", {"x": 1}, lambda d: {})
     assert plan.stages[0].is_running(now) and "about 6.7 min left" in format_plan(plan, now=now)
+    os.utime(d / "resume" / cache.RESUME_STATE, (now - 950, now - 950))  # a checkpoint older than this run's start
+    os.utime(d / "stage.json", (now - 900, now - 900))
+    assert cache.resumed_s(d) == pytest.approx(500.0, abs=1e-3)  # this run reached none: the earlier runs' only
     (d / "resume" / cache.RESUME_STATE).unlink()  # without a checkpoint an interrupted stage starts over
     os.utime(d / "stage.json", (now - 900, now - 900))
     assert cache.resumed_s(d) == 0.0 and "about 16.7 min left" in status()

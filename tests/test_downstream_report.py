@@ -250,6 +250,12 @@ def test_report_bad_input(tmp_path: Path) -> None:
     (tmp_path / "results.csv").write_text("method,task\nx,y\n")
     with pytest.raises(MasklamError, match="missing columns"):
         results.read_results(tmp_path / "results.csv")
+    (tmp_path / "results.csv").write_text(",".join(results.REQUIRED_COLUMNS) + "\n")
+    with pytest.raises(MasklamError, match="no result rows"):
+        results.read_results(tmp_path / "results.csv")
+    (tmp_path / "results.csv").write_bytes(b"method,task\n\xff\xfe,1\n")  # not text
+    with pytest.raises(MasklamError, match="results.csv is not a valid csv file"):
+        results.read_results(tmp_path / "results.csv")
     (tmp_path / "results.csv").write_text(",".join(results.REQUIRED_COLUMNS) + "\nlapo,t,8,2,0,id,abc,1,1\n")
     with pytest.raises(MasklamError, match="probe_nmse"):
         results.read_results(tmp_path / "results.csv")

@@ -129,10 +129,15 @@ def test_a_missing_or_unreadable_table_is_one_line(tmp_path: Path, monkeypatch, 
 
     monkeypatch.setattr(sys, "argv", ["mw128.py", "--table", str(tmp_path / "results.csv")])
     assert mw.main() == 2
-    assert capsys.readouterr().err.strip() == f"mw128: no such table: {tmp_path / 'results.csv'}"
+    assert capsys.readouterr().err.strip() == f"mw128: no such file: {tmp_path / 'results.csv'}"
     monkeypatch.setattr(sys, "argv", ["mw128.py", "--table", str(tmp_path)])  # a folder
     assert mw.main() == 2
-    assert capsys.readouterr().err.strip().startswith(f"mw128: cannot read the table {tmp_path} (")
+    assert capsys.readouterr().err.strip().startswith(f"mw128: cannot read the file {tmp_path} (")
+    (tmp_path / "chunks.csv").write_text("task,seed,minutes\nmw-push,0,30.0\n")  # not a results table
+    monkeypatch.setattr(sys, "argv", ["mw128.py", "--table", str(tmp_path / "chunks.csv")])
+    assert mw.main() == 2
+    assert capsys.readouterr().err.strip().startswith(f"mw128: {tmp_path / 'chunks.csv'}: missing columns [")
+    assert not (tmp_path / "mw128.png").exists()  # nothing written
 
 
 def test_a_chunk_runs_the_sweep_for_its_task_and_seed_with_the_workers_asked(tmp_path: Path, monkeypatch) -> None:

@@ -5,6 +5,8 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_curve.py"
 spec = importlib.util.spec_from_file_location("scale_curve", SCRIPT)
 sc = importlib.util.module_from_spec(spec)
@@ -144,3 +146,14 @@ def test_the_figure_labels_every_variant_even_where_a_run_dir_lacks_the_referenc
     monkeypatch.setattr(plt.Figure, "savefig", savefig)
     sc.figure(rows, tmp_path / "curve.png")
     assert seen == [["lapo-authors"]] and (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_a_missing_table_is_an_error_and_writes_no_figure(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from masklam.errors import MasklamError
+
+    monkeypatch.setattr(sys, "argv", ["scale_curve.py", "--table", str(tmp_path / "typo.csv")])
+    with pytest.raises(MasklamError, match="no such curve: .*typo.csv"):
+        sc.main()
+    assert not (tmp_path / "curve.png").exists()  # an empty figure over a committed one, before

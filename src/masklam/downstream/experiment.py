@@ -48,7 +48,7 @@ from masklam.downstream.stages import collect_stage
 from masklam.downstream.sweep import Sweep, write_manifest
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
-from masklam.files import write_json
+from masklam.files import read_json, write_json
 from masklam.resources import ensure_dir
 from masklam.locks import output_lock
 
@@ -120,13 +120,27 @@ def sweep_status(cfg: ExperimentConfig) -> StagePlan:
     """Every stage of the sweep, done or pending, without running or writing any (plan.plan_stages). A collection
     the run would refuse (check_collections) is one line here too."""
     check_collections(cfg)
-    # the device is in no stage's key: plan on the CPU, with the LAMs in a pool as the run would have them only if
-    # the run's device is the CPU (an unavailable CUDA device is the run's error, not the dry run's)
-    on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and str(resolve_device("auto")) == "cpu")
+    # the device is in no stage's key: plan on the CPU, with the LAMs in a pool as the run trains them (on the CPU
+    # only, train_workers at once), as the run directory's last run was started (its experiment.json), else as
+    # `cfg` says; an unavailable CUDA device is the run's error, not the dry run's
+    ran = _last_run(cfg.out)
+    device, workers = ran.get("device", cfg.device), ran.get("train_workers", cfg.train_workers)
+    on_cpu = device == "cpu" or (device == "auto" and str(resolve_device("auto")) == "cpu")
     with plan_stages() as plan:
-        Sweep(dataclasses.replace(cfg, device="cpu", train_workers=cfg.train_workers if on_cpu else 1),
-              _datasets(cfg)).run()
+        Sweep(dataclasses.replace(cfg, device="cpu", train_workers=workers if on_cpu else 1), _datasets(cfg)).run()
     return plan
+
+
+def _last_run(out: Path) -> dict[str, Any]:
+    """The device and train_workers the last run in `out` was started with (its experiment.json), if any."""
+    path = out / "experiment.json"
+    try:
+        config = read_json(path, "run record")["config"] if path.is_file() else {}
+    except (MasklamError, KeyError, TypeError):  # unreadable: the config's settings
+        return {}
+    ran = {k: config.get(k) for k in ("device", "train_workers") if isinstance(config, dict)}
+    ok = isinstance(ran.get("device"), str) and isinstance(ran.get("train_workers"), int)
+    return ran if ok else {}
 
 
 def list_configs() -> str:

@@ -217,7 +217,8 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
     running (started, and held or wrote a file recently), this run's time and the earlier runs' it resumed;
     interrupted, the time a new run would resume (`cache.resumed_s`: none without a checkpoint); a kind with none
     done in the plan by the run directory's other done stages of that kind (another part of the sweep, other
-    settings: marked *); a kind with none done there either has no estimate.
+    settings: marked *); a kind with none done there either has no estimate. Where done stages of its kind ran as
+    it will (in a pool, or alone) it takes their mean instead.
     The time left is on the wall clock: stages planned in a pool (`stage_pool`) share its workers (their run times
     were measured sharing the cores), every other stage runs after the one before it; the table sums each kind's
     stages one by one (stage time)."""
@@ -239,9 +240,14 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
             unknown.append(kind)
             left = "no estimate"
         else:
+            # a pool's stages ran on a share of the cores, the others on all: each pending stage takes the mean of
+            # the done ones of its kind that ran as it will, where there are some
+            alike = {pooled: [s.wall_s for s in done if s.wall_s is not None and (s.pool is not None) == pooled]
+                     for pooled in (True, False)}
             for s in pending:
+                same = alike[s.pool is not None]
                 ran = s.ran_s + now - s.started if s.is_running(now) else s.resumes_s
-                lefts[id(s)] = max(mean - ran, 0.0)
+                lefts[id(s)] = max((sum(same) / len(same) if same else mean) - ran, 0.0)
             secs = sum(lefts[id(s)] for s in pending)
             total += secs
             left = _duration(secs)

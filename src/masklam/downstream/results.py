@@ -11,7 +11,6 @@ the standard error over the row's episodes; `expert_fraction` the return over th
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import masklam.downstream.sweep  # noqa: F401  (registers the methods of the rows; the LAMs' come with it)
 from masklam import methods
 from masklam.errors import MasklamError
-from masklam.files import write_csv
+from masklam.files import read_csv, write_csv
 from masklam.metrics import standard_error
 
 REQUIRED_COLUMNS = ["method", "task", "latent_dim", "labels", "seed", "split", "probe_nmse", "return",
@@ -121,19 +120,16 @@ def as_rows(rows: list[dict[str, Any]], where: Path) -> list[Row]:
 
 
 def read_results(path: str | Path) -> list[Row]:
-    """Parse results.csv into rows; a missing file or required column raises MasklamError."""
+    """Parse results.csv into rows; a missing, unreadable or empty file or a missing required column raises
+    MasklamError."""
     path = Path(path)
-    if not path.is_file():
-        raise MasklamError(f"no such file: {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise MasklamError(f"{path}: missing columns {missing}")
-        rows = [_row(r, path, line) for line, r in enumerate(reader, start=2)]
-    if not rows:
+    cells = read_csv(path, "file")
+    if not cells:
         raise MasklamError(f"{path}: no result rows")
-    return rows
+    missing = [c for c in REQUIRED_COLUMNS if c not in cells[0]]
+    if missing:
+        raise MasklamError(f"{path}: missing columns {missing}")
+    return [_row(r, path, line) for line, r in enumerate(cells, start=2)]
 
 
 @dataclass

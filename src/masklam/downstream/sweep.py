@@ -169,15 +169,14 @@ class Sweep:
         if self.cfg.train_workers < 2 or len(lams) < 2 or self.dev != "cpu":
             return
         bcs = [(_normaliser(variant), conf) for variant, conf in self.normaliser_confs(task, seed)]
-        workers = min(self.cfg.train_workers, len(lams) + len(bcs))
+        jobs = [(name, pretrain_stage, (self.root, *job, self.dev, False)) for job, name in lams]
+        jobs += [(name, bc_stage, (self.root, "bc", conf, self.dev, False)) for name, conf in bcs]
+        workers = min(self.cfg.train_workers, len(jobs))
         if dry_run():  # the pool's stages in the order it takes them, each named for what it serves
             with stage_pool(f"{task} seed {seed}", workers):
-                for job, name in lams:
+                for name, fn, args in jobs:
                     with stage_context(f"{task} seed {seed} {name}"):
-                        pretrain_stage(self.root, *job, self.dev, False)
-                for name, conf in bcs:
-                    with stage_context(f"{task} seed {seed} {name}"):
-                        bc_stage(self.root, "bc", conf, self.dev, False)
+                        fn(*args)
             return
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -190,10 +189,7 @@ class Sweep:
         stopping = ctx.Event()  # set at Ctrl-C: a stage not begun by then does not begin
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, stopping))
         try:
-            futures = [pool.submit(_labelled, name, pretrain_stage, self.root, *job, self.dev, False)
-                       for job, name in lams]
-            futures += [pool.submit(_labelled, name, bc_stage, self.root, "bc", conf, self.dev, False)
-                        for name, conf in bcs]
+            futures = [pool.submit(_labelled, name, fn, *args) for name, fn, args in jobs]
             for f in futures:
                 f.result()  # the first failure ends the pass: the stages not started yet are cancelled
         except KeyboardInterrupt:  # the running stages got Ctrl-C too: each stops at a checkpoint
