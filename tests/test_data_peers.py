@@ -157,7 +157,7 @@ def test_bad_parquet_data_are_one_line_errors(tmp_path: Path, monkeypatch: pytes
     # without pyarrow: how to install it
     pq.write_table(good, tmp_path / "good.parquet")
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(MasklamError, match=r"needs pyarrow: pip install 'masklam\[papers\]'"):
+    with pytest.raises(MasklamError, match=r"needs pyarrow: pip install 'pyarrow>=14'"):
         load_dataset(tmp_path / "good.parquet")
 
 

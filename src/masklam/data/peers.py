@@ -31,7 +31,7 @@ Each episode becomes one of our trajectories, named "0", "1", ... in row order, 
 ``rewards``, ``masks`` (from ``mask``) and ``sam2_masks`` (SAM's masks of the chosen frames), so
 ``load_dataset(..., mask_key="masks" | "sam2_masks")`` selects simulator or SAM masks.
 
-pyarrow is needed (``pip install 'masklam[papers]'``); without it a parquet file is a one-line error.
+pyarrow reads them (a dependency of masklam); without it a parquet file is a one-line error.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ OBS_COLUMNS = {"distracted": "observation_distracted", "clean": "observation"}
 SAM_COLUMNS = {"distracted": "pred_mask_distracted", "clean": "pred_mask"}
 """SAM's masks of each kind of frame (MaskLAM's `pred_mask*` columns)"""
 VECTOR_COLUMNS = {"states": "state", "actions": "action"}
-INSTALL = "pip install 'masklam[papers]' (in a checkout: bash install.sh --papers)"
+INSTALL = "pip install 'pyarrow>=14' (a dependency of masklam: in a checkout, bash install.sh installs it)"
 MAX_EPISODE = 1000
 """the longest plausible episode (DMC: 1000 steps, Meta-World: 500); a longer table needs an end flag or
 `episode_length`"""

@@ -36,7 +36,8 @@ def _transformers():
         import transformers
         from transformers.models.sam2_video import modeling_sam2_video  # noqa: F401
     except ImportError:
-        raise MasklamError("SAM 2 masks need transformers>=5: pip install 'masklam[sam2]'") from None
+        raise MasklamError("SAM 2 masks need transformers>=5: pip install 'masklam[sam2]' (in a checkout: "
+                           "bash install.sh --sam2)") from None
     return transformers
 
 
