@@ -153,7 +153,7 @@ def test_the_authors_latent_policy_has_a_linear_head_and_their_decoder_a_small_o
     assert policy_features(theirs, obs).shape == (4, 8)
     with pytest.raises(MasklamError, match="has none"):
         policy_features(theirs, obs, "hidden")
-    with pytest.raises(MasklamError, match="hidden >= 0"):
+    with pytest.raises(MasklamError, match="hidden must be >= 0, got -1"):
         BCConfig(data=("x.h5",), out="o", lam="l", hidden=-1)
 
     # their ActionHead: the output Linear orthogonal with gain 0.01 and a zero bias; the hidden ones by default

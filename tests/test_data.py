@@ -246,7 +246,8 @@ def test_inconsistent_shapes_fail_naming_file_and_trajectory(tmp_path: Path) -> 
     for name, edit, pattern in [("a.h5", short_states, "a.h5: trajectory 1: states"),
                                 ("b.h5", other_size, "b.h5: trajectory 1: obs"),
                                 ("c.h5", float_obs, "c.h5: trajectory 0: obs must be"),
-                                ("d.h5", bad_masks, "d.h5: trajectory 0: masks must be"),
+                                ("d.h5", bad_masks, r"d.h5: trajectory 0: masks must be \(T,8,8\) bool, the size of "
+                                 r"its frames \(obs \(T,8,8,3\)\), got \(T,8,16\) bool"),
                                 ("e.h5", no_actions, "e.h5: trajectory 1 lacks actions")]:
         with pytest.raises(MasklamError, match=pattern):
             load_dataset(edited(tmp_path / name, edit))
@@ -346,3 +347,23 @@ def test_empty_trajectories_and_bad_masks_fail_on_loading(tmp_path: Path) -> Non
                                 ("d.h5", string_actions, "d.h5: trajectory 0: actions must be")]:
         with pytest.raises(MasklamError, match=pattern):
             load_dataset(edited(tmp_path / name, edit), mask_key="masks", progress=False)
+
+
+def test_masks_empty_everywhere_are_an_error_and_empty_trajectories_a_note(tmp_path: Path, capsys) -> None:
+    def no_agent(f):
+        for g in ("0", "1"):
+            f[f"{g}/masks"][...] = False
+
+    data = load_dataset(edited(tmp_path / "a.h5", no_agent), mask_key="masks", progress=False)
+    with pytest.raises(MasklamError, match=r"agent masks 'masks' of .*a.h5 are empty in every frame"):
+        WindowSampler(data, np.arange(2), frame_stack=1, need_masks=True)
+    WindowSampler(data, np.arange(2), frame_stack=1)  # a method without masks reads the file as before
+
+    def one_without(f):
+        f["1/masks"][...] = False
+
+    data = load_dataset(edited(tmp_path / "b.h5", one_without), mask_key="masks", progress=False)
+    WindowSampler(data, np.arange(2), frame_stack=1, need_masks=True)
+    WindowSampler(data, np.arange(2), frame_stack=1, need_masks=True)
+    err = capsys.readouterr().err
+    assert err.count("1 of 2 trajectories have empty agent masks 'masks' in every frame (") == 1 and "b.h5:1" in err

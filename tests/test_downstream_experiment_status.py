@@ -81,15 +81,22 @@ def test_tasks_and_seeds_from_the_command_line_run_part_of_a_sweep(tmp_path: Pat
     assert lines["methods"].endswith("s.toml")
 
 
-def test_a_misspelled_or_expertless_task_fails_before_the_first_collection(tmp_path: Path) -> None:
+def test_a_misspelled_or_expertless_task_fails_before_the_first_collection(tmp_path: Path, capsys) -> None:
     (tmp_path / "s.toml").write_text('out = "o"\ntasks = ["cheetah-run"]\nmethods = ["lapo"]\n'
                                      'collect = { episodes = 1, steps = 4 }\n')
     for tasks, named in ((["cheetah-run", "cheetah-rnu"], "cheetah-rnu"),
                          (["cheetah-run", "humanoid-walk"], "expert for humanoid-walk")):
-        with pytest.raises(MasklamError, match=named) as e:
-            ex.main([str(tmp_path / "s.toml"), "--tasks", *tasks, "--seeds", "0", "--out", str(tmp_path / "o")])
-        assert "\n" not in str(e.value)
-        assert not (tmp_path / "o" / "stages").exists()  # cheetah-run, listed first, was not collected
+        for status in ([], ["--status"]):
+            with pytest.raises(MasklamError, match=named) as e:
+                ex.main([str(tmp_path / "s.toml"), "--tasks", *tasks, "--seeds", "0", "--out", str(tmp_path / "o"),
+                         *status])
+            assert "\n" not in str(e.value) and str(e.value).startswith(f"{tmp_path / 's.toml'}: ")
+            assert not (tmp_path / "o").exists()  # not even the run directory made; cheetah-run not collected
+            assert capsys.readouterr().out == ""  # nothing printed before the error (--status: no header)
+    cfg = ex.load_config(tmp_path / "s.toml", out=tmp_path / "o", tasks=["cheetah-rnu"])
+    with pytest.raises(MasklamError, match="cheetah-rnu"):
+        ex.run_experiment(cfg)  # called as a library: the same check, before the run directory is made
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_missing_data_file_fails_before_another_tasks_collection(tmp_path: Path) -> None:

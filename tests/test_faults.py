@@ -606,17 +606,21 @@ def test_every_numeric_option_of_the_commands_rejects_a_negative_value_in_one_li
 
     from masklam.typecheck import field_types
 
-    checked = 0
+    checked, unnamed = 0, []
     for cls, required in _command_configs().items():
         for name, tp in field_types(cls).items():
             scalar = typing.get_origin(tp) in (None, typing.Union, types.UnionType)  # not a list of numbers
             numeric = [a for a in (typing.get_args(tp) or (tp,)) if a in (int, float)] if scalar else []
             if name in required or name in SIGNED or not numeric:
                 continue
-            with pytest.raises(MasklamError):
+            with pytest.raises(MasklamError) as e:
                 cls(**required, **{name: numeric[0](-1)})
+            said = str(e.value)
+            named = (name in said or name.replace("_", "-") in said) and ("-1" in said or "is only for" in said)
+            unnamed += [] if named else [(cls, name, said)]
             checked += 1
     assert checked > 40
+    assert not unnamed  # each line names the option and the value it refuses
 
 
 # --- masklam import ---------------------------------------------------------------------------------------------

@@ -80,6 +80,16 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
         read_json(tmp_path / "missing.json")
 
 
+def test_range_checks_name_every_value_they_refuse():
+    from masklam.errors import check_at_least
+
+    check_at_least(1, a=1, b=2.5)
+    with pytest.raises(MasklamError, match=r"^b must be >= 1, got 0; c must be >= 1, got nan$"):
+        check_at_least(1, a=1, b=0, c=float("nan"))
+    with pytest.raises(MasklamError, match=r"^lr must be > 0, got 0$"):
+        check_at_least(0, strictly=True, lr=0)
+
+
 def test_csv_round_trip_keeps_columns_and_empty_cells(tmp_path):
     rows = [{"a": 1, "b": None, "extra": "left out"}, {"b": "x,y"}]
     write_csv(tmp_path / "t.csv", rows, ["a", "b"])

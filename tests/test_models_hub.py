@@ -118,6 +118,23 @@ def test_missing_directories_and_repos_are_one_line_errors(hub, tmp_path, monkey
     assert "\n" not in str(e.value) and hub.calls == [("download", "someone/nothing", "config.json", None)]
     assert pretrained_module.is_local("./x") and pretrained_module.is_local("a/b/c")
     assert not pretrained_module.is_local("user/model")
+    with pytest.raises(MasklamError, match=r"not a policy directory \(no config.json\): typo"):
+        ImagePolicy.from_pretrained("typo")  # no '/': a missing directory, not a Hub request (retried for ~30 s)
+    assert pretrained_module.is_local("typo") and len(hub.calls) == 1
+
+
+def test_the_wrong_kind_of_directory_says_what_it_holds(tmp_path):
+    tiny_lam().save_pretrained(tmp_path / "lam", {"step": 3})
+    ActionDecoder(4, 2, layers=3).save_pretrained(tmp_path / "dec")
+    with pytest.raises(MasklamError, match=f"^{tmp_path / 'lam'} holds a latent action model, not a decoder$"):
+        ActionDecoder.from_pretrained(tmp_path / "lam")
+    with pytest.raises(MasklamError, match=f"^{tmp_path / 'lam'} holds a latent action model, not a policy$"):
+        ImagePolicy.from_pretrained(tmp_path / "lam")
+    with pytest.raises(MasklamError, match=f"^{tmp_path / 'dec'} holds a decoder, not a latent action model$"):
+        load_lam(tmp_path / "dec")
+    (tmp_path / "dec" / "config.json").write_text(json.dumps({"hidden": "x"}))  # nothing masklam knows
+    with pytest.raises(MasklamError, match="bad config.json in .* for a decoder"):
+        ActionDecoder.from_pretrained(tmp_path / "dec")
 
 
 def test_decode_and_label_take_a_lam_by_hub_repo_id(hub, tmp_path, write_synthetic_dataset):

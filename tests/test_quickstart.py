@@ -107,3 +107,14 @@ def test_cpu_quickstart_resolves_the_pinned_pretrain_config(method, tmp_path, mo
     # every other field (added since) is what a plain config of the method resolves it to
     plain = PretrainConfig(method=method, data=("d.h5",), out=tmp_path).to_dict()
     assert {k: v for k, v in got.items() if k not in expected} == {k: plain[k] for k in got if k not in expected}
+
+
+@pytest.mark.parametrize("option, named", [(["--task", "nosuch-task"], "nosuch-task"),
+                                           (["--distractors", "foo"], "foo")])
+def test_an_unknown_task_or_preset_is_one_line_before_anything_is_printed_or_made(option, named, tmp_path, capsys):
+    from masklam.errors import MasklamError
+    from masklam.quickstart import main
+
+    with pytest.raises(MasklamError, match=named) as e:
+        main(["--preset", "toy", "--out", str(tmp_path / "q"), *option])
+    assert "\n" not in str(e.value) and capsys.readouterr().out == "" and not (tmp_path / "q").exists()

@@ -1,6 +1,7 @@
 """One exception type for bad input: the CLI prints its message as a single line and exits 2; its subclass
 MasklamRuntimeError for faults met while working (exit 1). And `note_once`, the one-line notice that is not an
-error (a renamed option, a file read with a correction), said once per process.
+error (a renamed option, a file read with a correction), said once per process. And `check_at_least`, the range
+check of a config's numbers that names each value it refuses.
 
 It deliberately is not a ValueError: tyro turns ValueErrors raised in a config's `__post_init__` into
 a multi-line box; a MasklamError passes through tyro to `masklam.cli.main`, which prints one line.
@@ -44,3 +45,12 @@ def note_once(key: Hashable, message: str) -> None:
 
     tqdm.write(f"masklam: note: {message}", file=sys.stderr)
     sys.stderr.flush()
+
+
+def check_at_least(minimum: float, strictly: bool = False, **values: float) -> None:
+    """One MasklamError naming every value below `minimum` (at or below it when `strictly`; NaN always fails), e.g.
+    ``check_at_least(1, labels=n, updates=u)`` -> "labels must be >= 1, got 0"."""
+    bad = [f"{name} must be {'>' if strictly else '>='} {minimum:g}, got {value}" for name, value in values.items()
+           if not (value > minimum if strictly else value >= minimum)]
+    if bad:
+        raise MasklamError("; ".join(bad))

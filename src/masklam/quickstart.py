@@ -136,13 +136,14 @@ def curve_line(task: str) -> str:
 
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run (or resume) the quickstart; returns {'rows', 'summary', 'table', 'seconds'}."""
-    from masklam.downstream.experiment import run_experiment
+    from masklam.downstream.experiment import check_collections, run_experiment
     from masklam.downstream.results import as_rows
     from masklam.downstream.stages import recipe_label
     from masklam.downstream.summary import format_table, gap_closed, headline_rows, summarize
 
     t0 = time.time()
     exp = experiment_config(cfg)
+    check_collections(exp)  # an unknown task or distractor preset: one line, before the banner and the run directory
     print(f"quickstart ({cfg.preset}, recipe {cfg.recipe}): {cfg.task}, distractors {cfg.distractors}, "
           f"methods {', '.join(exp.methods)}, "
           f"seeds {list(cfg.seeds)}, label budgets {exp.labels} -> {cfg.out}")

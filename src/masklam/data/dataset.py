@@ -20,7 +20,7 @@ from masklam.data.hdf5 import (MASK_KEYS, READ_ERRORS, FileLayout, executed_acti
                                 read_layout)
 from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout, parquet_shards
 from masklam.data.sources import trainable
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 from masklam.resources import check_memory
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -57,6 +57,8 @@ class TrajectoryData:
     """the mask dataset requested (None: masks not requested)"""
     files_without_masks: list[str] = field(default_factory=list)
     """files lacking `mask_key` (then `masks` is None)"""
+    _masks_checked: bool = field(default=False, repr=False, compare=False)
+    """whether `require_masks` has checked the masks' cover"""
 
     @property
     def num_trajectories(self) -> int:
@@ -79,13 +81,34 @@ class TrajectoryData:
         return int(self.obs.shape[1]), int(self.obs.shape[2])
 
     def require_masks(self) -> np.ndarray:
-        """The masks, or a MasklamError naming the file without them (for methods that need masks)."""
+        """The masks, or a MasklamError naming the file without them (for methods that need masks) or saying that
+        they are empty in every frame; trajectories whose masks are all empty are named once in a note."""
         if self.masks is not None:
+            if not self._masks_checked:
+                self._check_masks_cover()
+                self._masks_checked = True
             return self.masks
         if self.mask_key is None:
             raise MasklamError("masks were not loaded: call load_dataset(..., mask_key='masks')")
         raise MasklamError(f"{self.files_without_masks[0]} has no {self.mask_key!r} (agent masks); "
                            "this method needs them: collect with `masklam collect` or add them with `masklam masks`")
+
+    def _check_masks_cover(self) -> None:
+        """One line if the masks mark no pixel in any frame (a wrong prompt, a segmenter that found nothing); a note
+        naming the trajectories without a masked pixel."""
+        assert self.masks is not None
+        frame_any = self.masks.reshape(len(self.masks), -1).any(axis=1)  # (N,)
+        traj_any = np.add.reduceat(frame_any, self.traj_starts) > 0 if len(frame_any) else np.zeros(0, bool)
+        files = ", ".join(dict.fromkeys(f for f, _ in self.sources))
+        if not traj_any.any():
+            raise MasklamError(f"the agent masks {self.mask_key!r} of {files} are empty in every frame: nothing to "
+                               "focus on; look at them (`masklam masks --data FILE --preview`) and make them again")
+        if not traj_any.all():
+            empty = [f"{f}:{name}" for (f, name), ok in zip(self.sources, traj_any) if not ok]
+            note_once(("empty-masks", files, self.mask_key),
+                      f"{len(empty)} of {len(traj_any)} trajectories have empty agent masks {self.mask_key!r} in every "
+                      f"frame ({', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}): a masked loss learns "
+                      "nothing from them")
 
     def require_actions(self, what: str = "this") -> np.ndarray:
         """The actions, or a MasklamError when the data have none (video imported without actions)."""

@@ -323,21 +323,27 @@ def executed_actions(path: Path, name: str, actions: np.ndarray, bounds: tuple[f
 def _check_image_shapes(path: Path, name: str, group: h5py.Group, dims: dict) -> None:
     obs_tail, obs_dtype = dims["obs"]
     if len(obs_tail) != 3 or obs_tail[2] != 3 or obs_dtype != "uint8":
-        raise MasklamError(f"{path}: trajectory {name}: obs must be (T,H,W,3) uint8, got (T,{obs_tail}) {obs_dtype}")
+        raise MasklamError(f"{path}: trajectory {name}: obs must be (T,H,W,3) uint8, got (T,{_dims(obs_tail)}) "
+                           f"{obs_dtype}")
     for key in LABEL_KEYS:
         if key not in dims:
             continue
         tail, dtype = dims[key]
         if len(tail) != 1 or tail[0] < 1 or not np.issubdtype(np.dtype(dtype), np.number):
             raise MasklamError(f"{path}: trajectory {name}: {key} must be (T,D) numbers with D >= 1, "
-                               f"got (T,{','.join(map(str, tail))}) {dtype}")
+                               f"got (T,{_dims(tail)}) {dtype}")
     for key in MASK_KEYS:
         if key in group:
             tail, dtype = dims[key]
             if tail != obs_tail[:2] or dtype != "bool":
                 raise MasklamError(
-                    f"{path}: trajectory {name}: {key} must be (T,{obs_tail[0]},{obs_tail[1]}) bool, "
-                    f"got (T,{tail}) {dtype}")
+                    f"{path}: trajectory {name}: {key} must be (T,{_dims(obs_tail[:2])}) bool, the size of its frames "
+                    f"(obs (T,{_dims(obs_tail)})), got (T,{_dims(tail)}) {dtype}")
+
+
+def _dims(tail: Any) -> str:
+    """A shape's trailing dimensions as "H,W,C"."""
+    return ",".join(map(str, tail))
 
 
 def _traj_return(group: h5py.Group) -> float:

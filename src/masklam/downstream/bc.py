@@ -29,7 +29,7 @@ from masklam.devices import place, resolve_device
 from masklam.downstream.policy import ImagePolicy, PolicyConfig
 from masklam.downstream.targets import TargetFn, env_meta_of, latent_stats, make_target_fn, standardized
 from masklam.args import parse
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, check_at_least
 from masklam.locks import output_lock
 from masklam.files import atomic_path, write_json
 from masklam.seeding import check_seeds
@@ -121,10 +121,10 @@ class BCConfig:
             raise MasklamError("target idm needs --idm DIR")
         if self.labels is not None and self.labels < 1:
             raise MasklamError(f"labels must be >= 1, got {self.labels}")
-        if min(self.frame_stack, self.encoder_scale, self.num_res_blocks, self.batch_size,
-               self.save_every) < 1 or self.hidden < 0 or self.lr <= 0 or self.epochs <= 0:
-            raise MasklamError("frame_stack, encoder_scale, num_res_blocks, batch_size, save_every must be >= 1, "
-                               "hidden >= 0 and lr, epochs > 0")
+        check_at_least(1, frame_stack=self.frame_stack, encoder_scale=self.encoder_scale,
+                       num_res_blocks=self.num_res_blocks, batch_size=self.batch_size, save_every=self.save_every)
+        check_at_least(0, hidden=self.hidden)
+        check_at_least(0, strictly=True, lr=self.lr, epochs=self.epochs)
         if self.updates is not None and self.updates < 1:
             raise MasklamError(f"updates must be >= 1, got {self.updates}")
         if not 0 <= self.heldout < 1:

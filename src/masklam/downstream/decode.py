@@ -22,7 +22,7 @@ from masklam.downstream.decoder import (DecoderInput, check_decoder_input, fit_d
 from masklam.downstream.policy import ImagePolicy
 from masklam.downstream.targets import check_policy_data
 from masklam.args import parse
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, check_at_least
 from masklam.locks import output_lock
 from masklam.files import write_json
 from masklam.seeding import check_seeds
@@ -89,8 +89,8 @@ class DecodeConfig:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
 
     def __post_init__(self) -> None:
-        if self.labels < 1 or self.updates < 1 or self.batch_size < 1 or self.hidden < 1 or self.lr <= 0:
-            raise MasklamError("labels, updates, batch_size, hidden must be >= 1 and lr > 0")
+        check_at_least(1, labels=self.labels, updates=self.updates, batch_size=self.batch_size, hidden=self.hidden)
+        check_at_least(0, strictly=True, lr=self.lr)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise MasklamError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.head_gain is not None and not self.head_gain > 0:

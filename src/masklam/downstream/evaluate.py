@@ -129,7 +129,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 0:
-            raise MasklamError("episodes must be >= 1 and workers >= 0")
+            raise MasklamError(f"episodes must be >= 1 and workers >= 0, got {self.episodes} and {self.workers}")
         check_seeds(seed=self.seed)
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise MasklamError(f"--max-episode-steps must be >= 1, got {self.max_episode_steps}")

@@ -80,6 +80,7 @@ def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str,
     """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts. One sweep of a set of
     seeds per run directory at a time (masklam.locks); sweeps over other seeds may share the directory and run
     side by side, the stages they share each locked by its own writer."""
+    check_collections(cfg)  # a misspelled task or preset: one line, before the run directory is made
     ensure_dir(cfg.out)
     seeds = "-".join(str(s) for s in sorted(cfg.seeds))  # --seeds 1 0 is the sweep --seeds 0 1 is
     with output_lock(cfg.out / f"sweep-seeds-{seeds}", ", or use another --out (a sweep over other seeds may share "
@@ -97,8 +98,6 @@ def check_collections(cfg: ExperimentConfig) -> None:
 
 
 def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
-    ensure_dir(cfg.out)
-    check_collections(cfg)
     datasets = _datasets(cfg)
     write_json(cfg.out / "experiment.json", {"config": dataclasses.asdict(cfg),
                                              "datasets": {t: d["train"] for t, d in datasets.items()},
@@ -190,6 +189,10 @@ def main(argv: list[str]) -> int:
         print(describe_config(args.config, **overrides))
         return 0
     cfg = load_config(args.config, **overrides)
+    try:
+        check_collections(cfg)  # before anything is printed or made
+    except MasklamError as e:
+        raise MasklamError(f"{args.config}: {e}") from None
     if args.status:
         print(f"{args.config}: {cfg.out}")
         if not cfg.out.exists():

@@ -99,18 +99,39 @@ class Pretrained(ModelHubMixin, library_name="masklam", tags=["masklam", "latent
         raw = check_format(read_json(d / CONFIG), d)
         if cls.config_key is not None:
             if not isinstance(raw, dict) or cls.config_key not in raw:
-                raise MasklamError(f"bad {CONFIG} in {d}: no {cls.config_key!r} entry (not a {cls.kind}?)")
+                other = cls._other_kind(raw)
+                raise MasklamError(f"{d} holds a {other}, not a {cls.kind}" if other else
+                                   f"bad {CONFIG} in {d}: no {cls.config_key!r} entry (not a {cls.kind}?)")
             raw = raw[cls.config_key]
         if not isinstance(raw, dict):
             raise MasklamError(f"bad {CONFIG} in {d}: expected an object")
         return raw
 
     @classmethod
+    def _other_kind(cls, raw: Any) -> str | None:
+        """The kind of another (imported) Pretrained class whose network a config.json (`raw`, without its format
+        keys) describes, when it is not this class's: a LAM's directory given where a decoder is asked for."""
+        others, seen = list(Pretrained.__subclasses__()), set()
+        while others:
+            other = others.pop()
+            others.extend(other.__subclasses__())
+            if other.kind in seen or other.kind in (cls.kind, Pretrained.kind) or not isinstance(raw, dict):
+                continue
+            seen.add(other.kind)
+            conf = raw.get(other.config_key) if other.config_key is not None else raw
+            try:
+                if isinstance(conf, dict) and other.from_config(conf) is not None:
+                    return other.kind
+            except Exception:  # noqa: BLE001 - not that kind either
+                continue
+        return None
+
+    @classmethod
     def from_pretrained(cls: type[T], directory: str | Path, device: str | torch.device = "cpu", *,
                         revision: str | None = None, cache_dir: str | Path | None = None, force_download: bool = False,
                         local_files_only: bool = False, token: str | bool | None = None, **unused: Any) -> T:
         """Load a directory written by `save_pretrained`, or a Hub repo id ("user/name") holding one, in eval mode
-        on `device`. A path that exists, or that looks like one (absolute, ./, ../, ~, or more than one '/'),
+        on `device`. A path that exists, or that looks like one (absolute, ./, ../, ~, no '/' or more than one),
         is a directory; anything else is a repo id (``revision``, ``cache_dir``, ``token``... as in
         huggingface_hub)."""
         return cls._from_pretrained(model_id=str(directory), revision=revision, cache_dir=cache_dir,
@@ -136,7 +157,9 @@ class Pretrained(ModelHubMixin, library_name="masklam", tags=["masklam", "latent
         try:
             model = cls.from_config(config)
         except (TypeError, ValueError) as e:
-            raise MasklamError(f"bad {CONFIG} in {d} for a {cls.kind}: {str(e).splitlines()[0]}") from None
+            other = cls._other_kind(check_format(read_json(d / CONFIG), d))
+            raise MasklamError(f"{d} holds a {other}, not a {cls.kind}" if other else
+                               f"bad {CONFIG} in {d} for a {cls.kind}: {str(e).splitlines()[0]}") from None
         try:
             model.load_state_dict(load_file(str(d / WEIGHTS)))  # type: ignore[attr-defined]
         except Exception as e:  # safetensors header errors, missing, unexpected or mis-shaped keys
@@ -184,9 +207,9 @@ def source_name(source: str | Path) -> str:
 
 
 def is_local(name: str) -> bool:
-    """True when ``name`` means a directory rather than a Hub repo id ("user/name" or "name"): it exists, looks
-    like a path (absolute, ./, ../, ~, more than one '/'), or its first component is a local directory (a typo
-    in ``runs/typo`` stays a missing directory instead of becoming a Hub request)."""
+    """True when ``name`` means a directory rather than a Hub repo id ("user/name"): it exists, looks like a path
+    (absolute, ./, ../, ~, no '/' or more than one), or its first component is a local directory (a typo in
+    ``runs/typo`` or a bare ``typo`` stays a missing directory instead of becoming a Hub request)."""
     path = Path(name).expanduser()
-    return (path.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    return (path.exists() or name.startswith(("/", ".", "~")) or name.count("/") != 1 or "\\" in name
             or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from masklam import methods
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, check_at_least
 from masklam.models.encoder import stage_channels
 from masklam.seeding import check_seeds
 from masklam.models.lam import LAMConfig
@@ -366,8 +366,8 @@ class PretrainConfig:
             raise MasklamError("heldout must be > 0: the probe is reported on held-out trajectories")
         if self.method == "laom-sup" and self.labels < 1:
             raise MasklamError("laom-sup needs labelled trajectories: pass --labels N (N >= 1)")
-        if self.labels < 0 or self.sup_coef < 0 or self.weight_decay < 0 or self.recon_samples < 0:
-            raise MasklamError("labels, sup_coef, weight_decay and recon_samples must be >= 0")
+        check_at_least(0, labels=self.labels, sup_coef=self.sup_coef, weight_decay=self.weight_decay,
+                       recon_samples=self.recon_samples)
         if self.threads is not None and self.threads < 1:
             raise MasklamError(f"threads must be >= 1, got {self.threads}")
         if self.grad_clip is not None and self.grad_clip <= 0:
