@@ -56,6 +56,24 @@ def test_mask_channel_latent_reads_the_masks_and_refuses_to_run_without_them():
         on.latent(b["obs_t"], b["obs_t1"])
 
 
+def test_labelling_an_episode_whose_masks_are_empty_labels_it_and_says_so(capsys):
+    """Training refuses masks that mark nothing anywhere; labelling many episodes one at a time does not stop at
+    one whose segmenter found no agent: it labels it (the LAM reads the empty channel) and names it once."""
+    from masklam.downstream.label import Labeller, episode_latents
+
+    on = lam(frame_stack=3, mask_channel=True)
+    obs = np.random.default_rng(0).integers(0, 256, (6, HW, HW, 3), dtype=np.uint8)
+    empty, some = np.zeros((6, HW, HW), bool), np.zeros((6, HW, HW), bool)
+    some[:, 4:9, 4:9] = True
+    z = episode_latents(on, obs, empty, batch_size=4)
+    assert z.shape == (6, 8) and not np.allclose(z, episode_latents(on, obs, some, batch_size=4))
+    labeller = Labeller.__new__(Labeller)  # its frozen parts, without a LAM directory to load
+    labeller.lam, labeller.mask_key, labeller.batch_size, labeller.decoder = on, "masks", 4, None
+    for _ in range(2):
+        assert np.allclose(labeller(obs, {"masks": empty}, "v.h5 (3)")["latent_action"], z)
+    assert capsys.readouterr().err.count("v.h5 (3): its 'masks' masks are empty in every frame") == 1
+
+
 def test_mask_channel_is_the_fourth_channel_of_each_frame():
     """inputs(): channel 4f + c is colour c of frame f, channel 4f + 3 its mask (frame-major, as frames_to_tensor)."""
     model, b = lam(frame_stack=3, mask_channel=True), batch(seed=7)

@@ -57,8 +57,8 @@ class TrajectoryData:
     """the mask dataset requested (None: masks not requested)"""
     files_without_masks: list[str] = field(default_factory=list)
     """files lacking `mask_key` (then `masks` is None)"""
-    _masks_checked: bool = field(default=False, repr=False, compare=False)
-    """whether `require_masks` has checked the masks' cover"""
+    _masks_checked: bool = field(default=False, init=False, repr=False, compare=False)
+    """whether `require_masks` has checked the masks' cover (or the caller took them as they are: `masks_taken`)"""
 
     @property
     def num_trajectories(self) -> int:
@@ -92,6 +92,12 @@ class TrajectoryData:
             raise MasklamError("masks were not loaded: call load_dataset(..., mask_key='masks')")
         raise MasklamError(f"{self.files_without_masks[0]} has no {self.mask_key!r} (agent masks); "
                            "this method needs them: collect with `masklam collect` or add them with `masklam masks`")
+
+    def masks_taken(self) -> "TrajectoryData":
+        """These data, with their masks taken as they are (`require_masks` checks no cover): one episode of many,
+        whose masks may be empty where its segmenter found no agent (its caller notes that); -> self."""
+        self._masks_checked = True
+        return self
 
     def _check_masks_cover(self) -> None:
         """One line if the masks mark no pixel in any frame (a wrong prompt, a segmenter that found nothing); a note

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from masklam.args import parse
 from masklam.devices import resolve_device
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 
 LATENT, DECODED = "latent_action", "decoded_action"
 
@@ -74,7 +74,7 @@ def episode_latents(lam: Any, obs: np.ndarray, masks: np.ndarray | None, batch_s
     data = TrajectoryData(obs=obs, actions=np.zeros((n, 0), np.float32), states=np.zeros((n, 0), np.float32),
                           rewards=None, masks=masks, traj_starts=np.zeros(1, np.int64),
                           traj_lengths=np.array([n], np.int64), traj_returns=np.full(1, np.nan), sources=[],
-                          meta={"files": []}, mask_key="masks" if masks is not None else None)
+                          meta={"files": []}, mask_key="masks" if masks is not None else None).masks_taken()
     sampler = WindowSampler(data, frame_stack=lam.frame_stack, max_offset=1, need_masks=masks is not None)
     out = [lam.label(batch).float().cpu().numpy() for batch in sampler.all_windows(batch_size, k=1)]
     return np.concatenate(out).astype(np.float32)  # (T, D)
@@ -117,6 +117,9 @@ class Labeller:
             if self.mask_key not in masks:
                 raise MasklamError(f"{where} has no {self.mask_key!r} masks; this LAM takes them as input")
             mask = masks[self.mask_key]
+            if not mask.any():  # the segmenter found no agent in this episode: labelled, and said once
+                note_once(("empty-masks", where), f"{where}: its {self.mask_key!r} masks are empty in every frame (the "
+                          "segmenter found no agent there); labelled as it is")
         z = episode_latents(self.lam, obs, mask, self.batch_size)
         out = {LATENT: z}
         if self.decoder is not None:
