@@ -62,7 +62,8 @@ class Pretrained(ModelHubMixin, library_name="masklam", tags=["masklam", "latent
                         model_card_kwargs: dict[str, Any] | None = None, **push_to_hub_kwargs: Any) -> str | None:
         """Atomically write model.safetensors and config.json (`extra_config` keys beside the config; `config` is
         the mixin's name for them). ``push_to_hub``: then upload them to ``repo_id`` (default: the folder's name, which
-        the Hub files under your user: load it back as "user/name") and return the commit's url. ``model_card_kwargs`` is accepted for the mixin and unused (no README)."""
+        the Hub files under your user: load it back as "user/name") and return the commit's url.
+        ``model_card_kwargs`` is accepted for the mixin and unused (no README)."""
         extra = {**(extra_config or {}), **(config or {})}
         self._save_pretrained(Path(directory), extra or None)
         if push_to_hub:
