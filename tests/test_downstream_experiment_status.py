@@ -457,6 +457,38 @@ def test_an_interrupted_stage_is_estimated_in_full(tmp_path: Path) -> None:
     assert "(interrupted, last write 6.7 min ago, checkpoint at step 300 of 1000)" in status(400)  # holder gone
 
 
+def test_a_checkpointing_stage_is_estimated_at_its_own_pace(tmp_path: Path) -> None:
+    """A LAM whose run resumed at step 100 and checkpointed step 300 of 1000 800 s later runs 4 s a step: 700 steps
+    left, less the time since that checkpoint while it runs; no done stage of its kind is needed."""
+    def first_run(d: Path) -> dict:
+        (d / "config.json").write_text(json.dumps({"step": 100, "total_steps": 1000}))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.run_stage(tmp_path, "pretrain", {"x": 1}, first_run, log=lambda s: None)
+    d = tmp_path / "stages" / "pretrain" / cache.stage_key("pretrain", {"x": 1})
+    seen = []
+    with pytest.raises(KeyboardInterrupt):  # the second run records the step it resumes from
+        cache.run_stage(tmp_path, "pretrain", {"x": 1}, lambda d: seen.append(cache.stage_record(d)) or first_run(d),
+                        log=lambda s: None)
+    assert seen[0]["resumed_step"] == 100
+    (d / "config.json").write_text(json.dumps({"step": 300, "total_steps": 1000}))
+    (d / cache.RESUME_STATE).write_text("state")
+    now = time.time()
+
+    def status(checkpoint_ago: float) -> str:
+        os.utime(d / "stage.json", (now - 1000, now - 1000))
+        for f in ("config.json", cache.RESUME_STATE):
+            os.utime(d / f, (now - checkpoint_ago, now - checkpoint_ago))
+        with plan_stages() as plan:
+            cache.run_stage(tmp_path, "pretrain", {"x": 1}, lambda d: {})
+        return format_plan(plan, now=now)
+
+    text = status(200)  # running (a write 200 s ago): 800 s for 200 steps, 700 left, 200 s of them done
+    assert "0 done, 1 pending: about 43.3 min left" in text and ", 4.0 s per step)" in text
+    assert "about 35.0 min left" in status(400)  # interrupted: 600 s for 200 steps, 700 steps from the checkpoint
+
+
 def test_a_stage_naming_a_pending_stage_waits_on_it(tmp_path: Path) -> None:
     root = tmp_path / "rün ☃"  # not ASCII: json.dumps would spell it r\u00fcn \u2603
     with plan_stages() as plan:

@@ -97,13 +97,31 @@ RESUME_STATE = "train_state.pt"
 """the file a resumable stage checkpoints to, anywhere in its directory (masklam.train.checkpoint.TRAIN_STATE)"""
 
 
+def stage_record(d: Path) -> dict[str, Any]:
+    """The stage.json of the last run of the stage in `d` ({} without one, or while it is being rewritten)."""
+    try:
+        rec = json.loads((d / "stage.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
 def earlier_runs_s(d: Path) -> float:
     """The earlier runs' time that the last run of the stage in `d` resumed (its stage.json's `resumed_s`; 0 without
-    one, written before it was recorded, or being rewritten)."""
+    one, or written before it was recorded)."""
     try:
-        return float(json.loads((d / "stage.json").read_text()).get("resumed_s", 0.0))
-    except (OSError, ValueError, TypeError, AttributeError):
+        return float(stage_record(d).get("resumed_s", 0.0))
+    except (ValueError, TypeError):
         return 0.0
+
+
+def checkpoint_step(d: Path) -> tuple[int, int] | None:
+    """(step, total steps) of the last checkpoint a training stage wrote in `d` (a LAM's config.json), if any."""
+    try:
+        config = json.loads((d / "config.json").read_text())
+        return int(config["step"]), int(config["total_steps"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, being rewritten, or not a LAM's
+        return None
 
 
 def resumed_s(d: Path) -> float:
@@ -140,9 +158,9 @@ def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path]
         if rec is not None:
             return d, rec["result"]
         d.mkdir(parents=True, exist_ok=True)
-        resumed = resumed_s(d)
-        (d / "stage.json").write_text(json.dumps({"kind": kind, "config": config, "resumed_s": resumed}, indent=1,
-                                                 default=str))
+        resumed, step = resumed_s(d), checkpoint_step(d)
+        record = {"kind": kind, "config": config, "resumed_s": resumed, "resumed_step": step[0] if step else 0}
+        (d / "stage.json").write_text(json.dumps(record, indent=1, default=str))
         context = CONTEXT.get()
         log(f"[{kind} {key}] running" + (f" ({context})" if context else ""))
         t0 = time.perf_counter()

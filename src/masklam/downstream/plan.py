@@ -8,7 +8,6 @@ is not known yet. `format_plan` turns what it met into the status table.
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import time
 from contextlib import contextmanager
@@ -17,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from masklam.downstream.cache import CONTEXT, PLANNER, done_record, earlier_runs_s, resumed_s
+from masklam.downstream.cache import (CONTEXT, PLANNER, RESUME_STATE, checkpoint_step, done_record,
+                                      earlier_runs_s, resumed_s, stage_record)
 from masklam.locks import is_held
 
 
@@ -58,6 +58,10 @@ class PlannedStage:
     """pending with a stage.json: the earlier runs' time its last run resumed (stage.json's resumed_s)"""
     resumes_s: float = 0.0
     """pending with a stage.json: the run time a new run would resume (cache.resumed_s; 0: it starts over)"""
+    per_step_s: float | None = None
+    """pending with checkpoints written by its last run: that run's seconds per step (`_pace`)"""
+    checkpoint_at: float | None = None
+    """pending with a checkpoint: when it was written (its RESUME_STATE's time)"""
     pool: tuple[str, int] | None = None
     """run in a pool of workers (`stage_pool`): (the pool's name, how many of its stages run at once)"""
 
@@ -99,13 +103,16 @@ def _strings(obj: Any) -> Iterator[str]:
         yield str(obj)
 
 
-def _checkpoint(d: Path) -> tuple[int, int] | None:
-    """(step, total steps) of the last checkpoint a training stage wrote in `d` (its config.json), if any."""
-    try:
-        config = json.loads((d / "config.json").read_text())
-        return int(config["step"]), int(config["total_steps"])
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, being rewritten, or not a LAM's
-        return None
+def _pace(d: Path, started: float, checkpoint: tuple[int, int] | None) -> tuple[float | None, float | None]:
+    """(seconds per step, when its last checkpoint was written) of the stage's last run, from its start (stage.json)
+    and the step it resumed from (stage.json's `resumed_step`) to its last checkpoint (`RESUME_STATE`'s time, the
+    checkpoint's step); no pace before that run's first checkpoint, or for a run that did not record its start step."""
+    resumed = stage_record(d).get("resumed_step")
+    states = [p.stat().st_mtime for p in d.rglob(RESUME_STATE)]
+    at = max(states) if states else None
+    if checkpoint is None or not isinstance(resumed, int) or checkpoint[0] <= resumed or at is None or at <= started:
+        return None, at
+    return (at - started) / (checkpoint[0] - resumed), at
 
 
 def _newest_mtime(d: Path) -> float:
@@ -142,8 +149,9 @@ class StagePlan:
             return rec["result"]
         if not waits and started.is_file():
             stage.started, stage.active, stage.held = started.stat().st_mtime, _newest_mtime(d), is_held(d)
-            stage.checkpoint = _checkpoint(d)
+            stage.checkpoint = checkpoint_step(d)
             stage.ran_s, stage.resumes_s = earlier_runs_s(d), resumed_s(d)
+            stage.per_step_s, stage.checkpoint_at = _pace(d, stage.started, stage.checkpoint)
         self.pending_dirs.append(str(d))
         return Pending()
 
@@ -174,6 +182,15 @@ def _done_walls(folder: Path) -> list[float]:
     dirs = sorted(folder.iterdir()) if folder.is_dir() else []  # a dry run of a fresh run directory: none yet
     walls = [_wall_s(d, rec) for d in dirs if (rec := done_record(d, d.name)) is not None]
     return [w for w in walls if w is not None]
+
+
+def _by_pace(s: PlannedStage, now: float) -> float:
+    """A checkpointing stage's time left at its last run's pace: its steps left after the last checkpoint, less the
+    time since that checkpoint while it runs (an interrupted one resumes from the checkpoint)."""
+    assert s.per_step_s is not None and s.checkpoint is not None and s.checkpoint_at is not None
+    step, total = s.checkpoint
+    since = now - s.checkpoint_at if s.is_running(now) else 0.0
+    return max(s.per_step_s * (total - step) - since, 0.0)
 
 
 def _wall_clock(stages: list[PlannedStage], lefts: dict[int, float]) -> float:
@@ -218,7 +235,8 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
     interrupted, the time a new run would resume (`cache.resumed_s`: none without a checkpoint); a kind with none
     done in the plan by the run directory's other done stages of that kind (another part of the sweep, other
     settings: marked *); a kind with none done there either has no estimate. Where done stages of its kind ran as
-    it will (in a pool, or alone) it takes their mean instead.
+    it will (in a pool, or alone) it takes their mean instead; a stage whose last run checkpointed, its own pace
+    (`_by_pace`).
     The time left is on the wall clock: stages planned in a pool (`stage_pool`) share its workers (their run times
     were measured sharing the cores), every other stage runs after the one before it; the table sums each kind's
     stages one by one (stage time)."""
@@ -236,18 +254,23 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
             mark = "*" if walls else ""
             elsewhere = elsewhere or bool(walls and pending)
         mean = sum(walls) / len(walls) if walls else None
-        if pending and mean is None:
-            unknown.append(kind)
-            left = "no estimate"
-        else:
-            # a pool's stages ran on a share of the cores, the others on all: each pending stage takes the mean of
-            # the done ones of its kind that ran as it will, where there are some
-            alike = {pooled: [s.wall_s for s in done if s.wall_s is not None and (s.pool is not None) == pooled]
-                     for pooled in (True, False)}
-            for s in pending:
-                same = alike[s.pool is not None]
+        # a pool's stages ran on a share of the cores, the others on all: each pending stage takes the mean of the
+        # done ones of its kind that ran as it will, where there are some; a stage with checkpoints, its own pace
+        alike = {pooled: [s.wall_s for s in done if s.wall_s is not None and (s.pool is not None) == pooled]
+                 for pooled in (True, False)}
+        for s in pending:
+            same = alike[s.pool is not None]
+            if s.per_step_s is not None:
+                lefts[id(s)] = _by_pace(s, now)
+            elif same or mean is not None:
                 ran = s.ran_s + now - s.started if s.is_running(now) else s.resumes_s
                 lefts[id(s)] = max((sum(same) / len(same) if same else mean) - ran, 0.0)
+        if any(id(s) not in lefts for s in pending):
+            unknown.append(kind)
+            left = "no estimate"
+            for s in pending:  # the kind counts in no total
+                lefts.pop(id(s), None)
+        else:
             secs = sum(lefts[id(s)] for s in pending)
             total += secs
             left = _duration(secs)
@@ -275,6 +298,7 @@ def format_plan(plan: StagePlan, now: float | None = None) -> str:
             state = "running" if s.is_running(now) else "interrupted"
             last = f", last write {_duration(now - s.active)} ago" if s.active is not None else ""
             last += f", checkpoint at step {s.checkpoint[0]} of {s.checkpoint[1]}" if s.checkpoint else ""
+            last += f", {s.per_step_s:.1f} s per step" if s.per_step_s is not None else ""
             lines.append(f"started {_duration(now - s.started)} ago ({state}{last}): {s.kind} {s.key} ({_brief(s)})")
     lines.append("left (stages waiting on pending inputs have no key yet):")
     left: dict[str, dict[str, int]] = {}
