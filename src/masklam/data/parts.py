@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 from masklam.data.hdf5 import check_attrs, open_file, plain, trajectory_names, write_atomically
 from masklam.errors import MasklamError, note_once
+from masklam.files import write_json
 
 
 def parts_dir(out: Path) -> Path:
@@ -46,7 +47,7 @@ def prepare_parts(out: Path, attrs: dict[str, Any]) -> set[int]:
     if finished:  # the arguments matter only once there are items to keep
         check_attrs(folder, json.loads(config.read_text()), attrs)
     else:
-        config.write_text(json.dumps(attrs, indent=1, default=str) + "\n")
+        write_json(config, attrs, indent=1)
     return finished
 
 

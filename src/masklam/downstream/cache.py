@@ -160,7 +160,7 @@ def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path]
         d.mkdir(parents=True, exist_ok=True)
         resumed, step = resumed_s(d), checkpoint_step(d)
         record = {"kind": kind, "config": config, "resumed_s": resumed, "resumed_step": step[0] if step else 0}
-        (d / "stage.json").write_text(json.dumps(record, indent=1, default=str))
+        write_json(d / "stage.json", record, indent=1)  # its mtime: when this run started
         context = CONTEXT.get()
         log(f"[{kind} {key}] running" + (f" ({context})" if context else ""))
         t0 = time.perf_counter()
