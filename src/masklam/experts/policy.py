@@ -46,9 +46,11 @@ class ExpertPolicy:
 
 def save_expert(path_stem: Path, weights: dict[str, torch.Tensor], meta: dict) -> None:
     """Write `<stem>.safetensors` and `<stem>.json`."""
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(path_stem.with_suffix(".safetensors")))
-    path_stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    from masklam.files import atomic_path, write_text
+
+    with atomic_path(path_stem.with_suffix(".safetensors")) as tmp:  # its folder made, a crash leaves no half file
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    write_text(path_stem.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
 
 
 def available() -> list[str]:

@@ -25,6 +25,7 @@ from masklam.envs.rollout import EnvSpec, rollout
 from masklam.envs.suite import dmc_domain_task
 from masklam.args import PROG, parse
 from masklam.errors import MasklamError
+from masklam.files import write_text
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
 from masklam.experts.state_env import StateEnv
 
@@ -166,7 +167,7 @@ class _Run:
         """Checkpoint, replay buffer and metrics (to resume)."""
         model.save(self.ckpt)
         model.save_replay_buffer(self.buffer)
-        self.metrics_path.write_text(json.dumps(self.metrics, indent=2) + "\n")
+        write_text(self.metrics_path, json.dumps(self.metrics, indent=2) + "\n")
 
     def select(self, model: Any, n: int) -> float:
         """Evaluate the current actor at step n; keep it as best.safetensors when it beats the best so far."""
@@ -238,8 +239,8 @@ def _finish(run: _Run) -> None:
     run.metrics.update(final_mean_return=float(rets.mean()), final_std_return=float(rets.std()), steps=cfg.steps)
     best.meta.update(mean_return_10=float(rets.mean()), std_return_10=float(rets.std()), train_steps=cfg.steps,
                      eval_command=f"masklam expert eval --task {cfg.task} --episodes {FINAL_EPISODES}")
-    (run.dir / "best.json").write_text(json.dumps(best.meta, indent=2) + "\n")
-    run.metrics_path.write_text(json.dumps(run.metrics, indent=2) + "\n")
+    write_text(run.dir / "best.json", json.dumps(best.meta, indent=2) + "\n")
+    write_text(run.metrics_path, json.dumps(run.metrics, indent=2) + "\n")
     print(f"{cfg.task}: best actor (step {run.metrics.get('best_step')}) returns {rets.mean():.1f} ± {rets.std():.1f} "
           f"over {FINAL_EPISODES} episodes")
 
@@ -251,7 +252,7 @@ def train(cfg: ExpertTrainConfig) -> dict:
     run = _Run(cfg)
     _check_resume(run)
     run.dir.mkdir(parents=True, exist_ok=True)
-    (run.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+    write_text(run.dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
     env = StateEnv(cfg.task, cfg.action_repeat)
     env.reset(seed=cfg.seed)
     _learn(run, run.model(env))
