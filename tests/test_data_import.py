@@ -223,6 +223,50 @@ def test_export_lerobot_then_import_round_trip(tmp_path):
         assert psnr(obs_a, obs_b) >= 35
 
 
+def test_exported_lerobot_fits_what_lerobot_reads(tmp_path):
+    """LeRobot reads a feature of shape [1] as a scalar column (a list of one fails its cast), wants an integer fps
+    and quantiles in stats.json: a 1-D action (cartpole's) round-trips through such a column."""
+    import pyarrow.parquet as pq
+
+    data = write_h5(tmp_path / "d.h5")
+    with h5py.File(data, "a") as f:
+        for i in "012":
+            one = f[i]["actions"][:, :1]
+            del f[i]["actions"]
+            f[i]["actions"] = one
+    out = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["features"]["action"]["shape"] == [1] and isinstance(info["fps"], int)
+    table = pq.read_table(next((out / "data").rglob("*.parquet")))
+    assert str(table.schema.field("action").type) == "float"
+    assert "list" in str(table.schema.field("observation.state").type)
+    stats = json.loads((out / "meta" / "stats.json").read_text())
+    actions = np.concatenate([h5py.File(data)[i]["actions"][()] for i in "012"])
+    assert stats["action"]["q50"] == pytest.approx(np.quantile(actions, 0.5, axis=0).tolist(), rel=1e-6)
+    assert stats["action"]["q01"][0] <= stats["action"]["q99"][0] and len(stats["observation.state"]["q10"]) == 5
+    assert stats["observation.image"]["count"] == [36] and len(stats["observation.image"]["q90"]) == 3  # frames
+    do_import(out, tmp_path / "back.h5", img_size=32)
+    with h5py.File(data) as a, h5py.File(tmp_path / "back.h5") as b:
+        assert all(np.array_equal(a[i]["actions"][()], b[i]["actions"][()]) for i in "012")
+
+
+def test_stats_quantiles_come_from_a_uniform_seeded_sample_beyond_its_size():
+    from masklam.data.lerobot_writer import _Stats
+
+    x = np.sort(np.random.default_rng(3).random((20_000, 2)) * [1.0, 10.0], axis=0)  # sorted: the first rows low
+    results = []
+    for _ in range(2):
+        st = _Stats(keep=2000)
+        for chunk in np.array_split(x, 37):  # batches of ~540 rows: the sample fills, then is replaced into
+            st.add(chunk)
+        results.append(st.result())
+    a = results[0]
+    assert a == results[1] and a["count"] == [20_000]  # seeded: the same data give the same file
+    assert abs(a["q50"][0] - 0.5) < 0.04 and abs(a["q50"][1] - 5.0) < 0.4 and a["q10"][1] < a["q90"][1]
+    assert abs(a["q90"][0] - 0.9) < 0.04  # the whole stream sampled, not its first rows
+    assert a["mean"] == pytest.approx(x.mean(0).tolist()) and a["max"] == x.max(0).tolist()  # exact, not sampled
+
+
 def test_export_without_libx264_falls_back_to_mpeg4_in_yuv420p(tmp_path, monkeypatch):
     from masklam.data import video
 

@@ -3,7 +3,8 @@
 `LeRobotWriter`: frames as one mp4 per camera file (h264 yuv444p by default: PSNR >= 35 dB on 64x64 frames
 where yuv420p's halved chroma stops near 30 dB; or AV1), the codec stated in info.json; rows in
 ``data/chunk-000/file-NNN.parquet``; agent masks exactly, as bool (H, W) columns ``observation.masks``
-(``masks``) and ``observation.<key>`` (other mask keys); meta/episodes, tasks, stats. A new directory is built
+(``masks``) and ``observation.<key>`` (other mask keys); a vector of width 1 as a scalar column, as LeRobot reads
+a feature of shape [1]; meta/episodes, tasks, stats (with LeRobot's quantiles). A new directory is built
 as ``OUT.tmp`` and renamed into place when complete. `add_feature` adds a per-frame column (latent actions) to
 an existing dataset of any version. Reading is :mod:`masklam.data.lerobot`.
 """
@@ -22,28 +23,61 @@ from masklam.data.lerobot import (ACTION, DATA_PATH, DEFAULT_CAMERA, EPISODES_PA
 from masklam.data.video import VideoWriter, codec_written
 from masklam.errors import MasklamError
 from masklam.files import read_json, write_json
+
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+"""the quantiles LeRobot's stats.json holds beside min / max / mean / std / count (policies may normalise by
+them)"""
+
+
 class _Stats:
-    """Streaming min / max / mean / std / count of a feature, per last-axis component."""
+    """Streaming min / max / mean / std / count of a feature, per last-axis component, and its `QUANTILES` from a
+    uniform sample of at most `keep` rows (reservoir sampling, seeded: the same data give the same file)."""
 
-    def __init__(self) -> None:
-        self.n, self.s, self.ss, self.lo, self.hi = 0, 0.0, 0.0, None, None
+    def __init__(self, keep: int = 100_000) -> None:
+        self.n, self.rows, self.s, self.ss, self.lo, self.hi = 0, 0, 0.0, 0.0, None, None
+        self.keep, self.sample, self.offered, self.rng = keep, None, 0, np.random.default_rng(0)
 
-    def add(self, x: np.ndarray) -> None:
+    def add(self, x: np.ndarray, count: int | None = None) -> None:
+        """Rows `x` ((N, ...) values); `count`: the items they stand for when they sample them (an image's frames,
+        LeRobot's count), else N."""
         x = np.asarray(x, np.float64).reshape(len(x), -1)
         if not len(x):
             return
-        self.n += len(x)
+        self.n += len(x) if count is None else count
+        self.rows += len(x)
         self.s = self.s + x.sum(0)
         self.ss = self.ss + (x * x).sum(0)
         self.lo = x.min(0) if self.lo is None else np.minimum(self.lo, x.min(0))
         self.hi = x.max(0) if self.hi is None else np.maximum(self.hi, x.max(0))
+        self._reservoir(x)
+
+    def _reservoir(self, x: np.ndarray) -> None:
+        """Algorithm R, a batch at a time: the first `keep` rows fill the sample; the i-th row after them takes a
+        uniform slot of i + 1, kept when that slot is in the sample."""
+        if self.sample is None:
+            self.sample = np.empty((0, x.shape[1]))
+        room = self.keep - len(self.sample)
+        if room > 0:
+            self.sample = np.concatenate([self.sample, x[:room]])
+            self.offered += min(room, len(x))
+            x = x[room:]
+        if not len(x):
+            return
+        slots = np.floor(self.rng.random(len(x)) * (self.offered + np.arange(len(x)) + 1)).astype(np.int64)
+        take = slots < self.keep
+        self.sample[slots[take]] = x[take]
+        self.offered += len(x)
 
     def result(self, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-        mean = self.s / max(self.n, 1)
-        std = np.sqrt(np.maximum(self.ss / max(self.n, 1) - mean * mean, 0.0))
+        rows = max(self.rows, 1)
+        mean = self.s / rows
+        std = np.sqrt(np.maximum(self.ss / rows - mean * mean, 0.0))
         shape = shape or (len(np.atleast_1d(mean)),)
-        return {"min": np.reshape(self.lo, shape).tolist(), "max": np.reshape(self.hi, shape).tolist(),
-                "mean": np.reshape(mean, shape).tolist(), "std": np.reshape(std, shape).tolist(), "count": [self.n]}
+        out = {"min": np.reshape(self.lo, shape).tolist(), "max": np.reshape(self.hi, shape).tolist(),
+               "mean": np.reshape(mean, shape).tolist(), "std": np.reshape(std, shape).tolist(), "count": [self.n]}
+        for name, q in QUANTILES.items():
+            out[name] = np.reshape(np.quantile(self.sample, q, axis=0), shape).tolist()
+        return out
 
 
 def _list_array(values: np.ndarray) -> Any:
@@ -54,6 +88,14 @@ def _list_array(values: np.ndarray) -> Any:
     for d in reversed(values.shape[1:]):
         arr = pa.FixedSizeListArray.from_arrays(arr, int(d))
     return arr
+
+
+def _vector_array(values: np.ndarray) -> Any:
+    """(N, D) -> a fixed-size list column, or for D = 1 a plain one: LeRobot reads a feature of shape [1] as a
+    scalar (a list of one does not cast to it)."""
+    import pyarrow as pa
+
+    return pa.array(np.ascontiguousarray(values[:, 0])) if values.shape[1] == 1 else _list_array(values)
 
 
 def _scalar_feature(dtype: str) -> dict[str, Any]:
@@ -77,6 +119,7 @@ class LeRobotWriter:
             shutil.rmtree(self.tmp)  # left by a killed run
         self.tmp.mkdir(parents=True)
         self.fps, self.img_hw, self.camera = float(fps), (int(img_hw[0]), int(img_hw[1])), camera
+        self.info_fps = int(fps) if float(fps).is_integer() else float(fps)  # LeRobot's info.json: an int
         self.action_dim, self.state_dim, self.mask_keys, self.rewards = action_dim, state_dim, list(mask_keys), rewards
         self.codec, self.crf, self.pix_fmt, self.frames_per_file = codec, crf, pix_fmt, frames_per_file
         self.robot_type = robot_type
@@ -105,7 +148,7 @@ class LeRobotWriter:
         feats: dict[str, Any] = {self.camera: {
             "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
             "info": {"video.height": h, "video.width": w, "video.codec": codec_written(self.codec),
-                     "video.pix_fmt": self.pix_fmt, "video.is_depth_map": False, "video.fps": self.fps,
+                     "video.pix_fmt": self.pix_fmt, "video.is_depth_map": False, "video.fps": self.info_fps,
                      "video.channels": 3, "has_audio": False}}}
         if self.action_dim:
             feats[ACTION] = {"dtype": "float32", "shape": [self.action_dim], "names": None}
@@ -155,7 +198,7 @@ class LeRobotWriter:
             if chunk.shape[1:] != (h, w, 3):
                 raise MasklamError(f"frames of shape {chunk.shape[1:]}, the dataset's are ({h}, {w}, 3)")
             self._video.write(chunk)
-            self.image_stats.add(chunk[:, ::4, ::4].reshape(-1, 3) / 255.0)
+            self.image_stats.add(chunk[:, ::4, ::4].reshape(-1, 3) / 255.0, count=len(chunk))  # count: frames
             n += len(chunk)
         if n != length:
             raise MasklamError(f"episode {len(self.episodes)}: {n} frames, expected {length}")
@@ -173,7 +216,7 @@ class LeRobotWriter:
                 if value is None or value.shape != (length, dim):
                     raise MasklamError(f"episode {ep}: {name} must be ({length}, {dim}), got "
                                        f"{None if value is None else value.shape}")
-                columns[name] = _list_array(np.asarray(value, np.float32))
+                columns[name] = _vector_array(np.asarray(value, np.float32))
         if self.rewards:
             columns[REWARD] = pa.array(np.asarray(rewards, np.float32).reshape(length))
         for key in self.mask_keys:
@@ -224,7 +267,7 @@ class LeRobotWriter:
         info = {
             "codebase_version": "v3.0", "robot_type": self.robot_type, "total_episodes": len(self.episodes),
             "total_frames": self.frames, "total_tasks": len(tasks), "chunks_size": 1000,
-            "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": self.fps,
+            "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": self.info_fps,
             "splits": {"train": f"0:{len(self.episodes)}"}, "data_path": DATA_PATH, "video_path": VIDEO_PATH,
             "features": self.features(), **(extra_info or {}),
         }
@@ -271,7 +314,7 @@ def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray
         if out is None:
             continue
         stats.add(out)
-        table = table.append_column(name, _list_array(out))
+        table = table.append_column(name, _vector_array(out))
         tmp = path.with_name(path.name + ".tmp")
         parquet_module().write_table(table, tmp)
         os.replace(tmp, path)
