@@ -485,6 +485,12 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     info = json.loads((out / "meta" / "info.json").read_text())
     assert info["features"]["latent_action"]["shape"] == [8]
     assert "latent_action" in json.loads((out / "meta" / "stats.json").read_text())
+    episodes = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    for ep in episodes:  # each episode's own stats, as LeRobot's edit tools rebuild stats.json from them
+        rows = z[ep["dataset_from_index"]:ep["dataset_to_index"]]
+        assert ep["stats/latent_action/mean"] == pytest.approx(rows.mean(0).tolist(), abs=1e-5)
+        assert ep["stats/latent_action/count"] == [len(rows)] and len(ep["stats/latent_action/q50"]) == 8
+        assert ep["stats/observation.image/count"] == [ep["length"]] and "stats/timestamp/max" in ep
     h5 = label(LabelConfig(lam=run, data=data, out=tmp_path / "labelled.h5", progress=False, device="cpu"))
     with h5py.File(h5) as f:
         assert f["2/latent_action"].shape == (10, 8)

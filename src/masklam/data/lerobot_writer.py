@@ -98,6 +98,11 @@ def _vector_array(values: np.ndarray) -> Any:
     return pa.array(np.ascontiguousarray(values[:, 0])) if values.shape[1] == 1 else _list_array(values)
 
 
+def episode_stat_columns(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An episode's stats per feature as meta/episodes columns, ``stats/<feature>/<stat>`` (LeRobot v3.0's)."""
+    return {f"stats/{name}/{stat}": value for name, feature in stats.items() for stat, value in feature.items()}
+
+
 def _scalar_feature(dtype: str) -> dict[str, Any]:
     return {"dtype": dtype, "shape": [1], "names": None}
 
@@ -192,13 +197,15 @@ class LeRobotWriter:
             video_path.parent.mkdir(parents=True, exist_ok=True)
             self._video = VideoWriter(video_path, self.fps, h, w, self.codec, self.crf, self.pix_fmt)
         start_frame = self._video.frames
-        n = 0
+        n, episode_image = 0, _Stats()
         for chunk in frames:
             chunk = np.asarray(chunk, np.uint8)
             if chunk.shape[1:] != (h, w, 3):
                 raise MasklamError(f"frames of shape {chunk.shape[1:]}, the dataset's are ({h}, {w}, 3)")
             self._video.write(chunk)
-            self.image_stats.add(chunk[:, ::4, ::4].reshape(-1, 3) / 255.0, count=len(chunk))  # count: frames
+            pixels = chunk[:, ::4, ::4].reshape(-1, 3) / 255.0  # (n * h/4 * w/4, 3) in [0, 1]
+            self.image_stats.add(pixels, count=len(chunk))  # count: frames
+            episode_image.add(pixels, count=len(chunk))
             n += len(chunk)
         if n != length:
             raise MasklamError(f"episode {len(self.episodes)}: {n} frames, expected {length}")
@@ -222,9 +229,13 @@ class LeRobotWriter:
         for key in self.mask_keys:
             columns[mask_feature(key)] = _list_array(np.asarray((masks or {})[key], bool))
         numeric = {ACTION: actions, STATE: states, REWARD: rewards}
+        episode_stats = {self.camera: episode_image.result((3, 1, 1))}
         for name, stat in self.stats.items():
-            value = numeric[name] if name in numeric else columns[name].to_numpy()
-            stat.add(np.asarray(value, np.float64).reshape(length, -1))
+            value = np.asarray(numeric[name] if name in numeric else columns[name].to_numpy(), np.float64)
+            stat.add(value.reshape(length, -1))
+            one = _Stats()
+            one.add(value.reshape(length, -1))
+            episode_stats[name] = one.result()
         table = pa.table(columns)
         if self._data is None:
             path = self.tmp / DATA_PATH.format(chunk_index=0, file_index=self.file_index)
@@ -237,7 +248,8 @@ class LeRobotWriter:
                f"videos/{self.camera}/file_index": self.file_index,
                f"videos/{self.camera}/from_timestamp": start_frame / self.fps,
                f"videos/{self.camera}/to_timestamp": (start_frame + length) / self.fps,
-               "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
+               "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+               **episode_stat_columns(episode_stats)}  # LeRobot's edit tools rebuild stats.json from these
         self.episodes.append(row)
         self.frames += length
         self.file_frames += length
@@ -327,3 +339,27 @@ def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray
         all_stats = read_json(stats_path) if stats_path.is_file() else {}
         all_stats[name] = stats.result()
         write_json(stats_path, all_stats, indent=4)
+    if info.get("codebase_version") == "v3.0":
+        _add_episode_stats(root, name, values)
+
+
+def _add_episode_stats(root: Path, name: str, values: dict[int, np.ndarray]) -> None:
+    """meta/episodes' ``stats/<name>/<stat>`` columns (v3.0), each episode's from its values."""
+    import pyarrow as pa
+
+    for path in sorted((root / "meta" / "episodes").rglob("*.parquet")):
+        table = read_table(path)
+        per_episode = []
+        for ep in column_array(table, "episode_index", np.int64):
+            if int(ep) not in values:
+                raise MasklamError(f"{path}: no {name} for episode {int(ep)}")
+            one = _Stats()
+            one.add(np.asarray(values[int(ep)], np.float32))
+            per_episode.append(episode_stat_columns({name: one.result()}))
+        for column in per_episode[0] if per_episode else ():
+            if column in table.column_names:
+                table = table.drop_columns([column])
+            table = table.append_column(column, pa.array([row[column] for row in per_episode]))
+        tmp = path.with_name(path.name + ".tmp")
+        parquet_module().write_table(table, tmp)
+        os.replace(tmp, path)
