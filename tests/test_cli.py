@@ -118,3 +118,28 @@ def test_output_piped_into_a_reader_that_stops_early_is_not_a_traceback(tmp_path
     finally:
         os.close(fd)
     assert code == 0 and "Traceback" not in capfd.readouterr().err
+
+
+def test_a_path_no_check_named_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """The CLI's last resort for an OSError of a path (an output inside a file): one line naming it, exit 2."""
+    from masklam.envs import demo
+
+    (tmp_path / "x.h5").write_text("a file")
+
+    import numpy as np
+
+    monkeypatch.setattr(demo, "render_row", lambda task, preset, cfg: [np.zeros((8, 8, 3), np.uint8)] * 3)
+    assert cli.main(["demo", "--out", str(tmp_path / "x.h5" / "sub.png"), "--tasks", "cheetah-run", "--presets",
+                     "none", "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("masklam: error: ") and "x.h5" in err and "a file is where a folder is needed" in err
+
+
+def test_demo_checks_its_seed_tasks_and_presets_before_rendering():
+    from masklam.envs.demo import DemoConfig
+    from masklam.errors import MasklamError
+
+    for kw, said in ((dict(seed=-5), "seed must lie in"), (dict(tasks=("cheetah-rnu",)), "cheetah-rnu"),
+                     (dict(presets=("foo",)), "unknown distractor preset 'foo'")):
+        with pytest.raises(MasklamError, match=said):
+            DemoConfig(**kw)

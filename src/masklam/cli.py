@@ -41,6 +41,12 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+PATH_HINTS = {NotADirectoryError: " (a part of the path is a file)",
+              FileExistsError: " (a file is where a folder is needed)",
+              IsADirectoryError: " (a folder is where a file is needed)"}
+"""what an OSError of a path given by the user means, after its message (the CLI's last resort: exit 2)"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `masklam COMMAND ...` to the command's module."""
     from masklam.args import PROG
@@ -75,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
         return 0
-    except OSError as e:  # a full disk where no writer named its file
-        if not is_disk_full(e):
+    except OSError as e:  # a full disk, or a path no check named (an output inside a file): one line naming it
+        if is_disk_full(e):
+            print(f"masklam: error: {disk_full(e.filename or '.')}", file=sys.stderr)
+            return 1
+        if e.filename is None:
             raise
-        print(f"masklam: error: {disk_full(e.filename or '.')}", file=sys.stderr)
-        return 1
+        print(f"masklam: error: {e.filename}: {e.strerror or type(e).__name__}{PATH_HINTS.get(type(e), '')}",
+              file=sys.stderr)
+        return 2 if type(e) in PATH_HINTS or isinstance(e, (FileNotFoundError, PermissionError)) else 1
     except KeyboardInterrupt:
         print("masklam: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -185,10 +185,10 @@ def main(argv: list[str]) -> int:
     if args.config is None:
         raise MasklamError("give a config: a shipped config's name (masklam experiment --list) or a file")
     overrides = dict(out=args.out, device=args.device, tasks=args.tasks, seeds=args.seeds)
+    cfg = load_config(args.config, **overrides)  # checked first: --print-config shows only a config that loads
     if args.print_config:
         print(describe_config(args.config, **overrides))
         return 0
-    cfg = load_config(args.config, **overrides)
     try:
         check_collections(cfg)  # before anything is printed or made
     except MasklamError as e:

@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from masklam.args import parse
 from masklam.devices import resolve_device
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, MasklamRuntimeError
 from masklam.files import atomic_path, write_json
+from masklam.seeding import check_seeds
 
 TRANSFER_ROWS = 6
 
@@ -59,6 +60,7 @@ class VizConfig:
             raise MasklamError(f"--max-trajs must be >= 2 (transfer needs two episodes), got {self.max_trajs}")
         if self.batch < 1:
             raise MasklamError(f"--batch must be >= 1, got {self.batch}")
+        check_seeds(seed=self.seed)
         resolve_device(self.device)
 
 
@@ -217,7 +219,7 @@ def visualise(cfg: VizConfig) -> dict:
     from masklam.models.lam import PixelLAM, load_lam
 
     from masklam.models.pretrained import is_local
-    from masklam.train.checkpoint import lam_config
+    from masklam.train.checkpoint import check_lam_data, lam_config
 
     if cfg.out is None and not is_local(str(cfg.lam)):
         raise MasklamError(f"{cfg.lam} is a Hub repo id: pass --out DIR for the figures")
@@ -230,6 +232,7 @@ def visualise(cfg: VizConfig) -> dict:
     # the run's frames of its parquet data (as `masklam probe`); a file given with --data is read as it is
     observations = None if cfg.data else run_cfg.get("observations")
     episode_length = run_cfg.get("episode_length")
+    check_lam_data(cfg.lam, paths, observations, episode_length, any_fps=True)  # its image size, its masks
     total = sum(lay.num_trajectories for lay in data_layouts(paths, observations, episode_length))  # folders too
     if total < 2:
         raise MasklamError(f"{', '.join(paths)} holds {total} trajectory; viz needs at least 2")
@@ -240,6 +243,9 @@ def visualise(cfg: VizConfig) -> dict:
     out = cfg.out or cfg.lam / "viz"
     out.mkdir(parents=True, exist_ok=True)
     z, rows, index = latents(lam, data, ids, cfg.batch)
+    if not np.isfinite(z).all():
+        raise MasklamRuntimeError(f"the latents of {cfg.lam} are not finite (NaN or inf): its weights are broken; "
+                                  "train it again")
     proj, ratio = pca_2d(z)
     colours = colourings(data, rows)
     summary: dict = {"lam": str(cfg.lam), "method": lam.cfg.method, "data": paths, "trajectories": len(ids),

@@ -12,6 +12,7 @@ import numpy as np
 
 from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.seeding import check_seeds
 
 
 @dataclass
@@ -43,6 +44,13 @@ class DemoConfig:
         self.steps = tuple(sorted(set(self.steps)))  # each step shown once, in order (the titles count on it)
         if self.out.suffix.lower() != ".png":
             raise MasklamError(f"--out must name a .png file, got {self.out}")
+        check_seeds(seed=self.seed)
+        from masklam.envs import make_config, parse_task
+
+        for task in self.tasks:  # before the progress bar: one line, not one after it
+            parse_task(task)
+        for preset in self.presets:
+            make_config(preset)
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:

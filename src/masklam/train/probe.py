@@ -25,7 +25,7 @@ import tyro
 
 from masklam.args import parse
 from masklam.devices import resolve_device
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, MasklamRuntimeError
 from masklam.files import read_json, write_json
 from masklam.metrics import nmse_from_sums
 
@@ -166,6 +166,9 @@ def probe_lam(lam: torch.nn.Module, data, train_ids: np.ndarray, heldout_ids: np
     n_batches = -(-train.num_windows // batch_size) + -(-held.num_windows // batch_size)
     bar = tqdm(total=n_batches, desc="probe", unit="batch", disable=not progress, leave=False)
     for z, a, rows in latents_and_actions(lam, train.all_windows(batch_size, k=1)):
+        if not bool(torch.isfinite(z).all()):
+            raise MasklamRuntimeError("the LAM's latents are not finite (NaN or inf): its weights are broken; train "
+                                      "it again")
         traj = np.searchsorted(data.traj_starts, rows, side="right") - 1
         which = torch.as_tensor(fold_of[traj], device=z.device)
         for i in range(k):
@@ -221,8 +224,10 @@ class ProbeConfig:
     """update CKPT/metrics.json with the result"""
 
     def __post_init__(self) -> None:
-        if self.ridge is not None and self.ridge < 0:
+        if self.ridge is not None and not self.ridge >= 0:  # NaN too
             raise MasklamError(f"ridge must be >= 0, got {self.ridge}")
+        if self.max_train_trajs is not None and self.max_train_trajs < 1:
+            raise MasklamError(f"max_train_trajs must be >= 1, got {self.max_train_trajs}")
         if self.batch_size < 1:
             raise MasklamError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.heldout is not None and not 0.0 < self.heldout < 1.0:
