@@ -140,5 +140,7 @@ def test_expert_cli_has_a_config_per_subcommand(tmp_path):
         tr.main(["train", "--episodes", "3"])
     with pytest.raises(MasklamError, match="must be >= 1"):
         tr.ExpertTrainConfig(steps=0)
+    with pytest.raises(MasklamError, match=r"--steps \(10\) must be at least --eval-every \(10000\)"):
+        tr.ExpertTrainConfig(steps=10)  # trained, then no evaluated actor to keep: refused before training
     assert tr.ship_dir(tr.ExpertTrainConfig()) is None
     assert tr.ship_dir(tr.ExpertTrainConfig(ship=True, ship_to=tmp_path)) == tmp_path

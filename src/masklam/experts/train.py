@@ -65,6 +65,9 @@ class ExpertTrainConfig:
     def __post_init__(self) -> None:
         dmc_domain_task(self.task)  # unknown task -> one-line error
         _positive(self, ("steps", "action_repeat", "eval_every", "batch_size", "threads"))
+        if self.steps < self.eval_every:  # no actor would be evaluated, so none kept: fail before training
+            raise MasklamError(f"--steps ({self.steps}) must be at least --eval-every ({self.eval_every}): the best "
+                               "actor is chosen among the evaluated ones")
 
 
 @dataclasses.dataclass
