@@ -79,6 +79,8 @@ def test_errors_are_one_line(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"\x01")  # cut short
     with pytest.raises(MasklamError, match="cannot read the expert"):
         load("cheetah-run", tmp_path / "x.safetensors")
+    with pytest.raises(MasklamError, match=r"an expert is a .safetensors file .*, not .*x.h5$"):
+        load("cheetah-run", tmp_path / "x.h5")  # named as given, not as x.safetensors
 
 
 # The floor: below these mean returns an expert is not good enough (LAOM's: 838, 740, 307).

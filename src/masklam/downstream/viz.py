@@ -240,12 +240,12 @@ def visualise(cfg: VizConfig) -> dict:
     data = load_dataset(paths, mask_key=run_cfg.get("mask_key", "masks") if lam.needs_masks else None,
                         traj_ids=chosen, progress=False, observations=observations, episode_length=episode_length)
     ids = np.arange(data.num_trajectories)
-    out = cfg.out or cfg.lam / "viz"
-    out.mkdir(parents=True, exist_ok=True)
     z, rows, index = latents(lam, data, ids, cfg.batch)
     if not np.isfinite(z).all():
         raise MasklamRuntimeError(f"the latents of {cfg.lam} are not finite (NaN or inf): its weights are broken; "
                                   "train it again")
+    out = cfg.out or cfg.lam / "viz"
+    out.mkdir(parents=True, exist_ok=True)  # once there is something to show
     proj, ratio = pca_2d(z)
     colours = colourings(data, rows)
     summary: dict = {"lam": str(cfg.lam), "method": lam.cfg.method, "data": paths, "trajectories": len(ids),

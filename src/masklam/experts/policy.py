@@ -67,6 +67,8 @@ def load(task: str, path: str | Path | None = None) -> ExpertPolicy:
 
     if is_metaworld_task(task) and path is None:
         return ScriptedExpert(task)
+    if path is not None and Path(path).suffix not in ("", ".safetensors", ".json"):
+        raise MasklamError(f"an expert is a .safetensors file (with its .json beside it), not {path}")
     stem = Path(path).with_suffix("") if path else SHIPPED_DIR / task
     if not stem.with_suffix(".safetensors").is_file():
         where = (f"at {stem.with_suffix('.safetensors')}" if path
