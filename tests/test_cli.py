@@ -140,6 +140,8 @@ def test_demo_checks_its_seed_tasks_and_presets_before_rendering():
     from masklam.errors import MasklamError
 
     for kw, said in ((dict(seed=-5), "seed must lie in"), (dict(tasks=("cheetah-rnu",)), "cheetah-rnu"),
-                     (dict(presets=("foo",)), "unknown distractor preset 'foo'")):
+                     (dict(presets=("foo",)), "unknown distractor preset 'foo'"), (dict(img_size=7), "img_size=7"),
+                     (dict(video_split="foo"), "unknown video_split 'foo'"),
+                     (dict(presets=("none",), background_path="/no/such/folder"), "no background videos")):
         with pytest.raises(MasklamError, match=said):
             DemoConfig(**kw)

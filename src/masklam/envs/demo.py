@@ -51,6 +51,12 @@ class DemoConfig:
             parse_task(task)
         for preset in self.presets:
             make_config(preset)
+        from masklam.envs.scene import SceneOptions
+        from masklam.envs.videos import check_background_path
+
+        SceneOptions.of(img_size=self.img_size, video_split=self.video_split)  # as make() will check them
+        if self.background_path is not None:  # checked with any preset, even one that shows no video
+            check_background_path(self.background_path, self.video_split)
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
