@@ -212,6 +212,7 @@ def test_export_lerobot_then_import_round_trip(tmp_path):
     assert info["codebase_version"] == "v3.0" and info["total_frames"] == 36 and info["total_episodes"] == 3
     assert info["features"]["observation.image"]["info"]["video.codec"] in ("h264", "mpeg4")
     assert {"action", "observation.state", "next.reward", "observation.masks"} <= set(info["features"])
+    assert info["masklam"]["export_config"]["crf"] == 10 and info["masklam"]["export_config"]["data"] == str(data)
     do_import(out, tmp_path / "back.h5", img_size=32)
     with h5py.File(data) as a, h5py.File(tmp_path / "back.h5") as b:
         assert b.attrs["domain_name"] == "cheetah" and list(b.attrs["tasks"]) == ["cheetah-run"]
@@ -485,6 +486,7 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     info = json.loads((out / "meta" / "info.json").read_text())
     assert info["features"]["latent_action"]["shape"] == [8]
     assert "latent_action" in json.loads((out / "meta" / "stats.json").read_text())
+    assert info["masklam_label"]["lam"] == str(run) and info["masklam_label"]["batch_size"] > 0  # how it was made
     episodes = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
     for ep in episodes:  # each episode's own stats, as LeRobot's edit tools rebuild stats.json from them
         rows = z[ep["dataset_from_index"]:ep["dataset_to_index"]]
@@ -493,7 +495,7 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
         assert ep["stats/observation.image/count"] == [ep["length"]] and "stats/timestamp/max" in ep
     h5 = label(LabelConfig(lam=run, data=data, out=tmp_path / "labelled.h5", progress=False, device="cpu"))
     with h5py.File(h5) as f:
-        assert f["2/latent_action"].shape == (10, 8)
+        assert f["2/latent_action"].shape == (10, 8) and json.loads(f.attrs["label_config"])["lam"] == str(run)
         assert np.abs(f["2/latent_action"][()] - z[20:30]).max() < 0.02  # the same latents (frames via mp4: close)
         # computed independently: row t is the LAM's latent of (o_t, o_{t+1}), the last row that of (o_9, o_9)
         from masklam.models.lam import load_lam

@@ -165,7 +165,8 @@ def test_cli_writes_eval_json_where_asked(tmp_path: Path, monkeypatch: pytest.Mo
     assert ev.main(["--policy", str(tmp_path / "pol"), "--episodes", "2", "--workers", "0", "--out", str(out),
                     "--device", "auto"]) == 0
     res = json.loads(out.read_text())
-    assert set(res) == {"id", "ood"} and len(res["id"]["returns"]) == 2
+    assert set(res) == {"id", "ood", "config"} and len(res["id"]["returns"]) == 2
+    assert res["config"]["episodes"] == 2 and res["config"]["policy"] == str(tmp_path / "pol")  # how it ran
     monkeypatch.chdir(tmp_path)
     assert ev.main(["--policy", str(tmp_path / "pol"), "--episodes", "1", "--workers", "0", "--splits", "id"]) == 0
     assert (tmp_path / "eval.json").is_file() and not (tmp_path / "pol" / "eval.json").exists()

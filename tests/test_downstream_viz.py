@@ -64,6 +64,7 @@ def test_pixel_lam_with_fsq_writes_every_view(tmp_path, capsys):
     out = run / "viz"
     summary = json.loads((out / "viz.json").read_text())
     assert summary["transitions"] == 4 * 5 and summary["trajectories"] == 4
+    assert summary["config"]["seed"] == 0 and summary["config"]["max_trajs"] == 20  # how it ran
     assert summary["coloured_by"] == ["true action dim 0", "true action dim 1"]
     assert set(summary["figures"]) >= {"latents", "transfer", "codes"}
     for name in summary["figures"].values():

@@ -398,6 +398,10 @@ def test_probing_a_lam_on_frames_of_another_size_is_one_line(tmp_path: Path, cap
     code, lines = run_cli(["probe", str(lam), "--data", str(small), "--no-write"], capsys)
     assert code == 2
     assert f"the LAM {lam} was trained on 32x32 frames, {small} has 16x16" in one_error_line(lines)
+    code, _ = run_cli(["probe", str(lam), "--device", "cpu"], capsys)  # on its own data: the scores, and how
+    record = json.loads((lam / "metrics.json").read_text())["probe_config"]
+    assert code == 0 and record["data"] == [str(tmp_path / "d32.h5")] and record["heldout"] > 0
+    assert record["split_seed"] == 0 and record["ridge"] is None
 
 
 def test_a_checkpoint_of_an_unknown_format_names_the_version(tmp_path: Path) -> None:

@@ -152,6 +152,8 @@ def test_decode_and_label_take_a_lam_by_hub_repo_id(hub, tmp_path, write_synthet
     assert cli.main(["decode", "--lam", "me/tiny-lam", "--labels", "2", "--updates", "5", "--batch-size", "8",
                      "--out", str(tmp_path / "dec"), *common]) == 0
     assert json.loads((tmp_path / "dec" / "config.json").read_text())["source"] == "lam:me/tiny-lam"
+    run_config = json.loads((tmp_path / "dec" / "run_config.json").read_text())  # how it was fitted
+    assert (run_config["lam"], run_config["labels"], run_config["updates"]) == ("me/tiny-lam", 2, 5)
     for source, out in [("me/tiny-lam", "hub.h5"), (str(tmp_path / "local"), "local.h5")]:
         extra = ["--decoder", str(tmp_path / "dec")] if source == "me/tiny-lam" else []
         assert cli.main(["label", "--lam", source, "--out", str(tmp_path / out), *common, *extra]) == 0

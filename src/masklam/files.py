@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -82,3 +83,9 @@ def read_csv(path: str | Path, what: str = "table", missing_ok: bool = False) ->
         raise MasklamError(f"{path} is not a valid csv file ({e})") from None
     except OSError as e:
         raise MasklamError(f"cannot read the {what} {path} ({e.strerror or type(e).__name__})") from None
+
+
+def config_record(cfg: Any) -> dict[str, Any]:
+    """A command's config dataclass as JSON values (paths as text): every option, defaults included, as the run
+    that wrote it resolved them."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

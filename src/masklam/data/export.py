@@ -22,6 +22,7 @@ from masklam.data.lerobot_writer import LeRobotWriter
 from masklam.data.sources import DESCRIPTIONS, Episode, Source, open_source
 from masklam.data.video import CODECS, Resizer, fullest_pix_fmt
 from masklam.errors import MasklamError
+from masklam.files import config_record
 
 BATCH = 256
 
@@ -113,7 +114,8 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
         from masklam.data.hdf5 import plain
 
         attrs = {k: plain(v) for k, v in lay.attrs.items()}  # `masklam import` restores them (task, env settings)
-        return writer.finish({"masklam": {"source": str(cfg.data.expanduser().resolve()), "attrs": attrs}})
+        return writer.finish({"masklam": {"source": str(cfg.data.expanduser().resolve()), "attrs": attrs,
+                                          "export_config": config_record(cfg)}})
     except BaseException:
         writer.abort()
         raise

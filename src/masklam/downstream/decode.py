@@ -24,7 +24,7 @@ from masklam.downstream.targets import check_policy_data
 from masklam.args import parse
 from masklam.errors import MasklamError, check_at_least
 from masklam.locks import output_lock
-from masklam.files import write_json
+from masklam.files import config_record, write_json
 from masklam.seeding import check_seeds
 
 VERSION = 2
@@ -147,6 +147,7 @@ def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, 
         metrics["decode/heldout_nmse"] = metrics["decode/heldout_mse"] / max(float(ah.var(0).mean()), 1e-8)
     decoder.save_pretrained(cfg.out)
     write_json(Path(cfg.out) / "metrics.json", metrics, indent=1)
+    write_json(Path(cfg.out) / "run_config.json", config_record(cfg), indent=1)  # how it was fitted
     return metrics
 
 

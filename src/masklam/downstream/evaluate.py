@@ -18,7 +18,7 @@ from masklam.envs.rollout import DEFAULT_FACTORY, EnvSpec, Policy, rollout
 from masklam.envs.videos import VIDEO_SPLIT_OF
 from masklam.args import parse
 from masklam.errors import MasklamError
-from masklam.files import write_json
+from masklam.files import config_record, write_json
 from masklam.metrics import standard_error
 from masklam.seeding import check_seeds
 
@@ -161,6 +161,7 @@ def main(argv: list[str]) -> int:
     cfg = parse(EvaluateConfig, argv)
     policy = load_policy(cfg.policy, cfg.decoder, resolve_device(cfg.device))
     results = evaluate_splits(policy, policy.env_meta, cfg)
-    write_json(cfg.out, {split: res.as_dict() for split, res in results.items()}, indent=1)
+    write_json(cfg.out, {**{split: res.as_dict() for split, res in results.items()}, "config": config_record(cfg)},
+               indent=1)
     print(f"wrote {cfg.out}")
     return 0

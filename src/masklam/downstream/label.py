@@ -15,6 +15,7 @@ Batched (``--batch-size``), on the GPU when there is one (``--device auto``). OU
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from masklam.args import parse
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError, note_once
+from masklam.files import config_record, read_json, write_json
 
 LATENT, DECODED = "latent_action", "decoded_action"
 
@@ -187,6 +189,8 @@ def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndar
         indices = [item.ref.index for item in source.items()]
         for key, values in labels.items():
             add_feature(tmp, key, dict(zip(indices, values)))
+        info = read_json(tmp / "meta" / "info.json")
+        write_json(tmp / "meta" / "info.json", {**info, "masklam_label": config_record(cfg)}, indent=4)
         os.replace(tmp, cfg.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -205,6 +209,7 @@ def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray
                     del group[key]
                 group.create_dataset(key, data=values[i], fletcher32=True)
         f.attrs["latent_lam"] = source_name(cfg.lam)
+        f.attrs["label_config"] = json.dumps(config_record(cfg))  # how the labels were made
 
 
 def main(argv: list[str]) -> int:

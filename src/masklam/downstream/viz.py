@@ -29,7 +29,7 @@ from tqdm import tqdm
 from masklam.args import parse
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError, MasklamRuntimeError
-from masklam.files import atomic_path, write_json
+from masklam.files import atomic_path, config_record, write_json
 from masklam.seeding import check_seeds
 
 TRANSFER_ROWS = 6
@@ -248,7 +248,8 @@ def visualise(cfg: VizConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)  # once there is something to show
     proj, ratio = pca_2d(z)
     colours = colourings(data, rows)
-    summary: dict = {"lam": str(cfg.lam), "method": lam.cfg.method, "data": paths, "trajectories": len(ids),
+    summary: dict = {"config": config_record(cfg), "lam": str(cfg.lam), "method": lam.cfg.method, "data": paths,
+                     "trajectories": len(ids),
                      "transitions": int(len(z)), "latent_dim": int(z.shape[1]),
                      "coloured_by": [name for name, _ in colours], "pca_explained_variance": ratio.tolist(),
                      "figures": {"latents": "latents.png"}}

@@ -26,7 +26,7 @@ import tyro
 from masklam.args import parse
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError, MasklamRuntimeError
-from masklam.files import read_json, write_json
+from masklam.files import config_record, read_json, write_json
 from masklam.metrics import nmse_from_sums
 
 
@@ -263,7 +263,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
         path = cfg.ckpt / "metrics.json"
         old = read_json(path) if path.is_file() else {}  # the old probe's scores go: none stays beside the new ones
         write_json(path, {**{k: v for k, v in old.items() if not k.startswith("probe_")}, **metrics,
-                          "probe_settings": {"ridge": cfg.ridge, "max_trajs": cfg.max_train_trajs}})
+                          "probe_settings": {"ridge": cfg.ridge, "max_trajs": cfg.max_train_trajs},
+                          "probe_config": {**config_record(cfg), "data": paths, "heldout": heldout,
+                                           "split_seed": seed}})
     return metrics
 
 
