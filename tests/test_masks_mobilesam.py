@@ -5,6 +5,7 @@ tested, so MobileSAM itself runs on a handful of frames)."""
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -370,6 +371,9 @@ def test_command_student_labels_n_frames_and_masks_all(tmp_path, stub_loader, mo
             masks = f[n]["masks_mobilesam"][()]
             assert masks.shape == (8, 64, 64) and np.array_equal(masks, predict(net, f[n]["obs"][()]))
         assert len({f[n]["masks_mobilesam"][()].tobytes() for n in ("0", "1", "2")}) == 3
+        made = json.loads(f.attrs["masks_mobilesam_config"])  # how the masks were made, kept in the file
+        assert (made["segmenter"], made["frames_per_traj"], made["label_trajs"], made["student_steps"]) == (
+            "mobilesam student", 4, 2, 60)
     assert "student:" in capsys.readouterr().out
 
 

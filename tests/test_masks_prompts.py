@@ -3,6 +3,7 @@ files that name no task, and --preview. MobileSAM is a stand-in here (the real m
 test_masks_mobilesam.py)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -135,6 +136,8 @@ def test_auto_masks_an_imported_video_with_a_box_found_per_trajectory(tmp_path, 
     assert "no simulator masks" in capsys.readouterr().out
     with h5py.File(path) as f:
         assert f.attrs["masks_mobilesam_prompt"] == "auto"
+        made = json.loads(f.attrs["masks_mobilesam_config"])  # how they were made, beyond prompt and weights
+        assert (made["segmenter"], made["prompt"], made["key"]) == ("mobilesam", "auto", "masks_mobilesam")
         for name, (x, y) in (("0", (20, 24)), ("1", (34, 10))):
             truth = np.zeros((12, 64, 64), bool)
             truth[:, y:y + 12, x:x + 12] = True

@@ -89,7 +89,9 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
 
     path = Path(path)
     teacher = str(weights or "the fetched checkpoint")
-    p = plan(path, key, box, made_by={"segmenter": "mobilesam student", "weights": teacher})
+    p = plan(path, key, box, made_by={"segmenter": "mobilesam student", "weights": teacher,
+                                      "frames_per_traj": frames_per_traj, "label_trajs": label_trajs,
+                                      "student_steps": steps, "seed": seed})
     if not p.missing:
         return stored_ious(path, key)
     labels = labels_dir(path, key)

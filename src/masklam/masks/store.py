@@ -18,6 +18,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -129,7 +130,18 @@ def merge_parts(path: Path, parts: Path, key: str, prompt: Prompt, weights: Path
                     group.attrs[f"{key}_prompt"] = src["prompt"][()]
         f.attrs[f"{key}_prompt"] = prompt if isinstance(prompt, str) else np.asarray(prompt, np.float64)
         f.attrs[f"{key}_weights"] = str(weights)
+        made = _read_settings(parts / "config.json")  # how they were made (segmenter, student...), kept
+        f.attrs[f"{key}_config"] = json.dumps({k: v for k, v in made.items() if k != "data"})
     shutil.rmtree(parts)
+
+
+def _read_settings(config_file: Path) -> dict[str, Any]:
+    """A work folder's recorded settings ({} when there are none, or they were cut short)."""
+    try:
+        found = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 @dataclass
@@ -159,10 +171,7 @@ def resume_folder(folder: Path, path: Path, settings: dict, what: str) -> None:
     same options to resume). Records both in ``folder``/config.json."""
     config_file = folder / "config.json"
     if config_file.is_file():
-        try:
-            found = json.loads(config_file.read_text())
-        except json.JSONDecodeError:
-            found = {}  # cut short by a kill while written: nothing to check by
+        found = _read_settings(config_file)  # {}: cut short by a kill while written, nothing to check by
         if found.get("data", data_fingerprint(path)) != data_fingerprint(path) or not found:
             shutil.rmtree(folder)
             note_once(("stale", str(folder)), f"{folder} was made from another version of {path} (or cannot be "
@@ -178,7 +187,7 @@ def resume_folder(folder: Path, path: Path, settings: dict, what: str) -> None:
     write_text(config_file, json.dumps({**settings, "data": data_fingerprint(path)}))
 
 
-def plan(path: Path, key: str, prompt: Prompt | None, made_by: dict[str, str] | None = None) -> Plan:
+def plan(path: Path, key: str, prompt: Prompt | None, made_by: dict[str, Any] | None = None) -> Plan:
     """Validate the file and the prompt (default: the domain's box; a file naming no domain needs one), check it
     matches earlier runs (the prompt; ``made_by``: the segmenter and its weights), prepare the parts dir."""
     layout = read_layout(path, required=("obs",))  # validates obs (T,H,W,3) uint8 in every trajectory
