@@ -14,7 +14,6 @@ to `RESUMABLE_CHANGES` (masklam.train.checkpoint.check_resumable).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from masklam.downstream.targets import TargetFn, env_meta_of, latent_stats, make
 from masklam.args import parse
 from masklam.errors import MasklamError, check_at_least
 from masklam.locks import output_lock
-from masklam.files import atomic_path, write_json
+from masklam.files import atomic_path, config_record, write_json
 from masklam.seeding import check_seeds
 from masklam.train.checkpoint import TRAIN_STATE, check_lam_data, check_resumable, lam_mask_key, load_train_state
 from masklam.train.precision import autocast
@@ -178,7 +177,7 @@ def _resume(cfg: BCConfig, model: ImagePolicy, opt: torch.optim.Optimizer, rng: 
     """Check OUT/resume/config.json against cfg (one resume rule), restore the saved state; -> the start update
     and the training loss of the update before it (NaN: none)."""
     run_dir = cfg.out / RESUME_DIR
-    run_cfg = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    run_cfg = config_record(cfg)
     check_resumable(run_dir, run_cfg, RESUMABLE_CHANGES)
     write_json(run_dir / "config.json", run_cfg, indent=1)
     st = load_train_state(run_dir, device)

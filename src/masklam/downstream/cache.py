@@ -124,15 +124,20 @@ def checkpoint_step(d: Path) -> tuple[int, int] | None:
         return None
 
 
+def checkpoint_at(d: Path) -> float | None:
+    """When the stage in `d` last checkpointed (its newest `RESUME_STATE`'s time), None without a checkpoint."""
+    return max((p.stat().st_mtime for p in d.rglob(RESUME_STATE)), default=None)
+
+
 def resumed_s(d: Path) -> float:
     """The run time a new run of the stage in `d` resumes: 0 without a checkpoint (`RESUME_STATE`: it starts over),
     else the earlier runs' (`earlier_runs_s`) plus the last run's, from its start (stage.json written) to its last
     checkpoint; the time after that checkpoint is lost work and not counted."""
     started = d / "stage.json"
-    checkpoints = [p.stat().st_mtime for p in d.rglob(RESUME_STATE)] if started.is_file() else []
-    if not checkpoints:
+    at = checkpoint_at(d) if started.is_file() else None
+    if at is None:
         return 0.0
-    return earlier_runs_s(d) + max(max(checkpoints) - started.stat().st_mtime, 0.0)
+    return earlier_runs_s(d) + max(at - started.stat().st_mtime, 0.0)
 
 
 def run_stage(root: Path, kind: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]],

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from masklam.downstream.cache import (CONTEXT, PLANNER, RESUME_STATE, checkpoint_step, done_record,
+from masklam.downstream.cache import (CONTEXT, PLANNER, checkpoint_at, checkpoint_step, done_record,
                                       earlier_runs_s, resumed_s, stage_record)
 from masklam.locks import is_held
 
@@ -107,9 +107,7 @@ def _pace(d: Path, started: float, checkpoint: tuple[int, int] | None) -> tuple[
     """(seconds per step, when its last checkpoint was written) of the stage's last run, from its start (stage.json)
     and the step it resumed from (stage.json's `resumed_step`) to its last checkpoint (`RESUME_STATE`'s time, the
     checkpoint's step); no pace before that run's first checkpoint, or for a run that did not record its start step."""
-    resumed = stage_record(d).get("resumed_step")
-    states = [p.stat().st_mtime for p in d.rglob(RESUME_STATE)]
-    at = max(states) if states else None
+    resumed, at = stage_record(d).get("resumed_step"), checkpoint_at(d)
     if checkpoint is None or not isinstance(resumed, int) or checkpoint[0] <= resumed or at is None or at <= started:
         return None, at
     return (at - started) / (checkpoint[0] - resumed), at

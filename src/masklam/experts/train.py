@@ -25,7 +25,7 @@ from masklam.envs.rollout import EnvSpec, rollout
 from masklam.envs.suite import dmc_domain_task
 from masklam.args import PROG, parse
 from masklam.errors import MasklamError
-from masklam.files import write_text
+from masklam.files import config_record, write_text
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
 from masklam.experts.state_env import StateEnv
 
@@ -226,7 +226,7 @@ def _check_resume(run: _Run) -> None:
     if not (run.ckpt.exists() and path.is_file()):
         return
     old = json.loads(path.read_text())
-    new = json.loads(json.dumps(dataclasses.asdict(run.cfg), default=str))
+    new = config_record(run.cfg)
     for key, value in new.items():
         if key not in RESUMABLE and key in old and old[key] != value:
             raise MasklamError(f"{run.dir} holds a run with {key}={old[key]!r}, not {value!r}; use the same "
