@@ -89,3 +89,13 @@ def config_record(cfg: Any) -> dict[str, Any]:
     """A command's config dataclass as JSON values (paths as text): every option, defaults included, as the run
     that wrote it resolved them."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """A JSON object a run keeps beside its work (a stage's stage.json, a parts folder's config.json); {} without
+    one, or while it is being rewritten (a kill mid-write leaves nothing to trust)."""
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}

@@ -99,11 +99,9 @@ RESUME_STATE = "train_state.pt"
 
 def stage_record(d: Path) -> dict[str, Any]:
     """The stage.json of the last run of the stage in `d` ({} without one, or while it is being rewritten)."""
-    try:
-        rec = json.loads((d / "stage.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return rec if isinstance(rec, dict) else {}
+    from masklam.files import read_record
+
+    return read_record(d / "stage.json")
 
 
 def earlier_runs_s(d: Path) -> float:

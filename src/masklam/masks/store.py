@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from masklam.data.hdf5 import open_file, read_layout, trajectory_names, write_atomically
 from masklam.errors import MasklamError, note_once
-from masklam.files import write_text
+from masklam.files import read_record, write_text
 from masklam.resources import check_free_space
 
 # Default box per domain, as fractions (x0, y0, x1, y1) of the frame: the union of the agent's bounding box at
@@ -130,18 +130,9 @@ def merge_parts(path: Path, parts: Path, key: str, prompt: Prompt, weights: Path
                     group.attrs[f"{key}_prompt"] = src["prompt"][()]
         f.attrs[f"{key}_prompt"] = prompt if isinstance(prompt, str) else np.asarray(prompt, np.float64)
         f.attrs[f"{key}_weights"] = str(weights)
-        made = _read_settings(parts / "config.json")  # how they were made (segmenter, student...), kept
+        made = read_record(parts / "config.json")  # how they were made (segmenter, student...), kept
         f.attrs[f"{key}_config"] = json.dumps({k: v for k, v in made.items() if k != "data"})
     shutil.rmtree(parts)
-
-
-def _read_settings(config_file: Path) -> dict[str, Any]:
-    """A work folder's recorded settings ({} when there are none, or they were cut short)."""
-    try:
-        found = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 @dataclass
@@ -171,7 +162,7 @@ def resume_folder(folder: Path, path: Path, settings: dict, what: str) -> None:
     same options to resume). Records both in ``folder``/config.json."""
     config_file = folder / "config.json"
     if config_file.is_file():
-        found = _read_settings(config_file)  # {}: cut short by a kill while written, nothing to check by
+        found = read_record(config_file)  # {}: cut short by a kill while written, nothing to check by
         if found.get("data", data_fingerprint(path)) != data_fingerprint(path) or not found:
             shutil.rmtree(folder)
             note_once(("stale", str(folder)), f"{folder} was made from another version of {path} (or cannot be "
