@@ -250,22 +250,31 @@ def test_orthogonal_init_applies_to_laom_too_and_its_target_starts_as_the_encode
         assert torch.equal(p, q)
 
 
-def test_resuming_compares_the_options_a_config_records_only_when_set(tmp_path):
-    from masklam.train.checkpoint import check_resumable
-    from masklam.train.config import FIELD_DEFAULTS, RESUMABLE_CHANGES
+def test_a_run_records_every_field_and_resumes_an_earlier_run_that_omitted_defaults(tmp_path):
+    import dataclasses
+    import json
 
+    from masklam.train.checkpoint import check_resumable
+    from masklam.train.config import OMITTED_DEFAULTS, RESUMABLE_CHANGES
+
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"print_config"}
+    assert fields <= set(cfg(tmp_path).to_dict())  # defaults included: a later default change cannot misread it
     run = tmp_path / "run"
     run.mkdir()
     centred = cfg(tmp_path, out=run, pixels="centered").to_dict()
-    (run / "config.json").write_text(__import__("json").dumps(centred))
+    (run / "config.json").write_text(json.dumps(centred))
     check_resumable(run, cfg(tmp_path, out=run, pixels="centered", threads=2).to_dict(), RESUMABLE_CHANGES,
-                    FIELD_DEFAULTS)  # where values came from (threads now given) is no reason to refuse
+                    OMITTED_DEFAULTS)  # where values came from (threads now given) is no reason to refuse
     with pytest.raises(MasklamError, match="pixels='centered'"):  # resumed without it: refused, not silently unit
-        check_resumable(run, cfg(tmp_path, out=run).to_dict(), RESUMABLE_CHANGES, FIELD_DEFAULTS)
-    plain = cfg(tmp_path, out=run).to_dict()
-    (run / "config.json").write_text(__import__("json").dumps(plain))
-    with pytest.raises(MasklamError, match="pixels"):  # a run started without it, resumed with it
-        check_resumable(run, cfg(tmp_path, out=run, pixels="centered").to_dict(), RESUMABLE_CHANGES, FIELD_DEFAULTS)
+        check_resumable(run, cfg(tmp_path, out=run).to_dict(), RESUMABLE_CHANGES, OMITTED_DEFAULTS)
+    # a run from before every field was recorded: the fields it lacks held their defaults
+    earlier = {k: v for k, v in cfg(tmp_path, out=run).to_dict().items()
+               if k not in ("observations", "episode_length", "init", "pixels", "fdm_width", "decoder", "idm_window")}
+    (run / "config.json").write_text(json.dumps(earlier))
+    check_resumable(run, cfg(tmp_path, out=run).to_dict(), RESUMABLE_CHANGES, OMITTED_DEFAULTS)
+    for changed in (dict(pixels="centered"), dict(observations="clean"), dict(idm_window="single")):
+        with pytest.raises(MasklamError, match=next(iter(changed))):  # it ran with the default: refused
+            check_resumable(run, cfg(tmp_path, out=run, **changed).to_dict(), RESUMABLE_CHANGES, OMITTED_DEFAULTS)
 
 
 def test_the_authors_latent_bc_reaches_latent_bc_only(tmp_path, monkeypatch):

@@ -221,7 +221,7 @@ def test_pretrain_runs_on_the_papers_data(tmp_path: Path, capsys: pytest.Capture
     # probing the clean run on an HDF5 file given with --data: the run's observations are the parquet file's
     assert cli.main(["probe", str(tmp_path / "lapo-clean"), "--data", str(tmp_path / "laom.hdf5"), "--no-write",
                      "--device", "cpu"]) == 0
-    assert "observations" not in json.loads((tmp_path / "masklam-sam" / "config.json").read_text())
+    assert json.loads((tmp_path / "masklam-sam" / "config.json").read_text())["observations"] == "distracted"
     # DCS parquet without episode flags: the run's --episode-length also reads the data `masklam probe` checks
     monkeypatch.setattr(peers, "MAX_EPISODE", 10)
     pq.write_table(table(episodes([12] * 6), ends="none"), tmp_path / "dcs.parquet")
@@ -252,10 +252,10 @@ def test_episodes_end_at_terminated_alone_or_every_episode_length_rows(tmp_path:
     assert "\n" not in str(e.value)
     pq.write_table(table(eps, ends="none").drop_columns(["terminated"]), tmp_path / "noflags.parquet")
     assert load_dataset(tmp_path / "noflags.parquet", progress=False, episode_length=5).num_trajectories == 3
-    # pretrain takes it (--episode-length), recorded only when set
+    # pretrain takes it (--episode-length) and records it
     assert PretrainConfig(method="lapo", data=[tmp_path], out=tmp_path,
                           episode_length=1000).to_dict()["episode_length"] == 1000
-    assert "episode_length" not in PretrainConfig(method="lapo", data=[tmp_path], out=tmp_path).to_dict()
+    assert PretrainConfig(method="lapo", data=[tmp_path], out=tmp_path).to_dict()["episode_length"] is None
 
 
 def encoded(mask: np.ndarray, mode: str) -> dict[str, object]:

@@ -121,7 +121,7 @@ def test_resume_refuses_a_different_config(small_cfg, tiny_h5, tmp_path):
 def test_resume_refuses_other_data_or_observations(small_cfg, write_synthetic_dataset, tmp_path):
     data = write_synthetic_dataset(tmp_path / "d.h5", n_traj=10, length=8)
     pretrain(small_cfg("lapo", data, tmp_path / "r", updates=2), until=1)
-    with pytest.raises(MasklamError, match="observations"):  # recorded only when set: compared with its default
+    with pytest.raises(MasklamError, match="observations"):
         pretrain(small_cfg("lapo", data, tmp_path / "r", updates=2, observations="clean"))
     write_synthetic_dataset(data, n_traj=14, length=8)  # the data grew meanwhile: another split
     with pytest.raises(MasklamError, match="other data .*train_trajectories differ"):

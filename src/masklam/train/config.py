@@ -94,9 +94,10 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
 """The fields only some methods use, and those methods."""
 _METHOD_GROUPS = {PIXEL: "pixel LAMs (lapo, masklam)", LAOM: "LAOM (laom, laom-sup)"}
 
+OMITTED_DEFAULTS: dict[str, Any] = {**FIELD_DEFAULTS, "observations": "distracted", "episode_length": None}
+"""What a field absent from a run's config.json held: runs before 2026-12-06 recorded observations,
+episode_length, init, pixels, fdm_width, decoder and idm_window only when set (a resume compares with these)."""
 # Fields that may change between an interrupted run and its resumption.
-RECORDED_WHEN_SET: dict[str, Any] = dict(observations="distracted", episode_length=None)
-"""fields a run's config.json records only when they differ from these (so a resume compares them with these)"""
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
                                "wandb_project", "probe_batch_size", "progress", "threads",
                                # the probe runs after training: changing it never invalidates the weights
@@ -411,14 +412,7 @@ class PretrainConfig:
         out["data"] = [str(p) for p in self.data]
         out["out"] = str(self.out)
         out["fsq_levels"] = list(self.fsq_levels)
-        if self.observations == "distracted":  # recorded only when set: configs of earlier runs stay as they were
-            del out["observations"]
-        if self.episode_length is None:
-            del out["episode_length"]
         del out["print_config"]
-        for name in ("init", "pixels", "fdm_width", "decoder", "idm_window"):  # recorded only when not the default:
-            if out[name] == FIELD_DEFAULTS[name]:  # configs of earlier runs stay as they were
-                del out[name]
         out["origins"] = dict(getattr(self, "origins", {}))
         return out
 

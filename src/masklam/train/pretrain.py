@@ -31,7 +31,7 @@ from masklam.files import read_json, write_json
 from masklam.locks import output_lock
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, check_same_data, load_train_state, save_checkpoint
-from masklam.train.config import FIELD_DEFAULTS, RECIPE_NOTICE, RECORDED_WHEN_SET, RESUMABLE_CHANGES, PretrainConfig
+from masklam.train.config import OMITTED_DEFAULTS, RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
 from masklam.train.precision import autocast, bf16_active
@@ -214,7 +214,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
                                 cfg.frame_stack, cfg.max_offset)
     total = cfg.total_updates(sampler.num_windows)
     config = cfg.to_dict()
-    check_resumable(cfg.out, config, RESUMABLE_CHANGES, {**FIELD_DEFAULTS, **RECORDED_WHEN_SET})
+    check_resumable(cfg.out, config, RESUMABLE_CHANGES, OMITTED_DEFAULTS)
     config = {**config, "total_steps": total, "num_train_windows": sampler.num_windows,
               "train_trajectories": train_ids.tolist(), "heldout_trajectories": held_ids.tolist()}
     check_same_data(cfg.out, config)
