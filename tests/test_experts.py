@@ -146,3 +146,28 @@ def test_expert_cli_has_a_config_per_subcommand(tmp_path):
         tr.ExpertTrainConfig(steps=10)  # trained, then no evaluated actor to keep: refused before training
     assert tr.ship_dir(tr.ExpertTrainConfig()) is None
     assert tr.ship_dir(tr.ExpertTrainConfig(ship=True, ship_to=tmp_path)) == tmp_path
+
+
+def test_an_interrupted_expert_training_resumes_exactly(tmp_path, monkeypatch):
+    """Trained 60 steps, then resumed to 120 (SAC.load re-seeds every stream and resets the episode): the same
+    replay buffer and weights as 120 steps in one go, updates included (learning starts at step 30)."""
+    import pickle
+
+    from stable_baselines3 import SAC
+
+    from masklam.experts import train as tr
+
+    monkeypatch.setattr(tr, "LEARNING_STARTS", 30)
+    monkeypatch.setattr(tr, "SELECTION_EPISODES", 1)
+    monkeypatch.setattr(tr, "FINAL_EPISODES", 1)
+    common = dict(task="cheetah-run", action_repeat=8, eval_every=60, batch_size=16)
+    tr.train(tr.ExpertTrainConfig(steps=120, out=tmp_path / "once", **common))
+    tr.train(tr.ExpertTrainConfig(steps=60, out=tmp_path / "twice", **common))
+    tr.train(tr.ExpertTrainConfig(steps=120, out=tmp_path / "twice", **common))
+    runs = [tmp_path / d / "cheetah-run" for d in ("once", "twice")]
+    buffers = [pickle.loads((r / "replay.pkl").read_bytes()) for r in runs]
+    assert buffers[0].full and buffers[1].full and buffers[1].buffer_size == 120  # grown from the first run's 60
+    for field in ("observations", "actions", "rewards", "next_observations"):
+        np.testing.assert_array_equal(getattr(buffers[0], field), getattr(buffers[1], field))
+    weights = [SAC.load(r / "sac.zip", device="cpu").policy.state_dict() for r in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

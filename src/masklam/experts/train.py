@@ -3,7 +3,7 @@
     masklam expert train --task cheetah-run --steps 150000 --action-repeat 4
     masklam expert eval --task cheetah-run --episodes 10
 
-Training writes `runs/experts/<task>/` (SB3 checkpoint + replay buffer for resume, the best actor
+Training writes `runs/experts/<task>/` (SB3 checkpoint + replay buffer + random streams for resume, the best actor
 so far by periodic evaluation, `metrics.json`); `--ship` copies the best actor into the source tree's
 `src/masklam/experts/` (only from a source checkout), `--ship-to DIR` into DIR. Evaluation episodes
 are played by the one rollout loop (masklam.envs.rollout), reset from the `eval` seed stream.
@@ -26,6 +26,7 @@ from masklam.envs.suite import dmc_domain_task
 from masklam.args import PROG, parse
 from masklam.errors import MasklamError
 from masklam.files import config_record, write_text
+from masklam.experts import sac_state
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
 from masklam.experts.state_env import StateEnv
 
@@ -35,6 +36,10 @@ SELECTION_FIRST_EPISODE = 10_000
 """periodic evaluations at update n play eval-stream episodes 10_000 + n ..: never the final evaluation's"""
 FINAL_EPISODES = 10
 """episodes of the final evaluation recorded with the actor (`mean_return_10`)"""
+LEARNING_STARTS = 5000
+"""SAC's steps of uniformly random actions before its first update"""
+BUFFER_MAX = 1_000_000
+"""SAC's replay buffer holds the whole run up to this many transitions (so resume files stay as small as the data)"""
 
 
 @dataclasses.dataclass
@@ -147,6 +152,7 @@ class _Run:
         self.cfg, self.dir = cfg, cfg.out / cfg.task
         self.ckpt, self.buffer, self.metrics_path = (self.dir / "sac.zip", self.dir / "replay.pkl",
                                                      self.dir / "metrics.json")
+        self.streams = self.dir / "resume.pt"  # random streams and the episode in progress (sac_state)
         resumed = self.metrics_path.exists() and self.ckpt.exists()
         self.metrics = json.loads(self.metrics_path.read_text()) if resumed else {"evals": [], "best_return": -1e9}
 
@@ -159,17 +165,20 @@ class _Run:
             model = SAC.load(self.ckpt, env=env, device="cpu", batch_size=cfg.batch_size)
             if self.buffer.exists():
                 model.load_replay_buffer(self.buffer)
-            print(f"resuming {cfg.task} from step {model.num_timesteps}")
+                sac_state.grow_buffer(model, min(cfg.steps, BUFFER_MAX))  # resumed with more --steps
+            exact = sac_state.load(self.streams, model)
+            print(f"resuming {cfg.task} from step {model.num_timesteps}"
+                  + ("" if exact else f" (no {self.streams.name} of that step: random streams re-seeded)"))
             return model
-        # The buffer holds the whole run (never more than 1M), so resume files stay as small as the data.
-        return SAC("MlpPolicy", env, seed=cfg.seed, device="cpu", learning_starts=5000, verbose=0,
-                   batch_size=cfg.batch_size, buffer_size=min(cfg.steps, 1_000_000),
+        return SAC("MlpPolicy", env, seed=cfg.seed, device="cpu", learning_starts=LEARNING_STARTS, verbose=0,
+                   batch_size=cfg.batch_size, buffer_size=min(cfg.steps, BUFFER_MAX),
                    policy_kwargs={"net_arch": [256, 256]})
 
     def save(self, model: Any) -> None:
         """Checkpoint, replay buffer and metrics (to resume)."""
         model.save(self.ckpt)
         model.save_replay_buffer(self.buffer)
+        sac_state.save(self.streams, model)  # last: it applies only to a checkpoint of its step
         write_text(self.metrics_path, json.dumps(self.metrics, indent=2) + "\n")
 
     def select(self, model: Any, n: int) -> float:
@@ -187,32 +196,34 @@ class _Run:
 
 
 def _learn(run: _Run, model: Any) -> None:
-    """SAC until cfg.steps, evaluating every eval_every steps; saves on interrupt."""
+    """SAC until cfg.steps in stretches of eval_every steps, each followed by an evaluation and a checkpoint: a
+    checkpoint falls between two steps (SB3's callbacks run mid-step), so a resume continues exactly; an interrupted
+    stretch is trained again from the last checkpoint."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     cfg = run.cfg
+    bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=f"expert {cfg.task}", unit="step")
 
     class Progress(BaseCallback):
-        def _on_training_start(self) -> None:
-            self.bar = tqdm(total=cfg.steps, initial=self.model.num_timesteps, desc=f"expert {cfg.task}", unit="step")
-
         def _on_step(self) -> bool:
-            self.bar.update(1)
-            n = self.model.num_timesteps
-            if n % cfg.eval_every == 0:
-                ret = run.select(self.model, n)
-                self.bar.set_postfix(ret=f"{ret:.0f}", best=f"{run.metrics['best_return']:.0f}")
-                run.save(self.model)
+            bar.update(1)
             return True
 
-    remaining = cfg.steps - model.num_timesteps
-    if remaining > 0:
-        try:
-            model.learn(remaining, callback=Progress(), reset_num_timesteps=False)
-        except KeyboardInterrupt:
+    try:
+        while model.num_timesteps < cfg.steps:
+            n = model.num_timesteps
+            model.learn(min(cfg.eval_every - n % cfg.eval_every, cfg.steps - n), callback=Progress(),
+                        reset_num_timesteps=False)
+            if model.num_timesteps % cfg.eval_every == 0:
+                ret = run.select(model, model.num_timesteps)
+                bar.set_postfix(ret=f"{ret:.0f}", best=f"{run.metrics['best_return']:.0f}")
             run.save(model)
-            raise
-    run.save(model)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: {cfg.task} resumes from its last checkpoint (one every --eval-every steps) when the "
+              "same command runs again")
+        raise
+    bar.close()
 
 
 RESUMABLE = frozenset({"steps", "eval_every", "out", "ship", "ship_to", "threads"})
