@@ -317,6 +317,11 @@ def test_demo_writes_png(tmp_path, capsys):
 
     img = matplotlib.image.imread(out)
     assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 100
+    import json
+
+    record = json.loads((tmp_path / "d.json").read_text())  # how it was made, beside it
+    assert record["presets"] == ["none", "laom"] and record["steps"] == [0, 2] and record["seed"] == 0
+    assert record["img_size"] == 16 and record["out"] == str(out)
     with pytest.raises(MasklamError, match=".png"):
         demo.DemoConfig(out=tmp_path / "d.jpg")
     assert demo.DemoConfig(out=out, steps=(30, 0, 0)).steps == (0, 30)  # each shown once: the titles follow them

@@ -1,7 +1,8 @@
 """`masklam demo`: a PNG grid of distracted frames and their agent masks.
 
 One row per (task, preset); for each chosen step, the RGB observation and the same frame with its
-agent mask tinted red on top (so the alignment is visible), plus the mask alone.
+agent mask tinted red on top (so the alignment is visible), plus the mask alone. The options that made it are
+written beside it (`demo.png` -> `demo.json`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from masklam.args import parse
 from masklam.errors import MasklamError
+from masklam.files import atomic_path, config_record, write_json
 from masklam.seeding import check_seeds
 
 
@@ -111,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             if c == 0:
                 ax.set_ylabel(f"{task}\n{preset}", fontsize=7)
     fig.tight_layout()
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(cfg.out, dpi=110)
+    with atomic_path(cfg.out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    print(f"wrote {cfg.out}")
+    write_json(cfg.out.with_suffix(".json"), config_record(cfg))
+    print(f"wrote {cfg.out} (options in {cfg.out.with_suffix('.json').name})")
     return 0
