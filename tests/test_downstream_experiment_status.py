@@ -222,6 +222,8 @@ def test_status_before_and_after_running(write_toy, tmp_path: Path, capsys: pyte
     out = capsys.readouterr().out
     assert "0 done, 17 pending" in out and not (tmp_path / "other").exists()
     assert f"{tmp_path / 'other'} does not exist yet: nothing done" in out and "does not exist" not in before_out
+    with pytest.raises(MasklamError, match="sweep.json is a file"):  # a run could not make it: not "nothing done"
+        ex.main([str(tmp_path / "sweep.json"), "--status", "--out", str(tmp_path / "sweep.json" / "run")])
 
     # an interrupted LAM: it is pending with its key and start time; what depends on it waits without a key
     lam = next(s for s in after.stages if s.kind == "pretrain")

@@ -194,6 +194,9 @@ def main(argv: list[str]) -> int:
     except MasklamError as e:
         raise MasklamError(f"{args.config}: {e}") from None
     if args.status:
+        blocker = next((p for p in (cfg.out, *cfg.out.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # a run would fail to make it: the dry run says so instead of "nothing done"
+            raise MasklamError(f"{cfg.out} cannot be a run directory: {blocker} is a file")
         print(f"{args.config}: {cfg.out}")
         if not cfg.out.exists():
             print(f"{cfg.out} does not exist yet: nothing done")
