@@ -251,6 +251,28 @@ def test_exported_lerobot_fits_what_lerobot_reads(tmp_path):
         assert all(np.array_equal(a[i]["actions"][()], b[i]["actions"][()]) for i in "012")
 
 
+def test_lerobot_files_past_a_chunks_size_start_the_next_chunk(tmp_path, monkeypatch):
+    """As LeRobot's writer: chunk-000 holds chunks_size files, then chunk-001 starts at file-000; read back whole."""
+    from masklam.data import lerobot_writer
+    from masklam.data.lerobot import open_lerobot
+
+    monkeypatch.setattr(lerobot_writer, "CHUNKS_SIZE", 2)
+    writer = lerobot_writer.LeRobotWriter(tmp_path / "lr", fps=10, img_hw=(16, 16), action_dim=2, frames_per_file=5)
+    episodes = [smooth_frames(5, 16, 16, seed=i) for i in range(3)]  # a file each
+    for i, frames in enumerate(episodes):
+        writer.add_episode([frames], 5, actions=np.full((5, 2), i, np.float32))
+    out = writer.finish()
+    assert (out / "data/chunk-001/file-000.parquet").is_file()
+    assert not (out / "data/chunk-000/file-002.parquet").exists()
+    assert (out / "videos/observation.image/chunk-001/file-000.mp4").is_file()
+    assert json.loads((out / "meta/info.json").read_text())["chunks_size"] == 2
+    ds = open_lerobot(out)
+    assert [(e.data_file.parent.name, e.data_file.name) for e in ds.episodes] == [
+        ("chunk-000", "file-000.parquet"), ("chunk-000", "file-001.parquet"), ("chunk-001", "file-000.parquet")]
+    for i, ep in enumerate(ds.episodes):
+        assert np.array_equal(ds.rows(ep)["actions"], np.full((5, 2), i, np.float32))
+
+
 def test_stats_quantiles_come_from_a_uniform_seeded_sample_beyond_its_size():
     from masklam.data.lerobot_writer import _Stats
 

@@ -2,9 +2,10 @@
 
 `LeRobotWriter`: frames as one mp4 per camera file (h264 yuv444p by default: PSNR >= 35 dB on 64x64 frames
 where yuv420p's halved chroma stops near 30 dB; or AV1), the codec stated in info.json; rows in
-``data/chunk-000/file-NNN.parquet``; agent masks exactly, as bool (H, W) columns ``observation.masks``
+``data/chunk-CCC/file-NNN.parquet``; agent masks exactly, as bool (H, W) columns ``observation.masks``
 (``masks``) and ``observation.<key>`` (other mask keys); a vector of width 1 as a scalar column, as LeRobot reads
-a feature of shape [1]; meta/episodes, tasks, stats (with LeRobot's quantiles). A new directory is built
+a feature of shape [1]; meta/episodes, tasks, stats (with LeRobot's quantiles). Files past ``CHUNKS_SIZE``
+in a chunk start the next chunk (``chunk-001/file-000``), as LeRobot's writer does. A new directory is built
 as ``OUT.tmp`` and renamed into place when complete. `add_feature` adds a per-frame column (latent actions) to
 an existing dataset of any version. Reading is :mod:`masklam.data.lerobot`.
 """
@@ -24,6 +25,8 @@ from masklam.data.video import VideoWriter, codec_written
 from masklam.errors import MasklamError
 from masklam.files import read_json, write_json
 
+CHUNKS_SIZE = 1000
+"""files per chunk folder (info.json's chunks_size)"""
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 """the quantiles LeRobot's stats.json holds beside min / max / mean / std / count (policies may normalise by
 them)"""
@@ -133,7 +136,7 @@ class LeRobotWriter:
         self.stats = {name: _Stats() for name in self._numeric_features()}
         self.image_stats = _Stats()
         self.frames = 0
-        self.file_index, self.file_frames = 0, 0
+        self.chunk_index, self.file_index, self.file_frames = 0, 0, 0
         self._video: VideoWriter | None = None
         self._data: Any = None
 
@@ -169,9 +172,12 @@ class LeRobotWriter:
         return feats
 
     def _roll(self) -> None:
-        """Close the current mp4 and parquet file; the next episode starts file_index + 1."""
+        """Close the current mp4 and parquet file; the next episode starts the next file (of the next chunk after
+        CHUNKS_SIZE files)."""
         self._close_files()
         self.file_index += 1
+        if self.file_index == CHUNKS_SIZE:
+            self.chunk_index, self.file_index = self.chunk_index + 1, 0
         self.file_frames = 0
 
     def _close_files(self) -> None:
@@ -192,7 +198,8 @@ class LeRobotWriter:
         if self.file_frames and self.file_frames + length > self.frames_per_file:
             self._roll()
         h, w = self.img_hw
-        video_path = self.tmp / VIDEO_PATH.format(video_key=self.camera, chunk_index=0, file_index=self.file_index)
+        video_path = self.tmp / VIDEO_PATH.format(video_key=self.camera, chunk_index=self.chunk_index,
+                                                  file_index=self.file_index)
         if self._video is None:
             video_path.parent.mkdir(parents=True, exist_ok=True)
             self._video = VideoWriter(video_path, self.fps, h, w, self.codec, self.crf, self.pix_fmt)
@@ -238,13 +245,13 @@ class LeRobotWriter:
             episode_stats[name] = one.result()
         table = pa.table(columns)
         if self._data is None:
-            path = self.tmp / DATA_PATH.format(chunk_index=0, file_index=self.file_index)
+            path = self.tmp / DATA_PATH.format(chunk_index=self.chunk_index, file_index=self.file_index)
             path.parent.mkdir(parents=True, exist_ok=True)
             self._data = parquet_module().ParquetWriter(path, table.schema)
         self._data.write_table(table)
-        row = {"episode_index": ep, "tasks": [task], "length": length, "data/chunk_index": 0,
+        row = {"episode_index": ep, "tasks": [task], "length": length, "data/chunk_index": self.chunk_index,
                "data/file_index": self.file_index, "dataset_from_index": self.frames,
-               "dataset_to_index": self.frames + length, f"videos/{self.camera}/chunk_index": 0,
+               "dataset_to_index": self.frames + length, f"videos/{self.camera}/chunk_index": self.chunk_index,
                f"videos/{self.camera}/file_index": self.file_index,
                f"videos/{self.camera}/from_timestamp": start_frame / self.fps,
                f"videos/{self.camera}/to_timestamp": (start_frame + length) / self.fps,
@@ -278,7 +285,7 @@ class LeRobotWriter:
         write_json(meta / "stats.json", stats)
         info = {
             "codebase_version": "v3.0", "robot_type": self.robot_type, "total_episodes": len(self.episodes),
-            "total_frames": self.frames, "total_tasks": len(tasks), "chunks_size": 1000,
+            "total_frames": self.frames, "total_tasks": len(tasks), "chunks_size": CHUNKS_SIZE,
             "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": self.info_fps,
             "splits": {"train": f"0:{len(self.episodes)}"}, "data_path": DATA_PATH, "video_path": VIDEO_PATH,
             "features": self.features(), **(extra_info or {}),
