@@ -1,4 +1,7 @@
 """Experts: the state environment is seeded and matches the distracted env's state; actors round-trip."""
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -124,7 +127,8 @@ def test_resuming_expert_training_with_another_action_repeat_is_refused(tmp_path
     cfg = expert_train.ExpertTrainConfig(task="cheetah-run", out=tmp_path, action_repeat=4)
     run = expert_train._Run(cfg)
     run.dir.mkdir(parents=True)
-    run.ckpt.write_bytes(b"a checkpoint")  # an interrupted run
+    run.ckpt_dir.mkdir(parents=True)
+    (run.ckpt_dir / "sac.zip").write_bytes(b"a checkpoint")  # an interrupted run
     (run.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), default=str))
     expert_train._check_resume(expert_train._Run(dataclasses.replace(cfg, steps=10 ** 6)))  # longer: resumable
     with pytest.raises(MasklamError, match="action_repeat=4, not 2"):
@@ -149,8 +153,9 @@ def test_expert_cli_has_a_config_per_subcommand(tmp_path):
 
 
 def test_an_interrupted_expert_training_resumes_exactly(tmp_path, monkeypatch):
-    """Trained 60 steps, then resumed to 120 (SAC.load re-seeds every stream and resets the episode): the same
-    replay buffer and weights as 120 steps in one go, updates included (learning starts at step 30)."""
+    """Trained 180 steps (reacher's second episode: its target, a model field, moved at the episode's start), a
+    checkpoint cut between its two renames, then resumed to 240 (SAC.load re-seeds every stream and resets the
+    episode): the same replay buffer and weights as 240 steps in one go, updates included (from step 30)."""
     import pickle
 
     from stable_baselines3 import SAC
@@ -160,13 +165,31 @@ def test_an_interrupted_expert_training_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "LEARNING_STARTS", 30)
     monkeypatch.setattr(tr, "SELECTION_EPISODES", 1)
     monkeypatch.setattr(tr, "FINAL_EPISODES", 1)
-    common = dict(task="cheetah-run", action_repeat=8, eval_every=60, batch_size=16)
-    tr.train(tr.ExpertTrainConfig(steps=120, out=tmp_path / "once", **common))
-    tr.train(tr.ExpertTrainConfig(steps=60, out=tmp_path / "twice", **common))
-    tr.train(tr.ExpertTrainConfig(steps=120, out=tmp_path / "twice", **common))
-    runs = [tmp_path / d / "cheetah-run" for d in ("once", "twice")]
+    common = dict(task="reacher-easy", action_repeat=8, eval_every=60, batch_size=16)
+    tr.train(tr.ExpertTrainConfig(steps=240, out=tmp_path / "once", **common))
+    tr.train(tr.ExpertTrainConfig(steps=180, out=tmp_path / "twice", **common))
+    run = tr._Run(tr.ExpertTrainConfig(steps=180, out=tmp_path / "twice", **common))
+    model = SAC.load(run.found() / "sac.zip", env=tr.StateEnv("reacher-easy", 8), device="cpu")
+    model.load_replay_buffer(run.found() / "replay.pkl")
+    replace = os.replace
+
+    def cut(src, dst):  # killed after checkpoint/ became checkpoint.old/, before checkpoint.new/ took its place
+        if Path(src).name == "checkpoint.new":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(tr.os, "replace", cut)
+    with pytest.raises(KeyboardInterrupt):
+        run.save(model)
+    monkeypatch.undo()
+    assert run.found().name == "checkpoint.old"
+    monkeypatch.setattr(tr, "LEARNING_STARTS", 30)
+    monkeypatch.setattr(tr, "SELECTION_EPISODES", 1)
+    monkeypatch.setattr(tr, "FINAL_EPISODES", 1)
+    tr.train(tr.ExpertTrainConfig(steps=240, out=tmp_path / "twice", **common))
+    runs = [tmp_path / d / "reacher-easy" / "checkpoint" for d in ("once", "twice")]
     buffers = [pickle.loads((r / "replay.pkl").read_bytes()) for r in runs]
-    assert buffers[0].full and buffers[1].full and buffers[1].buffer_size == 120  # grown from the first run's 60
+    assert buffers[0].full and buffers[1].full and buffers[1].buffer_size == 240  # grown from the first run's 180
     for field in ("observations", "actions", "rewards", "next_observations"):
         np.testing.assert_array_equal(getattr(buffers[0], field), getattr(buffers[1], field))
     weights = [SAC.load(r / "sac.zip", device="cpu").policy.state_dict() for r in runs]

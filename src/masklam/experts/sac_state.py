@@ -4,8 +4,9 @@
 episode, so a resumed run would replay the streams of step 0 and its result would depend on where it stopped.
 `capture` takes, beside the checkpoint, the streams it draws from (torch's and numpy's global generators, which
 sample the policy's noise and the replay batches; Python's; the action space's, which samples the random actions
-before learning starts), the episode in progress (MuJoCo's integration state, dm_control's step counter, the
-task's random state, the last observation) and the Monitor's running episode; `restore` puts them back after
+before learning starts), the episode in progress (MuJoCo's integration state; the model's arrays, which some
+tasks change when an episode starts, e.g. reacher's target; dm_control's step counter; the task's random state;
+the last observation) and the Monitor's running episode; `restore` puts them back after
 `SAC.load`, so an interrupted run continues as an uninterrupted one would. `grow_buffer` gives a run resumed
 with more steps the replay buffer it would have had from the start.
 """
@@ -32,6 +33,16 @@ def _parts(model: Any) -> tuple[Any, Any, Any]:
     return monitor, dm_env, dm_env.physics
 
 
+def _model_arrays(m: Any) -> dict[str, np.ndarray]:
+    """Every array of an MjModel, by attribute name (views: assigning into them changes the model)."""
+    out = {}
+    for name in dir(m):
+        value = None if name.startswith("_") else getattr(m, name, None)
+        if isinstance(value, np.ndarray):
+            out[name] = value
+    return out
+
+
 def capture(model: Any) -> dict[str, Any]:
     """The random streams and the episode in progress of `model` (a SAC on one StateEnv), at its step."""
     monitor, dm_env, physics = _parts(model)
@@ -42,7 +53,8 @@ def capture(model: Any) -> dict[str, Any]:
         "step": int(model.num_timesteps),
         "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
         "action_space": model.action_space.np_random.bit_generator.state,
-        "physics": sim, "step_count": dm_env._step_count, "reset_next_step": dm_env._reset_next_step,
+        "physics": sim, "model": {k: v.copy() for k, v in _model_arrays(m).items()},
+        "step_count": dm_env._step_count, "reset_next_step": dm_env._reset_next_step,
         "task_random": dm_env.task.random.get_state(),
         "last_obs": model._last_obs, "last_original_obs": model._last_original_obs,
         "last_episode_starts": model._last_episode_starts,
@@ -63,6 +75,8 @@ def restore(model: Any, state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     model.action_space.np_random.bit_generator.state = state["action_space"]
+    for name, array in _model_arrays(physics.model.ptr).items():
+        array[...] = state["model"][name]
     mujoco.mj_setState(physics.model.ptr, physics.data.ptr, state["physics"], _INTEGRATION)
     mujoco.mj_step1(physics.model.ptr, physics.data.ptr)  # dm_control steps by step2 then step1: step1 is due
     dm_env._step_count, dm_env._reset_next_step = state["step_count"], state["reset_next_step"]
@@ -96,7 +110,9 @@ def grow_buffer(model: Any, size: int) -> None:
     if buf.full and buf.pos != 0:  # overwritten in a ring: the order of the first steps is lost
         raise MasklamError(f"the replay buffer of {buf.buffer_size} transitions has wrapped; cannot grow it")
     for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
-        old = getattr(buf, name)  # (buffer_size, n_envs, ...)
+        old = getattr(buf, name)  # (buffer_size, n_envs, ...); next_observations is None with optimize_memory_usage
+        if old is None:
+            continue
         new = np.zeros((size, *old.shape[1:]), old.dtype)
         new[:len(old)] = old
         setattr(buf, name, new)

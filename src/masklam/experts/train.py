@@ -3,15 +3,15 @@
     masklam expert train --task cheetah-run --steps 150000 --action-repeat 4
     masklam expert eval --task cheetah-run --episodes 10
 
-Training writes `runs/experts/<task>/` (SB3 checkpoint + replay buffer + random streams for resume, the best actor
-so far by periodic evaluation, `metrics.json`); `--ship` copies the best actor into the source tree's
-`src/masklam/experts/` (only from a source checkout), `--ship-to DIR` into DIR. Evaluation episodes
-are played by the one rollout loop (masklam.envs.rollout), reset from the `eval` seed stream.
+Training writes `runs/experts/<task>/` (`checkpoint/`: SB3's checkpoint, replay buffer and the random streams, to
+resume exactly; the best actor so far by periodic evaluation; `metrics.json`); `--ship` copies the best actor into
+the source tree's `src/masklam/experts/` (only from a source checkout), `--ship-to DIR` into DIR. Evaluation
+episodes are played by the one rollout loop (masklam.envs.rollout), reset from the `eval` seed stream.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +25,7 @@ from masklam.envs.rollout import EnvSpec, rollout
 from masklam.envs.suite import dmc_domain_task
 from masklam.args import PROG, parse
 from masklam.errors import MasklamError
-from masklam.files import config_record, write_text
+from masklam.files import config_record, read_json, read_record, write_json
 from masklam.experts import sac_state
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
 from masklam.experts.state_env import StateEnv
@@ -146,40 +146,64 @@ def ship_dir(cfg: ExpertTrainConfig) -> Path | None:
 
 
 class _Run:
-    """The files of a training run in OUT/TASK: SAC checkpoint, replay buffer, metrics, best actor."""
+    """The files of a training run in OUT/TASK: the last checkpoint (checkpoint/: SAC, its replay buffer, the random
+    streams and episode in progress, the metrics up to it), metrics.json and the best actor."""
 
     def __init__(self, cfg: ExpertTrainConfig) -> None:
         self.cfg, self.dir = cfg, cfg.out / cfg.task
-        self.ckpt, self.buffer, self.metrics_path = (self.dir / "sac.zip", self.dir / "replay.pkl",
-                                                     self.dir / "metrics.json")
-        self.streams = self.dir / "resume.pt"  # random streams and the episode in progress (sac_state)
-        resumed = self.metrics_path.exists() and self.ckpt.exists()
-        self.metrics = json.loads(self.metrics_path.read_text()) if resumed else {"evals": [], "best_return": -1e9}
+        self.ckpt_dir, self.metrics_path = self.dir / "checkpoint", self.dir / "metrics.json"
+        found = self.found()
+        self.metrics = {"evals": [], "best_return": -1e9}
+        if found is not None and (found / "metrics.json").is_file():
+            self.metrics = read_json(found / "metrics.json")
+        best = read_record(self.dir / "best.json")  # a best kept after the checkpoint: a new best must beat it
+        if found is not None and best.get("selection_return", -1e9) > self.metrics["best_return"]:
+            self.metrics.update(best_return=best["selection_return"], best_step=best.get("step"))
+
+    def found(self) -> Path | None:
+        """The folder of the last complete checkpoint: checkpoint/; checkpoint.old/ when a save was cut between
+        its renames; OUT/TASK itself for a run from before checkpoints had a folder; None before the first."""
+        for d in (self.ckpt_dir, self.dir / "checkpoint.old", self.dir):
+            if (d / "sac.zip").is_file():
+                return d
+        return None
 
     def model(self, env: StateEnv) -> Any:
         """SAC resumed from the checkpoint, or a fresh one."""
         from stable_baselines3 import SAC
 
-        cfg = self.cfg
-        if self.ckpt.exists():
-            model = SAC.load(self.ckpt, env=env, device="cpu", batch_size=cfg.batch_size)
-            if self.buffer.exists():
-                model.load_replay_buffer(self.buffer)
-                sac_state.grow_buffer(model, min(cfg.steps, BUFFER_MAX))  # resumed with more --steps
-            exact = sac_state.load(self.streams, model)
+        cfg, found = self.cfg, self.found()
+        if found is not None:
+            model = SAC.load(found / "sac.zip", env=env, device="cpu", batch_size=cfg.batch_size)
+            if (found / "replay.pkl").is_file():
+                model.load_replay_buffer(found / "replay.pkl")
+            sac_state.grow_buffer(model, min(cfg.steps, BUFFER_MAX))  # resumed with more --steps
+            exact = sac_state.load(found / "resume.pt", model)
             print(f"resuming {cfg.task} from step {model.num_timesteps}"
-                  + ("" if exact else f" (no {self.streams.name} of that step: random streams re-seeded)"))
+                  + ("" if exact else " (a checkpoint without its random streams: they are re-seeded)"))
             return model
         return SAC("MlpPolicy", env, seed=cfg.seed, device="cpu", learning_starts=LEARNING_STARTS, verbose=0,
                    batch_size=cfg.batch_size, buffer_size=min(cfg.steps, BUFFER_MAX),
                    policy_kwargs={"net_arch": [256, 256]})
 
     def save(self, model: Any) -> None:
-        """Checkpoint, replay buffer and metrics (to resume)."""
-        model.save(self.ckpt)
-        model.save_replay_buffer(self.buffer)
-        sac_state.save(self.streams, model)  # last: it applies only to a checkpoint of its step
-        write_text(self.metrics_path, json.dumps(self.metrics, indent=2) + "\n")
+        """A checkpoint, whole or not at all: written to checkpoint.new/, then renamed over checkpoint/ (the
+        previous one kept as checkpoint.old/ between the two renames); then metrics.json."""
+        new, old = self.dir / "checkpoint.new", self.dir / "checkpoint.old"
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir(parents=True)
+        model.save(new / "sac.zip")
+        model.save_replay_buffer(new / "replay.pkl")
+        sac_state.save(new / "resume.pt", model)
+        write_json(new / "metrics.json", self.metrics)
+        if self.ckpt_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.ckpt_dir, old)
+        os.replace(new, self.ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        for legacy in ("sac.zip", "replay.pkl"):  # a run from before the folder: its checkpoint is superseded
+            (self.dir / legacy).unlink(missing_ok=True)
+        write_json(self.metrics_path, self.metrics)
 
     def select(self, model: Any, n: int) -> float:
         """Evaluate the current actor at step n; keep it as best.safetensors when it beats the best so far."""
@@ -191,7 +215,8 @@ class _Run:
         if rets.mean() > self.metrics["best_return"]:
             self.metrics["best_return"], self.metrics["best_step"] = float(rets.mean()), n
             save_expert(self.dir / "best", w, {"task": cfg.task, "action_repeat": cfg.action_repeat,
-                                               "algorithm": "SAC (stable-baselines3)", "step": n})
+                                               "algorithm": "SAC (stable-baselines3)", "step": n,
+                                               "selection_return": float(rets.mean())})
         return float(rets.mean())
 
 
@@ -234,9 +259,9 @@ def _check_resume(run: _Run) -> None:
     """One line when OUT/TASK holds a checkpoint made with other settings (another action repeat would mix two
     in the replay buffer, and measure the best actor at the wrong one)."""
     path = run.dir / "config.json"
-    if not (run.ckpt.exists() and path.is_file()):
+    if not (run.found() is not None and path.is_file()):
         return
-    old = json.loads(path.read_text())
+    old = read_json(path)
     new = config_record(run.cfg)
     for key, value in new.items():
         if key not in RESUMABLE and key in old and old[key] != value:
@@ -253,20 +278,20 @@ def _finish(run: _Run) -> None:
     run.metrics.update(final_mean_return=float(rets.mean()), final_std_return=float(rets.std()), steps=cfg.steps)
     best.meta.update(mean_return_10=float(rets.mean()), std_return_10=float(rets.std()), train_steps=cfg.steps,
                      eval_command=f"masklam expert eval --task {cfg.task} --episodes {FINAL_EPISODES}")
-    write_text(run.dir / "best.json", json.dumps(best.meta, indent=2) + "\n")
-    write_text(run.metrics_path, json.dumps(run.metrics, indent=2) + "\n")
+    write_json(run.dir / "best.json", best.meta)
+    write_json(run.metrics_path, run.metrics)
     print(f"{cfg.task}: best actor (step {run.metrics.get('best_step')}) returns {rets.mean():.1f} ± {rets.std():.1f} "
           f"over {FINAL_EPISODES} episodes")
 
 
 def train(cfg: ExpertTrainConfig) -> dict:
-    """Train SAC, resuming from OUT/TASK/sac.zip when present; returns the metrics written."""
+    """Train SAC, resuming from the checkpoint in OUT/TASK when there is one; returns the metrics written."""
     ship_to = ship_dir(cfg)  # a bad --ship fails before training, not after
     torch.set_num_threads(cfg.threads)
     run = _Run(cfg)
     _check_resume(run)
     run.dir.mkdir(parents=True, exist_ok=True)
-    write_text(run.dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+    write_json(run.dir / "config.json", dataclasses.asdict(cfg))
     env = StateEnv(cfg.task, cfg.action_repeat)
     env.reset(seed=cfg.seed)
     _learn(run, run.model(env))

@@ -94,9 +94,12 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
 """The fields only some methods use, and those methods."""
 _METHOD_GROUPS = {PIXEL: "pixel LAMs (lapo, masklam)", LAOM: "LAOM (laom, laom-sup)"}
 
-OMITTED_DEFAULTS: dict[str, Any] = {**FIELD_DEFAULTS, "observations": "distracted", "episode_length": None}
+OMITTED_DEFAULTS: dict[str, Any] = {**FIELD_DEFAULTS, "observations": "distracted", "episode_length": None,
+                                    "init": "default", "pixels": "unit", "fdm_width": 1.0, "decoder": "ours",
+                                    "idm_window": "pair"}
 """What a field absent from a run's config.json held: runs before 2026-12-06 recorded observations,
-episode_length, init, pixels, fdm_width, decoder and idm_window only when set (a resume compares with these)."""
+episode_length, init, pixels, fdm_width, decoder and idm_window only when set (a resume compares with these:
+their values then, written out, so that a later change of FIELD_DEFAULTS cannot change what old runs mean)."""
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
                                "wandb_project", "probe_batch_size", "progress", "threads",
