@@ -132,7 +132,15 @@ def test_a_path_no_check_named_is_one_line_not_a_traceback(tmp_path, capsys, mon
     assert cli.main(["demo", "--out", str(tmp_path / "x.h5" / "sub.png"), "--tasks", "cheetah-run", "--presets",
                      "none", "--steps", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("masklam: error: ") and "x.h5" in err and "a file is where a folder is needed" in err
+    assert err.startswith("masklam: error: ") and f"{tmp_path / 'x.h5'} is a file, where a folder is needed" in err
+    for error, hint in ((NotADirectoryError(20, "Not a directory", "/o/x.h5/a"), "a part of the path is a file"),
+                        (IsADirectoryError(21, "Is a directory", "/o/d"), "a folder is where a file is needed")):
+        def fail(argv, error=error):  # an OSError that no check of the command named
+            raise error
+
+        monkeypatch.setattr(demo, "main", fail)
+        assert cli.main(["demo"]) == 2
+        assert capsys.readouterr().err.strip() == f"masklam: error: {error.filename}: {error.strerror} ({hint})"
 
 
 def test_demo_checks_its_seed_tasks_and_presets_before_rendering():

@@ -85,6 +85,10 @@ def ensure_dir(path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise_if_disk_full(e, path)
+        blocker = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise MasklamError(f"cannot create the folder {path}: {blocker} is a file, where a folder is needed") \
+                from None
         raise MasklamError(f"cannot create the folder {path} ({one_line(e)})") from None
 
 
