@@ -152,6 +152,7 @@ class _Run:
     def __init__(self, cfg: ExpertTrainConfig) -> None:
         self.cfg, self.dir = cfg, cfg.out / cfg.task
         self.ckpt_dir, self.metrics_path = self.dir / "checkpoint", self.dir / "metrics.json"
+        self.saved_step: int | None = None  # the step of the last checkpoint, once known
         found = self.found()
         self.metrics = {"evals": [], "best_return": -1e9}
         if found is not None and (found / "metrics.json").is_file():
@@ -179,6 +180,7 @@ class _Run:
                 model.load_replay_buffer(found / "replay.pkl")
             sac_state.grow_buffer(model, min(cfg.steps, BUFFER_MAX))  # resumed with more --steps
             exact = sac_state.load(found / "resume.pt", model)
+            self.saved_step = int(model.num_timesteps)
             print(f"resuming {cfg.task} from step {model.num_timesteps}"
                   + ("" if exact else " (a checkpoint without its random streams: they are re-seeded)"))
             return model
@@ -204,6 +206,7 @@ class _Run:
         for legacy in ("sac.zip", "replay.pkl"):  # a run from before the folder: its checkpoint is superseded
             (self.dir / legacy).unlink(missing_ok=True)
         write_json(self.metrics_path, self.metrics)
+        self.saved_step = int(model.num_timesteps)
 
     def select(self, model: Any, n: int) -> float:
         """Evaluate the current actor at step n; keep it as best.safetensors when it beats the best so far."""
@@ -245,8 +248,9 @@ def _learn(run: _Run, model: Any) -> None:
             run.save(model)
     except KeyboardInterrupt:
         bar.close()
-        print(f"interrupted: {cfg.task} resumes from its last checkpoint (one every --eval-every steps) when the "
-              "same command runs again")
+        print(f"interrupted: the same command resumes {cfg.task} from its checkpoint at step {run.saved_step}"
+              if run.saved_step is not None else
+              f"interrupted before {cfg.task}'s first checkpoint: the same command starts over")
         raise
     bar.close()
 
