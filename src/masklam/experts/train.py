@@ -55,9 +55,10 @@ class ExpertTrainConfig:
     seed: int = 0
     """seeds SAC and the training environment."""
     eval_every: int = 10_000
-    """evaluate the current actor every this many steps (5 episodes), keep the best."""
+    """evaluate the current actor every this many steps (5 episodes), keep the best, and checkpoint (an
+    interrupted run resumes from the last checkpoint, exactly as it would have gone on)."""
     out: Path = Path("runs/experts")
-    """run directory root; the run goes to OUT/TASK."""
+    """run directory root; the run goes to OUT/TASK (OUT/TASK/checkpoint: what a resume reads)."""
     ship: bool = False
     """copy the best actor into the source tree's src/masklam/experts/ (error unless installed from a checkout)."""
     ship_to: Path | None = None
