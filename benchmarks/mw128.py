@@ -106,8 +106,11 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from masklam import methods
+
     cells = summary(rows)
     tasks = list(dict.fromkeys(t for t, _ in cells))
+    recipes = {r["method"]: r.get("recipe") for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / len(METHODS)
     for i, method in enumerate(METHODS):
@@ -115,8 +118,10 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
             xs = [j for j, t in enumerate(tasks) if (t, method) in cells and cells[t, method][key].n]
             if xs:
                 m, e = zip(*((cells[tasks[j], method][key].mean, cells[tasks[j], method][key].sem) for j in xs))
+                recipe = recipes.get(method)  # labelled by method and recipe, in the report's colours
                 ax.bar([j + (i - (len(METHODS) - 1) / 2) * width for j in xs], m, width, yerr=e, capsize=2,
-                       color=f"C{i}", label=method)
+                       color=methods.get(method).color,
+                       label=methods.get(method).title + (f" [{recipe}]" if recipe not in (None, "", "-") else ""))
     for ax, label in zip(axes, ("held-out probe NMSE (lower is better)", "success rate ID (16 labelled traj.)")):
         ax.set_xticks(range(len(tasks)), tasks)
         ax.set(ylabel=label)
