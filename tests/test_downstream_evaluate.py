@@ -143,7 +143,8 @@ def test_seeds_and_errors() -> None:
     from masklam.downstream.targets import env_meta_of
 
     on_eval_videos = env_meta_of({"domain_name": "cheetah", "task_name": "run", "split": "eval"}, {})
-    assert env_spec(on_eval_videos, "id").kwargs["video_split"] == "train"  # the key is no env argument
+    kwargs = env_spec(on_eval_videos, "id").kwargs  # in-distribution: the videos its data were collected on
+    assert kwargs["video_split"] == "eval" and "data_video_split" not in kwargs  # the key is no env argument
     with pytest.raises(MasklamError, match="collected on the held-out .* would play them again"):
         env_spec(on_eval_videos, "ood")
 

@@ -2,8 +2,9 @@
 
 Every random draw of masklam derives from a user seed through a `numpy.random.SeedSequence` whose
 entropy is `[seed, index, STREAMS[stream]]`, so two uses of the same seed (collecting trajectory i,
-evaluating episode i) never share a stream: a collected trajectory and an evaluation episode can share
-no start state, background video offset, camera walk or colour walk.
+evaluating episode i) never share a stream: a collected trajectory and an evaluation episode share no start
+state, background video offset, camera walk or colour walk (but by a collision of two streams' 32-bit reset
+seeds, odds about 2**-32 per pair of episodes).
 
 The `collect` stream has tag 0, and SeedSequence([seed, index, 0]) equals SeedSequence([seed, index]),
 the seeding collection has always used: datasets stay byte-identical across this change.

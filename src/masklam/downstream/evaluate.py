@@ -3,8 +3,9 @@
 The episodes are played by the one rollout loop (masklam.envs.rollout: worker processes, batched
 inference, episode i reset from the `eval` seed stream). Here: the environment of a policy's training
 data (`env_spec`), normalisation by full-data BC's return (`normalized_return`), the per-split summary
-(`EvalResult`) and the CLI, which writes eval.json. In-distribution = the training video split;
-out-of-distribution = `video_split="eval"`.
+(`EvalResult`) and the CLI, which writes eval.json. In-distribution = the background videos the policy's data
+were collected on (the train split, unless collected with `--video-split eval`); out-of-distribution =
+`video_split="eval"`, the held-out videos.
 """
 from __future__ import annotations
 
@@ -77,14 +78,17 @@ def evaluate(policy: Policy, spec: EnvSpec, episodes: int, seed: int = 0, worker
 
 def env_spec(env_meta: dict[str, Any], split: str, task: str | None = None,
              max_episode_steps: int | None = None) -> EnvSpec:
-    """The env of a policy's training data (recorded by bc.py), on the training ('id') or eval ('ood') videos."""
+    """The env of a policy's training data (recorded by bc.py), on its data's videos ('id': the train split unless
+    the data were collected on the eval split) or the held-out eval videos ('ood')."""
     if split not in SPLITS:
         raise MasklamError(f"unknown split {split!r}; use 'id' or 'ood'")
     if env_meta.get("data_video_split") == VIDEO_SPLIT_OF[split] and split == "ood":
         raise MasklamError("the policy's data were collected on the held-out (eval) background videos: an 'ood' "
                            "evaluation would play them again; evaluate 'id', or collect on the train videos")
     kwargs = {k: v for k, v in env_meta.items() if k not in ("task", "factory", "data_video_split")}
-    kwargs["video_split"] = VIDEO_SPLIT_OF[split]
+    # in-distribution: the videos the data were collected on (data on the held-out videos: those, not the train ones)
+    kwargs["video_split"] = env_meta.get("data_video_split", VIDEO_SPLIT_OF[split]) if split == "id" \
+        else VIDEO_SPLIT_OF[split]
     factory = env_meta.get("factory", DEFAULT_FACTORY)
     if factory == DEFAULT_FACTORY:
         kwargs["agent_masks"] = False  # a policy sees frames only: no segmentation pass (~12% of a step)
@@ -114,7 +118,8 @@ class EvaluateConfig:
     seed: int = 0
     """evaluation seed; episode i is reset with the `eval` stream's seed (seed, i)"""
     splits: tuple[str, ...] = SPLITS
-    """'id' = training distractor videos, 'ood' = the evaluation video split"""
+    """'id' = the distractor videos of the policy's data (the train split unless collected on the eval one),
+    'ood' = the held-out evaluation video split"""
     normalizer_id: float | None = None
     """full-data BC return on the training videos, the normaliser of the 'id' split"""
     normalizer_ood: float | None = None
