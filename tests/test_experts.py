@@ -194,3 +194,12 @@ def test_an_interrupted_expert_training_resumes_exactly(tmp_path, monkeypatch):
         np.testing.assert_array_equal(getattr(buffers[0], field), getattr(buffers[1], field))
     weights = [SAC.load(r / "sac.zip", device="cpu").policy.state_dict() for r in runs]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_damaged_expert_checkpoint_is_one_line(tmp_path):
+    from masklam.experts import train as tr
+
+    (tmp_path / "cheetah-run" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "cheetah-run" / "checkpoint" / "sac.zip").write_text("cut short")
+    with pytest.raises(MasklamError, match=r"cannot resume from .*checkpoint .*delete it to start over"):
+        tr.train(tr.ExpertTrainConfig(steps=2000, eval_every=1000, out=tmp_path))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from masklam.envs.rollout import EnvSpec, rollout
 from masklam.envs.suite import dmc_domain_task
 from masklam.args import PROG, parse
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, one_line
 from masklam.files import config_record, read_json, read_record, write_json
 from masklam.experts import sac_state
 from masklam.experts.policy import SHIPPED_DIR, ExpertPolicy, load, save_expert
@@ -176,9 +176,13 @@ class _Run:
 
         cfg, found = self.cfg, self.found()
         if found is not None:
-            model = SAC.load(found / "sac.zip", env=env, device="cpu", batch_size=cfg.batch_size)
-            if (found / "replay.pkl").is_file():
-                model.load_replay_buffer(found / "replay.pkl")
+            try:
+                model = SAC.load(found / "sac.zip", env=env, device="cpu", batch_size=cfg.batch_size)
+                if (found / "replay.pkl").is_file():
+                    model.load_replay_buffer(found / "replay.pkl")
+            except Exception as e:  # a damaged or foreign file: SB3 raises ValueError, pickle's own errors, ...
+                raise MasklamError(f"cannot resume from {found} ({one_line(e)}); delete it to start over, or use "
+                                   "another --out") from None
             sac_state.grow_buffer(model, min(cfg.steps, BUFFER_MAX))  # resumed with more --steps
             exact = sac_state.load(found / "resume.pt", model)
             self.saved_step = int(model.num_timesteps)
