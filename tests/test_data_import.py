@@ -2,9 +2,11 @@
 resumption, and the end-to-end path mp4 folder -> import -> pretrain -> export -> label. Small data the tests make."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -188,6 +190,35 @@ def test_image_folders_and_mixed_sizes(tmp_path):
     with pytest.raises(MasklamError, match=r"ep1/0009.png is 24x20"):
         do_import(root, tmp_path / "e.h5")
     assert not (tmp_path / "e.h5").exists()
+
+
+def test_frames_in_numbered_order_and_folders_as_people_keep_them(tmp_path, capsys):
+    """frame_2 before frame_10; macOS's ._ sidecars and hidden files skipped; videos in subfolders named, not
+    dropped without a word; a file of an unknown kind named as such."""
+    from PIL import Image
+
+    frames = smooth_frames(12, 16, 16)
+    (tmp_path / "seq" / "ep0").mkdir(parents=True)
+    for t, img in enumerate(frames):  # frame_0 .. frame_11: as text, 10 and 11 sort before 2
+        Image.fromarray(img).save(tmp_path / "seq" / "ep0" / f"frame_{t}.png")
+    (tmp_path / "seq" / "ep0" / "._frame_3.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble sidecar
+    do_import(tmp_path / "seq", tmp_path / "s.h5", img_size=16)
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert np.array_equal(f["0/obs"][()], frames)
+    videos = tmp_path / "v"
+    (videos / "sub").mkdir(parents=True)
+    write_video(videos / "top.mp4", 6)
+    write_video(videos / "sub" / "deep.mp4", 6, seed=1)
+    (videos / "._top.mp4").write_bytes(b"\x00\x05\x16\x07")
+    capsys.readouterr()
+    assert do_import(videos, tmp_path / "v.h5", img_size=16).trajectories == 1
+    assert "the videos in its subfolders sub are not imported" in capsys.readouterr().err
+    (videos / "top.mp4").unlink()
+    with pytest.raises(MasklamError, match="its subfolders sub hold video files: import each"):
+        do_import(videos, tmp_path / "w.h5", img_size=16)
+    (tmp_path / "notes.txt").write_text("not data")
+    with pytest.raises(MasklamError, match="notes.txt: not a kind of file masklam reads"):
+        do_import(tmp_path / "notes.txt", tmp_path / "n.h5")
 
 
 def test_a_broken_png_is_one_line_naming_it(tmp_path, capsys):
@@ -425,6 +456,25 @@ def test_lerobot_metadata_without_fps_or_a_column_is_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+@contextlib.contextmanager
+def stopped_at(name: str) -> Iterator[None]:
+    """Imports interrupted (as by Ctrl-C) when they reach the item `name`."""
+    from masklam.data import importer
+
+    original = importer.import_item
+
+    def failing(cfg_, source, item, index, *a, **kw):
+        if item.name == name:
+            raise KeyboardInterrupt
+        return original(cfg_, source, item, index, *a, **kw)
+
+    importer.import_item = failing
+    try:
+        yield
+    finally:
+        importer.import_item = original
+
+
 def test_interrupted_import_resumes_keeping_finished_items(tmp_path):
     videos = tmp_path / "v"
     videos.mkdir()
@@ -440,21 +490,8 @@ def test_interrupted_import_resumes_keeping_finished_items(tmp_path):
     cfg = ImportConfig(src=videos, out=out, img_size=16, progress=False)
     from masklam.data import importer
 
-    calls = []
-    original = importer.import_item
-
-    def failing(cfg_, source, item, index, *a, **kw):
-        calls.append(item.name)
-        if item.name == "c":
-            raise KeyboardInterrupt
-        return original(cfg_, source, item, index, *a, **kw)
-
-    importer.import_item = failing
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            importer.run_import(cfg)
-    finally:
-        importer.import_item = original
+    with stopped_at("c"), pytest.raises(KeyboardInterrupt):
+        importer.run_import(cfg)
     assert not out.exists() and len(list(parts_dir(out).glob("*.h5"))) == 2
     (videos / "b.mp4").rename(videos / "b0.mp4")  # the source changes meanwhile: a, b0 (was b), c
     write_video(videos / "aa.mp4", 8, seed=3)  # and gains a file before b0: a, aa, b0, c
@@ -464,6 +501,23 @@ def test_interrupted_import_resumes_keeping_finished_items(tmp_path):
         assert [f[str(i)].attrs["source_item"] for i in range(4)] == ["a", "aa", "b0", "c"]
     with pytest.raises(MasklamError, match="img_hw"):
         importer.run_import(ImportConfig(src=videos, out=out, img_size=32, progress=False))
+    assert importer.run_import(cfg).reused == 4  # the same source again: the file as it is
+    write_video(videos / "d.mp4", 8, seed=4)  # the source changed since: not the old file returned as if current
+    with pytest.raises(MasklamError, match="imported from .* as it was before"):
+        importer.run_import(cfg)
+
+
+def test_a_resumed_import_imports_an_edited_file_again(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 5)
+    write_video(videos / "b.mp4", 5, seed=1)
+    out = tmp_path / "d.h5"
+    with stopped_at("b"), pytest.raises(KeyboardInterrupt):
+        do_import(videos, out, img_size=16)
+    write_video(videos / "a.mp4", 7, seed=2)  # replaced under the same name while the import was stopped
+    result = do_import(videos, out, img_size=16)
+    assert (result.imported, result.reused) == (2, 0) and read_layout(out).lengths.tolist() == [7, 5]
 
 
 def test_parts_without_their_arguments_are_written_again(tmp_path):

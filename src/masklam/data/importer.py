@@ -14,6 +14,8 @@ atomic part file in ``OUT.parts``; a re-run with the same arguments keeps them; 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ class ImportConfig:
     dataset: square frames, plus actions, states, rewards, masks and task strings where the source has them."""
 
     src: tyro.conf.Positional[Path]
-    """A video file or a folder of them (mp4, webm, mkv, avi, mov, gif), a folder of image folders
+    """A video file or a folder of them (mp4, m4v, webm, mkv, avi, mov, gif, mpg, mts, ...), a folder of image folders
     (DIR/<episode>/*.jpg|png), a LeRobot dataset directory (v3.0 or v2.x), MaskLAM parquet data or an HDF5 file."""
     out: Path
     """Output HDF5 file (.h5); re-running the same command resumes an interrupted import."""
@@ -224,17 +226,27 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
             del f[groups.pop()[0].group.name]
         for writer, rows in groups:
             attrs = {"source_item": item.name, "source_file": str(item.path), "source_start": int(rows[0]),
-                     "task": ep.task, "seed": index}
+                     "source_signature": source.signature(item), "task": ep.task, "seed": index}
             writer.finish(_arrays(ep, np.asarray(rows, np.int64), item), attrs)
     return sum(writer.n for writer, _ in groups)
 
 
-def _existing(cfg: ImportConfig, attrs: dict[str, Any]) -> bool:
-    """True when OUT exists already, written with these arguments (MasklamError when with others)."""
+def source_digest(source: Source, items: list[Item]) -> str:
+    """A digest of the source's items as they are now (names, files, sizes, modification times)."""
+    listing = [(item.name, str(item.path), source.signature(item)) for item in items]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def _existing(cfg: ImportConfig, attrs: dict[str, Any], digest: str) -> bool:
+    """True when OUT exists already, written with these arguments from the source as it is now (MasklamError
+    when with others, or when the source changed since: an item added, removed or edited)."""
     if not cfg.out.exists():
         return False
     layout = read_layout(cfg.out)
     check_attrs(cfg.out, layout.attrs, attrs)
+    if layout.attrs.get("source_digest", digest) != digest:  # files imported before digests were kept: not known
+        raise MasklamError(f"{cfg.out} was imported from {cfg.src} as it was before (a file was added, removed or "
+                           "changed since); remove it, or use another --out, to import the source as it is now")
     return True
 
 
@@ -252,13 +264,14 @@ def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
     """`run_import` once it holds the output's lock."""
     attrs = file_attrs(cfg, source)
     items = source.items()
-    if _existing(cfg, attrs):
+    digest = source_digest(source, items)
+    if _existing(cfg, attrs, digest):
         remove_parts(cfg.out)
         lay = read_layout(cfg.out)
         return ImportResult(cfg.out, lay.num_trajectories, lay.num_frames, 0, len(items))
     fps = attrs["fps"]
     resizer = Resizer(cfg.img_size, cfg.resize)
-    finished = _matching_parts(cfg.out, prepare_parts(cfg.out, attrs), items)
+    finished = _matching_parts(cfg.out, prepare_parts(cfg.out, attrs), source, items)
     todo = [i for i in range(len(items)) if i not in finished]
     total = sum(int((items[i].length or 0) * _kept(fps, items[i].fps or source.fps)) for i in todo)
     bar = tqdm(total=total or None, unit="frame", desc="import", disable=not cfg.progress, dynamic_ncols=True)
@@ -271,22 +284,25 @@ def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
     tasks = sorted({str(g.get("task", "")) for g in _group_attrs(cfg.out, range(len(items)))} - {""})
     need = sum(part_path(cfg.out, i).stat().st_size for i in range(len(items)))
     check_free_space(cfg.out, need, f"assembling {cfg.out}")  # before the copy, not half-way through it
-    n = merge_parts(cfg.out, {**attrs, "tasks": tasks}, range(len(items)))
+    n = merge_parts(cfg.out, {**attrs, "tasks": tasks, "source_digest": digest}, range(len(items)))
     remove_parts(cfg.out)
     lay = read_layout(cfg.out)
     return ImportResult(cfg.out, n, lay.num_frames, len(todo), len(items) - len(todo))
 
 
-def _matching_parts(out: Path, finished: set[int], items: list[Item]) -> set[int]:
-    """The finished parts that hold the item now at their index; the others (SRC changed since the interrupted
-    import: a file added, removed or renamed) are deleted, with a notice, and imported again."""
+def _matching_parts(out: Path, finished: set[int], source: Source, items: list[Item]) -> set[int]:
+    """The finished parts that hold the item now at their index, unchanged; the others (SRC changed since the
+    interrupted import: a file added, removed, renamed or edited) are deleted, with a notice, and imported again."""
     from masklam.data.hdf5 import open_file, read_attrs, trajectory_names
 
     def holds(i: int) -> bool:
         with open_file(part_path(out, i)) as f:
             first = read_attrs(f[trajectory_names(f)[0]])
-        return (first.get("source_item"), first.get("source_file")) == (items[i].name, str(items[i].path))
+        signature = first.get("source_signature", signatures[i])  # parts from before signatures: name and file
+        return (first.get("source_item"), first.get("source_file"), signature) == (
+            items[i].name, str(items[i].path), signatures[i])
 
+    signatures = {i: source.signature(items[i]) for i in finished if i < len(items)}
     stale = sorted(i for i in finished if i >= len(items) or not holds(i))
     for i in stale:
         part_path(out, i).unlink()

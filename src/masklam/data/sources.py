@@ -6,7 +6,7 @@ Formats (FORMATS):
 - ``hdf5``: our HDF5 layout, and LAOM's published files (its subset) -- `masklam.data.hdf5`;
 - ``masklam-parquet``: MaskLAM's published parquet data (a file or a directory of shards) -- `masklam.data.peers`;
 - ``lerobot``: a LeRobotDataset directory, v3.0 or v2.x -- `masklam.data.lerobot`;
-- ``videos``: one video file, or a folder of them (mp4, webm, mkv, avi, mov, gif), one episode per file;
+- ``videos``: one video file, or a folder of them (video.VIDEO_SUFFIXES), one episode per file;
 - ``frames``: a folder of image folders, ``DIR/<episode>/*.jpg|png`` (frames in name order).
 
 A `Source` lists its items up front (`items`: a file, a folder, an episode; everything checkable is checked
@@ -18,6 +18,7 @@ formats enter through `masklam import`.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +28,7 @@ import numpy as np
 from masklam.data.hdf5 import MASK_KEYS, executed_actions, open_file, read_array, read_layout
 from masklam.data.peers import is_parquet
 from masklam.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, image_size, probe, read_image, video_frames
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 
 FORMATS = ("hdf5", "masklam-parquet", "lerobot", "videos", "frames")
 DESCRIPTIONS = {"hdf5": "HDF5 data", "masklam-parquet": "MaskLAM's parquet data", "lerobot": "a LeRobot dataset",
@@ -37,16 +38,31 @@ READ_CHUNK = 256
 """frames read at a time from an HDF5 file"""
 
 
+def name_order(path: Path) -> list[Any]:
+    """Sort key of file names in the order people number them: frame_2 before frame_10 (digits as numbers)."""
+    return [(0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
+
+
+def _listing(directory: Path) -> list[Path]:
+    """The entries of `directory` in name order, without hidden ones (.DS_Store, macOS's ._name sidecars)."""
+    return sorted((p for p in directory.iterdir() if not p.name.startswith(".")), key=name_order)
+
+
 def _videos(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    return [p for p in _listing(directory) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
 
 
 def _images(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [p for p in _listing(directory) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _image_dirs(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_dir() and _images(p))
+    return [p for p in _listing(directory) if p.is_dir() and _images(p)]
+
+
+def _video_dirs(directory: Path) -> list[Path]:
+    """Subfolders holding video files (a folder of videos is read flat: these are not)."""
+    return [p for p in _listing(directory) if p.is_dir() and _videos(p)]
 
 
 def detect(path: str | os.PathLike) -> str:
@@ -59,6 +75,9 @@ def detect(path: str | os.PathLike) -> str:
     if path.is_file():
         if path.suffix.lower() in VIDEO_SUFFIXES:
             return "videos"
+        if path.suffix.lower() not in HDF5_SUFFIXES and _readable(path) and not _is_hdf5(path):
+            raise MasklamError(f"{path}: not a kind of file masklam reads (video: {', '.join(VIDEO_SUFFIXES)}; HDF5; "
+                               "parquet; a LeRobot dataset folder)")
         return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
     if path.is_dir():
         if any(p.is_file() and p.suffix in HDF5_SUFFIXES for p in path.iterdir()):
@@ -67,9 +86,27 @@ def detect(path: str | os.PathLike) -> str:
             return "videos"
         if _image_dirs(path):
             return "frames"
+        nested = _video_dirs(path)
+        if nested:
+            raise MasklamError(f"{path}: no data found in it; its subfolders {', '.join(p.name for p in nested[:3])}"
+                               f"{' ...' if len(nested) > 3 else ''} hold video files: import each of them (a folder "
+                               "of videos is read flat)")
         raise MasklamError(f"{path}: no data found (video files, folders of images, HDF5 or parquet files, or a "
                            "LeRobot dataset with meta/info.json)")
     raise MasklamError(f"no such file: {path}")
+
+
+def _readable(path: Path) -> bool:
+    return os.access(path, os.R_OK)
+
+
+def _is_hdf5(path: Path) -> bool:
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
 
 
 def offers_observations(path: str | os.PathLike) -> bool:
@@ -153,6 +190,11 @@ class Source:
     def items(self) -> list[Item]:
         raise NotImplementedError
 
+    def signature(self, item: Item) -> str:
+        """What changes when `item`'s content may have: its file's size and modification time."""
+        st = item.path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
     def read(self, item: Item, resizer: Resizer) -> Episode:
         raise NotImplementedError
 
@@ -170,6 +212,11 @@ class VideoSource(Source):
         files = [path] if path.is_file() else _videos(path)
         if not files:
             raise MasklamError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {path}")
+        nested = [] if path.is_file() else _video_dirs(path)
+        if nested:  # read flat: say so, rather than leave their videos out without a word
+            note_once(("nested-videos", str(path)), f"{path}: the videos in its subfolders "
+                      f"{', '.join(p.name for p in nested[:3])}{' ...' if len(nested) > 3 else ''} are not imported "
+                      "(a folder of videos is read flat); import each subfolder on its own")
         self.infos = [probe(f) for f in files]  # an unreadable file: one line naming it, before any work
         self._rates = sorted({round(i.fps, 3) for i in self.infos if i.fps})
 
@@ -185,7 +232,7 @@ class VideoSource(Source):
 
     def read(self, item: Item, resizer: Resizer) -> Episode:
         info = item.ref
-        checked = info.frames if info.path.suffix.lower() in (".mp4", ".mov") else None  # others: counts unreliable
+        checked = info.frames if info.path.suffix.lower() in (".mp4", ".m4v", ".mov") else None  # others: unreliable
         times: list[float] = []
         return Episode(video_frames(info.path, resizer, times), checked, times=times)
 
@@ -214,6 +261,11 @@ class FrameFolderSource(Source):
 
     def items(self) -> list[Item]:
         return [Item(d.name, d, len(self.files[d]), d) for d in self.folders]
+
+    def signature(self, item: Item) -> str:
+        """Its images' count, total size and latest modification (the folder's own times miss an edited file)."""
+        stats = [f.stat() for f in self.files[item.ref]]
+        return f"{len(stats)}:{sum(st.st_size for st in stats)}:{max(st.st_mtime_ns for st in stats)}"
 
     def read(self, item: Item, resizer: Resizer) -> Episode:
         return Episode((resizer.array(read_image(f)) for f in self.files[item.ref]), item.length)

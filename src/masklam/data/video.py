@@ -20,7 +20,8 @@ import numpy as np
 
 from masklam.errors import MasklamError
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".webm", ".mkv", ".avi", ".mov", ".gif", ".mpg", ".mpeg", ".mts", ".m2ts", ".wmv",
+                  ".flv", ".3gp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESIZE_MODES = ("crop", "letterbox")
 CODECS = ("h264", "av1")
