@@ -588,7 +588,8 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     from masklam.data import load_dataset
 
     assert "fps" not in load_dataset([data, slow], progress=False).meta  # files at two rates: no rate to record
-    with pytest.raises(MasklamError, match=f"the LAM {run} was trained on 10 fps video, {slow} is 5 fps: resample"):
+    with pytest.raises(MasklamError, match=f"the LAM {run} was trained on 10 fps video, {slow} is 5 fps: frames are "
+                       "never invented: import the original video at 10 fps if it has them"):  # not "resample to 10"
         label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", progress=False, device="cpu"))
     assert not (tmp_path / "slow.h5").exists()
     from masklam.downstream.decode import DecodeConfig, train_decoder
@@ -598,7 +599,7 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", any_fps=True, progress=False, device="cpu"))
     # a LeRobot dataset's rate is its meta/info.json fps: 20 is refused, 10.05 (within 1%) is the LAM's
     fast = export(ExportConfig(data=data, out=tmp_path / "lr20", fps=20, progress=False))
-    with pytest.raises(MasklamError, match="is 20 fps"):
+    with pytest.raises(MasklamError, match="is 20 fps: resample it"):  # faster video: resampling down works
         label(LabelConfig(lam=run, data=fast, out=tmp_path / "fast", progress=False, device="cpu"))
     near = export(ExportConfig(data=data, out=tmp_path / "lr1005", fps=10.05, progress=False))
     assert label(LabelConfig(lam=run, data=near, out=tmp_path / "near", progress=False, device="cpu")).is_dir()

@@ -305,3 +305,25 @@ def test_a_resume_in_another_number_of_processes_says_its_batches_differ(small_c
     err = capsys.readouterr().err
     assert f"note: {tmp_path} ran in 2 process(es), resumes in 1: its batches from here differ" in err
     assert json.loads((tmp_path / "metrics.json").read_text())["probe_nmse"] >= 0
+
+
+def test_held_out_trajectories_too_short_for_a_window_fail_before_training(small_cfg, write_synthetic_dataset,
+                                                                           tmp_path):
+    """The probe and the reconstructions read held-out windows after training: checked before it, not after."""
+    import h5py
+
+    from masklam.data import split_trajectories
+
+    data = write_synthetic_dataset(tmp_path / "d.h5", n_traj=10, length=8)
+    _, held = split_trajectories(10, 0.1, 0)
+    with h5py.File(data, "a") as f:  # every held-out trajectory one frame long (a 1-frame video, imported)
+        for i in held:
+            for key in ("obs", "masks", "states", "actions", "rewards"):
+                one = f[str(i)][key][:1]
+                del f[str(i)][key]
+                f[str(i)][key] = one
+    with pytest.raises(MasklamError, match=r"held-out trajectories .* make no window .*longest has 1"):
+        pretrain(small_cfg("lapo", data, tmp_path / "run"))
+    assert not (tmp_path / "run" / "train_state.pt").exists()
+    with pytest.raises(MasklamError, match="dataset of 1: .*--chunk-seconds S` cuts it into episodes"):
+        split_trajectories(1, 0.1, 0)  # one imported video: says how to make episodes of it

@@ -337,7 +337,9 @@ def split_trajectories(n: int, heldout: float = 0.1, seed: int = 0) -> tuple[np.
         raise MasklamError(f"heldout must be a fraction in [0, 1), got {heldout}")
     n_held = 0 if heldout == 0 else min(n - 1, max(1, round(heldout * n)))
     if heldout > 0 and n_held == 0:
-        raise MasklamError(f"cannot hold out trajectories from a dataset of {n}")
+        raise MasklamError(f"cannot hold out trajectories from a dataset of {n}: the held-out probe and "
+                           "reconstructions need a trajectory training does not see (one long video: `masklam import "
+                           "--chunk-seconds S` cuts it into episodes)")
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_held:]).astype(np.int64), np.sort(perm[:n_held]).astype(np.int64)
 

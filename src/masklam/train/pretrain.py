@@ -207,6 +207,13 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
                         observations=cfg.observations, episode_length=cfg.episode_length)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
+    if data.action_dim or (cfg.method in ("lapo", "masklam") and cfg.recon_samples > 0):
+        try:  # the probe and the reconstruction figure read held-out windows after training: checked before it
+            WindowSampler(data, held_ids, cfg.frame_stack, 1, need_masks=uses_masks)
+        except MasklamError as e:
+            raise MasklamError(f"the held-out trajectories {held_ids.tolist()[:5]}{' ...' if len(held_ids) > 5 else ''}"
+                               f" (--heldout {cfg.heldout}) make no window for the probe or the reconstructions "
+                               f"({e}); import without the short items, or change --split-seed") from None
     labeled = None
     if cfg.method == "laom-sup":
         data.require_actions("laom-sup (supervised with labelled actions)")
