@@ -125,6 +125,32 @@ def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path):
         assert [round(img.mean() / 40) for img in f["0/obs"][()]] == [0, 2, 4]  # by index: 0, 2, 4, 5
 
 
+def test_a_trimmed_mp4_imports_the_frames_it_shows(tmp_path):
+    """A cut made without re-encoding (phones, stream copies) keeps the samples before the cut and an edit list
+    hides them: the file states 6 samples, shows 3; those 3 are imported, not refused as truncated."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "v" / "trimmed.mp4"
+    path.parent.mkdir()
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 10)
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i - 3, Fraction(1, 10)  # the first 3 before time 0: cut by the edit list
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    do_import(path.parent, tmp_path / "d.h5", img_size=32)
+    with h5py.File(tmp_path / "d.h5") as f:
+        obs = f["0/obs"][()]
+    assert len(obs) == 3 and np.allclose(obs.reshape(3, -1).mean(1), [120, 160, 200], atol=4)  # the shown ones
+
+
 def test_a_rotated_video_comes_out_upright(tmp_path):
     import struct
 

@@ -228,11 +228,11 @@ class VideoSource(Source):
         return list(self._rates)
 
     def items(self) -> list[Item]:
-        return [Item(i.path.stem, i.path, i.frames or None, i, i.fps or None) for i in self.infos]
+        return [Item(i.path.stem, i.path, i.decoded_frames or None, i, i.fps or None) for i in self.infos]
 
     def read(self, item: Item, resizer: Resizer) -> Episode:
         info = item.ref
-        checked = info.frames if info.path.suffix.lower() in (".mp4", ".m4v", ".mov") else None  # others: unreliable
+        checked = info.decoded_frames if info.path.suffix.lower() in (".mp4", ".m4v", ".mov") else None  # others: vary
         times: list[float] = []
         return Episode(video_frames(info.path, resizer, times), checked, times=times)
 

@@ -167,6 +167,13 @@ class VideoInfo:
     duration: float
     """seconds (0 when unknown)"""
 
+    @property
+    def decoded_frames(self) -> int:
+        """The frames a decoder yields: the stated count, less those an edit list cuts (a trimmed mp4 keeps its
+        samples and states a shorter duration: phones' and stream copies' cuts); 0 when the header states none."""
+        shown = round(self.duration * self.fps) if self.duration and self.fps else 0
+        return min(self.frames, shown) if shown and shown < self.frames - 1 else self.frames
+
 
 def probe(path: str | Path) -> VideoInfo:
     """Open a video file and read its first video stream's header (MasklamError naming the file if it cannot)."""
