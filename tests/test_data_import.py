@@ -151,6 +151,30 @@ def test_a_trimmed_mp4_imports_the_frames_it_shows(tmp_path):
     assert len(obs) == 3 and np.allclose(obs.reshape(3, -1).mean(1), [120, 160, 200], atol=4)  # the shown ones
 
 
+def test_anamorphic_video_comes_out_with_square_pixels(tmp_path):
+    """Stored 64x48 with pixels twice as wide as high (sample aspect 2:1): shown 128x48, so letterboxed into 64x64
+    it fills 24 rows, not the 48 its stored shape would."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "v" / "wide.mp4"
+    path.parent.mkdir()
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv444p"
+        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for _ in range(3):
+            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    do_import(path.parent, tmp_path / "d.h5", img_size=64, resize="letterbox")
+    with h5py.File(tmp_path / "d.h5") as f:
+        rows = np.flatnonzero(f["0/obs"][0].mean((1, 2)) > 100)
+    assert (rows.min(), rows.max()) == (20, 43)
+
+
 def test_a_rotated_video_comes_out_upright(tmp_path):
     import struct
 

@@ -96,12 +96,14 @@ class Resizer:
             mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((sw, sh), Image.NEAREST)) > 127
         return self.square(np.asarray(mask, bool))
 
-    def video_frame(self, frame: Any) -> np.ndarray:
-        """A decoded av.VideoFrame -> (size, size, 3) uint8, scaled by FFmpeg (bilinear), upright (`upright`)."""
+    def video_frame(self, frame: Any, pixel_aspect: float = 1.0) -> np.ndarray:
+        """A decoded av.VideoFrame -> (size, size, 3) uint8, scaled by FFmpeg (bilinear), upright (`upright`), its
+        pixels square (`pixel_aspect`: the stream's sample aspect ratio, width over height of a stored pixel)."""
         turns = quarter_turns(frame)
-        h, w = (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)  # as displayed
+        width = max(1, round(frame.width * pixel_aspect))  # as displayed, before turning
+        h, w = (width, frame.height) if turns % 2 else (frame.height, width)  # as displayed
         sh, sw = self.scaled(h, w)
-        if (sh, sw) == (h, w):
+        if (sh, sw) == (h, w) and width == frame.width:
             return self.square(upright(frame.to_ndarray(format="rgb24"), turns))
         stored_h, stored_w = (sw, sh) if turns % 2 else (sh, sw)
         scaled = frame.reformat(width=stored_w, height=stored_h, format="rgb24", interpolation="BILINEAR")
@@ -219,6 +221,8 @@ class VideoReader:
             self._stream = self._container.streams.video[0]
             rate = self._stream.average_rate or self._stream.guessed_rate
             self._fps = float(rate) if rate else 0.0
+            sar = self._stream.sample_aspect_ratio  # anamorphic video (stored pixels not square): None or 0 when not
+            self._pixel_aspect = float(sar) if sar and float(sar) > 0 else 1.0
         if start > 0 or reopened:  # a decoder that has read on must go back, to the start too
             self._container.seek(int(start / self._stream.time_base), stream=self._stream, backward=True)
         self._frames = self._container.decode(self._stream)
@@ -257,7 +261,7 @@ class VideoReader:
             got += 1
             if times is not None:
                 times.append(t)
-            yield (resizer.video_frame(frame) if resizer is not None
+            yield (resizer.video_frame(frame, self._pixel_aspect) if resizer is not None
                    else upright(frame.to_ndarray(format="rgb24"), quarter_turns(frame)))
         if count is not None and got < count:
             raise MasklamError(f"{self.path}: ends after {got} of the {count} frames expected from {start:.3f} s "
