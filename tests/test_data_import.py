@@ -266,6 +266,8 @@ def test_frames_in_numbered_order_and_folders_as_people_keep_them(tmp_path, caps
     (videos / "top.mp4").unlink()
     with pytest.raises(MasklamError, match="its subfolders sub hold video files: import each"):
         do_import(videos, tmp_path / "w.h5", img_size=16)
+    with pytest.raises(MasklamError, match="holds images directly; .* move them into .*/ep0/<episode>/"):
+        do_import(tmp_path / "seq" / "ep0", tmp_path / "e.h5")  # one episode's frames: the layout nests them
     (tmp_path / "notes.txt").write_text("not data")
     with pytest.raises(MasklamError, match="notes.txt: not a kind of file masklam reads"):
         do_import(tmp_path / "notes.txt", tmp_path / "n.h5")

@@ -86,6 +86,9 @@ def detect(path: str | os.PathLike) -> str:
             return "videos"
         if _image_dirs(path):
             return "frames"
+        if _images(path):  # frames straight in it: one episode, which the folder-of-folders layout asks to nest
+            raise MasklamError(f"{path} holds images directly; an image dataset is a folder of episode folders "
+                               f"(DIR/<episode>/*.png): move them into {path}/<episode>/ and import {path}")
         nested = _video_dirs(path)
         if nested:
             raise MasklamError(f"{path}: no data found in it; its subfolders {', '.join(p.name for p in nested[:3])}"

@@ -11,6 +11,7 @@ Every decoding error is a one-line MasklamError naming the file.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -42,8 +43,9 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first line of an error's text, without FFmpeg's "[Errno 1094995529] " code (its AVERROR, noise here)."""
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return re.sub(r"^\[Errno -?\d+\] ", "", text[0]) if text else type(e).__name__
 
 
 class Resizer:
