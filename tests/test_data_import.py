@@ -113,7 +113,7 @@ def test_videos_of_different_rates_resample_each_by_its_own(tmp_path):
     assert error[3] < error[2] / 2, error
 
 
-def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path):
+def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path, capsys):
     from PIL import Image
 
     (tmp_path / "v").mkdir()
@@ -123,6 +123,10 @@ def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path):
     do_import(tmp_path / "v", tmp_path / "d.h5", img_size=16, fps=5)  # ticks every .2 s
     with h5py.File(tmp_path / "d.h5") as f:
         assert [round(img.mean() / 40) for img in f["0/obs"][()]] == [0, 2, 4]  # by index: 0, 2, 4, 5
+    capsys.readouterr()
+    do_import(tmp_path / "v", tmp_path / "e.h5", img_size=16)  # without --fps: every frame, and a note saying so
+    assert "frame intervals vary (100-300 ms" in capsys.readouterr().err
+    assert read_layout(tmp_path / "e.h5").lengths.tolist() == [6]
 
 
 def test_a_trimmed_mp4_imports_the_frames_it_shows(tmp_path):

@@ -222,6 +222,7 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
                                "truncated or corrupt file)")
         if not groups:
             raise MasklamError(f"{item.path}: {item.name} holds no frames")
+        _note_variable_rate(cfg, item, ep.times)
         if len(groups) > 1 and len(groups[-1][1]) < 2:  # a 1-frame tail makes no window
             del f[groups.pop()[0].group.name]
         for writer, rows in groups:
@@ -235,6 +236,19 @@ def source_digest(source: Source, items: list[Item]) -> str:
     """A digest of the source's items as they are now (names, files, sizes, modification times)."""
     listing = [(item.name, str(item.path), source.signature(item)) for item in items]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def _note_variable_rate(cfg: ImportConfig, item: Item, times: list[float] | None) -> None:
+    """A note when a video's frame intervals vary (a phone's variable frame rate) and no --fps resamples it by
+    time: its frames are then kept one per step at the average rate, and motion per step varies."""
+    if cfg.fps is not None or not times or len(times) < 3:
+        return
+    gaps = np.diff(np.asarray(times))
+    typical = float(np.median(gaps))
+    if typical > 0 and gaps.max() > 1.5 * typical:
+        note_once(("variable-rate", str(item.path)), f"{item.path}: frame intervals vary ({1e3 * gaps.min():.0f}-"
+                  f"{1e3 * gaps.max():.0f} ms, a variable frame rate); its frames are kept one per step: give --fps "
+                  "to resample it by time")
 
 
 def _existing(cfg: ImportConfig, attrs: dict[str, Any], digest: str) -> bool:
