@@ -129,6 +129,26 @@ def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path, cap
     assert read_layout(tmp_path / "e.h5").lengths.tolist() == [6]
 
 
+def test_a_cut_short_mkv_is_named_in_a_note(tmp_path, capsys):
+    """mkv states no frame count to hold it to, but its header's duration: far fewer frames decoded is said."""
+    import av
+
+    (tmp_path / "v").mkdir()
+    with av.open(str(tmp_path / "v" / "a.mkv"), "w", format="matroska") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for frame in smooth_frames(40, 32, 32):
+            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    whole = (tmp_path / "v" / "a.mkv").read_bytes()
+    (tmp_path / "v" / "a.mkv").write_bytes(whole[: len(whole) * 2 // 3])
+    capsys.readouterr()
+    n = do_import(tmp_path / "v", tmp_path / "d.h5", img_size=32).frames
+    assert n < 36 and f"{n} frames decoded, its header's duration suggests about 40" in capsys.readouterr().err
+
+
 def test_a_trimmed_mp4_imports_the_frames_it_shows(tmp_path):
     """A cut made without re-encoding (phones, stream copies) keeps the samples before the cut and an edit list
     hides them: the file states 6 samples, shows 3; those 3 are imported, not refused as truncated."""

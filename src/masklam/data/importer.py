@@ -223,6 +223,9 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
         if not groups:
             raise MasklamError(f"{item.path}: {item.name} holds no frames")
         _note_variable_rate(cfg, item, ep.times)
+        if ep.stated and consumed[0] < 0.9 * ep.stated:
+            note_once(("short", str(item.path)), f"{item.path}: {consumed[0]} frames decoded, its header's duration "
+                      f"suggests about {ep.stated}: if the file was cut short, its end is missing")
         if len(groups) > 1 and len(groups[-1][1]) < 2:  # a 1-frame tail makes no window
             del f[groups.pop()[0].group.name]
         for writer, rows in groups:

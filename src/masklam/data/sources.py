@@ -165,6 +165,9 @@ class Episode:
     times: list[float] | None = None
     """each frame's time (seconds), appended as `frames` yields it (video files, whose frame intervals may vary);
     None: frame i at i / fps"""
+    stated: int | None = None
+    """frames its header's duration suggests where it states no count to hold it to (mkv, webm, ...): far fewer
+    decoded is a note (a cut-short file reads as a short one)"""
 
 
 class Source:
@@ -237,7 +240,8 @@ class VideoSource(Source):
         info = item.ref
         checked = info.decoded_frames if info.path.suffix.lower() in (".mp4", ".m4v", ".mov") else None  # others: vary
         times: list[float] = []
-        return Episode(video_frames(info.path, resizer, times), checked, times=times)
+        stated = round(info.duration * info.fps) if checked is None and info.duration and info.fps else None
+        return Episode(video_frames(info.path, resizer, times), checked, times=times, stated=stated)
 
 
 class FrameFolderSource(Source):
