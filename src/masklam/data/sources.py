@@ -7,7 +7,7 @@ Formats (FORMATS):
 - ``masklam-parquet``: MaskLAM's published parquet data (a file or a directory of shards) -- `masklam.data.peers`;
 - ``lerobot``: a LeRobotDataset directory, v3.0 or v2.x -- `masklam.data.lerobot`;
 - ``videos``: one video file, or a folder of them (video.VIDEO_SUFFIXES), one episode per file;
-- ``frames``: a folder of image folders, ``DIR/<episode>/*.jpg|png`` (frames in name order).
+- ``frames``: a folder of image folders, ``DIR/<episode>/*.jpg|png`` (frames in numbered name order: `name_order`).
 
 A `Source` lists its items up front (`items`: a file, a folder, an episode; everything checkable is checked
 there, before any work: unreadable or missing files, an unknown camera, images of mixed sizes), then reads one
@@ -245,7 +245,7 @@ class VideoSource(Source):
 
 
 class FrameFolderSource(Source):
-    """A folder of image folders: one episode per folder, frames in name order, all of one size."""
+    """A folder of image folders: one episode per folder, frames in numbered name order, all of one size."""
 
     kind = "frames"
 
