@@ -331,6 +331,25 @@ def test_export_lerobot_then_import_round_trip(tmp_path):
         assert psnr(obs_a, obs_b) >= 35
 
 
+def test_export_carries_a_labelled_files_latent_actions(tmp_path):
+    """A file `masklam label` wrote holds latent_action (and decoded_action): the export keeps them as features."""
+    import pyarrow.parquet as pq
+
+    data = write_h5(tmp_path / "d.h5")
+    latents = {i: np.random.default_rng(i).normal(size=(12, 4)).astype(np.float32) for i in range(3)}
+    with h5py.File(data, "a") as f:
+        for i, z in latents.items():
+            f[str(i)]["latent_action"] = z
+    out = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["features"]["latent_action"]["shape"] == [4] and "decoded_action" not in info["features"]
+    table = pq.read_table(next((out / "data").rglob("*.parquet"))).to_pydict()
+    got = np.asarray(table["latent_action"], np.float32)
+    episode, frame = np.asarray(table["episode_index"]), np.asarray(table["frame_index"])
+    assert np.array_equal(got, np.stack([latents[e][t] for e, t in zip(episode, frame)]))
+    assert "latent_action" in json.loads((out / "meta" / "stats.json").read_text())
+
+
 def test_exported_lerobot_fits_what_lerobot_reads(tmp_path):
     """LeRobot reads a feature of shape [1] as a scalar column (a list of one fails its cast), wants an integer fps
     and quantiles in stats.json: a 1-D action (cartpole's) round-trips through such a column."""

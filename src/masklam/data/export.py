@@ -3,14 +3,15 @@
 Frames go to one mp4 per file of episodes (h264, yuv444p, crf 10 by default: PSNR >= 35 dB on 64x64 frames;
 ``--codec av1`` writes AV1, yuv420p), actions to ``action``, states to ``observation.state``, rewards to
 ``next.reward``, agent masks exactly as bool (H, W) columns (``observation.masks``, ``observation.<key>`` for
-the other mask keys), the task string (``domain-task`` of a collected file) per episode. The directory is
+the other mask keys), a labelled file's ``latent_action`` and ``decoded_action`` (`masklam label`) as features of
+those names, the task string (``domain-task`` of a collected file) per episode. The directory is
 written as ``DIR.tmp`` and renamed into place when complete. `masklam import DIR` reads it back.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal, Mapping
 
 import numpy as np
 import tyro
@@ -56,6 +57,32 @@ class ExportConfig:
             raise MasklamError(f"--crf must be in 0..63, got {self.crf}")
         if self.fps is not None and not self.fps > 0:
             raise MasklamError(f"--fps must be > 0, got {self.fps}")
+
+
+PER_FRAME_FEATURES = ("latent_action", "decoded_action")
+"""per-frame columns of a labelled HDF5 file (`masklam label`) an export carries as LeRobot features"""
+
+
+class _Column(Mapping[int, np.ndarray]):
+    """One per-frame column of an HDF5 file, episode index -> (T, D) float32, read when asked (not all at once)."""
+
+    def __init__(self, path: Path, items: list[Any], name: str) -> None:
+        self.path, self.groups, self.name = path, [item.ref for item in items], name
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from masklam.data.hdf5 import open_file, read_array
+
+        with open_file(self.path) as f:
+            return np.asarray(read_array(self.path, f[self.groups[index]], self.name), np.float32)
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and 0 <= index < len(self.groups)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self.groups)))
+
+    def __len__(self) -> int:
+        return len(self.groups)
 
 
 def _batches(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -114,8 +141,9 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
         from masklam.data.hdf5 import plain
 
         attrs = {k: plain(v) for k, v in lay.attrs.items()}  # `masklam import` restores them (task, env settings)
+        per_frame = {name: _Column(cfg.data, source.items(), name) for name in PER_FRAME_FEATURES if lay.has(name)}
         return writer.finish({"masklam": {"source": str(cfg.data.expanduser().resolve()), "attrs": attrs,
-                                          "export_config": config_record(cfg)}})
+                                          "export_config": config_record(cfg)}}, per_frame)
     except BaseException:
         writer.abort()
         raise

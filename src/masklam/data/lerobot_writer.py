@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -261,8 +261,10 @@ class LeRobotWriter:
         self.frames += length
         self.file_frames += length
 
-    def finish(self, extra_info: dict[str, Any] | None = None) -> Path:
-        """Write meta/ (info, stats, tasks, episodes) and rename the directory into place."""
+    def finish(self, extra_info: dict[str, Any] | None = None,
+               features: dict[str, Mapping[int, np.ndarray]] | None = None) -> Path:
+        """Write meta/ (info, stats, tasks, episodes), then `features` (name -> episode index -> (T, D) values:
+        `add_feature`), and rename the directory into place."""
         import pyarrow as pa
 
         self._close_files()
@@ -291,6 +293,8 @@ class LeRobotWriter:
             "features": self.features(), **(extra_info or {}),
         }
         write_json(meta / "info.json", info)
+        for name, values in (features or {}).items():
+            add_feature(self.tmp, name, values)
         os.replace(self.tmp, self.out)
         return self.out
 

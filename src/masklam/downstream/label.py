@@ -36,7 +36,8 @@ LATENT, DECODED = "latent_action", "decoded_action"
 
 @dataclass
 class LabelConfig:
-    """Write every frame's latent action (and decoded action) into a copy of a LeRobot dataset or HDF5 file."""
+    """Write every frame's latent action (and decoded action) into a copy of a LeRobot dataset or HDF5 file: row t
+    is the transition from frame t to t+1; an episode's last row, with no next frame, its last frame with itself."""
 
     lam: Path
     """latent action model: a run directory (written by `masklam pretrain`) or a Hugging Face Hub repo id"""
