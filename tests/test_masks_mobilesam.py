@@ -345,6 +345,16 @@ def test_command_mobilesam_writes_masks_like_the_simulators(tmp_path, stub_loade
     assert "masks_mobilesam IoU vs simulator masks over 2 trajectories: mean 1.000" in capsys.readouterr().out
     assert cli_main(argv) == 0  # done: nothing to do
     assert "already have masks_mobilesam" in capsys.readouterr().out
+    other = [a if a != "w.pt" else "w2.pt" for a in argv]  # other weights: refused, not a silent no-op
+    assert cli_main(other) == 2 and "made with weights 'w.pt', not 'w2.pt'; pass --replace" in capsys.readouterr().err
+    with h5py.File(path, "a") as f:
+        f["1"].attrs["masks_mobilesam_prompt"] = [0.0, 0.0, 9.0, 9.0]  # a per-trajectory box of the old masks
+    assert cli_main(other + ["--replace"]) == 0  # made again, nothing of the old ones kept
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["masks_mobilesam_config"])["weights"] == "w2.pt"
+        assert "masks_mobilesam_prompt" not in f["1"].attrs and f["1"].attrs["masks_mobilesam_iou"] == 1.0
+    assert cli_main(argv[:-2] + ["--key", "my_masks"]) == 2  # a name nothing downstream reads
+    assert "masks are written as one of sam2_masks, masks_mobilesam, masks_student" in capsys.readouterr().err
     from masklam.data import load_dataset
 
     data = load_dataset(path, mask_key="masks_mobilesam", progress=False)

@@ -27,14 +27,15 @@ import numpy as np
 from tqdm import tqdm
 
 from masklam.args import parse
-from masklam.data.hdf5 import open_file
+from masklam.data.hdf5 import MASK_KEYS, open_file
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError, MasklamRuntimeError, one_line
 from masklam.locks import output_lock
 from masklam.masks.iou import evaluate, mask_iou
 from masklam.masks.store import AUTO, Prompt, describe, merge_parts, plan, stored_ious, write_part
 
-RESERVED_KEYS = ("obs", "states", "actions", "rewards", "masks")
+WRITABLE_KEYS = tuple(k for k in MASK_KEYS if k != "masks")
+"""the mask keys a segmenter may write (MASK_KEYS: what pretrain, export and info read; 'masks': the simulator's)"""
 DEFAULT_KEYS = {"sam2": "sam2_masks", "mobilesam": "masks_mobilesam"}
 
 
@@ -65,11 +66,15 @@ class MasksConfig:
     batch: int = 8
     """Frames per image-encoder batch."""
     key: str | None = None
-    """Name of the (T,H,W) bool dataset to write (or to --evaluate); default sam2_masks / masks_mobilesam."""
+    """Name of the (T,H,W) bool dataset to write (or to --evaluate): sam2_masks, masks_mobilesam or masks_student,
+    the names training (--mask-key), export and info read; default sam2_masks / masks_mobilesam."""
     frames_per_traj: int | None = None
     """mobilesam --student: label only N evenly spaced frames per trajectory with MobileSAM."""
     label_trajs: int | None = None
     """mobilesam --student: label only this many trajectories (evenly spread over the file; default all)."""
+    replace: bool = False
+    """Make the masks again in every trajectory, replacing those the file has under --key (made with other
+    options: without it such a file is refused, since there would be nothing to do)."""
     student: bool = False
     """Train a small 64x64 U-Net on the MobileSAM labels and mask every frame with it (needs --frames-per-traj)."""
     student_steps: int = 500
@@ -84,8 +89,10 @@ class MasksConfig:
             raise MasklamError(f"--batch must be >= 1, got {self.batch}")
         if self.evaluate:
             return
-        if not self.key or "/" in self.key or self.key in RESERVED_KEYS or self.key.endswith(".partial"):
-            raise MasklamError(f"--key {self.key!r} is not allowed (reserved, empty, or contains '/')")
+        if self.key not in WRITABLE_KEYS:  # another name would be masks nothing downstream reads
+            raise MasklamError(f"--key {self.key!r} is not allowed: masks are written as one of "
+                               f"{', '.join(WRITABLE_KEYS)} (the names pretrain --mask-key, export and info read; "
+                               "'masks' holds the simulator's exact masks)")
         if sum((self.box is not None, self.point is not None, self.auto)) > 1:
             raise MasklamError("give one prompt: --box, --point or --auto")
         if self.box is not None:
@@ -114,7 +121,7 @@ class MasksConfig:
 
 def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
               device: str = "auto", batch: int = 8, key: str = "sam2_masks",
-              segmenter: str = "sam2") -> dict[str, float]:
+              segmenter: str = "sam2", replace: bool = False) -> dict[str, float]:
     """Add ``key`` masks to every trajectory of ``path`` lacking them; returns {group: IoU vs simulator masks}
     for every group that has both (including groups done by an earlier run).
 
@@ -122,9 +129,11 @@ def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
     trajectory in progress); at the end a copy of ``path`` receives all of them and replaces ``path``.
     ``segmenter``: "sam2" (``weights`` required) or "mobilesam" (``weights`` default: the fetched checkpoint).
     ``box``: the frame-0 prompt, a box (x0, y0, x1, y1), a point (x, y) or "auto"; None: the task's box.
+    ``replace``: make them again in every trajectory, where the file has them too (made otherwise).
     """
     path = Path(path)
-    p = plan(path, key, box, made_by={"segmenter": segmenter, "weights": str(weights or "the fetched checkpoint")})
+    p = plan(path, key, box, made_by={"segmenter": segmenter, "weights": str(weights or "the fetched checkpoint")},
+             replace=replace)
     if p.missing:
         if segmenter == "mobilesam" and weights is None:
             from masklam.masks.weights import ensure
@@ -246,9 +255,10 @@ def main(argv: list[str]) -> int:
             from masklam.masks.distill import add_student_masks
 
             ious = add_student_masks(cfg.data, cfg.weights, cfg.frames_per_traj, cfg.label_trajs, cfg.prompt,
-                                     cfg.device, cfg.batch, cfg.key, cfg.student_steps)
+                                     cfg.device, cfg.batch, cfg.key, cfg.student_steps, replace=cfg.replace)
         else:
-            ious = add_masks(cfg.data, cfg.weights, cfg.prompt, cfg.device, cfg.batch, cfg.key, cfg.segmenter)
+            ious = add_masks(cfg.data, cfg.weights, cfg.prompt, cfg.device, cfg.batch, cfg.key, cfg.segmenter,
+                             cfg.replace)
     _print_ious(cfg, ious)
     if cfg.preview:
         from masklam.masks.preview import preview_path, write_preview

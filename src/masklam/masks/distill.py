@@ -83,7 +83,8 @@ def _training_set(path: Path, labels: Path, names: list[str]) -> tuple[np.ndarra
 
 def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, label_trajs: int | None = None,
                       box: Prompt | None = None, device: str = "auto", batch: int = 8,
-                      key: str = "masks_mobilesam", steps: int = 500, seed: int = 0) -> dict[str, float]:
+                      key: str = "masks_mobilesam", steps: int = 500, seed: int = 0,
+                      replace: bool = False) -> dict[str, float]:
     """Label a subset with MobileSAM, train the student, mask every frame; returns {group: IoU vs simulator masks}."""
     from masklam.masks.student import load_student, num_params, predict, save_student, train_student
 
@@ -91,7 +92,7 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
     teacher = str(weights or "the fetched checkpoint")
     p = plan(path, key, box, made_by={"segmenter": "mobilesam student", "weights": teacher,
                                       "frames_per_traj": frames_per_traj, "label_trajs": label_trajs,
-                                      "student_steps": steps, "seed": seed})
+                                      "student_steps": steps, "seed": seed}, replace=replace)
     if not p.missing:
         return stored_ious(path, key)
     labels = labels_dir(path, key)

@@ -88,7 +88,7 @@ def _check_same_prompt(where: Path, found, prompt: Prompt, key: str) -> None:
     if found is not None and not _same(found, prompt):
         shown = found.decode() if isinstance(found, bytes) else found if isinstance(found, str) else tuple(found)
         raise MasklamError(f"{where} holds {key} made with {describe(shown)}, not {describe(prompt)}; pass that "
-                           f"prompt to resume, or another --key")
+                           f"prompt to resume, or --replace to make them again with this one")
 
 
 def parts_dir(path: Path, key: str) -> Path:
@@ -120,8 +120,10 @@ def merge_parts(path: Path, parts: Path, key: str, prompt: Prompt, weights: Path
                 if masks.shape != group["obs"].shape[:3]:
                     raise MasklamError(f"{part} holds masks of shape {masks.shape} for frames of shape "
                                        f"{group['obs'].shape[:3]}: not this file's; remove {parts} and run again")
-                if key in group:
+                if key in group:  # made again (--replace): nothing of the old masks stays
                     del group[key]
+                for stale in (f"{key}_iou", f"{key}_prompt"):
+                    group.attrs.pop(stale, None)
                 chunks = (1,) + masks.shape[1:] if len(masks) else None
                 group.create_dataset(key, data=masks, chunks=chunks, compression="lzf" if chunks else None)
                 if "iou" in src.attrs:
@@ -173,14 +175,16 @@ def resume_folder(folder: Path, path: Path, settings: dict, what: str) -> None:
                     _check_same_prompt(folder, found[name], value, settings.get("key", "masks"))
                 elif name in found and found[name] != value:
                     raise MasklamError(f"{folder} holds {what} made with {name} {found[name]!r}, not {value!r}; pass "
-                                       f"the same options to resume, or another --key")
+                                       f"the same options to resume (or delete {folder} to start over)")
     folder.mkdir(exist_ok=True)
     write_text(config_file, json.dumps({**settings, "data": data_fingerprint(path)}))
 
 
-def plan(path: Path, key: str, prompt: Prompt | None, made_by: dict[str, Any] | None = None) -> Plan:
+def plan(path: Path, key: str, prompt: Prompt | None, made_by: dict[str, Any] | None = None,
+         replace: bool = False) -> Plan:
     """Validate the file and the prompt (default: the domain's box; a file naming no domain needs one), check it
-    matches earlier runs (the prompt; ``made_by``: the segmenter and its weights), prepare the parts dir."""
+    matches earlier runs (the prompt; ``made_by``: the segmenter, its weights, the student's settings), prepare the
+    parts dir. ``replace``: every trajectory is to be made again, whatever the file holds under ``key``."""
     layout = read_layout(path, required=("obs",))  # validates obs (T,H,W,3) uint8 in every trajectory
     frame_hw = layout.img_hw
     if prompt is None:
@@ -196,11 +200,16 @@ def plan(path: Path, key: str, prompt: Prompt | None, made_by: dict[str, Any] | 
     parts = parts_dir(path, key)
     with open_file(path) as f:
         for attr in (f"{key}_prompt", f"{key}_box"):  # _box: files of earlier versions
-            if attr in f.attrs:
+            if attr in f.attrs and not replace:
                 _check_same_prompt(path, f.attrs[attr], prompt, key)
         names = trajectory_names(f)
-        missing = [name for name in names if key not in f[name]]
+        missing = [name for name in names if replace or key not in f[name]]
         lengths = {name: int(f[name]["obs"].shape[0]) for name in missing}
+        made = json.loads(f.attrs.get(f"{key}_config", "{}")) if not missing else {}
+    for name, value in (made_by or {}).items():  # all made already: under these options, or refused (not a no-op)
+        if name in made and made[name] != value:
+            raise MasklamError(f"{path} has {key} made with {name} {made[name]!r}, not {value!r}; pass --replace to "
+                               "make them again with these options")
     if missing:
         resume_folder(parts, path, {"prompt": prompt if isinstance(prompt, str) else list(prompt), "key": key,
                                     **(made_by or {})}, "masks")
