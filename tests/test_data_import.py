@@ -627,7 +627,7 @@ def test_parts_without_their_arguments_are_written_again(tmp_path):
     assert json.loads((parts_dir(out) / "config.json").read_text()) == {"img_hw": 32}
 
 
-def test_mp4_folder_to_pretrain_to_label(tmp_path):
+def test_mp4_folder_to_pretrain_to_label(tmp_path, capsys):
     """The simulator-free path end to end: videos without actions -> import -> pretrain lapo -> export -> label."""
     from masklam.downstream.label import LabelConfig, label
     from masklam.train.config import PretrainConfig
@@ -682,7 +682,9 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path):
     do_import(videos, slow, img_size=32, fps=5)
     from masklam.data import load_dataset
 
+    capsys.readouterr()
     assert "fps" not in load_dataset([data, slow], progress=False).meta  # files at two rates: no rate to record
+    assert "the data are at different frame rates (5 fps, 10 fps)" in capsys.readouterr().err  # and said
     with pytest.raises(MasklamError, match=f"the LAM {run} was trained on 10 fps video, {slow} is 5 fps: frames are "
                        "never invented: import the original video at 10 fps if it has them"):  # not "resample to 10"
         label(LabelConfig(lam=run, data=slow, out=tmp_path / "slow.h5", progress=False, device="cpu"))

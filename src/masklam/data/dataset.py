@@ -277,8 +277,13 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
 
     meta = dict(layouts[0].attrs)
     meta["files"] = [str(lay.path) for lay in layouts]
-    if len({lay.attrs.get("fps") for lay in layouts}) > 1:  # files at different frame rates: the data have none
+    rates = {lay.attrs.get("fps") for lay in layouts}
+    if len(rates) > 1:  # files at different frame rates: the data have none
         meta.pop("fps", None)
+        shown = ", ".join(f"{float(r):g} fps" if r else "none" for r in sorted(rates, key=lambda r: float(r or 0)))
+        note_once(("mixed-rates", *meta["files"]), f"the data are at different frame rates ({shown}): one latent "
+                  "spans another motion in each, and nothing downstream can check video against one rate; "
+                  "`masklam import --fps` resamples them to one")
     return TrajectoryData(
         obs=arrays["obs"], actions=arrays["actions"], states=arrays["states"], rewards=arrays.get("rewards"),
         masks=arrays.get(mask_key) if load_masks else None, traj_starts=starts, traj_lengths=lengths,
