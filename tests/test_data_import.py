@@ -292,6 +292,9 @@ def test_frames_in_numbered_order_and_folders_as_people_keep_them(tmp_path, caps
         do_import(videos, tmp_path / "w.h5", img_size=16)
     with pytest.raises(MasklamError, match="holds images directly; .* move them into .*/ep0/<episode>/"):
         do_import(tmp_path / "seq" / "ep0", tmp_path / "e.h5")  # one episode's frames: the layout nests them
+    inside = videos / "sub" / "data.h5"  # an output written into the folder it reads: not data the next time
+    assert do_import(videos / "sub", inside, img_size=16).imported == 1
+    assert do_import(videos / "sub", inside, img_size=16).reused == 1
     (tmp_path / "notes.txt").write_text("not data")
     with pytest.raises(MasklamError, match="notes.txt: not a kind of file masklam reads"):
         do_import(tmp_path / "notes.txt", tmp_path / "n.h5")

@@ -269,7 +269,8 @@ def _existing(cfg: ImportConfig, attrs: dict[str, Any], digest: str) -> bool:
 
 def run_import(cfg: ImportConfig) -> ImportResult:
     """Import ``cfg.src`` into ``cfg.out``, resuming whatever an earlier run finished."""
-    source = open_source(cfg.src, cfg.camera)  # every checkable problem: one line, before any file is touched
+    # every checkable problem: one line, before any file is touched; an --out inside SRC is not SRC's data
+    source = open_source(cfg.src, cfg.camera, ignore=cfg.out)
     try:
         with output_lock(cfg.out, ", or use another --out"):  # one import per output at a time
             return _import_locked(cfg, source)

@@ -65,9 +65,11 @@ def _video_dirs(directory: Path) -> list[Path]:
     return [p for p in _listing(directory) if p.is_dir() and _videos(p)]
 
 
-def detect(path: str | os.PathLike) -> str:
-    """The format (one of FORMATS) of a data path, from its content; MasklamError when it is none of them."""
+def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None) -> str:
+    """The format (one of FORMATS) of a data path, from its content; MasklamError when it is none of them.
+    ``ignore``: a file in it that is not data (an import's own output, written into the folder it reads)."""
     path = Path(path)
+    skip = Path(ignore).resolve() if ignore is not None else None
     if path.is_dir() and (path / "meta" / "info.json").is_file():
         return "lerobot"
     if is_parquet(path):
@@ -80,7 +82,7 @@ def detect(path: str | os.PathLike) -> str:
                                "parquet; a LeRobot dataset folder)")
         return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
     if path.is_dir():
-        if any(p.is_file() and p.suffix in HDF5_SUFFIXES for p in path.iterdir()):
+        if any(p.is_file() and p.suffix in HDF5_SUFFIXES and p.resolve() != skip for p in path.iterdir()):
             return "hdf5"
         if _videos(path):
             return "videos"
@@ -388,10 +390,10 @@ class ParquetSource(Source):
                        arrays.get("rewards"), masks)
 
 
-def open_source(path: str | os.PathLike, camera: str | None = None) -> Source:
+def open_source(path: str | os.PathLike, camera: str | None = None, ignore: str | os.PathLike | None = None) -> Source:
     """The `Source` of a data path, its items checked (MasklamError naming the first bad file)."""
     path = Path(path)
-    kind = detect(path)
+    kind = detect(path, ignore)
     if camera is not None and kind != "lerobot":
         raise MasklamError(f"--camera picks a LeRobot dataset's camera; {path} is {DESCRIPTIONS[kind]}")
     if kind == "lerobot":
