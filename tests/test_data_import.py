@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -332,6 +333,10 @@ def test_export_lerobot_then_import_round_trip(tmp_path):
         obs_a = np.concatenate([a[i]["obs"][()] for i in "012"])
         obs_b = np.concatenate([b[i]["obs"][()] for i in "012"])
         assert psnr(obs_a, obs_b) >= 35
+    rows = next((out / "data").rglob("*.parquet"))  # the rows (actions, masks) edited since, the videos not
+    os.utime(rows, ns=(rows.stat().st_atime_ns, rows.stat().st_mtime_ns + 10**9))
+    with pytest.raises(MasklamError, match="as it was before"):
+        do_import(out, tmp_path / "back.h5", img_size=32)
 
 
 def test_export_carries_a_labelled_files_latent_actions(tmp_path):

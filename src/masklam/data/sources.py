@@ -82,7 +82,7 @@ def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None) -> 
                                "parquet; a LeRobot dataset folder)")
         return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
     if path.is_dir():
-        if any(p.is_file() and p.suffix in HDF5_SUFFIXES and p.resolve() != skip for p in path.iterdir()):
+        if any(p.is_file() and p.suffix in HDF5_SUFFIXES and p.resolve() != skip for p in _listing(path)):
             return "hdf5"
         if _videos(path):
             return "videos"
@@ -306,6 +306,11 @@ class LeRobotSource(Source):
     def items(self) -> list[Item]:
         return [Item(f"episode_{ep.index:06d}", ep.video_file or ep.data_file, ep.length, ep)
                 for ep in self.dir.episodes]
+
+    def signature(self, item: Item) -> str:
+        """Its rows' file and its video's (actions, states and masks live in the one, frames in the other)."""
+        files = [item.ref.data_file] + ([item.ref.video_file] if item.ref.video_file else [])
+        return ";".join(f"{st.st_size}:{st.st_mtime_ns}" for st in (f.stat() for f in files))
 
     def read(self, item: Item, resizer: Resizer) -> Episode:
         ep = item.ref

@@ -121,7 +121,7 @@ class EvaluateConfig:
     """'id' = the distractor videos of the policy's data (the train split unless collected on the eval one),
     'ood' = the held-out evaluation video split"""
     normalizer_id: float | None = None
-    """full-data BC return on the training videos, the normaliser of the 'id' split"""
+    """full-data BC return on the 'id' videos (those of the policy's data), the normaliser of the 'id' split"""
     normalizer_ood: float | None = None
     """the same BC policy's return on the held-out videos, the normaliser of the 'ood' split"""
     max_episode_steps: int | None = None

@@ -37,7 +37,8 @@ LATENT, DECODED = "latent_action", "decoded_action"
 @dataclass
 class LabelConfig:
     """Write every frame's latent action (and decoded action) into a copy of a LeRobot dataset or HDF5 file: row t
-    is the transition from frame t to t+1; an episode's last row, with no next frame, its last frame with itself."""
+    is the transition from frame t to t+1; an episode's last row, which has no next frame, is the latent of its last
+    frame paired with itself."""
 
     lam: Path
     """latent action model: a run directory (written by `masklam pretrain`) or a Hugging Face Hub repo id"""

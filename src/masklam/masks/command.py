@@ -73,8 +73,8 @@ class MasksConfig:
     label_trajs: int | None = None
     """mobilesam --student: label only this many trajectories (evenly spread over the file; default all)."""
     replace: bool = False
-    """Make the masks again in every trajectory, replacing those the file has under --key (made with other
-    options: without it such a file is refused, since there would be nothing to do)."""
+    """Make the masks again in every trajectory, replacing what the file holds under --key (needed when they were
+    made with other options; without it such a file is refused)."""
     student: bool = False
     """Train a small 64x64 U-Net on the MobileSAM labels and mask every frame with it (needs --frames-per-traj)."""
     student_steps: int = 500
