@@ -285,9 +285,13 @@ def test_frames_in_numbered_order_and_folders_as_people_keep_them(tmp_path, caps
     write_video(videos / "top.mp4", 6)
     write_video(videos / "sub" / "deep.mp4", 6, seed=1)
     (videos / "._top.mp4").write_bytes(b"\x00\x05\x16\x07")
+    (videos / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
     capsys.readouterr()
     assert do_import(videos, tmp_path / "v.h5", img_size=16).trajectories == 1
-    assert "the videos in its subfolders sub are not imported" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the videos in its subfolders sub are not imported" in err
+    assert "1 link(s) to files that no longer exist are skipped (gone.mp4)" in err
+    (videos / "gone.mp4").unlink()
     (videos / "top.mp4").unlink()
     with pytest.raises(MasklamError, match="its subfolders sub hold video files: import each"):
         do_import(videos, tmp_path / "w.h5", img_size=16)

@@ -220,6 +220,10 @@ class VideoSource(Source):
         files = [path] if path.is_file() else _videos(path)
         if not files:
             raise MasklamError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {path}")
+        broken = [] if path.is_file() else [p for p in _listing(path) if p.is_symlink() and not p.exists()]
+        if broken:  # a link whose target is gone: not read, and said
+            note_once(("broken-links", str(path)), f"{path}: {len(broken)} link(s) to files that no longer exist "
+                      f"are skipped ({', '.join(p.name for p in broken[:3])}{' ...' if len(broken) > 3 else ''})")
         nested = [] if path.is_file() else _video_dirs(path)
         if nested:  # read flat: say so, rather than leave their videos out without a word
             note_once(("nested-videos", str(path)), f"{path}: the videos in its subfolders "
