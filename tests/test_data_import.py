@@ -803,3 +803,16 @@ def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_pa
         label(LabelConfig(lam=other, data=data, out=tmp_path / "l2.h5", decoder=tmp_path / "dec", progress=False,
                           device="cpu"))
     assert not (tmp_path / "l2.h5").exists()
+    # the labelled file labelled again without --decoder: its decoded_action (of the old latents) is not kept
+    again = label(LabelConfig(lam=run, data=out, out=tmp_path / "l3.h5", progress=False, device="cpu"))
+    with h5py.File(again) as f:
+        assert all("decoded_action" not in f[g] and "latent_action" in f[g] for g in ("0", "1", "2", "3"))
+    lr = export(ExportConfig(data=out, out=tmp_path / "lr", progress=False))  # the same in a LeRobot dataset
+    assert "decoded_action" in json.loads((lr / "meta" / "info.json").read_text())["features"]
+    relabelled = label(LabelConfig(lam=run, data=lr, out=tmp_path / "lr2", progress=False, device="cpu"))
+    import pyarrow.parquet as pq
+
+    assert "decoded_action" not in json.loads((relabelled / "meta" / "info.json").read_text())["features"]
+    assert "decoded_action" not in json.loads((relabelled / "meta" / "stats.json").read_text())
+    for path in [*(relabelled / "data").rglob("*.parquet"), *(relabelled / "meta" / "episodes").rglob("*.parquet")]:
+        assert not [c for c in pq.read_schema(path).names if "decoded_action" in c], path

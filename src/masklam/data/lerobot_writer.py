@@ -354,6 +354,25 @@ def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray
         _add_episode_stats(root, name, values)
 
 
+def drop_feature(root: str | os.PathLike, name: str) -> None:
+    """Remove the per-frame feature ``name`` from every data file of the LeRobot directory ``root``, from
+    meta/info.json and meta/stats.json, and its meta/episodes stats columns (v3.0)."""
+    root = Path(root)
+    prefix = f"stats/{name}/"
+    for path in [*sorted((root / "data").rglob("*.parquet")), *sorted((root / "meta" / "episodes").rglob("*.parquet"))]:
+        table = read_table(path)
+        gone = [c for c in table.column_names if c == name or c.startswith(prefix)]
+        if gone:
+            tmp = path.with_name(path.name + ".tmp")
+            parquet_module().write_table(table.drop_columns(gone), tmp)
+            os.replace(tmp, path)
+    for meta, key in ((root / "meta" / "info.json", "features"), (root / "meta" / "stats.json", None)):
+        if meta.is_file():
+            record = read_json(meta)
+            (record[key] if key else record).pop(name, None)
+            write_json(meta, record, indent=4)
+
+
 def _add_episode_stats(root: Path, name: str, values: dict[int, np.ndarray]) -> None:
     """meta/episodes' ``stats/<name>/<stat>`` columns (v3.0), each episode's from its values."""
     import pyarrow as pa

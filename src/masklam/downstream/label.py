@@ -181,8 +181,13 @@ def label(cfg: LabelConfig) -> Path:
     return cfg.out
 
 
+def _note_stale_decoded(cfg: LabelConfig) -> None:
+    note_once(("stale-decoded", str(cfg.out)), f"{cfg.data} held {DECODED} from an earlier labelling; left out of "
+              f"{cfg.out} (it decoded other latents): pass --decoder to decode these")
+
+
 def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:
-    from masklam.data.lerobot_writer import add_feature
+    from masklam.data.lerobot_writer import add_feature, drop_feature
 
     tmp = cfg.out.with_name(cfg.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -191,6 +196,9 @@ def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndar
         indices = [item.ref.index for item in source.items()]
         for key, values in labels.items():
             add_feature(tmp, key, dict(zip(indices, values)))
+        if DECODED not in labels and DECODED in read_json(tmp / "meta" / "info.json")["features"]:
+            drop_feature(tmp, DECODED)  # decoded from an earlier labelling's latents: not these
+            _note_stale_decoded(cfg)
         info = read_json(tmp / "meta" / "info.json")
         write_json(tmp / "meta" / "info.json", {**info, "masklam_label": config_record(cfg)}, indent=4)
         os.replace(tmp, cfg.out)
@@ -204,12 +212,18 @@ def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray
     from masklam.models.pretrained import source_name
 
     with write_atomically(cfg.out, start_from=cfg.data) as f:
+        stale = False
         for i, item in enumerate(source.items()):
+            group = f[item.ref]
             for key, values in labels.items():
-                group = f[item.ref]
                 if key in group:
                     del group[key]
                 group.create_dataset(key, data=values[i], fletcher32=True)
+            if DECODED not in labels and DECODED in group:  # decoded from an earlier labelling's latents
+                del group[DECODED]
+                stale = True
+        if stale:
+            _note_stale_decoded(cfg)
         f.attrs["latent_lam"] = source_name(cfg.lam)
         f.attrs["label_config"] = json.dumps(config_record(cfg))  # how the labels were made
 
