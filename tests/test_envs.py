@@ -322,6 +322,10 @@ def test_demo_writes_png(tmp_path, capsys):
     record = json.loads((tmp_path / "d.json").read_text())  # how it was made, beside it
     assert record["presets"] == ["none", "laom"] and record["steps"] == [0, 2] and record["seed"] == 0
     assert record["img_size"] == 16 and record["out"] == str(out)
+    assert demo.DemoConfig(out=out).out == out  # its own record beside it: replaced by the next run
+    (tmp_path / "config.json").write_text('{"lr": 1}')
+    with pytest.raises(MasklamError, match="config.json exists and is no demo's record"):
+        demo.DemoConfig(out=tmp_path / "config.png")
     with pytest.raises(MasklamError, match=".png"):
         demo.DemoConfig(out=tmp_path / "d.jpg")
     assert demo.DemoConfig(out=out, steps=(30, 0, 0)).steps == (0, 30)  # each shown once: the titles follow them

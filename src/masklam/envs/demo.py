@@ -13,7 +13,7 @@ import numpy as np
 
 from masklam.args import parse
 from masklam.errors import MasklamError
-from masklam.files import atomic_path, config_record, write_json
+from masklam.files import atomic_path, config_record, read_record, write_json
 from masklam.seeding import check_seeds
 
 
@@ -46,6 +46,10 @@ class DemoConfig:
         self.steps = tuple(sorted(set(self.steps)))  # each step shown once, in order (the titles count on it)
         if self.out.suffix.lower() != ".png":
             raise MasklamError(f"--out must name a .png file, got {self.out}")
+        sidecar = self.out.with_suffix(".json")
+        if sidecar.exists() and "presets" not in read_record(sidecar):  # another file of that name: not ours to replace
+            raise MasklamError(f"{sidecar} exists and is no demo's record of options; --out {self.out} would replace "
+                               "it: choose another --out")
         check_seeds(seed=self.seed)
         from masklam.envs import make_config, parse_task
 
