@@ -78,6 +78,11 @@ def raise_if_disk_full(e: BaseException, path: str | os.PathLike, need: int | No
         raise disk_full(path, need) from None
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file (not a folder) at `path` or at one of its parents, which keeps `path` from being a folder; None."""
+    return next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+
+
 def ensure_dir(path: str | os.PathLike) -> None:
     """``mkdir -p path``; a full disk, or a path that cannot be a folder (a file in the way, no permission), as
     one line naming it."""
@@ -85,7 +90,7 @@ def ensure_dir(path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise_if_disk_full(e, path)
-        blocker = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        blocker = file_in_the_way(path)
         if blocker is not None:
             raise MasklamError(f"cannot create the folder {path}: {blocker} is a file, where a folder is needed") \
                 from None

@@ -49,7 +49,7 @@ from masklam.downstream.sweep import Sweep, write_manifest
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 from masklam.files import read_json, write_json
-from masklam.resources import ensure_dir
+from masklam.resources import ensure_dir, file_in_the_way
 from masklam.locks import output_lock
 
 __all__ = ["CONFIG_DIR", "ExperimentConfig", "config_path", "describe_config", "load_config", "resolve_config",
@@ -194,7 +194,7 @@ def main(argv: list[str]) -> int:
     except MasklamError as e:
         raise MasklamError(f"{args.config}: {e}") from None
     if args.status:
-        blocker = next((p for p in (cfg.out, *cfg.out.parents) if p.exists() and not p.is_dir()), None)
+        blocker = file_in_the_way(cfg.out)
         if blocker is not None:  # a run would fail to make it: the dry run says so instead of "nothing done"
             raise MasklamError(f"{cfg.out} cannot be a run directory: {blocker} is a file")
         print(f"{args.config}: {cfg.out}")
