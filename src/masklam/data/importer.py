@@ -196,9 +196,9 @@ def _arrays(ep: Episode, rows: np.ndarray, item: Item) -> dict[str, np.ndarray]:
 
 
 def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: float, resizer: Resizer,
-                tick: Any = None) -> int:
-    """Read one source item into its part file (one or more trajectory groups, by --chunk-seconds); returns the
-    number of frames written."""
+                signature: str, tick: Any = None) -> int:
+    """Read one source item into its part file (one or more trajectory groups, by --chunk-seconds, each recording
+    the item's `signature`: Source.signature); returns the number of frames written."""
     ep = source.read(item, resizer)
     span = max(2, round(cfg.chunk_seconds * fps)) if cfg.chunk_seconds and fps else None
     consumed = [0]  # source frames decoded, kept or not
@@ -230,14 +230,15 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
             del f[groups.pop()[0].group.name]
         for writer, rows in groups:
             attrs = {"source_item": item.name, "source_file": str(item.path), "source_start": int(rows[0]),
-                     "source_signature": source.signature(item), "task": ep.task, "seed": index}
+                     "source_signature": signature, "task": ep.task, "seed": index}
             writer.finish(_arrays(ep, np.asarray(rows, np.int64), item), attrs)
     return sum(writer.n for writer, _ in groups)
 
 
-def source_digest(source: Source, items: list[Item]) -> str:
-    """A digest of the source's items as they are now (names, files, sizes, modification times)."""
-    listing = [(item.name, str(item.path), source.signature(item)) for item in items]
+def source_digest(items: list[Item], signatures: list[str]) -> str:
+    """A digest of the source's items as they are now (names, files, and their signatures: sizes, modification
+    times)."""
+    listing = [(item.name, str(item.path), signature) for item, signature in zip(items, signatures)]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
@@ -282,21 +283,22 @@ def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
     """`run_import` once it holds the output's lock."""
     attrs = file_attrs(cfg, source)
     items = source.items()
-    digest = source_digest(source, items)
+    signatures = [source.signature(item) for item in items]  # once: a folder of images stats every file
+    digest = source_digest(items, signatures)
     if _existing(cfg, attrs, digest):
         remove_parts(cfg.out)
         lay = read_layout(cfg.out)
         return ImportResult(cfg.out, lay.num_trajectories, lay.num_frames, 0, len(items))
     fps = attrs["fps"]
     resizer = Resizer(cfg.img_size, cfg.resize)
-    finished = _matching_parts(cfg.out, prepare_parts(cfg.out, attrs), source, items)
+    finished = _matching_parts(cfg.out, prepare_parts(cfg.out, attrs), items, signatures)
     todo = [i for i in range(len(items)) if i not in finished]
     total = sum(int((items[i].length or 0) * _kept(fps, items[i].fps or source.fps)) for i in todo)
     bar = tqdm(total=total or None, unit="frame", desc="import", disable=not cfg.progress, dynamic_ncols=True)
     try:
         for i in todo:
             bar.set_postfix_str(items[i].name, refresh=False)
-            import_item(cfg, source, items[i], i, fps, resizer, bar.update)
+            import_item(cfg, source, items[i], i, fps, resizer, signatures[i], bar.update)
     finally:
         bar.close()
     tasks = sorted({str(g.get("task", "")) for g in _group_attrs(cfg.out, range(len(items)))} - {""})
@@ -308,7 +310,7 @@ def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
     return ImportResult(cfg.out, n, lay.num_frames, len(todo), len(items) - len(todo))
 
 
-def _matching_parts(out: Path, finished: set[int], source: Source, items: list[Item]) -> set[int]:
+def _matching_parts(out: Path, finished: set[int], items: list[Item], signatures: list[str]) -> set[int]:
     """The finished parts that hold the item now at their index, unchanged; the others (SRC changed since the
     interrupted import: a file added, removed, renamed or edited) are deleted, with a notice, and imported again."""
     from masklam.data.hdf5 import open_file, read_attrs, trajectory_names
@@ -320,7 +322,6 @@ def _matching_parts(out: Path, finished: set[int], source: Source, items: list[I
         return (first.get("source_item"), first.get("source_file"), signature) == (
             items[i].name, str(items[i].path), signatures[i])
 
-    signatures = {i: source.signature(items[i]) for i in finished if i < len(items)}
     stale = sorted(i for i in finished if i >= len(items) or not holds(i))
     for i in stale:
         part_path(out, i).unlink()
