@@ -240,9 +240,7 @@ class LeRobotWriter:
         for name, stat in self.stats.items():
             value = np.asarray(numeric[name] if name in numeric else columns[name].to_numpy(), np.float64)
             stat.add(value.reshape(length, -1))
-            one = _Stats()
-            one.add(value.reshape(length, -1))
-            episode_stats[name] = one.result()
+            episode_stats[name] = _episode_stats(value.reshape(length, -1))
         table = pa.table(columns)
         if self._data is None:
             path = self.tmp / DATA_PATH.format(chunk_index=self.chunk_index, file_index=self.file_index)
@@ -316,6 +314,7 @@ def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray
     root = Path(root)
     files = sorted((root / "data").rglob("*.parquet"))
     stats = _Stats()
+    per_episode: dict[int, dict[str, Any]] = {}  # each episode's stats, from the values read for its rows
     dim = None
     for path in files:
         table = read_table(path)
@@ -328,6 +327,8 @@ def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray
             if int(ep) not in values:
                 raise MasklamError(f"{path}: no {name} for episode {int(ep)}")
             v = np.asarray(values[int(ep)], np.float32)
+            if int(ep) not in per_episode:
+                per_episode[int(ep)] = _episode_stats(v)
             dim = v.shape[1] if dim is None else dim
             out = np.zeros((len(table), dim), np.float32) if out is None else out
             sel = episode == ep
@@ -351,7 +352,7 @@ def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray
         all_stats[name] = stats.result()
         write_json(stats_path, all_stats, indent=4)
     if info.get("codebase_version") == "v3.0":
-        _add_episode_stats(root, name, values)
+        _add_episode_stats(root, name, values, per_episode)
 
 
 def drop_feature(root: str | os.PathLike, name: str) -> None:
@@ -373,23 +374,31 @@ def drop_feature(root: str | os.PathLike, name: str) -> None:
             write_json(meta, record, indent=4)
 
 
-def _add_episode_stats(root: Path, name: str, values: dict[int, np.ndarray]) -> None:
-    """meta/episodes' ``stats/<name>/<stat>`` columns (v3.0), each episode's from its values."""
+def _episode_stats(values: np.ndarray) -> dict[str, Any]:
+    """One episode's stats of a feature ((T, D) values)."""
+    one = _Stats()
+    one.add(values)
+    return one.result()
+
+
+def _add_episode_stats(root: Path, name: str, values: Mapping[int, np.ndarray],
+                       known: dict[int, dict[str, Any]]) -> None:
+    """meta/episodes' ``stats/<name>/<stat>`` columns (v3.0), each episode's from its values (`known`: those
+    already computed, by episode index; the others from `values`)."""
     import pyarrow as pa
 
     for path in sorted((root / "meta" / "episodes").rglob("*.parquet")):
         table = read_table(path)
-        per_episode = []
+        rows = []
         for ep in column_array(table, "episode_index", np.int64):
-            if int(ep) not in values:
+            if int(ep) not in known and int(ep) not in values:
                 raise MasklamError(f"{path}: no {name} for episode {int(ep)}")
-            one = _Stats()
-            one.add(np.asarray(values[int(ep)], np.float32))
-            per_episode.append(episode_stat_columns({name: one.result()}))
-        for column in per_episode[0] if per_episode else ():
+            one = known[int(ep)] if int(ep) in known else _episode_stats(np.asarray(values[int(ep)], np.float32))
+            rows.append(episode_stat_columns({name: one}))
+        for column in rows[0] if rows else ():
             if column in table.column_names:
                 table = table.drop_columns([column])
-            table = table.append_column(column, pa.array([row[column] for row in per_episode]))
+            table = table.append_column(column, pa.array([row[column] for row in rows]))
         tmp = path.with_name(path.name + ".tmp")
         parquet_module().write_table(table, tmp)
         os.replace(tmp, path)
