@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -43,6 +44,29 @@ def write_video(path: Path, n: int, h: int = 64, w: int = 64, fps: float = 10, s
     with VideoWriter(path, fps, h, w, codec, crf=10, pix_fmt=pix_fmt) as writer:
         writer.write(frames)
     return frames
+
+
+def encode_av(path: Path, frames: np.ndarray, pix_fmt: str = "yuv420p", container: str | None = None,
+              first_pts: int = 0, sample_aspect: Fraction | None = None) -> None:
+    """(n, H, W, 3) frames to `path` with PyAV (h264, 10 fps), as VideoWriter cannot: frame i at time
+    (first_pts + i) / 10 (an mp4 hides those before 0 by an edit list), pixels `sample_aspect` wide over high,
+    in another `container` (e.g. "matroska")."""
+    import av
+
+    with av.open(str(path), "w", format=container) as c:
+        s = c.add_stream("libx264", rate=10)
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = pix_fmt
+        s.codec_context.time_base = Fraction(1, 10)
+        if sample_aspect is not None:
+            s.codec_context.sample_aspect_ratio = sample_aspect
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts, frame.time_base = first_pts + i, Fraction(1, 10)
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
 
 
 def write_h5(path: Path, n_traj: int = 3, length: int = 12, size: int = 32) -> Path:
@@ -132,17 +156,8 @@ def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path, cap
 
 def test_a_cut_short_mkv_is_named_in_a_note(tmp_path, capsys):
     """mkv states no frame count to hold it to, but its header's duration: far fewer frames decoded is said."""
-    import av
-
     (tmp_path / "v").mkdir()
-    with av.open(str(tmp_path / "v" / "a.mkv"), "w", format="matroska") as c:
-        s = c.add_stream("libx264", rate=10)
-        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
-        for frame in smooth_frames(40, 32, 32):
-            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
+    encode_av(tmp_path / "v" / "a.mkv", smooth_frames(40, 32, 32), container="matroska")
     whole = (tmp_path / "v" / "a.mkv").read_bytes()
     (tmp_path / "v" / "a.mkv").write_bytes(whole[: len(whole) * 2 // 3])
     capsys.readouterr()
@@ -153,23 +168,10 @@ def test_a_cut_short_mkv_is_named_in_a_note(tmp_path, capsys):
 def test_a_trimmed_mp4_imports_the_frames_it_shows(tmp_path):
     """A cut made without re-encoding (phones, stream copies) keeps the samples before the cut and an edit list
     hides them: the file states 6 samples, shows 3; those 3 are imported, not refused as truncated."""
-    from fractions import Fraction
-
-    import av
-
     path = tmp_path / "v" / "trimmed.mp4"
     path.parent.mkdir()
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=10)
-        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
-        s.codec_context.time_base = Fraction(1, 10)
-        for i in range(6):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = i - 3, Fraction(1, 10)  # the first 3 before time 0: cut by the edit list
-            for packet in s.encode(frame):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
+    shades = np.stack([np.full((32, 32, 3), 40 * i, np.uint8) for i in range(6)])
+    encode_av(path, shades, first_pts=-3)  # the first 3 before time 0: cut by the edit list
     do_import(path.parent, tmp_path / "d.h5", img_size=32)
     with h5py.File(tmp_path / "d.h5") as f:
         obs = f["0/obs"][()]
@@ -179,21 +181,9 @@ def test_a_trimmed_mp4_imports_the_frames_it_shows(tmp_path):
 def test_anamorphic_video_comes_out_with_square_pixels(tmp_path):
     """Stored 64x48 with pixels twice as wide as high (sample aspect 2:1): shown 128x48, so letterboxed into 64x64
     it fills 24 rows, not the 48 its stored shape would."""
-    from fractions import Fraction
-
-    import av
-
     path = tmp_path / "v" / "wide.mp4"
     path.parent.mkdir()
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=10)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv444p"
-        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
-        for _ in range(3):
-            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
+    encode_av(path, np.full((3, 48, 64, 3), 200, np.uint8), pix_fmt="yuv444p", sample_aspect=Fraction(2, 1))
     do_import(path.parent, tmp_path / "d.h5", img_size=64, resize="letterbox")
     with h5py.File(tmp_path / "d.h5") as f:
         rows = np.flatnonzero(f["0/obs"][0].mean((1, 2)) > 100)
