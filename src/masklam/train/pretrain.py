@@ -31,7 +31,7 @@ from masklam.files import read_json, write_json
 from masklam.locks import output_lock
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, check_same_data, load_train_state, save_checkpoint
-from masklam.train.config import OMITTED_DEFAULTS, RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig
+from masklam.train.config import OMITTED_DEFAULTS, PIXEL, RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
 from masklam.train.precision import autocast, bf16_active
@@ -207,7 +207,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
                         observations=cfg.observations, episode_length=cfg.episode_length)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
-    if data.action_dim or (cfg.method in ("lapo", "masklam") and cfg.recon_samples > 0):
+    if data.action_dim or (cfg.method in PIXEL and cfg.recon_samples > 0):
         try:  # the probe and the reconstruction figure read held-out windows after training: checked before it
             WindowSampler(data, held_ids, cfg.frame_stack, 1, need_masks=uses_masks)
         except MasklamError as e:
