@@ -2,6 +2,8 @@
 (../shared/reference/facts.md, section 13)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch import nn
 from masklam.errors import MasklamError
 from masklam.models.encoder import frames_to_tensor
 from masklam.models.lam import LAMConfig, build_lam
-from masklam.train.config import PretrainConfig
+from masklam.train.config import PretrainConfig, suite_note
 
 
 def cfg(tmp_path, method: str = "masklam", **kw) -> PretrainConfig:
@@ -309,3 +311,39 @@ def test_a_lam_with_the_authors_options_is_written_in_format_2(tmp_path):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["masklam_format"] == 2
     assert json.loads((tmp_path / "p" / "config.json").read_text())["masklam_format"] == 1  # older readers read it
     assert load_lam(tmp_path / "a").centered and not load_lam(tmp_path / "p").centered
+
+
+def test_the_authors_meta_world_run_is_the_paper_metaworld_preset(tmp_path):
+    # facts.md, section 9: "Meta-World: lr 3e-4, batch 128, 4 epochs"; everything else as their control-suite run
+    mw, dcs = (cfg(tmp_path, recipe="authors", preset=p) for p in ("paper-metaworld", "paper"))
+    assert (mw.lr, mw.batch_size, mw.epochs, mw.updates) == (3e-4, 128, 4.0, None)
+    assert (dcs.lr, dcs.batch_size, dcs.epochs) == (6e-4, 512, 2.0)
+    differ = {f.name for f in dataclasses.fields(mw) if getattr(mw, f.name) != getattr(dcs, f.name)}
+    assert differ == {"preset", "lr", "batch_size", "epochs"}
+    assert mw.origins["batch_size"] == "recipe authors at preset paper-metaworld"
+    paper = [cfg(tmp_path, recipe="paper", preset=p) for p in ("paper-metaworld", "paper")]  # the paper: no MW values
+    assert all(getattr(paper[0], f.name) == getattr(paper[1], f.name) for f in dataclasses.fields(PretrainConfig)
+               if f.name not in ("preset", "origins"))
+
+
+def test_a_preset_of_the_other_suite_is_noted(tmp_path):
+    at_paper = cfg(tmp_path, recipe="authors", preset="paper")
+    note = suite_note(at_paper, {"domain_name": "mw", "task_name": "push"})
+    assert "Meta-World data" in note and "--preset paper-metaworld" in note and "batch_size 128" in note
+    assert "lr 0.0003" in note and "epochs 4" in note
+    assert suite_note(at_paper, {"domain_name": "cheetah"}) is None
+    at_mw = cfg(tmp_path, recipe="authors", preset="paper-metaworld")
+    assert "--preset paper" in suite_note(at_mw, {"domain_name": "walker"})
+    assert suite_note(at_mw, {"domain_name": "mw"}) is None
+    assert suite_note(at_mw, {}) is None  # imported video: no suite
+    assert suite_note(cfg(tmp_path, recipe="paper", preset="paper"), {"domain_name": "mw"}) is None  # same values
+    assert suite_note(cfg(tmp_path, recipe="authors"), {"domain_name": "mw"}) is None  # cpu-small: no suite
+
+
+def test_pretrain_notes_data_of_the_other_suite(tmp_path, write_toy, small_cfg, capsys):
+    from masklam.train.pretrain import pretrain
+
+    data = write_toy(tmp_path / "toy.h5")  # domain "toy": not Meta-World's
+    pretrain(small_cfg("masklam", data, tmp_path / "run", recipe="authors", preset="paper-metaworld", updates=2,
+                       batch_size=8, latent_dim=8, encoder_scale=1, recon_samples=0))
+    assert "these are control-suite data, and --preset paper-metaworld" in capsys.readouterr().err

@@ -5,7 +5,8 @@ A field left unset (None) takes its value from the highest-precedence source tha
     given explicitly (command line, constructor) > recipe > method defaults > preset > FIELD_DEFAULTS
 
 - a preset (PRESETS, `--preset`) fixes the scale: run length, batch, widths, latent size. `cpu-small` learns in
-  minutes on two CPU cores, `h100` is sized for one H100, `paper` holds the papers' hyper-parameters;
+  minutes on two CPU cores, `h100` is sized for one H100, `paper` holds the papers' hyper-parameters (their
+  control-suite runs; `paper-metaworld` is the same, but for the authors' recipe their Meta-World run);
 - the method's defaults (`masklam.methods`, registered with the model in masklam.models.lam) are its own
   paper's choices: frame stack, window offset, LAOM's augmentation and target;
 - a recipe (RECIPES, `--recipe`) fixes how lapo/masklam learn: `paper` is MaskLAM's paper as written, `authors`
@@ -43,6 +44,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(epochs=10.0, batch_size=512, lr=1e-4, encoder_scale=6, latent_dim=8192,
                   head_dim=1024, head_blocks=2, warmup_frac=0.3, schedule="linear", labels_batch_size=128),
 }
+PRESETS["paper-metaworld"] = PRESETS["paper"]  # the papers give no other values for Meta-World; the authors' code
+# does (RECIPE_PRESETS)
+PRESET_SUITE = {"paper": "dmc", "paper-metaworld": "metaworld"}
+"""The benchmark suite a preset's values were chosen for, where it matters (suite_note)."""
 # How lapo/masklam learn, by name (each recipe's values win over the method's defaults and the preset; explicit
 # options win over the recipe):
 # - `default`: the method's defaults (the papers' text: frame stack 1, k = 1), the preset's optimiser.
@@ -70,9 +75,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 RECIPE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "authors": {"paper": dict(epochs=2.0, batch_size=512, latent_dim=128, encoder_scale=4)},
+    "authors": {"paper": dict(epochs=2.0, batch_size=512, lr=6e-4, latent_dim=128, encoder_scale=4),
+                # their Meta-World run (facts.md, section 9): lr 3e-4, batch 128, 4 epochs
+                "paper-metaworld": dict(epochs=4.0, batch_size=128, lr=3e-4, latent_dim=128, encoder_scale=4)},
 }
-"""A recipe's values that hold at one preset only (the authors' run length and sizes are the paper preset's)."""
+"""A recipe's values that hold at one preset only (the authors' run length and sizes are the paper presets')."""
 RECIPE_NOTICE = {"paper": "note: --recipe paper is MaskLAM's paper as written (frame stack 1, LAOM's "
                           "hyper-parameters); what it named before 2026-12-04, the authors' code, is --recipe authors"}
 """One line printed when a recipe whose meaning changed is used."""
@@ -136,6 +143,30 @@ def resolve_with_origin(explicit: Mapping[str, Any], sources: Mapping[Any, Mappi
     return out
 
 
+SUITE_NAMES = {"dmc": "control-suite", "metaworld": "Meta-World"}
+
+
+def suite_note(cfg: "PretrainConfig", meta: Mapping[str, Any]) -> str | None:
+    """A one-line note when data of one suite (their file attrs `meta`: Meta-World's domain is "mw", as
+    masklam.envs.parse_task names it; data of no known domain, e.g. imported video, are of none) train at a preset
+    whose recipe values were chosen for the other suite, and the recipe holds other values for theirs (the authors':
+    `paper` is their control-suite run, `paper-metaworld` their Meta-World run); None otherwise."""
+    if "domain_name" not in meta or cfg.preset not in PRESET_SUITE:
+        return None
+    suite = "metaworld" if meta["domain_name"] == "mw" else "dmc"
+    if PRESET_SUITE[cfg.preset] == suite:
+        return None
+    other = next(p for p, s in PRESET_SUITE.items() if s == suite)
+    here, there = (RECIPE_PRESETS.get(cfg.recipe, {}).get(p, {}) for p in (cfg.preset, other))
+    differs = {k: v for k, v in there.items() if here.get(k) != v}
+    if not differs:
+        return None
+    values = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in differs.items())
+    return (f"these are {SUITE_NAMES[suite]} data, and --preset {cfg.preset} holds the "
+            f"{SUITE_NAMES[PRESET_SUITE[cfg.preset]]} values of --recipe {cfg.recipe}; its {SUITE_NAMES[suite]} "
+            f"values ({values}) are --preset {other}")
+
+
 def format_origins(fields: Iterable[tuple[str, Any, Any]]) -> str:
     """(name, value, where it came from) per field, one line each: what `--print-config` prints."""
     return "\n".join(f"{name:<18} {value!s:<28} {origin}" for name, value, origin in fields)
@@ -152,9 +183,10 @@ class PretrainConfig:
     (a file or a directory of shards; the format is read from the content)"""
     out: Path
     """run directory; an interrupted run in it resumes"""
-    preset: Literal["cpu-small", "h100", "paper"] = "cpu-small"
+    preset: Literal["cpu-small", "h100", "paper", "paper-metaworld"] = "cpu-small"
     """the scale of unset fields: cpu-small (minutes on 2 CPU cores), h100 (one H100), paper (the papers'
-    values); explicit values, the recipe and the method's defaults win over it"""
+    values, their control-suite runs), paper-metaworld (the same; with --recipe authors their Meta-World run: lr
+    3e-4, batch 128, 4 epochs); explicit values, the recipe and the method's defaults win over it"""
     recipe: Literal["default", "paper", "authors"] = "default"
     """how lapo/masklam learn: default (the method's defaults: frame stack 1, k = 1), paper (MaskLAM's paper as
     written: frame stack 1, k = 1, LAOM's hyper-parameters) or authors (MaskLAM's authors' code: frame stack 3,
