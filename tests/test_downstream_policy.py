@@ -267,3 +267,24 @@ def test_bad_config(toy: Path, tmp_path: Path) -> None:
         ImagePolicy.from_pretrained(tmp_path)
     assert bc_mod.main(["--data", str(toy), "--out", str(tmp_path / "cli"), "--target", "action", "--updates", "2",
                         "--frame-stack", "1", "--batch-size", "8"]) == 0
+
+
+def test_the_decoder_is_both_papers_three_layer_mlp_by_default(tmp_path):
+    from masklam.downstream.plan import plan_stages
+    from masklam.downstream.stages import decode_stage
+
+    def linears(dec: ActionDecoder) -> int:
+        return sum(isinstance(m, torch.nn.Linear) for m in dec.modules())
+
+    # LAOM's code: Linear, ReLU6, Linear, ReLU6, Linear (its "two-layer MLP with 256 hidden"); MaskLAM: 3-layer MLP
+    assert linears(ActionDecoder(4, 2)) == 3 and DecodeConfig(data=("d.h5",), out=tmp_path, policy=tmp_path).layers == 3
+    ActionDecoder(4, 2, hidden=8, layers=2).save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["layers"]  # a decoder written when 2 was the only depth
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert linears(ActionDecoder.from_pretrained(tmp_path / "old")) == 2
+    conf = {"policy": "p", "data": ["d.h5"], "labels": 4}
+    with plan_stages() as plan:  # the depth is in the stage's key where the default gives it
+        for layers in ({}, {"layers": 3}, {"layers": 2}):
+            decode_stage(tmp_path, {**conf, **layers}, "cpu", False)
+    assert [s.config["layers"] for s in plan.stages] == [3, 2]  # the default's and layers 3's: one stage

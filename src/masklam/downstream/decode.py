@@ -72,8 +72,9 @@ class DecodeConfig:
     default init)"""
     hidden: int = 256
     """width of the decoder's hidden layers"""
-    layers: int = 2
-    """linear layers of the decoder (2: LAOM's, 3: the MaskLAM paper's)"""
+    layers: int = 3
+    """linear layers of the decoder (3: two hidden, both papers' (LAOM's code, MaskLAM's 3-layer MLP); 2: one hidden;
+    until 2026-12-06 the default was 2)"""
     input: DecoderInput = "latent"
     """what the decoder reads from the frozen policy: its predicted latent (the papers'), its last hidden layer,
     or both (ours: a decoder that also knows the state)"""

@@ -1,7 +1,8 @@
 """The action decoder latent -> action and what it reads from a frozen latent policy.
 
-As in LAOM appendix E: the decoder is an MLP (2 layers with 256 hidden units, ReLU; `layers=3` is the
-MaskLAM paper's head) from what the frozen latent policy computes for o_t to the true a_t.
+As in both papers: the decoder is an MLP (`layers` Linear layers, ReLU between: 3 by default, two hidden of 256,
+which LAOM's code builds for its "two-layer MLP with 256 hidden dimensions" and the MaskLAM paper calls a 3-layer
+MLP; `layers=2`: one hidden layer) from what the frozen latent policy computes for o_t to the true a_t.
 `input` names what it reads (`policy_features`): the predicted latent (the papers'), the policy's last
 hidden layer (its representation of o_t), or both (a decoder that also knows the state, so a latent
 that is ambiguous on its own can still decode to the right action). Saved with the `Pretrained`
@@ -27,14 +28,14 @@ DECODER_INPUTS = ("latent", "hidden", "latent+hidden")
 
 
 class ActionDecoder(Pretrained, nn.Module):
-    """(B, in_dim) -> (B, action_dim): `layers` linear layers with ReLU between (2: LAOM's, 3: MaskLAM's).
+    """(B, in_dim) -> (B, action_dim): `layers` linear layers with ReLU between (3: both papers', two hidden).
 
     `input` names what the decoder reads from the frozen policy (see `policy_features`)."""
 
     kind = "decoder"
     config_key = None
 
-    def __init__(self, latent_dim: int, action_dim: int, hidden: int = 256, layers: int = 2,
+    def __init__(self, latent_dim: int, action_dim: int, hidden: int = 256, layers: int = 3,
                  input: str = "latent", input_relu: bool = False, source: str | None = None,
                  head_gain: float | None = None) -> None:
         super().__init__()
@@ -65,8 +66,9 @@ class ActionDecoder(Pretrained, nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ActionDecoder":
-        """A fresh decoder for a dims dict (a bad value is a one-line MasklamError)."""
-        return cls(**config)
+        """A fresh decoder for a dims dict (a bad value is a one-line MasklamError); a dict without `layers` is a
+        decoder of 2 layers, the default when it was written."""
+        return cls(**{"layers": 2, **config})
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, in_dim) -> (B, action_dim), unclipped."""
@@ -99,7 +101,7 @@ def feature_dim(policy: ImagePolicy, input: str) -> int:
 
 
 def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 2500, batch_size: int = 512,
-                lr: float = 3e-4, hidden: int = 256, seed: int = 0, progress: bool = False, layers: int = 2,
+                lr: float = 3e-4, hidden: int = 256, seed: int = 0, progress: bool = False, layers: int = 3,
                 input: str = "latent", optimizer: str = "adam", schedule: str = "constant",
                 grad_clip: float | None = None, input_relu: bool = False,
                 head_gain: float | None = None) -> tuple[ActionDecoder, float]:

@@ -170,13 +170,17 @@ def bc_stage(root: Path, kind: str, conf: dict[str, Any], device: str, progress:
 
 
 def decode_stage(root: Path, conf: dict[str, Any], device: str, progress: bool) -> Path:
-    """Train an action decoder (DecodeConfig fields in conf) as a cached stage; -> its directory."""
+    """Train an action decoder (DecodeConfig fields in conf) as a cached stage; -> its directory. Its depth is in
+    the stage's key also where the default gives it (the default changed from 2 to 3 layers on 2026-12-06: a stage
+    cached before it is not taken for today's)."""
+    from masklam.downstream.decode import VERSION, DecodeConfig
+
+    conf = {"layers": DecodeConfig.__dataclass_fields__["layers"].default, **conf}
+
     def fn(d: Path) -> dict[str, Any]:
-        from masklam.downstream.decode import DecodeConfig, train_decoder
+        from masklam.downstream.decode import train_decoder
 
         return train_decoder(DecodeConfig(**{"device": device, **conf, "out": d}), progress=progress)
-
-    from masklam.downstream.decode import VERSION
 
     return run_stage(root, "decode", conf, fn, version=VERSION)[0]
 
