@@ -131,7 +131,7 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
 
     Options of other methods are dropped (masklam.train.config.options_for): one LAPO serves every recipe
     that differs only in MaskLAM's loss."""
-    from masklam.train.config import RECIPE_PRESETS, RECIPES
+    from masklam.train.config import RECIPES, recipe_at_preset
 
     conf = pretrain_conf(method, data, dim, seed, labeled, overrides)
 
@@ -145,7 +145,7 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
 
     recipe = conf.get("recipe", "default")
     meaning = {"recipe": RECIPES[recipe].get(method, {}),
-               "recipe_at_preset": RECIPE_PRESETS.get(recipe, {}).get(conf.get("preset", "cpu-small"), {})}
+               "recipe_at_preset": recipe_at_preset(recipe, conf.get("preset", "cpu-small"), method)}
     from masklam.train.pretrain import VERSION
 
     return run_stage(root, "pretrain", conf, fn, meaning=meaning if recipe != "default" else None, version=VERSION)

@@ -1,13 +1,15 @@
 """IMPALA-style ResNet encoder, two transposed-conv decoders, orthogonal initialisation, and the uint8 -> float
 frame conversion.
 
-Encoder: per stage a 3x3 conv, a 3x3 max-pool with stride 2, then `num_res_blocks` residual blocks;
-channels (16, 32, 32) x `scale` (a float scale rounds the channels: 1.5 gives 24, 48, 48). A 64x64 input becomes
-an 8x8 map. `ConvDecoder` (ours) mirrors it: residual blocks, then a stride-2 ConvT(k4) per stage, a 3x3 head.
+Encoder: per stage a 3x3 conv, a 3x3 max-pool with stride 2, then `num_res_blocks` residual blocks (ReLU), and a
+final ReLU; channels (16, 32, 32) x `scale` (a float scale rounds the channels: 1.5 gives 24, 48, 48). A 64x64
+input becomes an 8x8 map. `style="laom"` is LAOM's code's encoder (docs/laom-vs-code.md): a stride-2 3x3 conv per
+stage instead of conv + max-pool, ReLU6 in the residual blocks, no final activation. `ConvDecoder` (ours) mirrors
+the impala encoder: residual blocks, then a stride-2 ConvT(k4) per stage, a 3x3 head.
 `AuthorsDecoder` is the layout of MaskLAM's authors' world model (../shared/reference/facts.md, section 13): per
 stage a stride-2 ConvT(k2), then residual blocks; GELU and a 1x1 head.
-Frames are scaled to [0, 1] (`center=False`) or, as the authors' code does, to [-0.5, 0.5] (RGB only: a mask
-channel stays {0, 1}).
+Frames are scaled to [0, 1] (`center=False`) or, as MaskLAM's authors' code does, to [-0.5, 0.5] (RGB only: a
+mask channel stays {0, 1}), or as LAOM's code does to [-1, 1] (`signed`).
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ BASE_CHANNELS: tuple[int, int, int] = (16, 32, 32)
 
 
 def frames_to_tensor(x: torch.Tensor | np.ndarray, device: torch.device | str | None = None,
-                     center: bool = False) -> torch.Tensor:
+                     center: bool = False, signed: bool = False) -> torch.Tensor:
     """(B, F, H, W, C) uint8 frame stacks, C = 3 (RGB) or 4 (RGB + agent mask) -> (B, CF, H, W) float32 in
-    [0, 1] (channels_last memory); with `center`, RGB is x/255 - 0.5 and a mask channel stays {0, 1}.
+    [0, 1] (channels_last memory); with `center`, RGB is x/255 - 0.5 and a mask channel stays {0, 1}; with `signed`
+    instead (LAOM's code; RGB only), 2 x/255 - 1.
 
     Channel order is frame-major: channel f*C + c is channel c of frame f (the oldest frame first).
     The uint8 tensor is moved to `device` before conversion (4x less traffic than float).
@@ -40,6 +43,10 @@ def frames_to_tensor(x: torch.Tensor | np.ndarray, device: torch.device | str | 
     if center:
         rgb = torch.tensor([0.5, 0.5, 0.5, 0.0][:c], device=x.device).repeat(f)  # (CF,): 0 on mask channels
         x = x - rgb[None, :, None, None]
+    if signed:
+        if c != 3 or center:
+            raise MasklamError("signed pixels are for RGB frames only (LAOM's), not centred ones or a mask channel")
+        x = x * 2.0 - 1.0
     return x
 
 
@@ -70,32 +77,35 @@ def append_mask_channel(frames: torch.Tensor | np.ndarray, masks: torch.Tensor |
 
 
 class ResidualBlock(nn.Module):
-    """relu -> conv3x3 -> relu -> conv3x3, plus the input."""
+    """act -> conv3x3 -> act -> conv3x3, plus the input (act: ReLU, or ReLU6 in LAOM's code)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, relu6: bool = False) -> None:
         super().__init__()
         self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = nn.functional.relu6 if relu6 else torch.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
+        return x + self.conv1(self.act(self.conv0(self.act(x))))
 
 
 class ImpalaEncoder(nn.Module):
     """(B, C_in, H, W) float -> (B, out_channels, H/8, W/8); `flat_dim` = size of the flattened map."""
 
     def __init__(self, in_channels: int, img_hw: int = 64, scale: float = 1, num_res_blocks: int = 2,
-                 final_relu: bool = True) -> None:
+                 final_relu: bool = True, style: str = "impala") -> None:
         super().__init__()
         if img_hw % 8 != 0:
             raise MasklamError(f"image size must be a multiple of 8, got {img_hw}")
+        laom = style == "laom"
         layers: list[nn.Module] = []
         c_in = in_channels
         for c_out in stage_channels(scale):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1)]
-            layers += [ResidualBlock(c_out) for _ in range(num_res_blocks)]
+            layers += ([nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)] if laom else
+                       [nn.Conv2d(c_in, c_out, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1)])
+            layers += [ResidualBlock(c_out, relu6=laom) for _ in range(num_res_blocks)]
             c_in = c_out
-        if final_relu:  # the authors' world model reads the map before the ReLU
+        if final_relu and not laom:  # the authors' world model reads the map before the ReLU; LAOM's has none
             layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
         self.out_channels = c_in

@@ -16,7 +16,11 @@
 - `LatentSpaceLAM` ("laom", "laom-sup"): one shared ResNet encoder; IDM and FDM are residual MLPs;
   the FDM predicts the embedding of o_{t+1} from the *detached* embedding of o_t and the latent,
   against an EMA target encoder (or a stop-grad of the online encoder); augmentations during
-  training; "laom-sup" adds a linear head latent -> true action on a labeled batch.
+  training; "laom-sup" adds a linear head latent -> true action on a labeled batch. LAOM's code differs from
+  the paper's text as we first read it in four places, each an option (docs/laom-vs-code.md): `heads="laom"`
+  (its head layout, models.heads.ProjectedMLP), `encoder="laom"` (strided convs, ReLU6, no final activation),
+  `pixels="signed"` (2 x/255 - 1) and `aug_style="laom"` (its 1-of-8 augmentations, models.augment); with
+  `init="orthogonal"` they make `--recipe authors` for LAOM.
 
 Every model: `forward(batch) -> (loss, info)` where batch holds `obs_t, obs_t1, obs_tk (B,F,H,W,3) uint8`
 (or float (B,3F,H,W)), optional masks `mask_t, mask_t1, mask_tk (B,F,H,W) bool` (the stacks' agent masks;
@@ -39,11 +43,11 @@ from torch.nn import functional as F
 from masklam import methods
 from masklam.errors import MasklamError
 from masklam.methods import Method
-from masklam.models.augment import augment
+from masklam.models.augment import augment, laom_augment
 from masklam.models.encoder import (AuthorsDecoder, ConvDecoder, ImpalaEncoder, append_mask_channel, frames_to_tensor,
                                     init_orthogonal)
 from masklam.models.fsq import FSQ
-from masklam.models.heads import ResidualMLP
+from masklam.models.heads import ProjectedMLP, ResidualMLP
 from masklam.models.pretrained import Pretrained
 
 # The methods implemented here, with their own papers' choices (PretrainConfig fields: frame stack, window offset,
@@ -88,6 +92,9 @@ class LAMConfig:
     fdm_scale: float = 0.0
     decoder: str = "ours"
     idm_window: str = "pair"
+    heads: str = "ours"
+    encoder: str = "impala"
+    aug_style: str = "ours"
 
     def __post_init__(self) -> None:
         if self.method not in methods.trainers():
@@ -101,16 +108,25 @@ class LAMConfig:
         if self.target not in ("ema", "stopgrad"):
             raise MasklamError(f"target must be 'ema' or 'stopgrad', got {self.target!r}")
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
-        for name, allowed in (("init", ("default", "orthogonal")), ("pixels", ("unit", "centered")),
-                              ("decoder", ("ours", "authors")), ("idm_window", ("pair", "single"))):
+        for name, allowed in (("init", ("default", "orthogonal")), ("pixels", ("unit", "centered", "signed")),
+                              ("decoder", ("ours", "authors")), ("idm_window", ("pair", "single")),
+                              ("heads", ("ours", "laom")), ("encoder", ("impala", "laom")),
+                              ("aug_style", ("ours", "laom"))):
             if getattr(self, name) not in allowed:
                 raise MasklamError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.fdm_scale < 0:
             raise MasklamError(f"fdm_scale must be >= 0 (0: the IDM's width), got {self.fdm_scale}")
-        pixel_only = {"pixels": "unit", "fdm_scale": 0.0, "decoder": "ours", "idm_window": "pair"}
-        changed = [k for k, v in pixel_only.items() if getattr(self, k) != v]
-        if changed and self.method not in ("lapo", "masklam"):
+        pixel = self.method in ("lapo", "masklam")
+        pixel_only = {"fdm_scale": 0.0, "decoder": "ours", "idm_window": "pair"}
+        changed = [k for k, v in pixel_only.items() if getattr(self, k) != v] + (
+            ["pixels"] if self.pixels == "centered" else [])
+        if changed and not pixel:
             raise MasklamError(f"{changed[0]} is for pixel LAMs (lapo, masklam), not {self.method}")
+        laom_only = {"heads": "ours", "encoder": "impala", "aug_style": "ours"}
+        changed = [k for k, v in laom_only.items() if getattr(self, k) != v] + (
+            ["pixels 'signed'"] if self.pixels == "signed" else [])
+        if changed and pixel:
+            raise MasklamError(f"{changed[0]} is for LAOM (laom, laom-sup), not {self.method}")
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, norm: str = "batch") -> torch.Tensor:
@@ -188,7 +204,7 @@ class LatentActionModel(Pretrained, nn.Module):
         input is taken as already scaled)."""
         if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point():
             return x.to(self.device)
-        return frames_to_tensor(x, self.device, self.centered)
+        return frames_to_tensor(x, self.device, self.centered, self.cfg.pixels == "signed")
 
     def inputs(self, x: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """A frame stack as the IDM/FDM see it: (B, F, H, W, 3) uint8 [+ (B, F, H, W) bool masks]
@@ -265,7 +281,7 @@ class LatentActionModel(Pretrained, nn.Module):
         """2 when the LAM uses one of the authors' options, which a masklam reading format 1 would ignore."""
         plain = LAMConfig(method=self.cfg.method, action_dim=0, state_dim=0)
         changed = any(getattr(self.cfg, k) != getattr(plain, k)
-                      for k in ("init", "pixels", "fdm_scale", "decoder", "idm_window"))
+                      for k in ("init", "pixels", "fdm_scale", "decoder", "idm_window", "heads", "encoder"))
         return 2 if changed else 1
 
     @classmethod
@@ -360,10 +376,15 @@ class LatentSpaceLAM(LatentActionModel):
 
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__(cfg)
-        self.encoder = ImpalaEncoder(3 * cfg.frame_stack, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
+        self.encoder = ImpalaEncoder(3 * cfg.frame_stack, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks,
+                                     style=cfg.encoder)
         e = self.encoder.flat_dim
-        self.idm = ResidualMLP(2 * e, cfg.latent_dim, cfg.head_dim, cfg.head_blocks)
-        self.fdm = ResidualMLP(e + cfg.latent_dim, e, cfg.head_dim, cfg.head_blocks)
+        if cfg.heads == "laom":  # LAOM's code: the IDM re-reads both embeddings, the FDM the latent only
+            self.idm = ProjectedMLP(2 * e, cfg.latent_dim, cfg.head_dim, cfg.head_blocks)
+            self.fdm = ProjectedMLP(e + cfg.latent_dim, e, cfg.head_dim, cfg.head_blocks, reread_from=e)
+        else:
+            self.idm = ResidualMLP(2 * e, cfg.latent_dim, cfg.head_dim, cfg.head_blocks)
+            self.fdm = ResidualMLP(e + cfg.latent_dim, e, cfg.head_dim, cfg.head_blocks)
         self.action_head = nn.Linear(cfg.latent_dim, cfg.action_dim) if cfg.method == "laom-sup" else None
         self.state_probe = nn.Linear(e, cfg.state_dim)
         self.state_probe.requires_grad_(cfg.state_dim > 0)  # no states (imported video): frozen, as action_probe
@@ -387,7 +408,7 @@ class LatentSpaceLAM(LatentActionModel):
     def _maybe_augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if not (self.training and self.cfg.aug):
             return x
-        return augment(x, generator)
+        return laom_augment(x, generator) if self.cfg.aug_style == "laom" else augment(x, generator)
 
     def lam_loss(self, batch: Batch,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:

@@ -9,8 +9,8 @@ A field left unset (None) takes its value from the highest-precedence source tha
   control-suite runs; `paper-metaworld` is the same, but for the authors' recipe their Meta-World run);
 - the method's defaults (`masklam.methods`, registered with the model in masklam.models.lam) are its own
   paper's choices: frame stack, window offset, LAOM's augmentation and target;
-- a recipe (RECIPES, `--recipe`) fixes how lapo/masklam learn: `paper` is MaskLAM's paper as written, `authors`
-  what its authors' code sets;
+- a recipe (RECIPES, `--recipe`) fixes how a LAM learns: `paper` is MaskLAM's paper as written (lapo, masklam),
+  `authors` what each method's authors' code sets (MaskLAM's for lapo and masklam, LAOM's for laom and laom-sup);
 - FIELD_DEFAULTS: values that no source sets.
 
 The run length is one choice made by one source: a source that sets `updates` or `epochs` clears the other,
@@ -33,6 +33,8 @@ from masklam.seeding import check_seeds
 from masklam.models.lam import LAMConfig
 
 Method = Literal[methods.trainers()]  # type: ignore[valid-type]  # lapo, masklam, laom, laom-sup
+PIXEL = ("lapo", "masklam")
+LAOM = ("laom", "laom-sup")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": dict(updates=1500, batch_size=64, lr=3e-4, encoder_scale=1, latent_dim=128, head_dim=256,
@@ -63,6 +65,12 @@ PRESET_SUITE = {"paper": "dmc", "paper-metaworld": "metaworld"}
 #   width x4 (FDM x6), 2 epochs (RECIPE_PRESETS).
 _AUTHORS_COMMON = dict(frame_stack=3, optimizer="adamw", weight_decay=0.01, lr=6e-4, warmup_frac=0.0,
                        schedule="cosine", init="orthogonal", pixels="centered", fdm_width=1.5, decoder="authors")
+# - `authors` for laom, laom-sup: LAOM's code (github.com/joon-stack/laom's initial release, whose parameter counts
+#   are the paper's Table 4; docs/laom-vs-code.md): its head layout with 3 blocks, its encoder (strided convs, ReLU6,
+#   no final activation), pixels 2 x/255 - 1, orthogonal init, its 1-of-8 augmentations; laom-sup with the EMA
+#   target of its code and Table 7 (the paper's text: stop-grad). Its optimiser, sizes and run length are the
+#   `paper` preset's (Table 6).
+_LAOM_CODE = dict(heads="laom", head_blocks=3, encoder="laom", pixels="signed", init="orthogonal", aug_style="laom")
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "paper": {
@@ -72,30 +80,34 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "authors": {
         "lapo": dict(_AUTHORS_COMMON, max_offset=1, idm_window="single", mask_channel=False),
         "masklam": dict(_AUTHORS_COMMON, max_offset=9, idm_window="pair", mask_channel=True, mask_norm="batch"),
+        "laom": dict(_LAOM_CODE),
+        "laom-sup": dict(_LAOM_CODE, target="ema"),
     },
 }
-RECIPE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "authors": {"paper": dict(epochs=2.0, batch_size=512, lr=6e-4, latent_dim=128, encoder_scale=4),
-                # their Meta-World run (facts.md, section 9): lr 3e-4, batch 128, 4 epochs
-                "paper-metaworld": dict(epochs=4.0, batch_size=128, lr=3e-4, latent_dim=128, encoder_scale=4)},
+_MASKLAM_PAPER_RUNS = {"paper": dict(epochs=2.0, batch_size=512, lr=6e-4, latent_dim=128, encoder_scale=4),
+                       # their Meta-World run (facts.md, section 9): lr 3e-4, batch 128, 4 epochs
+                       "paper-metaworld": dict(epochs=4.0, batch_size=128, lr=3e-4, latent_dim=128, encoder_scale=4)}
+RECIPE_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "authors": {preset: {method: values for method in PIXEL} for preset, values in _MASKLAM_PAPER_RUNS.items()},
 }
-"""A recipe's values that hold at one preset only (the authors' run length and sizes are the paper presets')."""
+"""A recipe's values per method that hold at one preset only (MaskLAM's authors' run length and sizes are the paper
+presets'; LAOM's code's are the paper preset's own)."""
 RECIPE_NOTICE = {"paper": "note: --recipe paper is MaskLAM's paper as written (frame stack 1, LAOM's "
                           "hyper-parameters); what it named before 2026-12-04, the authors' code, is --recipe authors"}
 """One line printed when a recipe whose meaning changed is used."""
 FIELD_DEFAULTS: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, mask_channel=False, mask_norm="batch",
-                                      init="default", pixels="unit", fdm_width=1.0, decoder="ours", idm_window="pair")
+                                      init="default", pixels="unit", fdm_width=1.0, decoder="ours", idm_window="pair",
+                                      aug_style="ours", heads="ours", encoder="impala")
 """Values of the fields that no preset, method or recipe sets."""
 RUN_LENGTH = ("updates", "epochs")
 """Two ways to give the run length: a source that sets one of them clears the other."""
 
-PIXEL = ("lapo", "masklam")
-LAOM = ("laom", "laom-sup")
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "mask_lambda": ("masklam",), "mask_dilation": ("masklam",), "mask_target": ("masklam",),
     "mask_norm": ("masklam",), "mask_channel": PIXEL, "mask_key": PIXEL, "recon_samples": PIXEL,
-    "pixels": PIXEL, "fdm_width": PIXEL, "decoder": PIXEL, "idm_window": PIXEL,
+    "pixels": PIXEL + LAOM, "fdm_width": PIXEL, "decoder": PIXEL, "idm_window": PIXEL,
     "head_dim": LAOM, "head_blocks": LAOM, "target": LAOM, "target_tau": LAOM, "aug": LAOM,
+    "aug_style": LAOM, "heads": LAOM, "encoder": LAOM,
     "labels": ("laom-sup",), "labels_batch_size": ("laom-sup",), "sup_coef": ("laom-sup",),
 }
 """The fields only some methods use, and those methods."""
@@ -103,10 +115,11 @@ _METHOD_GROUPS = {PIXEL: "pixel LAMs (lapo, masklam)", LAOM: "LAOM (laom, laom-s
 
 OMITTED_DEFAULTS: dict[str, Any] = {**FIELD_DEFAULTS, "observations": "distracted", "episode_length": None,
                                     "init": "default", "pixels": "unit", "fdm_width": 1.0, "decoder": "ours",
-                                    "idm_window": "pair"}
+                                    "idm_window": "pair", "aug_style": "ours", "heads": "ours", "encoder": "impala"}
 """What a field absent from a run's config.json held: runs before 2026-12-06 recorded observations,
-episode_length, init, pixels, fdm_width, decoder and idm_window only when set (a resume compares with these:
-their values then, written out, so that a later change of FIELD_DEFAULTS cannot change what old runs mean)."""
+episode_length, init, pixels, fdm_width, decoder and idm_window only when set, and had no aug_style, heads or
+encoder (a resume compares with these: their values then, written out, so that a later change of FIELD_DEFAULTS
+cannot change what old runs mean)."""
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
                                "wandb_project", "probe_batch_size", "progress", "threads",
@@ -143,6 +156,11 @@ def resolve_with_origin(explicit: Mapping[str, Any], sources: Mapping[Any, Mappi
     return out
 
 
+def recipe_at_preset(recipe: str, preset: str, method: str) -> dict[str, Any]:
+    """The values `recipe` holds for `method` at `preset` only (RECIPE_PRESETS)."""
+    return RECIPE_PRESETS.get(recipe, {}).get(preset, {}).get(method, {})
+
+
 SUITE_NAMES = {"dmc": "control-suite", "metaworld": "Meta-World"}
 
 
@@ -157,7 +175,7 @@ def suite_note(cfg: "PretrainConfig", meta: Mapping[str, Any]) -> str | None:
     if PRESET_SUITE[cfg.preset] == suite:
         return None
     other = next(p for p, s in PRESET_SUITE.items() if s == suite)
-    here, there = (RECIPE_PRESETS.get(cfg.recipe, {}).get(p, {}) for p in (cfg.preset, other))
+    here, there = (recipe_at_preset(cfg.recipe, p, cfg.method) for p in (cfg.preset, other))
     differs = {k: v for k, v in there.items() if here.get(k) != v}
     if not differs:
         return None
@@ -188,11 +206,13 @@ class PretrainConfig:
     values, their control-suite runs), paper-metaworld (the same; with --recipe authors their Meta-World run: lr
     3e-4, batch 128, 4 epochs); explicit values, the recipe and the method's defaults win over it"""
     recipe: Literal["default", "paper", "authors"] = "default"
-    """how lapo/masklam learn: default (the method's defaults: frame stack 1, k = 1), paper (MaskLAM's paper as
-    written: frame stack 1, k = 1, LAOM's hyper-parameters) or authors (MaskLAM's authors' code: frame stack 3,
-    k in 1..9 and a mask input channel for masklam, one window o_{t-2..t+1} for lapo, orthogonal init, centred
-    pixels and tanh output, a 1.5x wider FDM with their decoder, AdamW 6e-4 cosine, no warm-up; README,
-    "Recipes"); explicit values win over it"""
+    """how a LAM learns: default (the method's defaults: frame stack 1, k = 1 for lapo/masklam), paper (MaskLAM's
+    paper as written, for lapo/masklam: frame stack 1, k = 1, LAOM's hyper-parameters) or authors (each method's
+    authors' code. MaskLAM's for lapo/masklam: frame stack 3, k in 1..9 and a mask input channel for masklam, one
+    window o_{t-2..t+1} for lapo, orthogonal init, centred pixels and tanh output, a 1.5x wider FDM with their
+    decoder, AdamW 6e-4 cosine, no warm-up. LAOM's for laom/laom-sup: its head layout with 3 blocks, strided
+    ReLU6 encoder, pixels in [-1, 1], orthogonal init, its 1-of-8 augmentations, an EMA target for laom-sup;
+    README, "Recipes"); explicit values win over it"""
 
     updates: int | None = None
     """optimiser updates (default: the preset's; the paper preset derives them from --epochs)"""
@@ -234,9 +254,9 @@ class PretrainConfig:
     init: Literal["default", "orthogonal"] | None = None
     """weight initialisation: PyTorch's default, or orthogonal (gain 1, zero bias) for every Conv2d,
     ConvTranspose2d and Linear (the authors') (default: default)"""
-    pixels: Literal["unit", "centered"] | None = None
-    """lapo, masklam: RGB in [0, 1] with a linear FDM output (unit, default) or x/255 - 0.5 with a 0.5*tanh
-    output (centered, the authors'; a mask channel stays {0, 1})"""
+    pixels: Literal["unit", "centered", "signed"] | None = None
+    """RGB in [0, 1] (unit, default); lapo, masklam: x/255 - 0.5 with a 0.5*tanh FDM output (centered, MaskLAM's
+    authors'; a mask channel stays {0, 1}); laom, laom-sup: 2 x/255 - 1 (signed, LAOM's code)"""
     fsq_levels: tuple[int, ...] = ()
     """quantise the latent with FSQ at these levels, e.g. 8 5 5 5 (ablation; empty = off)"""
     frame_stack: int | None = None
@@ -275,6 +295,17 @@ class PretrainConfig:
     """laom, laom-sup: EMA rate of the target encoder"""
     aug: bool | None = None
     """laom, laom-sup: random shift/rotation/perspective during training (default on)"""
+    aug_style: Literal["ours", "laom"] | None = None
+    """laom, laom-sup: which augmentations: ours (a mild shift +-4 px, rotation +-5 degrees and perspective
+    jitter on every sample, default) or LAOM's code's (one of 8 choices per sample, none among them: shifts up to
+    +-14 px, rotations up to +-90 degrees, strong perspective)"""
+    heads: Literal["ours", "laom"] | None = None
+    """laom, laom-sup: IDM/FDM head layout: ours (every block re-reads the whole conditioning at 4x width, default)
+    or LAOM's code's (a Linear back to --head-dim before each block; its FDM re-reads the latent only: the paper's
+    Table 4 parameter counts with --head-blocks 3)"""
+    encoder: Literal["impala", "laom"] | None = None
+    """laom, laom-sup: the ResNet encoder: impala (conv + max-pool per stage, ReLU, a final ReLU, default) or
+    LAOM's code's (a stride-2 conv per stage, ReLU6, no final activation)"""
     labels: int = 0
     """laom-sup: number of labelled training trajectories for the supervised action head"""
     labels_batch_size: int | None = None
@@ -349,8 +380,8 @@ class PretrainConfig:
         recipe = RECIPES[self.recipe].get(self.method, {})
         return {"default": FIELD_DEFAULTS, f"preset {self.preset}": PRESETS[self.preset],
                 f"method {self.method}": methods.get(self.method).defaults, f"recipe {self.recipe}": recipe,
-                f"recipe {self.recipe} at preset {self.preset}":
-                    RECIPE_PRESETS.get(self.recipe, {}).get(self.preset, {}) if recipe else {}}
+                f"recipe {self.recipe} at preset {self.preset}": recipe_at_preset(self.recipe, self.preset,
+                                                                                   self.method)}
 
     def describe(self) -> str:
         """Every field with its value and where it came from, one per line (`--print-config`)."""
@@ -413,6 +444,10 @@ class PretrainConfig:
         if min(stage_channels(self.encoder_scale * self.fdm_width)) < 1:
             raise MasklamError(f"fdm_width {self.fdm_width} x encoder_scale {self.encoder_scale} leaves the FDM's "
                                f"first stage no channel (16 x {self.encoder_scale * self.fdm_width:g} rounds to 0)")
+        wrong = {"centered": LAOM, "signed": PIXEL}.get(self.pixels, ())
+        if self.method in wrong:
+            raise MasklamError(f"--pixels {self.pixels} is for {_METHOD_GROUPS[PIXEL if wrong == LAOM else LAOM]}, "
+                               f"not {self.method}")
         if self.idm_window == "single" and self.max_offset != 1:
             raise MasklamError(f"--idm-window single reads one window o_(t-F+1..t+1): it needs --max-offset 1, "
                                f"got {self.max_offset}")
@@ -438,7 +473,7 @@ class PretrainConfig:
             mask_target=self.mask_target, mask_channel=bool(self.mask_channel), mask_norm=self.mask_norm,
             target=self.target, target_tau=self.target_tau, aug=bool(self.aug),
             sup_coef=self.sup_coef, init=self.init, pixels=self.pixels, decoder=self.decoder,
-            idm_window=self.idm_window,
+            idm_window=self.idm_window, heads=self.heads, encoder=self.encoder, aug_style=self.aug_style,
             fdm_scale=0.0 if self.fdm_width == 1.0 else self.encoder_scale * self.fdm_width)
 
     def to_dict(self) -> dict[str, Any]:
