@@ -122,3 +122,22 @@ def test_the_authors_laom_trains(write_toy, tmp_path):
     loss.backward()
     assert torch.isfinite(loss) and "train/sup_loss" in info
     assert all(p.grad is not None for p in lam.idm.parameters())
+
+
+def test_laom_sups_cheetah_run_weight_is_noted(write_toy, small_cfg, tmp_path, capsys):
+    from masklam.train.config import task_note
+    from masklam.train.pretrain import pretrain
+
+    cheetah = {"domain_name": "cheetah", "task_name": "run"}
+    note = task_note(cfg("laom-sup", labels=2), cheetah)  # LAOM's Table 7: 0.001 on cheetah-run, 0.01 elsewhere
+    assert note == "laom-sup trains on cheetah-run with --sup-coef 0.01; its paper used --sup-coef 0.001 on this task"
+    assert task_note(cfg("laom-sup", labels=2), {"domain_name": "walker", "task_name": "run"}) is None
+    assert task_note(cfg("laom-sup", labels=2, sup_coef=0.001), cheetah) is None
+    assert task_note(cfg("laom"), cheetah) is None and task_note(cfg("laom-sup", labels=2), {}) is None
+    import h5py
+
+    data = write_toy(tmp_path / "toy.h5")
+    with h5py.File(data, "a") as f:
+        f.attrs.update(domain_name="cheetah", task_name="run")
+    pretrain(small_cfg("laom-sup", data, tmp_path / "run", updates=1))
+    assert "its paper used --sup-coef 0.001 on this task" in capsys.readouterr().err

@@ -156,6 +156,24 @@ def resolve_with_origin(explicit: Mapping[str, Any], sources: Mapping[Any, Mappi
     return out
 
 
+PAPER_TASK_VALUES: dict[tuple[str, str], dict[str, Any]] = {("laom-sup", "cheetah-run"): {"sup_coef": 0.001}}
+"""Values a paper used on one task only ((method, task) -> fields): LAOM's Table 7 supervision weight."""
+
+
+def task_note(cfg: "PretrainConfig", meta: Mapping[str, Any]) -> str | None:
+    """A one-line note when data of a task (their file attrs `meta`: domain_name-task_name) train a method with a
+    value other than the one its paper used on that task (PAPER_TASK_VALUES; a value given on the command line that
+    equals the field's default cannot be told from it, and is noted too)."""
+    task = f"{meta.get('domain_name')}-{meta.get('task_name')}"
+    paper = PAPER_TASK_VALUES.get((cfg.method, task), {})
+    differs = {k: v for k, v in paper.items() if getattr(cfg, k) != v}
+    if not differs:
+        return None
+    given = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in differs)
+    wanted = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in differs.items())
+    return f"{cfg.method} trains on {task} with {given}; its paper used {wanted} on this task"
+
+
 def recipe_at_preset(recipe: str, preset: str, method: str) -> dict[str, Any]:
     """The values `recipe` holds for `method` at `preset` only (RECIPE_PRESETS)."""
     return RECIPE_PRESETS.get(recipe, {}).get(preset, {}).get(method, {})

@@ -32,7 +32,7 @@ from masklam.locks import output_lock
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, check_same_data, load_train_state, save_checkpoint
 from masklam.train.config import (OMITTED_DEFAULTS, PIXEL, RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig,
-                                  suite_note)
+                                  suite_note, task_note)
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
 from masklam.train.precision import autocast, bf16_active
@@ -206,9 +206,9 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
     uses_masks = cfg.method == "masklam" or bool(cfg.mask_channel)  # in the loss, or as an input channel
     data = load_dataset(cfg.data, mask_key=cfg.mask_key if uses_masks else None, progress=cfg.progress and ctx.is_main,
                         observations=cfg.observations, episode_length=cfg.episode_length)
-    note = suite_note(cfg, data.meta)
-    if note and ctx.is_main:
-        note_once(("suite", str(cfg.out)), note)
+    for kind, note in (("suite", suite_note(cfg, data.meta)), ("task", task_note(cfg, data.meta))):
+        if note and ctx.is_main:  # a preset or value chosen for other data than these
+            note_once((kind, str(cfg.out)), note)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
     if data.action_dim or (cfg.method in PIXEL and cfg.recon_samples > 0):
