@@ -141,3 +141,55 @@ def test_laom_sups_cheetah_run_weight_is_noted(write_toy, small_cfg, tmp_path, c
         f.attrs.update(domain_name="cheetah", task_name="run")
     pretrain(small_cfg("laom-sup", data, tmp_path / "run", updates=1))
     assert "its paper used --sup-coef 0.001 on this task" in capsys.readouterr().err
+
+
+def test_laoms_latent_policy_is_its_actor_with_table_4s_parameter_count():
+    from masklam.downstream.bc import LAOM_LATENT_BC, BCConfig
+    from masklam.downstream.policy import ImagePolicy, PolicyConfig
+
+    with torch.device("meta"):  # Table 4 "BC": IMPALA x32 on a 3-frame stack -> latent 8192
+        assert count(ImagePolicy(PolicyConfig(8192, 6, 3, 64, 32, 2, 0, arch="laom"))) == 107_541_504
+    torch.manual_seed(0)
+    policy = ImagePolicy(PolicyConfig(5, 2, 1, 16, 1, 1, 0, arch="laom"))
+    assert policy.head[-1].in_features == policy.encoder.out_channels  # pooled, not the flattened map
+    w = policy.head[-1].weight.detach()
+    assert torch.allclose(w @ w.T, torch.eye(5), atol=1e-5)  # orthogonal init
+    x = np.full((2, 1, 16, 16, 3), 255, np.uint8)
+    assert policy.frames(x).max() == 1.0 and policy.frames(x * 0).min() == -1.0  # 2 x/255 - 1
+    feats = policy.features(policy.frames(x))  # global average pool, then ReLU6
+    assert feats.shape == (2, policy.encoder.out_channels) and feats.min() >= 0 and feats.max() <= 6
+    fmap = policy.encoder(policy.frames(x))  # (2, C, 2, 2)
+    assert torch.allclose(feats, torch.clamp(fmap.mean(dim=(2, 3)), 0, 6))
+    assert torch.allclose(policy.predict(x), policy.head[-1](feats))
+    with pytest.raises(MasklamError, match="hidden must be 0"):
+        PolicyConfig(5, 2, hidden=256, arch="laom")
+    with pytest.raises(MasklamError, match="pass --hidden 0"):
+        BCConfig(data=("x.h5",), out="o", target="action", arch="laom")
+    assert LAOM_LATENT_BC == dict(arch="laom", hidden=0, standardize=False, schedule="linear")
+
+
+def test_laoms_decoder_uses_relu6_and_decays_linearly(write_toy, small_cfg, tmp_path):
+    from masklam.downstream.bc import LAOM_LATENT_BC, BCConfig, train_bc
+    from masklam.downstream.decode import LAOM_DECODER, DecodeConfig, train_decoder
+    from masklam.downstream.decoder import ActionDecoder
+    from masklam.train.schedule import lr_factor
+
+    dec = ActionDecoder(4, 2, relu6=True)
+    assert sum(isinstance(m, nn.ReLU6) for m in dec.modules()) == 2 and not any(isinstance(m, nn.ReLU)
+                                                                                 for m in dec.modules())
+    dec.save_pretrained(tmp_path / "dec")
+    assert sum(isinstance(m, nn.ReLU6) for m in ActionDecoder.from_pretrained(tmp_path / "dec").modules()) == 2
+    assert [lr_factor(s, 4, 0.0, "linear") for s in range(4)] == [1.0, 0.75, 0.5, 0.25]  # its linear decay
+    assert LAOM_DECODER == dict(layers=3, hidden=256, relu6=True, schedule="linear")
+    from masklam.train.pretrain import pretrain
+
+    toy = write_toy(tmp_path / "toy.h5")  # LAOM's downstream: its actor regresses a LAM's latents, then a decoder
+    pretrain(small_cfg("laom", toy, tmp_path / "lam", updates=2, recipe="authors", heldout=0.2))
+    bc = dict(data=(toy,), target="latent", lam=tmp_path / "lam", frame_stack=3, batch_size=16, updates=3, heldout=0.2)
+    train_bc(BCConfig(out=tmp_path / "bc", **bc, **LAOM_LATENT_BC), progress=False)
+    from masklam.downstream.policy import ImagePolicy
+
+    assert ImagePolicy.from_pretrained(tmp_path / "bc").cfg.arch == "laom"
+    train_decoder(DecodeConfig(policy=tmp_path / "bc", data=(toy,), out=tmp_path / "d", labels=2, updates=3,
+                               **LAOM_DECODER), progress=False)
+    assert sum(isinstance(m, nn.ReLU6) for m in ActionDecoder.from_pretrained(tmp_path / "d").modules()) == 2

@@ -50,6 +50,11 @@ AUTHORS_LATENT_BC: dict[str, Any] = dict(standardize=False, optimizer="adamw", l
 """Latent BC as MaskLAM's authors train it (their stage 2): targets not standardised, AdamW 4e-4, cosine, and a
 latent policy whose head is one Linear from the encoder's map (their ImpalaCNNBackbone: no hidden layer)."""
 
+LAOM_LATENT_BC: dict[str, Any] = dict(arch="laom", hidden=0, standardize=False, schedule="linear")
+"""Latent BC as LAOM's code trains it (docs/laom-vs-code.md): its Actor, raw latent targets, the learning rate
+decayed linearly to 0; its Adam at 1e-4, 10 epochs and batch 512 are our defaults, its encoder scale 32 a scale
+(`--encoder-scale 32`)."""
+
 
 @dataclass
 class BCConfig:
@@ -78,14 +83,18 @@ class BCConfig:
     hidden: int = 256
     """width of the MLP head's hidden layer (0: none, one Linear from the encoder's map: the authors' latent
     policy)"""
+    arch: Literal["ours", "laom"] = "ours"
+    """the policy network: ours (IMPALA encoder, flattened map, MLP head) or laom (LAOM's code's Actor: strided
+    ReLU6 encoder, global average pooling, ReLU6, one Linear, orthogonal init, pixels 2 x/255 - 1; needs --hidden
+    0)"""
     batch_size: int = 512
     """windows per update"""
     lr: float = 1e-4
     """learning rate"""
     optimizer: Literal["adam", "adamw"] = "adam"
     """adam, or adamw (weight decay 0.01, torch's default; the authors' latent policy)"""
-    schedule: Literal["constant", "cosine"] = "constant"
-    """learning rate over the run: constant, or cosine to 0 (the authors')"""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """learning rate over the run: constant, linear to 0 (LAOM's code) or cosine to 0 (MaskLAM's authors')"""
     epochs: float = 10.0
     """passes over the training frames (ignored when updates is set)"""
     updates: int | None = None
@@ -123,6 +132,8 @@ class BCConfig:
         check_at_least(1, frame_stack=self.frame_stack, encoder_scale=self.encoder_scale,
                        num_res_blocks=self.num_res_blocks, batch_size=self.batch_size, save_every=self.save_every)
         check_at_least(0, hidden=self.hidden)
+        if self.arch == "laom" and self.hidden:
+            raise MasklamError(f"--arch laom (LAOM's policy) has no hidden layer: pass --hidden 0, not {self.hidden}")
         check_at_least(0, strictly=True, lr=self.lr, epochs=self.epochs)
         if self.updates is not None and self.updates < 1:
             raise MasklamError(f"updates must be >= 1, got {self.updates}")
@@ -166,7 +177,7 @@ def _setup(cfg: BCConfig, device: torch.device, progress: bool) -> _Setup:
     pcfg = PolicyConfig(data.action_dim if out_dim < 0 else out_dim, data.action_dim, cfg.frame_stack, img_hw,
                         cfg.encoder_scale, cfg.num_res_blocks, cfg.hidden, cfg.pair_input,
                         "action" if cfg.target == "idm" else cfg.target,
-                        env_meta_of(dict(data.meta), cfg.env_overrides))
+                        env_meta_of(dict(data.meta), cfg.env_overrides), cfg.arch)
     n_frames = int(sum(data.traj_lengths[i] - 1 for i in train_ids))
     updates = cfg.updates or max(1, math.ceil(cfg.epochs * n_frames / cfg.batch_size))
     return _Setup(data, train_ids, heldout_ids, sampler, target_fn, frames, mask_key is not None, pcfg, updates)

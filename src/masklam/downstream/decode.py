@@ -37,6 +37,11 @@ AUTHORS_DECODER: dict[str, object] = dict(input_relu=True, layers=3, hidden=256,
 (2 hidden of 256 and the output, which starts orthogonal with gain 0.01 and a zero bias: their ActionHead), AdamW
 1e-3 with a cosine schedule, gradient norm clipped to 1."""
 
+LAOM_DECODER: dict[str, object] = dict(layers=3, hidden=256, relu6=True, schedule="linear")
+"""The action decoder as LAOM's code trains it (docs/laom-vs-code.md): 3 Linear layers (two hidden of 256) with
+ReLU6 between, the learning rate decayed linearly to 0; its Adam at 3e-4, 2500 updates and batch 512 are our
+defaults."""
+
 
 @dataclass
 class DecodeConfig:
@@ -61,10 +66,12 @@ class DecodeConfig:
     """learning rate"""
     optimizer: Literal["adam", "adamw"] = "adam"
     """adam, or adamw (weight decay 0.01; the authors' decoder)"""
-    schedule: Literal["constant", "cosine"] = "constant"
-    """learning rate over the run: constant, or cosine to 0 (the authors')"""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """learning rate over the run: constant, linear to 0 (LAOM's code) or cosine to 0 (MaskLAM's authors')"""
     grad_clip: float | None = None
     """clip the gradient norm to this value (the authors': 1; None: no clipping)"""
+    relu6: bool = False
+    """ReLU6 between the layers instead of ReLU (LAOM's code's decoder)"""
     input_relu: bool = False
     """apply a ReLU to the decoder's input first (the authors' decoder)"""
     head_gain: float | None = None
@@ -136,6 +143,7 @@ def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, 
     decoder, mse = fit_decoder(z.to(device), a.to(device), cfg.updates, cfg.batch_size, cfg.lr, cfg.hidden,
                                cfg.seed, progress, cfg.layers, cfg.input, optimizer=cfg.optimizer,
                                schedule=cfg.schedule, grad_clip=cfg.grad_clip, input_relu=cfg.input_relu,
+                               relu6=cfg.relu6,
                                head_gain=cfg.head_gain)
     if source is not None:
         decoder.dims["source"] = source

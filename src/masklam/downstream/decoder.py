@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from masklam.downstream.policy import ImagePolicy
 from masklam.errors import MasklamError
-from masklam.models.encoder import frames_to_tensor
 from masklam.models.pretrained import Pretrained
 from masklam.train.schedule import lr_factor, make_optimizer, set_lr
 
@@ -37,7 +36,7 @@ class ActionDecoder(Pretrained, nn.Module):
 
     def __init__(self, latent_dim: int, action_dim: int, hidden: int = 256, layers: int = 3,
                  input: str = "latent", input_relu: bool = False, source: str | None = None,
-                 head_gain: float | None = None) -> None:
+                 head_gain: float | None = None, relu6: bool = False) -> None:
         super().__init__()
         if layers < 2:
             raise MasklamError(f"decoder layers must be >= 2, got {layers}")
@@ -49,12 +48,14 @@ class ActionDecoder(Pretrained, nn.Module):
             self.dims["input_relu"] = True
         if head_gain is not None:  # how its output layer started (the authors': 0.01); recorded only when set
             self.dims["head_gain"] = head_gain
+        if relu6:  # LAOM's decoder's activation; recorded only when on
+            self.dims["relu6"] = True
         if source is not None:  # what its latents come from ("lam:<run dir>" for `masklam decode --lam`)
             self.dims["source"] = source
         sizes = [latent_dim] + [hidden] * (layers - 1)
         mods: list[nn.Module] = [nn.ReLU()] if input_relu else []
         for a, b in zip(sizes[:-1], sizes[1:]):
-            mods += [nn.Linear(a, b), nn.ReLU()]
+            mods += [nn.Linear(a, b), nn.ReLU6() if relu6 else nn.ReLU()]
         self.net = nn.Sequential(*mods, nn.Linear(sizes[-1], action_dim))
         if head_gain is not None:  # the authors' ActionHead: orthogonal with a small gain, bias 0
             nn.init.orthogonal_(self.net[-1].weight, gain=head_gain)
@@ -80,8 +81,7 @@ def policy_features(policy: ImagePolicy, obs: np.ndarray | torch.Tensor, input: 
     """What a decoder reads from the frozen policy for (B, F, H, W, 3) frames: its predicted latent (B, D), its
     last hidden layer (B, hidden), or both concatenated."""
     check_decoder_input(policy, input)
-    flat = policy.encoder.flat(frames_to_tensor(obs, policy.device))  # (B, flat_dim)
-    h = policy.head[:-1](flat)  # (B, hidden), after ReLU (with hidden 0: the map itself, not used)
+    h = policy.features(policy.frames(obs))  # (B, hidden), after ReLU (with hidden 0: the map itself, not used)
     z = policy.head[-1](h)  # (B, D)
     parts = {"latent": [z], "hidden": [h], "latent+hidden": [z, h]}[input]
     return torch.cat(parts, dim=1).float()
@@ -104,8 +104,9 @@ def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 250
                 lr: float = 3e-4, hidden: int = 256, seed: int = 0, progress: bool = False, layers: int = 3,
                 input: str = "latent", optimizer: str = "adam", schedule: str = "constant",
                 grad_clip: float | None = None, input_relu: bool = False,
-                head_gain: float | None = None) -> tuple[ActionDecoder, float]:
-    """Fit an ActionDecoder on (N, D) latents -> (N, A) actions (Adam or AdamW, constant or cosine learning rate,
+                head_gain: float | None = None, relu6: bool = False) -> tuple[ActionDecoder, float]:
+    """Fit an ActionDecoder on (N, D) latents -> (N, A) actions (Adam or AdamW, constant, linear or cosine learning
+    rate,
     optional gradient clipping; `head_gain`: the output layer orthogonal with this gain and a zero bias, else
     PyTorch's default init); returns it and its last batch MSE."""
     if latents.ndim != 2 or actions.ndim != 2 or len(latents) != len(actions) or len(latents) == 0:
@@ -115,7 +116,7 @@ def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 250
     with torch.random.fork_rng(devices=[]):  # initial weights from seed, global generator untouched
         torch.manual_seed(seed)
         decoder = ActionDecoder(latents.shape[1], actions.shape[1], hidden, layers, input, input_relu,
-                                head_gain=head_gain).to(latents.device)
+                                head_gain=head_gain, relu6=relu6).to(latents.device)
     opt = make_optimizer(decoder, optimizer, lr)
     loss = torch.zeros(())
     for step in tqdm(range(updates), desc="decoder", unit="update", disable=not progress):

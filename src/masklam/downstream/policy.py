@@ -1,8 +1,10 @@
 """The image policy network of every regression target: `PolicyConfig` and `ImagePolicy`.
 
-`ImagePolicy` = IMPALA encoder + a 2-layer MLP head (one Linear with `hidden` 0: the authors'), regressing a
-target vector from a frame stack (a LAM latent, a true action, an IDM relabel; see `masklam.downstream.targets`).
-With `pair_input` it sees (o_t, o_{t+1}) and is an inverse dynamics model. Saved with the `Pretrained` contract:
+`ImagePolicy` = IMPALA encoder + a 2-layer MLP head (one Linear with `hidden` 0: MaskLAM's authors'), or with
+`arch="laom"` LAOM's code's Actor (its strided ReLU6 encoder, global average pooling, ReLU6 and one Linear,
+orthogonal init, pixels 2 x/255 - 1; docs/laom-vs-code.md), regressing a target vector from a frame stack (a LAM
+latent, a true action, an IDM relabel; see `masklam.downstream.targets`). With `pair_input` it sees (o_t, o_{t+1})
+and is an inverse dynamics model. Saved with the `Pretrained` contract:
 config.json is `asdict(PolicyConfig)`.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from masklam.errors import MasklamError
-from masklam.models.encoder import ImpalaEncoder, frames_to_tensor
+from masklam.models.encoder import ImpalaEncoder, frames_to_tensor, init_orthogonal
 from masklam.models.pretrained import Pretrained
 
 
@@ -45,10 +47,17 @@ class PolicyConfig:
     """what the output is: 'latent' (needs an action decoder) or 'action'"""
     env_meta: dict[str, Any] = field(default_factory=dict)
     """task and env kwargs of the training data, for evaluation"""
+    arch: str = "ours"
+    """ours (IMPALA encoder, flattened map, MLP head) or laom (LAOM's code's Actor: strided ReLU6 encoder, global
+    average pooling, ReLU6, one Linear; orthogonal init; pixels 2 x/255 - 1; hidden must be 0)"""
 
     def __post_init__(self) -> None:
         if self.hidden < 0:
             raise MasklamError(f"policy hidden width must be >= 0 (0: a linear head), got {self.hidden}")
+        if self.arch not in ("ours", "laom"):
+            raise MasklamError(f"policy arch must be ours or laom, got {self.arch!r}")
+        if self.arch == "laom" and self.hidden:
+            raise MasklamError(f"LAOM's policy (arch laom) has no hidden layer: hidden must be 0, got {self.hidden}")
 
 
 class ImagePolicy(Pretrained, nn.Module):
@@ -61,9 +70,15 @@ class ImagePolicy(Pretrained, nn.Module):
         super().__init__()
         self.cfg = cfg
         frames = cfg.frame_stack * (2 if cfg.pair_input else 1)
-        self.encoder = ImpalaEncoder(3 * frames, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
-        hidden: list[nn.Module] = [nn.Linear(self.encoder.flat_dim, cfg.hidden), nn.ReLU()] if cfg.hidden else []
-        self.head = nn.Sequential(*hidden, nn.Linear(cfg.hidden or self.encoder.flat_dim, cfg.out_dim))
+        self.laom = cfg.arch == "laom"
+        self.encoder = ImpalaEncoder(3 * frames, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks,
+                                     style="laom" if self.laom else "impala")
+        if self.laom:  # LAOM's Actor: pooled map -> ReLU6 -> Linear
+            self.head = nn.Sequential(nn.ReLU6(), nn.Linear(self.encoder.out_channels, cfg.out_dim))
+            init_orthogonal(self)
+        else:
+            hidden: list[nn.Module] = [nn.Linear(self.encoder.flat_dim, cfg.hidden), nn.ReLU()] if cfg.hidden else []
+            self.head = nn.Sequential(*hidden, nn.Linear(cfg.hidden or self.encoder.flat_dim, cfg.out_dim))
 
     def pretrained_config(self) -> dict[str, Any]:
         """config.json: the PolicyConfig as a dict."""
@@ -107,8 +122,18 @@ class ImagePolicy(Pretrained, nn.Module):
             if obs_next is None:
                 raise MasklamError("an inverse dynamics model needs (obs, obs_next)")
             obs = torch.cat([torch.as_tensor(obs), torch.as_tensor(obs_next)], dim=1)
-        x = frames_to_tensor(obs, self.device)  # (B, 3F, H, W)
-        return self.head(self.encoder.flat(x))
+        return self.head[-1](self.features(self.frames(obs)))
+
+    def frames(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, F, H, W, 3) uint8 -> (B, 3F, H, W) float as the encoder reads it ([0, 1]; LAOM's [-1, 1])."""
+        return frames_to_tensor(obs, self.device, signed=self.laom)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3F, H, W) float -> what the head's last Linear reads: the hidden layer after its ReLU (B, hidden), the
+        flattened map (hidden 0), or LAOM's pooled map after ReLU6 (B, C)."""
+        if self.laom:
+            return self.head[0](self.encoder(x).mean(dim=(2, 3)))
+        return self.head[:-1](self.encoder.flat(x))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: obs (B,F,H,W,3) uint8, [obs_next], target (B, out_dim) -> (MSE loss, info)."""
