@@ -1,4 +1,4 @@
-"""`--recipe authors` for LAOM: each place where LAOM's code differs from our first reading of its paper is its own
+"""`--recipe laom-code` for LAOM: each place where LAOM's code differs from our first reading of its paper is its own
 option, tested here (docs/laom-vs-code.md; its code: the initial release of a public copy, github.com/joon-stack/laom,
 whose parameter counts are the paper's Table 4)."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ def count(module: nn.Module) -> int:
 def test_the_authors_laom_at_the_paper_preset_has_table_4s_parameter_count(method, action_dim, table_4):
     # the paper's Table 4 (LAOM+supervision counted with humanoid-walk's 21 actions); the action and state probes
     # are ours (theirs train outside the model)
-    c = cfg(method, preset="paper", recipe="authors", **({"labels": 4} if method == "laom-sup" else {}))
+    c = cfg(method, preset="paper", recipe="laom-code", **({"labels": 4} if method == "laom-sup" else {}))
     with torch.device("meta"):
         lam = build_lam(c.lam_config(action_dim, 17, 64))
     core = count(lam) - count(lam.action_probe) - count(lam.state_probe) - count(lam.target_encoder)  # its EMA copy
@@ -41,12 +41,12 @@ def test_the_authors_laom_at_the_paper_preset_has_table_4s_parameter_count(metho
 
 
 def test_the_authors_recipe_for_laom_resolves_to_its_code():
-    c = cfg(preset="paper", recipe="authors")
+    c = cfg(preset="paper", recipe="laom-code")
     code = dict(heads="laom", head_blocks=3, encoder="laom", pixels="signed", init="orthogonal", aug_style="laom",
                 aug=True, target="ema", lr=1e-4, batch_size=512, epochs=10.0, latent_dim=8192, encoder_scale=6,
                 head_dim=1024, frame_stack=3, max_offset=10, warmup_frac=0.3, schedule="linear")
     assert {k: getattr(c, k) for k in code} == code
-    assert cfg("laom-sup", recipe="authors", labels=2).target == "ema"  # the code's; the text's is stop-grad
+    assert cfg("laom-sup", recipe="laom-code", labels=2).target == "ema"  # the code's; the text's is stop-grad
     assert cfg("laom-sup", labels=2).target == "stopgrad"
     plain = cfg(recipe="paper")  # MaskLAM's paper recipe leaves LAOM as it is
     assert (plain.heads, plain.encoder, plain.pixels, plain.aug_style) == ("ours", "impala", "unit", "ours")
@@ -113,7 +113,7 @@ def test_the_authors_laom_trains(write_toy, tmp_path):
     from masklam.data import WindowSampler, load_dataset
 
     data = load_dataset(write_toy(tmp_path / "toy.h5"))
-    c = cfg("laom-sup", recipe="authors", labels=2, latent_dim=4, encoder_scale=1, head_dim=8)
+    c = cfg("laom-sup", recipe="laom-code", labels=2, latent_dim=4, encoder_scale=1, head_dim=8)
     lam = build_lam(c.lam_config(data.action_dim, data.state_dim, 16)).train()
     sampler = WindowSampler(data, np.arange(data.num_trajectories), c.frame_stack, c.max_offset)
     batch = sampler.sample(8, np.random.default_rng(0))
@@ -184,7 +184,7 @@ def test_laoms_decoder_uses_relu6_and_decays_linearly(write_toy, small_cfg, tmp_
     from masklam.train.pretrain import pretrain
 
     toy = write_toy(tmp_path / "toy.h5")  # LAOM's downstream: its actor regresses a LAM's latents, then a decoder
-    pretrain(small_cfg("laom", toy, tmp_path / "lam", updates=2, recipe="authors", heldout=0.2))
+    pretrain(small_cfg("laom", toy, tmp_path / "lam", updates=2, recipe="laom-code", heldout=0.2))
     bc = dict(data=(toy,), target="latent", lam=tmp_path / "lam", frame_stack=3, batch_size=16, updates=3, heldout=0.2)
     train_bc(BCConfig(out=tmp_path / "bc", **bc, **LAOM_LATENT_BC), progress=False)
     from masklam.downstream.policy import ImagePolicy
@@ -193,3 +193,64 @@ def test_laoms_decoder_uses_relu6_and_decays_linearly(write_toy, small_cfg, tmp_
     train_decoder(DecodeConfig(policy=tmp_path / "bc", data=(toy,), out=tmp_path / "d", labels=2, updates=3,
                                **LAOM_DECODER), progress=False)
     assert sum(isinstance(m, nn.ReLU6) for m in ActionDecoder.from_pretrained(tmp_path / "d").modules()) == 2
+
+
+def test_laoms_options_stay_with_laom_in_a_sweep_and_on_disk(tmp_path):
+    from masklam.downstream.decoder import ActionDecoder
+    from masklam.downstream.policy import ImagePolicy, PolicyConfig
+    from masklam.downstream.stages import pretrain_conf, recipe_applies
+    from masklam.train.config import options_for, suite_note
+
+    # a sweep's [pretrain] serves pixel LAMs and LAOM: each takes only the pixel values that are its own
+    assert options_for("laom", {"pixels": "centered"}) == {} and options_for("lapo", {"pixels": "signed"}) == {}
+    assert options_for("laom", {"pixels": "unit"}) == {}  # LAOM's stage keys as before pixels applied to it
+    assert options_for("laom-sup", {"pixels": "signed"}) == {"pixels": "signed"}
+    assert options_for("masklam", {"pixels": "centered"}) == {"pixels": "centered"}
+    # MaskLAM's authors' recipe (the quickstart's --recipe authors, with their downstream) leaves LAOM as it was
+    assert not recipe_applies("laom", "authors") and recipe_applies("laom-sup", "laom-code")
+    assert not recipe_applies("masklam", "laom-code")
+    assert "recipe" not in pretrain_conf("laom", ["d.h5"], 8, 0, 0, {"recipe": "authors"})
+    # the Meta-World values given explicitly at --preset paper: nothing to note
+    given = cfg("masklam", recipe="authors", preset="paper", lr=3e-4, batch_size=128, epochs=4.0)
+    assert suite_note(given, {"domain_name": "mw"}) is None
+    # directories in LAOM's layouts are format 3: an older masklam refuses them in one line
+    lam = build_lam(LAMConfig(method="laom", action_dim=2, state_dim=3, img_hw=16, frame_stack=1, latent_dim=4,
+                              head_dim=8, head_blocks=1, heads="laom"))
+    plain = build_lam(LAMConfig(method="laom", action_dim=2, state_dim=3, img_hw=16, frame_stack=1, latent_dim=4,
+                                head_dim=8, head_blocks=1))
+    policy, ours = (ImagePolicy(PolicyConfig(4, 2, 1, 16, 1, 1, 0, arch=a)) for a in ("laom", "ours"))
+    formats = [m.pretrained_format() for m in (lam, plain, policy, ours, ActionDecoder(4, 2, relu6=True),
+                                                ActionDecoder(4, 2))]
+    assert formats == [3, 1, 3, 1, 3, 1]
+    assert build_lam(LAMConfig(method="laom", action_dim=2, state_dim=3, img_hw=16, frame_stack=1, latent_dim=4,
+                               head_dim=8, head_blocks=1, pixels="signed")).pretrained_format() == 3
+
+
+def test_a_bc_run_from_before_arch_resumes_only_as_ours(write_toy, tmp_path, monkeypatch):
+    import json
+
+    from masklam.data import WindowSampler
+    from masklam.downstream.bc import BCConfig, train_bc
+
+    toy = write_toy(tmp_path / "toy.h5")
+    conf = dict(data=(toy,), out=tmp_path / "bc", target="action", frame_stack=1, batch_size=8, updates=6,
+                save_every=2, heldout=0.2, hidden=0)
+    orig, calls = WindowSampler.sample, {"n": 0}
+
+    def cut(self, batch_size, rng):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return orig(self, batch_size, rng)
+
+    with monkeypatch.context() as m:
+        m.setattr(WindowSampler, "sample", cut)
+        with pytest.raises(KeyboardInterrupt):
+            train_bc(BCConfig(**conf), progress=False)
+    record = tmp_path / "bc" / "resume" / "config.json"
+    old = json.loads(record.read_text())
+    del old["arch"]  # as a run started before the option existed wrote it
+    record.write_text(json.dumps(old))
+    with pytest.raises(MasklamError, match="arch='ours', not 'laom'"):
+        train_bc(BCConfig(**conf, arch="laom"), progress=False)
+    train_bc(BCConfig(**conf), progress=False)  # resumes as what it was

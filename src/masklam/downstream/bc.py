@@ -189,7 +189,7 @@ def _resume(cfg: BCConfig, model: ImagePolicy, opt: torch.optim.Optimizer, rng: 
     and the training loss of the update before it (NaN: none)."""
     run_dir = cfg.out / RESUME_DIR
     run_cfg = config_record(cfg)
-    check_resumable(run_dir, run_cfg, RESUMABLE_CHANGES)
+    check_resumable(run_dir, run_cfg, RESUMABLE_CHANGES, {"arch": "ours"})  # runs before 2026-12-06 had no arch
     write_json(run_dir / "config.json", run_cfg, indent=1)
     st = load_train_state(run_dir, device)
     if st is None:

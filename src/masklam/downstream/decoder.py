@@ -65,6 +65,10 @@ class ActionDecoder(Pretrained, nn.Module):
         """config.json: the dims dict."""
         return dict(self.dims)
 
+    def pretrained_format(self) -> int:
+        """3 with ReLU6 (LAOM's decoder), else 1."""
+        return 3 if self.dims.get("relu6") else 1
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ActionDecoder":
         """A fresh decoder for a dims dict (a bad value is a one-line MasklamError); a dict without `layers` is a

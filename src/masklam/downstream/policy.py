@@ -84,6 +84,10 @@ class ImagePolicy(Pretrained, nn.Module):
         """config.json: the PolicyConfig as a dict."""
         return dataclasses.asdict(self.cfg)
 
+    def pretrained_format(self) -> int:
+        """3 for LAOM's Actor (an older masklam would build ours), else 1."""
+        return 3 if self.laom else 1
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ImagePolicy":
         """A fresh policy; keys PolicyConfig no longer has (e.g. the old target_mean/target_std) are dropped."""

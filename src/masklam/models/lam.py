@@ -20,7 +20,7 @@
   the paper's text as we first read it in four places, each an option (docs/laom-vs-code.md): `heads="laom"`
   (its head layout, models.heads.ProjectedMLP), `encoder="laom"` (strided convs, ReLU6, no final activation),
   `pixels="signed"` (2 x/255 - 1) and `aug_style="laom"` (its 1-of-8 augmentations, models.augment); with
-  `init="orthogonal"` they make `--recipe authors` for LAOM.
+  `init="orthogonal"` they make `--recipe laom-code`.
 
 Every model: `forward(batch) -> (loss, info)` where batch holds `obs_t, obs_t1, obs_tk (B,F,H,W,3) uint8`
 (or float (B,3F,H,W)), optional masks `mask_t, mask_t1, mask_tk (B,F,H,W) bool` (the stacks' agent masks;
@@ -278,10 +278,13 @@ class LatentActionModel(Pretrained, nn.Module):
         return asdict(self.cfg)
 
     def pretrained_format(self) -> int:
-        """2 when the LAM uses one of the authors' options, which a masklam reading format 1 would ignore."""
+        """3 when the LAM uses LAOM's code's layouts, 2 when one of MaskLAM's authors' options (which a masklam
+        reading an older format would ignore or fail on), else 1."""
         plain = LAMConfig(method=self.cfg.method, action_dim=0, state_dim=0)
+        if self.cfg.heads != plain.heads or self.cfg.encoder != plain.encoder or self.cfg.pixels == "signed":
+            return 3
         changed = any(getattr(self.cfg, k) != getattr(plain, k)
-                      for k in ("init", "pixels", "fdm_scale", "decoder", "idm_window", "heads", "encoder"))
+                      for k in ("init", "pixels", "fdm_scale", "decoder", "idm_window"))
         return 2 if changed else 1
 
     @classmethod

@@ -23,11 +23,13 @@ from masklam.files import atomic_path, read_json, write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-FORMAT = 2
+FORMAT = 3
 """the newest format of the directories this masklam writes (config.json's `masklam_format`, beside
 `masklam_version`); raise it when a change makes older masklam versions misread them. A config.json without one is
 format 1; a network writes the oldest format that holds it (`pretrained_format`), so older masklam versions still
-read what they can. 2: LAMs with the authors' options (init, pixels, FDM width, decoder, IDM window)."""
+read what they can. 2: LAMs with MaskLAM's authors' options (init, pixels, FDM width, decoder, IDM window). 3:
+LAOM's code's layouts (LAMs with its heads, encoder or signed pixels; its latent policy, `arch="laom"`; a decoder with
+ReLU6)."""
 READS = range(1, FORMAT + 1)
 """the formats this masklam reads"""
 

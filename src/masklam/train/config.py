@@ -10,7 +10,7 @@ A field left unset (None) takes its value from the highest-precedence source tha
 - the method's defaults (`masklam.methods`, registered with the model in masklam.models.lam) are its own
   paper's choices: frame stack, window offset, LAOM's augmentation and target;
 - a recipe (RECIPES, `--recipe`) fixes how a LAM learns: `paper` is MaskLAM's paper as written (lapo, masklam),
-  `authors` what each method's authors' code sets (MaskLAM's for lapo and masklam, LAOM's for laom and laom-sup);
+  `authors` what its authors' code sets (lapo, masklam), `laom-code` what LAOM's code sets (laom, laom-sup);
 - FIELD_DEFAULTS: values that no source sets.
 
 The run length is one choice made by one source: a source that sets `updates` or `epochs` clears the other,
@@ -65,7 +65,7 @@ PRESET_SUITE = {"paper": "dmc", "paper-metaworld": "metaworld"}
 #   width x4 (FDM x6), 2 epochs (RECIPE_PRESETS).
 _AUTHORS_COMMON = dict(frame_stack=3, optimizer="adamw", weight_decay=0.01, lr=6e-4, warmup_frac=0.0,
                        schedule="cosine", init="orthogonal", pixels="centered", fdm_width=1.5, decoder="authors")
-# - `authors` for laom, laom-sup: LAOM's code (github.com/joon-stack/laom's initial release, whose parameter counts
+# - `laom-code` for laom, laom-sup: LAOM's code (github.com/joon-stack/laom's initial release, whose parameter counts
 #   are the paper's Table 4; docs/laom-vs-code.md): its head layout with 3 blocks, its encoder (strided convs, ReLU6,
 #   no final activation), pixels 2 x/255 - 1, orthogonal init, its 1-of-8 augmentations; laom-sup with the EMA
 #   target of its code and Table 7 (the paper's text: stop-grad). Its optimiser, sizes and run length are the
@@ -80,11 +80,13 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "authors": {
         "lapo": dict(_AUTHORS_COMMON, max_offset=1, idm_window="single", mask_channel=False),
         "masklam": dict(_AUTHORS_COMMON, max_offset=9, idm_window="pair", mask_channel=True, mask_norm="batch"),
+    },
+    "laom-code": {
         "laom": dict(_LAOM_CODE),
         "laom-sup": dict(_LAOM_CODE, target="ema"),
     },
 }
-_MASKLAM_PAPER_RUNS = {"paper": dict(epochs=2.0, batch_size=512, lr=6e-4, latent_dim=128, encoder_scale=4),
+_MASKLAM_PAPER_RUNS = {"paper": dict(epochs=2.0, batch_size=512, latent_dim=128, encoder_scale=4),
                        # their Meta-World run (facts.md, section 9): lr 3e-4, batch 128, 4 epochs
                        "paper-metaworld": dict(epochs=4.0, batch_size=128, lr=3e-4, latent_dim=128, encoder_scale=4)}
 RECIPE_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
@@ -129,9 +131,16 @@ RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_ev
                                "origins"})
 
 
+METHOD_VALUES: dict[tuple[str, str], tuple[str, ...]] = {("pixels", "unit"): PIXEL, ("pixels", "centered"): PIXEL,
+                                                       ("pixels", "signed"): LAOM}
+"""Values of a field several methods use that only some of them take (LAOM's pixels are [0, 1] by default, as
+before `pixels` applied to it: a sweep's "unit" is dropped for LAOM, its stage keys unchanged)."""
+
+
 def options_for(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of `fields` (shared by several methods, e.g. a sweep's [pretrain]) that `method` uses."""
-    return {k: v for k, v in fields.items() if method in METHOD_OPTIONS.get(k, (method,))}
+    return {k: v for k, v in fields.items() if method in METHOD_OPTIONS.get(k, (method,))
+            and method in METHOD_VALUES.get((k, v) if isinstance(v, str) else (k, ""), (method,))}
 
 
 def resolve_fields(explicit: Mapping[str, Any], sources: Sequence[Mapping[str, Any]],
@@ -193,8 +202,9 @@ def suite_note(cfg: "PretrainConfig", meta: Mapping[str, Any]) -> str | None:
     if PRESET_SUITE[cfg.preset] == suite:
         return None
     other = next(p for p, s in PRESET_SUITE.items() if s == suite)
-    here, there = (recipe_at_preset(cfg.recipe, p, cfg.method) for p in (cfg.preset, other))
-    differs = {k: v for k, v in there.items() if here.get(k) != v}
+    recipe = RECIPES.get(cfg.recipe, {}).get(cfg.method, {})
+    here, there = ({**recipe, **recipe_at_preset(cfg.recipe, p, cfg.method)} for p in (cfg.preset, other))
+    differs = {k: v for k, v in there.items() if here.get(k) != v and getattr(cfg, k) != v}  # not given already
     if not differs:
         return None
     values = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in differs.items())
@@ -223,14 +233,14 @@ class PretrainConfig:
     """the scale of unset fields: cpu-small (minutes on 2 CPU cores), h100 (one H100), paper (the papers'
     values, their control-suite runs), paper-metaworld (the same; with --recipe authors their Meta-World run: lr
     3e-4, batch 128, 4 epochs); explicit values, the recipe and the method's defaults win over it"""
-    recipe: Literal["default", "paper", "authors"] = "default"
+    recipe: Literal["default", "paper", "authors", "laom-code"] = "default"
     """how a LAM learns: default (the method's defaults: frame stack 1, k = 1 for lapo/masklam), paper (MaskLAM's
-    paper as written, for lapo/masklam: frame stack 1, k = 1, LAOM's hyper-parameters) or authors (each method's
-    authors' code. MaskLAM's for lapo/masklam: frame stack 3, k in 1..9 and a mask input channel for masklam, one
-    window o_{t-2..t+1} for lapo, orthogonal init, centred pixels and tanh output, a 1.5x wider FDM with their
-    decoder, AdamW 6e-4 cosine, no warm-up. LAOM's for laom/laom-sup: its head layout with 3 blocks, strided
-    ReLU6 encoder, pixels in [-1, 1], orthogonal init, its 1-of-8 augmentations, an EMA target for laom-sup;
-    README, "Recipes"); explicit values win over it"""
+    paper as written, for lapo/masklam: frame stack 1, k = 1, LAOM's hyper-parameters), authors (MaskLAM's
+    authors' code, for lapo/masklam: frame stack 3, k in 1..9 and a mask input channel for masklam, one window
+    o_{t-2..t+1} for lapo, orthogonal init, centred pixels and tanh output, a 1.5x wider FDM with their decoder,
+    AdamW 6e-4 cosine, no warm-up) or laom-code (LAOM's code, for laom/laom-sup: its head layout with 3 blocks,
+    strided ReLU6 encoder, pixels in [-1, 1], orthogonal init, its 1-of-8 augmentations, an EMA target for
+    laom-sup); README, "Recipes"; explicit values win over it"""
 
     updates: int | None = None
     """optimiser updates (default: the preset's; the paper preset derives them from --epochs)"""

@@ -422,7 +422,7 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
 
 
 def main(argv: list[str]) -> int:
-    """`masklam pretrain --method M --data F.h5 --out DIR [--preset cpu-small|paper] [--recipe R] [...]`."""
+    """`masklam pretrain --method M --data F.h5 --out DIR [--preset P] [--recipe R] [...]`."""
     cfg = parse(PretrainConfig, argv)
     if cfg.recipe in RECIPE_NOTICE:
         print(RECIPE_NOTICE[cfg.recipe], file=sys.stderr)
