@@ -5,11 +5,15 @@
   (`render_square.side`: the square's side);
 - `small_cfg(method, data, out, **kw)`: a PretrainConfig of a few updates;
 - `write_toy(path, ...)`: frames of uniform brightness whose actions are an inverse-dynamics quantity and a
-  quantity readable from o_t.
+  quantity readable from o_t;
+- `cut_sampling(at)`: a context in which the `at`-th WindowSampler batch raises KeyboardInterrupt (a run stopped
+  mid-way, as Ctrl-C stops it).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -121,3 +125,27 @@ def small_cfg():
 @pytest.fixture(scope="session")
 def write_toy():
     return _write_toy
+
+
+@contextlib.contextmanager
+def _cut_sampling(at: int) -> Iterator[None]:
+    from masklam.data import WindowSampler
+
+    orig, calls = WindowSampler.sample, {"n": 0}
+
+    def cut(self, batch_size, rng):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return orig(self, batch_size, rng)
+
+    WindowSampler.sample = cut
+    try:
+        yield
+    finally:
+        WindowSampler.sample = orig
+
+
+@pytest.fixture(scope="session")
+def cut_sampling():
+    return _cut_sampling

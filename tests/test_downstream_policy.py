@@ -60,22 +60,11 @@ def test_bc_learns_readable_action_and_roundtrips(toy: Path, tmp_path: Path) -> 
     np.testing.assert_array_equal(load_policy(tmp_path / "bc").select_action(obs), act)
 
 
-def test_bc_resume_matches_uninterrupted(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bc_resume_matches_uninterrupted(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        cut_sampling) -> None:
     train_bc(_cfg(toy, tmp_path / "full", updates=12, save_every=4), progress=False)
-    from masklam.data import WindowSampler
-
-    orig, calls = WindowSampler.sample, {"n": 0}
-
-    def flaky(self, batch_size, rng):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return orig(self, batch_size, rng)
-
-    monkeypatch.setattr(WindowSampler, "sample", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with cut_sampling(7), pytest.raises(KeyboardInterrupt):
         train_bc(_cfg(toy, tmp_path / "cut", updates=12, save_every=4), progress=False)
-    monkeypatch.setattr(WindowSampler, "sample", orig)
     assert torch.load(tmp_path / "cut" / "resume" / "train_state.pt", weights_only=False)["step"] == 4
     train_bc(_cfg(toy, tmp_path / "cut", updates=12, save_every=4), progress=False)
     a, b = ImagePolicy.from_pretrained(tmp_path / "full"), ImagePolicy.from_pretrained(tmp_path / "cut")

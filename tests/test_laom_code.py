@@ -226,27 +226,16 @@ def test_laoms_options_stay_with_laom_in_a_sweep_and_on_disk(tmp_path):
                                head_dim=8, head_blocks=1, pixels="signed")).pretrained_format() == 3
 
 
-def test_a_bc_run_from_before_arch_resumes_only_as_ours(write_toy, tmp_path, monkeypatch):
+def test_a_bc_run_from_before_arch_resumes_only_as_ours(write_toy, tmp_path, cut_sampling):
     import json
 
-    from masklam.data import WindowSampler
     from masklam.downstream.bc import BCConfig, train_bc
 
     toy = write_toy(tmp_path / "toy.h5")
     conf = dict(data=(toy,), out=tmp_path / "bc", target="action", frame_stack=1, batch_size=8, updates=6,
                 save_every=2, heldout=0.2, hidden=0)
-    orig, calls = WindowSampler.sample, {"n": 0}
-
-    def cut(self, batch_size, rng):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return orig(self, batch_size, rng)
-
-    with monkeypatch.context() as m:
-        m.setattr(WindowSampler, "sample", cut)
-        with pytest.raises(KeyboardInterrupt):
-            train_bc(BCConfig(**conf), progress=False)
+    with cut_sampling(5), pytest.raises(KeyboardInterrupt):
+        train_bc(BCConfig(**conf), progress=False)
     record = tmp_path / "bc" / "resume" / "config.json"
     old = json.loads(record.read_text())
     del old["arch"]  # as a run started before the option existed wrote it
