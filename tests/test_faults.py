@@ -412,7 +412,7 @@ def test_a_checkpoint_of_an_unknown_format_names_the_version(tmp_path: Path) -> 
     assert raw["masklam_format"] == 1 and "masklam_version" in raw
     ImagePolicy.from_pretrained(d)  # its own format reads back
     (d / "config.json").write_text(json.dumps({**raw, "masklam_format": 9, "masklam_version": "9.0"}))
-    with pytest.raises(MasklamError, match=r"written by masklam 9.0 \(format 9\); this masklam .* reads format 1..2"):
+    with pytest.raises(MasklamError, match=r"written by masklam 9.0 \(format 9\); this masklam .* reads format 1..3"):
         ImagePolicy.from_pretrained(d)
     del raw["masklam_format"], raw["masklam_version"]  # written before the field existed: format 1
     (d / "config.json").write_text(json.dumps(raw))
