@@ -110,9 +110,8 @@ def fit_decoder(latents: torch.Tensor, actions: torch.Tensor, updates: int = 250
                 grad_clip: float | None = None, input_relu: bool = False,
                 head_gain: float | None = None, relu6: bool = False) -> tuple[ActionDecoder, float]:
     """Fit an ActionDecoder on (N, D) latents -> (N, A) actions (Adam or AdamW, constant, linear or cosine learning
-    rate,
-    optional gradient clipping; `head_gain`: the output layer orthogonal with this gain and a zero bias, else
-    PyTorch's default init); returns it and its last batch MSE."""
+    rate, optional gradient clipping; `head_gain`: the output layer orthogonal with this gain and a zero bias, else
+    PyTorch's default init; `relu6`: ReLU6 between the layers); returns it and its last batch MSE."""
     if latents.ndim != 2 or actions.ndim != 2 or len(latents) != len(actions) or len(latents) == 0:
         raise MasklamError(f"decoder data must be (N, D) and (N, A) with N > 0, got {tuple(latents.shape)} "
                            f"and {tuple(actions.shape)}")

@@ -14,16 +14,17 @@ from torch import nn
 
 
 class ConditionedBlock(nn.Module):
-    """One residual block: (B, hidden), (B, cond_dim) -> (B, hidden)."""
+    """One residual block: (B, hidden), (B, cond_dim) -> (B, hidden); with cond_dim 0 (LAOM's code's block) it reads
+    h alone: LayerNorm(h + W2 relu6(W1 h))."""
 
-    def __init__(self, hidden: int, cond_dim: int, expansion: int = 4) -> None:
+    def __init__(self, hidden: int, cond_dim: int = 0, expansion: int = 4) -> None:
         super().__init__()
         self.fc1 = nn.Linear(hidden + cond_dim, expansion * hidden)
         self.fc2 = nn.Linear(expansion * hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        u = self.fc2(nn.functional.relu6(self.fc1(torch.cat([h, cond], dim=-1))))
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        u = self.fc2(nn.functional.relu6(self.fc1(h if cond is None else torch.cat([h, cond], dim=-1))))
         return self.norm(h + u)
 
 
@@ -43,19 +44,6 @@ class ResidualMLP(nn.Module):
         return self.out(h)
 
 
-class MLPBlock(nn.Module):
-    """(B, hidden) -> (B, hidden): LayerNorm(x + W2 relu6(W1 x)), W1 4x wide (LAOM's code's block)."""
-
-    def __init__(self, hidden: int, expansion: int = 4) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden, expansion * hidden)
-        self.fc2 = nn.Linear(expansion * hidden, hidden)
-        self.norm = nn.LayerNorm(hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.fc2(nn.functional.relu6(self.fc1(x))))
-
-
 class ProjectedMLP(nn.Module):
     """(B, cond_dim) -> (B, out_dim), LAOM's code's layout: a Linear from the whole conditioning to `hidden`, a
     block, then per further block a Linear from [h, cond[:, reread_from:]] to `hidden` and the block; a Linear out.
@@ -68,7 +56,7 @@ class ProjectedMLP(nn.Module):
         reread = cond_dim - reread_from
         self.projs = nn.ModuleList([nn.Linear(cond_dim, hidden)] +
                                    [nn.Linear(hidden + reread, hidden) for _ in range(num_blocks - 1)])
-        self.blocks = nn.ModuleList([MLPBlock(hidden) for _ in range(num_blocks)])
+        self.blocks = nn.ModuleList([ConditionedBlock(hidden) for _ in range(num_blocks)])  # blocks reading h alone
         self.out = nn.Linear(hidden, out_dim)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:

@@ -472,10 +472,9 @@ class PretrainConfig:
         if min(stage_channels(self.encoder_scale * self.fdm_width)) < 1:
             raise MasklamError(f"fdm_width {self.fdm_width} x encoder_scale {self.encoder_scale} leaves the FDM's "
                                f"first stage no channel (16 x {self.encoder_scale * self.fdm_width:g} rounds to 0)")
-        wrong = {"centered": LAOM, "signed": PIXEL}.get(self.pixels, ())
-        if self.method in wrong:
-            raise MasklamError(f"--pixels {self.pixels} is for {_METHOD_GROUPS[PIXEL if wrong == LAOM else LAOM]}, "
-                               f"not {self.method}")
+        users = {"centered": PIXEL, "signed": LAOM}.get(self.pixels)  # unit: every method
+        if users and self.method not in users:
+            raise MasklamError(f"--pixels {self.pixels} is for {_METHOD_GROUPS[users]}, not {self.method}")
         if self.idm_window == "single" and self.max_offset != 1:
             raise MasklamError(f"--idm-window single reads one window o_(t-F+1..t+1): it needs --max-offset 1, "
                                f"got {self.max_offset}")
