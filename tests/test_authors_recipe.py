@@ -195,7 +195,7 @@ def test_authors_recipe_at_the_paper_preset_is_the_authors_stage_1_config(tmp_pa
                   latent_dim=128, epochs=2.0, updates=None, encoder_scale=4, fdm_width=1.5, frame_stack=3, max_offset=9,
                   mask_channel=True, mask_norm="batch", mask_lambda=0.0, mask_target=False, mask_dilation=0,
                   init="orthogonal", pixels="centered", decoder="authors", idm_window="pair", fsq_levels=(),
-                  grad_clip=None, aug=False)
+                  grad_clip=None, aug=False, sampling="epochs")
     for name, value in stage1.items():
         assert getattr(c, name) == value, name
     model = c.lam_config(6, 17, 64)

@@ -44,8 +44,9 @@ def test_the_authors_recipe_for_laom_resolves_to_its_code():
     c = cfg(preset="paper", recipe="laom-code")
     code = dict(heads="laom", head_blocks=3, encoder="laom", pixels="signed", init="orthogonal", aug_style="laom",
                 aug=True, target="ema", lr=1e-4, batch_size=512, epochs=10.0, latent_dim=8192, encoder_scale=6,
-                head_dim=1024, frame_stack=3, max_offset=10, warmup_frac=0.3, schedule="linear")
+                head_dim=1024, frame_stack=3, max_offset=10, warmup_frac=0.3, schedule="linear", sampling="epochs")
     assert {k: getattr(c, k) for k in code} == code
+    assert cfg(recipe="laom-code").sampling == "replacement"  # cpu-small: a number of updates, drawn as ours
     assert cfg("laom-sup", recipe="laom-code", labels=2).target == "ema"  # the code's; the text's is stop-grad
     assert cfg("laom-sup", labels=2).target == "stopgrad"
     plain = cfg(recipe="paper")  # MaskLAM's paper recipe leaves LAOM as it is

@@ -50,10 +50,11 @@ def test_pretrain_writes_run_directory(small_cfg, method, tiny_h5, tmp_path):
     assert lam.frame_stack == (3 if method.startswith("laom") else 1) and lam.latent_dim == 16
 
 
-def test_resume_matches_uninterrupted_run(small_cfg, tiny_h5, tmp_path):
-    straight = small_cfg("laom", tiny_h5, tmp_path / "a", updates=6, ckpt_every=3)
+@pytest.mark.parametrize("sampling", ["replacement", "epochs"])
+def test_resume_matches_uninterrupted_run(small_cfg, tiny_h5, tmp_path, sampling):
+    straight = small_cfg("laom", tiny_h5, tmp_path / "a", updates=6, ckpt_every=3, sampling=sampling)
     pretrain(straight)
-    resumed = small_cfg("laom", tiny_h5, tmp_path / "b", updates=6, ckpt_every=3)
+    resumed = small_cfg("laom", tiny_h5, tmp_path / "b", updates=6, ckpt_every=3, sampling=sampling)
     partial = pretrain(resumed, until=3)
     assert partial["complete"] is False and not (tmp_path / "b" / "metrics.json").exists()
     assert torch.load(tmp_path / "b" / "train_state.pt", weights_only=False)["step"] == 3
@@ -327,3 +328,36 @@ def test_held_out_trajectories_too_short_for_a_window_fail_before_training(small
     assert not (tmp_path / "run" / "train_state.pt").exists()
     with pytest.raises(MasklamError, match="dataset of 1: .*--chunk-seconds S` cuts it into episodes"):
         split_trajectories(1, 0.1, 0)  # one imported video: says how to make episodes of it
+
+
+def test_shuffled_epochs_see_every_window_once_per_pass_and_resume_in_order(tiny_h5):
+    """--sampling epochs (both papers' code): each pass over the training windows takes every window once, in a
+    new order per epoch; a position's window depends on (seed, position) only; data-parallel ranks share the
+    positions of a step without overlap."""
+    from masklam.data import WindowSampler, load_dataset
+    from masklam.train.distributed import DistContext
+    from masklam.train.pretrain import EpochOrder, StepBatches
+
+    sampler = WindowSampler(load_dataset(tiny_h5), [0, 1, 2], frame_stack=1, max_offset=2)
+    w = sampler.num_windows  # 3 x 22 starts
+    order = EpochOrder(w, seed=5)
+    seq = order(np.arange(3 * w + 7))
+    for e in range(3):
+        assert sorted(seq[e * w:(e + 1) * w]) == list(range(w))
+    assert not np.array_equal(seq[:w], seq[w:2 * w])  # reshuffled each epoch
+    assert np.array_equal(EpochOrder(w, 5)(np.arange(2 * w - 3, 2 * w + 4)), seq[2 * w - 3:2 * w + 4])  # pure
+    assert not np.array_equal(EpochOrder(w, 6)(np.arange(w)), seq[:w])
+
+    batch = 6  # 66 windows: 11 batches per epoch
+    epochs = StepBatches(sampler, batch, seed=5, order=EpochOrder(w, 5))
+    seen = np.concatenate([epochs.draw(s)[0]["index"] for s in range(w // batch)])
+    assert sorted(seen) == sorted(sampler._starts)
+    drawn = StepBatches(sampler, batch, seed=5)  # with replacement: some window twice in a pass
+    assert len(set(np.concatenate([drawn.draw(s)[0]["index"] for s in range(w // batch)]))) < w
+    ranks = [StepBatches(sampler, batch // 2, seed=5, ctx=DistContext(rank=r, world_size=2), order=EpochOrder(w, 5))
+             for r in (0, 1)]
+    assert np.array_equal(np.concatenate([b.draw(3)[0]["index"] for b in ranks]), epochs.draw(3)[0]["index"])
+    for b in (epochs, drawn, *ranks):
+        b.close()
+    with pytest.raises(MasklamError, match=f"pick needs 2 window indices in 0..{w - 1}"):
+        sampler.sample(2, np.random.default_rng(0), np.array([0, w]))

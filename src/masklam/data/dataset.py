@@ -423,9 +423,14 @@ class WindowSampler:
             batch["mask_tk"] = self.masks[self._rows(t + k, first)]
         return batch
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """A batch of windows drawn uniformly over valid starts, ``k`` uniform in ``1..max_offset``."""
-        pick = rng.integers(0, len(self._starts), size=batch_size)
+    def sample(self, batch_size: int, rng: np.random.Generator, pick: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
+        """A batch of windows drawn uniformly over valid starts (or the windows `pick`, (B,) indices into
+        ``0..num_windows-1``), ``k`` uniform in ``1..max_offset``."""
+        if pick is None:
+            pick = rng.integers(0, len(self._starts), size=batch_size)
+        elif len(pick) != batch_size or len(pick) and not 0 <= pick.min() <= pick.max() < len(self._starts):
+            raise MasklamError(f"pick needs {batch_size} window indices in 0..{len(self._starts) - 1}")
         k = rng.integers(1, self.max_offset + 1, size=batch_size, dtype=np.int64)
         return self._gather(self._starts[pick], self._first[pick], k)
 

@@ -86,20 +86,25 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "laom-sup": dict(_LAOM_CODE, target="ema"),
     },
 }
-_MASKLAM_PAPER_RUNS = {"paper": dict(epochs=2.0, batch_size=512, latent_dim=128, encoder_scale=4),
+# Both codes pass over the windows in shuffled epochs (`sampling`): at the paper presets, where their run length is a
+# number of epochs; at the others (a number of updates) windows are drawn with replacement, as ours.
+_MASKLAM_PAPER_RUNS = {"paper": dict(epochs=2.0, batch_size=512, latent_dim=128, encoder_scale=4, sampling="epochs"),
                        # their Meta-World run (facts.md, section 9): lr 3e-4, batch 128, 4 epochs
-                       "paper-metaworld": dict(epochs=4.0, batch_size=128, lr=3e-4, latent_dim=128, encoder_scale=4)}
+                       "paper-metaworld": dict(epochs=4.0, batch_size=128, lr=3e-4, latent_dim=128, encoder_scale=4,
+                                               sampling="epochs")}
 RECIPE_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "authors": {preset: {method: values for method in PIXEL} for preset, values in _MASKLAM_PAPER_RUNS.items()},
+    "laom-code": {preset: {method: dict(sampling="epochs") for method in LAOM}
+                  for preset in ("paper", "paper-metaworld")},
 }
-"""A recipe's values per method that hold at one preset only (MaskLAM's authors' run length and sizes are the paper
-presets'; LAOM's code's are the paper preset's own)."""
+"""A recipe's values per method that hold at some presets only (MaskLAM's authors' run length and sizes are the
+paper presets'; LAOM's code's are the paper preset's own); both codes' shuffled epochs there."""
 RECIPE_NOTICE = {"paper": "note: --recipe paper is MaskLAM's paper as written (frame stack 1, LAOM's "
                           "hyper-parameters); what it named before 2026-12-04, the authors' code, is --recipe authors"}
 """One line printed when a recipe whose meaning changed is used."""
 FIELD_DEFAULTS: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, mask_channel=False, mask_norm="batch",
                                       init="default", pixels="unit", fdm_width=1.0, decoder="ours", idm_window="pair",
-                                      aug_style="ours", heads="ours", encoder="impala")
+                                      aug_style="ours", heads="ours", encoder="impala", sampling="replacement")
 """Values of the fields that no preset, method or recipe sets."""
 RUN_LENGTH = ("updates", "epochs")
 """Two ways to give the run length: a source that sets one of them clears the other."""
@@ -117,11 +122,12 @@ _METHOD_GROUPS = {PIXEL: "pixel LAMs (lapo, masklam)", LAOM: "LAOM (laom, laom-s
 
 OMITTED_DEFAULTS: dict[str, Any] = {**FIELD_DEFAULTS, "observations": "distracted", "episode_length": None,
                                     "init": "default", "pixels": "unit", "fdm_width": 1.0, "decoder": "ours",
-                                    "idm_window": "pair", "aug_style": "ours", "heads": "ours", "encoder": "impala"}
+                                    "idm_window": "pair", "aug_style": "ours", "heads": "ours", "encoder": "impala",
+                                    "sampling": "replacement"}
 """What a field absent from a run's config.json held: runs before 2026-12-06 recorded observations,
-episode_length, init, pixels, fdm_width, decoder and idm_window only when set, and had no aug_style, heads or
-encoder (a resume compares with these: their values then, written out, so that a later change of FIELD_DEFAULTS
-cannot change what old runs mean)."""
+episode_length, init, pixels, fdm_width, decoder and idm_window only when set, and had no aug_style, heads,
+encoder or sampling (a resume compares with these: their values then, written out, so that a later change of
+FIELD_DEFAULTS cannot change what old runs mean)."""
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_every", "tensorboard", "wandb",
                                "wandb_project", "probe_batch_size", "progress", "threads",
@@ -248,6 +254,9 @@ class PretrainConfig:
     """run length as passes over the training windows instead of --updates (default: the preset's)"""
     batch_size: int | None = None
     """windows per update (default: the preset's)"""
+    sampling: Literal["replacement", "epochs"] | None = None
+    """how each update's windows are drawn: uniformly with replacement (default) or in shuffled epochs, each window
+    once per pass (both papers' code; the authors' and laom-code recipes at the paper presets)"""
     lr: float | None = None
     """learning rate (default: the preset's)"""
     optimizer: Literal["adam", "adamw"] | None = None

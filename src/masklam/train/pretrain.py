@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,22 +56,59 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
+class EpochOrder:
+    """The window each sample position takes when training passes over the windows in shuffled epochs (`--sampling
+    epochs`, both papers' code): position p is window perm_e[p mod W] of epoch e = p // W, perm_e a permutation of
+    the W windows seeded (seed, e). A pure function of p, so a resumed run goes on in the same order; an epoch's
+    last batch runs on into the next epoch (their code's is partial)."""
+
+    def __init__(self, num_windows: int, seed: int) -> None:
+        self.num_windows, self.seed = num_windows, seed
+        self.perms: dict[int, np.ndarray] = {}
+        self.lock = threading.Lock()  # the batch prefetch thread and the loop both ask
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """(B,) sample positions -> (B,) window indices."""
+        epochs = positions // self.num_windows
+        out = np.empty_like(positions)
+        for e in np.unique(epochs):
+            here = epochs == e
+            out[here] = self.permutation(int(e))[positions[here] % self.num_windows]
+        return out
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The order of epoch `epoch` (the last few are kept)."""
+        with self.lock:
+            if epoch not in self.perms:
+                for old in sorted(self.perms)[:-2]:
+                    del self.perms[old]
+                self.perms[epoch] = np.random.default_rng([self.seed, epoch, 1]).permutation(self.num_windows)
+            return self.perms[epoch]
+
+
 class StepBatches:
     """The batch of step s, drawn from rng (seed, s) (rng (seed, s, rank) for one of several ranks);
-    the next one is prepared in a background thread. Sizes are per rank."""
+    the next one is prepared in a background thread. Sizes are per rank. With an `order` (EpochOrder) the windows
+    are those of sample positions (s * ranks + rank) * batch_size + 0..batch_size-1 instead of drawn with
+    replacement (k, the labelled batch and the augmentation still come from the rng)."""
 
     def __init__(self, sampler, batch_size: int, seed: int, labeled=None, labeled_batch_size: int = 0,
-                 ctx: DistContext = DistContext()) -> None:
-        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+                 ctx: DistContext = DistContext(), order: EpochOrder | None = None) -> None:
+        self.sampler, self.batch_size, self.seed, self.order = sampler, batch_size, seed, order
         self.labeled, self.labeled_batch_size = labeled, labeled_batch_size
         self.rank_key = [ctx.rank] if ctx.enabled else []  # a single process keeps the key (seed, s)
+        self.ranks, self.rank = ctx.world_size, ctx.rank
         self.pool = ThreadPoolExecutor(1)
         self.pending: dict[int, Any] = {}
 
     def draw(self, step: int) -> tuple[dict[str, Any], int]:
         """(numpy batch, augmentation seed) for `step`, a pure function of (seed, step[, rank])."""
         rng = np.random.default_rng([self.seed, step, *self.rank_key])
-        batch = self.sampler.sample(self.batch_size, rng)
+        pick = None
+        if self.order is not None:
+            first = (step * self.ranks + self.rank) * self.batch_size
+            pick = self.order(np.arange(first, first + self.batch_size, dtype=np.int64))
+        batch = self.sampler.sample(self.batch_size, rng, pick)
         if self.labeled is not None:
             batch["labeled"] = self.labeled.sample(self.labeled_batch_size, rng)
         return batch, int(rng.integers(2**62))
@@ -306,7 +344,8 @@ def _loop(run: Run, stop_at: int, batch_sizes: tuple[int, int], use_bf16: bool
     cfg, ctx, model = run.cfg, run.ctx, run.model
     forward = wrap_ddp(model, ctx, run.device)  # DDP averages the gradients over the ranks
     forward = torch.compile(forward) if cfg.compile else forward
-    batches = StepBatches(run.sampler, batch_sizes[0], cfg.seed, run.labeled, batch_sizes[1], ctx)
+    order = EpochOrder(run.sampler.num_windows, cfg.seed) if cfg.sampling == "epochs" else None
+    batches = StepBatches(run.sampler, batch_sizes[0], cfg.seed, run.labeled, batch_sizes[1], ctx, order)
     logger = (RunLogger(run.out, run.total, run.start, run.config, cfg.tensorboard, cfg.wandb, cfg.wandb_project)
               if ctx.is_main else None)
     averager = MetricAverager()
