@@ -361,3 +361,20 @@ def test_shuffled_epochs_see_every_window_once_per_pass_and_resume_in_order(tiny
         b.close()
     with pytest.raises(MasklamError, match=f"pick needs 2 window indices in 0..{w - 1}"):
         sampler.sample(2, np.random.default_rng(0), np.array([0, w]))
+
+
+def test_heldout_0_trains_on_every_trajectory_without_a_probe(small_cfg, tiny_h5, tmp_path):
+    """--heldout 0 (both papers' code trains on everything): every trajectory trains, the held-out probe and the
+    reconstructions are skipped, and `masklam probe` asks for a split instead of probing nothing."""
+    from masklam.train.probe import ProbeConfig, run_probe
+
+    metrics = pretrain(small_cfg("lapo", tiny_h5, tmp_path / "all", heldout=0.0, recon_samples=2))
+    config = json.loads((tmp_path / "all" / "config.json").read_text())
+    with h5py.File(tiny_h5) as f:
+        n = len([k for k in f if k.isdigit()])
+    assert config["train_trajectories"] == list(range(n)) and config["heldout_trajectories"] == []
+    assert metrics["probe_skipped"] == "no held-out trajectories (--heldout 0)" and "probe_nmse" not in metrics
+    assert not (tmp_path / "all" / "recon.png").exists()
+    with pytest.raises(MasklamError, match=r"trained on every trajectory \(--heldout 0\): pass --heldout F"):
+        run_probe(ProbeConfig(ckpt=tmp_path / "all", write=False, device="cpu"))
+    assert run_probe(ProbeConfig(ckpt=tmp_path / "all", heldout=0.25, write=False, device="cpu"))["probe_nmse"] > 0

@@ -351,7 +351,8 @@ class PretrainConfig:
     """laom-sup: weight of the supervised action loss"""
 
     heldout: float = 0.1
-    """fraction of trajectories held out (probe evaluation, reconstructions)"""
+    """fraction of trajectories held out (probe evaluation, reconstructions); 0 trains on every trajectory, as both
+    papers' code, and skips the probe and the reconstructions"""
     split_seed: int = 0
     """seed of the train/held-out split and of the labelled subset"""
     seed: int = 0
@@ -466,8 +467,6 @@ class PretrainConfig:
             raise MasklamError(f"target_tau must be in (0, 1], got {self.target_tau}")
         if not 0.0 <= self.heldout < 1.0:
             raise MasklamError(f"heldout must be in [0, 1), got {self.heldout}")
-        if self.heldout == 0.0:
-            raise MasklamError("heldout must be > 0: the probe is reported on held-out trajectories")
         if self.method == "laom-sup" and self.labels < 1:
             raise MasklamError("laom-sup needs labelled trajectories: pass --labels N (N >= 1)")
         check_at_least(0, labels=self.labels, sup_coef=self.sup_coef, weight_decay=self.weight_decay,

@@ -249,7 +249,7 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
             note_once((kind, str(cfg.out)), note)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
-    if data.action_dim or (cfg.method in PIXEL and cfg.recon_samples > 0):
+    if len(held_ids) and (data.action_dim or (cfg.method in PIXEL and cfg.recon_samples > 0)):
         try:  # the probe and the reconstruction figure read held-out windows after training: checked before it
             WindowSampler(data, held_ids, cfg.frame_stack, 1, need_masks=uses_masks)
         except MasklamError as e:
@@ -391,6 +391,8 @@ def probe_settings(cfg: PretrainConfig) -> dict[str, Any]:
 def _reprobe(run: Run, metrics: dict[str, Any]) -> None:
     """metrics.json of a finished run with its probe made again under the run's probe settings."""
     cfg = run.cfg
+    if not len(run.held_ids):
+        return
     run.model.eval()
     probe = probe_lam(run.model, run.data, run.train_ids, run.held_ids, cfg.probe_ridge, cfg.probe_batch_size,
                       cfg.probe_max_trajs, progress=cfg.progress)
@@ -404,10 +406,12 @@ def _finish(run: Run, last: dict[str, float], rates: list[float], use_bf16: bool
 
     cfg, model = run.cfg, run.model
     model.eval()
-    if isinstance(model, PixelLAM) and cfg.recon_samples > 0:
+    if isinstance(model, PixelLAM) and cfg.recon_samples > 0 and len(run.held_ids):
         held = WindowSampler(run.data, run.held_ids, cfg.frame_stack, 1, need_masks=run.uses_masks)
         save_reconstructions(model, held, run.out / "recon.png", cfg.recon_samples, cfg.seed)
-    if run.data.action_dim:
+    if not len(run.held_ids):
+        probe = {"probe_skipped": "no held-out trajectories (--heldout 0)"}
+    elif run.data.action_dim:
         probe = probe_lam(model, run.data, run.train_ids, run.held_ids, cfg.probe_ridge, cfg.probe_batch_size,
                           cfg.probe_max_trajs, progress=cfg.progress)
     else:  # video imported without actions: nothing to probe against
