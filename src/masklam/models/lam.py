@@ -61,6 +61,10 @@ for _method in (
 ):
     methods.register(_method)
 Batch = dict[str, Any]
+PIXEL_METHODS, LAOM_METHODS = ("lapo", "masklam"), ("laom", "laom-sup")
+PIXELS_FOR: dict[str, tuple[str, ...] | None] = {"unit": None, "centered": PIXEL_METHODS, "signed": LAOM_METHODS}
+"""The methods that take each `pixels` value (None: every method): MaskLAM's authors' centred pixels for pixel LAMs,
+LAOM's code's signed ones for LAOM."""
 
 
 @dataclass
@@ -116,15 +120,16 @@ class LAMConfig:
                 raise MasklamError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.fdm_scale < 0:
             raise MasklamError(f"fdm_scale must be >= 0 (0: the IDM's width), got {self.fdm_scale}")
-        pixel = self.method in ("lapo", "masklam")
+        pixel = self.method in PIXEL_METHODS
+        pixels_users = PIXELS_FOR[self.pixels]
         pixel_only = {"fdm_scale": 0.0, "decoder": "ours", "idm_window": "pair"}
         changed = [k for k, v in pixel_only.items() if getattr(self, k) != v] + (
-            ["pixels"] if self.pixels == "centered" else [])
+            [f"pixels {self.pixels!r}"] if pixels_users == PIXEL_METHODS else [])
         if changed and not pixel:
             raise MasklamError(f"{changed[0]} is for pixel LAMs (lapo, masklam), not {self.method}")
         laom_only = {"heads": "ours", "encoder": "impala", "aug_style": "ours"}
         changed = [k for k, v in laom_only.items() if getattr(self, k) != v] + (
-            ["pixels 'signed'"] if self.pixels == "signed" else [])
+            [f"pixels {self.pixels!r}"] if pixels_users == LAOM_METHODS else [])
         if changed and pixel:
             raise MasklamError(f"{changed[0]} is for LAOM (laom, laom-sup), not {self.method}")
 

@@ -30,11 +30,9 @@ from masklam import methods
 from masklam.errors import MasklamError, check_at_least
 from masklam.models.encoder import stage_channels
 from masklam.seeding import check_seeds
-from masklam.models.lam import LAMConfig
+from masklam.models.lam import LAOM_METHODS as LAOM, PIXEL_METHODS as PIXEL, PIXELS_FOR, LAMConfig
 
 Method = Literal[methods.trainers()]  # type: ignore[valid-type]  # lapo, masklam, laom, laom-sup
-PIXEL = ("lapo", "masklam")
-LAOM = ("laom", "laom-sup")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": dict(updates=1500, batch_size=64, lr=3e-4, encoder_scale=1, latent_dim=128, head_dim=256,
@@ -137,10 +135,12 @@ RESUMABLE_CHANGES = frozenset({"out", "device", "compile", "log_every", "ckpt_ev
                                "origins"})
 
 
-METHOD_VALUES: dict[tuple[str, str], tuple[str, ...]] = {("pixels", "unit"): PIXEL, ("pixels", "centered"): PIXEL,
-                                                       ("pixels", "signed"): LAOM}
-"""Values of a field several methods use that only some of them take (LAOM's pixels are [0, 1] by default, as
-before `pixels` applied to it: a sweep's "unit" is dropped for LAOM, its stage keys unchanged)."""
+METHOD_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
+    **{("pixels", value): users for value, users in PIXELS_FOR.items() if users},
+    ("pixels", "unit"): PIXEL}
+"""Values of a field several methods use that only some of them take (models.lam.PIXELS_FOR; LAOM's pixels are
+[0, 1] by default, as before `pixels` applied to it: a sweep's "unit" is dropped for LAOM, its stage keys
+unchanged)."""
 
 
 def options_for(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -480,7 +480,7 @@ class PretrainConfig:
         if min(stage_channels(self.encoder_scale * self.fdm_width)) < 1:
             raise MasklamError(f"fdm_width {self.fdm_width} x encoder_scale {self.encoder_scale} leaves the FDM's "
                                f"first stage no channel (16 x {self.encoder_scale * self.fdm_width:g} rounds to 0)")
-        users = {"centered": PIXEL, "signed": LAOM}.get(self.pixels)  # unit: every method
+        users = PIXELS_FOR[self.pixels]  # unit: every method
         if users and self.method not in users:
             raise MasklamError(f"--pixels {self.pixels} is for {_METHOD_GROUPS[users]}, not {self.method}")
         if self.idm_window == "single" and self.max_offset != 1:
