@@ -30,6 +30,12 @@ def homography_from_corners(src: torch.Tensor, dst: torch.Tensor) -> torch.Tenso
     return torch.cat([h, torch.ones_like(h[:, :1])], dim=1).view(-1, 3, 3)
 
 
+def rotations(angle: torch.Tensor) -> torch.Tensor:
+    """(n,) angles in radians -> (n, 2, 2) rotation matrices."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+
+
 def random_homographies(
     n: int,
     img_hw: int,
@@ -43,8 +49,7 @@ def random_homographies(
     angle = u[:, 0] * math.radians(rotate_deg)
     shift = u[:, 1:3] * (2 * shift_px / img_hw)  # pixels -> normalised units
     jitter = u[:, 3:11].view(n, 4, 2) * perspective
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (n, 2, 2)
+    rot = rotations(angle)  # (n, 2, 2)
     corners = _CORNERS.expand(n, 4, 2)
     moved = corners @ rot.transpose(1, 2) + shift[:, None, :] + jitter
     return homography_from_corners(corners, moved)
@@ -74,9 +79,8 @@ def laom_homographies(n: int, img_hw: int, generator: torch.Generator | None) ->
     shift = eye.clone()
     shift[:, :2, 2] = t
     angle = ((torch.rand(len(LAOM_CHOICES), generator=generator) * 2 - 1) * math.pi / 2)[choice]
-    cos, sin = torch.cos(angle), torch.sin(angle)
     rot = eye.clone()
-    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = cos, -sin, sin, cos
+    rot[:, :2, :2] = rotations(angle)
     padded = img_hw + 60
     reach = int(0.5 * (padded // 2))  # torchvision: randint(0, int(distortion_scale * half) + 1) px inwards
     inward = torch.randint(0, reach + 1, (len(LAOM_CHOICES), 4, 2), generator=generator).float() * (2 / img_hw)
