@@ -541,3 +541,16 @@ def test_status_of_a_sweep_that_collects(write_toy, tmp_path: Path, monkeypatch:
     assert lam.key is not None and lam.config["data"] == [str(d / "data.h5")]
     assert stages.collect_stage(Path("run"), "cheetah-run", conf["collect"]) == [
         str(d / "data.h5")]
+
+
+def test_masklam_experiment_checks_each_collection_once(tmp_path: Path, monkeypatch) -> None:
+    """`masklam experiment --status` checks every collection up front, once (not again inside the dry run)."""
+    from masklam.data import collect
+    from masklam.downstream.experiment_config import collections, load_config
+
+    checked: list[str] = []
+    real = collect.check_collection
+    monkeypatch.setattr(collect, "check_collection", lambda c: checked.append(c.task) or real(c))
+    assert ex.main(["quickstart-toy", "--status", "--out", str(tmp_path / "run")]) == 0
+    expected = [task for task, _, _ in collections(load_config("quickstart-toy", out=tmp_path / "run"))]
+    assert checked == expected == ["cheetah-run", "cheetah-run"]  # its distracted and clean data

@@ -76,11 +76,12 @@ def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def run_experiment(cfg: ExperimentConfig, render: bool = True) -> list[dict[str, Any]]:
+def run_experiment(cfg: ExperimentConfig, render: bool = True, checked: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) the whole sweep; writes results.csv and returns its rows as dicts. One sweep of a set of
     seeds per run directory at a time (masklam.locks); sweeps over other seeds may share the directory and run
-    side by side, the stages they share each locked by its own writer."""
-    check_collections(cfg)  # a misspelled task or preset: one line, before the run directory is made
+    side by side, the stages they share each locked by its own writer. `checked`: check_collections already ran."""
+    if not checked:
+        check_collections(cfg)  # a misspelled task or preset: one line, before the run directory is made
     ensure_dir(cfg.out)
     seeds = "-".join(str(s) for s in sorted(cfg.seeds))  # --seeds 1 0 is the sweep --seeds 0 1 is
     with output_lock(cfg.out / f"sweep-seeds-{seeds}", ", or use another --out (a sweep over other seeds may share "
@@ -115,10 +116,11 @@ def _run_locked(cfg: ExperimentConfig, render: bool) -> list[dict[str, Any]]:
 
 
 # --- status of a sweep: a dry run ----------------------------------------------------------------------
-def sweep_status(cfg: ExperimentConfig) -> StagePlan:
+def sweep_status(cfg: ExperimentConfig, checked: bool = False) -> StagePlan:
     """Every stage of the sweep, done or pending, without running or writing any (plan.plan_stages). A collection
-    the run would refuse (check_collections) is one line here too."""
-    check_collections(cfg)
+    the run would refuse (check_collections) is one line here too (`checked`: it already ran)."""
+    if not checked:
+        check_collections(cfg)
     # the device is in no stage's key: plan on the CPU, with the LAMs in a pool as the run trains them (on the CPU
     # only, train_workers at once), as the run directory's last run was started (its experiment.json), else as
     # `cfg` says; an unavailable CUDA device is the run's error, not the dry run's
@@ -200,8 +202,8 @@ def main(argv: list[str]) -> int:
         print(f"{args.config}: {cfg.out}")
         if not cfg.out.exists():
             print(f"{cfg.out} does not exist yet: nothing done")
-        print(format_plan(sweep_status(cfg)))
+        print(format_plan(sweep_status(cfg, checked=True)))
         return 0
-    rows = run_experiment(cfg, render=not args.no_report)
+    rows = run_experiment(cfg, render=not args.no_report, checked=True)
     print(f"{len(rows)} result rows in {cfg.out / 'results.csv'}")
     return 0
