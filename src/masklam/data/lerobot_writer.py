@@ -6,9 +6,9 @@ where yuv420p's halved chroma stops near 30 dB; or AV1), the codec stated in inf
 (``masks``) and ``observation.<key>`` (other mask keys); a vector of width 1 as a scalar column, as LeRobot reads
 a feature of shape [1]; meta/episodes, tasks, stats (with LeRobot's quantiles; none for the masks, whose stats
 LeRobot would make per pixel, (H, W) arrays for every episode, and which no policy normalises). Files past
-``CHUNKS_SIZE`` in a chunk start the next chunk (``chunk-001/file-000``), as LeRobot's writer does. A new directory is built
-as ``OUT.tmp`` and renamed into place when complete. `add_feature` adds a per-frame column (latent actions) to
-an existing dataset of any version. Reading is :mod:`masklam.data.lerobot`.
+``CHUNKS_SIZE`` in a chunk start the next chunk (``chunk-001/file-000``), as LeRobot's writer does. A new
+directory is built as ``OUT.tmp`` and renamed into place when complete. `add_feature` adds a per-frame column
+(latent actions) to an existing dataset of any version. Reading is :mod:`masklam.data.lerobot`.
 """
 from __future__ import annotations
 
