@@ -53,8 +53,8 @@ def test_the_authors_recipe_for_laom_resolves_to_its_code():
     assert (plain.heads, plain.encoder, plain.pixels, plain.aug_style) == ("ours", "impala", "unit", "ours")
     with pytest.raises(MasklamError, match="for LAOM"):
         cfg("masklam", heads="laom")
-    with pytest.raises(MasklamError, match="pixels signed is for LAOM"):
-        cfg("lapo", pixels="signed")
+    with pytest.raises(MasklamError, match="pixels signed is for lapo, laom, laom-sup, not masklam"):
+        cfg("masklam", pixels="signed")
     with pytest.raises(MasklamError, match="pixels centered is for pixel LAMs"):
         cfg("laom", pixels="centered")
 
@@ -203,13 +203,14 @@ def test_laoms_options_stay_with_laom_in_a_sweep_and_on_disk(tmp_path):
     from masklam.train.config import options_for, suite_note
 
     # a sweep's [pretrain] serves pixel LAMs and LAOM: each takes only the pixel values that are its own
-    assert options_for("laom", {"pixels": "centered"}) == {} and options_for("lapo", {"pixels": "signed"}) == {}
+    assert options_for("laom", {"pixels": "centered"}) == {} and options_for("masklam", {"pixels": "signed"}) == {}
+    assert options_for("lapo", {"pixels": "signed"}) == {"pixels": "signed"}  # LAOM's LAPO baseline
     assert options_for("laom", {"pixels": "unit"}) == {}  # LAOM's stage keys as before pixels applied to it
     assert options_for("laom-sup", {"pixels": "signed"}) == {"pixels": "signed"}
     assert options_for("masklam", {"pixels": "centered"}) == {"pixels": "centered"}
     # MaskLAM's authors' recipe (the quickstart's --recipe authors, with their downstream) leaves LAOM as it was
     assert not recipe_applies("laom", "authors") and recipe_applies("laom-sup", "laom-code")
-    assert not recipe_applies("masklam", "laom-code")
+    assert not recipe_applies("masklam", "laom-code") and recipe_applies("lapo", "laom-code")
     assert "recipe" not in pretrain_conf("laom", ["d.h5"], 8, 0, 0, {"recipe": "authors"})
     # the Meta-World values given explicitly at --preset paper: nothing to note
     given = cfg("masklam", recipe="authors", preset="paper", lr=3e-4, batch_size=128, epochs=4.0)
@@ -244,3 +245,42 @@ def test_a_bc_run_from_before_arch_resumes_only_as_ours(write_toy, tmp_path, cut
     with pytest.raises(MasklamError, match="arch='ours', not 'laom'"):
         train_bc(BCConfig(**conf, arch="laom"), progress=False)
     train_bc(BCConfig(**conf), progress=False)  # resumes as what it was
+
+
+def test_laoms_lapo_baseline_at_the_paper_preset_is_its_code_with_table_4s_parameter_count():
+    # configs/lapo.yaml and src/nn.py's LAPO of LAOM's code; Table 4: LAPO 211,847,849 parameters
+    c = cfg("lapo", preset="paper", recipe="laom-code")
+    code = dict(frame_stack=3, max_offset=10, encoder="laom", decoder="laom", pixels="signed", init="orthogonal",
+                latent_dim=8192, encoder_scale=6, num_res_blocks=2, lr=1e-4, epochs=10.0, warmup_frac=0.3,
+                schedule="linear", batch_size=512, aug=False, fdm_width=1.0, sampling="epochs", mask_channel=False)
+    assert {k: getattr(c, k) for k in code} == code
+    with torch.device("meta"):
+        lam = build_lam(c.lam_config(6, 17, 64))
+    assert count(lam) - count(lam.action_probe) - count(lam.state_probe) == 211_847_849
+    assert count(lam.idm_encoder) + count(lam.idm_head) == 104_173_088  # its IDM; ours at these sizes the same
+    assert lam.decoder.net[-1].out_channels == 9  # the whole next stack
+    with pytest.raises(MasklamError, match="decoder 'laom' .* is for lapo, not masklam"):
+        cfg("masklam", decoder="laom")
+    with pytest.raises(MasklamError, match="takes RGB frames only, not a mask channel"):
+        cfg("lapo", pixels="signed", mask_channel=True)
+
+
+def test_laoms_lapo_predicts_the_whole_next_stack_in_signed_pixels(write_toy, tmp_path):
+    from masklam.data import WindowSampler, load_dataset
+    from masklam.models.lam import weighted_mse
+
+    data = load_dataset(write_toy(tmp_path / "toy.h5"))
+    c = cfg("lapo", recipe="laom-code", latent_dim=4, encoder_scale=1, max_offset=2)
+    torch.manual_seed(0)
+    lam = build_lam(c.lam_config(data.action_dim, data.state_dim, 16)).train()
+    assert isinstance(lam.idm_act, nn.GELU) and not any(isinstance(m, nn.MaxPool2d) for m in lam.modules())
+    batch = WindowSampler(data, np.arange(data.num_trajectories), 3, 2).sample(6, np.random.default_rng(0))
+    x_t = lam.inputs(batch["obs_t"])
+    pred, _ = lam.predict_from_tensors(x_t, lam.latent_from_tensors(x_t, lam.inputs(batch["obs_tk"])))
+    assert pred.shape == (6, 9, 16, 16) and pred.abs().max() < 1  # tanh, as the 2 x/255 - 1 frames
+    target = frames_to_tensor(batch["obs_t1"], signed=True)  # (6, 9, 16, 16): the stack ending at o_{t+1}
+    loss, info = lam(batch)
+    assert torch.allclose(info["train/recon_mse"], ((pred - target) ** 2).mean(), atol=1e-5)
+    assert torch.allclose(info["train/loss"], weighted_mse(pred, target, torch.ones(6, 16, 16), "sample"), atol=1e-5)
+    newest = lam.predict_next(batch["obs_t"], batch["obs_tk"])
+    assert newest.shape == (6, 3, 16, 16) and torch.allclose(newest, (pred[:, -3:] + 1) / 2, atol=1e-5)

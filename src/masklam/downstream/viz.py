@@ -171,9 +171,8 @@ def transfer_grid(lam, data, traj_ids: np.ndarray, rows: int, seed: int, path: P
     with torch.no_grad():
         z_src, z_own = lam.label(src), lam.label(tgt)
         x_t = lam.inputs(tgt["obs_t"], tgt.get("mask_t"))
-        shift = 0.5 if lam.centered else 0.0  # the FDM's pixels back to [0, 1]
-        moved = (lam.predict_from_tensors(x_t, z_src)[0] + shift).clamp(0, 1)  # (B, 3, H, W)
-        own = (lam.predict_from_tensors(x_t, z_own)[0] + shift).clamp(0, 1)
+        moved = lam.newest_in_unit(lam.predict_from_tensors(x_t, z_src)[0]).clamp(0, 1)  # (B, 3, H, W)
+        own = lam.newest_in_unit(lam.predict_from_tensors(x_t, z_own)[0]).clamp(0, 1)
 
     def image(t: torch.Tensor) -> np.ndarray:
         return t.permute(1, 2, 0).float().cpu().numpy()

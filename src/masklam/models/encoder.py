@@ -140,15 +140,17 @@ class ConvDecoder(nn.Module):
 
 class AuthorsDecoder(nn.Module):
     """The authors' world-model decoder: (B, C, h, w) -> (B, out_channels, 8h, 8w); per stage a stride-2 ConvT(k2)
-    then `num_res_blocks` residual blocks, then GELU and a 1x1 conv."""
+    then `num_res_blocks` residual blocks, then GELU and a 1x1 conv. LAOM's code's LAPO decoder is the same layout
+    with ReLU6 residual blocks (`relu6`)."""
 
-    def __init__(self, in_channels: int, out_channels: int = 3, scale: float = 1, num_res_blocks: int = 2) -> None:
+    def __init__(self, in_channels: int, out_channels: int = 3, scale: float = 1, num_res_blocks: int = 2,
+                 relu6: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
         for c_out in reversed(stage_channels(scale)):
             layers += [nn.ConvTranspose2d(c_in, c_out, 2, stride=2)]
-            layers += [ResidualBlock(c_out) for _ in range(num_res_blocks)]
+            layers += [ResidualBlock(c_out, relu6=relu6) for _ in range(num_res_blocks)]
             c_in = c_out
         layers += [nn.GELU(), nn.Conv2d(c_in, out_channels, 1)]
         self.net = nn.Sequential(*layers)

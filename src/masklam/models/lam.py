@@ -12,7 +12,9 @@
   `init="orthogonal"` (gain 1, zero bias), `pixels="centered"` (x/255 - 0.5 in and 0.5*tanh out),
   `fdm_scale` (an FDM wider than the IDM: 1.5x), `decoder="authors"` (their world-model decoder layout) and,
   for their LAPO baseline, `idm_window="single"`: the IDM sees one window o_{t-F+1..t+1} (k = 1 only) instead
-  of the two stacks at t and t+k.
+  of the two stacks at t and t+k. LAOM's code's LAPO baseline (`--recipe laom-code` for lapo) is `encoder="laom"`
+  (its strided ReLU6 encoders, and a GELU before the IDM's Linear), `decoder="laom"` (the authors' layout with
+  ReLU6 blocks, predicting the whole next stack o_{t-F+2..t+1}) and `pixels="signed"` (2 x/255 - 1 in, tanh out).
 - `LatentSpaceLAM` ("laom", "laom-sup"): one shared ResNet encoder; IDM and FDM are residual MLPs;
   the FDM predicts the embedding of o_{t+1} from the *detached* embedding of o_t and the latent,
   against an EMA target encoder (or a stop-grad of the online encoder); augmentations during
@@ -62,9 +64,10 @@ for _method in (
     methods.register(_method)
 Batch = dict[str, Any]
 PIXEL_METHODS, LAOM_METHODS = ("lapo", "masklam"), ("laom", "laom-sup")
-PIXELS_FOR: dict[str, tuple[str, ...] | None] = {"unit": None, "centered": PIXEL_METHODS, "signed": LAOM_METHODS}
+PIXELS_FOR: dict[str, tuple[str, ...] | None] = {"unit": None, "centered": PIXEL_METHODS,
+                                                 "signed": ("lapo",) + LAOM_METHODS}
 """The methods that take each `pixels` value (None: every method): MaskLAM's authors' centred pixels for pixel LAMs,
-LAOM's code's signed ones for LAOM."""
+LAOM's code's signed ones for LAOM and its LAPO baseline."""
 
 
 @dataclass
@@ -113,7 +116,7 @@ class LAMConfig:
             raise MasklamError(f"target must be 'ema' or 'stopgrad', got {self.target!r}")
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
         for name, allowed in (("init", ("default", "orthogonal")), ("pixels", ("unit", "centered", "signed")),
-                              ("decoder", ("ours", "authors")), ("idm_window", ("pair", "single")),
+                              ("decoder", ("ours", "authors", "laom")), ("idm_window", ("pair", "single")),
                               ("heads", ("ours", "laom")), ("encoder", ("impala", "laom")),
                               ("aug_style", ("ours", "laom"))):
             if getattr(self, name) not in allowed:
@@ -121,17 +124,21 @@ class LAMConfig:
         if self.fdm_scale < 0:
             raise MasklamError(f"fdm_scale must be >= 0 (0: the IDM's width), got {self.fdm_scale}")
         pixel = self.method in PIXEL_METHODS
-        pixels_users = PIXELS_FOR[self.pixels]
+        users = PIXELS_FOR[self.pixels]
+        if users is not None and self.method not in users:
+            raise MasklamError(f"pixels {self.pixels!r} is for {', '.join(users)}, not {self.method}")
         pixel_only = {"fdm_scale": 0.0, "decoder": "ours", "idm_window": "pair"}
-        changed = [k for k, v in pixel_only.items() if getattr(self, k) != v] + (
-            [f"pixels {self.pixels!r}"] if pixels_users == PIXEL_METHODS else [])
+        changed = [k for k, v in pixel_only.items() if getattr(self, k) != v]
         if changed and not pixel:
             raise MasklamError(f"{changed[0]} is for pixel LAMs (lapo, masklam), not {self.method}")
-        laom_only = {"heads": "ours", "encoder": "impala", "aug_style": "ours"}
-        changed = [k for k, v in laom_only.items() if getattr(self, k) != v] + (
-            [f"pixels {self.pixels!r}"] if pixels_users == LAOM_METHODS else [])
+        changed = [k for k, v in {"heads": "ours", "aug_style": "ours"}.items() if getattr(self, k) != v]
         if changed and pixel:
             raise MasklamError(f"{changed[0]} is for LAOM (laom, laom-sup), not {self.method}")
+        if self.decoder == "laom" and self.method != "lapo":
+            raise MasklamError(f"decoder 'laom' (LAOM's LAPO baseline: it predicts the whole next stack) is for lapo, "
+                               f"not {self.method}")
+        if self.pixels == "signed" and self.mask_channel:
+            raise MasklamError("pixels 'signed' (LAOM's) takes RGB frames only, not a mask channel")
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, norm: str = "batch") -> torch.Tensor:
@@ -308,14 +315,21 @@ class PixelLAM(LatentActionModel):
         c = self.channels_per_frame * cfg.frame_stack  # input channels of one frame stack
         # the IDM reads both stacks, or (idm_window "single") the stack at t and the newest frame of t+1's
         idm_in = 2 * c if cfg.idm_window == "pair" else c + self.channels_per_frame
-        self.idm_encoder = ImpalaEncoder(idm_in, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks)
+        self.idm_encoder = ImpalaEncoder(idm_in, cfg.img_hw, cfg.encoder_scale, cfg.num_res_blocks, style=cfg.encoder)
+        self.idm_act = nn.GELU() if cfg.encoder == "laom" else nn.Identity()  # LAOM's LAPO: Flatten, GELU, Linear
         self.idm_head = nn.Linear(self.idm_encoder.flat_dim, cfg.latent_dim)
         fdm_scale = cfg.fdm_scale or cfg.encoder_scale
-        authors = cfg.decoder == "authors"
-        self.fdm_encoder = ImpalaEncoder(c, cfg.img_hw, fdm_scale, cfg.num_res_blocks, final_relu=not authors)
+        self.fdm_encoder = ImpalaEncoder(c, cfg.img_hw, fdm_scale, cfg.num_res_blocks,
+                                         final_relu=cfg.decoder == "ours", style=cfg.encoder)
         ch, hw = self.fdm_encoder.out_channels, self.fdm_encoder.out_hw
         self.latent_to_map = nn.Linear(cfg.latent_dim, ch * hw * hw)
-        self.decoder = (AuthorsDecoder if authors else ConvDecoder)(2 * ch, 3, fdm_scale, cfg.num_res_blocks)
+        # LAOM's LAPO predicts the whole next stack o_{t-F+2..t+1}; the others its newest frame o_{t+1}
+        self.predicted_channels = 3 * cfg.frame_stack if cfg.decoder == "laom" else 3
+        if cfg.decoder == "ours":
+            self.decoder = ConvDecoder(2 * ch, 3, fdm_scale, cfg.num_res_blocks)
+        else:
+            self.decoder = AuthorsDecoder(2 * ch, self.predicted_channels, fdm_scale, cfg.num_res_blocks,
+                                          relu6=cfg.decoder == "laom")
         self.state_probe = nn.Linear(self.fdm_encoder.flat_dim, cfg.state_dim)
         self.state_probe.requires_grad_(cfg.state_dim > 0)  # no states (imported video): frozen, as action_probe
         if cfg.init == "orthogonal":
@@ -325,19 +339,29 @@ class PixelLAM(LatentActionModel):
         if self.cfg.idm_window == "single":  # one window o_{t-F+1..t+1}: the stack at t and the newest frame
             x_tk = x_tk[:, -self.channels_per_frame:]
         h = self.idm_encoder.flat(torch.cat([x_t, x_tk], dim=1))  # (B, flat)
-        return self._quantize(self.idm_head(h))
+        return self._quantize(self.idm_head(self.idm_act(h)))
 
     def embed_tensor(self, x_t: torch.Tensor) -> torch.Tensor:
         return self.fdm_encoder.flat(x_t)
 
     def predict_from_tensors(self, x_t: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """FDM: (B, 3F, H, W), (B, D) -> (predicted o_{t+1} (B, 3, H, W), flat embedding of o_t)."""
+        """FDM: (B, 3F, H, W), (B, D) -> (predicted o_{t+1} (B, P, H, W) in the model's pixel range, P = 3, or 3F
+        for LAOM's LAPO, whose prediction is the whole next stack; flat embedding of o_t)."""
         fmap = self.fdm_encoder(x_t)  # (B, C, h, w)
         zmap = self.latent_to_map(z).view_as(fmap)
-        out = self.decoder(torch.cat([fmap, zmap], dim=1))  # (B, 3, H, W)
+        out = self.decoder(torch.cat([fmap, zmap], dim=1))  # (B, P, H, W)
         if self.centered:  # the authors' output range, that of centred pixels
             out = 0.5 * torch.tanh(out)
+        elif self.cfg.pixels == "signed":  # LAOM's LAPO: [-1, 1]
+            out = torch.tanh(out)
         return out, fmap.flatten(1)
+
+    def newest_in_unit(self, pred: torch.Tensor) -> torch.Tensor:
+        """An FDM prediction (B, P, H, W) -> its newest frame o_{t+1} (B, 3, H, W) in [0, 1] (unclamped)."""
+        pred = pred[:, -3:]
+        if self.centered:
+            return pred + 0.5
+        return (pred + 1) / 2 if self.cfg.pixels == "signed" else pred
 
     def predict_next(self, obs_t: torch.Tensor | np.ndarray, obs_tk: torch.Tensor | np.ndarray,
                      mask_t: torch.Tensor | np.ndarray | None = None,
@@ -346,13 +370,13 @@ class PixelLAM(LatentActionModel):
         model's pixel range)."""
         x_t = self.inputs(obs_t, mask_t)
         pred = self.predict_from_tensors(x_t, self.latent_from_tensors(x_t, self.inputs(obs_tk, mask_tk)))[0]
-        return pred + 0.5 if self.centered else pred
+        return self.newest_in_unit(pred)
 
     def lam_loss(self, batch: Batch,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         x_t = self.inputs(batch["obs_t"], batch.get("mask_t"))
         x_tk = self.inputs(batch["obs_tk"], batch.get("mask_tk"))
-        target = self.frames(batch["obs_t1"])[:, -3:]  # (B, 3, H, W): the newest frame, o_{t+1}
+        target = self.frames(batch["obs_t1"])[:, -self.predicted_channels:]  # (B, P, H, W): o_{t+1} (or its stack)
         z = self.latent_from_tensors(x_t, x_tk)
         pred, emb = self.predict_from_tensors(x_t, z)
         pred = pred.float()

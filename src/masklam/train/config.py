@@ -67,8 +67,12 @@ _AUTHORS_COMMON = dict(frame_stack=3, optimizer="adamw", weight_decay=0.01, lr=6
 #   are the paper's Table 4; docs/laom-vs-code.md): its head layout with 3 blocks, its encoder (strided convs, ReLU6,
 #   no final activation), pixels 2 x/255 - 1, orthogonal init, its 1-of-8 augmentations; laom-sup with the EMA
 #   target of its code and Table 7 (the paper's text: stop-grad). Its optimiser, sizes and run length are the
-#   `paper` preset's (Table 6).
+#   `paper` preset's (Table 6). For lapo: LAOM's LAPO baseline (its configs/lapo.yaml, src/nn.py's LAPO): frame
+#   stack 3, k in 1..10, its strided ReLU6 encoders (a GELU before the IDM's Linear), the FDM predicting the whole
+#   next stack with the authors' decoder layout in ReLU6 and a tanh, pixels 2 x/255 - 1, orthogonal init, no
+#   augmentation; latent 8192, widths x6, Adam 1e-4, 3 of 10 epochs warm-up: the paper preset's (Tables 4-5).
 _LAOM_CODE = dict(heads="laom", head_blocks=3, encoder="laom", pixels="signed", init="orthogonal", aug_style="laom")
+_LAOM_LAPO = dict(frame_stack=3, max_offset=10, encoder="laom", decoder="laom", pixels="signed", init="orthogonal")
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "paper": {
@@ -80,6 +84,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "masklam": dict(_AUTHORS_COMMON, max_offset=9, idm_window="pair", mask_channel=True, mask_norm="batch"),
     },
     "laom-code": {
+        "lapo": dict(_LAOM_LAPO),
         "laom": dict(_LAOM_CODE),
         "laom-sup": dict(_LAOM_CODE, target="ema"),
     },
@@ -92,7 +97,7 @@ _MASKLAM_PAPER_RUNS = {"paper": dict(epochs=2.0, batch_size=512, latent_dim=128,
                                                sampling="epochs")}
 RECIPE_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "authors": {preset: {method: values for method in PIXEL} for preset, values in _MASKLAM_PAPER_RUNS.items()},
-    "laom-code": {preset: {method: dict(sampling="epochs") for method in LAOM}
+    "laom-code": {preset: {method: dict(sampling="epochs") for method in ("lapo",) + LAOM}
                   for preset in ("paper", "paper-metaworld")},
 }
 """A recipe's values per method that hold at some presets only (MaskLAM's authors' run length and sizes are the
@@ -112,7 +117,7 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "mask_norm": ("masklam",), "mask_channel": PIXEL, "mask_key": PIXEL, "recon_samples": PIXEL,
     "pixels": PIXEL + LAOM, "fdm_width": PIXEL, "decoder": PIXEL, "idm_window": PIXEL,
     "head_dim": LAOM, "head_blocks": LAOM, "target": LAOM, "target_tau": LAOM, "aug": LAOM,
-    "aug_style": LAOM, "heads": LAOM, "encoder": LAOM,
+    "aug_style": LAOM, "heads": LAOM, "encoder": PIXEL + LAOM,
     "labels": ("laom-sup",), "labels_batch_size": ("laom-sup",), "sup_coef": ("laom-sup",),
 }
 """The fields only some methods use, and those methods."""
@@ -246,7 +251,8 @@ class PretrainConfig:
     o_{t-2..t+1} for lapo, orthogonal init, centred pixels and tanh output, a 1.5x wider FDM with their decoder,
     AdamW 6e-4 cosine, no warm-up) or laom-code (LAOM's code, for laom/laom-sup: its head layout with 3 blocks,
     strided ReLU6 encoder, pixels in [-1, 1], orthogonal init, its 1-of-8 augmentations, an EMA target for
-    laom-sup); README, "Recipes"; explicit values win over it"""
+    laom-sup; for lapo its LAPO baseline: frame stack 3, k in 1..10, strided ReLU6 encoders, the whole next stack
+    predicted, pixels in [-1, 1]); README, "Recipes"; explicit values win over it"""
 
     updates: int | None = None
     """optimiser updates (default: the preset's; the paper preset derives them from --epochs)"""
@@ -282,9 +288,10 @@ class PretrainConfig:
     """laom, laom-sup: blocks per residual MLP head (default: the preset's)"""
     fdm_width: float | None = None
     """lapo, masklam: the FDM's width as a multiple of the IDM's (default 1; 1.5 with the authors' recipe)"""
-    decoder: Literal["ours", "authors"] | None = None
+    decoder: Literal["ours", "authors", "laom"] | None = None
     """lapo, masklam: the FDM's decoder layout: ours (residual blocks, ConvT k4, 3x3 head) or the authors' (ConvT
-    k2, residual blocks, GELU, 1x1 head; their encoder map not ReLU'd) (default ours)"""
+    k2, residual blocks, GELU, 1x1 head; their encoder map not ReLU'd) (default ours); lapo: laom (LAOM's LAPO
+    baseline: the authors' layout with ReLU6 blocks, predicting the whole next stack)"""
     idm_window: Literal["pair", "single"] | None = None
     """lapo, masklam: the IDM reads the stacks at t and t+k (pair, default) or one window o_{t-F+1..t+1} (single,
     the authors' LAPO; needs --max-offset 1)"""
@@ -293,7 +300,8 @@ class PretrainConfig:
     ConvTranspose2d and Linear (the authors') (default: default)"""
     pixels: Literal["unit", "centered", "signed"] | None = None
     """RGB in [0, 1] (unit, default); lapo, masklam: x/255 - 0.5 with a 0.5*tanh FDM output (centered, MaskLAM's
-    authors'; a mask channel stays {0, 1}); laom, laom-sup: 2 x/255 - 1 (signed, LAOM's code)"""
+    authors'; a mask channel stays {0, 1}); lapo, laom, laom-sup: 2 x/255 - 1 (signed, LAOM's code; lapo's FDM
+    output a tanh)"""
     fsq_levels: tuple[int, ...] = ()
     """quantise the latent with FSQ at these levels, e.g. 8 5 5 5 (ablation; empty = off)"""
     frame_stack: int | None = None
@@ -341,8 +349,9 @@ class PretrainConfig:
     or LAOM's code's (a Linear back to --head-dim before each block; its FDM re-reads the latent only: the paper's
     Table 4 parameter counts with --head-blocks 3)"""
     encoder: Literal["impala", "laom"] | None = None
-    """laom, laom-sup: the ResNet encoder: impala (conv + max-pool per stage, ReLU, a final ReLU, default) or
-    LAOM's code's (a stride-2 conv per stage, ReLU6, no final activation)"""
+    """the ResNet encoders: impala (conv + max-pool per stage, ReLU, a final ReLU, default) or LAOM's code's (a
+    stride-2 conv per stage, ReLU6, no final activation; lapo, masklam: and a GELU before the IDM's Linear, as
+    LAOM's LAPO)"""
     labels: int = 0
     """laom-sup: number of labelled training trajectories for the supervised action head"""
     labels_batch_size: int | None = None
@@ -482,7 +491,8 @@ class PretrainConfig:
                                f"first stage no channel (16 x {self.encoder_scale * self.fdm_width:g} rounds to 0)")
         users = PIXELS_FOR[self.pixels]  # unit: every method
         if users and self.method not in users:
-            raise MasklamError(f"--pixels {self.pixels} is for {_METHOD_GROUPS[users]}, not {self.method}")
+            who = _METHOD_GROUPS.get(users, ", ".join(users))
+            raise MasklamError(f"--pixels {self.pixels} is for {who}, not {self.method}")
         if self.idm_window == "single" and self.max_offset != 1:
             raise MasklamError(f"--idm-window single reads one window o_(t-F+1..t+1): it needs --max-offset 1, "
                                f"got {self.max_offset}")
@@ -491,6 +501,7 @@ class PretrainConfig:
                 raise MasklamError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.probe_ridge is not None and self.probe_ridge < 0:
             raise MasklamError(f"probe_ridge must be >= 0, got {self.probe_ridge}")
+        self.lam_config(0, 0, 64)  # the model's own checks (models.lam.LAMConfig), before any data are read
 
     def total_updates(self, num_windows: int) -> int:
         """Optimiser updates of the run: --updates, or ceil(epochs * training windows / batch size)."""
