@@ -117,6 +117,13 @@ def test_resume_refuses_a_different_config(small_cfg, tiny_h5, tmp_path):
     pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2), until=1)
     with pytest.raises(MasklamError, match="lr"):
         pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2, lr=1e-2))
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["sampling"]  # a run from before `sampling` was recorded: it drew with replacement
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MasklamError, match="from before sampling was recorded, which ran with sampling='replacement', "
+                                           "not 'epochs'; pass --sampling replacement to resume it"):
+        pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2, sampling="epochs"))
+    assert pretrain(small_cfg("lapo", tiny_h5, tmp_path, updates=2))["complete"]
 
 
 def test_resume_refuses_other_data_or_observations(small_cfg, write_synthetic_dataset, tmp_path):
@@ -359,11 +366,13 @@ def test_shuffled_epochs_see_every_window_once_per_pass_and_resume_in_order(tiny
     assert np.array_equal(np.concatenate([b.draw(3)[0]["index"] for b in ranks]), epochs.draw(3)[0]["index"])
     for b in (epochs, drawn, *ranks):
         b.close()
+    with pytest.raises(MasklamError, match="sampling must be 'replacement' or 'epochs', got 'Epochs'"):
+        PretrainConfig(method="lapo", data=(tiny_h5,), out="o", sampling="Epochs")
     with pytest.raises(MasklamError, match=f"pick needs 2 window indices in 0..{w - 1}"):
         sampler.sample(2, np.random.default_rng(0), np.array([0, w]))
 
 
-def test_heldout_0_trains_on_every_trajectory_without_a_probe(small_cfg, tiny_h5, tmp_path):
+def test_heldout_0_trains_on_every_trajectory_without_a_probe(small_cfg, tiny_h5, tmp_path, capsys):
     """--heldout 0 (both papers' code trains on everything): every trajectory trains, the held-out probe and the
     reconstructions are skipped, and `masklam probe` asks for a split instead of probing nothing."""
     from masklam.train.probe import ProbeConfig, run_probe
@@ -375,6 +384,11 @@ def test_heldout_0_trains_on_every_trajectory_without_a_probe(small_cfg, tiny_h5
     assert config["train_trajectories"] == list(range(n)) and config["heldout_trajectories"] == []
     assert metrics["probe_skipped"] == "no held-out trajectories (--heldout 0)" and "probe_nmse" not in metrics
     assert not (tmp_path / "all" / "recon.png").exists()
-    with pytest.raises(MasklamError, match=r"trained on every trajectory \(--heldout 0\): pass --heldout F"):
-        run_probe(ProbeConfig(ckpt=tmp_path / "all", write=False, device="cpu"))
+    with pytest.raises(MasklamError, match=r"trained with --heldout 0 \(no held-out trajectories\): pass --heldout F"):
+        run_probe(ProbeConfig(ckpt=tmp_path / "all", write=False, device="cpu", data=(tmp_path / "none.h5",)))
     assert run_probe(ProbeConfig(ckpt=tmp_path / "all", heldout=0.25, write=False, device="cpu"))["probe_nmse"] > 0
+    capsys.readouterr()
+    again = pretrain(small_cfg("lapo", tiny_h5, tmp_path / "all", heldout=0.0, recon_samples=2, probe_ridge=1.0))
+    assert again == metrics  # no probe to make again under other probe settings: kept as it is
+    out = capsys.readouterr()
+    assert "is already complete" in out.out + out.err and "probing it again" not in out.out + out.err

@@ -147,7 +147,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     print(f"quickstart ({cfg.preset}, recipe {cfg.recipe}): {cfg.task}, distractors {cfg.distractors}, "
           f"methods {', '.join(exp.methods)}, "
           f"seeds {list(cfg.seeds)}, label budgets {exp.labels} -> {cfg.out}")
-    rows = run_experiment(exp, render=True)
+    rows = run_experiment(exp, render=True, checked=True)
     # this run's rows, as report.html shows them (a sweep over other seeds may rewrite results.csv meanwhile)
     summary = summarize(headline_rows(as_rows(rows, cfg.out / "results.csv"))[0])
     table = format_table(summary)

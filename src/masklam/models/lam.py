@@ -115,7 +115,7 @@ class LAMConfig:
         if self.target not in ("ema", "stopgrad"):
             raise MasklamError(f"target must be 'ema' or 'stopgrad', got {self.target!r}")
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
-        for name, allowed in (("init", ("default", "orthogonal")), ("pixels", ("unit", "centered", "signed")),
+        for name, allowed in (("init", ("default", "orthogonal")), ("pixels", tuple(PIXELS_FOR)),
                               ("decoder", ("ours", "authors", "laom")), ("idm_window", ("pair", "single")),
                               ("heads", ("ours", "laom")), ("encoder", ("impala", "laom")),
                               ("aug_style", ("ours", "laom"))):

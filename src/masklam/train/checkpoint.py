@@ -59,6 +59,10 @@ def check_resumable(run_dir: Path, new_config: dict[str, Any], allowed_changes: 
         value = new_config[key] if key in new_config else defaults[key]
         was = old[key] if key in old else defaults[key]
         if json.loads(json.dumps(value, default=str)) != json.loads(json.dumps(was, default=str)):
+            if key not in old:  # a run from before the field was recorded: what it ran with is the old default
+                raise MasklamError(f"{run_dir} holds a run from before {key} was recorded, which ran with "
+                                   f"{key}={was!r}, not {value!r}; pass --{key.replace('_', '-')} {was} to resume it, "
+                                   "or use another --out")
             raise MasklamError(f"{run_dir} holds a run with {key}={was!r}, not {value!r}; "
                                "use the same arguments to resume, or another --out")
 

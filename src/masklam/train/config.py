@@ -489,10 +489,12 @@ class PretrainConfig:
         if min(stage_channels(self.encoder_scale * self.fdm_width)) < 1:
             raise MasklamError(f"fdm_width {self.fdm_width} x encoder_scale {self.encoder_scale} leaves the FDM's "
                                f"first stage no channel (16 x {self.encoder_scale * self.fdm_width:g} rounds to 0)")
-        users = PIXELS_FOR[self.pixels]  # unit: every method
+        users = PIXELS_FOR.get(self.pixels)  # unit: every method (an unknown value: LAMConfig's error below)
         if users and self.method not in users:
             who = _METHOD_GROUPS.get(users, ", ".join(users))
             raise MasklamError(f"--pixels {self.pixels} is for {who}, not {self.method}")
+        if self.sampling not in ("replacement", "epochs"):
+            raise MasklamError(f"sampling must be 'replacement' or 'epochs', got {self.sampling!r}")
         if self.idm_window == "single" and self.max_offset != 1:
             raise MasklamError(f"--idm-window single reads one window o_(t-F+1..t+1): it needs --max-offset 1, "
                                f"got {self.max_offset}")

@@ -59,8 +59,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 class EpochOrder:
     """The window each sample position takes when training passes over the windows in shuffled epochs (`--sampling
     epochs`, both papers' code): position p is window perm_e[p mod W] of epoch e = p // W, perm_e a permutation of
-    the W windows seeded (seed, e). A pure function of p, so a resumed run goes on in the same order; an epoch's
-    last batch runs on into the next epoch (their code's is partial)."""
+    the W windows seeded (seed, e, 2**32 - 1). A pure function of p, so a resumed run goes on in the same order; an
+    epoch's last batch runs on into the next epoch (their code's is partial)."""
 
     def __init__(self, num_windows: int, seed: int) -> None:
         self.num_windows, self.seed = num_windows, seed
@@ -82,7 +82,9 @@ class EpochOrder:
             if epoch not in self.perms:
                 for old in sorted(self.perms)[:-2]:
                     del self.perms[old]
-                self.perms[epoch] = np.random.default_rng([self.seed, epoch, 1]).permutation(self.num_windows)
+                # its own stream: no batch's rng (seed, step[, rank]) has 2**32 - 1 as a third entry
+                rng = np.random.default_rng([self.seed, epoch, 2**32 - 1])
+                self.perms[epoch] = rng.permutation(self.num_windows)
             return self.perms[epoch]
 
 
@@ -440,7 +442,8 @@ def _pretrain(cfg: PretrainConfig, until: int | None, ctx: DistContext, device: 
     run = _setup(cfg, ctx, device)
     if _already_complete(run):
         metrics = read_json(run.out / "metrics.json")
-        if metrics.get("probe_settings", probe_settings(cfg)) == probe_settings(cfg):
+        same = metrics.get("probe_settings", probe_settings(cfg)) == probe_settings(cfg)
+        if same or not len(run.held_ids):  # --heldout 0: no probe to make again
             if ctx.is_main:
                 tqdm.write(f"{run.out} is already complete ({run.total} steps); metrics.json kept")
             return metrics

@@ -242,6 +242,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     from masklam.train.checkpoint import check_lam_data
 
     run_cfg = read_json(cfg.ckpt / "config.json")
+    if cfg.heldout is None and run_cfg.get("heldout", 0.1) == 0:
+        raise MasklamError(f"{cfg.ckpt} was trained with --heldout 0 (no held-out trajectories): pass --heldout F "
+                           "to probe on a split of the data")
     device = resolve_device(cfg.device)
     lam = load_lam(cfg.ckpt, device)
     paths = list(cfg.data) or run_cfg.get("data")
@@ -256,9 +259,6 @@ def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     data = load_dataset(paths, mask_key=run_cfg.get("mask_key", "masks") if lam.needs_masks else None,
                         observations=observations, episode_length=episode_length)
     heldout = cfg.heldout if cfg.heldout is not None else run_cfg.get("heldout", 0.1)
-    if heldout == 0:
-        raise MasklamError(f"{cfg.ckpt} trained on every trajectory (--heldout 0): pass --heldout F to probe on a "
-                           "split (its held-out part was then seen in training)")
     seed = cfg.split_seed if cfg.split_seed is not None else run_cfg.get("split_seed", 0)
     train_ids, held_ids = split_trajectories(data.num_trajectories, heldout, seed)
     metrics = probe_lam(lam, data, train_ids, held_ids, cfg.ridge, cfg.batch_size, cfg.max_train_trajs, progress=True)
