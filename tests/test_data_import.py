@@ -645,6 +645,8 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path, capsys):
     metrics = pretrain(PretrainConfig(method="lapo", data=(data,), out=run, updates=2, batch_size=4, latent_dim=8,
                                       tensorboard=False, progress=False, recon_samples=2, threads=1))
     assert metrics["probe_skipped"] and "probe_nmse" not in metrics
+    assert ("these data have no actions: the 1 held-out trajectories (--heldout 0.1) are not trained on and only make "
+            "recon.png; --heldout 0 trains on all") in capsys.readouterr().err
     with pytest.raises(MasklamError, match="has no actions"):  # `masklam probe` says why it cannot
         from masklam.train.probe import ProbeConfig, run_probe
 
@@ -806,3 +808,22 @@ def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_pa
     assert "decoded_action" not in json.loads((relabelled / "meta" / "stats.json").read_text())
     for path in [*(relabelled / "data").rglob("*.parquet"), *(relabelled / "meta" / "episodes").rglob("*.parquet")]:
         assert not [c for c in pq.read_schema(path).names if "decoded_action" in c], path
+
+
+def test_a_folder_of_videos_stays_one_with_an_import_beside_them_and_says_what_it_skips(tmp_path, capsys):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 6)
+    write_video(videos / "b.mp4", 5, seed=1)
+    (videos / "notes.txt").write_text("recorded on Tuesday")
+    do_import(videos, videos / "mine.h5")  # the import's output kept beside its videos
+    capsys.readouterr()
+    lay = read_layout(do_import(videos, tmp_path / "again.h5", img_size=32).path)
+    assert lay.lengths.tolist() == [6, 5]  # still a folder of videos, not of HDF5 files
+    err = capsys.readouterr().err
+    assert "2 file(s) that are not videos are not read (mine.h5, notes.txt)" in err
+    with pytest.raises(MasklamError, match=r"--img-size must be a multiple of 8 \(>= 8\), got 100"):
+        ImportConfig(src=videos, out=tmp_path / "x.h5", img_size=100)
+    write_video(videos / "c.mp4", 1, seed=2)
+    with pytest.raises(MasklamError, match=r"c.mp4: c has 1 frame; an episode needs at least 2: remove it"):
+        do_import(videos, tmp_path / "one.h5")

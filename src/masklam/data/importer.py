@@ -50,7 +50,7 @@ class ImportConfig:
     out: Path
     """Output HDF5 file (.h5); re-running the same command resumes an interrupted import."""
     img_size: int = 64
-    """Frame height and width in pixels."""
+    """Frame height and width in pixels (a multiple of 8: the LAMs' encoders halve it three times)."""
     resize: Literal["crop", "letterbox"] = "crop"
     """crop: centre crop to a square (the long side's ends are cut); letterbox: the whole frame, black bars on the
     short side."""
@@ -69,8 +69,8 @@ class ImportConfig:
     def __post_init__(self) -> None:
         if self.out.suffix != ".h5":
             raise MasklamError(f"--out must end in .h5, got {self.out}")
-        if self.img_size < 8:
-            raise MasklamError(f"--img-size must be >= 8, got {self.img_size}")
+        if self.img_size < 8 or self.img_size % 8:  # the LAMs' encoders halve it three times
+            raise MasklamError(f"--img-size must be a multiple of 8 (>= 8), got {self.img_size}")
         if self.resize not in RESIZE_MODES:
             raise MasklamError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.fps is not None and not self.fps > 0:
@@ -222,6 +222,9 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
                                "truncated or corrupt file)")
         if not groups:
             raise MasklamError(f"{item.path}: {item.name} holds no frames")
+        if len(groups[0][1]) < 2:  # no window (o_t, o_{t+1}): it would train nothing and stop masks --auto later
+            raise MasklamError(f"{item.path}: {item.name} has 1 frame{' at --fps ' + str(cfg.fps) if cfg.fps else ''}; "
+                               "an episode needs at least 2: remove it from the source (the import resumes)")
         _note_variable_rate(cfg, item, ep.times)
         if ep.stated and consumed[0] < 0.9 * ep.stated:
             note_once(("short", str(item.path)), f"{item.path}: {consumed[0]} frames decoded, its header's duration "

@@ -82,10 +82,10 @@ def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None) -> 
                                "parquet; a LeRobot dataset folder)")
         return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
     if path.is_dir():
+        if _videos(path):  # before HDF5: an import's output kept beside its videos leaves the folder one of videos
+            return "videos"
         if any(p.is_file() and p.suffix in HDF5_SUFFIXES and p.resolve() != skip for p in _listing(path)):
             return "hdf5"
-        if _videos(path):
-            return "videos"
         if _image_dirs(path):
             return "frames"
         if _images(path):  # frames straight in it: one episode, which the folder-of-folders layout asks to nest
@@ -224,6 +224,11 @@ class VideoSource(Source):
         if broken:  # a link whose target is gone: not read, and said
             note_once(("broken-links", str(path)), f"{path}: {len(broken)} link(s) to files that no longer exist "
                       f"are skipped ({', '.join(p.name for p in broken[:3])}{' ...' if len(broken) > 3 else ''})")
+        others = [] if path.is_file() else [p for p in _listing(path) if p.is_file() and p not in files]
+        if others:  # not videos (an import's output, notes, a format masklam does not know): said, not silently left
+            note_once(("not-videos", str(path), len(others)),
+                      f"{path}: {len(others)} file(s) that are not videos are not read "
+                      f"({', '.join(p.name for p in others[:3])}{' ...' if len(others) > 3 else ''})")
         nested = [] if path.is_file() else _video_dirs(path)
         if nested:  # read flat: say so, rather than leave their videos out without a word
             note_once(("nested-videos", str(path)), f"{path}: the videos in its subfolders "

@@ -21,8 +21,8 @@ import numpy as np
 
 from masklam.errors import MasklamError
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".webm", ".mkv", ".avi", ".mov", ".gif", ".mpg", ".mpeg", ".mts", ".m2ts", ".wmv",
-                  ".flv", ".3gp")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".webm", ".mkv", ".avi", ".mov", ".gif", ".mpg", ".mpeg", ".mts", ".m2ts", ".ts",
+                  ".wmv", ".flv", ".3gp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESIZE_MODES = ("crop", "letterbox")
 CODECS = ("h264", "av1")

@@ -250,6 +250,10 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
         if note and ctx.is_main:  # a preset or value chosen for other data than these
             note_once((kind, str(cfg.out)), note)
     train_ids, held_ids = split_trajectories(data.num_trajectories, cfg.heldout, cfg.split_seed)
+    if len(held_ids) and not data.action_dim and ctx.is_main:  # imported video: no probe to hold them out for
+        serve = "only make recon.png" if cfg.method in PIXEL and cfg.recon_samples > 0 else "serve nothing"
+        note_once(("heldout-no-actions", str(cfg.out)), f"these data have no actions: the {len(held_ids)} held-out "
+                  f"trajectories (--heldout {cfg.heldout}) are not trained on and {serve}; --heldout 0 trains on all")
     sampler = WindowSampler(data, train_ids, cfg.frame_stack, cfg.max_offset, need_masks=uses_masks)
     if len(held_ids) and (data.action_dim or (cfg.method in PIXEL and cfg.recon_samples > 0)):
         try:  # the probe and the reconstruction figure read held-out windows after training: checked before it
