@@ -827,3 +827,33 @@ def test_a_folder_of_videos_stays_one_with_an_import_beside_them_and_says_what_i
     write_video(videos / "c.mp4", 1, seed=2)
     with pytest.raises(MasklamError, match=r"c.mp4: c has 1 frame; an episode needs at least 2: remove it"):
         do_import(videos, tmp_path / "one.h5")
+
+
+def test_label_makes_frames_as_the_lams_training_data_were_made(tmp_path, capsys):
+    """A LAM trained on imported frames records how they were made (--resize, a LeRobot --camera); label makes its
+    frames the same way unless told otherwise, and says when told otherwise."""
+    from masklam.downstream.label import LabelConfig, as_trained
+    from masklam.train.config import PretrainConfig
+    from masklam.train.pretrain import pretrain
+
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i in range(3):
+        write_video(videos / f"clip{i}.mp4", 6, 48, 64, seed=i)
+    data = do_import(videos, tmp_path / "d.h5", img_size=32, resize="letterbox").path
+    lr = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    again = do_import(lr, tmp_path / "lr.h5", img_size=32).path  # from LeRobot: its camera recorded
+    runs = {}
+    for name, d in (("video", data), ("lerobot", again)):
+        runs[name] = tmp_path / name
+        pretrain(PretrainConfig(method="lapo", data=(d,), out=runs[name], updates=1, batch_size=2, latent_dim=4,
+                                tensorboard=False, progress=False, recon_samples=0, threads=1))
+    config = json.loads((runs["video"] / "config.json").read_text())
+    assert config["data_resize"] == "letterbox" and "data_camera" not in config
+    assert json.loads((runs["lerobot"] / "config.json").read_text())["data_camera"] == "observation.image"
+    assert as_trained(LabelConfig(lam=runs["video"], data=lr, out=tmp_path / "o")).resize == "letterbox"
+    assert as_trained(LabelConfig(lam=runs["lerobot"], data=lr, out=tmp_path / "o")).camera == "observation.image"
+    capsys.readouterr()
+    assert as_trained(LabelConfig(lam=runs["video"], data=lr, out=tmp_path / "o", resize="crop")).resize == "crop"
+    assert "was trained on frames imported with --resize letterbox; labelling with --resize crop" in (
+        capsys.readouterr().err)

@@ -185,6 +185,11 @@ class LeRobotDir:
         self._cache.clear()
 
 
+def lerobot_cameras(info: dict[str, Any]) -> list[str]:
+    """The camera features (video or image) of a LeRobot dataset's meta/info.json."""
+    return [k for k, v in (info.get("features") or {}).items() if v.get("dtype") in ("video", "image")]
+
+
 def open_lerobot(root: str | os.PathLike, camera: str | None = None) -> LeRobotDir:
     """Read and check a LeRobot directory's metadata: version, the camera (`camera`, or the only one), and that
     every episode's data and video files exist (MasklamError naming the first missing one)."""
@@ -197,8 +202,7 @@ def open_lerobot(root: str | os.PathLike, camera: str | None = None) -> LeRobotD
     fps = info.get("fps")
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
         raise MasklamError(f"{root / 'meta' / 'info.json'}: fps (frames per second) is {fps!r}, not a positive number")
-    features = info.get("features") or {}
-    cameras = [k for k, v in features.items() if v.get("dtype") in ("video", "image")]
+    cameras = lerobot_cameras(info)
     if camera is None:
         if len(cameras) != 1:
             raise MasklamError(f"{root} has {len(cameras)} cameras ({', '.join(cameras) or 'none'}); choose one "

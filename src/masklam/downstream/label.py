@@ -15,6 +15,7 @@ Batched (``--batch-size``), on the GPU when there is one (``--device auto``). OU
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -49,9 +50,11 @@ class LabelConfig:
     decoder: Path | None = None
     """an action decoder over the LAM's latents (input 'latent'); adds decoded_action"""
     camera: str | None = None
-    """LeRobot dataset: the camera the LAM sees (default: its only one)"""
-    resize: Literal["crop", "letterbox"] = "crop"
-    """how frames of another size become the LAM's square input (as `masklam import`)"""
+    """LeRobot dataset: the camera the LAM sees (default: the camera of the LAM's training data when the dataset has
+    one of that name, else its only one)"""
+    resize: Literal["crop", "letterbox"] | None = None
+    """how frames of another size become the LAM's square input, as `masklam import` (default: as the LAM's
+    training data were imported, else crop)"""
     batch_size: int = 256
     """transitions per forward pass"""
     any_fps: bool = False
@@ -159,6 +162,7 @@ def label(cfg: LabelConfig) -> Path:
 
     if cfg.out.exists():
         raise MasklamError(f"{cfg.out} already exists; remove it or choose another --out")
+    cfg = as_trained(cfg)
     source = open_source(cfg.data, cfg.camera)
     try:
         if source.kind not in ("lerobot", "hdf5"):
@@ -179,6 +183,25 @@ def label(cfg: LabelConfig) -> Path:
     finally:
         source.close()
     return cfg.out
+
+
+def as_trained(cfg: LabelConfig) -> LabelConfig:
+    """`cfg` with the camera and resize mode of the LAM's training data (its config.json's data_camera, data_resize,
+    from the imported file) where not given; a given one that differs is noted (the LAM then sees other frames)."""
+    from masklam.data.lerobot import lerobot_cameras
+    from masklam.data.sources import detect
+    from masklam.train.checkpoint import lam_config
+
+    run = lam_config(cfg.lam)
+    camera, resize = run.get("data_camera"), run.get("data_resize")
+    for name, given, trained in (("camera", cfg.camera, camera), ("resize", cfg.resize, resize)):
+        if given is not None and trained and given != trained:
+            note_once(("label-" + name, str(cfg.lam)), f"the LAM {cfg.lam} was trained on frames imported with "
+                      f"--{name} {trained}; labelling with --{name} {given}")
+    if cfg.camera is None and camera and detect(cfg.data) == "lerobot":
+        if camera in lerobot_cameras(read_json(Path(cfg.data) / "meta" / "info.json")):
+            cfg = dataclasses.replace(cfg, camera=camera)
+    return dataclasses.replace(cfg, resize=cfg.resize or resize or "crop")
 
 
 def _note_stale_decoded(cfg: LabelConfig) -> None:

@@ -275,6 +275,9 @@ def _setup(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Run:
     check_same_data(cfg.out, config)
     if data.meta.get("fps"):  # imported video records its frame rate: label, decode and bc check video against it
         config["data_fps"] = float(data.meta["fps"])
+    for key in ("camera", "resize"):  # and how its frames were made: label makes them the same way
+        if data.meta.get(key):
+            config[f"data_{key}"] = str(data.meta[key])
     if ctx.enabled:
         config["world_size"] = ctx.world_size
     if ctx.is_main:
