@@ -857,3 +857,23 @@ def test_label_makes_frames_as_the_lams_training_data_were_made(tmp_path, capsys
     assert as_trained(LabelConfig(lam=runs["video"], data=lr, out=tmp_path / "o", resize="crop")).resize == "crop"
     assert "was trained on frames imported with --resize letterbox; labelling with --resize crop" in (
         capsys.readouterr().err)
+
+
+def test_a_v21_datasets_episode_stats_get_the_new_feature(tmp_path):
+    """LeRobot v2.1 builds its stats from meta/episodes_stats.jsonl: a feature masklam adds (latent actions) is in
+    every episode's line, with that episode's stats, and leaves it when dropped."""
+    from masklam.data.lerobot_writer import add_feature, drop_feature
+
+    root = tmp_path / "lr"
+    write_v21(root)
+    lines = [{"episode_index": i, "stats": {"action": {"min": [0.0, 0.0]}}} for i in range(2)]
+    (root / "meta" / "episodes_stats.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    values = {0: np.arange(12, dtype=np.float32).reshape(6, 2), 1: -np.ones((4, 2), np.float32)}
+    add_feature(root, "latent_action", values)
+    stats = [json.loads(line) for line in (root / "meta" / "episodes_stats.jsonl").read_text().splitlines()]
+    assert [s["stats"]["latent_action"]["max"] for s in stats] == [[10.0, 11.0], [-1.0, -1.0]]
+    assert [s["stats"]["latent_action"]["count"] for s in stats] == [[6], [4]]
+    assert all(s["stats"]["action"] == {"min": [0.0, 0.0]} for s in stats)  # the others' stats as they were
+    drop_feature(root, "latent_action")
+    stats = [json.loads(line) for line in (root / "meta" / "episodes_stats.jsonl").read_text().splitlines()]
+    assert all(set(s["stats"]) == {"action"} for s in stats)

@@ -311,7 +311,8 @@ class LeRobotWriter:
 
 def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray]) -> None:
     """Add the per-frame feature ``name`` ((T, D) float32 per episode index, frame order) to every data file of
-    the LeRobot directory ``root`` (any version), and to meta/info.json and meta/stats.json."""
+    the LeRobot directory ``root`` (any version), and to meta/info.json and meta/stats.json; each episode's stats
+    to meta/episodes (v3.0) or meta/episodes_stats.jsonl (v2.1, whose loader builds its stats from them)."""
     root = Path(root)
     files = sorted((root / "data").rglob("*.parquet"))
     stats = _Stats()
@@ -354,11 +355,33 @@ def add_feature(root: str | os.PathLike, name: str, values: dict[int, np.ndarray
         write_json(stats_path, all_stats, indent=4)
     if info.get("codebase_version") == "v3.0":
         _add_episode_stats(root, name, values, per_episode)
+    _edit_episode_stats_v21(root, name, per_episode)
+
+
+def _edit_episode_stats_v21(root: Path, name: str, per_episode: Mapping[int, dict[str, Any]] | None) -> None:
+    """Set (or, with None, remove) feature ``name`` in every line of a v2.1 meta/episodes_stats.jsonl (absent in
+    other versions: nothing to do)."""
+    path = root / "meta" / "episodes_stats.jsonl"
+    if not path.is_file():
+        return
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for line in lines:
+        ep = int(line["episode_index"])
+        if per_episode is None:
+            line.get("stats", {}).pop(name, None)
+        elif ep in per_episode:
+            line.setdefault("stats", {})[name] = per_episode[ep]
+        else:
+            raise MasklamError(f"{path}: no {name} for episode {ep}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    os.replace(tmp, path)
 
 
 def drop_feature(root: str | os.PathLike, name: str) -> None:
     """Remove the per-frame feature ``name`` from every data file of the LeRobot directory ``root``, from
-    meta/info.json and meta/stats.json, and its meta/episodes stats columns (v3.0)."""
+    meta/info.json and meta/stats.json, and its per-episode stats (meta/episodes columns, v3.0; episodes_stats.jsonl,
+    v2.1)."""
     root = Path(root)
     prefix = f"stats/{name}/"
     for path in [*sorted((root / "data").rglob("*.parquet")), *sorted((root / "meta" / "episodes").rglob("*.parquet"))]:
@@ -373,6 +396,7 @@ def drop_feature(root: str | os.PathLike, name: str) -> None:
             record = read_json(meta)
             (record[key] if key else record).pop(name, None)
             write_json(meta, record, indent=4)
+    _edit_episode_stats_v21(root, name, None)
 
 
 def _episode_stats(values: np.ndarray) -> dict[str, Any]:
