@@ -877,3 +877,21 @@ def test_a_v21_datasets_episode_stats_get_the_new_feature(tmp_path):
     drop_feature(root, "latent_action")
     stats = [json.loads(line) for line in (root / "meta" / "episodes_stats.jsonl").read_text().splitlines()]
     assert all(set(s["stats"]) == {"action"} for s in stats)
+
+
+def test_resampling_sums_the_rewards_a_kept_frame_spans(tmp_path):
+    """--fps keeps every other frame of a 30 fps LeRobot dataset: each kept frame's reward is the sum over the
+    source frames it spans (the return is kept, across --chunk-seconds cuts too), its action its own row's."""
+    src = write_h5(tmp_path / "x.h5", n_traj=1, length=12)
+    lr = export(ExportConfig(data=src, out=tmp_path / "lr", progress=False))  # 30 fps
+    with h5py.File(src) as f:
+        rewards, actions = f["0/rewards"][()], f["0/actions"][()]
+    for kw, lengths in ((dict(), [6]), (dict(chunk_seconds=0.2), [3, 3])):
+        out = do_import(lr, tmp_path / f"half{len(lengths)}.h5", img_size=16, fps=15, **kw).path
+        with h5py.File(out) as f:
+            assert [f[str(i)]["rewards"].shape[0] for i in range(len(lengths))] == lengths
+            got = np.concatenate([f[str(i)]["rewards"][()] for i in range(len(lengths))])
+            acts = np.concatenate([f[str(i)]["actions"][()] for i in range(len(lengths))])
+            total = sum(float(f[str(i)].attrs["traj_return"]) for i in range(len(lengths)))
+        assert np.allclose(got, rewards[0::2] + rewards[1::2], atol=1e-6)
+        assert np.allclose(acts, actions[0::2]) and total == pytest.approx(float(rewards.sum()), abs=1e-5)

@@ -177,8 +177,10 @@ class _GroupWriter:
         self.group.attrs.update(attrs)
 
 
-def _arrays(ep: Episode, rows: np.ndarray, item: Item) -> dict[str, np.ndarray]:
-    """The episode's per-frame arrays at source rows ``rows`` (our dataset names, our dtypes)."""
+def _arrays(ep: Episode, rows: np.ndarray, item: Item, stop: int) -> dict[str, np.ndarray]:
+    """The episode's per-frame arrays at source rows ``rows`` (our dataset names, our dtypes). A kept frame spans
+    the source rows up to the next kept one (``stop`` after the last): its reward is their sum (--fps keeps the
+    return), its action and state those of its own row."""
     out: dict[str, np.ndarray] = {}
     for key, value in (("actions", ep.actions), ("states", ep.states), ("rewards", ep.rewards)):
         if value is not None:
@@ -189,7 +191,7 @@ def _arrays(ep: Episode, rows: np.ndarray, item: Item) -> dict[str, np.ndarray]:
                 raise MasklamError(f"{item.path}: {item.name} has {len(value)} {key} rows for {rows.max() + 1} frames")
             if not np.isfinite(value[rows]).all():
                 raise MasklamError(f"{item.path}: {item.name}'s {key} hold NaN or inf")
-            out[key] = value[rows]
+            out[key] = np.add.reduceat(value[:max(stop, rows[-1] + 1)], rows) if key == "rewards" else value[rows]
     for key, value in ep.masks.items():
         out[key] = np.asarray(value, bool)[rows]
     return out
@@ -231,10 +233,11 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
                       f"suggests about {ep.stated}: if the file was cut short, its end is missing")
         if len(groups) > 1 and len(groups[-1][1]) < 2:  # a 1-frame tail makes no window
             del f[groups.pop()[0].group.name]
-        for writer, rows in groups:
+        for i, (writer, rows) in enumerate(groups):
             attrs = {"source_item": item.name, "source_file": str(item.path), "source_start": int(rows[0]),
                      "source_signature": signature, "task": ep.task, "seed": index}
-            writer.finish(_arrays(ep, np.asarray(rows, np.int64), item), attrs)
+            stop = groups[i + 1][1][0] if i + 1 < len(groups) else consumed[0]  # the source rows it spans
+            writer.finish(_arrays(ep, np.asarray(rows, np.int64), item, stop), attrs)
     return sum(writer.n for writer, _ in groups)
 
 
