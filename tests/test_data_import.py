@@ -895,3 +895,14 @@ def test_resampling_sums_the_rewards_a_kept_frame_spans(tmp_path):
             total = sum(float(f[str(i)].attrs["traj_return"]) for i in range(len(lengths)))
         assert np.allclose(got, rewards[0::2] + rewards[1::2], atol=1e-6)
         assert np.allclose(acts, actions[0::2]) and total == pytest.approx(float(rewards.sum()), abs=1e-5)
+
+
+def test_every_imported_frame_knows_its_row_in_the_source(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 20, fps=10)
+    out = do_import(videos, tmp_path / "c.h5", img_size=16, fps=5, chunk_seconds=0.8).path  # every other frame
+    with h5py.File(out) as f:
+        rows = [f[str(i)]["source_rows"][()].tolist() for i in range(3)]
+        assert rows == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]] and f["1"].attrs["source_start"] == 8
+    assert read_layout(out).lengths.tolist() == [4, 4, 2]

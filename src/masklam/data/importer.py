@@ -7,6 +7,9 @@ Frames become ``--img-size`` squares by centre crop (default) or letterbox, reco
 tick of the new rate; actions, states, rewards and masks follow the kept frames), the rate being recorded
 (``fps``: the frame interval a latent action spans). Actions, states, rewards, agent masks and task strings
 come along where the source has them; without actions the file still trains LAPO and MaskLAM (no probe).
+Each trajectory records where it came from: attrs ``source_item``, ``source_file``, and per frame ``source_rows``
+(the frame's index in its source item, so a latent action maps back to the source video after ``--fps`` and
+``--chunk-seconds``).
 
 Memory stays flat in the input's length: frames stream from the decoder into chunked HDF5 datasets.
 Resumable like `masklam collect` (`masklam.data.parts`): each source item (file, folder, episode) is one
@@ -237,7 +240,8 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
             attrs = {"source_item": item.name, "source_file": str(item.path), "source_start": int(rows[0]),
                      "source_signature": signature, "task": ep.task, "seed": index}
             stop = groups[i + 1][1][0] if i + 1 < len(groups) else consumed[0]  # the source rows it spans
-            writer.finish(_arrays(ep, np.asarray(rows, np.int64), item, stop), attrs)
+            kept = np.asarray(rows, np.int64)
+            writer.finish({**_arrays(ep, kept, item, stop), "source_rows": kept}, attrs)
     return sum(writer.n for writer, _ in groups)
 
 
