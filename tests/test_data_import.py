@@ -906,3 +906,20 @@ def test_every_imported_frame_knows_its_row_in_the_source(tmp_path):
         rows = [f[str(i)]["source_rows"][()].tolist() for i in range(3)]
         assert rows == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]] and f["1"].attrs["source_start"] == 8
     assert read_layout(out).lengths.tolist() == [4, 4, 2]
+
+
+def test_29_97_and_30_fps_are_one_rate(tmp_path):
+    """Rates within 1% are one (NTSC's 29.97 beside 30): import keeps every frame of both, without --fps, and
+    records the lower; --fps 30 is not 'above' it. Label accepts either for the other (train.checkpoint.check_fps)."""
+    from masklam.train.checkpoint import check_fps
+
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 12, fps=30)
+    write_video(videos / "b.mp4", 12, fps=30000 / 1001, seed=1)
+    lay = read_layout(do_import(videos, tmp_path / "d.h5", img_size=16).path)
+    assert lay.lengths.tolist() == [12, 12] and abs(lay.attrs["fps"] - 29.97) < 0.01
+    assert read_layout(do_import(videos, tmp_path / "e.h5", img_size=16, fps=30).path).lengths.tolist() == [12, 12]
+    check_fps("lam", 30.0, "d.h5", 29.97)  # no error
+    with pytest.raises(MasklamError, match="trained on 30 fps video, d.h5 is 25 fps"):
+        check_fps("lam", 30.0, "d.h5", 25.0)

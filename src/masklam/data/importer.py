@@ -35,7 +35,7 @@ from masklam.data.parts import merge_parts, part_path, prepare_parts, remove_par
 from masklam.locks import output_lock
 from masklam.resources import check_free_space
 from masklam.data.sources import Episode, Item, Source, open_source
-from masklam.data.video import RESIZE_MODES, Resizer
+from masklam.data.video import RESIZE_MODES, Resizer, same_rate
 from masklam.errors import MasklamError, note_once
 
 WRITE_CHUNK = 256
@@ -109,10 +109,10 @@ def file_attrs(cfg: ImportConfig, source: Source) -> dict[str, Any]:
 def _out_fps(cfg: ImportConfig, source: Source) -> float:
     """The imported file's frame rate: --fps, else the source's (0: unknown); one line when it cannot be had."""
     rates = source.rates()
-    if len(rates) > 1 and cfg.fps is None:
+    if len(rates) > 1 and not same_rate(min(rates), max(rates)) and cfg.fps is None:
         raise MasklamError(f"{cfg.src}: videos of different frame rates ({', '.join(f'{r:g}' for r in rates)} fps); "
                            "give --fps to resample them all to one")
-    if rates and cfg.fps is not None and cfg.fps > min(rates) * (1 + 1e-6):
+    if rates and cfg.fps is not None and cfg.fps > min(rates) and not same_rate(cfg.fps, min(rates)):
         raise MasklamError(f"--fps {cfg.fps:g} is above {cfg.src}'s {min(rates):g} fps; only lower rates are kept "
                            "(frames are dropped, never invented)")
     fps = float(cfg.fps or source.fps or 0.0)
@@ -131,7 +131,7 @@ def _selected(frames: Iterator[Any], src_fps: float | None, fps: float,
               times: list[float] | None = None) -> Iterator[Any]:
     """The frames a rate of ``fps`` keeps, streamed: a frame when its time (from the first frame's; ``times``,
     filled as ``frames`` yields, else i / src_fps) reaches the next tick of the new rate, floor(t * fps)."""
-    if not src_fps or not fps or fps >= src_fps * (1 - 1e-9):
+    if not src_fps or not fps or fps >= src_fps or same_rate(fps, src_fps):  # 29.97 from 30 fps: every frame
         yield from frames
         return
     last = -1.0

@@ -27,7 +27,8 @@ import numpy as np
 
 from masklam.data.hdf5 import MASK_KEYS, executed_actions, open_file, read_array, read_layout
 from masklam.data.peers import is_parquet
-from masklam.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, image_size, probe, read_image, video_frames
+from masklam.data.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, image_size, probe, read_image, same_rate,
+                                video_frames)
 from masklam.errors import MasklamError, note_once
 
 FORMATS = ("hdf5", "masklam-parquet", "lerobot", "videos", "frames")
@@ -239,7 +240,9 @@ class VideoSource(Source):
 
     @property
     def fps(self) -> float | None:
-        return next(i.fps for i in self.infos if i.fps) if len(self._rates) == 1 else None
+        """The videos' rate: one, or rates within SAME_RATE of each other (29.97 and 30: the lowest)."""
+        one = self._rates and same_rate(self._rates[0], self._rates[-1])
+        return min(i.fps for i in self.infos if i.fps) if one else None
 
     def rates(self) -> list[float]:
         return list(self._rates)

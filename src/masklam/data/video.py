@@ -24,6 +24,14 @@ from masklam.errors import MasklamError
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".webm", ".mkv", ".avi", ".mov", ".gif", ".mpg", ".mpeg", ".mts", ".m2ts", ".ts",
                   ".wmv", ".flv", ".3gp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SAME_RATE = 0.01
+"""Frame rates within this fraction of each other are one rate (29.97 and 30 fps): import neither resamples nor
+refuses between them, and label accepts video at either for a LAM trained on the other."""
+
+
+def same_rate(a: float, b: float) -> bool:
+    """True when frame rates `a` and `b` differ by at most SAME_RATE of the larger."""
+    return abs(a - b) <= SAME_RATE * max(a, b)
 RESIZE_MODES = ("crop", "letterbox")
 CODECS = ("h264", "av1")
 

@@ -125,7 +125,9 @@ def check_lam_data(lam_dir: str | Path, paths: Any, observations: str | None = N
 def check_fps(lam: str | Path, lam_fps: float | None, data: str | Path, data_fps: float | None) -> None:
     """One line before work when both frame rates are known and differ by more than 1%: a latent action spans
     one frame interval of the LAM's training video, so video at another rate gets latents of another motion."""
-    if lam_fps and data_fps and abs(float(data_fps) - lam_fps) > 0.01 * lam_fps:
+    from masklam.data.video import same_rate
+
+    if lam_fps and data_fps and not same_rate(float(data_fps), float(lam_fps)):
         fix = (f"resample it (masklam import {data} --fps {lam_fps:g} --out DATA.h5)" if data_fps > lam_fps else
                f"frames are never invented: import the original video at {lam_fps:g} fps if it has them, or use a LAM "
                f"trained on {float(data_fps):g} fps video")
