@@ -906,6 +906,10 @@ def test_every_imported_frame_knows_its_row_in_the_source(tmp_path):
         rows = [f[str(i)]["source_rows"][()].tolist() for i in range(3)]
         assert rows == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]] and f["1"].attrs["source_start"] == 8
     assert read_layout(out).lengths.tolist() == [4, 4, 2]
+    from masklam.data.info import format_summary, summarize
+
+    text = format_summary(summarize(out))  # `masklam info`: what imported video is, not "task ?-?, return nan"
+    assert "task          none (imported videos)" in text and "return        none (no rewards)" in text
 
 
 def test_29_97_and_30_fps_are_one_rate(tmp_path):

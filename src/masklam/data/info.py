@@ -29,7 +29,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
     returns = lay.returns[np.isfinite(lay.returns)]
     return {
         "file": str(lay.path),
-        "task": f"{lay.attrs.get('domain_name', '?')}-{lay.attrs.get('task_name', '?')}",
+        "task": _task(lay.attrs),
         "trajectories": lay.num_trajectories,
         "steps": lay.num_frames,
         "length_min": int(lay.lengths.min()),
@@ -45,6 +45,16 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "bytes": sum(f.stat().st_size for f in getattr(lay, "shards", None) or [Path(path)]),
         "attrs": lay.attrs,
     }
+
+
+def _task(attrs: dict[str, Any]) -> str:
+    """A simulated task's name; imported data's source (its format, and task strings where it has them)."""
+    if "domain_name" in attrs or "task_name" in attrs:
+        return f"{attrs.get('domain_name', '?')}-{attrs.get('task_name', '?')}"
+    if "source_format" in attrs:
+        tasks = [str(t) for t in np.atleast_1d(attrs.get("tasks", [])) if str(t)]
+        return f"none (imported {attrs['source_format']}{': ' + '; '.join(tasks[:3]) if tasks else ''})"
+    return "?"
 
 
 def _size(n: float) -> str:
@@ -63,7 +73,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{s['file']}",
         f"  task          {s['task']}",
         f"  trajectories  {s['trajectories']}  ({lengths} steps each, {s['steps']} steps in all)",
-        f"  return        {s['return_mean']:.1f} +- {s['return_std']:.1f} (mean +- std over trajectories)",
+        f"  return        {s['return_mean']:.1f} +- {s['return_std']:.1f} (mean +- std over trajectories)"
+        if np.isfinite(s["return_mean"]) else "  return        none (no rewards)",
         f"  image         {s['img_hw'][0]}x{s['img_hw'][1]} RGB; state dim {s['state_dim']}, "
         f"action dim {s['action_dim']}",
         f"  masks         "
