@@ -310,9 +310,10 @@ def test_a_broken_png_is_one_line_naming_it(tmp_path, capsys):
     assert code == 2 and "1.png is not a readable image" in err and len(err.splitlines()) == 1, err
 
 
-def test_export_lerobot_then_import_round_trip(tmp_path):
+def test_export_lerobot_then_import_round_trip(tmp_path, capsys):
     data = write_h5(tmp_path / "d.h5")
     out = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    assert "records no frame rate: exported at 30 fps (give --fps)" in capsys.readouterr().err
     info = json.loads((out / "meta" / "info.json").read_text())
     assert info["codebase_version"] == "v3.0" and info["total_frames"] == 36 and info["total_episodes"] == 3
     assert info["features"]["observation.image"]["info"]["video.codec"] in ("h264", "mpeg4")

@@ -22,7 +22,7 @@ from masklam.data.lerobot import DEFAULT_CAMERA
 from masklam.data.lerobot_writer import LeRobotWriter
 from masklam.data.sources import DESCRIPTIONS, Episode, Source, open_source
 from masklam.data.video import CODECS, Resizer, fullest_pix_fmt
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 from masklam.files import config_record
 
 BATCH = 256
@@ -119,7 +119,10 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
     if h != w or h < 8:
         raise MasklamError(f"{cfg.data}: frames are {w}x{h}; export writes square frames of at least 8x8")
     resizer = Resizer(h, "crop")
-    fps = cfg.fps or float(lay.attrs.get("fps") or 0) or 30.0
+    fps = cfg.fps or float(lay.attrs.get("fps") or 0)
+    if not fps:  # image folders, simulated data: no rate recorded
+        fps = 30.0
+        note_once(("export-fps", str(cfg.data)), f"{cfg.data} records no frame rate: exported at 30 fps (give --fps)")
     task = (f"{lay.attrs['domain_name']}-{lay.attrs['task_name']}"
             if "domain_name" in lay.attrs and "task_name" in lay.attrs else "")
     masks = [k for k in MASK_KEYS if lay.has(k)]

@@ -51,11 +51,12 @@ class MasksConfig:
     """sam2: a HF-format directory or .safetensors file (required); mobilesam: the checkpoint (default: the one
     `masklam weights fetch mobilesam` cached)."""
     box: tuple[float, float, float, float] | None = None
-    """Box prompt on frame 0, x0 y0 x1 y1 (or x0,y0,x1,y1) in pixels of the HxW frame (default: sized for the
-    file's domain; a file naming no task needs --box, --point or --auto)."""
+    """Box prompt on frame 0, x0 y0 x1 y1 (or x0,y0,x1,y1) in pixels of the file's frames (imported video: of the
+    --img-size squares, not of the original video) (default: sized for the file's domain; a file naming no task
+    needs --box, --point or --auto)."""
     point: tuple[float, float] | None = None
-    """A point on the agent in frame 0, x y (or x,y) in pixels, instead of a box (sam2: MobileSAM's mask of it
-    gives SAM 2's box)."""
+    """A point on the agent in frame 0, x y (or x,y) in pixels of the file's frames, instead of a box (sam2:
+    MobileSAM's mask of it gives SAM 2's box)."""
     auto: bool = False
     """Find the agent on frame 0 of each trajectory from the video's motion (masklam.masks.auto; with MobileSAM,
     whose box then prompts sam2)."""
