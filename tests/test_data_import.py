@@ -343,6 +343,7 @@ def test_export_carries_a_labelled_files_latent_actions(tmp_path):
     with h5py.File(data, "a") as f:
         for i, z in latents.items():
             f[str(i)]["latent_action"] = z
+        f.attrs.update(latent_lam="runs/lam", label_config="{}")  # as label writes them
     out = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
     info = json.loads((out / "meta" / "info.json").read_text())
     assert info["features"]["latent_action"]["shape"] == [4] and "decoded_action" not in info["features"]
@@ -351,6 +352,9 @@ def test_export_carries_a_labelled_files_latent_actions(tmp_path):
     episode, frame = np.asarray(table["episode_index"]), np.asarray(table["frame_index"])
     assert np.array_equal(got, np.stack([latents[e][t] for e, t in zip(episode, frame)]))
     assert "latent_action" in json.loads((out / "meta" / "stats.json").read_text())
+    # the latents are not imported, nor is the record of their labelling
+    back = read_layout(do_import(out, tmp_path / "back.h5", img_size=16).path)
+    assert not {"latent_lam", "label_config"} & set(back.attrs) and back.attrs["domain_name"] == "cheetah"
 
 
 def test_exported_lerobot_fits_what_lerobot_reads(tmp_path):

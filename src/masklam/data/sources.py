@@ -311,7 +311,9 @@ class LeRobotSource(Source):
         """Its camera and version; a dataset `masklam export` wrote also gives back its file's attrs (task, env
         settings), which evaluation needs."""
         ours = (self.dir.info.get("masklam") or {}).get("attrs") or {}
-        kept = {k: v for k, v in ours.items() if k not in ("img_hw", "version", "fps") and v is not None}
+        # not what the import makes anew, nor the labelling of latent actions, which are not imported
+        dropped = ("img_hw", "version", "fps", "latent_lam", "label_config")
+        kept = {k: v for k, v in ours.items() if k not in dropped and v is not None}
         return {**kept, "camera": self.dir.camera, "lerobot_version": self.dir.version,
                 "robot_type": str(self.dir.info.get("robot_type") or "")}
 
