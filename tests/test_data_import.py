@@ -251,8 +251,13 @@ def test_image_folders_and_mixed_sizes(tmp_path):
     with pytest.raises(MasklamError, match="--chunk-seconds needs a frame rate"):  # image folders record none
         do_import(root, tmp_path / "c.h5", chunk_seconds=0.2)
     assert not (tmp_path / "c.h5").exists()
+    (root / "ep2").mkdir()  # another episode folder at another size: resized like the others, as videos are
+    for t in range(4):
+        Image.fromarray(np.full((36, 48, 3), 60 * t, np.uint8)).save(root / "ep2" / f"{t:04d}.png")
+    assert read_layout(do_import(root, tmp_path / "m.h5", img_size=24).path).lengths.tolist() == [5, 3, 4]
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "ep1" / "0009.png")
-    with pytest.raises(MasklamError, match=r"ep1/0009.png is 24x20"):
+    with pytest.raises(MasklamError, match=r"ep1/0009.png is 24x20, .*ep1/0000.png is 24x24; the frames of one "
+                                           r"episode folder must have one size"):
         do_import(root, tmp_path / "e.h5")
     assert not (tmp_path / "e.h5").exists()
 

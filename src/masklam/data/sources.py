@@ -259,7 +259,8 @@ class VideoSource(Source):
 
 
 class FrameFolderSource(Source):
-    """A folder of image folders: one episode per folder, frames in numbered name order, all of one size."""
+    """A folder of image folders: one episode per folder, frames in numbered name order, each folder's of one size
+    (folders of different sizes are each resized, as videos of different sizes are)."""
 
     kind = "frames"
 
@@ -271,14 +272,14 @@ class FrameFolderSource(Source):
         if not self.folders:
             raise MasklamError(f"no folders of images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
         self.files = {d: _images(d) for d in self.folders}
-        first = self.files[self.folders[0]][0]
-        size = image_size(first)
-        for d in self.folders:  # headers only: cheap, and a mixed size is an error before any work
+        for d in self.folders:  # headers only: cheap, and a size changing within an episode is an error before work
+            first = self.files[d][0]
+            size = image_size(first)
             for f in self.files[d]:
                 hw = image_size(f)
                 if hw != size:
-                    raise MasklamError(f"{f} is {hw[1]}x{hw[0]}, {first} is {size[1]}x{size[0]}; every frame of an "
-                                       "image-folder dataset must have one size")
+                    raise MasklamError(f"{f} is {hw[1]}x{hw[0]}, {first} is {size[1]}x{size[0]}; the frames of one "
+                                       "episode folder must have one size")
 
     def items(self) -> list[Item]:
         return [Item(d.name, d, len(self.files[d]), d) for d in self.folders]
