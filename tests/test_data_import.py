@@ -558,6 +558,7 @@ def test_lerobot_metadata_without_fps_or_a_column_is_one_line(tmp_path, capsys):
         else:
             meta = next((lr / "meta" / "episodes").rglob("*.parquet"))
             pq.write_table(pq.read_table(meta).drop_columns([broken]), meta)
+        capsys.readouterr()  # the export's notes
         code, err = run_cli(["import", str(lr), "--out", str(out), "--no-progress"], capsys)
         assert code == 2 and named in err and len(err.splitlines()) == 1, err
     assert not out.exists()
