@@ -118,3 +118,14 @@ def test_an_unknown_task_or_preset_is_one_line_before_anything_is_printed_or_mad
     with pytest.raises(MasklamError, match=named) as e:
         main(["--preset", "toy", "--out", str(tmp_path / "q"), *option])
     assert "\n" not in str(e.value) and capsys.readouterr().out == "" and not (tmp_path / "q").exists()
+
+
+def test_the_quickstart_takes_lapo_and_masklams_recipes_only(tmp_path, capsys):
+    """laom-code is LAOM's code (laom, laom-sup, and LAOM's LAPO baseline): in the quickstart it would change its
+    LAPO alone, so it is not one of the quickstart's recipes (a one-line error naming those)."""
+    from masklam.cli import main
+
+    assert main(["quickstart", "--preset", "toy", "--out", str(tmp_path / "q"), "--recipe", "laom-code"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice 'laom-code'; one of: mask-target, paper" in err and "authors+mask-target" in err
+    assert not (tmp_path / "q").exists()

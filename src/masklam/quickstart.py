@@ -38,7 +38,9 @@ MASK_TARGET: dict[str, Any] = dict(mask_target=True)
 # authors' code for every pixel LAM) comes alone and with our variant on top (`authors+mask-target`). Measured
 # against each other in docs/quickstart-science.md and docs/results.md.
 RECIPES: dict[str, dict[str, Any]] = {"mask-target": MASK_TARGET}
-for _name in (name for name in PRETRAIN_RECIPES if name != "default"):
+# the pretraining recipes of LAPO and MaskLAM (laom-code is LAOM's code: laom, laom-sup and LAOM's LAPO baseline,
+# which would change the quickstart's LAPO alone)
+for _name in (name for name in PRETRAIN_RECIPES if name not in ("default", "laom-code")):
     RECIPES[_name] = dict(recipe=_name)
     RECIPES[f"{_name}+mask-target"] = dict(recipe=_name, **MASK_TARGET)
 Recipe = Literal[tuple(RECIPES)]  # type: ignore[valid-type]
