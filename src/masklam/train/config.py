@@ -10,7 +10,8 @@ A field left unset (None) takes its value from the highest-precedence source tha
 - the method's defaults (`masklam.methods`, registered with the model in masklam.models.lam) are its own
   paper's choices: frame stack, window offset, LAOM's augmentation and target;
 - a recipe (RECIPES, `--recipe`) fixes how a LAM learns: `paper` is MaskLAM's paper as written (lapo, masklam),
-  `authors` what its authors' code sets (lapo, masklam), `laom-code` what LAOM's code sets (laom, laom-sup);
+  `authors` what its authors' code sets (lapo, masklam), `laom-code` what LAOM's code sets (laom, laom-sup, and
+  lapo: its LAPO baseline);
 - FIELD_DEFAULTS: values that no source sets.
 
 The run length is one choice made by one source: a source that sets `updates` or `epochs` clears the other,
@@ -63,7 +64,7 @@ PRESET_SUITE = {"paper": "dmc", "paper-metaworld": "metaworld"}
 #   width x4 (FDM x6), 2 epochs (RECIPE_PRESETS).
 _AUTHORS_COMMON = dict(frame_stack=3, optimizer="adamw", weight_decay=0.01, lr=6e-4, warmup_frac=0.0,
                        schedule="cosine", init="orthogonal", pixels="centered", fdm_width=1.5, decoder="authors")
-# - `laom-code` for laom, laom-sup: LAOM's code (github.com/joon-stack/laom's initial release, whose parameter counts
+# - `laom-code` for laom, laom-sup (and lapo, below): LAOM's code (github.com/joon-stack/laom's initial release, whose parameter counts
 #   are the paper's Table 4; docs/laom-vs-code.md): its head layout with 3 blocks, its encoder (strided convs, ReLU6,
 #   no final activation), pixels 2 x/255 - 1, orthogonal init, its 1-of-8 augmentations; laom-sup with the EMA
 #   target of its code and Table 7 (the paper's text: stop-grad). Its optimiser, sizes and run length are the
