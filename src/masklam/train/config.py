@@ -67,10 +67,10 @@ _AUTHORS_COMMON = dict(frame_stack=3, optimizer="adamw", weight_decay=0.01, lr=6
 # - `laom-code` for laom, laom-sup (and lapo, below): LAOM's code (github.com/joon-stack/laom's initial release, whose
 #   parameter counts are the paper's Table 4; docs/laom-vs-code.md): its head layout with 3 blocks, its encoder
 #   (strided convs, ReLU6, no final activation), pixels 2 x/255 - 1, orthogonal init, its 1-of-8 augmentations;
-#   laom-sup with the EMA target of its code and Table 7 (the paper's text: stop-grad). Its optimiser, sizes and run length are the
-#   `paper` preset's (Table 6). For lapo: LAOM's LAPO baseline (its configs/lapo.yaml, src/nn.py's LAPO): frame
-#   stack 3, k in 1..10, its strided ReLU6 encoders (a GELU before the IDM's Linear), the FDM predicting the whole
-#   next stack with the authors' decoder layout in ReLU6 and a tanh, pixels 2 x/255 - 1, orthogonal init, no
+#   laom-sup with the EMA target of its code and Table 7 (the paper's text: stop-grad). Its optimiser, sizes and run
+#   length are the `paper` preset's (Table 6). For lapo: LAOM's LAPO baseline (its configs/lapo.yaml, src/nn.py's
+#   LAPO): frame stack 3, k in 1..10, its strided ReLU6 encoders (a GELU before the IDM's Linear), the FDM predicting
+#   the whole next stack with the authors' decoder layout in ReLU6 and a tanh, pixels 2 x/255 - 1, orthogonal init, no
 #   augmentation; latent 8192, widths x6, Adam 1e-4, 3 of 10 epochs warm-up: the paper preset's (Tables 4-5).
 _LAOM_CODE = dict(heads="laom", head_blocks=3, encoder="laom", pixels="signed", init="orthogonal", aug_style="laom")
 _LAOM_LAPO = dict(frame_stack=3, max_offset=10, encoder="laom", decoder="laom", pixels="signed", init="orthogonal")
