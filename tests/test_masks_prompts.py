@@ -146,13 +146,26 @@ def test_auto_masks_an_imported_video_with_a_box_found_per_trajectory(tmp_path, 
             assert (x0, y0, x1, y1) == pytest.approx((x - 1.2, y - 1.2, x + 13.2, y + 13.2))
 
 
-def test_auto_on_a_still_video_is_a_one_line_error_naming_the_trajectory(tmp_path, stub, capsys):
-    still = np.repeat(agent_video()[0][:1], 4, axis=0)
-    path = imported_file(tmp_path / "v.h5", [still])
-    assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w", "--auto"]) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar: the one-line error
-    assert last.startswith("masklam: error: --auto found no motion in the first 4 frames of trajectory 0 of")
-    assert str(path) in last
+def test_auto_leaves_a_still_videos_masks_empty_with_a_note_and_refuses_a_file_of_only_those(tmp_path, stub,
+                                                                                              capsys):
+    """One motionless clip does not stop a folder's masks: its masks are empty (prompt NaNs), with a note naming it;
+    a file where --auto finds no agent at all is a one-line error."""
+    moving, still = agent_video(seed=0, x=20)[0], np.repeat(agent_video()[0][:1], 4, axis=0)
+    path = imported_file(tmp_path / "v.h5", [moving, still])
+    assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w", "--auto"]) == 0
+    err = capsys.readouterr().err
+    assert f"--auto found no motion in the first 4 frames of trajectory 1 of {path}" in err
+    assert "its masks are left empty, and MaskLAM does not learn from it" in err
+    with h5py.File(path) as f:
+        assert f["0"]["masks_mobilesam"][()].any() and not f["1"]["masks_mobilesam"][()].any()
+        assert np.isnan(f["1"].attrs["masks_mobilesam_prompt"]).all()
+    only = imported_file(tmp_path / "s.h5", [still])
+    assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(only), "--weights", "w", "--auto"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"masklam: error: --auto found no agent in any trajectory of {only} (see the notes); give --box "
+                    "or --point")
+    with h5py.File(only) as f:
+        assert "masks_mobilesam" not in f["0"]
 
 
 # --- --point, --box, files without a task --------------------------------------------------------------------

@@ -18,6 +18,9 @@ What it does, per trajectory (the result is a box prompt for frame 0, then track
    one edge to the opposite one (the floor, the horizon) are refused.
 4. The chosen candidate's bounding box, enlarged by 10% per side, is the trajectory's box prompt
    (stored as the group attribute ``<key>_prompt``); `masklam.masks.mobilesam.track` follows it as usual.
+   Where nothing moves, or no candidate fits, the trajectory's masks are left empty (prompt NaNs) with a note
+   naming it, so one motionless clip does not stop the masks of a whole folder (`find_agent_or_none`); the
+   student (`--student`) is not taught on its frames.
 
 Measured on the quickstart data (cheetah-run, ``laom`` distractors; docs/results.md): tuned on 10 trajectories
 (groups 0, 4, ..., 36: tau percentile 75/80/85/90/95, 16 or 32 frames, point vs energy-blob box proposals;
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 
 FRAMES = 16
 POINTS = 16
@@ -83,6 +86,26 @@ def choose(candidates: np.ndarray, predicted_iou: np.ndarray, energy: np.ndarray
     return best if len(score) and np.isfinite(score[best]) else None
 
 
+class NoAgentFound(MasklamError):
+    """--auto found nothing to prompt with in one video (no motion, or no agent-sized moving object)."""
+
+
+NOT_FOUND = (float("nan"),) * 4
+"""The stored prompt of a trajectory where --auto found no agent (its masks are empty)."""
+
+
+def find_agent_or_none(model, video: np.ndarray, name: str) -> tuple[float, float, float, float] | None:
+    """`find_agent`'s box, or None with a note naming the video when it finds none there (its masks are then
+    empty, so one motionless clip does not stop a whole folder's masks: the dataset loader names such
+    trajectories, and MaskLAM's loss gives an empty mask no weight)."""
+    try:
+        return find_agent(model, video, name=name)
+    except NoAgentFound as e:
+        note_once(("auto-none", name), f"{e} (for it alone: import it on its own); its masks are left empty, and "
+                  "MaskLAM does not learn from it")
+        return None
+
+
 def find_agent(model, video: np.ndarray, frames: int = FRAMES, points: int = POINTS,
                margin: float = MARGIN, name: str = "the video") -> tuple[float, float, float, float]:
     """The agent's box (x0, y0, x1, y1) on frame 0 of ``video`` (T, H, W, 3) uint8, found from its motion with
@@ -90,10 +113,10 @@ def find_agent(model, video: np.ndarray, frames: int = FRAMES, points: int = POI
     from masklam.masks.mobilesam import mask_box
 
     if len(video) < 2:
-        raise MasklamError(f"--auto needs at least 2 frames to see motion; {name} has {len(video)}")
+        raise NoAgentFound(f"--auto needs at least 2 frames to see motion; {name} has {len(video)}")
     energy = motion_energy(video, frames)
     if not energy.any():
-        raise MasklamError(f"--auto found no motion in the first {min(frames + 1, len(video))} frames of {name}; "
+        raise NoAgentFound(f"--auto found no motion in the first {min(frames + 1, len(video))} frames of {name}; "
                            "pass --box or --point")
     prompts = energy_peaks(energy, points)
     frame_hw = tuple(video.shape[1:3])
@@ -101,6 +124,6 @@ def find_agent(model, video: np.ndarray, frames: int = FRAMES, points: int = POI
     candidates = (logits[:, 1:] > 0).cpu().numpy().reshape(-1, *frame_hw)  # (points * 3, H, W): the multimask outputs
     best = choose(candidates, iou[:, 1:].cpu().numpy().reshape(-1), energy)
     if best is None:
-        raise MasklamError(f"--auto found no agent-sized moving object on the first frame of {name}; pass --box "
+        raise NoAgentFound(f"--auto found no agent-sized moving object on the first frame of {name}; pass --box "
                            "or --point")
     return tuple(float(v) for v in mask_box(candidates[best], margin))

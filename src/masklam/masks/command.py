@@ -143,6 +143,9 @@ def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
         todo = p.todo()
         if todo:
             _segment_all(path, p.parts, todo, p.lengths, weights, p.prompt, device, batch, len(p.names), segmenter)
+        if p.prompt == AUTO and len(p.missing) == len(p.names) and not _any_agent(p.parts, p.missing):
+            raise MasklamError(f"--auto found no agent in any trajectory of {path} (see the notes); give --box or "
+                               "--point")
         merge_parts(path, p.parts, key, p.prompt, weights)
     return stored_ious(path, key)
 
@@ -152,14 +155,16 @@ def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
     used), with its model loaded; an AUTO prompt is resolved per video (`masklam.masks.auto`)."""
     dev = resolve_device(device)
     if segmenter == "mobilesam":
-        from masklam.masks.auto import find_agent
+        from masklam.masks.auto import find_agent_or_none
         from masklam.masks.mobilesam import load_mobilesam, track
 
         model = load_mobilesam(weights, dev)
 
         def segment(video, prompt, progress, name="the video"):
             if prompt == AUTO:
-                prompt = find_agent(model, video, name=name)
+                prompt = find_agent_or_none(model, video, name)
+                if prompt is None:
+                    return _no_agent(video, progress)
             return track(model, video, prompt, batch=batch, progress=progress), prompt
 
         return segment, dev
@@ -170,9 +175,31 @@ def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
 
     def segment_sam2(video, prompt, progress, name="the video"):
         box = box_of(video, prompt, name)
+        if box is None:
+            return _no_agent(video, progress)
         return sam2_model.segment_video(model, video, box, batch=batch, progress=progress) > 0, box
 
     return segment_sam2, dev
+
+
+def _any_agent(parts: Path, names: list[str]) -> bool:
+    """Whether --auto found an agent in any of these trajectories' part files (their stored prompt not NaNs)."""
+    import h5py
+
+    for name in names:
+        with h5py.File(parts / f"{name}.h5", "r") as f:
+            if "prompt" in f and not np.isnan(f["prompt"][()]).all():
+                return True
+    return False
+
+
+def _no_agent(video: np.ndarray, progress) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Empty masks (T, H, W) for a video where --auto found no agent, and the prompt stored for it (NaNs)."""
+    from masklam.masks.auto import NOT_FOUND
+
+    if progress is not None:
+        progress(len(video))
+    return np.zeros(video.shape[:3], bool), NOT_FOUND
 
 
 def frame0_box(device):
@@ -189,11 +216,11 @@ def frame0_box(device):
             from masklam.masks.weights import ensure
 
             helper["model"] = load_mobilesam(ensure("mobilesam"), device)
-        from masklam.masks.auto import find_agent
+        from masklam.masks.auto import find_agent_or_none
         from masklam.masks.mobilesam import mask_box, track
 
-        if prompt == AUTO:
-            return find_agent(helper["model"], video, name=name)
+        if prompt == AUTO:  # None: no agent found (the masks are left empty)
+            return find_agent_or_none(helper["model"], video, name)
         box = mask_box(track(helper["model"], video[:1], prompt)[0], 0.1)
         if box is None:
             raise MasklamError(f"MobileSAM found no agent at the point {tuple(prompt)} on frame 0 of {name}; "

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from masklam.data.hdf5 import open_file
 from masklam.devices import resolve_device
+from masklam.errors import MasklamError
 from masklam.masks.iou import frame_ious, mask_iou
 from masklam.masks.store import AUTO, Prompt, merge_parts, plan, resume_folder, stored_ious, write_part
 
@@ -42,7 +43,7 @@ def spread(names: list[str], k: int | None) -> list[str]:
 def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | None, prompt: Prompt,
            device: str, batch: int) -> None:
     """MobileSAM labels for the trajectories in ``names`` lacking a label file."""
-    from masklam.masks.auto import find_agent
+    from masklam.masks.auto import NOT_FOUND, find_agent_or_none
     from masklam.masks.mobilesam import load_mobilesam, track
     from masklam.masks.weights import ensure
 
@@ -58,26 +59,38 @@ def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | N
                 group = f[name]
                 idx = label_frames(group["obs"].shape[0], n)
                 obs = group["obs"][()]
-                used = find_agent(model, obs, name=f"trajectory {name} of {path}") if prompt == AUTO else prompt
-                masks = track(model, obs, used, frames=idx, batch=batch, progress=bar.update)
-                iou = mask_iou(masks, group["masks"][()][idx]) if "masks" in group else None
+                used = find_agent_or_none(model, obs, f"trajectory {name} of {path}") if prompt == AUTO else prompt
+                if used is None:  # no agent found: no labels from it, so the student is not taught "no agent"
+                    bar.update(len(idx))
+                    idx, used = idx[:0], NOT_FOUND
+                    masks = np.zeros((0, *obs.shape[1:3]), bool)
+                else:
+                    masks = track(model, obs, used, frames=idx, batch=batch, progress=bar.update)
+                iou = mask_iou(masks, group["masks"][()][idx]) if "masks" in group and len(idx) else None
                 write_part(labels, name, masks, iou, extra={"frames": idx, "prompt": np.asarray(used, np.float64)})
 
 
 def _training_set(path: Path, labels: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Labelled frames, their MobileSAM masks, and the per-frame IoU of those masks vs simulator masks (or None)."""
     frames, masks, ious = [], [], []
+    taught = 0  # trajectories with labels (--auto may find no agent in some)
     with open_file(path) as f:
         for name in names:
             with h5py.File(labels / f"{name}.h5", "r") as src:
                 idx, m = src["frames"][()], src["masks"][()]
+            if not len(idx):  # --auto found no agent in it
+                continue
+            taught += 1
             group = f[name]
             obs = group["obs"]
             frames.append(np.stack([obs[int(i)] for i in idx]))
             masks.append(m)
             if "masks" in group:
                 ious.append(frame_ious(m, np.stack([group["masks"][int(i)] for i in idx])))
-    iou = np.concatenate(ious) if ious and len(ious) == len(names) else None
+    if not taught:
+        raise MasklamError(f"{path}: --auto found no agent in any of the {len(names)} labelled trajectories; give "
+                           "--box or --point")
+    iou = np.concatenate(ious) if ious and len(ious) == taught else None
     return np.concatenate(frames), np.concatenate(masks), iou
 
 
