@@ -152,6 +152,10 @@ def test_resampling_keeps_frames_by_their_time_when_intervals_vary(tmp_path, cap
     do_import(tmp_path / "v", tmp_path / "e.h5", img_size=16)  # without --fps: every frame, and a note saying so
     assert "frame intervals vary (100-300 ms" in capsys.readouterr().err
     assert read_layout(tmp_path / "e.h5").lengths.tolist() == [6]
+    rate = read_layout(tmp_path / "e.h5").attrs["fps"]  # an --fps within 1% of its rate keeps every frame: said too
+    do_import(tmp_path / "v", tmp_path / "g.h5", img_size=16, fps=rate * 0.995)
+    assert read_layout(tmp_path / "g.h5").lengths.tolist() == [6]
+    assert "give --fps more than 1% below its rate to resample it by time" in capsys.readouterr().err
 
 
 def test_a_cut_short_mkv_is_named_in_a_note(tmp_path, capsys):
@@ -835,6 +839,15 @@ def test_a_folder_of_videos_stays_one_with_an_import_beside_them_and_says_what_i
     assert "2 file(s) that are not videos are not read (mine.h5, notes.txt)" in err
     with pytest.raises(MasklamError, match=r"--img-size must be a multiple of 8 \(>= 8\), got 100"):
         ImportConfig(src=videos, out=tmp_path / "x.h5", img_size=100)
+    from masklam.data.sources import VideoSource
+
+    other = tmp_path / "w"  # an import's own output (--out inside the folder) is not named as a skipped file
+    other.mkdir()
+    shutil.copy(videos / "a.mp4", other / "a.mp4")
+    shutil.copy(videos / "mine.h5", other / "mine.h5")
+    (other / "notes.txt").write_text("x")
+    VideoSource(other, ignore=other / "mine.h5")
+    assert "1 file(s) that are not videos are not read (notes.txt)" in capsys.readouterr().err
     write_video(videos / "c.mp4", 1, seed=2)
     with pytest.raises(MasklamError, match=r"c.mp4: c has 1 frame; an episode needs at least 2: remove it"):
         do_import(videos, tmp_path / "one.h5")
@@ -934,7 +947,62 @@ def test_29_97_and_30_fps_are_one_rate(tmp_path):
     write_video(videos / "b.mp4", 12, fps=30000 / 1001, seed=1)
     lay = read_layout(do_import(videos, tmp_path / "d.h5", img_size=16).path)
     assert lay.lengths.tolist() == [12, 12] and abs(lay.attrs["fps"] - 29.97) < 0.01
+    assert lay.attrs["source_fps"] == 0  # two rates (as an import with --fps recorded before they were one)
     assert read_layout(do_import(videos, tmp_path / "e.h5", img_size=16, fps=30).path).lengths.tolist() == [12, 12]
     check_fps("lam", 30.0, "d.h5", 29.97)  # no error
     with pytest.raises(MasklamError, match="trained on 30 fps video, d.h5 is 25 fps"):
         check_fps("lam", 30.0, "d.h5", 25.0)
+
+
+def test_rewards_summed_over_dropped_rows_are_checked_and_one_frame_episodes_of_datasets_import(tmp_path):
+    from masklam.data.importer import _arrays
+    from masklam.data.sources import Episode, Item
+
+    item = Item("ep", tmp_path / "x", 4, None)
+    ep = Episode(iter(()), 4, rewards=np.array([1.0, np.nan, 1.0, 1.0], np.float32))
+    with pytest.raises(MasklamError, match="ep's rewards hold NaN or inf"):  # row 1 is not kept, but summed
+        _arrays(ep, np.array([0, 2]), item, 4)
+    ep = Episode(iter(()), 4, rewards=np.array([1.0, 2.0, 3.0, 4.0], np.float32))
+    assert _arrays(ep, np.array([0, 2]), item, 4)["rewards"].tolist() == [3.0, 7.0]
+    src = write_h5(tmp_path / "one.h5", n_traj=2, length=6)
+    with h5py.File(src, "a") as f:  # an aborted recording in a dataset: imported, as before
+        for key in list(f["1"]):
+            data = f["1"][key][:1]
+            del f["1"][key]
+            f["1"][key] = data
+    assert read_layout(do_import(src, tmp_path / "d.h5", img_size=16).path).lengths.tolist() == [6, 1]
+
+
+def test_parts_of_an_older_masklam_are_imported_again(tmp_path, capsys):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i, name in enumerate("abc"):
+        write_video(videos / f"{name}.mp4", 8, seed=i)
+    out = tmp_path / "d.h5"
+    cfg = ImportConfig(src=videos, out=out, img_size=16, progress=False)
+    from masklam.data import importer
+
+    with stopped_at("c"), pytest.raises(KeyboardInterrupt):
+        importer.run_import(cfg)
+    with h5py.File(sorted(parts_dir(out).glob("*.h5"))[0], "a") as f:  # as a part made before source_rows
+        del f["0"]["source_rows"]
+    capsys.readouterr()
+    result = importer.run_import(cfg)
+    assert (result.imported, result.reused) == (2, 1)
+    assert "1 of the 2 items an interrupted import of" in capsys.readouterr().err
+    with h5py.File(out) as f:
+        assert all("source_rows" in f[str(i)] for i in range(3))
+
+
+def test_data_whose_files_made_frames_differently_record_no_one_way(tmp_path):
+    """pretrain records the data's resize mode and camera (label makes frames the same way): from files that
+    disagree, none (as for their frame rates)."""
+    from masklam.data import load_dataset
+
+    a, b = write_h5(tmp_path / "a.h5", n_traj=1), write_h5(tmp_path / "b.h5", n_traj=1)
+    for path, mode in ((a, "crop"), (b, "letterbox")):
+        with h5py.File(path, "a") as f:
+            f.attrs.update(resize=mode, camera="observation.image")
+    meta = load_dataset([a, b], progress=False).meta
+    assert "resize" not in meta and meta["camera"] == "observation.image"
+    assert load_dataset([a], progress=False).meta["resize"] == "crop"

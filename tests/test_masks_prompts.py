@@ -166,6 +166,11 @@ def test_auto_leaves_a_still_videos_masks_empty_with_a_note_and_refuses_a_file_o
                     "or --point")
     with h5py.File(only) as f:
         assert "masks_mobilesam" not in f["0"]
+    # what it says to do works: its empty parts are gone, so another prompt starts over
+    assert cli_main(["masks", "--segmenter", "mobilesam", "--data", str(only), "--weights", "w", "--box", "18",
+                     "22", "34", "38"]) == 0
+    with h5py.File(only) as f:
+        assert f["0"]["masks_mobilesam"][()].any()
 
 
 # --- --point, --box, files without a task --------------------------------------------------------------------
@@ -288,3 +293,17 @@ def test_preview_writes_a_png_grid(tmp_path, stub, capsys, monkeypatch):
 
     with pytest.raises(MasklamError, match="has no 'masks_mobilesam' masks to preview"):
         write_preview(imported_file(tmp_path / "e.h5", [frames]), "masks_mobilesam", tmp_path / "p.png")
+
+
+def test_replace_starts_over_from_an_interrupted_run_with_another_prompt(tmp_path):
+    from masklam.errors import MasklamError
+    from masklam.masks.store import plan
+
+    frames, truth = agent_video()
+    path = imported_file(tmp_path / "v.h5", [frames])
+    first = plan(path, "masks_mobilesam", (1.0, 1.0, 8.0, 8.0), {"segmenter": "mobilesam"})
+    (first.parts / "0.h5").write_bytes(b"a part made with the first box")
+    with pytest.raises(MasklamError, match="pass that prompt to resume, or --replace"):
+        plan(path, "masks_mobilesam", (2.0, 2.0, 9.0, 9.0), {"segmenter": "mobilesam"})
+    again = plan(path, "masks_mobilesam", (2.0, 2.0, 9.0, 9.0), {"segmenter": "mobilesam"}, replace=True)
+    assert again.todo() == ["0"]  # the old part is gone with its folder

@@ -277,6 +277,9 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
 
     meta = dict(layouts[0].attrs)
     meta["files"] = [str(lay.path) for lay in layouts]
+    for key in ("resize", "camera"):  # how the files' frames were made, where they agree
+        if len({str(lay.attrs.get(key)) for lay in layouts}) > 1:
+            meta.pop(key, None)
     rates = {lay.attrs.get("fps") for lay in layouts}
     if len(rates) > 1:  # files at different frame rates: the data have none
         meta.pop("fps", None)

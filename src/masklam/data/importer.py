@@ -100,7 +100,8 @@ def file_attrs(cfg: ImportConfig, source: Source) -> dict[str, Any]:
     fps = _out_fps(cfg, source)
     return {  # the source's own attrs first: what this import did wins over what an earlier one recorded
         **source.attrs(), "source": str(cfg.src.expanduser().resolve()), "source_format": source.kind,
-        "img_hw": cfg.img_size, "resize": cfg.resize, "fps": fps, "source_fps": float(source.fps or 0.0),
+        "img_hw": cfg.img_size, "resize": cfg.resize, "fps": fps,
+        "source_fps": float(source.fps or 0.0) if len(source.rates()) <= 1 else 0.0,  # several (within 1%): none
         "chunk_seconds": float(cfg.chunk_seconds or 0.0), "version": FORMAT_VERSION,
         **({"actions_clipped_to": list(bounds)} if (bounds := getattr(source.layout, "action_bounds", None)) else {}),
     }
@@ -127,11 +128,17 @@ def _kept(fps: float, src_fps: float | None) -> float:
     return min(1.0, fps / src_fps) if src_fps and fps else 1.0
 
 
+def keeps_all(src_fps: float | None, fps: float) -> bool:
+    """Whether a rate of ``fps`` keeps every frame of a source at ``src_fps``: no rate known, not lower, or within
+    1% of it (29.97 from 30 fps: the time rule would drop a frame early on for a 0.1% difference)."""
+    return not src_fps or not fps or fps >= src_fps or same_rate(fps, src_fps)
+
+
 def _selected(frames: Iterator[Any], src_fps: float | None, fps: float,
               times: list[float] | None = None) -> Iterator[Any]:
     """The frames a rate of ``fps`` keeps, streamed: a frame when its time (from the first frame's; ``times``,
     filled as ``frames`` yields, else i / src_fps) reaches the next tick of the new rate, floor(t * fps)."""
-    if not src_fps or not fps or fps >= src_fps or same_rate(fps, src_fps):  # 29.97 from 30 fps: every frame
+    if keeps_all(src_fps, fps):
         yield from frames
         return
     last = -1.0
@@ -192,9 +199,10 @@ def _arrays(ep: Episode, rows: np.ndarray, item: Item, stop: int) -> dict[str, n
                 value = value.reshape(len(value), -1)
             if len(value) <= rows.max():
                 raise MasklamError(f"{item.path}: {item.name} has {len(value)} {key} rows for {rows.max() + 1} frames")
-            if not np.isfinite(value[rows]).all():
+            stop = max(stop, int(rows[-1]) + 1)
+            if not np.isfinite(value[rows[0]:stop] if key == "rewards" else value[rows]).all():  # rewards: all summed
                 raise MasklamError(f"{item.path}: {item.name}'s {key} hold NaN or inf")
-            out[key] = np.add.reduceat(value[:max(stop, rows[-1] + 1)], rows) if key == "rewards" else value[rows]
+            out[key] = np.add.reduceat(value[:stop], rows) if key == "rewards" else value[rows]
     for key, value in ep.masks.items():
         out[key] = np.asarray(value, bool)[rows]
     return out
@@ -227,10 +235,10 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
                                "truncated or corrupt file)")
         if not groups:
             raise MasklamError(f"{item.path}: {item.name} holds no frames")
-        if len(groups[0][1]) < 2:  # no window (o_t, o_{t+1}): it would train nothing and stop masks --auto later
+        if len(groups[0][1]) < 2 and source.kind in ("videos", "frames"):  # no window (o_t, o_{t+1}) to train on
             raise MasklamError(f"{item.path}: {item.name} has 1 frame{' at --fps ' + str(cfg.fps) if cfg.fps else ''}; "
                                "an episode needs at least 2: remove it from the source (the import resumes)")
-        _note_variable_rate(cfg, item, ep.times)
+        _note_variable_rate(cfg, item, ep.times, keeps_all(item.fps or source.fps, fps))
         if ep.stated and consumed[0] < 0.9 * ep.stated:
             note_once(("short", str(item.path)), f"{item.path}: {consumed[0]} frames decoded, its header's duration "
                       f"suggests about {ep.stated}: if the file was cut short, its end is missing")
@@ -252,17 +260,19 @@ def source_digest(items: list[Item], signatures: list[str]) -> str:
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
-def _note_variable_rate(cfg: ImportConfig, item: Item, times: list[float] | None) -> None:
-    """A note when a video's frame intervals vary (a phone's variable frame rate) and no --fps resamples it by
-    time: its frames are then kept one per step at the average rate, and motion per step varies."""
-    if cfg.fps is not None or not times or len(times) < 3:
+def _note_variable_rate(cfg: ImportConfig, item: Item, times: list[float] | None, kept_all: bool) -> None:
+    """A note when a video's frame intervals vary (a phone's variable frame rate) and it is not resampled by time
+    (no --fps, or one within 1% of its rate: every frame kept): its frames are then kept one per step at the
+    average rate, and motion per step varies."""
+    if not kept_all or not times or len(times) < 3:
         return
     gaps = np.diff(np.asarray(times))
     typical = float(np.median(gaps))
     if typical > 0 and gaps.max() > 1.5 * typical:
-        note_once(("variable-rate", str(item.path)), f"{item.path}: frame intervals vary ({1e3 * gaps.min():.0f}-"
+        note_once(("variable-rate", str(item.path), cfg.fps),
+                  f"{item.path}: frame intervals vary ({1e3 * gaps.min():.0f}-"
                   f"{1e3 * gaps.max():.0f} ms, a variable frame rate); its frames are kept one per step: give --fps "
-                  "to resample it by time")
+                  "more than 1% below its rate to resample it by time")
 
 
 def _existing(cfg: ImportConfig, attrs: dict[str, Any], digest: str) -> bool:
@@ -332,13 +342,21 @@ def _matching_parts(out: Path, finished: set[int], items: list[Item], signatures
         return (first.get("source_item"), first.get("source_file"), signature) == (
             items[i].name, str(items[i].path), signatures[i])
 
+    def current(i: int) -> bool:  # made by this masklam: with source_rows (and rewards summed under --fps)
+        with open_file(part_path(out, i)) as f:
+            return "source_rows" in f[trajectory_names(f)[0]]
+
     stale = sorted(i for i in finished if i >= len(items) or not holds(i))
-    for i in stale:
+    older = sorted(i for i in finished - set(stale) if not current(i))
+    for i in stale + older:
         part_path(out, i).unlink()
     if stale:
         note_once(("import-stale", str(out)), f"{len(stale)} of the {len(finished)} items an interrupted import of "
                   f"{out} finished no longer match the source (it changed since): imported again")
-    return finished - set(stale)
+    if older:
+        note_once(("import-older", str(out)), f"{len(older)} of the {len(finished)} items an interrupted import of "
+                  f"{out} finished were made by an older masklam (no source_rows): imported again")
+    return finished - set(stale) - set(older)
 
 
 def _group_attrs(out: Path, indices: Any) -> Iterator[dict[str, Any]]:

@@ -216,7 +216,7 @@ class VideoSource(Source):
 
     kind = "videos"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, ignore: str | os.PathLike | None = None) -> None:
         super().__init__(path)
         files = [path] if path.is_file() else _videos(path)
         if not files:
@@ -225,7 +225,9 @@ class VideoSource(Source):
         if broken:  # a link whose target is gone: not read, and said
             note_once(("broken-links", str(path)), f"{path}: {len(broken)} link(s) to files that no longer exist "
                       f"are skipped ({', '.join(p.name for p in broken[:3])}{' ...' if len(broken) > 3 else ''})")
-        others = [] if path.is_file() else [p for p in _listing(path) if p.is_file() and p not in files]
+        skip = Path(ignore).resolve() if ignore is not None else None  # the import's own output
+        others = [] if path.is_file() else [p for p in _listing(path)
+                                            if p.is_file() and p not in files and p.resolve() != skip]
         if others:  # not videos (an import's output, notes, a format masklam does not know): said, not silently left
             note_once(("not-videos", str(path), len(others)),
                       f"{path}: {len(others)} file(s) that are not videos are not read "
@@ -240,9 +242,12 @@ class VideoSource(Source):
 
     @property
     def fps(self) -> float | None:
-        """The videos' rate: one, or rates within SAME_RATE of each other (29.97 and 30: the lowest)."""
-        one = self._rates and same_rate(self._rates[0], self._rates[-1])
-        return min(i.fps for i in self.infos if i.fps) if one else None
+        """The videos' rate: one (the first video's), or rates within SAME_RATE of each other (29.97 and 30: the
+        lowest); None when they differ more, or none is known."""
+        if not self._rates or not same_rate(self._rates[0], self._rates[-1]):
+            return None
+        rates = [i.fps for i in self.infos if i.fps]
+        return rates[0] if len(self._rates) == 1 else min(rates)
 
     def rates(self) -> list[float]:
         return list(self._rates)
@@ -419,7 +424,7 @@ def open_source(path: str | os.PathLike, camera: str | None = None, ignore: str 
     if kind == "lerobot":
         return LeRobotSource(path, camera)
     if kind == "videos":
-        return VideoSource(path)
+        return VideoSource(path, ignore)
     if kind == "frames":
         return FrameFolderSource(path)
     if kind == "masklam-parquet":

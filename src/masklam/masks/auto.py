@@ -19,8 +19,8 @@ What it does, per trajectory (the result is a box prompt for frame 0, then track
 4. The chosen candidate's bounding box, enlarged by 10% per side, is the trajectory's box prompt
    (stored as the group attribute ``<key>_prompt``); `masklam.masks.mobilesam.track` follows it as usual.
    Where nothing moves, or no candidate fits, the trajectory's masks are left empty (prompt NaNs) with a note
-   naming it, so one motionless clip does not stop the masks of a whole folder (`find_agent_or_none`); the
-   student (`--student`) is not taught on its frames.
+   naming it, so one motionless clip does not stop the masks of a whole folder (`find_agent_or_none`); with
+   `--student` its frames teach the student nothing, and the student masks it as it masks the rest.
 
 Measured on the quickstart data (cheetah-run, ``laom`` distractors; docs/results.md): tuned on 10 trajectories
 (groups 0, 4, ..., 36: tau percentile 75/80/85/90/95, 16 or 32 frames, point vs energy-blob box proposals;
@@ -94,15 +94,18 @@ NOT_FOUND = (float("nan"),) * 4
 """The stored prompt of a trajectory where --auto found no agent (its masks are empty)."""
 
 
-def find_agent_or_none(model, video: np.ndarray, name: str) -> tuple[float, float, float, float] | None:
-    """`find_agent`'s box, or None with a note naming the video when it finds none there (its masks are then
-    empty, so one motionless clip does not stop a whole folder's masks: the dataset loader names such
+LEFT_EMPTY = "its masks are left empty, and MaskLAM does not learn from it"
+
+
+def find_agent_or_none(model, video: np.ndarray, name: str, then: str = LEFT_EMPTY
+                       ) -> tuple[float, float, float, float] | None:
+    """`find_agent`'s box, or None with a note naming the video and what happens to it (`then`) when it finds none
+    there, so one motionless clip does not stop a whole folder's masks (empty masks: the dataset loader names such
     trajectories, and MaskLAM's loss gives an empty mask no weight)."""
     try:
         return find_agent(model, video, name=name)
     except NoAgentFound as e:
-        note_once(("auto-none", name), f"{e} (for it alone: import it on its own); its masks are left empty, and "
-                  "MaskLAM does not learn from it")
+        note_once(("auto-none", name), f"{e} (for it alone: import it on its own); {then}")
         return None
 
 

@@ -19,6 +19,7 @@ attribute ``<key>_iou`` and printed; ``--evaluate`` prints the IoU of any mask k
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -144,6 +145,7 @@ def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
         if todo:
             _segment_all(path, p.parts, todo, p.lengths, weights, p.prompt, device, batch, len(p.names), segmenter)
         if p.prompt == AUTO and len(p.missing) == len(p.names) and not _any_agent(p.parts, p.missing):
+            shutil.rmtree(p.parts)  # empty masks only: gone, so that another prompt starts over
             raise MasklamError(f"--auto found no agent in any trajectory of {path} (see the notes); give --box or "
                                "--point")
         merge_parts(path, p.parts, key, p.prompt, weights)

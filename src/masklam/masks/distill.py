@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import h5py
@@ -22,6 +23,9 @@ from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 from masklam.masks.iou import frame_ious, mask_iou
 from masklam.masks.store import AUTO, Prompt, merge_parts, plan, resume_folder, stored_ious, write_part
+
+STUDENT_MASKS_IT = "its frames teach the student nothing, and the student masks it as it masks the rest"
+"""What happens to a trajectory where --auto found no agent, with --student."""
 
 
 def labels_dir(path: Path, key: str) -> Path:
@@ -59,7 +63,8 @@ def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | N
                 group = f[name]
                 idx = label_frames(group["obs"].shape[0], n)
                 obs = group["obs"][()]
-                used = find_agent_or_none(model, obs, f"trajectory {name} of {path}") if prompt == AUTO else prompt
+                used = (find_agent_or_none(model, obs, f"trajectory {name} of {path}", STUDENT_MASKS_IT)
+                        if prompt == AUTO else prompt)
                 if used is None:  # no agent found: no labels from it, so the student is not taught "no agent"
                     bar.update(len(idx))
                     idx, used = idx[:0], NOT_FOUND
@@ -87,7 +92,8 @@ def _training_set(path: Path, labels: Path, names: list[str]) -> tuple[np.ndarra
             masks.append(m)
             if "masks" in group:
                 ious.append(frame_ious(m, np.stack([group["masks"][int(i)] for i in idx])))
-    if not taught:
+    if not taught:  # its labels hold nothing: gone, so that another prompt can start over
+        shutil.rmtree(labels)
         raise MasklamError(f"{path}: --auto found no agent in any of the {len(names)} labelled trajectories; give "
                            "--box or --point")
     iou = np.concatenate(ious) if ious and len(ious) == taught else None
@@ -111,7 +117,7 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
     labels = labels_dir(path, key)
     resume_folder(labels, path, {"prompt": p.prompt if p.prompt == AUTO else list(p.prompt), "key": key,
                                  "frames_per_traj": frames_per_traj, "label_trajs": label_trajs, "steps": steps,
-                                 "seed": seed, "weights": teacher}, "MobileSAM labels and student")
+                                 "seed": seed, "weights": teacher}, "MobileSAM labels and student", replace)
     chosen = spread(p.names, label_trajs)
     _label(path, labels, chosen, frames_per_traj, weights, p.prompt, device, batch)
     student_file = labels / "student.pt"

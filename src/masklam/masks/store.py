@@ -158,11 +158,13 @@ def data_fingerprint(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def resume_folder(folder: Path, path: Path, settings: dict, what: str) -> None:
+def resume_folder(folder: Path, path: Path, settings: dict, what: str, replace: bool = False) -> None:
     """Create ``folder`` (work in progress on ``path``) or check the one an interrupted run left: made from another
     version of ``path`` (rewritten since) -> emptied, with a note; with other ``settings`` -> MasklamError (pass the
-    same options to resume). Records both in ``folder``/config.json."""
+    same options to resume), or with ``replace`` emptied. Records both in ``folder``/config.json."""
     config_file = folder / "config.json"
+    if replace and config_file.is_file() and any(read_record(config_file).get(k) != v for k, v in settings.items()):
+        shutil.rmtree(folder)  # --replace: what an interrupted run made with other options goes too
     if config_file.is_file():
         found = read_record(config_file)  # {}: cut short by a kill while written, nothing to check by
         if found.get("data", data_fingerprint(path)) != data_fingerprint(path) or not found:
@@ -212,7 +214,7 @@ def plan(path: Path, key: str, prompt: Prompt | None, made_by: dict[str, Any] | 
                                "make them again with these options")
     if missing:
         resume_folder(parts, path, {"prompt": prompt if isinstance(prompt, str) else list(prompt), "key": key,
-                                    **(made_by or {})}, "masks")
+                                    **(made_by or {})}, "masks", replace)
     else:
         print(f"{path}: all {len(names)} trajectories already have {key}")
     return Plan(prompt, parts, names, missing, lengths)
