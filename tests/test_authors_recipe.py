@@ -12,7 +12,8 @@ from torch import nn
 from masklam.errors import MasklamError
 from masklam.models.encoder import frames_to_tensor
 from masklam.models.lam import LAMConfig, build_lam
-from masklam.train.config import PretrainConfig, suite_note
+from masklam.train.config import PretrainConfig
+from masklam.train.recipes import suite_note
 
 
 def cfg(tmp_path, method: str = "masklam", **kw) -> PretrainConfig:

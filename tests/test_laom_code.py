@@ -126,7 +126,7 @@ def test_the_authors_laom_trains(write_toy, tmp_path):
 
 
 def test_laom_sups_cheetah_run_weight_is_noted(write_toy, small_cfg, tmp_path, capsys):
-    from masklam.train.config import task_note
+    from masklam.train.recipes import task_note
     from masklam.train.pretrain import pretrain
 
     cheetah = {"domain_name": "cheetah", "task_name": "run"}
@@ -200,7 +200,8 @@ def test_laoms_options_stay_with_laom_in_a_sweep_and_on_disk(tmp_path):
     from masklam.downstream.decoder import ActionDecoder
     from masklam.downstream.policy import ImagePolicy, PolicyConfig
     from masklam.downstream.stages import pretrain_conf, recipe_applies
-    from masklam.train.config import options_for, suite_note
+    from masklam.train.config import options_for
+    from masklam.train.recipes import suite_note
 
     # a sweep's [pretrain] serves pixel LAMs and LAOM: each takes only the pixel values that are its own
     assert options_for("laom", {"pixels": "centered"}) == {} and options_for("masklam", {"pixels": "signed"}) == {}

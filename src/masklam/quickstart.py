@@ -21,7 +21,7 @@ from typing import Any, Literal
 from masklam.args import parse
 from masklam.errors import MasklamError
 from masklam.files import write_json, write_text
-from masklam.train.config import RECIPES as PRETRAIN_RECIPES
+from masklam.train.recipes import RECIPES as PRETRAIN_RECIPES
 
 PRESETS = ("cpu", "gpu", "toy")
 """the quickstart's scales: the shipped configs quickstart-cpu, quickstart-gpu, quickstart-toy (src/masklam/configs),
@@ -169,7 +169,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     import sys
 
-    from masklam.train.config import RECIPE_NOTICE
+    from masklam.train.recipes import RECIPE_NOTICE
 
     cfg = parse(QuickstartConfig, argv)
     base = RECIPES[cfg.recipe].get("recipe")

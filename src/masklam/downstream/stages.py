@@ -83,7 +83,7 @@ def expert_return(task: str) -> float:
 
 def recipe_applies(method: str, recipe: str) -> bool:
     """Whether a pretraining recipe changes anything for `method` (lapo-clean is LAPO)."""
-    from masklam.train.config import RECIPES
+    from masklam.train.recipes import RECIPES
 
     return bool(RECIPES.get(recipe, {}).get(methods.get(method).trainer))
 
@@ -131,7 +131,7 @@ def pretrain_stage(root: Path, method: str, data: list[str], dim: int, seed: int
 
     Options of other methods are dropped (masklam.train.config.options_for): one LAPO serves every recipe
     that differs only in MaskLAM's loss."""
-    from masklam.train.config import RECIPES, recipe_at_preset
+    from masklam.train.recipes import RECIPES, recipe_at_preset
 
     conf = pretrain_conf(method, data, dim, seed, labeled, overrides)
 

@@ -32,8 +32,8 @@ from masklam.files import read_json, write_json
 from masklam.locks import output_lock
 from masklam.models.lam import LatentActionModel, PixelLAM, build_lam
 from masklam.train.checkpoint import check_resumable, check_same_data, load_train_state, save_checkpoint
-from masklam.train.config import (OMITTED_DEFAULTS, PIXEL, RECIPE_NOTICE, RESUMABLE_CHANGES, PretrainConfig,
-                                  suite_note, task_note)
+from masklam.train.config import OMITTED_DEFAULTS, PIXEL, RESUMABLE_CHANGES, PretrainConfig
+from masklam.train.recipes import RECIPE_NOTICE, suite_note, task_note
 from masklam.train.distributed import DistContext, wrap_ddp
 from masklam.train.logger import MetricAverager, RunLogger
 from masklam.train.precision import autocast, bf16_active
