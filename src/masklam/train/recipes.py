@@ -10,12 +10,9 @@ How they combine with the method's defaults and explicit options: masklam.train.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from masklam.models.lam import LAOM_METHODS as LAOM, PIXEL_METHODS as PIXEL
-
-if TYPE_CHECKING:
-    from masklam.train.config import PretrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": dict(updates=1500, batch_size=64, lr=3e-4, encoder_scale=1, latent_dim=128, head_dim=256,
@@ -94,10 +91,10 @@ PAPER_TASK_VALUES: dict[tuple[str, str], dict[str, Any]] = {("laom-sup", "cheeta
 """Values a paper used on one task only ((method, task) -> fields): LAOM's Table 7 supervision weight."""
 
 
-def task_note(cfg: "PretrainConfig", meta: Mapping[str, Any]) -> str | None:
-    """A one-line note when data of a task (their file attrs `meta`: domain_name-task_name) train a method with a
-    value other than the one its paper used on that task (PAPER_TASK_VALUES; a value given on the command line that
-    equals the field's default cannot be told from it, and is noted too)."""
+def task_note(cfg: Any, meta: Mapping[str, Any]) -> str | None:
+    """A one-line note when data of a task (their file attrs `meta`: domain_name-task_name) train a method (`cfg`: a
+    PretrainConfig) with a value other than the one its paper used on that task (PAPER_TASK_VALUES; a value given on
+    the command line that equals the field's default cannot be told from it, and is noted too)."""
     task = f"{meta.get('domain_name')}-{meta.get('task_name')}"
     paper = PAPER_TASK_VALUES.get((cfg.method, task), {})
     differs = {k: v for k, v in paper.items() if getattr(cfg, k) != v}
@@ -116,7 +113,7 @@ def recipe_at_preset(recipe: str, preset: str, method: str) -> dict[str, Any]:
 SUITE_NAMES = {"dmc": "control-suite", "metaworld": "Meta-World"}
 
 
-def suite_note(cfg: "PretrainConfig", meta: Mapping[str, Any]) -> str | None:
+def suite_note(cfg: Any, meta: Mapping[str, Any]) -> str | None:
     """A one-line note when data of one suite (their file attrs `meta`: Meta-World's domain is "mw", as
     masklam.envs.parse_task names it; data of no known domain, e.g. imported video, are of none) train at a preset
     whose recipe values were chosen for the other suite, and the recipe holds other values for theirs (the authors':
