@@ -316,3 +316,20 @@ def test_decoder_inputs_read_what_they_say(tmp_path):
     np.testing.assert_allclose(agent.select_action(obs.numpy()), expect, atol=1e-6)
     with pytest.raises(MasklamError, match="width"):
         LatentAgent(policy, ActionDecoder(6, 2, input="hidden"))
+
+
+@pytest.mark.parametrize("frame_stack, mask_channel", [(1, False), (3, True)])
+def test_labelling_streams_an_episode_in_chunks_with_the_same_latents(frame_stack, mask_channel):
+    """label reads an episode `chunk` frames at a time (memory: a chunk, not an hour of video); each chunk's
+    windows see the frames before it, so the latents are the whole episode's, at every chunk size."""
+    from masklam.downstream.label import episode_latents
+
+    torch.manual_seed(0)
+    model = lam(frame_stack=frame_stack, mask_channel=mask_channel)
+    obs = np.random.default_rng(1).integers(0, 256, (11, HW, HW, 3), dtype=np.uint8)
+    masks = np.random.default_rng(2).random((11, HW, HW)) > 0.5 if mask_channel else None
+    whole = episode_latents(model, obs, masks, batch_size=4, chunk=100)
+    assert whole.shape == (11, 8)
+    for chunk in (1, 2, 5, 10, 11):
+        got = episode_latents(model, iter(list(obs)), masks, batch_size=3, chunk=chunk)
+        assert np.allclose(got, whole, atol=1e-5), chunk

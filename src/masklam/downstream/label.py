@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -69,14 +69,45 @@ class LabelConfig:
             raise MasklamError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
+CHUNK = 4096
+"""Frames labelled at a time: memory holds a chunk of an episode, not the episode (an hour of 30 fps video at 128 px
+is 5 GB of frames)."""
+
+
 @torch.no_grad()
-def episode_latents(lam: Any, obs: np.ndarray, masks: np.ndarray | None, batch_size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames [+ (T, H, W) bool masks] -> (T, D) float32 latents of (o_t, o_{t+1}); the last
-    row is that of (o_{T-1}, o_{T-1})."""
+def episode_latents(lam: Any, obs: np.ndarray | Iterator[np.ndarray], masks: np.ndarray | None, batch_size: int,
+                    chunk: int = CHUNK) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames, or an iterator of (H, W, 3) ones [+ (T, H, W) bool masks] -> (T, D) float32
+    latents of (o_t, o_{t+1}); the last row is that of (o_{T-1}, o_{T-1}). Frames are read `chunk` at a time, each
+    chunk after the first with the frame_stack - 1 frames before it, so the result is the whole episode's."""
+    context = max(lam.frame_stack - 1, 0)
+    out: list[np.ndarray] = []
+    before: list[np.ndarray] = []  # the frames just before the chunk (fewer at the episode's start: its clamp)
+    buf: list[np.ndarray] = []  # the chunk, and the first frame after it
+    start = 0  # episode index of buf[0]
+    for frame in obs:
+        buf.append(frame)
+        if len(buf) == chunk + 1:
+            out.append(_chunk_latents(lam, before, buf, masks, start, batch_size, last=False))
+            before = (before + buf[:chunk])[-context:] if context else []
+            start, buf = start + chunk, buf[chunk:]
+    if buf:
+        out.append(_chunk_latents(lam, before, buf, masks, start, batch_size, last=True))
+    if not out:
+        raise MasklamError("an episode without frames has no latent actions")
+    return np.concatenate(out)
+
+
+def _chunk_latents(lam: Any, before: list[np.ndarray], buf: list[np.ndarray], masks: np.ndarray | None, start: int,
+                   batch_size: int, last: bool) -> np.ndarray:
+    """Latents of the windows at t = start .. start + len(buf) - 2 (and, when `last`, of the final frame paired
+    with itself): the frames `before` give their stacks' history."""
     from masklam.data import TrajectoryData, WindowSampler
 
-    obs = np.concatenate([obs, obs[-1:]])  # (T+1, H, W, 3): the last frame repeated
-    masks = None if masks is None else np.concatenate([masks, masks[-1:]])
+    obs = np.stack(before + buf + (buf[-1:] if last else []))  # (C + L [+ 1], H, W, 3)
+    if masks is not None:
+        masks = masks[start - len(before):start + len(buf)]
+        masks = np.concatenate([masks, masks[-1:]]) if last else masks
     n = len(obs)
     data = TrajectoryData(obs=obs, actions=np.zeros((n, 0), np.float32), states=np.zeros((n, 0), np.float32),
                           rewards=None, masks=masks, traj_starts=np.zeros(1, np.int64),
@@ -84,7 +115,7 @@ def episode_latents(lam: Any, obs: np.ndarray, masks: np.ndarray | None, batch_s
                           meta={"files": []}, mask_key="masks" if masks is not None else None).masks_taken()
     sampler = WindowSampler(data, frame_stack=lam.frame_stack, max_offset=1, need_masks=masks is not None)
     out = [lam.label(batch).float().cpu().numpy() for batch in sampler.all_windows(batch_size, k=1)]
-    return np.concatenate(out).astype(np.float32)  # (T, D)
+    return np.concatenate(out).astype(np.float32)[len(before):]  # (L - 1, D), or (L, D) when last
 
 
 class Labeller:
@@ -117,8 +148,10 @@ class Labeller:
                                    f"labelling needs one over the LAM's latents (input latent, width "
                                    f"{self.lam.latent_dim})")
 
-    def __call__(self, obs: np.ndarray, masks: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-        """(T, S, S, 3) frames and their masks -> {latent_action (T, D)[, decoded_action (T, A)]}."""
+    def __call__(self, obs: np.ndarray | Iterator[np.ndarray], masks: dict[str, np.ndarray], where: str
+                 ) -> dict[str, np.ndarray]:
+        """(T, S, S, 3) frames (or an iterator of them) and their masks -> {latent_action (T, D)[, decoded_action
+        (T, A)]}."""
         mask = None
         if self.mask_key is not None:
             if self.mask_key not in masks:
@@ -147,13 +180,19 @@ def _label_source(cfg: LabelConfig, labeller: Labeller, source: Any) -> dict[str
     try:
         for item in items:
             ep = source.read(item, resizer)
-            obs = np.stack(list(ep.frames))
-            for key, value in labeller(obs, ep.masks, f"{item.path} ({item.name})").items():
+            labels = labeller(_counted(ep.frames, bar), ep.masks, f"{item.path} ({item.name})")  # streamed
+            for key, value in labels.items():
                 out.setdefault(key, []).append(value)
-            bar.update(len(obs))
     finally:
         bar.close()
     return out
+
+
+def _counted(frames: Iterator[np.ndarray], bar: Any) -> Iterator[np.ndarray]:
+    """The frames, each counted on the progress bar as it is read."""
+    for frame in frames:
+        bar.update(1)
+        yield frame
 
 
 def label(cfg: LabelConfig) -> Path:
