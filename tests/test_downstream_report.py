@@ -63,6 +63,14 @@ def test_seed_curves_average_over_tasks_then_seeds() -> None:
     assert mean.tolist() == [5.0] and sem[0] == pytest.approx(4 / np.sqrt(3))
 
 
+def test_a_curve_of_rows_without_its_value_is_not_drawn(tmp_path: Path) -> None:
+    R = results.Row  # LAMs trained with --heldout 0 have no probe: no empty "probe NMSE" figure
+    rows = [R("m", "a", d, 2, 0, "id", None, 0, 0.5) for d in (8, 16)]
+    assert not figures.curve_grid(rows, "latent_dim", "probe_nmse", lambda r: True, "probe", tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()
+    assert figures.curve_grid(rows, "latent_dim", "normalized_return", lambda r: True, "ret", tmp_path / "r.png")
+
+
 def test_method_table_averages_each_seeds_tasks_first() -> None:
     R = results.Row
     rows = []

@@ -70,8 +70,10 @@ def seed_curves(rows: list[Row], x: str, y: str, task: str) -> dict[str, tuple[n
 
 
 def curve_grid(rows: list[Row], x: str, y: str, keep: Callable[[Row], bool], title: str, path: Path) -> bool:
-    """`y` vs `x` (log2 axis), one panel per task and the average, mean and SE band per method; False if empty."""
-    sel = [r for r in rows if keep(r) and not methods.is_kind(r.method, "normaliser")]
+    """`y` vs `x` (log2 axis), one panel per task and the average, mean and SE band per method; False if empty
+    (rows without a `y`, e.g. no probe under --heldout 0, are not drawn)."""
+    sel = [r for r in rows if keep(r) and not methods.is_kind(r.method, "normaliser")
+           and getattr(r, y) is not None and np.isfinite(getattr(r, y))]
     panels = tasks_and_average(sel)
     if not panels:
         return False
