@@ -335,19 +335,20 @@ def _matching_parts(out: Path, finished: set[int], items: list[Item], signatures
     interrupted import: a file added, removed, renamed or edited) are deleted, with a notice, and imported again."""
     from masklam.data.hdf5 import open_file, read_attrs, trajectory_names
 
-    def holds(i: int) -> bool:
+    def first_group(i: int) -> tuple[dict[str, Any], bool]:
+        """The part's first trajectory's attrs, and whether this masklam made it (source_rows; rewards summed)."""
         with open_file(part_path(out, i)) as f:
-            first = read_attrs(f[trajectory_names(f)[0]])
+            group = f[trajectory_names(f)[0]]
+            return read_attrs(group), "source_rows" in group
+
+    def holds(i: int, first: dict[str, Any]) -> bool:
         signature = first.get("source_signature", signatures[i])  # parts from before signatures: name and file
         return (first.get("source_item"), first.get("source_file"), signature) == (
             items[i].name, str(items[i].path), signatures[i])
 
-    def current(i: int) -> bool:  # made by this masklam: with source_rows (and rewards summed under --fps)
-        with open_file(part_path(out, i)) as f:
-            return "source_rows" in f[trajectory_names(f)[0]]
-
-    stale = sorted(i for i in finished if i >= len(items) or not holds(i))
-    older = sorted(i for i in finished - set(stale) if not current(i))
+    read = {i: first_group(i) for i in finished if i < len(items)}  # each part opened once
+    stale = sorted(i for i in finished if i not in read or not holds(i, read[i][0]))
+    older = sorted(i for i in finished - set(stale) if not read[i][1])
     for i in stale + older:
         part_path(out, i).unlink()
     if stale:
