@@ -293,11 +293,32 @@ def test_boxes_contain_silhouette():
     assert (b >= m).all() and b[0].sum() == 6 * 6 and b[0, 3:9, 4:10].all() and not b[1].any()
 
 
+def pieces(m: np.ndarray) -> int:
+    """The number of 8-connected pieces of a (H, W) bool image."""
+    seen, count = np.zeros_like(m), 0
+    for start in zip(*np.nonzero(m)):
+        if seen[start]:
+            continue
+        count, stack = count + 1, [start]
+        seen[start] = True
+        while stack:
+            y, x = stack.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    q = (y + dy, x + dx)
+                    if 0 <= q[0] < m.shape[0] and 0 <= q[1] < m.shape[1] and m[q] and not seen[q]:
+                        seen[q] = True
+                        stack.append(q)
+    return count
+
+
 def test_occlude_removes_the_fraction_in_one_piece():
     m = square()
     for frac in (0.25, 0.5):
-        o = degrade.occlude(m, frac, seed=3)
-        assert (o <= m).all() and o.sum() == 100 - int(round(frac * 100))
+        for seed in range(6):  # six random directions
+            o = degrade.occlude(m, frac, seed=seed)
+            assert (o <= m).all() and o.sum() == 100 - int(round(frac * 100))
+            assert pieces(o[0]) == 1 and pieces(m[0] & ~o[0]) == 1, (frac, seed)  # the occluder and the rest
     assert (degrade.occlude(m, 0.5, seed=3) == degrade.occlude(m, 0.5, seed=3)).all()
 
 

@@ -330,6 +330,16 @@ def test_labelling_streams_an_episode_in_chunks_with_the_same_latents(frame_stac
     masks = np.random.default_rng(2).random((11, HW, HW)) > 0.5 if mask_channel else None
     whole = episode_latents(model, obs, masks, batch_size=4, chunk=100)
     assert whole.shape == (11, 8)
+    # by hand: window t stacks o_(t-F+1..t) clamped at 0, the next stack o_(t-F+2..t+1); the last frame is its own next
+    padded = np.concatenate([obs, obs[-1:]])
+    stack = np.array([[max(t - frame_stack + 1 + i, 0) for i in range(frame_stack)] for t in range(12)])
+    batch = {"obs_t": torch.from_numpy(padded[stack[:11]]), "obs_t1": torch.from_numpy(padded[stack[1:]])}
+    if mask_channel:
+        padded_masks = np.concatenate([masks, masks[-1:]])
+        batch |= {"mask_t": torch.from_numpy(padded_masks[stack[:11]]),
+                  "mask_t1": torch.from_numpy(padded_masks[stack[1:]])}
+    with torch.no_grad():
+        assert np.allclose(whole, model.label(batch).float().numpy(), atol=1e-5)
     for chunk in (1, 2, 5, 10, 11):
         got = episode_latents(model, iter(list(obs)), masks, batch_size=3, chunk=chunk)
         assert np.allclose(got, whole, atol=1e-5), chunk

@@ -102,15 +102,19 @@ def test_weights_train_in_channels_last_and_a_contiguous_checkpoint_resumes_exac
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over(small_cfg, tiny_h5, tmp_path):
     """Killed after config.json was written, before any checkpoint: no "model" entry yet, no train_state.pt."""
-    cfg = small_cfg("lapo", tiny_h5, tmp_path, updates=4, ckpt_every=2)
+    pretrain(small_cfg("lapo", tiny_h5, tmp_path / "straight", updates=4, ckpt_every=2))
+    run = tmp_path / "killed"
+    cfg = small_cfg("lapo", tiny_h5, run, updates=4, ckpt_every=2)
     pretrain(cfg, until=2)
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((run / "config.json").read_text())
     config.pop("model")
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "train_state.pt").unlink()
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "train_state.pt").unlink()
     result = pretrain(cfg)
-    assert result["complete"] is not False and "probe_nmse" in json.loads((tmp_path / "metrics.json").read_text())
-    assert "model" in json.loads((tmp_path / "config.json").read_text())
+    assert result["complete"] is not False and "probe_nmse" in json.loads((run / "metrics.json").read_text())
+    assert "model" in json.loads((run / "config.json").read_text())
+    wa, wb = weights(tmp_path / "straight"), weights(run)  # all 4 updates again, from update 1
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_resume_refuses_a_different_config(small_cfg, tiny_h5, tmp_path):
@@ -303,16 +307,21 @@ def test_options_for_keeps_what_a_method_uses():
 
 
 def test_a_resume_in_another_number_of_processes_says_its_batches_differ(small_cfg, tiny_h5, tmp_path, capsys):
-    """A run checkpointed by 2 data-parallel processes, resumed in one: the run goes on, with a note."""
-    cfg = small_cfg("lapo", tiny_h5, tmp_path, updates=4, ckpt_every=2)
+    """A run checkpointed by 2 data-parallel processes, resumed in one: the run goes on from its checkpoint, with a
+    note. (Its checkpoint was written by one process here, so going on from update 3 gives a straight run's weights.)"""
+    pretrain(small_cfg("lapo", tiny_h5, tmp_path / "straight", updates=4, ckpt_every=2))
+    run = tmp_path / "resumed"
+    cfg = small_cfg("lapo", tiny_h5, run, updates=4, ckpt_every=2)
     pretrain(cfg, until=2)
-    config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "world_size": 2}))  # as torchrun --nproc 2 wrote it
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "world_size": 2}))  # as torchrun --nproc 2 wrote it
     capsys.readouterr()
     pretrain(cfg)
     err = capsys.readouterr().err
-    assert f"note: {tmp_path} ran in 2 process(es), resumes in 1: its batches from here differ" in err
-    assert json.loads((tmp_path / "metrics.json").read_text())["probe_nmse"] >= 0
+    assert f"note: {run} ran in 2 process(es), resumes in 1: its batches from here differ" in err
+    assert json.loads((run / "config.json").read_text())["step"] == 4
+    wa, wb = weights(tmp_path / "straight"), weights(run)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_held_out_trajectories_too_short_for_a_window_fail_before_training(small_cfg, write_synthetic_dataset,
