@@ -121,8 +121,22 @@ def test_the_authors_laom_trains(write_toy, tmp_path):
     batch["labeled"] = sampler.sample(4, np.random.default_rng(1))
     loss, info = lam(batch, torch.Generator().manual_seed(0))
     loss.backward()
+    first_loss = info["train/loss"]
     assert torch.isfinite(loss) and "train/sup_loss" in info
     assert all(p.grad is not None for p in lam.idm.parameters())
+    # its loss: latent-space prediction of o_(t+1)'s embedding plus sup_coef x the supervised action loss
+    assert torch.allclose(info["train/loss"], info["train/fdm_loss"] + c.sup_coef * info["train/sup_loss"])
+    with torch.no_grad():
+        _, other = lam({**batch, "obs_t1": batch["obs_t"]}, torch.Generator().manual_seed(0))
+    assert not torch.allclose(other["train/fdm_loss"], info["train/fdm_loss"])  # the target is o_(t+1)'s
+    opt = torch.optim.Adam(lam.parameters(), 1e-3)
+    for _ in range(20):  # it learns: on a fixed batch (same augmentations) its loss falls
+        loss, info = lam(batch, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lam.update_target()
+    assert info["train/loss"] < first_loss * 0.8
 
 
 def test_laom_sups_cheetah_run_weight_is_noted(write_toy, small_cfg, tmp_path, capsys):
@@ -169,7 +183,8 @@ def test_laoms_latent_policy_is_its_actor_with_table_4s_parameter_count():
     assert LAOM_LATENT_BC == dict(arch="laom", hidden=0, standardize=False, schedule="linear")
 
 
-def test_laoms_decoder_uses_relu6_and_decays_linearly(write_toy, small_cfg, tmp_path):
+def test_laoms_decoder_uses_relu6_and_decays_linearly(write_toy, small_cfg, tmp_path, monkeypatch):
+    from masklam.downstream import decoder as decoder_module
     from masklam.downstream.bc import LAOM_LATENT_BC, BCConfig, train_bc
     from masklam.downstream.decode import LAOM_DECODER, DecodeConfig, train_decoder
     from masklam.downstream.decoder import ActionDecoder
@@ -191,8 +206,16 @@ def test_laoms_decoder_uses_relu6_and_decays_linearly(write_toy, small_cfg, tmp_
     from masklam.downstream.policy import ImagePolicy
 
     assert ImagePolicy.from_pretrained(tmp_path / "bc").cfg.arch == "laom"
-    train_decoder(DecodeConfig(policy=tmp_path / "bc", data=(toy,), out=tmp_path / "d", labels=2, updates=3,
-                               **LAOM_DECODER), progress=False)
+    rates, real_set_lr = [], decoder_module.set_lr
+
+    def recording(opt, lr):
+        rates.append(lr)
+        real_set_lr(opt, lr)
+
+    monkeypatch.setattr(decoder_module, "set_lr", recording)
+    decode = DecodeConfig(policy=tmp_path / "bc", data=(toy,), out=tmp_path / "d", labels=2, updates=4, **LAOM_DECODER)
+    train_decoder(decode, progress=False)
+    assert rates == pytest.approx([decode.lr * f for f in (1.0, 0.75, 0.5, 0.25)])  # the decoder trains on it
     assert sum(isinstance(m, nn.ReLU6) for m in ActionDecoder.from_pretrained(tmp_path / "d").modules()) == 2
 
 
@@ -229,7 +252,7 @@ def test_laoms_options_stay_with_laom_in_a_sweep_and_on_disk(tmp_path):
                                head_dim=8, head_blocks=1, pixels="signed")).pretrained_format() == 3
 
 
-def test_a_bc_run_from_before_arch_resumes_only_as_ours(write_toy, tmp_path, cut_sampling):
+def test_a_bc_run_from_before_arch_resumes_only_as_ours(write_toy, tmp_path, cut_sampling, monkeypatch):
     import json
 
     from masklam.downstream.bc import BCConfig, train_bc
@@ -245,7 +268,18 @@ def test_a_bc_run_from_before_arch_resumes_only_as_ours(write_toy, tmp_path, cut
     record.write_text(json.dumps(old))
     with pytest.raises(MasklamError, match="arch='ours', not 'laom'"):
         train_bc(BCConfig(**conf, arch="laom"), progress=False)
-    train_bc(BCConfig(**conf), progress=False)  # resumes as what it was
+    from masklam.data import WindowSampler
+
+    drawn, real_sample = [], WindowSampler.sample
+    monkeypatch.setattr(WindowSampler, "sample", lambda self, n, rng: drawn.append(n) or real_sample(self, n, rng))
+    train_bc(BCConfig(**conf), progress=False)  # resumes as what it was, from its checkpoint at update 4
+    monkeypatch.undo()
+    assert len(drawn) == 2  # updates 5 and 6 only
+    train_bc(BCConfig(**{**conf, "out": tmp_path / "straight"}), progress=False)
+    from masklam.downstream.policy import ImagePolicy
+
+    resumed, straight = (ImagePolicy.from_pretrained(tmp_path / d).state_dict() for d in ("bc", "straight"))
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in resumed)
 
 
 def test_laoms_lapo_baseline_at_the_paper_preset_is_its_code_with_table_4s_parameter_count():
