@@ -415,6 +415,31 @@ def test_lerobot_files_past_a_chunks_size_start_the_next_chunk(tmp_path, monkeyp
         assert np.array_equal(ds.rows(ep)["actions"], np.full((5, 2), i, np.float32))
 
 
+def test_lerobot_timestamps_name_the_frames_the_video_holds_at_any_rate(tmp_path):
+    """An mp4's rate is a fraction of denominator <= 1001; at a rate with no such fraction (a video's average rate
+    kept by import, 30.0005 fps) the timestamps and info.json follow the video's, so every frame LeRobot looks up at
+    from_timestamp + timestamp is within its 1e-4 s tolerance (10 and 30000/1001 fps stay as they are)."""
+    import av
+    import pyarrow.parquet as pq
+
+    from masklam.data.lerobot_writer import LeRobotWriter
+
+    for fps, info_fps in ((60001 / 2000, 30031 / 1001), (30000 / 1001, 30000 / 1001), (10, 10)):
+        out = tmp_path / f"lr{fps:.4f}"
+        writer = LeRobotWriter(out, fps=fps, img_hw=(16, 16))
+        for seed in range(2):  # episode 1's frames follow episode 0's in the same mp4
+            writer.add_episode([smooth_frames(200, 16, 16, seed=seed)], 200)
+        writer.finish()
+        assert json.loads((out / "meta/info.json").read_text())["fps"] == info_fps
+        rows = pq.read_table(next((out / "data").rglob("*.parquet"))).to_pydict()
+        episodes = pq.read_table(next((out / "meta/episodes").rglob("*.parquet"))).to_pydict()
+        start = np.array(episodes["videos/observation.image/from_timestamp"])[rows["episode_index"]]
+        wanted = start + np.array(rows["timestamp"])
+        with av.open(str(next((out / "videos").rglob("*.mp4")))) as container:
+            held = np.array([frame.time for frame in container.decode(video=0)])
+        assert len(held) == 400 and np.abs(held - wanted).max() < 1e-4, fps
+
+
 def test_stats_quantiles_come_from_a_uniform_seeded_sample_beyond_its_size():
     from masklam.data.lerobot_writer import _Stats
 

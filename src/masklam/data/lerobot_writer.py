@@ -22,7 +22,7 @@ import numpy as np
 
 from masklam.data.lerobot import (ACTION, DATA_PATH, DEFAULT_CAMERA, EPISODES_PATH, REWARD, STATE, VIDEO_PATH,
                                   column_array, mask_feature, parquet_module, read_table)
-from masklam.data.video import VideoWriter, codec_written
+from masklam.data.video import VideoWriter, codec_written, stored_rate
 from masklam.errors import MasklamError
 from masklam.files import read_json, write_json
 
@@ -127,8 +127,9 @@ class LeRobotWriter:
         if self.tmp.exists():
             shutil.rmtree(self.tmp)  # left by a killed run
         self.tmp.mkdir(parents=True)
-        self.fps, self.img_hw, self.camera = float(fps), (int(img_hw[0]), int(img_hw[1])), camera
-        self.info_fps = int(fps) if float(fps).is_integer() else float(fps)  # LeRobot's info.json: an int
+        rate = stored_rate(fps)  # the video's: timestamps i / fps name its frames within LeRobot's 1e-4 s
+        self.fps, self.img_hw, self.camera = float(rate), (int(img_hw[0]), int(img_hw[1])), camera
+        self.info_fps = int(rate) if rate.denominator == 1 else float(rate)  # LeRobot's info.json: an int
         self.action_dim, self.state_dim, self.mask_keys, self.rewards = action_dim, state_dim, list(mask_keys), rewards
         self.codec, self.crf, self.pix_fmt, self.frames_per_file = codec, crf, pix_fmt, frames_per_file
         self.robot_type = robot_type

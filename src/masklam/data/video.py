@@ -322,8 +322,15 @@ def codec_written(codec: str) -> str:
     return {"libx264": "h264", "mpeg4": "mpeg4"}.get(encoder_name(codec), "av1")
 
 
+def stored_rate(fps: float) -> Fraction:
+    """The frame rate an mp4 is written at: ``fps`` as a fraction of denominator at most 1001 (an mp4's time base;
+    30000/1001 and 29.97 exactly, a rate with no such fraction, 30.0005, its nearest one). Timestamps written beside
+    the video (a LeRobot dataset's) use it, so that they name the frames the video holds."""
+    return Fraction(fps).limit_denominator(1001)
+
+
 class VideoWriter:
-    """Frames -> one mp4 file, frame i at time i / fps. ``crf``: quality (lower is better; 0 for h264 is
+    """Frames -> one mp4 file, frame i at time i / `stored_rate(fps)`. ``crf``: quality (lower is better; 0 for h264 is
     lossless in YUV); ``pix_fmt``: yuv420p (every player) or yuv444p (no chroma subsampling)."""
 
     def __init__(self, path: str | Path, fps: float, height: int, width: int, codec: str = "h264", crf: int = 15,
@@ -334,7 +341,7 @@ class VideoWriter:
         self.path = Path(path)
         self.encoder = encoder_name(codec)
         self._container = av.open(str(path), "w", format="mp4")
-        rate = Fraction(fps).limit_denominator(1001)
+        rate = stored_rate(fps)
         self._stream = self._container.add_stream(self.encoder, rate=rate)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = pix_fmt
