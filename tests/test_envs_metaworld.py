@@ -139,8 +139,10 @@ def test_two_instances_agree_and_frames_differ_by_seed(push_env):
     other = make("mw-push", distractors="masklam", **FAST)
     f1, m1, s1, _ = rollout(push_env, seed=11, steps=3)
     f2, m2, s2, _ = rollout(other, seed=11, steps=3)
+    f3, _, s3, _ = rollout(other, seed=12, steps=3)
     other.close()
     assert f1.tobytes() == f2.tobytes() and m1.tobytes() == m2.tobytes() and s1.tobytes() == s2.tobytes()
+    assert not np.array_equal(f1, f3) and not np.array_equal(s1[0], s3[0])  # another seed: other frames, layout
 
 
 @needs_mw

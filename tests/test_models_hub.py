@@ -70,9 +70,18 @@ def hub(tmp_path, monkeypatch):
     return fake
 
 
-def test_every_saved_network_is_a_model_hub_mixin():
+def test_every_saved_network_is_a_model_hub_mixin_and_a_policy_round_trips_through_the_hub(hub):
     for cls in (LatentActionModel, ImagePolicy, ActionDecoder):
-        assert issubclass(cls, ModelHubMixin) and callable(cls.push_to_hub)
+        assert issubclass(cls, ModelHubMixin)
+    from masklam.downstream.policy import PolicyConfig
+
+    torch.manual_seed(0)
+    policy = ImagePolicy(PolicyConfig(out_dim=4, action_dim=2, frame_stack=1, img_hw=32, hidden=8)).eval()
+    policy.push_to_hub("me/policy")
+    back = ImagePolicy.from_pretrained("me/policy")
+    assert ("download", "me/policy", "model.safetensors", None) in hub.calls and back.cfg == policy.cfg
+    with torch.no_grad():
+        assert torch.equal(back.predict(frames(0)), policy.predict(frames(0)))
 
 
 def test_push_to_hub_uploads_the_two_files_and_a_repo_id_loads_them(hub, tmp_path):

@@ -152,6 +152,21 @@ def test_pretrain_probe_and_latent_bc_run_with_a_mask_channel_lam(small_cfg, wri
     m = train_bc(BCConfig(data=(data,), out=tmp_path / "bc", lam=tmp_path / "lam", updates=3, batch_size=8,
                           frame_stack=3, heldout=0.2), progress=False)
     assert np.isfinite(m["bc/heldout_mse"])
+    # latent BC's target is the LAM's latent of each window read with its agent masks
+    from masklam.data import WindowSampler, load_dataset
+    from masklam.downstream.targets import make_target_fn
+    from masklam.models import load_lam
+
+    target_fn, dim, frames = make_target_fn("latent", "cpu", lam=tmp_path / "lam")
+    batch = WindowSampler(load_dataset(data, mask_key="masks"), frame_stack=3, max_offset=1, need_masks=True).sample(
+        8, np.random.default_rng(0))
+    lam = load_lam(tmp_path / "lam").eval()
+    with torch.no_grad():
+        want = lam.label(batch).float()
+        unmasked = lam.label({**batch, "mask_t": np.zeros_like(batch["mask_t"])}).float()
+    got = target_fn(batch)
+    assert got.shape == (8, dim) and frames == 3 and torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, unmasked, atol=1e-4)
 
 
 # --- seed streams -------------------------------------------------------------------------------------------

@@ -47,11 +47,13 @@ def test_normalised_mse_is_one_for_the_mean_and_zero_for_truth():
 
 def test_uninformative_latents_give_nmse_near_one_on_heldout():
     g = torch.Generator().manual_seed(2)
+    offset = torch.tensor([3.0, -1.0])  # targets away from 0: a probe without its bias (or predicting 0) fails
     probe = RidgeProbe(4, 2)
-    probe.add(torch.randn(3000, 4, generator=g), torch.randn(3000, 2, generator=g))
+    probe.add(torch.randn(3000, 4, generator=g), offset + torch.randn(3000, 2, generator=g))
     probe.fit()
-    assert normalised_mse(probe.predict(torch.randn(3000, 4, generator=g)), torch.randn(3000, 2, generator=g)) == \
-        pytest.approx(1.0, abs=0.02)
+    pred = probe.predict(torch.randn(3000, 4, generator=g)).float()
+    assert normalised_mse(pred, offset + torch.randn(3000, 2, generator=g)) == pytest.approx(1.0, abs=0.02)
+    assert torch.allclose(pred.mean(0), offset, atol=0.1) and (pred.std(0) < 0.1).all()  # the mean, nearly constant
 
 
 def test_probe_needs_data():
