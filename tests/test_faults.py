@@ -467,6 +467,22 @@ def test_the_lock_is_reentrant_in_one_process_and_removed_after(tmp_path: Path) 
         assert f"pid {os.getpid()}" in lock_path(out).read_text()
 
 
+def test_a_run_refused_before_writing_leaves_no_folder_made_for_its_lock(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The lock beside --out makes --out's parent folders; a run refused inside the lock (its data missing) takes
+    back those it made, and none that held something before or hold its output after."""
+    code, lines = run_cli(["pretrain", "--method", "lapo", "--data", str(tmp_path / "nope.h5"),
+                           "--out", str(tmp_path / "new" / "deeper" / "run")], capsys)
+    assert code == 2 and "no such file" in one_error_line(lines) and not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with output_lock(tmp_path / "kept" / "a" / "run"):
+        (tmp_path / "kept" / "a" / "run").mkdir()  # the output, written
+    assert (tmp_path / "kept" / "a" / "run").is_dir()
+    with output_lock(tmp_path / "kept" / "b" / "run"):
+        pass
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["a"]
+
+
 def test_a_readers_brief_probe_of_a_lock_does_not_refuse_its_writer(tmp_path: Path) -> None:
     """`experiment --status` and `report` probe a stage's lock with a shared flock for an instant; a writer that
     tries to take the lock in that instant waits it out instead of refusing (a killed multi-hour run)."""

@@ -55,6 +55,12 @@ def _acquire(lock: Path, output: Path, hint: str) -> int:
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError as e:  # its folder, just made, taken back by a refused run that had made it too
+            tries += 1
+            if tries < PROBE_RETRIES:
+                ensure_dir(lock.parent)
+                continue
+            raise MasklamError(f"cannot write beside {output}: {lock} ({e.strerror})") from None
         except OSError as e:  # no permission, a folder in the way
             raise MasklamError(f"cannot write beside {output}: {lock} ({e.strerror or type(e).__name__})") from None
         try:
@@ -91,6 +97,7 @@ def output_lock(output: str | os.PathLike, hint: str = ", or write elsewhere") -
             _HELD[key] -= 1
         return
     lock = lock_path(key)
+    made = [d for d in (lock.parent, *lock.parent.parents) if not d.exists()]  # deepest first
     fd = _acquire(lock, Path(output), hint)
     try:
         command = " ".join(["masklam"] + sys.argv[1:]) if sys.argv and "masklam" in sys.argv[0] else " ".join(sys.argv)
@@ -105,6 +112,11 @@ def output_lock(output: str | os.PathLike, hint: str = ", or write elsewhere") -
         del _HELD[key]
         lock.unlink(missing_ok=True)
         os.close(fd)
+        for d in made:  # folders made for the lock alone (a run refused before writing anything): gone again
+            try:
+                d.rmdir()
+            except OSError:  # holds the output, or something else
+                break
 
 
 def _held_elsewhere(output: str | os.PathLike) -> int | None:
