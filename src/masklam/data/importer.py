@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from masklam.args import parse
 from masklam.data.hdf5 import FORMAT_VERSION, check_attrs, read_layout, write_atomically
+from masklam.data.hub import fetch_dataset, is_hub_dataset
 from masklam.data.parts import merge_parts, part_path, prepare_parts, remove_parts
 from masklam.locks import output_lock
 from masklam.resources import check_free_space
@@ -49,7 +50,8 @@ class ImportConfig:
 
     src: tyro.conf.Positional[Path]
     """A video file or a folder of them (mp4, m4v, webm, mkv, avi, mov, gif, mpg, mts, ...), a folder of image folders
-    (DIR/<episode>/*.jpg|png), a LeRobot dataset directory (v3.0 or v2.x), MaskLAM parquet data or an HDF5 file."""
+    (DIR/<episode>/*.jpg|png), a LeRobot dataset directory (v3.0 or v2.x) or its Hugging Face Hub repo id
+    ("user/name": fetched into the Hugging Face cache, one camera's videos), MaskLAM parquet data or an HDF5 file."""
     out: Path
     """Output HDF5 file (.h5); re-running the same command resumes an interrupted import."""
     img_size: int = 64
@@ -64,6 +66,8 @@ class ImportConfig:
     """Cut every source episode into episodes of this many seconds (the last, shorter one kept if >= 2 frames)."""
     camera: str | None = None
     """LeRobot dataset: the camera (video or image feature) to import; default: its only one."""
+    revision: str | None = None
+    """Hub dataset (SRC a repo id): the branch, tag or commit to fetch; default: main."""
     compression: Literal["lzf", "gzip", "none"] = "lzf"
     """Compression of frames and masks (chunked per frame)."""
     progress: bool = True
@@ -289,19 +293,26 @@ def _existing(cfg: ImportConfig, attrs: dict[str, Any], digest: str) -> bool:
 
 
 def run_import(cfg: ImportConfig) -> ImportResult:
-    """Import ``cfg.src`` into ``cfg.out``, resuming whatever an earlier run finished."""
+    """Import ``cfg.src`` (a Hub repo id: fetched first) into ``cfg.out``, resuming whatever an earlier run
+    finished."""
+    hub: dict[str, str] = {}
+    if is_hub_dataset(cfg.src):
+        fetched = fetch_dataset(str(cfg.src), cfg.camera, cfg.revision)
+        cfg, hub = replace(cfg, src=fetched.path, camera=fetched.camera), fetched.attrs()
+    elif cfg.revision is not None:
+        raise MasklamError(f"--revision picks a Hub dataset's version; {cfg.src} is a local path")
     # every checkable problem: one line, before any file is touched; an --out inside SRC is not SRC's data
     source = open_source(cfg.src, cfg.camera, ignore=cfg.out)
     try:
         with output_lock(cfg.out, ", or use another --out"):  # one import per output at a time
-            return _import_locked(cfg, source)
+            return _import_locked(cfg, source, hub)
     finally:
         source.close()
 
 
-def _import_locked(cfg: ImportConfig, source: Source) -> ImportResult:
-    """`run_import` once it holds the output's lock."""
-    attrs = file_attrs(cfg, source)
+def _import_locked(cfg: ImportConfig, source: Source, hub: dict[str, str]) -> ImportResult:
+    """`run_import` once it holds the output's lock (`hub`: a Hub dataset's repo id and revision, recorded)."""
+    attrs = {**file_attrs(cfg, source), **hub}
     items = source.items()
     signatures = [source.signature(item) for item in items]  # once: a folder of images stats every file
     digest = source_digest(items, signatures)

@@ -190,6 +190,19 @@ def lerobot_cameras(info: dict[str, Any]) -> list[str]:
     return [k for k, v in (info.get("features") or {}).items() if v.get("dtype") in ("video", "image")]
 
 
+def choose_camera(root: str | os.PathLike, info: dict[str, Any], camera: str | None) -> str:
+    """`camera` checked against the dataset's cameras (its meta/info.json `info`), or its only one."""
+    cameras = lerobot_cameras(info)
+    if camera is None:
+        if len(cameras) != 1:
+            raise MasklamError(f"{root} has {len(cameras)} cameras ({', '.join(cameras) or 'none'}); choose one "
+                               "with --camera" if cameras else f"{root} has no video or image feature to import")
+        return cameras[0]
+    if camera not in cameras:
+        raise MasklamError(f"{root}: unknown camera {camera!r}; its cameras: {', '.join(cameras) or 'none'}")
+    return camera
+
+
 def open_lerobot(root: str | os.PathLike, camera: str | None = None) -> LeRobotDir:
     """Read and check a LeRobot directory's metadata: version, the camera (`camera`, or the only one), and that
     every episode's data and video files exist (MasklamError naming the first missing one)."""
@@ -202,14 +215,7 @@ def open_lerobot(root: str | os.PathLike, camera: str | None = None) -> LeRobotD
     fps = info.get("fps")
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
         raise MasklamError(f"{root / 'meta' / 'info.json'}: fps (frames per second) is {fps!r}, not a positive number")
-    cameras = lerobot_cameras(info)
-    if camera is None:
-        if len(cameras) != 1:
-            raise MasklamError(f"{root} has {len(cameras)} cameras ({', '.join(cameras) or 'none'}); choose one "
-                               "with --camera" if cameras else f"{root} has no video or image feature to import")
-        camera = cameras[0]
-    elif camera not in cameras:
-        raise MasklamError(f"{root}: unknown camera {camera!r}; its cameras: {', '.join(cameras) or 'none'}")
+    camera = choose_camera(root, info, camera)
     episodes = _episodes_v3(root, info, camera) if version == "v3.0" else _episodes_v2(root, info, camera)
     if not episodes:
         raise MasklamError(f"{root} holds no episodes")

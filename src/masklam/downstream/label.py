@@ -44,7 +44,8 @@ class LabelConfig:
     lam: Path
     """latent action model: a run directory (written by `masklam pretrain`) or a Hugging Face Hub repo id"""
     data: Path
-    """a LeRobot dataset directory (v3.0 or v2.x) or an HDF5 dataset file"""
+    """a LeRobot dataset directory (v3.0 or v2.x) or its Hugging Face Hub repo id ("user/name": fetched whole into
+    the Hugging Face cache), or an HDF5 dataset file"""
     out: Path
     """output: a directory for a LeRobot dataset, a .h5 file for HDF5 (must not exist)"""
     decoder: Path | None = None
@@ -61,6 +62,8 @@ class LabelConfig:
     """label data whose frame rate differs from the LAM's training video (its latents then span another interval)"""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
+    revision: str | None = None
+    """Hub dataset (--data a repo id): the branch, tag or commit to fetch; default: main."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -199,8 +202,14 @@ def label(cfg: LabelConfig) -> Path:
     """Write the labelled copy ``cfg.out``; returns it."""
     from masklam.data.sources import DESCRIPTIONS, open_source
 
+    from masklam.data.hub import fetch_dataset, is_hub_dataset
+
     if cfg.out.exists():
         raise MasklamError(f"{cfg.out} already exists; remove it or choose another --out")
+    if is_hub_dataset(cfg.data):  # the whole dataset (every camera): the labelled copy is all of it
+        cfg = dataclasses.replace(cfg, data=fetch_dataset(str(cfg.data), revision=cfg.revision, whole=True).path)
+    elif cfg.revision is not None:
+        raise MasklamError(f"--revision picks a Hub dataset's version; {cfg.data} is a local path")
     cfg = as_trained(cfg)
     source = open_source(cfg.data, cfg.camera)
     try:
