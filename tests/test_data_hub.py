@@ -58,8 +58,10 @@ def hub(tmp_path, monkeypatch):
 
 
 def write_dataset(root: Path, second_camera: bool = False) -> Path:
-    """A LeRobot v3.0 dataset of 2 episodes (16x16, 10 fps, 2-D actions); with a second camera's video listed in
-    meta/info.json and lying in videos/ (a dummy file: only the chosen camera's videos may be fetched)."""
+    """A LeRobot v3.0 dataset of 2 episodes (16x16, 10 fps, 2-D actions); with a second camera, a copy of the
+    first's video and episode columns under another key (only the chosen camera's videos may be fetched)."""
+    import pyarrow.parquet as pq
+
     writer = LeRobotWriter(root, fps=10, img_hw=(16, 16), action_dim=2)
     rng = np.random.default_rng(0)
     for i in range(2):
@@ -72,7 +74,13 @@ def write_dataset(root: Path, second_camera: bool = False) -> Path:
         (root / "meta/info.json").write_text(json.dumps(info))
         wrist = root / "videos/observation.images.wrist/chunk-000/file-000.mp4"
         wrist.parent.mkdir(parents=True)
-        wrist.write_bytes(b"not fetched")
+        shutil.copy(root / "videos/observation.image/chunk-000/file-000.mp4", wrist)
+        episodes = next((root / "meta/episodes").rglob("*.parquet"))
+        table = pq.read_table(episodes)
+        for name in [c for c in table.column_names if c.startswith("videos/observation.image/")]:
+            table = table.append_column(name.replace("observation.image", "observation.images.wrist"),
+                                        table.column(name))
+        pq.write_table(table, episodes)
     return root
 
 
@@ -137,7 +145,8 @@ def test_label_writes_latents_into_a_copy_of_a_whole_hub_dataset(hub, tmp_path):
     pretrain(PretrainConfig(method="lapo", data=(data,), out=run, updates=2, batch_size=4, latent_dim=8,
                             tensorboard=False, progress=False, recon_samples=2, threads=1, heldout=0))
     out = label(LabelConfig(lam=run, data=Path("me/two"), out=tmp_path / "labelled", progress=False, device="cpu"))
-    assert (out / "videos/observation.images.wrist/chunk-000/file-000.mp4").read_bytes() == b"not fetched"
+    wrist = "videos/observation.images.wrist/chunk-000/file-000.mp4"
+    assert (out / wrist).read_bytes() == (tmp_path / "hub" / "me" / "two" / wrist).read_bytes()
     local = label(LabelConfig(lam=run, data=tmp_path / "hub" / "me" / "two", out=tmp_path / "local", progress=False,
                               device="cpu"))
     z, want = (np.asarray(pq.read_table(next((d / "data").rglob("*.parquet"))).column("latent_action").to_pylist())
@@ -145,3 +154,23 @@ def test_label_writes_latents_into_a_copy_of_a_whole_hub_dataset(hub, tmp_path):
     assert z.shape == (12, 8) and np.array_equal(z, want)
     with pytest.raises(MasklamError, match="--revision picks a Hub dataset's version"):
         label(LabelConfig(lam=run, data=data, out=tmp_path / "x.h5", revision="main", progress=False))
+
+
+def test_a_partly_cached_dataset_offline_and_a_wrong_lam_are_one_line_before_any_download(hub, tmp_path,
+                                                                                          monkeypatch):
+    from masklam.downstream.label import LabelConfig, label
+
+    write_dataset(tmp_path / "hub" / "me" / "tiny")
+    real_snapshot = hub.snapshot
+
+    def offline(repo_id, allow_patterns=None, **kw):  # the cache's snapshot as it is: its metadata alone
+        return real_snapshot(repo_id, allow_patterns=["meta/**"], **kw)
+
+    monkeypatch.setattr(hub_module, "snapshot_download", offline)
+    with pytest.raises(MasklamError, match=f"me/tiny \\(commit {COMMIT}\\) is only partly in the Hugging Face cache "
+                                           "and the Hub did not give the rest"):
+        run_import(ImportConfig(src=Path("me/tiny"), out=tmp_path / "a.h5", img_size=16, progress=False))
+    calls = len(hub.calls)
+    with pytest.raises(MasklamError, match="no-such-run"):
+        label(LabelConfig(lam=tmp_path / "no-such-run", data=Path("me/tiny"), out=tmp_path / "l", progress=False))
+    assert len(hub.calls) == calls  # nothing fetched for it

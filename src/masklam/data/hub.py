@@ -16,7 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download, snapshot_download
 
-from masklam.data.lerobot import choose_camera
+from masklam.data.lerobot import choose_camera, lerobot_cameras, open_lerobot
 from masklam.errors import MasklamError
 from masklam.models.pretrained import is_local
 
@@ -41,11 +41,11 @@ def is_hub_dataset(src: str | Path) -> bool:
     return not is_local(str(src))
 
 
-def camera_pattern(info: dict, camera: str) -> str | None:
-    """The files of `camera`'s videos as a glob of `info`'s video_path (v3.0 and v2.x templates); None for an
-    image camera (its frames lie in the data files)."""
+def camera_pattern(info: dict, camera: str) -> str:
+    """The files of `camera`'s frames as a glob: its videos by `info`'s video_path (v3.0 and v2.x templates); an
+    image camera's files under images/ (where they are not embedded in the data files)."""
     if info["features"][camera].get("dtype") != "video":
-        return None
+        return f"images/{camera}/**"
     template = str(info.get("video_path") or "videos/{video_key}/**")
     return re.sub(r"\{(?!video_key\})[^}]*\}", "*", template).replace("{video_key}", camera)
 
@@ -68,16 +68,23 @@ def fetch_dataset(repo_id: str, camera: str | None = None, revision: str | None 
     except (OSError, ValueError) as e:
         raise MasklamError(f"{repo_id}: meta/info.json is not JSON ({_first_line(e)})") from None
     if whole:
-        patterns = ["meta/**", "data/**", "videos/**"]
+        patterns, cameras = ["meta/**", "data/**", "videos/**", "images/**"], lerobot_cameras(info)
     else:
         camera = choose_camera(repo_id, info, camera)
-        patterns = ["meta/**", "data/**"] + [p for p in [camera_pattern(info, camera)] if p]
+        patterns, cameras = ["meta/**", "data/**", camera_pattern(info, camera)], [camera]
+    commit = Path(info_file).parent.parent.name  # snapshots/<commit>/meta/info.json: the same commit throughout
     try:
         with _quiet_hub():
-            path = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir,
+            path = Path(snapshot_download(repo_id, repo_type="dataset", revision=commit, cache_dir=cache_dir,
                                           allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001
         raise MasklamError(f"cannot fetch {what} from the Hugging Face Hub ({_first_line(e)})") from None
+    for cam in cameras:  # offline, the cache's snapshot is returned as it is: perhaps only part of the dataset
+        try:
+            open_lerobot(path, cam).close()
+        except MasklamError as e:
+            raise MasklamError(f"{repo_id} (commit {path.name}) is only partly in the Hugging Face cache and the Hub "
+                               f"did not give the rest (offline?): {e}") from None
     return HubDataset(path, repo_id, path.name, camera)
 
 

@@ -33,7 +33,7 @@ from masklam.args import parse
 from masklam.data.hdf5 import FORMAT_VERSION, check_attrs, read_layout, write_atomically
 from masklam.data.hub import fetch_dataset, is_hub_dataset
 from masklam.data.parts import merge_parts, part_path, prepare_parts, remove_parts
-from masklam.locks import output_lock
+from masklam.locks import check_free, output_lock
 from masklam.resources import check_free_space
 from masklam.data.sources import Episode, Item, Source, open_source
 from masklam.data.video import RESIZE_MODES, Resizer, same_rate
@@ -297,6 +297,7 @@ def run_import(cfg: ImportConfig) -> ImportResult:
     finished."""
     hub: dict[str, str] = {}
     if is_hub_dataset(cfg.src):
+        check_free(cfg.out, ", or use another --out")  # a busy --out is one line before a download
         fetched = fetch_dataset(str(cfg.src), cfg.camera, cfg.revision)
         cfg, hub = replace(cfg, src=fetched.path, camera=fetched.camera), fetched.attrs()
     elif cfg.revision is not None:

@@ -207,6 +207,9 @@ def label(cfg: LabelConfig) -> Path:
     if cfg.out.exists():
         raise MasklamError(f"{cfg.out} already exists; remove it or choose another --out")
     if is_hub_dataset(cfg.data):  # the whole dataset (every camera): the labelled copy is all of it
+        from masklam.train.checkpoint import lam_config
+
+        lam_config(cfg.lam)  # a wrong --lam is one line before a download
         cfg = dataclasses.replace(cfg, data=fetch_dataset(str(cfg.data), revision=cfg.revision, whole=True).path)
     elif cfg.revision is not None:
         raise MasklamError(f"--revision picks a Hub dataset's version; {cfg.data} is a local path")
