@@ -53,7 +53,8 @@ def _task(attrs: dict[str, Any]) -> str:
         return f"{attrs.get('domain_name', '?')}-{attrs.get('task_name', '?')}"
     if "source_format" in attrs:
         tasks = [str(t) for t in np.atleast_1d(attrs.get("tasks", [])) if str(t)]
-        return f"none (imported {attrs['source_format']}{': ' + '; '.join(tasks[:3]) if tasks else ''})"
+        hub = f" {attrs['hub_repo_id']}@{str(attrs.get('hub_revision', ''))[:8]}" if "hub_repo_id" in attrs else ""
+        return f"none (imported {attrs['source_format']}{hub}{': ' + '; '.join(tasks[:3]) if tasks else ''})"
     return "?"
 
 
