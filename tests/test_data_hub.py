@@ -98,7 +98,8 @@ def test_a_hub_repo_id_imports_as_its_local_copy_does(hub, tmp_path):
         assert "hub_repo_id" not in a.attrs
     from masklam.data.info import format_summary, summarize
 
-    assert f"task          none (imported lerobot me/tiny@{COMMIT[:8]})" in format_summary(summarize(tmp_path / "hub.h5"))
+    text = format_summary(summarize(tmp_path / "hub.h5"))
+    assert f"task          none (imported lerobot me/tiny@{COMMIT[:8]})" in text
     assert ("download", "me/tiny", "meta/info.json", "dataset") in hub.calls  # a dataset repo, not a model
 
 
