@@ -333,6 +333,34 @@ def test_decoder_inputs_read_what_they_say(tmp_path):
         LatentAgent(policy, ActionDecoder(6, 2, input="hidden"))
 
 
+def test_latent_actions_of_frames_in_memory_at_any_size(tmp_path):
+    """The notebook's `masklam label`: frames of another size are made square as import makes them (masks too),
+    a run directory loads, and bad input is one line."""
+    from masklam.data.video import Resizer
+    from masklam.downstream.label import episode_latents, latent_actions
+
+    model = lam(frame_stack=3, mask_channel=True)
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (9, 48, 64, 3), dtype=np.uint8)
+    big_masks = rng.random((9, 48, 64)) > 0.5
+    resizer = Resizer(HW, "letterbox")
+    small = np.stack([resizer.array(f) for f in big])
+    small_masks = np.stack([resizer.mask(m) for m in big_masks])
+    want = episode_latents(model, small, small_masks, batch_size=4)
+    assert np.array_equal(latent_actions(model, big, big_masks, resize="letterbox", batch_size=4), want)
+    assert not np.allclose(latent_actions(model, big, big_masks, batch_size=4), want)  # crop: other frames
+    model.save_pretrained(tmp_path / "lam")
+    assert np.allclose(latent_actions(str(tmp_path / "lam"), small, small_masks), want, atol=1e-6)
+    with pytest.raises(MasklamError, match="this LAM reads agent masks"):
+        latent_actions(model, small)
+    with pytest.raises(MasklamError, match=r"frames must be \(T, H, W, 3\) uint8"):
+        latent_actions(model, small.astype(np.float32), small_masks)
+    with pytest.raises(MasklamError, match="masks must be"):
+        latent_actions(model, small, small_masks[:, :8])
+    with pytest.raises(MasklamError, match="reads no masks"):
+        latent_actions(lam(frame_stack=1), small, small_masks)
+
+
 @pytest.mark.parametrize("frame_stack, mask_channel", [(1, False), (3, True)])
 def test_labelling_streams_an_episode_in_chunks_with_the_same_latents(frame_stack, mask_channel):
     """label reads an episode `chunk` frames at a time (memory: a chunk, not an hour of video); each chunk's

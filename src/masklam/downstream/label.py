@@ -101,6 +101,39 @@ def episode_latents(lam: Any, obs: np.ndarray | Iterator[np.ndarray], masks: np.
     return np.concatenate(out)
 
 
+def latent_actions(lam: Any, frames: np.ndarray, masks: np.ndarray | None = None, resize: str = "crop",
+                   batch_size: int = 256) -> np.ndarray:
+    """Every frame's latent action from frames in memory (a notebook's `masklam label`): (T, H, W, 3) uint8 of any
+    size, made square at the LAM's size as `masklam import --resize` makes them [+ (T, H, W) bool agent masks, for
+    a LAM that reads them] -> (T, D) float32. Row t is (o_t, o_{t+1}); the last row (o_{T-1}, o_{T-1}). `lam`: a
+    LatentActionModel, its run directory or a Hub repo id."""
+    from masklam.data.video import Resizer
+    from masklam.models.lam import load_lam
+
+    lam = load_lam(lam) if isinstance(lam, (str, Path)) else lam
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise MasklamError(f"frames must be (T, H, W, 3) uint8 with T >= 1, got {frames.shape} {frames.dtype}")
+    takes_masks = bool(getattr(lam.cfg, "mask_channel", False))
+    if takes_masks != (masks is not None):
+        raise MasklamError("this LAM reads agent masks: pass masks (T, H, W) bool" if takes_masks else
+                           "this LAM reads no masks (it was not trained with --mask-channel): pass masks=None")
+    if masks is not None and (np.shape(masks) != frames.shape[:3] or np.asarray(masks).dtype != bool):
+        raise MasklamError(f"masks must be (T, H, W) bool like the frames {frames.shape[:3]}, got "
+                           f"{np.shape(masks)} {np.asarray(masks).dtype}")
+    size = int(lam.cfg.img_hw)
+    if frames.shape[1:3] != (size, size):
+        resizer = Resizer(size, resize)
+        frames = np.stack([resizer.array(f) for f in frames])  # (T, size, size, 3)
+        masks = None if masks is None else np.stack([resizer.mask(m) for m in np.asarray(masks)])
+    was = lam.training
+    lam.eval()
+    try:
+        return episode_latents(lam, frames, masks, batch_size)
+    finally:
+        lam.train(was)
+
+
 def _chunk_latents(lam: Any, before: list[np.ndarray], buf: list[np.ndarray], masks: np.ndarray | None, start: int,
                    batch_size: int, last: bool) -> np.ndarray:
     """Latents of the windows at t = start .. start + len(buf) - 2 (and, when `last`, of the final frame paired
