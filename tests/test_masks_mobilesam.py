@@ -382,6 +382,38 @@ def test_command_mobilesam_writes_masks_like_the_simulators(tmp_path, stub_loade
     assert data.masks.shape == (11, 64, 64) and data.masks.any()
 
 
+def test_other_student_settings_keep_the_mobilesam_labels(tmp_path, stub_loader, monkeypatch):
+    """A run cut short after its student was saved, run again with other student settings: the MobileSAM labels
+    (the slow part) are kept, only the student is trained again; 10 steps train (its one-cycle schedule had a
+    warm-up of zero steps there: ZeroDivisionError)."""
+    from masklam.masks import student
+
+    path = write_file(tmp_path / "d.h5", lengths=(8, 8, 8))
+    tracked = []
+    real_track, real_predict = mobilesam.track, student.predict
+    monkeypatch.setattr(mobilesam, "track", lambda model, video, box, frames=None, **kw: (
+        tracked.append(list(frames)), real_track(model, video, box, frames=frames, **kw))[1])
+
+    def cut(net, obs):
+        raise KeyboardInterrupt
+
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w.pt", "--box", "2", "22", "20",
+            "40", "--frames-per-traj", "2", "--label-trajs", "2", "--student", "--student-steps"]
+    monkeypatch.setattr(student, "predict", cut)
+    with pytest.raises(KeyboardInterrupt):
+        distill.add_student_masks(path, Path("w.pt"), 2, 2, box=(2, 22, 20, 40), steps=30)
+    labels = distill.labels_dir(path, "masks_mobilesam")
+    assert len(tracked) == 2 and json.loads((labels / "student.json").read_text()) == {"steps": 30, "seed": 0}
+    monkeypatch.setattr(student, "predict", real_predict)
+    tracked.clear()
+    assert cli_main(argv + ["10", "--replace"]) == 0  # its parts (by the other student) go, its labels stay
+    assert tracked == [] and json.loads((labels / "student.json").read_text()) == {"steps": 10, "seed": 0}
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["masks_mobilesam_config"])["student_steps"] == 10
+        again = student.load_student(labels / "student.pt")  # the retrained student's masks are the file's
+        assert np.array_equal(f["0"]["masks_mobilesam"][()], real_predict(again, f["0"]["obs"][()]))
+
+
 def test_command_student_labels_n_frames_and_masks_all(tmp_path, stub_loader, monkeypatch, capsys):
     path = write_file(tmp_path / "d.h5", lengths=(8, 8, 8))
     tracked = []

@@ -5,7 +5,8 @@
    trajectory, `masklam.masks.auto`) on the first and the previous label's box after (:func:`track`). Each
    trajectory's labels are a part file in ``<file>.<key>.labels/`` (kept: it is the student's training set
    and makes the step resumable).
-2. A small U-Net (:mod:`masklam.masks.student`) is trained on them and saved as ``labels/student.pt``.
+2. A small U-Net (:mod:`masklam.masks.student`) is trained on them and saved as ``labels/student.pt`` (its steps
+   and seed in ``student.json``: other ones train it again on the same labels).
 3. It masks every frame of every trajectory; the trajectories are written like any other masks
    (part files, then one merge into the dataset, see :mod:`masklam.masks.store`).
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from masklam.data.hdf5 import open_file
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError
+from masklam.files import read_record, write_json
 from masklam.masks.iou import frame_ious, mask_iou
 from masklam.masks.store import AUTO, Prompt, merge_parts, plan, resume_folder, stored_ious, write_part
 
@@ -116,11 +118,14 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
         return stored_ious(path, key)
     labels = labels_dir(path, key)
     resume_folder(labels, path, {"prompt": p.prompt if p.prompt == AUTO else list(p.prompt), "key": key,
-                                 "frames_per_traj": frames_per_traj, "label_trajs": label_trajs, "steps": steps,
-                                 "seed": seed, "weights": teacher}, "MobileSAM labels and student", replace)
+                                 "frames_per_traj": frames_per_traj, "label_trajs": label_trajs,
+                                 "weights": teacher}, "MobileSAM labels", replace)  # the student's own: below
     chosen = spread(p.names, label_trajs)
     _label(path, labels, chosen, frames_per_traj, weights, p.prompt, device, batch)
-    student_file = labels / "student.pt"
+    student_file, student_record = labels / "student.pt", labels / "student.json"
+    made = {"steps": steps, "seed": seed}
+    if student_file.is_file() and (read_record(student_record) if student_record.is_file() else {}) != made:
+        student_file.unlink()  # made with other settings (or by an older masklam): trained again on the same labels
     if student_file.is_file():
         net = load_student(student_file)
     else:
@@ -134,6 +139,7 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
                 bar.set_postfix(loss=f"{loss:.3f}")
 
             net = train_student(frames, masks, steps=steps, seed=seed, progress=progress)
+        write_json(student_record, made)
         save_student(net, student_file)
         print(f"student: {num_params(net)} parameters trained on {len(frames)} frames -> {student_file}")
     todo = p.todo()

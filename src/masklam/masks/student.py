@@ -95,7 +95,8 @@ def train_student(frames: np.ndarray, masks: np.ndarray, steps: int = 500, batch
         torch.manual_seed(seed)
         net = StudentNet(widths)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    warm = 0.1 if steps != 10 else 0.2  # OneCycleLR divides by pct_start * steps - 1: 0 at 10 steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=warm)
     x_all, y_all = torch.from_numpy(np.ascontiguousarray(frames)), torch.from_numpy(np.ascontiguousarray(masks))
     net.train()
     for step in range(steps):
