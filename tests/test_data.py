@@ -349,6 +349,18 @@ def test_empty_trajectories_and_bad_masks_fail_on_loading(tmp_path: Path) -> Non
             load_dataset(edited(tmp_path / name, edit), mask_key="masks", progress=False)
 
 
+def test_a_file_with_masks_under_another_key_names_the_key_to_pass(tmp_path: Path) -> None:
+    def renamed(f):
+        for g in ("0", "1"):
+            f.move(f"{g}/masks", f"{g}/masks_mobilesam")
+
+    data = load_dataset(edited(tmp_path / "a.h5", renamed), mask_key="masks", progress=False)
+    with pytest.raises(MasklamError, match=r"a.h5 has no 'masks' \(agent masks\) but has 'masks_mobilesam': pass "
+                                           r"--mask-key masks_mobilesam to train on those"):
+        data.require_masks()
+    assert load_dataset(tmp_path / "a.h5", mask_key="masks_mobilesam", progress=False).require_masks().any()
+
+
 def test_masks_empty_everywhere_are_an_error_and_empty_trajectories_a_note(tmp_path: Path, capsys) -> None:
     def no_agent(f):
         for g in ("0", "1"):

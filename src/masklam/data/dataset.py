@@ -56,6 +56,8 @@ class TrajectoryData:
     mask_key: str | None = None
     """the mask dataset requested (None: masks not requested)"""
     files_without_masks: list[str] = field(default_factory=list)
+    other_mask_keys: list[str] = field(default_factory=list)
+    """the masks the first file without `mask_key` has under another key (what to pass as --mask-key)"""
     """files lacking `mask_key` (then `masks` is None)"""
     _masks_checked: bool = field(default=False, init=False, repr=False, compare=False)
     """whether `require_masks` has checked the masks' cover (or the caller took them as they are: `masks_taken`)"""
@@ -90,6 +92,10 @@ class TrajectoryData:
             return self.masks
         if self.mask_key is None:
             raise MasklamError("masks were not loaded: call load_dataset(..., mask_key='masks')")
+        if self.other_mask_keys:
+            raise MasklamError(f"{self.files_without_masks[0]} has no {self.mask_key!r} (agent masks) but has "
+                               f"{', '.join(map(repr, self.other_mask_keys))}: pass --mask-key "
+                               f"{self.other_mask_keys[0]} to train on those")
         raise MasklamError(f"{self.files_without_masks[0]} has no {self.mask_key!r} (agent masks); "
                            "this method needs them: collect with `masklam collect` or add them with `masklam masks`")
 
@@ -241,7 +247,9 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
     ids = np.arange(len(catalogue)) if traj_ids is None else _check_ids(traj_ids, len(catalogue))
     chosen = [catalogue[i] for i in ids]
     used = sorted({li for li, _, _ in chosen})
-    lacking = [str(layouts[li].path) for li in used if mask_key is not None and not layouts[li].has(mask_key)]
+    without = [layouts[li] for li in used if mask_key is not None and not layouts[li].has(mask_key)]
+    lacking = [str(lay.path) for lay in without]
+    others = [k for k in MASK_KEYS if without and without[0].has(k)]  # what the first one has instead
     load_masks = mask_key is not None and not lacking
     load_rewards = all(layouts[li].has("rewards") for li in used)
 
@@ -291,7 +299,7 @@ def load_dataset(paths: PathsLike, mask_key: str | None = None, traj_ids: Sequen
         obs=arrays["obs"], actions=arrays["actions"], states=arrays["states"], rewards=arrays.get("rewards"),
         masks=arrays.get(mask_key) if load_masks else None, traj_starts=starts, traj_lengths=lengths,
         traj_returns=returns_all[ids], sources=[(str(layouts[li].path), name) for li, name, _ in chosen],
-        meta=meta, mask_key=mask_key, files_without_masks=lacking)
+        meta=meta, mask_key=mask_key, files_without_masks=lacking, other_mask_keys=others)
 
 
 def _check_ids(traj_ids: Sequence[int], total: int) -> np.ndarray:
