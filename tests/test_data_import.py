@@ -343,6 +343,22 @@ def test_export_lerobot_then_import_round_trip(tmp_path, capsys):
         do_import(out, tmp_path / "back.h5", img_size=32)
 
 
+def test_a_lerobot_datasets_camera_and_robot_type_survive_import_and_export(tmp_path):
+    from masklam.data.lerobot_writer import LeRobotWriter
+
+    writer = LeRobotWriter(tmp_path / "lr", fps=10, img_hw=(16, 16), action_dim=2, camera="observation.images.top",
+                           robot_type="so100")
+    writer.add_episode([smooth_frames(6, 16, 16)], 6, actions=np.zeros((6, 2), np.float32))
+    writer.finish()
+    do_import(tmp_path / "lr", tmp_path / "d.h5", img_size=16)
+    info = json.loads((export(ExportConfig(data=tmp_path / "d.h5", out=tmp_path / "back", progress=False))
+                       / "meta" / "info.json").read_text())
+    assert "observation.images.top" in info["features"] and info["robot_type"] == "so100"
+    info = json.loads((export(ExportConfig(data=tmp_path / "d.h5", out=tmp_path / "named", camera="cam",
+                                           progress=False)) / "meta" / "info.json").read_text())
+    assert "cam" in info["features"] and "observation.images.top" not in info["features"]  # --camera wins
+
+
 def test_export_carries_a_labelled_files_latent_actions(tmp_path):
     """A file `masklam label` wrote holds latent_action (and decoded_action): the export keeps them as features."""
     import pyarrow.parquet as pq

@@ -43,8 +43,9 @@ class ExportConfig:
     yuv420p)."""
     crf: int = 10
     """Video quality: constant rate factor (lower is better and larger)."""
-    camera: str = DEFAULT_CAMERA
-    """The LeRobot feature name of the frames."""
+    camera: str | None = None
+    """The LeRobot feature name of the frames (default: the camera a LeRobot import read them from, else
+    observation.image)."""
     fps: float | None = None
     """Frame rate to record (default: the file's `fps` attr, else 30)."""
     progress: bool = True
@@ -126,9 +127,10 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
     task = (f"{lay.attrs['domain_name']}-{lay.attrs['task_name']}"
             if "domain_name" in lay.attrs and "task_name" in lay.attrs else "")
     masks = [k for k in MASK_KEYS if lay.has(k)]
+    camera = cfg.camera or str(lay.attrs.get("camera") or DEFAULT_CAMERA)  # a LeRobot source's own name
+    robot = lay.attrs.get("robot_type") or lay.attrs.get("domain_name") or "unknown"
     writer = LeRobotWriter(cfg.out, fps, (h, w), lay.action_dim, lay.state_dim, masks, lay.has("rewards"),
-                           cfg.camera, cfg.codec, cfg.crf, fullest_pix_fmt(cfg.codec),
-                           robot_type=str(lay.attrs.get("domain_name", "unknown")))
+                           camera, cfg.codec, cfg.crf, fullest_pix_fmt(cfg.codec), robot_type=str(robot))
     bar = tqdm(total=lay.num_frames, unit="frame", desc="export", disable=not cfg.progress, dynamic_ncols=True)
     try:
         for item in source.items():
