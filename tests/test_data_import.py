@@ -1001,8 +1001,15 @@ def test_rewards_summed_over_dropped_rows_are_checked_and_one_frame_episodes_of_
 
     item = Item("ep", tmp_path / "x", 4, None)
     ep = Episode(iter(()), 4, rewards=np.array([1.0, np.nan, 1.0, 1.0], np.float32))
-    with pytest.raises(MasklamError, match="ep's rewards hold NaN or inf"):  # row 1 is not kept, but summed
-        _arrays(ep, np.array([0, 2]), item, 4)
+    with pytest.raises(MasklamError, match=r"ep's rewards hold NaN or inf \(first at its row 1\)"):  # not kept,
+        _arrays(ep, np.array([0, 2]), item, 4)  # but summed
+    from types import SimpleNamespace
+
+    rows_of = Item("episode_000002", tmp_path / "file-000.mp4", 4, SimpleNamespace(data_file=tmp_path / "rows.parquet"))
+    ep = Episode(iter(()), 4, actions=np.array([[0.0], [0.0], [np.nan], [0.0]], np.float32))
+    with pytest.raises(MasklamError, match=r"rows.parquet: episode_000002's actions hold NaN or inf \(first at its "
+                                           r"row 2\)"):  # a LeRobot episode's actions lie in its parquet
+        _arrays(ep, np.array([0, 2]), rows_of, 4)
     ep = Episode(iter(()), 4, rewards=np.array([1.0, 2.0, 3.0, 4.0], np.float32))
     assert _arrays(ep, np.array([0, 2]), item, 4)["rewards"].tolist() == [3.0, 7.0]
     src = write_h5(tmp_path / "one.h5", n_traj=2, length=6)

@@ -201,11 +201,15 @@ def _arrays(ep: Episode, rows: np.ndarray, item: Item, stop: int) -> dict[str, n
             value = np.asarray(value, np.float32)
             if key != "rewards":
                 value = value.reshape(len(value), -1)
+            where = getattr(item.ref, "data_file", None) or item.path  # a LeRobot episode's rows: its parquet
             if len(value) <= rows.max():
-                raise MasklamError(f"{item.path}: {item.name} has {len(value)} {key} rows for {rows.max() + 1} frames")
+                raise MasklamError(f"{where}: {item.name} has {len(value)} {key} rows for {rows.max() + 1} frames")
             stop = max(stop, int(rows[-1]) + 1)
-            if not np.isfinite(value[rows[0]:stop] if key == "rewards" else value[rows]).all():  # rewards: all summed
-                raise MasklamError(f"{item.path}: {item.name}'s {key} hold NaN or inf")
+            bad = ~np.isfinite(value[rows[0]:stop] if key == "rewards" else value[rows])  # rewards: all summed
+            if bad.any():
+                first = int(np.nonzero(bad.reshape(len(bad), -1).any(1))[0][0])
+                row = int(rows[0]) + first if key == "rewards" else int(rows[first])
+                raise MasklamError(f"{where}: {item.name}'s {key} hold NaN or inf (first at its row {row})")
             out[key] = np.add.reduceat(value[:stop], rows) if key == "rewards" else value[rows]
     for key, value in ep.masks.items():
         out[key] = np.asarray(value, bool)[rows]
