@@ -995,6 +995,25 @@ def test_29_97_and_30_fps_are_one_rate(tmp_path):
         check_fps("lam", 30.0, "d.h5", 25.0)
 
 
+def test_a_probe_or_picture_of_video_at_another_rate_is_noted(tmp_path, capsys):
+    """probe and viz measure any frame rate (check_lam_data(any_fps=True)): said in a note, not refused."""
+    from masklam.models import LAMConfig, build_lam
+    from masklam.train.checkpoint import check_lam_data
+
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 6, fps=30)
+    data = do_import(videos, tmp_path / "d.h5", img_size=16).path
+    build_lam(LAMConfig(method="lapo", action_dim=0, state_dim=0, img_hw=16, latent_dim=4)).save_pretrained(
+        tmp_path / "lam", {"data_fps": 15.0})
+    with pytest.raises(MasklamError, match="trained on 15 fps video, .*d.h5 is 30 fps"):
+        check_lam_data(tmp_path / "lam", [data])
+    capsys.readouterr()
+    check_lam_data(tmp_path / "lam", [data], any_fps=True)
+    err = capsys.readouterr().err
+    assert "trained on 15 fps video" in err and "its latents there span another motion" in err
+
+
 def test_rewards_summed_over_dropped_rows_are_checked_and_one_frame_episodes_of_datasets_import(tmp_path):
     from masklam.data.importer import _arrays
     from masklam.data.sources import Episode, Item

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, note_once
 from masklam.files import atomic_path, read_json
 from masklam.models.lam import LatentActionModel
 from masklam.models.pretrained import fetch_pretrained
@@ -102,14 +102,13 @@ def check_lam_data(lam_dir: str | Path, paths: Any, observations: str | None = N
                    episode_length: int | None = None, any_fps: bool = False) -> None:
     """One line before work if the LAM of `lam_dir` (a directory or a Hub repo id) cannot label these data: frames
     of another size, data without the agent masks it reads as input, or (unless `any_fps`) video at another frame
-    rate than its training video (from its config.json and the files' layouts; `observations`, `episode_length`:
-    how MaskLAM's parquet data are read)."""
+    rate than its training video (`any_fps`: a note; from its config.json and the files' layouts; `observations`,
+    `episode_length`: how MaskLAM's parquet data are read)."""
     from masklam.data.dataset import data_layouts
 
     cfg = lam_config(lam_dir)
     layouts = data_layouts(paths, observations, episode_length)
-    if not any_fps:
-        check_fps(lam_dir, cfg.get("data_fps"), layouts[0].path, layouts[0].attrs.get("fps"))
+    check_fps(lam_dir, cfg.get("data_fps"), layouts[0].path, layouts[0].attrs.get("fps"), note=any_fps)
     hw = cfg.get("model", {}).get("img_hw")
     h, w = layouts[0].img_hw
     if hw is not None and (h, w) != (int(hw), int(hw)):
@@ -122,12 +121,17 @@ def check_lam_data(lam_dir: str | Path, paths: Any, observations: str | None = N
                            "(add them with `masklam masks`, or use a LAM trained without a mask channel)")
 
 
-def check_fps(lam: str | Path, lam_fps: float | None, data: str | Path, data_fps: float | None) -> None:
+def check_fps(lam: str | Path, lam_fps: float | None, data: str | Path, data_fps: float | None,
+              note: bool = False) -> None:
     """One line before work when both frame rates are known and differ by more than 1%: a latent action spans
-    one frame interval of the LAM's training video, so video at another rate gets latents of another motion."""
+    one frame interval of the LAM's training video, so video at another rate gets latents of another motion
+    (`note`: said, and the work goes on: a probe or a picture of such latents)."""
     from masklam.data.video import same_rate
 
-    if lam_fps and data_fps and not same_rate(float(data_fps), float(lam_fps)):
+    if lam_fps and data_fps and not same_rate(float(data_fps), float(lam_fps)) and note:
+        note_once(("other-fps", str(lam), str(data)), f"the LAM {lam} was trained on {lam_fps:g} fps video, {data} is "
+                  f"{float(data_fps):g} fps: its latents there span another motion")
+    elif lam_fps and data_fps and not same_rate(float(data_fps), float(lam_fps)):
         fix = (f"resample it (masklam import {data} --fps {lam_fps:g} --out DATA.h5)" if data_fps > lam_fps else
                f"frames are never invented: import the original video at {lam_fps:g} fps if it has them, or use a LAM "
                f"trained on {float(data_fps):g} fps video")
