@@ -82,6 +82,8 @@ def test_unknown_flag_is_one_line_with_a_suggestion(capsys):
     (["collect", "--task", "cheetah-run", "--out", "x.h5", "--episodes", "many"], ["--episodes", "invalid value"]),
     (["collect", "--task", "cheetah-run", "--out", "x.h5", "surplus"], ["unexpected argument", "surplus"]),
     (["weights", "fetch", "nope"], ["invalid choice", "mobilesam"]),
+    (["pretrain", "--method", "masklam", "--data", "x.h5", "--out", "o", "--mask-channel"],
+     ["--mask-channel: bad or missing value", "(takes {None,True,False})"]),  # a flag that takes a value
 ])
 def test_other_parse_errors_are_one_line(argv, words, capsys):
     assert cli.main(argv) == 2

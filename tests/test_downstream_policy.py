@@ -119,7 +119,7 @@ def test_corrupt_or_mismatched_policy_and_decoder_are_one_line_errors(toy: Path,
         ActionDecoder.from_pretrained(tmp_path / "dec")
 
 
-def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
+def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path, capsys) -> None:
     from masklam.models import LAMConfig, build_lam
 
     with torch.random.fork_rng(devices=[]):
@@ -166,6 +166,12 @@ def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path) -> None:
                                heldout=0.2), progress=False)  # over the LAM's raw latents (for `masklam label`)
     with pytest.raises(MasklamError, match="trained on the latents of .* not on a latent policy's"):
         load_policy(tmp_path / "pol", tmp_path / "lam_dec")  # same width, other units: refused
+    assert "--split-seed" not in capsys.readouterr().err  # the same split as the policy's: nothing to say
+    train_decoder(DecodeConfig(policy=tmp_path / "pol", data=(toy,), out=tmp_path / "dec2", labels=2, updates=2),
+                  progress=False)  # --heldout 0.1 where the policy held out 0.2
+    assert (f"the policy {tmp_path / 'pol'} was trained with --heldout 0.2 --split-seed 0, the decoder holds out "
+            "--heldout 0.1 --split-seed 0: its held-out error reads trajectories whose frames the policy trained on"
+            ) in capsys.readouterr().err
 
 
 def test_latent_bc_standardises_targets(toy: Path, tmp_path: Path) -> None:

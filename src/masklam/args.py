@@ -100,7 +100,9 @@ def _raise_for(event: Any, config_cls: type) -> None:
         raise UsageError(f"{where}invalid value: {message}")
     if isinstance(event, e.BadValue):
         got = f" {event.offending_value!r}" if event.offending_value is not None else ""
-        raise UsageError(f"{_flag(event.argument)}: bad or missing value{got}")
+        metavar = getattr(getattr(event.argument, "lowered", None), "metavar", None)
+        wants = f" (takes {metavar})" if metavar else ""
+        raise UsageError(f"{_flag(event.argument)}: bad or missing value{got}{wants}")
     if isinstance(event, e.MutexConflict):
         raise UsageError(f"{event.first_token} and {event.second_token} cannot be used together")
     raise UsageError(f"cannot parse the command line ({type(event).__name__}); see {event.prog} --help")

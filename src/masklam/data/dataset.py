@@ -364,7 +364,8 @@ def labeled_subset(train_ids: Sequence[int], n: int, seed: int = 0) -> np.ndarra
     """The ``n`` labeled trajectories: the first n of one seeded permutation of ``train_ids`` (so nested in n)."""
     train_ids = np.asarray(train_ids, np.int64)
     if not 1 <= n <= len(train_ids):
-        raise MasklamError(f"labeled trajectories must be in 1..{len(train_ids)} (training trajectories), got {n}")
+        raise MasklamError(f"--labels (labeled trajectories) must be in 1..{len(train_ids)} (the training "
+                           f"trajectories), got {n}")
     perm = np.random.default_rng(seed).permutation(len(train_ids))
     return np.sort(train_ids[perm[:n]])
 

@@ -22,9 +22,9 @@ from masklam.downstream.decoder import (DecoderInput, check_decoder_input, fit_d
 from masklam.downstream.policy import ImagePolicy
 from masklam.downstream.targets import check_policy_data
 from masklam.args import parse
-from masklam.errors import MasklamError, check_at_least
+from masklam.errors import MasklamError, check_at_least, note_once
 from masklam.locks import output_lock
-from masklam.files import config_record, write_json
+from masklam.files import config_record, read_record, write_json
 from masklam.seeding import check_seeds
 
 VERSION = 2
@@ -128,11 +128,26 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
         raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
     check_policy_data(policy, cfg.policy, cfg.data)
     check_decoder_input(policy, cfg.input)
+    record = Path(cfg.policy) / "resume" / "config.json"  # the BC run's record (a local run directory)
+    note_split(cfg, read_record(record) if record.is_file() else None, "the policy", cfg.policy)
     data = load_dataset(list(cfg.data), progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)
     ids = labeled_subset(train_ids, cfg.labels, seed=cfg.split_seed)
     return _fit_and_save(cfg, lambda ids_: policy_latents(policy, data, ids_, cfg.batch_size, cfg.input), ids,
                          heldout_ids, device, progress)
+
+
+def note_split(cfg: DecodeConfig, trained: dict[str, Any] | None, who: str, where: Path) -> None:
+    """A note when the decoder's held-out trajectories are not the ones `who` (the policy or LAM it reads, at
+    `where`) held out, by its recorded heldout and split_seed: the held-out error then reads frames it trained on."""
+    if not trained or "heldout" not in trained or not cfg.heldout:
+        return
+    held, seed = float(trained["heldout"]), int(trained.get("split_seed", 0))
+    if (held, seed) != (cfg.heldout, cfg.split_seed):
+        note_once(("decode-split", str(where)), f"{who} {where} was trained with --heldout {held:g} --split-seed "
+                  f"{seed}, the decoder holds out --heldout {cfg.heldout:g} --split-seed {cfg.split_seed}: its "
+                  f"held-out error reads trajectories whose frames {who} trained on (not their actions); pass "
+                  f"--heldout {held:g} --split-seed {seed} to hold out the same")
 
 
 def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, device: torch.device,
@@ -165,9 +180,10 @@ def _train_lam_decoder(cfg: DecodeConfig, device: torch.device, progress: bool) 
     the labelled trajectories to their actions."""
     from masklam.data import labeled_subset, load_dataset, split_trajectories
     from masklam.downstream.targets import latent_target
-    from masklam.train.checkpoint import check_lam_data, lam_mask_key
+    from masklam.train.checkpoint import check_lam_data, lam_config, lam_mask_key
 
     check_lam_data(cfg.lam, cfg.data, any_fps=cfg.any_fps)
+    note_split(cfg, lam_config(cfg.lam), "the LAM", cfg.lam)
     mask_key = lam_mask_key(cfg.lam)
     data = load_dataset(list(cfg.data), mask_key=mask_key, progress=progress)
     if data.action_dim == 0:
