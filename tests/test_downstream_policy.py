@@ -172,6 +172,12 @@ def test_latent_bc_targets_and_decoder(toy: Path, tmp_path: Path, capsys) -> Non
     assert (f"the policy {tmp_path / 'pol'} was trained with --heldout 0.2 --split-seed 0, the decoder holds out "
             "--heldout 0.1 --split-seed 0: its held-out error reads trajectories whose frames the policy trained on"
             ) in capsys.readouterr().err
+    import shutil
+
+    shutil.copy(toy, tmp_path / "labelled.h5")  # the same frames in a labelled set of its own: not the policy's data
+    train_decoder(DecodeConfig(policy=tmp_path / "pol", data=(tmp_path / "labelled.h5",), out=tmp_path / "dec3",
+                               labels=2, updates=2), progress=False)
+    assert "--split-seed" not in capsys.readouterr().err
 
 
 def test_latent_bc_standardises_targets(toy: Path, tmp_path: Path) -> None:

@@ -139,8 +139,13 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
 
 def note_split(cfg: DecodeConfig, trained: dict[str, Any] | None, who: str, where: Path) -> None:
     """A note when the decoder's held-out trajectories are not the ones `who` (the policy or LAM it reads, at
-    `where`) held out, by its recorded heldout and split_seed: the held-out error then reads frames it trained on."""
+    `where`) held out, by its recorded heldout and split_seed, on data it trained on (a labelled set of its own:
+    nothing to say): the held-out error then reads frames it trained on."""
     if not trained or "heldout" not in trained or not cfg.heldout:
+        return
+    data = trained.get("data") or []
+    seen = {Path(p).expanduser().resolve() for p in ([data] if isinstance(data, str) else data)}
+    if not seen & {Path(p).expanduser().resolve() for p in cfg.data}:  # other data (a labelled set): no overlap
         return
     held, seed = float(trained["heldout"]), int(trained.get("split_seed", 0))
     if (held, seed) != (cfg.heldout, cfg.split_seed):
