@@ -84,6 +84,7 @@ def test_unknown_flag_is_one_line_with_a_suggestion(capsys):
     (["weights", "fetch", "nope"], ["invalid choice", "mobilesam"]),
     (["pretrain", "--method", "masklam", "--data", "x.h5", "--out", "o", "--mask-channel"],
      ["--mask-channel: bad or missing value", "(takes {None,True,False})"]),  # a flag that takes a value
+    (["export", "--data", "x.h5", "--out", "o"], ["missing PATH (given without a flag"]),  # a positional one
 ])
 def test_other_parse_errors_are_one_line(argv, words, capsys):
     assert cli.main(argv) == 2

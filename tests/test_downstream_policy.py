@@ -289,3 +289,23 @@ def test_the_decoder_is_both_papers_three_layer_mlp_by_default(tmp_path):
         for layers in ({}, {"layers": 3}, {"layers": 2}):
             decode_stage(tmp_path, {**conf, **layers}, "cpu", False)
     assert [s.config["layers"] for s in plan.stages] == [3, 2]  # the default's and layers 3's: one stage
+
+
+def test_decode_notes_a_split_over_data_the_lam_trained_on_in_part(tmp_path: Path, capsys) -> None:
+    """The split is a function of the data list: a decoder over part of a LAM's data (or the same files in another
+    order) holds out trajectories the LAM trained on, whatever --heldout and --split-seed; no advice then."""
+    from masklam.downstream.decode import note_split
+
+    a, b = str(tmp_path / "a.h5"), str(tmp_path / "b.h5")
+    lam = tmp_path / "lam"
+    lam.mkdir()
+    cfg = DecodeConfig(lam=lam, data=(Path(a),), out=tmp_path / "d", labels=1)
+    note_split(cfg, {"heldout": 0.1, "split_seed": 0, "data": [a, b]}, "the LAM", lam)
+    err = capsys.readouterr().err
+    assert f"was trained on {a}, {b}, in part the decoder's data" in err and "to hold out the same" not in err
+    for other in ("same", "labelled"):  # each its own run: a note is said once per run
+        (tmp_path / other).mkdir()
+    note_split(cfg, {"heldout": 0.1, "split_seed": 0, "data": [a]}, "the LAM", tmp_path / "same")  # the same split
+    note_split(cfg, {"heldout": 0.3, "split_seed": 0, "data": [b]}, "the LAM", tmp_path / "labelled")  # other data
+    note_split(cfg, {"heldout": 0.3, "split_seed": 0, "data": [a]}, "the LAM", "user/lam")  # a Hub LAM: unknown
+    assert "note:" not in capsys.readouterr().err

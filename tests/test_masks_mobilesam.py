@@ -412,6 +412,8 @@ def test_other_student_settings_keep_the_mobilesam_labels(tmp_path, stub_loader,
         assert json.loads(f.attrs["masks_mobilesam_config"])["student_steps"] == 10
         again = student.load_student(labels / "student.pt")  # the retrained student's masks are the file's
         assert np.array_equal(f["0"]["masks_mobilesam"][()], real_predict(again, f["0"]["obs"][()]))
+    assert cli_main(argv + ["20", "--replace"]) == 0  # after a finished run (its merge rewrote the file) too
+    assert tracked == [] and json.loads((labels / "student.json").read_text()) == {"steps": 20, "seed": 0}
 
 
 def test_command_student_labels_n_frames_and_masks_all(tmp_path, stub_loader, monkeypatch, capsys):

@@ -349,8 +349,8 @@ def test_latent_actions_of_frames_in_memory_at_any_size(tmp_path):
     want = episode_latents(model, small, small_masks, batch_size=4)
     assert np.array_equal(latent_actions(model, big, big_masks, resize="letterbox", batch_size=4), want)
     assert not np.allclose(latent_actions(model, big, big_masks, batch_size=4), want)  # crop: other frames
-    model.save_pretrained(tmp_path / "lam")
-    assert np.allclose(latent_actions(str(tmp_path / "lam"), small, small_masks), want, atol=1e-6)
+    model.save_pretrained(tmp_path / "lam", {"data_resize": "letterbox"})  # how its training data were imported
+    assert np.allclose(latent_actions(str(tmp_path / "lam"), big, big_masks), want, atol=1e-6)  # so by default
     with pytest.raises(MasklamError, match="this LAM reads agent masks"):
         latent_actions(model, small)
     with pytest.raises(MasklamError, match=r"frames must be \(T, H, W, 3\) uint8"):

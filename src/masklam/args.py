@@ -99,10 +99,14 @@ def _raise_for(event: Any, config_cls: type) -> None:
         where = f"{_flag(event.argument)}: " if event.argument is not None else ""
         raise UsageError(f"{where}invalid value: {message}")
     if isinstance(event, e.BadValue):
+        flag = _flag(event.argument)
+        if not flag.startswith("-") and event.offending_value is None:  # a positional argument not given
+            prog = getattr(event, "prog", "masklam COMMAND")
+            raise UsageError(f"missing {flag} (given without a flag: {prog} {flag} ...)")
         got = f" {event.offending_value!r}" if event.offending_value is not None else ""
         metavar = getattr(getattr(event.argument, "lowered", None), "metavar", None)
-        wants = f" (takes {metavar})" if metavar else ""
-        raise UsageError(f"{_flag(event.argument)}: bad or missing value{got}{wants}")
+        wants = f" (takes {metavar})" if metavar and flag.startswith("-") else ""
+        raise UsageError(f"{flag}: bad or missing value{got}{wants}")
     if isinstance(event, e.MutexConflict):
         raise UsageError(f"{event.first_token} and {event.second_token} cannot be used together")
     raise UsageError(f"cannot parse the command line ({type(event).__name__}); see {event.prog} --help")

@@ -56,9 +56,9 @@ class TrajectoryData:
     mask_key: str | None = None
     """the mask dataset requested (None: masks not requested)"""
     files_without_masks: list[str] = field(default_factory=list)
+    """files lacking `mask_key` (then `masks` is None)"""
     other_mask_keys: list[str] = field(default_factory=list)
     """the masks the first file without `mask_key` has under another key (what to pass as --mask-key)"""
-    """files lacking `mask_key` (then `masks` is None)"""
     _masks_checked: bool = field(default=False, init=False, repr=False, compare=False)
     """whether `require_masks` has checked the masks' cover (or the caller took them as they are: `masks_taken`)"""
 

@@ -139,20 +139,27 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
 
 def note_split(cfg: DecodeConfig, trained: dict[str, Any] | None, who: str, where: Path) -> None:
     """A note when the decoder's held-out trajectories are not the ones `who` (the policy or LAM it reads, at
-    `where`) held out, by its recorded heldout and split_seed, on data it trained on (a labelled set of its own:
-    nothing to say): the held-out error then reads frames it trained on."""
-    if not trained or "heldout" not in trained or not cfg.heldout:
+    `where`, a local run) held out, on data it trained on (a labelled set of its own: nothing to say): the split is
+    a function of the data list, --heldout and --split-seed, so another list or other values hold out trajectories
+    whose frames it trained on."""
+    from masklam.models.pretrained import is_local
+
+    if not trained or "heldout" not in trained or not cfg.heldout or not is_local(str(where)):
         return
     data = trained.get("data") or []
-    seen = {Path(p).expanduser().resolve() for p in ([data] if isinstance(data, str) else data)}
-    if not seen & {Path(p).expanduser().resolve() for p in cfg.data}:  # other data (a labelled set): no overlap
-        return
+    seen = [Path(p).expanduser().resolve() for p in ([data] if isinstance(data, str) else data)]
+    mine = [Path(p).expanduser().resolve() for p in cfg.data]
     held, seed = float(trained["heldout"]), int(trained.get("split_seed", 0))
-    if (held, seed) != (cfg.heldout, cfg.split_seed):
-        note_once(("decode-split", str(where)), f"{who} {where} was trained with --heldout {held:g} --split-seed "
-                  f"{seed}, the decoder holds out --heldout {cfg.heldout:g} --split-seed {cfg.split_seed}: its "
-                  f"held-out error reads trajectories whose frames {who} trained on (not their actions); pass "
-                  f"--heldout {held:g} --split-seed {seed} to hold out the same")
+    if not set(seen) & set(mine) or (seen == mine and (held, seed) == (cfg.heldout, cfg.split_seed)):
+        return
+    if seen == mine:
+        why = (f"was trained with --heldout {held:g} --split-seed {seed}, the decoder holds out --heldout "
+               f"{cfg.heldout:g} --split-seed {cfg.split_seed}")
+        fix = f"; pass --heldout {held:g} --split-seed {seed} to hold out the same"
+    else:
+        why, fix = f"was trained on {', '.join(map(str, data))}, in part the decoder's data", ""
+    note_once(("decode-split", str(where)), f"{who} {where} {why}: its held-out error reads trajectories whose "
+              f"frames {who} trained on (not their actions){fix}")
 
 
 def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, device: torch.device,

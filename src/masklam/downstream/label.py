@@ -101,16 +101,21 @@ def episode_latents(lam: Any, obs: np.ndarray | Iterator[np.ndarray], masks: np.
     return np.concatenate(out)
 
 
-def latent_actions(lam: Any, frames: np.ndarray, masks: np.ndarray | None = None, resize: str = "crop",
+def latent_actions(lam: Any, frames: np.ndarray, masks: np.ndarray | None = None, resize: str | None = None,
                    batch_size: int = 256) -> np.ndarray:
     """Every frame's latent action from frames in memory (a notebook's `masklam label`): (T, H, W, 3) uint8 of any
-    size, made square at the LAM's size as `masklam import --resize` makes them [+ (T, H, W) bool agent masks, for
-    a LAM that reads them] -> (T, D) float32. Row t is (o_t, o_{t+1}); the last row (o_{T-1}, o_{T-1}). `lam`: a
-    LatentActionModel, its run directory or a Hub repo id."""
+    size, made square at the LAM's size as `masklam import --resize` makes them (default: as the LAM's training data
+    were imported, where its run records it, else crop) [+ (T, H, W) bool agent masks, for a LAM that reads them]
+    -> (T, D) float32. Row t is (o_t, o_{t+1}); the last row (o_{T-1}, o_{T-1}). `lam`: a LatentActionModel, its
+    run directory or a Hub repo id."""
     from masklam.data.video import Resizer
     from masklam.models.lam import load_lam
+    from masklam.train.checkpoint import lam_config
 
-    lam = load_lam(lam) if isinstance(lam, (str, Path)) else lam
+    if isinstance(lam, (str, Path)):
+        resize = resize or lam_config(lam).get("data_resize")
+        lam = load_lam(lam)
+    resize = resize or "crop"
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
         raise MasklamError(f"frames must be (T, H, W, 3) uint8 with T >= 1, got {frames.shape} {frames.dtype}")

@@ -24,7 +24,8 @@ from masklam.devices import resolve_device
 from masklam.errors import MasklamError
 from masklam.files import read_record, write_json
 from masklam.masks.iou import frame_ious, mask_iou
-from masklam.masks.store import AUTO, Prompt, merge_parts, plan, resume_folder, stored_ious, write_part
+from masklam.masks.store import (AUTO, Prompt, keep_folder, merge_parts, plan, resume_folder, stored_ious,
+                                  write_part)
 
 STUDENT_MASKS_IT = "its frames teach the student nothing, and the student masks it as it masks the rest"
 """What happens to a trajectory where --auto found no agent, with --student."""
@@ -149,4 +150,5 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
             masks = predict(net, group["obs"][()])
             write_part(p.parts, name, masks, mask_iou(masks, group["masks"][()]) if "masks" in group else None)
     merge_parts(path, p.parts, key, p.prompt, student_file)
+    keep_folder(labels, path)  # the merge added masks only: the labels stay the file's for another student
     return stored_ious(path, key)

@@ -158,6 +158,14 @@ def data_fingerprint(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def keep_folder(folder: Path, path: Path) -> None:
+    """After this run's merge rewrote ``path`` (masks added, frames as they were), the work ``folder`` it kept
+    (MobileSAM labels) stays valid for it: its recorded version of ``path`` is the new one."""
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        write_text(config_file, json.dumps({**read_record(config_file), "data": data_fingerprint(path)}))
+
+
 def resume_folder(folder: Path, path: Path, settings: dict, what: str, replace: bool = False) -> None:
     """Create ``folder`` (work in progress on ``path``) or check the one an interrupted run left: made from another
     version of ``path`` (rewritten since) -> emptied, with a note; with other ``settings`` -> MasklamError (pass the
