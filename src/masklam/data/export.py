@@ -127,7 +127,8 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
     task = (f"{lay.attrs['domain_name']}-{lay.attrs['task_name']}"
             if "domain_name" in lay.attrs and "task_name" in lay.attrs else "")
     masks = [k for k in MASK_KEYS if lay.has(k)]
-    camera = cfg.camera or str(lay.attrs.get("camera") or DEFAULT_CAMERA)  # a LeRobot source's own name
+    lerobot = lay.attrs.get("source_format") == "lerobot"  # a LeRobot import: its camera's own name
+    camera = cfg.camera or (str(lay.attrs.get("camera") or DEFAULT_CAMERA) if lerobot else DEFAULT_CAMERA)
     robot = lay.attrs.get("robot_type") or lay.attrs.get("domain_name") or "unknown"
     writer = LeRobotWriter(cfg.out, fps, (h, w), lay.action_dim, lay.state_dim, masks, lay.has("rewards"),
                            camera, cfg.codec, cfg.crf, fullest_pix_fmt(cfg.codec), robot_type=str(robot))
