@@ -359,6 +359,26 @@ def test_a_lerobot_datasets_camera_and_robot_type_survive_import_and_export(tmp_
     assert "cam" in info["features"] and "observation.images.top" not in info["features"]  # --camera wins
 
 
+def test_an_episode_of_several_tasks_is_noted_not_merged_silently(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from masklam.data.lerobot_writer import LeRobotWriter
+
+    writer = LeRobotWriter(tmp_path / "lr", fps=10, img_hw=(16, 16), action_dim=2)
+    writer.add_episode([smooth_frames(6, 16, 16)], 6, actions=np.zeros((6, 2), np.float32), task="push")
+    writer.finish()
+    episodes = next((tmp_path / "lr" / "meta" / "episodes").rglob("*.parquet"))
+    table = pq.read_table(episodes)
+    i = table.column_names.index("tasks")
+    pq.write_table(table.set_column(i, "tasks", pa.array([["push", "lift"]], pa.list_(pa.string()))), episodes)
+    capsys.readouterr()
+    with h5py.File(do_import(tmp_path / "lr", tmp_path / "d.h5", img_size=16).path) as f:
+        assert f["0"].attrs["task"] == "push; lift"
+    err = capsys.readouterr().err
+    assert "episode_000000 has 2 tasks ('push'; 'lift')" in err and "which frame had which task is not kept" in err
+
+
 def test_export_carries_a_labelled_files_latent_actions(tmp_path):
     """A file `masklam label` wrote holds latent_action (and decoded_action): the export keeps them as features."""
     import pyarrow.parquet as pq

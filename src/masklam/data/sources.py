@@ -336,6 +336,10 @@ class LeRobotSource(Source):
         ep = item.ref
         rows = self.dir.rows(ep)
         masks = {k: np.stack([resizer.mask(m) for m in v]) for k, v in rows.items() if k in MASK_KEYS}
+        if len(ep.tasks) > 1:  # said, not silently merged: a trajectory holds one task string
+            note_once(("lerobot-tasks", str(self.path)), f"{self.path}: {item.name} has {len(ep.tasks)} tasks "
+                      f"({'; '.join(map(repr, ep.tasks[:3]))}); a masklam trajectory keeps one task: stored as "
+                      "their '; '-joined string, which frame had which task is not kept (this note once per dataset)")
         return Episode(self.dir.frames(ep, resizer, rows), ep.length, rows.get("actions"), rows.get("states"),
                        rows.get("rewards"), masks, "; ".join(ep.tasks))
 
