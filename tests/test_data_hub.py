@@ -127,6 +127,11 @@ def test_an_unknown_repo_or_a_revision_of_a_local_path_is_one_line(hub, tmp_path
     write_dataset(tmp_path / "hub" / "me" / "tiny")
     with pytest.raises(MasklamError, match="at revision 'v9'"):
         run_import(ImportConfig(src=Path("me/tiny"), out=tmp_path / "a.h5", revision="v9", progress=False))
+    write_dataset(tmp_path / "hub" / "me" / "old")
+    info = json.loads((tmp_path / "hub" / "me" / "old" / "meta/info.json").read_text())
+    (tmp_path / "hub" / "me" / "old" / "meta/info.json").write_text(json.dumps({**info, "codebase_version": "v1.6"}))
+    with pytest.raises(MasklamError, match="me/old: LeRobot format 'v1.6'; masklam reads v2.0, v2.1, v3.0"):
+        run_import(ImportConfig(src=Path("me/old"), out=tmp_path / "a.h5", progress=False))
     (tmp_path / "data").mkdir()
     with pytest.raises(MasklamError, match="--revision picks a Hub dataset's version; .* is a local path"):
         run_import(ImportConfig(src=tmp_path / "data", out=tmp_path / "a.h5", revision="v3.0", progress=False))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download, snapshot_download
 
-from masklam.data.lerobot import choose_camera, lerobot_cameras, open_lerobot
+from masklam.data.lerobot import VERSIONS, choose_camera, lerobot_cameras, open_lerobot
 from masklam.errors import MasklamError
 from masklam.models.pretrained import is_local
 
@@ -67,6 +67,9 @@ def fetch_dataset(repo_id: str, camera: str | None = None, revision: str | None 
         info = json.loads(Path(info_file).read_text())
     except (OSError, ValueError) as e:
         raise MasklamError(f"{repo_id}: meta/info.json is not JSON ({_first_line(e)})") from None
+    version = str(info.get("codebase_version", "?"))
+    if version not in VERSIONS:  # before any download
+        raise MasklamError(f"{repo_id}: LeRobot format {version!r}; masklam reads {', '.join(VERSIONS)}")
     if whole:
         patterns, cameras = ["meta/**", "data/**", "videos/**", "images/**"], lerobot_cameras(info)
     else:
