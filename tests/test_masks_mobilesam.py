@@ -382,6 +382,27 @@ def test_command_mobilesam_writes_masks_like_the_simulators(tmp_path, stub_loade
     assert data.masks.shape == (11, 64, 64) and data.masks.any()
 
 
+def test_mobilesam_reads_a_trajectorys_frames_a_batch_at_a_time(tmp_path, stub_loader, monkeypatch):
+    """Memory: the MobileSAM pass never holds a trajectory's frames, only `--batch` of them (an hour of video
+    imported whole would not fit)."""
+    path = write_file(tmp_path / "d.h5", lengths=(40,))
+    reads, real_getitem = [], h5py.Dataset.__getitem__
+
+    def counting(self, key):
+        out = real_getitem(self, key)
+        if self.name.endswith("/obs"):
+            reads.append(len(out) if np.ndim(out) == 4 else 1)
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    argv = ["masks", "--segmenter", "mobilesam", "--data", str(path), "--weights", "w.pt", "--box", "2", "22", "20",
+            "40", "--batch", "4", "--device", "cpu"]
+    assert cli_main(argv) == 0
+    assert reads and max(reads) <= 4 and sum(reads) == 40
+    with h5py.File(path) as f:
+        assert f["0"]["masks_mobilesam"].shape == (40, 64, 64)
+
+
 def test_other_student_settings_keep_the_mobilesam_labels(tmp_path, stub_loader, monkeypatch):
     """A run cut short after its student was saved, run again with other student settings: the MobileSAM labels
     (the slow part) are kept, only the student is trained again; 10 steps train (its one-cycle schedule had a

@@ -153,8 +153,9 @@ def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
 
 
 def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
-    """A function (video (T,H,W,3) uint8, prompt, progress, name) -> ((T,H,W) bool masks, the frame-0 prompt
-    used), with its model loaded; an AUTO prompt is resolved per video (`masklam.masks.auto`)."""
+    """A function (video (T,H,W,3) uint8: an array or an HDF5 dataset, MobileSAM reading its frames a batch at a
+    time, prompt, progress, name) -> ((T,H,W) bool masks, the frame-0 prompt used), with its model loaded; an AUTO
+    prompt is resolved per video (`masklam.masks.auto`)."""
     dev = resolve_device(device)
     if segmenter == "mobilesam":
         from masklam.masks.auto import find_agent_or_none
@@ -176,6 +177,7 @@ def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
     box_of = frame0_box(dev)
 
     def segment_sam2(video, prompt, progress, name="the video"):
+        video = video[()]  # SAM 2's session holds the whole video (an HDF5 dataset read whole here)
         box = box_of(video, prompt, name)
         if box is None:
             return _no_agent(video, progress)
@@ -244,8 +246,8 @@ def _segment_all(path: Path, parts: Path, todo: list[str], lengths: dict[str, in
         for name in todo:
             group = f[name]
             try:
-                masks, used = segment(group["obs"][()], prompt, bar.update,
-                                      f"trajectory {name} of {path}")  # (T, H, W) bool
+                masks, used = segment(group["obs"], prompt, bar.update,
+                                      f"trajectory {name} of {path}")  # (T, H, W) bool; frames read as used
             except MasklamError:
                 raise
             except Exception as e:  # noqa: BLE001 (one line naming the trajectory, never a traceback)

@@ -65,7 +65,7 @@ def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | N
             for name in todo:
                 group = f[name]
                 idx = label_frames(group["obs"].shape[0], n)
-                obs = group["obs"][()]
+                obs = group["obs"]  # (T, H, W, 3) read where used: the labelled frames, --auto's first ones
                 used = (find_agent_or_none(model, obs, f"trajectory {name} of {path}", STUDENT_MASKS_IT)
                         if prompt == AUTO else prompt)
                 if used is None:  # no agent found: no labels from it, so the student is not taught "no agent"
@@ -147,7 +147,7 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
     with open_file(path) as f:
         for name in tqdm(todo, unit="traj", desc="student masks", dynamic_ncols=True):
             group = f[name]
-            masks = predict(net, group["obs"][()])
+            masks = predict(net, group["obs"])  # read a batch of frames at a time
             write_part(p.parts, name, masks, mask_iou(masks, group["masks"][()]) if "masks" in group else None)
     merge_parts(path, p.parts, key, p.prompt, student_file)
     keep_folder(labels, path)  # the merge added masks only: the labels stay the file's for another student
