@@ -170,6 +170,23 @@ def test_segment_video_matches_transformers_loop(tiny_model):
     np.testing.assert_allclose(segment_video(tiny_model, frames, box, batch=1), ours, rtol=1e-4, atol=1e-3)
 
 
+def test_segment_video_reads_an_hdf5_dataset_a_batch_at_a_time(tiny_model, tmp_path, monkeypatch):
+    """Memory: the tracker reads `batch` frames at a time from the file and keeps bool masks, not the video and
+    float logits."""
+    frames = video(10, seed=3)
+    box = (10, 20, 30, 40)
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["obs"] = frames
+    want = segment_video(tiny_model, frames, box, batch=4) > 0
+    reads, real_getitem = [], h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: (
+        lambda out: (reads.append(len(out) if np.ndim(out) == 4 else 1), out)[1])(real_getitem(self, key)))
+    with h5py.File(tmp_path / "v.h5") as f:
+        got = segment_video(tiny_model, f["obs"], box, batch=4, masks_only=True)
+    assert got.dtype == bool and np.array_equal(got, want)
+    assert max(reads) <= 4 and sum(reads) == 10
+
+
 def test_load_from_safetensors_file(tiny_weights, tiny_model):
     model = load_model(tiny_weights / "model.safetensors")  # uses the config.json beside it
     for (name, p), (_, q) in zip(model.state_dict().items(), tiny_model.state_dict().items()):
@@ -202,9 +219,10 @@ def test_each_trajectory_gets_the_masks_of_its_own_frames_and_box(tmp_path, tiny
     path = write_file(tmp_path / "d.h5", lengths=(3, 4, 2))
     boxes = []
 
-    def red_logits(model, obs, box, batch=8, progress=None):
+    def red_logits(model, obs, box, batch=8, progress=None, masks_only=False):
         boxes.append(tuple(box))
-        return obs[..., 0].astype(np.float32) - 200.0  # (T, H, W)
+        logits = obs[()][..., 0].astype(np.float32) - 200.0  # (T, H, W)
+        return logits > 0 if masks_only else logits
 
     monkeypatch.setattr(segmenter, "segment_video", red_logits)
     assert cmd.main(["--data", str(path), "--weights", str(tiny_weights), "--device", "cpu"]) == 0
@@ -221,11 +239,11 @@ def test_resume_after_crash_and_skip_done(tmp_path, tiny_weights, monkeypatch):
     real = segmenter.segment_video
     calls = []
 
-    def crash_on_second(model, obs, box, batch=8, progress=None):
+    def crash_on_second(model, obs, box, batch=8, progress=None, masks_only=False):
         calls.append(obs.shape[0])
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(model, obs, box, batch=batch, progress=progress)
+        return real(model, obs, box, batch=batch, progress=progress, masks_only=masks_only)
 
     monkeypatch.setattr(segmenter, "segment_video", crash_on_second)
     with pytest.raises(KeyboardInterrupt):

@@ -153,8 +153,8 @@ def add_masks(path: Path, weights: Path | None, box: Prompt | None = None,
 
 
 def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
-    """A function (video (T,H,W,3) uint8: an array or an HDF5 dataset, MobileSAM reading its frames a batch at a
-    time, prompt, progress, name) -> ((T,H,W) bool masks, the frame-0 prompt used), with its model loaded; an AUTO
+    """A function (video (T,H,W,3) uint8: an array or an HDF5 dataset, read a batch of frames at a time, prompt,
+    progress, name) -> ((T,H,W) bool masks, the frame-0 prompt used), with its model loaded; an AUTO
     prompt is resolved per video (`masklam.masks.auto`)."""
     dev = resolve_device(device)
     if segmenter == "mobilesam":
@@ -177,11 +177,10 @@ def video_segmenter(segmenter: str, weights: Path, device: str, batch: int):
     box_of = frame0_box(dev)
 
     def segment_sam2(video, prompt, progress, name="the video"):
-        video = video[()]  # SAM 2's session holds the whole video (an HDF5 dataset read whole here)
         box = box_of(video, prompt, name)
         if box is None:
             return _no_agent(video, progress)
-        return sam2_model.segment_video(model, video, box, batch=batch, progress=progress) > 0, box
+        return sam2_model.segment_video(model, video, box, batch=batch, progress=progress, masks_only=True), box
 
     return segment_sam2, dev
 

@@ -13,7 +13,7 @@ window are dropped (the 1024x1024 high-resolution mask kept per frame would othe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -123,11 +123,11 @@ def _session_class():
         """A session over a uint8 video that preprocesses a frame only when asked, instead of storing the
         whole video as T x 3 x 1024 x 1024 floats (12 MB a frame)."""
 
-        def __init__(self, video: torch.Tensor, size: int, device: torch.device, cache_size: int):
+        def __init__(self, video: Any, size: int, device: torch.device, cache_size: int):
             super().__init__(video=None, video_height=int(video.shape[1]), video_width=int(video.shape[2]),
                              inference_device=device, inference_state_device=device, video_storage_device=device,
                              dtype=torch.float32, max_vision_features_cache_size=cache_size)
-            self.video = video  # (T, H, W, 3) uint8, on the CPU
+            self.video = video  # (T, H, W, 3) uint8: an array or an HDF5 dataset, read a batch at a time
             self.size = size
 
         @property
@@ -139,7 +139,8 @@ def _session_class():
 
         def pixels(self, start: int, stop: int) -> torch.Tensor:
             """Frames start..stop-1 as the model's input, (B, 3, size, size) on the inference device."""
-            return preprocess_frames(self.video[start:stop].to(self.inference_device), self.size)
+            frames = torch.from_numpy(np.ascontiguousarray(self.video[start:stop]))  # (B, H, W, 3) uint8
+            return preprocess_frames(frames.to(self.inference_device), self.size)
 
     return LazyVideoSession
 
@@ -161,9 +162,12 @@ def memory_window(model: "Sam2VideoModel") -> int:
 
 
 @torch.inference_mode()
-def segment_video(model: "Sam2VideoModel", video: np.ndarray, box: tuple[float, float, float, float],
-                  batch: int = 8, progress: Callable[[int], object] | None = None) -> np.ndarray:
-    """Track the object inside ``box`` on frame 0 through ``video`` (T, H, W, 3) uint8 -> (T, H, W) float32 logits.
+def segment_video(model: "Sam2VideoModel", video: Any, box: tuple[float, float, float, float],
+                  batch: int = 8, progress: Callable[[int], object] | None = None,
+                  masks_only: bool = False) -> np.ndarray:
+    """Track the object inside ``box`` on frame 0 through ``video`` (T, H, W, 3) uint8 (an array, or an HDF5
+    dataset read ``batch`` frames at a time) -> (T, H, W) float32 logits (``masks_only``: the masks, bool, a
+    quarter of their memory).
 
     The mask is ``logits > 0``. ``batch`` frames go through the image encoder at once; ``progress(n)`` is
     called after every ``n`` finished frames.
@@ -171,12 +175,12 @@ def segment_video(model: "Sam2VideoModel", video: np.ndarray, box: tuple[float, 
     if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
         raise MasklamError(f"video must be (T, H, W, 3) uint8, got {video.shape} {video.dtype}")
     num_frames, height, width = video.shape[:3]
-    out = np.zeros((num_frames, height, width), np.float32)
+    out = np.zeros((num_frames, height, width), bool if masks_only else np.float32)
     if num_frames == 0:
         return out
     device = next(model.parameters()).device
     size = int(model.config.image_size)
-    session = _session_class()(torch.from_numpy(np.ascontiguousarray(video)), size, device, cache_size=batch)
+    session = _session_class()(video, size, device, cache_size=batch)
     obj_idx = session.obj_id_to_idx(OBJ_ID)
     session.add_point_inputs(obj_idx, 0, {
         "point_coords": scale_box(box, (height, width), size),  # (1, 1, 2, 2): the box's two corners
@@ -191,7 +195,8 @@ def segment_video(model: "Sam2VideoModel", video: np.ndarray, box: tuple[float, 
         for frame_idx in range(start, stop):
             result = model(inference_session=session, frame_idx=frame_idx)
             # pred_masks: (1, 1, size/4, size/4) logits of the one object
-            out[frame_idx] = upsample_logits(result.pred_masks, (height, width))[0].cpu().numpy()
+            logits = upsample_logits(result.pred_masks, (height, width))[0].cpu().numpy()
+            out[frame_idx] = logits > 0 if masks_only else logits
             outputs.pop(frame_idx + 1 - window, None)  # no later frame reads this one
         if progress is not None:
             progress(stop - start)
