@@ -179,8 +179,11 @@ def test_segment_video_reads_an_hdf5_dataset_a_batch_at_a_time(tiny_model, tmp_p
         f["obs"] = frames
     want = segment_video(tiny_model, frames, box, batch=4) > 0
     reads, real_getitem = [], h5py.Dataset.__getitem__
+    real_array = h5py.Dataset.__array__
     monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: (
         lambda out: (reads.append(len(out) if np.ndim(out) == 4 else 1), out)[1])(real_getitem(self, key)))
+    monkeypatch.setattr(h5py.Dataset, "__array__", lambda self, *a, **kw: (  # np.asarray(dataset): a whole read
+        reads.append(len(self)), real_array(self, *a, **kw))[1])
     with h5py.File(tmp_path / "v.h5") as f:
         got = segment_video(tiny_model, f["obs"], box, batch=4, masks_only=True)
     assert got.dtype == bool and np.array_equal(got, want)

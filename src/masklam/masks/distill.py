@@ -74,7 +74,7 @@ def _label(path: Path, labels: Path, names: list[str], n: int, weights: Path | N
                     masks = np.zeros((0, *obs.shape[1:3]), bool)
                 else:
                     masks = track(model, obs, used, frames=idx, batch=batch, progress=bar.update)
-                iou = mask_iou(masks, group["masks"][()][idx]) if "masks" in group and len(idx) else None
+                iou = mask_iou(masks, group["masks"][list(idx)]) if "masks" in group and len(idx) else None
                 write_part(labels, name, masks, iou, extra={"frames": idx, "prompt": np.asarray(used, np.float64)})
 
 
