@@ -17,7 +17,7 @@ from pathlib import Path
 from huggingface_hub import hf_hub_download, snapshot_download
 
 from masklam.data.lerobot import VERSIONS, choose_camera, lerobot_cameras, open_lerobot
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, one_line
 from masklam.models.pretrained import is_local
 
 
@@ -62,11 +62,11 @@ def fetch_dataset(repo_id: str, camera: str | None = None, revision: str | None 
                                         cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001 - offline, unknown repo or revision, no meta/info.json: the user's to fix
         raise MasklamError(f"cannot fetch {what} from the Hugging Face Hub: no such local path, and its "
-                           f"meta/info.json was not fetched ({_first_line(e)})") from None
+                           f"meta/info.json was not fetched ({one_line(e)[:250]})") from None
     try:
         info = json.loads(Path(info_file).read_text())
     except (OSError, ValueError) as e:
-        raise MasklamError(f"{repo_id}: meta/info.json is not JSON ({_first_line(e)})") from None
+        raise MasklamError(f"{repo_id}: meta/info.json is not JSON ({one_line(e)[:250]})") from None
     version = str(info.get("codebase_version", "?"))
     if version not in VERSIONS:  # before any download
         raise MasklamError(f"{repo_id}: LeRobot format {version!r}; masklam reads {', '.join(VERSIONS)}")
@@ -81,7 +81,7 @@ def fetch_dataset(repo_id: str, camera: str | None = None, revision: str | None 
             path = Path(snapshot_download(repo_id, repo_type="dataset", revision=commit, cache_dir=cache_dir,
                                           allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001
-        raise MasklamError(f"cannot fetch {what} from the Hugging Face Hub ({_first_line(e)})") from None
+        raise MasklamError(f"cannot fetch {what} from the Hugging Face Hub ({one_line(e)[:250]})") from None
     for cam in cameras:  # offline, the cache's snapshot is returned as it is: perhaps only part of the dataset
         try:
             open_lerobot(path, cam).close()
@@ -101,8 +101,3 @@ def _quiet_hub():
         yield
     finally:
         logger.setLevel(level)
-
-
-def _first_line(e: BaseException) -> str:
-    """An exception as 'Type: its first line' (at most 200 characters)."""
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from masklam.devices import resolve_device
+from masklam.downstream.bc import RESUME_DIR
 from masklam.downstream.decoder import (DecoderInput, check_decoder_input, fit_decoder, policy_latents,
                                         transition_features)
 from masklam.downstream.policy import ImagePolicy
@@ -128,7 +129,7 @@ def train_decoder(cfg: DecodeConfig, progress: bool = True) -> dict[str, float]:
         raise MasklamError(f"{cfg.policy} is not a latent policy (target {policy.cfg.target!r})")
     check_policy_data(policy, cfg.policy, cfg.data)
     check_decoder_input(policy, cfg.input)
-    record = Path(cfg.policy) / "resume" / "config.json"  # the BC run's record (a local run directory)
+    record = Path(cfg.policy) / RESUME_DIR / "config.json"  # the BC run's record (a local run directory)
     note_split(cfg, read_record(record) if record.is_file() else None, "the policy", cfg.policy)
     data = load_dataset(list(cfg.data), progress=progress)
     train_ids, heldout_ids = split_trajectories(data.num_trajectories, cfg.heldout, seed=cfg.split_seed)

@@ -125,7 +125,7 @@ def add_student_masks(path: Path, weights: Path | None, frames_per_traj: int, la
     _label(path, labels, chosen, frames_per_traj, weights, p.prompt, device, batch)
     student_file, student_record = labels / "student.pt", labels / "student.json"
     made = {"steps": steps, "seed": seed}
-    if student_file.is_file() and (read_record(student_record) if student_record.is_file() else {}) != made:
+    if student_file.is_file() and read_record(student_record) != made:  # {} without one
         student_file.unlink()  # made with other settings (or by an older masklam): trained again on the same labels
     if student_file.is_file():
         net = load_student(student_file)

@@ -128,12 +128,14 @@ def check_fps(lam: str | Path, lam_fps: float | None, data: str | Path, data_fps
     (`note`: said, and the work goes on: a probe or a picture of such latents)."""
     from masklam.data.video import same_rate
 
-    if lam_fps and data_fps and not same_rate(float(data_fps), float(lam_fps)) and note:
+    if not lam_fps or not data_fps or same_rate(float(data_fps), float(lam_fps)):
+        return
+    if note:
         note_once(("other-fps", str(lam), str(data)), f"the LAM {lam} was trained on {lam_fps:g} fps video, {data} is "
                   f"{float(data_fps):g} fps: its latents there span another motion")
-    elif lam_fps and data_fps and not same_rate(float(data_fps), float(lam_fps)):
-        fix = (f"resample it (masklam import {data} --fps {lam_fps:g} --out DATA.h5)" if data_fps > lam_fps else
-               f"frames are never invented: import the original video at {lam_fps:g} fps if it has them, or use a LAM "
-               f"trained on {float(data_fps):g} fps video")
-        raise MasklamError(f"the LAM {lam} was trained on {lam_fps:g} fps video, {data} is {float(data_fps):g} fps: "
-                           f"{fix}, or pass --any-fps")
+        return
+    fix = (f"resample it (masklam import {data} --fps {lam_fps:g} --out DATA.h5)" if data_fps > lam_fps else
+           f"frames are never invented: import the original video at {lam_fps:g} fps if it has them, or use a LAM "
+           f"trained on {float(data_fps):g} fps video")
+    raise MasklamError(f"the LAM {lam} was trained on {lam_fps:g} fps video, {data} is {float(data_fps):g} fps: "
+                       f"{fix}, or pass --any-fps")
