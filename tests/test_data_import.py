@@ -785,6 +785,74 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path, capsys):
     shutil.rmtree(run)
 
 
+def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_path, capsys, monkeypatch):
+    """`masklam label --data videos/` imports them at the LAM's size, --resize and frame rate (20 fps video
+    resampled to its 10) and labels that: the latents of importing and labelling by hand, the import removed."""
+    from masklam.downstream import label as label_mod
+    from masklam.downstream.label import LabelConfig, label
+    from masklam.train.config import PretrainConfig
+    from masklam.train.pretrain import pretrain
+
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i in range(3):
+        write_video(videos / f"clip{i}.mp4", 12, 48, 64, fps=20, seed=i)
+    data = do_import(videos, tmp_path / "d.h5", img_size=32, resize="letterbox", fps=10).path
+    run = tmp_path / "run"
+    pretrain(PretrainConfig(method="lapo", data=(data,), out=run, updates=2, batch_size=4, latent_dim=8,
+                            tensorboard=False, progress=False, recon_samples=0, threads=1))
+    by_hand = label(LabelConfig(lam=run, data=data, out=tmp_path / "hand.h5", progress=False, device="cpu"))
+    capsys.readouterr()
+    out = tmp_path / "lat.h5"
+
+    def cut(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # interrupted after its import: the import is kept for the next run
+        m.setattr(label_mod, "_label_into", cut)
+        with pytest.raises(KeyboardInterrupt):
+            label(LabelConfig(lam=run, data=videos, out=out, progress=False, device="cpu"))
+    frames = tmp_path / "lat.frames.h5"
+    assert frames.is_file() and not out.exists()
+    err = capsys.readouterr().err
+    assert f"importing {videos} at 32x32 (letterbox) as the LAM's training data, at 10 fps, into {frames}" in err
+    assert f"masklam import {videos} --out DATA.h5 --img-size 32 --resize letterbox --fps 10" in err
+    label(LabelConfig(lam=run, data=videos, out=out, progress=False, device="cpu"))
+    assert not frames.exists()
+    with h5py.File(out) as f, h5py.File(by_hand) as g:
+        assert sorted(f) == sorted(g) == ["0", "1", "2"]
+        for name in f:
+            assert f[name]["latent_action"].shape == (6, 8)  # 12 frames at 20 fps: 6 at 10
+            np.testing.assert_array_equal(f[name]["latent_action"][()], g[name]["latent_action"][()])
+            assert f[name]["source_rows"][()].tolist() == [0, 2, 4, 6, 8, 10]
+            assert f[name].attrs["source_file"] == str(videos / f"clip{name}.mp4")
+        assert json.loads(f.attrs["label_config"])["data"] == str(videos) and f.attrs["fps"] == 10
+    # video slower than the LAM's: one line, before any import; --any-fps labels it at its own rate
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    write_video(slow / "a.mp4", 8, fps=5)
+    with pytest.raises(MasklamError, match=f"the LAM {run} was trained on 10 fps video, {slow} is 5 fps"):
+        label(LabelConfig(lam=run, data=slow, out=tmp_path / "s.h5", progress=False, device="cpu"))
+    assert not (tmp_path / "s.frames.h5").exists()
+    label(LabelConfig(lam=run, data=slow, out=tmp_path / "s.h5", any_fps=True, progress=False, device="cpu"))
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["0/latent_action"].shape == (8, 8) and f.attrs["fps"] == 5
+    assert f"{slow} at 32x32 (letterbox) as the LAM's training data, at its own frame rate" in capsys.readouterr().err
+    with pytest.raises(MasklamError, match="--out must end in .h5: .* is labelled into an HDF5 dataset"):
+        label(LabelConfig(lam=run, data=videos, out=tmp_path / "dir", progress=False, device="cpu"))
+    with pytest.raises(MasklamError, match="--fps resamples video before labelling; .* is labelled at its own rate"):
+        label(LabelConfig(lam=run, data=data, out=tmp_path / "x.h5", fps=5, progress=False, device="cpu"))
+    masked = tmp_path / "masked"  # a LAM that reads masks: video has none, said before importing
+    shutil.copytree(run, masked)
+    config = json.loads((masked / "config.json").read_text())
+    config["model"]["mask_channel"] = True
+    (masked / "config.json").write_text(json.dumps({**config, "mask_key": "masks_mobilesam"}))
+    with pytest.raises(MasklamError, match="reads 'masks_mobilesam' agent masks, which video does not have: masklam "
+                       "import .* then masklam masks --data DATA.h5 --key masks_mobilesam"):
+        label(LabelConfig(lam=masked, data=videos, out=tmp_path / "m.h5", progress=False, device="cpu"))
+    assert not (tmp_path / "m.frames.h5").exists()
+
+
 def test_video_reader_seeks_and_continues(tmp_path):
     from masklam.data.video import VideoReader
 

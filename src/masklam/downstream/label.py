@@ -11,6 +11,10 @@ action decoder over the LAM's latents: input ``latent``, latent_dim equal to the
   size (``--resize``: centre crop or letterbox, as `masklam import`).
 - DATA an HDF5 dataset -> OUT (.h5) a copy with ``latent_action (T, D)`` (and ``decoded_action (T, A)``) in
   every trajectory group.
+- DATA video (a file or a folder of them) or a folder of image folders -> OUT (.h5): imported first as the LAM's
+  training data were (its size, --resize and frame rate: `masklam import`, resumable, into OUT's ``.frames.h5``
+  beside it), then labelled as an HDF5 dataset; each trajectory's ``source_file`` and ``source_rows`` name the
+  video and frame of every row.
 Batched (``--batch-size``), on the GPU when there is one (``--device auto``). OUT appears only complete.
 """
 from __future__ import annotations
@@ -45,9 +49,10 @@ class LabelConfig:
     """latent action model: a run directory (written by `masklam pretrain`) or a Hugging Face Hub repo id"""
     data: Path
     """a LeRobot dataset directory (v3.0 or v2.x) or its Hugging Face Hub repo id ("user/name": fetched whole into
-    the Hugging Face cache), or an HDF5 dataset file"""
+    the Hugging Face cache), an HDF5 dataset file, or video (a file or a folder of them; a folder of image folders),
+    imported first as the LAM's training data were"""
     out: Path
-    """output: a directory for a LeRobot dataset, a .h5 file for HDF5 (must not exist)"""
+    """output: a directory for a LeRobot dataset, a .h5 file for HDF5 or video (must not exist)"""
     decoder: Path | None = None
     """an action decoder over the LAM's latents (input 'latent'); adds decoded_action"""
     camera: str | None = None
@@ -64,12 +69,17 @@ class LabelConfig:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N"""
     revision: str | None = None
     """Hub dataset (--data a repo id): the branch, tag or commit to fetch; default: main."""
+    fps: float | None = None
+    """video: resample it to this frame rate before labelling (default: the LAM's training video's rate where it has
+    one and the video is at least as fast, else the video's own)"""
     progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise MasklamError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.fps is not None and not self.fps > 0:
+            raise MasklamError(f"--fps must be > 0, got {self.fps}")
 
 
 CHUNK = 4096
@@ -238,7 +248,7 @@ def _counted(frames: Iterator[np.ndarray], bar: Any) -> Iterator[np.ndarray]:
 
 def label(cfg: LabelConfig) -> Path:
     """Write the labelled copy ``cfg.out``; returns it."""
-    from masklam.data.sources import DESCRIPTIONS, open_source
+    from masklam.data.sources import DESCRIPTIONS, detect, open_source
 
     from masklam.data.hub import fetch_dataset, is_hub_dataset
 
@@ -251,6 +261,11 @@ def label(cfg: LabelConfig) -> Path:
         cfg = dataclasses.replace(cfg, data=fetch_dataset(str(cfg.data), revision=cfg.revision, whole=True).path)
     elif cfg.revision is not None:
         raise MasklamError(f"--revision picks a Hub dataset's version; {cfg.data} is a local path")
+    if detect(cfg.data) in VIDEO_KINDS:
+        return _label_video(cfg)
+    if cfg.fps is not None:
+        raise MasklamError(f"--fps resamples video before labelling; {cfg.data} is labelled at its own rate (resample "
+                           f"it with masklam import {cfg.data} --fps {cfg.fps:g} --out DATA.h5)")
     cfg = as_trained(cfg)
     source = open_source(cfg.data, cfg.camera)
     try:
@@ -259,19 +274,83 @@ def label(cfg: LabelConfig) -> Path:
                                f"an HDF5 file (masklam import {cfg.data} --out DATA.h5 first)")
         if source.kind == "hdf5" and cfg.out.suffix != ".h5":
             raise MasklamError(f"--out must end in .h5 for an HDF5 dataset, got {cfg.out}")
-        labeller = Labeller(cfg)
-        if not cfg.any_fps:
-            from masklam.train.checkpoint import check_fps
-
-            check_fps(cfg.lam, labeller.data_fps, cfg.data, source.fps)
-        labels = _label_source(cfg, labeller, source)
-        if source.kind == "lerobot":
-            _write_lerobot(cfg, source, labels)
-        else:
-            _write_hdf5(cfg, source, labels)
+        _label_into(cfg, source, config_record(cfg))
     finally:
         source.close()
     return cfg.out
+
+
+def _label_into(cfg: LabelConfig, source: Any, record: dict[str, Any]) -> None:
+    """Label every item of `source` (LeRobot or HDF5) and write the copy ``cfg.out`` (`record`: how, kept in it)."""
+    labeller = Labeller(cfg)
+    if not cfg.any_fps:
+        from masklam.train.checkpoint import check_fps
+
+        check_fps(cfg.lam, labeller.data_fps, cfg.data, source.fps)
+    labels = _label_source(cfg, labeller, source)
+    if source.kind == "lerobot":
+        _write_lerobot(cfg, source, labels, record)
+    else:
+        _write_hdf5(cfg, source, labels, record)
+
+
+VIDEO_KINDS = ("videos", "frames")
+"""Formats `label` imports before labelling (`masklam.data.sources.FORMATS`)."""
+
+
+def _label_video(cfg: LabelConfig) -> Path:
+    """`label` for video or image folders: import them as the LAM's training data were made into ``<out>.frames.h5``
+    (kept while unfinished: the same command resumes it), label that, and remove it."""
+    from masklam.data.importer import ImportConfig, run_import
+    from masklam.data.sources import open_source
+    from masklam.train.checkpoint import lam_config, mask_key_of
+
+    if cfg.out.suffix != ".h5":
+        raise MasklamError(f"--out must end in .h5: {cfg.data} (video) is labelled into an HDF5 dataset, got {cfg.out}")
+    if cfg.camera is not None:
+        raise MasklamError(f"--camera picks a LeRobot dataset's camera; {cfg.data} is video")
+    run = lam_config(cfg.lam)
+    cfg = as_trained(cfg)
+    size, lam_fps = int(run["model"]["img_hw"]), run.get("data_fps")
+    source = open_source(cfg.data)
+    try:
+        fps = cfg.fps or _video_rate(cfg, lam_fps, source.rates())
+    finally:
+        source.close()
+    again = (f"masklam import {cfg.data} --out DATA.h5 --img-size {size} --resize {cfg.resize}"
+             f"{f' --fps {fps:g}' if fps else ''}")
+    if mask_key_of(run) is not None:  # video has no masks: say so before the import
+        raise MasklamError(f"the LAM {cfg.lam} reads {mask_key_of(run)!r} agent masks, which video does not have: "
+                           f"{again}, then masklam masks --data DATA.h5 --key {mask_key_of(run)}, then label DATA.h5")
+    frames = cfg.out.with_name(cfg.out.stem + ".frames.h5")
+    note_once(("label-import", str(cfg.out)), f"importing {cfg.data} at {size}x{size} ({cfg.resize}) as the LAM's "
+              f"training data, at {f'{fps:g} fps' if fps else 'its own frame rate'}, into {frames}, removed once "
+              f"labelled (an interrupted run resumes it); the same as: {again}")
+    run_import(ImportConfig(src=cfg.data, out=frames, img_size=size, resize=cfg.resize, fps=fps,
+                            progress=cfg.progress))
+    source = open_source(frames)
+    try:
+        _label_into(dataclasses.replace(cfg, data=frames), source, config_record(cfg))
+    finally:
+        source.close()
+    frames.unlink()
+    return cfg.out
+
+
+def _video_rate(cfg: LabelConfig, lam_fps: float | None, rates: list[float]) -> float | None:
+    """The rate video is imported at for labelling: the LAM's training video's when every video is at least as fast
+    (resampled down), else (--any-fps) the video's own, the slowest of several; None: the source's (unknown)."""
+    from masklam.data.video import same_rate
+    from masklam.train.checkpoint import check_fps
+
+    if not rates:
+        return None
+    slowest = min(rates)
+    if lam_fps and (slowest > lam_fps or same_rate(slowest, float(lam_fps))):
+        return float(lam_fps)
+    if not cfg.any_fps:
+        check_fps(cfg.lam, lam_fps, cfg.data, slowest)  # slower video: one line (frames are never invented)
+    return slowest if len(rates) > 1 else None
 
 
 def as_trained(cfg: LabelConfig) -> LabelConfig:
@@ -298,7 +377,8 @@ def _note_stale_decoded(cfg: LabelConfig) -> None:
               f"{cfg.out} (it decoded other latents): pass --decoder to decode these")
 
 
-def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:
+def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]], record: dict[str, Any]
+                   ) -> None:
     from masklam.data.lerobot_writer import add_feature, drop_feature
 
     tmp = cfg.out.with_name(cfg.out.name + ".tmp")
@@ -312,14 +392,15 @@ def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndar
             drop_feature(tmp, DECODED)  # decoded from an earlier labelling's latents: not these
             _note_stale_decoded(cfg)
         info = read_json(tmp / "meta" / "info.json")
-        write_json(tmp / "meta" / "info.json", {**info, "masklam_label": config_record(cfg)}, indent=4)
+        write_json(tmp / "meta" / "info.json", {**info, "masklam_label": record}, indent=4)
         os.replace(tmp, cfg.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]]) -> None:
+def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]], record: dict[str, Any]
+                ) -> None:
     from masklam.data.hdf5 import write_atomically
     from masklam.models.pretrained import source_name
 
@@ -337,7 +418,7 @@ def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray
         if stale:
             _note_stale_decoded(cfg)
         f.attrs["latent_lam"] = source_name(cfg.lam)
-        f.attrs["label_config"] = json.dumps(config_record(cfg))  # how the labels were made
+        f.attrs["label_config"] = json.dumps(record)  # how the labels were made
 
 
 def main(argv: list[str]) -> int:
