@@ -788,10 +788,13 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path, capsys):
 def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_path, capsys, monkeypatch):
     """`masklam label --data videos/` imports them at the LAM's size, --resize and frame rate (20 fps video
     resampled to its 10) and labels that: the latents of importing and labelling by hand, the import removed."""
-    from masklam.downstream import label as label_mod
+    from masklam.downstream import label_video as label_video_mod
     from masklam.downstream.label import LabelConfig, label
     from masklam.train.config import PretrainConfig
     from masklam.train.pretrain import pretrain
+
+    def cfg(data, out, **kw):  # noqa: ANN001, ANN003, ANN202
+        return LabelConfig(lam=kw.pop("lam", run), data=data, out=tmp_path / out, progress=False, device="cpu", **kw)
 
     videos = tmp_path / "v"
     videos.mkdir()
@@ -801,24 +804,26 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
     run = tmp_path / "run"
     pretrain(PretrainConfig(method="lapo", data=(data,), out=run, updates=2, batch_size=4, latent_dim=8,
                             tensorboard=False, progress=False, recon_samples=0, threads=1))
-    by_hand = label(LabelConfig(lam=run, data=data, out=tmp_path / "hand.h5", progress=False, device="cpu"))
+    by_hand = label(cfg(data, "hand.h5"))
     capsys.readouterr()
-    out = tmp_path / "lat.h5"
+    out, work = tmp_path / "lat.h5", tmp_path / "lat.h5.import"
 
     def cut(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # interrupted after its import: the import is kept for the next run
-        m.setattr(label_mod, "_label_into", cut)
+        m.setattr(label_video_mod, "label_into", cut)
         with pytest.raises(KeyboardInterrupt):
-            label(LabelConfig(lam=run, data=videos, out=out, progress=False, device="cpu"))
-    frames = tmp_path / "lat.frames.h5"
-    assert frames.is_file() and not out.exists()
+            label(cfg(videos, "lat.h5"))
+    assert (work / "frames.h5").is_file() and not out.exists()
     err = capsys.readouterr().err
-    assert f"importing {videos} at 32x32 (letterbox) as the LAM's training data, at 10 fps, into {frames}" in err
+    assert f"importing {videos} at 32x32 (letterbox) as the LAM's training data, at 10 fps, into {work}" in err
     assert f"masklam import {videos} --out DATA.h5 --img-size 32 --resize letterbox --fps 10" in err
-    label(LabelConfig(lam=run, data=videos, out=out, progress=False, device="cpu"))
-    assert not frames.exists()
+    imported = []
+    monkeypatch.setattr("masklam.data.importer.import_item", lambda *a, **k: imported.append(a))
+    label(cfg(videos, "lat.h5"))  # resumes: the finished import is not read again
+    monkeypatch.undo()
+    assert not imported and not work.exists() and "not videos" not in capsys.readouterr().err
     with h5py.File(out) as f, h5py.File(by_hand) as g:
         assert sorted(f) == sorted(g) == ["0", "1", "2"]
         for name in f:
@@ -826,31 +831,57 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
             np.testing.assert_array_equal(f[name]["latent_action"][()], g[name]["latent_action"][()])
             assert f[name]["source_rows"][()].tolist() == [0, 2, 4, 6, 8, 10]
             assert f[name].attrs["source_file"] == str(videos / f"clip{name}.mp4")
-        assert json.loads(f.attrs["label_config"])["data"] == str(videos) and f.attrs["fps"] == 10
-    # video slower than the LAM's: one line, before any import; --any-fps labels it at its own rate
+        record = json.loads(f.attrs["label_config"])
+        assert (record["data"], record["fps"], f.attrs["fps"]) == (str(videos), 10, 10)
+    # an unfinished labelling of other video is made again; a folder label did not make is refused
+    other = tmp_path / "w"
+    other.mkdir()
+    write_video(other / "a.mp4", 8, fps=10)
+    with monkeypatch.context() as m:
+        m.setattr(label_video_mod, "label_into", cut)
+        with pytest.raises(KeyboardInterrupt):
+            label(cfg(videos, "o.h5"))
+    label(cfg(other, "o.h5"))
+    assert "held an unfinished labelling of other video or arguments" in capsys.readouterr().err
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert list(f) == ["0"] and f["0/latent_action"].shape == (8, 8)
+    (tmp_path / "mine.h5.import").mkdir()
+    (tmp_path / "mine.h5.import" / "frames.h5").write_bytes(b"a user's file")
+    with pytest.raises(MasklamError, match="mine.h5.import exists and is not an unfinished labelling"):
+        label(cfg(videos, "mine.h5"))
+    assert (tmp_path / "mine.h5.import" / "frames.h5").read_bytes() == b"a user's file"
+    # rates: slower video is refused before any import, naming it; --any-fps labels it at its own rate
     slow = tmp_path / "slow"
     slow.mkdir()
     write_video(slow / "a.mp4", 8, fps=5)
-    with pytest.raises(MasklamError, match=f"the LAM {run} was trained on 10 fps video, {slow} is 5 fps"):
-        label(LabelConfig(lam=run, data=slow, out=tmp_path / "s.h5", progress=False, device="cpu"))
-    assert not (tmp_path / "s.frames.h5").exists()
-    label(LabelConfig(lam=run, data=slow, out=tmp_path / "s.h5", any_fps=True, progress=False, device="cpu"))
+    write_video(slow / "b.mp4", 8, fps=20)
+    with pytest.raises(MasklamError, match=f"trained on 10 fps video; 1 of {slow}'s 2 are slower \\(a: 5 fps\\)"):
+        label(cfg(slow, "s.h5"))
+    assert not (tmp_path / "s.h5.import").exists()
+    label(cfg(slow, "s.h5", any_fps=True))
     with h5py.File(tmp_path / "s.h5") as f:
-        assert f["0/latent_action"].shape == (8, 8) and f.attrs["fps"] == 5
-    assert f"{slow} at 32x32 (letterbox) as the LAM's training data, at its own frame rate" in capsys.readouterr().err
+        assert f["0/latent_action"].shape == (8, 8) and f["1/latent_action"].shape == (2, 8) and f.attrs["fps"] == 5
+    with pytest.raises(MasklamError, match="--fps 5: the LAM .* was trained on 10 fps video .*: leave --fps out"):
+        label(cfg(videos, "f.h5", fps=5))  # before the import
+    assert not (tmp_path / "f.h5.import").exists()
     with pytest.raises(MasklamError, match="--out must end in .h5: .* is labelled into an HDF5 dataset"):
-        label(LabelConfig(lam=run, data=videos, out=tmp_path / "dir", progress=False, device="cpu"))
+        label(cfg(videos, "dir"))
     with pytest.raises(MasklamError, match="--fps resamples video before labelling; .* is labelled at its own rate"):
-        label(LabelConfig(lam=run, data=data, out=tmp_path / "x.h5", fps=5, progress=False, device="cpu"))
-    masked = tmp_path / "masked"  # a LAM that reads masks: video has none, said before importing
-    shutil.copytree(run, masked)
-    config = json.loads((masked / "config.json").read_text())
-    config["model"]["mask_channel"] = True
-    (masked / "config.json").write_text(json.dumps({**config, "mask_key": "masks_mobilesam"}))
-    with pytest.raises(MasklamError, match="reads 'masks_mobilesam' agent masks, which video does not have: masklam "
-                       "import .* then masklam masks --data DATA.h5 --key masks_mobilesam"):
-        label(LabelConfig(lam=masked, data=videos, out=tmp_path / "m.h5", progress=False, device="cpu"))
-    assert not (tmp_path / "m.frames.h5").exists()
+        label(cfg(data, "x.h5", fps=5))
+    # a LAM that reads masks: video has none, said before importing, with the commands that make them
+    for key, want in (("masks_mobilesam", "masklam masks --segmenter mobilesam --key masks_mobilesam --data DATA.h5"),
+                      ("masks", "reads the simulator's exact agent masks \\('masks'\\)")):
+        masked = tmp_path / f"masked-{key}"
+        shutil.copytree(run, masked)
+        config = json.loads((masked / "config.json").read_text())
+        config["model"]["mask_channel"] = True
+        (masked / "config.json").write_text(json.dumps({**config, "mask_key": key}))
+        with pytest.raises(MasklamError, match=want):
+            label(cfg(videos, "m.h5", lam=masked))
+        assert not (tmp_path / "m.h5.import").exists()
+    with pytest.raises(MasklamError, match="decoder"):  # a wrong --decoder: before the import too
+        label(cfg(videos, "d2.h5", decoder=tmp_path / "nothing"))
+    assert not (tmp_path / "d2.h5.import").exists()
 
 
 def test_video_reader_seeks_and_continues(tmp_path):

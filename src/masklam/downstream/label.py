@@ -12,9 +12,7 @@ action decoder over the LAM's latents: input ``latent``, latent_dim equal to the
 - DATA an HDF5 dataset -> OUT (.h5) a copy with ``latent_action (T, D)`` (and ``decoded_action (T, A)``) in
   every trajectory group.
 - DATA video (a file or a folder of them) or a folder of image folders -> OUT (.h5): imported first as the LAM's
-  training data were (its size, --resize and frame rate: `masklam import`, resumable, into OUT's ``.frames.h5``
-  beside it), then labelled as an HDF5 dataset; each trajectory's ``source_file`` and ``source_rows`` name the
-  video and frame of every row.
+  training data were, then labelled as an HDF5 dataset (`masklam.downstream.label_video`).
 Batched (``--batch-size``), on the GPU when there is one (``--device auto``). OUT appears only complete.
 """
 from __future__ import annotations
@@ -35,6 +33,7 @@ from masklam.args import parse
 from masklam.devices import resolve_device
 from masklam.errors import MasklamError, note_once
 from masklam.files import config_record, read_json, write_json
+from masklam.locks import output_lock
 
 LATENT, DECODED = "latent_action", "decoded_action"
 
@@ -70,8 +69,8 @@ class LabelConfig:
     revision: str | None = None
     """Hub dataset (--data a repo id): the branch, tag or commit to fetch; default: main."""
     fps: float | None = None
-    """video: resample it to this frame rate before labelling (default: the LAM's training video's rate where it has
-    one and the video is at least as fast, else the video's own)"""
+    """video: the frame rate it is imported at before labelling (default: the LAM's training video's where it has one
+    and the video is at least as fast, else the video's own); image folders: the rate they were recorded at"""
     progress: bool = True
     """Show a progress bar."""
 
@@ -262,7 +261,9 @@ def label(cfg: LabelConfig) -> Path:
     elif cfg.revision is not None:
         raise MasklamError(f"--revision picks a Hub dataset's version; {cfg.data} is a local path")
     if detect(cfg.data) in VIDEO_KINDS:
-        return _label_video(cfg)
+        from masklam.downstream.label_video import label_video
+
+        return label_video(cfg)
     if cfg.fps is not None:
         raise MasklamError(f"--fps resamples video before labelling; {cfg.data} is labelled at its own rate (resample "
                            f"it with masklam import {cfg.data} --fps {cfg.fps:g} --out DATA.h5)")
@@ -274,15 +275,22 @@ def label(cfg: LabelConfig) -> Path:
                                f"an HDF5 file (masklam import {cfg.data} --out DATA.h5 first)")
         if source.kind == "hdf5" and cfg.out.suffix != ".h5":
             raise MasklamError(f"--out must end in .h5 for an HDF5 dataset, got {cfg.out}")
-        _label_into(cfg, source, config_record(cfg))
+        with output_lock(cfg.out, ", or choose another --out"):
+            label_into(cfg, source, config_record(cfg), Labeller(cfg))
     finally:
         source.close()
     return cfg.out
 
 
-def _label_into(cfg: LabelConfig, source: Any, record: dict[str, Any]) -> None:
-    """Label every item of `source` (LeRobot or HDF5) and write the copy ``cfg.out`` (`record`: how, kept in it)."""
-    labeller = Labeller(cfg)
+VIDEO_KINDS = ("videos", "frames")
+"""Formats `label` imports before labelling (`masklam.data.sources.FORMATS`): `masklam.downstream.label_video`."""
+
+
+def label_into(cfg: LabelConfig, source: Any, record: dict[str, Any], labeller: Labeller) -> None:
+    """Label every item of `source` (LeRobot or HDF5) and write the copy ``cfg.out`` (`record`: how, kept in it);
+    called holding ``cfg.out``'s lock."""
+    if cfg.out.exists():  # written by another run since label() looked
+        raise MasklamError(f"{cfg.out} already exists; remove it or choose another --out")
     if not cfg.any_fps:
         from masklam.train.checkpoint import check_fps
 
@@ -292,65 +300,6 @@ def _label_into(cfg: LabelConfig, source: Any, record: dict[str, Any]) -> None:
         _write_lerobot(cfg, source, labels, record)
     else:
         _write_hdf5(cfg, source, labels, record)
-
-
-VIDEO_KINDS = ("videos", "frames")
-"""Formats `label` imports before labelling (`masklam.data.sources.FORMATS`)."""
-
-
-def _label_video(cfg: LabelConfig) -> Path:
-    """`label` for video or image folders: import them as the LAM's training data were made into ``<out>.frames.h5``
-    (kept while unfinished: the same command resumes it), label that, and remove it."""
-    from masklam.data.importer import ImportConfig, run_import
-    from masklam.data.sources import open_source
-    from masklam.train.checkpoint import lam_config, mask_key_of
-
-    if cfg.out.suffix != ".h5":
-        raise MasklamError(f"--out must end in .h5: {cfg.data} (video) is labelled into an HDF5 dataset, got {cfg.out}")
-    if cfg.camera is not None:
-        raise MasklamError(f"--camera picks a LeRobot dataset's camera; {cfg.data} is video")
-    run = lam_config(cfg.lam)
-    cfg = as_trained(cfg)
-    size, lam_fps = int(run["model"]["img_hw"]), run.get("data_fps")
-    source = open_source(cfg.data)
-    try:
-        fps = cfg.fps or _video_rate(cfg, lam_fps, source.rates())
-    finally:
-        source.close()
-    again = (f"masklam import {cfg.data} --out DATA.h5 --img-size {size} --resize {cfg.resize}"
-             f"{f' --fps {fps:g}' if fps else ''}")
-    if mask_key_of(run) is not None:  # video has no masks: say so before the import
-        raise MasklamError(f"the LAM {cfg.lam} reads {mask_key_of(run)!r} agent masks, which video does not have: "
-                           f"{again}, then masklam masks --data DATA.h5 --key {mask_key_of(run)}, then label DATA.h5")
-    frames = cfg.out.with_name(cfg.out.stem + ".frames.h5")
-    note_once(("label-import", str(cfg.out)), f"importing {cfg.data} at {size}x{size} ({cfg.resize}) as the LAM's "
-              f"training data, at {f'{fps:g} fps' if fps else 'its own frame rate'}, into {frames}, removed once "
-              f"labelled (an interrupted run resumes it); the same as: {again}")
-    run_import(ImportConfig(src=cfg.data, out=frames, img_size=size, resize=cfg.resize, fps=fps,
-                            progress=cfg.progress))
-    source = open_source(frames)
-    try:
-        _label_into(dataclasses.replace(cfg, data=frames), source, config_record(cfg))
-    finally:
-        source.close()
-    frames.unlink()
-    return cfg.out
-
-
-def _video_rate(cfg: LabelConfig, lam_fps: float | None, rates: list[float]) -> float | None:
-    """The rate video is imported at for labelling: the LAM's training video's when every video is at least as fast
-    (resampled down), else (--any-fps) the video's own, the slowest of several; None: the source's (unknown)."""
-    from masklam.data.video import same_rate
-    from masklam.train.checkpoint import check_fps
-
-    if not rates:
-        return None
-    slowest = min(rates)
-    if lam_fps and (slowest > lam_fps or same_rate(slowest, float(lam_fps))):
-        return float(lam_fps)
-    if not cfg.any_fps:
-        check_fps(cfg.lam, lam_fps, cfg.data, slowest)  # slower video: one line (frames are never invented)
-    return slowest if len(rates) > 1 else None
 
 
 def as_trained(cfg: LabelConfig) -> LabelConfig:
