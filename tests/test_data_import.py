@@ -292,7 +292,7 @@ def test_frames_in_numbered_order_and_folders_as_people_keep_them(tmp_path, caps
     assert "1 link(s) to files that no longer exist are skipped (gone.mp4)" in err
     (videos / "gone.mp4").unlink()
     (videos / "top.mp4").unlink()
-    with pytest.raises(MasklamError, match="its subfolders sub hold video files: import each"):
+    with pytest.raises(MasklamError, match="its subfolders sub hold video files: pass --recursive"):
         do_import(videos, tmp_path / "w.h5", img_size=16)
     with pytest.raises(MasklamError, match="holds images directly; .* move them into .*/ep0/<episode>/"):
         do_import(tmp_path / "seq" / "ep0", tmp_path / "e.h5")  # one episode's frames: the layout nests them
@@ -693,6 +693,46 @@ def test_a_resumed_import_imports_an_edited_file_again(tmp_path):
     assert (result.imported, result.reused) == (2, 0) and read_layout(out).lengths.tolist() == [7, 5]
 
 
+def test_recursive_reads_videos_and_image_folders_at_any_depth(tmp_path, capsys):
+    """--recursive: every video (or folder of images) under the folder, depth first in name order, one episode each,
+    named by its path under it; without it a folder whose data are only deeper says to pass it."""
+    from PIL import Image
+
+    from masklam.data.sources import open_source
+
+    videos = tmp_path / "v"
+    for sub in ("kitchen/day2", "kitchen/day10", "lab", ".cache"):
+        (videos / sub).mkdir(parents=True)
+    want = {"kitchen/day2/b": 5, "kitchen/day10/a": 6, "lab/c": 7, "top": 4}  # day2 before day10: numbers as numbers
+    for seed, (name, n) in enumerate(want.items()):
+        write_video(videos / f"{name}.mp4", n, seed=seed)
+    write_video(videos / ".cache" / "hidden.mp4", 3)  # a hidden folder is not read
+    (videos / "lab" / "notes.txt").write_text("x")
+    capsys.readouterr()
+    out = do_import(videos, tmp_path / "r.h5", img_size=16, recursive=True).path
+    with h5py.File(out) as f:
+        names = [f[str(i)].attrs["source_item"] for i in range(len(f))]
+        assert names == list(want) and [len(f[str(i)]["obs"]) for i in range(4)] == list(want.values())
+        assert f["2"].attrs["source_file"] == str(videos / "lab" / "c.mp4") and f.attrs["recursive"]
+    assert "1 file(s) that are not videos are not read (lab/notes.txt)" in capsys.readouterr().err
+    flat = do_import(videos, tmp_path / "flat.h5", img_size=16)  # without it: the top folder's only, as before
+    assert flat.trajectories == 1
+    with pytest.raises(MasklamError, match="written without recursive, this run sets True"):
+        do_import(videos, tmp_path / "flat.h5", img_size=16, recursive=True)
+    frames = tmp_path / "f"
+    for ep in ("robot1/ep0", "robot1/ep1", "robot2/ep0"):
+        (frames / ep).mkdir(parents=True)
+        for t, img in enumerate(smooth_frames(3, 16, 16, seed=len(ep))):
+            Image.fromarray(img).save(frames / ep / f"{t}.png")
+    with pytest.raises(MasklamError, match="no data found in it, only deeper in its subfolders: pass --recursive"):
+        do_import(frames, tmp_path / "x.h5", img_size=16)
+    source = open_source(frames, recursive=True)
+    assert [i.name for i in source.items()] == ["robot1/ep0", "robot1/ep1", "robot2/ep0"]
+    with pytest.raises(MasklamError, match="--recursive reads the subfolders of a folder of videos or image folders; "
+                       ".* is a file"):
+        open_source(videos / "top.mp4", recursive=True)
+
+
 def test_parts_without_their_arguments_are_written_again(tmp_path):
     from masklam.data.parts import part_path, prepare_parts
 
@@ -882,6 +922,15 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
     with pytest.raises(MasklamError, match="decoder"):  # a wrong --decoder: before the import too
         label(cfg(videos, "d2.h5", decoder=tmp_path / "nothing"))
     assert not (tmp_path / "d2.h5.import").exists()
+    nested = tmp_path / "nested"  # videos in subfolders: --recursive, as import's
+    (nested / "day1").mkdir(parents=True)
+    shutil.copy(videos / "clip1.mp4", nested / "day1" / "clip1.mp4")
+    with pytest.raises(MasklamError, match="hold video files: pass --recursive"):
+        label(cfg(nested, "n.h5"))
+    label(cfg(nested, "n.h5", recursive=True))
+    with h5py.File(tmp_path / "n.h5") as f, h5py.File(out) as g:
+        assert list(f) == ["0"] and f["0"].attrs["source_item"] == "day1/clip1"
+        np.testing.assert_array_equal(f["0/latent_action"][()], g["1/latent_action"][()])
 
 
 def test_video_reader_seeks_and_continues(tmp_path):

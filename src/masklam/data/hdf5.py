@@ -49,9 +49,9 @@ LABEL_KEYS = ("states", "actions")
 MASK_KEYS = ("masks", "sam2_masks", "masks_mobilesam", "masks_student")
 IMAGE_KEYS = ("obs",) + MASK_KEYS
 COMPRESSIONS = ("lzf", "gzip", "none")
-OPTIONAL_ATTRS = ("background_path", "actions_clipped_to")
+OPTIONAL_ATTRS = ("background_path", "actions_clipped_to", "recursive")
 """file attrs written only when they apply (`masklam collect --background-path`; `masklam import` of a peer's file,
-whose actions it stores clipped to these bounds)"""
+whose actions it stores clipped to these bounds; `masklam import --recursive`)"""
 PEER_ACTION_BOUNDS = (-1.0, 1.0)
 """the action bounds of the peers' benchmarks (DMC, Meta-World), which their stored actions may leave"""
 

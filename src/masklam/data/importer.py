@@ -64,6 +64,9 @@ class ImportConfig:
     the source's rate (image folders: unknown, recorded as 0)."""
     chunk_seconds: float | None = None
     """Cut every source episode into episodes of this many seconds (the last, shorter one kept if >= 2 frames)."""
+    recursive: bool = False
+    """A folder: read the videos (or image folders) in its subfolders too, at any depth, one episode each, named by
+    their path under it (kitchen/clip3)."""
     camera: str | None = None
     """LeRobot dataset: the camera (video or image feature) to import; default: its only one."""
     revision: str | None = None
@@ -108,6 +111,7 @@ def file_attrs(cfg: ImportConfig, source: Source) -> dict[str, Any]:
         "source_fps": float(source.fps or 0.0) if len(source.rates()) <= 1 else 0.0,  # several (within 1%): none
         "chunk_seconds": float(cfg.chunk_seconds or 0.0), "version": FORMAT_VERSION,
         **({"actions_clipped_to": list(bounds)} if (bounds := getattr(source.layout, "action_bounds", None)) else {}),
+        **({"recursive": True} if cfg.recursive else {}),
     }
 
 
@@ -301,13 +305,15 @@ def run_import(cfg: ImportConfig) -> ImportResult:
     finished."""
     hub: dict[str, str] = {}
     if is_hub_dataset(cfg.src):
+        if cfg.recursive:
+            raise MasklamError(f"--recursive reads the subfolders of a folder of videos; {cfg.src} is a Hub dataset")
         check_free(cfg.out, ", or use another --out")  # a busy --out is one line before a download
         fetched = fetch_dataset(str(cfg.src), cfg.camera, cfg.revision)
         cfg, hub = replace(cfg, src=fetched.path, camera=fetched.camera), fetched.attrs()
     elif cfg.revision is not None:
         raise MasklamError(f"--revision picks a Hub dataset's version; {cfg.src} is a local path")
     # every checkable problem: one line, before any file is touched; an --out inside SRC is not SRC's data
-    source = open_source(cfg.src, cfg.camera, ignore=cfg.out)
+    source = open_source(cfg.src, cfg.camera, ignore=cfg.out, recursive=cfg.recursive)
     try:
         with output_lock(cfg.out, ", or use another --out"):  # one import per output at a time
             return _import_locked(cfg, source, hub)

@@ -49,16 +49,29 @@ def _listing(directory: Path) -> list[Path]:
     return sorted((p for p in directory.iterdir() if not p.name.startswith(".")), key=name_order)
 
 
-def _videos(directory: Path) -> list[Path]:
-    return [p for p in _listing(directory) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+def _walk(directory: Path) -> Iterator[Path]:
+    """Every entry under `directory` (not hidden ones), depth first, each folder's in name order; linked folders
+    are not entered (a link back up would never end)."""
+    for p in _listing(directory):
+        yield p
+        if p.is_dir() and not p.is_symlink():
+            yield from _walk(p)
+
+
+def _entries(directory: Path, recursive: bool) -> Iterator[Path]:
+    return _walk(directory) if recursive else iter(_listing(directory))
+
+
+def _videos(directory: Path, recursive: bool = False) -> list[Path]:
+    return [p for p in _entries(directory, recursive) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
 
 
 def _images(directory: Path) -> list[Path]:
     return [p for p in _listing(directory) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def _image_dirs(directory: Path) -> list[Path]:
-    return [p for p in _listing(directory) if p.is_dir() and _images(p)]
+def _image_dirs(directory: Path, recursive: bool = False) -> list[Path]:
+    return [p for p in _entries(directory, recursive) if p.is_dir() and _images(p)]
 
 
 def _video_dirs(directory: Path) -> list[Path]:
@@ -66,9 +79,15 @@ def _video_dirs(directory: Path) -> list[Path]:
     return [p for p in _listing(directory) if p.is_dir() and _videos(p)]
 
 
-def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None) -> str:
+def _item_name(path: Path, root: Path) -> str:
+    """An item's name: its path under the folder read, without suffix ('clip3', 'kitchen/clip3')."""
+    return path.relative_to(root).with_suffix("").as_posix() if path != root else path.stem
+
+
+def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None, recursive: bool = False) -> str:
     """The format (one of FORMATS) of a data path, from its content; MasklamError when it is none of them.
-    ``ignore``: a file in it that is not data (an import's own output, written into the folder it reads)."""
+    ``ignore``: a file in it that is not data (an import's own output, written into the folder it reads);
+    ``recursive``: a folder's videos or image folders are looked for in its subfolders too."""
     path = Path(path)
     skip = Path(ignore).resolve() if ignore is not None else None
     if path.is_dir() and (path / "meta" / "info.json").is_file():
@@ -83,11 +102,11 @@ def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None) -> 
                                "parquet; a LeRobot dataset folder)")
         return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
     if path.is_dir():
-        if _videos(path):  # before HDF5: an import's output kept beside its videos leaves the folder one of videos
+        if _videos(path, recursive):  # before HDF5: an import's output kept beside its videos leaves it one of videos
             return "videos"
         if any(p.is_file() and p.suffix in HDF5_SUFFIXES and p.resolve() != skip for p in _listing(path)):
             return "hdf5"
-        if _image_dirs(path):
+        if _image_dirs(path, recursive):
             return "frames"
         if _images(path):  # frames straight in it: one episode, which the folder-of-folders layout asks to nest
             raise MasklamError(f"{path} holds images directly; an image dataset is a folder of episode folders "
@@ -95,8 +114,11 @@ def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None) -> 
         nested = _video_dirs(path)
         if nested:
             raise MasklamError(f"{path}: no data found in it; its subfolders {', '.join(p.name for p in nested[:3])}"
-                               f"{' ...' if len(nested) > 3 else ''} hold video files: import each of them (a folder "
-                               "of videos is read flat)")
+                               f"{' ...' if len(nested) > 3 else ''} hold video files: pass --recursive (every video "
+                               "under it, one episode each), or import each of them (a folder of videos is read flat)")
+        if not recursive and (_videos(path, True) or _image_dirs(path, True)):
+            raise MasklamError(f"{path}: no data found in it, only deeper in its subfolders: pass --recursive (every "
+                               "video or folder of images under it, one episode each)")
         raise MasklamError(f"{path}: no data found (video files, folders of images, HDF5 or parquet files, or a "
                            "LeRobot dataset with meta/info.json)")
     raise MasklamError(f"no such file: {path}")
@@ -216,9 +238,9 @@ class VideoSource(Source):
 
     kind = "videos"
 
-    def __init__(self, path: Path, ignore: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: Path, ignore: str | os.PathLike | None = None, recursive: bool = False) -> None:
         super().__init__(path)
-        files = [path] if path.is_file() else _videos(path)
+        files = [path] if path.is_file() else _videos(path, recursive)
         if not files:
             raise MasklamError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {path}")
         broken = [] if path.is_file() else [p for p in _listing(path) if p.is_symlink() and not p.exists()]
@@ -226,17 +248,19 @@ class VideoSource(Source):
             note_once(("broken-links", str(path)), f"{path}: {len(broken)} link(s) to files that no longer exist "
                       f"are skipped ({', '.join(p.name for p in broken[:3])}{' ...' if len(broken) > 3 else ''})")
         skip = Path(ignore).resolve() if ignore is not None else None  # the import's own output
-        others = [] if path.is_file() else [p for p in _listing(path)
-                                            if p.is_file() and p not in files and p.resolve() != skip]
+        listed = set(files)
+        others = [] if path.is_file() else [p for p in _entries(path, recursive)
+                                            if p.is_file() and p not in listed and p.resolve() != skip]
         if others:  # not videos (an import's output, notes, a format masklam does not know): said, not silently left
             note_once(("not-videos", str(path), len(others)),
                       f"{path}: {len(others)} file(s) that are not videos are not read "
-                      f"({', '.join(p.name for p in others[:3])}{' ...' if len(others) > 3 else ''})")
-        nested = [] if path.is_file() else _video_dirs(path)
+                      f"({', '.join(_item_name(p, path) + p.suffix for p in others[:3])}"
+                      f"{' ...' if len(others) > 3 else ''})")
+        nested = [] if path.is_file() or recursive else _video_dirs(path)
         if nested:  # read flat: say so, rather than leave their videos out without a word
             note_once(("nested-videos", str(path)), f"{path}: the videos in its subfolders "
                       f"{', '.join(p.name for p in nested[:3])}{' ...' if len(nested) > 3 else ''} are not imported "
-                      "(a folder of videos is read flat); import each subfolder on its own")
+                      "(a folder of videos is read flat); pass --recursive to read them too")
         self.infos = [probe(f) for f in files]  # an unreadable file: one line naming it, before any work
         self._rates = sorted({round(i.fps, 3) for i in self.infos if i.fps})
 
@@ -253,7 +277,8 @@ class VideoSource(Source):
         return list(self._rates)
 
     def items(self) -> list[Item]:
-        return [Item(i.path.stem, i.path, i.decoded_frames or None, i, i.fps or None) for i in self.infos]
+        return [Item(_item_name(i.path, self.path), i.path, i.decoded_frames or None, i, i.fps or None)
+                for i in self.infos]
 
     def read(self, item: Item, resizer: Resizer) -> Episode:
         info = item.ref
@@ -269,11 +294,11 @@ class FrameFolderSource(Source):
 
     kind = "frames"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, recursive: bool = False) -> None:
         super().__init__(path)
         if not path.is_dir():
             raise MasklamError(f"no such directory: {path}")
-        self.folders = _image_dirs(path)
+        self.folders = _image_dirs(path, recursive)
         if not self.folders:
             raise MasklamError(f"no folders of images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
         self.files = {d: _images(d) for d in self.folders}
@@ -287,7 +312,7 @@ class FrameFolderSource(Source):
                                        "episode folder must have one size")
 
     def items(self) -> list[Item]:
-        return [Item(d.name, d, len(self.files[d]), d) for d in self.folders]
+        return [Item(_item_name(d, self.path), d, len(self.files[d]), d) for d in self.folders]
 
     def signature(self, item: Item) -> str:
         """Its images' count, total size and latest modification (the folder's own times miss an edited file)."""
@@ -419,18 +444,23 @@ class ParquetSource(Source):
                        arrays.get("rewards"), masks)
 
 
-def open_source(path: str | os.PathLike, camera: str | None = None, ignore: str | os.PathLike | None = None) -> Source:
-    """The `Source` of a data path, its items checked (MasklamError naming the first bad file)."""
+def open_source(path: str | os.PathLike, camera: str | None = None, ignore: str | os.PathLike | None = None,
+                recursive: bool = False) -> Source:
+    """The `Source` of a data path, its items checked (MasklamError naming the first bad file); ``recursive``: a
+    folder's videos or image folders in its subfolders too."""
     path = Path(path)
-    kind = detect(path, ignore)
+    kind = detect(path, ignore, recursive)
     if camera is not None and kind != "lerobot":
         raise MasklamError(f"--camera picks a LeRobot dataset's camera; {path} is {DESCRIPTIONS[kind]}")
+    if recursive and (kind not in ("videos", "frames") or path.is_file()):
+        raise MasklamError(f"--recursive reads the subfolders of a folder of videos or image folders; {path} is "
+                           f"{DESCRIPTIONS[kind] if path.is_dir() else 'a file'}")
     if kind == "lerobot":
         return LeRobotSource(path, camera)
     if kind == "videos":
-        return VideoSource(path, ignore)
+        return VideoSource(path, ignore, recursive)
     if kind == "frames":
-        return FrameFolderSource(path)
+        return FrameFolderSource(path, recursive)
     if kind == "masklam-parquet":
         return ParquetSource(path)
     if path.is_dir():

@@ -71,6 +71,8 @@ class LabelConfig:
     fps: float | None = None
     """video: the frame rate it is imported at before labelling (default: the LAM's training video's where it has one
     and the video is at least as fast, else the video's own); image folders: the rate they were recorded at"""
+    recursive: bool = False
+    """video: a folder's videos (or image folders) in its subfolders too, as `masklam import --recursive`"""
     progress: bool = True
     """Show a progress bar."""
 
@@ -256,11 +258,13 @@ def label(cfg: LabelConfig) -> Path:
     if is_hub_dataset(cfg.data):  # the whole dataset (every camera): the labelled copy is all of it
         from masklam.train.checkpoint import lam_config
 
+        if cfg.recursive:
+            raise MasklamError(f"--recursive reads the subfolders of a folder of videos; {cfg.data} is a Hub dataset")
         lam_config(cfg.lam)  # a wrong --lam is one line before a download
         cfg = dataclasses.replace(cfg, data=fetch_dataset(str(cfg.data), revision=cfg.revision, whole=True).path)
     elif cfg.revision is not None:
         raise MasklamError(f"--revision picks a Hub dataset's version; {cfg.data} is a local path")
-    if detect(cfg.data) in VIDEO_KINDS:
+    if detect(cfg.data, recursive=cfg.recursive) in VIDEO_KINDS:
         from masklam.downstream.label_video import label_video
 
         return label_video(cfg)
@@ -268,7 +272,7 @@ def label(cfg: LabelConfig) -> Path:
         raise MasklamError(f"--fps resamples video before labelling; {cfg.data} is labelled at its own rate (resample "
                            f"it with masklam import {cfg.data} --fps {cfg.fps:g} --out DATA.h5)")
     cfg = as_trained(cfg)
-    source = open_source(cfg.data, cfg.camera)
+    source = open_source(cfg.data, cfg.camera, recursive=cfg.recursive)
     try:
         if source.kind not in ("lerobot", "hdf5"):
             raise MasklamError(f"{cfg.data} is {DESCRIPTIONS[source.kind]}; label writes into a LeRobot dataset or "

@@ -43,24 +43,24 @@ def label_video(cfg: LabelConfig) -> Path:
     cfg = as_trained(cfg)
     size, lam_fps, key = int(run["model"]["img_hw"]), run.get("data_fps"), mask_key_of(run)
     work = cfg.out.with_name(cfg.out.name + ".import")
-    source = open_source(cfg.data)
+    source = open_source(cfg.data, recursive=cfg.recursive)
     try:
         fps = _rate(cfg, lam_fps, source)
     finally:
         source.close()
     again = (f"masklam import {cfg.data} --out DATA.h5 --img-size {size} --resize {cfg.resize}"
-             f"{f' --fps {fps:g}' if fps else ''}")
+             f"{f' --fps {fps:g}' if fps else ''}{' --recursive' if cfg.recursive else ''}")
     if key is not None:  # video has no masks: said before the import
         raise MasklamError(_masks_needed(cfg, key, again))
     labeller = Labeller(cfg)  # the LAM and --decoder checked before the import
     with output_lock(cfg.out, ", or choose another --out"):
         frames = _work_folder(work, {"data": str(cfg.data.expanduser().resolve()), "img_size": size,
-                                     "resize": cfg.resize, "fps": fps})
+                                     "resize": cfg.resize, "fps": fps, "recursive": cfg.recursive})
         note_once(("label-import", str(cfg.out)), f"importing {cfg.data} at {size}x{size} ({cfg.resize}) as the "
                   f"LAM's training data, at {f'{fps:g} fps' if fps else 'its own frame rate'}, into {frames}, "
                   f"removed once labelled (an interrupted run resumes it); the same as: {again}")
         run_import(ImportConfig(src=cfg.data, out=frames, img_size=size, resize=cfg.resize, fps=fps,
-                                progress=cfg.progress))
+                                recursive=cfg.recursive, progress=cfg.progress))
         source = open_source(frames)
         try:
             record = config_record(dataclasses.replace(cfg, fps=fps))  # the rate it was labelled at
