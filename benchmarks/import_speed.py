@@ -57,6 +57,12 @@ def make_video(path: Path, n: int, h: int, w: int, fps: float) -> None:
             writer.write(chunk)
 
 
+def run_child(code: str, *args: object) -> dict:
+    """Run `code` in a fresh Python process (its own peak memory) with `args`; its last stdout line, as JSON."""
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(b: Bench) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
@@ -67,9 +73,7 @@ def main(b: Bench) -> None:
             make_video(folder / "clip.mp4", n, b.height, b.width, b.fps)
             made = time.perf_counter() - t
             out = Path(tmp) / f"d{n}.h5"
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(out)], capture_output=True, text=True,
-                                  check=True)
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = run_child(CHILD, folder, out)
             rows.append((n, r["frames"], r["frames"] / r["seconds"], r["peak_mib"], made))
             out.unlink()
         print(f"{'frames':>8} {'imported':>9} {'frames/s':>9} {'peak MiB':>9}   "

@@ -693,6 +693,27 @@ def test_a_resumed_import_imports_an_edited_file_again(tmp_path):
     assert (result.imported, result.reused) == (2, 0) and read_layout(out).lengths.tolist() == [7, 5]
 
 
+def test_a_resumed_import_keeps_the_finished_items_a_new_file_shifts(tmp_path):
+    """A file added before finished items moves them (and their seed, the item's index) instead of importing
+    them again."""
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i, name in enumerate("abc"):
+        write_video(videos / f"{name}.mp4", 5 + i, seed=i)
+    out = tmp_path / "d.h5"
+    with stopped_at("c"), pytest.raises(KeyboardInterrupt):
+        do_import(videos, out, img_size=16)
+    write_video(videos / "0.mp4", 4, seed=9)  # before a and b: every finished item's index shifts by one
+    result = do_import(videos, out, img_size=16)
+    assert (result.imported, result.reused) == (2, 2)
+    straight = do_import(videos, tmp_path / "straight.h5", img_size=16).path
+    with h5py.File(out) as f, h5py.File(straight) as g:
+        assert [f[str(i)].attrs["source_item"] for i in range(4)] == ["0", "a", "b", "c"]
+        for i in range(4):
+            assert f[str(i)].attrs["seed"] == g[str(i)].attrs["seed"] == i
+            np.testing.assert_array_equal(f[str(i)]["obs"][()], g[str(i)]["obs"][()])
+
+
 def test_recursive_reads_videos_and_image_folders_at_any_depth(tmp_path, capsys):
     """--recursive: every video (or folder of images) under the folder, depth first in name order, one episode each,
     named by its path under it; without it a folder whose data are only deeper says to pass it."""
@@ -728,6 +749,27 @@ def test_recursive_reads_videos_and_image_folders_at_any_depth(tmp_path, capsys)
         do_import(frames, tmp_path / "x.h5", img_size=16)
     source = open_source(frames, recursive=True)
     assert [i.name for i in source.items()] == ["robot1/ep0", "robot1/ep1", "robot2/ep0"]
+    (frames / "robot1" / "ep0").rename(frames / "robot1" / "2024.01.05")  # a folder's dots are not a suffix
+    assert [i.name for i in open_source(frames, recursive=True).items()][:2] == ["robot1/2024.01.05", "robot1/ep1"]
+    (frames / "first.h5").write_bytes(b"")  # an import's output beside image folders leaves it one of them
+    assert open_source(frames, recursive=True).kind == "frames"
+    linked = tmp_path / "linked"  # a linked folder is read, once; a link back up does not loop
+    (linked / "cams").mkdir(parents=True)
+    (linked / "cams" / "kitchen").symlink_to(videos / "kitchen", target_is_directory=True)
+    (linked / "cams" / "up").symlink_to(linked, target_is_directory=True)
+    names = [i.name for i in open_source(linked, recursive=True).items()]
+    assert names == ["cams/kitchen/day2/b", "cams/kitchen/day10/a"]
+    inside = videos / "lab" / "out.h5"  # an output inside the folder read: it, its parts and lock are not data
+    with stopped_at("lab/c"), pytest.raises(KeyboardInterrupt):
+        do_import(videos, inside, img_size=16, recursive=True)
+    capsys.readouterr()
+    assert do_import(videos, inside, img_size=16, recursive=True).reused == 2
+    assert "out.h5" not in capsys.readouterr().err  # its parts would be other files than notes.txt: a new note
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    write_video(twice / "a.mp4", 3)
+    write_video(twice / "a.mkv", 3)
+    assert [i.name for i in open_source(twice).items()] == ["a.mkv", "a.mp4"]
     with pytest.raises(MasklamError, match="--recursive reads the subfolders of a folder of videos or image folders; "
                        ".* is a file"):
         open_source(videos / "top.mp4", recursive=True)
@@ -846,7 +888,7 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
                             tensorboard=False, progress=False, recon_samples=0, threads=1))
     by_hand = label(cfg(data, "hand.h5"))
     capsys.readouterr()
-    out, work = tmp_path / "lat.h5", tmp_path / "lat.h5.import"
+    out, work = tmp_path / "lat.h5", tmp_path / ".lat.h5.import"
 
     def cut(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise KeyboardInterrupt
@@ -885,11 +927,11 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
     assert "held an unfinished labelling of other video or arguments" in capsys.readouterr().err
     with h5py.File(tmp_path / "o.h5") as f:
         assert list(f) == ["0"] and f["0/latent_action"].shape == (8, 8)
-    (tmp_path / "mine.h5.import").mkdir()
-    (tmp_path / "mine.h5.import" / "frames.h5").write_bytes(b"a user's file")
-    with pytest.raises(MasklamError, match="mine.h5.import exists and is not an unfinished labelling"):
+    (tmp_path / ".mine.h5.import").mkdir()
+    (tmp_path / ".mine.h5.import" / "frames.h5").write_bytes(b"a user's file")
+    with pytest.raises(MasklamError, match=".mine.h5.import exists and is not an unfinished labelling"):
         label(cfg(videos, "mine.h5"))
-    assert (tmp_path / "mine.h5.import" / "frames.h5").read_bytes() == b"a user's file"
+    assert (tmp_path / ".mine.h5.import" / "frames.h5").read_bytes() == b"a user's file"
     # rates: slower video is refused before any import, naming it; --any-fps labels it at its own rate
     slow = tmp_path / "slow"
     slow.mkdir()
@@ -897,13 +939,13 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
     write_video(slow / "b.mp4", 8, fps=20)
     with pytest.raises(MasklamError, match=f"trained on 10 fps video; 1 of {slow}'s 2 are slower \\(a: 5 fps\\)"):
         label(cfg(slow, "s.h5"))
-    assert not (tmp_path / "s.h5.import").exists()
+    assert not (tmp_path / ".s.h5.import").exists()
     label(cfg(slow, "s.h5", any_fps=True))
     with h5py.File(tmp_path / "s.h5") as f:
         assert f["0/latent_action"].shape == (8, 8) and f["1/latent_action"].shape == (2, 8) and f.attrs["fps"] == 5
     with pytest.raises(MasklamError, match="--fps 5: the LAM .* was trained on 10 fps video .*: leave --fps out"):
         label(cfg(videos, "f.h5", fps=5))  # before the import
-    assert not (tmp_path / "f.h5.import").exists()
+    assert not (tmp_path / ".f.h5.import").exists()
     with pytest.raises(MasklamError, match="--out must end in .h5: .* is labelled into an HDF5 dataset"):
         label(cfg(videos, "dir"))
     with pytest.raises(MasklamError, match="--fps resamples video before labelling; .* is labelled at its own rate"):
@@ -918,10 +960,10 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
         (masked / "config.json").write_text(json.dumps({**config, "mask_key": key}))
         with pytest.raises(MasklamError, match=want):
             label(cfg(videos, "m.h5", lam=masked))
-        assert not (tmp_path / "m.h5.import").exists()
+        assert not (tmp_path / ".m.h5.import").exists()
     with pytest.raises(MasklamError, match="decoder"):  # a wrong --decoder: before the import too
         label(cfg(videos, "d2.h5", decoder=tmp_path / "nothing"))
-    assert not (tmp_path / "d2.h5.import").exists()
+    assert not (tmp_path / ".d2.h5.import").exists()
     nested = tmp_path / "nested"  # videos in subfolders: --recursive, as import's
     (nested / "day1").mkdir(parents=True)
     shutil.copy(videos / "clip1.mp4", nested / "day1" / "clip1.mp4")

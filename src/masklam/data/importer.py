@@ -353,8 +353,9 @@ def _import_locked(cfg: ImportConfig, source: Source, hub: dict[str, str]) -> Im
 
 
 def _matching_parts(out: Path, finished: set[int], items: list[Item], signatures: list[str]) -> set[int]:
-    """The finished parts that hold the item now at their index, unchanged; the others (SRC changed since the
-    interrupted import: a file added, removed, renamed or edited) are deleted, with a notice, and imported again."""
+    """The finished parts that hold an item of the source as it is now, each moved to that item's index (an item
+    added or removed before it shifts it); the others (an item removed, renamed or edited since the interrupted
+    import) are deleted, with a notice, and imported again."""
     from masklam.data.hdf5 import open_file, read_attrs, trajectory_names
 
     def first_group(i: int) -> tuple[dict[str, Any], bool]:
@@ -363,23 +364,39 @@ def _matching_parts(out: Path, finished: set[int], items: list[Item], signatures
             group = f[trajectory_names(f)[0]]
             return read_attrs(group), "source_rows" in group
 
-    def holds(i: int, first: dict[str, Any]) -> bool:
-        signature = first.get("source_signature", signatures[i])  # parts from before signatures: name and file
-        return (first.get("source_item"), first.get("source_file"), signature) == (
-            items[i].name, str(items[i].path), signatures[i])
-
-    read = {i: first_group(i) for i in finished if i < len(items)}  # each part opened once
-    stale = sorted(i for i in finished if i not in read or not holds(i, read[i][0]))
-    older = sorted(i for i in finished - set(stale) if not read[i][1])
+    now = {(item.name, str(item.path), sig): j for j, (item, sig) in enumerate(zip(items, signatures))}
+    moves: dict[int, int] = {}  # part index -> the index of the item it holds now
+    stale, older = [], []
+    for i in sorted(finished):  # each part opened once
+        first, ours = first_group(i)
+        key = (first.get("source_item"), first.get("source_file"), first.get("source_signature"))
+        if key[2] is None and i < len(items):  # parts from before signatures: their item at their index
+            key = (key[0], key[1], signatures[i])
+        if key not in now:
+            stale.append(i)
+        elif not ours:
+            older.append(i)
+        else:
+            moves[i] = now[key]
     for i in stale + older:
         part_path(out, i).unlink()
+    for i in moves:  # in two steps: a part may move to where another is leaving
+        if moves[i] != i:
+            part_path(out, i).rename(part_path(out, i).with_suffix(".move"))
+    for i, j in moves.items():
+        if j != i:
+            moving = part_path(out, i).with_suffix(".move")
+            with h5py.File(moving, "r+") as f:  # its trajectories' seed is the item's index
+                for name in trajectory_names(f):
+                    f[name].attrs["seed"] = j
+            moving.rename(part_path(out, j))
     if stale:
         note_once(("import-stale", str(out)), f"{len(stale)} of the {len(finished)} items an interrupted import of "
                   f"{out} finished no longer match the source (it changed since): imported again")
     if older:
         note_once(("import-older", str(out)), f"{len(older)} of the {len(finished)} items an interrupted import of "
                   f"{out} finished were made by an older masklam (no source_rows): imported again")
-    return finished - set(stale) - set(older)
+    return set(moves.values())
 
 
 def _group_attrs(out: Path, indices: Any) -> Iterator[dict[str, Any]]:

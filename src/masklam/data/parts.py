@@ -34,7 +34,7 @@ def prepare_parts(out: Path, attrs: dict[str, Any]) -> set[int]:
     The arguments (``attrs``) must match those of the run that wrote the parts (MasklamError otherwise)."""
     folder = parts_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.tmp*"):
+    for stale in [*folder.glob("*.tmp*"), *folder.glob("*.move")]:  # a killed writer's, a killed move's
         stale.unlink()
     finished = {int(p.stem) for p in folder.glob("[0-9]*.h5") if p.stem.isdigit()}
     config = folder / "config.json"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,44 +45,80 @@ def name_order(path: Path) -> list[Any]:
     return [(0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
 
 
-def _listing(directory: Path) -> list[Path]:
-    """The entries of `directory` in name order, without hidden ones (.DS_Store, macOS's ._name sidecars)."""
-    return sorted((p for p in directory.iterdir() if not p.name.startswith(".")), key=name_order)
+def _listing(directory: Path, skip: Skip = frozenset()) -> list[Path]:
+    """The entries of `directory` in name order, without hidden ones (.DS_Store, macOS's ._name sidecars) and those
+    in `skip` (an import's own output and what it writes beside it: `own_outputs`)."""
+    names = {p.name for p in skip}
+    return sorted((p for p in directory.iterdir() if not p.name.startswith(".")
+                   and not (p.name in names and p.resolve() in skip)), key=name_order)
 
 
-def _walk(directory: Path) -> Iterator[Path]:
-    """Every entry under `directory` (not hidden ones), depth first, each folder's in name order; linked folders
-    are not entered (a link back up would never end)."""
-    for p in _listing(directory):
+Skip = frozenset
+"""resolved paths a folder's listing leaves out"""
+
+
+def own_outputs(out: str | os.PathLike | None) -> Skip:
+    """An output written into the folder being read, and its parts folder and lock file beside it: not data."""
+    from masklam.data.parts import parts_dir
+    from masklam.locks import lock_path
+
+    if out is None:
+        return frozenset()
+    out = Path(out).resolve()
+    return frozenset({out, parts_dir(out), lock_path(out)})
+
+
+def _walk(directory: Path, skip: Skip = frozenset(), depth: int | None = None,
+          seen: set[Path] | None = None) -> Iterator[Path]:
+    """Every entry under `directory` (not hidden ones), depth first, each folder's in name order, `depth` levels
+    down at most; a linked folder is entered once (a link back up does not loop)."""
+    seen = {directory.resolve()} if seen is None else seen
+    for p in _listing(directory, skip):
         yield p
-        if p.is_dir() and not p.is_symlink():
-            yield from _walk(p)
+        if p.is_dir() and (depth is None or depth > 1) and (real := p.resolve()) not in seen:
+            seen.add(real)
+            yield from _walk(p, skip, None if depth is None else depth - 1, seen)
 
 
-def _entries(directory: Path, recursive: bool) -> Iterator[Path]:
-    return _walk(directory) if recursive else iter(_listing(directory))
+def _entries(directory: Path, recursive: bool, skip: Skip = frozenset()) -> Iterator[Path]:
+    return _walk(directory, skip) if recursive else iter(_listing(directory, skip))
 
 
-def _videos(directory: Path, recursive: bool = False) -> list[Path]:
-    return [p for p in _entries(directory, recursive) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+def _is_video(p: Path) -> bool:
+    return p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
+
+
+def _videos(directory: Path, recursive: bool = False, skip: Skip = frozenset()) -> list[Path]:
+    return [p for p in _entries(directory, recursive, skip) if _is_video(p)]
 
 
 def _images(directory: Path) -> list[Path]:
-    return [p for p in _listing(directory) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return [p for p in _listing(directory) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
 
-def _image_dirs(directory: Path, recursive: bool = False) -> list[Path]:
-    return [p for p in _entries(directory, recursive) if p.is_dir() and _images(p)]
+def _has_images(directory: Path) -> bool:
+    return directory.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in _listing(directory))
+
+
+def _image_dirs(directory: Path, recursive: bool = False, skip: Skip = frozenset()) -> list[Path]:
+    return [p for p in _entries(directory, recursive, skip) if _has_images(p)]
 
 
 def _video_dirs(directory: Path) -> list[Path]:
     """Subfolders holding video files (a folder of videos is read flat: these are not)."""
-    return [p for p in _listing(directory) if p.is_dir() and _videos(p)]
+    return [p for p in _listing(directory) if p.is_dir() and any(_is_video(v) for v in _listing(p))]
 
 
 def _item_name(path: Path, root: Path) -> str:
-    """An item's name: its path under the folder read, without suffix ('clip3', 'kitchen/clip3')."""
-    return path.relative_to(root).with_suffix("").as_posix() if path != root else path.stem
+    """An item's name: its path under the folder read, a file's without its suffix ('clip3', 'kitchen/clip3')."""
+    if path == root:
+        return path.stem
+    rel = path.relative_to(root)
+    return rel.with_suffix("").as_posix() if path.is_file() else rel.as_posix()
+
+
+DEEP = 4
+"""levels of subfolders looked into for the hint that --recursive would find data (not a whole home folder)"""
 
 
 def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None, recursive: bool = False) -> str:
@@ -89,7 +126,7 @@ def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None, rec
     ``ignore``: a file in it that is not data (an import's own output, written into the folder it reads);
     ``recursive``: a folder's videos or image folders are looked for in its subfolders too."""
     path = Path(path)
-    skip = Path(ignore).resolve() if ignore is not None else None
+    skip = own_outputs(ignore)
     if path.is_dir() and (path / "meta" / "info.json").is_file():
         return "lerobot"
     if is_parquet(path):
@@ -102,23 +139,24 @@ def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None, rec
                                "parquet; a LeRobot dataset folder)")
         return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
     if path.is_dir():
-        if _videos(path, recursive):  # before HDF5: an import's output kept beside its videos leaves it one of videos
-            return "videos"
-        if any(p.is_file() and p.suffix in HDF5_SUFFIXES and p.resolve() != skip for p in _listing(path)):
-            return "hdf5"
-        if _image_dirs(path, recursive):
+        if any(_is_video(p) for p in _entries(path, recursive, skip)):  # first: an import's output beside its
+            return "videos"  # videos leaves the folder one of videos
+        if any(_has_images(p) for p in _entries(path, recursive, skip)):
             return "frames"
+        if any(p.suffix in HDF5_SUFFIXES and p.is_file() for p in _listing(path, skip)):
+            return "hdf5"
         if _images(path):  # frames straight in it: one episode, which the folder-of-folders layout asks to nest
             raise MasklamError(f"{path} holds images directly; an image dataset is a folder of episode folders "
                                f"(DIR/<episode>/*.png): move them into {path}/<episode>/ and import {path}")
-        nested = _video_dirs(path)
+        nested = [] if recursive else _video_dirs(path)
         if nested:
             raise MasklamError(f"{path}: no data found in it; its subfolders {', '.join(p.name for p in nested[:3])}"
-                               f"{' ...' if len(nested) > 3 else ''} hold video files: pass --recursive (every video "
-                               "under it, one episode each), or import each of them (a folder of videos is read flat)")
-        if not recursive and (_videos(path, True) or _image_dirs(path, True)):
-            raise MasklamError(f"{path}: no data found in it, only deeper in its subfolders: pass --recursive (every "
-                               "video or folder of images under it, one episode each)")
+                               f"{' ...' if len(nested) > 3 else ''} hold video files: pass --recursive to masklam "
+                               "import or label (every video under it, one episode each), or import each of them (a "
+                               "folder of videos is read flat)")
+        if not recursive and any(_is_video(p) or _has_images(p) for p in _walk(path, skip, DEEP)):
+            raise MasklamError(f"{path}: no data found in it, only deeper in its subfolders: pass --recursive to "
+                               "masklam import or label (every video or folder of images under it, one episode each)")
         raise MasklamError(f"{path}: no data found (video files, folders of images, HDF5 or parquet files, or a "
                            "LeRobot dataset with meta/info.json)")
     raise MasklamError(f"no such file: {path}")
@@ -240,17 +278,18 @@ class VideoSource(Source):
 
     def __init__(self, path: Path, ignore: str | os.PathLike | None = None, recursive: bool = False) -> None:
         super().__init__(path)
-        files = [path] if path.is_file() else _videos(path, recursive)
+        skip = own_outputs(ignore)  # the import's own output, parts and lock
+        entries = [path] if path.is_file() else list(_entries(path, recursive, skip))
+        files = [p for p in entries if _is_video(p)]
         if not files:
             raise MasklamError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {path}")
-        broken = [] if path.is_file() else [p for p in _listing(path) if p.is_symlink() and not p.exists()]
+        broken = [] if path.is_file() else [p for p in entries if p.is_symlink() and not p.exists()]
         if broken:  # a link whose target is gone: not read, and said
             note_once(("broken-links", str(path)), f"{path}: {len(broken)} link(s) to files that no longer exist "
-                      f"are skipped ({', '.join(p.name for p in broken[:3])}{' ...' if len(broken) > 3 else ''})")
-        skip = Path(ignore).resolve() if ignore is not None else None  # the import's own output
+                      f"are skipped ({', '.join(p.relative_to(path).as_posix() for p in broken[:3])}"
+                      f"{' ...' if len(broken) > 3 else ''})")
         listed = set(files)
-        others = [] if path.is_file() else [p for p in _entries(path, recursive)
-                                            if p.is_file() and p not in listed and p.resolve() != skip]
+        others = [] if path.is_file() else [p for p in entries if p not in listed and p.is_file()]
         if others:  # not videos (an import's output, notes, a format masklam does not know): said, not silently left
             note_once(("not-videos", str(path), len(others)),
                       f"{path}: {len(others)} file(s) that are not videos are not read "
@@ -277,8 +316,10 @@ class VideoSource(Source):
         return list(self._rates)
 
     def items(self) -> list[Item]:
-        return [Item(_item_name(i.path, self.path), i.path, i.decoded_frames or None, i, i.fps or None)
-                for i in self.infos]
+        names = [_item_name(i.path, self.path) for i in self.infos]
+        twice = {n for n, count in Counter(names).items() if count > 1}  # a.mp4 and a.mkv: named with their suffix
+        return [Item(n + i.path.suffix if n in twice else n, i.path, i.decoded_frames or None, i, i.fps or None)
+                for n, i in zip(names, self.infos)]
 
     def read(self, item: Item, resizer: Resizer) -> Episode:
         info = item.ref

@@ -1,8 +1,8 @@
 """`masklam label --data VIDEO --out OUT.h5`: video labelled as the LAM's training video was made.
 
 Video (a file or a folder of them) or a folder of image folders is first imported (`masklam import`) at the LAM's
-image size, ``--resize`` and frame rate, into ``<OUT>.import/frames.h5``, then labelled as an HDF5 dataset
-(`masklam.downstream.label`); the folder is removed once OUT is written. That folder is label's own:
+image size, ``--resize`` and frame rate, into ``.<OUT>.import/frames.h5`` beside OUT (hidden), then labelled as an
+HDF5 dataset (`masklam.downstream.label`); the folder is removed once OUT is written. That folder is label's own:
 ``label.json`` in it records the import's arguments, so an interrupted run resumes the import and a run with other
 video or arguments starts it again. Each trajectory's ``source_file`` and ``source_rows`` name the video and frame of
 every row.
@@ -42,7 +42,7 @@ def label_video(cfg: LabelConfig) -> Path:
     run = lam_config(cfg.lam)
     cfg = as_trained(cfg)
     size, lam_fps, key = int(run["model"]["img_hw"]), run.get("data_fps"), mask_key_of(run)
-    work = cfg.out.with_name(cfg.out.name + ".import")
+    work = cfg.out.with_name(f".{cfg.out.name}.import")  # hidden: not data when --out is inside the folder read
     source = open_source(cfg.data, recursive=cfg.recursive)
     try:
         fps = _rate(cfg, lam_fps, source)
@@ -55,7 +55,8 @@ def label_video(cfg: LabelConfig) -> Path:
     labeller = Labeller(cfg)  # the LAM and --decoder checked before the import
     with output_lock(cfg.out, ", or choose another --out"):
         frames = _work_folder(work, {"data": str(cfg.data.expanduser().resolve()), "img_size": size,
-                                     "resize": cfg.resize, "fps": fps, "recursive": cfg.recursive})
+                                     "resize": cfg.resize, "fps": fps,
+                                     **({"recursive": True} if cfg.recursive else {})})
         note_once(("label-import", str(cfg.out)), f"importing {cfg.data} at {size}x{size} ({cfg.resize}) as the "
                   f"LAM's training data, at {f'{fps:g} fps' if fps else 'its own frame rate'}, into {frames}, "
                   f"removed once labelled (an interrupted run resumes it); the same as: {again}")
