@@ -820,6 +820,11 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path, capsys):
     assert info["features"]["latent_action"]["shape"] == [8]
     assert "latent_action" in json.loads((out / "meta" / "stats.json").read_text())
     assert info["masklam_label"]["lam"] == str(run) and info["masklam_label"]["batch_size"] > 0  # how it was made
+    video = next((lr / "videos").rglob("*.mp4"))  # the copy's videos are the source's files (hard links) ...
+    assert (out / video.relative_to(lr)).stat().st_ino == video.stat().st_ino
+    source_data = next((lr / "data").rglob("*.parquet"))  # ... its data files its own: the source's unchanged
+    assert (out / source_data.relative_to(lr)).stat().st_ino != source_data.stat().st_ino
+    assert "latent_action" not in pq.read_schema(source_data).names
     episodes = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
     for ep in episodes:  # each episode's own stats, as LeRobot's edit tools rebuild stats.json from them
         rows = z[ep["dataset_from_index"]:ep["dataset_to_index"]]

@@ -7,8 +7,9 @@ action decoder over the LAM's latents: input ``latent``, latent_dim equal to the
 = decoder(latent_action[t]) as well.
 
 - DATA a LeRobot dataset (v3.0 or v2.x) -> OUT a copy of it with the new feature ``latent_action`` (and
-  ``decoded_action``) in every data file, meta/info.json and meta/stats.json; frames are read at the LAM's
-  size (``--resize``: centre crop or letterbox, as `masklam import`).
+  ``decoded_action``) in every data file, meta/info.json and meta/stats.json (its videos and images hard links to
+  the source's, where the file system allows); frames are read at the LAM's size (``--resize``: centre crop or
+  letterbox, as `masklam import`).
 - DATA an HDF5 dataset -> OUT (.h5) a copy with ``latent_action (T, D)`` (and ``decoded_action (T, A)``) in
   every trajectory group.
 - DATA video (a file or a folder of them) or a folder of image folders -> OUT (.h5): imported first as the LAM's
@@ -23,7 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -337,7 +338,7 @@ def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndar
     tmp = cfg.out.with_name(cfg.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(cfg.data, tmp)
+        shutil.copytree(cfg.data, tmp, copy_function=_media_linked(Path(cfg.data)))
         indices = [item.ref.index for item in source.items()]
         for key, values in labels.items():
             add_feature(tmp, key, dict(zip(indices, values)))
@@ -350,6 +351,25 @@ def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndar
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _media_linked(root: Path) -> Callable[[str, str], Any]:
+    """copytree's copy function for a LeRobot dataset at `root`: its videos and images hard-linked, not copied (label
+    rewrites only data/ and meta/, each file by a new one, so the source's media stay as they were, and a dataset of
+    hours of video is not on the disk twice); everything else copied, and media too where a link cannot be made
+    (another file system)."""
+    media = (root / "videos", root / "images")
+
+    def copy(src: str, dst: str) -> Any:
+        if Path(src).is_relative_to(media[0]) or Path(src).is_relative_to(media[1]):
+            try:
+                os.link(src, dst)
+                return dst
+            except OSError:
+                pass
+        return shutil.copy2(src, dst)
+
+    return copy
 
 
 def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray]], record: dict[str, Any]
