@@ -21,7 +21,7 @@ from masklam.data.hdf5 import read_layout
 from masklam.data.importer import ImportConfig, run_import
 from masklam.data.parts import parts_dir
 from masklam.data.video import VideoWriter, psnr
-from masklam.errors import MasklamError
+from masklam.errors import MasklamError, MasklamRuntimeError
 
 
 def smooth_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -1032,6 +1032,41 @@ def test_mp4_folder_to_box_masks_to_masklam_to_lerobot_latents(tmp_path):
 
     z = np.asarray(pq.read_table(next((out / "data").rglob("*.parquet"))).column("latent_action").to_pylist())
     assert z.shape == (6, 8) and np.isfinite(z).all()  # one row per frame of the 2 x 3
+
+
+def test_label_says_before_labelling_when_the_disk_cannot_hold_the_copy(tmp_path, monkeypatch):
+    """The copy's size is known up front (a LeRobot dataset's videos linked on the same disk, not counted): one line
+    before any latent is computed, nothing written."""
+    from masklam import resources
+    from masklam.downstream import label as label_mod
+    from masklam.downstream.label import LabelConfig, label
+    from masklam.train.config import PretrainConfig
+    from masklam.train.pretrain import pretrain
+
+    data = write_h5(tmp_path / "d.h5", n_traj=2, length=6)
+    run = tmp_path / "run"
+    pretrain(PretrainConfig(method="lapo", data=(data,), out=run, updates=1, batch_size=2, latent_dim=4,
+                            tensorboard=False, progress=False, recon_samples=0, threads=1, heldout=0))
+    lr = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    media = sum(f.stat().st_size for f in (lr / "videos").rglob("*") if f.is_file())
+    rest = sum(f.stat().st_size for f in lr.rglob("*") if f.is_file()) - media
+    asked = []
+
+    def free(path):  # noqa: ANN001, ANN202
+        asked.append(path)
+        return room
+
+    monkeypatch.setattr(resources, "free_bytes", free)
+    monkeypatch.setattr(label_mod, "_label_source", lambda *a: pytest.fail("labelled before the space was checked"))
+    for src, room, out in ((data, data.stat().st_size, "l.h5"), (lr, rest, "lr-out")):  # no room for the labels
+        with pytest.raises(MasklamRuntimeError, match=f"not enough disk space for the labelled copy .*{out}"):
+            label(LabelConfig(lam=run, data=src, out=tmp_path / out, progress=False, device="cpu"))
+        assert not (tmp_path / out).exists()
+    room = rest + 12 * 4 * 4  # the data and meta files and 12 frames' float32 latents: enough (videos linked)
+    monkeypatch.undo()
+    monkeypatch.setattr(resources, "free_bytes", free)
+    label(LabelConfig(lam=run, data=lr, out=tmp_path / "lr-out", progress=False, device="cpu"))
+    assert (tmp_path / "lr-out").is_dir() and asked
 
 
 def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_path):

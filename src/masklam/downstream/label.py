@@ -300,11 +300,31 @@ def label_into(cfg: LabelConfig, source: Any, record: dict[str, Any], labeller: 
         from masklam.train.checkpoint import check_fps
 
         check_fps(cfg.lam, labeller.data_fps, cfg.data, source.fps)
+    _check_space(cfg, source, labeller)
     labels = _label_source(cfg, labeller, source)
     if source.kind == "lerobot":
         _write_lerobot(cfg, source, labels, record)
     else:
         _write_hdf5(cfg, source, labels, record)
+
+
+def _check_space(cfg: LabelConfig, source: Any, labeller: Labeller) -> None:
+    """One line before labelling when OUT's disk cannot hold the copy: the source (a LeRobot dataset's videos and
+    images only where they cannot be linked: another file system) and the labels (float32 per frame)."""
+    from masklam.resources import check_free_space
+
+    data = Path(cfg.data)
+    if data.is_dir():
+        parent = next(p for p in cfg.out.absolute().parents if p.exists())
+        linked = os.stat(data).st_dev == os.stat(parent).st_dev
+        media = (data / "videos", data / "images")
+        need = sum(f.stat().st_size for f in data.rglob("*") if f.is_file() and not (
+            linked and (f.is_relative_to(media[0]) or f.is_relative_to(media[1]))))
+    else:
+        need = data.stat().st_size
+    width = labeller.lam.latent_dim + (int(labeller.decoder.dims["action_dim"]) if labeller.decoder else 0)
+    need += 4 * width * sum(int(item.length or 0) for item in source.items())
+    check_free_space(cfg.out, need, f"the labelled copy {cfg.out}")
 
 
 def as_trained(cfg: LabelConfig) -> LabelConfig:
