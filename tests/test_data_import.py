@@ -271,6 +271,8 @@ def test_frames_in_numbered_order_and_folders_as_people_keep_them(tmp_path, caps
     dropped without a word; a file of an unknown kind named as such."""
     from PIL import Image
 
+    from masklam.data.sources import VideoSource
+
     frames = smooth_frames(12, 16, 16)
     (tmp_path / "seq" / "ep0").mkdir(parents=True)
     for t, img in enumerate(frames):  # frame_0 .. frame_11: as text, 10 and 11 sort before 2
@@ -289,6 +291,11 @@ def test_frames_in_numbered_order_and_folders_as_people_keep_them(tmp_path, caps
     assert do_import(videos, tmp_path / "v.h5", img_size=16).trajectories == 1
     err = capsys.readouterr().err
     assert "the videos in its subfolders sub are not imported" in err
+    (videos / "sub" / "deeper").mkdir()
+    write_video(videos / "sub" / "deeper" / "d.mp4", 4, seed=2)
+    VideoSource(videos)  # videos deeper down are named too
+    assert "the videos in its subfolders sub, sub/deeper are not imported" in capsys.readouterr().err
+    shutil.rmtree(videos / "sub" / "deeper")
     assert "1 link(s) to files that no longer exist are skipped (gone.mp4)" in err
     (videos / "gone.mp4").unlink()
     (videos / "top.mp4").unlink()
@@ -714,7 +721,7 @@ def test_a_resumed_import_keeps_the_finished_items_a_new_file_shifts(tmp_path):
             np.testing.assert_array_equal(f[str(i)]["obs"][()], g[str(i)]["obs"][()])
 
 
-def test_recursive_reads_videos_and_image_folders_at_any_depth(tmp_path, capsys):
+def test_recursive_reads_videos_and_image_folders_at_any_depth(tmp_path, capsys, monkeypatch):
     """--recursive: every video (or folder of images) under the folder, depth first in name order, one episode each,
     named by its path under it; without it a folder whose data are only deeper says to pass it."""
     from PIL import Image
@@ -736,6 +743,9 @@ def test_recursive_reads_videos_and_image_folders_at_any_depth(tmp_path, capsys)
         assert names == list(want) and [len(f[str(i)]["obs"]) for i in range(4)] == list(want.values())
         assert f["2"].attrs["source_file"] == str(videos / "lab" / "c.mp4") and f.attrs["recursive"]
     assert "1 file(s) that are not videos are not read (lab/notes.txt)" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # a source named relative to where the command runs: its files' paths absolute
+    with h5py.File(do_import(Path("v"), Path("rel.h5"), img_size=16).path) as f:
+        assert f["0"].attrs["source_file"] == str(videos / "top.mp4")
     flat = do_import(videos, tmp_path / "flat.h5", img_size=16)  # without it: the top folder's only, as before
     assert flat.trajectories == 1
     with pytest.raises(MasklamError, match="written without recursive, this run sets True"):
@@ -956,19 +966,31 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
     with pytest.raises(MasklamError, match="--fps resamples video before labelling; .* is labelled at its own rate"):
         label(cfg(data, "x.h5", fps=5))
     # a LAM that reads masks: video has none, said before importing, with the commands that make them
+    with_masks = write_h5(tmp_path / "with-masks.h5", n_traj=2, length=6)
+    with h5py.File(with_masks, "a") as f:
+        for g in f.values():
+            g["masks_mobilesam"] = g["masks"][()]
     for key, want in (("masks_mobilesam", "masklam masks --segmenter mobilesam --key masks_mobilesam --data DATA.h5"),
                       ("masks", "reads the simulator's exact agent masks \\('masks'\\)")):
         masked = tmp_path / f"masked-{key}"
-        shutil.copytree(run, masked)
-        config = json.loads((masked / "config.json").read_text())
-        config["model"]["mask_channel"] = True
-        (masked / "config.json").write_text(json.dumps({**config, "mask_key": key}))
+        pretrain(PretrainConfig(method="masklam", data=(with_masks,), out=masked, updates=1, batch_size=2,
+                                latent_dim=8, mask_key=key, mask_channel=True, heldout=0, tensorboard=False,
+                                progress=False, recon_samples=0, threads=1))
         with pytest.raises(MasklamError, match=want):
             label(cfg(videos, "m.h5", lam=masked))
         assert not (tmp_path / ".m.h5.import").exists()
     with pytest.raises(MasklamError, match="decoder"):  # a wrong --decoder: before the import too
         label(cfg(videos, "d2.h5", decoder=tmp_path / "nothing"))
     assert not (tmp_path / ".d2.h5.import").exists()
+    from masklam.downstream.decoder import ActionDecoder
+
+    ActionDecoder(8, 2).save_pretrained(tmp_path / "dec")  # a decoder given as --lam: one line, not a KeyError
+    with pytest.raises(MasklamError, match="holds a"):
+        label(cfg(videos, "d3.h5", lam=tmp_path / "dec"))
+    with pytest.raises(MasklamError, match="--out is the labelled LeRobot dataset's directory; .* named like an HDF5"):
+        label(cfg(export(ExportConfig(data=data, out=tmp_path / "lr", progress=False)), "lr-out.h5"))
+    with pytest.raises(MasklamError, match="--out is the LeRobot dataset's directory; .* named like an HDF5 file"):
+        ExportConfig(data=data, out=tmp_path / "x.h5")
     nested = tmp_path / "nested"  # videos in subfolders: --recursive, as import's
     (nested / "day1").mkdir(parents=True)
     shutil.copy(videos / "clip1.mp4", nested / "day1" / "clip1.mp4")
@@ -1069,7 +1091,7 @@ def test_label_says_before_labelling_when_the_disk_cannot_hold_the_copy(tmp_path
     assert (tmp_path / "lr-out").is_dir() and asked
 
 
-def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_path):
+def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_path, capsys):
     import torch
 
     from masklam.downstream.decode import DecodeConfig, train_decoder
@@ -1087,6 +1109,7 @@ def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_pa
     m = train_decoder(DecodeConfig(lam=run, data=(data,), out=tmp_path / "dec", labels=2, updates=30, batch_size=16,
                                    heldout=0.25, device="cpu"), progress=False)
     assert m["decode/labeled_transitions"] == 2 * 9 and np.isfinite(m["decode/heldout_mse"])
+    assert (m["decode/labeled_trajectories"], m["decode/heldout_trajectories"]) == (2, 1)  # of 4: 1 held out
     out = label(LabelConfig(lam=run, data=data, out=tmp_path / "l.h5", decoder=tmp_path / "dec", progress=False,
                             device="cpu"))
     decoder = ActionDecoder.from_pretrained(tmp_path / "dec")
@@ -1102,9 +1125,14 @@ def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_pa
                           device="cpu"))
     assert not (tmp_path / "l2.h5").exists()
     # the labelled file labelled again without --decoder: its decoded_action (of the old latents) is not kept
+    with h5py.File(out) as f:
+        assert f.attrs["action_decoder"] == str(tmp_path / "dec")  # who decoded, beside latent_lam
+    capsys.readouterr()
     again = label(LabelConfig(lam=run, data=out, out=tmp_path / "l3.h5", progress=False, device="cpu"))
+    assert "held latent_action from an earlier labelling" in capsys.readouterr().err  # replaced, and said
     with h5py.File(again) as f:
         assert all("decoded_action" not in f[g] and "latent_action" in f[g] for g in ("0", "1", "2", "3"))
+        assert "action_decoder" not in f.attrs
     lr = export(ExportConfig(data=out, out=tmp_path / "lr", progress=False))  # the same in a LeRobot dataset
     assert "decoded_action" in json.loads((lr / "meta" / "info.json").read_text())["features"]
     relabelled = label(LabelConfig(lam=run, data=lr, out=tmp_path / "lr2", progress=False, device="cpu"))

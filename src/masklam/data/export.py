@@ -58,6 +58,8 @@ class ExportConfig:
             raise MasklamError(f"--crf must be in 0..63, got {self.crf}")
         if self.fps is not None and not self.fps > 0:
             raise MasklamError(f"--fps must be > 0, got {self.fps}")
+        if self.out.suffix.lower() in (".h5", ".hdf5"):  # a directory named like a file: a slip, said
+            raise MasklamError(f"--out is the LeRobot dataset's directory; {self.out} is named like an HDF5 file")
 
 
 PER_FRAME_FEATURES = ("latent_action", "decoded_action")

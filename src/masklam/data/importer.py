@@ -248,7 +248,7 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
         if not groups:
             raise MasklamError(f"{item.path}: {item.name} holds no frames")
         if len(groups[0][1]) < 2 and source.kind in ("videos", "frames"):  # no window (o_t, o_{t+1}) to train on
-            raise MasklamError(f"{item.path}: {item.name} has 1 frame{' at --fps ' + str(cfg.fps) if cfg.fps else ''}; "
+            raise MasklamError(f"{item.path}: {item.name} has 1 frame{f' at {cfg.fps:g} fps' if cfg.fps else ''}; "
                                "an episode needs at least 2: remove it from the source (the import resumes)")
         _note_variable_rate(cfg, item, ep.times, keeps_all(item.fps or source.fps, fps))
         if ep.stated and consumed[0] < 0.9 * ep.stated:
@@ -257,7 +257,7 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
         if len(groups) > 1 and len(groups[-1][1]) < 2:  # a 1-frame tail makes no window
             del f[groups.pop()[0].group.name]
         for i, (writer, rows) in enumerate(groups):
-            attrs = {"source_item": item.name, "source_file": str(item.path), "source_start": int(rows[0]),
+            attrs = {"source_item": item.name, "source_file": str(item.path.absolute()), "source_start": int(rows[0]),
                      "source_signature": signature, "task": ep.task, "seed": index}
             stop = groups[i + 1][1][0] if i + 1 < len(groups) else consumed[0]  # the source rows it spans
             kept = np.asarray(rows, np.int64)
@@ -364,7 +364,7 @@ def _matching_parts(out: Path, finished: set[int], items: list[Item], signatures
             group = f[trajectory_names(f)[0]]
             return read_attrs(group), "source_rows" in group
 
-    now = {(item.name, str(item.path), sig): j for j, (item, sig) in enumerate(zip(items, signatures))}
+    now = {(item.name, str(item.path.absolute()), sig): j for j, (item, sig) in enumerate(zip(items, signatures))}
     moves: dict[int, int] = {}  # part index -> the index of the item it holds now
     stale, older = [], []
     for i in sorted(finished):  # each part opened once
@@ -413,7 +413,9 @@ def main(argv: list[str]) -> int:
     result = run_import(cfg)
     lay = read_layout(result.path)
     labels = ", ".join(k for k in ("actions", "states", "rewards") if lay.has(k)) or "no actions or states"
-    print(f"{result.path}: {result.trajectories} trajectories, {result.frames} frames of {cfg.img_size}x{cfg.img_size} "
-          f"({cfg.resize}), {lay.attrs.get('fps', 0):g} fps; {labels} (read {result.imported} items, kept "
-          f"{result.reused})")
+    n = result.trajectories
+    print(f"{result.path}: {n} trajector{'y' if n == 1 else 'ies'}, {result.frames} frames of "
+          f"{cfg.img_size}x{cfg.img_size} "
+          f"({cfg.resize}), {lay.attrs.get('fps', 0):g} fps; {labels} ({result.imported} source items read now, "
+          f"{result.reused} kept from an earlier run)")
     return 0

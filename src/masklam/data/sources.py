@@ -104,9 +104,11 @@ def _image_dirs(directory: Path, recursive: bool = False, skip: Skip = frozenset
     return [p for p in _entries(directory, recursive, skip) if _has_images(p)]
 
 
-def _video_dirs(directory: Path) -> list[Path]:
-    """Subfolders holding video files (a folder of videos is read flat: these are not)."""
-    return [p for p in _listing(directory) if p.is_dir() and any(_is_video(v) for v in _listing(p))]
+def _video_dirs(directory: Path, skip: Skip = frozenset()) -> list[str]:
+    """Subfolders (DEEP levels down at most) holding video files, by their path under `directory`: a folder of videos
+    is read flat, so these are not (unless --recursive)."""
+    return [p.relative_to(directory).as_posix() for p in _walk(directory, skip, DEEP)
+            if p.is_dir() and any(_is_video(v) for v in _listing(p))]
 
 
 def _item_name(path: Path, root: Path) -> str:
@@ -148,9 +150,9 @@ def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None, rec
         if _images(path):  # frames straight in it: one episode, which the folder-of-folders layout asks to nest
             raise MasklamError(f"{path} holds images directly; an image dataset is a folder of episode folders "
                                f"(DIR/<episode>/*.png): move them into {path}/<episode>/ and import {path}")
-        nested = [] if recursive else _video_dirs(path)
+        nested = [] if recursive else _video_dirs(path, skip)
         if nested:
-            raise MasklamError(f"{path}: no data found in it; its subfolders {', '.join(p.name for p in nested[:3])}"
+            raise MasklamError(f"{path}: no data found in it; its subfolders {', '.join(nested[:3])}"
                                f"{' ...' if len(nested) > 3 else ''} hold video files: pass --recursive to masklam "
                                "import or label (every video under it, one episode each), or import each of them (a "
                                "folder of videos is read flat)")
@@ -295,10 +297,10 @@ class VideoSource(Source):
                       f"{path}: {len(others)} file(s) that are not videos are not read "
                       f"({', '.join(_item_name(p, path) + p.suffix for p in others[:3])}"
                       f"{' ...' if len(others) > 3 else ''})")
-        nested = [] if path.is_file() or recursive else _video_dirs(path)
+        nested = [] if path.is_file() or recursive else _video_dirs(path, skip)
         if nested:  # read flat: say so, rather than leave their videos out without a word
-            note_once(("nested-videos", str(path)), f"{path}: the videos in its subfolders "
-                      f"{', '.join(p.name for p in nested[:3])}{' ...' if len(nested) > 3 else ''} are not imported "
+            note_once(("nested-videos", str(path), *nested), f"{path}: the videos in its subfolders "
+                      f"{', '.join(nested[:3])}{' ...' if len(nested) > 3 else ''} are not imported "
                       "(a folder of videos is read flat); pass --recursive to read them too")
         self.infos = [probe(f) for f in files]  # an unreadable file: one line naming it, before any work
         self._rates = sorted({round(i.fps, 3) for i in self.infos if i.fps})

@@ -175,7 +175,8 @@ def _fit_and_save(cfg: DecodeConfig, features: Any, ids: Any, heldout_ids: Any, 
                                head_gain=cfg.head_gain)
     if source is not None:
         decoder.dims["source"] = source
-    metrics = {"decode/train_mse": mse, "decode/labeled_transitions": len(z), "decode/updates": cfg.updates}
+    metrics = {"decode/train_mse": mse, "decode/labeled_trajectories": len(ids), "decode/labeled_transitions": len(z),
+               "decode/heldout_trajectories": len(heldout_ids), "decode/updates": cfg.updates}
     if len(heldout_ids):
         zh, ah = features(heldout_ids)
         with torch.no_grad():

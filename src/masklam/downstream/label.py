@@ -280,6 +280,9 @@ def label(cfg: LabelConfig) -> Path:
                                f"an HDF5 file (masklam import {cfg.data} --out DATA.h5 first)")
         if source.kind == "hdf5" and cfg.out.suffix != ".h5":
             raise MasklamError(f"--out must end in .h5 for an HDF5 dataset, got {cfg.out}")
+        if source.kind == "lerobot" and cfg.out.suffix.lower() in (".h5", ".hdf5"):
+            raise MasklamError(f"--out is the labelled LeRobot dataset's directory; {cfg.out} is named like an HDF5 "
+                               "file (label writes a LeRobot dataset as one)")
         with output_lock(cfg.out, ", or choose another --out"):
             label_into(cfg, source, config_record(cfg), Labeller(cfg))
     finally:
@@ -346,6 +349,11 @@ def as_trained(cfg: LabelConfig) -> LabelConfig:
     return dataclasses.replace(cfg, resize=cfg.resize or resize or "crop")
 
 
+def _note_replaced(cfg: LabelConfig) -> None:
+    note_once(("replaced-latents", str(cfg.out)), f"{cfg.data} held {LATENT} from an earlier labelling; {cfg.out} "
+              f"holds this LAM's ({cfg.lam}) in its place")
+
+
 def _note_stale_decoded(cfg: LabelConfig) -> None:
     note_once(("stale-decoded", str(cfg.out)), f"{cfg.data} held {DECODED} from an earlier labelling; left out of "
               f"{cfg.out} (it decoded other latents): pass --decoder to decode these")
@@ -359,6 +367,8 @@ def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndar
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(cfg.data, tmp, copy_function=_media_linked(Path(cfg.data)))
+        if LATENT in read_json(tmp / "meta" / "info.json")["features"]:
+            _note_replaced(cfg)
         indices = [item.ref.index for item in source.items()]
         for key, values in labels.items():
             add_feature(tmp, key, dict(zip(indices, values)))
@@ -401,6 +411,8 @@ def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray
         stale = False
         for i, item in enumerate(source.items()):
             group = f[item.ref]
+            if LATENT in group:
+                _note_replaced(cfg)
             for key, values in labels.items():
                 if key in group:
                     del group[key]
@@ -411,6 +423,10 @@ def _write_hdf5(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndarray
         if stale:
             _note_stale_decoded(cfg)
         f.attrs["latent_lam"] = source_name(cfg.lam)
+        if cfg.decoder is not None:
+            f.attrs["action_decoder"] = source_name(cfg.decoder)
+        elif "action_decoder" in f.attrs:  # an earlier labelling's, whose decoded_action is gone
+            del f.attrs["action_decoder"]
         f.attrs["label_config"] = json.dumps(record)  # how the labels were made
 
 

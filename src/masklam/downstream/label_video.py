@@ -33,15 +33,14 @@ def label_video(cfg: LabelConfig) -> Path:
     (.h5) and remove the import; returns ``cfg.out``."""
     from masklam.data.importer import ImportConfig, run_import
     from masklam.data.sources import open_source
-    from masklam.train.checkpoint import lam_config, mask_key_of
 
     if cfg.out.suffix != ".h5":
         raise MasklamError(f"--out must end in .h5: {cfg.data} (video) is labelled into an HDF5 dataset, got {cfg.out}")
     if cfg.camera is not None:
         raise MasklamError(f"--camera picks a LeRobot dataset's camera; {cfg.data} is video")
-    run = lam_config(cfg.lam)
+    labeller = Labeller(cfg)  # the LAM and --decoder checked first (a decoder given as --lam: one line)
     cfg = as_trained(cfg)
-    size, lam_fps, key = int(run["model"]["img_hw"]), run.get("data_fps"), mask_key_of(run)
+    size, lam_fps, key = labeller.size, labeller.data_fps, labeller.mask_key
     work = cfg.out.with_name(f".{cfg.out.name}.import")  # hidden: not data when --out is inside the folder read
     source = open_source(cfg.data, recursive=cfg.recursive)
     try:
@@ -52,7 +51,6 @@ def label_video(cfg: LabelConfig) -> Path:
              f"{f' --fps {fps:g}' if fps else ''}{' --recursive' if cfg.recursive else ''}")
     if key is not None:  # video has no masks: said before the import
         raise MasklamError(_masks_needed(cfg, key, again))
-    labeller = Labeller(cfg)  # the LAM and --decoder checked before the import
     with output_lock(cfg.out, ", or choose another --out"):
         frames = _work_folder(work, {"data": str(cfg.data.expanduser().resolve()), "img_size": size,
                                      "resize": cfg.resize, "fps": fps,
@@ -103,7 +101,8 @@ def _rate(cfg: LabelConfig, lam_fps: float | None, source: Any) -> float | None:
     if cfg.fps is not None:
         if lam_fps and not cfg.any_fps and not same_rate(cfg.fps, float(lam_fps)):
             how = ("leave --fps out and the video is resampled to it" if kind == "videos" else
-                   "image folders recorded at another rate give latents of another motion")
+                   "image folders are not resampled: give it images at the LAM's rate (e.g. every other one of "
+                   "twice its rate)")
             raise MasklamError(f"--fps {cfg.fps:g}: the LAM {cfg.lam} was trained on {lam_fps:g} fps video (a latent "
                                f"spans one of its frame intervals): {how}, or pass --any-fps")
         return float(cfg.fps)
