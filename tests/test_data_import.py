@@ -885,7 +885,7 @@ def test_mp4_folder_to_pretrain_to_label(tmp_path, capsys):
 def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_path, capsys, monkeypatch):
     """`masklam label --data videos/` imports them at the LAM's size, --resize and frame rate (20 fps video
     resampled to its 10) and labels that: the latents of importing and labelling by hand, the import removed."""
-    from masklam.downstream import label_video as label_video_mod
+    from masklam.downstream import label as label_mod
     from masklam.downstream.label import LabelConfig, label
     from masklam.train.config import PretrainConfig
     from masklam.train.pretrain import pretrain
@@ -909,7 +909,7 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # interrupted after its import: the import is kept for the next run
-        m.setattr(label_video_mod, "label_into", cut)
+        m.setattr(label_mod, "label_into", cut)
         with pytest.raises(KeyboardInterrupt):
             label(cfg(videos, "lat.h5"))
     assert (work / "frames.h5").is_file() and not out.exists()
@@ -935,7 +935,7 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
     other.mkdir()
     write_video(other / "a.mp4", 8, fps=10)
     with monkeypatch.context() as m:
-        m.setattr(label_video_mod, "label_into", cut)
+        m.setattr(label_mod, "label_into", cut)
         with pytest.raises(KeyboardInterrupt):
             label(cfg(videos, "o.h5"))
     label(cfg(other, "o.h5"))

@@ -266,9 +266,7 @@ def label(cfg: LabelConfig) -> Path:
     elif cfg.revision is not None:
         raise MasklamError(f"--revision picks a Hub dataset's version; {cfg.data} is a local path")
     if detect(cfg.data, recursive=cfg.recursive) in VIDEO_KINDS:
-        from masklam.downstream.label_video import label_video
-
-        return label_video(cfg)
+        return _label_video(cfg)
     if cfg.fps is not None:
         raise MasklamError(f"--fps resamples video before labelling; {cfg.data} is labelled at its own rate (resample "
                            f"it with masklam import {cfg.data} --fps {cfg.fps:g} --out DATA.h5)")
@@ -292,6 +290,27 @@ def label(cfg: LabelConfig) -> Path:
 
 VIDEO_KINDS = ("videos", "frames")
 """Formats `label` imports before labelling (`masklam.data.sources.FORMATS`): `masklam.downstream.label_video`."""
+
+
+def _label_video(cfg: LabelConfig) -> Path:
+    """`label` for video or image folders: imported as the LAM's training data were made (`label_video.imported`),
+    labelled as an HDF5 dataset, the import removed."""
+    from masklam.data.sources import open_source
+    from masklam.downstream.label_video import check_request, imported, work_folder
+
+    check_request(cfg)
+    labeller = Labeller(cfg)  # the LAM and --decoder checked first (a decoder given as --lam: one line)
+    cfg = as_trained(cfg)
+    with output_lock(cfg.out, ", or choose another --out"):
+        frames, fps = imported(cfg, labeller)
+        source = open_source(frames)
+        try:
+            record = config_record(dataclasses.replace(cfg, fps=fps))  # the rate it was labelled at
+            label_into(dataclasses.replace(cfg, data=frames), source, record, labeller)
+        finally:
+            source.close()
+        shutil.rmtree(work_folder(cfg.out))
+    return cfg.out
 
 
 def label_into(cfg: LabelConfig, source: Any, record: dict[str, Any], labeller: Labeller) -> None:

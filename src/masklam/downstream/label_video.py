@@ -1,11 +1,11 @@
-"""`masklam label --data VIDEO --out OUT.h5`: video labelled as the LAM's training video was made.
+"""`masklam label --data VIDEO --out OUT.h5`: video imported as the LAM's training video was made, for labelling.
 
 Video (a file or a folder of them) or a folder of image folders is first imported (`masklam import`) at the LAM's
 image size, ``--resize`` and frame rate, into ``.<OUT>.import/frames.h5`` beside OUT (hidden), then labelled as an
-HDF5 dataset (`masklam.downstream.label`); the folder is removed once OUT is written. That folder is label's own:
-``label.json`` in it records the import's arguments, so an interrupted run resumes the import and a run with other
-video or arguments starts it again. Each trajectory's ``source_file`` and ``source_rows`` name the video and frame of
-every row.
+HDF5 dataset (`masklam.downstream.label`, which calls `imported`); the folder is removed once OUT is written. That
+folder is label's own: ``label.json`` in it records the import's arguments, so an interrupted run resumes the import
+and a run with other video or arguments starts it again. Each trajectory's ``source_file`` and ``source_rows`` name
+the video and frame of every row.
 
 Frame rates: a latent spans one frame interval of the LAM's training video, so video is imported at that rate
 (faster video resampled down); slower video is refused (frames are never invented) unless ``--any-fps``; image
@@ -13,35 +13,35 @@ folders record no rate unless ``--fps`` gives the one they were recorded at.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
 
-from masklam.downstream.label import LabelConfig, Labeller, as_trained, label_into
 from masklam.errors import MasklamError, note_once
-from masklam.files import config_record, read_record, write_json
-from masklam.locks import output_lock
+from masklam.files import read_record, write_json
 
 SEGMENTERS = {"sam2_masks": "--segmenter sam2", "masks_mobilesam": "--segmenter mobilesam",
               "masks_student": "--segmenter mobilesam --student --frames-per-traj 4"}
 """How `masklam masks` makes each mask key a LAM may read."""
 
 
-def label_video(cfg: LabelConfig) -> Path:
-    """Import `cfg.data` (video or image folders) as the LAM's training data were made, label it into ``cfg.out``
-    (.h5) and remove the import; returns ``cfg.out``."""
-    from masklam.data.importer import ImportConfig, run_import
-    from masklam.data.sources import open_source
-
+def check_request(cfg: Any) -> None:
+    """One line for options that cannot apply to video (a `LabelConfig` whose --data is video)."""
     if cfg.out.suffix != ".h5":
         raise MasklamError(f"--out must end in .h5: {cfg.data} (video) is labelled into an HDF5 dataset, got {cfg.out}")
     if cfg.camera is not None:
         raise MasklamError(f"--camera picks a LeRobot dataset's camera; {cfg.data} is video")
-    labeller = Labeller(cfg)  # the LAM and --decoder checked first (a decoder given as --lam: one line)
-    cfg = as_trained(cfg)
+
+
+def imported(cfg: Any, labeller: Any) -> tuple[Path, float | None]:
+    """Import ``cfg.data`` (video or image folders; `cfg` a `LabelConfig` with its resize resolved) as the training
+    data of `labeller`'s LAM were made, into label's own folder beside ``cfg.out`` (`work_folder`); returns the
+    imported file and the frame rate chosen (None: the video's own). Rate and masks are checked before any work;
+    called holding ``cfg.out``'s lock."""
+    from masklam.data.importer import ImportConfig, run_import
+    from masklam.data.sources import open_source
+
     size, lam_fps, key = labeller.size, labeller.data_fps, labeller.mask_key
-    work = cfg.out.with_name(f".{cfg.out.name}.import")  # hidden: not data when --out is inside the folder read
     source = open_source(cfg.data, recursive=cfg.recursive)
     try:
         fps = _rate(cfg, lam_fps, source)
@@ -51,23 +51,21 @@ def label_video(cfg: LabelConfig) -> Path:
              f"{f' --fps {fps:g}' if fps else ''}{' --recursive' if cfg.recursive else ''}")
     if key is not None:  # video has no masks: said before the import
         raise MasklamError(_masks_needed(cfg, key, again))
-    with output_lock(cfg.out, ", or choose another --out"):
-        frames = _work_folder(work, {"data": str(cfg.data.expanduser().resolve()), "img_size": size,
-                                     "resize": cfg.resize, "fps": fps,
-                                     **({"recursive": True} if cfg.recursive else {})})
-        note_once(("label-import", str(cfg.out)), f"importing {cfg.data} at {size}x{size} ({cfg.resize}) as the "
-                  f"LAM's training data, at {f'{fps:g} fps' if fps else 'its own frame rate'}, into {frames}, "
-                  f"removed once labelled (an interrupted run resumes it); the same as: {again}")
-        run_import(ImportConfig(src=cfg.data, out=frames, img_size=size, resize=cfg.resize, fps=fps,
-                                recursive=cfg.recursive, progress=cfg.progress))
-        source = open_source(frames)
-        try:
-            record = config_record(dataclasses.replace(cfg, fps=fps))  # the rate it was labelled at
-            label_into(dataclasses.replace(cfg, data=frames), source, record, labeller)
-        finally:
-            source.close()
-        shutil.rmtree(work)
-    return cfg.out
+    frames = _work_folder(work_folder(cfg.out), {"data": str(cfg.data.expanduser().resolve()), "img_size": size,
+                                                 "resize": cfg.resize, "fps": fps,
+                                                 **({"recursive": True} if cfg.recursive else {})})
+    note_once(("label-import", str(cfg.out)), f"importing {cfg.data} at {size}x{size} ({cfg.resize}) as the LAM's "
+              f"training data, at {f'{fps:g} fps' if fps else 'its own frame rate'}, into {frames}, removed once "
+              f"labelled (an interrupted run resumes it); the same as: {again}")
+    run_import(ImportConfig(src=cfg.data, out=frames, img_size=size, resize=cfg.resize, fps=fps,
+                            recursive=cfg.recursive, progress=cfg.progress))
+    return frames, fps
+
+
+def work_folder(out: Path) -> Path:
+    """Label's own folder for the import of video labelled into `out`: hidden, beside it (not data when `out` is
+    inside the folder read)."""
+    return out.with_name(f".{out.name}.import")
 
 
 def _work_folder(work: Path, args: dict[str, Any]) -> Path:
@@ -88,7 +86,7 @@ def _work_folder(work: Path, args: dict[str, Any]) -> Path:
     return work / "frames.h5"
 
 
-def _rate(cfg: LabelConfig, lam_fps: float | None, source: Any) -> float | None:
+def _rate(cfg: Any, lam_fps: float | None, source: Any) -> float | None:
     """The frame rate video is imported at (None: its own): --fps, else the LAM's training video's when every video
     is at least as fast (resampled down); with --any-fps, the slowest video's. One line for a rate that would give
     latents of another motion (without --any-fps)."""
@@ -120,7 +118,7 @@ def _rate(cfg: LabelConfig, lam_fps: float | None, source: Any) -> float | None:
     return slowest if len(rates) > 1 else None
 
 
-def _masks_needed(cfg: LabelConfig, key: str, again: str) -> str:
+def _masks_needed(cfg: Any, key: str, again: str) -> str:
     """The one line for a LAM that reads agent masks, which video lacks: the commands that make them."""
     if key not in SEGMENTERS:  # the simulator's exact masks
         return (f"the LAM {cfg.lam} reads the simulator's exact agent masks ({key!r}), which video does not have: "
