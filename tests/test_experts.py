@@ -196,6 +196,23 @@ def test_an_interrupted_expert_training_resumes_exactly(tmp_path, monkeypatch):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_expert_training_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+    """SB3 makes a logger folder under the temp folder at every learn() unless given a logger: none is made."""
+    import tempfile
+
+    from masklam.experts import train as tr
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(tr, "LEARNING_STARTS", 10)
+    monkeypatch.setattr(tr, "SELECTION_EPISODES", 1)
+    monkeypatch.setattr(tr, "FINAL_EPISODES", 1)
+    tr.train(tr.ExpertTrainConfig(task="reacher-easy", action_repeat=8, steps=40, eval_every=20, batch_size=8,
+                                  out=tmp_path / "run"))
+    assert (tmp_path / "run").is_dir() and not list(scratch.iterdir())
+
+
 def test_a_damaged_expert_checkpoint_is_one_line(tmp_path):
     from masklam.experts import train as tr
 

@@ -233,8 +233,10 @@ def _learn(run: _Run, model: Any) -> None:
     checkpoint falls between two steps (SB3's callbacks run mid-step), so a resume continues exactly; an interrupted
     stretch is trained again from the last checkpoint."""
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     cfg = run.cfg
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's own makes a /tmp/SB3-<time> folder per learn()
     bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=f"expert {cfg.task}", unit="step")
 
     class Progress(BaseCallback):
