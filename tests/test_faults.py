@@ -467,6 +467,28 @@ def test_the_lock_is_reentrant_in_one_process_and_removed_after(tmp_path: Path) 
         assert f"pid {os.getpid()}" in lock_path(out).read_text()
 
 
+def test_queued_locks_take_turns_across_processes_and_leave_no_file(tmp_path: Path) -> None:
+    """Four processes append to one file, each read-modify-write under queued_lock with a pause inside: no append is
+    lost (the lock is exclusive, also for a process that waited on the file a holder removed), and no lock file is
+    left in the temporary directory."""
+    import subprocess
+    import sys
+
+    from masklam.locks import queued_lock_path
+
+    out = tmp_path / "points.txt"
+    out.write_text("")
+    code = (f"import sys, time; from pathlib import Path; from masklam.locks import queued_lock\n"
+            f"p = Path({str(out)!r})\n"
+            "for i in range(5):\n"
+            "    with queued_lock(p):\n"
+            "        text = p.read_text(); time.sleep(0.01); p.write_text(text + sys.argv[1])\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)]) for n in range(4)]
+    assert [proc.wait(timeout=60) for proc in procs] == [0] * 4
+    assert sorted(out.read_text()) == sorted("0123" * 5)  # 20 appends, none lost
+    assert not queued_lock_path(out).exists()
+
+
 def test_a_run_refused_before_writing_leaves_no_folder_made_for_its_lock(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The lock beside --out makes --out's parent folders; a run refused inside the lock (its data missing) takes

@@ -164,16 +164,30 @@ def is_held(output: str | os.PathLike) -> bool:
 def queued_lock(output: str | os.PathLike) -> Iterator[None]:
     """Hold a lock on `output`, waiting while another process holds it: for short read-merge-write sections that
     processes take in turn (two benchmark runs committing their points into one csv). Its file lies in the temporary
-    directory, named for `output`'s path, so it is never staged beside a committed file."""
+    directory, named for `output`'s path, so it is never staged beside a committed file, and is removed when
+    released."""
+    lock = queued_lock_path(output)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel releases it when the holder exits, however it exits
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:  # still the file at that name: ours
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it while this process waited: take the file there now
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while held: a waiter on it finds it gone and takes the next one
+        os.close(fd)
+
+
+def queued_lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of `queued_lock`: in the temporary directory, named for `output`'s path."""
     import hashlib
     import tempfile
 
     key = str(Path(output).resolve())
-    lock = Path(tempfile.gettempdir()) / f"masklam-{hashlib.sha1(key.encode()).hexdigest()[:16]}{SUFFIX}"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel releases it when the holder exits, however it exits
-        yield
-    finally:
-        os.close(fd)
+    return Path(tempfile.gettempdir()) / f"masklam-{hashlib.sha1(key.encode()).hexdigest()[:16]}{SUFFIX}"
 
