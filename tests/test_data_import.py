@@ -1127,6 +1127,12 @@ def test_label_decodes_latents_with_a_decoder_trained_on_the_lams_latents(tmp_pa
     # the labelled file labelled again without --decoder: its decoded_action (of the old latents) is not kept
     with h5py.File(out) as f:
         assert f.attrs["action_decoder"] == str(tmp_path / "dec")  # who decoded, beside latent_lam
+    from masklam.data.info import format_summary, summarize
+
+    text = format_summary(summarize(out))  # `masklam info`: what the latents are, the long label record cut short
+    assert (f"latents       latent_action (8-dim) from the LAM {run}; decoded_action (3-dim) by {tmp_path / 'dec'}"
+            in text)
+    assert "label_config={" in text and '"progress"' not in text  # its first 80 characters only
     capsys.readouterr()
     again = label(LabelConfig(lam=run, data=out, out=tmp_path / "l3.h5", progress=False, device="cpu"))
     assert "held latent_action from an earlier labelling" in capsys.readouterr().err  # replaced, and said

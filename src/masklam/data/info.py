@@ -44,7 +44,23 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "masks": [key for key in MASK_KEYS if lay.has(key)],
         "bytes": sum(f.stat().st_size for f in getattr(lay, "shards", None) or [Path(path)]),
         "attrs": lay.attrs,
+        "latents": _latents(lay),
     }
+
+
+def _latents(lay: Any) -> str | None:
+    """What a labelled file's per-frame latents are (`masklam label`): widths and who made them; None without."""
+    if "latent_action" not in lay.keys or not str(lay.path).endswith((".h5", ".hdf5")):
+        return None
+    import h5py
+
+    with h5py.File(lay.path, "r") as f:
+        group = f[sorted((n for n in f if n.isdigit()), key=int)[0]]
+        widths = {key: group[key].shape[1] for key in ("latent_action", "decoded_action") if key in group}
+    text = f"latent_action ({widths['latent_action']}-dim) from the LAM {lay.attrs.get('latent_lam', '?')}"
+    if "decoded_action" in widths:
+        text += f"; decoded_action ({widths['decoded_action']}-dim) by {lay.attrs.get('action_decoder', '?')}"
+    return text + "; row t: frame t to t+1"
 
 
 def _task(attrs: dict[str, Any]) -> str:
@@ -58,6 +74,12 @@ def _task(attrs: dict[str, Any]) -> str:
     return "?"
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """An attr's value as text, cut at `limit` characters (a labelled file's label_config is a whole JSON record)."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -69,7 +91,7 @@ def _size(n: float) -> str:
 def format_summary(s: dict[str, Any]) -> str:
     """Human-readable lines for one summary."""
     lengths = str(s["length_min"]) if s["length_min"] == s["length_max"] else f"{s['length_min']}..{s['length_max']}"
-    attrs = ", ".join(f"{k}={v}" for k, v in sorted(s["attrs"].items()))
+    attrs = ", ".join(f"{k}={_short(v)}" for k, v in sorted(s["attrs"].items()))
     lines = [
         f"{s['file']}",
         f"  task          {s['task']}",
@@ -84,6 +106,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     if s["partial_keys"]:
         lines.append(f"  in some only  {', '.join(s['partial_keys'])}")
+    if s.get("latents"):
+        lines.append(f"  latents       {s['latents']}")
     lines += [f"  size on disk  {_size(s['bytes'])}", f"  attrs         {attrs}"]
     return "\n".join(lines)
 
