@@ -721,6 +721,22 @@ def test_a_resumed_import_keeps_the_finished_items_a_new_file_shifts(tmp_path):
             np.testing.assert_array_equal(f[str(i)]["obs"][()], g[str(i)]["obs"][()])
 
 
+def test_parts_from_before_absolute_source_files_are_kept(tmp_path, monkeypatch):
+    """Parts written before source_file was stored absolute (relative to where the import ran) still match their
+    items when the import resumes from there."""
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i, name in enumerate("abc"):
+        write_video(videos / f"{name}.mp4", 5, seed=i)
+    monkeypatch.chdir(tmp_path)
+    with stopped_at("c"), pytest.raises(KeyboardInterrupt):
+        do_import(Path("v"), Path("d.h5"), img_size=16)
+    for part in sorted(parts_dir(Path("d.h5")).glob("0*.h5")):
+        with h5py.File(part, "r+") as f:  # as an older masklam wrote it
+            f["0"].attrs["source_file"] = str(Path("v") / f"{f['0'].attrs['source_item']}.mp4")
+    assert do_import(Path("v"), Path("d.h5"), img_size=16).reused == 2
+
+
 def test_recursive_reads_videos_and_image_folders_at_any_depth(tmp_path, capsys, monkeypatch):
     """--recursive: every video (or folder of images) under the folder, depth first in name order, one episode each,
     named by its path under it; without it a folder whose data are only deeper says to pass it."""
@@ -759,6 +775,11 @@ def test_recursive_reads_videos_and_image_folders_at_any_depth(tmp_path, capsys,
         do_import(frames, tmp_path / "x.h5", img_size=16)
     source = open_source(frames, recursive=True)
     assert [i.name for i in source.items()] == ["robot1/ep0", "robot1/ep1", "robot2/ep0"]
+    write_video(frames / "robot1" / "ep1" / "preview.mp4", 3)  # a stray video does not hide the image folders
+    with pytest.raises(MasklamError, match="holds videos \\(robot1/ep1/preview.mp4\\) and folders of images "
+                       "\\(robot1/ep0\\) under it: --recursive reads one kind"):
+        open_source(frames, recursive=True)
+    (frames / "robot1" / "ep1" / "preview.mp4").unlink()
     (frames / "robot1" / "ep0").rename(frames / "robot1" / "2024.01.05")  # a folder's dots are not a suffix
     assert [i.name for i in open_source(frames, recursive=True).items()][:2] == ["robot1/2024.01.05", "robot1/ep1"]
     (frames / "first.h5").write_bytes(b"")  # an import's output beside image folders leaves it one of them
@@ -940,6 +961,16 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
             label(cfg(videos, "o.h5"))
     label(cfg(other, "o.h5"))
     assert "held an unfinished labelling of other video or arguments" in capsys.readouterr().err
+    with monkeypatch.context() as m:  # its import finished, then the folder changed: imported again, not refused
+        m.setattr(label_mod, "label_into", cut)
+        with pytest.raises(KeyboardInterrupt):
+            label(cfg(other, "o2.h5"))
+    write_video(other / "b.mp4", 6, fps=10, seed=5)
+    label(cfg(other, "o2.h5"))
+    assert "changed since its import" in capsys.readouterr().err
+    with h5py.File(tmp_path / "o2.h5") as f:
+        assert [f[g].attrs["source_item"] for g in ("0", "1")] == ["a", "b"]
+    (other / "b.mp4").unlink()
     with h5py.File(tmp_path / "o.h5") as f:
         assert list(f) == ["0"] and f["0/latent_action"].shape == (8, 8)
     (tmp_path / ".mine.h5.import").mkdir()
@@ -997,6 +1028,10 @@ def test_label_takes_video_and_imports_it_as_the_lams_training_data_were(tmp_pat
     with pytest.raises(MasklamError, match="hold video files: pass --recursive"):
         label(cfg(nested, "n.h5"))
     label(cfg(nested, "n.h5", recursive=True))
+    capsys.readouterr()
+    label(LabelConfig(lam=run, data=nested, out=nested / "day1" / "in.h5", recursive=True, progress=False,
+                      device="cpu"))  # --out inside the folder read: its lock is not named as a file left out
+    assert "not read" not in capsys.readouterr().err
     with h5py.File(tmp_path / "n.h5") as f, h5py.File(out) as g:
         assert list(f) == ["0"] and f["0"].attrs["source_item"] == "day1/clip1"
         np.testing.assert_array_equal(f["0/latent_action"][()], g["1/latent_action"][()])
@@ -1084,7 +1119,15 @@ def test_label_says_before_labelling_when_the_disk_cannot_hold_the_copy(tmp_path
         with pytest.raises(MasklamRuntimeError, match=f"not enough disk space for the labelled copy .*{out}"):
             label(LabelConfig(lam=run, data=src, out=tmp_path / out, progress=False, device="cpu"))
         assert not (tmp_path / out).exists()
-    room = rest + 12 * 4 * 4  # the data and meta files and 12 frames' float32 latents: enough (videos linked)
+    room = rest + 12 * 4 * 4  # the data and meta files and 12 frames' float32 latents: enough (videos linked) ...
+
+    def refused(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise PermissionError(1, "Operation not permitted")  # fs.protected_hardlinks: another user's files
+
+    with monkeypatch.context() as m:  # ... unless links are refused: the videos are copies, and counted
+        m.setattr(os, "link", refused)
+        with pytest.raises(MasklamRuntimeError, match="not enough disk space for the labelled copy"):
+            label(LabelConfig(lam=run, data=lr, out=tmp_path / "lr-out", progress=False, device="cpu"))
     monkeypatch.undo()
     monkeypatch.setattr(resources, "free_bytes", free)
     label(LabelConfig(lam=run, data=lr, out=tmp_path / "lr-out", progress=False, device="cpu"))

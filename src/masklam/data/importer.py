@@ -369,7 +369,9 @@ def _matching_parts(out: Path, finished: set[int], items: list[Item], signatures
     stale, older = [], []
     for i in sorted(finished):  # each part opened once
         first, ours = first_group(i)
-        key = (first.get("source_item"), first.get("source_file"), first.get("source_signature"))
+        stored = first.get("source_file")  # relative to where the import ran, in parts from before 2026-12-07
+        file = str(Path(stored).absolute()) if stored else None
+        key = (first.get("source_item"), file, first.get("source_signature"))
         if key[2] is None and i < len(items):  # parts from before signatures: their item at their index
             key = (key[0], key[1], signatures[i])
         if key not in now:
@@ -392,7 +394,8 @@ def _matching_parts(out: Path, finished: set[int], items: list[Item], signatures
             moving.rename(part_path(out, j))
     if stale:
         note_once(("import-stale", str(out)), f"{len(stale)} of the {len(finished)} items an interrupted import of "
-                  f"{out} finished no longer match the source (it changed since): imported again")
+                  f"{out} finished no longer match the source (it changed since): those still in it are imported "
+                  "again")
     if older:
         note_once(("import-older", str(out)), f"{len(older)} of the {len(finished)} items an interrupted import of "
                   f"{out} finished were made by an older masklam (no source_rows): imported again")

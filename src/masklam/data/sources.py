@@ -141,8 +141,14 @@ def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None, rec
                                "parquet; a LeRobot dataset folder)")
         return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
     if path.is_dir():
-        if any(_is_video(p) for p in _entries(path, recursive, skip)):  # first: an import's output beside its
-            return "videos"  # videos leaves the folder one of videos
+        video = next((p for p in _entries(path, recursive, skip) if _is_video(p)), None)
+        if video is not None:  # first: an import's output beside its videos leaves the folder one of videos
+            images = next((p for p in _walk(path, skip) if _has_images(p)), None) if recursive else None
+            if images is not None:  # one kind per dataset: a stray preview.mp4 must not hide the image folders
+                raise MasklamError(f"{path} holds videos ({video.relative_to(path).as_posix()}) and folders of "
+                                   f"images ({images.relative_to(path).as_posix()}) under it: --recursive reads one "
+                                   "kind; move the other out, or import each kind from a folder of its own")
+            return "videos"
         if any(_has_images(p) for p in _entries(path, recursive, skip)):
             return "frames"
         if any(p.suffix in HDF5_SUFFIXES and p.is_file() for p in _listing(path, skip)):
@@ -291,7 +297,8 @@ class VideoSource(Source):
                       f"are skipped ({', '.join(p.relative_to(path).as_posix() for p in broken[:3])}"
                       f"{' ...' if len(broken) > 3 else ''})")
         listed = set(files)
-        others = [] if path.is_file() else [p for p in entries if p not in listed and p.is_file()]
+        others = [] if path.is_file() else [p for p in entries if p not in listed and p.suffix != ".lock"
+                                            and p.is_file()]  # a masklam lock (label's, beside its --out): not data
         if others:  # not videos (an import's output, notes, a format masklam does not know): said, not silently left
             note_once(("not-videos", str(path), len(others)),
                       f"{path}: {len(others)} file(s) that are not videos are not read "

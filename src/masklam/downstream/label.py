@@ -332,21 +332,33 @@ def label_into(cfg: LabelConfig, source: Any, record: dict[str, Any], labeller: 
 
 def _check_space(cfg: LabelConfig, source: Any, labeller: Labeller) -> None:
     """One line before labelling when OUT's disk cannot hold the copy: the source (a LeRobot dataset's videos and
-    images only where they cannot be linked: another file system) and the labels (float32 per frame)."""
+    images only where a trial link shows they will be linked, `_media_linked`) and the labels (float32 per frame)."""
     from masklam.resources import check_free_space
 
     data = Path(cfg.data)
     if data.is_dir():
-        parent = next(p for p in cfg.out.absolute().parents if p.exists())
-        linked = os.stat(data).st_dev == os.stat(parent).st_dev
-        media = (data / "videos", data / "images")
-        need = sum(f.stat().st_size for f in data.rglob("*") if f.is_file() and not (
-            linked and (f.is_relative_to(media[0]) or f.is_relative_to(media[1]))))
+        files = [Path(d) / name for d, _, names in os.walk(data, followlinks=True) for name in names]  # as copytree
+        media = [f for f in files if f.is_relative_to(data / "videos") or f.is_relative_to(data / "images")]
+        linked = set(media) if media and _can_link(media[0], cfg.out) else set()
+        need = sum(f.stat().st_size for f in files if f not in linked)
     else:
         need = data.stat().st_size
     width = labeller.lam.latent_dim + (int(labeller.decoder.dims["action_dim"]) if labeller.decoder else 0)
     need += 4 * width * sum(int(item.length or 0) for item in source.items())
     check_free_space(cfg.out, need, f"the labelled copy {cfg.out}")
+
+
+def _can_link(src: Path, out: Path) -> bool:
+    """Whether a hard link of `src` can be made beside `out` (same file system, and allowed: Linux refuses links to
+    files one may not write, fs.protected_hardlinks); the trial link is removed at once."""
+    parent = next(p for p in out.absolute().parents if p.exists())
+    trial = parent / f".{out.name}.link-{os.getpid()}"
+    try:
+        os.link(src, trial)
+    except OSError:
+        return False
+    trial.unlink()
+    return True
 
 
 def as_trained(cfg: LabelConfig) -> LabelConfig:

@@ -38,13 +38,16 @@ def imported(cfg: Any, labeller: Any) -> tuple[Path, float | None]:
     data of `labeller`'s LAM were made, into label's own folder beside ``cfg.out`` (`work_folder`); returns the
     imported file and the frame rate chosen (None: the video's own). Rate and masks are checked before any work;
     called holding ``cfg.out``'s lock."""
-    from masklam.data.importer import ImportConfig, run_import
+    from masklam.data.hdf5 import read_layout
+    from masklam.data.importer import ImportConfig, run_import, source_digest
     from masklam.data.sources import open_source
 
     size, lam_fps, key = labeller.size, labeller.data_fps, labeller.mask_key
-    source = open_source(cfg.data, recursive=cfg.recursive)
+    source = open_source(cfg.data, ignore=cfg.out, recursive=cfg.recursive)
     try:
         fps = _rate(cfg, lam_fps, source)
+        items = source.items()
+        digest = source_digest(items, [source.signature(item) for item in items])
     finally:
         source.close()
     again = (f"masklam import {cfg.data} --out DATA.h5 --img-size {size} --resize {cfg.resize}"
@@ -54,6 +57,10 @@ def imported(cfg: Any, labeller: Any) -> tuple[Path, float | None]:
     frames = _work_folder(work_folder(cfg.out), {"data": str(cfg.data.expanduser().resolve()), "img_size": size,
                                                  "resize": cfg.resize, "fps": fps,
                                                  **({"recursive": True} if cfg.recursive else {})})
+    if frames.is_file() and read_layout(frames).attrs.get("source_digest") != digest:  # finished, then SRC changed
+        note_once(("label-reimport", str(frames)), f"{cfg.data} changed since its import into {frames} finished: "
+                  "imported again")
+        frames.unlink()
     note_once(("label-import", str(cfg.out)), f"importing {cfg.data} at {size}x{size} ({cfg.resize}) as the LAM's "
               f"training data, at {f'{fps:g} fps' if fps else 'its own frame rate'}, into {frames}, removed once "
               f"labelled (an interrupted run resumes it); the same as: {again}")
