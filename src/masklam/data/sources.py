@@ -92,12 +92,16 @@ def _videos(directory: Path, recursive: bool = False, skip: Skip = frozenset()) 
     return [p for p in _entries(directory, recursive, skip) if _is_video(p)]
 
 
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+
+
 def _images(directory: Path) -> list[Path]:
-    return [p for p in _listing(directory) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return [p for p in _listing(directory) if _is_image(p)]
 
 
 def _has_images(directory: Path) -> bool:
-    return directory.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in _listing(directory))
+    return directory.is_dir() and any(_is_image(p) for p in _listing(directory))
 
 
 def _image_dirs(directory: Path, recursive: bool = False, skip: Skip = frozenset()) -> list[Path]:

@@ -338,7 +338,7 @@ def _check_space(cfg: LabelConfig, source: Any, labeller: Labeller) -> None:
     data = Path(cfg.data)
     if data.is_dir():
         files = [Path(d) / name for d, _, names in os.walk(data, followlinks=True) for name in names]  # as copytree
-        media = [f for f in files if f.is_relative_to(data / "videos") or f.is_relative_to(data / "images")]
+        media = [f for f in files if _is_media(f, data)]
         linked = set(media) if media and _can_link(media[0], cfg.out) else set()
         need = sum(f.stat().st_size for f in files if f not in linked)
     else:
@@ -414,15 +414,18 @@ def _write_lerobot(cfg: LabelConfig, source: Any, labels: dict[str, list[np.ndar
         raise
 
 
+def _is_media(path: Path, root: Path) -> bool:
+    """Whether `path` is one of the LeRobot dataset at `root`'s videos or images (files label never rewrites)."""
+    return path.is_relative_to(root / "videos") or path.is_relative_to(root / "images")
+
+
 def _media_linked(root: Path) -> Callable[[str, str], Any]:
     """copytree's copy function for a LeRobot dataset at `root`: its videos and images hard-linked, not copied (label
     rewrites only data/ and meta/, each file by a new one, so the source's media stay as they were, and a dataset of
     hours of video is not on the disk twice); everything else copied, and media too where a link cannot be made
     (another file system)."""
-    media = (root / "videos", root / "images")
-
     def copy(src: str, dst: str) -> Any:
-        if Path(src).is_relative_to(media[0]) or Path(src).is_relative_to(media[1]):
+        if _is_media(Path(src), root):
             try:
                 os.link(src, dst)
                 return dst
