@@ -54,7 +54,7 @@ def imported(cfg: Any, labeller: Any) -> tuple[Path, float | None]:
              f"{f' --fps {fps:g}' if fps else ''}{' --recursive' if cfg.recursive else ''}")
     if key is not None:  # video has no masks: said before the import
         raise MasklamError(_masks_needed(cfg, key, again))
-    frames = _work_folder(work_folder(cfg.out), {"data": str(cfg.data.expanduser().resolve()), "img_size": size,
+    frames = _prepared_folder(work_folder(cfg.out), {"data": str(cfg.data.expanduser().resolve()), "img_size": size,
                                                  "resize": cfg.resize, "fps": fps,
                                                  **({"recursive": True} if cfg.recursive else {})})
     if frames.is_file() and read_layout(frames).attrs.get("source_digest") != digest:  # finished, then SRC changed
@@ -75,7 +75,7 @@ def work_folder(out: Path) -> Path:
     return out.with_name(f".{out.name}.import")
 
 
-def _work_folder(work: Path, args: dict[str, Any]) -> Path:
+def _prepared_folder(work: Path, args: dict[str, Any]) -> Path:
     """The import's file in label's own folder `work`, which records its arguments: kept when they are these (an
     interrupted run resumes), made again (said) when they differ; a folder label did not make is refused."""
     marker = work / "label.json"
