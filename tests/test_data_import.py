@@ -409,6 +409,34 @@ def test_export_carries_a_labelled_files_latent_actions(tmp_path):
     assert not {"latent_lam", "label_config"} & set(back.attrs) and back.attrs["domain_name"] == "cheetah"
 
 
+def test_export_keeps_where_an_imported_files_frames_came_from(tmp_path):
+    """Video imported at half its rate, then exported: each frame's source row (an int64 feature, source_rows as
+    in the HDF5 file) and each episode's source_item and source_file (meta/episodes) go with it."""
+    import pyarrow.parquet as pq
+
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i, n in enumerate((12, 8)):
+        write_video(videos / f"clip{i}.mp4", n, 32, 32, fps=20, seed=i)
+    data = do_import(videos, tmp_path / "d.h5", img_size=32, fps=10).path
+    out = export(ExportConfig(data=data, out=tmp_path / "lr", progress=False))
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["features"]["source_rows"] == {"dtype": "int64", "shape": [1], "names": None}
+    table = pq.read_table(next((out / "data").rglob("*.parquet")))
+    assert str(table.schema.field("source_rows").type) == "int64"
+    rows = table.to_pydict()
+    by_episode = [[r for r, e in zip(rows["source_rows"], rows["episode_index"]) if e == ep] for ep in (0, 1)]
+    assert by_episode == [[0, 2, 4, 6, 8, 10], [0, 2, 4, 6]]
+    episodes = pq.read_table(next((out / "meta" / "episodes").rglob("*.parquet"))).to_pydict()
+    assert episodes["source_item"] == ["clip0", "clip1"]
+    assert episodes["source_file"] == [str(videos / "clip0.mp4"), str(videos / "clip1.mp4")]
+    assert json.loads((out / "meta" / "stats.json").read_text())["source_rows"]["max"] == [10]
+    assert read_layout(do_import(out, tmp_path / "back.h5", img_size=32).path).lengths.tolist() == [6, 4]
+    # a file with no provenance (simulated data) has no such columns
+    plain = export(ExportConfig(data=write_h5(tmp_path / "s.h5"), out=tmp_path / "lr2", progress=False))
+    assert "source_rows" not in json.loads((plain / "meta" / "info.json").read_text())["features"]
+
+
 def test_exported_lerobot_fits_what_lerobot_reads(tmp_path):
     """LeRobot reads a feature of shape [1] as a scalar column (a list of one fails its cast), wants an integer fps
     and quantiles in stats.json: a 1-D action (cartpole's) round-trips through such a column."""

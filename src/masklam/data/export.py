@@ -4,7 +4,9 @@ Frames go to one mp4 per file of episodes (h264, yuv444p, crf 10 by default: PSN
 ``--codec av1`` writes AV1, yuv420p), actions to ``action``, states to ``observation.state``, rewards to
 ``next.reward``, agent masks exactly as bool (H, W) columns (``observation.masks``, ``observation.<key>`` for
 the other mask keys), a labelled file's ``latent_action`` and ``decoded_action`` (`masklam label`) as features of
-those names, the task string (``domain-task`` of a collected file) per episode. The directory is
+those names, an imported file's provenance (per frame ``source_rows``, the row of the source each frame was; per
+episode ``source_item`` and ``source_file`` columns in meta/episodes), the task string (``domain-task`` of a
+collected file) per episode. The directory is
 written as ``DIR.tmp`` and renamed into place when complete. `masklam import DIR` reads it back.
 """
 from __future__ import annotations
@@ -88,6 +90,22 @@ class _Column(Mapping[int, np.ndarray]):
         return len(self.groups)
 
 
+SOURCE_ROWS = "source_rows"
+"""an imported file's per-frame row of its source (`masklam import`), exported as an int64 feature of that name"""
+
+
+def _provenance(path: Path, item: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """An imported trajectory's source rows ({"source_rows": (T,) int64}) and its meta/episodes columns
+    (source_item, source_file: where it came from)."""
+    from masklam.data.hdf5 import open_file, read_array, read_attrs
+
+    with open_file(path) as f:
+        group = f[item.ref]
+        attrs = read_attrs(group)
+        rows = np.asarray(read_array(path, group, SOURCE_ROWS), np.int64)
+    return {SOURCE_ROWS: rows}, {key: str(attrs.get(key, "")) for key in ("source_item", "source_file")}
+
+
 def _batches(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     buf: list[np.ndarray] = []
     for frame in frames:
@@ -132,8 +150,10 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
     lerobot = lay.attrs.get("source_format") == "lerobot"  # a LeRobot import: its camera's own name
     camera = cfg.camera or (str(lay.attrs.get("camera") or DEFAULT_CAMERA) if lerobot else DEFAULT_CAMERA)
     robot = lay.attrs.get("robot_type") or lay.attrs.get("domain_name") or "unknown"
+    provenance = source.kind == "hdf5" and lay.has("source_rows")  # an imported file's: kept
     writer = LeRobotWriter(cfg.out, fps, (h, w), lay.action_dim, lay.state_dim, masks, lay.has("rewards"),
-                           camera, cfg.codec, cfg.crf, fullest_pix_fmt(cfg.codec), robot_type=str(robot))
+                           camera, cfg.codec, cfg.crf, fullest_pix_fmt(cfg.codec), robot_type=str(robot),
+                           int_features=[SOURCE_ROWS] if provenance else [])
     bar = tqdm(total=lay.num_frames, unit="frame", desc="export", disable=not cfg.progress, dynamic_ncols=True)
     try:
         for item in source.items():
@@ -144,8 +164,9 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
                     bar.update(len(chunk))
                     yield chunk
 
+            rows, where = _provenance(cfg.data, item) if provenance else ({}, {})
             writer.add_episode(counted(ep.frames), int(item.length or 0), ep.actions, ep.states, ep.rewards,
-                               ep.masks, ep.task or task)
+                               ep.masks, ep.task or task, rows, where)
         from masklam.data.hdf5 import plain
 
         attrs = {k: plain(v) for k, v in lay.attrs.items()}  # `masklam import` restores them (task, env settings)

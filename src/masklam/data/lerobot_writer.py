@@ -119,7 +119,7 @@ class LeRobotWriter:
     def __init__(self, out: str | os.PathLike, fps: float, img_hw: tuple[int, int], action_dim: int = 0,
                  state_dim: int = 0, mask_keys: Iterable[str] = (), rewards: bool = False, camera: str = DEFAULT_CAMERA,
                  codec: str = "h264", crf: int = 10, pix_fmt: str = "yuv444p", robot_type: str = "unknown",
-                 frames_per_file: int = 200_000) -> None:
+                 frames_per_file: int = 200_000, int_features: Iterable[str] = ()) -> None:
         self.out = Path(out)
         if self.out.exists():
             raise MasklamError(f"{self.out} already exists; remove it or choose another --out")
@@ -132,7 +132,7 @@ class LeRobotWriter:
         self.info_fps = int(rate) if rate.denominator == 1 else float(rate)  # LeRobot's info.json: an int
         self.action_dim, self.state_dim, self.mask_keys, self.rewards = action_dim, state_dim, list(mask_keys), rewards
         self.codec, self.crf, self.pix_fmt, self.frames_per_file = codec, crf, pix_fmt, frames_per_file
-        self.robot_type = robot_type
+        self.robot_type, self.int_features = robot_type, list(int_features)  # per-frame int64 scalars
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict[str, Any]] = []
         self.stats = {name: _Stats() for name in self._numeric_features()}
@@ -150,7 +150,7 @@ class LeRobotWriter:
             names.append(STATE)
         if self.rewards:
             names.append(REWARD)
-        return names
+        return names + self.int_features
 
     def features(self) -> dict[str, Any]:
         """info.json's features."""
@@ -168,6 +168,7 @@ class LeRobotWriter:
             feats[REWARD] = _scalar_feature("float32")
         for key in self.mask_keys:
             feats[mask_feature(key)] = {"dtype": "bool", "shape": [h, w], "names": ["height", "width"]}
+        feats.update({name: _scalar_feature("int64") for name in self.int_features})
         feats.update({"timestamp": _scalar_feature("float32"), "frame_index": _scalar_feature("int64"),
                       "episode_index": _scalar_feature("int64"), "index": _scalar_feature("int64"),
                       "task_index": _scalar_feature("int64")})
@@ -192,9 +193,12 @@ class LeRobotWriter:
 
     def add_episode(self, frames: Iterable[np.ndarray], length: int, actions: np.ndarray | None = None,
                     states: np.ndarray | None = None, rewards: np.ndarray | None = None,
-                    masks: dict[str, np.ndarray] | None = None, task: str = "") -> None:
+                    masks: dict[str, np.ndarray] | None = None, task: str = "",
+                    ints: Mapping[str, np.ndarray] | None = None,
+                    episode_info: Mapping[str, str] | None = None) -> None:
         """One episode: ``frames`` (chunks of (n, H, W, 3) uint8, ``length`` frames in all) and its per-frame
-        arrays (actions (T, A), states (T, S), rewards (T,), masks {key: (T, H, W) bool})."""
+        arrays (actions (T, A), states (T, S), rewards (T,), masks {key: (T, H, W) bool}, ``ints`` {name: (T,)}
+        for the writer's ``int_features``); ``episode_info``: string columns of its row in meta/episodes."""
         import pyarrow as pa
 
         if self.file_frames and self.file_frames + length > self.frames_per_file:
@@ -237,6 +241,11 @@ class LeRobotWriter:
             columns[REWARD] = pa.array(np.asarray(rewards, np.float32).reshape(length))
         for key in self.mask_keys:
             columns[mask_feature(key)] = _list_array(np.asarray((masks or {})[key], bool))
+        for name in self.int_features:
+            value = np.asarray((ints or {}).get(name, ()), np.int64)
+            if value.shape != (length,):
+                raise MasklamError(f"episode {ep}: {name} must be ({length},), got {value.shape}")
+            columns[name] = pa.array(value)
         numeric = {ACTION: actions, STATE: states, REWARD: rewards}
         episode_stats = {self.camera: episode_image.result((3, 1, 1))}
         for name, stat in self.stats.items():
@@ -255,7 +264,7 @@ class LeRobotWriter:
                f"videos/{self.camera}/file_index": self.file_index,
                f"videos/{self.camera}/from_timestamp": start_frame / self.fps,
                f"videos/{self.camera}/to_timestamp": (start_frame + length) / self.fps,
-               "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+               "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, **(episode_info or {}),
                **episode_stat_columns(episode_stats)}  # LeRobot's edit tools rebuild stats.json from these
         self.episodes.append(row)
         self.frames += length
