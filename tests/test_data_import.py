@@ -409,7 +409,7 @@ def test_export_carries_a_labelled_files_latent_actions(tmp_path):
     assert not {"latent_lam", "label_config"} & set(back.attrs) and back.attrs["domain_name"] == "cheetah"
 
 
-def test_export_keeps_where_an_imported_files_frames_came_from(tmp_path):
+def test_export_keeps_where_an_imported_files_frames_came_from(tmp_path, capsys):
     """Video imported at half its rate, then exported: each frame's source row (an int64 feature, source_rows as
     in the HDF5 file) and each episode's source_item and source_file (meta/episodes) go with it."""
     import pyarrow.parquet as pq
@@ -435,6 +435,13 @@ def test_export_keeps_where_an_imported_files_frames_came_from(tmp_path):
     # a file with no provenance (simulated data) has no such columns
     plain = export(ExportConfig(data=write_h5(tmp_path / "s.h5"), out=tmp_path / "lr2", progress=False))
     assert "source_rows" not in json.loads((plain / "meta" / "info.json").read_text())["features"]
+    # some trajectories without it: none carried, and said
+    with h5py.File(data, "a") as f:
+        del f["1"]["source_rows"]
+    capsys.readouterr()
+    some = export(ExportConfig(data=data, out=tmp_path / "lr3", progress=False))
+    assert "source_rows" not in json.loads((some / "meta" / "info.json").read_text())["features"]
+    assert "only some trajectories record source_rows" in capsys.readouterr().err
 
 
 def test_exported_lerobot_fits_what_lerobot_reads(tmp_path):

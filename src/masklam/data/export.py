@@ -4,10 +4,11 @@ Frames go to one mp4 per file of episodes (h264, yuv444p, crf 10 by default: PSN
 ``--codec av1`` writes AV1, yuv420p), actions to ``action``, states to ``observation.state``, rewards to
 ``next.reward``, agent masks exactly as bool (H, W) columns (``observation.masks``, ``observation.<key>`` for
 the other mask keys), a labelled file's ``latent_action`` and ``decoded_action`` (`masklam label`) as features of
-those names, an imported file's provenance (per frame ``source_rows``, the row of the source each frame was; per
-episode ``source_item`` and ``source_file`` columns in meta/episodes), the task string (``domain-task`` of a
-collected file) per episode. The directory is
-written as ``DIR.tmp`` and renamed into place when complete. `masklam import DIR` reads it back.
+those names, an imported file's provenance (per frame ``source_rows``, the frame's index within its source item:
+a video's frame, a LeRobot episode's frame; per episode ``source_item`` and ``source_file`` columns in
+meta/episodes), the task string (``domain-task`` of a collected file) per episode. The directory is written as
+``DIR.tmp`` and renamed into place when complete. `masklam import DIR` reads it back (its provenance is then the
+exported directory; LeRobot's delete_episodes and split_dataset keep ``source_rows`` but drop the episode columns).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ class _Column(Mapping[int, np.ndarray]):
 
 
 SOURCE_ROWS = "source_rows"
-"""an imported file's per-frame row of its source (`masklam import`), exported as an int64 feature of that name"""
+"""an imported file's per-frame index within its source item (`masklam import`), exported as an int64 feature"""
 
 
 def _provenance(path: Path, item: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -150,7 +151,10 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
     lerobot = lay.attrs.get("source_format") == "lerobot"  # a LeRobot import: its camera's own name
     camera = cfg.camera or (str(lay.attrs.get("camera") or DEFAULT_CAMERA) if lerobot else DEFAULT_CAMERA)
     robot = lay.attrs.get("robot_type") or lay.attrs.get("domain_name") or "unknown"
-    provenance = source.kind == "hdf5" and lay.has("source_rows")  # an imported file's: kept
+    provenance = source.kind == "hdf5" and lay.has(SOURCE_ROWS)  # an imported file's: kept
+    if source.kind == "hdf5" and SOURCE_ROWS in lay.partial_keys:
+        note_once(("export-provenance", str(cfg.data)), f"{cfg.data}: only some trajectories record {SOURCE_ROWS} "
+                  "(imported ones, merged with others): the export carries no provenance")
     writer = LeRobotWriter(cfg.out, fps, (h, w), lay.action_dim, lay.state_dim, masks, lay.has("rewards"),
                            camera, cfg.codec, cfg.crf, fullest_pix_fmt(cfg.codec), robot_type=str(robot),
                            int_features=[SOURCE_ROWS] if provenance else [])
