@@ -431,7 +431,17 @@ def test_export_keeps_where_an_imported_files_frames_came_from(tmp_path, capsys)
     assert episodes["source_item"] == ["clip0", "clip1"]
     assert episodes["source_file"] == [str(videos / "clip0.mp4"), str(videos / "clip1.mp4")]
     assert json.loads((out / "meta" / "stats.json").read_text())["source_rows"]["max"] == [10]
-    assert read_layout(do_import(out, tmp_path / "back.h5", img_size=32).path).lengths.tolist() == [6, 4]
+    # imported again (at half its rate) and exported again: the first source's rows, item and file come through
+    back = do_import(out, tmp_path / "back.h5", img_size=32, fps=5).path
+    with h5py.File(back) as f:
+        assert f["0"]["source_rows"][()].tolist() == [0, 2, 4] and f["0"]["origin_rows"][()].tolist() == [0, 4, 8]
+        assert (f["1"].attrs["origin_item"], f["1"].attrs["origin_file"]) == ("clip1", str(videos / "clip1.mp4"))
+        assert f["1"].attrs["source_item"] == "episode_000001"
+    again = export(ExportConfig(data=back, out=tmp_path / "lr4", progress=False))
+    rows = pq.read_table(next((again / "data").rglob("*.parquet"))).to_pydict()
+    assert [r for r, e in zip(rows["source_rows"], rows["episode_index"]) if e == 1] == [0, 4]
+    episodes = pq.read_table(next((again / "meta" / "episodes").rglob("*.parquet"))).to_pydict()
+    assert episodes["source_item"] == ["clip0", "clip1"] and episodes["source_file"][0] == str(videos / "clip0.mp4")
     # a file with no provenance (simulated data) has no such columns
     plain = export(ExportConfig(data=write_h5(tmp_path / "s.h5"), out=tmp_path / "lr2", progress=False))
     assert "source_rows" not in json.loads((plain / "meta" / "info.json").read_text())["features"]

@@ -21,7 +21,7 @@ import tyro
 from tqdm.auto import tqdm
 
 from masklam.args import parse
-from masklam.data.lerobot import DEFAULT_CAMERA
+from masklam.data.lerobot import DEFAULT_CAMERA, ORIGIN_COLUMNS, ORIGIN_ROWS as SOURCE_ROWS
 from masklam.data.lerobot_writer import LeRobotWriter
 from masklam.data.sources import DESCRIPTIONS, Episode, Source, open_source
 from masklam.data.video import CODECS, Resizer, fullest_pix_fmt
@@ -91,20 +91,19 @@ class _Column(Mapping[int, np.ndarray]):
         return len(self.groups)
 
 
-SOURCE_ROWS = "source_rows"
-"""an imported file's per-frame index within its source item (`masklam import`), exported as an int64 feature"""
-
-
 def _provenance(path: Path, item: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """An imported trajectory's source rows ({"source_rows": (T,) int64}) and its meta/episodes columns
-    (source_item, source_file: where it came from)."""
+    (source_item, source_file: where it came from); for a file imported from an earlier export, its first source
+    (origin_rows, origin_item, origin_file), so that a round trip keeps the video the frames came from."""
     from masklam.data.hdf5 import open_file, read_array, read_attrs
 
     with open_file(path) as f:
         group = f[item.ref]
         attrs = read_attrs(group)
-        rows = np.asarray(read_array(path, group, SOURCE_ROWS), np.int64)
-    return {SOURCE_ROWS: rows}, {key: str(attrs.get(key, "")) for key in ("source_item", "source_file")}
+        prefix = "origin_" if "origin_rows" in group else "source_"
+        rows = np.asarray(read_array(path, group, prefix + "rows"), np.int64)
+    return {SOURCE_ROWS: rows}, {key: str(attrs.get(prefix + key.removeprefix("source_"), ""))
+                                 for key in ORIGIN_COLUMNS}
 
 
 def _batches(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -9,7 +9,8 @@ tick of the new rate; actions, states, rewards and masks follow the kept frames)
 come along where the source has them; without actions the file still trains LAPO and MaskLAM (no probe).
 Each trajectory records where it came from: attrs ``source_item``, ``source_file``, and per frame ``source_rows``
 (the frame's index in its source item, so a latent action maps back to the source video after ``--fps`` and
-``--chunk-seconds``).
+``--chunk-seconds``); a dataset `masklam export` wrote from such a file gives back the first source too, as attrs
+``origin_item``, ``origin_file`` and per frame ``origin_rows``.
 
 Memory stays flat in the input's length: frames stream from the decoder into chunked HDF5 datasets.
 Resumable like `masklam collect` (`masklam.data.parts`): each source item (file, folder, episode) is one
@@ -258,10 +259,12 @@ def import_item(cfg: ImportConfig, source: Source, item: Item, index: int, fps: 
             del f[groups.pop()[0].group.name]
         for i, (writer, rows) in enumerate(groups):
             attrs = {"source_item": item.name, "source_file": str(item.path.absolute()), "source_start": int(rows[0]),
-                     "source_signature": signature, "task": ep.task, "seed": index}
+                     "source_signature": signature, "task": ep.task, "seed": index,
+                     **{k: v for k, v in ep.origin.items() if k != "origin_rows"}}  # a masklam export's
             stop = groups[i + 1][1][0] if i + 1 < len(groups) else consumed[0]  # the source rows it spans
             kept = np.asarray(rows, np.int64)
-            writer.finish({**_arrays(ep, kept, item, stop), "source_rows": kept}, attrs)
+            origin = {"origin_rows": ep.origin["origin_rows"][kept]} if "origin_rows" in ep.origin else {}
+            writer.finish({**_arrays(ep, kept, item, stop), "source_rows": kept, **origin}, attrs)
     return sum(writer.n for writer, _ in groups)
 
 

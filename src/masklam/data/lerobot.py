@@ -40,6 +40,10 @@ def mask_feature(key: str) -> str:
 
 
 MASK_FEATURES = {mask_feature(k): k for k in MASK_KEYS}
+ORIGIN_ROWS = "source_rows"
+"""a masklam export's per-frame provenance: each frame's index within its source item (an int64 feature)"""
+ORIGIN_COLUMNS = ("source_item", "source_file")
+"""a masklam export's per-episode provenance, columns of meta/episodes"""
 
 
 def is_lerobot(path: str | os.PathLike) -> bool:
@@ -88,6 +92,7 @@ class Episode:
     data_file: Path
     video_file: Path | None  # None for an image camera (frames in the parquet rows)
     start: float  # seconds into video_file of its first frame
+    origin: dict[str, str] = field(default_factory=dict)  # a masklam export's source_item, source_file
 
 
 @dataclass
@@ -148,6 +153,8 @@ class LeRobotDir:
                 from masklam.data.peers import _nested  # nested list columns -> arrays (shared with MaskLAM's parquet)
 
                 out[key] = _nested(sub.column(feature).combine_chunks(), f"{ep.data_file}: {feature}", mask=True)
+        if ORIGIN_ROWS in sub.column_names and self.features.get(ORIGIN_ROWS, {}).get("dtype") == "int64":
+            out[ORIGIN_ROWS] = column_array(sub, ORIGIN_ROWS, np.int64).reshape(-1)  # a masklam export's provenance
         if not self.is_video:
             out["images"] = sub.column(self.camera)
         return out
@@ -244,7 +251,8 @@ def _episodes_v3(root: Path, info: dict[str, Any], camera: str) -> list[Episode]
                                                      file_index=t[f"videos/{camera}/file_index"][i])
                     start = float(t[f"videos/{camera}/from_timestamp"][i])
                 tasks = list(t["tasks"][i] or []) if "tasks" in t else []
-                out.append(Episode(int(t["episode_index"][i]), int(t["length"][i]), tasks, data, vfile, start))
+                origin = {k: str(t[k][i]) for k in ORIGIN_COLUMNS if k in t and t[k][i] is not None}
+                out.append(Episode(int(t["episode_index"][i]), int(t["length"][i]), tasks, data, vfile, start, origin))
         except KeyError as e:
             raise MasklamError(f"{f} lacks the column {e.args[0]!r}") from None
     return sorted(out, key=lambda e: e.index)

@@ -237,6 +237,8 @@ class Episode:
     rewards: np.ndarray | None = None  # (T,) float32
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (T, size, size) bool
     task: str = ""
+    origin: dict[str, Any] = field(default_factory=dict)
+    """a masklam export's provenance, read back: origin_rows ((T,) int64), origin_item, origin_file"""
     times: list[float] | None = None
     """each frame's time (seconds), appended as `frames` yields it (video files, whose frame intervals may vary);
     None: frame i at i / fps"""
@@ -419,8 +421,13 @@ class LeRobotSource(Source):
             note_once(("lerobot-tasks", str(self.path)), f"{self.path}: {item.name} has {len(ep.tasks)} tasks "
                       f"({'; '.join(map(repr, ep.tasks[:3]))}); a masklam trajectory keeps one task: stored as "
                       "their '; '-joined string, which frame had which task is not kept (this note once per dataset)")
+        from masklam.data.lerobot import ORIGIN_ROWS
+
+        origin = {f"origin_{k.removeprefix('source_')}": v for k, v in ep.origin.items()}  # item, file
+        if ORIGIN_ROWS in rows:
+            origin["origin_rows"] = rows[ORIGIN_ROWS]
         return Episode(self.dir.frames(ep, resizer, rows), ep.length, rows.get("actions"), rows.get("states"),
-                       rows.get("rewards"), masks, "; ".join(ep.tasks))
+                       rows.get("rewards"), masks, "; ".join(ep.tasks), origin)
 
     def close(self) -> None:
         self.dir.close()
