@@ -442,6 +442,24 @@ def test_export_keeps_where_an_imported_files_frames_came_from(tmp_path, capsys)
     assert [r for r, e in zip(rows["source_rows"], rows["episode_index"]) if e == 1] == [0, 4]
     episodes = pq.read_table(next((again / "meta" / "episodes").rglob("*.parquet"))).to_pydict()
     assert episodes["source_item"] == ["clip0", "clip1"] and episodes["source_file"][0] == str(videos / "clip0.mp4")
+    # the same import again finds its output current (the export's record of the first import is not this one's)
+    assert do_import(out, tmp_path / "back.h5", img_size=32, fps=5).path == back
+    # origin rows without the origin's names (lost in an edit): the file's own provenance is exported
+    shutil.copy(back, tmp_path / "edited.h5")
+    with h5py.File(tmp_path / "edited.h5", "a") as f:
+        for name in f:
+            del f[name].attrs["origin_item"], f[name].attrs["origin_file"]
+    edited = export(ExportConfig(data=tmp_path / "edited.h5", out=tmp_path / "lr5", progress=False))
+    episodes = pq.read_table(next((edited / "meta" / "episodes").rglob("*.parquet"))).to_pydict()
+    assert episodes["source_item"] == ["episode_000000", "episode_000001"]
+    # a column of that name in a dataset masklam did not export is not taken for provenance
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out, foreign)
+    info = json.loads((foreign / "meta" / "info.json").read_text())
+    del info["masklam"]
+    (foreign / "meta" / "info.json").write_text(json.dumps(info))
+    with h5py.File(do_import(foreign, tmp_path / "f.h5", img_size=32).path) as f:
+        assert "origin_rows" not in f["0"] and "origin_item" not in f["0"].attrs
     # a file with no provenance (simulated data) has no such columns
     plain = export(ExportConfig(data=write_h5(tmp_path / "s.h5"), out=tmp_path / "lr2", progress=False))
     assert "source_rows" not in json.loads((plain / "meta" / "info.json").read_text())["features"]

@@ -21,7 +21,7 @@ import tyro
 from tqdm.auto import tqdm
 
 from masklam.args import parse
-from masklam.data.lerobot import DEFAULT_CAMERA, ORIGIN_COLUMNS, ORIGIN_ROWS as SOURCE_ROWS
+from masklam.data.lerobot import DEFAULT_CAMERA, SOURCE_COLUMNS, SOURCE_ROWS
 from masklam.data.lerobot_writer import LeRobotWriter
 from masklam.data.sources import DESCRIPTIONS, Episode, Source, open_source
 from masklam.data.video import CODECS, Resizer, fullest_pix_fmt
@@ -100,10 +100,10 @@ def _provenance(path: Path, item: Any) -> tuple[dict[str, np.ndarray], dict[str,
     with open_file(path) as f:
         group = f[item.ref]
         attrs = read_attrs(group)
-        prefix = "origin_" if "origin_rows" in group else "source_"
+        prefix = "origin_" if "origin_rows" in group and "origin_item" in attrs else "source_"  # item dropped: own
         rows = np.asarray(read_array(path, group, prefix + "rows"), np.int64)
     return {SOURCE_ROWS: rows}, {key: str(attrs.get(prefix + key.removeprefix("source_"), ""))
-                                 for key in ORIGIN_COLUMNS}
+                                 for key in SOURCE_COLUMNS}
 
 
 def _batches(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -40,10 +40,11 @@ def mask_feature(key: str) -> str:
 
 
 MASK_FEATURES = {mask_feature(k): k for k in MASK_KEYS}
-ORIGIN_ROWS = "source_rows"
-"""a masklam export's per-frame provenance: each frame's index within its source item (an int64 feature)"""
-ORIGIN_COLUMNS = ("source_item", "source_file")
-"""a masklam export's per-episode provenance, columns of meta/episodes"""
+SOURCE_ROWS = "source_rows"
+"""a masklam export's per-frame provenance, the feature: each frame's index within its source item (int64; an
+import of the export keeps it as ``origin_rows``)"""
+SOURCE_COLUMNS = ("source_item", "source_file")
+"""a masklam export's per-episode provenance, columns of meta/episodes (kept as ``origin_item``, ``origin_file``)"""
 
 
 def is_lerobot(path: str | os.PathLike) -> bool:
@@ -125,6 +126,13 @@ class LeRobotDir:
         return feature in self.features
 
     @property
+    def exported_provenance(self) -> bool:
+        """Whether `masklam export` wrote this dataset with its source's per-frame rows (another tool's column of
+        that name is not taken for them)."""
+        return "masklam" in self.info and self.features.get(SOURCE_ROWS) == {"dtype": "int64", "shape": [1],
+                                                                              "names": None}
+
+    @property
     def mask_keys(self) -> dict[str, str]:
         """feature -> our mask key, for the mask features present."""
         return {f: k for f, k in MASK_FEATURES.items() if f in self.features}
@@ -153,8 +161,9 @@ class LeRobotDir:
                 from masklam.data.peers import _nested  # nested list columns -> arrays (shared with MaskLAM's parquet)
 
                 out[key] = _nested(sub.column(feature).combine_chunks(), f"{ep.data_file}: {feature}", mask=True)
-        if ORIGIN_ROWS in sub.column_names and self.features.get(ORIGIN_ROWS, {}).get("dtype") == "int64":
-            out[ORIGIN_ROWS] = column_array(sub, ORIGIN_ROWS, np.int64).reshape(-1)  # a masklam export's provenance
+        ours = self.exported_provenance and SOURCE_ROWS in sub.column_names  # a masklam export's provenance
+        if ours and sub.column(SOURCE_ROWS).null_count == 0:
+            out[SOURCE_ROWS] = column_array(sub, SOURCE_ROWS, np.int64).reshape(-1)
         if not self.is_video:
             out["images"] = sub.column(self.camera)
         return out
@@ -238,6 +247,7 @@ def _episodes_v3(root: Path, info: dict[str, Any], camera: str) -> list[Episode]
     if not files:
         raise MasklamError(f"{root}: no meta/episodes/chunk-*/file-*.parquet (a v3.0 dataset lists its episodes there)")
     video = info["features"][camera]["dtype"] == "video"
+    ours = "masklam" in info  # `masklam export` wrote it: its provenance columns are read
     data_path, video_path = info.get("data_path", DATA_PATH), info.get("video_path", VIDEO_PATH)
     out = []
     for f in files:
@@ -251,7 +261,7 @@ def _episodes_v3(root: Path, info: dict[str, Any], camera: str) -> list[Episode]
                                                      file_index=t[f"videos/{camera}/file_index"][i])
                     start = float(t[f"videos/{camera}/from_timestamp"][i])
                 tasks = list(t["tasks"][i] or []) if "tasks" in t else []
-                origin = {k: str(t[k][i]) for k in ORIGIN_COLUMNS if k in t and t[k][i] is not None}
+                origin = {k: str(t[k][i]) for k in SOURCE_COLUMNS if ours and k in t and t[k][i] is not None}
                 out.append(Episode(int(t["episode_index"][i]), int(t["length"][i]), tasks, data, vfile, start, origin))
         except KeyError as e:
             raise MasklamError(f"{f} lacks the column {e.args[0]!r}") from None

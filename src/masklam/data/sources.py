@@ -398,8 +398,10 @@ class LeRobotSource(Source):
         """Its camera and version; a dataset `masklam export` wrote also gives back its file's attrs (task, env
         settings), which evaluation needs."""
         ours = (self.dir.info.get("masklam") or {}).get("attrs") or {}
-        # not what the import makes anew, nor the labelling of latent actions, which are not imported
-        dropped = ("img_hw", "version", "fps", "latent_lam", "label_config")
+        # not what the import makes anew (its digest, tasks, fps), nor how the earlier import read its own source
+        # (a Hub id, --recursive), nor the labelling of latent actions, which are not imported
+        dropped = ("img_hw", "version", "fps", "latent_lam", "label_config", "source_digest", "tasks", "hub_repo_id",
+                   "hub_revision", "recursive")
         kept = {k: v for k, v in ours.items() if k not in dropped and v is not None}
         return {**kept, "camera": self.dir.camera, "lerobot_version": self.dir.version,
                 "robot_type": str(self.dir.info.get("robot_type") or "")}
@@ -421,11 +423,11 @@ class LeRobotSource(Source):
             note_once(("lerobot-tasks", str(self.path)), f"{self.path}: {item.name} has {len(ep.tasks)} tasks "
                       f"({'; '.join(map(repr, ep.tasks[:3]))}); a masklam trajectory keeps one task: stored as "
                       "their '; '-joined string, which frame had which task is not kept (this note once per dataset)")
-        from masklam.data.lerobot import ORIGIN_ROWS
+        from masklam.data.lerobot import SOURCE_ROWS
 
         origin = {f"origin_{k.removeprefix('source_')}": v for k, v in ep.origin.items()}  # item, file
-        if ORIGIN_ROWS in rows:
-            origin["origin_rows"] = rows[ORIGIN_ROWS]
+        if SOURCE_ROWS in rows:
+            origin["origin_rows"] = rows[SOURCE_ROWS]
         return Episode(self.dir.frames(ep, resizer, rows), ep.length, rows.get("actions"), rows.get("states"),
                        rows.get("rewards"), masks, "; ".join(ep.tasks), origin)
 
