@@ -442,6 +442,13 @@ def test_export_keeps_where_an_imported_files_frames_came_from(tmp_path, capsys)
     assert [r for r, e in zip(rows["source_rows"], rows["episode_index"]) if e == 1] == [0, 4]
     episodes = pq.read_table(next((again / "meta" / "episodes").rglob("*.parquet"))).to_pydict()
     assert episodes["source_item"] == ["clip0", "clip1"] and episodes["source_file"][0] == str(videos / "clip0.mp4")
+    # an imported file imported again (resampled) keeps the first source as well, and its export names it
+    twice = do_import(data, tmp_path / "twice.h5", img_size=32, fps=5).path
+    with h5py.File(twice) as f:
+        assert f["0"]["origin_rows"][()].tolist() == [0, 4, 8] and f["0"].attrs["origin_item"] == "clip0"
+    rows = pq.read_table(next((export(ExportConfig(data=twice, out=tmp_path / "lr6", progress=False)) / "data")
+                               .rglob("*.parquet"))).to_pydict()
+    assert [r for r, e in zip(rows["source_rows"], rows["episode_index"]) if e == 0] == [0, 4, 8]
     # the same import again finds its output current (the export's record of the first import is not this one's)
     assert do_import(out, tmp_path / "back.h5", img_size=32, fps=5).path == back
     # origin rows without the origin's names (lost in an edit): the file's own provenance is exported

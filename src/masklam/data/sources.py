@@ -238,7 +238,8 @@ class Episode:
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (T, size, size) bool
     task: str = ""
     origin: dict[str, Any] = field(default_factory=dict)
-    """a masklam export's provenance, read back: origin_rows ((T,) int64), origin_item, origin_file"""
+    """where an earlier import read it (a masklam export, an imported HDF5 file): origin_rows ((T,) int64),
+    origin_item, origin_file"""
     times: list[float] | None = None
     """each frame's time (seconds), appended as `frames` yields it (video files, whose frame intervals may vary);
     None: frame i at i / fps"""
@@ -472,7 +473,15 @@ class HDF5Source(Source):
                     yield resizer.array(img)
 
         return Episode(frames(), item.length, arrays.get("actions"), arrays.get("states"), arrays.get("rewards"), masks,
-                       str(group.attrs.get("task", "")))
+                       str(group.attrs.get("task", "")), self._origin(group))
+
+    def _origin(self, group: Any) -> dict[str, Any]:
+        """An imported trajectory's first source (its origin_*, else its source_*), which a new import keeps."""
+        for prefix in ("origin_", "source_"):
+            if prefix + "rows" in group and prefix + "item" in group.attrs:
+                return {"origin_rows": np.asarray(read_array(self.path, group, prefix + "rows"), np.int64),
+                        **{f"origin_{k}": str(group.attrs.get(prefix + k, "")) for k in ("item", "file")}}
+        return {}
 
     def close(self) -> None:
         if self.file is not None:
