@@ -16,15 +16,12 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from masklam.data.formats import HDF5_SUFFIXES, trainable
 from masklam.data.hdf5 import (MASK_KEYS, READ_ERRORS, FileLayout, executed_actions, open_file, read_error,
                                 read_layout)
 from masklam.data.peers import ParquetLayout, ParquetReader, is_parquet, parquet_layout, parquet_shards
-from masklam.data.sources import trainable
 from masklam.errors import MasklamError, note_once
 from masklam.resources import check_memory
-
-HDF5_SUFFIXES = (".h5", ".hdf5")
-"""our HDF5 shards (.h5) and LAOM's files (.hdf5): what a directory of HDF5 data stands for"""
 
 PathsLike = str | os.PathLike | Sequence[str | os.PathLike]
 

@@ -1,13 +1,14 @@
-"""Every external data format enters through here: one reader interface, `Source`, and the one place that
-tells formats apart (`detect`). Nothing above `masklam.data` knows a file format.
+"""Every external data format enters through here: one reader interface, `Source`, opened by `open_source` for the
+format `masklam.data.formats.detect` tells from the path's content. Nothing above `masklam.data` knows a file format.
 
-Formats (FORMATS):
+Formats (`masklam.data.formats.FORMATS`):
 
 - ``hdf5``: our HDF5 layout, and LAOM's published files (its subset) -- `masklam.data.hdf5`;
 - ``masklam-parquet``: MaskLAM's published parquet data (a file or a directory of shards) -- `masklam.data.peers`;
 - ``lerobot``: a LeRobotDataset directory, v3.0 or v2.x -- `masklam.data.lerobot`;
 - ``videos``: one video file, or a folder of them (video.VIDEO_SUFFIXES), one episode per file;
-- ``frames``: a folder of image folders, ``DIR/<episode>/*.jpg|png`` (frames in numbered name order: `name_order`).
+- ``frames``: a folder of image folders, ``DIR/<episode>/*.jpg|png`` (frames in numbered name order:
+  `masklam.data.formats.name_order`).
 
 A `Source` lists its items up front (`items`: a file, a folder, an episode; everything checkable is checked
 there, before any work: unreadable or missing files, an unknown camera, images of mixed sizes), then reads one
@@ -18,7 +19,6 @@ formats enter through `masklam import`.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,187 +26,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from masklam.data.formats import (DESCRIPTIONS, detect, entries, image_dirs, image_files, is_video, item_name,
+                                  own_outputs, video_subdirs)
 from masklam.data.hdf5 import MASK_KEYS, executed_actions, open_file, read_array, read_layout
-from masklam.data.peers import is_parquet
 from masklam.data.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, Resizer, image_size, probe, read_image, same_rate,
                                 video_frames)
 from masklam.errors import MasklamError, note_once
 
-FORMATS = ("hdf5", "masklam-parquet", "lerobot", "videos", "frames")
-DESCRIPTIONS = {"hdf5": "HDF5 data", "masklam-parquet": "MaskLAM's parquet data", "lerobot": "a LeRobot dataset",
-                "videos": "video", "frames": "a folder of image folders"}
-HDF5_SUFFIXES = (".h5", ".hdf5")
 READ_CHUNK = 256
 """frames read at a time from an HDF5 file"""
-
-
-def name_order(path: Path) -> list[Any]:
-    """Sort key of file names in the order people number them: frame_2 before frame_10 (digits as numbers)."""
-    return [(0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
-
-
-def _listing(directory: Path, skip: Skip = frozenset()) -> list[Path]:
-    """The entries of `directory` in name order, without hidden ones (.DS_Store, macOS's ._name sidecars) and those
-    in `skip` (an import's own output and what it writes beside it: `own_outputs`)."""
-    names = {p.name for p in skip}
-    return sorted((p for p in directory.iterdir() if not p.name.startswith(".")
-                   and not (p.name in names and p.resolve() in skip)), key=name_order)
-
-
-Skip = frozenset
-"""resolved paths a folder's listing leaves out"""
-
-
-def own_outputs(out: str | os.PathLike | None) -> Skip:
-    """An output written into the folder being read, and its parts folder and lock file beside it: not data."""
-    from masklam.data.parts import parts_dir
-    from masklam.locks import lock_path
-
-    if out is None:
-        return frozenset()
-    out = Path(out).resolve()
-    return frozenset({out, parts_dir(out), lock_path(out)})
-
-
-def _walk(directory: Path, skip: Skip = frozenset(), depth: int | None = None,
-          seen: set[Path] | None = None) -> Iterator[Path]:
-    """Every entry under `directory` (not hidden ones), depth first, each folder's in name order, `depth` levels
-    down at most; a linked folder is entered once (a link back up does not loop)."""
-    seen = {directory.resolve()} if seen is None else seen
-    for p in _listing(directory, skip):
-        yield p
-        if p.is_dir() and (depth is None or depth > 1) and (real := p.resolve()) not in seen:
-            seen.add(real)
-            yield from _walk(p, skip, None if depth is None else depth - 1, seen)
-
-
-def _entries(directory: Path, recursive: bool, skip: Skip = frozenset()) -> Iterator[Path]:
-    return _walk(directory, skip) if recursive else iter(_listing(directory, skip))
-
-
-def _is_video(p: Path) -> bool:
-    return p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
-
-
-def _videos(directory: Path, recursive: bool = False, skip: Skip = frozenset()) -> list[Path]:
-    return [p for p in _entries(directory, recursive, skip) if _is_video(p)]
-
-
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-
-
-def _images(directory: Path) -> list[Path]:
-    return [p for p in _listing(directory) if _is_image(p)]
-
-
-def _has_images(directory: Path) -> bool:
-    return directory.is_dir() and any(_is_image(p) for p in _listing(directory))
-
-
-def _image_dirs(directory: Path, recursive: bool = False, skip: Skip = frozenset()) -> list[Path]:
-    return [p for p in _entries(directory, recursive, skip) if _has_images(p)]
-
-
-def _video_dirs(directory: Path, skip: Skip = frozenset()) -> list[str]:
-    """Subfolders (DEEP levels down at most) holding video files, by their path under `directory`: a folder of videos
-    is read flat, so these are not (unless --recursive)."""
-    return [p.relative_to(directory).as_posix() for p in _walk(directory, skip, DEEP)
-            if p.is_dir() and any(_is_video(v) for v in _listing(p))]
-
-
-def _item_name(path: Path, root: Path) -> str:
-    """An item's name: its path under the folder read, a file's without its suffix ('clip3', 'kitchen/clip3')."""
-    if path == root:
-        return path.stem
-    rel = path.relative_to(root)
-    return rel.with_suffix("").as_posix() if path.is_file() else rel.as_posix()
-
-
-DEEP = 4
-"""levels of subfolders looked into for the hint that --recursive would find data (not a whole home folder)"""
-
-
-def detect(path: str | os.PathLike, ignore: str | os.PathLike | None = None, recursive: bool = False) -> str:
-    """The format (one of FORMATS) of a data path, from its content; MasklamError when it is none of them.
-    ``ignore``: a file in it that is not data (an import's own output, written into the folder it reads);
-    ``recursive``: a folder's videos or image folders are looked for in its subfolders too."""
-    path = Path(path)
-    skip = own_outputs(ignore)
-    if path.is_dir() and (path / "meta" / "info.json").is_file():
-        return "lerobot"
-    if is_parquet(path):
-        return "masklam-parquet"
-    if path.is_file():
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            return "videos"
-        if path.suffix.lower() not in HDF5_SUFFIXES and _readable(path) and not _is_hdf5(path):
-            raise MasklamError(f"{path}: not a kind of file masklam reads (video: {', '.join(VIDEO_SUFFIXES)}; HDF5; "
-                               "parquet; a LeRobot dataset folder)")
-        return "hdf5"  # ours or LAOM's (any name); read_layout says when it is not HDF5
-    if path.is_dir():
-        video = next((p for p in _entries(path, recursive, skip) if _is_video(p)), None)
-        if video is not None:  # first: an import's output beside its videos leaves the folder one of videos
-            images = next((p for p in _walk(path, skip) if _has_images(p)), None) if recursive else None
-            if images is not None:  # one kind per dataset: a stray preview.mp4 must not hide the image folders
-                raise MasklamError(f"{path} holds videos ({video.relative_to(path).as_posix()}) and folders of "
-                                   f"images ({images.relative_to(path).as_posix()}) under it: --recursive reads one "
-                                   "kind; move the other out, or import each kind from a folder of its own")
-            return "videos"
-        if any(_has_images(p) for p in _entries(path, recursive, skip)):
-            return "frames"
-        if any(p.suffix in HDF5_SUFFIXES and p.is_file() for p in _listing(path, skip)):
-            return "hdf5"
-        if _images(path):  # frames straight in it: one episode, which the folder-of-folders layout asks to nest
-            raise MasklamError(f"{path} holds images directly; an image dataset is a folder of episode folders "
-                               f"(DIR/<episode>/*.png): move them into {path}/<episode>/ and import {path}")
-        nested = [] if recursive else _video_dirs(path, skip)
-        if nested:
-            raise MasklamError(f"{path}: no data found in it; its subfolders {', '.join(nested[:3])}"
-                               f"{' ...' if len(nested) > 3 else ''} hold video files: pass --recursive to masklam "
-                               "import or label (every video under it, one episode each), or import each of them (a "
-                               "folder of videos is read flat)")
-        if not recursive and any(_is_video(p) or _has_images(p) for p in _walk(path, skip, DEEP)):
-            raise MasklamError(f"{path}: no data found in it, only deeper in its subfolders: pass --recursive to "
-                               "masklam import or label (every video or folder of images under it, one episode each)")
-        raise MasklamError(f"{path}: no data found (video files, folders of images, HDF5 or parquet files, or a "
-                           "LeRobot dataset with meta/info.json)")
-    raise MasklamError(f"no such file: {path}")
-
-
-def _readable(path: Path) -> bool:
-    return os.access(path, os.R_OK)
-
-
-def _is_hdf5(path: Path) -> bool:
-    import h5py
-
-    try:
-        return bool(h5py.is_hdf5(path))
-    except OSError:
-        return False
-
-
-def offers_observations(path: str | os.PathLike) -> bool:
-    """Whether a data path holds two kinds of frame to choose from (distracted and clean: MaskLAM's parquet
-    data); an HDF5 file holds one."""
-    return is_parquet(path)
-
-
-def data_exists(path: str | os.PathLike) -> bool:
-    """Whether a data path names existing data (a file, a directory, or a split of a directory of shards)."""
-    return Path(path).exists() or is_parquet(path)
-
-
-def trainable(path: str | os.PathLike) -> None:
-    """MasklamError for data training cannot read directly (video, image folders, LeRobot), saying how to import
-    them; paths of no known format pass (their reader names the problem)."""
-    try:
-        kind = detect(path)
-    except MasklamError:
-        return
-    if kind not in ("hdf5", "masklam-parquet"):
-        raise MasklamError(f"{path} is {DESCRIPTIONS[kind]}; import it first: masklam import {path} --out DATA.h5")
 
 
 @dataclass
@@ -294,24 +122,24 @@ class VideoSource(Source):
     def __init__(self, path: Path, ignore: str | os.PathLike | None = None, recursive: bool = False) -> None:
         super().__init__(path)
         skip = own_outputs(ignore)  # the import's own output, parts and lock
-        entries = [path] if path.is_file() else list(_entries(path, recursive, skip))
-        files = [p for p in entries if _is_video(p)]
+        found = [path] if path.is_file() else list(entries(path, recursive, skip))
+        files = [p for p in found if is_video(p)]
         if not files:
             raise MasklamError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {path}")
-        broken = [] if path.is_file() else [p for p in entries if p.is_symlink() and not p.exists()]
+        broken = [] if path.is_file() else [p for p in found if p.is_symlink() and not p.exists()]
         if broken:  # a link whose target is gone: not read, and said
             note_once(("broken-links", str(path)), f"{path}: {len(broken)} link(s) to files that no longer exist "
                       f"are skipped ({', '.join(p.relative_to(path).as_posix() for p in broken[:3])}"
                       f"{' ...' if len(broken) > 3 else ''})")
         listed = set(files)
-        others = [] if path.is_file() else [p for p in entries if p not in listed and p.suffix != ".lock"
+        others = [] if path.is_file() else [p for p in found if p not in listed and p.suffix != ".lock"
                                             and p.is_file()]  # a masklam lock (label's, beside its --out): not data
         if others:  # not videos (an import's output, notes, a format masklam does not know): said, not silently left
             note_once(("not-videos", str(path), len(others)),
                       f"{path}: {len(others)} file(s) that are not videos are not read "
-                      f"({', '.join(_item_name(p, path) + p.suffix for p in others[:3])}"
+                      f"({', '.join(item_name(p, path) + p.suffix for p in others[:3])}"
                       f"{' ...' if len(others) > 3 else ''})")
-        nested = [] if path.is_file() or recursive else _video_dirs(path, skip)
+        nested = [] if path.is_file() or recursive else video_subdirs(path, skip)
         if nested:  # read flat: say so, rather than leave their videos out without a word
             note_once(("nested-videos", str(path), *nested), f"{path}: the videos in its subfolders "
                       f"{', '.join(nested[:3])}{' ...' if len(nested) > 3 else ''} are not imported "
@@ -332,7 +160,7 @@ class VideoSource(Source):
         return list(self._rates)
 
     def items(self) -> list[Item]:
-        names = [_item_name(i.path, self.path) for i in self.infos]
+        names = [item_name(i.path, self.path) for i in self.infos]
         twice = {n for n, count in Counter(names).items() if count > 1}  # a.mp4 and a.mkv: named with their suffix
         return [Item(n + i.path.suffix if n in twice else n, i.path, i.decoded_frames or None, i, i.fps or None)
                 for n, i in zip(names, self.infos)]
@@ -355,10 +183,10 @@ class FrameFolderSource(Source):
         super().__init__(path)
         if not path.is_dir():
             raise MasklamError(f"no such directory: {path}")
-        self.folders = _image_dirs(path, recursive)
+        self.folders = image_dirs(path, recursive)
         if not self.folders:
             raise MasklamError(f"no folders of images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
-        self.files = {d: _images(d) for d in self.folders}
+        self.files = {d: image_files(d) for d in self.folders}
         for d in self.folders:  # headers only: cheap, and a size changing within an episode is an error before work
             first = self.files[d][0]
             size = image_size(first)
@@ -369,7 +197,7 @@ class FrameFolderSource(Source):
                                        "episode folder must have one size")
 
     def items(self) -> list[Item]:
-        return [Item(_item_name(d, self.path), d, len(self.files[d]), d) for d in self.folders]
+        return [Item(item_name(d, self.path), d, len(self.files[d]), d) for d in self.folders]
 
     def signature(self, item: Item) -> str:
         """Its images' count, total size and latest modification (the folder's own times miss an edited file)."""

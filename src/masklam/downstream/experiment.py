@@ -58,7 +58,7 @@ __all__ = ["CONFIG_DIR", "ExperimentConfig", "config_path", "describe_config", "
 
 def _datasets(cfg: ExperimentConfig) -> dict[str, dict[str, list[str]]]:
     """Per task, the 'train' (distracted) and 'clean' file lists, collecting where asked."""
-    from masklam.data.sources import data_exists
+    from masklam.data.formats import data_exists
 
     out: dict[str, dict[str, list[str]]] = {task: {} for task in cfg.tasks}
     for task in cfg.tasks:

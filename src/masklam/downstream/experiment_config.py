@@ -158,7 +158,7 @@ def collections(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, Any]]]:
 def _check_clean_is_one_kind(task: str, clean: Any) -> None:
     """Data holding both kinds of frame (MaskLAM's parquet data) under `clean`: BC and decoding read their
     distracted frames, so the clean upper bound would silently train on distracted ones."""
-    from masklam.data.sources import offers_observations
+    from masklam.data.formats import offers_observations
 
     for path in [clean] if isinstance(clean, (str, os.PathLike)) else clean or []:
         if offers_observations(path):

@@ -250,7 +250,8 @@ def _counted(frames: Iterator[np.ndarray], bar: Any) -> Iterator[np.ndarray]:
 
 def label(cfg: LabelConfig) -> Path:
     """Write the labelled copy ``cfg.out``; returns it."""
-    from masklam.data.sources import DESCRIPTIONS, detect, open_source
+    from masklam.data.formats import DESCRIPTIONS, detect
+    from masklam.data.sources import open_source
 
     from masklam.data.hub import fetch_dataset, is_hub_dataset
 
@@ -289,7 +290,7 @@ def label(cfg: LabelConfig) -> Path:
 
 
 VIDEO_KINDS = ("videos", "frames")
-"""Formats `label` imports before labelling (`masklam.data.sources.FORMATS`): `masklam.downstream.label_video`."""
+"""Formats `label` imports before labelling (`masklam.data.formats.FORMATS`): `masklam.downstream.label_video`."""
 
 
 def _label_video(cfg: LabelConfig) -> Path:
@@ -365,7 +366,7 @@ def as_trained(cfg: LabelConfig) -> LabelConfig:
     """`cfg` with the camera and resize mode of the LAM's training data (its config.json's data_camera, data_resize,
     from the imported file) where not given; a given one that differs is noted (the LAM then sees other frames)."""
     from masklam.data.lerobot import lerobot_cameras
-    from masklam.data.sources import detect
+    from masklam.data.formats import detect
     from masklam.train.checkpoint import lam_config
 
     run = lam_config(cfg.lam)

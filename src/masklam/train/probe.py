@@ -237,7 +237,7 @@ class ProbeConfig:
 def run_probe(cfg: ProbeConfig) -> dict[str, float]:
     """Load the checkpoint and data, probe, optionally merge into metrics.json; returns the metrics."""
     from masklam.data import load_dataset, split_trajectories
-    from masklam.data.sources import offers_observations
+    from masklam.data.formats import offers_observations
     from masklam.models.lam import load_lam
     from masklam.train.checkpoint import check_lam_data
 
