@@ -21,9 +21,9 @@ import tyro
 from tqdm.auto import tqdm
 
 from masklam.args import parse
+from masklam.data.formats import DESCRIPTIONS
 from masklam.data.lerobot import DEFAULT_CAMERA, SOURCE_COLUMNS, SOURCE_ROWS
 from masklam.data.lerobot_writer import LeRobotWriter
-from masklam.data.formats import DESCRIPTIONS
 from masklam.data.sources import Episode, Source, open_source
 from masklam.data.video import CODECS, Resizer, fullest_pix_fmt
 from masklam.errors import MasklamError, note_once
