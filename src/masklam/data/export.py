@@ -92,21 +92,6 @@ class _Column(Mapping[int, np.ndarray]):
         return len(self.groups)
 
 
-def _provenance(path: Path, item: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """An imported trajectory's source rows ({"source_rows": (T,) int64}) and its meta/episodes columns
-    (source_item, source_file: where it came from); for a file imported from an earlier export, its first source
-    (origin_rows, origin_item, origin_file), so that a round trip keeps the video the frames came from."""
-    from masklam.data.hdf5 import open_file, read_array, read_attrs
-
-    with open_file(path) as f:
-        group = f[item.ref]
-        attrs = read_attrs(group)
-        prefix = "origin_" if "origin_rows" in group and "origin_item" in attrs else "source_"  # item dropped: own
-        rows = np.asarray(read_array(path, group, prefix + "rows"), np.int64)
-    return {SOURCE_ROWS: rows}, {key: str(attrs.get(prefix + key.removeprefix("source_"), ""))
-                                 for key in SOURCE_COLUMNS}
-
-
 def _batches(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     buf: list[np.ndarray] = []
     for frame in frames:
@@ -168,7 +153,9 @@ def _export(cfg: ExportConfig, source: Source) -> Path:
                     bar.update(len(chunk))
                     yield chunk
 
-            rows, where = _provenance(cfg.data, item) if provenance else ({}, {})
+            origin = ep.origin if provenance else {}  # the first source (`HDF5Source`): rows, item, file
+            rows = {SOURCE_ROWS: origin["origin_rows"]} if origin else {}
+            where = {key: origin[key.replace("source_", "origin_")] for key in SOURCE_COLUMNS} if origin else {}
             writer.add_episode(counted(ep.frames), int(item.length or 0), ep.actions, ep.states, ep.rewards,
                                ep.masks, ep.task or task, rows, where)
         from masklam.data.hdf5 import plain

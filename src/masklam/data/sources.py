@@ -304,12 +304,13 @@ class HDF5Source(Source):
                        str(group.attrs.get("task", "")), self._origin(group))
 
     def _origin(self, group: Any) -> dict[str, Any]:
-        """An imported trajectory's first source (its origin_*, else its source_*), which a new import keeps."""
-        for prefix in ("origin_", "source_"):
-            if prefix + "rows" in group and prefix + "item" in group.attrs:
-                return {"origin_rows": np.asarray(read_array(self.path, group, prefix + "rows"), np.int64),
-                        **{f"origin_{k}": str(group.attrs.get(prefix + k, "")) for k in ("item", "file")}}
-        return {}
+        """An imported trajectory's first source (its origin_* where they are named, else its source_*), which a new
+        import keeps and an export writes."""
+        prefix = "origin_" if "origin_rows" in group and "origin_item" in group.attrs else "source_"
+        if prefix + "rows" not in group:
+            return {}
+        return {"origin_rows": np.asarray(read_array(self.path, group, prefix + "rows"), np.int64),
+                **{f"origin_{k}": str(group.attrs.get(prefix + k, "")) for k in ("item", "file")}}
 
     def close(self) -> None:
         if self.file is not None:
